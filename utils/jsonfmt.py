@@ -1,0 +1,125 @@
+# -*- test-case-name: utils.test.test_jsonfmt -*-
+"""JSON text exactly as the original's jansson writes it.
+
+Compact form separates items with ", " and keys with ": "; the pretty form (a module's
+`debug` setting) indents by four spaces.  Non-ASCII text is written as raw UTF-8.  Reals
+(every time stamp) are written with C's "%.17g", with ".0" added when the result looks like
+an integer, and an exponent without "+" or leading zeros: 1795561714.368599 is written
+1795561714.3685989.
+
+Objects without floats take the C encoder; objects with floats are written by a small
+recursive writer (floats only appear in small messages: order info, deals, balances).
+"""
+
+import json
+import math
+
+__all__ = ["dumps", "format_real"]
+
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
+_pretty = json.JSONEncoder(ensure_ascii=False, indent=4, separators=(",", ": "),
+                           allow_nan=False)
+_encode_string = json.encoder.encode_basestring  # with ensure_ascii=False
+
+
+def format_real(x: float) -> str:
+    """A float as jansson prints it ("%.17g", always recognisably a real)."""
+    if not math.isfinite(x):
+        raise ValueError("%r is not allowed in JSON" % x)
+    text = "%.17g" % x
+    if "e" in text:
+        mantissa, exp = text.split("e")
+        sign = "-" if exp[0] == "-" else ""
+        return "%se%s%s" % (mantissa, sign, exp.lstrip("+-").lstrip("0") or "0")
+    if "." not in text:
+        text += ".0"
+    return text
+
+
+def _has_float(obj):
+    if obj.__class__ is float:
+        return True
+    if obj.__class__ is dict:
+        return any(_has_float(v) for v in obj.values())
+    if obj.__class__ in (list, tuple):
+        return any(_has_float(v) for v in obj)
+    return False
+
+
+def _write(obj, parts, indent, level):
+    cls = obj.__class__
+    if cls is float:
+        parts.append(format_real(obj))
+    elif cls is str:
+        parts.append(_encode_string(obj))
+    elif obj is None:
+        parts.append("null")
+    elif obj is True:
+        parts.append("true")
+    elif obj is False:
+        parts.append("false")
+    elif cls is int or isinstance(obj, int):
+        parts.append(int.__repr__(obj))
+    elif isinstance(obj, dict):
+        if not obj:
+            parts.append("{}")
+            return
+        if indent:
+            inner = "\n" + " " * (indent * (level + 1))
+            parts.append("{")
+            first = True
+            for key, value in obj.items():
+                parts.append(inner if first else "," + inner)
+                first = False
+                parts.append(_encode_string(str(key)))
+                parts.append(": ")
+                _write(value, parts, indent, level + 1)
+            parts.append("\n" + " " * (indent * level) + "}")
+        else:
+            parts.append("{")
+            first = True
+            for key, value in obj.items():
+                if not first:
+                    parts.append(", ")
+                first = False
+                parts.append(_encode_string(str(key)))
+                parts.append(": ")
+                _write(value, parts, indent, level)
+            parts.append("}")
+    elif isinstance(obj, (list, tuple)):
+        if not obj:
+            parts.append("[]")
+            return
+        if indent:
+            inner = "\n" + " " * (indent * (level + 1))
+            parts.append("[")
+            first = True
+            for value in obj:
+                parts.append(inner if first else "," + inner)
+                first = False
+                _write(value, parts, indent, level + 1)
+            parts.append("\n" + " " * (indent * level) + "]")
+        else:
+            parts.append("[")
+            first = True
+            for value in obj:
+                if not first:
+                    parts.append(", ")
+                first = False
+                _write(value, parts, indent, level)
+            parts.append("]")
+    elif isinstance(obj, float):
+        parts.append(format_real(float(obj)))
+    elif isinstance(obj, str):
+        parts.append(_encode_string(str(obj)))
+    else:
+        raise TypeError("%r is not JSON serializable" % (obj,))
+
+
+def dumps(obj, pretty: bool = False) -> str:
+    """The jansson text of `obj` (compact, or indented by 4 with `pretty`)."""
+    if not _has_float(obj):
+        return (_pretty if pretty else _compact).encode(obj)
+    parts = []
+    _write(obj, parts, 4 if pretty else 0, 0)
+    return "".join(parts)

@@ -1,0 +1,154 @@
+# -*- test-case-name: utils.test.test_rpc_client -*-
+"""The RPC client the gateways use to reach a backend.
+
+One connection at a time, kept up across the backend's addresses by a
+`network.client.ReconnectingClient`.  Every second a heartbeat goes out; when no heartbeat
+reply has come within `heartbeat_timeout` the connection is dropped and the next address
+tried.  Requests are matched to replies by their sequence number through a
+`network.state.StateTable`, which also times them out.
+
+`call(command, params, timeout)` fires with the decoded reply object
+(`{"error": ..., "result": ..., "id": ...}`); `call_raw` with the reply body's bytes.  A
+call made while not connected fails at once with `NotConnected`; one whose reply does not
+come in time fails with `RPCTimeout`.  Requests in flight on a connection that is lost fail
+at once with `ConnectionLost` rather than waiting for their timeout.
+"""
+
+import json
+
+from twisted.internet import defer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from network.client import ReconnectingClient
+from network.state import StateTable
+from network.timer import Timer
+from utils import rpc
+
+__all__ = ["RPCClient", "NotConnected", "RPCTimeout", "ConnectionLost"]
+
+
+class NotConnected(Exception):
+    """The backend is not connected."""
+
+
+class RPCTimeout(Exception):
+    """No reply within the request's timeout."""
+
+
+class ConnectionLost(Exception):
+    """The connection carrying the request was lost before its reply came."""
+
+
+class _ClientProtocol(Protocol):
+    log = Logger()
+
+    def __init__(self, client):
+        self.client = client
+        self.decoder = rpc.StreamDecoder(client.max_pkg_size)
+
+    def dataReceived(self, data):
+        try:
+            packets = self.decoder.feed(data)
+        except rpc.ProtocolError as e:
+            self.log.error("{name}: protocol error from the backend: {error}; reconnecting",
+                           name=self.client.name, error=e)
+            self.transport.loseConnection()
+            return
+        for packet in packets:
+            self.client._packet_received(self, packet)
+
+
+class RPCClient:
+    log = Logger()
+
+    def __init__(self, reactor, name, addresses, max_pkg_size, heartbeat_timeout=3.0,
+                 reconnect_timeout=1.0):
+        self.reactor = reactor
+        self.name = name
+        self.max_pkg_size = max_pkg_size
+        if not heartbeat_timeout or heartbeat_timeout <= 0:
+            heartbeat_timeout = 3.0
+        self.heartbeat_timeout = min(max(heartbeat_timeout, 2.0), 600.0)
+        self._client = ReconnectingClient(reactor, addresses, lambda: _ClientProtocol(self),
+                                          reconnect_timeout, self._on_connect,
+                                          self._on_disconnect, name)
+        self._states = StateTable(reactor, self._on_timeout)
+        self._heartbeat = Timer(reactor, 1.0, self._send_heartbeat, repeat=True,
+                                name=name + " heartbeat")
+        self._last_heartbeat = 0.0
+        self._heartbeat_packet = rpc.encode(rpc.heartbeat_request(self.heartbeat_timeout))
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self):
+        self._client.start()
+        self._heartbeat.start()
+
+    def stop(self):
+        self._heartbeat.stop()
+        return self._client.stop()
+
+    @property
+    def connected(self) -> bool:
+        return self._client.connected
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._states)
+
+    # -- calls ----------------------------------------------------------------------
+
+    def call_raw(self, command: int, body: bytes, timeout: float, req_id: int = 0):
+        """Send a request body; fires with the reply body (bytes)."""
+        protocol = self._client.protocol
+        if protocol is None or not self._client.connected:
+            return defer.fail(NotConnected("%s is not connected" % self.name))
+        d = defer.Deferred()
+        sequence = self._states.add((d, protocol), timeout)
+        packet = rpc.Packet(command, rpc.REQUEST, sequence, req_id, body)
+        protocol.transport.write(rpc.encode(packet))
+        return d
+
+    def call(self, command: int, params, timeout: float, req_id: int = 0):
+        """Send `params` (a list); fires with the decoded reply object."""
+        body = json.dumps(params, ensure_ascii=False, separators=(",", ":")).encode()
+        return self.call_raw(command, body, timeout, req_id).addCallback(json.loads)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _packet_received(self, protocol, packet):
+        if packet.command == rpc.HEARTBEAT:
+            self._last_heartbeat = self.reactor.seconds()
+            return
+        entry = self._states.pop(packet.sequence)
+        if entry is None:
+            self.log.warn("{name}: reply to unknown or expired request {sequence}",
+                          name=self.name, sequence=packet.sequence)
+            return
+        entry[0].callback(packet.body)
+
+    def _send_heartbeat(self):
+        protocol = self._client.protocol
+        if protocol is None or not self._client.connected:
+            return
+        if self.reactor.seconds() - self._last_heartbeat > self.heartbeat_timeout:
+            self.log.error("{name}: no heartbeat from {address} for {timeout} s; reconnecting",
+                           name=self.name, address=self._client.current_address,
+                           timeout=self.heartbeat_timeout)
+            self._client.reconnect()
+            return
+        protocol.transport.write(self._heartbeat_packet)
+
+    def _on_connect(self, protocol):
+        self._last_heartbeat = self.reactor.seconds()
+
+    def _on_disconnect(self, protocol, reason):
+        for sequence in list(self._states):
+            entry = self._states.get(sequence)
+            if entry is not None and entry[1] is protocol:
+                self._states.pop(sequence)
+                entry[0].errback(ConnectionLost("connection to %s lost" % self.name))
+
+    def _on_timeout(self, sequence, entry):
+        entry[0].errback(RPCTimeout("%s did not answer within the timeout" % self.name))

@@ -1,0 +1,289 @@
+# -*- test-case-name: utils.test.test_rpc_server -*-
+"""The RPC server: packets in, handlers called, replies out — over stream sockets and UDP.
+
+Handlers are looked up by command number: `handler(params, request)` gets the decoded JSON
+array and an `RPCRequest`; it returns the result (or a Deferred of it), raises `RPCError`
+for an error reply, or returns `NO_REPLY` after taking charge of the reply itself
+(`request.reply_result` / `request.reply_error`).  A result that is already JSON text can be
+returned as `RawJSON(text)`.
+
+As in the original: heartbeats (command 0) are always answered with an empty body; a body
+that is not a JSON array closes the connection; an unknown command is logged and gets no
+reply; with `heartbeat_check` a connection whose last heartbeat is older than its timeout
+is closed (checked every second).  Replies carry the request's command, sequence, req_id,
+result field and ext, and go out in the order they are produced.
+"""
+
+import json
+
+from twisted.internet import defer
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
+
+from network.address import listen, listen_udp, parse_address
+from network.timer import Timer
+from utils import rpc
+
+__all__ = ["RPCServerFactory", "RPCServerProtocol", "RPCDatagramProtocol", "RPCRequest",
+           "RawJSON", "NO_REPLY", "listen_rpc"]
+
+NO_REPLY = object()
+DEFAULT_HEARTBEAT_TIMEOUT = 3.0
+
+
+class RawJSON:
+    """A result that is already JSON text (bytes or str); written into the reply as is."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text):
+        self.text = text.encode() if isinstance(text, str) else text
+
+
+def hexdump(data: bytes, limit: int = 256) -> str:
+    shown = data[:limit].hex(" ")
+    return shown + (" ... (%d bytes)" % len(data) if len(data) > limit else "")
+
+
+class RPCRequest:
+    """One request being served; `reply_*` send its reply (once)."""
+
+    __slots__ = ("packet", "peer", "_send", "replied")
+
+    def __init__(self, packet, peer, send):
+        self.packet = packet
+        self.peer = peer
+        self._send = send
+        self.replied = False
+
+    @property
+    def command(self):
+        return self.packet.command
+
+    @property
+    def sequence(self):
+        return self.packet.sequence
+
+    @property
+    def req_id(self):
+        return self.packet.req_id
+
+    def reply_body(self, body: bytes):
+        if self.replied:
+            return
+        self.replied = True
+        self._send(self.packet.reply(body))
+
+    def reply_result(self, result, pretty=False):
+        if result.__class__ is RawJSON:
+            req_id = rpc._signed64(self.packet.req_id)
+            if pretty:
+                body = rpc.reply_body(req_id, json.loads(result.text), None, True)
+            else:
+                body = b'{"error": null, "result": %s, "id": %d}' % (result.text, req_id)
+        else:
+            body = rpc.reply_body(self.packet.req_id, result, None, pretty)
+        self.reply_body(body)
+
+    def reply_error(self, error, pretty=False):
+        self.reply_body(rpc.reply_body(self.packet.req_id, None, error, pretty))
+
+
+class RPCServerFactory(Factory):
+    """Serves `handlers` ({command: handler}) on every connection it builds."""
+
+    log = Logger()
+
+    def __init__(self, handlers, max_pkg_size, heartbeat_check=True, debug=False, buf_limit=0,
+                 name="rpc", clock=None):
+        self.handlers = dict(handlers)
+        self.max_pkg_size = max_pkg_size
+        self.heartbeat_check = heartbeat_check
+        self.debug = debug
+        self.buf_limit = buf_limit
+        self.name = name
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.connections = set()
+        self._check_timer = Timer(clock, 1.0, self.check_heartbeats, repeat=True,
+                                  name=name + " heartbeat check")
+
+    def startFactory(self):
+        if self.heartbeat_check:
+            self._check_timer.start()
+
+    def stopFactory(self):
+        self._check_timer.stop()
+
+    def buildProtocol(self, addr):
+        protocol = RPCServerProtocol()
+        protocol.factory = self
+        return protocol
+
+    def check_heartbeats(self):
+        now = self.clock.seconds()
+        for conn in list(self.connections):
+            if now - conn.last_heartbeat > conn.heartbeat_timeout:
+                self.log.warn("{name}: {peer} sent no heartbeat for {timeout} s, closing",
+                              name=self.name, peer=conn.peer, timeout=conn.heartbeat_timeout)
+                conn.transport.loseConnection()
+
+    def dispatch(self, packet, peer, send, on_bad_body):
+        """Run the handler of a (non-heartbeat) request packet."""
+        handler = self.handlers.get(packet.command)
+        if handler is None:
+            self.log.warn("{name}: unknown command {command} from {peer}", name=self.name,
+                          command=packet.command, peer=peer)
+            return
+        try:
+            params = rpc.parse_params(packet.body)
+        except ValueError as e:
+            self.log.error("{name}: bad request body from {peer} ({error}): {dump}",
+                           name=self.name, peer=peer, error=e, dump=hexdump(packet.body))
+            on_bad_body()
+            return
+        request = RPCRequest(packet, peer, send)
+        pretty = self.debug
+        try:
+            result = handler(params, request)
+        except rpc.RPCError as e:
+            request.reply_error(e, pretty)
+            return
+        except Exception:
+            self.log.failure("{name}: command {command} failed", name=self.name,
+                             command=packet.command)
+            request.reply_error(rpc.INTERNAL_ERROR(), pretty)
+            return
+        if result is NO_REPLY:
+            return
+        if isinstance(result, defer.Deferred):
+            result.addCallbacks(self._deferred_result, self._deferred_error,
+                                callbackArgs=(request,), errbackArgs=(request,))
+            return
+        request.reply_result(result, pretty)
+
+    def _deferred_result(self, result, request):
+        if result is not NO_REPLY:
+            request.reply_result(result, self.debug)
+
+    def _deferred_error(self, failure, request):
+        if failure.check(rpc.RPCError):
+            request.reply_error(failure.value, self.debug)
+        else:
+            self.log.failure("{name}: command {command} failed", failure, name=self.name,
+                             command=request.command)
+            request.reply_error(rpc.INTERNAL_ERROR(), self.debug)
+
+
+class RPCServerProtocol(Protocol):
+    """One stream connection of an RPCServerFactory."""
+
+    log = Logger()
+    factory = None
+
+    def connectionMade(self):
+        self.decoder = rpc.StreamDecoder(self.factory.max_pkg_size)
+        self.last_heartbeat = self.factory.clock.seconds()
+        self.heartbeat_timeout = DEFAULT_HEARTBEAT_TIMEOUT
+        self.closed = False
+        peer = self.transport.getPeer()
+        self.peer = "%s:%s" % (peer.host, peer.port) if hasattr(peer, "port") else str(peer)
+        self.factory.connections.add(self)
+
+    def connectionLost(self, reason):
+        self.closed = True
+        self.factory.connections.discard(self)
+
+    def _close(self):
+        self.closed = True
+        self.transport.loseConnection()
+
+    def dataReceived(self, data):
+        if self.closed:
+            return
+        try:
+            packets = self.decoder.feed(data)
+        except rpc.ProtocolError as e:
+            self.log.error("{name}: protocol error from {peer}: {error}; closing",
+                           name=self.factory.name, peer=self.peer, error=e)
+            self._close()
+            return
+        for packet in packets:
+            if self.closed:
+                return
+            if packet.command == rpc.HEARTBEAT:
+                self._heartbeat(packet)
+            else:
+                self.factory.dispatch(packet, self.peer, self.send, self._close)
+
+    def _heartbeat(self, packet):
+        try:
+            timeout = rpc.heartbeat_timeout_of(packet.body)
+        except rpc.ProtocolError as e:
+            self.log.error("{name}: bad heartbeat from {peer}: {error}; closing",
+                           name=self.factory.name, peer=self.peer, error=e)
+            self._close()
+            return
+        if timeout is not None:
+            self.heartbeat_timeout = timeout
+        self.last_heartbeat = self.factory.clock.seconds()
+        self.send(packet.reply(b""))
+
+    def send(self, packet):
+        if self.closed:
+            return
+        self.transport.write(rpc.encode(packet))
+        limit = self.factory.buf_limit
+        if limit and pending_output(self.transport) > limit * self.factory.max_pkg_size:
+            self.log.error("{name}: {peer} does not read its replies; closing",
+                           name=self.factory.name, peer=self.peer)
+            self.closed = True
+            self.transport.abortConnection()
+
+
+def pending_output(transport) -> int:
+    """Bytes written to a transport and not yet sent (0 when it cannot tell)."""
+    buffered = getattr(transport, "dataBuffer", b"")
+    return len(buffered) + getattr(transport, "_tempDataLen", 0)
+
+
+class RPCDatagramProtocol(DatagramProtocol):
+    """The same handlers over UDP: one datagram, one packet; replies to its source."""
+
+    log = Logger()
+
+    def __init__(self, factory: RPCServerFactory):
+        self.factory = factory
+
+    def datagramReceived(self, data, addr):
+        peer = "%s:%s" % addr if isinstance(addr, tuple) else str(addr)
+        try:
+            packet = rpc.decode_packet(data)
+        except rpc.ProtocolError as e:
+            self.log.warn("{name}: dropped a datagram from {peer}: {error}",
+                          name=self.factory.name, peer=peer, error=e)
+            return
+
+        def send(reply):
+            self.transport.write(rpc.encode(reply), addr)
+
+        if packet.command == rpc.HEARTBEAT:
+            send(packet.reply(b""))
+            return
+        self.factory.dispatch(packet, peer, send, lambda: None)
+
+
+def listen_rpc(reactor, bind, factory: RPCServerFactory):
+    """Listen on every address of `bind` (a string or a list); fires with the ports."""
+    addresses = [bind] if isinstance(bind, str) else list(bind)
+    results = []
+    for address in addresses:
+        addr = parse_address(address)
+        if addr.is_stream:
+            results.append(listen(reactor, addr, factory))
+        else:
+            results.append(defer.succeed(listen_udp(reactor, addr,
+                                                    RPCDatagramProtocol(factory))))
+    return defer.gatherResults(results, consumeErrors=True).addErrback(
+        lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f)

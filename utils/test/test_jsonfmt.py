@@ -1,0 +1,65 @@
+# -*- test-case-name: utils.test.test_jsonfmt -*-
+"""jansson's JSON text."""
+
+import json
+
+from hypothesis import given, strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from utils.jsonfmt import dumps, format_real
+
+
+class RealTests(SynchronousTestCase):
+
+    def test_examples(self):
+        """%.17g with .0 for integral values, exponent without + or leading zeros."""
+        self.assertEqual(format_real(1795561714.368599), "1795561714.3685989")
+        self.assertEqual(format_real(1795561714.0), "1795561714.0")
+        self.assertEqual(format_real(0.1), "0.10000000000000001")
+        self.assertEqual(format_real(1e-20), "9.9999999999999995e-21")
+        self.assertEqual(format_real(1e300), "1.0000000000000001e300")
+        self.assertEqual(format_real(-2.5), "-2.5")
+
+    def test_non_finite_refused(self):
+        """NaN and infinities are not JSON."""
+        self.assertRaises(ValueError, format_real, float("nan"))
+        self.assertRaises(ValueError, dumps, [float("inf")])
+
+    @given(st.floats(allow_nan=False, allow_infinity=False))
+    def test_value_preserved(self, x):
+        """Every real reads back as the same double, and as a real."""
+        text = format_real(x)
+        self.assertEqual(float(text), x)
+        self.assertTrue("." in text or "e" in text)
+
+
+class DumpsTests(SynchronousTestCase):
+
+    def test_compact(self):
+        """Separators ", " and ": ", raw UTF-8, insertion order."""
+        self.assertEqual(dumps({"b": 1, "a": ["x", None, True, "é/"]}),
+                         '{"b": 1, "a": ["x", null, true, "é/"]}')
+
+    def test_with_floats(self):
+        """Objects holding floats use the same separators with %.17g reals."""
+        self.assertEqual(dumps([1795561714.368599, "BTCBCH", 3, {"t": 1.0}, [], {}]),
+                         '[1795561714.3685989, "BTCBCH", 3, {"t": 1.0}, [], {}]')
+
+    def test_pretty_same_as_python(self):
+        """The pretty form without floats is Python's indent=4 form."""
+        obj = {"error": None, "result": {"a": [1, 2], "b": {}}, "id": 1}
+        self.assertEqual(dumps(obj, True), json.dumps(obj, indent=4))
+
+    def test_pretty_with_floats(self):
+        """The pretty writer matches Python's layout too when floats are present."""
+        obj = {"a": [1.5, {"b": 2.25}], "c": []}
+        self.assertEqual(dumps(obj, True), json.dumps(obj, indent=4))
+
+    @given(st.recursive(st.none() | st.booleans() | st.integers() | st.text() |
+                        st.floats(allow_nan=False, allow_infinity=False),
+                        lambda c: st.lists(c, max_size=4) |
+                        st.dictionaries(st.text(max_size=5), c, max_size=4), max_leaves=20))
+    def test_parses_back(self, obj):
+        """Whatever we write, a JSON parser reads back unchanged."""
+        self.assertEqual(json.loads(dumps(obj)), obj)
+        self.assertEqual(json.loads(dumps(obj, True)), obj)

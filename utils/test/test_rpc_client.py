@@ -1,0 +1,97 @@
+# -*- test-case-name: utils.test.test_rpc_client -*-
+"""The RPC client, on a memory reactor."""
+
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from utils import rpc
+from utils.rpc_client import ConnectionLost, NotConnected, RPCClient, RPCTimeout
+
+
+class ClientTests(SynchronousTestCase):
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.client = RPCClient(self.reactor, "matchengine",
+                                ["tcp@127.0.0.1:7316", "tcp@127.0.0.1:7317"], 10000,
+                                heartbeat_timeout=3.0, reconnect_timeout=1.0)
+        self.client.start()
+        self.proto, self.transport = self.connect()
+
+    def connect(self):
+        factory = self.reactor.tcpClients[-1][2]
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def sent(self):
+        packets = rpc.StreamDecoder(10**6).feed(self.transport.value())
+        self.transport.clear()
+        return packets
+
+    def answer(self, request, body):
+        self.proto.dataReceived(rpc.encode(request.reply(body)))
+
+    def test_not_connected(self):
+        """A call while disconnected fails at once."""
+        client = RPCClient(self.reactor, "x", "tcp@127.0.0.1:1", 100)
+        self.failureResultOf(client.call(101, [], 1.0), NotConnected)
+
+    def test_call_and_reply(self):
+        """Replies are matched to calls by sequence, whatever their order."""
+        d1 = self.client.call(101, [1, "BTC"], 1.0)
+        d2 = self.client.call(104, [], 1.0)
+        r1, r2 = self.sent()
+        self.assertEqual((r1.command, r1.body, r2.command), (101, b'[1,"BTC"]', 104))
+        self.assertNotEqual(r1.sequence, r2.sequence)
+        self.answer(r2, b'{"error": null, "result": 2, "id": 0}')
+        self.answer(r1, b'{"error": null, "result": 1, "id": 0}')
+        self.assertEqual(self.successResultOf(d1)["result"], 1)
+        self.assertEqual(self.successResultOf(d2)["result"], 2)
+        self.assertEqual(self.client.in_flight, 0)
+
+    def test_timeout(self):
+        """No reply within the timeout fails with RPCTimeout; a late reply is ignored."""
+        d = self.client.call_raw(101, b"[]", 0.5)
+        [request] = self.sent()
+        self.reactor.advance(0.5)
+        self.failureResultOf(d, RPCTimeout)
+        self.answer(request, b"{}")
+
+    def test_heartbeats(self):
+        """A heartbeat goes out every second with the client's timeout."""
+        self.reactor.advance(1.0)
+        [hb] = self.sent()
+        self.assertEqual(hb.command, 0)
+        self.assertEqual(rpc.heartbeat_timeout_of(hb.body), 3.0)
+
+    def test_heartbeat_timeout_reconnects(self):
+        """Without heartbeat replies the client drops the connection and moves on."""
+        for _ in range(4):
+            self.reactor.advance(1.0)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_heartbeat_replies_keep_connection(self):
+        """Heartbeat replies keep the connection up."""
+        for _ in range(10):
+            self.reactor.advance(1.0)
+            for packet in self.sent():
+                self.answer(packet, b"")
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_connection_lost_fails_in_flight(self):
+        """Requests in flight fail with ConnectionLost when the connection goes."""
+        d = self.client.call(101, [], 5.0)
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+        self.proto.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(d, ConnectionLost)
+        self.assertFalse(self.client.connected)
+        self.assertEqual(self.reactor.tcpClients[-1][1], 7317)
+        self.flushLoggedErrors()
+
+    def test_bad_reply_reconnects(self):
+        """Garbage from the backend closes the connection."""
+        self.proto.dataReceived(b"x" * 40)
+        self.assertTrue(self.transport.disconnecting)
