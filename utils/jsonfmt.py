@@ -14,7 +14,7 @@ recursive writer (floats only appear in small messages: order info, deals, balan
 import json
 import math
 
-__all__ = ["dumps", "format_real"]
+__all__ = ["dumps", "format_real", "RawJSON"]
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
 _pretty = json.JSONEncoder(ensure_ascii=False, indent=4, separators=(",", ": "),
@@ -114,6 +114,19 @@ def _write(obj, parts, indent, level):
         parts.append(_encode_string(str(obj)))
     else:
         raise TypeError("%r is not JSON serializable" % (obj,))
+
+
+class RawJSON:
+    """A value that is already JSON text (bytes or str); written into a reply as is."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text):
+        self.text = text.encode() if isinstance(text, str) else text
+
+    def value(self):
+        """The decoded value (for the pretty form and for tests)."""
+        return json.loads(self.text)
 
 
 def dumps(obj, pretty: bool = False) -> str:

@@ -1,0 +1,151 @@
+# -*- test-case-name: utils.test.test_decimals -*-
+"""Decimal arithmetic context, strict parsing and the two string forms of money values.
+
+Every monetary value is a `decimal.Decimal` computed under `CONTEXT`, the original's
+decimal128-like context: 34 significant digits, ROUND_DOWN for everything (including
+quantisation), Emin -6143 / Emax 6144, clamp on, lower-case exponent, no traps.
+
+Arithmetic helpers:
+
+* `install_context()` makes a copy of `CONTEXT` the current thread's context, so that the
+  ordinary operators (`a + b`, `a * b`, ...) round exactly like the original.  Call it once in
+  the thread that does the matching (the reactor thread) before any arithmetic.
+* `quantize(d, prec)` truncates to `prec` decimal places (exponent `-prec`).
+* `parse(text, prec=0)` validates a decimal parameter as the original does, except that it
+  rejects what the original's parser let through by accident (NaN, infinities) and absurd
+  exponents.
+
+String forms (every decimal leaves the process as a string):
+
+* `to_raw(d)` -- scientific string with a lower-case `e` (`0e-8`, `8000.00000000`, `1e+3`);
+* `to_display(d)` -- the raw form with trailing fractional zeros removed when it has no
+  exponent (`8000`, `0.5`, `0e-8`).
+"""
+
+import decimal
+from decimal import ROUND_DOWN, Context, Decimal
+
+__all__ = [
+    "CONTEXT", "InvalidDecimal", "MAX_ADJUSTED_EXPONENT", "ZERO", "ONE", "TEN",
+    "exponent", "install_context", "is_valid", "parse", "quantize", "to_display",
+    "to_raw",
+]
+
+CONTEXT = Context(prec=34, rounding=ROUND_DOWN, Emin=-6143, Emax=6144,
+                  clamp=1, capitals=0, flags=[], traps=[])
+
+# Same arithmetic, but conversion syntax errors raise instead of silently giving NaN.
+_PARSE_CONTEXT = CONTEXT.copy()
+_PARSE_CONTEXT.traps[decimal.InvalidOperation] = True
+
+# Parsed values whose adjusted exponent (position of the most significant digit) lies beyond
+# this bound are refused: no price, amount or fee rate is that large or that small, and such
+# values could only make later quantisation fail.
+MAX_ADJUSTED_EXPONENT = 100
+
+ZERO = Decimal(0)
+ONE = Decimal(1)
+TEN = Decimal(10)
+
+_EXPONENT_CACHE_SIZE = 64
+_EXPONENTS = tuple(Decimal((0, (1,), -prec)) for prec in range(_EXPONENT_CACHE_SIZE))
+
+_create_decimal = _PARSE_CONTEXT.create_decimal
+_to_sci_string = CONTEXT.to_sci_string
+
+
+class InvalidDecimal(ValueError):
+    """The text is not an acceptable decimal value (callers answer "invalid argument")."""
+
+
+def exponent(prec: int) -> Decimal:
+    """Return the quantisation target `1e-prec` (cached for the usual precisions)."""
+    if 0 <= prec < _EXPONENT_CACHE_SIZE:
+        return _EXPONENTS[prec]
+    return Decimal((0, (1,), -prec))
+
+
+def install_context() -> Context:
+    """Make a copy of CONTEXT the current thread's decimal context and return it."""
+    ctx = CONTEXT.copy()
+    decimal.setcontext(ctx)
+    return ctx
+
+
+def quantize(d: Decimal, prec: int) -> Decimal:
+    """Truncate `d` (ROUND_DOWN) to exactly `prec` decimal places.
+
+    Raises InvalidDecimal when the result would need more than 34 digits (where the
+    original silently produced NaN) or when `d` is not finite.
+    """
+    if 0 <= prec < _EXPONENT_CACHE_SIZE:
+        exp = _EXPONENTS[prec]
+    else:
+        exp = Decimal((0, (1,), -prec))
+    result = d.quantize(exp, ROUND_DOWN, CONTEXT)
+    if not result.is_finite():
+        raise InvalidDecimal("cannot quantize {} to {} decimal places".format(d, prec))
+    return result
+
+
+def parse(text: str, prec: int = 0) -> Decimal:
+    """Parse a decimal parameter strictly.
+
+    `text` must be a str in the General Decimal Arithmetic number syntax with ASCII digits:
+    optional sign, digits with an optional fraction (`12`, `12.`, `.5`), optional exponent;
+    no whitespace, underscores or separators.  A coefficient longer than 34 digits is cut to
+    34 significant digits.  With `prec` > 0 the value is truncated to `prec` decimal places;
+    with `prec` 0 it keeps the exponent it was written with.
+
+    Raises InvalidDecimal for anything else: non-str input (numbers, None, bool), non-finite
+    values (NaN, Infinity), adjusted exponents beyond +/-MAX_ADJUSTED_EXPONENT, and values
+    that do not fit 34 digits once truncated to `prec` places.
+    """
+    if not isinstance(text, str):
+        raise InvalidDecimal("expected a decimal string, got {}".format(type(text).__name__))
+    if not text.isascii():
+        raise InvalidDecimal("invalid decimal {!r}".format(text))
+    try:
+        value = _create_decimal(text)
+    except decimal.InvalidOperation:
+        raise InvalidDecimal("invalid decimal {!r}".format(text)) from None
+    if not value.is_finite():
+        raise InvalidDecimal("invalid decimal {!r}: not a finite number".format(text))
+    if not -MAX_ADJUSTED_EXPONENT <= value.adjusted() <= MAX_ADJUSTED_EXPONENT:
+        raise InvalidDecimal("invalid decimal {!r}: exponent out of range".format(text))
+    if prec:
+        if prec < 0:
+            raise ValueError("precision must not be negative: {}".format(prec))
+        exp = _EXPONENTS[prec] if prec < _EXPONENT_CACHE_SIZE else exponent(prec)
+        value = value.quantize(exp, ROUND_DOWN, CONTEXT)
+        if value.is_nan():
+            raise InvalidDecimal("invalid decimal {!r}: too many digits for {} decimal "
+                                 "places".format(text, prec))
+    return value
+
+
+def is_valid(text: object, prec: int = 0) -> bool:
+    """Whether `parse(text, prec)` would succeed."""
+    try:
+        parse(text, prec)  # type: ignore[arg-type]
+    except InvalidDecimal:
+        return False
+    return True
+
+
+def to_raw(d: Decimal) -> str:
+    """The raw form: to-sci-string with a lower-case exponent (`0e-8`, `1.0e-7`, `8000.00`)."""
+    return _to_sci_string(d)
+
+
+def to_display(d: Decimal) -> str:
+    """The display form: the raw form without trailing fractional zeros when it has no `e`.
+
+    `8000.00000000` -> `8000`, `0.50` -> `0.5`, `0e-8` and `1.0e-7` unchanged, `100` unchanged.
+    """
+    text = _to_sci_string(d)
+    if "." in text and "e" not in text:
+        text = text.rstrip("0")
+        if text[-1] == ".":
+            text = text[:-1]
+    return text
