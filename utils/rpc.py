@@ -19,7 +19,7 @@ import json
 import struct
 import zlib
 
-from utils.jsonfmt import dumps
+from utils.jsonfmt import RawJSON, dumps
 
 __all__ = [
     "MAGIC", "HEADER_SIZE", "REQUEST", "REPLY", "PUSH", "HEARTBEAT", "Packet", "ProtocolError",
@@ -250,6 +250,11 @@ def reply_body(req_id, result=None, error=None, pretty=False) -> bytes:
     """The reply JSON text, keys in the original's order: error, result, id."""
     if isinstance(error, RPCError):
         error = error.to_json()
+    if result.__class__ is RawJSON and error is None:
+        if not pretty:
+            return b'{"error": null, "result": %s, "id": %d}' % (result.text,
+                                                                  _signed64(req_id))
+        result = result.value()
     return dumps({"error": error, "result": None if error else result,
                   "id": _signed64(req_id)}, pretty).encode()
 

@@ -14,7 +14,6 @@ is closed (checked every second).  Replies carry the request's command, sequence
 result field and ext, and go out in the order they are produced.
 """
 
-import json
 
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
@@ -23,21 +22,13 @@ from twisted.logger import Logger
 from network.address import listen, listen_udp, parse_address
 from network.timer import Timer
 from utils import rpc
+from utils.jsonfmt import RawJSON
 
 __all__ = ["RPCServerFactory", "RPCServerProtocol", "RPCDatagramProtocol", "RPCRequest",
            "RawJSON", "NO_REPLY", "listen_rpc"]
 
 NO_REPLY = object()
 DEFAULT_HEARTBEAT_TIMEOUT = 3.0
-
-
-class RawJSON:
-    """A result that is already JSON text (bytes or str); written into the reply as is."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text):
-        self.text = text.encode() if isinstance(text, str) else text
 
 
 def hexdump(data: bytes, limit: int = 256) -> str:
@@ -75,15 +66,7 @@ class RPCRequest:
         self._send(self.packet.reply(body))
 
     def reply_result(self, result, pretty=False):
-        if result.__class__ is RawJSON:
-            req_id = rpc._signed64(self.packet.req_id)
-            if pretty:
-                body = rpc.reply_body(req_id, json.loads(result.text), None, True)
-            else:
-                body = b'{"error": null, "result": %s, "id": %d}' % (result.text, req_id)
-        else:
-            body = rpc.reply_body(self.packet.req_id, result, None, pretty)
-        self.reply_body(body)
+        self.reply_body(rpc.reply_body(self.packet.req_id, result, None, pretty))
 
     def reply_error(self, error, pretty=False):
         self.reply_body(rpc.reply_body(self.packet.req_id, None, error, pretty))

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from network.address import listen
 from network.client import ReconnectingClient
-from utils.testing import free_port, wait_until
+from utils.testing import free_port
 
 
 class Recorder(Protocol):

@@ -10,10 +10,9 @@ from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from utils import rpc
-from utils.testing import ROOT
+from utils.testing import reference
 
-GOLDEN = os.path.join(os.path.dirname(ROOT), "shared", "reference", "transcripts",
-                      "rpc-golden.jsonl")
+GOLDEN = reference("rpc-golden.jsonl")
 
 
 def golden():
