@@ -1,0 +1,286 @@
+# -*- test-case-name: utils.test.test_http -*-
+"""A fast HTTP/1.1 server for JSON-RPC bodies, on a plain Twisted Protocol and httptools.
+
+Each POST body is a JSON-RPC request `{"id": <int>, "method": "<name>", "params": [...]}`.
+The factory validates the envelope the way the original gateway does and hands good requests
+to the handler registered for the method:
+
+    =====================================================  ==============================
+    not POST, or no body                                   400, empty body, close
+    body not JSON, not an object, `id` not an integer,     400, empty body, close
+    `method` not a string, `params` not an array
+    unknown method                                         404, error 4 "method not found"
+    body over `max_body` bytes                             413, empty body, close
+    =====================================================  ==============================
+
+A handler returns (or fires a Deferred with) `(status, body_bytes)`.  Connections are
+persistent; pipelined requests are answered in the order they arrived, whatever order their
+handlers finish in.  Bodies may come with Content-Length or chunked, in as many TCP reads as
+they like.  A connection idle for `keep_alive` seconds, or holding a request that does not
+complete within `request_timeout` seconds (a slow or stuck client), is closed; past
+`max_pipeline` unanswered requests the server stops reading from that client.
+
+Responses carry exactly `Date` and `Content-Length`, as the original's do (its `Date` spells
+the month in full; this one uses the standard RFC 7231 form).
+"""
+
+import json
+from email.utils import formatdate
+
+import httptools
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from utils.jsonfmt import dumps
+
+__all__ = ["JSONRPCRequest", "HTTPServerFactory", "HTTPServerProtocol", "error_body",
+           "REASONS"]
+
+REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 408: b"Request Timeout",
+           413: b"Payload Too Large", 500: b"Internal Server Error", 503: b"Service Unavailable",
+           504: b"Gateway Timeout"}
+
+
+def error_body(code: int, message: str, request_id) -> bytes:
+    """The compact JSON-RPC error body the gateway itself writes."""
+    return dumps({"error": {"code": code, "message": message}, "result": None,
+                  "id": request_id}).encode()
+
+
+class JSONRPCRequest:
+    """One validated JSON-RPC call, with the HTTP connection it came on."""
+
+    __slots__ = ("id", "method", "params", "protocol")
+
+    def __init__(self, request_id, method, params, protocol):
+        self.id = request_id
+        self.method = method
+        self.params = params
+        self.protocol = protocol
+
+    @property
+    def connected(self):
+        return self.protocol.connected
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def parse_envelope(body: bytes):
+    """(id, method, params) of a JSON-RPC body, or _BadRequest."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise _BadRequest("body is not JSON")
+    if not isinstance(data, dict):
+        raise _BadRequest("body is not a JSON object")
+    request_id, method, params = data.get("id"), data.get("method"), data.get("params")
+    if not isinstance(request_id, int) or isinstance(request_id, bool):
+        raise _BadRequest("id is not an integer")
+    if not isinstance(method, str):
+        raise _BadRequest("method is not a string")
+    if not isinstance(params, list):
+        raise _BadRequest("params is not an array")
+    return request_id, method, params
+
+
+class _DateCache:
+    def __init__(self, clock):
+        self.clock = clock
+        self.second = None
+        self.text = b""
+
+    def header(self):
+        now = int(self.clock.seconds())
+        if now != self.second:
+            self.second = now
+            self.text = formatdate(now, usegmt=True).encode()
+        return self.text
+
+
+class HTTPServerProtocol(protocol.Protocol):
+    """Parse HTTP requests, dispatch them, write the answers in request order."""
+
+    log = Logger()
+
+    def __init__(self):
+        self.parser = httptools.HttpRequestParser(self)
+        self.connected = False
+        self.slots = []          # [response bytes or None] in request order
+        self.written = 0         # responses already written
+        self.closing = False     # close once every slot before the bad one is written
+        self.paused = False
+        self._reset_message()
+        self.idle_call = None
+        self.request_call = None
+
+    # -- connection --------------------------------------------------------------------
+
+    def connectionMade(self):
+        self.connected = True
+        self.factory.connections.add(self)
+        self._touch()
+
+    def connectionLost(self, reason=None):
+        self.connected = False
+        self.factory.connections.discard(self)
+        for call in (self.idle_call, self.request_call):
+            if call is not None and call.active():
+                call.cancel()
+        self.idle_call = self.request_call = None
+
+    def dataReceived(self, data):
+        if self.closing:
+            return
+        self._touch()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(400, "upgrade not supported")
+        except httptools.HttpParserError as e:
+            if self.too_large:
+                self._reject(413, "body over %d bytes" % self.factory.max_body)
+            elif not self.closing:
+                self._reject(400, "malformed HTTP: %s" % e)
+
+    def _touch(self):
+        clock = self.factory.clock
+        if self.idle_call is not None and self.idle_call.active():
+            self.idle_call.reset(self.factory.keep_alive)
+        else:
+            self.idle_call = clock.callLater(self.factory.keep_alive, self._idle)
+
+    def _idle(self):
+        self.log.debug("closing idle connection {peer}", peer=self.transport.getPeer())
+        self.transport.loseConnection()
+
+    def _too_slow(self):
+        self.log.info("request from {peer} not complete in {seconds} s; closing",
+                      peer=self.transport.getPeer(), seconds=self.factory.request_timeout)
+        self.closing = True
+        self.transport.abortConnection()
+
+    # -- httptools callbacks -----------------------------------------------------------
+
+    def _reset_message(self):
+        self.body_parts = []
+        self.body_size = 0
+        self.too_large = False
+
+    def on_message_begin(self):
+        self._reset_message()
+        if self.request_call is None or not self.request_call.active():
+            self.request_call = self.factory.clock.callLater(self.factory.request_timeout,
+                                                             self._too_slow)
+
+    def on_body(self, body):
+        if self.too_large:
+            return
+        self.body_size += len(body)
+        if self.body_size > self.factory.max_body:
+            self.too_large = True
+            self.body_parts = []
+            raise httptools.HttpParserError("body too large")
+        self.body_parts.append(body)
+
+    def on_message_complete(self):
+        if self.request_call is not None and self.request_call.active():
+            self.request_call.cancel()
+        self.request_call = None
+        method = self.parser.get_method()
+        keep_alive = self.parser.should_keep_alive()
+        body = b"".join(self.body_parts)
+        self._reset_message()
+        if method != b"POST" or not body:
+            self._reject(400, "not a POST with a body")
+            return
+        try:
+            request_id, name, params = parse_envelope(body)
+        except _BadRequest as e:
+            self._reject(400, str(e))
+            return
+        index = self.written + len(self.slots)
+        self.slots.append(None)
+        if not keep_alive:
+            self.closing = True
+        request = JSONRPCRequest(request_id, name, params, self)
+        d = defer.maybeDeferred(self.factory.dispatch, request)
+        d.addErrback(self._handler_failed, request)
+        d.addCallback(self._answer, index)
+        if len(self.slots) >= self.factory.max_pipeline and not self.paused:
+            self.paused = True
+            self.transport.pauseProducing()
+
+    def _handler_failed(self, failure, request):
+        self.log.failure("handler for {method} failed", failure, method=request.method)
+        return 500, b""
+
+    # -- responses ---------------------------------------------------------------------
+
+    def _reject(self, status, why):
+        self.log.info("{status} to {peer}: {why}", status=status,
+                      peer=self.transport.getPeer(), why=why)
+        self.slots.append(self.factory.response(status, b""))
+        self.closing = True
+        self._flush()
+
+    def _answer(self, result, index):
+        status, body = result
+        if not self.connected:
+            return
+        # `index` counts every request of the connection; written ones left the front
+        self.slots[index - self.written] = self.factory.response(status, body)
+        self._flush()
+
+    def _flush(self):
+        if not self.connected:
+            return
+        out = []
+        while self.slots and self.slots[0] is not None:
+            out.append(self.slots.pop(0))
+            self.written += 1
+        if out:
+            self.transport.write(b"".join(out))
+        if self.paused and len(self.slots) < self.factory.max_pipeline // 2:
+            self.paused = False
+            self.transport.resumeProducing()
+        if self.closing and not self.slots:
+            self.transport.loseConnection()
+
+
+class HTTPServerFactory(protocol.Factory):
+    """Validates JSON-RPC envelopes and hands each call to the handler of its method.
+
+    `handlers` maps a method name to `handler(request) -> (status, body)` or a Deferred of it.
+    """
+
+    protocol = HTTPServerProtocol
+    log = Logger()
+
+    def __init__(self, handlers, max_body=1024 * 1024, keep_alive=3600.0, request_timeout=30.0,
+                 max_pipeline=256, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.handlers = dict(handlers)
+        self.max_body = max_body
+        self.keep_alive = keep_alive
+        self.request_timeout = request_timeout
+        self.max_pipeline = max_pipeline
+        self.clock = reactor
+        self.connections = set()
+        self.dates = _DateCache(reactor)
+        self.requests = 0
+
+    def dispatch(self, request):
+        self.requests += 1
+        handler = self.handlers.get(request.method)
+        if handler is None:
+            return 404, error_body(4, "method not found", request.id)
+        return handler(request)
+
+    def response(self, status, body):
+        return b"".join((b"HTTP/1.1 %d %s\r\nDate: " % (status, REASONS.get(status, b"")),
+                         self.dates.header(), b"\r\nContent-Length: %d\r\n\r\n" % len(body),
+                         body))
+

@@ -1,0 +1,214 @@
+# -*- test-case-name: utils.test.test_http -*-
+"""The httptools-based JSON-RPC HTTP server: framing, validation, ordering, limits."""
+
+import json
+import socket
+
+from twisted.internet import defer, reactor, threads
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from network import address
+from utils import http, testing
+
+
+def post(body, headers=b""):
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body).encode()
+    return (b"POST / HTTP/1.1\r\nHost: x\r\n" + headers +
+            b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+
+def call(request_id, method, params=()):
+    return post({"id": request_id, "method": method, "params": list(params)})
+
+
+def responses(data):
+    """[(status, body)] parsed from what the server wrote."""
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        names = [line.split(b":")[0] for line in lines[1:]]
+        assert names == [b"Date", b"Content-Length"], names
+        length = int(lines[2].split(b":")[1])
+        out.append((status, rest[:length]))
+        data = rest[length:]
+    return out
+
+
+class ServerTests(SynchronousTestCase):
+
+    def setUp(self):
+        self.clock = Clock()
+        self.pending = {}
+
+        def echo(request):
+            return 200, json.dumps({"error": None, "result": request.params,
+                                    "id": request.id}).encode()
+
+        def later(request):
+            d = defer.Deferred()
+            self.pending[request.id] = d
+            return d
+
+        def broken(request):
+            raise RuntimeError("boom")
+
+        self.factory = http.HTTPServerFactory({"echo": echo, "later": later, "broken": broken},
+                                              max_body=1000, keep_alive=60,
+                                              request_timeout=5, max_pipeline=4,
+                                              reactor=self.clock)
+        self.proto = self.factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+
+    def answers(self):
+        data = self.transport.value()
+        self.transport.clear()
+        return responses(data)
+
+    def test_echo(self):
+        """A good call is answered 200 with the handler's body and the two headers."""
+        self.proto.dataReceived(call(7, "echo", [1, "a"]))
+        self.assertEqual(self.answers(), [(200, b'{"error": null, "result": [1, "a"], "id": 7}')])
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_body_in_pieces_and_chunked(self):
+        """A body split over reads, or sent chunked, is reassembled whole."""
+        data = call(1, "echo", ["x" * 50])
+        for i in range(0, len(data), 7):
+            self.proto.dataReceived(data[i:i + 7])
+        body = json.dumps({"id": 2, "method": "echo", "params": [2]}).encode()
+        chunked = (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                   b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (5, body[:5], len(body) - 5, body[5:]))
+        self.proto.dataReceived(chunked)
+        self.assertEqual([s for s, _ in self.answers()], [200, 200])
+
+    def test_unknown_method(self):
+        """An unknown method gets 404 with error 4 and the connection stays open."""
+        self.proto.dataReceived(call(3, "nope"))
+        self.assertEqual(self.answers(), [(404, b'{"error": {"code": 4, "message": '
+                                                b'"method not found"}, "result": null, "id": 3}')])
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_bad_envelopes(self):
+        """Each malformed request gets an empty 400 and the connection is closed."""
+        cases = [post(b"{not json"), post(b"[1]"), post({"id": "1", "method": "echo",
+                                                         "params": []}),
+                 post({"id": True, "method": "echo", "params": []}),
+                 post({"id": 1, "method": 5, "params": []}),
+                 post({"id": 1, "method": "echo", "params": {}}),
+                 post({"id": 1, "method": "echo"}), post(b"\xff\xfe"),
+                 b"GET / HTTP/1.1\r\n\r\n", post(b""), b"NOT HTTP AT ALL\r\n\r\n"]
+        for case in cases:
+            self.setUp()
+            self.proto.dataReceived(case)
+            self.assertEqual(self.answers(), [(400, b"")], case)
+            self.assertTrue(self.transport.disconnecting, case)
+
+    def test_body_too_large(self):
+        """A body over max_body is refused with 413 and the connection closed."""
+        self.proto.dataReceived(call(1, "echo", ["x" * 2000]))
+        self.assertEqual(self.answers(), [(413, b"")])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_pipelined_answers_in_order(self):
+        """Pipelined requests are answered in request order even when handlers finish late."""
+        self.proto.dataReceived(call(1, "later") + call(2, "echo") + call(3, "later"))
+        self.assertEqual(self.answers(), [])
+        self.pending[3].callback((200, b"three"))
+        self.assertEqual(self.answers(), [])
+        self.pending[1].callback((200, b"one"))
+        self.assertEqual([b for _, b in self.answers()],
+                         [b"one", b'{"error": null, "result": [], "id": 2}', b"three"])
+
+    def test_handler_error(self):
+        """A handler that raises gets an empty 500; the error is logged."""
+        self.proto.dataReceived(call(1, "broken"))
+        self.assertEqual(self.answers(), [(500, b"")])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_error_after_pipelined_requests(self):
+        """A bad request after good ones: the good ones are answered first, then close."""
+        self.proto.dataReceived(call(1, "later") + post(b"junk"))
+        self.assertEqual(self.answers(), [])
+        self.assertFalse(self.transport.disconnecting)
+        self.pending[1].callback((200, b"ok"))
+        self.assertEqual(self.answers(), [(200, b"ok"), (400, b"")])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_pipeline_limit_pauses_reading(self):
+        """Past max_pipeline unanswered requests the server stops reading, then resumes."""
+        self.proto.dataReceived(b"".join(call(i, "later") for i in range(4)))
+        self.assertEqual(self.transport.producerState, "paused")
+        for i in range(4):
+            self.pending[i].callback((200, b"%d" % i))
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(len(self.answers()), 4)
+
+    def test_idle_and_slow_clients(self):
+        """Idle connections close after keep_alive; an incomplete request after request_timeout."""
+        self.clock.advance(59)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(self.transport.disconnecting)
+        self.setUp()
+        self.proto.dataReceived(call(1, "echo")[:30])
+        self.clock.advance(4)
+        self.assertFalse(self.transport.disconnected)
+        self.proto.dataReceived(b"")
+        self.clock.advance(1.5)
+        self.assertTrue(self.transport.disconnected)
+
+    def test_connection_close_and_http10(self):
+        """`Connection: close` and HTTP/1.0 without keep-alive close after the answer."""
+        self.proto.dataReceived(post({"id": 1, "method": "echo", "params": []},
+                                     b"Connection: close\r\n"))
+        self.assertEqual(len(self.answers()), 1)
+        self.assertTrue(self.transport.disconnecting)
+        self.setUp()
+        body = b'{"id": 1, "method": "echo", "params": []}'
+        self.proto.dataReceived(b"POST / HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s"
+                                % (len(body), body))
+        self.assertEqual(len(self.answers()), 1)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_answer_after_disconnect_is_dropped(self):
+        """A handler finishing after the client left writes nothing."""
+        self.proto.dataReceived(call(1, "later"))
+        self.proto.connectionLost(None)
+        self.pending[1].callback((200, b"late"))
+        self.assertEqual(self.transport.value(), b"")
+        self.assertNotIn(self.proto, self.factory.connections)
+
+    def test_date_header(self):
+        """The Date header is the RFC 7231 form of the clock's time."""
+        self.clock.advance(1795000000)
+        self.assertEqual(self.factory.dates.header(), b"Wed, 18 Nov 2026 11:06:40 GMT")
+
+
+class LoopbackTests(TestCase):
+
+    async def scenario(self):
+        factory = http.HTTPServerFactory(
+            {"echo": lambda r: (200, json.dumps(r.params).encode())})
+        port = testing.free_port()
+        listening = await address.listen(reactor, "tcp@127.0.0.1:%d" % port, factory)
+        self.addCleanup(listening.stopListening)
+
+        def client():
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"".join(call(i, "echo", [i]) for i in range(50)))
+                data = b""
+                while data.count(b"HTTP/1.1") < 50 or not data.endswith(b"[49]"):
+                    data += s.recv(65536)
+                return responses(data)
+        got = await threads.deferToThread(client)
+        self.assertEqual(got, [(200, b"[%d]" % i) for i in range(50)])
+
+    def test_real_socket(self):
+        """Fifty pipelined requests over a real keep-alive socket come back in order."""
+        return defer.Deferred.fromCoroutine(self.scenario())
