@@ -1,0 +1,540 @@
+# -*- test-case-name: utils.test.test_kafka_queue -*-
+"""Kafka producer and consumer services that never block the reactor.
+
+`KafkaProducerService.send(topic, value)` appends the message to an in-memory queue and
+returns at once.  A thread of the service owns the kafka-python producer and hands it the
+queued messages in order.  The producer is set to retry without a deadline and with one
+request in flight per connection, so while the broker is down messages wait (the queue
+grows, bounded by `queue_limit`: past it `send` raises `QueueFull`, which callers turn into
+"service unavailable") and leave in order once it is back.  Only errors that retrying cannot
+cure (a message too large, say) drop a message; they are logged at critical level.
+Delivery results come back on the reactor thread, as counters and optional callbacks.
+
+`KafkaConsumerService` reads one partition from an explicit offset in a thread and hands
+the messages, with their offsets, to `on_message(offset, value)` on the reactor thread, in
+order; at most `limit` messages are handed over and not yet processed at any time.
+
+`InProcessBus` offers the same two interfaces without Kafka (the embedded mode).
+"""
+
+import collections
+import threading
+import time
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+__all__ = ["KafkaProducerService", "KafkaConsumerService", "QueueFull", "InProcessBus"]
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def _retry_unknown_errors():
+    """Let the producer retry, in place, a produce answered with UnknownError (-1).
+
+    Some Kafka-compatible brokers answer a produce to a topic they have just lost (after a
+    restart) with -1 rather than a retriable code.  Retried in place, after a metadata
+    refresh that re-creates the topic, the batch keeps its order; failed, it would be lost.
+    """
+    from kafka import errors
+    if issubclass(errors.kafka_errors[-1], errors.RetriableError):
+        return
+
+    class TransientUnknownError(errors.UnknownError, errors.InvalidMetadataError):
+        retriable = True
+        invalid_metadata = True
+
+    errors.kafka_errors[-1] = TransientUnknownError
+
+
+class QueueFull(Exception):
+    """Too many messages wait for the broker."""
+
+
+def _reactor(reactor):
+    if reactor is None:
+        from twisted.internet import reactor
+    return reactor
+
+
+def _bytes(value):
+    return value.encode() if isinstance(value, str) else value
+
+
+class KafkaProducerService(service.Service):
+    log = Logger()
+
+    def __init__(self, brokers, reactor=None, queue_limit=1000000, name="kafka producer",
+                 stop_timeout=10.0, **producer_config):
+        self.brokers = brokers
+        self.reactor = _reactor(reactor)
+        self.queue_limit = queue_limit
+        self.name = name
+        self.stop_timeout = stop_timeout
+        self.config = dict(
+            acks=1, linger_ms=1, retries=2 ** 31 - 1, delivery_timeout_ms=DAY_MS,
+            enable_idempotence=False,
+            max_in_flight_requests_per_connection=1, max_block_ms=1000,
+            request_timeout_ms=5000, reconnect_backoff_max_ms=1000,
+            max_request_size=16 * 1024 * 1024)
+        self.config.update(producer_config)
+        self._outbox = collections.deque()
+        self._wakeup = threading.Condition()
+        self._thread = None
+        self._stopping = False
+        self._stopped = None
+        self._producer = None
+        self.queued = 0        # accepted by send(), not yet delivered or failed
+        self.delivered = 0
+        self.failed = 0
+        self.broker_up = None  # unknown until the first attempt
+
+    @property
+    def queue_length(self) -> int:
+        return self.queued
+
+    def stats(self):
+        return {"queued": self.queued, "delivered": self.delivered, "failed": self.failed}
+
+    # -- reactor side -----------------------------------------------------------------
+
+    def send(self, topic: str, value, partition: int = 0, callback=None):
+        """Queue one message; `callback(error_or_None)` runs on the reactor when done."""
+        if self.queued >= self.queue_limit:
+            raise QueueFull("%s: %d messages wait for the broker" % (self.name, self.queued))
+        self.queued += 1
+        self._outbox.append((topic, _bytes(value), partition, callback))
+        if len(self._outbox) == 1:
+            with self._wakeup:
+                self._wakeup.notify()
+
+    def _report(self, results):
+        for callback, error in results:
+            self.queued -= 1
+            if error is None:
+                self.delivered += 1
+            else:
+                self.failed += 1
+            if callback is not None:
+                try:
+                    callback(error)
+                except Exception:
+                    self.log.failure("{name}: delivery callback failed", name=self.name)
+
+    def _broker_state(self, up, error=None):
+        if up == self.broker_up:
+            return
+        self.broker_up = up
+        if up:
+            self.log.info("{name}: connected to {brokers}", name=self.name, brokers=self.brokers)
+        else:
+            self.log.error("{name}: broker {brokers} unavailable: {error}; messages are kept",
+                           name=self.name, brokers=self.brokers, error=error)
+
+    def startService(self):
+        service.Service.startService(self)
+        self._stopping = False
+        self._stopped = defer.Deferred()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self._thread is None:
+            return defer.succeed(None)
+        self._stopping = True
+        with self._wakeup:
+            self._wakeup.notify()
+        self._thread = None
+        return self._stopped
+
+    # -- producer thread --------------------------------------------------------------
+
+    def _connect(self):
+        from kafka import KafkaProducer
+        _retry_unknown_errors()
+        while not self._stopping:
+            try:
+                producer = KafkaProducer(bootstrap_servers=self.brokers, **self.config)
+            except Exception as e:
+                self.reactor.callFromThread(self._broker_state, False, e)
+                with self._wakeup:
+                    self._wakeup.wait(1.0)
+                continue
+            self.reactor.callFromThread(self._broker_state, True)
+            return producer
+        return None
+
+    def _run(self):
+        producer = self._connect()
+        pending = collections.deque()   # (callback, error) results to report
+        lock = threading.Lock()
+        # a stall (messages in flight, no answer for a request timeout) means the broker is
+        # away: kafka-python retries silently, so this is how the outage becomes visible
+        progress = {"in_flight": 0, "last": time.monotonic(), "stalled": False}
+        stall_after = self.config["request_timeout_ms"] / 1000.0
+
+        def done(callback, error):
+            with lock:
+                first = not pending
+                pending.append((callback, error))
+                progress["in_flight"] -= 1
+                progress["last"] = time.monotonic()
+                recovered, progress["stalled"] = progress["stalled"], False
+            if recovered:
+                self.reactor.callFromThread(self._broker_state, True)
+            if first:
+                self.reactor.callFromThread(flush_results)
+
+        def check_stall():
+            with lock:
+                stalled = (progress["in_flight"] > 0 and not progress["stalled"]
+                           and time.monotonic() - progress["last"] > stall_after)
+                if stalled:
+                    progress["stalled"] = True
+            if stalled:
+                self.reactor.callFromThread(
+                    self._broker_state, False,
+                    "no delivery for %.1f s" % (time.monotonic() - progress["last"]))
+
+        def flush_results():
+            with lock:
+                results = list(pending)
+                pending.clear()
+            self._report(results)
+
+        while producer is not None:
+            check_stall()
+            if not self._outbox:
+                if self._stopping:
+                    break
+                with self._wakeup:
+                    if not self._outbox and not self._stopping:
+                        self._wakeup.wait(0.5)
+                continue
+            topic, value, partition, callback = self._outbox[0]
+            try:
+                future = producer.send(topic, value=value, partition=partition)
+            except Exception as e:
+                if _retriable(e):
+                    self.reactor.callFromThread(self._broker_state, False, e)
+                    time.sleep(0.1)
+                    continue
+                self._outbox.popleft()
+                self.reactor.callFromThread(
+                    self.log.critical, "{name}: message to {topic} dropped: {error}",
+                    name=self.name, topic=topic, error=e)
+                with lock:
+                    progress["in_flight"] += 1   # done() counts it back
+                done(callback, e)
+                continue
+            self._outbox.popleft()
+            with lock:
+                if progress["in_flight"] == 0:
+                    progress["last"] = time.monotonic()
+                progress["in_flight"] += 1
+            future.add_callback(lambda _, cb=callback: done(cb, None))
+            future.add_errback(
+                lambda error, cb=callback, t=topic: self._delivery_failed(error, cb, t, done))
+        if producer is not None:
+            try:
+                producer.flush(timeout=self.stop_timeout)
+            except Exception as e:
+                self.reactor.callFromThread(
+                    self.log.error, "{name}: could not flush every message: {error}",
+                    name=self.name, error=e)
+            try:
+                producer.close(timeout=1)
+            except Exception:
+                pass
+        left = len(self._outbox)
+        if left:
+            self.reactor.callFromThread(
+                self.log.critical, "{name}: stopped with {count} messages not sent",
+                name=self.name, count=left)
+        self.reactor.callFromThread(self._stopped.callback, None)
+
+    def _delivery_failed(self, error, callback, topic, done):
+        self.reactor.callFromThread(
+            self.log.critical, "{name}: delivery to {topic} failed: {error}",
+            name=self.name, topic=topic, error=error)
+        done(callback, error)
+
+
+def _retriable(error):
+    from kafka.errors import KafkaError, KafkaTimeoutError
+    if isinstance(error, KafkaTimeoutError):
+        return True
+    return isinstance(error, KafkaError) and getattr(error, "retriable", False)
+
+
+class KafkaConsumerService(service.Service):
+    """Reads one partition of a topic from an explicit offset.
+
+    `offset`: an int (the next offset to read), "earliest", or "latest"/None (only new
+    messages).  `on_message(offset, value)` runs on the reactor thread.
+    """
+
+    log = Logger()
+
+    def __init__(self, brokers, topic, on_message, partition=0, offset=None, reactor=None,
+                 limit=1000, name=None, **consumer_config):
+        self.brokers = brokers
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.on_message = on_message
+        self.reactor = _reactor(reactor)
+        self.limit = max(1, limit)
+        self.name = name or "kafka consumer %s" % topic
+        self.config = dict(enable_auto_commit=False, group_id=None,
+                           auto_offset_reset="earliest", reconnect_backoff_max_ms=1000,
+                           request_timeout_ms=30000, max_poll_records=self.limit)
+        self.config.update(consumer_config)
+        self._slots = threading.Semaphore(self.limit)
+        self._stopping = threading.Event()
+        self._thread = None
+        self._stopped = None
+        self.received = 0
+        self.last_offset = None
+        self.broker_up = None
+
+    def startService(self):
+        service.Service.startService(self)
+        self._stopping.clear()
+        self._stopped = defer.Deferred()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self._thread is None:
+            return defer.succeed(None)
+        self._stopping.set()
+        self._thread = None
+        return self._stopped
+
+    def _broker_state(self, up, error=None):
+        if up == self.broker_up:
+            return
+        self.broker_up = up
+        if up:
+            self.log.info("{name}: reading {topic}[{partition}] from {brokers}",
+                          name=self.name, topic=self.topic, partition=self.partition,
+                          brokers=self.brokers)
+        else:
+            self.log.error("{name}: broker {brokers} unavailable: {error}", name=self.name,
+                           brokers=self.brokers, error=error)
+
+    def _deliver(self, batch):
+        for offset, value in batch:
+            if self._stopping.is_set():
+                break
+            self.received += 1
+            self.last_offset = offset
+            try:
+                self.on_message(offset, value)
+            except Exception:
+                self.log.failure("{name}: handling message {offset} failed", name=self.name,
+                                 offset=offset)
+        for _ in batch:
+            self._slots.release()
+
+    def _open(self):
+        from kafka import KafkaConsumer, TopicPartition
+        while not self._stopping.is_set():
+            try:
+                consumer = KafkaConsumer(bootstrap_servers=self.brokers, **self.config)
+                tp = TopicPartition(self.topic, self.partition)
+                consumer.assign([tp])
+                self._skip_before = None
+                if isinstance(self.offset, int):
+                    consumer.seek(tp, self.offset)
+                elif self.offset == "earliest":
+                    consumer.seek_to_beginning(tp)
+                else:
+                    self._seek_latest(consumer, tp)
+                self.reactor.callFromThread(self._broker_state, True)
+                return consumer
+            except Exception as e:
+                self.reactor.callFromThread(self._broker_state, False, e)
+                self._stopping.wait(1.0)
+        return None
+
+    def _seek_latest(self, consumer, tp):
+        # Some Kafka-compatible brokers report the end of a partition as the last batch's
+        # base offset + 1 rather than the last offset + 1.  Read from one before the
+        # reported end and drop what was written before we started.
+        end = consumer.end_offsets([tp])[tp]
+        consumer.seek(tp, max(end - 1, 0))
+        self._skip_before = (end, int(time.time() * 1000))
+
+    def _fresh(self, batch):
+        end, started_ms = self._skip_before
+        fresh = [m for m in batch if m.offset >= end and m.timestamp >= started_ms]
+        if fresh:
+            self._skip_before = None
+        return fresh
+
+    def _run(self):
+        consumer = self._open()
+        while consumer is not None and not self._stopping.is_set():
+            try:
+                records = consumer.poll(timeout_ms=200, max_records=self.limit)
+            except Exception as e:
+                self.reactor.callFromThread(self._broker_state, False, e)
+                self._stopping.wait(1.0)
+                continue
+            batch = [m for msgs in records.values() for m in msgs]
+            if not batch:
+                continue
+            if self._skip_before is not None:
+                batch = self._fresh(batch)
+            batch = [(m.offset, m.value) for m in batch]
+            if not batch:
+                continue
+            self.reactor.callFromThread(self._broker_state, True)
+            taken = 0
+            for _ in batch:
+                while not self._slots.acquire(timeout=0.2):
+                    if self._stopping.is_set():
+                        break
+                else:
+                    taken += 1
+                    continue
+                break
+            if taken < len(batch):
+                for _ in range(taken):
+                    self._slots.release()
+                break
+            self.reactor.callFromThread(self._deliver, batch)
+        if consumer is not None:
+            try:
+                consumer.close()
+            except Exception:
+                pass
+        self.reactor.callFromThread(self._stopped.callback, None)
+
+
+class InProcessBus:
+    """Topics kept in memory: the embedded stand-in for Kafka.
+
+    `bus.producer()` and `bus.consumer(topic, on_message, offset=...)` give services with
+    the interfaces of KafkaProducerService and KafkaConsumerService.  Messages are handed
+    over on a later reactor turn, in order, with offsets counted from 0 per topic.
+    """
+
+    def __init__(self, reactor=None, retention=1000000):
+        self.reactor = _reactor(reactor)
+        self.retention = retention
+        self.topics = {}        # name -> [first offset, deque of values]
+        self._consumers = collections.defaultdict(list)
+
+    def _log(self, topic):
+        entry = self.topics.get(topic)
+        if entry is None:
+            entry = self.topics[topic] = [0, collections.deque()]
+        return entry
+
+    def end_offset(self, topic):
+        first, values = self._log(topic)
+        return first + len(values)
+
+    def append(self, topic, value):
+        entry = self._log(topic)
+        entry[1].append(_bytes(value))
+        if len(entry[1]) > self.retention:
+            entry[1].popleft()
+            entry[0] += 1
+        for consumer in self._consumers[topic]:
+            consumer._wake()
+
+    def read(self, topic, offset, limit):
+        first, values = self._log(topic)
+        start = max(offset, first)
+        stop = min(first + len(values), start + limit)
+        return [(i, values[i - first]) for i in range(start, stop)]
+
+    def producer(self, name="bus producer"):
+        return _BusProducer(self, name)
+
+    def consumer(self, topic, on_message, offset=None, limit=1000, name=None, partition=0):
+        return _BusConsumer(self, topic, on_message, offset, limit, name)
+
+
+class _BusProducer(service.Service):
+    def __init__(self, bus, name):
+        self.bus = bus
+        self.name = name
+        self.delivered = 0
+        self.failed = 0
+        self.queue_limit = 0
+
+    queued = 0
+    queue_length = 0
+
+    def stats(self):
+        return {"queued": 0, "delivered": self.delivered, "failed": 0}
+
+    def send(self, topic, value, partition=0, callback=None):
+        self.bus.append(topic, value)
+        self.delivered += 1
+        if callback is not None:
+            self.bus.reactor.callLater(0, callback, None)
+
+
+class _BusConsumer(service.Service):
+    log = Logger()
+
+    def __init__(self, bus, topic, on_message, offset, limit, name):
+        self.bus = bus
+        self.topic = topic
+        self.on_message = on_message
+        self.offset = offset
+        self.limit = limit
+        self.name = name or "bus consumer %s" % topic
+        self.next_offset = None
+        self.received = 0
+        self.last_offset = None
+        self._scheduled = None
+
+    def startService(self):
+        service.Service.startService(self)
+        if isinstance(self.offset, int):
+            self.next_offset = self.offset
+        elif self.offset == "earliest":
+            self.next_offset = self.bus._log(self.topic)[0]
+        else:
+            self.next_offset = self.bus.end_offset(self.topic)
+        self.bus._consumers[self.topic].append(self)
+        self._wake()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self in self.bus._consumers[self.topic]:
+            self.bus._consumers[self.topic].remove(self)
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None
+
+    def _wake(self):
+        if self._scheduled is None and self.running:
+            self._scheduled = self.bus.reactor.callLater(0, self._deliver)
+
+    def _deliver(self):
+        self._scheduled = None
+        batch = self.bus.read(self.topic, self.next_offset, self.limit)
+        for offset, value in batch:
+            self.next_offset = offset + 1
+            self.received += 1
+            self.last_offset = offset
+            try:
+                self.on_message(offset, value)
+            except Exception:
+                self.log.failure("{name}: handling message {offset} failed", name=self.name,
+                                 offset=offset)
+            if not self.running:
+                return
+        if batch and self.next_offset < self.bus.end_offset(self.topic):
+            self._wake()

@@ -1,0 +1,280 @@
+# -*- test-case-name: utils.test.test_mysql -*-
+"""SQL databases on Twisted's adbapi thread pool: MySQL/MariaDB through PyMySQL, or SQLite.
+
+`Database` wraps an `adbapi.ConnectionPool` and carries a `Dialect`, the one place where the
+two SQL flavours differ: placeholders, `INSERT IGNORE`, and the table definitions (MySQL DDL
+is written once, in `depends/sql/`, and translated for SQLite).  Queries always run in the
+pool's threads, never on the reactor.
+
+Amounts are DECIMAL columns in MySQL and TEXT in SQLite, so that neither loses a digit;
+`decimal.Decimal` parameters are bound as their exact text, and callers turn what they read
+back into `Decimal` (which accepts both the `Decimal` PyMySQL returns and SQLite's text).
+
+Lost connections (MySQL errors 2003, 2006, 2013) are retried on a fresh connection for
+interactions marked `retry=True`; use it for reads and for writes that are idempotent
+(explicit primary keys, `INSERT IGNORE`), never for blind appends.
+"""
+
+import decimal
+import re
+import sqlite3
+
+from twisted.enterprise import adbapi
+from twisted.internet import defer
+from twisted.logger import Logger
+
+__all__ = ["Database", "Dialect", "MYSQL", "SQLITE", "connect_mysql", "connect_sqlite",
+           "from_config", "split_statements", "CONNECTION_LOST"]
+
+log = Logger()
+
+# CR_CONN_HOST_ERROR, CR_SERVER_GONE_ERROR, CR_SERVER_LOST
+CONNECTION_LOST = frozenset({2003, 2006, 2013})
+
+sqlite3.register_adapter(decimal.Decimal, str)
+
+
+class Dialect:
+    """How one SQL flavour spells what the project writes in MySQL's."""
+
+    def __init__(self, name, placeholder):
+        self.name = name
+        self.placeholder = placeholder
+
+    def sql(self, statement: str) -> str:
+        return statement
+
+    def ddl(self, statement: str) -> list:
+        """The statements that create, in this flavour, what `statement` creates in MySQL's."""
+        return [statement]
+
+    def quote(self, name: str) -> str:
+        return "`%s`" % name.replace("`", "``")
+
+
+class _SQLite(Dialect):
+    _create = re.compile(r"CREATE\s+TABLE\s+(IF\s+NOT\s+EXISTS\s+)?`?(\w+)`?\s*\((.*)\)",
+                         re.I | re.S)
+    _like = re.compile(r"CREATE\s+TABLE\s+(IF\s+NOT\s+EXISTS\s+)?`?(\w+)`?\s+LIKE\s+`?(\w+)`?",
+                       re.I)
+    _index = re.compile(r"^(UNIQUE\s+)?(?:INDEX|KEY)\s+`?(\w+)`?\s*\((.*)\)$", re.I | re.S)
+
+    def __init__(self):
+        super().__init__("sqlite", "?")
+        self.tables = {}   # name -> body, for CREATE TABLE ... LIKE
+
+    def sql(self, statement):
+        statement = re.sub(r"\bINSERT\s+IGNORE\b", "INSERT OR IGNORE", statement, flags=re.I)
+        return statement.replace("%s", "?")
+
+    def _column(self, line):
+        line = re.sub(r"\bDECIMAL\s*\(\s*\d+\s*,\s*\d+\s*\)", "TEXT", line, flags=re.I)
+        line = re.sub(r"\b(TINYINT|SMALLINT|MEDIUMINT|INT|BIGINT)\b(\s+UNSIGNED)?", "INTEGER",
+                      line, flags=re.I)
+        line = re.sub(r"\bVARCHAR\s*\(\s*\d+\s*\)", "TEXT", line, flags=re.I)
+        if re.search(r"\bAUTO_INCREMENT\b", line, re.I):
+            name = line.split()[0]
+            return "%s INTEGER PRIMARY KEY AUTOINCREMENT" % name
+        return line
+
+    def ddl(self, statement):
+        statement = statement.strip().rstrip(";")
+        like = self._like.match(statement)
+        if like:
+            exists, name, template = like.groups()
+            if template not in self.tables:
+                raise ValueError("CREATE TABLE %s LIKE %s: template unknown" % (name, template))
+            return self._table(name, self.tables[template], bool(exists))
+        create = self._create.match(statement)
+        if not create:
+            return [statement]
+        exists, name, body = create.groups()
+        self.tables[name] = body
+        return self._table(name, body, bool(exists))
+
+    def _table(self, name, body, if_not_exists):
+        columns, indexes = [], []
+        for part in _split_columns(body):
+            index = self._index.match(part)
+            if index:
+                unique, index_name, fields = index.groups()
+                indexes.append("CREATE %sINDEX IF NOT EXISTS `%s_%s` ON `%s` (%s)" % (
+                    "UNIQUE " if unique else "", name, index_name, name, fields))
+            else:
+                columns.append(self._column(part))
+        head = "CREATE TABLE %s`%s`" % ("IF NOT EXISTS " if if_not_exists else "", name)
+        return ["%s (\n    %s\n)" % (head, ",\n    ".join(columns))] + indexes
+
+
+def _split_columns(body):
+    """Split a table body on the commas that are not inside parentheses."""
+    parts, depth, current = [], 0, []
+    for char in body:
+        if char == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        depth += char == "("
+        depth -= char == ")"
+        current.append(char)
+    parts.append("".join(current).strip())
+    return [p for p in parts if p]
+
+
+def split_statements(script: str) -> list:
+    """The statements of an SQL script: `--` comments dropped, split on `;`."""
+    text = "\n".join(line for line in script.splitlines()
+                     if not line.lstrip().startswith("--"))
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+MYSQL = Dialect("mysql", "%s")
+SQLITE = _SQLite
+
+
+class Database:
+    """A pool of connections and the dialect they speak."""
+
+    log = Logger()
+
+    def __init__(self, pool: adbapi.ConnectionPool, dialect: Dialect, description: str):
+        self.pool = pool
+        self.dialect = dialect
+        self.description = description
+
+    def __repr__(self):
+        return "<Database %s>" % self.description
+
+    def interaction(self, work, *args, retry=False, **kwargs):
+        """Run `work(cursor, *args, **kwargs)` in one transaction in a pool thread."""
+        return defer.Deferred.fromCoroutine(self._interact(work, args, kwargs, retry))
+
+    async def _interact(self, work, args, kwargs, retry):
+        attempts = 2 if retry else 1
+        for attempt in range(attempts):
+            try:
+                return await self.pool.runInteraction(work, *args, **kwargs)
+            except Exception as e:
+                if attempt + 1 < attempts and _lost(e):
+                    self.log.warn("{db}: connection lost ({error}); retrying",
+                                  db=self.description, error=e)
+                    continue
+                raise
+
+    def query(self, sql, args=(), retry=True):
+        """All rows of a SELECT (a Deferred firing with a list of tuples)."""
+        sql = self.dialect.sql(sql)
+
+        def run(cursor):
+            cursor.execute(sql, args)
+            return list(cursor.fetchall())
+        return self.interaction(run, retry=retry)
+
+    def execute(self, sql, args=(), retry=False):
+        """Run one statement in its own transaction; fires with the affected row count."""
+        sql = self.dialect.sql(sql)
+
+        def run(cursor):
+            cursor.execute(sql, args)
+            return cursor.rowcount
+        return self.interaction(run, retry=retry)
+
+    def insert_many_sql(self, table, columns, count, ignore=False):
+        marks = "(%s)" % ", ".join([self.dialect.placeholder] * len(columns))
+        head = "INSERT %sINTO %s (%s) VALUES " % (
+            "IGNORE " if ignore else "", self.dialect.quote(table),
+            ", ".join(self.dialect.quote(c) for c in columns))
+        return self.dialect.sql(head + ", ".join([marks] * count))
+
+    def insert_rows(self, cursor, table, columns, rows, chunk=1000, ignore=False):
+        """Multi-row INSERTs of at most `chunk` rows each, inside the caller's transaction."""
+        rows = list(rows)
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            cursor.execute(self.insert_many_sql(table, columns, len(part), ignore),
+                           [value for row in part for value in row])
+        return len(rows)
+
+    def insert_many(self, table, columns, rows, chunk=1000, ignore=False, retry=False):
+        """Insert `rows` (sequences in `columns` order) in one transaction."""
+        return self.interaction(self.insert_rows, table, columns, rows, chunk, ignore,
+                                retry=retry)
+
+    def create_like(self, cursor, name, template):
+        """Create table `name` (if missing) with the structure of `template`."""
+        if self.dialect.name == "mysql":
+            cursor.execute("CREATE TABLE IF NOT EXISTS %s LIKE %s" % (
+                self.dialect.quote(name), self.dialect.quote(template)))
+            return
+        cursor.execute("SELECT sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL "
+                       "ORDER BY type DESC", (template,))
+        for (sql,) in cursor.fetchall():
+            sql = sql.replace("`%s`" % template, "`%s`" % name, 1)
+            sql = re.sub(r"^CREATE (UNIQUE )?(TABLE|INDEX) ", r"CREATE \1\2 IF NOT EXISTS ",
+                         sql.replace(" IF NOT EXISTS", "", 1))
+            if sql.startswith("CREATE INDEX") or sql.startswith("CREATE UNIQUE INDEX"):
+                sql = sql.replace("`%s_" % template, "`%s_" % name, 1)
+            cursor.execute(sql)
+
+    def table_exists(self, cursor, name):
+        if self.dialect.name == "mysql":
+            cursor.execute("SHOW TABLES LIKE %s", (name,))
+        else:
+            cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?",
+                           (name,))
+        return cursor.fetchone() is not None
+
+    def ddl_statements(self, script):
+        return [s for statement in split_statements(script)
+                for s in self.dialect.ddl(statement)]
+
+    def execute_script(self, script):
+        """Run every statement of an SQL script (written in MySQL's dialect), in order."""
+        statements = self.ddl_statements(script)
+
+        def run(cursor):
+            for statement in statements:
+                cursor.execute(statement)
+            return len(statements)
+        return self.interaction(run)
+
+    def close(self):
+        self.pool.close()
+
+
+def _lost(error):
+    import pymysql
+    return (isinstance(error, pymysql.err.OperationalError) and error.args
+            and error.args[0] in CONNECTION_LOST) or isinstance(
+                error, (pymysql.err.InterfaceError, adbapi.ConnectionLost))
+
+
+def connect_mysql(host, port, user, password, database, charset="utf8", min_connections=1,
+                  max_connections=5, reactor=None, **extra):
+    """A MySQL pool; connections dropped by the server are replaced when next used."""
+    kwargs = dict(host=host, port=int(port), user=user, password=password, database=database,
+                  charset=charset, autocommit=False, connect_timeout=5)
+    kwargs.update(extra)
+    if reactor is not None:
+        kwargs["cp_reactor"] = reactor
+    pool = adbapi.ConnectionPool("pymysql", cp_min=min_connections, cp_max=max_connections,
+                                 cp_reconnect=True, cp_noisy=False, **kwargs)
+    return Database(pool, MYSQL, "mysql %s@%s:%s/%s" % (user, host, port, database))
+
+
+def connect_sqlite(path, reactor=None):
+    """An SQLite database used through the same interface, one connection (one writer)."""
+    def opened(conn):
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+
+    kwargs = {"cp_reactor": reactor} if reactor is not None else {}
+    pool = adbapi.ConnectionPool("sqlite3", path, check_same_thread=False, cp_min=1, cp_max=1,
+                                 cp_openfun=opened, cp_noisy=False, **kwargs)
+    return Database(pool, SQLITE(), "sqlite %s" % path)
+
+
+def from_config(cfg, **kwargs):
+    """A Database from a `db_*` config section (host, port, user, pass, name, charset)."""
+    return connect_mysql(cfg["host"], cfg.get("port", 3306), cfg["user"], cfg["pass"],
+                         cfg["name"], cfg.get("charset", "utf8"), **kwargs)

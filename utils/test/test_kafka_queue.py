@@ -1,0 +1,212 @@
+# -*- test-case-name: utils.test.test_kafka_queue -*-
+"""Kafka producer and consumer services against a real broker, and the in-process bus."""
+
+import uuid
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from utils import testing
+from utils.kafka_queue import (InProcessBus, KafkaConsumerService, KafkaProducerService,
+                               QueueFull)
+
+
+async def until(predicate, seconds=30, what="condition"):
+    for _ in range(int(seconds / 0.05)):
+        if predicate():
+            return
+        await deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError("%s not reached in %s s" % (what, seconds))
+
+
+def topic_name():
+    return "test-" + uuid.uuid4().hex[:12]
+
+
+class BrokerTests(TestCase):
+
+    timeout = 120
+
+    def setUp(self):
+        self.brokers = testing.require("kafka")
+
+    def producer(self, brokers=None, **kw):
+        p = KafkaProducerService(brokers or self.brokers, **kw)
+        p.startService()
+        self.addCleanup(lambda: p.stopService() if p.running else None)
+        return p
+
+    def consumer(self, topic, got, brokers=None, **kw):
+        c = KafkaConsumerService(brokers or self.brokers, topic,
+                                 lambda offset, value: got.append((offset, value)), **kw)
+        c.startService()
+        self.addCleanup(lambda: c.stopService() if c.running else None)
+        return c
+
+    async def order_scenario(self):
+        topic = topic_name()
+        p = self.producer()
+        for i in range(10000):
+            p.send(topic, b"m%d" % i)
+        await until(lambda: p.delivered == 10000, what="10000 deliveries")
+        self.assertEqual((p.queued, p.failed), (0, 0))
+        got = []
+        self.consumer(topic, got, offset="earliest", limit=500)
+        await until(lambda: len(got) == 10000, what="10000 messages consumed")
+        self.assertEqual(got, [(i, b"m%d" % i) for i in range(10000)])
+
+    def test_ten_thousand_in_order(self):
+        """10,000 messages produced through the service are consumed back in order."""
+        return defer.Deferred.fromCoroutine(self.order_scenario())
+
+    async def offsets_scenario(self):
+        topic = topic_name()
+        p = self.producer()
+        for i in range(10):
+            p.send(topic, "s%d" % i)
+        await until(lambda: p.delivered == 10)
+        from_five, latest = [], []
+        self.consumer(topic, from_five, offset=5)
+        c = self.consumer(topic, latest, offset="latest")
+        await until(lambda: len(from_five) == 5)
+        await until(lambda: c.broker_up)
+        await deferLater(reactor, 0.5, lambda: None)
+        p.send(topic, "new")
+        await until(lambda: len(latest) == 1 and len(from_five) == 6)
+        self.assertEqual(from_five[0], (5, b"s5"))
+        self.assertEqual(latest, [(10, b"new")])
+
+    def test_explicit_and_latest_offsets(self):
+        """A consumer starts at a given offset, or sees only new messages with 'latest'."""
+        return defer.Deferred.fromCoroutine(self.offsets_scenario())
+
+    async def outage_scenario(self):
+        # the client reaches the broker through a proxy that the test cuts: to the producer
+        # the broker is gone (connections dropped, then refused) while it keeps its log
+        proxy = testing.CuttableProxy(testing.free_port())
+        broker = testing.KafkaBroker(port=proxy.target_port, advertise_port=proxy.port).start()
+        self.addCleanup(broker.stop)
+        proxy.up()
+        self.addCleanup(proxy.down)
+        topic = topic_name()
+        p = self.producer(broker.address, request_timeout_ms=2000)
+        acked = []
+        for i in range(100):
+            p.send(topic, b"a%d" % i, callback=lambda err, i=i: acked.append((i, err)))
+        await until(lambda: p.delivered == 100)
+        await proxy.down()
+        for i in range(100, 300):
+            p.send(topic, b"a%d" % i, callback=lambda err, i=i: acked.append((i, err)))
+        await deferLater(reactor, 3.0, lambda: None)
+        self.assertEqual(p.queued, 200)
+        self.assertEqual(p.failed, 0)
+        self.assertFalse(p.broker_up)
+        proxy.up()
+        await until(lambda: p.queued == 0, seconds=60, what="queue drained after restart")
+        self.assertEqual(p.failed, 0)
+        self.assertEqual([i for i, err in acked], list(range(300)))
+        self.assertTrue(all(err is None for _, err in acked))
+        got = []
+        self.consumer(topic, got, brokers=broker.address, offset="earliest")
+        await until(lambda: len(got) >= 300, seconds=30, what="all messages consumed")
+        self.assertEqual(got, [(i, b"a%d" % i) for i in range(300)])
+        self.flushLoggedErrors()
+
+    def test_broker_restart_loses_nothing(self):
+        """Messages sent while the broker is unreachable wait, then all arrive in order."""
+        return defer.Deferred.fromCoroutine(self.outage_scenario())
+
+    def test_queue_limit(self):
+        """Past queue_limit undelivered messages, send raises QueueFull."""
+        p = KafkaProducerService("127.0.0.1:%d" % testing.free_port(), queue_limit=3)
+        for i in range(3):
+            p.send("t", b"x")
+        self.assertRaises(QueueFull, p.send, "t", b"x")
+        self.assertEqual(p.queue_length, 3)
+
+    async def flush_scenario(self):
+        topic = topic_name()
+        p = KafkaProducerService(self.brokers)
+        p.startService()
+        for i in range(500):
+            p.send(topic, b"f%d" % i)
+        await p.stopService()
+        self.assertEqual((p.delivered, p.queued), (500, 0))
+
+    def test_stop_flushes(self):
+        """stopService delivers what is queued before it fires."""
+        return defer.Deferred.fromCoroutine(self.flush_scenario())
+
+
+class BusTests(SynchronousTestCase):
+
+    def setUp(self):
+        self.clock = Clock()
+        self.bus = InProcessBus(reactor=self.clock)
+
+    def test_produce_consume(self):
+        """Messages reach consumers on a later turn, in order, with offsets."""
+        producer = self.bus.producer()
+        got, done = [], []
+        consumer = self.bus.consumer("deals", lambda o, v: got.append((o, v)), offset="earliest")
+        consumer.startService()
+        producer.send("deals", "a", callback=done.append)
+        producer.send("deals", b"b")
+        self.assertEqual(got, [])
+        self.clock.advance(0)
+        self.assertEqual(got, [(0, b"a"), (1, b"b")])
+        self.assertEqual(done, [None])
+
+    def test_offsets(self):
+        """A consumer starts at an explicit offset or at the end ('latest')."""
+        producer = self.bus.producer()
+        for v in "abc":
+            producer.send("t", v)
+        at_one, latest = [], []
+        self.bus.consumer("t", lambda o, v: at_one.append(o), offset=1).startService()
+        self.bus.consumer("t", lambda o, v: latest.append(o)).startService()
+        self.clock.advance(0)
+        producer.send("t", "d")
+        self.clock.advance(0)
+        self.assertEqual((at_one, latest), ([1, 2, 3], [3]))
+
+    def test_limit_batches(self):
+        """A consumer takes at most `limit` messages per turn."""
+        producer = self.bus.producer()
+        for i in range(5):
+            producer.send("t", str(i))
+        got = []
+        consumer = self.bus.consumer("t", lambda o, v: got.append(o), offset=0, limit=2)
+        turns = []
+        deliver = consumer._deliver
+        consumer._deliver = lambda: (turns.append(len(got)), deliver())
+        consumer.startService()
+        self.clock.advance(0)
+        self.assertEqual(got, [0, 1, 2, 3, 4])
+        self.assertEqual(turns, [0, 2, 4])
+
+    def test_stopped_consumer(self):
+        """A stopped consumer receives nothing more."""
+        got = []
+        consumer = self.bus.consumer("t", lambda o, v: got.append(o), offset=0)
+        consumer.startService()
+        consumer.stopService()
+        self.bus.producer().send("t", "x")
+        self.clock.advance(0)
+        self.assertEqual(got, [])
+
+    def test_handler_error_logged(self):
+        """A failing handler is logged and later messages still arrive."""
+        got = []
+
+        def handler(offset, value):
+            if offset == 0:
+                raise ValueError("bad")
+            got.append(offset)
+        self.bus.consumer("t", handler, offset=0).startService()
+        self.bus.producer().send("t", "x")
+        self.bus.producer().send("t", "y")
+        self.clock.advance(0)
+        self.assertEqual(got, [1])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)

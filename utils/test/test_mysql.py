@@ -1,0 +1,188 @@
+# -*- test-case-name: utils.test.test_mysql -*-
+"""The adbapi database layer against the real MariaDB and against SQLite."""
+
+import os
+import uuid
+from decimal import Decimal
+
+import pymysql
+from twisted.enterprise import adbapi
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from utils import mysql, testing
+
+SQL_DIR = os.path.join(testing.ROOT, "depends", "sql")
+
+
+def read_sql(name):
+    with open(os.path.join(SQL_DIR, name)) as f:
+        return f.read()
+
+
+class DialectTests(SynchronousTestCase):
+
+    def test_placeholders_and_ignore(self):
+        """SQLite gets `?` placeholders and INSERT OR IGNORE; MySQL text is untouched."""
+        sql = "INSERT IGNORE INTO t (a, b) VALUES (%s, %s)"
+        self.assertEqual(mysql.MYSQL.sql(sql), sql)
+        self.assertEqual(mysql.SQLITE().sql(sql), "INSERT OR IGNORE INTO t (a, b) VALUES (?, ?)")
+
+    def test_split_statements(self):
+        """Comments are dropped and statements split on semicolons."""
+        self.assertEqual(mysql.split_statements("-- c\nSELECT 1;\n\n  SELECT 2 ;\n-- end"),
+                         ["SELECT 1", "SELECT 2"])
+
+    def test_ddl_translation(self):
+        """DECIMAL becomes TEXT, AUTO_INCREMENT an INTEGER key, indexes separate statements."""
+        d = mysql.SQLITE()
+        out = d.ddl("""CREATE TABLE IF NOT EXISTS `h` (
+            `id` BIGINT UNSIGNED NOT NULL PRIMARY KEY AUTO_INCREMENT,
+            `change` DECIMAL(30,8) NOT NULL,
+            `asset` VARCHAR(30) NOT NULL,
+            INDEX `idx_a` (`asset`, `id`)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""")
+        self.assertEqual(len(out), 2)
+        self.assertIn("`id` INTEGER PRIMARY KEY AUTOINCREMENT", out[0])
+        self.assertIn("`change` TEXT NOT NULL", out[0])
+        self.assertNotIn("ENGINE", out[0])
+        self.assertEqual(out[1], "CREATE INDEX IF NOT EXISTS `h_idx_a` ON `h` (`asset`, `id`)")
+        like = d.ddl("CREATE TABLE IF NOT EXISTS `h_1` LIKE `h`")
+        self.assertIn("CREATE TABLE IF NOT EXISTS `h_1`", like[0])
+        self.assertRaises(ValueError, d.ddl, "CREATE TABLE x LIKE nowhere")
+
+
+class Scenarios:
+    """The same checks, run on each kind of database."""
+
+    def make(self):
+        raise NotImplementedError
+
+    def table(self):
+        return "t_" + uuid.uuid4().hex[:10]
+
+    async def roundtrip(self):
+        db = self.make()
+        name = self.table()
+        await db.execute_script(
+            "CREATE TABLE `%s` (`id` BIGINT UNSIGNED NOT NULL PRIMARY KEY AUTO_INCREMENT,"
+            " `user_id` INT UNSIGNED NOT NULL, `amount` DECIMAL(30,16) NOT NULL,"
+            " `note` TEXT, INDEX `idx_user` (`user_id`)) ENGINE=InnoDB;" % name)
+        self.addCleanup(lambda: db.execute("DROP TABLE `%s`" % name))
+        rows = [(i % 7, Decimal("0.0000000000000001") * i + Decimal("12345678901234"),
+                 "n%d" % i) for i in range(2500)]
+        count = await db.insert_many(name, ["user_id", "amount", "note"], rows, chunk=1000)
+        self.assertEqual(count, 2500)
+        back = await db.query("SELECT `user_id`, `amount`, `note` FROM `%s` ORDER BY `id`"
+                              % name)
+        self.assertEqual([(u, Decimal(a), n) for u, a, n in back], rows)
+        ones = await db.query("SELECT COUNT(*) FROM `%s` WHERE `user_id` = %%s" % name, (1,))
+        self.assertEqual(ones[0][0], len([r for r in rows if r[0] == 1]))
+
+    async def ignore_and_rollback(self):
+        db = self.make()
+        name = self.table()
+        await db.execute_script("CREATE TABLE `%s` (`id` BIGINT UNSIGNED NOT NULL PRIMARY KEY,"
+                                " `v` TEXT);" % name)
+        self.addCleanup(lambda: db.execute("DROP TABLE `%s`" % name))
+        await db.insert_many(name, ["id", "v"], [(1, "a"), (2, "b")])
+        await db.insert_many(name, ["id", "v"], [(2, "x"), (3, "c")], ignore=True)
+
+        def failing(cursor):
+            db.insert_rows(cursor, name, ["id", "v"], [(4, "d")])
+            raise RuntimeError("abort")
+        with self.assertRaises(RuntimeError):
+            await db.interaction(failing)
+        rows = await db.query("SELECT `id`, `v` FROM `%s` ORDER BY `id`" % name)
+        self.assertEqual([tuple(r) for r in rows], [(1, "a"), (2, "b"), (3, "c")])
+
+    async def like(self):
+        db = self.make()
+        name = self.table()
+        await db.execute_script("CREATE TABLE `%s` (`id` BIGINT UNSIGNED NOT NULL PRIMARY KEY,"
+                                " `v` DECIMAL(30,8) NOT NULL, INDEX `idx_v` (`v`));" % name)
+        self.addCleanup(lambda: db.execute("DROP TABLE `%s`" % name))
+        copy = name + "_1"
+
+        def create(cursor):
+            self.assertFalse(db.table_exists(cursor, copy))
+            db.create_like(cursor, copy, name)
+            db.create_like(cursor, copy, name)
+            return db.table_exists(cursor, copy)
+        self.assertTrue(await db.interaction(create))
+        self.addCleanup(lambda: db.execute("DROP TABLE `%s`" % copy))
+        await db.insert_many(copy, ["id", "v"], [(1, Decimal("1.5"))])
+        rows = await db.query("SELECT `v` FROM `%s`" % copy)
+        self.assertEqual(Decimal(rows[0][0]), Decimal("1.5"))
+
+    def test_create_like(self):
+        """A table copied from a template exists afterwards and takes rows; twice is fine."""
+        return defer.Deferred.fromCoroutine(self.like())
+
+    def test_batched_insert_read_back(self):
+        """2,500 rows in chunks of 1,000 read back exactly, decimals to the last digit."""
+        return defer.Deferred.fromCoroutine(self.roundtrip())
+
+    def test_ignore_and_rollback(self):
+        """INSERT IGNORE skips duplicates; a failing interaction leaves nothing behind."""
+        return defer.Deferred.fromCoroutine(self.ignore_and_rollback())
+
+
+class MySQLTests(Scenarios, TestCase):
+
+    def make(self):
+        kw = testing.mysql_connect_kwargs("misc")
+        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"],
+                                 kw["database"], "utf8mb4")
+        self.addCleanup(db.close)
+        return db
+
+    async def reconnect(self):
+        db = self.make()
+        await db.query("SELECT 1")
+        ids = await db.query("SELECT CONNECTION_ID()")
+        killer = self.make()
+        await killer.execute("KILL %d" % ids[0][0])
+        # the pooled connection is dead; a retried read succeeds on a fresh one
+        self.assertEqual([tuple(r) for r in await db.query("SELECT 2")], [(2,)])
+        # adbapi itself logs the failed rollback on the dead connection
+        self.flushLoggedErrors(adbapi.ConnectionLost, pymysql.err.InterfaceError)
+
+    def test_reconnect_after_server_drops_connection(self):
+        """A connection killed by the server is replaced and the read retried."""
+        return defer.Deferred.fromCoroutine(self.reconnect())
+
+    def test_from_config(self):
+        """A db_* config section builds a pool on its keys."""
+        kw = testing.mysql_connect_kwargs("misc")
+        db = mysql.from_config({"host": kw["host"], "port": kw["port"], "user": kw["user"],
+                                "pass": kw["password"], "name": kw["database"]})
+        self.addCleanup(db.close)
+        self.assertIn(kw["database"], repr(db))
+        return db.query("SELECT 1").addCallback(
+            lambda rows: self.assertEqual(rows[0][0], 1))
+
+
+class SQLiteTests(Scenarios, TestCase):
+
+    def make(self):
+        db = mysql.connect_sqlite(self.mktemp() + ".db")
+        self.addCleanup(db.close)
+        return db
+
+    async def project_schema(self):
+        db = self.make()
+        await db.execute_script(read_sql("trade_log.sql"))
+        await db.execute_script(read_sql("trade_history.sql"))
+        await db.execute_script("CREATE TABLE IF NOT EXISTS `balance_history_3` "
+                                "LIKE `balance_history_example`;")
+        await db.insert_many("balance_history_3",
+                             ["time", "user_id", "asset", "business", "change", "balance",
+                              "detail"],
+                             [(1.5, 3, "BTC", "deposit", Decimal("1.1"), Decimal("1.1"), "{}")])
+        rows = await db.query("SELECT `id`, `change` FROM `balance_history_3`")
+        self.assertEqual([(r[0], Decimal(r[1])) for r in rows], [(1, Decimal("1.1"))])
+
+    def test_project_schema(self):
+        """The project's MySQL schema files create working SQLite tables."""
+        return defer.Deferred.fromCoroutine(self.project_schema())
