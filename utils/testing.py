@@ -98,19 +98,21 @@ def wait_until(predicate, seconds, interval=0.05):
 class KafkaBroker:
     """A private Kafka-compatible broker for tests that stop and restart one."""
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, advertise_port=None):
         self.port = port or free_port()
+        self.advertise_port = advertise_port or self.port
         self.proc = None
 
     @property
     def address(self):
-        return "127.0.0.1:%d" % self.port
+        return "127.0.0.1:%d" % self.advertise_port
 
     def start(self):
         require("kafka")  # the shared broker answering proves the binary works here
         script = os.path.join(ROOT, "depends", "services.py")
         self.proc = subprocess.Popen(
-            [sys.executable, script, "broker", "--port", str(self.port)],
+            [sys.executable, script, "broker", "--port", str(self.port),
+             "--advertise-port", str(self.advertise_port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         if not wait_until(lambda: answers("127.0.0.1", self.port), 20):
             self.stop()
@@ -126,3 +128,244 @@ class KafkaBroker:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+class CuttableProxy:
+    """A loopback TCP proxy on the reactor that a test can cut and restore.
+
+    Cut, it refuses new connections and drops the open ones, which is how a client sees a
+    server that went down; restored, it forwards again to a server that kept its state.
+    """
+
+    def __init__(self, target_port, port=None):
+        self.target_port = target_port
+        self.port = port or free_port()
+        self.listening = None
+        self.connections = set()
+
+    def up(self):
+        from twisted.internet import reactor
+        from twisted.protocols import portforward
+
+        proxy = self
+
+        class Server(portforward.ProxyServer):
+            def connectionMade(self):
+                proxy.connections.add(self)
+                super().connectionMade()
+
+            def connectionLost(self, reason):
+                proxy.connections.discard(self)
+                super().connectionLost(reason)
+
+        factory = portforward.ProxyFactory("127.0.0.1", self.target_port)
+        factory.protocol = Server
+        self.listening = reactor.listenTCP(self.port, factory, interface="127.0.0.1")
+        return self
+
+    def down(self):
+        d = self.listening.stopListening() if self.listening else None
+        self.listening = None
+        for conn in list(self.connections):
+            conn.transport.abortConnection()
+            if conn.peer is not None:
+                conn.peer.transport.abortConnection()
+        self.connections.clear()
+        return d
+
+
+def create_database(label, scripts=("trade_log",), history_shards=False):
+    """A fresh test database with the project's schema scripts run in it; returns its name.
+
+    The caller drops it with `drop_database` (tests: `self.addCleanup(drop_database, name)`).
+    """
+    import uuid
+
+    import pymysql
+    info = require("mysql")
+    name = "viabtc_test_%s_%s" % (label, uuid.uuid4().hex[:8])
+    conn = pymysql.connect(host=info["host"], port=int(info["port"]), user=info["user"],
+                           password=info["password"], autocommit=True, charset="utf8mb4")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE DATABASE `%s` CHARACTER SET utf8mb4" % name)
+            cur.execute("USE `%s`" % name)
+            for script in scripts:
+                with open(os.path.join(ROOT, "depends", "sql", script + ".sql")) as f:
+                    text = f.read()
+                lines = [line for line in text.splitlines() if not line.strip().startswith("--")]
+                for statement in "\n".join(lines).split(";"):
+                    if statement.strip():
+                        cur.execute(statement)
+            if history_shards:
+                for table in ("balance_history", "order_history", "order_detail",
+                              "deal_history", "user_deal_history"):
+                    for shard in range(100):
+                        cur.execute("CREATE TABLE `%s_%d` LIKE `%s_example`"
+                                    % (table, shard, table))
+    finally:
+        conn.close()
+    return name
+
+
+def drop_database(name):
+    import pymysql
+    info = require("mysql")
+    conn = pymysql.connect(host=info["host"], port=int(info["port"]), user=info["user"],
+                           password=info["password"], autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("DROP DATABASE IF EXISTS `%s`" % name)
+    finally:
+        conn.close()
+
+
+class DaemonProcess:
+    """One of the project's daemons run by twistd in the foreground, for end-to-end tests.
+
+    `config` (a dict) is written to `<workdir>/<module>.json`; the daemon runs in `workdir`
+    (its relative log paths land there) and its output goes to `<workdir>/<module>.out`.
+    """
+
+    RUN_TWISTD = "from twisted.scripts.twistd import run; run()"
+
+    def __init__(self, module, config, workdir):
+        self.module = module
+        self.workdir = workdir
+        os.makedirs(os.path.join(workdir, "log"), exist_ok=True)
+        self.config_path = os.path.join(workdir, module + ".json")
+        with open(self.config_path, "w") as f:
+            json.dump(config, f)
+        self.proc = None
+
+    def start(self):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+        out = open(os.path.join(self.workdir, self.module + ".out"), "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self.RUN_TWISTD, "--nodaemon", "--pidfile=",
+             "--logfile=-", self.module, "--config", self.config_path],
+            cwd=self.workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        return self
+
+    def wait_port(self, port, seconds=60):
+        if not wait_until(lambda: answers("127.0.0.1", port) or self.proc.poll() is not None,
+                          seconds) or self.proc.poll() is not None:
+            raise AssertionError("%s did not come up on port %d; see %s" % (
+                self.module, port, os.path.join(self.workdir, self.module + ".out")))
+        return self
+
+    def stop(self, sig=None):
+        import signal
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM if sig is None else sig)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def base_config(module, **changes):
+    """The module's shipped conf/config.json with `changes` applied (alert removed)."""
+    with open(os.path.join(ROOT, module, "conf", "config.json")) as f:
+        config = json.load(f)
+    config.pop("alert", None)
+    config["log"] = {"path": "log/" + module, "flag": "fatal,error,warn,info"}
+    config.update(changes)
+    return config
+
+
+def mysql_section(database):
+    info = require("mysql")
+    return {"host": info["host"], "port": int(info["port"]), "user": info["user"],
+            "pass": info["password"], "name": database}
+
+
+REFERENCE = os.path.join(ROOT, "depends", "reference")
+
+
+def reference(name):
+    """Path of a recorded reference file (`depends/reference/<name>`)."""
+    return os.path.join(REFERENCE, name)
+
+
+class WSClient:
+    """A small blocking websocket client for end-to-end tests (text frames, masked)."""
+
+    def __init__(self, host, port, path="/", protocol=None, timeout=5.0):
+        import base64
+        self.sock = socket.create_connection((host, port), timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = ["GET %s HTTP/1.1" % path, "Host: %s:%d" % (host, port), "Upgrade: websocket",
+                 "Connection: Upgrade", "Sec-WebSocket-Key: " + key,
+                 "Sec-WebSocket-Version: 13"]
+        if protocol:
+            lines.append("Sec-WebSocket-Protocol: " + protocol)
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("handshake refused")
+            self.buffer += chunk
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise ConnectionError("handshake refused: %r" % head[:100])
+
+    def send(self, text):
+        import struct
+        data = text.encode() if isinstance(text, str) else text
+        mask = os.urandom(4)
+        n = len(data)
+        if n < 126:
+            head = struct.pack("!BB", 0x81, 0x80 | n)
+        elif n < 65536:
+            head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+        else:
+            head = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        self.sock.sendall(head + mask + masked)
+
+    def _read(self, n, deadline):
+        while len(self.buffer) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError()
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                raise TimeoutError() from None
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    def recv(self, timeout=5.0):
+        """The next text message (str); TimeoutError when none comes in time."""
+        import struct
+        deadline = time.monotonic() + timeout
+        message = b""
+        while True:
+            b1, b2 = self._read(2, deadline)
+            n = b2 & 0x7F
+            if n == 126:
+                n = struct.unpack("!H", self._read(2, deadline))[0]
+            elif n == 127:
+                n = struct.unpack("!Q", self._read(8, deadline))[0]
+            payload = self._read(n, deadline)
+            opcode = b1 & 0x0F
+            if opcode == 8:
+                raise ConnectionError("closed by the server")
+            if opcode in (9, 10):
+                continue
+            message += payload
+            if b1 & 0x80:
+                return message.decode()
+
+    def close(self):
+        self.sock.close()

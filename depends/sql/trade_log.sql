@@ -17,7 +17,8 @@ CREATE TABLE IF NOT EXISTS `slice_order_example` (
     `freeze`        DECIMAL(30,8) NOT NULL,
     `deal_stock`    DECIMAL(30,8) NOT NULL,
     `deal_money`    DECIMAL(30,16) NOT NULL,
-    `deal_fee`      DECIMAL(30,12) NOT NULL
+    `deal_fee`      DECIMAL(30,12) NOT NULL,
+    `source`        VARCHAR(30) NOT NULL DEFAULT ''
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 CREATE TABLE IF NOT EXISTS `slice_balance_example` (
