@@ -1,0 +1,133 @@
+#!/usr/bin/env python
+"""In-process matching speed: orders per second through the engine with every side effect.
+
+100 users with deep balances place limit orders on BTCBCH around a mid price, half of them
+crossing; each order builds its reply, history rows, Kafka messages and operation-log entry,
+as the daemon does (nothing is written anywhere).  Prints one result line.
+
+Usage: python bench/matchengine_core.py [--orders N] [--resting N] [--profile]
+"""
+
+import argparse
+import os
+import random
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from matchengine import config, engine  # noqa: E402
+from utils.rpc import RPCError  # noqa: E402
+from utils import rpc  # noqa: E402
+
+
+def build(resting):
+    eng = engine.Engine(*config.example_tables())
+    now = 1.0
+    for user in range(1, 101):
+        eng.execute(102, [user, "BTC", "deposit", user, "100000000", {}], now)
+        eng.execute(102, [user, "BCH", "deposit", user, "100000000000", {}], now)
+    rng = random.Random(1)
+    for i in range(resting):
+        side = 1 + (i & 1)
+        # asks far above, bids far below: they rest and never trade
+        price = 20000 + rng.randrange(1, 5000) if side == 1 else 2000 - rng.randrange(1, 1900)
+        eng.execute(201, [rng.randrange(1, 101), "BTCBCH", side, "1", str(price), "0.002",
+                          "0.001", "deep"], now)
+    eng.effects.take()
+    return eng
+
+
+def orders(count, seed=2):
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        side = rng.choice((1, 2))
+        offset = rng.randrange(0, 50)
+        # half cross: a crossing order takes the opposite side of the mid price
+        crossing = rng.random() < 0.5
+        if side == 1:
+            price = 10000 - offset if crossing else 10001 + offset
+        else:
+            price = 10001 + offset if crossing else 10000 - offset
+        out.append([rng.randrange(1, 101), "BTCBCH", side, "%d.%03d" % (rng.randrange(0, 3),
+                   rng.randrange(1, 1000)), str(price), "0.002", "0.001", "bench"])
+    return out
+
+
+def run(eng, batch, log=None):
+    execute = eng.execute
+    log_entry = eng.log_entry
+    take = eng.effects.take
+    refused = 0
+    now = 2.0
+    for params in batch:
+        now += 0.0001
+        try:
+            result = execute(201, params, now)
+        except RPCError:
+            refused += 1
+            continue
+        rpc.reply_body(0, result, None, False)
+        entry = log_entry(201, params)
+        if log is not None:
+            log.append((entry, now))
+        take()
+    return refused
+
+
+def replay_rate(log, resting):
+    """Operation-log entries replayed per second on an engine built like the first."""
+    eng = build(resting)
+    start = time.perf_counter()
+    for detail, t in log:
+        eng.replay(*engine.load_detail(detail), t)
+    return len(log) / (time.perf_counter() - start)
+
+
+def fork_pause(eng):
+    """How long the reactor thread is held by forking the slice writer (ms)."""
+    start = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    pause = time.perf_counter() - start
+    os.waitpid(pid, 0)
+    return pause * 1000
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--orders", type=int, default=200000)
+    parser.add_argument("--resting", type=int, default=0,
+                        help="orders resting away from the mid price before the run")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile summary")
+    parser.add_argument("--replay", action="store_true",
+                        help="also time replaying the run's operation log")
+    args = parser.parse_args()
+    eng = build(args.resting)
+    batch = orders(args.orders)
+    import gc
+    gc.freeze()
+    start = time.perf_counter()
+    if args.profile:
+        import cProfile
+        import pstats
+        profiler = cProfile.Profile()
+        refused = profiler.runcall(run, eng, batch)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+    else:
+        log = [] if args.replay else None
+        refused = run(eng, batch, log)
+    elapsed = time.perf_counter() - start
+    print("matchengine_core: %d orders (%d resting before), %.0f orders/s, %d refused, "
+          "%d deals, %d orders resting, slice fork pause %.1f ms"
+          % (args.orders, args.resting, args.orders / elapsed, refused, eng.deal_id,
+             sum(len(m.orders) for m in eng.markets.values()), fork_pause(eng)))
+    if args.replay:
+        print("matchengine_core: replay %.0f operation-log entries/s" % replay_rate(
+            log, args.resting))
+
+
+if __name__ == "__main__":
+    main()

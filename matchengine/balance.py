@@ -1,0 +1,140 @@
+# -*- test-case-name: matchengine.test.test_balance -*-
+"""Every user's available and frozen funds, per asset.
+
+An entry is keyed by (user_id, asset); it holds [available, freeze].  A missing entry or
+a missing side is zero; entries that drop to zero on both sides are removed.  Every stored
+value is truncated to the asset's `prec_save` after each change and is never negative.
+Operations that cannot be done (not enough funds) return False and change nothing.
+"""
+
+from decimal import ROUND_DOWN, Decimal
+
+from utils.decimals import ZERO, exponent
+
+AVAILABLE, FREEZE = 1, 2
+
+
+class Balances:
+
+    __slots__ = ("assets", "entries", "fees", "_exp")
+
+    def __init__(self, assets):
+        self.assets = assets
+        self.entries = {}        # (user_id, asset) -> [available, freeze]
+        self.fees = {name: ZERO for name in assets}   # what fees took out, per asset
+        self._exp = {name: exponent(a.prec_save) for name, a in assets.items()}
+
+    def get(self, user_id: int, kind: int, asset: str) -> Decimal:
+        entry = self.entries.get((user_id, asset))
+        value = None if entry is None else entry[kind - 1]
+        return ZERO if value is None else value
+
+    def available(self, user_id, asset):
+        entry = self.entries.get((user_id, asset))
+        return ZERO if entry is None or entry[0] is None else entry[0]
+
+    def frozen(self, user_id, asset):
+        entry = self.entries.get((user_id, asset))
+        return ZERO if entry is None or entry[1] is None else entry[1]
+
+    def total(self, user_id: int, asset: str) -> Decimal:
+        """available + freeze, summed from zero as the original does (so "0" when none)."""
+        entry = self.entries.get((user_id, asset))
+        total = ZERO
+        if entry is not None:
+            if entry[0] is not None:
+                total += entry[0]
+            if entry[1] is not None:
+                total += entry[1]
+        return total
+
+    def has(self, user_id, kind, asset):
+        """Whether the entry exists (a value was stored and not brought back to zero)."""
+        entry = self.entries.get((user_id, asset))
+        return entry is not None and entry[kind - 1] is not None
+
+    def _store(self, key, entry, index, value):
+        value = value.quantize(self._exp[key[1]], ROUND_DOWN)
+        entry[index] = value if value else None
+        if entry[0] is None and entry[1] is None:
+            del self.entries[key]
+
+    def _entry(self, key):
+        entry = self.entries.get(key)
+        if entry is None:
+            entry = self.entries[key] = [None, None]
+        return entry
+
+    def add(self, user_id, kind, asset, amount):
+        key = (user_id, asset)
+        entry = self._entry(key)
+        current = entry[kind - 1]
+        self._store(key, entry, kind - 1, amount if current is None else current + amount)
+        return True
+
+    def sub(self, user_id, kind, asset, amount):
+        key = (user_id, asset)
+        entry = self.entries.get(key)
+        current = None if entry is None else entry[kind - 1]
+        if current is None or current < amount:
+            return False
+        self._store(key, entry, kind - 1, current - amount)
+        return True
+
+    def charge(self, user_id, asset, fee):
+        """Take a trading fee from available funds, counting what actually left them."""
+        key = (user_id, asset)
+        entry = self.entries.get(key)
+        current = None if entry is None else entry[0]
+        if current is None or current < fee:
+            return False
+        self._store(key, entry, 0, current - fee)
+        after = entry[0] if key in self.entries and entry[0] is not None else ZERO
+        self.fees[asset] += current - after
+        return True
+
+    def freeze(self, user_id, asset, amount):
+        """Move `amount` from available to freeze."""
+        key = (user_id, asset)
+        entry = self.entries.get(key)
+        if entry is None or entry[0] is None or entry[0] < amount:
+            return False
+        self._store(key, entry, 0, entry[0] - amount)
+        entry = self._entry(key)
+        self._store(key, entry, 1, amount if entry[1] is None else entry[1] + amount)
+        return True
+
+    def unfreeze(self, user_id, asset, amount):
+        """Move `amount` from freeze back to available."""
+        key = (user_id, asset)
+        entry = self.entries.get(key)
+        if entry is None or entry[1] is None or entry[1] < amount:
+            return False
+        self._store(key, entry, 1, entry[1] - amount)
+        entry = self._entry(key)
+        self._store(key, entry, 0, amount if entry[0] is None else entry[0] + amount)
+        return True
+
+    def set(self, user_id, kind, asset, amount):
+        """Store a value as it is (loading a slice); zero removes it."""
+        key = (user_id, asset)
+        self._store(key, self._entry(key), kind - 1, amount)
+
+    def iter_entries(self):
+        """(user_id, asset, kind, value) for every stored value."""
+        for (user_id, asset), entry in self.entries.items():
+            for index in (0, 1):
+                if entry[index] is not None:
+                    yield user_id, asset, index + 1, entry[index]
+
+    def summary(self, asset):
+        """(total, available_count, available_sum, freeze_count, freeze_sum) over all users."""
+        counts, sums = [0, 0], [ZERO, ZERO]
+        for (user_id, name), entry in self.entries.items():
+            if name != asset:
+                continue
+            for index in (0, 1):
+                if entry[index] is not None:
+                    counts[index] += 1
+                    sums[index] += entry[index]
+        return sums[0] + sums[1], counts[0], sums[0], counts[1], sums[1]

@@ -1,0 +1,95 @@
+# -*- test-case-name: matchengine.test.test_cli -*-
+"""matchengine's administration CLI: status, balance, market, makeslice."""
+
+from twisted.application import service
+from twisted.internet import defer
+
+from matchengine.market import ASK, BID
+from network.address import listen
+from utils.cli import CLIFactory
+from utils.decimals import to_raw
+
+
+def commands(me):
+    """The CLI commands over a MatchEngine service."""
+
+    def status(args):
+        return me.status_lines()
+
+    def balance(args):
+        b = me.engine.balances
+        kinds = {1: "available", 2: "freeze"}
+        if args[:1] == ["list"] and len(args) <= 2:
+            lines = ["%-10s %-16s %-10s %s\n" % ("user", "asset", "type", "amount")]
+            for user_id, asset, kind, value in b.iter_entries():
+                if len(args) == 2 and asset != args[1]:
+                    continue
+                lines.append("%-10d %-16s %-10s %s\n" % (user_id, asset, kinds[kind],
+                                                         to_raw(value)))
+            return "".join(lines)
+        if args[:1] == ["get"]:
+            if len(args) != 2:
+                return "usage: balance get user_id\n"
+            try:
+                user_id = int(args[1], 0)
+            except ValueError:
+                return "usage: balance get user_id\n"
+            lines = ["%-10s %-16s %-10s %s\n" % ("user", "asset", "type", "amount")]
+            for asset in me.engine.assets:
+                for kind in (1, 2):
+                    if b.has(user_id, kind, asset):
+                        lines.append("%-10d %-16s %-10s %s\n" % (
+                            user_id, asset, kinds[kind], to_raw(b.get(user_id, kind, asset))))
+            return "".join(lines)
+        if args == ["summary"]:
+            lines = ["%-16s %-30s %-10s %-30s %-10s %-30s\n" % (
+                "asset", "total", "available", "available", "freeze", "freeze")]
+            for asset in me.engine.assets:
+                total, a_count, a_sum, f_count, f_sum = b.summary(asset)
+                lines.append("%-16s %-30s %-10d %-30s %-10d %-30s\n" % (
+                    asset, to_raw(total), a_count, to_raw(a_sum), f_count, to_raw(f_sum)))
+            return "".join(lines)
+        return "usage: balance list/get/summary\n"
+
+    def market(args):
+        if args != ["summary"]:
+            return "usage market summary\n"
+        lines = ["%-10s %-10s %-20s %-10s %-20s\n" % (
+            "market", "ask count", "ask amount", "bid count", "bid amount")]
+        for m in me.engine.markets.values():
+            ask_count, ask_amount = m.side_summary(ASK)
+            bid_count, bid_amount = m.side_summary(BID)
+            lines.append("%-10s %-10d %-20s %-10d %-20s\n" % (
+                m.name, ask_count, to_raw(ask_amount), bid_count, to_raw(bid_amount)))
+        return "".join(lines)
+
+    def makeslice(args):
+        d = me.make_slice()
+        return d.addCallback(lambda ok: "OK\n" if ok else "slice failed\n")
+
+    return {"status": status, "balance": balance, "market": market, "makeslice": makeslice}
+
+
+class CLIService(service.Service):
+    """Listens on the `cli` address once the engine is ready."""
+
+    def __init__(self, engine, address, reactor):
+        self.engine = engine
+        self.address = address
+        self.reactor = reactor
+        self.port = None
+
+    def startService(self):
+        service.Service.startService(self)
+
+        def start(_):
+            return listen(self.reactor, self.address, CLIFactory(commands(self.engine)))
+
+        def listening(port):
+            self.port = port
+        self.engine.when_ready().addCallback(start).addCallback(listening)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self.port is not None:
+            return defer.maybeDeferred(self.port.stopListening)

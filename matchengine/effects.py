@@ -1,0 +1,125 @@
+# -*- test-case-name: matchengine.test.test_engine -*-
+"""What a state change leaves behind: history rows and Kafka messages, as plain data.
+
+`Effects` collects, for the commands being executed, the rows the history writer inserts
+into `trade_history` and the messages the producer sends, in the order the original
+queues them.  The engine hands them over once the operation log holds the command, so that
+nothing is announced that a crash could take back.
+
+Rows are tuples in the column order of `HISTORY_COLUMNS`; decimals in the raw form, times
+rounded to microseconds, exactly what the original writes.
+"""
+
+import json
+
+from matchengine.market import ASK, BID, MAKER, TAKER
+from utils.decimals import to_display, to_raw
+from utils.jsonfmt import format_real
+
+_quote = json.encoder.encode_basestring
+
+SHARDS = 100
+
+BALANCE, ORDER, ORDER_DETAIL, DEAL, USER_DEAL = (
+    "balance_history", "order_history", "order_detail", "deal_history", "user_deal_history")
+
+HISTORY_COLUMNS = {
+    BALANCE: ("time", "user_id", "asset", "business", "change", "balance", "detail"),
+    ORDER: ("id", "create_time", "finish_time", "user_id", "market", "source", "t", "side",
+            "price", "amount", "taker_fee", "maker_fee", "deal_stock", "deal_money",
+            "deal_fee"),
+    DEAL: ("time", "user_id", "deal_id", "order_id", "deal_order_id", "role", "price",
+           "amount", "deal", "fee", "deal_fee"),
+    USER_DEAL: ("time", "user_id", "market", "deal_id", "order_id", "deal_order_id", "side",
+                "role", "price", "amount", "deal", "fee", "deal_fee"),
+}
+HISTORY_COLUMNS[ORDER_DETAIL] = HISTORY_COLUMNS[ORDER]
+
+TOPIC_DEALS, TOPIC_ORDERS, TOPIC_BALANCES = "deals", "orders", "balances"
+
+
+def micro(t):
+    return round(t, 6)
+
+
+class Effects:
+    """Collects history rows and messages; `take()` hands them over and starts afresh."""
+
+    __slots__ = ("balances", "history", "messages")
+
+    def __init__(self, balances):
+        self.balances = balances
+        self.history = []    # (table, shard, row)
+        self.messages = []   # (topic, text)
+
+    def take(self):
+        history, messages = self.history, self.messages
+        self.history, self.messages = [], []
+        return history, messages
+
+    # -- balances ----------------------------------------------------------------------
+
+    def balance_update(self, now, user_id, asset, business, change, detail_text):
+        self.history.append((BALANCE, user_id % SHARDS, (
+            micro(now), user_id, asset, business, to_raw(change),
+            to_raw(self.balances.total(user_id, asset)), detail_text)))
+        self.messages.append((TOPIC_BALANCES, '[%s, %d, %s, %s, "%s"]' % (
+            format_real(now), user_id, _quote(asset), _quote(business), to_raw(change))))
+
+    def trade_balance(self, now, order, asset, change, market, price, amount, fee_rate):
+        """A balance movement of a trade, with the original's detail (sorted keys)."""
+        if fee_rate is None:
+            detail = '{"a": "%s", "i": %d, "m": %s, "p": "%s"}' % (
+                to_display(amount), order.id, _quote(market.name), to_display(price))
+        else:
+            detail = '{"a": "%s", "f": "%s", "i": %d, "m": %s, "p": "%s"}' % (
+                to_display(amount), to_display(fee_rate), order.id, _quote(market.name),
+                to_display(price))
+        user_id = order.user_id
+        self.history.append((BALANCE, user_id % SHARDS, (
+            micro(now), user_id, asset, "trade", to_raw(change),
+            to_raw(self.balances.total(user_id, asset)), detail)))
+
+    # -- orders and deals --------------------------------------------------------------
+
+    def order_event(self, event, order, market):
+        self.messages.append((TOPIC_ORDERS, '{"event": %d, "order": %s, "stock": %s, '
+                                            '"money": %s}' % (
+                                                event, order.info_json(), _quote(market.stock),
+                                                _quote(market.money))))
+
+    def order_finished(self, order):
+        row = (order.id, micro(order.create_time), micro(order.update_time), order.user_id,
+               order.market, "(null)" if order.source is None else order.source, order.type,
+               order.side, to_raw(order.price), to_raw(order.amount), to_raw(order.taker_fee),
+               to_raw(order.maker_fee), to_raw(order.deal_stock), to_raw(order.deal_money),
+               to_raw(order.deal_fee))
+        self.history.append((ORDER, order.user_id % SHARDS, row))
+        self.history.append((ORDER_DETAIL, order.id % SHARDS, row))
+
+    def deal(self, now, deal_id, market, ask, bid, price, amount, deal, ask_fee, bid_fee,
+             taker_side):
+        t = micro(now)
+        ask_role, bid_role = (TAKER, MAKER) if taker_side == ASK else (MAKER, TAKER)
+        price_raw, amount_raw, deal_raw = to_raw(price), to_raw(amount), to_raw(deal)
+        ask_fee_raw, bid_fee_raw = to_raw(ask_fee), to_raw(bid_fee)
+        history = self.history
+        history.append((DEAL, ask.id % SHARDS, (
+            t, ask.user_id, deal_id, ask.id, bid.id, ask_role, price_raw, amount_raw, deal_raw,
+            ask_fee_raw, bid_fee_raw)))
+        history.append((DEAL, bid.id % SHARDS, (
+            t, bid.user_id, deal_id, bid.id, ask.id, bid_role, price_raw, amount_raw, deal_raw,
+            bid_fee_raw, ask_fee_raw)))
+        history.append((USER_DEAL, ask.user_id % SHARDS, (
+            t, ask.user_id, market.name, deal_id, ask.id, bid.id, ASK, ask_role, price_raw,
+            amount_raw, deal_raw, ask_fee_raw, bid_fee_raw)))
+        history.append((USER_DEAL, bid.user_id % SHARDS, (
+            t, bid.user_id, market.name, deal_id, bid.id, ask.id, BID, bid_role, price_raw,
+            amount_raw, deal_raw, bid_fee_raw, ask_fee_raw)))
+        self.messages.append((TOPIC_DEALS, '[%s, %s, %d, %d, %d, %d, "%s", "%s", "%s", "%s", '
+                                           '%d, %d, %s, %s]' % (
+                                               format_real(now), _quote(market.name), ask.id,
+                                               bid.id, ask.user_id, bid.user_id, price_raw,
+                                               amount_raw, ask_fee_raw, bid_fee_raw, taker_side,
+                                               deal_id, _quote(market.stock),
+                                               _quote(market.money))))

@@ -1,0 +1,431 @@
+# -*- test-case-name: matchengine.test.test_engine -*-
+"""The matchengine's commands over balances and markets, without I/O.
+
+`Engine.execute(command, params, now)` validates a request as the original does, changes
+state, and returns the result object; refusals raise `RPCError` with the original's code and
+message and change nothing.  A successful write also returns its operation-log entry
+(`(method, params)`), and leaves its history rows and messages in `engine.effects`.
+
+`Engine.replay(method, params, now)` re-executes an operation-log entry: same code path,
+no history, no messages, no log entry (the original's "not real" mode).
+"""
+
+import decimal
+import json
+from itertools import islice
+
+from matchengine.balance import AVAILABLE, FREEZE, Balances
+from matchengine.effects import Effects
+from matchengine.market import ASK, BID, LIMIT, MARKET, Market, Order
+from utils import decimals
+from utils.decimals import ZERO, exponent, to_display
+from utils.jsonfmt import RawJSON
+from utils.rpc import INVALID_ARGUMENT, RPCError
+
+__all__ = ["Engine", "WRITE_COMMANDS", "REPLAY_METHODS", "load_detail", "sorted_json"]
+
+U32 = 0xFFFFFFFF
+U64 = 0xFFFFFFFFFFFFFFFF
+LIST_MAX = 101
+SOURCE_MAX = 30
+BUSINESS_MAX = 30
+DEDUP_KEEP = 86400.0
+
+BALANCE_QUERY, BALANCE_UPDATE, ASSET_LIST, ASSET_SUMMARY = 101, 102, 104, 105
+PUT_LIMIT, PUT_MARKET, PENDING, CANCEL, BOOK, DEPTH, PENDING_DETAIL = (
+    201, 202, 203, 204, 205, 206, 207)
+MARKET_LIST, MARKET_SUMMARY = 307, 308
+
+WRITE_COMMANDS = frozenset({BALANCE_UPDATE, PUT_LIMIT, PUT_MARKET, CANCEL})
+REPLAY_METHODS = {"update_balance": BALANCE_UPDATE, "limit_order": PUT_LIMIT,
+                  "market_order": PUT_MARKET, "cancel_order": CANCEL}
+LOG_METHODS = {command: method for method, command in REPLAY_METHODS.items()}
+
+
+def _error(code, message):
+    return RPCError(code, message)
+
+
+def _int(value):
+    if type(value) is not int:
+        raise INVALID_ARGUMENT()
+    return value
+
+
+def _str(value):
+    if type(value) is not str:
+        raise INVALID_ARGUMENT()
+    return value
+
+
+_PARSED = {}        # (text, prec) -> Decimal: amounts, prices and rates repeat a lot
+_PARSED_MAX = 100000
+
+
+def _decimal(value, prec):
+    key = (value, prec)
+    try:
+        return _PARSED[key]
+    except KeyError:
+        pass
+    except TypeError:       # not hashable: certainly not a decimal string
+        raise INVALID_ARGUMENT() from None
+    try:
+        parsed = decimals.parse(value, prec)
+    except decimals.InvalidDecimal:
+        raise INVALID_ARGUMENT() from None
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()
+    _PARSED[key] = parsed
+    return parsed
+
+
+def _fee(value, prec):
+    rate = _decimal(value, prec)
+    if rate < 0 or rate >= 1:
+        raise INVALID_ARGUMENT()
+    return rate
+
+
+def _source(value):
+    if type(value) is not str or len(value.encode("utf-8")) > SOURCE_MAX:
+        raise INVALID_ARGUMENT()
+    return value
+
+
+def _count(params, n):
+    if len(params) != n:
+        raise INVALID_ARGUMENT()
+
+
+def sorted_json(value):
+    """Compact JSON with sorted keys at every level (operation-log details)."""
+    from utils.jsonfmt import dumps
+    return dumps(_sort(value))
+
+
+def _sort(value):
+    if isinstance(value, dict):
+        return {k: _sort(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sort(v) for v in value]
+    return value
+
+
+class Engine:
+
+    def __init__(self, assets, markets):
+        decimals.install_context()
+        self.assets = assets
+        self.balances = Balances(assets)
+        self.markets = {name: Market(desc, self.balances) for name, desc in markets.items()}
+        self.effects = Effects(self.balances)
+        self.order_id = 0
+        self.deal_id = 0
+        self.dedup = {}          # (user, asset, business, business_id) -> time
+        self.show_exp = {name: exponent(a.prec_show) for name, a in assets.items()
+                         if a.prec_show != a.prec_save}
+        self.versions = {name: 0 for name in markets}   # bumped on every book change
+        self._depth_cache = {}
+        self.handlers = {
+            BALANCE_QUERY: self.balance_query, BALANCE_UPDATE: self.balance_update,
+            ASSET_LIST: self.asset_list, ASSET_SUMMARY: self.asset_summary,
+            PUT_LIMIT: self.put_limit, PUT_MARKET: self.put_market, PENDING: self.pending,
+            CANCEL: self.cancel, BOOK: self.book, DEPTH: self.depth,
+            PENDING_DETAIL: self.pending_detail, MARKET_LIST: self.market_list,
+            MARKET_SUMMARY: self.market_summary,
+        }
+
+    # -- entry points ------------------------------------------------------------------
+
+    def execute(self, command, params, now):
+        """Run a command; returns its result (raises RPCError when refused)."""
+        return self.handlers[command](params, now, True)
+
+    def replay(self, method, params, now):
+        """Re-execute an operation-log entry; unknown markets and assets are skipped."""
+        command = REPLAY_METHODS.get(method)
+        if command is None:
+            raise ValueError("unknown operation-log method %r" % (method,))
+        if not isinstance(params, list):
+            raise ValueError("operation-log params are not a list")
+        if command == BALANCE_UPDATE:
+            if len(params) > 1 and isinstance(params[1], str) and params[1] not in self.assets:
+                return None
+        elif len(params) > 1 and isinstance(params[1], str) and params[1] not in self.markets:
+            return None
+        return self.handlers[command](params, now, False)
+
+    # -- parameter helpers -------------------------------------------------------------
+
+    def _market(self, value):
+        market = self.markets.get(value) if type(value) is str else None
+        if market is None:
+            raise INVALID_ARGUMENT()
+        return market
+
+    def _asset(self, value):
+        if type(value) is not str or value not in self.assets:
+            raise INVALID_ARGUMENT()
+        return value
+
+    def _shown(self, user_id, kind, asset):
+        entry = self.balances.entries.get((user_id, asset))
+        value = None if entry is None else entry[kind - 1]
+        if value is None:
+            return "0"
+        exp = self.show_exp.get(asset)
+        if exp is not None:
+            value = value.quantize(exp, decimal.ROUND_DOWN)
+        return to_display(value)
+
+    def _changed(self, market):
+        self.versions[market.name] += 1
+
+    # -- balances ----------------------------------------------------------------------
+
+    def balance_query(self, params, now, real):
+        if not params:
+            raise INVALID_ARGUMENT()
+        user_id = _int(params[0]) & U32
+        if not user_id:
+            raise INVALID_ARGUMENT()
+        names = [self._asset(p) for p in params[1:]] or list(self.assets)
+        result = {}
+        for name in names:
+            result[name] = {"available": self._shown(user_id, AVAILABLE, name),
+                            "freeze": self._shown(user_id, FREEZE, name)}
+        return result
+
+    def balance_update(self, params, now, real):
+        _count(params, 6)
+        user_id = _int(params[0]) & U32
+        asset = self._asset(params[1])
+        business = _str(params[2])
+        if len(business.encode("utf-8")) > BUSINESS_MAX:
+            raise INVALID_ARGUMENT()
+        business_id = _int(params[3]) & U64
+        change = _decimal(params[4], self.assets[asset].prec_show)
+        detail = params[5]
+        if not isinstance(detail, dict):
+            raise INVALID_ARGUMENT()
+        key = (user_id, asset, business, business_id)
+        seen = self.dedup.get(key)
+        if seen is not None and now - seen < DEDUP_KEEP:
+            raise _error(10, "repeat update")
+        if change >= 0:
+            self.balances.add(user_id, AVAILABLE, asset, change)
+        elif not self.balances.sub(user_id, AVAILABLE, asset, -change):
+            raise _error(11, "balance not enough")
+        self.dedup[key] = now
+        detail["id"] = business_id
+        if real:
+            from utils.jsonfmt import dumps
+            self.effects.balance_update(now, user_id, asset, business, change, dumps(detail))
+        return {"status": "success"}
+
+    def remember_update(self, params, now):
+        """Record the dedup key of a logged balance.update without applying it again."""
+        try:
+            user_id = _int(params[0]) & U32
+            key = (user_id, params[1], params[2], _int(params[3]) & U64)
+        except (RPCError, IndexError, TypeError):
+            return
+        self.dedup[key] = now
+
+    def expire_dedup(self, now):
+        """Forget balance.update keys older than a day (the original's 60 s timer)."""
+        old = [key for key, t in self.dedup.items() if now - t >= DEDUP_KEEP]
+        for key in old:
+            del self.dedup[key]
+        return len(old)
+
+    def asset_list(self, params, now, real):
+        return [{"name": a.name, "prec": a.prec_show} for a in self.assets.values()]
+
+    def asset_summary(self, params, now, real):
+        names = [self._asset(p) for p in params] or list(self.assets)
+        result = []
+        for name in names:
+            total, a_count, a_sum, f_count, f_sum = self.balances.summary(name)
+            result.append({"name": name, "total_balance": to_display(total),
+                           "available_count": a_count, "available_balance": to_display(a_sum),
+                           "freeze_count": f_count, "freeze_balance": to_display(f_sum)})
+        return result
+
+    # -- orders ------------------------------------------------------------------------
+
+    def put_limit(self, params, now, real):
+        _count(params, 8)
+        user_id = _int(params[0]) & U32
+        market = self._market(params[1])
+        desc = market.desc
+        side = _int(params[2])
+        if side not in (ASK, BID):
+            raise INVALID_ARGUMENT()
+        amount = _decimal(params[3], desc.stock_prec)
+        if amount <= 0:
+            raise INVALID_ARGUMENT()
+        price = _decimal(params[4], desc.money_prec)
+        if price <= 0:
+            raise INVALID_ARGUMENT()
+        taker_fee = _fee(params[5], desc.fee_prec)
+        maker_fee = _fee(params[6], desc.fee_prec)
+        source = _source(params[7])
+        if side == ASK:
+            if self.balances.available(user_id, market.stock) < amount:
+                raise _error(10, "balance not enough")
+        elif self.balances.available(user_id, market.money) < amount * price:
+            raise _error(10, "balance not enough")
+        if amount < desc.min_amount:
+            raise _error(11, "amount too small")
+        self.order_id += 1
+        order = Order(self.order_id, LIMIT, side, now, user_id, market.name, source, price,
+                      amount, taker_fee, maker_fee)
+        self.deal_id = market.put_limit(order, self.effects, real, self.deal_id)
+        self._changed(market)
+        return RawJSON(order.info_json()) if real else None
+
+    def put_market(self, params, now, real):
+        _count(params, 6)
+        user_id = _int(params[0]) & U32
+        market = self._market(params[1])
+        desc = market.desc
+        side = _int(params[2])
+        if side not in (ASK, BID):
+            raise INVALID_ARGUMENT()
+        amount = _decimal(params[3], desc.stock_prec)
+        if amount <= 0:
+            raise INVALID_ARGUMENT()
+        taker_fee = _fee(params[4], desc.fee_prec)
+        source = _source(params[5])
+        if side == ASK:
+            if self.balances.available(user_id, market.stock) < amount:
+                raise _error(10, "balance not enough")
+            if not market.bids:
+                raise _error(12, "no enough trader")
+            if amount < desc.min_amount:
+                raise _error(11, "amount too small")
+        else:
+            if self.balances.available(user_id, market.money) < amount:
+                raise _error(10, "balance not enough")
+            best = market.best(ASK)
+            if best is None:
+                raise _error(12, "no enough trader")
+            if amount < best.price * desc.min_amount:
+                raise _error(11, "amount too small")
+        self.order_id += 1
+        order = Order(self.order_id, MARKET, side, now, user_id, market.name, source, ZERO,
+                      amount, taker_fee, ZERO)
+        self.deal_id = market.put_market(order, self.effects, real, self.deal_id)
+        self._changed(market)
+        return RawJSON(order.info_json()) if real else None
+
+    def cancel(self, params, now, real):
+        _count(params, 3)
+        user_id = _int(params[0]) & U32
+        market = self._market(params[1])
+        order_id = _int(params[2]) & U64
+        order = market.orders.get(order_id)
+        if order is None:
+            raise _error(10, "order not found")
+        if real and order.user_id != user_id:
+            raise _error(11, "user not match")
+        info = RawJSON(order.info_json()) if real else None
+        market.cancel(order, self.effects, real)
+        self._changed(market)
+        return info
+
+    def pending(self, params, now, real):
+        _count(params, 4)
+        user_id = _int(params[0]) & U32
+        market = self._market(params[1])
+        offset = _int(params[2]) & U64
+        limit = _int(params[3]) & U64
+        if limit > LIST_MAX:
+            raise INVALID_ARGUMENT()
+        orders = market.users.get(user_id, {})
+        records = ", ".join(o.info_json()
+                            for o in islice(reversed(orders.values()), offset, offset + limit))
+        return RawJSON('{"limit": %d, "offset": %d, "total": %d, "records": [%s]}'
+                       % (limit, offset, len(orders), records))
+
+    def book(self, params, now, real):
+        _count(params, 4)
+        market = self._market(params[0])
+        side = _int(params[1])
+        if side not in (ASK, BID):
+            raise INVALID_ARGUMENT()
+        offset = _int(params[2]) & U64
+        limit = _int(params[3]) & U64
+        if limit > LIST_MAX:
+            raise INVALID_ARGUMENT()
+        total = market.side_summary(side)[0]
+        orders = ", ".join(o.info_json()
+                           for o in islice(market.iter_side(side), offset, offset + limit))
+        return RawJSON('{"offset": %d, "limit": %d, "total": %d, "orders": [%s]}'
+                       % (offset, limit, total, orders))
+
+    def depth(self, params, now, real):
+        _count(params, 3)
+        market = self._market(params[0])
+        limit = _int(params[1]) & U64
+        if limit > LIST_MAX:
+            raise INVALID_ARGUMENT()
+        interval = _decimal(params[2], market.desc.money_prec)
+        if interval < 0:
+            raise INVALID_ARGUMENT()
+        key = (market.name, limit, interval)
+        version = self.versions[market.name]
+        cached = self._depth_cache.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        result = {"asks": market.depth(ASK, limit, interval),
+                  "bids": market.depth(BID, limit, interval)}
+        if len(self._depth_cache) > 10000:
+            self._depth_cache.clear()
+        self._depth_cache[key] = (version, result)
+        return result
+
+    def pending_detail(self, params, now, real):
+        _count(params, 2)
+        market = self._market(params[0])
+        order_id = _int(params[1]) & U64
+        order = market.orders.get(order_id)
+        return None if order is None else RawJSON(order.info_json())
+
+    # -- markets -----------------------------------------------------------------------
+
+    def market_list(self, params, now, real):
+        return [{"name": m.name, "stock": m.stock, "money": m.money,
+                 "fee_prec": m.desc.fee_prec, "stock_prec": m.desc.stock_prec,
+                 "money_prec": m.desc.money_prec, "min_amount": to_display(m.desc.min_amount)}
+                for m in self.markets.values()]
+
+    def market_summary(self, params, now, real):
+        markets = [self._market(p) for p in params] or list(self.markets.values())
+        result = []
+        for m in markets:
+            ask_count, ask_amount = m.side_summary(ASK)
+            bid_count, bid_amount = m.side_summary(BID)
+            result.append({"name": m.name, "ask_count": ask_count,
+                           "ask_amount": to_display(ask_amount), "bid_count": bid_count,
+                           "bid_amount": to_display(bid_amount)})
+        return result
+
+    # -- operation log -----------------------------------------------------------------
+
+    @staticmethod
+    def log_entry(command, params):
+        """The operation-log detail of a successful write: sorted-key JSON."""
+        if command == BALANCE_UPDATE:
+            return sorted_json({"method": LOG_METHODS[command], "params": params})
+        # the other writes were validated: only integers and strings, nothing to sort
+        return '{"method": "%s", "params": %s}' % (LOG_METHODS[command],
+                                                   json.dumps(params, ensure_ascii=False))
+
+
+def load_detail(text):
+    """(method, params) of an operation-log detail."""
+    data = json.loads(text)
+    return data["method"], data["params"]

@@ -1,0 +1,388 @@
+# -*- test-case-name: matchengine.test.test_market -*-
+"""One market's order book and its matching, without I/O.
+
+Asks and bids are `SortedDict`s of price levels (bids keyed by the negated price, so the best
+level of either side is the first).  A level keeps its orders in arrival order (ascending id)
+and the sum of their `left`.  Matching follows the original to the digit: the maker's price,
+fees on what each side receives, market buys spending money, and the same order of balance
+movements, history rows and messages.
+
+Side effects leave through `sink` (see `matchengine.effects`); a market built with no sink
+only changes memory, which is how the operation log is replayed.
+"""
+
+import json
+from decimal import ROUND_DOWN
+
+from sortedcontainers import SortedDict
+
+from matchengine.balance import AVAILABLE, FREEZE
+from utils.decimals import ZERO, exponent, to_display
+from utils.jsonfmt import format_real
+
+_quote = json.encoder.encode_basestring
+
+LIMIT, MARKET = 1, 2
+ASK, BID = 1, 2
+MAKER, TAKER = 1, 2
+EVENT_PUT, EVENT_UPDATE, EVENT_FINISH = 1, 2, 3
+
+
+class Order:
+    __slots__ = ("id", "type", "side", "create_time", "update_time", "user_id", "market",
+                 "source", "price", "amount", "taker_fee", "maker_fee", "left", "freeze",
+                 "deal_stock", "deal_money", "deal_fee", "_head", "_mid")
+
+    def __init__(self, order_id, order_type, side, now, user_id, market, source, price,
+                 amount, taker_fee, maker_fee):
+        self.id = order_id
+        self.type = order_type
+        self.side = side
+        self.create_time = self.update_time = now
+        self.user_id = user_id
+        self.market = market
+        self.source = source
+        self.price = price
+        self.amount = amount
+        self.taker_fee = taker_fee
+        self.maker_fee = maker_fee
+        self.left = amount
+        self.freeze = ZERO
+        self.deal_stock = ZERO
+        self.deal_money = ZERO
+        self.deal_fee = ZERO
+        self._head = None
+        self._mid = None
+
+    def info_json(self) -> str:
+        """The order info as JSON text, built from cached pieces of its fixed fields."""
+        if self._head is None:
+            source = "" if self.source is None else ', "source": ' + _quote(self.source)
+            self._head = '{"id": %d, "market": %s%s, "type": %d, "side": %d, "user": %d, ' \
+                         '"ctime": %s, "mtime": ' % (self.id, _quote(self.market), source,
+                                                    self.type, self.side, self.user_id,
+                                                    format_real(self.create_time))
+            self._mid = ', "price": "%s", "amount": "%s", "taker_fee": "%s", ' \
+                        '"maker_fee": "%s", "left": "' % (
+                            to_display(self.price), to_display(self.amount),
+                            to_display(self.taker_fee), to_display(self.maker_fee))
+        return '%s%s%s%s", "deal_stock": "%s", "deal_money": "%s", "deal_fee": "%s"}' % (
+            self._head, format_real(self.update_time), self._mid, to_display(self.left),
+            to_display(self.deal_stock), to_display(self.deal_money),
+            to_display(self.deal_fee))
+
+    def info(self):
+        """The order info object of replies and messages, keys in the original's order."""
+        info = {"id": self.id, "market": self.market}
+        if self.source is not None:
+            info["source"] = self.source
+        info.update((
+            ("type", self.type), ("side", self.side), ("user", self.user_id),
+            ("ctime", self.create_time), ("mtime", self.update_time),
+            ("price", to_display(self.price)), ("amount", to_display(self.amount)),
+            ("taker_fee", to_display(self.taker_fee)), ("maker_fee", to_display(self.maker_fee)),
+            ("left", to_display(self.left)), ("deal_stock", to_display(self.deal_stock)),
+            ("deal_money", to_display(self.deal_money)), ("deal_fee", to_display(self.deal_fee))))
+        return info
+
+
+class Level:
+    __slots__ = ("price", "orders", "amount")
+
+    def __init__(self, price):
+        self.price = price
+        self.orders = {}     # id -> Order, in arrival (= id) order
+        self.amount = ZERO   # sum of the orders' left
+
+
+class Market:
+    """A market's books, orders by id and by user; matching against `balances`."""
+
+    def __init__(self, desc, balances):
+        self.desc = desc
+        self.name = desc.name
+        self.stock = desc.stock
+        self.money = desc.money
+        self.stock_exp = exponent(desc.stock_prec)
+        self.balances = balances
+        self.asks = SortedDict()   # price -> Level
+        self.bids = SortedDict()   # -price -> Level
+        self.orders = {}           # id -> Order
+        self.users = {}            # user_id -> {id: Order}, ascending id
+
+    # -- book --------------------------------------------------------------------------
+
+    def insert(self, order):
+        """Put a resting order into the book and the indexes (freeze is the caller's)."""
+        book, key = (self.asks, order.price) if order.side == ASK else (self.bids, -order.price)
+        level = book.get(key)
+        if level is None:
+            level = book[key] = Level(order.price)
+        level.orders[order.id] = order
+        level.amount += order.left
+        self.orders[order.id] = order
+        user = self.users.get(order.user_id)
+        if user is None:
+            user = self.users[order.user_id] = {}
+        user[order.id] = order
+
+    def remove(self, order):
+        book, key = (self.asks, order.price) if order.side == ASK else (self.bids, -order.price)
+        level = book[key]
+        del level.orders[order.id]
+        if level.orders:
+            level.amount -= order.left
+        else:
+            del book[key]
+        del self.orders[order.id]
+        user = self.users[order.user_id]
+        del user[order.id]
+        if not user:
+            del self.users[order.user_id]
+
+    def side_book(self, side):
+        return self.asks if side == ASK else self.bids
+
+    def iter_side(self, side):
+        """Resting orders of one side in matching priority."""
+        for level in self.side_book(side).values():
+            yield from level.orders.values()
+
+    def best(self, side):
+        book = self.side_book(side)
+        if not book:
+            return None
+        return next(iter(book.peekitem(0)[1].orders.values()))
+
+    def user_orders(self, user_id):
+        """The user's open orders, newest first."""
+        return list(reversed(self.users.get(user_id, {}).values()))
+
+    def side_summary(self, side):
+        book = self.side_book(side)
+        count, amount = 0, ZERO
+        for level in book.values():
+            count += len(level.orders)
+            amount += level.amount
+        return count, amount
+
+    def depth(self, side, limit, interval):
+        """[[price, amount], ...] best first, at most `limit` levels, merged by `interval`."""
+        book = self.side_book(side)
+        out = []
+        if not interval:
+            for level in book.values():
+                if len(out) >= limit:
+                    break
+                out.append([to_display(level.price), to_display(level.amount)])
+            return out
+        current, total = None, ZERO
+        for level in book.values():
+            if current is not None and (level.price <= current if side == ASK
+                                        else level.price >= current):
+                total += level.amount
+                continue
+            if current is not None:
+                out.append([to_display(current), to_display(total)])
+                if len(out) >= limit:
+                    return out
+            quotient, remainder = divmod(level.price, interval)
+            current = quotient * interval
+            if side == ASK and remainder:
+                current += interval
+            total = ZERO + level.amount
+        if current is not None and len(out) < limit:
+            out.append([to_display(current), to_display(total)])
+        return out
+
+    # -- finishing ---------------------------------------------------------------------
+
+    def finish(self, order, sink, real):
+        """Take a resting order off the book: unfreeze what it holds, record its history."""
+        self.remove(order)
+        if order.freeze > 0:
+            self.balances.unfreeze(order.user_id,
+                                   self.stock if order.side == ASK else self.money, order.freeze)
+        if real and order.deal_stock > 0:
+            sink.order_finished(order)
+
+    def cancel(self, order, sink, real):
+        if real:
+            sink.order_event(EVENT_FINISH, order, self)
+        self.finish(order, sink, real)
+
+    # -- matching ----------------------------------------------------------------------
+
+    def put_limit(self, order, sink, real, next_deal_id):
+        """Match a new limit order, then rest what is left.  Returns the deal counter."""
+        if order.side == ASK:
+            next_deal_id = self._sell(order, self.bids, sink, real, next_deal_id)
+        else:
+            next_deal_id = self._buy(order, self.asks, sink, real, next_deal_id)
+        if not order.left:
+            if real:
+                sink.order_finished(order)
+                sink.order_event(EVENT_FINISH, order, self)
+            return next_deal_id
+        if real:
+            sink.order_event(EVENT_PUT, order, self)
+        if order.side == ASK:
+            order.freeze = order.left
+            self.balances.freeze(order.user_id, self.stock, order.left)
+        else:
+            order.freeze = order.price * order.left
+            self.balances.freeze(order.user_id, self.money, order.freeze)
+        self.insert(order)
+        return next_deal_id
+
+    def put_market(self, order, sink, real, next_deal_id):
+        """Match a market order against the book; it never rests.  Returns the deal counter."""
+        if order.side == ASK:
+            next_deal_id = self._sell(order, self.bids, sink, real, next_deal_id)
+        else:
+            next_deal_id = self._market_buy(order, sink, real, next_deal_id)
+        if real:
+            sink.order_finished(order)
+            sink.order_event(EVENT_FINISH, order, self)
+        return next_deal_id
+
+    def _sell(self, taker, bids, sink, real, deal_id):
+        balances, stock, money = self.balances, self.stock, self.money
+        limit = taker.price if taker.type == LIMIT else None
+        now = taker.update_time
+        while taker.left and bids:
+            level = bids.peekitem(0)[1]
+            maker = next(iter(level.orders.values()))
+            price = maker.price
+            if limit is not None and limit > price:
+                break
+            amount = taker.left if taker.left < maker.left else maker.left
+            deal = price * amount
+            ask_fee = deal * taker.taker_fee
+            bid_fee = amount * maker.maker_fee
+            maker.update_time = now
+            deal_id += 1
+            if real:
+                sink.deal(now, deal_id, self, taker, maker, price, amount, deal, ask_fee,
+                          bid_fee, ASK)
+            taker.left -= amount
+            taker.deal_stock += amount
+            taker.deal_money += deal
+            taker.deal_fee += ask_fee
+            maker.left -= amount
+            maker.freeze -= deal
+            maker.deal_stock += amount
+            maker.deal_money += deal
+            maker.deal_fee += bid_fee
+            level.amount -= amount
+            balances.sub(taker.user_id, AVAILABLE, stock, amount)
+            if real:
+                sink.trade_balance(now, taker, stock, -amount, self, price, amount, None)
+            balances.add(taker.user_id, AVAILABLE, money, deal)
+            if real:
+                sink.trade_balance(now, taker, money, deal, self, price, amount, None)
+            if ask_fee > 0:
+                balances.charge(taker.user_id, money, ask_fee)
+                if real:
+                    sink.trade_balance(now, taker, money, -ask_fee, self, price, amount,
+                                       taker.taker_fee)
+            balances.sub(maker.user_id, FREEZE, money, deal)
+            if real:
+                sink.trade_balance(now, maker, money, -deal, self, price, amount, None)
+            balances.add(maker.user_id, AVAILABLE, stock, amount)
+            if real:
+                sink.trade_balance(now, maker, stock, amount, self, price, amount, None)
+            if bid_fee > 0:
+                balances.charge(maker.user_id, stock, bid_fee)
+                if real:
+                    sink.trade_balance(now, maker, stock, -bid_fee, self, price, amount,
+                                       maker.maker_fee)
+            if not maker.left:
+                if real:
+                    sink.order_event(EVENT_FINISH, maker, self)
+                self.finish(maker, sink, real)
+            elif real:
+                sink.order_event(EVENT_UPDATE, maker, self)
+        return deal_id
+
+    def _buy(self, taker, asks, sink, real, deal_id):
+        limit = taker.price
+        now = taker.update_time
+        while taker.left and asks:
+            level = asks.peekitem(0)[1]
+            maker = next(iter(level.orders.values()))
+            price = maker.price
+            if limit < price:
+                break
+            amount = taker.left if taker.left < maker.left else maker.left
+            deal_id = self._bid_deal(taker, maker, level, price, amount, now, sink, real,
+                                     deal_id)
+        return deal_id
+
+    def _market_buy(self, taker, sink, real, deal_id):
+        asks, step = self.asks, self.stock_exp
+        now = taker.update_time
+        while taker.left and asks:
+            level = asks.peekitem(0)[1]
+            maker = next(iter(level.orders.values()))
+            price = maker.price
+            amount = (taker.left / price).quantize(step, ROUND_DOWN)
+            while amount * price > taker.left:
+                amount -= step
+            if maker.left < amount:
+                amount = maker.left
+            if not amount:
+                break
+            deal_id = self._bid_deal(taker, maker, level, price, amount, now, sink, real,
+                                     deal_id)
+        return deal_id
+
+    def _bid_deal(self, taker, maker, level, price, amount, now, sink, real, deal_id):
+        balances, stock, money = self.balances, self.stock, self.money
+        deal = price * amount
+        ask_fee = deal * maker.maker_fee
+        bid_fee = amount * taker.taker_fee
+        maker.update_time = now
+        deal_id += 1
+        if real:
+            sink.deal(now, deal_id, self, maker, taker, price, amount, deal, ask_fee, bid_fee,
+                      BID)
+        taker.left -= deal if taker.type == MARKET else amount
+        taker.deal_stock += amount
+        taker.deal_money += deal
+        taker.deal_fee += bid_fee
+        maker.left -= amount
+        maker.freeze -= amount
+        maker.deal_stock += amount
+        maker.deal_money += deal
+        maker.deal_fee += ask_fee
+        level.amount -= amount
+        balances.sub(taker.user_id, AVAILABLE, money, deal)
+        if real:
+            sink.trade_balance(now, taker, money, -deal, self, price, amount, None)
+        balances.add(taker.user_id, AVAILABLE, stock, amount)
+        if real:
+            sink.trade_balance(now, taker, stock, amount, self, price, amount, None)
+        if bid_fee > 0:
+            balances.charge(taker.user_id, stock, bid_fee)
+            if real:
+                sink.trade_balance(now, taker, stock, -bid_fee, self, price, amount,
+                                   taker.taker_fee)
+        balances.sub(maker.user_id, FREEZE, stock, amount)
+        if real:
+            sink.trade_balance(now, maker, stock, -amount, self, price, amount, None)
+        balances.add(maker.user_id, AVAILABLE, money, deal)
+        if real:
+            sink.trade_balance(now, maker, money, deal, self, price, amount, None)
+        if ask_fee > 0:
+            balances.charge(maker.user_id, money, ask_fee)
+            if real:
+                sink.trade_balance(now, maker, money, -ask_fee, self, price, amount,
+                                   maker.maker_fee)
+        if not maker.left:
+            if real:
+                sink.order_event(EVENT_FINISH, maker, self)
+            self.finish(maker, sink, real)
+        elif real:
+            sink.order_event(EVENT_UPDATE, maker, self)
+        return deal_id

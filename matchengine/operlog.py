@@ -1,0 +1,153 @@
+# -*- test-case-name: matchengine.test.test_operlog -*-
+"""The operation log: every successful write, appended to `operlog_YYYYMMDD`.
+
+Entries gather in a batch for `window` seconds (or until a commit finishes), then the batch
+is written in one transaction: one multi-row INSERT into the table of the local date at
+flush time, created from `operlog_example` first when the date changed.  One batch is in
+flight at a time, so batches commit in order.  A batch that fails is retried every second,
+forever, with a critical log line each time (the engine refuses writes with "service
+unavailable" while too much waits).
+
+Each batch is a `Batch`: callers append functions to `batch.then(...)`, run in order once
+the batch is committed.  The matchengine replies to a write, sends its messages and queues
+its history rows only then: an acknowledged operation is on disk.  In the original's
+asynchronous mode (`durable` off) the callbacks run at once and the log follows behind.
+"""
+
+import time
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+__all__ = ["OperationLog", "Batch", "table_name"]
+
+
+def table_name(t):
+    return "operlog_" + time.strftime("%Y%m%d", time.localtime(t))
+
+
+class Batch:
+    __slots__ = ("rows", "waiters", "committed")
+
+    def __init__(self):
+        self.rows = []
+        self.waiters = []
+        self.committed = False
+
+    def then(self, function, *args):
+        if self.committed:
+            function(*args)
+        else:
+            self.waiters.append((function, args))
+
+    def _release(self):
+        self.committed = True
+        waiters, self.waiters = self.waiters, []
+        for function, args in waiters:
+            try:
+                function(*args)
+            except Exception:
+                OperationLog.log.failure("operation log: callback failed")
+
+
+class OperationLog:
+    log = Logger()
+
+    def __init__(self, db, reactor, last_id=0, window=0.002, durable=True, retry_delay=1.0,
+                 clock_time=time.time):
+        self.db = db
+        self.reactor = reactor
+        self.last_id = last_id
+        self.window = window
+        self.durable = durable
+        self.retry_delay = retry_delay
+        self.clock_time = clock_time
+        self.current = Batch()       # gathering
+        self.in_flight = None        # being committed
+        self.pending_rows = 0
+        self.committed_id = last_id
+        self.table = None
+        self._flush_call = None
+        self._stopping = None
+
+    # -- appending ---------------------------------------------------------------------
+
+    def append(self, t, detail):
+        """Log one operation; returns its Batch (callers attach replies with `then`)."""
+        self.last_id += 1
+        batch = self.current
+        batch.rows.append((self.last_id, round(t, 6), detail))
+        self.pending_rows += 1
+        if self._flush_call is None and self.in_flight is None:
+            self._flush_call = self.reactor.callLater(self.window, self._flush)
+        if not self.durable:
+            batch.committed = True
+        return batch
+
+    @property
+    def barrier(self):
+        """The newest batch not yet committed, or None (reads wait behind it)."""
+        if not self.durable:
+            return None
+        if self.current.rows:
+            return self.current
+        if self.in_flight is not None:
+            return self.in_flight
+        return None
+
+    # -- committing --------------------------------------------------------------------
+
+    def _flush(self):
+        self._flush_call = None
+        if self.in_flight is not None or not self.current.rows:
+            return
+        batch, self.current = self.current, Batch()
+        self.in_flight = batch
+        self._commit(batch)
+
+    def _commit(self, batch):
+        table = table_name(self.clock_time())
+        create = table != self.table
+        d = self.db.interaction(self._write, table, create, batch.rows)
+        d.addCallbacks(self._committed, self._failed, callbackArgs=(batch, table),
+                       errbackArgs=(batch,))
+
+    def _write(self, cursor, table, create, rows):
+        if create:
+            self.db.create_like(cursor, table, "operlog_example")
+        self.db.insert_rows(cursor, table, ("id", "time", "detail"), rows, ignore=True)
+
+    def _committed(self, _, batch, table):
+        self.table = table
+        self.in_flight = None
+        self.pending_rows -= len(batch.rows)
+        self.committed_id = batch.rows[-1][0]
+        batch._release()
+        if self.current.rows:
+            if self._flush_call is None:
+                self._flush()
+        elif self._stopping is not None and self.in_flight is None:
+            d, self._stopping = self._stopping, None
+            d.callback(None)
+
+    def _failed(self, failure, batch):
+        self.log.critical("operation log: writing {count} entries failed ({error}); "
+                          "retrying in {delay} s", count=len(batch.rows),
+                          error=failure.getErrorMessage(), delay=self.retry_delay)
+        self.table = None
+        self.reactor.callLater(self.retry_delay, self._commit, batch)
+
+    # -- stopping ----------------------------------------------------------------------
+
+    def flush(self):
+        """A Deferred that fires once everything appended so far is committed."""
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+            self._flush_call = None
+        if self.in_flight is None and not self.current.rows:
+            return defer.succeed(None)
+        if self.in_flight is None:
+            self._flush()
+        if self._stopping is None:
+            self._stopping = defer.Deferred()
+        return self._stopping

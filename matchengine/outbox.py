@@ -1,0 +1,193 @@
+# -*- test-case-name: matchengine.test.test_outbox -*-
+"""Where committed operations' history rows and messages go.
+
+`WriterOutbox` hands them, in batches every `interval` seconds, to a writer process
+(`matchengine.writer`) over a pipe and counts them until the process confirms each batch.
+If the process dies, it is started again and every unconfirmed batch is sent again, in order.
+
+`LocalOutbox` does the same job in this process (a `HistoryWriter` and a producer service);
+the embedded mode and the tests of small setups use it.
+
+Both offer `add(history, messages)`, `pending_history`, `pending_messages`, `flush()`.
+"""
+
+import collections
+import json
+import os
+import pickle
+import sys
+
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from matchengine.writer import FRAME
+
+__all__ = ["WriterOutbox", "LocalOutbox"]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _WriterProtocol(protocol.ProcessProtocol):
+    def __init__(self, outbox):
+        self.outbox = outbox
+        self.buffer = b""
+        self.errors = b""
+
+    def connectionMade(self):
+        self.outbox._started(self)
+
+    def outReceived(self, data):
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            if line:
+                self.outbox._acked(int(line))
+
+    def errReceived(self, data):
+        self.errors += data
+        *lines, self.errors = self.errors.split(b"\n")
+        for line in lines:
+            if line:
+                self.outbox.log.critical("writer: {line}", line=line.decode("utf-8", "replace"))
+
+    def processEnded(self, reason):
+        self.outbox._ended(self, reason)
+
+
+class WriterOutbox:
+    log = Logger()
+
+    def __init__(self, reactor, db_history, brokers, workers=4, interval=0.05,
+                 restart_delay=1.0):
+        self.reactor = reactor
+        self.settings = json.dumps({"db_history": dict(db_history), "brokers": brokers,
+                                    "workers": workers})
+        self.interval = interval
+        self.restart_delay = restart_delay
+        self.history, self.messages = [], []
+        self.sequence = 0
+        self.unacked = collections.OrderedDict()   # sequence -> (frame, rows, messages)
+        self.pending_history = 0
+        self.pending_messages = 0
+        self.process = None
+        self.stopping = False
+        self._call = None
+        self._idle = []
+
+    # -- process -----------------------------------------------------------------------
+
+    def start(self):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+        self.reactor.spawnProcess(_WriterProtocol(self), sys.executable,
+                                  [sys.executable, "-m", "matchengine.writer", self.settings],
+                                  env=env)
+
+    def _started(self, proto):
+        self.process = proto
+        for frame, _, _ in self.unacked.values():
+            proto.transport.write(frame)
+
+    def _ended(self, proto, reason):
+        self.process = None
+        if self.stopping and not self.unacked:
+            return
+        self.log.critical("writer process ended ({reason}); {count} batches to send again",
+                          reason=reason.getErrorMessage(), count=len(self.unacked))
+        self.reactor.callLater(self.restart_delay, self.start)
+
+    def _acked(self, sequence):
+        _, rows, messages = self.unacked.pop(sequence)
+        self.pending_history -= rows
+        self.pending_messages -= messages
+        self._check_idle()
+
+    # -- batches -----------------------------------------------------------------------
+
+    def add(self, history, messages):
+        self.history.extend(history)
+        self.messages.extend(messages)
+        self.pending_history += len(history)
+        self.pending_messages += len(messages)
+        if self._call is None:
+            self._call = self.reactor.callLater(self.interval, self.send_now)
+
+    def send_now(self):
+        self._call = None
+        if not self.history and not self.messages:
+            return
+        self.sequence += 1
+        body = pickle.dumps((self.sequence, self.history, self.messages),
+                            pickle.HIGHEST_PROTOCOL)
+        frame = FRAME.pack(len(body)) + body
+        self.unacked[self.sequence] = (frame, len(self.history), len(self.messages))
+        self.history, self.messages = [], []
+        if self.process is not None:
+            self.process.transport.write(frame)
+
+    def _check_idle(self):
+        if not self.unacked and not self.history and not self.messages:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    def flush(self):
+        """Fires once everything added so far is written."""
+        if self._call is not None:
+            self._call.cancel()
+        self.send_now()
+        if not self.unacked:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._idle.append(d)
+        return d
+
+    async def stop(self):
+        await self.flush()
+        self.stopping = True
+        if self.process is not None:
+            ended = defer.Deferred()
+            proto = self.process
+            original = proto.processEnded
+
+            def on_end(reason):
+                original(reason)
+                ended.callback(None)
+            proto.processEnded = on_end
+            proto.transport.closeStdin()
+            await ended
+
+
+class LocalOutbox:
+    """History and messages written from this process."""
+
+    def __init__(self, history_writer, producer):
+        self.writer = history_writer
+        self.producer = producer
+
+    def start(self):
+        if self.producer is not None and not self.producer.running:
+            self.producer.startService()
+
+    @property
+    def pending_history(self):
+        return self.writer.queued_rows + self.writer.pending * 1000
+
+    @property
+    def pending_messages(self):
+        return 0 if self.producer is None else self.producer.queue_length
+
+    def add(self, history, messages):
+        if history:
+            self.writer.add(history)
+        if messages and self.producer is not None:
+            for topic, text in messages:
+                self.producer.send(topic, text)
+
+    def flush(self):
+        return self.writer.flush()
+
+    async def stop(self):
+        await self.writer.flush()
+        if self.producer is not None and self.producer.running:
+            await defer.maybeDeferred(self.producer.stopService)

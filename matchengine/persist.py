@@ -1,0 +1,262 @@
+# -*- test-case-name: matchengine.test.test_persist -*-
+"""Slices (snapshots of every balance and open order) and recovery at start.
+
+Recovery: the newest `slice_history` row names a slice; its orders and balances are loaded,
+then every operation logged after it is replayed in id order (the ids must follow each other
+with no gap).  Without a slice, every operation log is replayed from the first.  Each entry
+replays at the time it was logged, so orders get back their original times.
+
+Making a slice must not stall matching: `make_slice` forks.  The child owns a copy-on-write
+image of memory, frozen at that instant; it writes `slice_order_<t>`, `slice_balance_<t>`
+and the `slice_history` row on a connection of its own, then exits, while the parent goes on
+serving.  Old slices past `keeptime` are dropped afterwards, never the last one.
+"""
+
+import os
+import re
+import time
+from decimal import Decimal
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from matchengine import engine as engine_module
+from matchengine.market import Order
+from utils import decimals
+from utils.decimals import to_raw
+
+log = Logger()
+
+PAGE = 10000
+ORDER_COLUMNS = ("id", "t", "side", "create_time", "update_time", "user_id", "market",
+                 "price", "amount", "taker_fee", "maker_fee", "left", "freeze", "deal_stock",
+                 "deal_money", "deal_fee", "source")
+BALANCE_COLUMNS = ("user_id", "asset", "t", "balance")
+
+
+class RecoveryError(Exception):
+    """The saved state cannot be loaded."""
+
+
+# -- recovery --------------------------------------------------------------------------
+
+def _fetch(db, sql, args=()):
+    return db.query(sql, args)
+
+
+async def load_state(eng, db, progress=None):
+    """Load the newest slice and replay the operation log; returns the last operation id."""
+    say = progress or (lambda message: log.info("{message}", message=message))
+    rows = await _fetch(db, "SELECT `time`, `end_oper_id`, `end_order_id`, `end_deals_id` "
+                            "FROM `slice_history` ORDER BY `id` DESC LIMIT 1")
+    last_id, slice_time = 0, None
+    if rows:
+        slice_time, last_id, eng.order_id, eng.deal_id = (int(v) for v in rows[0])
+        count = await _load_orders(eng, db, "slice_order_%d" % slice_time)
+        balances = await _load_balances(eng, db, "slice_balance_%d" % slice_time)
+        say("loaded slice %d: %d open orders, %d balances, operations up to %d"
+            % (slice_time, count, balances, last_id))
+        keys = await _load_dedup(eng, db, slice_time, last_id)
+        say("remembered %d balance updates of the day before the slice" % keys)
+    else:
+        say("no slice: replaying the whole operation log")
+    tables = await operlog_tables(db, slice_time)
+    replayed = 0
+    for table in tables:
+        while True:
+            page = await _fetch(db, "SELECT `id`, `time`, `detail` FROM `%s` WHERE `id` > %%s "
+                                    "ORDER BY `id` LIMIT %d" % (table, PAGE), (last_id,))
+            for oper_id, t, detail in page:
+                oper_id = int(oper_id)
+                if oper_id != last_id + 1:
+                    raise RecoveryError("%s: operation %d follows %d: the log has a gap"
+                                        % (table, oper_id, last_id))
+                try:
+                    method, params = engine_module.load_detail(detail)
+                    eng.replay(method, params, float(t))
+                except Exception as e:
+                    raise RecoveryError("%s: operation %d cannot be replayed: %s: %s"
+                                        % (table, oper_id, type(e).__name__, e)) from e
+                last_id = oper_id
+                replayed += 1
+            if len(page) < PAGE:
+                break
+            say("replayed %d operations (%s, id %d)" % (replayed, table, last_id))
+    say("replayed %d operations; last operation id %d, order id %d, deal id %d"
+        % (replayed, last_id, eng.order_id, eng.deal_id))
+    return last_id, slice_time
+
+
+async def _load_dedup(eng, db, slice_time, end_id):
+    """Balance-update keys logged within a day before the slice still refuse repeats."""
+    since = slice_time - engine_module.DEDUP_KEEP
+    count = 0
+    for table in await operlog_tables(db, since):
+        last = 0
+        while True:
+            page = await _fetch(db, "SELECT `id`, `time`, `detail` FROM `%s` WHERE `id` > %%s "
+                                    "AND `id` <= %%s AND `time` >= %%s AND `detail` LIKE %%s "
+                                    "ORDER BY `id` LIMIT %d" % (table, PAGE),
+                                (last, end_id, since, '{"method": "update_balance"%%'))
+            for oper_id, t, detail in page:
+                last = int(oper_id)
+                method, params = engine_module.load_detail(detail)
+                eng.remember_update(params, float(t))
+                count += 1
+            if len(page) < PAGE:
+                break
+    return count
+
+
+async def operlog_tables(db, since=None):
+    """The operation-log tables, oldest first, from the day of `since` on."""
+    if db.dialect.name == "mysql":
+        rows = await _fetch(db, "SHOW TABLES LIKE 'operlog\\_%%'")
+    else:
+        rows = await _fetch(db, "SELECT name FROM sqlite_master WHERE type = 'table' "
+                                "AND name LIKE 'operlog_%%'")
+    names = sorted(r[0] for r in rows if re.fullmatch(r"operlog_\d{8}", r[0]))
+    if since is not None:
+        first = time.strftime("operlog_%Y%m%d", time.localtime(since))
+        names = [n for n in names if n >= first]
+    return names
+
+
+async def _load_orders(eng, db, table):
+    last, count = 0, 0
+    columns = ", ".join("`%s`" % c for c in ORDER_COLUMNS)
+    while True:
+        page = await _fetch(db, "SELECT %s FROM `%s` WHERE `id` > %%s ORDER BY `id` LIMIT %d"
+                                % (columns, table, PAGE), (last,))
+        for row in page:
+            (order_id, kind, side, ctime, mtime, user_id, market_name, price, amount,
+             taker_fee, maker_fee, left, freeze, deal_stock, deal_money, deal_fee,
+             source) = row
+            last = int(order_id)
+            market = eng.markets.get(market_name)
+            if market is None:
+                continue
+            desc = market.desc
+            order = Order(last, int(kind), int(side), float(ctime), int(user_id), market_name,
+                          source, decimals.parse(str(price), desc.money_prec),
+                          decimals.parse(str(amount), desc.stock_prec),
+                          decimals.parse(str(taker_fee), desc.fee_prec),
+                          decimals.parse(str(maker_fee), desc.fee_prec))
+            order.update_time = float(mtime)
+            order.left = decimals.parse(str(left), desc.stock_prec)
+            order.freeze = Decimal(str(freeze))
+            order.deal_stock = Decimal(str(deal_stock))
+            order.deal_money = Decimal(str(deal_money))
+            order.deal_fee = Decimal(str(deal_fee))
+            market.insert(order)
+            count += 1
+        if len(page) < PAGE:
+            return count
+
+
+async def _load_balances(eng, db, table):
+    last, count = 0, 0
+    while True:
+        page = await _fetch(db, "SELECT `id`, `user_id`, `asset`, `t`, `balance` FROM `%s` "
+                                "WHERE `id` > %%s ORDER BY `id` LIMIT %d" % (table, PAGE),
+                            (last,))
+        for row_id, user_id, asset, kind, value in page:
+            last = int(row_id)
+            if asset in eng.assets:
+                eng.balances.set(int(user_id), int(kind), asset, Decimal(str(value)))
+                count += 1
+        if len(page) < PAGE:
+            return count
+
+
+# -- making slices ---------------------------------------------------------------------
+
+def snapshot_rows(eng):
+    """The rows of a slice, built lazily (the forked child iterates them)."""
+    def orders():
+        for market in eng.markets.values():
+            for side in (1, 2):
+                for o in market.iter_side(side):
+                    yield (o.id, o.type, o.side, o.create_time, o.update_time, o.user_id,
+                           o.market, to_raw(o.price), to_raw(o.amount), to_raw(o.taker_fee),
+                           to_raw(o.maker_fee), to_raw(o.left), to_raw(o.freeze),
+                           to_raw(o.deal_stock), to_raw(o.deal_money), to_raw(o.deal_fee),
+                           o.source or "")
+
+    def balances():
+        for user_id, asset, kind, value in eng.balances.iter_entries():
+            yield (user_id, asset, kind, to_raw(value))
+    return orders(), balances()
+
+
+def _chunks(rows, size=1000):
+    chunk = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def write_slice(db, connection, eng, ts, oper_id, keeptime):
+    """Write one slice on `connection` (a DB-API connection of `db`'s kind); synchronous."""
+    cursor = connection.cursor()
+    orders, balances = snapshot_rows(eng)
+    q = db.dialect.quote
+    for table, template, columns, rows in (
+            ("slice_order_%d" % ts, "slice_order_example", ORDER_COLUMNS, orders),
+            ("slice_balance_%d" % ts, "slice_balance_example", BALANCE_COLUMNS, balances)):
+        cursor.execute("DROP TABLE IF EXISTS %s" % q(table))
+        db.create_like(cursor, table, template)
+        for chunk in _chunks(rows):
+            cursor.execute(db.insert_many_sql(table, columns, len(chunk)),
+                           [v for row in chunk for v in row])
+    cursor.execute(db.dialect.sql(
+        "INSERT INTO `slice_history` (`time`, `end_oper_id`, `end_order_id`, `end_deals_id`) "
+        "VALUES (%s, %s, %s, %s)"), (ts, oper_id, eng.order_id, eng.deal_id))
+    connection.commit()
+    cursor.execute(db.dialect.sql("SELECT COUNT(*) FROM `slice_history` WHERE `time` >= %s"),
+                   (ts - keeptime,))
+    if cursor.fetchone()[0]:
+        cursor.execute(db.dialect.sql("SELECT `id`, `time` FROM `slice_history` "
+                                      "WHERE `time` < %s ORDER BY `id`"), (ts - keeptime,))
+        for row_id, t in cursor.fetchall():
+            cursor.execute("DROP TABLE IF EXISTS %s" % q("slice_order_%d" % t))
+            cursor.execute("DROP TABLE IF EXISTS %s" % q("slice_balance_%d" % t))
+            cursor.execute(db.dialect.sql("DELETE FROM `slice_history` WHERE `id` = %s"),
+                           (row_id,))
+            connection.commit()
+    connection.commit()
+
+
+def make_slice(eng, db, ts, oper_id, keeptime, reactor, poll=0.05):
+    """Fork a child that writes the slice of this instant; fires with True on success."""
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            connection = db.pool.dbapi.connect(*db.pool.connargs, **db.pool.connkw)
+            write_slice(db, connection, eng, ts, oper_id, keeptime)
+            connection.close()
+            status = 0
+        except BaseException as e:
+            try:
+                os.write(2, ("slice %d failed: %s: %s\n" % (ts, type(e).__name__, e)).encode())
+            except OSError:
+                pass
+        finally:
+            os._exit(status)
+    return defer.Deferred.fromCoroutine(_wait_child(pid, reactor, poll))
+
+
+async def _wait_child(pid, reactor, poll):
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return True   # reaped by someone else; the slice_history row tells
+        if done:
+            return os.waitstatus_to_exitcode(status) == 0
+        await task.deferLater(reactor, poll, lambda: None)

@@ -1,0 +1,240 @@
+# -*- test-case-name: matchengine.test.test_server -*-
+"""The matchengine daemon: recovery, the RPC port, the CLI, the writers and the timers.
+
+Requests run one at a time on the reactor thread.  A successful write is appended to the
+operation log; its reply, its history rows and its messages wait until the log batch that
+holds it is committed (durable mode), and every later reply waits behind it, so replies
+leave in the order the requests came and nothing is acknowledged that a crash could undo.
+
+Writes are refused with "service unavailable" while the operation log, the history writer or
+the message queue hold more than their `queue_limits`.
+"""
+
+import sys
+import time
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from matchengine import engine as engine_module
+from matchengine import persist
+from matchengine.operlog import OperationLog
+from utils import rpc
+from utils.rpc_server import NO_REPLY, RPCServerFactory, listen_rpc
+
+__all__ = ["MatchEngine"]
+
+
+class MatchEngine(service.Service):
+    """Owns the engine and everything around it; built by `matchengine.tap`."""
+
+    log = Logger()
+
+    def __init__(self, cfg, assets, markets, db_log, outbox, reactor=None,
+                 clock_time=time.time, listen=True):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.cfg = cfg
+        self.reactor = reactor
+        self.clock_time = clock_time
+        self.engine = engine_module.Engine(assets, markets)
+        self.db_log = db_log
+        self.outbox = outbox
+        self.listen_enabled = listen
+        limits = cfg.get("queue_limits") or {}
+        self.limit_operlog = limits.get("operlog", 100000)
+        self.limit_history = limits.get("history", 1000000)
+        self.limit_messages = limits.get("messages", 1000000)
+        self.operlog = None
+        self.ports = []
+        self.is_ready = False
+        self._ready_waiters = []
+        self.last_slice_time = 0
+        self._timers = []
+        self._last_busy_log = 0.0
+        self.debug = bool(cfg.get("debug", False))
+        self.factory = RPCServerFactory(
+            {command: self._handler(command) for command in self.engine.handlers},
+            cfg["svr"]["max_pkg_size"], heartbeat_check=cfg["svr"].get("heartbeat_check", True),
+            debug=self.debug, buf_limit=cfg["svr"].get("buf_limit", 0), name="matchengine",
+            clock=reactor)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def startService(self):
+        service.Service.startService(self)
+        # the reactor thread gives up the GIL at every system call; with the writer threads
+        # busy it would wait a whole switch interval (5 ms) to get it back each time
+        sys.setswitchinterval(0.0005)
+        d = defer.Deferred.fromCoroutine(self._start())
+        d.addErrback(self._start_failed)
+        return d
+
+    async def _start(self):
+        started = time.monotonic()
+        last_id, slice_time = await persist.load_state(self.engine, self.db_log)
+        self.last_slice_time = slice_time or 0
+        self.operlog = OperationLog(self.db_log, self.reactor, last_id,
+                                    window=self.cfg.get("commit_window", 0.002),
+                                    durable=self.cfg.get("durable", True),
+                                    clock_time=self.clock_time)
+        self.outbox.start()
+        if self.listen_enabled:
+            self.ports = await listen_rpc(self.reactor, self.cfg["svr"]["bind"], self.factory)
+        self._every(1.0, self._slice_check)
+        self._every(60.0, self._expire)
+        self.log.info("matchengine ready in {seconds:.2f} s: order id {order}, deal id {deal}, "
+                      "operation id {oper}", seconds=time.monotonic() - started,
+                      order=self.engine.order_id, deal=self.engine.deal_id, oper=last_id)
+        self.is_ready = True
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.callback(self)
+
+    def when_ready(self):
+        """A Deferred firing with this service once recovery is done and the port open."""
+        if self.is_ready:
+            return defer.succeed(self)
+        d = defer.Deferred()
+        self._ready_waiters.append(d)
+        return d
+
+    def _start_failed(self, failure):
+        self.log.failure("matchengine could not start", failure)
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.errback(failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def _every(self, seconds, function):
+        from twisted.internet.task import LoopingCall
+        loop = LoopingCall(self._guarded, function)
+        loop.clock = self.reactor
+        loop.start(seconds, now=False)
+        self._timers.append(loop)
+
+    def _guarded(self, function):
+        try:
+            function()
+        except Exception:
+            self.log.failure("matchengine: timer {name} failed", name=function.__name__)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self):
+        """Stop intake, then flush the operation log, history and messages, then close."""
+        for port in self.ports:
+            await port.stopListening()
+        for conn in list(self.factory.connections):
+            conn.transport.loseConnection()
+        for loop in self._timers:
+            if loop.running:
+                loop.stop()
+        if self.operlog is not None:
+            await self.operlog.flush()
+        await self.outbox.stop()
+        self.log.info("matchengine stopped: operation id {oper}",
+                      oper=self.operlog.last_id if self.operlog else 0)
+
+    # -- requests ----------------------------------------------------------------------
+
+    def _handler(self, command):
+        write = command in engine_module.WRITE_COMMANDS
+        execute = self.engine.handlers[command]
+
+        def handle(params, request):
+            if write and self._busy():
+                self._answer(request, None, rpc.SERVICE_UNAVAILABLE())
+                return NO_REPLY
+            # times are kept to the microsecond, as the operation log stores them, so that a
+            # replay reproduces them exactly
+            now = round(self.clock_time(), 6)
+            try:
+                result = execute(params, now, True)
+            except rpc.RPCError as error:
+                self._answer(request, None, error)
+                return NO_REPLY
+            if write:
+                batch = self.operlog.append(now, self.engine.log_entry(command, params))
+                history, messages = self.engine.effects.take()
+                batch.then(self._release, request, result, history, messages)
+            else:
+                self._answer(request, result, None)
+            return NO_REPLY
+        return handle
+
+    def _answer(self, request, result, error):
+        barrier = self.operlog.barrier if self.operlog is not None else None
+        if barrier is not None:
+            barrier.then(self._send, request, result, error)
+        else:
+            self._send(request, result, error)
+
+    def _send(self, request, result, error):
+        if error is None:
+            request.reply_result(result, self.debug)
+        else:
+            request.reply_error(error, self.debug)
+
+    def _release(self, request, result, history, messages):
+        request.reply_result(result, self.debug)
+        if history or messages:
+            self.outbox.add(history, messages)
+
+    def _busy(self):
+        reason = None
+        if self.operlog.pending_rows >= self.limit_operlog:
+            reason = "operation log"
+        elif self.outbox.pending_history >= self.limit_history:
+            reason = "history"
+        elif self.outbox.pending_messages >= self.limit_messages:
+            reason = "messages"
+        if reason is None:
+            return False
+        now = time.monotonic()
+        if now - self._last_busy_log >= 1.0:
+            self._last_busy_log = now
+            self.log.critical("matchengine: {what} queue is full; refusing writes",
+                              what=reason)
+        return True
+
+    # -- timers ------------------------------------------------------------------------
+
+    def _expire(self):
+        self.engine.expire_dedup(self.clock_time())
+
+    def _slice_check(self):
+        now = int(self.clock_time())
+        interval = self.cfg.get("slice_interval", 86400)
+        if now - self.last_slice_time >= interval and now % interval <= 5:
+            self.last_slice_time = now
+            self.make_slice(now)
+
+    def make_slice(self, ts=None):
+        """Snapshot now (after the log holds every operation so far); fires with success."""
+        ts = int(self.clock_time()) if ts is None else ts
+
+        def fork(_):
+            return persist.make_slice(self.engine, self.db_log, ts, self.operlog.last_id,
+                                      self.cfg.get("slice_keeptime", 259200), self.reactor)
+
+        def report(ok):
+            if ok:
+                self.log.info("slice {ts} written", ts=ts)
+            else:
+                self.log.critical("slice {ts} failed", ts=ts)
+            return ok
+        return self.operlog.flush().addCallback(fork).addCallback(report)
+
+    # -- status (CLI) ------------------------------------------------------------------
+
+    def status_lines(self):
+        e = self.engine
+        return ("order last ID: %d\ndeals last ID: %d\noperlog last ID: %d\n"
+                "operlog pending: %d\nhistory pending %d\nmessage pending: %d\n" % (
+                    e.order_id, e.deal_id, self.operlog.last_id, self.operlog.pending_rows,
+                    self.outbox.pending_history, self.outbox.pending_messages))

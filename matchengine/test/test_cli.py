@@ -1,0 +1,108 @@
+# -*- test-case-name: matchengine.test.test_cli -*-
+"""The matchengine CLI commands, the twistd options and the config checks."""
+
+import json
+
+from twisted.internet.task import Clock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from matchengine import cli, config, tap
+from matchengine.history import HistoryWriter
+from matchengine.operlog import OperationLog
+from matchengine.outbox import LocalOutbox
+from matchengine.server import MatchEngine
+from matchengine.test.test_server import engine_config
+from utils.config import ConfigError
+
+
+def memory_service():
+    cfg = engine_config(7316, "127.0.0.1:9092", "log", "history")
+    assets, markets = config.build_tables(cfg)
+    clock = Clock()
+    service = MatchEngine(cfg, assets, markets, None,
+                          LocalOutbox(HistoryWriter(None, clock), None), reactor=clock,
+                          listen=False)
+    service.operlog = OperationLog(None, clock)
+    return service
+
+
+class CLITests(SynchronousTestCase):
+
+    def setUp(self):
+        self.service = memory_service()
+        e = self.service.engine
+        e.execute(102, [5, "BTC", "deposit", 1, "2", {}], 1.0)
+        e.execute(201, [5, "BTCBCH", 1, "0.5", "100", "0", "0", ""], 2.0)
+        self.commands = cli.commands(self.service)
+
+    def test_status(self):
+        """status reports the ids and backlogs, one per line."""
+        text = self.commands["status"]([])
+        self.assertIn("order last ID: 1\n", text)
+        self.assertIn("deals last ID: 0\n", text)
+        self.assertIn("operlog pending: 0\n", text)
+
+    def test_balance(self):
+        """balance list/get/summary in the original's columns; usage on bad arguments."""
+        self.assertEqual(self.commands["balance"](["get", "5"]).splitlines(), [
+            "user       asset            type       amount",
+            "5          BTC              available  1.500000000000",
+            "5          BTC              freeze     0.500000000000"])
+        self.assertEqual(len(self.commands["balance"](["list"]).splitlines()), 3)
+        self.assertEqual(len(self.commands["balance"](["list", "BCH"]).splitlines()), 1)
+        summary = self.commands["balance"](["summary"]).splitlines()
+        self.assertTrue(summary[2].startswith("BTC              2.000000000000"))
+        self.assertEqual(self.commands["balance"](["get"]), "usage: balance get user_id\n")
+        self.assertEqual(self.commands["balance"]([]), "usage: balance list/get/summary\n")
+
+    def test_market(self):
+        """market summary counts the resting ask."""
+        lines = self.commands["market"](["summary"]).splitlines()
+        self.assertEqual(lines[1].split(), ["BTCBCH", "1", "0.50000000", "0", "0"])
+        self.assertEqual(self.commands["market"]([]), "usage market summary\n")
+
+
+class TapTests(SynchronousTestCase):
+
+    def test_shipped_config(self):
+        """The shipped config loads: the original's eight assets and seven markets."""
+        options = tap.Options()
+        options.parseOptions([])
+        assets, markets = options["tables"]
+        self.assertEqual(list(assets)[:2], ["BCH", "BTC"])
+        self.assertEqual(len(markets), 7)
+        self.assertEqual(options["loaded"].svr.bind[0], "tcp@127.0.0.1:7316")
+
+    def test_bad_config_names_key(self):
+        """A config error is a usage error naming the file and key."""
+        path = self.mktemp()
+        with open(tap.DEFAULT_CONFIG) as f:
+            data = json.load(f)
+        data["markets"][0]["stock"]["prec"] = 20
+        with open(path, "w") as f:
+            json.dump(data, f)
+        options = tap.Options()
+        e = self.assertRaises(usage.UsageError, options.parseOptions, ["--config", path])
+        self.assertIn("markets[0]", str(e))
+        del data["db_log"]
+        with open(path, "w") as f:
+            json.dump(data, f)
+        e = self.assertRaises(usage.UsageError, options.parseOptions, ["--config", path])
+        self.assertIn("db_log", str(e))
+
+    def test_unknown_asset(self):
+        """A market on an unknown asset is refused at start."""
+        cfg = json.load(open(tap.DEFAULT_CONFIG))
+        cfg["markets"][0]["money"]["name"] = "XYZ"
+        e = self.assertRaises(ConfigError, config.build_tables, config.load_data(cfg))
+        self.assertIn("markets[0].money.name", str(e))
+
+    def test_make_service(self):
+        """makeService builds the log, engine and CLI services."""
+        options = tap.Options()
+        options.parseOptions([])
+        top = tap.makeService(options, reactor=Clock())
+        top.log_setup.remove()
+        names = [type(s).__name__ for s in top]
+        self.assertEqual(names, ["_LogService", "MatchEngine", "CLIService"])

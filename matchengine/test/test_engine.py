@@ -1,0 +1,207 @@
+# -*- test-case-name: matchengine.test.test_engine -*-
+"""The engine's commands against what the original answered, and exact unit cases."""
+
+import copy
+import json
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from matchengine import config, engine
+from utils import testing
+from utils.jsonfmt import RawJSON, dumps
+from utils.rpc import RPCError
+
+TRANSCRIPT = testing.reference("http-scenario.jsonl")
+
+METHODS = {"balance.query": 101, "balance.update": 102, "asset.list": 104,
+           "asset.summary": 105, "order.put_limit": 201, "order.put_market": 202,
+           "order.pending": 203, "order.cancel": 204, "order.book": 205, "order.depth": 206,
+           "order.pending_detail": 207, "market.list": 307, "market.summary": 308}
+
+TIME_KEYS = {"ctime", "mtime", "ftime", "time"}
+
+
+def norm(x):
+    if isinstance(x, dict):
+        return {k: ("<time>" if k in TIME_KEYS and isinstance(v, (int, float)) else norm(v))
+                for k, v in x.items()}
+    if isinstance(x, list):
+        return [norm(v) for v in x]
+    return x
+
+
+def call(eng, command, params, now, request_id=0):
+    """The reply object the RPC server would send."""
+    try:
+        result = eng.execute(command, copy.deepcopy(params), now)
+    except RPCError as e:
+        return {"error": e.to_json(), "result": None, "id": request_id}
+    if isinstance(result, RawJSON):
+        result = result.value()
+    return json.loads(dumps({"error": None, "result": result, "id": request_id}))
+
+
+def new_engine():
+    return engine.Engine(*config.example_tables())
+
+
+class TranscriptTests(SynchronousTestCase):
+
+    def test_matches_original(self):
+        """Every matchengine call of the recorded scenario gets the original's answer."""
+        if not os.path.exists(TRANSCRIPT):
+            self.skipTest("reference transcripts not present")
+        eng = new_engine()
+        now = 1795561714.0
+        checked = 0
+        for line in open(TRANSCRIPT):
+            record = json.loads(line)
+            request = record.get("request")
+            if not request or request.get("method") not in METHODS:
+                continue
+            now += 0.001
+            got = call(eng, METHODS[request["method"]], request["params"], now, request["id"])
+            self.assertEqual(norm(got), norm(record["response"]),
+                             "call %d %s" % (request["id"], request["method"]))
+            checked += 1
+        self.assertGreaterEqual(checked, 45)
+
+
+class UnitTests(SynchronousTestCase):
+
+    def setUp(self):
+        self.eng = new_engine()
+        self.now = 1000.0
+
+    def run_cmd(self, command, *params):
+        self.now += 1
+        return call(self.eng, command, list(params), self.now)
+
+    def deposit(self, user, asset, amount, business_id):
+        r = self.run_cmd(102, user, asset, "deposit", business_id, amount, {})
+        self.assertIsNone(r["error"])
+
+    def test_formats_of_zero(self):
+        """A filled order shows left "0e-8"; untouched fields show "0"."""
+        self.deposit(1, "BTC", "1", 1)
+        self.deposit(2, "BCH", "100", 2)
+        self.run_cmd(201, 1, "BTCBCH", 1, "1", "10", "0", "0", "")
+        r = self.run_cmd(201, 2, "BTCBCH", 2, "1", "10", "0", "0", "")["result"]
+        self.assertEqual((r["left"], r["deal_fee"], r["deal_money"]), ("0e-8", "0e-12", "10"))
+
+    def test_self_trade_and_fees_leave_users(self):
+        """A user may trade with itself; fees leave the balances and are counted."""
+        self.deposit(1, "BTC", "2", 1)
+        self.deposit(1, "BCH", "100", 2)
+        self.run_cmd(201, 1, "BTCBCH", 1, "1", "10", "0.01", "0.01", "")
+        self.run_cmd(201, 1, "BTCBCH", 2, "1", "10", "0.01", "0.01", "")
+        b = self.run_cmd(101, 1, "BTC", "BCH")["result"]
+        self.assertEqual(b, {"BTC": {"available": "1.99", "freeze": "0"},
+                             "BCH": {"available": "99.9", "freeze": "0"}})
+        self.assertEqual(str(self.eng.balances.fees["BTC"]), "0.010000000000")
+        self.assertEqual(str(self.eng.balances.fees["BCH"]), "0.10000000000000000000")
+
+    def test_refusals_change_nothing(self):
+        """Every refused command leaves balances, books and counters as they were."""
+        self.deposit(1, "BTC", "1", 1)
+        before = (dict(self.eng.balances.entries), self.eng.order_id, self.eng.deal_id)
+        bad = [(102, 1, "BTC", "x", 1, "NaN", {}), (102, 1, "BTC", "x", 1, "Infinity", {}),
+               (102, 1, "BTC", "x", 1, "1e999", {}), (102, 1, "BTC", "x", 1, 5, {}),
+               (102, 1, "BTC", "x" * 31, 1, "1", {}), (102, 1, "BTC", "x", 1, "1", []),
+               (102, 1, "BTC", "x", 1.5, "1", {}), (102, True, "BTC", "x", 1, "1", {}),
+               (201, 1, "BTCBCH", 1, "2", "10", "0", "0", ""),
+               (201, 1, "BTCBCH", 1, "-1", "10", "0", "0", ""),
+               (201, 1, "BTCBCH", 1, "1", "0", "0", "0", ""),
+               (201, 1, "BTCBCH", 1, "1", "10", "1", "0", ""),
+               (201, 1, "BTCBCH", 1, "1", "10", "-0.1", "0", ""),
+               (201, 1, "BTCBCH", 1, "1", "10", "0", "0", "s" * 31),
+               (201, 1, "BTCBCH", 1, "1", "10", "0", "0"),
+               (201, 1, "BTCBCH", 1, "0.0001", "10", "0", "0", ""),
+               (202, 1, "BTCBCH", 1, "1", "0", ""), (202, 1, "BTCBCH", 2, "1", "0", ""),
+               (204, 1, "BTCBCH", 1), (203, 1, "BTCBCH", 0, 102), (203, 1, "BTCBCH", 0, -1),
+               (205, "BTCBCH", 3, 0, 10), (206, "BTCBCH", 10, "-1"), (101, 0), (101,),
+               (101, 1, "NOPE"), (105, 5), (308, "NOPE")]
+        for params in bad:
+            r = self.run_cmd(*params)
+            self.assertIsNotNone(r["error"], params)
+            self.assertIsNone(r["result"], params)
+        self.assertEqual((dict(self.eng.balances.entries), self.eng.order_id,
+                          self.eng.deal_id), before)
+
+    def test_market_buy_worked_example(self):
+        """The spec's worked market buy: 1 @ 8000 then 0.00131077 @ 8010.5."""
+        self.deposit(2, "BTC", "10", 1)
+        self.deposit(1, "BCH", "100000", 2)
+        self.run_cmd(201, 2, "BTCBCH", 1, "1", "8000", "0.002", "0.001", "")
+        self.run_cmd(201, 2, "BTCBCH", 1, "3", "8010.5", "0.002", "0.001", "")
+        r = self.run_cmd(202, 1, "BTCBCH", 2, "8010.5", "0.002", "")["result"]
+        self.assertEqual((r["deal_stock"], r["deal_money"], r["left"], r["deal_fee"]),
+                         ("1.00131077", "8010.499923085", "0.000076915", "0.00200262154"))
+
+    def test_depth_never_stale(self):
+        """A repeated depth query sees a trade made in between."""
+        self.deposit(1, "BTC", "5", 1)
+        self.deposit(2, "BCH", "100000", 2)
+        self.run_cmd(201, 1, "BTCBCH", 1, "2", "8000", "0", "0", "")
+        first = self.run_cmd(206, "BTCBCH", 10, "0")["result"]
+        self.assertEqual(first, {"asks": [["8000", "2"]], "bids": []})
+        self.assertIs(self.eng.execute(206, ["BTCBCH", 10, "0"], self.now),
+                      self.eng.execute(206, ["BTCBCH", 10, "0"], self.now))
+        self.run_cmd(201, 2, "BTCBCH", 2, "0.5", "8000", "0", "0", "")
+        self.assertEqual(self.run_cmd(206, "BTCBCH", 10, "0")["result"],
+                         {"asks": [["8000", "1.5"]], "bids": []})
+
+    def test_effects_of_a_trade(self):
+        """A crossing order leaves the original's history rows and messages, in order."""
+        self.deposit(1, "BTC", "1", 1)
+        self.deposit(2, "BCH", "10000", 2)
+        self.eng.effects.take()
+        self.run_cmd(201, 1, "BTCBCH", 1, "1", "8000", "0.002", "0.001", "a")
+        self.run_cmd(201, 2, "BTCBCH", 2, "0.5", "8000", "0.002", "0.001", "b")
+        history, messages = self.eng.effects.take()
+        self.assertEqual([t for t, _ in messages], ["orders", "deals", "orders", "orders"])
+        deal = json.loads(messages[1][1])
+        self.assertEqual(deal[1:], ["BTCBCH", 1, 2, 1, 2, "8000.00000000", "0.50000000",
+                                    "4.00000000000000000000", "0.001000000000", 2, 1, "BTC",
+                                    "BCH"])
+        self.assertEqual([json.loads(m)["event"] for t, m in messages if t == "orders"],
+                         [1, 2, 3])
+        kinds = [k for k, _, _ in history]
+        self.assertEqual(kinds, ["deal_history", "deal_history", "user_deal_history",
+                                 "user_deal_history"] + ["balance_history"] * 6 +
+                         ["order_history", "order_detail"])
+        changes = [(row[1], row[2], row[4], row[5]) for k, _, row in history
+                   if k == "balance_history"]
+        self.assertEqual(changes, [
+            (2, "BCH", "-4000.0000000000000000", "6000.00000000000000000000"),
+            (2, "BTC", "0.50000000", "0.500000000000"),
+            (2, "BTC", "-0.001000000000", "0.499000000000"),
+            (1, "BTC", "-0.50000000", "0.500000000000"),
+            (1, "BCH", "4000.0000000000000000", "4000.00000000000000000000"),
+            (1, "BCH", "-4.00000000000000000000", "3996.00000000000000000000")])
+        detail = [row[6] for k, _, row in history if k == "balance_history"][2]
+        self.assertEqual(detail, '{"a": "0.5", "f": "0.002", "i": 2, "m": "BTCBCH", "p": "8000"}')
+
+    def test_replay_reproduces_state(self):
+        """Replaying the operation log of a session rebuilds the same balances and books."""
+        live = new_engine()
+        log = []
+        now = 100.0
+        ops = [(102, [1, "BTC", "deposit", 1, "10", {}]), (102, [2, "BCH", "deposit", 2,
+                                                                  "100000", {"x": 1}]),
+               (201, [1, "BTCBCH", 1, "3", "8000", "0.002", "0.001", "s"]),
+               (201, [2, "BTCBCH", 2, "1", "8100", "0.002", "0.001", "s"]),
+               (202, [2, "BTCBCH", 2, "100", "0.002", "m"]), (204, [1, "BTCBCH", 1])]
+        for command, params in ops:
+            now += 1
+            live.execute(command, params, now)
+            log.append((engine.Engine.log_entry(command, params), now))
+        again = new_engine()
+        for detail, t in log:
+            again.replay(*engine.load_detail(detail), t)
+        self.assertEqual(again.balances.entries, live.balances.entries)
+        self.assertEqual((again.order_id, again.deal_id), (live.order_id, live.deal_id))
+        self.assertEqual(json.loads(log[1][0]),
+                         {"method": "update_balance",
+                          "params": [2, "BCH", "deposit", 2, "100000", {"id": 2, "x": 1}]})

@@ -1,0 +1,180 @@
+# -*- test-case-name: matchengine.test.test_server -*-
+"""The matchengine service against real MariaDB and a Kafka broker, over its RPC port."""
+
+import json
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from matchengine import config
+from matchengine.outbox import WriterOutbox
+from matchengine.server import MatchEngine
+from matchengine.test.test_engine import METHODS, TRANSCRIPT, norm
+from utils import mysql, testing
+from utils.kafka_queue import KafkaConsumerService
+from utils.rpc_client import RPCClient
+
+
+def engine_config(port, brokers, log_db, history_db, **extra):
+    info = testing.require("mysql")
+    db = {"host": info["host"], "port": int(info["port"]), "user": info["user"],
+          "pass": info["password"]}
+    data = {
+        "log": {"path": "log/matchengine", "flag": "fatal,error,warn,info"},
+        "svr": {"bind": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 102400,
+                "heartbeat_check": False},
+        "cli": "tcp@127.0.0.1:%d" % testing.free_port(),
+        "db_log": dict(db, name=log_db), "db_history": dict(db, name=history_db),
+        "assets": [{"name": "BCH", "prec_save": 20, "prec_show": 8}] + [
+            {"name": n, "prec_save": 12, "prec_show": 8}
+            for n in ["BTC", "LTC", "ETH", "ETC", "ZEC", "XMR", "DSH"]],
+        "markets": [{"name": n + "BCH", "min_amount": "0.001", "stock": {"name": n, "prec": 8},
+                     "money": {"name": "BCH", "prec": 8}}
+                    for n in ["BTC", "LTC", "ETH", "ETC", "ZEC", "XMR", "DSH"]],
+        "brokers": brokers,
+    }
+    data.update(extra)
+    return config.load_data(data)
+
+
+async def until(predicate, seconds=30, what="condition"):
+    for _ in range(int(seconds / 0.02)):
+        if predicate():
+            return
+        await deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError("%s not reached in %s s" % (what, seconds))
+
+
+class Harness:
+    """One matchengine service on fresh databases, with a client and a Kafka broker."""
+
+    def __init__(self, test):
+        self.test = test
+        self.log_db = testing.create_database("log", ("trade_log",))
+        test.addCleanup(testing.drop_database, self.log_db)
+        self.history_db = testing.create_database("hist", ("trade_history",), True)
+        test.addCleanup(testing.drop_database, self.history_db)
+        self.broker = testing.KafkaBroker().start()
+        test.addCleanup(self.broker.stop)
+        self.port = testing.free_port()
+        self.service = None
+        self.client = None
+        test.addCleanup(self.cleanup)
+
+    def cleanup(self):
+        if self.client is not None:
+            self.client.stop()
+        if self.service is not None and self.service.running:
+            return self.service.stopService()
+
+    def database(self, name):
+        kw = testing.mysql_connect_kwargs("misc")
+        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"], name,
+                                 "utf8mb4")
+        self.test.addCleanup(db.close)
+        return db
+
+    async def start(self, **extra):
+        cfg = engine_config(self.port, self.broker.address, self.log_db, self.history_db,
+                            **extra)
+        assets, markets = config.build_tables(cfg)
+        self.outbox = WriterOutbox(reactor, cfg.db_history, self.broker.address, workers=4)
+        self.service = MatchEngine(cfg, assets, markets, self.database(self.log_db),
+                                   self.outbox, reactor=reactor)
+        self.service.startService()
+        await self.service.when_ready()
+        self.client = RPCClient(reactor, "matchengine", ["tcp@127.0.0.1:%d" % self.port],
+                                1 << 20)
+        self.client.start()
+        await until(lambda: self.client.connected, what="client connected")
+        return self.service
+
+    async def stop(self):
+        self.client.stop()
+        await self.service.stopService()
+
+    async def call(self, command, params):
+        return await self.client.call(command, params, timeout=10.0)
+
+    def state(self):
+        e = self.service.engine
+        orders = {(name, o.id): (o.user_id, o.side, o.price, o.amount, o.left, o.freeze,
+                                 o.deal_stock, o.deal_money, o.deal_fee, o.source,
+                                 o.create_time)
+                  for name, m in e.markets.items() for o in m.orders.values()}
+        return dict(e.balances.entries), orders, e.order_id, e.deal_id, dict(e.dedup)
+
+
+def transcript_calls():
+    for line in open(TRANSCRIPT):
+        record = json.loads(line)
+        request = record.get("request")
+        if request and request.get("method") in METHODS:
+            yield request, record["response"]
+
+
+class ServiceTests(TestCase):
+
+    timeout = 180
+
+    async def transcript_then_restart(self):
+        h = Harness(self)
+        await h.start()
+        for request, expected in transcript_calls():
+            got = await h.client.call(METHODS[request["method"]], request["params"], 10.0,
+                                      req_id=request["id"])
+            self.assertEqual(norm(got), norm(expected), request)
+        before = h.state()
+        await h.stop()
+        # restart: the operation log alone rebuilds the same state
+        await h.start()
+        self.assertEqual(h.state(), before)
+        # a slice, more trading, restart: slice + replay gives the same state again
+        self.assertTrue(await h.service.make_slice())
+        await h.call(102, [9, "BTC", "deposit", 100, "5", {}])
+        await h.call(201, [9, "BTCBCH", 1, "1", "9000", "0.002", "0.001", "after"])
+        before = h.state()
+        await h.stop()
+        await h.start()
+        self.assertEqual(h.state(), before)
+        # the history and the messages of the session are there
+        hist = h.database(h.history_db)
+        rows = await hist.query("SELECT `business`, `change` FROM `balance_history_1` "
+                                "WHERE `user_id` = 1 ORDER BY `id` LIMIT 1")
+        self.assertEqual([(b, str(c)) for b, c in rows], [("deposit", "100000.00000000")])
+        deals = await hist.query("SELECT COUNT(*) FROM `user_deal_history_1`")
+        self.assertGreater(deals[0][0], 0)
+        got = []
+        consumer = KafkaConsumerService(h.broker.address, "deals",
+                                        lambda offset, value: got.append(json.loads(value)),
+                                        offset="earliest", reactor=reactor)
+        consumer.startService()
+        self.addCleanup(consumer.stopService)
+        await until(lambda: len(got) >= 5, what="deal messages")
+        self.assertEqual(got[1][1:], ["BTCBCH", 3, 5, 3, 1, "8000.00000000", "0.50000000",
+                                      "4.00000000000000000000", "0.001000000000", 2, 2, "BTC",
+                                      "BCH"])
+        await h.stop()
+
+    def test_transcript_restart_and_slice(self):
+        """Over the RPC port the original's answers come back; restarts (from the log, then
+        from a slice plus the log) rebuild the same state; history and messages are written."""
+        return defer.Deferred.fromCoroutine(self.transcript_then_restart())
+
+    async def acknowledged_means_logged(self):
+        h = Harness(self)
+        await h.start(commit_window=0.005)
+        calls = [h.client.call(102, [u, "BCH", "deposit", u, "100", {}], 10.0)
+                 for u in range(1, 201)]
+        replies = await defer.gatherResults(calls)
+        self.assertTrue(all(r["error"] is None for r in replies))
+        db = h.database(h.log_db)
+        rows = await db.query("SELECT COUNT(*) FROM `%s`" % h.service.operlog.table)
+        self.assertEqual(rows[0][0], 200)
+        self.assertLess(h.service.operlog.pending_rows, 1)
+        await h.stop()
+
+    def test_replies_wait_for_the_log(self):
+        """Every acknowledged write is in the operation log table when its reply arrives."""
+        return defer.Deferred.fromCoroutine(self.acknowledged_means_logged())

@@ -1,0 +1,228 @@
+# -*- test-case-name: matchengine.test.test_outbox -*-
+"""The matchengine's writer process: history rows into MySQL, messages to Kafka.
+
+Run by `matchengine.outbox.WriterProcess` as `python -m matchengine.writer`, with its
+settings as JSON in the first argument.  It reads batches from stdin, each framed as a 4-byte
+big-endian length and a pickle of `(sequence, history, messages)`; writes the history rows
+(several threads, one MySQL connection each, one transaction per table group) and sends the
+messages (kafka-python, in order), and once both are done writes the batch's sequence number
+on stdout, one per line.  Failures are retried every second, forever, and reported on stderr,
+which the parent logs.  Stdin closing ends the process after the batches already read.
+
+Keeping this work in its own process keeps its CPU time (SQL escaping, Kafka record
+building) off the matching thread's interpreter lock.
+"""
+
+import json
+import pickle
+import queue
+import struct
+import sys
+import threading
+import time
+
+from matchengine.effects import HISTORY_COLUMNS
+
+FRAME = struct.Struct(">I")
+
+
+def say(text):
+    sys.stderr.write(text.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+class HistoryThreads:
+    """`workers` threads, each inserting the statements it is given on its own connection."""
+
+    def __init__(self, db, workers, chunk=1000):
+        self.db = db
+        self.chunk = chunk
+        self.jobs = [queue.Queue() for _ in range(workers)]
+        for index, jobs in enumerate(self.jobs):
+            threading.Thread(target=self._work, args=(jobs,), name="history-%d" % index,
+                             daemon=True).start()
+
+    def _connect(self):
+        import pymysql
+        while True:
+            try:
+                return pymysql.connect(host=self.db["host"], port=int(self.db.get("port", 3306)),
+                                       user=self.db["user"], password=self.db["pass"],
+                                       database=self.db["name"],
+                                       charset=self.db.get("charset", "utf8"), autocommit=False)
+            except Exception as e:
+                say("history: cannot connect to MySQL: %s; retrying in 1 s" % e)
+                time.sleep(1)
+
+    def _work(self, jobs):
+        conn = self._connect()
+        while True:
+            statements, done = jobs.get()
+            while True:
+                try:
+                    with conn.cursor() as cursor:
+                        for sql, args in statements:
+                            cursor.execute(sql, args)
+                    conn.commit()
+                    break
+                except Exception as e:
+                    say("history: insert failed: %s; retrying in 1 s" % e)
+                    try:
+                        conn.rollback()
+                    except Exception:
+                        pass
+                    try:
+                        conn.close()
+                    except Exception:
+                        pass
+                    time.sleep(1)
+                    conn = self._connect()
+            done.release()
+
+    def write(self, history):
+        """Insert the rows; returns when every statement is committed."""
+        tables = {}
+        for table, shard, row in history:
+            tables.setdefault((table, shard), []).append(row)
+        statements = []
+        for (table, shard), rows in tables.items():
+            columns = HISTORY_COLUMNS[table]
+            marks = "(%s)" % ", ".join(["%s"] * len(columns))
+            head = "INSERT IGNORE INTO `%s_%d` (%s) VALUES " % (
+                table, shard, ", ".join("`%s`" % c for c in columns))
+            for start in range(0, len(rows), self.chunk):
+                part = rows[start:start + self.chunk]
+                statements.append((head + ", ".join([marks] * len(part)),
+                                   [v for row in part for v in row]))
+        groups = [statements[i::len(self.jobs)] for i in range(len(self.jobs))]
+        groups = [g for g in groups if g]
+        done = threading.Semaphore(0)
+        for jobs, group in zip(self.jobs, groups):
+            jobs.put((group, done))
+        for _ in groups:
+            done.acquire()
+
+
+class Messages:
+    """The Kafka producer, retrying in place while the broker is away."""
+
+    def __init__(self, brokers):
+        self.brokers = brokers
+        self.producer = None
+
+    def _connect(self):
+        from kafka import KafkaProducer
+        from utils.kafka_queue import _retry_unknown_errors
+        _retry_unknown_errors()
+        while True:
+            try:
+                return KafkaProducer(
+                    bootstrap_servers=self.brokers, acks=1, linger_ms=1, retries=2 ** 31 - 1,
+                    delivery_timeout_ms=24 * 3600 * 1000, enable_idempotence=False,
+                    max_in_flight_requests_per_connection=1, request_timeout_ms=5000,
+                    reconnect_backoff_max_ms=1000, max_request_size=16 * 1024 * 1024)
+            except Exception as e:
+                say("kafka: cannot reach %s: %s; retrying in 1 s" % (self.brokers, e))
+                time.sleep(1)
+
+    def send(self, messages):
+        if not messages:
+            return
+        if self.producer is None:
+            self.producer = self._connect()
+        futures = []
+        for topic, text in messages:
+            while True:
+                try:
+                    futures.append(self.producer.send(topic, text.encode(), partition=0))
+                    break
+                except Exception as e:
+                    say("kafka: send to %s failed: %s; retrying in 1 s" % (topic, e))
+                    time.sleep(1)
+        self.producer.flush()
+        for future in futures:
+            if future.failed():
+                say("kafka: a message was not delivered: %s" % future.exception)
+
+
+def read_exactly(stream, n):
+    data = b""
+    while len(data) < n:
+        chunk = stream.read(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+class Acks:
+    """Confirms a batch on stdout once both the history and the messages of it are done."""
+
+    def __init__(self, stdout, parts):
+        self.stdout = stdout
+        self.parts = parts
+        self.done = {}
+        self.lock = threading.Lock()
+
+    def finished(self, sequence):
+        with self.lock:
+            count = self.done.get(sequence, 0) + 1
+            if count < self.parts:
+                self.done[sequence] = count
+                return
+            self.done.pop(sequence, None)
+            self.stdout.write(b"%d\n" % sequence)
+            self.stdout.flush()
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    settings = json.loads(argv[0])
+    history = HistoryThreads(settings["db_history"], settings.get("workers", 4))
+    messages = Messages(settings["brokers"]) if settings.get("brokers") else None
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    acks = Acks(stdout, 2 if messages is not None else 1)
+    lanes = [queue.Queue(maxsize=256) for _ in range(acks.parts)]
+
+    def history_lane(batches):
+        # batches are written in order, independently of the Kafka lane
+        while True:
+            batch = batches.get()
+            if batch is None:
+                return
+            sequence, rows, _ = batch
+            if rows:
+                history.write(rows)
+            acks.finished(sequence)
+
+    def message_lane(batches):
+        while True:
+            batch = batches.get()
+            if batch is None:
+                if messages.producer is not None:
+                    messages.producer.close(timeout=10)
+                return
+            sequence, _, msgs = batch
+            messages.send(msgs)
+            acks.finished(sequence)
+
+    workers = [threading.Thread(target=history_lane, args=(lanes[0],), name="history")]
+    if messages is not None:
+        workers.append(threading.Thread(target=message_lane, args=(lanes[1],),
+                                        name="messages"))
+    for worker in workers:
+        worker.start()
+    while True:
+        head = read_exactly(stdin, FRAME.size)
+        batch = None if head is None else pickle.loads(
+            read_exactly(stdin, FRAME.unpack(head)[0]))
+        for lane in lanes:
+            lane.put(batch)
+        if batch is None:
+            break
+    for worker in workers:
+        worker.join()
+
+
+if __name__ == "__main__":
+    main()
