@@ -1,0 +1,81 @@
+# -*- test-case-name: readhistory.test.test_server -*-
+"""The readhistory daemon: history queries over binary RPC, run on the database pool.
+
+Several queries run at once (`worker_num` connections); replies go out as queries finish,
+so clients match them by sequence, as with the original.  When 10 × `worker_num` queries
+wait, new ones are refused with "service unavailable".  A failed query answers "internal
+error" and is logged at critical level.
+"""
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from readhistory.reader import QUERIES
+from utils import rpc
+from utils.rpc_server import RPCServerFactory, listen_rpc
+
+__all__ = ["ReadHistory"]
+
+
+class ReadHistory(service.Service):
+    log = Logger()
+
+    def __init__(self, cfg, db, reactor=None, listen=True):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.cfg = cfg
+        self.db = db
+        self.reactor = reactor
+        self.listen_enabled = listen
+        self.workers = cfg.get("worker_num", 10)
+        self.in_flight = 0
+        self.ports = []
+        svr = cfg["svr"]
+        self.factory = RPCServerFactory(
+            {command: self._handler(query) for command, query in QUERIES.items()},
+            svr["max_pkg_size"], heartbeat_check=svr.get("heartbeat_check", True),
+            debug=bool(cfg.get("debug", False)), buf_limit=svr.get("buf_limit", 0),
+            name="readhistory", clock=reactor)
+
+    def startService(self):
+        service.Service.startService(self)
+        if self.listen_enabled:
+            d = listen_rpc(self.reactor, self.cfg["svr"]["bind"], self.factory)
+            d.addCallback(self._listening)
+            d.addErrback(self._failed)
+            return d
+
+    def _listening(self, ports):
+        self.ports = ports
+        self.log.info("readhistory ready on {bind}", bind=", ".join(self.cfg["svr"]["bind"]))
+
+    def _failed(self, failure):
+        self.log.failure("readhistory could not listen", failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
+
+    def _handler(self, query):
+        def handle(params, request):
+            if self.in_flight >= 10 * self.workers:
+                raise rpc.SERVICE_UNAVAILABLE()
+            sql, args, result = query(params)
+            self.in_flight += 1
+            d = self.db.query(sql, args)
+            d.addBoth(self._done)
+            d.addCallbacks(result, self._query_failed, errbackArgs=(sql,))
+            return d
+        return handle
+
+    def _done(self, outcome):
+        self.in_flight -= 1
+        return outcome
+
+    def _query_failed(self, failure, sql):
+        self.log.critical("readhistory: query failed ({error}): {sql}",
+                          error=failure.getErrorMessage(), sql=sql)
+        raise rpc.INTERNAL_ERROR()

@@ -1,0 +1,100 @@
+# -*- test-case-name: readhistory.test.test_server -*-
+"""readhistory answers the original's history calls from what the matchengine wrote."""
+
+import json
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from matchengine.test.test_engine import METHODS, TRANSCRIPT, norm
+from matchengine.test.test_server import Harness, until
+from readhistory import config, reader
+from readhistory.server import ReadHistory
+from utils import rpc, testing
+from utils.rpc_client import RPCClient
+
+HISTORY_METHODS = {"balance.history": 103, "order.finished": 208, "order.deals": 209,
+                   "order.finished_detail": 210, "market.user_deals": 306}
+
+
+class ReaderTests(SynchronousTestCase):
+
+    def test_decimal_text(self):
+        """DECIMAL columns print in fixed point without trailing zeros."""
+        from decimal import Decimal
+        self.assertEqual(reader.text(Decimal("8000.00000000")), "8000")
+        self.assertEqual(reader.text(Decimal("0.00000001000")), "0.00000001")
+        self.assertEqual(reader.text(Decimal("0E-8")), "0")
+        self.assertEqual(reader.text(Decimal("-10.49992309")), "-10.49992309")
+
+    def test_validation(self):
+        """Bad parameters are invalid arguments; non-integers read as 0."""
+        bad = [(103, [0, "", "", 0, 0, 0, 10]), (103, [1, 5, "", 0, 0, 0, 10]),
+               (103, [1, "", "", 5, 4, 0, 10]), (103, [1, "", "", 0, 0, 0, 0]),
+               (103, [1, "", "", 0, 0, 0, 102]), (103, [1, "", "", 0, 0, 0]),
+               (208, [1, "BTCBCH", 0, 0, 0, 10, 3]), (208, [1, "BTCBCH", 0, 0, 0]),
+               (209, [1, 5, 0, 10]), (209, ["1", 0, 10]), (210, [0]), (210, []),
+               (306, [1, 2, 0, 10]), (306, [1, "BTCBCH", 0, -1])]
+        for command, params in bad:
+            with self.assertRaises(rpc.RPCError, msg=(command, params)) as e:
+                reader.QUERIES[command](params)
+            self.assertEqual(e.exception.code, 1)
+
+    def test_sql(self):
+        """Filters and paging as the original builds them."""
+        sql, args, _ = reader.balance_history([101, "BTC", "deposit", 5, 9, 20, 10])
+        self.assertEqual(sql, "SELECT `time`, `asset`, `business`, `change`, `balance`, "
+                              "`detail` FROM `balance_history_1` WHERE `user_id` = %s AND "
+                              "`asset` = %s AND `business` = %s AND `time` >= %s AND "
+                              "`time` < %s ORDER BY `id` DESC LIMIT 20, 10")
+        self.assertEqual(args, [101, "BTC", "deposit", 5, 9])
+        sql, args, _ = reader.order_finished([7, "BTCBCH", 0, 0, 0, 5, 2])
+        self.assertTrue(sql.endswith("`side` = %s ORDER BY `id` DESC LIMIT 5"))
+
+
+class IntegrationTests(TestCase):
+
+    timeout = 180
+
+    async def scenario(self):
+        h = Harness(self)
+        await h.start()
+        history_calls = []
+        for line in open(TRANSCRIPT):
+            record = json.loads(line)
+            request = record.get("request")
+            if not request:
+                continue
+            if request.get("method") in METHODS:
+                await h.client.call(METHODS[request["method"]], request["params"], 10.0,
+                                    req_id=request["id"])
+            elif request.get("method") in HISTORY_METHODS:
+                history_calls.append((request, record["response"]))
+        await h.outbox.flush()
+        info = testing.require("mysql")
+        port = testing.free_port()
+        cfg = config.load_data({
+            "log": {"path": "log/readhistory", "flag": "fatal,error,warn,info"},
+            "svr": {"bind": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 1000000,
+                    "heartbeat_check": False},
+            "db_history": {"host": info["host"], "port": int(info["port"]),
+                           "user": info["user"], "pass": info["password"],
+                           "name": h.history_db},
+            "worker_num": 4})
+        rh = ReadHistory(cfg, h.database(h.history_db), reactor=reactor)
+        await rh.startService()
+        self.addCleanup(rh.stopService)
+        client = RPCClient(reactor, "readhistory", ["tcp@127.0.0.1:%d" % port], 1 << 20)
+        client.start()
+        self.addCleanup(client.stop)
+        await until(lambda: client.connected, what="readhistory connected")
+        self.assertGreaterEqual(len(history_calls), 9)
+        for request, expected in history_calls:
+            got = await client.call(HISTORY_METHODS[request["method"]], request["params"],
+                                    10.0, req_id=request["id"])
+            self.assertEqual(norm(got), norm(expected), request)
+        await h.stop()
+
+    def test_transcript_history_calls(self):
+        """After the recorded session, each history call gets the original's answer."""
+        return defer.Deferred.fromCoroutine(self.scenario())
