@@ -1,0 +1,26 @@
+# -*- test-case-name: accesshttp.test.test_server -*-
+"""accesshttp's configuration keys (the original's)."""
+
+from utils import config as cfg
+
+SCHEMA = cfg.Section({
+    "debug": cfg.Bool(False),
+    "process": cfg.PROCESS,
+    "log": cfg.LOG,
+    "alert": cfg.ALERT.optional(),
+    "svr": cfg.HTTP_SERVER,
+    "monitor": cfg.PLAIN_SERVER,
+    "matchengine": cfg.RPC_CLIENT,
+    "marketprice": cfg.RPC_CLIENT,
+    "readhistory": cfg.RPC_CLIENT,
+    "timeout": cfg.Real(1.0),
+    "worker_num": cfg.Int(1, min=1, max=64),
+})
+
+
+def load(path):
+    return cfg.load(path, SCHEMA)
+
+
+def load_data(data, source="<config>"):
+    return cfg.load_data(data, SCHEMA, source)

@@ -1,0 +1,252 @@
+# -*- test-case-name: accesshttp.test.test_openrpc -*-
+"""The HTTP JSON-RPC API described as an OpenRPC document (answered by `rpc.discover`).
+
+`CATALOGUE` lists every method with its positional parameters and its result; `document()`
+builds the OpenRPC 1.2 document from it, and `markdown()` the English reference in
+`docs/http.md` (`python -m accesshttp.openrpc --markdown > docs/http.md`).
+"""
+
+import json
+import sys
+
+INT = {"type": "integer"}
+STR = {"type": "string"}
+DEC = {"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?$", "description": "decimal"}
+SIDE = {"type": "integer", "enum": [1, 2], "description": "1 sell (ask), 2 buy (bid)"}
+REAL = {"type": "number"}
+OBJ = {"type": "object"}
+
+ORDER = {"$ref": "#/components/schemas/Order"}
+FINISHED = {"$ref": "#/components/schemas/FinishedOrder"}
+
+
+def _p(name, schema, description, required=True):
+    return {"name": name, "schema": schema, "description": description,
+            "required": required}
+
+
+def _page(key="records", item=OBJ):
+    return {"type": "object", "properties": {"offset": INT, "limit": INT,
+                                             key: {"type": "array", "items": item}}}
+
+
+USER = _p("user_id", INT, "user id (unsigned 32-bit)")
+MARKET = _p("market", STR, "market name, e.g. BTCBCH")
+OFFSET = _p("offset", INT, "records to skip")
+LIMIT = _p("limit", INT, "records to return, 1 to 101")
+
+# name -> (summary, params, result schema, errors beyond 1/2/3)
+CATALOGUE = {
+    "asset.list": ("The configured assets and the decimals shown for each.", [],
+                   {"type": "array", "items": {"type": "object", "properties": {
+                       "name": STR, "prec": INT}}}, []),
+    "asset.summary": ("Totals over all users per asset; no params for every asset.",
+                      [_p("asset", STR, "asset name (repeatable)", False)],
+                      {"type": "array", "items": {"$ref": "#/components/schemas/AssetSummary"}},
+                      []),
+    "balance.query": ("A user's available and frozen balance per asset; no asset names for "
+                      "every asset.", [USER, _p("asset", STR, "asset name (repeatable)", False)],
+                      {"type": "object", "additionalProperties": {
+                          "type": "object", "properties": {"available": DEC, "freeze": DEC}}},
+                      []),
+    "balance.update": ("Credit (positive change) or debit (negative) a user's available "
+                       "balance; idempotent per user, asset, business and business id for a "
+                       "day.", [USER, _p("asset", STR, "asset name"),
+                                _p("business", STR, "kind of change, e.g. deposit (30 bytes)"),
+                                _p("business_id", INT, "id of the change within the business"),
+                                _p("change", DEC, "signed amount"),
+                                _p("detail", OBJ, "free object kept in the balance history")],
+                       {"type": "object", "properties": {"status": STR}},
+                       [(10, "repeat update"), (11, "balance not enough")]),
+    "balance.history": ("A user's balance changes, newest first.",
+                        [USER, _p("asset", STR, "asset name, \"\" for all"),
+                         _p("business", STR, "business, \"\" for all"),
+                         _p("start_time", INT, "from this unix time, 0 for no bound"),
+                         _p("end_time", INT, "before this unix time, 0 for no bound"),
+                         OFFSET, LIMIT],
+                        _page(item={"$ref": "#/components/schemas/BalanceChange"}), []),
+    "order.put_limit": ("Place a limit order; it trades against the book and rests with what "
+                        "is left.", [USER, MARKET, _p("side", SIDE, "1 sell, 2 buy"),
+                                     _p("amount", DEC, "stock amount"),
+                                     _p("price", DEC, "price in money"),
+                                     _p("taker_fee_rate", DEC, "fee rate when taking, < 1"),
+                                     _p("maker_fee_rate", DEC, "fee rate when making, < 1"),
+                                     _p("source", STR, "free text, 30 bytes")],
+                        ORDER, [(10, "balance not enough"), (11, "amount too small")]),
+    "order.put_market": ("Place a market order: it trades against the book now; what cannot "
+                         "trade is dropped. A buy's amount is in money.",
+                         [USER, MARKET, _p("side", SIDE, "1 sell, 2 buy"),
+                          _p("amount", DEC, "stock to sell, or money to spend"),
+                          _p("taker_fee_rate", DEC, "fee rate, < 1"),
+                          _p("source", STR, "free text, 30 bytes")],
+                         ORDER, [(10, "balance not enough"), (11, "amount too small"),
+                                 (12, "no enough trader")]),
+    "order.cancel": ("Cancel an open order; the answer is the order as it was.",
+                     [USER, MARKET, _p("order_id", INT, "order id")], ORDER,
+                     [(10, "order not found"), (11, "user not match")]),
+    "order.book": ("Open orders of one side of a market in matching priority.",
+                   [MARKET, _p("side", SIDE, "1 asks, 2 bids"), OFFSET, LIMIT],
+                   {"type": "object", "properties": {
+                       "offset": INT, "limit": INT, "total": INT,
+                       "orders": {"type": "array", "items": ORDER}}}, []),
+    "order.depth": ("Price levels of a market, best first, merged by an interval (0 for "
+                    "none).", [MARKET, _p("limit", INT, "levels per side, at most 101"),
+                               _p("interval", DEC, "price step to merge levels, 0 for none")],
+                    {"type": "object", "properties": {
+                        "asks": {"type": "array", "items": {"type": "array", "items": DEC}},
+                        "bids": {"type": "array", "items": {"type": "array", "items": DEC}}}},
+                    []),
+    "order.pending": ("A user's open orders in a market, newest first.",
+                      [USER, MARKET, OFFSET, LIMIT],
+                      {"type": "object", "properties": {
+                          "offset": INT, "limit": INT, "total": INT,
+                          "records": {"type": "array", "items": ORDER}}}, []),
+    "order.pending_detail": ("One open order, or null.",
+                             [MARKET, _p("order_id", INT, "order id")],
+                             {"oneOf": [ORDER, {"type": "null"}]}, []),
+    "order.deals": ("The deals of one order, newest first.",
+                    [_p("order_id", INT, "order id"), OFFSET, LIMIT],
+                    _page(item={"$ref": "#/components/schemas/OrderDeal"}), []),
+    "order.finished": ("A user's finished orders in a market, newest first.",
+                       [USER, MARKET, _p("start_time", INT, "created from, 0 for no bound"),
+                        _p("end_time", INT, "created before, 0 for no bound"), OFFSET, LIMIT,
+                        _p("side", INT, "0 both, 1 sell, 2 buy", False)],
+                       _page(item=FINISHED), []),
+    "order.finished_detail": ("One finished order, or null.",
+                              [_p("order_id", INT, "order id")],
+                              {"oneOf": [FINISHED, {"type": "null"}]}, []),
+    "market.last": ("The last deal price of a market.", [MARKET], DEC, []),
+    "market.deals": ("The latest deals of a market, newest first, after a deal id.",
+                     [MARKET, _p("limit", INT, "deals, 1 to 10000"),
+                      _p("last_id", INT, "only deals with a larger id, 0 for the latest")],
+                     {"type": "array", "items": {"$ref": "#/components/schemas/MarketDeal"}},
+                     []),
+    "market.kline": ("K-lines: [time, open, close, high, low, volume, deal, market] rows.",
+                     [MARKET, _p("start", INT, "unix time"), _p("end", INT, "unix time"),
+                      _p("interval", INT, "seconds per k-line")],
+                     {"type": "array", "items": {"type": "array"}}, []),
+    "market.status": ("Open, close, high, low, volume and deal over the last period seconds.",
+                      [MARKET, _p("period", INT, "seconds, up to a month")],
+                      {"$ref": "#/components/schemas/MarketStatus"}, []),
+    "market.status_today": ("Open, last, high, low, volume and deal of the last 24 hours.",
+                            [MARKET], {"$ref": "#/components/schemas/MarketToday"}, []),
+    "market.user_deals": ("A user's deals in a market, newest first.",
+                          [USER, MARKET, OFFSET, LIMIT],
+                          _page(item={"$ref": "#/components/schemas/UserDeal"}), []),
+    "market.list": ("The configured markets.", [],
+                    {"type": "array", "items": {"type": "object", "properties": {
+                        "name": STR, "stock": STR, "money": STR, "fee_prec": INT,
+                        "stock_prec": INT, "money_prec": INT, "min_amount": DEC}}}, []),
+    "market.summary": ("Open order counts and amounts per market; no params for every "
+                       "market.", [_p("market", STR, "market name (repeatable)", False)],
+                       {"type": "array", "items": {"type": "object", "properties": {
+                           "name": STR, "ask_count": INT, "ask_amount": DEC,
+                           "bid_count": INT, "bid_amount": DEC}}}, []),
+}
+
+_ORDER_FIELDS = {"id": INT, "market": STR, "source": STR, "type": INT, "side": SIDE,
+                 "user": INT, "ctime": REAL, "mtime": REAL, "price": DEC, "amount": DEC,
+                 "taker_fee": DEC, "maker_fee": DEC, "left": DEC, "deal_stock": DEC,
+                 "deal_money": DEC, "deal_fee": DEC}
+_FINISHED_FIELDS = {k: v for k, v in _ORDER_FIELDS.items() if k not in ("mtime", "left")}
+_FINISHED_FIELDS["ftime"] = REAL
+
+SCHEMAS = {
+    "Order": {"type": "object", "properties": _ORDER_FIELDS},
+    "FinishedOrder": {"type": "object", "properties": _FINISHED_FIELDS},
+    "AssetSummary": {"type": "object", "properties": {
+        "name": STR, "total_balance": DEC, "available_count": INT, "available_balance": DEC,
+        "freeze_count": INT, "freeze_balance": DEC}},
+    "BalanceChange": {"type": "object", "properties": {
+        "time": REAL, "asset": STR, "business": STR, "change": DEC, "balance": DEC,
+        "detail": OBJ}},
+    "OrderDeal": {"type": "object", "properties": {
+        "time": REAL, "user": INT, "id": INT, "role": INT, "price": DEC, "amount": DEC,
+        "deal": DEC, "fee": DEC, "deal_order_id": INT}},
+    "UserDeal": {"type": "object", "properties": {
+        "time": REAL, "user": INT, "id": INT, "side": SIDE, "role": INT, "price": DEC,
+        "amount": DEC, "deal": DEC, "fee": DEC, "deal_order_id": INT, "market": STR}},
+    "MarketDeal": {"type": "object", "properties": {
+        "id": INT, "time": REAL, "price": DEC, "amount": DEC, "type": STR}},
+    "MarketStatus": {"type": "object", "properties": {
+        "period": INT, "last": DEC, "open": DEC, "close": DEC, "high": DEC, "low": DEC,
+        "volume": DEC, "deal": DEC}},
+    "MarketToday": {"type": "object", "properties": {
+        "open": DEC, "last": DEC, "high": DEC, "low": DEC, "volume": DEC, "deal": DEC}},
+}
+
+COMMON_ERRORS = [(1, "invalid argument"), (2, "internal error"), (3, "service unavailable")]
+
+
+def document():
+    methods = []
+    for name, (summary, params, result, errors) in CATALOGUE.items():
+        methods.append({
+            "name": name, "summary": summary, "paramStructure": "by-position",
+            "params": params, "result": {"name": "result", "schema": result},
+            "errors": [{"code": c, "message": m} for c, m in COMMON_ERRORS + errors]})
+    methods.append({"name": "rpc.discover", "summary": "This document.",
+                    "paramStructure": "by-position", "params": [],
+                    "result": {"name": "result", "schema": OBJ}})
+    return {"openrpc": "1.2.6",
+            "info": {"title": "ViaBTC exchange HTTP JSON-RPC", "version": "1.0.0",
+                     "description": "POST {\"id\", \"method\", \"params\"}; the answer is "
+                                    "{\"error\", \"result\", \"id\"}."},
+            "methods": methods, "components": {"schemas": SCHEMAS}}
+
+
+def markdown(examples=None):
+    """The HTTP reference: every method, its params, result and errors, with examples."""
+    examples = examples or {}
+    out = ["# HTTP JSON-RPC reference", "",
+           "accesshttp answers `POST` requests whose body is a JSON-RPC call:", "",
+           "```json", '{"id": 1, "method": "balance.query", "params": [1, "BTC"]}', "```", "",
+           "and answers HTTP 200 with `{\"error\": null, \"result\": ..., \"id\": 1}`, or with "
+           "`{\"error\": {\"code\": c, \"message\": m}, \"result\": null, \"id\": 1}` when the "
+           "call is refused. Malformed requests (not POST, no body, not JSON, `id` not an "
+           "integer, `method` not a string, `params` not an array) get an empty HTTP 400 and "
+           "the connection is closed; an unknown method gets HTTP 404 with error 4 `method "
+           "not found`; a backend that is not connected, HTTP 500 with an empty body; one "
+           "that does not answer within `timeout`, HTTP 504 with error 5 `service timeout`. "
+           "Connections are kept alive; pipelined requests are answered in order.", "",
+           "Errors every method can answer: 1 `invalid argument`, 2 `internal error`, "
+           "3 `service unavailable`. Amounts, prices and fee rates are decimal strings.", "",
+           "`rpc.discover` answers this API as an OpenRPC document.", ""]
+    for name, (summary, params, result, errors) in CATALOGUE.items():
+        out += ["## `%s`" % name, "", summary, ""]
+        if params:
+            out += ["| # | param | type | meaning |", "|---|---|---|---|"]
+            for i, p in enumerate(params):
+                kind = p["schema"].get("description") or p["schema"].get("type")
+                out.append("| %d | `%s` | %s | %s%s |" % (i, p["name"], kind, p["description"],
+                                                         "" if p["required"] else " (optional)"))
+            out.append("")
+        else:
+            out += ["No params.", ""]
+        if errors:
+            out += ["Errors: " + ", ".join("%d `%s`" % e for e in errors) + ".", ""]
+        for request, response in examples.get(name, [])[:2]:
+            out += ["```json", json.dumps(request, ensure_ascii=False),
+                    json.dumps(response, ensure_ascii=False), "```", ""]
+    return "\n".join(out)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--markdown"]:
+        examples = {}
+        if len(argv) > 1:
+            with open(argv[1]) as f:
+                for line in f:
+                    record = json.loads(line)
+                    request = record.get("request")
+                    if request:
+                        examples.setdefault(request["method"], []).append(
+                            (request, record.get("response")))
+        print(markdown(examples))
+    else:
+        print(json.dumps(document(), indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+# -*- test-case-name: accesshttp.test.test_server -*-
+"""The HTTP JSON-RPC gateway: each method forwarded to its backend over binary RPC.
+
+A request `{"id", "method", "params"}` is validated by `utils.http`; its params go to the
+backend that serves the method (the table `METHODS`), re-serialised compactly, with the
+client's id as the RPC `req_id`; the backend's reply body is the HTTP answer, unchanged.
+Many HTTP clients share one RPC connection per backend; a slow backend delays only its own
+methods.
+
+| backend not connected            | 500, empty body                          |
+| no reply within `timeout` s      | 504, error 5 "service timeout"           |
+| backend connection lost meanwhile| 504, error 5 "service timeout"           |
+
+`rpc.discover` answers the OpenRPC description of the API (`accesshttp.openrpc`).
+"""
+
+import json
+
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from accesshttp import openrpc
+from network.address import listen
+from utils import http
+from utils.jsonfmt import dumps
+from utils.rpc_client import ConnectionLost, NotConnected, RPCClient, RPCTimeout
+
+__all__ = ["AccessHTTP", "METHODS"]
+
+MATCHENGINE, MARKETPRICE, READHISTORY = "matchengine", "marketprice", "readhistory"
+
+METHODS = {
+    "asset.list": (MATCHENGINE, 104),
+    "asset.summary": (MATCHENGINE, 105),
+    "balance.query": (MATCHENGINE, 101),
+    "balance.update": (MATCHENGINE, 102),
+    "balance.history": (READHISTORY, 103),
+    "order.put_limit": (MATCHENGINE, 201),
+    "order.put_market": (MATCHENGINE, 202),
+    "order.cancel": (MATCHENGINE, 204),
+    "order.book": (MATCHENGINE, 205),
+    "order.depth": (MATCHENGINE, 206),
+    "order.pending": (MATCHENGINE, 203),
+    "order.pending_detail": (MATCHENGINE, 207),
+    "order.deals": (READHISTORY, 209),
+    "order.finished": (READHISTORY, 208),
+    "order.finished_detail": (READHISTORY, 210),
+    "market.last": (MARKETPRICE, 304),
+    "market.deals": (MARKETPRICE, 303),
+    "market.kline": (MARKETPRICE, 302),
+    "market.status": (MARKETPRICE, 301),
+    "market.status_today": (MARKETPRICE, 305),
+    "market.user_deals": (READHISTORY, 306),
+    "market.list": (MATCHENGINE, 307),
+    "market.summary": (MATCHENGINE, 308),
+}
+
+
+class _Discard(protocol.Protocol):
+    """The monitor port: accepts connections and ignores what they send."""
+
+    def dataReceived(self, data):
+        pass
+
+
+class AccessHTTP(service.Service):
+    log = Logger()
+
+    def __init__(self, cfg, reactor=None, listen_enabled=True):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.cfg = cfg
+        self.reactor = reactor
+        self.timeout = cfg["timeout"]
+        self.listen_enabled = listen_enabled
+        self.backends = {}
+        for name in (MATCHENGINE, MARKETPRICE, READHISTORY):
+            c = cfg[name]
+            self.backends[name] = RPCClient(reactor, c["name"], list(c["addr"]),
+                                            c["max_pkg_size"], c["heartbeat_timeout"],
+                                            c["reconnect_timeout"])
+        handlers = {method: self._forwarder(method, backend, command)
+                    for method, (backend, command) in METHODS.items()}
+        self.discover_body = None
+        handlers["rpc.discover"] = self._discover
+        svr = cfg["svr"]
+        self.factory = http.HTTPServerFactory(handlers, max_body=svr["max_pkg_size"],
+                                              keep_alive=float(svr["keep_alive"] or 3600),
+                                              reactor=reactor)
+        self.ports = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def startService(self):
+        service.Service.startService(self)
+        for client in self.backends.values():
+            client.start()
+        if self.listen_enabled:
+            return defer.Deferred.fromCoroutine(self._listen())
+
+    async def _listen(self):
+        try:
+            for address in self.cfg["svr"]["bind"]:
+                self.ports.append(await listen(self.reactor, address, self.factory))
+            monitor = protocol.Factory.forProtocol(_Discard)
+            for address in self.cfg["monitor"]["bind"]:
+                self.ports.append(await listen(self.reactor, address, monitor))
+        except Exception:
+            self.log.failure("accesshttp could not listen")
+            if self.reactor.running:
+                self.reactor.stop()
+            return
+        self.log.info("accesshttp ready on {bind}", bind=", ".join(self.cfg["svr"]["bind"]))
+
+    def stopService(self):
+        service.Service.stopService(self)
+        for client in self.backends.values():
+            client.stop()
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
+
+    # -- forwarding --------------------------------------------------------------------
+
+    def _forwarder(self, method, backend, command):
+        client = self.backends[backend]
+        timeout = self.timeout
+
+        def forward(request):
+            body = dumps(request.params).encode()
+            try:
+                d = client.call_raw(command, body, timeout, request.id)
+            except Exception:
+                self.log.failure("accesshttp: {method} could not be sent", method=method)
+                return 500, b""
+            d.addCallbacks(_ok, self._backend_failed, errbackArgs=(request, backend, method))
+            return d
+        return forward
+
+    def _backend_failed(self, failure, request, backend, method):
+        if failure.check(NotConnected):
+            self.log.warn("accesshttp: {backend} is not connected ({method})",
+                          backend=backend, method=method)
+            return 500, b""
+        if failure.check(RPCTimeout, ConnectionLost):
+            self.log.warn("accesshttp: {backend} did not answer {method} in time",
+                          backend=backend, method=method)
+            return 504, http.error_body(5, "service timeout", request.id)
+        self.log.failure("accesshttp: {method} failed", failure, method=method)
+        return 500, b""
+
+    def _discover(self, request):
+        if self.discover_body is None:
+            self.discover_body = json.dumps(openrpc.document(), ensure_ascii=False)
+        return 200, b'{"error": null, "result": %s, "id": %d}' % (
+            self.discover_body.encode(), request.id)
+
+
+def _ok(body):
+    return 200, body
