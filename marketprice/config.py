@@ -1,0 +1,29 @@
+# -*- test-case-name: marketprice.test.test_server -*-
+"""marketprice's configuration keys (the original's)."""
+
+from utils import config as cfg
+
+SCHEMA = cfg.Section({
+    "debug": cfg.Bool(False),
+    "process": cfg.PROCESS,
+    "log": cfg.LOG,
+    "alert": cfg.ALERT.optional(),
+    "svr": cfg.RPC_SERVER,
+    "deals": cfg.KAFKA_CONSUMER,
+    "redis": cfg.REDIS_SENTINEL,
+    "sec_max": cfg.Int(604800, min=60),
+    "min_max": cfg.Int(525600, min=60),
+    "hour_max": cfg.Int(87600, min=24),
+    "cache_timeout": cfg.Real(0.45),
+    "accesshttp": cfg.Str(non_empty=True),
+    # beyond the original: seconds between Redis flushes (the original's is fixed at 10)
+    "flush_interval": cfg.Real(10.0),
+})
+
+
+def load(path):
+    return cfg.load(path, SCHEMA)
+
+
+def load_data(data, source="<config>"):
+    return cfg.load_data(data, SCHEMA, source)

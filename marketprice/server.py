@@ -1,0 +1,350 @@
+# -*- test-case-name: marketprice.test.test_server -*-
+"""The marketprice daemon: deals from Kafka into k-lines, kept in Redis, served over RPC.
+
+At start it asks accesshttp for `market.list` (retrying until it answers), loads each
+market's k-lines, recent deals and last price from Redis, and consumes the `deals` topic
+from the offset after the one stored in `k:offset` (from the beginning when none is stored).
+
+Every 10 s the changes go to Redis in one MULTI/EXEC transaction together with the offset of
+the last deal applied, so Redis always holds the state of exactly one offset: after a crash
+or a restart consumption resumes right after it, and nothing is lost or counted twice.  While
+Redis is down the daemon keeps serving from memory and writes everything at the next flush
+that succeeds.
+"""
+
+import time
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from marketprice.kline import (GRANULARITIES, MONTH, WEEK, KLine, Market, parse_deal,
+                               timezone_offset)
+from utils import decimals, rpc
+from utils.jsonfmt import RawJSON, dumps
+from utils.rpc_server import RPCServerFactory, listen_rpc
+
+__all__ = ["MarketPrice"]
+
+STATUS, KLINE, DEALS, LAST, TODAY = 301, 302, 303, 304, 305
+DEALS_LIMIT = 10000
+
+
+def integer(value):
+    return value if type(value) is int else 0
+
+
+def interval_ok(interval):
+    if interval <= 0:
+        return False
+    if interval < 60:
+        return 60 % interval == 0
+    if interval < 3600:
+        return interval % 60 == 0 and 3600 % interval == 0
+    if interval < 86400:
+        return interval % 3600 == 0 and 86400 % interval == 0
+    if interval < WEEK:
+        return interval % 86400 == 0
+    return interval in (WEEK, MONTH)
+
+
+class MarketPrice(service.Service):
+    log = Logger()
+
+    def __init__(self, cfg, store, consumer_factory, market_list, reactor=None,
+                 clock_time=time.time, listen=True):
+        """`store`: a utils.redisdb store; `consumer_factory(offset, on_message)`: a
+        consumer service; `market_list()`: a Deferred firing with the market names."""
+        if reactor is None:
+            from twisted.internet import reactor
+        self.cfg = cfg
+        self.store = store
+        self.consumer_factory = consumer_factory
+        self.market_list = market_list
+        self.reactor = reactor
+        self.clock_time = clock_time
+        self.listen_enabled = listen
+        self.tz = timezone_offset()
+        self.limits = (cfg["sec_max"], cfg["min_max"], cfg["hour_max"])
+        self.markets = {}
+        self.offset = None             # Kafka offset of the last deal applied
+        self.flushed_offset = None
+        self.last_flush = 0.0
+        self.consumer = None
+        self.cache = {}                # market -> {request body: (time, result)}
+        self.ports = []
+        self.loops = []
+        self.is_ready = False
+        svr = cfg["svr"]
+        self.factory = RPCServerFactory(
+            {STATUS: self.rpc_status, KLINE: self.rpc_kline, DEALS: self.rpc_deals,
+             LAST: self.rpc_last, TODAY: self.rpc_today},
+            svr["max_pkg_size"], heartbeat_check=svr.get("heartbeat_check", True),
+            debug=bool(cfg.get("debug", False)), buf_limit=svr.get("buf_limit", 0),
+            name="marketprice", clock=reactor)
+
+    # -- start -------------------------------------------------------------------------
+
+    def startService(self):
+        service.Service.startService(self)
+        d = defer.Deferred.fromCoroutine(self._start())
+        d.addErrback(self._start_failed)
+        return d
+
+    def _start_failed(self, failure):
+        self.log.failure("marketprice could not start", failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    async def _start(self):
+        names = await self._market_names()
+        conn = await self._connect_retrying()
+        try:
+            now = int(self.clock_time())
+            for name in names:
+                self.markets[name] = await self._load_market(conn, name, now)
+            stored = await conn.get("k:offset")
+        finally:
+            conn.disconnect()
+        self.offset = self.flushed_offset = int(stored) if stored is not None else None
+        start = "earliest" if self.offset is None else self.offset + 1
+        self.log.info("marketprice: {count} markets loaded; consuming deals from offset "
+                      "{start}", count=len(self.markets), start=start)
+        self.consumer = self.consumer_factory(start, self.on_deal)
+        self.consumer.startService()
+        for seconds, function in ((self.cfg.get("flush_interval", 10.0), self.flush),
+                                  (60.0, self.cache.clear),
+                                  (3600.0, self.expire), (86400.0, self.expire_redis)):
+            loop = LoopingCall(self._guarded, function)
+            loop.clock = self.reactor
+            loop.start(seconds, now=False)
+            self.loops.append(loop)
+        if self.listen_enabled:
+            self.ports = await listen_rpc(self.reactor, self.cfg["svr"]["bind"], self.factory)
+        self.is_ready = True
+
+    async def _market_names(self):
+        while True:
+            try:
+                return await self.market_list()
+            except Exception as e:
+                self.log.error("marketprice: market.list from accesshttp failed ({error}); "
+                               "retrying in 1 s", error=e)
+                await self._sleep(1.0)
+
+    async def _connect_retrying(self):
+        while True:
+            try:
+                return await self.store.connect()
+            except Exception as e:
+                self.log.error("marketprice: {store} unavailable ({error}); retrying in 1 s",
+                               store=self.store.describe(), error=e)
+                await self._sleep(1.0)
+
+    def _sleep(self, seconds):
+        d = defer.Deferred()
+        self.reactor.callLater(seconds, d.callback, None)
+        return d
+
+    async def _load_market(self, conn, name, now):
+        market = Market(name, self.tz)
+        oldest = market.thresholds(now, self.limits)
+        for g in GRANULARITIES:
+            values = await conn.hgetall("k:%s:%s" % (name, g))
+            for field, text in values.items():
+                try:
+                    t = int(field)
+                    if g in oldest and t < oldest[g]:
+                        continue
+                    market.buckets[g][t] = KLine.from_json(text)
+                except (ValueError, decimals.InvalidDecimal):
+                    self.log.warn("marketprice: skipping k-line {key} {field}",
+                                  key="k:%s:%s" % (name, g), field=field)
+        deals = await conn.lrange("k:%s:deals" % name, 0, 9999)
+        for text in deals:
+            market.deals.append(market.record_from_json(text))
+        last = await conn.get("k:%s:last" % name)
+        if last is not None:
+            market.last = decimals.parse(last)
+            market.priced = True
+        return market
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self):
+        for port in self.ports:
+            await port.stopListening()
+        for loop in self.loops:
+            if loop.running:
+                loop.stop()
+        if self.consumer is not None and self.consumer.running:
+            await defer.maybeDeferred(self.consumer.stopService)
+        if self.is_ready:
+            await self.flush()
+
+    def _guarded(self, function):
+        try:
+            d = function()
+        except Exception:
+            self.log.failure("marketprice: timer {name} failed", name=function.__name__)
+            return None
+        if isinstance(d, defer.Deferred):
+            d.addErrback(lambda f: self.log.failure("marketprice: timer failed", f))
+        return None
+
+    # -- deals -------------------------------------------------------------------------
+
+    def on_deal(self, offset, value):
+        deal = parse_deal(value)
+        if deal is None:
+            self.log.error("marketprice: invalid deals message at offset {offset}: {value!r}",
+                           offset=offset, value=value[:200])
+        else:
+            t, name, price, amount, side, deal_id = deal
+            market = self.markets.get(name)
+            if market is None:
+                market = self.markets[name] = Market(name, self.tz)
+                self.log.info("marketprice: new market {name}", name=name)
+            market.apply_deal(t, price, amount, deal_id, side, self.clock_time(), offset)
+            self.cache.pop(name, None)
+        self.offset = offset
+
+    # -- flushing ----------------------------------------------------------------------
+
+    def flush(self):
+        """Write what changed since the last flush, and the offset, in one transaction."""
+        if self.offset == self.flushed_offset:
+            return defer.succeed(None)
+        commands = []
+        taken = []
+        for market in self.markets.values():
+            for g, t in sorted(market.dirty):
+                bucket = market.buckets[g].get(t)
+                if bucket is not None:
+                    commands.append(("hset", "k:%s:%s" % (market.name, g), t,
+                                     bucket.to_json()))
+            if market.dirty or market.to_flush:
+                commands.append(("set", "k:%s:last" % market.name, market.last_price()))
+            if market.to_flush:
+                commands.append(("lpush", "k:%s:deals" % market.name,
+                                 [market.record_json(r) for r in market.to_flush]))
+                commands.append(("ltrim", "k:%s:deals" % market.name, 0, 9999))
+            taken.append((market, set(market.dirty), len(market.to_flush)))
+        offset = self.offset
+        commands.append(("set", "k:offset", offset))
+        return defer.Deferred.fromCoroutine(self._write(commands, taken, offset))
+
+    async def _write(self, commands, taken, offset):
+        try:
+            conn = await self.store.connect()
+        except Exception as e:
+            self.log.critical("marketprice: flush failed, {store} unavailable ({error}); "
+                              "kept for the next flush", store=self.store.describe(), error=e)
+            return
+        try:
+            t = await conn.multi()
+            queued = [getattr(t, name)(*args) for name, *args in commands]
+            await defer.gatherResults(queued, consumeErrors=True)
+            await t.commit()
+        except Exception as e:
+            self.log.critical("marketprice: flush failed ({error}); kept for the next flush",
+                              error=e)
+            return
+        finally:
+            conn.disconnect()
+        for market, dirty, flushed in taken:
+            market.dirty -= dirty
+            del market.to_flush[:flushed]
+        self.flushed_offset = offset
+        self.last_flush = self.clock_time()
+
+    # -- retention ---------------------------------------------------------------------
+
+    def expire(self):
+        now = int(self.clock_time())
+        for market in self.markets.values():
+            market.expire(now, self.limits)
+
+    async def _expire_redis(self):
+        now = int(self.clock_time())
+        conn = await self.store.connect()
+        try:
+            for market in self.markets.values():
+                for g, oldest in market.thresholds(now, self.limits).items():
+                    key = "k:%s:%s" % (market.name, g)
+                    old = [f for f in await conn.hkeys(key) if int(f) < oldest]
+                    if old:
+                        await conn.hdel(key, *old)
+        finally:
+            conn.disconnect()
+
+    def expire_redis(self):
+        return defer.Deferred.fromCoroutine(self._expire_redis())
+
+    # -- RPC ---------------------------------------------------------------------------
+
+    def _market(self, value):
+        market = self.markets.get(value) if type(value) is str else None
+        if market is None:
+            raise rpc.INVALID_ARGUMENT()
+        return market
+
+    def _cached(self, market, request, compute):
+        now = self.clock_time()
+        entries = self.cache.setdefault(market.name, {})
+        key = (request.command, request.packet.body)
+        hit = entries.get(key)
+        if hit is not None and now - hit[0] < self.cfg["cache_timeout"]:
+            return hit[1]
+        result = RawJSON(dumps(compute()))
+        entries[key] = (now, result)
+        return result
+
+    def rpc_status(self, params, request):
+        if len(params) != 2:
+            raise rpc.INVALID_ARGUMENT()
+        market = self._market(params[0])
+        period = integer(params[1])
+        if not 1 <= period <= self.limits[0]:
+            raise rpc.INVALID_ARGUMENT()
+        return self._cached(market, request,
+                            lambda: market.status(period, int(self.clock_time())))
+
+    def rpc_kline(self, params, request):
+        if len(params) != 4:
+            raise rpc.INVALID_ARGUMENT()
+        market = self._market(params[0])
+        now = int(self.clock_time())
+        start, end, interval = integer(params[1]), min(integer(params[2]), now), \
+            integer(params[3])
+        if start <= 0 or end <= 0 or start > end:
+            raise rpc.INVALID_ARGUMENT()
+        if not interval_ok(interval):
+            raise rpc.INVALID_ARGUMENT()
+        return self._cached(market, request,
+                            lambda: market.kline(start, end, interval, now, self.limits))
+
+    def rpc_deals(self, params, request):
+        if len(params) != 3:
+            raise rpc.INVALID_ARGUMENT()
+        market = self._market(params[0])
+        limit = integer(params[1])
+        if not 1 <= limit <= DEALS_LIMIT or type(params[2]) is not int:
+            raise rpc.INVALID_ARGUMENT()
+        return market.recent_deals(limit, params[2])
+
+    def rpc_last(self, params, request):
+        if len(params) != 1:
+            raise rpc.INVALID_ARGUMENT()
+        return self._market(params[0]).last_price()
+
+    def rpc_today(self, params, request):
+        if len(params) != 1:
+            raise rpc.INVALID_ARGUMENT()
+        market = self._market(params[0])
+        return self._cached(market, request,
+                            lambda: market.status_today(int(self.clock_time())))
+

@@ -1,0 +1,135 @@
+# -*- test-case-name: marketprice.test.test_kline -*-
+"""K-line arithmetic against hand-computed numbers."""
+
+from decimal import Decimal as D
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from marketprice.kline import MONTH, WEEK, KLine, Market, parse_deal
+
+LIMITS = (604800, 525600, 87600)
+T0 = 1795561980          # a minute boundary (UTC)
+
+
+def market(*deals, last=None):
+    m = Market("BTCBCH", tz=0)
+    if last is not None:
+        m.last, m.priced = D(last), True
+    for n, (t, price, amount) in enumerate(deals, 1):
+        m.apply_deal(float(t), D(price), D(amount), n, 2, t)
+    return m
+
+
+class BucketTests(SynchronousTestCase):
+
+    def test_first_deal_opens_at_its_price(self):
+        """A market with no price opens at its first deal; low is the lowest deal."""
+        m = market((T0 + 1, "8000", "0.3"), (T0 + 2, "7980", "0.2"), (T0 + 3, "8010", "0.1"))
+        k = m.buckets["1m"][T0]
+        self.assertEqual((k.open, k.close, k.high, k.low), (D("8000"), D("8010"), D("8010"),
+                                                             D("7980")))
+        self.assertEqual((k.volume, k.deal), (D("0.6"), D("2400.0") + D("1596.0") + D("801.0")))
+
+    def test_new_bucket_opens_at_previous_price(self):
+        """The next bucket opens at the last price before its first deal."""
+        m = market((T0 + 1, "8000", "1"), (T0 + 61, "8100", "1"))
+        k = m.buckets["1m"][T0 + 60]
+        self.assertEqual((k.open, k.low, k.high, k.close), (D("8000"), D("8000"), D("8100"),
+                                                             D("8100")))
+        loaded = market((T0 + 1, "9000", "1"), last="8500")
+        self.assertEqual(loaded.buckets["1s"][T0 + 1].open, D("8500"))
+
+    def test_bucket_keys(self):
+        """Second, minute, hour (UTC) and local-day buckets."""
+        t = T0 + 3725
+        m = market((t, "1", "1"))
+        self.assertEqual([list(m.buckets[g]) for g in ("1s", "1m", "1h", "1d")],
+                         [[t], [t // 60 * 60], [t // 3600 * 3600], [t // 86400 * 86400]])
+
+    def test_kline_json(self):
+        """K-lines are stored as six display strings and read back (five from old data)."""
+        k = KLine(D("8000.00000000"))
+        k.add(D("7990.50000000"), D("0.30000000"))
+        self.assertEqual(k.to_json(),
+                         '["8000", "7990.5", "8000", "7990.5", "0.3", "2397.15"]')
+        back = KLine.from_json(k.to_json())
+        self.assertEqual(back.deal, D("2397.15"))
+        self.assertEqual(KLine.from_json('["1", "2", "3", "0.5", "9"]').deal, 0)
+
+
+class QueryTests(SynchronousTestCase):
+
+    def setUp(self):
+        self.m = market((T0 + 1, "8000", "0.3"), (T0 + 30, "7980", "0.2"),
+                        (T0 + 70, "8010", "0.1"))
+        self.now = T0 + 100
+
+    def test_status(self):
+        """Merged buckets of the period: first open, last close, extremes, sums."""
+        s = self.m.status(86400, self.now)
+        self.assertEqual(s, {"period": 86400, "last": "8010", "open": "8000", "close": "8010",
+                             "high": "8010", "low": "7980", "volume": "0.6",
+                             "deal": "4797"})
+        s = self.m.status(50, self.now)      # only the deal at T0 + 70
+        self.assertEqual((s["open"], s["volume"]), ("7980", "0.1"))  # the bucket opened at 7980
+        empty = Market("X").status(60, self.now)
+        self.assertEqual(empty["open"], "0")
+
+    def test_kline_minutes_with_empty_interval(self):
+        """An empty minute after a k-line repeats its close, flat, with zero volume."""
+        rows = self.m.kline(T0, T0 + 180, 60, self.now + 200, LIMITS)
+        self.assertEqual(rows, [
+            [T0, "8000", "7980", "8000", "7980", "0.5", "3996", "BTCBCH"],
+            [T0 + 60, "7980", "8010", "8010", "7980", "0.1", "801", "BTCBCH"],
+            [T0 + 120, "8010", "8010", "8010", "8010", "0", "0", "BTCBCH"],
+            [T0 + 180, "8010", "8010", "8010", "8010", "0", "0", "BTCBCH"]])
+
+    def test_kline_nothing_before(self):
+        """Before any k-line, empty intervals emit nothing."""
+        rows = self.m.kline(T0 - 120, T0, 60, self.now, LIMITS)
+        self.assertEqual([r[0] for r in rows], [T0])
+
+    def test_kline_hour_day_week_month(self):
+        """Longer intervals merge their base buckets."""
+        for interval in (3600, 86400, WEEK, MONTH):
+            rows = self.m.kline(T0 - 40 * 86400, T0 + 100, interval, self.now, LIMITS)
+            self.assertEqual(len(rows), 1, interval)
+            self.assertEqual(rows[0][1:7], ["8000", "8010", "8010", "7980", "0.6", "4797"])
+        week = self.m.kline(T0, T0 + 100, WEEK, self.now, LIMITS)[0][0]
+        self.assertEqual((week - 4 * 86400) % WEEK, 0)        # a Monday, 00:00
+
+    def test_status_today_and_deals(self):
+        """status_today from today's bucket; deals newest first, bounded by last_id."""
+        today = self.m.status_today(self.now)
+        self.assertEqual(today, {"open": "8000", "last": "8010", "high": "8010", "low": "7980",
+                                 "volume": "0.6", "deal": "4797"})
+        self.assertEqual([d["id"] for d in self.m.recent_deals(10, 0)], [3, 2, 1])
+        self.assertEqual([d["id"] for d in self.m.recent_deals(10, 1)], [3, 2])
+        self.assertEqual([d["id"] for d in self.m.recent_deals(1, 0)], [3])
+        self.assertEqual(self.m.record_json(self.m.to_flush[0]),
+                         '{"id": 1, "time": 1795561981.0, "price": "8000", "amount": "0.3", '
+                         '"type": "buy"}')
+
+    def test_expire(self):
+        """Retention drops old second, minute and hour buckets, never days."""
+        later = T0 + 604800 + 200
+        self.m.expire(later, LIMITS)
+        self.assertEqual(self.m.buckets["1s"], {})
+        self.assertEqual(len(self.m.buckets["1m"]), 2)
+        self.assertEqual(len(self.m.buckets["1d"]), 1)
+
+
+class ParseTests(SynchronousTestCase):
+
+    def test_validation(self):
+        """Deals messages are checked as the original checks them."""
+        good = ('[1795561714.3698959, "BTCBCH", 3, 5, 3, 1, "8000.00000000", "0.50000000", '
+                '"4.0", "0.001", 2, 2, "BTC", "BCH"]')
+        self.assertEqual(parse_deal(good)[1:], ("BTCBCH", D("8000.00000000"),
+                                                D("0.50000000"), 2, 2))
+        for bad in ('[1795561714, "BTCBCH", 3, 5, 3, 1, "8000", "1", "0", "0", 2, 2]',
+                    '[1.5, "BTCBCH", 3, 5, 3, 1, "x", "1", "0", "0", 2, 2]',
+                    '[1.5, "BTCBCH", 3, 5, 3, 1, "8000", "1", "0", "0", 3, 2]',
+                    '[1.5, "BTCBCH", 3, 5, 3, 1, "8000", "1", "0", "0", 2, 0]',
+                    '[1.5, "BTCBCH"]', 'not json', '{}'):
+            self.assertIsNone(parse_deal(bad), bad)

@@ -1,0 +1,80 @@
+# -*- test-case-name: marketprice.test.test_server -*-
+"""The marketprice service with a real Redis behind a proxy the test cuts, and an in-process
+bus for the deals: it serves from memory while Redis is away and catches up after."""
+
+import json
+import uuid
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from marketprice import config
+from marketprice.server import MarketPrice
+from matchengine.test.test_server import until
+from utils import redisdb, testing
+from utils.kafka_queue import InProcessBus
+
+T0 = 1795561980.5
+
+
+def deal(n, price, amount, market="BTCBCH"):
+    return json.dumps([T0 + n, market, n, n + 100, 1, 2, price, amount, "0", "0", 2, n,
+                       "BTC", "BCH"])
+
+
+def service_config():
+    return config.load_data({
+        "log": {"path": "log/marketprice", "flag": "fatal"},
+        "svr": {"bind": ["tcp@127.0.0.1:1"], "max_pkg_size": 1000000},
+        "deals": {"brokers": "127.0.0.1:1", "topic": "deals"},
+        "redis": {"name": "unused", "addr": ["127.0.0.1:1"]},
+        "accesshttp": "http://127.0.0.1:1/"})
+
+
+class OutageTests(TestCase):
+
+    timeout = 60
+
+    async def scenario(self):
+        info = testing.require("redis")
+        proxy = testing.CuttableProxy(int(info["port"])).up()
+        self.addCleanup(proxy.down)
+        store = redisdb.Plain("127.0.0.1", proxy.port, db=8, timeout=1)
+        conn = await redisdb.Plain(info["host"], info["port"], db=8).connect()
+        self.addCleanup(conn.disconnect)
+        await conn.execute_command("FLUSHDB")
+        self.addCleanup(conn.execute_command, "FLUSHDB")
+        bus = InProcessBus(reactor=reactor)
+        producer = bus.producer()
+        name = "M" + uuid.uuid4().hex[:6]
+        mp = MarketPrice(service_config(), store,
+                         lambda offset, on_message: bus.consumer("deals", on_message, offset),
+                         lambda: defer.succeed([name]), reactor=reactor,
+                         clock_time=lambda: T0 + 100, listen=False)
+        await mp.startService()
+        self.addCleanup(mp.stopService)
+        producer.send("deals", deal(1, "10", "1", name))
+        await until(lambda: mp.offset == 0, what="first deal applied")
+        await mp.flush()
+        self.assertEqual(await conn.get("k:offset"), "0")
+        # Redis goes away: deals keep coming and are served from memory
+        await proxy.down()
+        producer.send("deals", deal(2, "12", "2", name))
+        producer.send("deals", deal(3, "11", "1", name))
+        await until(lambda: mp.offset == 2, what="deals applied during the outage")
+        await mp.flush()
+        self.flushLoggedErrors()
+        self.assertEqual(await conn.get("k:offset"), "0")
+        self.assertEqual(mp.markets[name].status(3600, int(T0 + 100))["volume"], "4")
+        # back: the next flush writes everything, in one go
+        proxy.up()
+        await mp.flush()
+        self.assertEqual(await conn.get("k:offset"), "2")
+        self.assertEqual(await conn.get("k:%s:last" % name), "11")
+        minute = json.loads((await conn.hgetall("k:%s:1m" % name))[str(int(T0) // 60 * 60)])
+        self.assertEqual(minute, ["10", "11", "12", "10", "4", "45"])
+        self.assertEqual(len(await conn.lrange("k:%s:deals" % name, 0, -1)), 3)
+
+    def test_redis_outage(self):
+        """A flush while Redis is away fails and keeps everything; the next one writes it."""
+        return defer.Deferred.fromCoroutine(self.scenario())
