@@ -1,0 +1,50 @@
+# -*- test-case-name: accessws.test.test_server -*-
+"""accessws's configuration keys (the original's)."""
+
+from utils import config as cfg
+
+KAFKA = cfg.Section({
+    "brokers": cfg.Str(non_empty=True),
+    "topic": cfg.Str(non_empty=True),
+    "partition": cfg.Int(0, min=0),
+    "limit": cfg.Int(1000, min=1),
+    "offset": cfg.Int(0),
+})
+
+SCHEMA = cfg.Section({
+    "debug": cfg.Bool(False),
+    "process": cfg.PROCESS,
+    "log": cfg.LOG,
+    "alert": cfg.ALERT.optional(),
+    "svr": cfg.WEBSOCKET_SERVER,
+    "monitor": cfg.PLAIN_SERVER,
+    "matchengine": cfg.RPC_CLIENT,
+    "marketprice": cfg.RPC_CLIENT,
+    "readhistory": cfg.RPC_CLIENT,
+    "orders": KAFKA,
+    "balances": KAFKA,
+    "worker_num": cfg.Int(1, min=1, max=64),
+    "auth_url": cfg.Str(non_empty=True),
+    "sign_url": cfg.Str(non_empty=True),
+    "backend_timeout": cfg.Real(1.0),
+    "cache_timeout": cfg.Real(0.5),
+    "deals_interval": cfg.Real(0.5),
+    "price_interval": cfg.Real(0.5),
+    "state_interval": cfg.Real(0.5),
+    "today_interval": cfg.Real(0.5),
+    "kline_interval": cfg.Real(0.5),
+    "depth_interval": cfg.Real(0.5),
+    "depth_limit": cfg.List(cfg.Int(min=1), non_empty=True),
+    "depth_merge": cfg.List(cfg.DecimalStr(), non_empty=True),
+    # beyond the original: serve wss:// on the tcp binds with this certificate and key (PEM)
+    "tls": cfg.Section({"cert": cfg.Str(non_empty=True), "key": cfg.Str(non_empty=True)},
+                       required=False),
+})
+
+
+def load(path):
+    return cfg.load(path, SCHEMA)
+
+
+def load_data(data, source="<config>"):
+    return cfg.load_data(data, SCHEMA, source)

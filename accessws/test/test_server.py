@@ -1,0 +1,261 @@
+# -*- test-case-name: accessws.test.test_server -*-
+"""accessws in process, against loopback RPC backends and a real auth endpoint: auth
+outcomes, refusals, malformed frames, and a thousand subscribers receiving pushes."""
+
+import json
+import time
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer, reactor, threads
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.trial.unittest import TestCase
+from twisted.web import resource, server
+
+from accessws import config
+from accessws.server import AccessWS
+from matchengine.test.test_server import until
+from utils import testing
+from utils.rpc_server import RPCServerFactory, listen_rpc
+
+
+class Auth(resource.Resource):
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.slow = []
+
+    def render_GET(self, request):
+        token = request.getHeader("Authorization")
+        if token == "slow":
+            self.slow.append(request)
+            return server.NOT_DONE_YET
+        if token == "garbage":
+            return b"<html>"
+        if token == "good":
+            return json.dumps({"code": 0, "message": None, "data": {"user_id": 7}}).encode()
+        return json.dumps({"code": 3, "message": "invalid token", "data": None}).encode()
+
+
+class Backend:
+    """A loopback RPC server answering the commands accessws polls, from fixed data."""
+
+    def __init__(self):
+        self.book = {"asks": [["8000", "1"]], "bids": []}
+        self.deals = []
+
+    def handlers(self):
+        return {206: lambda params, request: self.book,
+                303: lambda params, request: [d for d in self.deals if d["id"] > params[2]],
+                304: lambda params, request: "0", 301: lambda params, request: {},
+                305: lambda params, request: {}, 302: lambda params, request: [],
+                203: lambda params, request: {"records": params},
+                101: lambda params, request: {"BTC": {"available": "1", "freeze": "0"}}}
+
+
+def self_signed(directory):
+    """A certificate and key for 127.0.0.1, written as PEM files."""
+    import os
+
+    from OpenSSL import crypto
+    key = crypto.PKey()
+    key.generate_key(crypto.TYPE_RSA, 2048)
+    cert = crypto.X509()
+    cert.get_subject().CN = "127.0.0.1"
+    cert.set_serial_number(1)
+    cert.gmtime_adj_notBefore(0)
+    cert.gmtime_adj_notAfter(3600)
+    cert.set_issuer(cert.get_subject())
+    cert.set_pubkey(key)
+    cert.sign(key, "sha256")
+    os.makedirs(directory, exist_ok=True)
+    paths = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    with open(paths[0], "wb") as f:
+        f.write(crypto.dump_certificate(crypto.FILETYPE_PEM, cert))
+    with open(paths[1], "wb") as f:
+        f.write(crypto.dump_privatekey(crypto.FILETYPE_PEM, key))
+    return paths
+
+
+class ServiceTests(TestCase):
+
+    timeout = 120
+
+    async def start(self, **extra):
+        self.backend = Backend()
+        port = testing.free_port()
+        ports = await listen_rpc(reactor, "tcp@127.0.0.1:%d" % port,
+                                 RPCServerFactory(self.backend.handlers(), 1 << 20,
+                                                  heartbeat_check=False))
+        for p in ports:
+            self.addCleanup(p.stopListening)
+        auth = Auth()
+        web = reactor.listenTCP(0, server.Site(auth), interface="127.0.0.1")
+        self.addCleanup(web.stopListening)
+        self.addCleanup(lambda: [r.channel.transport.abortConnection() for r in auth.slow
+                                 if r.channel is not None])
+        auth_url = "http://127.0.0.1:%d/auth" % web.getHost().port
+        backend = {"addr": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 2000000}
+        self.ws_port = testing.free_port()
+        cfg = config.load_data({
+            "log": {"path": "log/accessws", "flag": "fatal"},
+            "svr": {"bind": ["tcp@127.0.0.1:%d" % self.ws_port], "max_pkg_size": 10240},
+            "monitor": {"bind": "tcp@127.0.0.1:%d" % testing.free_port(),
+                        "max_pkg_size": 1024},
+            "matchengine": dict(backend, name="matchengine"),
+            "marketprice": dict(backend, name="marketprice"),
+            "readhistory": dict(backend, name="readhistory"),
+            "orders": {"brokers": "127.0.0.1:1", "topic": "orders"},
+            "balances": {"brokers": "127.0.0.1:1", "topic": "balances"},
+            "auth_url": auth_url, "sign_url": auth_url, "backend_timeout": 0.5,
+            "depth_interval": 0.1, "deals_interval": 0.1,
+            "depth_limit": [10], "depth_merge": ["0"], **extra})
+        from accessws.tap import http_get
+        self.service = AccessWS(cfg, reactor=reactor, http_get=http_get(reactor))
+        await self.service.startService()
+        self.addCleanup(self.service.stopService)
+        await until(lambda: all(c.connected for c in self.service.clients.values()),
+                    what="backends connected")
+
+    def session(self, calls):
+        """Run `calls` [(method, params)] on one blocking client; the replies (or None)."""
+        def run():
+            client = testing.WSClient("127.0.0.1", self.ws_port)
+            out = []
+            try:
+                for n, (method, params) in enumerate(calls, 1):
+                    client.send(json.dumps({"id": n, "method": method, "params": params}))
+                    try:
+                        out.append(json.loads(client.recv(1.5)))
+                    except (TimeoutError, ConnectionError) as e:
+                        out.append(type(e).__name__)
+            finally:
+                client.close()
+            return out
+        return threads.deferToThread(run)
+
+    async def auth_scenario(self):
+        await self.start()
+        replies = await self.session([
+            ("order.query", ["BTCBCH", 0, 10]), ("asset.query", []),
+            ("order.subscribe", ["BTCBCH"]), ("server.auth", ["bad", "web"]),
+            ("server.auth", ["garbage", "web"]), ("server.auth", ["slow", "web"]),
+            ("server.auth", ["good", "x" * 40]), ("server.auth", ["good", "web"]),
+            ("order.query", ["BTCBCH", 0, 10]), ("order.query", ["BTCBCH", "0", 10]),
+            ("server.nope", []), ("server.ping", [])])
+        errors = [r["error"] if isinstance(r, dict) else r for r in replies]
+        self.assertEqual(errors, [
+            {"code": 6, "message": "require authentication"},
+            {"code": 6, "message": "require authentication"},
+            {"code": 6, "message": "require authentication"},
+            {"code": 11, "message": "invalid token"},
+            {"code": 2, "message": "internal error"},
+            {"code": 5, "message": "service timeout"},
+            {"code": 1, "message": "invalid argument"},
+            None, None, {"code": 1, "message": "invalid argument"}, "TimeoutError", None])
+        self.assertEqual(replies[8]["result"], {"records": [7, "BTCBCH", 0, 10]})
+
+    def test_auth_and_refusals(self):
+        """Unauthorised user methods are refused; auth failure, garbage and timeout answer
+        11, 2 and 5; an unknown method gets no reply; the session goes on."""
+        return defer.Deferred.fromCoroutine(self.auth_scenario())
+
+    async def malformed_scenario(self):
+        await self.start()
+
+        def run():
+            results = []
+            for frame in ("not json", "[1]", '{"id": "x", "method": "server.ping", '
+                                              '"params": []}', "x" * 20000):
+                client = testing.WSClient("127.0.0.1", self.ws_port)
+                client.send(frame)
+                try:
+                    client.recv(2)
+                    results.append("answered")
+                except ConnectionError:
+                    results.append("closed")
+                except TimeoutError:
+                    results.append("kept")
+                client.close()
+            return results
+        self.assertEqual(await threads.deferToThread(run), ["closed"] * 4)
+
+    def test_malformed_frames(self):
+        """Bad JSON, a non-object, a bad id and an oversized frame close the connection."""
+        return defer.Deferred.fromCoroutine(self.malformed_scenario())
+
+    async def fanout_scenario(self):
+        await self.start()
+        received = {"depth": 0, "deals": 0}
+        opened = []
+
+        class Subscriber(WebSocketClientProtocol):
+            def onOpen(self):
+                opened.append(self)
+                self.sendMessage(json.dumps({"id": 1, "method": "depth.subscribe",
+                                             "params": ["BTCBCH", 10, "0"]}).encode())
+                self.sendMessage(json.dumps({"id": 2, "method": "deals.subscribe",
+                                             "params": ["BTCBCH"]}).encode())
+
+            def onMessage(self, payload, is_binary):
+                message = json.loads(payload)
+                if message.get("method") == "depth.update":
+                    received["depth"] += 1
+                elif message.get("method") == "deals.update":
+                    received["deals"] += 1
+
+        factory = WebSocketClientFactory("ws://127.0.0.1:%d/" % self.ws_port)
+        factory.protocol = Subscriber
+        count = 1000
+        clients = []
+        for _ in range(count):
+            clients.append(await connectProtocol(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", self.ws_port), factory.buildProtocol(None)))
+        self.addCleanup(lambda: [c.transport.abortConnection() for c in clients])
+        await until(lambda: len(opened) == count, 60, "all connections open")
+        await until(lambda: received["depth"] >= count, 30, "first depth pushes")
+        started = time.monotonic()
+        self.backend.book = {"asks": [["8000", "0.5"]], "bids": [["7990", "1"]]}
+        self.backend.deals = [{"id": 1, "time": 1.5, "price": "8000", "amount": "0.5",
+                               "type": "buy"}]
+        await until(lambda: received["depth"] >= 2 * count and received["deals"] >= count, 30,
+                    "pushes after the change")
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertEqual(len(self.service.factory.sessions), count)
+
+    def test_thousand_subscribers(self):
+        """1,000 connections subscribed to depth and deals all receive the pushes."""
+        return defer.Deferred.fromCoroutine(self.fanout_scenario())
+
+
+    async def tls_scenario(self):
+        cert, key = self_signed(self.mktemp())
+        await self.start(tls={"cert": cert, "key": key})
+
+        def run():
+            import socket
+            import ssl
+            context = ssl.create_default_context(cafile=cert)
+            context.check_hostname = False
+            raw = socket.create_connection(("127.0.0.1", self.ws_port), 5)
+            sock = context.wrap_socket(raw)
+            client = testing.WSClient.__new__(testing.WSClient)
+            client.sock = sock
+            client.buffer = b""
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                         b"Sec-WebSocket-Version: 13\r\n\r\n")
+            while b"\r\n\r\n" not in client.buffer:
+                client.buffer += sock.recv(4096)
+            head, _, client.buffer = client.buffer.partition(b"\r\n\r\n")
+            client.send(json.dumps({"id": 1, "method": "server.ping", "params": []}))
+            reply = json.loads(client.recv(5))
+            sock.close()
+            return head.split(b"\r\n")[0], reply
+        status, reply = await threads.deferToThread(run)
+        self.assertEqual(status, b"HTTP/1.1 101 Switching Protocols")
+        self.assertEqual(reply["result"], "pong")
+
+    def test_tls(self):
+        """With `tls`, the tcp bind serves wss:// with the configured certificate."""
+        return defer.Deferred.fromCoroutine(self.tls_scenario())

@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Connections held and push fan-out of accessws.
+
+A child process runs accessws against a loopback backend whose book and deals change
+`--trades` times a second (each change carries its own time); this process opens
+`--connections` websocket connections subscribed to depth and deals of that market and
+measures, for every push received, the delay since the change it reports.  Prints one line.
+
+Usage: python bench/accessws_fanout.py [--connections N] [--trades R] [--seconds S]
+                                        [--interval POLL]
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def serve(ws_port, rate, interval):
+    """The child: a backend changing `rate` times a second, and accessws polling it."""
+    from twisted.internet import reactor, task
+
+    from accessws import config
+    from accessws.server import AccessWS
+    from utils import testing
+    from utils.rpc_server import RPCServerFactory, listen_rpc
+
+    state = {"deals": [], "id": 0, "book": {"asks": [], "bids": []}}
+
+    def change():
+        now = time.time()
+        state["id"] += 1
+        state["deals"] = ([{"id": state["id"], "time": now, "price": "8000",
+                            "amount": "1", "type": "buy"}] + state["deals"])[:100]
+        state["book"] = {"asks": [["8000", "%.6f" % now]], "bids": []}
+    task.LoopingCall(change).start(1.0 / rate)
+    handlers = {206: lambda p, r: state["book"],
+                303: lambda p, r: [d for d in state["deals"] if d["id"] > p[2]]}
+    backend_port = testing.free_port()
+    listen_rpc(reactor, "tcp@127.0.0.1:%d" % backend_port,
+               RPCServerFactory(handlers, 1 << 20, heartbeat_check=False))
+    backend = {"addr": ["tcp@127.0.0.1:%d" % backend_port], "max_pkg_size": 1 << 24}
+    cfg = config.load_data({
+        "log": {"path": "/dev/null", "flag": "fatal"},
+        "svr": {"bind": ["tcp@127.0.0.1:%d" % ws_port], "max_pkg_size": 102400},
+        "monitor": {"bind": "tcp@127.0.0.1:%d" % testing.free_port(), "max_pkg_size": 1024},
+        "matchengine": dict(backend, name="matchengine"),
+        "marketprice": dict(backend, name="marketprice"),
+        "readhistory": dict(backend, name="readhistory"),
+        "orders": {"brokers": "127.0.0.1:1", "topic": "orders"},
+        "balances": {"brokers": "127.0.0.1:1", "topic": "balances"},
+        "auth_url": "http://127.0.0.1:1/", "sign_url": "http://127.0.0.1:1/",
+        "depth_interval": interval, "deals_interval": interval,
+        "depth_limit": [10], "depth_merge": ["0"]})
+    AccessWS(cfg, reactor=reactor).startService()
+    print("ready", flush=True)
+    reactor.run()
+
+
+def drive(ws_port, connections, seconds):
+    from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+    from twisted.internet import defer, reactor
+
+    delays = []
+    opened = []
+    measuring = {"on": False}
+
+    class Subscriber(WebSocketClientProtocol):
+        def onOpen(self):
+            opened.append(self)
+            self.sendMessage(b'{"id": 1, "method": "depth.subscribe", '
+                             b'"params": ["BTCBCH", 10, "0"]}')
+            self.sendMessage(b'{"id": 2, "method": "deals.subscribe", "params": ["BTCBCH"]}')
+
+        def onMessage(self, payload, is_binary):
+            if not measuring["on"]:
+                return
+            now = time.time()
+            message = json.loads(payload)
+            method = message.get("method")
+            if method == "depth.update":
+                asks = message["params"][1].get("asks") or []
+                for price, amount in asks:
+                    if amount != "0":
+                        delays.append(now - float(amount))
+            elif method == "deals.update":
+                delays.append(now - message["params"][1][0]["time"])
+
+    async def main():
+        factory = WebSocketClientFactory("ws://127.0.0.1:%d/" % ws_port)
+        factory.protocol = Subscriber
+        for i in range(connections):
+            reactor.connectTCP("127.0.0.1", ws_port, factory)
+            if i % 200 == 199:
+                await _sleep(0.2)
+        deadline = time.time() + 120
+        while len(opened) < connections and time.time() < deadline:
+            await _sleep(0.2)
+        await _sleep(2.0)
+        measuring["on"] = True
+        start = time.time()
+        await _sleep(seconds)
+        measuring["on"] = False
+        return len(opened), time.time() - start
+
+    def _sleep(s):
+        d = defer.Deferred()
+        reactor.callLater(s, d.callback, None)
+        return d
+
+    result = {}
+
+    def done(outcome):
+        result["outcome"] = outcome
+        reactor.stop()
+    reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(main()).addBoth(done))
+    reactor.run()
+    return result["outcome"], delays
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=2000)
+    parser.add_argument("--trades", type=float, default=1000.0, help="changes per second")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--interval", type=float, default=0.05, help="poll period, s")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.connections * 2 +
+                                                               1024)), hard))
+    if args.serve:
+        return serve(args.serve, args.trades, args.interval)
+    from utils.testing import free_port
+    port = free_port()
+    child = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--trades",
+                              str(args.trades), "--interval", str(args.interval),
+                              "--connections", str(args.connections)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        if child.stdout.readline().strip() != "ready":
+            raise SystemExit("accessws did not start")
+        outcome, delays = drive(port, args.connections, args.seconds)
+    finally:
+        child.terminate()
+        child.wait()
+    if isinstance(outcome, Exception) or not isinstance(outcome, tuple):
+        raise SystemExit("run failed: %r" % (outcome,))
+    held, elapsed = outcome
+    delays.sort()
+    pct = (lambda q: delays[min(len(delays) - 1, int(len(delays) * q))] * 1000) if delays \
+        else (lambda q: float("nan"))
+    print("accessws_fanout: %d connections held, %.0f changes/s, poll %.2f s: %.0f pushes/s, "
+          "delay p50 %.1f ms, p99 %.1f ms" % (held, args.trades, args.interval,
+                                                len(delays) / elapsed, pct(0.5), pct(0.99)))
+
+
+if __name__ == "__main__":
+    main()
