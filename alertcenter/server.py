@@ -1,0 +1,154 @@
+# -*- test-case-name: alertcenter.test.test_server -*-
+"""alertcenter: alert lines from every module, kept in the Redis list `alert:message`.
+
+An alert is one line: the 20-byte magic, `<host>: <message>`, a newline; over TCP a stream
+of lines, over UDP one line per datagram (a datagram without its newline is taken whole).
+A line that is too short or lacks the magic closes the TCP connection or drops the datagram.
+Each alert is logged and appended with RPUSH to `alert:message` on the Redis master found
+through the sentinels.  While Redis cannot be reached alerts wait in memory (at most
+`queue_limit`, the oldest dropped first) and are pushed, in order, once it is back.
+"""
+
+import collections
+
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from network.address import listen, listen_udp, parse_address
+from utils.alert import MAGIC, MAX_SIZE
+
+__all__ = ["AlertCenter", "KEY", "parse_line"]
+
+KEY = "alert:message"
+
+
+def parse_line(line: bytes):
+    """The alert text of a line (newline included), or None when it is not an alert."""
+    if len(line) <= len(MAGIC) or not line.startswith(MAGIC):
+        return None
+    text = line[len(MAGIC):]
+    if text.endswith(b"\n"):
+        text = text[:-1]
+    if text.endswith(b"\r"):
+        text = text[:-1]
+    return text.decode("utf-8", "replace")
+
+
+class _LineProtocol(protocol.Protocol):
+    def __init__(self, center):
+        self.center = center
+        self.buffer = b""
+
+    def dataReceived(self, data):
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\n")
+            if end < 0:
+                if len(self.buffer) > self.center.max_size:
+                    self.center.log.warn("alertcenter: line over {size} bytes; closing",
+                                         size=self.center.max_size)
+                    self.transport.loseConnection()
+                return
+            line, self.buffer = self.buffer[:end + 1], self.buffer[end + 1:]
+            text = parse_line(line)
+            if text is None:
+                self.center.log.warn("alertcenter: not an alert line; closing {peer}",
+                                     peer=self.transport.getPeer())
+                self.transport.loseConnection()
+                return
+            self.center.received(text)
+
+
+class _Datagrams(protocol.DatagramProtocol):
+    def __init__(self, center):
+        self.center = center
+
+    def datagramReceived(self, data, addr):
+        line = data.split(b"\n", 1)[0] + b"\n"
+        text = parse_line(line)
+        if text is None:
+            self.center.log.warn("alertcenter: dropping a datagram from {addr}: not an alert",
+                                 addr=addr)
+            return
+        self.center.received(text)
+
+
+class AlertCenter(service.Service):
+    log = Logger()
+
+    def __init__(self, cfg, store, reactor=None, queue_limit=100000, retry_delay=1.0):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.cfg = cfg
+        self.store = store
+        self.reactor = reactor
+        self.max_size = max(cfg["svr"]["max_pkg_size"], MAX_SIZE)
+        self.queue = collections.deque(maxlen=queue_limit)
+        self.retry_delay = retry_delay
+        self.pushed = 0
+        self.pushing = False
+        self.ports = []
+
+    def startService(self):
+        service.Service.startService(self)
+        return defer.Deferred.fromCoroutine(self._listen())
+
+    async def _listen(self):
+        factory = protocol.Factory.forProtocol(lambda: _LineProtocol(self))
+        try:
+            for address in self.cfg["svr"]["bind"]:
+                addr = parse_address(address)
+                if addr.is_stream:
+                    self.ports.append(await listen(self.reactor, addr, factory))
+                else:
+                    self.ports.append(listen_udp(self.reactor, addr, _Datagrams(self)))
+        except Exception:
+            self.log.failure("alertcenter could not listen")
+            if self.reactor.running:
+                self.reactor.stop()
+            return
+        self.log.info("alertcenter ready on {bind}", bind=", ".join(self.cfg["svr"]["bind"]))
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
+
+    def received(self, text):
+        self.log.info("{alert}", alert=text)
+        if len(self.queue) == self.queue.maxlen:
+            self.log.error("alertcenter: {count} alerts waiting for Redis; dropping the oldest",
+                           count=len(self.queue))
+        self.queue.append(text)
+        if not self.pushing:
+            defer.Deferred.fromCoroutine(self._push())
+
+    async def _push(self):
+        self.pushing = True
+        try:
+            while self.queue:
+                try:
+                    conn = await self.store.connect()
+                except Exception as e:
+                    self.log.error("alertcenter: {store} unavailable ({error}); {count} alerts "
+                                   "wait", store=self.store.describe(), error=e,
+                                   count=len(self.queue))
+                    await self._sleep(self.retry_delay)
+                    continue
+                try:
+                    while self.queue:
+                        await conn.rpush(KEY, self.queue[0])
+                        self.queue.popleft()
+                        self.pushed += 1
+                except Exception as e:
+                    self.log.error("alertcenter: RPUSH failed ({error}); retrying", error=e)
+                    await self._sleep(self.retry_delay)
+                finally:
+                    conn.disconnect()
+        finally:
+            self.pushing = False
+
+    def _sleep(self, seconds):
+        d = defer.Deferred()
+        self.reactor.callLater(seconds, d.callback, None)
+        return d

@@ -1,0 +1,83 @@
+# -*- test-case-name: alertcenter.test.test_server -*-
+"""alertcenter with a real Redis: alerts over TCP and UDP land in alert:message."""
+
+import socket
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from alertcenter import config
+from alertcenter.server import KEY, AlertCenter, parse_line
+from matchengine.test.test_server import until
+from utils import redisdb, testing
+from utils.alert import AlertSender, MAGIC
+
+REDIS_DB = 5
+
+
+class ParseTests(SynchronousTestCase):
+
+    def test_lines(self):
+        """The magic is required and stripped, with the line end."""
+        self.assertEqual(parse_line(MAGIC + b"me: [fatal]x: boom\r\n"), "me: [fatal]x: boom")
+        self.assertIsNone(parse_line(MAGIC[:-1] + b"\n"))     # 20 bytes: too short
+        self.assertIsNone(parse_line(b"x" * 20 + b"me: boom\n"))
+
+
+class CenterTests(TestCase):
+
+    timeout = 60
+
+    async def scenario(self):
+        info = testing.require("redis")
+        conn = await redisdb.Plain(info["host"], info["port"], db=REDIS_DB).connect()
+        self.addCleanup(conn.disconnect)
+        await conn.delete(KEY)
+        self.addCleanup(conn.delete, KEY)
+        proxy = testing.CuttableProxy(int(info["port"])).up()
+        self.addCleanup(proxy.down)
+        port = testing.free_port()
+        cfg = config.load_data({
+            "log": {"path": "log/alertcenter", "flag": "fatal"},
+            "svr": {"bind": ["tcp@127.0.0.1:%d" % port, "udp@127.0.0.1:%d" % port],
+                    "max_pkg_size": 10240},
+            "redis": {"name": "unused", "addr": ["127.0.0.1:1"]}})
+        store = redisdb.Plain("127.0.0.1", proxy.port, db=REDIS_DB, timeout=1)
+        center = AlertCenter(cfg, store, reactor=reactor, retry_delay=0.1)
+        await center.startService()
+        self.addCleanup(center.stopService)
+        # a module's alert sender, over UDP
+        sender = AlertSender(reactor, "matchengine", "127.0.0.1:%d" % port)
+        self.addCleanup(sender.close)
+        sender.send("[fatal]me_server: service unavailable")
+        await until(lambda: center.pushed == 1, 10, "UDP alert pushed")
+        # TCP: two lines in one write, then a bad one closes the connection
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(MAGIC + b"readhistory: a\n" + MAGIC + b"readhistory: b\r\n")
+        await until(lambda: center.pushed == 3, 10, "TCP alerts pushed")
+        s.sendall(b"garbage without magic\n")
+        s.setblocking(False)
+
+        def closed():
+            try:
+                return s.recv(10) == b""
+            except BlockingIOError:
+                return False
+        await until(closed, 5, "bad line closes")
+        s.close()
+        # Redis away: alerts wait, then arrive in order
+        await proxy.down()
+        sender.send("[fatal]while down 1")
+        sender.send("[fatal]while down 2")
+        await until(lambda: len(center.queue) == 2, 10, "alerts waiting")
+        proxy.up()
+        await until(lambda: center.pushed == 5, 10, "waiting alerts pushed")
+        self.assertEqual(await conn.lrange(KEY, 0, -1), [
+            "matchengine: [fatal]me_server: service unavailable", "readhistory: a",
+            "readhistory: b", "matchengine: [fatal]while down 1",
+            "matchengine: [fatal]while down 2"])
+        self.flushLoggedErrors()
+
+    def test_alerts_to_redis(self):
+        """UDP and TCP alerts are pushed in order; bad lines close; a Redis outage waits."""
+        return defer.Deferred.fromCoroutine(self.scenario())
