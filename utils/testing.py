@@ -284,6 +284,63 @@ def mysql_section(database):
             "pass": info["password"], "name": database}
 
 
+def rpc_svr(port):
+    """An RPC server section on a loopback port."""
+    return {"bind": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 1000000,
+            "heartbeat_check": False}
+
+
+def exchange_configs(broker, log_db, history_db, redis, auth_url=None, **ports):
+    """The config of every daemon of one exchange on free loopback ports, in start order.
+
+    Returns a list of (module, config, port) where port is the daemon's main TCP port.
+    `broker` is a KafkaBroker address, `log_db` and `history_db` are database names,
+    `redis` the marketprice and alertcenter section (`{"name", "addr", "db"}`); `ports`
+    pins some of them (`matchengine=7316`, ...).
+    """
+    names = ("matchengine", "readhistory", "accesshttp", "marketprice", "accessws",
+             "alertcenter")
+    port = {name: ports.get(name) or free_port() for name in names}
+    backends = {name: {"name": name, "addr": ["tcp@127.0.0.1:%d" % port[name]],
+                       "max_pkg_size": 2000000}
+                for name in ("matchengine", "readhistory", "marketprice")}
+    url = "http://127.0.0.1:%d/" % port["accesshttp"]
+    auth_url = auth_url or "http://127.0.0.1:1/auth"
+
+    def monitor():
+        return {"bind": "tcp@127.0.0.1:%d" % free_port(), "max_pkg_size": 1024}
+
+    configs = {
+        "matchengine": base_config(
+            "matchengine", svr=rpc_svr(port["matchengine"]),
+            cli="tcp@127.0.0.1:%d" % free_port(), db_log=mysql_section(log_db),
+            db_history=mysql_section(history_db), brokers=broker),
+        "readhistory": base_config(
+            "readhistory", svr=rpc_svr(port["readhistory"]),
+            db_history=mysql_section(history_db)),
+        "accesshttp": base_config(
+            "accesshttp", svr={"bind": ["tcp@127.0.0.1:%d" % port["accesshttp"]],
+                               "max_pkg_size": 102400},
+            monitor=monitor(), **backends),
+        "marketprice": base_config(
+            "marketprice", svr=rpc_svr(port["marketprice"]),
+            deals={"brokers": broker, "topic": "deals"}, redis=dict(redis), accesshttp=url,
+            flush_interval=1.0),
+        "accessws": base_config(
+            "accessws", svr={"bind": ["tcp@127.0.0.1:%d" % port["accessws"]],
+                             "max_pkg_size": 102400},
+            monitor=monitor(), orders={"brokers": broker, "topic": "orders"},
+            balances={"brokers": broker, "topic": "balances"},
+            auth_url=auth_url, sign_url=auth_url, **backends),
+        "alertcenter": base_config(
+            "alertcenter", svr={"bind": ["tcp@127.0.0.1:%d" % port["alertcenter"],
+                                         "udp@127.0.0.1:%d" % port["alertcenter"]],
+                                "max_pkg_size": 10240},
+            redis=dict(redis)),
+    }
+    return [(name, configs[name], port[name]) for name in names]
+
+
 REFERENCE = os.path.join(ROOT, "depends", "reference")
 
 

@@ -84,41 +84,14 @@ class WebsocketScenarioTests(TestCase):
         history_db = testing.create_database("hist", ("trade_history",), True)
         self.addCleanup(testing.drop_database, history_db)
         workdir = os.path.abspath(self.mktemp())
-        me, rh, mp, gw, ws = (testing.free_port() for _ in range(5))
-        url = "http://127.0.0.1:%d/" % gw
-        backends = {name: {"name": name, "addr": ["tcp@127.0.0.1:%d" % port],
-                           "max_pkg_size": 2000000}
-                    for name, port in (("matchengine", me), ("readhistory", rh),
-                                       ("marketprice", mp))}
-
-        def rpc_svr(port):
-            return {"bind": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 1000000,
-                    "heartbeat_check": False}
-        daemons = [
-            (testing.DaemonProcess("matchengine", testing.base_config(
-                "matchengine", svr=rpc_svr(me), cli="tcp@127.0.0.1:%d" % testing.free_port(),
-                db_log=testing.mysql_section(log_db),
-                db_history=testing.mysql_section(history_db), brokers=broker.address),
-                workdir), me),
-            (testing.DaemonProcess("readhistory", testing.base_config(
-                "readhistory", svr=rpc_svr(rh), db_history=testing.mysql_section(history_db)),
-                workdir), rh),
-            (testing.DaemonProcess("accesshttp", testing.base_config(
-                "accesshttp", svr={"bind": ["tcp@127.0.0.1:%d" % gw], "max_pkg_size": 102400},
-                monitor={"bind": "tcp@127.0.0.1:%d" % testing.free_port(),
-                         "max_pkg_size": 1024}, **backends), workdir), gw),
-            (testing.DaemonProcess("marketprice", testing.base_config(
-                "marketprice", svr=rpc_svr(mp), deals={"brokers": broker.address,
-                                                       "topic": "deals"},
-                redis={"name": sentinel["name"], "addr": sentinel["addr"], "db": REDIS_DB},
-                accesshttp=url, flush_interval=1.0), workdir), mp),
-            (testing.DaemonProcess("accessws", testing.base_config(
-                "accessws", svr={"bind": ["tcp@127.0.0.1:%d" % ws], "max_pkg_size": 102400},
-                monitor={"bind": "tcp@127.0.0.1:%d" % testing.free_port(),
-                         "max_pkg_size": 1024},
-                orders={"brokers": broker.address, "topic": "orders"},
-                balances={"brokers": broker.address, "topic": "balances"},
-                auth_url=auth_url, sign_url=auth_url, **backends), workdir), ws)]
+        configs = testing.exchange_configs(
+            broker.address, log_db, history_db,
+            {"name": sentinel["name"], "addr": sentinel["addr"], "db": REDIS_DB}, auth_url)
+        port = {name: p for name, _, p in configs}
+        ws = port["accessws"]
+        url = "http://127.0.0.1:%d/" % port["accesshttp"]
+        daemons = [(testing.DaemonProcess(name, config, workdir), p)
+                   for name, config, p in configs if name != "alertcenter"]
         for daemon, port in daemons:
             daemon.start()
             self.addCleanup(daemon.stop)

@@ -1,0 +1,212 @@
+# -*- test-case-name: utils.test.test_watchdog -*-
+"""The watchdog and the deployment folders: every daemon started by its bin/ script, killed
+with SIGKILL and back within a second, check_alive.sh and restart.sh as cron uses them."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from utils import testing, watchdog
+
+REDIS_DB = 7
+
+
+def children(pid):
+    """The pids whose parent is `pid`."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+class OptionsTests(SynchronousTestCase):
+
+    def test_worker_command(self):
+        """The child is a foreground twistd with its own pid and log files."""
+        options = watchdog.Options()
+        options.parseOptions(["--worker-pidfile", "log/x.worker.pid", "--worker-logfile",
+                              "log/twistd.log", "matchengine", "--config", "c.json"])
+        cmd = watchdog.worker_command(options["module"], options["args"],
+                                      options["worker-pidfile"], options["worker-logfile"])
+        self.assertEqual(cmd[0], sys.executable)
+        self.assertEqual(cmd[3:], ["-n", "--pidfile", "log/x.worker.pid", "--logfile",
+                                   "log/twistd.log", "matchengine", "--config", "c.json"])
+
+    def test_monitor_delays(self):
+        """A crash-looping worker waits at most a second between starts."""
+        options = watchdog.Options()
+        options.parseOptions(["alertcenter"])
+        monitor = watchdog.make_monitor(options)
+        self.assertLessEqual(monitor.maxRestartDelay, 1.0)
+        self.assertEqual(monitor.killTime, 60.0)
+        self.assertIn("alertcenter", monitor.processes)
+
+    def test_check_messages(self):
+        """check says why a daemon is down."""
+        home = self.mktemp()
+        os.makedirs(os.path.join(home, "log"))
+        ok, message = watchdog.check(home, "readhistory")
+        self.assertFalse(ok)
+        self.assertIn("no pid file", message)
+        with open(os.path.join(home, "log", "readhistory.pid"), "w") as f:
+            f.write("999999999")
+        ok, message = watchdog.check(home, "readhistory")
+        self.assertFalse(ok)
+        self.assertIn("watchdog pid 999999999 is not running", message)
+        with open(os.path.join(home, "log", "readhistory.pid"), "w") as f:
+            f.write(str(os.getpid()))
+        ok, message = watchdog.check(home, "readhistory")
+        self.assertIn("its worker does not", message)
+
+    def test_usage(self):
+        """A wrong command line prints the usage and exits 2."""
+        import io
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        self.assertEqual(watchdog.main(["bogus"]), 2)
+        self.assertIn("usage: python -m utils.watchdog", err.getvalue())
+
+
+class DeploymentTests(TestCase):
+    """Each daemon from a deployment folder made of its bin/, shell/ and a conf/config.json."""
+
+    timeout = 240
+
+    def setUp(self):
+        sentinel = testing.require("sentinel")
+        broker = testing.KafkaBroker().start()
+        self.addCleanup(broker.stop)
+        log_db = testing.create_database("wdlog", ("trade_log",))
+        self.addCleanup(testing.drop_database, log_db)
+        history_db = testing.create_database("wdhist", ("trade_history",), True)
+        self.addCleanup(testing.drop_database, history_db)
+        self.configs = {name: (config, port) for name, config, port in
+                        testing.exchange_configs(
+                            broker.address, log_db, history_db,
+                            {"name": sentinel["name"], "addr": sentinel["addr"],
+                             "db": REDIS_DB})}
+
+    def helpers(self, *modules):
+        """Run other daemons the one under test needs, the plain way."""
+        workdir = os.path.abspath(self.mktemp())
+        for module in modules:
+            config, port = self.configs[module]
+            daemon = testing.DaemonProcess(module, config, workdir).start()
+            self.addCleanup(daemon.stop)
+            daemon.wait_port(port)
+
+    def deploy(self, module):
+        import json
+        home = os.path.abspath(self.mktemp())
+        for part in ("bin", "shell"):
+            shutil.copytree(os.path.join(testing.ROOT, module, part), os.path.join(home, part))
+        os.makedirs(os.path.join(home, "conf"))
+        os.makedirs(os.path.join(home, "log"))
+        with open(os.path.join(home, "conf", "config.json"), "w") as f:
+            json.dump(self.configs[module][0], f)
+        self.addCleanup(self.stop_all, home, module)
+        return home
+
+    def run_script(self, home, script):
+        env = dict(os.environ, PYTHON=sys.executable)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [testing.ROOT,
+                                                          env.get("PYTHONPATH")]))
+        proc = subprocess.run([os.path.join(home, script)], env=env, capture_output=True,
+                              text=True, timeout=120)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def stop_all(self, home, module):
+        paths = watchdog.paths(home, module)
+        if not watchdog.stop(home, module, out=lambda text: None):
+            for key in ("pid", "worker_pid"):
+                pid = watchdog._read_pid(paths[key])
+                if watchdog._running(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+    def wait_up(self, home, module, seconds=60):
+        if not testing.wait_until(lambda: watchdog.check(home, module)[0], seconds, 0.02):
+            with open(watchdog.paths(home, module)["log"]) as f:
+                log = f.read()[-3000:]
+            self.fail("%s not up: %s\n%s" % (module, watchdog.check(home, module)[1], log))
+
+    def lifecycle(self, module):
+        home = self.deploy(module)
+        paths = watchdog.paths(home, module)
+        status, out = self.run_script(home, "shell/check_alive.sh")
+        self.assertEqual(status, 1, out)
+        self.assertIn("down (no pid file", out)
+
+        status, out = self.run_script(home, "bin/" + module)
+        self.assertEqual(status, 0, out)
+        self.wait_up(home, module)
+        status, out = self.run_script(home, "shell/check_alive.sh")
+        self.assertEqual(status, 0, out)
+        self.assertIn("%s: up" % module, out)
+        keeper = watchdog._read_pid(paths["pid"])
+        worker = watchdog._read_pid(paths["worker_pid"])
+        self.assertEqual(children(keeper), [worker])
+
+        # SIGKILL the worker: down at once, a new worker within a second, then up again
+        os.kill(worker, signal.SIGKILL)
+        killed = time.monotonic()
+        self.assertTrue(testing.wait_until(lambda: not watchdog._running(worker), 1.0, 0.005))
+        ok, message = watchdog.check(home, module)
+        self.assertFalse(ok, message)
+        self.assertIn("down", message)
+        self.assertTrue(testing.wait_until(
+            lambda: [p for p in children(keeper) if p != worker], 1.0, 0.01),
+            "%s: no new worker within 1 s" % module)
+        restarted = time.monotonic() - killed
+        self.assertLess(restarted, 1.0)
+        self.wait_up(home, module)
+        new_worker = watchdog._read_pid(paths["worker_pid"])
+        self.assertNotEqual(new_worker, worker)
+        self.assertEqual(children(keeper), [new_worker])
+        status, out = self.run_script(home, "shell/check_alive.sh")
+        self.assertEqual(status, 0, out)
+
+        # restart.sh: SIGTERM (clean stop of the worker), then a new watchdog and worker
+        status, out = self.run_script(home, "shell/restart.sh")
+        self.assertEqual(status, 0, out)
+        self.assertIn("%s: stopped" % module, out)
+        self.assertFalse(watchdog._running(keeper))
+        self.assertFalse(watchdog._running(new_worker))
+        self.wait_up(home, module)
+        self.assertNotEqual(watchdog._read_pid(paths["pid"]), keeper)
+
+        # stopped: check_alive says so
+        self.assertTrue(watchdog.stop(home, module, out=lambda text: None))
+        status, out = self.run_script(home, "shell/check_alive.sh")
+        self.assertEqual(status, 1, out)
+        self.assertIn("down", out)
+
+    def test_matchengine(self):
+        self.lifecycle("matchengine")
+
+    def test_readhistory(self):
+        self.lifecycle("readhistory")
+
+    def test_accesshttp(self):
+        self.lifecycle("accesshttp")
+
+    def test_marketprice(self):
+        self.helpers("matchengine", "accesshttp")     # its market list comes from them
+        self.lifecycle("marketprice")
+
+    def test_accessws(self):
+        self.lifecycle("accessws")
+
+    def test_alertcenter(self):
+        self.lifecycle("alertcenter")

@@ -1,0 +1,226 @@
+# -*- test-case-name: utils.test.test_watchdog -*-
+"""Keeping a daemon alive, and the deployment folder's start, stop and check commands.
+
+The original forks a keepalive parent that starts its worker again whenever it dies.  Here the
+parent is `twistd watchdog`, a `twisted.runner.procmon` monitor running the module as a
+foreground twistd child: a worker that dies is started again at once when it had lived for a
+second, otherwise after a delay that doubles from 0.25 s up to 1 s.  SIGTERM to the watchdog
+passes SIGTERM on to the worker and waits up to 60 s for it to flush and exit.
+
+A module's deployment folder (`bin/ conf/ log/ shell/`) holds:
+
+- `log/<module>.pid`        the watchdog's pid (daemonized twistd)
+- `log/<module>.worker.pid` the worker's pid
+- `log/watchdog.log`        the watchdog's log, the worker's stdout and stderr included
+- `log/twistd.log`          twistd's own log of the worker; the module logs per its config
+
+The shell scripts call this module:
+
+    python -m utils.watchdog start   DIR MODULE [CONFIG]
+    python -m utils.watchdog stop    DIR MODULE
+    python -m utils.watchdog restart DIR MODULE [CONFIG]
+    python -m utils.watchdog check   DIR MODULE [CONFIG]
+
+`check` exits 0 and prints `up` when watchdog and worker run and every TCP address of the
+config's `svr.bind` accepts a connection; otherwise it prints why and exits 1.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from twisted.python import usage
+
+__all__ = ["Options", "make_monitor", "paths", "start", "stop", "check", "main"]
+
+THRESHOLD = 1.0
+MIN_RESTART_DELAY = 0.25
+MAX_RESTART_DELAY = 1.0
+KILL_TIME = 60.0
+TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+class Options(usage.Options):
+    synopsis = "[options] MODULE [MODULE OPTIONS]"
+    longdesc = ("Runs `twistd -n MODULE [MODULE OPTIONS]` as a child process and starts it "
+                "again within a second whenever it dies.  SIGTERM stops the child (SIGTERM, "
+                "then SIGKILL after --kill-time seconds) and then the watchdog.")
+    optParameters = [
+        ["worker-pidfile", None, None, "pid file of the child"],
+        ["worker-logfile", None, None, "twistd log file of the child"],
+        ["kill-time", None, KILL_TIME, "seconds a stopping child gets before SIGKILL", float],
+    ]
+
+    def parseArgs(self, module, *args):
+        self["module"] = module
+        self["args"] = list(args)
+
+
+def worker_command(module, args, pidfile=None, logfile=None, python=None):
+    """The command line of a foreground twistd running `module`."""
+    cmd = [python or sys.executable, "-c", TWISTD, "-n"]
+    if pidfile:
+        cmd += ["--pidfile", pidfile]
+    if logfile:
+        cmd += ["--logfile", logfile]
+    return cmd + [module] + list(args)
+
+
+def make_monitor(options, reactor=None):
+    from twisted.runner.procmon import ProcessMonitor
+    monitor = ProcessMonitor(reactor=reactor) if reactor else ProcessMonitor()
+    monitor.threshold = THRESHOLD
+    monitor.minRestartDelay = MIN_RESTART_DELAY
+    monitor.maxRestartDelay = MAX_RESTART_DELAY
+    monitor.killTime = options["kill-time"]
+    cmd = worker_command(options["module"], options["args"], options["worker-pidfile"],
+                         options["worker-logfile"])
+    monitor.addProcess(options["module"], cmd, env=dict(os.environ), cwd=os.getcwd())
+    return monitor
+
+
+def makeService(options):
+    return make_monitor(options)
+
+
+# the deployment folder's commands
+
+def paths(home, module):
+    log = os.path.join(home, "log")
+    return {"pid": os.path.join(log, module + ".pid"),
+            "worker_pid": os.path.join(log, module + ".worker.pid"),
+            "log": os.path.join(log, "watchdog.log"),
+            "twistd_log": os.path.join(log, "twistd.log")}
+
+
+def _read_pid(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def _running(pid):
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of the caller counts as gone
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def tcp_addresses(config_path):
+    """The (host, port) of every `tcp@` address of the config's svr.bind."""
+    with open(config_path) as f:
+        bind = json.load(f).get("svr", {}).get("bind", [])
+    bind = [bind] if isinstance(bind, str) else bind
+    out = []
+    for address in bind:
+        if address.lower().startswith("tcp@"):
+            host, _, port = address[4:].rpartition(":")
+            out.append((host or "127.0.0.1", int(port)))
+    return out
+
+
+def check(home, module, config=None):
+    """(ok, message) about the daemon of the deployment folder `home`."""
+    p = paths(home, module)
+    pid = _read_pid(p["pid"])
+    if pid is None:
+        return False, "%s: down (no pid file %s)" % (module, p["pid"])
+    if not _running(pid):
+        return False, "%s: down (watchdog pid %d is not running)" % (module, pid)
+    worker = _read_pid(p["worker_pid"])
+    if not _running(worker):
+        return False, "%s: down (watchdog pid %d runs, its worker does not: restarting)" % (
+            module, pid)
+    config = config or os.path.join(home, "conf", "config.json")
+    try:
+        addresses = tcp_addresses(config)
+    except (OSError, ValueError) as e:
+        return False, "%s: cannot read %s: %s" % (module, config, e)
+    for host, port in addresses:
+        try:
+            socket.create_connection((host, port), 2).close()
+        except OSError as e:
+            return False, "%s: worker pid %d runs but %s:%d does not answer (%s)" % (
+                module, worker, host, port, e.strerror or e)
+    where = ", ".join("%s:%d" % a for a in addresses)
+    return True, "%s: up (watchdog pid %d, worker pid %d%s)" % (
+        module, pid, worker, ", port " + where if where else "")
+
+
+def start(home, module, config=None, python=None):
+    """Start watchdog and worker, daemonized; returns twistd's exit status."""
+    p = paths(home, module)
+    os.makedirs(os.path.dirname(p["pid"]), exist_ok=True)
+    config = config or os.path.join("conf", "config.json")
+    cmd = [python or sys.executable, "-c", TWISTD, "--pidfile", p["pid"],
+           "--logfile", p["log"], "watchdog", "--worker-pidfile", p["worker_pid"],
+           "--worker-logfile", p["twistd_log"], module, "--config", config]
+    return subprocess.call(cmd, cwd=home)
+
+
+def stop(home, module, wait=KILL_TIME + 10, out=print):
+    """SIGTERM to the watchdog, then wait until it and its worker are gone."""
+    p = paths(home, module)
+    pid = _read_pid(p["pid"])
+    worker = _read_pid(p["worker_pid"])
+    if not _running(pid):
+        out("%s: not running" % module)
+        return True
+    os.kill(pid, signal.SIGTERM)
+    end = time.monotonic() + wait
+    while _running(pid) or _running(worker):
+        if time.monotonic() > end:
+            out("%s: pid %d did not stop within %d s" % (module, pid, wait))
+            return False
+        time.sleep(0.05)
+    out("%s: stopped" % module)
+    return True
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 3 or argv[0] not in ("start", "stop", "restart", "check"):
+        print("usage: python -m utils.watchdog start|stop|restart|check DIR MODULE [CONFIG]",
+              file=sys.stderr)
+        return 2
+    command, home, module = argv[:3]
+    config = argv[3] if len(argv) > 3 else None
+    home = os.path.abspath(home)
+    if command == "check":
+        ok, message = check(home, module, config and os.path.join(home, config))
+        print(message)
+        return 0 if ok else 1
+    if command in ("stop", "restart"):
+        if not stop(home, module):
+            return 1
+        if command == "stop":
+            return 0
+    if command in ("start", "restart"):
+        pid = _read_pid(paths(home, module)["pid"])
+        if _running(pid):
+            print("%s: already running (watchdog pid %d)" % (module, pid))
+            return 1
+        status = start(home, module, config)
+        if status == 0:
+            print("%s: started" % module)
+        return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
