@@ -112,7 +112,31 @@ class AlertCenter(service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
-        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        d = defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        d.addCallback(lambda _: defer.Deferred.fromCoroutine(self._flush()))
+        return d
+
+    async def _flush(self):
+        """At stop: one last try to push what waits; what cannot be pushed is logged."""
+        if not self.queue or self.pushing:
+            # a running push loop keeps its connection; give it a moment to finish
+            for _ in range(30):
+                if not self.queue:
+                    return
+                await self._sleep(0.1)
+        try:
+            conn = await self.store.connect()
+            try:
+                while self.queue:
+                    await conn.rpush(KEY, self.queue[0])
+                    self.queue.popleft()
+                    self.pushed += 1
+            finally:
+                conn.disconnect()
+        except Exception as e:
+            for text in self.queue:
+                self.log.error("alertcenter: stopping without pushing ({error}): {alert}",
+                               error=e, alert=text)
 
     def received(self, text):
         self.log.info("{alert}", alert=text)

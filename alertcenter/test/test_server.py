@@ -81,3 +81,25 @@ class CenterTests(TestCase):
     def test_alerts_to_redis(self):
         """UDP and TCP alerts are pushed in order; bad lines close; a Redis outage waits."""
         return defer.Deferred.fromCoroutine(self.scenario())
+
+    async def stop_scenario(self):
+        info = testing.require("redis")
+        conn = await redisdb.Plain(info["host"], info["port"], db=REDIS_DB).connect()
+        self.addCleanup(conn.disconnect)
+        await conn.delete(KEY)
+        self.addCleanup(conn.delete, KEY)
+        port = testing.free_port()
+        cfg = config.load_data({
+            "log": {"path": "log/alertcenter", "flag": "fatal"},
+            "svr": {"bind": ["udp@127.0.0.1:%d" % port], "max_pkg_size": 10240},
+            "redis": {"name": "unused", "addr": ["127.0.0.1:1"]}})
+        store = redisdb.Plain(info["host"], info["port"], db=REDIS_DB, timeout=1)
+        center = AlertCenter(cfg, store, reactor=reactor)
+        await center.startService()
+        center.queue.extend(["host: held 1", "host: held 2"])     # not yet pushed
+        await center.stopService()
+        self.assertEqual(await conn.lrange(KEY, 0, -1), ["host: held 1", "host: held 2"])
+
+    def test_stop_flushes(self):
+        """Alerts still waiting when the service stops are pushed before it ends."""
+        return defer.Deferred.fromCoroutine(self.stop_scenario())
