@@ -18,6 +18,8 @@ order; at most `limit` messages are handed over and not yet processed at any tim
 """
 
 import collections
+import json
+import os
 import threading
 import time
 
@@ -422,20 +424,67 @@ class InProcessBus:
 
     `bus.producer()` and `bus.consumer(topic, on_message, offset=...)` give services with
     the interfaces of KafkaProducerService and KafkaConsumerService.  Messages are handed
-    over on a later reactor turn, in order, with offsets counted from 0 per topic.
+    over on a later reactor turn, in order, with offsets counted from 0 per topic.  With a
+    `path` (a folder) each topic is also kept in a file there, read back at start, so that
+    consumers resume at their offsets after a restart.
     """
 
-    def __init__(self, reactor=None, retention=1000000):
+    def __init__(self, reactor=None, retention=1000000, path=None):
         self.reactor = _reactor(reactor)
         self.retention = retention
+        self.path = path
         self.topics = {}        # name -> [first offset, deque of values]
+        self._files = {}
         self._consumers = collections.defaultdict(list)
+        if path is not None:
+            os.makedirs(path, exist_ok=True)
 
     def _log(self, topic):
         entry = self.topics.get(topic)
         if entry is None:
             entry = self.topics[topic] = [0, collections.deque()]
+            if self.path is not None:
+                self._load(topic, entry)
         return entry
+
+    # with a path, each topic is also a file of lines: an optional `#first N` header, then
+    # one JSON string per message; it is read back at start and compacted to the retention
+
+    def _file(self, topic):
+        return os.path.join(self.path, topic + ".log")
+
+    def _load(self, topic, entry):
+        first, values = 0, []
+        try:
+            with open(self._file(topic), "rb") as f:
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break           # a write cut short by a crash
+                    if line.startswith(b"#first "):
+                        first = int(line[7:])
+                    else:
+                        values.append(json.loads(line).encode("utf-8", "surrogateescape"))
+        except FileNotFoundError:
+            pass
+        drop = max(0, len(values) - self.retention)
+        entry[0] = first + drop
+        entry[1].extend(values[drop:])
+        if drop or values:
+            tmp = self._file(topic) + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(b"#first %d\n" % entry[0])
+                f.writelines(self._line(v) for v in entry[1])
+            os.replace(tmp, self._file(topic))
+        self._files[topic] = open(self._file(topic), "ab")
+
+    @staticmethod
+    def _line(value):
+        return json.dumps(value.decode("utf-8", "surrogateescape")).encode() + b"\n"
+
+    def close(self):
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
 
     def end_offset(self, topic):
         first, values = self._log(topic)
@@ -443,7 +492,12 @@ class InProcessBus:
 
     def append(self, topic, value):
         entry = self._log(topic)
-        entry[1].append(_bytes(value))
+        value = _bytes(value)
+        entry[1].append(value)
+        if self.path is not None:
+            f = self._files[topic]
+            f.write(self._line(value))
+            f.flush()
         if len(entry[1]) > self.retention:
             entry[1].popleft()
             entry[0] += 1

@@ -18,6 +18,8 @@ Replies are text (`convertNumbers` off: a price stays "8000.00000000").
 """
 
 import fnmatch
+import json
+import os
 
 import txredisapi
 from twisted.internet import defer
@@ -249,11 +251,60 @@ def _score_test(low, high):
 class MemoryRedis:
     """The commands the daemons use, on dictionaries; `connect()` returns itself."""
 
-    def __init__(self):
+    def __init__(self, path=None, reactor=None, save_delay=0.2):
         self.data = {}
+        self.path = path
+        self.reactor = reactor
+        self.save_delay = save_delay
+        self._save_call = None
+        if path is not None:
+            self._load()
 
     def describe(self):
-        return "in-memory store"
+        return "in-memory store" + (" kept in %s" % self.path if self.path else "")
+
+    # with a path the whole store is written there (atomically, by rename) shortly after
+    # every change and by save(); a snapshot is always the state between two commands
+
+    def _load(self):
+        try:
+            with open(self.path) as f:
+                saved = json.load(f)
+        except FileNotFoundError:
+            return
+        for key, (kind, value) in saved.items():
+            if kind == "zset":
+                value = {m: float(score) for m, score in value.items()}
+            self.data[key] = value
+
+    def _changed(self):
+        if self.path is None or self._save_call is not None:
+            return
+        if self.reactor is None:
+            from twisted.internet import reactor
+            self.reactor = reactor
+        self._save_call = self.reactor.callLater(self.save_delay, self.save)
+
+    def save(self):
+        if self._save_call is not None and self._save_call.active():
+            self._save_call.cancel()
+        self._save_call = None
+        if self.path is None:
+            return
+        out = {}
+        for key, value in self.data.items():
+            if isinstance(value, str):
+                out[key] = ("string", value)
+            elif isinstance(value, list):
+                out[key] = ("list", value)
+            elif value and isinstance(next(iter(value.values())), float):
+                out[key] = ("zset", {m: repr(score) for m, score in value.items()})
+            else:
+                out[key] = ("hash", value)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(out, f)
+        os.replace(tmp, self.path)
 
     def connect(self):
         return defer.succeed(self)
@@ -265,10 +316,12 @@ class MemoryRedis:
         return defer.succeed(self.data.get(key))
 
     def set(self, key, value):
+        self._changed()
         self.data[key] = str(value)
         return defer.succeed("OK")
 
     def delete(self, *keys):
+        self._changed()
         return defer.succeed(sum(self.data.pop(k, None) is not None for k in _flat(keys)))
 
     def expire(self, key, seconds):
@@ -281,6 +334,7 @@ class MemoryRedis:
         return defer.succeed(self.data.get(key, {}).get(str(field)))
 
     def hset(self, key, field, value):
+        self._changed()
         h = self.data.setdefault(key, {})
         new = str(field) not in h
         h[str(field)] = str(value)
@@ -293,6 +347,7 @@ class MemoryRedis:
         return defer.succeed(list(self.data.get(key, {})))
 
     def hdel(self, key, *fields):
+        self._changed()
         h = self.data.get(key, {})
         removed = sum(h.pop(str(f), None) is not None for f in _flat(fields))
         if not h:
@@ -300,11 +355,13 @@ class MemoryRedis:
         return defer.succeed(removed)
 
     def lpush(self, key, *values):
+        self._changed()
         lst = self.data.setdefault(key, [])
         lst[:0] = [str(v) for v in reversed(_flat(values))]
         return defer.succeed(len(lst))
 
     def rpush(self, key, *values):
+        self._changed()
         lst = self.data.setdefault(key, [])
         lst.extend(str(v) for v in _flat(values))
         return defer.succeed(len(lst))
@@ -315,6 +372,7 @@ class MemoryRedis:
         return defer.succeed(lst[start:stop])
 
     def ltrim(self, key, start, end):
+        self._changed()
         lst = self.data.get(key, [])
         start, stop = _span(lst, start, end)
         lst[:] = lst[start:stop]
@@ -326,6 +384,7 @@ class MemoryRedis:
         return defer.succeed(len(self.data.get(key, [])))
 
     def zadd(self, key, score, member, *pairs):
+        self._changed()
         z = self.data.setdefault(key, {})
         pairs = (score, member) + pairs
         added = 0
@@ -343,6 +402,7 @@ class MemoryRedis:
         return defer.succeed([(m, s) if withscores else m for s, m in found])
 
     def zremrangebyscore(self, key, min="-inf", max="+inf"):
+        self._changed()
         inside = _score_test(min, max)
         z = self.data.get(key, {})
         gone = [m for m, s in z.items() if inside(s)]

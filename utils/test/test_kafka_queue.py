@@ -1,6 +1,7 @@
 # -*- test-case-name: utils.test.test_kafka_queue -*-
 """Kafka producer and consumer services against a real broker, and the in-process bus."""
 
+import os
 import uuid
 
 from twisted.internet import defer, reactor
@@ -210,3 +211,27 @@ class BusTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(got, [1])
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_kept_in_files(self):
+        """With a path, topics survive a restart; a torn last line and the retention apply."""
+        path = self.mktemp()
+        bus = InProcessBus(reactor=self.clock, path=path, retention=3)
+        producer = bus.producer()
+        for v in ["a", "b\nc", "é", '{"x": 1}']:
+            producer.send("t", v)
+        bus.close()
+        with open(os.path.join(path, "t.log"), "ab") as f:
+            f.write(b'"half')                     # a crash in the middle of a write
+        again = InProcessBus(reactor=self.clock, path=path, retention=3)
+        self.assertEqual(again.end_offset("t"), 4)
+        got = []
+        again.consumer("t", lambda o, v: got.append((o, v)), offset=0).startService()
+        again.producer().send("t", "e")
+        self.clock.advance(0)
+        # retention 3: offset 0 went at load, offset 1 when "e" arrived
+        self.assertEqual(got, [(2, "é".encode()), (3, b'{"x": 1}'), (4, b"e")])
+        again.close()
+        third = InProcessBus(reactor=self.clock, path=path, retention=10)
+        self.assertEqual(third.read("t", 0, 10)[0], (1, b"b\nc"))
+        self.assertEqual(third.end_offset("t"), 5)
+        third.close()

@@ -1,6 +1,7 @@
 # -*- test-case-name: utils.test.test_redisdb -*-
 """Redis plain, through the real sentinel, and in memory."""
 
+import os
 import uuid
 
 import txredisapi
@@ -294,3 +295,34 @@ class MemoryRedisTests(SynchronousTestCase):
         self.assertEqual(self.result(t.commit()), ["OK", 1])
         r.set("other", 1)
         self.assertEqual(sorted(self.result(r.keys("k:*"))), ["k:l", "k:offset"])
+
+    def test_kept_in_file(self):
+        """With a path, the store is saved shortly after changes and read back at start."""
+        from twisted.internet.task import Clock
+        clock = Clock()
+        path = self.mktemp()
+        r = redisdb.MemoryRedis(path, reactor=clock)
+        r.set("k:offset", 7)
+        r.hset("k:BTCBCH:1m", 60, '["8000"]')
+        r.rpush("alert:message", "a", "b")
+        r.zadd("z", 1.5, "m1", 2, "m2")
+        self.assertFalse(os.path.exists(path))
+        clock.advance(0.2)
+        t = self.result(r.multi())
+        t.set("k:offset", 8)
+        t.hdel("k:BTCBCH:1m", 60)
+        t.commit()
+        # the second change is not yet written: a restart now sees the first snapshot
+        self.assertEqual(self.result(redisdb.MemoryRedis(path).get("k:offset")), "7")
+        clock.advance(0.2)
+        again = redisdb.MemoryRedis(path)
+        self.assertEqual(self.result(again.get("k:offset")), "8")
+        self.assertEqual(self.result(again.hgetall("k:BTCBCH:1m")), {})
+        self.assertEqual(self.result(again.lrange("alert:message", 0, -1)), ["a", "b"])
+        self.assertEqual(self.result(again.zrangebyscore("z", withscores=True)),
+                         [("m1", 1.5), ("m2", 2.0)])
+        r.set("x", 1)
+        r.save()                                  # at once, e.g. at stop
+        self.assertFalse(clock.getDelayedCalls())
+        self.assertEqual(self.result(redisdb.MemoryRedis(path).get("x")), "1")
+
