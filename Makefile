@@ -25,9 +25,12 @@ depends: $(STAMP)
 test: depends
 	VIABTC_REQUIRE_SERVICES=1 $(PY) depends/run_tests.py $(TESTS)
 
+# The whole exchange in one process, state under data/ (DATA=...), until Ctrl-C.
+DATA ?= data
 run: $(STAMP)
-	@echo "The embedded all-in-one exchange is not there yet: start each daemon with"
-	@echo "  $(VENV)/bin/twistd -n <module> --config <module>/conf/config.json"
+	@mkdir -p $(DATA)/log
+	$(PY) -c "from twisted.scripts.twistd import run; run()" -n --pidfile $(DATA)/exchange.pid \
+	    --logfile $(DATA)/log/twistd.log exchange --data $(DATA)
 
 bench: $(STAMP)
 	$(PY) bench/rpc_echo.py

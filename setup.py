@@ -37,7 +37,7 @@ class Develop(develop):
 
 
 MODULES = ["network", "utils", "matchengine", "marketprice", "readhistory",
-           "accesshttp", "accessws", "alertcenter"]
+           "accesshttp", "accessws", "alertcenter", "exchange"]
 
 setup(
     name="viabtc-exchange",

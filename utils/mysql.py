@@ -84,6 +84,7 @@ class _SQLite(Dialect):
             exists, name, template = like.groups()
             if template not in self.tables:
                 raise ValueError("CREATE TABLE %s LIKE %s: template unknown" % (name, template))
+            self.tables[name] = self.tables[template]
             return self._table(name, self.tables[template], bool(exists))
         create = self._create.match(statement)
         if not create:

@@ -1,0 +1,207 @@
+# -*- test-case-name: exchange.test.test_embedded -*-
+"""The whole exchange in one process, on stand-ins that need no outside server.
+
+matchengine, readhistory, accesshttp, marketprice, accessws and alertcenter run as the same
+services their daemons run, talking to each other over loopback as they do in production,
+with these stand-ins under a data folder:
+
+- `trade_log.db` and `trade_history.db`: SQLite through the same adbapi layer as MySQL, with
+  the project's schema (history in its 100 shards per table);
+- `bus/`: the in-process bus in place of Kafka (topics `deals`, `orders`, `balances`), kept in
+  files so that marketprice resumes at its offset;
+- `redis.json`: the in-memory store in place of Redis (marketprice's k-lines and status,
+  alertcenter's list);
+- `log/`: the log of the process, per the C `log` block (`exchange.log` and its rotations).
+
+A restart replays the operation log and resumes where it stopped.  Each module's shipped
+`conf/config.json` gives everything else (assets, markets, intervals, ...).
+"""
+
+import copy
+import json
+import os
+import sqlite3
+
+from twisted.application import service
+
+__all__ = ["PORTS", "build", "configs", "create_schema"]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HISTORY_TABLES = ("balance_history", "order_history", "order_detail", "deal_history",
+                  "user_deal_history")
+HISTORY_SHARDS = 100
+
+# the shipped configs' ports
+PORTS = {"matchengine": 7316, "matchengine_cli": 7317, "readhistory": 7424,
+         "marketprice": 7416, "accesshttp": 8080, "accesshttp_monitor": 8081,
+         "accessws": 8090, "accessws_monitor": 8091, "alertcenter": 4444}
+
+EMBEDDED_BROKER = "embedded:0"      # no broker: the bus stands in
+EMBEDDED_REDIS = {"name": "embedded", "addr": ["127.0.0.1:1"]}
+
+
+def _shipped(module):
+    with open(os.path.join(ROOT, module, "conf", "config.json")) as f:
+        data = json.load(f)
+    data.pop("alert", None)
+    return data
+
+
+def configs(ports=None, log_path="log/exchange"):
+    """Each module's config data (dicts) for the embedded exchange on `ports`."""
+    port = dict(PORTS, **(ports or {}))
+
+    def tcp(name):
+        return "tcp@127.0.0.1:%d" % port[name]
+
+    def backend(name):
+        return {"name": name, "addr": [tcp(name)], "max_pkg_size": 2000000}
+
+    log = {"path": log_path, "flag": "fatal,error,warn,info"}
+    out = {name: _shipped(name) for name in ("matchengine", "readhistory", "accesshttp",
+                                              "marketprice", "accessws", "alertcenter")}
+    for data in out.values():
+        data["log"] = dict(log)
+    out["matchengine"]["svr"]["bind"] = [tcp("matchengine")]
+    out["matchengine"]["cli"] = tcp("matchengine_cli")
+    out["matchengine"]["brokers"] = EMBEDDED_BROKER
+    out["readhistory"]["svr"]["bind"] = [tcp("readhistory")]
+    out["marketprice"]["svr"]["bind"] = [tcp("marketprice")]
+    out["marketprice"]["deals"]["brokers"] = EMBEDDED_BROKER
+    out["marketprice"]["redis"] = copy.deepcopy(EMBEDDED_REDIS)
+    out["marketprice"]["accesshttp"] = "http://127.0.0.1:%d/" % port["accesshttp"]
+    for gateway in ("accesshttp", "accessws"):
+        out[gateway]["svr"]["bind"] = [tcp(gateway)]
+        out[gateway]["monitor"]["bind"] = tcp(gateway + "_monitor")
+        for name in ("matchengine", "readhistory", "marketprice"):
+            out[gateway][name] = backend(name)
+    for topic in ("orders", "balances"):
+        out["accessws"][topic]["brokers"] = EMBEDDED_BROKER
+    out["alertcenter"]["svr"]["bind"] = [tcp("alertcenter"),
+                                         "udp@127.0.0.1:%d" % port["alertcenter"]]
+    out["alertcenter"]["redis"] = copy.deepcopy(EMBEDDED_REDIS)
+    return out
+
+
+def create_schema(path, scripts, shards=False):
+    """Create the tables of the project's SQL `scripts` in the SQLite file `path`."""
+    from utils import mysql
+    dialect = mysql.SQLITE()
+    conn = sqlite3.connect(path)
+    try:
+        cursor = conn.cursor()
+        for script in scripts:
+            with open(os.path.join(ROOT, "depends", "sql", script + ".sql")) as f:
+                text = f.read()
+            for statement in mysql.split_statements(text):
+                for sql in dialect.ddl(statement):
+                    cursor.execute(sql)
+        if shards:
+            for table in HISTORY_TABLES:
+                for shard in range(HISTORY_SHARDS):
+                    for sql in dialect.ddl("CREATE TABLE IF NOT EXISTS `%s_%d` LIKE `%s_example`"
+                                           % (table, shard, table)):
+                        cursor.execute(sql)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+class _Stores(service.Service):
+    """Closes the stand-ins last, once every service above them has stopped."""
+
+    def __init__(self, bus, store, databases):
+        self.bus, self.store, self.databases = bus, store, databases
+
+    def stopService(self):
+        service.Service.stopService(self)
+        self.store.save()
+        self.bus.close()
+        for db in self.databases:
+            db.close()
+
+
+def build(data_dir, ports=None, reactor=None, stderr=False):
+    """The service tree of the embedded exchange keeping its state in `data_dir`."""
+    from accesshttp import config as accesshttp_config
+    from accesshttp.server import AccessHTTP
+    from accessws import config as accessws_config
+    from accessws.server import AccessWS
+    from accessws.tap import http_get
+    from alertcenter import config as alertcenter_config
+    from alertcenter.server import AlertCenter
+    from marketprice import config as marketprice_config
+    from marketprice.server import MarketPrice
+    from marketprice.tap import market_list_from
+    from matchengine import cli
+    from matchengine import config as matchengine_config
+    from matchengine.history import HistoryWriter
+    from matchengine.outbox import LocalOutbox
+    from matchengine.server import MatchEngine
+    from readhistory import config as readhistory_config
+    from readhistory.server import ReadHistory
+    from utils import mysql
+    from utils.alert import AlertSender
+    from utils.kafka_queue import InProcessBus
+    from utils.log import setup_logging
+    from utils.redisdb import MemoryRedis
+
+    if reactor is None:
+        from twisted.internet import reactor
+    data_dir = os.path.abspath(data_dir)
+    os.makedirs(os.path.join(data_dir, "log"), exist_ok=True)
+    data = configs(ports, os.path.join(data_dir, "log", "exchange"))
+    cfg = {
+        "matchengine": matchengine_config.load_data(data["matchengine"], "matchengine"),
+        "readhistory": readhistory_config.load_data(data["readhistory"], "readhistory"),
+        "accesshttp": accesshttp_config.load_data(data["accesshttp"], "accesshttp"),
+        "marketprice": marketprice_config.load_data(data["marketprice"], "marketprice"),
+        "accessws": accessws_config.load_data(data["accessws"], "accessws"),
+        "alertcenter": alertcenter_config.load_data(data["alertcenter"], "alertcenter"),
+    }
+    port = dict(PORTS, **(ports or {}))
+
+    top = service.MultiService()
+    alert = AlertSender(reactor, "exchange", "127.0.0.1:%d" % port["alertcenter"])
+    setup = setup_logging(cfg["matchengine"].log, alert, stderr=stderr, start=False)
+    setup.service().setServiceParent(top)
+    top.log_setup = setup
+
+    log_path = os.path.join(data_dir, "trade_log.db")
+    history_path = os.path.join(data_dir, "trade_history.db")
+    create_schema(log_path, ["trade_log"])
+    create_schema(history_path, ["trade_history"], shards=True)
+    db_log = mysql.connect_sqlite(log_path, reactor=reactor)
+    db_history = mysql.connect_sqlite(history_path, reactor=reactor)
+    bus = InProcessBus(reactor=reactor, path=os.path.join(data_dir, "bus"))
+    store = MemoryRedis(os.path.join(data_dir, "redis.json"), reactor=reactor)
+    # started first, stopped last
+    _Stores(bus, store, [db_log, db_history]).setServiceParent(top)
+
+    me = cfg["matchengine"]
+    assets, markets = matchengine_config.build_tables(me)
+    outbox = LocalOutbox(HistoryWriter(db_history, reactor, workers=1), bus.producer())
+    engine = MatchEngine(me, assets, markets, db_log, outbox, reactor=reactor)
+    engine.setServiceParent(top)
+    cli.CLIService(engine, me.cli, reactor).setServiceParent(top)
+
+    ReadHistory(cfg["readhistory"], db_history, reactor=reactor).setServiceParent(top)
+    AccessHTTP(cfg["accesshttp"], reactor=reactor).setServiceParent(top)
+
+    mp = cfg["marketprice"]
+
+    def deals_consumer(offset, on_message):
+        return bus.consumer(mp.deals.topic, on_message, offset=offset, limit=mp.deals.limit,
+                            name="marketprice deals")
+    MarketPrice(mp, store, deals_consumer, market_list_from(mp.accesshttp, reactor),
+                reactor=reactor).setServiceParent(top)
+
+    def ws_consumer(section, on_message):
+        return bus.consumer(section.topic, on_message, limit=section.limit,
+                            name="accessws " + section.topic)
+    AccessWS(cfg["accessws"], reactor=reactor, http_get=http_get(reactor),
+             consumer_factory=ws_consumer).setServiceParent(top)
+
+    AlertCenter(cfg["alertcenter"], store, reactor=reactor).setServiceParent(top)
+    top.ports = port
+    return top

@@ -1,0 +1,58 @@
+# -*- test-case-name: exchange.test.test_embedded -*-
+"""`twistd -n exchange`: every module of the exchange in one process, embedded."""
+
+import os
+import sys
+
+from twisted.application import service
+from twisted.python import usage
+
+from exchange import embedded
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = ("Runs matchengine, readhistory, accesshttp, marketprice, accessws and "
+                "alertcenter in one process on SQLite, an in-process bus and an in-memory "
+                "store, all kept under --data, so a restart resumes where it stopped. "
+                "For production run each module's own daemon against MySQL, Kafka and Redis.")
+    optParameters = [["data", "d", "data", "folder of the exchange's state and log"]]
+    optFlags = [["verbose", "v", "copy the log to stderr too"]]
+
+    def __init__(self):
+        super().__init__()
+        self["ports"] = {}
+
+    def opt_port(self, value):
+        """NAME=PORT: move a listener (names: %s); repeatable"""
+        name, sep, number = value.partition("=")
+        if not sep or name not in embedded.PORTS or not number.isdigit():
+            raise usage.UsageError("--port wants NAME=PORT with NAME one of %s, not %r"
+                                   % (", ".join(embedded.PORTS), value))
+        self["ports"][name] = int(number)
+
+    opt_port.__doc__ = opt_port.__doc__ % ", ".join(embedded.PORTS)
+
+
+class _Banner(service.Service):
+    def __init__(self, ports, data):
+        self.ports, self.data = ports, data
+
+    def startService(self):
+        service.Service.startService(self)
+        http = "http://127.0.0.1:%d/" % self.ports["accesshttp"]
+        print("\nviabtc exchange (embedded), state in %s\n"
+              "  HTTP JSON-RPC  %s\n"
+              "  websocket      ws://127.0.0.1:%d/\n"
+              "  try:  curl -s %s -d '{\"id\": 1, \"method\": \"market.list\", "
+              "\"params\": []}'\n"
+              "  log            %s\n"
+              "  Ctrl-C stops it.\n" % (self.data, http, self.ports["accessws"], http,
+                                      os.path.join(self.data, "log", "exchange.log")),
+              file=sys.__stdout__, flush=True)     # the terminal, not twistd's log
+
+
+def makeService(options):
+    top = embedded.build(options["data"], options["ports"], stderr=options["verbose"])
+    _Banner(top.ports, options["data"]).setServiceParent(top)
+    return top

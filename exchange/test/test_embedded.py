@@ -1,0 +1,192 @@
+# -*- test-case-name: exchange.test.test_embedded -*-
+"""The embedded exchange: its configs, its schema, and the real process traded through HTTP
+and websocket, stopped cleanly, killed, and restarted with nothing moved."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from exchange import embedded, tap
+from exchange.test import system
+from utils import testing
+
+RUN_TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+class ConfigTests(SynchronousTestCase):
+
+    def test_ports_wired(self):
+        """Moving a port moves every address that points at it."""
+        data = embedded.configs({"matchengine": 17316, "accesshttp": 18080})
+        self.assertEqual(data["matchengine"]["svr"]["bind"], ["tcp@127.0.0.1:17316"])
+        for gateway in ("accesshttp", "accessws"):
+            self.assertEqual(data[gateway]["matchengine"]["addr"], ["tcp@127.0.0.1:17316"])
+            self.assertEqual(data[gateway]["readhistory"]["addr"], ["tcp@127.0.0.1:7424"])
+        self.assertEqual(data["marketprice"]["accesshttp"], "http://127.0.0.1:18080/")
+        self.assertNotIn("alert", data["matchengine"])
+
+    def test_port_option(self):
+        options = tap.Options()
+        options.parseOptions(["--port", "accesshttp=9000", "--data", "x"])
+        self.assertEqual(options["ports"], {"accesshttp": 9000})
+        for bad in ("nope=1", "accesshttp", "accesshttp=x"):
+            error = self.assertRaises(usage.UsageError, tap.Options().parseOptions,
+                                      ["--port", bad])
+            self.assertIn("NAME=PORT", str(error))
+
+    def test_schema(self):
+        """The history shards are made, and making the schema again changes nothing."""
+        path = self.mktemp()
+        embedded.create_schema(path, ["trade_history"], shards=True)
+        embedded.create_schema(path, ["trade_history"], shards=True)
+        conn = sqlite3.connect(path)
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master "
+                                                "WHERE type = 'table'")}
+        conn.close()
+        for table in embedded.HISTORY_TABLES:
+            self.assertIn("%s_99" % table, names)
+            self.assertIn("%s_example" % table, names)
+
+
+class Exchange:
+    """`twistd -n exchange` as a real process on free ports."""
+
+    def __init__(self, data):
+        self.data = data
+        self.ports = {name: testing.free_port() for name in embedded.PORTS}
+        self.proc = None
+
+    def start(self):
+        args = [sys.executable, "-c", RUN_TWISTD, "-n", "--pidfile=", "--logfile",
+                os.path.join(self.data, "twistd.log"), "exchange", "--data", self.data]
+        for name, port in self.ports.items():
+            args += ["--port", "%s=%d" % (name, port)]
+        os.makedirs(self.data, exist_ok=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [testing.ROOT,
+                                                          env.get("PYTHONPATH")]))
+        self.out = open(os.path.join(self.data, "stdout"), "ab")
+        self.proc = subprocess.Popen(args, stdout=self.out, stderr=subprocess.STDOUT, env=env)
+        http = system.HTTP(self.ports["accesshttp"])
+        for name in ("accesshttp", "accessws"):
+            if not testing.wait_until(lambda: testing.answers("127.0.0.1", self.ports[name])
+                                      or self.proc.poll() is not None, 60):
+                raise AssertionError("embedded exchange: %s did not come up" % name)
+        if self.proc.poll() is not None:
+            raise AssertionError("embedded exchange exited: see %s" % self.data)
+        # marketprice answers once it has its market list
+        http.wait(lambda h: h.result("market.last", system.MARKET) is not None,
+                  "marketprice ready")
+        return http
+
+    def stop(self, sig=signal.SIGINT):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.out.close()
+        return self.proc.returncode
+
+
+class EmbeddedTests(SynchronousTestCase):
+
+    def test_trade_stop_kill_restart(self):
+        """Trades, pushes, k-lines and history survive a clean stop and a kill -9."""
+        data = os.path.abspath(self.mktemp())
+        exchange = Exchange(data)
+        self.addCleanup(exchange.stop, signal.SIGKILL)
+        since = int(time.time())
+        http = exchange.start()
+        sell, buy, pushes = system.trade(http, exchange.ports["accessws"])
+        self.assertEqual(buy["deal_stock"], "0.4")
+        self.assertTrue(pushes, "no deals.update push")
+        self.assertEqual(pushes[-1][1][0]["amount"], "0.4")
+        self.assertEqual(pushes[-1][1][0]["price"], "8000")
+        http.wait(lambda h: system.settled(h, 1), "deal in marketprice and history")
+        before = system.snapshot(http, since)
+        self.assertEqual(before["last"], "8000.00000000")
+        self.assertEqual(before["kline"][0][5:7], ["0.4", "3200"])
+        self.assertEqual(before["balances"][0]["BTC"]["available"], "0.3992")
+
+        # a clean stop (Ctrl-C) and a start: everything as it was
+        # twistd stops the reactor, then exits by the same signal
+        self.assertEqual(exchange.stop(signal.SIGINT), -signal.SIGINT)
+        with open(os.path.join(data, "twistd.log")) as f:
+            self.assertIn("Server Shut Down", f.read())
+        http = exchange.start()
+        self.assertEqual(system.snapshot(http, since), before)
+
+        # more trading, then kill -9: what was acknowledged is there after the restart
+        system.trade(http, exchange.ports["accessws"], start_id=11)
+        http.wait(lambda h: system.settled(h, 2), "second deal settled")
+        after = system.snapshot(http, since)
+        self.assertNotEqual(after["balances"], before["balances"])
+        exchange.stop(signal.SIGKILL)
+        http = exchange.start()
+        again = system.snapshot(http, since)
+        self.assertEqual(again["balances"], after["balances"])
+        self.assertEqual(again["pending"], after["pending"])
+        self.assertEqual(again["depth"], after["depth"])
+        # the idempotent deposits of the first round are still refused as repeats
+        reply = http.call("balance.update", 1, "BCH", "deposit", 1, "100000", {})
+        self.assertEqual(reply["error"], {"code": 10, "message": "repeat update"})
+
+    def test_third_party_client(self):
+        """A client written for the original (requests.post of JSON-RPC bodies) works."""
+        import requests
+
+        exchange = Exchange(os.path.abspath(self.mktemp()))
+        self.addCleanup(exchange.stop, signal.SIGKILL)
+        exchange.start()
+        url = "http://127.0.0.1:%d/" % exchange.ports["accesshttp"]
+        op_id = [0]
+
+        def execute(method, params):
+            return requests.post(url, json={"method": method, "params": params,
+                                            "jsonrpc": "2.0", "id": 0},
+                                 headers={"content-type": "application/json"}).json()
+
+        def balance_update(user_id, asset, amount):
+            op_id[0] += 1
+            return execute("balance.update", [user_id, asset, "", op_id[0], str(amount), {}])
+
+        def available(user_id, asset):
+            reply = execute("balance.query", [user_id, asset])
+            return float(reply["result"][asset]["available"])
+
+        def put_limit(user_id, market, side, amount, price):
+            return execute("order.put_limit", [user_id, market, side, str(amount), str(price),
+                                               "0", "0", ""])
+
+        market = execute("market.list", [])["result"][0]
+        name, stock, money = market["name"], market["stock"], market["money"]
+        before = available(1, money)
+        self.assertEqual(balance_update(1, money, 0.1)["result"], {"status": "success"})
+        self.assertEqual(available(1, money), before + 0.1)
+
+        put_limit(1, name, 2, 0.1, 0.1)
+        depth = execute("order.depth", [name, 10, "0"])["result"]
+        self.assertIn(0.1, [float(b[0]) for b in depth["bids"]])
+        volume = [float(b[1]) for b in depth["bids"] if float(b[0]) == 0.1][0]
+
+        balance_update(2, stock, volume)
+        put_limit(2, name, 1, volume, 0.1)
+        # the depth right after the trade is the book's, never a stale cached answer
+        depth = execute("order.depth", [name, 10, "0"])["result"]
+        self.assertNotIn(0.1, [float(b[0]) for b in depth["bids"] + depth["asks"]])
+
+        for user_id in (1, 2):
+            for asset in (money, stock):
+                current = available(user_id, asset)
+                reply = balance_update(user_id, asset, -1 * current)
+                self.assertIsNone(reply["error"], reply)
+                self.assertEqual(available(user_id, asset), 0.0)
