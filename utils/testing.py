@@ -265,7 +265,9 @@ class DaemonProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        code = self.proc.returncode if self.proc is not None else None
         self.proc = None
+        return code
 
 
 def base_config(module, **changes):
