@@ -5,31 +5,16 @@ One process serves every connection (`worker_num` is read for compatibility); se
 accessws can run behind a load balancer, each with its own subscriptions and consumers.
 """
 
-import os
-
-from twisted.application import service
 from twisted.internet import reactor as global_reactor
-from twisted.python import usage
 
 from accessws import config
-from utils.config import ConfigError
-
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf",
-                              "config.json")
+from utils.daemon import daemon_options, service_tree
 
 
-class Options(usage.Options):
-    synopsis = "[options]"
-    longdesc = ("The websocket gateway: queries, market-data subscriptions polled from the "
-                "backends, order and asset pushes from Kafka, server.auth through auth_url.")
-    optParameters = [["config", "c", DEFAULT_CONFIG, "path of config.json"]]
-    optFlags = [["stderr", None, "also write the log to stderr"]]
-
-    def postOptions(self):
-        try:
-            self["loaded"] = config.load(self["config"])
-        except (ConfigError, OSError) as e:
-            raise usage.UsageError(str(e))
+Options = daemon_options(
+    __file__, config.load,
+    ("The websocket gateway: queries, market-data subscriptions polled from the "
+     "backends, order and asset pushes from Kafka, server.auth through auth_url."))
 
 
 def http_get(reactor):
@@ -61,15 +46,9 @@ def kafka_consumers(reactor):
 
 def makeService(options, reactor=None):
     from accessws.server import AccessWS
-    from utils.alert import AlertSender
-    from utils.log import setup_logging
     reactor = reactor or global_reactor
     cfg = options["loaded"]
-    top = service.MultiService()
-    alert = AlertSender(reactor, cfg.alert.host, cfg.alert.addr) if cfg.alert else None
-    setup = setup_logging(cfg.log, alert, stderr=options["stderr"], start=False)
-    setup.service().setServiceParent(top)
-    top.log_setup = setup
+    top = service_tree(cfg, options, reactor)
     AccessWS(cfg, reactor=reactor, http_get=http_get(reactor),
              consumer_factory=kafka_consumers(reactor)).setServiceParent(top)
     return top

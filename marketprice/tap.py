@@ -2,33 +2,19 @@
 """`twistd marketprice`: options and the service tree of the market data daemon."""
 
 import json
-import os
 import time
 
-from twisted.application import service
 from twisted.internet import reactor as global_reactor
-from twisted.python import usage
 
 from marketprice import config
-from utils.config import ConfigError
-
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf",
-                              "config.json")
+from utils.daemon import daemon_options, service_tree
 
 
-class Options(usage.Options):
-    synopsis = "[options]"
-    longdesc = ("Market data: consumes the matchengine's deals from Kafka, builds k-lines, "
-                "market status and recent deals, keeps them in Redis and serves them over the "
-                "binary RPC protocol.")
-    optParameters = [["config", "c", DEFAULT_CONFIG, "path of config.json"]]
-    optFlags = [["stderr", None, "also write the log to stderr"]]
-
-    def postOptions(self):
-        try:
-            self["loaded"] = config.load(self["config"])
-        except (ConfigError, OSError) as e:
-            raise usage.UsageError(str(e))
+Options = daemon_options(
+    __file__, config.load,
+    ("Market data: consumes the matchengine's deals from Kafka, builds k-lines, "
+     "market status and recent deals, keeps them in Redis and serves them over the "
+     "binary RPC protocol."))
 
 
 def market_list_from(url, reactor, timeout=1.0):
@@ -54,16 +40,10 @@ def market_list_from(url, reactor, timeout=1.0):
 def makeService(options, reactor=None):
     from marketprice.server import MarketPrice
     from utils import redisdb
-    from utils.alert import AlertSender
     from utils.kafka_queue import KafkaConsumerService
-    from utils.log import setup_logging
     reactor = reactor or global_reactor
     cfg = options["loaded"]
-    top = service.MultiService()
-    alert = AlertSender(reactor, cfg.alert.host, cfg.alert.addr) if cfg.alert else None
-    setup = setup_logging(cfg.log, alert, stderr=options["stderr"], start=False)
-    setup.service().setServiceParent(top)
-    top.log_setup = setup
+    top = service_tree(cfg, options, reactor)
     deals = cfg.deals
 
     def consumer(offset, on_message):

@@ -1,0 +1,58 @@
+# -*- test-case-name: utils.test.test_daemon -*-
+"""What every daemon's twistd plugin shares: its options and the top of its service tree.
+
+`daemon_options(...)` makes the Options class of a module: `--config` (default: the module's
+own `conf/config.json`), `--stderr`, and a config that fails to load is a usage error naming
+the file and key.  `service_tree(cfg, options, reactor)` makes the MultiService every daemon
+starts from, with the log set up per the config's `log` block and FATAL events sent to
+alertcenter when the config has an `alert` block.
+"""
+
+import os
+
+from twisted.application import service
+from twisted.python import usage
+
+from utils.config import ConfigError
+
+__all__ = ["daemon_options", "service_tree"]
+
+
+def daemon_options(package_file, load, longdesc, prepare=None):
+    """Options for the daemon of the package whose `__file__` (or any module of it) is given.
+
+    `load(path)` loads the config; `prepare(options)` may derive more from it (its
+    ConfigError is reported like a load error).
+    """
+    default = os.path.join(os.path.dirname(os.path.abspath(package_file)), "conf",
+                           "config.json")
+
+    class Options(usage.Options):
+        synopsis = "[options]"
+        optParameters = [["config", "c", default, "path of config.json"]]
+        optFlags = [["stderr", None, "also write the log to stderr"]]
+
+        def postOptions(self):
+            try:
+                self["loaded"] = load(self["config"])
+                if prepare is not None:
+                    prepare(self)
+            except (ConfigError, OSError) as e:
+                raise usage.UsageError(str(e))
+
+    Options.longdesc = longdesc
+    return Options
+
+
+def service_tree(cfg, options, reactor, **log_overrides):
+    """The daemon's top service with its log (and alerts) set up; `top.log_setup` keeps it."""
+    from utils.alert import AlertSender
+    from utils.log import setup_logging
+    top = service.MultiService()
+    alert = cfg.get("alert")
+    sender = AlertSender(reactor, alert.host, alert.addr) if alert else None
+    setup = setup_logging(cfg.log, sender, stderr=options["stderr"], start=False,
+                          **log_overrides)
+    setup.service().setServiceParent(top)
+    top.log_setup = setup
+    return top
