@@ -286,6 +286,37 @@ def mysql_section(database):
             "pass": info["password"], "name": database}
 
 
+def redis_command(db, *args):
+    """Run one command on the test Redis in database `db`; returns the reply's first line."""
+    info = require("redis")
+    with socket.create_connection((info["host"], int(info["port"])), 5) as s:
+        f = s.makefile("rwb")
+        for command in (("SELECT", db), args):
+            f.write(b"*%d\r\n" % len(command) + b"".join(
+                b"$%d\r\n%s\r\n" % (len(a), a) for a in (str(x).encode() for x in command)))
+            f.flush()
+            line = f.readline()
+        return line
+
+
+def clean_redis(test, db):
+    """Empty Redis database `db` now and when `test` ends."""
+    redis_command(db, "FLUSHDB")
+    test.addCleanup(redis_command, db, "FLUSHDB")
+
+
+def exchange_stores(test, label):
+    """A Kafka broker and fresh trade_log and trade_history databases for `test`, removed
+    when it ends; returns (broker address, log database, history database)."""
+    broker = KafkaBroker().start()
+    test.addCleanup(broker.stop)
+    log_db = create_database(label + "log", ("trade_log",))
+    test.addCleanup(drop_database, log_db)
+    history_db = create_database(label + "hist", ("trade_history",), True)
+    test.addCleanup(drop_database, history_db)
+    return broker.address, log_db, history_db
+
+
 def rpc_svr(port):
     """An RPC server section on a loopback port."""
     return {"bind": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 1000000,

@@ -63,12 +63,7 @@ class ScenarioTests(TestCase):
 
     def test_http_scenario(self):
         """All 69 calls of the recorded scenario get the original's answers."""
-        broker = testing.KafkaBroker().start()
-        self.addCleanup(broker.stop)
-        log_db = testing.create_database("log", ("trade_log",))
-        self.addCleanup(testing.drop_database, log_db)
-        history_db = testing.create_database("hist", ("trade_history",), True)
-        self.addCleanup(testing.drop_database, history_db)
+        broker, log_db, history_db = testing.exchange_stores(self, "e2e")
         workdir = os.path.abspath(self.mktemp())
         me_port, rh_port, http_port = (testing.free_port() for _ in range(3))
         daemons = [
@@ -78,7 +73,7 @@ class ScenarioTests(TestCase):
                 cli="tcp@127.0.0.1:%d" % testing.free_port(),
                 db_log=testing.mysql_section(log_db),
                 db_history=testing.mysql_section(history_db),
-                brokers=broker.address), workdir), me_port),
+                brokers=broker), workdir), me_port),
             (testing.DaemonProcess("readhistory", testing.base_config(
                 "readhistory", svr={"bind": ["tcp@127.0.0.1:%d" % rh_port],
                                     "max_pkg_size": 1000000, "heartbeat_check": False},

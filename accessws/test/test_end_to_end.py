@@ -61,31 +61,18 @@ class WebsocketScenarioTests(TestCase):
 
     timeout = 300
 
-    def clear_redis(self):
-        import socket
-        info = testing.require("redis")
-        with socket.create_connection((info["host"], info["port"]), 5) as s:
-            s.sendall(b"*2\r\n$6\r\nSELECT\r\n$1\r\n%d\r\n*1\r\n$7\r\nFLUSHDB\r\n" % REDIS_DB)
-            s.recv(100)
-
     def test_websocket_scenario(self):
         """Queries, auth, every subscription and the pushes of a trade, as recorded."""
-        self.clear_redis()
-        self.addCleanup(self.clear_redis)
+        testing.clean_redis(self, REDIS_DB)
         auth = http.server.HTTPServer(("127.0.0.1", 0), AuthHandler)
         threading.Thread(target=auth.serve_forever, daemon=True).start()
         self.addCleanup(auth.shutdown)
         auth_url = "http://127.0.0.1:%d/auth" % auth.server_address[1]
         sentinel = testing.require("sentinel")
-        broker = testing.KafkaBroker().start()
-        self.addCleanup(broker.stop)
-        log_db = testing.create_database("log", ("trade_log",))
-        self.addCleanup(testing.drop_database, log_db)
-        history_db = testing.create_database("hist", ("trade_history",), True)
-        self.addCleanup(testing.drop_database, history_db)
+        broker, log_db, history_db = testing.exchange_stores(self, "e2e")
         workdir = os.path.abspath(self.mktemp())
         configs = testing.exchange_configs(
-            broker.address, log_db, history_db,
+            broker, log_db, history_db,
             {"name": sentinel["name"], "addr": sentinel["addr"], "db": REDIS_DB}, auth_url)
         port = {name: p for name, _, p in configs}
         ws = port["accessws"]

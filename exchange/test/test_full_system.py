@@ -4,7 +4,6 @@ trade through HTTP, watch the websocket pushes, read k-lines and history, stop a
 everything, and find nothing moved."""
 
 import os
-import socket
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,12 +15,6 @@ REDIS_DB = 8
 
 
 class FullSystemTests(SynchronousTestCase):
-
-    def clear_redis(self):
-        info = testing.require("redis")
-        with socket.create_connection((info["host"], info["port"]), 5) as s:
-            s.sendall(b"*2\r\n$6\r\nSELECT\r\n$1\r\n%d\r\n*1\r\n$7\r\nFLUSHDB\r\n" % REDIS_DB)
-            s.recv(100)
 
     def start_all(self, configs, workdir):
         daemons = []
@@ -37,16 +30,10 @@ class FullSystemTests(SynchronousTestCase):
 
     def test_trade_restart_everything(self):
         sentinel = testing.require("sentinel")
-        self.clear_redis()
-        self.addCleanup(self.clear_redis)
-        broker = testing.KafkaBroker().start()
-        self.addCleanup(broker.stop)
-        log_db = testing.create_database("syslog", ("trade_log",))
-        self.addCleanup(testing.drop_database, log_db)
-        history_db = testing.create_database("syshist", ("trade_history",), True)
-        self.addCleanup(testing.drop_database, history_db)
+        testing.clean_redis(self, REDIS_DB)
+        broker, log_db, history_db = testing.exchange_stores(self, "sys")
         configs = testing.exchange_configs(
-            broker.address, log_db, history_db,
+            broker, log_db, history_db,
             {"name": sentinel["name"], "addr": sentinel["addr"], "db": REDIS_DB})
         port = {name: p for name, _, p in configs}
         workdir = os.path.abspath(self.mktemp())

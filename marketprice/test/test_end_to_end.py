@@ -44,32 +44,11 @@ class MarketScenarioTests(TestCase):
 
     timeout = 300
 
-    def clear_redis(self):
-        """Empty the test's Redis database."""
-        import socket
-        info = testing.require("redis")
-        with socket.create_connection((info["host"], info["port"]), 5) as s:
-            f = s.makefile("rwb")
-
-            def command(*args):
-                f.write(b"*%d\r\n" % len(args) + b"".join(
-                    b"$%d\r\n%s\r\n" % (len(a), a) for a in (str(x).encode() for x in args)))
-                f.flush()
-                return f.readline()
-            command("SELECT", REDIS_DB)
-            command("FLUSHDB")
-
     def test_market_scenario_with_restart(self):
         """marketprice answers what the deals imply, across a kill -9 and restart."""
-        self.clear_redis()
-        self.addCleanup(self.clear_redis)
+        testing.clean_redis(self, REDIS_DB)
         sentinel = testing.require("sentinel")
-        broker = testing.KafkaBroker().start()
-        self.addCleanup(broker.stop)
-        log_db = testing.create_database("log", ("trade_log",))
-        self.addCleanup(testing.drop_database, log_db)
-        history_db = testing.create_database("hist", ("trade_history",), True)
-        self.addCleanup(testing.drop_database, history_db)
+        broker, log_db, history_db = testing.exchange_stores(self, "e2e")
         workdir = os.path.abspath(self.mktemp())
         me_port, mp_port, http_port = (testing.free_port() for _ in range(3))
         url = "http://127.0.0.1:%d/" % http_port
@@ -77,7 +56,7 @@ class MarketScenarioTests(TestCase):
             "matchengine", svr={"bind": ["tcp@127.0.0.1:%d" % me_port],
                                 "max_pkg_size": 102400, "heartbeat_check": False},
             cli="tcp@127.0.0.1:%d" % testing.free_port(), db_log=testing.mysql_section(log_db),
-            db_history=testing.mysql_section(history_db), brokers=broker.address), workdir)
+            db_history=testing.mysql_section(history_db), brokers=broker), workdir)
         backend = {"max_pkg_size": 2000000}
         gw = testing.DaemonProcess("accesshttp", testing.base_config(
             "accesshttp", svr={"bind": ["tcp@127.0.0.1:%d" % http_port], "max_pkg_size": 102400},
@@ -90,7 +69,7 @@ class MarketScenarioTests(TestCase):
         mp = testing.DaemonProcess("marketprice", testing.base_config(
             "marketprice", svr={"bind": ["tcp@127.0.0.1:%d" % mp_port], "max_pkg_size": 1000000,
                                 "heartbeat_check": False},
-            deals={"brokers": broker.address, "topic": "deals"},
+            deals={"brokers": broker, "topic": "deals"},
             redis={"name": sentinel["name"], "addr": sentinel["addr"], "db": REDIS_DB},
             accesshttp=url, flush_interval=0.3), workdir)
         for daemon in (me, gw, mp):

@@ -86,15 +86,11 @@ class DeploymentTests(TestCase):
 
     def setUp(self):
         sentinel = testing.require("sentinel")
-        broker = testing.KafkaBroker().start()
-        self.addCleanup(broker.stop)
-        log_db = testing.create_database("wdlog", ("trade_log",))
-        self.addCleanup(testing.drop_database, log_db)
-        history_db = testing.create_database("wdhist", ("trade_history",), True)
-        self.addCleanup(testing.drop_database, history_db)
+        testing.clean_redis(self, REDIS_DB)
+        broker, log_db, history_db = testing.exchange_stores(self, "wd")
         self.configs = {name: (config, port) for name, config, port in
                         testing.exchange_configs(
-                            broker.address, log_db, history_db,
+                            broker, log_db, history_db,
                             {"name": sentinel["name"], "addr": sentinel["addr"],
                              "db": REDIS_DB})}
 
