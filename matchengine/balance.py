@@ -95,24 +95,21 @@ class Balances:
 
     def freeze(self, user_id, asset, amount):
         """Move `amount` from available to freeze."""
-        key = (user_id, asset)
-        entry = self.entries.get(key)
-        if entry is None or entry[0] is None or entry[0] < amount:
-            return False
-        self._store(key, entry, 0, entry[0] - amount)
-        entry = self._entry(key)
-        self._store(key, entry, 1, amount if entry[1] is None else entry[1] + amount)
-        return True
+        return self._move(user_id, asset, amount, 0, 1)
 
     def unfreeze(self, user_id, asset, amount):
         """Move `amount` from freeze back to available."""
+        return self._move(user_id, asset, amount, 1, 0)
+
+    def _move(self, user_id, asset, amount, source, target):
         key = (user_id, asset)
         entry = self.entries.get(key)
-        if entry is None or entry[1] is None or entry[1] < amount:
+        if entry is None or entry[source] is None or entry[source] < amount:
             return False
-        self._store(key, entry, 1, entry[1] - amount)
+        self._store(key, entry, source, entry[source] - amount)
         entry = self._entry(key)
-        self._store(key, entry, 0, amount if entry[0] is None else entry[0] + amount)
+        self._store(key, entry, target,
+                    amount if entry[target] is None else entry[target] + amount)
         return True
 
     def set(self, user_id, kind, asset, amount):

@@ -255,17 +255,21 @@ class Engine:
 
     # -- orders ------------------------------------------------------------------------
 
-    def put_limit(self, params, now, real):
-        _count(params, 8)
+    def _order_head(self, params, count):
+        """user, market, side and amount of an order command, checked in the original's order."""
+        _count(params, count)
         user_id = _int(params[0]) & U32
         market = self._market(params[1])
-        desc = market.desc
         side = _int(params[2])
         if side not in (ASK, BID):
             raise INVALID_ARGUMENT()
-        amount = _decimal(params[3], desc.stock_prec)
+        amount = _decimal(params[3], market.desc.stock_prec)
         if amount <= 0:
             raise INVALID_ARGUMENT()
+        return user_id, market, market.desc, side, amount
+
+    def put_limit(self, params, now, real):
+        user_id, market, desc, side, amount = self._order_head(params, 8)
         price = _decimal(params[4], desc.money_prec)
         if price <= 0:
             raise INVALID_ARGUMENT()
@@ -287,16 +291,7 @@ class Engine:
         return RawJSON(order.info_json()) if real else None
 
     def put_market(self, params, now, real):
-        _count(params, 6)
-        user_id = _int(params[0]) & U32
-        market = self._market(params[1])
-        desc = market.desc
-        side = _int(params[2])
-        if side not in (ASK, BID):
-            raise INVALID_ARGUMENT()
-        amount = _decimal(params[3], desc.stock_prec)
-        if amount <= 0:
-            raise INVALID_ARGUMENT()
+        user_id, market, desc, side, amount = self._order_head(params, 6)
         taker_fee = _fee(params[4], desc.fee_prec)
         source = _source(params[5])
         if side == ASK:

@@ -247,7 +247,7 @@ class Market:
         return next_deal_id
 
     def _sell(self, taker, bids, sink, real, deal_id):
-        balances, stock, money = self.balances, self.stock, self.money
+        stock, money = self.stock, self.money
         limit = taker.price if taker.type == LIMIT else None
         now = taker.update_time
         while taker.left and bids:
@@ -275,34 +275,11 @@ class Market:
             maker.deal_money += deal
             maker.deal_fee += bid_fee
             level.amount -= amount
-            balances.sub(taker.user_id, AVAILABLE, stock, amount)
-            if real:
-                sink.trade_balance(now, taker, stock, -amount, self, price, amount, None)
-            balances.add(taker.user_id, AVAILABLE, money, deal)
-            if real:
-                sink.trade_balance(now, taker, money, deal, self, price, amount, None)
-            if ask_fee > 0:
-                balances.charge(taker.user_id, money, ask_fee)
-                if real:
-                    sink.trade_balance(now, taker, money, -ask_fee, self, price, amount,
-                                       taker.taker_fee)
-            balances.sub(maker.user_id, FREEZE, money, deal)
-            if real:
-                sink.trade_balance(now, maker, money, -deal, self, price, amount, None)
-            balances.add(maker.user_id, AVAILABLE, stock, amount)
-            if real:
-                sink.trade_balance(now, maker, stock, amount, self, price, amount, None)
-            if bid_fee > 0:
-                balances.charge(maker.user_id, stock, bid_fee)
-                if real:
-                    sink.trade_balance(now, maker, stock, -bid_fee, self, price, amount,
-                                       maker.maker_fee)
-            if not maker.left:
-                if real:
-                    sink.order_event(EVENT_FINISH, maker, self)
-                self.finish(maker, sink, real)
-            elif real:
-                sink.order_event(EVENT_UPDATE, maker, self)
+            self._settle(taker, stock, AVAILABLE, amount, money, deal, ask_fee,
+                         taker.taker_fee, price, amount, now, sink, real)
+            self._settle(maker, money, FREEZE, deal, stock, amount, bid_fee,
+                         maker.maker_fee, price, amount, now, sink, real)
+            self._maker_done(maker, sink, real)
         return deal_id
 
     def _buy(self, taker, asks, sink, real, deal_id):
@@ -338,7 +315,7 @@ class Market:
         return deal_id
 
     def _bid_deal(self, taker, maker, level, price, amount, now, sink, real, deal_id):
-        balances, stock, money = self.balances, self.stock, self.money
+        stock, money = self.stock, self.money
         deal = price * amount
         ask_fee = deal * maker.maker_fee
         bid_fee = amount * taker.taker_fee
@@ -357,32 +334,33 @@ class Market:
         maker.deal_money += deal
         maker.deal_fee += ask_fee
         level.amount -= amount
-        balances.sub(taker.user_id, AVAILABLE, money, deal)
+        self._settle(taker, money, AVAILABLE, deal, stock, amount, bid_fee, taker.taker_fee,
+                     price, amount, now, sink, real)
+        self._settle(maker, stock, FREEZE, amount, money, deal, ask_fee, maker.maker_fee,
+                     price, amount, now, sink, real)
+        self._maker_done(maker, sink, real)
+        return deal_id
+
+    def _settle(self, order, gives, kind, given, gets, got, fee, fee_rate, price, amount, now,
+                sink, real):
+        """One side of a fill: `given` of `gives` leaves its `kind` balance, `got` of `gets`
+        arrives available, then the fee leaves it; a history row for each movement."""
+        balances, user_id = self.balances, order.user_id
+        balances.sub(user_id, kind, gives, given)
         if real:
-            sink.trade_balance(now, taker, money, -deal, self, price, amount, None)
-        balances.add(taker.user_id, AVAILABLE, stock, amount)
+            sink.trade_balance(now, order, gives, -given, self, price, amount, None)
+        balances.add(user_id, AVAILABLE, gets, got)
         if real:
-            sink.trade_balance(now, taker, stock, amount, self, price, amount, None)
-        if bid_fee > 0:
-            balances.charge(taker.user_id, stock, bid_fee)
+            sink.trade_balance(now, order, gets, got, self, price, amount, None)
+        if fee > 0:
+            balances.charge(user_id, gets, fee)
             if real:
-                sink.trade_balance(now, taker, stock, -bid_fee, self, price, amount,
-                                   taker.taker_fee)
-        balances.sub(maker.user_id, FREEZE, stock, amount)
-        if real:
-            sink.trade_balance(now, maker, stock, -amount, self, price, amount, None)
-        balances.add(maker.user_id, AVAILABLE, money, deal)
-        if real:
-            sink.trade_balance(now, maker, money, deal, self, price, amount, None)
-        if ask_fee > 0:
-            balances.charge(maker.user_id, money, ask_fee)
-            if real:
-                sink.trade_balance(now, maker, money, -ask_fee, self, price, amount,
-                                   maker.maker_fee)
+                sink.trade_balance(now, order, gets, -fee, self, price, amount, fee_rate)
+
+    def _maker_done(self, maker, sink, real):
         if not maker.left:
             if real:
                 sink.order_event(EVENT_FINISH, maker, self)
             self.finish(maker, sink, real)
         elif real:
             sink.order_event(EVENT_UPDATE, maker, self)
-        return deal_id
