@@ -45,12 +45,13 @@ def micro(t):
 class Effects:
     """Collects history rows and messages; `take()` hands them over and starts afresh."""
 
-    __slots__ = ("balances", "history", "messages")
+    __slots__ = ("balances", "history", "messages", "_fill")
 
     def __init__(self, balances):
         self.balances = balances
         self.history = []    # (table, shard, row)
         self.messages = []   # (topic, text)
+        self._fill = None    # (price, amount, market, their texts) of the fill being recorded
 
     def take(self):
         history, messages = self.history, self.messages
@@ -68,13 +69,18 @@ class Effects:
 
     def trade_balance(self, now, order, asset, change, market, price, amount, fee_rate):
         """A balance movement of a trade, with the original's detail (sorted keys)."""
+        # a fill records up to six movements with the same price and amount objects:
+        # their texts are made once (decimals are immutable, so identity means same text)
+        fill = self._fill
+        if fill is None or fill[0] is not price or fill[1] is not amount or fill[2] is not market:
+            fill = self._fill = (price, amount, market, to_display(amount),
+                                 _quote(market.name), to_display(price))
         if fee_rate is None:
             detail = '{"a": "%s", "i": %d, "m": %s, "p": "%s"}' % (
-                to_display(amount), order.id, _quote(market.name), to_display(price))
+                fill[3], order.id, fill[4], fill[5])
         else:
             detail = '{"a": "%s", "f": "%s", "i": %d, "m": %s, "p": "%s"}' % (
-                to_display(amount), to_display(fee_rate), order.id, _quote(market.name),
-                to_display(price))
+                fill[3], to_display(fee_rate), order.id, fill[4], fill[5])
         user_id = order.user_id
         self.history.append((BALANCE, user_id % SHARDS, (
             micro(now), user_id, asset, "trade", to_raw(change),
