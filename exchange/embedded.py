@@ -141,9 +141,8 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
     from readhistory import config as readhistory_config
     from readhistory.server import ReadHistory
     from utils import mysql
-    from utils.alert import AlertSender
     from utils.kafka_queue import InProcessBus
-    from utils.log import setup_logging
+    from utils.daemon import service_tree
     from utils.redisdb import MemoryRedis
 
     if reactor is None:
@@ -151,6 +150,9 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
     data_dir = os.path.abspath(data_dir)
     os.makedirs(os.path.join(data_dir, "log"), exist_ok=True)
     data = configs(ports, os.path.join(data_dir, "log", "exchange"))
+    port = dict(PORTS, **(ports or {}))
+    data["matchengine"]["alert"] = {"host": "exchange",
+                                    "addr": "127.0.0.1:%d" % port["alertcenter"]}
     cfg = {
         "matchengine": matchengine_config.load_data(data["matchengine"], "matchengine"),
         "readhistory": readhistory_config.load_data(data["readhistory"], "readhistory"),
@@ -159,13 +161,9 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
         "accessws": accessws_config.load_data(data["accessws"], "accessws"),
         "alertcenter": alertcenter_config.load_data(data["alertcenter"], "alertcenter"),
     }
-    port = dict(PORTS, **(ports or {}))
 
-    top = service.MultiService()
-    alert = AlertSender(reactor, "exchange", "127.0.0.1:%d" % port["alertcenter"])
-    setup = setup_logging(cfg["matchengine"].log, alert, stderr=stderr, start=False)
-    setup.service().setServiceParent(top)
-    top.log_setup = setup
+    # one log for the process, its FATAL lines to the embedded alertcenter
+    top = service_tree(cfg["matchengine"], {"stderr": stderr}, reactor)
 
     log_path = os.path.join(data_dir, "trade_log.db")
     history_path = os.path.join(data_dir, "trade_history.db")

@@ -64,7 +64,7 @@ class JSONRPCRequest:
 
 
 class _BadRequest(Exception):
-    pass
+    """A body that is not a JSON-RPC request; answered 400 and closed."""
 
 
 def parse_envelope(body: bytes):

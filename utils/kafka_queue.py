@@ -248,8 +248,10 @@ class KafkaProducerService(service.Service):
                     name=self.name, error=e)
             try:
                 producer.close(timeout=1)
-            except Exception:
-                pass
+            except Exception as e:
+                self.reactor.callFromThread(
+                    self.log.warn, "{name}: closing the producer failed: {error}",
+                    name=self.name, error=e)
         left = len(self._outbox)
         if left:
             self.reactor.callFromThread(
@@ -414,8 +416,10 @@ class KafkaConsumerService(service.Service):
         if consumer is not None:
             try:
                 consumer.close()
-            except Exception:
-                pass
+            except Exception as e:
+                self.reactor.callFromThread(
+                    self.log.warn, "{name}: closing the consumer failed: {error}",
+                    name=self.name, error=e)
         self.reactor.callFromThread(self._stopped.callback, None)
 
 

@@ -50,19 +50,19 @@ class ProtocolError(Exception):
 
 
 class BadMagic(ProtocolError):
-    pass
+    """The header does not start with the protocol's magic number."""
 
 
 class BadChecksum(ProtocolError):
-    pass
+    """The CRC-32 of the packet does not match its crc field."""
 
 
 class PacketTooLarge(ProtocolError):
-    pass
+    """The packet is over the connection's max_pkg_size."""
 
 
 class TruncatedPacket(ProtocolError):
-    pass
+    """The packet ends before its body and ext do."""
 
 
 class RPCError(Exception):
