@@ -156,7 +156,7 @@ def check(home, module, config=None):
         try:
             socket.create_connection((host, port), 2).close()
         except OSError as e:
-            return False, "%s: worker pid %d runs but %s:%d does not answer (%s)" % (
+            return False, "%s: down (worker pid %d runs but %s:%d does not answer: %s)" % (
                 module, worker, host, port, e.strerror or e)
     where = ", ".join("%s:%d" % a for a in addresses)
     return True, "%s: up (watchdog pid %d, worker pid %d%s)" % (
