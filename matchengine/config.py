@@ -43,7 +43,7 @@ SCHEMA = cfg.Section({
     "cache_timeout": cfg.Real(0.45),
     # beyond the original: replies to writes wait for their operation-log commit
     "durable": cfg.Bool(True),
-    "commit_window": cfg.Real(0.002),
+    "commit_window": cfg.Real(0.0),
     "queue_limits": cfg.Section({
         "operlog": cfg.Int(100000, min=1),
         "history": cfg.Int(1000000, min=1),

@@ -1,8 +1,8 @@
 # -*- test-case-name: matchengine.test.test_operlog -*-
 """The operation log: every successful write, appended to `operlog_YYYYMMDD`.
 
-Entries gather in a batch for `window` seconds (or until a commit finishes), then the batch
-is written in one transaction: one multi-row INSERT into the table of the local date at
+Entries gather in a batch until no commit is in flight (and, when `window` is set, for
+`window` seconds more), then the batch is written in one transaction: one multi-row INSERT into the table of the local date at
 flush time, created from `operlog_example` first when the date changed.  One batch is in
 flight at a time, so batches commit in order.  A batch that fails is retried every second,
 forever, with a critical log line each time (the engine refuses writes with "service
@@ -53,7 +53,7 @@ class Batch:
 class OperationLog:
     log = Logger()
 
-    def __init__(self, db, reactor, last_id=0, window=0.002, durable=True, retry_delay=1.0,
+    def __init__(self, db, reactor, last_id=0, window=0.0, durable=True, retry_delay=1.0,
                  clock_time=time.time):
         self.db = db
         self.reactor = reactor

@@ -76,7 +76,7 @@ class MatchEngine(service.Service):
         last_id, slice_time = await persist.load_state(self.engine, self.db_log)
         self.last_slice_time = slice_time or 0
         self.operlog = OperationLog(self.db_log, self.reactor, last_id,
-                                    window=self.cfg.get("commit_window", 0.002),
+                                    window=self.cfg.get("commit_window", 0.0),
                                     durable=self.cfg.get("durable", True),
                                     clock_time=self.clock_time)
         self.outbox.start()
