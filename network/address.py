@@ -14,6 +14,7 @@ means 127.0.0.1.  Every malformed address raises `AddressError` naming it.
 
 import ipaddress
 import os
+import socket
 import stat
 
 from twisted.internet import endpoints
@@ -24,6 +25,10 @@ __all__ = ["AddressError", "Address", "parse_address", "server_endpoint", "clien
 
 STREAM_KINDS = ("tcp", "stream", "seqpacket")
 DATAGRAM_KINDS = ("udp", "dgram")
+# pending connections a listening socket queues, as the original's listen(SOMAXCONN); the
+# kernel caps it at net.core.somaxconn.  Twisted's default of 50 drops SYNs of a burst of
+# clients (thousands of websocket users reconnecting at once) into seconds of retries.
+BACKLOG = socket.SOMAXCONN
 KINDS = STREAM_KINDS + DATAGRAM_KINDS
 
 
@@ -131,9 +136,10 @@ def server_description(address) -> str:
     addr = parse_address(address)
     if addr.kind == "tcp":
         kind = "tcp6" if addr.is_ipv6 else "tcp"
-        return "%s:port=%d:interface=%s" % (kind, addr.port, _escape(addr.host))
+        return "%s:port=%d:interface=%s:backlog=%d" % (kind, addr.port, _escape(addr.host),
+                                                      BACKLOG)
     if addr.kind == "stream":
-        return "unix:address=%s:mode=777:lockfile=0" % _escape(addr.path)
+        return "unix:address=%s:mode=777:lockfile=0:backlog=%d" % (_escape(addr.path), BACKLOG)
     raise AddressError("address %r is not a stream address a server can listen on" % str(addr))
 
 
@@ -150,10 +156,11 @@ def server_endpoint(reactor, address):
     addr = parse_address(address)
     if addr.kind == "tcp":
         cls = endpoints.TCP6ServerEndpoint if addr.is_ipv6 else endpoints.TCP4ServerEndpoint
-        return cls(reactor, addr.port, interface=addr.host)
+        return cls(reactor, addr.port, backlog=BACKLOG, interface=addr.host)
     if addr.kind == "stream":
         _unlink_stale(addr.path)
-        return endpoints.UNIXServerEndpoint(reactor, addr.path, mode=0o777, wantPID=False)
+        return endpoints.UNIXServerEndpoint(reactor, addr.path, backlog=BACKLOG, mode=0o777,
+                                            wantPID=False)
     raise AddressError("cannot listen for streams on %r" % str(addr))
 
 

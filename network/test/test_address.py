@@ -2,14 +2,18 @@
 """Address strings of the C config form."""
 
 import os
+import select
+import socket
 import tempfile
+import time
 
 from twisted.internet import endpoints, reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from network.address import (AddressError, client_endpoint, listen, parse_address,
+from network.address import (BACKLOG, AddressError, client_endpoint, listen, parse_address,
                              server_description, server_endpoint)
 
 
@@ -51,9 +55,9 @@ class ParseTests(SynchronousTestCase):
     def test_descriptions(self):
         """Stream addresses map to serverFromString descriptions; datagrams do not."""
         self.assertEqual(server_description("tcp@0.0.0.0:7316"),
-                         "tcp:port=7316:interface=0.0.0.0")
+                         "tcp:port=7316:interface=0.0.0.0:backlog=%d" % BACKLOG)
         self.assertEqual(server_description("stream@/tmp/x.sock"),
-                         "unix:address=/tmp/x.sock:mode=777:lockfile=0")
+                         "unix:address=/tmp/x.sock:mode=777:lockfile=0:backlog=%d" % BACKLOG)
         self.assertRaises(AddressError, server_description, "udp@0.0.0.0:1")
 
     def test_endpoints(self):
@@ -77,9 +81,37 @@ class ListenTests(TestCase):
 
     def test_busy_port_fails_loudly(self):
         """Listening on a taken port fails with CannotListenError."""
-        from twisted.internet.defer import Deferred
         d = Deferred.fromCoroutine(self._listen_twice())
         return self.assertFailure(d, CannotListenError)
+
+    async def _burst(self, count):
+        port = await listen(reactor, "tcp@127.0.0.1:0", Factory.forProtocol(Protocol))
+        self.addCleanup(port.stopListening)
+        port.stopReading()            # nothing is accepted: every connection stays queued
+        clients = []
+        for _ in range(count):
+            s = socket.socket()
+            self.addCleanup(s.close)
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port.getHost().port))
+            clients.append(s)
+        deadline = time.monotonic() + 5
+        pending = list(clients)
+        while pending and time.monotonic() < deadline:
+            _, writable, _ = select.select([], pending, [], 0.2)
+            pending = [s for s in pending if s not in writable]
+        return count - len(pending)
+
+    def test_burst_of_connections_is_queued(self):
+        """A burst of connections well past Twisted's default backlog of 50 is queued by the
+        kernel while the server is busy, instead of being dropped into SYN retries."""
+        try:
+            with open("/proc/sys/net/core/somaxconn") as f:
+                count = min(int(f.read()), 500)
+        except OSError:
+            count = 128
+        d = Deferred.fromCoroutine(self._burst(count))
+        return d.addCallback(self.assertEqual, count)
 
     def test_unix_stream(self):
         """A stream@ address listens on a UNIX socket, replacing a stale one."""
