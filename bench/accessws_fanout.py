@@ -4,16 +4,17 @@
 A child process runs accessws against a loopback backend whose book and deals change
 `--trades` times a second (each change carries its own time); this process opens
 `--connections` websocket connections subscribed to depth and deals of that market and
-measures the delay since the change each push reports.  Every connection receives and
-unframes its pushes; only every `--sample`-th one decodes them and records the delays, so
-that the client's JSON parsing takes less of the two cores the server needs.  Prints one
-line.
+measures the delay since the change each push reports.  Every `--sample`-th connection is
+an autobahn client that decodes its pushes and records their delays; the others open the
+websocket by hand and only read what comes, so that the client side takes less of the two
+cores the server needs.  Prints one line.
 
 Usage: python bench/accessws_fanout.py [--connections N] [--trades R] [--seconds S]
                                         [--interval POLL] [--sample K]
 """
 
 import argparse
+import base64
 import json
 import os
 import resource
@@ -66,24 +67,35 @@ def serve(ws_port, rate, interval):
     reactor.run()
 
 
+SUBSCRIBE = (b'{"id": 1, "method": "depth.subscribe", "params": ["BTCBCH", 10, "0"]}',
+             b'{"id": 2, "method": "deals.subscribe", "params": ["BTCBCH"]}')
+
+
+def client_frame(payload):
+    """A masked text frame, as a client sends it (payloads under 126 bytes)."""
+    mask = os.urandom(4)
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(
+        b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 def drive(ws_port, connections, seconds, sample):
     from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-    from twisted.internet import defer, reactor
+    from twisted.internet import defer, protocol, reactor
 
     delays = []
     opened = []
     measuring = {"on": False}
 
     class Subscriber(WebSocketClientProtocol):
+        """Decodes every push and records its delay."""
+
         def onOpen(self):
-            self.measured = len(opened) % sample == 0
             opened.append(self)
-            self.sendMessage(b'{"id": 1, "method": "depth.subscribe", '
-                             b'"params": ["BTCBCH", 10, "0"]}')
-            self.sendMessage(b'{"id": 2, "method": "deals.subscribe", "params": ["BTCBCH"]}')
+            for message in SUBSCRIBE:
+                self.sendMessage(message)
 
         def onMessage(self, payload, is_binary):
-            if not (measuring["on"] and self.measured):
+            if not measuring["on"]:
                 return
             now = time.time()
             message = json.loads(payload)
@@ -96,12 +108,37 @@ def drive(ws_port, connections, seconds, sample):
             elif method == "deals.update":
                 delays.append(now - message["params"][1][0]["time"])
 
+    class Listener(protocol.Protocol):
+        """Opens the websocket by hand, subscribes, then reads and drops what comes."""
+
+        upgraded = False
+
+        def connectionMade(self):
+            key = base64.b64encode(os.urandom(16))
+            self.transport.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                                 b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                                 b"Sec-WebSocket-Version: 13\r\n\r\n" % key)
+            self.head = b""
+
+        def dataReceived(self, data):
+            if self.upgraded:
+                return
+            self.head += data
+            if b"\r\n\r\n" in self.head:
+                if not self.head.startswith(b"HTTP/1.1 101"):
+                    self.transport.loseConnection()
+                    return
+                self.upgraded = True
+                self.head = None
+                opened.append(self)
+                self.transport.write(b"".join(client_frame(m) for m in SUBSCRIBE))
+
     async def main():
         factory = WebSocketClientFactory("ws://127.0.0.1:%d/" % ws_port)
         factory.protocol = Subscriber
-        factory.setProtocolOptions(utf8validateIncoming=False)
+        listeners = protocol.ClientFactory.forProtocol(Listener)
         for i in range(connections):
-            reactor.connectTCP("127.0.0.1", ws_port, factory)
+            reactor.connectTCP("127.0.0.1", ws_port, factory if i % sample == 0 else listeners)
             if i % 200 == 199:
                 await _sleep(0.2)
         deadline = time.time() + 120
@@ -136,7 +173,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--interval", type=float, default=0.05, help="poll period, s")
     parser.add_argument("--sample", type=int, default=1,
-                        help="decode the pushes of every K-th connection only")
+                        help="decode and time the pushes of every K-th connection only")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

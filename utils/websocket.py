@@ -65,7 +65,7 @@ from network.address import AddressError, listen, parse_address
 from network.timer import Timer
 from utils import rpc
 from utils.jsonfmt import RawJSON, dumps
-from utils.rpc_server import NO_REPLY, pending_output
+from utils.rpc_server import NO_REPLY, pending_output, write_now
 
 __all__ = ["WSServerFactory", "WSServerProtocol", "WSSession", "WSRequest", "BadRequest",
            "RawJSON", "NO_REPLY", "with_request", "parse_request", "reply_text", "notify_text",
@@ -367,10 +367,17 @@ class WSServerProtocol(WebSocketServerProtocol):
         return True
 
     def send_prepared(self, prepared) -> bool:
-        """Send a message made by `factory.prepareMessage`; False when not open."""
+        """Send a message made by `factory.prepareMessage`; False when not open.
+
+        Pushes go through here: without compression or autobahn's chopped sending, the
+        prepared frame is written straight to the transport (see `write_now`).
+        """
         if self.state != _OPEN:
             return False
-        self.sendPreparedMessage(prepared)
+        if self._perMessageCompress is None and not self.send_queue and not self.logOctets:
+            write_now(self.transport, prepared.payloadHybi)
+        else:
+            self.sendPreparedMessage(prepared)
         self._check_output()
         return True
 
