@@ -31,6 +31,7 @@ import httptools
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
+from network.output import write_now
 from utils.jsonfmt import dumps
 
 __all__ = ["JSONRPCRequest", "HTTPServerFactory", "HTTPServerProtocol", "error_body",
@@ -241,7 +242,7 @@ class HTTPServerProtocol(protocol.Protocol):
             out.append(self.slots.pop(0))
             self.written += 1
         if out:
-            self.transport.write(b"".join(out))
+            write_now(self.transport, b"".join(out))
         if self.paused and len(self.slots) < self.factory.max_pipeline // 2:
             self.paused = False
             self.transport.resumeProducing()

@@ -21,6 +21,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from network.client import ReconnectingClient
+from network.output import write_now
 from network.state import StateTable
 from network.timer import Timer
 from utils import rpc
@@ -107,7 +108,7 @@ class RPCClient:
         d = defer.Deferred()
         sequence = self._states.add((d, protocol), timeout)
         packet = rpc.Packet(command, rpc.REQUEST, sequence, req_id, body)
-        protocol.transport.write(rpc.encode(packet))
+        write_now(protocol.transport, rpc.encode(packet))
         return d
 
     def call(self, command: int, params, timeout: float, req_id: int = 0):

@@ -20,6 +20,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 
 from network.address import listen, listen_udp, parse_address
+from network.output import pending_output
 from network.timer import Timer
 from utils import rpc
 from utils.jsonfmt import RawJSON
@@ -223,40 +224,6 @@ class RPCServerProtocol(Protocol):
                            name=self.factory.name, peer=self.peer)
             self.closed = True
             self.transport.abortConnection()
-
-
-def write_now(transport, data: bytes):
-    """Write `data`, sending it at once when the transport has nothing queued.
-
-    `transport.write` only queues: the bytes leave on the reactor's next pass, after two
-    epoll changes (watch for writability, then stop).  For a message fanned out to thousands
-    of connections that is most of the cost, so a plain TCP or UNIX connection with an empty
-    buffer gets `send` straight away and only what the kernel does not take is queued.  TLS
-    and other transports use `write`.
-    """
-    if (transport.__class__ in _DIRECT and not transport.dataBuffer
-            and not transport._tempDataLen and transport.connected
-            and not transport.disconnecting and not transport.TLS):
-        sent = transport.writeSomeData(data)
-        if sent.__class__ is int:
-            if sent == len(data):
-                return
-            data = data[sent:]
-    transport.write(data)
-
-
-def _direct_classes():
-    from twisted.internet import tcp, unix
-    return (tcp.Server, tcp.Client, unix.Server, unix.Client)
-
-
-_DIRECT = frozenset(_direct_classes())
-
-
-def pending_output(transport) -> int:
-    """Bytes written to a transport and not yet sent (0 when it cannot tell)."""
-    buffered = getattr(transport, "dataBuffer", b"")
-    return len(buffered) + getattr(transport, "_tempDataLen", 0)
 
 
 class RPCDatagramProtocol(DatagramProtocol):

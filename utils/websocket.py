@@ -62,10 +62,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from network.address import AddressError, listen, parse_address
+from network.output import pending_output, write_now
 from network.timer import Timer
 from utils import rpc
 from utils.jsonfmt import RawJSON, dumps
-from utils.rpc_server import NO_REPLY, pending_output, write_now
+from utils.rpc_server import NO_REPLY
 
 __all__ = ["WSServerFactory", "WSServerProtocol", "WSSession", "WSRequest", "BadRequest",
            "RawJSON", "NO_REPLY", "with_request", "parse_request", "reply_text", "notify_text",

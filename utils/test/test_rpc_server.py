@@ -1,19 +1,15 @@
 # -*- test-case-name: utils.test.test_rpc_server -*-
-"""The RPC server protocol, over StringTransport and a fake clock; `write_now` over a real
-loopback connection."""
+"""The RPC server protocol, over StringTransport and a fake clock."""
 
-import socket
 import struct
 
-from twisted.internet import defer, reactor
-from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock, deferLater
+from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from utils import rpc
-from utils.rpc_server import (NO_REPLY, RawJSON, RPCDatagramProtocol, RPCServerFactory,
-                              write_now)
+from utils.rpc_server import (NO_REPLY, RawJSON, RPCDatagramProtocol, RPCServerFactory)
 
 
 class Server(SynchronousTestCase):
@@ -260,52 +256,3 @@ class DatagramTests(Server):
         self.assertEqual([addr for _, addr in sent], [("127.0.0.1", 5555), ("127.0.0.1", 5557)])
         self.assertEqual(rpc.decode_packet(sent[0][0]).body,
                          b'{"error": null, "result": {"echo": [5]}, "id": 0}')
-
-
-class WriteNowTests(TestCase):
-    """`write_now` over a real loopback connection, the reactor not turning in between."""
-
-    async def connected(self):
-        transports = []
-
-        class Capture(Protocol):
-            def connectionMade(self):
-                transports.append(self.transport)
-
-        port = reactor.listenTCP(0, Factory.forProtocol(Capture), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        client = socket.create_connection(("127.0.0.1", port.getHost().port))
-        self.addCleanup(client.close)
-        for _ in range(500):
-            if transports:
-                break
-            await deferLater(reactor, 0.01, lambda: None)
-        self.addCleanup(transports[0].abortConnection)
-        client.settimeout(2)
-        return transports[0], client
-
-    async def direct_then_queued(self):
-        transport, client = await self.connected()
-        write_now(transport, b"sent at once")
-        self.assertEqual(client.recv(100), b"sent at once")
-        transport.write(b"queued, ")
-        write_now(transport, b"then behind it")
-        client.setblocking(False)
-        self.assertRaises(BlockingIOError, client.recv, 100)
-        client.settimeout(2)
-        await deferLater(reactor, 0, lambda: None)
-        got = b""
-        while len(got) < 22:
-            got += client.recv(100)
-        self.assertEqual(got, b"queued, then behind it")
-
-    def test_direct_then_queued(self):
-        """With nothing queued the bytes leave during the call; with bytes queued the new
-        ones are queued behind them, in order."""
-        return defer.Deferred.fromCoroutine(self.direct_then_queued())
-
-    def test_other_transports_write(self):
-        """A transport that is not a plain socket connection gets an ordinary write."""
-        transport = StringTransport()
-        write_now(transport, b"abc")
-        self.assertEqual(transport.value(), b"abc")

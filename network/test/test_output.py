@@ -1,0 +1,63 @@
+# -*- test-case-name: network.test.test_output -*-
+"""`write_now` and `pending_output` on real loopback connections and a StringTransport."""
+
+import socket
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+
+from network.output import pending_output, write_now
+
+
+class WriteNowTests(TestCase):
+    """Over a real loopback connection, the reactor not turning in between."""
+
+    async def connected(self):
+        transports = []
+
+        class Capture(Protocol):
+            def connectionMade(self):
+                transports.append(self.transport)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Capture), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        for _ in range(500):
+            if transports:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.addCleanup(transports[0].abortConnection)
+        client.settimeout(2)
+        return transports[0], client
+
+    async def direct_then_queued(self):
+        transport, client = await self.connected()
+        write_now(transport, b"sent at once")
+        self.assertEqual(client.recv(100), b"sent at once")
+        self.assertEqual(pending_output(transport), 0)
+        transport.write(b"queued, ")
+        write_now(transport, b"then behind it")
+        self.assertEqual(pending_output(transport), 22)
+        client.setblocking(False)
+        self.assertRaises(BlockingIOError, client.recv, 100)
+        client.settimeout(2)
+        await deferLater(reactor, 0, lambda: None)
+        got = b""
+        while len(got) < 22:
+            got += client.recv(100)
+        self.assertEqual(got, b"queued, then behind it")
+
+    def test_direct_then_queued(self):
+        """With nothing queued the bytes leave during the call; with bytes queued the new
+        ones are queued behind them, in order."""
+        return defer.Deferred.fromCoroutine(self.direct_then_queued())
+
+    def test_other_transports_write(self):
+        """A transport that is not a plain socket connection gets an ordinary write."""
+        transport = StringTransport()
+        write_now(transport, b"abc")
+        self.assertEqual(transport.value(), b"abc")
