@@ -108,7 +108,8 @@ def create_schema(path, scripts, shards=False):
 
 
 class _Stores(service.Service):
-    """Closes the stand-ins last, once every service above them has stopped."""
+    """Closes the stand-ins once every service added after it has stopped (the top service
+    stops its children one after the other, last added first)."""
 
     def __init__(self, bus, store, databases):
         self.bus, self.store, self.databases = bus, store, databases

@@ -3,19 +3,42 @@
 
 `daemon_options(...)` makes the Options class of a module: `--config` (default: the module's
 own `conf/config.json`), `--stderr`, and a config that fails to load is a usage error naming
-the file and key.  `service_tree(cfg, options, reactor)` makes the MultiService every daemon
-starts from, with the log set up per the config's `log` block and FATAL events sent to
-alertcenter when the config has an `alert` block.
+the file and key.  `service_tree(cfg, options, reactor)` makes the `OrderedMultiService`
+every daemon starts from, with the log set up per the config's `log` block and FATAL events
+sent to alertcenter when the config has an `alert` block.
 """
 
 import os
 
 from twisted.application import service
+from twisted.internet import defer
 from twisted.python import usage
 
 from utils.config import ConfigError
 
-__all__ = ["daemon_options", "service_tree"]
+__all__ = ["daemon_options", "service_tree", "OrderedMultiService"]
+
+
+class OrderedMultiService(service.MultiService):
+    """A MultiService that stops its children one after the other, last added first.
+
+    Twisted's MultiService asks every child to stop at once, so a service added early (the
+    log, the stores of the embedded exchange) would be closed while a later one is still
+    flushing into it.  Here each child's stop is waited for before the next one is asked;
+    a child whose stop fails is logged and the others still stop.
+    """
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return defer.Deferred.fromCoroutine(self._stop_children())
+
+    async def _stop_children(self):
+        from twisted.logger import Logger
+        for child in reversed(list(self)):
+            try:
+                await defer.maybeDeferred(child.stopService)
+            except Exception:
+                Logger().failure("stopping {service} failed", service=child)
 
 
 def daemon_options(package_file, load, longdesc, prepare=None):
@@ -48,7 +71,7 @@ def service_tree(cfg, options, reactor, **log_overrides):
     """The daemon's top service with its log (and alerts) set up; `top.log_setup` keeps it."""
     from utils.alert import AlertSender
     from utils.log import setup_logging
-    top = service.MultiService()
+    top = OrderedMultiService()
     alert = cfg.get("alert")
     sender = AlertSender(reactor, alert.host, alert.addr) if alert else None
     setup = setup_logging(cfg.log, sender, stderr=options["stderr"], start=False,

@@ -4,6 +4,8 @@
 import json
 import os
 
+from twisted.application import service
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -11,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from readhistory import config as readhistory_config
 from readhistory import tap as readhistory_tap
 from utils.config import ConfigError
-from utils.daemon import daemon_options, service_tree
+from utils.daemon import OrderedMultiService, daemon_options, service_tree
 
 
 class OptionsTests(SynchronousTestCase):
@@ -73,3 +75,35 @@ class ServiceTreeTests(SynchronousTestCase):
         top = service_tree(readhistory_config.load_data(data), {"stderr": False}, Clock())
         self.addCleanup(top.log_setup.remove)
         self.assertEqual(len(top.log_setup.observers), 1)
+
+    def test_children_stop_one_after_the_other(self):
+        """The last child added stops first; an earlier one is asked only once the later
+        one's stop has finished, and a failing stop does not keep the others running."""
+        stops = []
+        held = defer.Deferred()
+
+        class Child(service.Service):
+            def __init__(self, name, result=None):
+                self.setName(name)
+                self.result = result
+
+            def stopService(self):
+                service.Service.stopService(self)
+                stops.append(self.name)
+                if isinstance(self.result, Exception):
+                    raise self.result
+                return self.result
+
+        top = OrderedMultiService()
+        for child in (Child("stores"), Child("engine", held), Child("gateway"),
+                      Child("broken", RuntimeError("cannot stop"))):
+            child.setServiceParent(top)
+        top.startService()
+        done = top.stopService()
+        self.assertEqual(stops, ["broken", "gateway", "engine"])
+        self.assertNoResult(done)
+        held.callback(None)
+        self.assertEqual(stops, ["broken", "gateway", "engine", "stores"])
+        self.successResultOf(done)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertFalse(any(child.running for child in top))
