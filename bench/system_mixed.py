@@ -44,15 +44,25 @@ def rss_mb(pid):
     return 0.0
 
 
+REDIS_DB = 9
+
+
 def start_services(workdir):
-    """Every daemon as its own process; returns (pids by name, http port, ws port, stop)."""
+    """Every daemon as its own process; returns (pids by name, http port, ws port, stop).
+
+    Each run starts from nothing: its own Kafka broker (topics and offsets), fresh databases
+    and an emptied Redis database, so that no deal of an earlier run (whose ids the new
+    matchengine counts again from 1) is in marketprice's state.
+    """
     sentinel = testing.require("sentinel")
-    broker = testing.require("kafka")
+    kafka = testing.KafkaBroker().start()
+    broker = kafka.address
+    testing.redis_command(REDIS_DB, "FLUSHDB")
     log_db = testing.create_database("benchlog", ("trade_log",))
     history_db = testing.create_database("benchhist", ("trade_history",), True)
     configs = testing.exchange_configs(broker, log_db, history_db,
                                        {"name": sentinel["name"], "addr": sentinel["addr"],
-                                        "db": 9})
+                                        "db": REDIS_DB})
     daemons = []
     for name, config, port in configs:
         daemon = testing.DaemonProcess(name, config, workdir).start()
@@ -65,6 +75,8 @@ def start_services(workdir):
             daemon.stop()
         for name in (log_db, history_db):
             testing.drop_database(name)
+        testing.redis_command(REDIS_DB, "FLUSHDB")
+        kafka.stop()
     return ({d.module: d.proc.pid for d in daemons}, port["accesshttp"], port["accessws"],
             stop)
 
