@@ -1,6 +1,7 @@
 # -*- test-case-name: matchengine.test.test_server -*-
 """The matchengine service against real MariaDB and a Kafka broker, over its RPC port."""
 
+import gc
 import json
 
 from twisted.internet import defer, reactor
@@ -127,9 +128,14 @@ class ServiceTests(TestCase):
             self.assertEqual(norm(got), norm(expected), request)
         before = h.state()
         await h.stop()
-        # restart: the operation log alone rebuilds the same state
+        # restart: the operation log alone rebuilds the same state, frozen out of the
+        # collector's reach once loaded
+        self.addCleanup(gc.unfreeze)
+        gc.unfreeze()
         await h.start()
         self.assertEqual(h.state(), before)
+        self.assertGreater(gc.get_freeze_count(), 0)
+        self.assertTrue(gc.isenabled())
         # a slice, more trading, restart: slice + replay gives the same state again
         self.assertTrue(await h.service.make_slice())
         await h.call(102, [9, "BTC", "deposit", 100, "5", {}])
