@@ -3,11 +3,7 @@
 
 from utils import config as cfg
 
-SCHEMA = cfg.Section({
-    "debug": cfg.Bool(False),
-    "process": cfg.PROCESS,
-    "log": cfg.LOG,
-    "alert": cfg.ALERT.optional(),
+SCHEMA = cfg.DAEMON.extend({
     "svr": cfg.HTTP_SERVER,
     "monitor": cfg.PLAIN_SERVER,
     "matchengine": cfg.RPC_CLIENT,

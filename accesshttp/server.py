@@ -57,13 +57,6 @@ METHODS = {
 }
 
 
-class _Discard(protocol.Protocol):
-    """The monitor port: accepts connections and ignores what they send."""
-
-    def dataReceived(self, data):
-        pass
-
-
 class AccessHTTP(service.Service):
     log = Logger()
 
@@ -103,7 +96,8 @@ class AccessHTTP(service.Service):
         try:
             for address in self.cfg["svr"]["bind"]:
                 self.ports.append(await listen(self.reactor, address, self.factory))
-            monitor = protocol.Factory.forProtocol(_Discard)
+            # the monitor port only has to accept: a plain Protocol ignores what comes
+            monitor = protocol.Factory.forProtocol(protocol.Protocol)
             for address in self.cfg["monitor"]["bind"]:
                 self.ports.append(await listen(self.reactor, address, monitor))
         except Exception:

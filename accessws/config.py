@@ -11,11 +11,7 @@ KAFKA = cfg.Section({
     "offset": cfg.Int(0),
 })
 
-SCHEMA = cfg.Section({
-    "debug": cfg.Bool(False),
-    "process": cfg.PROCESS,
-    "log": cfg.LOG,
-    "alert": cfg.ALERT.optional(),
+SCHEMA = cfg.DAEMON.extend({
     "svr": cfg.WEBSOCKET_SERVER,
     "monitor": cfg.PLAIN_SERVER,
     "matchengine": cfg.RPC_CLIENT,

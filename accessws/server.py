@@ -157,10 +157,6 @@ class AccessWS(service.Service):
     async def _listen(self):
         from network.address import listen
         from twisted.internet import protocol
-
-        class Discard(protocol.Protocol):
-            def dataReceived(self, data):
-                pass
         try:
             tls = self.cfg.get("tls")
             for address in self.cfg["svr"]["bind"]:
@@ -170,8 +166,9 @@ class AccessWS(service.Service):
                 else:
                     self.ports.append(await listen(self.reactor, address, self.factory))
             for address in self.cfg["monitor"]["bind"]:
+                # the monitor port only has to accept: a plain Protocol ignores what comes
                 self.ports.append(await listen(self.reactor, address,
-                                               protocol.Factory.forProtocol(Discard)))
+                                               protocol.Factory.forProtocol(protocol.Protocol)))
         except Exception:
             self.log.failure("accessws could not listen")
             if self.reactor.running:

@@ -103,52 +103,25 @@ def main():
 
 async def drive(port, requests, concurrency):
     """Send `requests` over `concurrency` keep-alive connections, one in flight each."""
-    import httptools
-    from twisted.internet import defer, protocol, reactor
+    from twisted.internet import defer, reactor
     from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    from bench.http_client import KeepAliveClient
 
     stats = {"accepted": 0, "refused": 0, "latency": []}
 
-    class Client(protocol.Protocol):
-        def __init__(self, items, done):
-            self.items = items
-            self.done = done
-            self.parser = httptools.HttpResponseParser(self)
-            self.body = []
-
-        def connectionMade(self):
-            self.send_next()
-
-        def send_next(self):
-            if not self.items:
-                self.transport.loseConnection()
-                self.done.callback(None)
-                return
-            body = json.dumps(self.items.pop()).encode()
-            self.start = time.perf_counter()
-            self.transport.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
-                                 % (len(body), body))
-
-        def dataReceived(self, data):
-            self.parser.feed_data(data)
-
-        def on_body(self, body):
-            self.body.append(body)
-
-        def on_message_complete(self):
-            stats["latency"].append(time.perf_counter() - self.start)
-            reply = json.loads(b"".join(self.body))
-            self.body = []
-            stats["accepted" if reply.get("error") is None else "refused"] += 1
-            self.send_next()
+    def replied(request, reply, elapsed):
+        stats["latency"].append(elapsed)
+        stats["accepted" if reply.get("error") is None else "refused"] += 1
 
     done = []
     start = time.perf_counter()
     for i in range(concurrency):
         d = defer.Deferred()
         done.append(d)
-        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port),
-                              Client(requests[i::concurrency], d))
+        items = requests[i::concurrency]
+        client = KeepAliveClient(lambda items=items: items.pop() if items else None, replied, d)
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
     await defer.gatherResults(done)
     stats["elapsed"] = time.perf_counter() - start
     return stats

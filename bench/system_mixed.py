@@ -134,10 +134,11 @@ def requests_stream(rng, pending):
 
 
 def drive(http_port, ws_port, seconds, concurrency, subscribers):
-    import httptools
     from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-    from twisted.internet import defer, protocol, reactor
+    from twisted.internet import defer, reactor
     from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    from bench.http_client import KeepAliveClient
 
     rng = random.Random(7)
     pending = []
@@ -162,45 +163,21 @@ def drive(http_port, ws_port, seconds, concurrency, subscribers):
                 if message["method"] == "deals.update":
                     stats["push_delay"].append(time.time() - message["params"][1][0]["time"])
 
-    class Client(protocol.Protocol):
-        def __init__(self, done):
-            self.done = done
-            self.parser = httptools.HttpResponseParser(self)
-            self.body = []
+    def next_request():
+        if state["stop"]:
+            return None
+        kind, params = next(stream)
+        return {"id": 1, "method": kind, "params": params}
 
-        def connectionMade(self):
-            self.send_next()
-
-        def send_next(self):
-            if state["stop"]:
-                self.transport.loseConnection()
-                self.done.callback(None)
-                return
-            self.kind, params = next(stream)
-            self.params = params
-            body = json.dumps({"id": 1, "method": self.kind, "params": params}).encode()
-            self.start = time.perf_counter()
-            self.transport.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
-                                 % (len(body), body))
-
-        def dataReceived(self, data):
-            self.parser.feed_data(data)
-
-        def on_body(self, body):
-            self.body.append(body)
-
-        def on_message_complete(self):
-            elapsed = time.perf_counter() - self.start
-            reply = json.loads(b"".join(self.body))
-            self.body = []
-            if state["measuring"]:
-                stats["latency"].setdefault(self.kind, []).append(elapsed)
-                if reply.get("error") is not None:
-                    stats["errors"][self.kind] = stats["errors"].get(self.kind, 0) + 1
-            if self.kind == "order.put_limit" and reply.get("error") is None:
-                if reply["result"]["left"] not in ("0", "0e-8"):
-                    pending.append((self.params[0], reply["result"]["id"]))
-            self.send_next()
+    def replied(request, reply, elapsed):
+        kind = request["method"]
+        if state["measuring"]:
+            stats["latency"].setdefault(kind, []).append(elapsed)
+            if reply.get("error") is not None:
+                stats["errors"][kind] = stats["errors"].get(kind, 0) + 1
+        if kind == "order.put_limit" and reply.get("error") is None:
+            if reply["result"]["left"] not in ("0", "0e-8"):
+                pending.append((request["params"][0], reply["result"]["id"]))
 
     def sleep(s):
         d = defer.Deferred()
@@ -223,7 +200,7 @@ def drive(http_port, ws_port, seconds, concurrency, subscribers):
             d = defer.Deferred()
             done.append(d)
             await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", http_port),
-                                  Client(d))
+                                  KeepAliveClient(next_request, replied, d))
         await sleep(2.0)                        # warm up
         state["measuring"] = True
         start = time.perf_counter()

@@ -15,11 +15,7 @@ from utils import decimals
 ASSET_NAME_MAX = 15
 MARKET_NAME_MAX = 15
 
-SCHEMA = cfg.Section({
-    "debug": cfg.Bool(False),
-    "process": cfg.PROCESS,
-    "log": cfg.LOG,
-    "alert": cfg.ALERT.optional(),
+SCHEMA = cfg.DAEMON.extend({
     "svr": cfg.RPC_SERVER,
     "cli": cfg.CLI,
     "db_log": cfg.MYSQL,

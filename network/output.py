@@ -1,7 +1,12 @@
 # -*- test-case-name: network.test.test_output -*-
 """Writing to stream transports: how much waits, and sending without a reactor turn."""
 
+from twisted.internet import tcp, unix
+
 __all__ = ["write_now", "pending_output"]
+
+# plain socket connections, whose buffer and send this module may reach into
+_DIRECT = (tcp.Server, tcp.Client, unix.Server, unix.Client)
 
 
 def write_now(transport, data: bytes):
@@ -13,7 +18,7 @@ def write_now(transport, data: bytes):
     buffer gets `send` straight away and only what the kernel does not take is queued.  TLS
     and other transports use `write`.
     """
-    if (transport.__class__ in _DIRECT and not transport.dataBuffer
+    if (type(transport) in _DIRECT and not transport.dataBuffer
             and not transport._tempDataLen and transport.connected
             and not transport.disconnecting and not transport.TLS):
         sent = transport.writeSomeData(data)
@@ -22,14 +27,6 @@ def write_now(transport, data: bytes):
                 return
             data = data[sent:]
     transport.write(data)
-
-
-def _direct_classes():
-    from twisted.internet import tcp, unix
-    return (tcp.Server, tcp.Client, unix.Server, unix.Client)
-
-
-_DIRECT = frozenset(_direct_classes())
 
 
 def pending_output(transport) -> int:

@@ -3,11 +3,7 @@
 
 from utils import config as cfg
 
-SCHEMA = cfg.Section({
-    "debug": cfg.Bool(False),
-    "process": cfg.PROCESS,
-    "log": cfg.LOG,
-    "alert": cfg.ALERT.optional(),
+SCHEMA = cfg.DAEMON.extend({
     "svr": cfg.RPC_SERVER,
     "db_history": cfg.MYSQL,
     "worker_num": cfg.Int(10, min=1, max=1000),

@@ -46,7 +46,7 @@ __all__ = [
     "ConfigError", "ConfigSection", "HostPort", "REQUIRED",
     "Field", "Str", "Int", "UInt", "Real", "Bool", "Address", "AddressList", "InetAddress",
     "HostPortField", "DecimalStr", "List", "Section", "load", "load_data",
-    "PROCESS", "LOG", "ALERT", "RPC_SERVER", "PLAIN_SERVER", "HTTP_SERVER",
+    "PROCESS", "LOG", "ALERT", "DAEMON", "RPC_SERVER", "PLAIN_SERVER", "HTTP_SERVER",
     "WEBSOCKET_SERVER", "RPC_CLIENT", "MYSQL", "KAFKA_CONSUMER", "REDIS_SENTINEL", "CLI",
     "LOG_SHIFTS", "log_shift",
 ]
@@ -544,6 +544,14 @@ LOG = Section({
 ALERT = Section({
     "host": Str(),
     "addr": InetAddress(),
+})
+
+# the keys every daemon's config starts with; each module extends it with its own
+DAEMON = Section({
+    "debug": Bool(False),
+    "process": PROCESS,
+    "log": LOG,
+    "alert": ALERT.optional(),
 })
 
 PLAIN_SERVER = Section({

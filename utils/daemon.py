@@ -12,6 +12,7 @@ import os
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.python import usage
 
 from utils.config import ConfigError
@@ -32,13 +33,14 @@ class OrderedMultiService(service.MultiService):
         service.Service.stopService(self)
         return defer.Deferred.fromCoroutine(self._stop_children())
 
+    log = Logger()
+
     async def _stop_children(self):
-        from twisted.logger import Logger
         for child in reversed(list(self)):
             try:
                 await defer.maybeDeferred(child.stopService)
             except Exception:
-                Logger().failure("stopping {service} failed", service=child)
+                self.log.failure("stopping {service} failed", service=child)
 
 
 def daemon_options(package_file, load, longdesc, prepare=None):

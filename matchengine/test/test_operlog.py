@@ -23,7 +23,10 @@ class HeldCommits:
 
     def finish(self, index=0, error=None):
         ids, d = self.commits.pop(index)
-        d.callback(None) if error is None else d.errback(Failure(error))
+        if error is None:
+            d.callback(None)
+        else:
+            d.errback(Failure(error))
         return ids
 
 
