@@ -60,9 +60,10 @@ def run(eng, batch, log=None):
     log_entry = eng.log_entry
     take = eng.effects.take
     refused = 0
-    now = 2.0
+    clock = 2.0
     for params in batch:
-        now += 0.0001
+        clock += 0.0001
+        now = round(clock, 6)   # as the daemon stamps a request
         try:
             result = execute(201, params, now)
         except RPCError:

@@ -6,8 +6,9 @@ into `trade_history` and the messages the producer sends, in the order the origi
 queues them.  The engine hands them over once the operation log holds the command, so that
 nothing is announced that a crash could take back.
 
-Rows are tuples in the column order of `HISTORY_COLUMNS`; decimals in the raw form, times
-rounded to microseconds, exactly what the original writes.
+Rows are tuples in the column order of `HISTORY_COLUMNS`; decimals in the raw form, times as
+the engine was given them (to the microsecond, as the operation log keeps them), exactly what
+the original writes.
 """
 
 import json
@@ -38,10 +39,6 @@ HISTORY_COLUMNS[ORDER_DETAIL] = HISTORY_COLUMNS[ORDER]
 TOPIC_DEALS, TOPIC_ORDERS, TOPIC_BALANCES = "deals", "orders", "balances"
 
 
-def micro(t):
-    return round(t, 6)
-
-
 class Effects:
     """Collects history rows and messages; `take()` hands them over and starts afresh."""
 
@@ -62,7 +59,7 @@ class Effects:
 
     def balance_update(self, now, user_id, asset, business, change, detail_text):
         self.history.append((BALANCE, user_id % SHARDS, (
-            micro(now), user_id, asset, business, to_raw(change),
+            now, user_id, asset, business, to_raw(change),
             to_raw(self.balances.total(user_id, asset)), detail_text)))
         self.messages.append((TOPIC_BALANCES, '[%s, %d, %s, %s, "%s"]' % (
             format_real(now), user_id, _quote(asset), _quote(business), to_raw(change))))
@@ -83,7 +80,7 @@ class Effects:
                 fill[3], to_display(fee_rate), order.id, fill[4], fill[5])
         user_id = order.user_id
         self.history.append((BALANCE, user_id % SHARDS, (
-            micro(now), user_id, asset, "trade", to_raw(change),
+            now, user_id, asset, "trade", to_raw(change),
             to_raw(self.balances.total(user_id, asset)), detail)))
 
     # -- orders and deals --------------------------------------------------------------
@@ -95,7 +92,7 @@ class Effects:
                                                 _quote(market.money))))
 
     def order_finished(self, order):
-        row = (order.id, micro(order.create_time), micro(order.update_time), order.user_id,
+        row = (order.id, order.create_time, order.update_time, order.user_id,
                order.market, "(null)" if order.source is None else order.source, order.type,
                order.side, to_raw(order.price), to_raw(order.amount), to_raw(order.taker_fee),
                to_raw(order.maker_fee), to_raw(order.deal_stock), to_raw(order.deal_money),
@@ -105,22 +102,21 @@ class Effects:
 
     def deal(self, now, deal_id, market, ask, bid, price, amount, deal, ask_fee, bid_fee,
              taker_side):
-        t = micro(now)
         ask_role, bid_role = (TAKER, MAKER) if taker_side == ASK else (MAKER, TAKER)
         price_raw, amount_raw, deal_raw = to_raw(price), to_raw(amount), to_raw(deal)
         ask_fee_raw, bid_fee_raw = to_raw(ask_fee), to_raw(bid_fee)
         history = self.history
         history.append((DEAL, ask.id % SHARDS, (
-            t, ask.user_id, deal_id, ask.id, bid.id, ask_role, price_raw, amount_raw, deal_raw,
+            now, ask.user_id, deal_id, ask.id, bid.id, ask_role, price_raw, amount_raw, deal_raw,
             ask_fee_raw, bid_fee_raw)))
         history.append((DEAL, bid.id % SHARDS, (
-            t, bid.user_id, deal_id, bid.id, ask.id, bid_role, price_raw, amount_raw, deal_raw,
+            now, bid.user_id, deal_id, bid.id, ask.id, bid_role, price_raw, amount_raw, deal_raw,
             bid_fee_raw, ask_fee_raw)))
         history.append((USER_DEAL, ask.user_id % SHARDS, (
-            t, ask.user_id, market.name, deal_id, ask.id, bid.id, ASK, ask_role, price_raw,
+            now, ask.user_id, market.name, deal_id, ask.id, bid.id, ASK, ask_role, price_raw,
             amount_raw, deal_raw, ask_fee_raw, bid_fee_raw)))
         history.append((USER_DEAL, bid.user_id % SHARDS, (
-            t, bid.user_id, market.name, deal_id, bid.id, ask.id, BID, bid_role, price_raw,
+            now, bid.user_id, market.name, deal_id, bid.id, ask.id, BID, bid_role, price_raw,
             amount_raw, deal_raw, bid_fee_raw, ask_fee_raw)))
         self.messages.append((TOPIC_DEALS, '[%s, %s, %d, %d, %d, %d, "%s", "%s", "%s", "%s", '
                                            '%d, %d, %s, %s]' % (

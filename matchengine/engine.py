@@ -58,6 +58,7 @@ def _str(value):
     return value
 
 
+_LOG_ENCODER = json.JSONEncoder(ensure_ascii=False)   # one instance: dumps() makes one a call
 _PARSED = {}        # (text, prec) -> Decimal: amounts, prices and rates repeat a lot
 _PARSED_MAX = 100000
 
@@ -139,7 +140,10 @@ class Engine:
     # -- entry points ------------------------------------------------------------------
 
     def execute(self, command, params, now):
-        """Run a command; returns its result (raises RPCError when refused)."""
+        """Run a command; returns its result (raises RPCError when refused).
+
+        `now` is in seconds, to the microsecond: the operation log keeps times at that
+        precision, and history rows and messages carry it as given."""
         return self.handlers[command](params, now, True)
 
     def replay(self, method, params, now):
@@ -417,7 +421,7 @@ class Engine:
             return sorted_json({"method": LOG_METHODS[command], "params": params})
         # the other writes were validated: only integers and strings, nothing to sort
         return '{"method": "%s", "params": %s}' % (LOG_METHODS[command],
-                                                   json.dumps(params, ensure_ascii=False))
+                                                   _LOG_ENCODER.encode(params))
 
 
 def load_detail(text):

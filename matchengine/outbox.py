@@ -14,7 +14,7 @@ Both offer `add(history, messages)`, `pending_history`, `pending_messages`, `flu
 import collections
 import json
 import os
-import pickle
+import marshal
 import sys
 
 from twisted.internet import defer, protocol
@@ -117,8 +117,9 @@ class WriterOutbox:
         if not self.history and not self.messages:
             return
         self.sequence += 1
-        body = pickle.dumps((self.sequence, self.history, self.messages),
-                            pickle.HIGHEST_PROTOCOL)
+        # marshal: the batch is plain tuples, strings and numbers, and both ends run the
+        # same interpreter; it encodes such data about twice as fast as pickle
+        body = marshal.dumps((self.sequence, self.history, self.messages))
         frame = FRAME.pack(len(body)) + body
         self.unacked[self.sequence] = (frame, len(self.history), len(self.messages))
         self.history, self.messages = [], []

@@ -3,7 +3,7 @@
 
 Run by `matchengine.outbox.WriterProcess` as `python -m matchengine.writer`, with its
 settings as JSON in the first argument.  It reads batches from stdin, each framed as a 4-byte
-big-endian length and a pickle of `(sequence, history, messages)`; writes the history rows
+big-endian length and the `marshal` encoding of `(sequence, history, messages)`; writes the history rows
 (several threads, one MySQL connection each, one transaction per table group) and sends the
 messages (kafka-python, in order), and once both are done writes the batch's sequence number
 on stdout, one per line.  Failures are retried every second, forever, and reported on stderr,
@@ -14,7 +14,7 @@ building) off the matching thread's interpreter lock.
 """
 
 import json
-import pickle
+import marshal
 import queue
 import struct
 import sys
@@ -24,6 +24,60 @@ import time
 from matchengine.effects import HISTORY_COLUMNS
 
 FRAME = struct.Struct(">I")
+
+# how each history column is written into SQL: times to the microsecond, ids as integers,
+# free text escaped; the remaining columns are decimals in their raw form (digits, a point,
+# a sign), quoted as they are
+TIME_COLUMNS = {"time", "create_time", "finish_time"}
+INT_COLUMNS = {"id", "user_id", "deal_id", "order_id", "deal_order_id", "role", "side", "t"}
+TEXT_COLUMNS = {"asset", "business", "detail", "market", "source"}
+
+
+def _row_format(columns):
+    parts, texts = [], []
+    for index, column in enumerate(columns):
+        if column in TIME_COLUMNS:
+            parts.append("%.6f")
+        elif column in INT_COLUMNS:
+            parts.append("%d")
+        else:
+            parts.append("'%s'")
+            if column in TEXT_COLUMNS:
+                texts.append(index)
+    return "(%s)" % ", ".join(parts), tuple(texts)
+
+
+ROW_FORMATS = {table: _row_format(columns) for table, columns in HISTORY_COLUMNS.items()}
+
+
+def insert_statements(history, chunk=1000):
+    """The multi-row INSERT statements, as MySQL text, for `(table, shard, row)` entries:
+    one per table shard and `chunk` rows."""
+    from pymysql.converters import escape_string
+    tables = {}
+    for table, shard, row in history:
+        bucket = tables.get((table, shard))
+        if bucket is None:
+            tables[table, shard] = [row]
+        else:
+            bucket.append(row)
+    statements = []
+    for (table, shard), rows in tables.items():
+        form, texts = ROW_FORMATS[table]
+        if texts:
+            values = []
+            for row in rows:
+                row = list(row)
+                for index in texts:
+                    row[index] = escape_string(row[index])
+                values.append(form % tuple(row))
+        else:
+            values = [form % row for row in rows]
+        head = "INSERT IGNORE INTO `%s_%d` (%s) VALUES " % (
+            table, shard, ", ".join("`%s`" % c for c in HISTORY_COLUMNS[table]))
+        for start in range(0, len(values), chunk):
+            statements.append(head + ", ".join(values[start:start + chunk]))
+    return statements
 
 
 def say(text):
@@ -61,8 +115,8 @@ class HistoryThreads:
             while True:
                 try:
                     with conn.cursor() as cursor:
-                        for sql, args in statements:
-                            cursor.execute(sql, args)
+                        for sql in statements:
+                            cursor.execute(sql)
                     conn.commit()
                     break
                 except Exception as e:
@@ -81,19 +135,7 @@ class HistoryThreads:
 
     def write(self, history):
         """Insert the rows; returns when every statement is committed."""
-        tables = {}
-        for table, shard, row in history:
-            tables.setdefault((table, shard), []).append(row)
-        statements = []
-        for (table, shard), rows in tables.items():
-            columns = HISTORY_COLUMNS[table]
-            marks = "(%s)" % ", ".join(["%s"] * len(columns))
-            head = "INSERT IGNORE INTO `%s_%d` (%s) VALUES " % (
-                table, shard, ", ".join("`%s`" % c for c in columns))
-            for start in range(0, len(rows), self.chunk):
-                part = rows[start:start + self.chunk]
-                statements.append((head + ", ".join([marks] * len(part)),
-                                   [v for row in part for v in row]))
+        statements = insert_statements(history, self.chunk)
         groups = [statements[i::len(self.jobs)] for i in range(len(self.jobs))]
         groups = [g for g in groups if g]
         done = threading.Semaphore(0)
@@ -112,15 +154,11 @@ class Messages:
 
     def _connect(self):
         from kafka import KafkaProducer
-        from utils.kafka_queue import _retry_unknown_errors
+        from utils.kafka_queue import PRODUCER_CONFIG, _retry_unknown_errors
         _retry_unknown_errors()
         while True:
             try:
-                return KafkaProducer(
-                    bootstrap_servers=self.brokers, acks=1, linger_ms=1, retries=2 ** 31 - 1,
-                    delivery_timeout_ms=24 * 3600 * 1000, enable_idempotence=False,
-                    max_in_flight_requests_per_connection=1, request_timeout_ms=5000,
-                    reconnect_backoff_max_ms=1000, max_request_size=16 * 1024 * 1024)
+                return KafkaProducer(bootstrap_servers=self.brokers, **PRODUCER_CONFIG)
             except Exception as e:
                 say("kafka: cannot reach %s: %s; retrying in 1 s" % (self.brokers, e))
                 time.sleep(1)
@@ -214,7 +252,7 @@ def main(argv=None):
         worker.start()
     while True:
         head = read_exactly(stdin, FRAME.size)
-        batch = None if head is None else pickle.loads(
+        batch = None if head is None else marshal.loads(
             read_exactly(stdin, FRAME.unpack(head)[0]))
         for lane in lanes:
             lane.put(batch)

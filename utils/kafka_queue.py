@@ -54,6 +54,16 @@ class QueueFull(Exception):
     """Too many messages wait for the broker."""
 
 
+# Messages go out in order (one request in flight), are retried for a day, and gather in
+# batches of up to 1 MB per topic: with kafka-python's default of 16 KB, a burst fills a
+# batch every few dozen messages and wakes the sender thread on nearly every send.
+PRODUCER_CONFIG = dict(
+    acks=1, linger_ms=1, retries=2 ** 31 - 1, delivery_timeout_ms=DAY_MS,
+    enable_idempotence=False, max_in_flight_requests_per_connection=1,
+    request_timeout_ms=5000, reconnect_backoff_max_ms=1000,
+    max_request_size=16 * 1024 * 1024, batch_size=1024 * 1024)
+
+
 def _reactor(reactor):
     if reactor is None:
         from twisted.internet import reactor
@@ -74,12 +84,7 @@ class KafkaProducerService(service.Service):
         self.queue_limit = queue_limit
         self.name = name
         self.stop_timeout = stop_timeout
-        self.config = dict(
-            acks=1, linger_ms=1, retries=2 ** 31 - 1, delivery_timeout_ms=DAY_MS,
-            enable_idempotence=False,
-            max_in_flight_requests_per_connection=1, max_block_ms=1000,
-            request_timeout_ms=5000, reconnect_backoff_max_ms=1000,
-            max_request_size=16 * 1024 * 1024)
+        self.config = dict(PRODUCER_CONFIG, max_block_ms=1000)
         self.config.update(producer_config)
         self._outbox = collections.deque()
         self._wakeup = threading.Condition()

@@ -273,12 +273,18 @@ def _no_constant(name):
     raise ValueError("%s is not JSON" % name)
 
 
+_PARAMS_DECODER = json.JSONDecoder(parse_int=_strict_int, parse_constant=_no_constant)
+
+
 def parse_params(body: bytes) -> list:
     """Parse a request body: a JSON array, strictly (no NaN, 64-bit integers).
 
     Raises ValueError when the body is not such an array.
     """
-    value = json.loads(body, parse_int=_strict_int, parse_constant=_no_constant)
+    if not isinstance(body, str):
+        # as json.loads: UTF-8, -16 or -32, told apart by the first bytes
+        body = body.decode(json.detect_encoding(body), "surrogatepass")
+    value = _PARAMS_DECODER.decode(body)
     if not isinstance(value, list):
         raise ValueError("request body is not a JSON array")
     return value

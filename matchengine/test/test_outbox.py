@@ -4,12 +4,15 @@
 import json
 import os
 import signal
+from decimal import Decimal
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 
-from matchengine.effects import BALANCE, TOPIC_BALANCES
+from matchengine.effects import BALANCE, HISTORY_COLUMNS, ORDER, TOPIC_BALANCES, USER_DEAL
 from matchengine.outbox import WriterOutbox
+from matchengine.writer import (INT_COLUMNS, TEXT_COLUMNS, TIME_COLUMNS, HistoryThreads,
+                                insert_statements)
 from matchengine.test.test_server import until
 from utils import mysql, testing
 from utils.kafka_queue import KafkaConsumerService
@@ -65,3 +68,68 @@ class WriterTests(TestCase):
     def test_writer_killed(self):
         """History rows and messages all arrive although the writer was killed mid-way."""
         return defer.Deferred.fromCoroutine(self.scenario())
+
+
+class InsertStatementTests(TestCase):
+    """The writer builds its INSERT text itself; what MariaDB stores must be the rows."""
+
+    TRICKY = ["it's", 'say "hi"', "back\\slash\\", "nul\x00byte", "line\nbreak\r",
+              "ctrl-z\x1a", "caf\u00e9 \u4e2d", "'; DROP TABLE x; --"]
+
+    def rows(self):
+        out = []
+        for n, text in enumerate(self.TRICKY):
+            out.append((BALANCE, 5, (1700000000.123456 + n, 5, "BTC", text, "-1.5",
+                                     "%d.25" % n, '{"note": %s}' % json.dumps(text))))
+            out.append((ORDER, 5, (n + 1, 1700000000.000001, 1700000001.999999, 5, "BTCBCH",
+                                   text, 1, 2, "10.5", "0.1", "0.002", "0.001", "0.1",
+                                   "1.05", "0.0002")))
+            out.append((USER_DEAL, 5, (1700000002.5, 5, "BTCBCH", n + 1, 7, 8, 1, 2, "10.5",
+                                       "0.1", "1.05", "0", "0.0002")))
+        return out
+
+    def test_statements_group_by_shard_and_chunk(self):
+        rows = [(BALANCE, n % 3, (1.0, n, "BTC", "x", "1", "1", "{}")) for n in range(10)]
+        statements = insert_statements(rows, chunk=2)
+        # shards 0, 1, 2 hold 4, 3 and 3 rows: 2 + 2 + 2 statements
+        self.assertEqual(len(statements), 6)
+        self.assertTrue(statements[0].startswith(
+            "INSERT IGNORE INTO `balance_history_0` (`time`, `user_id`, `asset`, "))
+        self.assertIn("(1.000000, 0, 'BTC', 'x', '1', '1', '{}'), "
+                      "(1.000000, 3, 'BTC', 'x', '1', '1', '{}')", statements[0])
+
+    async def stored(self):
+        history_db = testing.create_database("ins", ("trade_history",), True)
+        self.addCleanup(testing.drop_database, history_db)
+        info = testing.require("mysql")
+        history = HistoryThreads({"host": info["host"], "port": int(info["port"]),
+                                  "user": info["user"], "pass": info["password"],
+                                  "name": history_db}, 2)
+        rows = self.rows()
+        await threads.deferToThread(history.write, rows)
+        kw = testing.mysql_connect_kwargs("misc")
+        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"],
+                                 history_db, "utf8")
+        self.addCleanup(db.close)
+        got = {}
+        for table in (BALANCE, ORDER, USER_DEAL):
+            columns = HISTORY_COLUMNS[table]
+            got[table] = await db.query("SELECT %s FROM `%s_5` ORDER BY `id`" % (
+                ", ".join("`%s`" % c for c in columns), table))
+        return rows, got
+
+    def test_stored_rows_equal_the_given_ones(self):
+        async def check():
+            rows, got = await self.stored()
+            for table in (BALANCE, ORDER, USER_DEAL):
+                want = [r for t, _, r in rows if t == table]
+                self.assertEqual(len(got[table]), len(want))
+                for stored, given in zip(got[table], want):
+                    for column, a, b in zip(HISTORY_COLUMNS[table], stored, given):
+                        if column in TIME_COLUMNS:
+                            self.assertEqual(a, round(b, 6), column)
+                        elif column in INT_COLUMNS or column in TEXT_COLUMNS:
+                            self.assertEqual(a, b, column)
+                        else:
+                            self.assertEqual(Decimal(a), Decimal(b), column)
+        return defer.Deferred.fromCoroutine(check())
