@@ -42,18 +42,26 @@ TOPIC_DEALS, TOPIC_ORDERS, TOPIC_BALANCES = "deals", "orders", "balances"
 class Effects:
     """Collects history rows and messages; `take()` hands them over and starts afresh."""
 
-    __slots__ = ("balances", "history", "messages", "_fill")
+    __slots__ = ("balances", "history", "messages", "_fill", "_last_order")
 
     def __init__(self, balances):
         self.balances = balances
         self.history = []    # (table, shard, row)
         self.messages = []   # (topic, text)
         self._fill = None    # (price, amount, market, their texts) of the fill being recorded
+        self._last_order = (None, None)   # (order, its JSON text) of the latest order event
 
     def take(self):
         history, messages = self.history, self.messages
         self.history, self.messages = [], []
+        self._last_order = (None, None)
         return history, messages
+
+    def order_text(self, order):
+        """The order's JSON text.  A command's last step on its order is the order's event,
+        so the reply reuses that event's text instead of building it again."""
+        last, text = self._last_order
+        return text if last is order else order.info_json()
 
     # -- balances ----------------------------------------------------------------------
 
@@ -86,9 +94,11 @@ class Effects:
     # -- orders and deals --------------------------------------------------------------
 
     def order_event(self, event, order, market):
+        text = order.info_json()
+        self._last_order = (order, text)
         self.messages.append((TOPIC_ORDERS, '{"event": %d, "order": %s, "stock": %s, '
                                             '"money": %s}' % (
-                                                event, order.info_json(), _quote(market.stock),
+                                                event, text, _quote(market.stock),
                                                 _quote(market.money))))
 
     def order_finished(self, order):

@@ -292,7 +292,7 @@ class Engine:
                       amount, taker_fee, maker_fee)
         self.deal_id = market.put_limit(order, self.effects, real, self.deal_id)
         self._changed(market)
-        return RawJSON(order.info_json()) if real else None
+        return RawJSON(self.effects.order_text(order)) if real else None
 
     def put_market(self, params, now, real):
         user_id, market, desc, side, amount = self._order_head(params, 6)
@@ -318,7 +318,7 @@ class Engine:
                       amount, taker_fee, ZERO)
         self.deal_id = market.put_market(order, self.effects, real, self.deal_id)
         self._changed(market)
-        return RawJSON(order.info_json()) if real else None
+        return RawJSON(self.effects.order_text(order)) if real else None
 
     def cancel(self, params, now, real):
         _count(params, 3)
@@ -330,10 +330,9 @@ class Engine:
             raise _error(10, "order not found")
         if real and order.user_id != user_id:
             raise _error(11, "user not match")
-        info = RawJSON(order.info_json()) if real else None
         market.cancel(order, self.effects, real)
         self._changed(market)
-        return info
+        return RawJSON(self.effects.order_text(order)) if real else None
 
     def pending(self, params, now, real):
         _count(params, 4)
