@@ -130,7 +130,8 @@ class AccessWS(service.Service):
         self.factory = WSServerFactory(
             handlers, svr["max_pkg_size"], keep_alive=svr["keep_alive"],
             buf_limit=svr["buf_limit"], subprotocol=svr["protocol"], origin=svr["origin"],
-            on_open=self._opened, on_close=self._closed, name="accessws", reactor=reactor)
+            on_open=self._opened, on_close=self._closed, name="accessws", reactor=reactor,
+            push_window=self.cfg["push_window"])
 
     # -- lifecycle ---------------------------------------------------------------------
 

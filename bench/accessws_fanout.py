@@ -5,12 +5,12 @@ A child process runs accessws against a loopback backend whose book and deals ch
 `--trades` times a second (each change carries its own time); this process opens
 `--connections` websocket connections subscribed to depth and deals of that market and
 measures the delay since the change each push reports.  Every `--sample`-th connection is
-an autobahn client that decodes its pushes and records their delays; the others open the
-websocket by hand and only read what comes, so that the client side takes less of the two
-cores the server needs.  Prints one line.
+read by a second child that asks the kernel when each push arrived (SO_TIMESTAMP), so that
+the delays are the server's, however late the reading process gets to a socket; the others
+open the websocket by hand and only read what comes.  Prints one line.
 
 Usage: python bench/accessws_fanout.py [--connections N] [--trades R] [--seconds S]
-                                        [--interval POLL] [--sample K]
+                                        [--interval POLL] [--sample K] [--push-window W]
 """
 
 import argparse
@@ -18,6 +18,9 @@ import base64
 import json
 import os
 import resource
+import select
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -26,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def serve(ws_port, rate, interval):
+def serve(ws_port, rate, interval, push_window):
     """The child: a backend changing `rate` times a second, and accessws polling it."""
     from twisted.internet import reactor, task
 
@@ -60,7 +63,7 @@ def serve(ws_port, rate, interval):
         "orders": {"brokers": "127.0.0.1:1", "topic": "orders"},
         "balances": {"brokers": "127.0.0.1:1", "topic": "balances"},
         "auth_url": "http://127.0.0.1:1/", "sign_url": "http://127.0.0.1:1/",
-        "depth_interval": interval, "deals_interval": interval,
+        "depth_interval": interval, "deals_interval": interval, "push_window": push_window,
         "depth_limit": [10], "depth_merge": ["0"]})
     AccessWS(cfg, reactor=reactor).startService()
     print("ready", flush=True)
@@ -78,35 +81,105 @@ def client_frame(payload):
         b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
+SO_TIMESTAMP = getattr(socket, "SO_TIMESTAMP", 29)   # Linux; ancillary data: struct timeval
+TIMEVAL = struct.Struct("@ll")
+
+
+def push_delays(payload, arrived):
+    """The delays since the changes a depth or deals push reports."""
+    message = json.loads(payload)
+    method = message.get("method")
+    if method == "depth.update":
+        asks = message["params"][1].get("asks") or []
+        return [arrived - float(amount) for _, amount in asks if amount != "0"]
+    if method == "deals.update":
+        return [arrived - message["params"][1][0]["time"]]
+    return []
+
+
+def frames(buffer):
+    """Split server frames (unmasked) off `buffer`; returns (payloads, rest)."""
+    out = []
+    while len(buffer) >= 2:
+        size, start = buffer[1] & 0x7F, 2
+        if size == 126:
+            if len(buffer) < 4:
+                break
+            size, start = struct.unpack(">H", buffer[2:4])[0], 4
+        elif size == 127:
+            if len(buffer) < 10:
+                break
+            size, start = struct.unpack(">Q", buffer[2:10])[0], 10
+        if len(buffer) < start + size:
+            break
+        out.append(buffer[start:start + size])
+        buffer = buffer[start + size:]
+    return out, buffer
+
+
+def sampler(ws_port, count):
+    """The second child: `count` connections read with the kernel's arrival times.
+
+    Says "ready" once they are subscribed, measures between "start" and "stop" on stdin,
+    then prints the delays as JSON."""
+    socks = {}
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", ws_port))
+        key = base64.b64encode(os.urandom(16))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n\r\n" % key)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise SystemExit("handshake refused")
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
+        sock.sendall(b"".join(client_frame(m) for m in SUBSCRIBE))
+        sock.setblocking(False)
+        socks[sock.fileno()] = [sock, head.split(b"\r\n\r\n", 1)[1]]
+    poller = select.epoll()
+    for fd in socks:
+        poller.register(fd, select.EPOLLIN)
+    poller.register(sys.stdin.fileno(), select.EPOLLIN)
+    print("ready", flush=True)
+    delays, measuring = [], False
+    space = socket.CMSG_SPACE(TIMEVAL.size)
+    while True:
+        for fd, _ in poller.poll():
+            if fd == sys.stdin.fileno():
+                command = sys.stdin.readline().strip()
+                if command == "start":
+                    measuring = True
+                    continue
+                print(json.dumps(delays), flush=True)
+                return
+            entry = socks[fd]
+            try:
+                data, ancillary, _, _ = entry[0].recvmsg(65536, space)
+            except BlockingIOError:
+                continue
+            arrived = time.time()
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP:
+                    sec, usec = TIMEVAL.unpack(value[:TIMEVAL.size])
+                    arrived = sec + usec / 1e6
+            payloads, entry[1] = frames(entry[1] + data)
+            if measuring:
+                for payload in payloads:
+                    delays.extend(push_delays(payload, arrived))
+
+
 def drive(ws_port, connections, seconds, sample):
-    from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
     from twisted.internet import defer, protocol, reactor
 
-    delays = []
+    sampled = (connections + sample - 1) // sample
+    reader = subprocess.Popen([sys.executable, __file__, "--sampler", str(ws_port),
+                               "--connections", str(sampled)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if reader.stdout.readline().strip() != "ready":
+        raise SystemExit("the sampling reader did not start")
     opened = []
-    measuring = {"on": False}
-
-    class Subscriber(WebSocketClientProtocol):
-        """Decodes every push and records its delay."""
-
-        def onOpen(self):
-            opened.append(self)
-            for message in SUBSCRIBE:
-                self.sendMessage(message)
-
-        def onMessage(self, payload, is_binary):
-            if not measuring["on"]:
-                return
-            now = time.time()
-            message = json.loads(payload)
-            method = message.get("method")
-            if method == "depth.update":
-                asks = message["params"][1].get("asks") or []
-                for price, amount in asks:
-                    if amount != "0":
-                        delays.append(now - float(amount))
-            elif method == "deals.update":
-                delays.append(now - message["params"][1][0]["time"])
 
     class Listener(protocol.Protocol):
         """Opens the websocket by hand, subscribes, then reads and drops what comes."""
@@ -134,22 +207,22 @@ def drive(ws_port, connections, seconds, sample):
                 self.transport.write(b"".join(client_frame(m) for m in SUBSCRIBE))
 
     async def main():
-        factory = WebSocketClientFactory("ws://127.0.0.1:%d/" % ws_port)
-        factory.protocol = Subscriber
         listeners = protocol.ClientFactory.forProtocol(Listener)
-        for i in range(connections):
-            reactor.connectTCP("127.0.0.1", ws_port, factory if i % sample == 0 else listeners)
+        for i in range(connections - sampled):
+            reactor.connectTCP("127.0.0.1", ws_port, listeners)
             if i % 200 == 199:
                 await _sleep(0.2)
         deadline = time.time() + 120
-        while len(opened) < connections and time.time() < deadline:
+        while len(opened) < connections - sampled and time.time() < deadline:
             await _sleep(0.2)
         await _sleep(2.0)
-        measuring["on"] = True
+        reader.stdin.write("start\n")
+        reader.stdin.flush()
         start = time.time()
         await _sleep(seconds)
-        measuring["on"] = False
-        return len(opened), time.time() - start
+        reader.stdin.write("stop\n")
+        reader.stdin.flush()
+        return len(opened) + sampled, time.time() - start
 
     def _sleep(s):
         d = defer.Deferred()
@@ -163,6 +236,8 @@ def drive(ws_port, connections, seconds, sample):
         reactor.stop()
     reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(main()).addBoth(done))
     reactor.run()
+    delays = json.loads(reader.stdout.readline())
+    reader.wait()
     return result["outcome"], delays
 
 
@@ -172,19 +247,25 @@ def main():
     parser.add_argument("--trades", type=float, default=1000.0, help="changes per second")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--interval", type=float, default=0.05, help="poll period, s")
-    parser.add_argument("--sample", type=int, default=1,
-                        help="decode and time the pushes of every K-th connection only")
+    parser.add_argument("--sample", type=int, default=10,
+                        help="time the pushes of every K-th connection")
+    parser.add_argument("--push-window", type=float, default=0.005,
+                        help="accessws push_window, s (0: every push sent on its own)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--sampler", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.connections * 2 +
                                                                1024)), hard))
+    if args.sampler:
+        return sampler(args.sampler, args.connections)
     if args.serve:
-        return serve(args.serve, args.trades, args.interval)
+        return serve(args.serve, args.trades, args.interval, args.push_window)
     from utils.testing import free_port
     port = free_port()
     child = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--trades",
                               str(args.trades), "--interval", str(args.interval),
+                              "--push-window", str(args.push_window),
                               "--connections", str(args.connections)],
                              stdout=subprocess.PIPE, text=True)
     try:
@@ -200,10 +281,10 @@ def main():
     delays.sort()
     pct = (lambda q: delays[min(len(delays) - 1, int(len(delays) * q))] * 1000) if delays \
         else (lambda q: float("nan"))
-    print("accessws_fanout: %d connections held, %.0f changes/s, poll %.2f s: %.0f pushes/s, "
-          "delay p50 %.1f ms, p99 %.1f ms" % (held, args.trades, args.interval,
-                                                len(delays) * args.sample / elapsed,
-                                                pct(0.5), pct(0.99)))
+    print("accessws_fanout: %d connections held, %.0f changes/s, poll %.2f s, push window "
+          "%g s: %.0f pushes/s, delay p50 %.1f ms, p99 %.1f ms" % (
+              held, args.trades, args.interval, args.push_window,
+              len(delays) * args.sample / elapsed, pct(0.5), pct(0.99)))
 
 
 if __name__ == "__main__":

@@ -363,6 +363,7 @@ class WSServerProtocol(WebSocketServerProtocol):
         # Prepared, because sendMessage applies maxMessagePayloadSize (our limit on what
         # clients send) to what we send too.
         payload = text.encode() if isinstance(text, str) else text
+        self.factory.release(self)   # pushes held for this connection go first
         self.sendPreparedMessage(self.factory.prepareMessage(payload))
         self._check_output()
         return True
@@ -371,13 +372,18 @@ class WSServerProtocol(WebSocketServerProtocol):
         """Send a message made by `factory.prepareMessage`; False when not open.
 
         Pushes go through here: without compression or autobahn's chopped sending, the
-        prepared frame is written straight to the transport (see `write_now`).
+        prepared frame is written straight to the transport (see `write_now`), or held for
+        the factory's `push_window` so that the pushes of one polling round leave together.
         """
         if self.state != _OPEN:
             return False
         if self._perMessageCompress is None and not self.send_queue and not self.logOctets:
+            if self.factory.push_window:
+                self.factory.hold(self, prepared.payloadHybi)
+                return True
             write_now(self.transport, prepared.payloadHybi)
         else:
+            self.factory.release(self)
             self.sendPreparedMessage(prepared)
         self._check_output()
         return True
@@ -389,6 +395,7 @@ class WSServerProtocol(WebSocketServerProtocol):
     def close(self):
         """Close the connection after what is already written, without a close frame."""
         if self.state != _CLOSED:
+            self.factory.release(self)
             self.wasNotCleanReason = "closed by the server"
             self.dropConnection(abort=False)
 
@@ -417,7 +424,8 @@ class WSServerFactory(WebSocketServerFactory):
 
     def __init__(self, handlers, max_pkg_size, keep_alive=3600, ping_interval=0,
                  ping_timeout=0, buf_limit=0, send_timeout=30.0, subprotocol="chat",
-                 origin="", on_open=None, on_close=None, name="ws", reactor=None):
+                 origin="", on_open=None, on_close=None, name="ws", reactor=None,
+                 push_window=0.0):
         super().__init__(server=None, reactor=reactor)
         self.handlers = dict(handlers)
         self.max_pkg_size = max_pkg_size
@@ -429,8 +437,11 @@ class WSServerFactory(WebSocketServerFactory):
         self.on_open = on_open
         self.on_close = on_close
         self.name = name
+        self.push_window = push_window
         self.sessions = set()
         self._connections = set()
+        self._held = {}          # protocol -> push frames waiting for the window to close
+        self._held_call = None
         self._ids = itertools.count(1)
         self._idle_timer = Timer(self.reactor, IDLE_CHECK_INTERVAL, self.check_idle,
                                  repeat=True, name=name + " idle check")
@@ -445,6 +456,41 @@ class WSServerFactory(WebSocketServerFactory):
 
     def stopFactory(self):
         self._idle_timer.stop()
+        if self._held_call is not None:
+            self._held_call.cancel()
+            self._held_call = None
+        self._held.clear()
+
+    # -- pushes held for `push_window` -----------------------------------------------------
+    #
+    # One send per connection and window instead of one per push: at thousands of
+    # connections the kernel's work per send is most of a fan-out's cost, and the polls of
+    # the market-data families (same interval) answer within a few milliseconds of each other.
+
+    def hold(self, protocol, frame):
+        held = self._held.get(protocol)
+        if held is None:
+            self._held[protocol] = [frame]
+        else:
+            held.append(frame)
+        if self._held_call is None:
+            self._held_call = self.reactor.callLater(self.push_window, self._send_held)
+
+    def release(self, protocol):
+        """Send what is held for `protocol` now (before anything else is sent to it)."""
+        if self._held:
+            frames = self._held.pop(protocol, None)
+            if frames:
+                write_now(protocol.transport, b"".join(frames))
+
+    def _send_held(self):
+        self._held_call = None
+        held, self._held = self._held, {}
+        for protocol, frames in held.items():
+            if protocol.state == _OPEN:
+                write_now(protocol.transport, frames[0] if len(frames) == 1
+                          else b"".join(frames))
+                protocol._check_output()
 
     def check_idle(self):
         """Close every connection that received nothing for `keep_alive` seconds."""
@@ -505,6 +551,7 @@ class WSServerFactory(WebSocketServerFactory):
 
     def _connection_closed(self, protocol):
         self._connections.discard(protocol)
+        self._held.pop(protocol, None)
         session = protocol.session
         if session not in self.sessions:
             return

@@ -491,6 +491,60 @@ class IdleTests(Memory):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+class PushWindowTests(Memory):
+
+    factory_options = {"push_window": 0.01}
+
+    def writes(self, server):
+        calls = []
+        write = server.transport.write
+        server.transport.write = lambda data: (calls.append(data), write(data))
+        return calls
+
+    def test_pushes_leave_together(self):
+        """Pushes within the window reach each connection in one write, in order."""
+        pairs = [self.connect() for _ in range(2)]
+        writes = [self.writes(server) for server, _, _ in pairs]
+        self.assertEqual(self.factory.broadcast("depth.update", [1]), 2)
+        self.assertEqual(self.factory.broadcast("deals.update", [2]), 2)
+        for _, client, pump in pairs:
+            pump.flush()
+            self.assertEqual(client.take(), [])
+        self.clock.advance(0.01)
+        for (_, client, pump), calls in zip(pairs, writes):
+            pump.flush()
+            self.assertEqual(client.take(), [
+                b'{"method": "depth.update", "params": [1], "id": null}',
+                b'{"method": "deals.update", "params": [2], "id": null}'])
+            self.assertEqual(len(calls), 1)
+        self.assertEqual((self.factory._held, self.factory._held_call), ({}, None))
+
+    def test_reply_follows_held_pushes(self):
+        """A reply to a connection with held pushes goes after them, at once."""
+        server, client, pump = self.connect()
+        self.factory.broadcast("price.update", ["BTCBCH", "8000"])
+        client.sendMessage(request(7, "server.ping", []))
+        pump.flush()
+        self.assertEqual(client.take(), [
+            b'{"method": "price.update", "params": ["BTCBCH", "8000"], "id": null}',
+            b'{"error": null, "result": "pong", "id": 7}'])
+        self.clock.advance(0.01)
+        pump.flush()
+        self.assertEqual(client.take(), [])
+
+    def test_closed_connection_forgotten(self):
+        """What is held for a connection that closes is dropped with it."""
+        server, client, pump = self.connect()
+        other_server, other, other_pump = self.connect()
+        self.factory.broadcast("price.update", [])
+        client.transport.loseConnection()
+        pump.flush()
+        self.assertNotIn(server, self.factory._held)
+        self.clock.advance(0.01)
+        other_pump.flush()
+        self.assertEqual(other.take(), [b'{"method": "price.update", "params": [], "id": null}'])
+
+
 class OutputLimitTests(Memory):
 
     factory_options = {"buf_limit": 3, "send_timeout": 5.0, "keep_alive": 0}
