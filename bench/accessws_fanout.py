@@ -74,6 +74,13 @@ SUBSCRIBE = (b'{"id": 1, "method": "depth.subscribe", "params": ["BTCBCH", 10, "
              b'{"id": 2, "method": "deals.subscribe", "params": ["BTCBCH"]}')
 
 
+def upgrade_request():
+    """The client's opening handshake, with a fresh key."""
+    return (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n" % base64.b64encode(os.urandom(16)))
+
+
 def client_frame(payload):
     """A masked text frame, as a client sends it (payloads under 126 bytes)."""
     mask = os.urandom(4)
@@ -125,10 +132,7 @@ def sampler(ws_port, count):
     socks = {}
     for _ in range(count):
         sock = socket.create_connection(("127.0.0.1", ws_port))
-        key = base64.b64encode(os.urandom(16))
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                     b"Sec-WebSocket-Version: 13\r\n\r\n" % key)
+        sock.sendall(upgrade_request())
         head = b""
         while b"\r\n\r\n" not in head:
             head += sock.recv(4096)
@@ -187,10 +191,7 @@ def drive(ws_port, connections, seconds, sample):
         upgraded = False
 
         def connectionMade(self):
-            key = base64.b64encode(os.urandom(16))
-            self.transport.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                                 b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                                 b"Sec-WebSocket-Version: 13\r\n\r\n" % key)
+            self.transport.write(upgrade_request())
             self.head = b""
 
         def dataReceived(self, data):

@@ -21,6 +21,8 @@ import sys
 import threading
 import time
 
+from pymysql.converters import escape_string
+
 from matchengine.effects import HISTORY_COLUMNS
 
 FRAME = struct.Struct(">I")
@@ -53,7 +55,6 @@ ROW_FORMATS = {table: _row_format(columns) for table, columns in HISTORY_COLUMNS
 def insert_statements(history, chunk=1000):
     """The multi-row INSERT statements, as MySQL text, for `(table, shard, row)` entries:
     one per table shard and `chunk` rows."""
-    from pymysql.converters import escape_string
     tables = {}
     for table, shard, row in history:
         bucket = tables.get((table, shard))
