@@ -278,6 +278,9 @@ def _retriable(error):
     return isinstance(error, KafkaError) and getattr(error, "retriable", False)
 
 
+CONSUMER_STOP_WAIT = 2.0        # seconds a stopping consumer waits for its reading thread
+
+
 class KafkaConsumerService(service.Service):
     """Reads one partition of a topic from an explicit offset.
 
@@ -322,7 +325,14 @@ class KafkaConsumerService(service.Service):
             return defer.succeed(None)
         self._stopping.set()
         self._thread = None
-        return self._stopped
+        # a consumer has nothing to flush: a thread still waiting on an unreachable broker
+        # (kafka-python's bootstrap blocks for request_timeout_ms) is left to end by itself
+        return self._stopped.addTimeout(CONSUMER_STOP_WAIT, self.reactor,
+                                        onTimeoutCancel=lambda result, timeout: None)
+
+    def _ended(self, stopped):
+        if not stopped.called:
+            stopped.callback(None)
 
     def _broker_state(self, up, error=None):
         if up == self.broker_up:
@@ -387,6 +397,7 @@ class KafkaConsumerService(service.Service):
         return fresh
 
     def _run(self):
+        stopped = self._stopped
         consumer = self._open()
         while consumer is not None and not self._stopping.is_set():
             try:
@@ -425,7 +436,7 @@ class KafkaConsumerService(service.Service):
                 self.reactor.callFromThread(
                     self.log.warn, "{name}: closing the consumer failed: {error}",
                     name=self.name, error=e)
-        self.reactor.callFromThread(self._stopped.callback, None)
+        self.reactor.callFromThread(self._ended, stopped)
 
 
 class InProcessBus:

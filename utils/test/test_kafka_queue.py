@@ -9,8 +9,8 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from utils import testing
-from utils.kafka_queue import (InProcessBus, KafkaConsumerService, KafkaProducerService,
-                               QueueFull)
+from utils.kafka_queue import (CONSUMER_STOP_WAIT, InProcessBus, KafkaConsumerService,
+                               KafkaProducerService, QueueFull)
 
 
 async def until(predicate, seconds=30, what="condition"):
@@ -138,6 +138,20 @@ class BrokerTests(TestCase):
     def test_stop_flushes(self):
         """stopService delivers what is queued before it fires."""
         return defer.Deferred.fromCoroutine(self.flush_scenario())
+
+    async def unreachable_stop_scenario(self):
+        c = KafkaConsumerService("127.0.0.1:%d" % testing.free_port(), topic_name(),
+                                 lambda offset, value: None, reactor=reactor)
+        c.startService()
+        await deferLater(reactor, 0.5, lambda: None)     # its thread is bootstrapping now
+        started = reactor.seconds()
+        await c.stopService()
+        self.assertLess(reactor.seconds() - started, CONSUMER_STOP_WAIT + 1)
+
+    def test_consumer_stops_while_broker_unreachable(self):
+        """A consumer still waiting for an unreachable broker stops within
+        CONSUMER_STOP_WAIT, not after kafka-python's 30 s bootstrap timeout."""
+        return defer.Deferred.fromCoroutine(self.unreachable_stop_scenario())
 
 
 class BusTests(SynchronousTestCase):
