@@ -1,27 +1,35 @@
 # -*- test-case-name: accesshttp.test.test_server -*-
 """`twistd accesshttp`: options and the service tree of the HTTP gateway.
 
-One process serves every connection: on this machine one reactor answers far more requests
-per second than the backends accept, so `worker_num` is read for compatibility and only
-logged.
+With `worker_num` 1 one process binds and serves every connection.  Above 1 this process
+is the listener: it binds `svr` and `monitor` and hands each connection to one of
+`worker_num` workers (`--worker N`, network.handoff), each with its own backend
+connections, as the original's.
 """
 
 from twisted.internet import reactor as global_reactor
 
 from accesshttp import config
-from utils.daemon import daemon_options, service_tree
+from utils.daemon import daemon_options, listener_tree, service_tree, worker_tree
 
 
 Options = daemon_options(
     __file__, config.load,
     ("The HTTP JSON-RPC gateway: POST {\"id\", \"method\", \"params\"} and each "
-     "method is forwarded to matchengine, readhistory or marketprice."))
+     "method is forwarded to matchengine, readhistory or marketprice."),
+    workers=True)
 
 
 def makeService(options, reactor=None):
     from accesshttp.server import AccessHTTP
     reactor = reactor or global_reactor
     cfg = options["loaded"]
+    worker = options["worker"]
+    if worker is None and cfg["worker_num"] > 1:
+        return listener_tree(cfg, options, reactor, "accesshttp")
+    gateway = AccessHTTP(cfg, reactor=reactor, listen_enabled=worker is None)
+    if worker is not None:
+        return worker_tree(cfg, options, reactor, gateway, gateway.factory)
     top = service_tree(cfg, options, reactor)
-    AccessHTTP(cfg, reactor=reactor).setServiceParent(top)
+    gateway.setServiceParent(top)
     return top

@@ -51,18 +51,31 @@ def _sorted_text(value):
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
-def listen_tls(reactor, address, factory, cert_path, key_path):
-    """Listen for TLS on a tcp address with a PEM certificate and key."""
+def tls_options(cert_path, key_path):
+    """The server's TLS context from a PEM certificate and key."""
     from twisted.internet import ssl
-
-    from network.address import parse_address
-    addr = parse_address(address)
     with open(cert_path, "rb") as f:
         cert = f.read()
     with open(key_path, "rb") as f:
         key = f.read()
-    options = ssl.PrivateCertificate.loadPEM(cert + b"\n" + key).options()
-    return reactor.listenSSL(addr.port, factory, options, interface=addr.host)
+    return ssl.PrivateCertificate.loadPEM(cert + b"\n" + key).options()
+
+
+def tls_factory(cfg, factory):
+    """`factory` wrapped in TLS when the config has a `tls` block, else None."""
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+    tls = cfg.get("tls")
+    if tls is None:
+        return None
+    return TLSMemoryBIOFactory(tls_options(tls["cert"], tls["key"]), False, factory)
+
+
+def listen_tls(reactor, address, factory, cert_path, key_path):
+    """Listen for TLS on a tcp address with a PEM certificate and key."""
+    from network.address import parse_address
+    addr = parse_address(address)
+    return reactor.listenSSL(addr.port, factory, tls_options(cert_path, key_path),
+                             interface=addr.host)
 
 
 class AccessWS(service.Service):

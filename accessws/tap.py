@@ -1,20 +1,24 @@
 # -*- test-case-name: accessws.test.test_server -*-
 """`twistd accessws`: options and the service tree of the websocket gateway.
 
-One process serves every connection (`worker_num` is read for compatibility); several
-accessws can run behind a load balancer, each with its own subscriptions and consumers.
+With `worker_num` 1 one process binds and serves every connection.  Above 1 this process
+is the listener: it binds `svr` and `monitor` and hands each connection to one of
+`worker_num` workers (`--worker N`, network.handoff), each an independent accessws with its
+own backend connections, pollers, subscriptions and Kafka consumers, as the original's.
+Several accessws can also run behind a load balancer.
 """
 
 from twisted.internet import reactor as global_reactor
 
 from accessws import config
-from utils.daemon import daemon_options, service_tree
+from utils.daemon import daemon_options, listener_tree, service_tree, worker_tree
 
 
 Options = daemon_options(
     __file__, config.load,
     ("The websocket gateway: queries, market-data subscriptions polled from the "
-     "backends, order and asset pushes from Kafka, server.auth through auth_url."))
+     "backends, order and asset pushes from Kafka, server.auth through auth_url."),
+    workers=True)
 
 
 def http_get(reactor):
@@ -45,10 +49,16 @@ def kafka_consumers(reactor):
 
 
 def makeService(options, reactor=None):
-    from accessws.server import AccessWS
+    from accessws.server import AccessWS, tls_factory
     reactor = reactor or global_reactor
     cfg = options["loaded"]
+    worker = options["worker"]
+    if worker is None and cfg["worker_num"] > 1:
+        return listener_tree(cfg, options, reactor, "accessws")
+    ws = AccessWS(cfg, reactor=reactor, http_get=http_get(reactor),
+                  consumer_factory=kafka_consumers(reactor), listen=worker is None)
+    if worker is not None:
+        return worker_tree(cfg, options, reactor, ws, ws.factory, tls_factory(cfg, ws.factory))
     top = service_tree(cfg, options, reactor)
-    AccessWS(cfg, reactor=reactor, http_get=http_get(reactor),
-             consumer_factory=kafka_consumers(reactor)).setServiceParent(top)
+    ws.setServiceParent(top)
     return top

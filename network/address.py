@@ -21,7 +21,8 @@ from twisted.internet import endpoints
 from twisted.internet.protocol import ServerFactory
 
 __all__ = ["AddressError", "Address", "parse_address", "server_endpoint", "client_endpoint",
-           "server_description", "listen", "listen_udp", "STREAM_KINDS", "DATAGRAM_KINDS"]
+           "server_description", "listen", "listen_udp", "unlink_stale", "STREAM_KINDS",
+           "DATAGRAM_KINDS"]
 
 STREAM_KINDS = ("tcp", "stream", "seqpacket")
 DATAGRAM_KINDS = ("udp", "dgram")
@@ -143,7 +144,8 @@ def server_description(address) -> str:
     raise AddressError("address %r is not a stream address a server can listen on" % str(addr))
 
 
-def _unlink_stale(path):
+def unlink_stale(path):
+    """Remove a UNIX socket left at `path` by a process that did not clean up."""
     try:
         if stat.S_ISSOCK(os.stat(path).st_mode):
             os.unlink(path)
@@ -158,7 +160,7 @@ def server_endpoint(reactor, address):
         cls = endpoints.TCP6ServerEndpoint if addr.is_ipv6 else endpoints.TCP4ServerEndpoint
         return cls(reactor, addr.port, backlog=BACKLOG, interface=addr.host)
     if addr.kind == "stream":
-        _unlink_stale(addr.path)
+        unlink_stale(addr.path)
         return endpoints.UNIXServerEndpoint(reactor, addr.path, backlog=BACKLOG, mode=0o777,
                                             wantPID=False)
     raise AddressError("cannot listen for streams on %r" % str(addr))
@@ -187,6 +189,6 @@ def listen_udp(reactor, address, protocol):
     if addr.kind == "udp":
         return reactor.listenUDP(addr.port, protocol, interface=addr.host)
     if addr.kind == "dgram":
-        _unlink_stale(addr.path)
+        unlink_stale(addr.path)
         return reactor.listenUNIXDatagram(addr.path, protocol, mode=0o777)
     raise AddressError("cannot listen for datagrams on %r" % str(addr))

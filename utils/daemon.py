@@ -9,15 +9,21 @@ sent to alertcenter when the config has an `alert` block.
 """
 
 import os
+import sys
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python import usage
 
 from utils.config import ConfigError
 
-__all__ = ["daemon_options", "service_tree", "OrderedMultiService"]
+__all__ = ["daemon_options", "service_tree", "OrderedMultiService", "listener_tree",
+           "worker_tree"]
+
+# a worker runs in its own process group: Ctrl-C in a terminal reaches the listener only,
+# which stops the workers itself
+WORKER_TWISTD = "import os; os.setpgrp(); from twisted.scripts.twistd import run; run()"
 
 
 class OrderedMultiService(service.MultiService):
@@ -43,11 +49,12 @@ class OrderedMultiService(service.MultiService):
                 self.log.failure("stopping {service} failed", service=child)
 
 
-def daemon_options(package_file, load, longdesc, prepare=None):
+def daemon_options(package_file, load, longdesc, prepare=None, workers=False):
     """Options for the daemon of the package whose `__file__` (or any module of it) is given.
 
     `load(path)` loads the config; `prepare(options)` may derive more from it (its
-    ConfigError is reported like a load error).
+    ConfigError is reported like a load error).  `workers=True` adds `--worker N`, which the
+    listener of a daemon with `worker_num` > 1 gives the processes it starts.
     """
     default = os.path.join(os.path.dirname(os.path.abspath(package_file)), "conf",
                            "config.json")
@@ -65,6 +72,10 @@ def daemon_options(package_file, load, longdesc, prepare=None):
             except (ConfigError, OSError) as e:
                 raise usage.UsageError(str(e))
 
+    if workers:
+        Options.optParameters = Options.optParameters + [
+            ["worker", None, None, "(started by the listener when worker_num > 1) serve "
+             "as worker N, adopting the connections the listener passes on fd 3", int]]
     Options.longdesc = longdesc
     return Options
 
@@ -80,4 +91,41 @@ def service_tree(cfg, options, reactor, **log_overrides):
                           **log_overrides)
     setup.service().setServiceParent(top)
     top.log_setup = setup
+    return top
+
+
+def worker_command(module, options, index):
+    """The command line of worker `index` of the daemon `module` run with `options`."""
+    cmd = [sys.executable, "-c", WORKER_TWISTD, "-n", "--pidfile", "", "--logfile", os.devnull,
+           module, "--config", os.path.abspath(options["config"]), "--worker", str(index)]
+    return cmd + (["--stderr"] if options["stderr"] else [])
+
+
+def listener_tree(cfg, options, reactor, module):
+    """The service tree of the listener of `module` when `worker_num` > 1.
+
+    It binds `svr` and `monitor` and hands every connection to one of `worker_num` worker
+    processes (network.handoff); like the original, only worker 0 rotates the log file.
+    """
+    from network.handoff import Listener, WorkerPool
+    top = service_tree(cfg, options, reactor, max_size=0, keep=0)
+    pool = WorkerPool(reactor, lambda index: worker_command(module, options, index),
+                      cfg["worker_num"], name=module + " worker")
+    monitor = protocol.Factory.forProtocol(protocol.Protocol)
+    Listener(reactor, cfg["svr"]["bind"], pool, cfg["monitor"]["bind"], monitor,
+             name=module + " listener").setServiceParent(top)
+    return top
+
+
+def worker_tree(cfg, options, reactor, daemon, factory, tls_factory=None):
+    """The service tree of a worker: `daemon` (its service, built with listening off) and
+    the adoption of the listener's connections into `factory`, started after it.
+
+    The worker stops when the listener goes away.
+    """
+    from network.handoff import Adopter
+    index = options["worker"]
+    top = service_tree(cfg, options, reactor, **({} if index == 0 else dict(max_size=0, keep=0)))
+    daemon.setServiceParent(top)
+    Adopter(reactor, factory, on_end=reactor.stop, tls_factory=tls_factory).setServiceParent(top)
     return top

@@ -7,6 +7,7 @@ import os
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -107,3 +108,62 @@ class ServiceTreeTests(SynchronousTestCase):
         self.successResultOf(done)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertFalse(any(child.running for child in top))
+
+
+class WorkerTreeTests(SynchronousTestCase):
+    """accesshttp with worker_num 2: the listener's tree, the workers' trees and command."""
+
+    def options(self, *args):
+        from accesshttp import tap
+        with open(tap.Options()["config"]) as f:
+            data = json.load(f)
+        data.update(worker_num=2, log={"path": self.mktemp(), "flag": "error"})
+        data.pop("alert", None)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            json.dump(data, f)
+        options = tap.Options()
+        options.parseOptions(["--config", path] + list(args))
+        return tap, options
+
+    def test_listener_and_worker_command(self):
+        """Without --worker the tree is the listener's: it does not rotate the log, and
+        starts workers with the same config, --worker N and --stderr when given."""
+        from network.handoff import Listener
+        from utils.daemon import worker_command
+        tap, options = self.options("--stderr")
+        top = tap.makeService(options, reactor=Clock())
+        self.addCleanup(top.log_setup.remove)
+        listener = list(top)[-1]
+        self.assertIsInstance(listener, Listener)
+        self.assertEqual(listener.pool.count, 2)
+        self.assertEqual(top.log_setup.file_observer.max_size, 0)
+        command = worker_command("accesshttp", options, 1)
+        self.assertEqual(command[-6:], ["accesshttp", "--config",
+                                        os.path.abspath(options["config"]), "--worker", "1",
+                                        "--stderr"])
+        self.assertIn("--pidfile", command)
+
+    def test_only_worker_zero_rotates(self):
+        """Worker 0 rotates the log as configured, the others never; each adopts into its
+        gateway's factory, started after the gateway."""
+        import socket
+
+        from accesshttp.server import AccessHTTP
+        from network import handoff
+        sizes = []
+        for index in (0, 1):
+            tap, options = self.options("--worker", str(index))
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self.addCleanup(ours.close)
+            self.patch(handoff, "WORKER_FD", theirs.detach())
+            top = tap.makeService(options, reactor=MemoryReactorClock())
+            self.addCleanup(top.log_setup.remove)
+            gateway, adopter = list(top)[1:]
+            self.assertIsInstance(gateway, AccessHTTP)
+            self.assertFalse(gateway.listen_enabled)
+            self.assertIs(adopter.factory, gateway.factory)
+            adopter.socket.close()
+            sizes.append(top.log_setup.file_observer.max_size)
+        self.assertEqual(sizes[1], 0)
+        self.assertGreater(sizes[0], 0)

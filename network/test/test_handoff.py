@@ -1,0 +1,355 @@
+# -*- test-case-name: network.test.test_handoff -*-
+"""The listener/worker hand-off: descriptors over seqpacket channels, the worker pool's
+turns, restarts and stop, and real daemons run with worker_num 2."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+
+from twisted.internet import error, protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from network import handoff
+from utils import testing
+
+
+class AdoptingReactor(MemoryReactorClock):
+    """Records, for each adopted descriptor, the inode of the socket behind it."""
+
+    def __init__(self):
+        super().__init__()
+        self.adopted = []
+        self.spawned = []
+
+    def adoptStreamConnection(self, fd, family, factory):
+        self.adopted.append((os.fstat(fd).st_ino, family, factory))
+
+    def spawnProcess(self, proto, executable, args, env=None, childFDs=None):
+        process = FakeProcess(proto, len(self.spawned) + 100)
+        self.spawned.append((args, childFDs, process))
+        return process
+
+
+class FakeProcess:
+    def __init__(self, proto, pid):
+        self.proto = proto
+        self.pid = pid
+        self.signals = []
+
+    def signalProcess(self, name):
+        if self.signals and self.signals[-1] == "gone":
+            raise error.ProcessExitedAlready()
+        self.signals.append(name)
+
+    def end(self):
+        self.signals.append("gone")
+        self.proto.processEnded(Failure(error.ProcessTerminated(signal=15)))
+
+
+def inode(sock):
+    return os.fstat(sock.fileno()).st_ino
+
+
+class AdopterTests(SynchronousTestCase):
+
+    def setUp(self):
+        self.reactor = AdoptingReactor()
+        self.listener_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.addCleanup(self.listener_end.close)
+        self.factory = protocol.Factory()
+        self.tls = protocol.Factory()
+        self.ended = []
+        self.adopter = handoff.Adopter(self.reactor, self.factory,
+                                       on_end=lambda: self.ended.append(True),
+                                       fd=worker_end.detach(), tls_factory=self.tls)
+        self.adopter.startService()
+
+    def send(self, sock):
+        socket.send_fds(self.listener_end, [handoff.FAMILY.pack(sock.family)], [sock.fileno()])
+
+    def test_descriptors_are_adopted_by_family(self):
+        """Each descriptor sent is adopted with its family; TCP ones go to the TLS factory,
+        UNIX ones to the plain one; the worker's copies are closed afterwards."""
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        unix, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for s in (tcp, unix, other):
+            self.addCleanup(s.close)
+        self.assertIn(self.adopter, self.reactor.readers)
+        before = len(os.listdir("/proc/self/fd"))
+        self.send(tcp)
+        self.send(unix)
+        self.adopter.doRead()
+        self.assertEqual(self.reactor.adopted,
+                         [(inode(tcp), socket.AF_INET, self.tls),
+                          (inode(unix), socket.AF_UNIX, self.factory)])
+        self.assertEqual(self.adopter.adopted, 2)
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
+        self.assertEqual(self.ended, [])
+
+    def test_channel_closed_ends_the_worker(self):
+        """When the listener's end closes, the worker is told to stop, once."""
+        self.listener_end.close()
+        self.adopter.doRead()
+        self.assertEqual(self.ended, [True])
+        self.assertNotIn(self.adopter, self.reactor.readers)
+        self.adopter.stopService()
+        self.assertEqual(self.ended, [True])
+
+    def test_factory_started_and_stopped(self):
+        """The adopting factory is started with the service and stopped with it."""
+        self.assertEqual(self.factory.numPorts, 1)
+        self.adopter.stopService()
+        self.assertEqual(self.factory.numPorts, 0)
+        self.assertNotIn(self.adopter, self.reactor.readers)
+
+
+class WorkerPoolTests(SynchronousTestCase):
+
+    def setUp(self):
+        self.reactor = AdoptingReactor()
+        self.pool = handoff.WorkerPool(self.reactor, lambda i: ["python", "worker", str(i)], 3)
+        self.pool.startService()
+        self.addCleanup(self.close_channels)
+
+    def close_channels(self):
+        for channel in self.pool.channels.values():
+            channel.close()
+
+    def test_workers_started_with_their_channel(self):
+        """Each worker is spawned with its command and its channel end as fd 3."""
+        self.assertEqual([args for args, _, _ in self.reactor.spawned],
+                         [["python", "worker", "0"], ["python", "worker", "1"],
+                          ["python", "worker", "2"]])
+        for _, child_fds, _ in self.reactor.spawned:
+            self.assertEqual(set(child_fds), {0, 1, 2, handoff.WORKER_FD})
+        self.assertEqual(self.pool.live, 3)
+
+    def test_connections_go_round(self):
+        """Connections are handed to the workers in turn."""
+        peers = {}
+        for index, channel in list(self.pool.channels.items()):
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            channel.close()
+            self.pool.channels[index] = ours
+            peers[index] = theirs
+            self.addCleanup(theirs.close)
+        sockets = [socket.socket() for _ in range(6)]
+        for s in sockets:
+            self.addCleanup(s.close)
+            self.assertTrue(self.pool.dispatch(s))
+        got = {}
+        for index, theirs in peers.items():
+            theirs.setblocking(False)
+            while True:
+                try:
+                    _, fds, _, _ = socket.recv_fds(theirs, 4, 1)
+                except BlockingIOError:
+                    break
+                got.setdefault(index, []).append(os.fstat(fds[0]).st_ino)
+                os.close(fds[0])
+        self.assertEqual(got, {0: [inode(sockets[0]), inode(sockets[3])],
+                               1: [inode(sockets[1]), inode(sockets[4])],
+                               2: [inode(sockets[2]), inode(sockets[5])]})
+
+    def test_dead_channel_skipped_and_none_left(self):
+        """A worker whose channel fails is skipped; with none left the connection is
+        refused (logged)."""
+        peers = []
+        for index in range(3):
+            self.pool.channels[index].close()
+            self.pool.channels[index], theirs = socket.socketpair(socket.AF_UNIX,
+                                                                  socket.SOCK_SEQPACKET)
+            peers.append(theirs)
+            self.addCleanup(theirs.close)
+        peers[0].close()
+        peers[1].close()
+        s = socket.socket()
+        self.addCleanup(s.close)
+        self.assertTrue(self.pool.dispatch(s))
+        _, fds, _, _ = socket.recv_fds(peers[2], 4, 1)
+        os.close(fds[0])
+        peers[2].close()
+        self.assertFalse(self.pool.dispatch(s))
+
+    def test_dead_worker_restarted(self):
+        """A worker that ends is started again after RESTART_DELAY, with a new channel."""
+        _, _, process = self.reactor.spawned[1]
+        process.end()
+        self.assertEqual(self.pool.live, 2)
+        self.assertEqual(len(self.reactor.spawned), 3)
+        self.reactor.advance(handoff.RESTART_DELAY)
+        self.assertEqual(len(self.reactor.spawned), 4)
+        self.assertEqual(self.reactor.spawned[3][0], ["python", "worker", "1"])
+        self.assertEqual(self.pool.live, 3)
+
+    def test_stop_terminates_then_kills(self):
+        """Stopping sends SIGTERM; a worker still there after STOP_TIMEOUT gets SIGKILL;
+        the stop fires once all have ended, and none is started again."""
+        processes = [p for _, _, p in self.reactor.spawned]
+        stopped = self.pool.stopService()
+        self.assertEqual([p.signals for p in processes], [["TERM"]] * 3)
+        processes[0].end()
+        processes[1].end()
+        self.assertNoResult(stopped)
+        self.reactor.advance(handoff.STOP_TIMEOUT)
+        self.assertEqual(processes[2].signals, ["TERM", "KILL"])
+        processes[2].end()
+        self.successResultOf(stopped)
+        self.reactor.advance(handoff.RESTART_DELAY * 10)
+        self.assertEqual(len(self.reactor.spawned), 3)
+        self.assertEqual(self.pool.live, 0)
+
+
+class AcceptorTests(SynchronousTestCase):
+
+    def test_accepted_connections_dispatched_and_closed_here(self):
+        """Each pending connection is given to dispatch; the listener's copy is closed."""
+        reactor = AdoptingReactor()
+        sock = handoff.bind_socket("tcp@127.0.0.1:0")
+        given = []
+        acceptor = handoff.Acceptor(reactor, sock, lambda conn: given.append(conn))
+        acceptor.start()
+        self.addCleanup(acceptor.stop)
+        clients = [socket.create_connection(sock.getsockname()) for _ in range(3)]
+        for c in clients:
+            self.addCleanup(c.close)
+        acceptor.doRead()
+        self.assertEqual(len(given), 3)
+        self.assertTrue(all(conn.fileno() == -1 for conn in given))
+
+    def test_stream_address(self):
+        """A stream@ address is bound as a UNIX socket anyone may connect to."""
+        path = self.mktemp()
+        sock = handoff.bind_socket("stream@" + path)
+        self.addCleanup(sock.close)
+        self.assertEqual(sock.family, socket.AF_UNIX)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o777)
+
+
+def connection_owner(server_port, client_port, pids):
+    """Which of `pids` holds the server side of the loopback connection."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    inodes = {row[9] for row in rows
+              if row[1].endswith(":%04X" % server_port) and row[2].endswith(":%04X" % client_port)}
+    for pid in pids:
+        for fd in os.listdir("/proc/%d/fd" % pid):
+            try:
+                link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                return pid
+    return None
+
+
+def children(pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True).stdout
+    return sorted(int(p) for p in out.split())
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class DaemonWorkersTests(TestCase):
+    """accessws run by twistd with worker_num 2 (its backends are down: only server.ping)."""
+
+    timeout = 120
+
+    def start(self):
+        self.port = testing.free_port()
+        down = {"name": "down", "addr": ["tcp@127.0.0.1:%d" % testing.free_port()],
+                "max_pkg_size": 2000000}
+        config = testing.base_config(
+            "accessws", svr={"bind": ["tcp@127.0.0.1:%d" % self.port], "max_pkg_size": 102400},
+            monitor={"bind": "tcp@127.0.0.1:%d" % testing.free_port(), "max_pkg_size": 1024},
+            orders={"brokers": "127.0.0.1:1", "topic": "orders"},
+            balances={"brokers": "127.0.0.1:1", "topic": "balances"},
+            auth_url="http://127.0.0.1:1/", sign_url="http://127.0.0.1:1/", worker_num=2,
+            matchengine=down, marketprice=down, readhistory=down)
+        self.daemon = testing.DaemonProcess("accessws", config,
+                                            os.path.abspath(self.mktemp())).start()
+        self.addCleanup(self.daemon.stop, signal.SIGKILL)
+        self.daemon.wait_port(self.port)
+        self.assertTrue(testing.wait_until(lambda: len(children(self.daemon.proc.pid)) == 2,
+                                           30))
+        return children(self.daemon.proc.pid)
+
+    def ping(self):
+        client = testing.WSClient("127.0.0.1", self.port)
+        self.addCleanup(client.close)
+        client.send('{"id": 7, "method": "server.ping", "params": []}')
+        self.assertEqual(json.loads(client.recv()), {"id": 7, "error": None, "result": "pong"})
+        return client
+
+    def test_connections_spread_over_workers(self):
+        """Connections are served by both workers, each answering on its own."""
+        workers = self.start()
+        owners = []
+        for _ in range(4):
+            client = self.ping()
+            owners.append(connection_owner(self.port, client.sock.getsockname()[1], workers))
+        self.assertEqual(sorted(owners), sorted(workers * 2))
+
+    def test_killed_worker_replaced_and_listener_stop_ends_all(self):
+        """A worker killed with SIGKILL is started again and connections are still
+        served; SIGTERM to the listener stops every worker with it."""
+        workers = self.start()
+        os.kill(workers[0], signal.SIGKILL)
+        self.assertTrue(testing.wait_until(
+            lambda: len(children(self.daemon.proc.pid)) == 2
+            and workers[0] not in children(self.daemon.proc.pid), 30))
+        now = children(self.daemon.proc.pid)
+        self.assertTrue(testing.wait_until(lambda: all(
+            connection_owner(self.port, self.ping().sock.getsockname()[1], now) for _ in "ab"),
+            30))
+        self.assertEqual(self.daemon.stop(), -signal.SIGTERM)
+        self.assertTrue(testing.wait_until(lambda: not any(alive(p) for p in now), 10))
+
+    def test_workers_end_when_listener_is_killed(self):
+        """A listener killed with SIGKILL leaves no worker behind."""
+        workers = self.start()
+        self.daemon.stop(signal.SIGKILL)
+        self.assertTrue(testing.wait_until(lambda: not any(alive(p) for p in workers), 15))
+
+    def test_accesshttp_workers(self):
+        """accesshttp with worker_num 2: keep-alive connections are answered by both
+        workers (an unknown method is answered without a backend)."""
+        import http.client
+        self.port = testing.free_port()
+        down = {"name": "down", "addr": ["tcp@127.0.0.1:%d" % testing.free_port()],
+                "max_pkg_size": 2000000}
+        config = testing.base_config(
+            "accesshttp", svr={"bind": ["tcp@127.0.0.1:%d" % self.port],
+                               "max_pkg_size": 102400},
+            monitor={"bind": "tcp@127.0.0.1:%d" % testing.free_port(), "max_pkg_size": 1024},
+            worker_num=2, matchengine=down, marketprice=down, readhistory=down)
+        self.daemon = testing.DaemonProcess("accesshttp", config,
+                                            os.path.abspath(self.mktemp())).start()
+        self.addCleanup(self.daemon.stop, signal.SIGKILL)
+        self.daemon.wait_port(self.port)
+        self.assertTrue(testing.wait_until(lambda: len(children(self.daemon.proc.pid)) == 2,
+                                           30))
+        workers = children(self.daemon.proc.pid)
+        owners = []
+        for _ in range(4):
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            self.addCleanup(conn.close)
+            for _ in range(2):
+                conn.request("POST", "/", b'{"id": 1, "method": "no.such", "params": []}')
+                response = conn.getresponse()
+                self.assertEqual((response.status, json.loads(response.read())),
+                                 (404, {"error": {"code": 4, "message": "method not found"},
+                                        "result": None, "id": 1}))
+            owners.append(connection_owner(self.port, conn.sock.getsockname()[1], workers))
+        self.assertEqual(sorted(owners), sorted(workers * 2))
