@@ -67,21 +67,33 @@ def bind_socket(address) -> socket.socket:
 class Acceptor:
     """Accepts on a listening socket and calls `dispatch(connection)` for each connection.
 
-    The connection is closed here once `dispatch` returns: a worker that was given it holds
-    its own copy.
+    The connection is closed here once `dispatch` returns True: the worker that was given it
+    holds its own copy.  When `dispatch` returns False (every worker's channel is full, or
+    none is running) the connection is kept and accepting pauses, leaving newer connections
+    in the kernel's backlog; it is offered again every RETRY_INTERVAL until taken.
     """
+
+    RETRY_INTERVAL = 0.01
 
     def __init__(self, reactor, sock, dispatch):
         self.reactor = reactor
         self.socket = sock
         self.dispatch = dispatch
         self.address = sock.getsockname()
+        self.waiting = None
+        self._retry = None
 
     def start(self):
         self.reactor.addReader(self)
 
     def stop(self):
-        self.reactor.removeReader(self)
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if self.waiting is not None:
+            self.waiting.close()
+            self.waiting = None
+        else:
+            self.reactor.removeReader(self)
         self.socket.close()
 
     def fileno(self):
@@ -100,10 +112,27 @@ class Acceptor:
                 # out of descriptors or memory: the connection waits in the backlog
                 log.error("accept on {address} failed: {error}", address=self.address, error=e)
                 return
-            try:
-                self.dispatch(conn)
-            finally:
-                conn.close()
+            if not self._offer(conn):
+                log.warn("accept on {address} paused: no worker can take a connection now",
+                         address=self.address)
+                self.reactor.removeReader(self)
+                self.waiting = conn
+                self._retry = self.reactor.callLater(self.RETRY_INTERVAL, self._offer_again)
+                return
+
+    def _offer(self, conn):
+        if not self.dispatch(conn):
+            return False
+        conn.close()
+        return True
+
+    def _offer_again(self):
+        if self._offer(self.waiting):
+            self.waiting = self._retry = None
+            log.info("accept on {address} resumed", address=self.address)
+            self.reactor.addReader(self)
+        else:
+            self._retry = self.reactor.callLater(self.RETRY_INTERVAL, self._offer_again)
 
     def connectionLost(self, reason):
         self.socket.close()
@@ -184,19 +213,19 @@ class WorkerPool(service.Service):
         return len(self.channels)
 
     def dispatch(self, conn: socket.socket) -> bool:
-        """Give `conn` to the next worker that takes it; False (logged) when none does."""
+        """Give `conn` to the next worker that takes it; False when none can now (a
+        channel holds only a few descriptors until its worker reads them)."""
         order = sorted(self.channels)
         if order:
             start = self._next % len(order)
             payload = FAMILY.pack(conn.family)
-            for index in order[start:] + order[:start]:
+            for step, index in enumerate(order[start:] + order[:start]):
                 try:
                     socket.send_fds(self.channels[index], [payload], [conn.fileno()])
                 except OSError:
                     continue    # its channel is full or gone: the next worker
-                self._next = start + 1
+                self._next = start + step + 1
                 return True
-        log.warn("{name}s: no worker takes a new connection; it is closed", name=self.name)
         return False
 
     def stopService(self):

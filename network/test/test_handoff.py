@@ -156,8 +156,8 @@ class WorkerPoolTests(SynchronousTestCase):
                                2: [inode(sockets[2]), inode(sockets[5])]})
 
     def test_dead_channel_skipped_and_none_left(self):
-        """A worker whose channel fails is skipped; with none left the connection is
-        refused (logged)."""
+        """A worker whose channel fails is skipped (again and again); with none left
+        dispatch says so."""
         peers = []
         for index in range(3):
             self.pool.channels[index].close()
@@ -170,8 +170,11 @@ class WorkerPoolTests(SynchronousTestCase):
         s = socket.socket()
         self.addCleanup(s.close)
         self.assertTrue(self.pool.dispatch(s))
-        _, fds, _, _ = socket.recv_fds(peers[2], 4, 1)
-        os.close(fds[0])
+        self.assertTrue(self.pool.dispatch(s))
+        for _ in range(2):
+            _, fds, _, _ = socket.recv_fds(peers[2], 4, 1)
+            os.close(fds[0])
+        self.assertEqual(self.pool.live, 3)
         peers[2].close()
         self.assertFalse(self.pool.dispatch(s))
 
@@ -211,7 +214,7 @@ class AcceptorTests(SynchronousTestCase):
         reactor = AdoptingReactor()
         sock = handoff.bind_socket("tcp@127.0.0.1:0")
         given = []
-        acceptor = handoff.Acceptor(reactor, sock, lambda conn: given.append(conn))
+        acceptor = handoff.Acceptor(reactor, sock, lambda conn: given.append(conn) or True)
         acceptor.start()
         self.addCleanup(acceptor.stop)
         clients = [socket.create_connection(sock.getsockname()) for _ in range(3)]
@@ -220,6 +223,36 @@ class AcceptorTests(SynchronousTestCase):
         acceptor.doRead()
         self.assertEqual(len(given), 3)
         self.assertTrue(all(conn.fileno() == -1 for conn in given))
+
+    def test_paused_while_no_worker_takes(self):
+        """A connection no worker can take is kept, accepting pauses (later connections
+        wait in the backlog), and both resume once a worker takes it."""
+        reactor = AdoptingReactor()
+        sock = handoff.bind_socket("tcp@127.0.0.1:0")
+        given, full = [], [True]
+
+        def dispatch(conn):
+            if full[0]:
+                return False
+            given.append(conn.getpeername())
+            return True
+        acceptor = handoff.Acceptor(reactor, sock, dispatch)
+        acceptor.start()
+        self.addCleanup(acceptor.stop)
+        clients = [socket.create_connection(sock.getsockname()) for _ in range(2)]
+        for c in clients:
+            self.addCleanup(c.close)
+        acceptor.doRead()
+        self.assertNotIn(acceptor, reactor.readers)
+        self.assertEqual(acceptor.waiting.getpeername(), clients[0].getsockname())
+        reactor.advance(acceptor.RETRY_INTERVAL * 3)
+        self.assertEqual(given, [])
+        full[0] = False
+        reactor.advance(acceptor.RETRY_INTERVAL)
+        self.assertIsNone(acceptor.waiting)
+        self.assertIn(acceptor, reactor.readers)
+        acceptor.doRead()
+        self.assertEqual(given, [c.getsockname() for c in clients])
 
     def test_stream_address(self):
         """A stream@ address is bound as a UNIX socket anyone may connect to."""
