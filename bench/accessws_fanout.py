@@ -4,13 +4,16 @@
 A child process runs accessws against a loopback backend whose book and deals change
 `--trades` times a second (each change carries its own time); this process opens
 `--connections` websocket connections subscribed to depth and deals of that market and
-measures the delay since the change each push reports.  Every `--sample`-th connection is
-read by a second child that asks the kernel when each push arrived (SO_TIMESTAMP), so that
-the delays are the server's, however late the reading process gets to a socket; the others
-open the websocket by hand and only read what comes.  Prints one line.
+measures the delay since the change each push reports.  Every `--sample`-th connection (in
+the order they are opened) is read by a second child that asks the kernel when each push
+arrived (SO_TIMESTAMP), so that the delays are the server's, however late the reading
+process gets to a socket.  The others are only opened and subscribed: what comes to them
+waits in the kernel's receive buffers, as if the clients were on other machines, unless
+`--read-all` reads it here.  Prints one line.
 
 Usage: python bench/accessws_fanout.py [--connections N] [--trades R] [--seconds S]
                                         [--interval POLL] [--sample K] [--push-window W]
+                                        [--workers N]
 """
 
 import argparse
@@ -29,8 +32,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def serve(ws_port, rate, interval, push_window):
-    """The child: a backend changing `rate` times a second, and accessws polling it."""
+def serve(ws_port, rate, interval, push_window, workers):
+    """The child: a backend changing `rate` times a second, and accessws polling it (in
+    this process, or as a listener and `workers` worker processes)."""
     from twisted.internet import reactor, task
 
     from accessws import config
@@ -53,7 +57,7 @@ def serve(ws_port, rate, interval, push_window):
     listen_rpc(reactor, "tcp@127.0.0.1:%d" % backend_port,
                RPCServerFactory(handlers, 1 << 20, heartbeat_check=False))
     backend = {"addr": ["tcp@127.0.0.1:%d" % backend_port], "max_pkg_size": 1 << 24}
-    cfg = config.load_data({
+    data = {
         "log": {"path": "/dev/null", "flag": "fatal"},
         "svr": {"bind": ["tcp@127.0.0.1:%d" % ws_port], "max_pkg_size": 102400},
         "monitor": {"bind": "tcp@127.0.0.1:%d" % testing.free_port(), "max_pkg_size": 1024},
@@ -64,10 +68,24 @@ def serve(ws_port, rate, interval, push_window):
         "balances": {"brokers": "127.0.0.1:1", "topic": "balances"},
         "auth_url": "http://127.0.0.1:1/", "sign_url": "http://127.0.0.1:1/",
         "depth_interval": interval, "deals_interval": interval, "push_window": push_window,
-        "depth_limit": [10], "depth_merge": ["0"]})
-    AccessWS(cfg, reactor=reactor).startService()
+        "depth_limit": [10], "depth_merge": ["0"], "worker_num": workers}
+    if workers == 1:
+        AccessWS(config.load_data(data), reactor=reactor).startService()
+    else:
+        daemon = start_daemon(data, ws_port)
+        reactor.addSystemEventTrigger("before", "shutdown", daemon.stop)
     print("ready", flush=True)
     reactor.run()
+
+
+def start_daemon(data, ws_port):
+    """accessws run by twistd (a listener and its workers) with the config `data`."""
+    import tempfile
+
+    from utils import testing
+    data = dict(data, log={"path": "log/accessws", "flag": "fatal,error,warn"})
+    daemon = testing.DaemonProcess("accessws", data, tempfile.mkdtemp(prefix="fanout-"))
+    return daemon.start().wait_port(ws_port)
 
 
 SUBSCRIBE = (b'{"id": 1, "method": "depth.subscribe", "params": ["BTCBCH", 10, "0"]}',
@@ -124,27 +142,30 @@ def frames(buffer):
     return out, buffer
 
 
-def sampler(ws_port, count):
-    """The second child: `count` connections read with the kernel's arrival times.
+def open_sampled(ws_port):
+    """A subscribed websocket connection whose arrivals the kernel timestamps; returns the
+    socket and what came after the handshake's head."""
+    sock = socket.create_connection(("127.0.0.1", ws_port))
+    sock.sendall(upgrade_request())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise SystemExit("handshake refused")
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
+    sock.sendall(b"".join(client_frame(m) for m in SUBSCRIBE))
+    sock.setblocking(False)
+    return sock, head.split(b"\r\n\r\n", 1)[1]
 
-    Says "ready" once they are subscribed, measures between "start" and "stop" on stdin,
-    then prints the delays as JSON."""
+
+def sampler(ws_port):
+    """The second child: connections read with the kernel's arrival times.
+
+    Commands on stdin: "open K" opens and subscribes K more connections (answered with
+    "opened"), so that they are opened among the others, "start" begins measuring, and
+    "stop" prints the delays as JSON and ends."""
     socks = {}
-    for _ in range(count):
-        sock = socket.create_connection(("127.0.0.1", ws_port))
-        sock.sendall(upgrade_request())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(4096)
-        if not head.startswith(b"HTTP/1.1 101"):
-            raise SystemExit("handshake refused")
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
-        sock.sendall(b"".join(client_frame(m) for m in SUBSCRIBE))
-        sock.setblocking(False)
-        socks[sock.fileno()] = [sock, head.split(b"\r\n\r\n", 1)[1]]
     poller = select.epoll()
-    for fd in socks:
-        poller.register(fd, select.EPOLLIN)
     poller.register(sys.stdin.fileno(), select.EPOLLIN)
     print("ready", flush=True)
     delays, measuring = [], False
@@ -152,8 +173,15 @@ def sampler(ws_port, count):
     while True:
         for fd, _ in poller.poll():
             if fd == sys.stdin.fileno():
-                command = sys.stdin.readline().strip()
-                if command == "start":
+                command = sys.stdin.readline().split()
+                if command[0] == "open":
+                    for _ in range(int(command[1])):
+                        sock, rest = open_sampled(ws_port)
+                        socks[sock.fileno()] = [sock, rest]
+                        poller.register(sock.fileno(), select.EPOLLIN)
+                    print("opened", flush=True)
+                    continue
+                if command[0] == "start":
                     measuring = True
                     continue
                 print(json.dumps(delays), flush=True)
@@ -174,12 +202,12 @@ def sampler(ws_port, count):
                     delays.extend(push_delays(payload, arrived))
 
 
-def drive(ws_port, connections, seconds, sample):
+def drive(ws_port, connections, seconds, sample, read_all):
     from twisted.internet import defer, protocol, reactor
 
     sampled = (connections + sample - 1) // sample
     reader = subprocess.Popen([sys.executable, __file__, "--sampler", str(ws_port),
-                               "--connections", str(sampled)],
+                               "--connections", str(connections)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     if reader.stdout.readline().strip() != "ready":
         raise SystemExit("the sampling reader did not start")
@@ -206,12 +234,27 @@ def drive(ws_port, connections, seconds, sample):
                 self.head = None
                 opened.append(self)
                 self.transport.write(b"".join(client_frame(m) for m in SUBSCRIBE))
+                if not read_all:
+                    # what comes waits in the kernel's receive buffer (a few KB a
+                    # connection over a run), as if the clients were on other machines
+                    self.transport.pauseProducing()
 
     async def main():
         listeners = protocol.ClientFactory.forProtocol(Listener)
-        for i in range(connections - sampled):
-            reactor.connectTCP("127.0.0.1", ws_port, listeners)
-            if i % 200 == 199:
+        # every `sample`-th connection is the sampler's, so that the sampled ones have
+        # places all along the server's lists of connections
+        pending = 0
+        for i in range(connections):
+            if i % sample == 0:
+                pending += 1
+            else:
+                reactor.connectTCP("127.0.0.1", ws_port, listeners)
+            if i % 200 == 199 or i == connections - 1:
+                reader.stdin.write("open %d\n" % pending)
+                reader.stdin.flush()
+                if reader.stdout.readline().strip() != "opened":
+                    raise SystemExit("the sampling reader failed")
+                pending = 0
                 await _sleep(0.2)
         deadline = time.time() + 120
         while len(opened) < connections - sampled and time.time() < deadline:
@@ -252,6 +295,12 @@ def main():
                         help="time the pushes of every K-th connection")
     parser.add_argument("--push-window", type=float, default=0.005,
                         help="accessws push_window, s (0: every push sent on its own)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="accessws worker_num (above 1: the daemon, a listener and its "
+                             "workers, each polling and pushing on its own)")
+    parser.add_argument("--read-all", action="store_true",
+                        help="read every connection as pushes come (the reading then "
+                             "competes with the server for the cores)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--sampler", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -259,20 +308,22 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.connections * 2 +
                                                                1024)), hard))
     if args.sampler:
-        return sampler(args.sampler, args.connections)
+        return sampler(args.sampler)
     if args.serve:
-        return serve(args.serve, args.trades, args.interval, args.push_window)
+        return serve(args.serve, args.trades, args.interval, args.push_window, args.workers)
     from utils.testing import free_port
     port = free_port()
     child = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--trades",
                               str(args.trades), "--interval", str(args.interval),
                               "--push-window", str(args.push_window),
+                              "--workers", str(args.workers),
                               "--connections", str(args.connections)],
                              stdout=subprocess.PIPE, text=True)
     try:
         if child.stdout.readline().strip() != "ready":
             raise SystemExit("accessws did not start")
-        outcome, delays = drive(port, args.connections, args.seconds, args.sample)
+        outcome, delays = drive(port, args.connections, args.seconds, args.sample,
+                                args.read_all)
     finally:
         child.terminate()
         child.wait()
@@ -282,9 +333,9 @@ def main():
     delays.sort()
     pct = (lambda q: delays[min(len(delays) - 1, int(len(delays) * q))] * 1000) if delays \
         else (lambda q: float("nan"))
-    print("accessws_fanout: %d connections held, %.0f changes/s, poll %.2f s, push window "
-          "%g s: %.0f pushes/s, delay p50 %.1f ms, p99 %.1f ms" % (
-              held, args.trades, args.interval, args.push_window,
+    print("accessws_fanout: %d connections held, %d worker(s), %.0f changes/s, poll %.2f s, "
+          "push window %g s: %.0f pushes/s, delay p50 %.1f ms, p99 %.1f ms" % (
+              held, args.workers, args.trades, args.interval, args.push_window,
               len(delays) * args.sample / elapsed, pct(0.5), pct(0.99)))
 
 
