@@ -30,8 +30,9 @@ SCHEMA = cfg.DAEMON.extend({
     "today_interval": cfg.Real(0.5),
     "kline_interval": cfg.Real(0.5),
     "depth_interval": cfg.Real(0.5),
-    # beyond the original: pushes to one connection within this many seconds leave in one send
-    "push_window": cfg.Real(0.005, min=0.0, max=1.0),
+    # beyond the original: market pushes wait for the other polls of their round (at most
+    # this many seconds), so that a round reaches each connection in one send
+    "push_window": cfg.Real(0.05, min=0.0, max=1.0),
     "depth_limit": cfg.List(cfg.Int(min=1), non_empty=True),
     "depth_merge": cfg.List(cfg.DecimalStr(), non_empty=True),
     # beyond the original: serve wss:// on the tcp binds with this certificate and key (PEM)

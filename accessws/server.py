@@ -512,12 +512,24 @@ class AccessWS(service.Service):
         return 303, [key, DEALS_KEPT, self.deals_last_id.get(key, 0)]
 
     def _poll_failed(self, failure, family, key):
-        self.in_flight.discard((family, key))
+        self._poll_done(family, key)
         self.log.warn("accessws: polling {family} {key} failed: {error}", family=family,
                       key=key, error=failure.getErrorMessage())
 
-    def _polled(self, reply, family, key):
+    def _poll_done(self, family, key):
         self.in_flight.discard((family, key))
+        if not self.in_flight:
+            # the last answer of a polling round: its pushes leave now, one send for each
+            # connection, rather than when push_window closes
+            self.factory.send_held()
+
+    def _polled(self, reply, family, key):
+        try:
+            self._handle_poll(reply, family, key)
+        finally:
+            self._poll_done(family, key)
+
+    def _handle_poll(self, reply, family, key):
         if key not in self.subs[family]:
             return
         if reply.get("error") is not None:

@@ -483,6 +483,12 @@ class WSServerFactory(WebSocketServerFactory):
             if frames:
                 write_now(protocol.transport, b"".join(frames))
 
+    def send_held(self):
+        """Send every held push now, without waiting for the window to close."""
+        if self._held_call is not None:
+            self._held_call.cancel()
+            self._send_held()
+
     def _send_held(self):
         self._held_call = None
         held, self._held = self._held, {}

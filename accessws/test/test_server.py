@@ -227,6 +227,42 @@ class ServiceTests(TestCase):
         """1,000 connections subscribed to depth and deals all receive the pushes."""
         return defer.Deferred.fromCoroutine(self.fanout_scenario())
 
+    async def round_scenario(self):
+        await self.start(push_window=1.0)
+
+        def run():
+            client = testing.WSClient("127.0.0.1", self.ws_port)
+            try:
+                for n, family in ((1, "depth"), (2, "deals")):
+                    params = ["BTCBCH", 10, "0"] if family == "depth" else ["BTCBCH"]
+                    client.send(json.dumps({"id": n, "method": family + ".subscribe",
+                                            "params": params}))
+                deadline = time.monotonic() + 1.0
+                while time.monotonic() < deadline:      # replies and snapshots
+                    try:
+                        client.recv(deadline - time.monotonic())
+                    except TimeoutError:
+                        break
+                reactor.callFromThread(self.change)
+                changed = time.monotonic()
+                methods = {json.loads(client.recv(5))["method"] for _ in range(2)}
+                return methods, time.monotonic() - changed
+            finally:
+                client.close()
+        methods, delay = await threads.deferToThread(run)
+        self.assertEqual(methods, {"depth.update", "deals.update"})
+        self.assertLess(delay, 0.7)
+
+    def change(self):
+        self.backend.book = {"asks": [["8000", "0.5"]], "bids": []}
+        self.backend.deals = [{"id": 1, "time": 1.5, "price": "8000", "amount": "0.5",
+                               "type": "buy"}]
+
+    def test_round_pushes_leave_when_its_polls_are_answered(self):
+        """Pushes of a polling round leave once its last poll is answered, not when
+        push_window (a limit, here 1 s) runs out."""
+        return defer.Deferred.fromCoroutine(self.round_scenario())
+
 
     async def tls_scenario(self):
         cert, key = self_signed(self.mktemp())

@@ -519,6 +519,20 @@ class PushWindowTests(Memory):
             self.assertEqual(len(calls), 1)
         self.assertEqual((self.factory._held, self.factory._held_call), ({}, None))
 
+    def test_send_held_before_the_window_closes(self):
+        """send_held sends what is held at once, in one write, and ends the window."""
+        server, client, pump = self.connect()
+        calls = self.writes(server)
+        self.factory.broadcast("depth.update", [1])
+        self.factory.broadcast("deals.update", [2])
+        self.factory.send_held()
+        pump.flush()
+        self.assertEqual(len(client.take()), 2)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual((self.factory._held, self.factory._held_call), ({}, None))
+        self.factory.send_held()        # nothing held: nothing happens
+        self.assertEqual(len(calls), 1)
+
     def test_reply_follows_held_pushes(self):
         """A reply to a connection with held pushes goes after them, at once."""
         server, client, pump = self.connect()
