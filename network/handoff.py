@@ -64,7 +64,22 @@ def bind_socket(address) -> socket.socket:
     return sock
 
 
-class Acceptor:
+class _SocketReader:
+    """What the reactor asks of a reader of `self.socket` besides doRead."""
+
+    name = "socket"
+
+    def fileno(self):
+        return self.socket.fileno()
+
+    def logPrefix(self):
+        return self.name
+
+    def connectionLost(self, reason):
+        self.socket.close()
+
+
+class Acceptor(_SocketReader):
     """Accepts on a listening socket and calls `dispatch(connection)` for each connection.
 
     The connection is closed here once `dispatch` returns True: the worker that was given it
@@ -74,6 +89,7 @@ class Acceptor:
     """
 
     RETRY_INTERVAL = 0.01
+    name = "Acceptor"
 
     def __init__(self, reactor, sock, dispatch):
         self.reactor = reactor
@@ -95,12 +111,6 @@ class Acceptor:
         else:
             self.reactor.removeReader(self)
         self.socket.close()
-
-    def fileno(self):
-        return self.socket.fileno()
-
-    def logPrefix(self):
-        return "Acceptor"
 
     def doRead(self):
         for _ in range(ACCEPTS_PER_READ):
@@ -133,9 +143,6 @@ class Acceptor:
             self.reactor.addReader(self)
         else:
             self._retry = self.reactor.callLater(self.RETRY_INTERVAL, self._offer_again)
-
-    def connectionLost(self, reason):
-        self.socket.close()
 
 
 class _WorkerProcess(protocol.ProcessProtocol):
@@ -252,7 +259,7 @@ class WorkerPool(service.Service):
             process.signalProcess("KILL")
 
 
-class Adopter(service.Service):
+class Adopter(_SocketReader, service.Service):
     """The worker's side: adopts each descriptor read from `fd` into `factory`.
 
     Connections of a TCP family go to `tls_factory` instead when one is given (a
@@ -270,6 +277,7 @@ class Adopter(service.Service):
         self.socket = socket.socket(fileno=fd)
         self.socket.setblocking(False)
         self.adopted = 0
+        self.name = "Adopter"
 
     def startService(self):
         service.Service.startService(self)
@@ -282,12 +290,6 @@ class Adopter(service.Service):
             self.reactor.removeReader(self)
             self.socket.close()
         self.factory.doStop()
-
-    def fileno(self):
-        return self.socket.fileno()
-
-    def logPrefix(self):
-        return "Adopter"
 
     def doRead(self):
         while True:
@@ -318,9 +320,6 @@ class Adopter(service.Service):
         self.socket.close()
         log.info("the listener has gone; stopping")
         self.on_end()
-
-    def connectionLost(self, reason):
-        self.socket.close()
 
 
 class Listener(service.Service):

@@ -209,17 +209,22 @@ class WorkerPoolTests(SynchronousTestCase):
 
 class AcceptorTests(SynchronousTestCase):
 
-    def test_accepted_connections_dispatched_and_closed_here(self):
-        """Each pending connection is given to dispatch; the listener's copy is closed."""
+    def accepting(self, dispatch, count):
+        """An acceptor on a loopback port with `count` clients connected to it."""
         reactor = AdoptingReactor()
         sock = handoff.bind_socket("tcp@127.0.0.1:0")
-        given = []
-        acceptor = handoff.Acceptor(reactor, sock, lambda conn: given.append(conn) or True)
+        acceptor = handoff.Acceptor(reactor, sock, dispatch)
         acceptor.start()
         self.addCleanup(acceptor.stop)
-        clients = [socket.create_connection(sock.getsockname()) for _ in range(3)]
+        clients = [socket.create_connection(sock.getsockname()) for _ in range(count)]
         for c in clients:
             self.addCleanup(c.close)
+        return reactor, acceptor, clients
+
+    def test_accepted_connections_dispatched_and_closed_here(self):
+        """Each pending connection is given to dispatch; the listener's copy is closed."""
+        given = []
+        reactor, acceptor, clients = self.accepting(lambda conn: given.append(conn) or True, 3)
         acceptor.doRead()
         self.assertEqual(len(given), 3)
         self.assertTrue(all(conn.fileno() == -1 for conn in given))
@@ -227,8 +232,6 @@ class AcceptorTests(SynchronousTestCase):
     def test_paused_while_no_worker_takes(self):
         """A connection no worker can take is kept, accepting pauses (later connections
         wait in the backlog), and both resume once a worker takes it."""
-        reactor = AdoptingReactor()
-        sock = handoff.bind_socket("tcp@127.0.0.1:0")
         given, full = [], [True]
 
         def dispatch(conn):
@@ -236,12 +239,7 @@ class AcceptorTests(SynchronousTestCase):
                 return False
             given.append(conn.getpeername())
             return True
-        acceptor = handoff.Acceptor(reactor, sock, dispatch)
-        acceptor.start()
-        self.addCleanup(acceptor.stop)
-        clients = [socket.create_connection(sock.getsockname()) for _ in range(2)]
-        for c in clients:
-            self.addCleanup(c.close)
+        reactor, acceptor, clients = self.accepting(dispatch, 2)
         acceptor.doRead()
         self.assertNotIn(acceptor, reactor.readers)
         self.assertEqual(acceptor.waiting.getpeername(), clients[0].getsockname())
@@ -299,24 +297,28 @@ class DaemonWorkersTests(TestCase):
 
     timeout = 120
 
-    def start(self):
+    def start(self, module="accessws", **extra):
+        """`module` run with worker_num 2; returns the pids of its workers."""
         self.port = testing.free_port()
         down = {"name": "down", "addr": ["tcp@127.0.0.1:%d" % testing.free_port()],
                 "max_pkg_size": 2000000}
         config = testing.base_config(
-            "accessws", svr={"bind": ["tcp@127.0.0.1:%d" % self.port], "max_pkg_size": 102400},
+            module, svr={"bind": ["tcp@127.0.0.1:%d" % self.port], "max_pkg_size": 102400},
             monitor={"bind": "tcp@127.0.0.1:%d" % testing.free_port(), "max_pkg_size": 1024},
-            orders={"brokers": "127.0.0.1:1", "topic": "orders"},
-            balances={"brokers": "127.0.0.1:1", "topic": "balances"},
-            auth_url="http://127.0.0.1:1/", sign_url="http://127.0.0.1:1/", worker_num=2,
-            matchengine=down, marketprice=down, readhistory=down)
-        self.daemon = testing.DaemonProcess("accessws", config,
+            worker_num=2, matchengine=down, marketprice=down, readhistory=down, **extra)
+        self.daemon = testing.DaemonProcess(module, config,
                                             os.path.abspath(self.mktemp())).start()
         self.addCleanup(self.daemon.stop, signal.SIGKILL)
         self.daemon.wait_port(self.port)
         self.assertTrue(testing.wait_until(lambda: len(children(self.daemon.proc.pid)) == 2,
                                            30))
         return children(self.daemon.proc.pid)
+
+    def start_accessws(self):
+        return self.start(
+            orders={"brokers": "127.0.0.1:1", "topic": "orders"},
+            balances={"brokers": "127.0.0.1:1", "topic": "balances"},
+            auth_url="http://127.0.0.1:1/", sign_url="http://127.0.0.1:1/")
 
     def ping(self):
         client = testing.WSClient("127.0.0.1", self.port)
@@ -327,7 +329,7 @@ class DaemonWorkersTests(TestCase):
 
     def test_connections_spread_over_workers(self):
         """Connections are served by both workers, each answering on its own."""
-        workers = self.start()
+        workers = self.start_accessws()
         owners = []
         for _ in range(4):
             client = self.ping()
@@ -337,7 +339,7 @@ class DaemonWorkersTests(TestCase):
     def test_killed_worker_replaced_and_listener_stop_ends_all(self):
         """A worker killed with SIGKILL is started again and connections are still
         served; SIGTERM to the listener stops every worker with it."""
-        workers = self.start()
+        workers = self.start_accessws()
         os.kill(workers[0], signal.SIGKILL)
         self.assertTrue(testing.wait_until(
             lambda: len(children(self.daemon.proc.pid)) == 2
@@ -351,7 +353,7 @@ class DaemonWorkersTests(TestCase):
 
     def test_workers_end_when_listener_is_killed(self):
         """A listener killed with SIGKILL leaves no worker behind."""
-        workers = self.start()
+        workers = self.start_accessws()
         self.daemon.stop(signal.SIGKILL)
         self.assertTrue(testing.wait_until(lambda: not any(alive(p) for p in workers), 15))
 
@@ -359,21 +361,7 @@ class DaemonWorkersTests(TestCase):
         """accesshttp with worker_num 2: keep-alive connections are answered by both
         workers (an unknown method is answered without a backend)."""
         import http.client
-        self.port = testing.free_port()
-        down = {"name": "down", "addr": ["tcp@127.0.0.1:%d" % testing.free_port()],
-                "max_pkg_size": 2000000}
-        config = testing.base_config(
-            "accesshttp", svr={"bind": ["tcp@127.0.0.1:%d" % self.port],
-                               "max_pkg_size": 102400},
-            monitor={"bind": "tcp@127.0.0.1:%d" % testing.free_port(), "max_pkg_size": 1024},
-            worker_num=2, matchengine=down, marketprice=down, readhistory=down)
-        self.daemon = testing.DaemonProcess("accesshttp", config,
-                                            os.path.abspath(self.mktemp())).start()
-        self.addCleanup(self.daemon.stop, signal.SIGKILL)
-        self.daemon.wait_port(self.port)
-        self.assertTrue(testing.wait_until(lambda: len(children(self.daemon.proc.pid)) == 2,
-                                           30))
-        workers = children(self.daemon.proc.pid)
+        workers = self.start("accesshttp")
         owners = []
         for _ in range(4):
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
