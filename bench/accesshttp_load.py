@@ -25,7 +25,7 @@ from bench.matchengine_core import orders  # noqa: E402
 from utils import testing  # noqa: E402
 
 
-def start_daemons(workdir):
+def start_daemons(workdir, workers=1):
     log_db = testing.create_database("benchlog", ("trade_log",))
     history_db = testing.create_database("benchhist", ("trade_history",), True)
     me_port, http_port = testing.free_port(), testing.free_port()
@@ -39,7 +39,7 @@ def start_daemons(workdir):
     gw = testing.DaemonProcess("accesshttp", testing.base_config(
         "accesshttp", svr={"bind": ["tcp@127.0.0.1:%d" % http_port], "max_pkg_size": 102400},
         monitor={"bind": "tcp@127.0.0.1:%d" % testing.free_port(), "max_pkg_size": 1024},
-        timeout=10.0,
+        timeout=10.0, worker_num=workers,
         matchengine=dict(backend, name="matchengine", addr=["tcp@127.0.0.1:%d" % me_port]),
         readhistory=dict(backend, name="readhistory",
                          addr=["tcp@127.0.0.1:%d" % testing.free_port()]),
@@ -56,10 +56,12 @@ def main():
     parser.add_argument("--orders", type=int, default=20000, help="requests per level")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--method", default="order.put_limit")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="accesshttp worker_num (above 1: a listener and its workers)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     workdir = tempfile.mkdtemp(prefix="http-bench-")
-    daemons, databases, port = start_daemons(workdir)
+    daemons, databases, port = start_daemons(workdir, args.workers)
     try:
         import urllib.request
         for user in range(1, 101):
@@ -89,9 +91,9 @@ def main():
             failures[0].raiseException()
         for level, stats in results:
             lat = sorted(stats["latency"])
-            print("accesshttp_load: %s, c=%d, %d requests: %.0f accepted/s, %d refused, "
-                  "p50 %.2f ms, p99 %.2f ms" % (
-                      args.method, level, len(lat), stats["accepted"] / stats["elapsed"],
+            print("accesshttp_load: %s, %d worker(s), c=%d, %d requests: %.0f accepted/s, "
+                  "%d refused, p50 %.2f ms, p99 %.2f ms" % (
+                      args.method, args.workers, level, len(lat), stats["accepted"] / stats["elapsed"],
                       stats["refused"], lat[len(lat) // 2] * 1000,
                       lat[int(len(lat) * 0.99)] * 1000))
     finally:
