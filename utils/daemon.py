@@ -80,10 +80,43 @@ def daemon_options(package_file, load, longdesc, prepare=None, workers=False):
     return Options
 
 
+LIMITS = (("file_limit", "RLIMIT_NOFILE"), ("core_limit", "RLIMIT_CORE"))
+
+
+def raise_limits(process):
+    """Raise the open-files and core-size limits to the `process` section's values.
+
+    A limit is only ever raised, and 0 leaves it.  Where the hard limit cannot be raised
+    (without the privilege to) the soft one goes as high as the hard one allows.  Returns
+    warnings naming the key, for the log.
+    """
+    import resource
+    warnings = []
+    for key, name in LIMITS:
+        wanted = process[key] if process is not None else 0
+        if not wanted:
+            continue
+        which = getattr(resource, name)
+        soft, hard = resource.getrlimit(which)
+        if soft == resource.RLIM_INFINITY or soft >= wanted:
+            continue
+        try:
+            resource.setrlimit(which, (wanted, max(hard, wanted)
+                                       if hard != resource.RLIM_INFINITY else hard))
+        except (ValueError, OSError) as e:
+            resource.setrlimit(which, (hard, hard))
+            warnings.append("process.%s: cannot raise the limit to %d (%s); it is %d"
+                            % (key, wanted, e, hard))
+    return warnings
+
+
 def service_tree(cfg, options, reactor, **log_overrides):
-    """The daemon's top service with its log (and alerts) set up; `top.log_setup` keeps it."""
+    """The daemon's top service with its log (and alerts) set up; `top.log_setup` keeps it.
+
+    The `process` section's limits are raised first (a failure is logged as a warning)."""
     from utils.alert import AlertSender
     from utils.log import setup_logging
+    limit_warnings = raise_limits(cfg.get("process"))
     top = OrderedMultiService()
     alert = cfg.get("alert")
     sender = AlertSender(reactor, alert.host, alert.addr) if alert else None
@@ -91,6 +124,8 @@ def service_tree(cfg, options, reactor, **log_overrides):
                           **log_overrides)
     setup.service().setServiceParent(top)
     top.log_setup = setup
+    for warning in limit_warnings:
+        Logger(namespace="daemon").warn("{text}", text=warning)
     return top
 
 

@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from readhistory import config as readhistory_config
 from readhistory import tap as readhistory_tap
@@ -167,3 +167,51 @@ class WorkerTreeTests(SynchronousTestCase):
             sizes.append(top.log_setup.file_observer.max_size)
         self.assertEqual(sizes[1], 0)
         self.assertGreater(sizes[0], 0)
+
+
+class LimitTests(SynchronousTestCase):
+    """`process.file_limit`: raised at start, never lowered, capped by the hard limit."""
+
+    def setUp(self):
+        import resource
+        self.resource = resource
+        before = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, before)
+        hard = before[1]
+        if hard == resource.RLIM_INFINITY or hard < 200:
+            raise SkipTest("no finite open-files limit to test against")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard - 100, hard))
+        self.before = (hard - 100, hard)
+
+    def test_raised_not_lowered(self):
+        from utils.daemon import raise_limits
+        soft, hard = self.before
+        self.assertEqual(raise_limits({"file_limit": soft + 10, "core_limit": 0}), [])
+        self.assertEqual(self.resource.getrlimit(self.resource.RLIMIT_NOFILE)[0], soft + 10)
+        self.assertEqual(raise_limits({"file_limit": soft, "core_limit": 0}), [])
+        self.assertEqual(self.resource.getrlimit(self.resource.RLIMIT_NOFILE)[0], soft + 10)
+        self.assertEqual(raise_limits(None), [])
+
+    def test_beyond_the_hard_limit(self):
+        """Without the privilege to raise the hard limit, the soft one reaches it and a
+        warning names the key; with it, the limit is what was asked."""
+        from utils.daemon import raise_limits
+        soft, hard = self.before
+        warnings = raise_limits({"file_limit": hard + 1, "core_limit": 0})
+        now = self.resource.getrlimit(self.resource.RLIMIT_NOFILE)
+        if warnings:
+            self.assertEqual(now, (hard, hard))
+            self.assertIn("process.file_limit", warnings[0])
+        else:
+            self.assertEqual(now[0], hard + 1)
+
+    def test_daemon_tree_applies_it(self):
+        """service_tree raises the limit from the config before anything listens."""
+        soft, hard = self.before
+        data = {"process": {"file_limit": soft + 5},
+                "log": {"path": self.mktemp(), "flag": "fatal,error,warn"},
+                "svr": {"bind": ["tcp@127.0.0.1:7424"], "max_pkg_size": 10240},
+                "db_history": {"host": "127.0.0.1", "user": "u", "pass": "", "name": "n"}}
+        top = service_tree(readhistory_config.load_data(data), {"stderr": False}, Clock())
+        self.addCleanup(top.log_setup.remove)
+        self.assertEqual(self.resource.getrlimit(self.resource.RLIMIT_NOFILE)[0], soft + 5)
