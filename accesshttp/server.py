@@ -21,7 +21,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from accesshttp import openrpc
-from network.address import listen
+from network.address import buffer_sizes, listen
 from utils import http
 from utils.jsonfmt import dumps
 from utils.rpc_client import ConnectionLost, NotConnected, RPCClient, RPCTimeout
@@ -72,7 +72,7 @@ class AccessHTTP(service.Service):
             c = cfg[name]
             self.backends[name] = RPCClient(reactor, c["name"], list(c["addr"]),
                                             c["max_pkg_size"], c["heartbeat_timeout"],
-                                            c["reconnect_timeout"])
+                                            c["reconnect_timeout"], **buffer_sizes(c))
         handlers = {method: self._forwarder(method, backend, command)
                     for method, (backend, command) in METHODS.items()}
         self.discover_body = None
@@ -95,11 +95,13 @@ class AccessHTTP(service.Service):
     async def _listen(self):
         try:
             for address in self.cfg["svr"]["bind"]:
-                self.ports.append(await listen(self.reactor, address, self.factory))
+                self.ports.append(await listen(self.reactor, address, self.factory,
+                                               **buffer_sizes(self.cfg["svr"])))
             # the monitor port only has to accept: a plain Protocol ignores what comes
             monitor = protocol.Factory.forProtocol(protocol.Protocol)
             for address in self.cfg["monitor"]["bind"]:
-                self.ports.append(await listen(self.reactor, address, monitor))
+                self.ports.append(await listen(self.reactor, address, monitor,
+                                               **buffer_sizes(self.cfg["monitor"])))
         except Exception:
             self.log.failure("accesshttp could not listen")
             if self.reactor.running:

@@ -21,6 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from accessws.depth import diff
+from network.address import buffer_sizes
 from utils import rpc
 from utils.decimals import to_display
 from utils.jsonfmt import dumps
@@ -104,7 +105,7 @@ class AccessWS(service.Service):
             for role in ("query", "poll"):
                 self.clients[name, role] = RPCClient(
                     reactor, "%s %s" % (c["name"], role), list(c["addr"]), c["max_pkg_size"],
-                    c["heartbeat_timeout"], c["reconnect_timeout"])
+                    c["heartbeat_timeout"], c["reconnect_timeout"], **buffer_sizes(c))
         self.cache = {}
         self.subs = {family: {} for family in FAMILIES}      # key -> set of sessions
         self.stored = {family: {} for family in FAMILIES}    # key -> last value seen
@@ -169,20 +170,25 @@ class AccessWS(service.Service):
             return defer.Deferred.fromCoroutine(self._listen())
 
     async def _listen(self):
-        from network.address import listen
+        from network.address import listen, set_buffers
         from twisted.internet import protocol
         try:
             tls = self.cfg.get("tls")
+            buffers = buffer_sizes(self.cfg["svr"])
             for address in self.cfg["svr"]["bind"]:
                 if tls is not None and address.lower().startswith("tcp@"):
-                    self.ports.append(listen_tls(self.reactor, address, self.factory,
-                                                 tls["cert"], tls["key"]))
+                    port = listen_tls(self.reactor, address, self.factory, tls["cert"],
+                                      tls["key"])
+                    set_buffers(port.socket, **buffers)
+                    self.ports.append(port)
                 else:
-                    self.ports.append(await listen(self.reactor, address, self.factory))
+                    self.ports.append(await listen(self.reactor, address, self.factory,
+                                                   **buffers))
             for address in self.cfg["monitor"]["bind"]:
                 # the monitor port only has to accept: a plain Protocol ignores what comes
                 self.ports.append(await listen(self.reactor, address,
-                                               protocol.Factory.forProtocol(protocol.Protocol)))
+                                               protocol.Factory.forProtocol(protocol.Protocol),
+                                               **buffer_sizes(self.cfg["monitor"])))
         except Exception:
             self.log.failure("accessws could not listen")
             if self.reactor.running:

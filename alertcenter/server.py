@@ -15,7 +15,7 @@ from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
-from network.address import listen, listen_udp, parse_address
+from network.address import buffer_sizes, listen, listen_udp, parse_address
 from utils.alert import MAGIC, MAX_SIZE
 
 __all__ = ["AlertCenter", "KEY", "parse_line"]
@@ -97,12 +97,14 @@ class AlertCenter(service.Service):
     async def _listen(self):
         factory = protocol.Factory.forProtocol(lambda: _LineProtocol(self))
         try:
+            buffers = buffer_sizes(self.cfg["svr"])
             for address in self.cfg["svr"]["bind"]:
                 addr = parse_address(address)
                 if addr.is_stream:
-                    self.ports.append(await listen(self.reactor, addr, factory))
+                    self.ports.append(await listen(self.reactor, addr, factory, **buffers))
                 else:
-                    self.ports.append(listen_udp(self.reactor, addr, _Datagrams(self)))
+                    self.ports.append(listen_udp(self.reactor, addr, _Datagrams(self),
+                                                 **buffers))
         except Exception:
             self.log.failure("alertcenter could not listen")
             if self.reactor.running:

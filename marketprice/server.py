@@ -19,6 +19,7 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from network.address import buffer_sizes
 from marketprice.kline import (GRANULARITIES, MONTH, WEEK, KLine, Market, parse_deal,
                                timezone_offset)
 from utils import decimals, rpc
@@ -121,7 +122,8 @@ class MarketPrice(service.Service):
             loop.start(seconds, now=False)
             self.loops.append(loop)
         if self.listen_enabled:
-            self.ports = await listen_rpc(self.reactor, self.cfg["svr"]["bind"], self.factory)
+            self.ports = await listen_rpc(self.reactor, self.cfg["svr"]["bind"], self.factory,
+                           **buffer_sizes(self.cfg["svr"]))
         self.is_ready = True
 
     async def _market_names(self):

@@ -18,6 +18,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from network.address import buffer_sizes
 from matchengine import engine as engine_module
 from matchengine import persist
 from matchengine.operlog import OperationLog
@@ -90,7 +91,8 @@ class MatchEngine(service.Service):
                                     clock_time=self.clock_time)
         self.outbox.start()
         if self.listen_enabled:
-            self.ports = await listen_rpc(self.reactor, self.cfg["svr"]["bind"], self.factory)
+            self.ports = await listen_rpc(self.reactor, self.cfg["svr"]["bind"], self.factory,
+                           **buffer_sizes(self.cfg["svr"]))
         self._every(1.0, self._slice_check)
         self._every(60.0, self._expire)
         self.log.info("matchengine ready in {seconds:.2f} s: order id {order}, deal id {deal}, "

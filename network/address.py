@@ -21,7 +21,8 @@ from twisted.internet import endpoints
 from twisted.internet.protocol import ServerFactory
 
 __all__ = ["AddressError", "Address", "parse_address", "server_endpoint", "client_endpoint",
-           "server_description", "listen", "listen_udp", "unlink_stale", "STREAM_KINDS",
+           "server_description", "listen", "listen_udp", "unlink_stale", "set_buffers",
+           "buffer_sizes", "STREAM_KINDS",
            "DATAGRAM_KINDS"]
 
 STREAM_KINDS = ("tcp", "stream", "seqpacket")
@@ -178,17 +179,39 @@ def client_endpoint(reactor, address, timeout=None):
     raise AddressError("cannot connect a stream to %r" % str(addr))
 
 
-def listen(reactor, address, factory: ServerFactory):
-    """Listen on a stream address; the Deferred fails with CannotListenError if it cannot."""
-    return server_endpoint(reactor, address).listen(factory)
+def set_buffers(sock, read_mem=0, write_mem=0):
+    """Set a socket's receive and send buffer sizes (the config's `read_mem`, `write_mem`;
+    0 leaves the system's).  Connections accepted on a listening socket inherit them."""
+    if read_mem:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, read_mem)
+    if write_mem:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, write_mem)
 
 
-def listen_udp(reactor, address, protocol):
+def buffer_sizes(section) -> dict:
+    """`read_mem` and `write_mem` of a server or client config section, as keywords."""
+    return {"read_mem": section.get("read_mem") or 0, "write_mem": section.get("write_mem") or 0}
+
+
+def listen(reactor, address, factory: ServerFactory, read_mem=0, write_mem=0):
+    """Listen on a stream address; the Deferred fails with CannotListenError if it cannot.
+
+    `read_mem`/`write_mem` set the buffer sizes of the connections it accepts."""
+    d = server_endpoint(reactor, address).listen(factory)
+    if read_mem or write_mem:
+        d.addCallback(lambda port: set_buffers(port.socket, read_mem, write_mem) or port)
+    return d
+
+
+def listen_udp(reactor, address, protocol, read_mem=0, write_mem=0):
     """Listen on a udp or dgram address with a DatagramProtocol."""
     addr = parse_address(address)
     if addr.kind == "udp":
-        return reactor.listenUDP(addr.port, protocol, interface=addr.host)
-    if addr.kind == "dgram":
+        port = reactor.listenUDP(addr.port, protocol, interface=addr.host)
+    elif addr.kind == "dgram":
         unlink_stale(addr.path)
-        return reactor.listenUNIXDatagram(addr.path, protocol, mode=0o777)
-    raise AddressError("cannot listen for datagrams on %r" % str(addr))
+        port = reactor.listenUNIXDatagram(addr.path, protocol, mode=0o777)
+    else:
+        raise AddressError("cannot listen for datagrams on %r" % str(addr))
+    set_buffers(port.socket, read_mem, write_mem)
+    return port

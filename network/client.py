@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from network.address import client_endpoint, parse_address
+from network.address import client_endpoint, parse_address, set_buffers
 
 __all__ = ["ReconnectingClient"]
 
@@ -25,7 +25,7 @@ class ReconnectingClient:
     log = Logger()
 
     def __init__(self, reactor, addresses, protocol_factory, reconnect_timeout=1.0,
-                 on_connect=None, on_disconnect=None, name=""):
+                 on_connect=None, on_disconnect=None, name="", read_mem=0, write_mem=0):
         if isinstance(addresses, (str, bytes)):
             addresses = [addresses]
         self.addresses = [str(parse_address(a)) for a in addresses]
@@ -36,6 +36,7 @@ class ReconnectingClient:
         self.reconnect_timeout = reconnect_timeout if reconnect_timeout > 0 else 1.0
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
+        self.buffers = {"read_mem": read_mem, "write_mem": write_mem}
         self.name = name or self.addresses[0]
         self.state = "stopped"
         self.protocol = None
@@ -97,6 +98,9 @@ class ReconnectingClient:
     def _connected(self, protocol):
         self._attempt = None
         self.protocol = protocol
+        handle = getattr(protocol.transport, "getHandle", None)
+        if handle is not None and (self.buffers["read_mem"] or self.buffers["write_mem"]):
+            set_buffers(handle(), **self.buffers)
         self.state = "connected"
         self.log.info("{name}: connected to {address}", name=self.name,
                       address=self.current_address)

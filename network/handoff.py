@@ -25,7 +25,7 @@ from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
-from network.address import BACKLOG, AddressError, parse_address, unlink_stale
+from network.address import BACKLOG, AddressError, parse_address, set_buffers, unlink_stale
 
 __all__ = ["bind_socket", "Acceptor", "WorkerPool", "Adopter", "Listener", "WORKER_FD"]
 
@@ -38,8 +38,9 @@ STOP_TIMEOUT = 10.0             # SIGTERM, then SIGKILL after this long
 log = Logger()
 
 
-def bind_socket(address) -> socket.socket:
-    """A non-blocking socket listening on a tcp@ or stream@ address (OSError if it cannot)."""
+def bind_socket(address, read_mem=0, write_mem=0) -> socket.socket:
+    """A non-blocking socket listening on a tcp@ or stream@ address (OSError if it cannot);
+    the connections it accepts get `read_mem`/`write_mem` buffers (0: the system's)."""
     addr = parse_address(address)
     if addr.kind == "tcp":
         family = socket.AF_INET6 if addr.is_ipv6 else socket.AF_INET
@@ -53,6 +54,7 @@ def bind_socket(address) -> socket.socket:
     else:
         raise AddressError("cannot listen for streams on %r" % str(addr))
     try:
+        set_buffers(sock, read_mem, write_mem)
         sock.bind(where)
         if addr.kind == "stream":
             os.chmod(addr.path, 0o777)
@@ -324,11 +326,15 @@ class Adopter(_SocketReader, service.Service):
 
 class Listener(service.Service):
     """Binds `binds` and hands what they accept to `pool`; `monitor` addresses are served
-    here with `monitor_factory`.  A bind that fails is logged and stops the reactor."""
+    here with `monitor_factory`.  `buffers` and `monitor_buffers` are `read_mem`/`write_mem`
+    keywords.  A bind that fails is logged and stops the reactor."""
 
-    def __init__(self, reactor, binds, pool, monitor=(), monitor_factory=None, name="listener"):
+    def __init__(self, reactor, binds, pool, monitor=(), monitor_factory=None, name="listener",
+                 buffers=None, monitor_buffers=None):
         self.reactor = reactor
         self.binds = list(binds)
+        self.buffers = buffers or {}
+        self.monitor_buffers = monitor_buffers or {}
         self.pool = pool
         self.monitor = list(monitor)
         self.monitor_factory = monitor_factory
@@ -345,11 +351,13 @@ class Listener(service.Service):
         from network.address import listen
         try:
             for address in self.binds:
-                acceptor = Acceptor(self.reactor, bind_socket(address), self.pool.dispatch)
+                acceptor = Acceptor(self.reactor, bind_socket(address, **self.buffers),
+                                    self.pool.dispatch)
                 acceptor.start()
                 self.acceptors.append(acceptor)
             for address in self.monitor:
-                self.ports.append(await listen(self.reactor, address, self.monitor_factory))
+                self.ports.append(await listen(self.reactor, address, self.monitor_factory,
+                                               **self.monitor_buffers))
         except Exception:
             log.failure("{name} could not listen", name=self.name)
             if self.reactor.running:

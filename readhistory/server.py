@@ -11,6 +11,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from network.address import buffer_sizes
 from readhistory.reader import QUERIES
 from utils import rpc
 from utils.rpc_server import RPCServerFactory, listen_rpc
@@ -41,7 +42,8 @@ class ReadHistory(service.Service):
     def startService(self):
         service.Service.startService(self)
         if self.listen_enabled:
-            d = listen_rpc(self.reactor, self.cfg["svr"]["bind"], self.factory)
+            d = listen_rpc(self.reactor, self.cfg["svr"]["bind"], self.factory,
+                           **buffer_sizes(self.cfg["svr"]))
             d.addCallback(self._listening)
             d.addErrback(self._failed)
             return d

@@ -142,13 +142,15 @@ def listener_tree(cfg, options, reactor, module):
     It binds `svr` and `monitor` and hands every connection to one of `worker_num` worker
     processes (network.handoff); like the original, only worker 0 rotates the log file.
     """
+    from network.address import buffer_sizes
     from network.handoff import Listener, WorkerPool
     top = service_tree(cfg, options, reactor, max_size=0, keep=0)
     pool = WorkerPool(reactor, lambda index: worker_command(module, options, index),
                       cfg["worker_num"], name=module + " worker")
     monitor = protocol.Factory.forProtocol(protocol.Protocol)
     Listener(reactor, cfg["svr"]["bind"], pool, cfg["monitor"]["bind"], monitor,
-             name=module + " listener").setServiceParent(top)
+             name=module + " listener", buffers=buffer_sizes(cfg["svr"]),
+             monitor_buffers=buffer_sizes(cfg["monitor"])).setServiceParent(top)
     return top
 
 

@@ -64,7 +64,7 @@ class RPCClient:
     log = Logger()
 
     def __init__(self, reactor, name, addresses, max_pkg_size, heartbeat_timeout=3.0,
-                 reconnect_timeout=1.0):
+                 reconnect_timeout=1.0, read_mem=0, write_mem=0):
         self.reactor = reactor
         self.name = name
         self.max_pkg_size = max_pkg_size
@@ -73,7 +73,7 @@ class RPCClient:
         self.heartbeat_timeout = min(max(heartbeat_timeout, 2.0), 600.0)
         self._client = ReconnectingClient(reactor, addresses, lambda: _ClientProtocol(self),
                                           reconnect_timeout, self._on_connect,
-                                          self._on_disconnect, name)
+                                          self._on_disconnect, name, read_mem, write_mem)
         self._states = StateTable(reactor, self._on_timeout)
         self._heartbeat = Timer(reactor, 1.0, self._send_heartbeat, repeat=True,
                                 name=name + " heartbeat")

@@ -252,16 +252,19 @@ class RPCDatagramProtocol(DatagramProtocol):
         self.factory.dispatch(packet, peer, send, lambda: None)
 
 
-def listen_rpc(reactor, bind, factory: RPCServerFactory):
-    """Listen on every address of `bind` (a string or a list); fires with the ports."""
+def listen_rpc(reactor, bind, factory: RPCServerFactory, read_mem=0, write_mem=0):
+    """Listen on every address of `bind` (a string or a list); fires with the ports.
+
+    `read_mem`/`write_mem` (the `svr` section's) size the sockets' buffers."""
     addresses = [bind] if isinstance(bind, str) else list(bind)
     results = []
     for address in addresses:
         addr = parse_address(address)
         if addr.is_stream:
-            results.append(listen(reactor, addr, factory))
+            results.append(listen(reactor, addr, factory, read_mem, write_mem))
         else:
             results.append(defer.succeed(listen_udp(reactor, addr,
-                                                    RPCDatagramProtocol(factory))))
+                                                    RPCDatagramProtocol(factory),
+                                                    read_mem, write_mem)))
     return defer.gatherResults(results, consumeErrors=True).addErrback(
         lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f)

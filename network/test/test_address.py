@@ -11,6 +11,7 @@ from twisted.internet import endpoints, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from network.address import (BACKLOG, AddressError, client_endpoint, listen, parse_address,
@@ -122,3 +123,36 @@ class ListenTests(TestCase):
             self.assertTrue(os.path.exists(path))
             return port.stopListening()
         return d.addCallback(check)
+
+    async def _buffers(self):
+        from network.client import ReconnectingClient
+        accepted = []
+
+        class Keep(Protocol):
+            def connectionMade(self):
+                accepted.append(self)
+        port = await listen(reactor, "tcp@127.0.0.1:0", Factory.forProtocol(Keep),
+                            read_mem=70000, write_mem=30000)
+        self.addCleanup(port.stopListening)
+        connected = Deferred()
+        client = ReconnectingClient(reactor, "tcp@127.0.0.1:%d" % port.getHost().port,
+                                    Protocol, on_connect=connected.callback,
+                                    read_mem=50000, write_mem=25000)
+        client.start()
+        self.addCleanup(client.stop)
+        protocol = await connected
+        while not accepted:
+            await deferLater(reactor, 0.01, lambda: None)
+
+        def sizes(transport):
+            sock = transport.getHandle()
+            return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+        # Linux reports twice the size asked for (it counts its bookkeeping too)
+        self.assertEqual(sizes(accepted[0].transport), (2 * 70000, 2 * 30000))
+        self.assertEqual(sizes(protocol.transport), (2 * 50000, 2 * 25000))
+
+    def test_read_mem_and_write_mem(self):
+        """read_mem/write_mem size the buffers of the connections a server accepts and of a
+        client's connection."""
+        return Deferred.fromCoroutine(self._buffers())

@@ -252,6 +252,19 @@ class AcceptorTests(SynchronousTestCase):
         acceptor.doRead()
         self.assertEqual(given, [c.getsockname() for c in clients])
 
+    def test_buffers_passed_on(self):
+        """The listening socket's read_mem/write_mem are those of what it accepts."""
+        sock = handoff.bind_socket("tcp@127.0.0.1:0", read_mem=70000, write_mem=30000)
+        self.addCleanup(sock.close)
+        client = socket.create_connection(sock.getsockname())
+        self.addCleanup(client.close)
+        sock.setblocking(True)
+        conn, _ = sock.accept()
+        self.addCleanup(conn.close)
+        self.assertEqual((conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                          conn.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)),
+                         (140000, 60000))
+
     def test_stream_address(self):
         """A stream@ address is bound as a UNIX socket anyone may connect to."""
         path = self.mktemp()
