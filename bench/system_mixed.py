@@ -12,6 +12,7 @@ Usage: python bench/system_mixed.py [--seconds 30] [--concurrency 8] [--subscrib
 """
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -34,13 +35,11 @@ MIX = [("order.put_limit", 50), ("order.cancel", 20), ("order.depth", 10),
 
 
 def rss_mb(pid):
-    try:
+    with contextlib.suppress(OSError):      # the process is gone: nothing to count
         with open("/proc/%d/status" % pid) as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024
-    except OSError:
-        pass
     return 0.0
 
 

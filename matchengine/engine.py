@@ -66,11 +66,11 @@ _PARSED_MAX = 100000
 def _decimal(value, prec):
     key = (value, prec)
     try:
-        return _PARSED[key]
-    except KeyError:
-        pass
+        cached = _PARSED.get(key)
     except TypeError:       # not hashable: certainly not a decimal string
         raise INVALID_ARGUMENT() from None
+    if cached is not None:
+        return cached
     try:
         parsed = decimals.parse(value, prec)
     except decimals.InvalidDecimal:

@@ -12,6 +12,7 @@ and the `slice_history` row on a connection of its own, then exits, while the pa
 serving.  Old slices past `keeptime` are dropped afterwards, never the last one.
 """
 
+import contextlib
 import os
 import re
 import time
@@ -242,10 +243,8 @@ def make_slice(eng, db, ts, oper_id, keeptime, reactor, poll=0.05):
             connection.close()
             status = 0
         except BaseException as e:
-            try:
+            with contextlib.suppress(OSError):    # no stderr left to tell
                 os.write(2, ("slice %d failed: %s: %s\n" % (ts, type(e).__name__, e)).encode())
-            except OSError:
-                pass
         finally:
             os._exit(status)
     return defer.Deferred.fromCoroutine(_wait_child(pid, reactor, poll))

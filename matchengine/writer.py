@@ -13,6 +13,7 @@ Keeping this work in its own process keeps its CPU time (SQL escaping, Kafka rec
 building) off the matching thread's interpreter lock.
 """
 
+import contextlib
 import json
 import marshal
 import queue
@@ -122,14 +123,11 @@ class HistoryThreads:
                     break
                 except Exception as e:
                     say("history: insert failed: %s; retrying in 1 s" % e)
-                    try:
+                    # the connection may be lost already: it is replaced either way
+                    with contextlib.suppress(Exception):
                         conn.rollback()
-                    except Exception:
-                        pass
-                    try:
+                    with contextlib.suppress(Exception):
                         conn.close()
-                    except Exception:
-                        pass
                     time.sleep(1)
                     conn = self._connect()
             done.release()

@@ -33,6 +33,7 @@ Loaded values are read-only `ConfigSection` objects with attribute access; array
 tuples, decimal strings become `decimal.Decimal`, `host:port` values become `HostPort`.
 """
 
+import abc
 import ipaddress
 import json
 import math
@@ -148,7 +149,7 @@ def _join(path: str, key: str) -> str:
     return "{}.{}".format(path, key) if path else key
 
 
-class Field:
+class Field(abc.ABC):
     """Base class of schema fields.
 
     `default` is used when the key is absent (REQUIRED: the key must be present);
@@ -180,8 +181,9 @@ class Field:
             result = self.convert(result)
         return result
 
+    @abc.abstractmethod
     def check(self, value: Any, path: str, warn: Callable[[str], None]) -> Any:
-        raise NotImplementedError
+        """The value to store for `value` found at `path`; raise _Invalid when it is wrong."""
 
     def wrong_type(self, value: Any, path: str) -> _Invalid:
         return _Invalid(path, "expected {}, got {}".format(self.expected, _json_type(value)))

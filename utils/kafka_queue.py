@@ -18,6 +18,7 @@ order; at most `limit` messages are handed over and not yet processed at any tim
 """
 
 import collections
+import contextlib
 import json
 import os
 import threading
@@ -475,7 +476,7 @@ class InProcessBus:
 
     def _load(self, topic, entry):
         first, values = 0, []
-        try:
+        with contextlib.suppress(FileNotFoundError):     # a topic never written
             with open(self._file(topic), "rb") as f:
                 for line in f:
                     if not line.endswith(b"\n"):
@@ -484,8 +485,6 @@ class InProcessBus:
                         first = int(line[7:])
                     else:
                         values.append(json.loads(line).encode("utf-8", "surrogateescape"))
-        except FileNotFoundError:
-            pass
         drop = max(0, len(values) - self.retention)
         entry[0] = first + drop
         entry[1].extend(values[drop:])

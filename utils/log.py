@@ -27,6 +27,7 @@ forwarding) into the global log publisher.
 """
 
 import atexit
+import contextlib
 import datetime
 import os
 import sys
@@ -344,10 +345,8 @@ class LogFileObserver:
         else:
             count = self.num
         for index in range(count):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(log_file_name(self.path, self.shift, expired, index))
-            except FileNotFoundError:
-                pass
 
     def _report_error(self, message: str) -> None:
         # The log cannot report its own failures; say it once on stderr.
@@ -379,11 +378,10 @@ class StreamLogObserver:
         with self._lock:
             line = format_line(event, level, self._timestamps(when),
                                os.getpid() if self.pid else None)
-            try:
+            # a closed or broken stream (a terminal gone) must not break the logging
+            with contextlib.suppress(OSError, ValueError):
                 self.stream.write(line)
                 self.stream.flush()
-            except (OSError, ValueError):
-                pass
 
 
 class LogSetup:

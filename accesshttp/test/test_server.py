@@ -23,10 +23,10 @@ class FakeBackend:
         self.answer = None
 
     def start(self):
-        pass
+        """Nothing to connect to: calls are only recorded."""
 
     def stop(self):
-        pass
+        """Nothing to disconnect."""
 
     def call_raw(self, command, body, timeout, req_id=0):
         self.calls.append((self.name, command, body, timeout, req_id))

@@ -29,7 +29,7 @@ class _Message:
         return defer.succeed(None)
 
     def connectionLost(self):
-        pass
+        """Nothing to clean up: the messages are already in the box."""
 
 
 @implementer(smtp.IMessageDelivery)

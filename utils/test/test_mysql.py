@@ -53,10 +53,8 @@ class DialectTests(SynchronousTestCase):
 
 
 class Scenarios:
-    """The same checks, run on each kind of database."""
-
-    def make(self):
-        raise NotImplementedError
+    """The same checks, run on each kind of database: a subclass's `make()` gives the
+    database under test."""
 
     def table(self):
         return "t_" + uuid.uuid4().hex[:10]
