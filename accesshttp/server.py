@@ -17,11 +17,11 @@ methods.
 import json
 
 from twisted.application import service
-from twisted.internet import defer, protocol
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from accesshttp import openrpc
-from network.address import buffer_sizes, listen
+from network.address import buffer_sizes, listen, listen_monitor
 from utils import http
 from utils.jsonfmt import dumps
 from utils.rpc_client import ConnectionLost, NotConnected, RPCClient, RPCTimeout
@@ -97,11 +97,7 @@ class AccessHTTP(service.Service):
             for address in self.cfg["svr"]["bind"]:
                 self.ports.append(await listen(self.reactor, address, self.factory,
                                                **buffer_sizes(self.cfg["svr"])))
-            # the monitor port only has to accept: a plain Protocol ignores what comes
-            monitor = protocol.Factory.forProtocol(protocol.Protocol)
-            for address in self.cfg["monitor"]["bind"]:
-                self.ports.append(await listen(self.reactor, address, monitor,
-                                               **buffer_sizes(self.cfg["monitor"])))
+            self.ports += await listen_monitor(self.reactor, self.cfg["monitor"])
         except Exception:
             self.log.failure("accesshttp could not listen")
             if self.reactor.running:

@@ -10,7 +10,7 @@ connections, as the original's.
 from twisted.internet import reactor as global_reactor
 
 from accesshttp import config
-from utils.daemon import daemon_options, listener_tree, service_tree, worker_tree
+from utils.daemon import daemon_options, gateway_tree
 
 
 Options = daemon_options(
@@ -23,13 +23,5 @@ Options = daemon_options(
 def makeService(options, reactor=None):
     from accesshttp.server import AccessHTTP
     reactor = reactor or global_reactor
-    cfg = options["loaded"]
-    worker = options["worker"]
-    if worker is None and cfg["worker_num"] > 1:
-        return listener_tree(cfg, options, reactor, "accesshttp")
-    gateway = AccessHTTP(cfg, reactor=reactor, listen_enabled=worker is None)
-    if worker is not None:
-        return worker_tree(cfg, options, reactor, gateway, gateway.factory)
-    top = service_tree(cfg, options, reactor)
-    gateway.setServiceParent(top)
-    return top
+    return gateway_tree(options, reactor, "accesshttp", lambda listen: (
+        AccessHTTP(options["loaded"], reactor=reactor, listen_enabled=listen), None))

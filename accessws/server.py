@@ -170,8 +170,7 @@ class AccessWS(service.Service):
             return defer.Deferred.fromCoroutine(self._listen())
 
     async def _listen(self):
-        from network.address import listen, set_buffers
-        from twisted.internet import protocol
+        from network.address import listen, listen_monitor, set_buffers
         try:
             tls = self.cfg.get("tls")
             buffers = buffer_sizes(self.cfg["svr"])
@@ -184,11 +183,7 @@ class AccessWS(service.Service):
                 else:
                     self.ports.append(await listen(self.reactor, address, self.factory,
                                                    **buffers))
-            for address in self.cfg["monitor"]["bind"]:
-                # the monitor port only has to accept: a plain Protocol ignores what comes
-                self.ports.append(await listen(self.reactor, address,
-                                               protocol.Factory.forProtocol(protocol.Protocol),
-                                               **buffer_sizes(self.cfg["monitor"])))
+            self.ports += await listen_monitor(self.reactor, self.cfg["monitor"])
         except Exception:
             self.log.failure("accessws could not listen")
             if self.reactor.running:

@@ -11,7 +11,7 @@ Several accessws can also run behind a load balancer.
 from twisted.internet import reactor as global_reactor
 
 from accessws import config
-from utils.daemon import daemon_options, listener_tree, service_tree, worker_tree
+from utils.daemon import daemon_options, gateway_tree
 
 
 Options = daemon_options(
@@ -52,13 +52,9 @@ def makeService(options, reactor=None):
     from accessws.server import AccessWS, tls_factory
     reactor = reactor or global_reactor
     cfg = options["loaded"]
-    worker = options["worker"]
-    if worker is None and cfg["worker_num"] > 1:
-        return listener_tree(cfg, options, reactor, "accessws")
-    ws = AccessWS(cfg, reactor=reactor, http_get=http_get(reactor),
-                  consumer_factory=kafka_consumers(reactor), listen=worker is None)
-    if worker is not None:
-        return worker_tree(cfg, options, reactor, ws, ws.factory, tls_factory(cfg, ws.factory))
-    top = service_tree(cfg, options, reactor)
-    ws.setServiceParent(top)
-    return top
+
+    def build(listen):
+        ws = AccessWS(cfg, reactor=reactor, http_get=http_get(reactor),
+                      consumer_factory=kafka_consumers(reactor), listen=listen)
+        return ws, tls_factory(cfg, ws.factory)
+    return gateway_tree(options, reactor, "accessws", build)

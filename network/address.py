@@ -21,7 +21,7 @@ from twisted.internet import endpoints
 from twisted.internet.protocol import ServerFactory
 
 __all__ = ["AddressError", "Address", "parse_address", "server_endpoint", "client_endpoint",
-           "server_description", "listen", "listen_udp", "unlink_stale", "set_buffers",
+           "server_description", "listen", "listen_monitor", "listen_udp", "unlink_stale", "set_buffers",
            "buffer_sizes", "STREAM_KINDS",
            "DATAGRAM_KINDS"]
 
@@ -201,6 +201,17 @@ def listen(reactor, address, factory: ServerFactory, read_mem=0, write_mem=0):
     if read_mem or write_mem:
         d.addCallback(lambda port: set_buffers(port.socket, read_mem, write_mem) or port)
     return d
+
+
+async def listen_monitor(reactor, section):
+    """Listen on the addresses of a `monitor` section (a liveness port): connections are
+    accepted and what they send is ignored.  Returns the ports."""
+    from twisted.internet.protocol import Factory, Protocol
+    factory = Factory.forProtocol(Protocol)
+    ports = []
+    for address in section["bind"]:
+        ports.append(await listen(reactor, address, factory, **buffer_sizes(section)))
+    return ports
 
 
 def listen_udp(reactor, address, protocol, read_mem=0, write_mem=0):

@@ -25,7 +25,8 @@ from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
-from network.address import BACKLOG, AddressError, parse_address, set_buffers, unlink_stale
+from network.address import (BACKLOG, AddressError, listen_monitor, parse_address, set_buffers,
+                             unlink_stale)
 
 __all__ = ["bind_socket", "Acceptor", "WorkerPool", "Adopter", "Listener", "WORKER_FD"]
 
@@ -325,19 +326,16 @@ class Adopter(_SocketReader, service.Service):
 
 
 class Listener(service.Service):
-    """Binds `binds` and hands what they accept to `pool`; `monitor` addresses are served
-    here with `monitor_factory`.  `buffers` and `monitor_buffers` are `read_mem`/`write_mem`
-    keywords.  A bind that fails is logged and stops the reactor."""
+    """Binds `binds` and hands what they accept to `pool`; the addresses of a `monitor`
+    section are served here.  `buffers` are `read_mem`/`write_mem` keywords.  A bind that
+    fails is logged and stops the reactor."""
 
-    def __init__(self, reactor, binds, pool, monitor=(), monitor_factory=None, name="listener",
-                 buffers=None, monitor_buffers=None):
+    def __init__(self, reactor, binds, pool, monitor=None, name="listener", buffers=None):
         self.reactor = reactor
         self.binds = list(binds)
         self.buffers = buffers or {}
-        self.monitor_buffers = monitor_buffers or {}
         self.pool = pool
-        self.monitor = list(monitor)
-        self.monitor_factory = monitor_factory
+        self.monitor = monitor
         self.name = name
         self.acceptors = []
         self.ports = []
@@ -348,16 +346,14 @@ class Listener(service.Service):
         return defer.Deferred.fromCoroutine(self._listen())
 
     async def _listen(self):
-        from network.address import listen
         try:
             for address in self.binds:
                 acceptor = Acceptor(self.reactor, bind_socket(address, **self.buffers),
                                     self.pool.dispatch)
                 acceptor.start()
                 self.acceptors.append(acceptor)
-            for address in self.monitor:
-                self.ports.append(await listen(self.reactor, address, self.monitor_factory,
-                                               **self.monitor_buffers))
+            if self.monitor is not None:
+                self.ports += await listen_monitor(self.reactor, self.monitor)
         except Exception:
             log.failure("{name} could not listen", name=self.name)
             if self.reactor.running:

@@ -12,14 +12,14 @@ import os
 import sys
 
 from twisted.application import service
-from twisted.internet import defer, protocol
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
 
 from utils.config import ConfigError
 
-__all__ = ["daemon_options", "service_tree", "OrderedMultiService", "listener_tree",
-           "worker_tree"]
+__all__ = ["daemon_options", "service_tree", "OrderedMultiService", "gateway_tree",
+           "listener_tree", "worker_tree"]
 
 # a worker runs in its own process group: Ctrl-C in a terminal reaches the listener only,
 # which stops the workers itself
@@ -147,10 +147,27 @@ def listener_tree(cfg, options, reactor, module):
     top = service_tree(cfg, options, reactor, max_size=0, keep=0)
     pool = WorkerPool(reactor, lambda index: worker_command(module, options, index),
                       cfg["worker_num"], name=module + " worker")
-    monitor = protocol.Factory.forProtocol(protocol.Protocol)
-    Listener(reactor, cfg["svr"]["bind"], pool, cfg["monitor"]["bind"], monitor,
-             name=module + " listener", buffers=buffer_sizes(cfg["svr"]),
-             monitor_buffers=buffer_sizes(cfg["monitor"])).setServiceParent(top)
+    Listener(reactor, cfg["svr"]["bind"], pool, cfg["monitor"], name=module + " listener",
+             buffers=buffer_sizes(cfg["svr"])).setServiceParent(top)
+    return top
+
+
+def gateway_tree(options, reactor, module, build):
+    """The service tree of the gateway `module` (accesshttp, accessws) run with `options`:
+    its listener when `worker_num` > 1, one of its workers under `--worker N`, else the one
+    process.  `build(listen)` makes the gateway's service, binding `svr` itself when
+    `listen`, and returns it with the factory a worker's TCP connections go to when TLS is
+    on (else None); a worker adopts connections into the service's `factory`.
+    """
+    cfg = options["loaded"]
+    worker = options["worker"]
+    if worker is None and cfg["worker_num"] > 1:
+        return listener_tree(cfg, options, reactor, module)
+    daemon, tls_factory = build(worker is None)
+    if worker is not None:
+        return worker_tree(cfg, options, reactor, daemon, daemon.factory, tls_factory)
+    top = service_tree(cfg, options, reactor)
+    daemon.setServiceParent(top)
     return top
 
 
