@@ -85,6 +85,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+async def until(predicate, seconds=30, what="condition"):
+    """Wait, on the running global reactor, until `predicate()` holds (checked every 20 ms);
+    AssertionError naming `what` after `seconds`."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+    for _ in range(int(seconds / 0.02)):
+        if predicate():
+            return
+        await deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError("%s not reached in %s s" % (what, seconds))
+
+
 def wait_until(predicate, seconds, interval=0.05):
     """Poll a condition of a real outside process (integration tests only)."""
     deadline = time.monotonic() + seconds

@@ -13,9 +13,9 @@ from twisted.web import resource, server
 
 from accessws import config
 from accessws.server import AccessWS
-from matchengine.test.test_server import until
 from utils import testing
 from utils.rpc_server import RPCServerFactory, listen_rpc
+from utils.testing import until
 
 
 class Auth(resource.Resource):

@@ -8,9 +8,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from alertcenter import config
 from alertcenter.server import KEY, AlertCenter, parse_line
-from matchengine.test.test_server import until
 from utils import redisdb, testing
 from utils.alert import AlertSender, MAGIC
+from utils.testing import until
 
 REDIS_DB = 5
 

@@ -10,9 +10,9 @@ from twisted.trial.unittest import TestCase
 
 from marketprice import config
 from marketprice.server import MarketPrice
-from matchengine.test.test_server import until
 from utils import redisdb, testing
 from utils.kafka_queue import InProcessBus
+from utils.testing import until
 
 T0 = 1795561980.5
 

@@ -11,9 +11,9 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from matchengine.test.test_server import until
 from utils import testing
 from utils.rpc_client import RPCClient
+from utils.testing import until
 
 RUN_TWISTD = "import sys; from twisted.scripts.twistd import run; run()"
 

@@ -13,9 +13,9 @@ from matchengine.effects import BALANCE, HISTORY_COLUMNS, ORDER, TOPIC_BALANCES,
 from matchengine.outbox import WriterOutbox
 from matchengine.writer import (INT_COLUMNS, TEXT_COLUMNS, TIME_COLUMNS, HistoryThreads,
                                 insert_statements)
-from matchengine.test.test_server import until
 from utils import mysql, testing
 from utils.kafka_queue import KafkaConsumerService
+from utils.testing import until
 
 
 def row(user, n):

@@ -5,7 +5,6 @@ import gc
 import json
 
 from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from matchengine import config
@@ -15,6 +14,7 @@ from matchengine.test.test_engine import METHODS, TRANSCRIPT, norm
 from utils import mysql, testing
 from utils.kafka_queue import KafkaConsumerService
 from utils.rpc_client import RPCClient
+from utils.testing import until
 
 
 def engine_config(port, brokers, log_db, history_db, **extra):
@@ -37,14 +37,6 @@ def engine_config(port, brokers, log_db, history_db, **extra):
     }
     data.update(extra)
     return config.load_data(data)
-
-
-async def until(predicate, seconds=30, what="condition"):
-    for _ in range(int(seconds / 0.02)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError("%s not reached in %s s" % (what, seconds))
 
 
 class Harness:

@@ -7,11 +7,12 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from matchengine.test.test_engine import METHODS, TRANSCRIPT, norm
-from matchengine.test.test_server import Harness, until
+from matchengine.test.test_server import Harness
 from readhistory import config, reader
 from readhistory.server import ReadHistory
 from utils import rpc, testing
 from utils.rpc_client import RPCClient
+from utils.testing import until
 
 HISTORY_METHODS = {"balance.history": 103, "order.finished": 208, "order.deals": 209,
                    "order.finished_detail": 210, "market.user_deals": 306}

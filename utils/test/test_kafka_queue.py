@@ -11,14 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from utils import testing
 from utils.kafka_queue import (CONSUMER_STOP_WAIT, InProcessBus, KafkaConsumerService,
                                KafkaProducerService, QueueFull)
-
-
-async def until(predicate, seconds=30, what="condition"):
-    for _ in range(int(seconds / 0.05)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.05, lambda: None)
-    raise AssertionError("%s not reached in %s s" % (what, seconds))
+from utils.testing import until
 
 
 def topic_name():

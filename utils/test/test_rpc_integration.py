@@ -8,15 +8,7 @@ from twisted.trial.unittest import TestCase
 from utils import rpc
 from utils.rpc_client import RPCClient, RPCTimeout
 from utils.rpc_server import RPCServerFactory, listen_rpc
-from utils.testing import free_port
-
-
-async def until(predicate, seconds=10):
-    for _ in range(int(seconds / 0.02)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError("condition not reached in %s s" % seconds)
+from utils.testing import free_port, until
 
 
 class LoopbackTests(TestCase):

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from network.address import AddressError, client_endpoint
 from utils import rpc
 from utils.jsonfmt import RawJSON
-from utils.testing import free_port, reference
+from utils.testing import free_port, reference, until
 from utils.websocket import (NO_REPLY, BadRequest, WSServerFactory, listen_ws, notify_text,
                              parse_request, reply_text, with_request)
 
@@ -620,15 +620,6 @@ class ListenTests(SynchronousTestCase):
 def _reactor():
     from twisted.internet import reactor
     return reactor
-
-
-async def until(predicate, seconds=10):
-    from twisted.internet.task import deferLater
-    for _ in range(int(seconds / 0.02)):
-        if predicate():
-            return
-        await deferLater(_reactor(), 0.02, lambda: None)
-    raise AssertionError("condition not reached in %s s" % seconds)
 
 
 class LoopbackTests(TestCase):
