@@ -55,9 +55,12 @@ class Balances:
 
     def _store(self, key, entry, index, value):
         value = value.quantize(self._exp[key[1]], ROUND_DOWN)
-        entry[index] = value if value else None
-        if entry[0] is None and entry[1] is None:
-            del self.entries[key]
+        if value:
+            entry[index] = value
+        else:
+            entry[index] = None
+            if entry[1 - index] is None:
+                del self.entries[key]
 
     def _entry(self, key):
         entry = self.entries.get(key)

@@ -89,7 +89,10 @@ def _fee(value, prec):
 
 
 def _source(value):
-    if type(value) is not str or len(value.encode("utf-8")) > SOURCE_MAX:
+    if type(value) is not str:
+        raise INVALID_ARGUMENT()
+    # a character takes at most 4 bytes in UTF-8: short texts need no encoding to be sure
+    if len(value) * 4 > SOURCE_MAX and len(value.encode("utf-8")) > SOURCE_MAX:
         raise INVALID_ARGUMENT()
     return value
 
