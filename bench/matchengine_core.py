@@ -5,7 +5,11 @@
 crossing; each order builds its reply, history rows, Kafka messages and operation-log entry,
 as the daemon does (nothing is written anywhere).  Prints one result line.
 
-Usage: python bench/matchengine_core.py [--orders N] [--resting N] [--profile]
+Usage: python bench/matchengine_core.py [--orders N] [--resting N] [--profile] [--replay]
+       [--replay-db]
+
+`--replay-db` writes the run's operation log into a fresh MariaDB database (the local one of
+`depends/services.py up`) and times the daemon's recovery from it, `persist.load_state`.
 """
 
 import argparse
@@ -91,6 +95,54 @@ def replay_rate(log, resting):
     return len(log) / elapsed
 
 
+def replay_db_rate(log, resting):
+    """Operation-log entries per second recovered from MariaDB by `persist.load_state`, as
+    the daemon starts: rows read and parsed by its reader child while it replays."""
+    import gc
+
+    import pymysql
+    from twisted.internet import defer, reactor
+
+    from matchengine import operlog, persist
+    from utils import mysql, testing
+
+    info = testing.require("mysql")
+    name = testing.create_database("bench_replay")
+    try:
+        conn = pymysql.connect(host=info["host"], port=int(info["port"]), user=info["user"],
+                               password=info["password"], database=name, charset="utf8mb4")
+        table = operlog.table_name(log[0][1])
+        with conn.cursor() as cursor:
+            cursor.execute("CREATE TABLE `%s` LIKE `operlog_example`" % table)
+            rows = [(n + 1, t, detail) for n, (detail, t) in enumerate(log)]
+            for start in range(0, len(rows), 5000):
+                cursor.executemany("INSERT INTO `%s` (`id`, `time`, `detail`) "
+                                   "VALUES (%%s, %%s, %%s)" % table, rows[start:start + 5000])
+        conn.commit()
+        conn.close()
+        db = mysql.connect_mysql(info["host"], info["port"], info["user"], info["password"],
+                                 name, "utf8mb4")
+        result = {}
+
+        async def recover():
+            eng = build(resting)
+            gc.disable()
+            start = time.perf_counter()
+            await persist.load_state(eng, db, lambda message: None, reactor=reactor)
+            result["rate"] = len(log) / (time.perf_counter() - start)
+            gc.enable()
+
+        done = defer.Deferred.fromCoroutine(recover())
+        done.addErrback(lambda failure: result.setdefault("error", failure))
+        done.addBoth(lambda _: reactor.stop())
+        reactor.run()      # its shutdown closes the pool
+        if "error" in result:
+            result["error"].raiseException()
+        return result["rate"]
+    finally:
+        testing.drop_database(name)
+
+
 def fork_pause(eng):
     """How long the reactor thread is held by forking the slice writer (ms)."""
     start = time.perf_counter()
@@ -110,6 +162,8 @@ def main():
     parser.add_argument("--profile", action="store_true", help="print a cProfile summary")
     parser.add_argument("--replay", action="store_true",
                         help="also time replaying the run's operation log")
+    parser.add_argument("--replay-db", action="store_true",
+                        help="also time recovering from the run's operation log in MariaDB")
     args = parser.parse_args()
     eng = build(args.resting)
     batch = orders(args.orders)
@@ -123,7 +177,7 @@ def main():
         refused = profiler.runcall(run, eng, batch)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
     else:
-        log = [] if args.replay else None
+        log = [] if args.replay or args.replay_db else None
         refused = run(eng, batch, log)
     elapsed = time.perf_counter() - start
     print("matchengine_core: %d orders (%d resting before), %.0f orders/s, %d refused, "
@@ -133,6 +187,9 @@ def main():
     if args.replay:
         print("matchengine_core: replay %.0f operation-log entries/s" % replay_rate(
             log, args.resting))
+    if args.replay_db:
+        print("matchengine_core: recovery from MariaDB %.0f operation-log entries/s"
+              % replay_db_rate(log, args.resting))
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ class MatchEngine(service.Service):
         # over 1M resting orders would otherwise hold the matching thread for about 0.6 s.
         gc.disable()
         try:
-            last_id, slice_time = await persist.load_state(self.engine, self.db_log)
+            last_id, slice_time = await persist.load_state(self.engine, self.db_log,
+                                                             reactor=self.reactor)
         finally:
             gc.freeze()
             gc.enable()

@@ -1,0 +1,218 @@
+# -*- test-case-name: matchengine.test.test_persist -*-
+"""Recovery from the operation log: the forked reader, its pages and its failures, against
+real MariaDB and against SQLite (the embedded exchange's store)."""
+
+import os
+import signal
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from matchengine import config, engine, persist
+from utils import mysql, testing
+
+DAY1, DAY2 = "operlog_20261101", "operlog_20261102"
+T1, T2 = 1793000000.125, 1793090000.5
+
+
+def operations():
+    """A small trading day: deposits, resting and crossing orders, a cancel."""
+    ops = []
+    for user in range(1, 5):
+        ops.append((102, [user, "BTC", "deposit", user, "50", {"note": "é"}]))
+        ops.append((102, [user, "BCH", "deposit", user, "900000", {}]))
+    for i in range(12):
+        user, side = 1 + i % 4, 1 + i % 2
+        price = "8000" if i % 3 else "8001"
+        ops.append((201, [user, "BTCBCH", side, "0.%d5" % (i + 1), price, "0.002", "0.001",
+                          "s%d" % i]))
+    ops.append((202, [2, "BTCBCH", 2, "100", "0.002", "market"]))
+    return ops
+
+
+def run_live(ops):
+    """The engine the operations build, and the (detail, time) of each one logged."""
+    eng = engine.Engine(*config.example_tables())
+    logged = []
+    for n, (command, params) in enumerate(ops):
+        now = T1 + n * 0.001
+        eng.execute(command, params, now)
+        logged.append((engine.Engine.log_entry(command, params), round(now, 6)))
+    open_order = next(iter(eng.markets["BTCBCH"].orders.values()))
+    params = [open_order.user_id, "BTCBCH", open_order.id]
+    eng.execute(204, params, T2)
+    logged.append((engine.Engine.log_entry(204, params), T2))
+    eng.effects.take()
+    return eng, logged
+
+
+def state(eng):
+    orders = {o.id: (o.user_id, o.side, o.price, o.amount, o.left, o.freeze, o.deal_stock,
+                     o.deal_money, o.deal_fee, o.source, o.create_time, o.update_time)
+              for m in eng.markets.values() for o in m.orders.values()}
+    return dict(eng.balances.entries), orders, eng.order_id, eng.deal_id, dict(eng.dedup)
+
+
+class ReaderTests(TestCase):
+
+    timeout = 60
+
+    def setUp(self):
+        self.ops = operations()
+        self.live, self.logged = run_live(self.ops)
+        self.patch(persist, "PAGE", 5)    # many pages, one ending exactly at a table's end
+        self.messages = []
+
+    def mariadb(self):
+        name = testing.create_database("persist", ("trade_log",))
+        self.addCleanup(testing.drop_database, name)
+        kw = testing.mysql_connect_kwargs("misc")
+        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"], name,
+                                 "utf8mb4")
+        self.addCleanup(db.close)
+        return db
+
+    def sqlite(self):
+        db = mysql.connect_sqlite(self.mktemp() + ".db")
+        self.addCleanup(db.close)
+        return db
+
+    async def write_log(self, db, rows):
+        """Rows of (id, time, detail): the first 20 ids into DAY1, the rest into DAY2."""
+        with open(os.path.join(testing.ROOT, "depends", "sql", "trade_log.sql")) as f:
+            await db.execute_script(f.read())
+
+        def write(cursor):
+            for table, part in ((DAY1, rows[:20]), (DAY2, rows[20:])):
+                db.create_like(cursor, table, "operlog_example")
+                if part:
+                    cursor.execute(db.insert_many_sql(table, ("id", "time", "detail"),
+                                                      len(part)),
+                                   [v for row in part for v in row])
+        await db.interaction(write)
+
+    def numbered(self):
+        return [(n + 1, t, detail) for n, (detail, t) in enumerate(self.logged)]
+
+    async def load(self, db):
+        eng = engine.Engine(*config.example_tables())
+        result = await persist.load_state(eng, db, self.messages.append, reactor=reactor)
+        return eng, result
+
+    async def replays_to_the_same_state(self, db):
+        await self.write_log(db, self.numbered())
+        eng, (last_id, slice_time) = await self.load(db)
+        self.assertEqual((last_id, slice_time), (len(self.logged), None))
+        self.assertEqual(state(eng), state(self.live))
+        self.assertIn("replayed 5 operations (%s, id 5)" % DAY1, self.messages)
+        self.assertEqual(self.messages[-1],
+                         "replayed %d operations; last operation id %d, order id %d, deal id %d"
+                         % (len(self.logged), len(self.logged), self.live.order_id,
+                            self.live.deal_id))
+
+    def test_mariadb_replay(self):
+        """Pages from two days' tables, read by the child, rebuild the live state exactly:
+        balances, orders with their times, ids and the balance-update keys."""
+        return defer.Deferred.fromCoroutine(self.replays_to_the_same_state(self.mariadb()))
+
+    def test_sqlite_replay(self):
+        """The same through SQLite, the embedded exchange's store."""
+        return defer.Deferred.fromCoroutine(self.replays_to_the_same_state(self.sqlite()))
+
+    async def refused(self, db, rows, *fragments):
+        await self.write_log(db, rows)
+        with self.assertRaises(persist.RecoveryError) as caught:
+            await self.load(db)
+        for fragment in fragments:
+            self.assertIn(fragment, str(caught.exception))
+
+    def test_gap(self):
+        """A missing id stops recovery with the table and both ids named."""
+        rows = self.numbered()
+        del rows[11]
+        return defer.Deferred.fromCoroutine(self.refused(
+            self.mariadb(), rows, DAY1, "operation 13 follows 11: the log has a gap"))
+
+    def test_detail_not_json(self):
+        """A detail that is not JSON is named by its table and id."""
+        rows = self.numbered()
+        rows[7] = (8, rows[7][1], '{"method": "limit_order", "params": [1,')
+        return defer.Deferred.fromCoroutine(self.refused(
+            self.mariadb(), rows, "%s: operation 8 cannot be replayed: JSONDecodeError" % DAY1))
+
+    def test_detail_not_an_operation(self):
+        """JSON that is not an operation (no params, unknown method, params not a list)."""
+        cases = [('{"method": "limit_order"}', "operation 3 cannot be replayed: KeyError"),
+                 ('{"method": "fly", "params": []}', "unknown operation-log method 'fly'"),
+                 ('{"method": "cancel_order", "params": 7}', "params are not a list")]
+
+        async def run():
+            for detail, message in cases:
+                rows = self.numbered()
+                rows[2] = (3, rows[2][1], detail)
+                await self.refused(self.sqlite(), rows, message)
+        return defer.Deferred.fromCoroutine(run())
+
+    def test_refused_operation(self):
+        """An entry the state refuses (an order beyond the user's balance) stops recovery."""
+        rows = self.numbered()
+        rows[0] = (1, rows[0][1], engine.Engine.log_entry(
+            102, [1, "BTC", "deposit", 1, "0.5", {"note": "é"}]))
+        return defer.Deferred.fromCoroutine(self.refused(
+            self.mariadb(), rows, "cannot be replayed: RPCError"))
+
+    def test_reader_cannot_query(self):
+        """A database error in the child is reported, not taken for the end of the log."""
+        async def run():
+            db = self.mariadb()
+            await self.write_log(db, self.numbered())
+            eng = engine.Engine(*config.example_tables())
+            reader = persist.LogReader(db, [DAY1, "operlog_19990101"], 0, reactor)
+            pages = []
+            try:
+                with self.assertRaises(persist.RecoveryError) as caught:
+                    async for table, rows in reader:
+                        pages.append(table)
+                        for _, t, method, params in rows:
+                            eng.replay(method, params, t)
+            finally:
+                reader.close()
+            self.assertEqual(pages, [DAY1] * 4)
+            self.assertIn("reading the operation log failed: ProgrammingError",
+                          str(caught.exception))
+        return defer.Deferred.fromCoroutine(run())
+
+    def test_reader_killed(self):
+        """A reader that dies before the end of the log is an error, not an empty log."""
+        async def run():
+            db = self.mariadb()
+            # more than the pipe holds, so the child is still writing when it is killed
+            self.patch(persist, "PAGE", 50)
+            await self.write_log(db, [
+                (n, T1, engine.Engine.log_entry(102, [n, "BTC", "deposit", n, "1", {}]))
+                for n in range(1, 3001)])
+            reader = persist.LogReader(db, [DAY1, DAY2], 0, reactor)
+            pages = reader.__aiter__()
+            self.assertEqual((await pages.__anext__())[0], DAY1)
+            os.kill(reader.pid, signal.SIGKILL)
+            os.waitpid(reader.pid, 0)
+            with self.assertRaises(persist.RecoveryError) as caught:
+                while True:
+                    await pages.__anext__()
+            self.assertIn("stopped before the end of the log", str(caught.exception))
+            reader.close()
+        return defer.Deferred.fromCoroutine(run())
+
+    def test_close_stops_the_child(self):
+        """Closing before the end (recovery failed on an early page) leaves no process."""
+        async def run():
+            db = self.mariadb()
+            await self.write_log(db, self.numbered())
+            reader = persist.LogReader(db, [DAY1, DAY2], 0, reactor)
+            pages = reader.__aiter__()
+            await pages.__anext__()
+            reader.close()
+            with self.assertRaises(ChildProcessError):
+                os.waitpid(reader.pid, os.WNOHANG)
+            reader.close()      # twice is harmless
+        return defer.Deferred.fromCoroutine(run())
