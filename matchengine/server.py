@@ -160,7 +160,8 @@ class MatchEngine(service.Service):
 
         def handle(params, request):
             if write and self._busy():
-                self._answer(request, None, rpc.SERVICE_UNAVAILABLE())
+                # the refusal tells nothing of uncommitted state: it need not wait for the log
+                self._send(request, None, rpc.SERVICE_UNAVAILABLE())
                 return NO_REPLY
             # times are kept to the microsecond, as the operation log stores them, so that a
             # replay reproduces them exactly

@@ -42,30 +42,36 @@ def engine_config(port, brokers, log_db, history_db, **extra):
 class Harness:
     """One matchengine service on fresh databases, with a client and a Kafka broker."""
 
-    def __init__(self, test):
+    def __init__(self, test, broker=None):
         self.test = test
         self.log_db = testing.create_database("log", ("trade_log",))
         test.addCleanup(testing.drop_database, self.log_db)
         self.history_db = testing.create_database("hist", ("trade_history",), True)
         test.addCleanup(testing.drop_database, self.history_db)
-        self.broker = testing.KafkaBroker().start()
-        test.addCleanup(self.broker.stop)
+        if broker is None:
+            broker = testing.KafkaBroker().start()
+            test.addCleanup(broker.stop)
+        self.broker = broker
         self.port = testing.free_port()
         self.service = None
         self.client = None
-        test.addCleanup(self.cleanup)
+        self.pools = []
+        test.addCleanup(lambda: defer.Deferred.fromCoroutine(self.cleanup()))
 
-    def cleanup(self):
+    async def cleanup(self):
+        """Stop what runs, then close the pools (the service needs its own to stop)."""
         if self.client is not None:
             self.client.stop()
         if self.service is not None and self.service.running:
-            return self.service.stopService()
+            await self.service.stopService()
+        for db in self.pools:
+            db.close()
 
     def database(self, name):
         kw = testing.mysql_connect_kwargs("misc")
         db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"], name,
                                  "utf8mb4")
-        self.test.addCleanup(db.close)
+        self.pools.append(db)
         return db
 
     async def start(self, **extra):
