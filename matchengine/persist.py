@@ -32,6 +32,7 @@ from utils.decimals import to_raw
 log = Logger()
 
 PAGE = 10000
+PROGRESS_EVERY = 2.0     # seconds between progress lines while replaying
 ORDER_COLUMNS = ("id", "t", "side", "create_time", "update_time", "user_id", "market",
                  "price", "amount", "taker_fee", "maker_fee", "left", "freeze", "deal_stock",
                  "deal_money", "deal_fee", "source")
@@ -66,7 +67,13 @@ async def load_state(eng, db, progress=None, reactor=None):
     else:
         say("no slice: replaying the whole operation log")
     tables = await operlog_tables(db, slice_time)
+    total = 0
+    if tables:
+        end = await _fetch(db, "SELECT MAX(`id`) FROM `%s`" % tables[-1])
+        total = max(0, int(end[0][0] or 0) - last_id)
+        say("replaying %d operations from %s on" % (total, tables[0]))
     replayed = 0
+    started = reported = time.monotonic()
     reader = LogReader(db, tables, last_id, reactor)
     try:
         async for table, rows in reader:
@@ -81,8 +88,13 @@ async def load_state(eng, db, progress=None, reactor=None):
                                         % (table, oper_id, type(e).__name__, e)) from e
                 last_id = oper_id
             replayed += len(rows)
-            if len(rows) == PAGE:
-                say("replayed %d operations (%s, id %d)" % (replayed, table, last_id))
+            now = time.monotonic()
+            if now - reported >= PROGRESS_EVERY:
+                reported = now
+                rate = replayed / max(now - started, 1e-6)
+                say("replayed %d of %d operations (%s, id %d), %d a second, %d s to go"
+                    % (replayed, total, table, last_id, rate,
+                       max(0, total - replayed) / rate))
     finally:
         reader.close()
     say("replayed %d operations; last operation id %d, order id %d, deal id %d"

@@ -61,6 +61,7 @@ class ReaderTests(TestCase):
         self.ops = operations()
         self.live, self.logged = run_live(self.ops)
         self.patch(persist, "PAGE", 5)    # many pages, one ending exactly at a table's end
+        self.patch(persist, "PROGRESS_EVERY", 0)
         self.messages = []
 
     def mariadb(self):
@@ -104,7 +105,13 @@ class ReaderTests(TestCase):
         eng, (last_id, slice_time) = await self.load(db)
         self.assertEqual((last_id, slice_time), (len(self.logged), None))
         self.assertEqual(state(eng), state(self.live))
-        self.assertIn("replayed 5 operations (%s, id 5)" % DAY1, self.messages)
+        total = len(self.logged)
+        self.assertEqual(self.messages[0], "no slice: replaying the whole operation log")
+        self.assertEqual(self.messages[1], "replaying %d operations from %s on" % (total, DAY1))
+        progress = [m.split(",")[0] for m in self.messages[2:-1]]
+        self.assertEqual(progress[:2], ["replayed 5 of %d operations (%s" % (total, DAY1),
+                                        "replayed 10 of %d operations (%s" % (total, DAY1)])
+        self.assertEqual(progress[-1], "replayed %d of %d operations (%s" % (total, total, DAY2))
         self.assertEqual(self.messages[-1],
                          "replayed %d operations; last operation id %d, order id %d, deal id %d"
                          % (len(self.logged), len(self.logged), self.live.order_id,
