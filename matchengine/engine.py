@@ -10,6 +10,7 @@ message and change nothing.  A successful write also returns its operation-log e
 no history, no messages, no log entry (the original's "not real" mode).
 """
 
+import collections
 import decimal
 import json
 from itertools import islice
@@ -59,14 +60,14 @@ def _str(value):
 
 
 _LOG_ENCODER = json.JSONEncoder(ensure_ascii=False)   # one instance: dumps() makes one a call
-_PARSED = {}        # (text, prec) -> Decimal: amounts, prices and rates repeat a lot
-_PARSED_MAX = 100000
+_PARSED = collections.defaultdict(dict)   # prec -> {text: Decimal}: values repeat a lot
+_PARSED_MAX = 100000                      # texts kept per precision
 
 
 def _decimal(value, prec):
-    key = (value, prec)
+    cache = _PARSED[prec]
     try:
-        cached = _PARSED.get(key)
+        cached = cache.get(value)
     except TypeError:       # not hashable: certainly not a decimal string
         raise INVALID_ARGUMENT() from None
     if cached is not None:
@@ -75,9 +76,9 @@ def _decimal(value, prec):
         parsed = decimals.parse(value, prec)
     except decimals.InvalidDecimal:
         raise INVALID_ARGUMENT() from None
-    if len(_PARSED) >= _PARSED_MAX:
-        _PARSED.clear()
-    _PARSED[key] = parsed
+    if len(cache) >= _PARSED_MAX:
+        cache.clear()
+    cache[value] = parsed
     return parsed
 
 
