@@ -1,12 +1,13 @@
 # -*- test-case-name: network.test.test_output -*-
 """Writing to stream transports: how much waits, and sending without a reactor turn."""
 
-from twisted.internet import tcp, unix
+from twisted.internet import process, tcp, unix
 
 __all__ = ["write_now", "pending_output"]
 
-# plain socket connections, whose buffer and send this module may reach into
-_DIRECT = (tcp.Server, tcp.Client, unix.Server, unix.Client)
+# plain socket connections and pipes to child processes, whose buffer and send this module
+# may reach into
+_DIRECT = (tcp.Server, tcp.Client, unix.Server, unix.Client, process.ProcessWriter)
 
 
 def write_now(transport, data: bytes):
@@ -16,11 +17,12 @@ def write_now(transport, data: bytes):
     epoll changes (watch for writability, then stop).  For a message fanned out to thousands
     of connections that is most of the cost, so a plain TCP or UNIX connection with an empty
     buffer gets `send` straight away and only what the kernel does not take is queued.  TLS
-    and other transports use `write`.
+    and other transports use `write`.  The pipe to a child process's stdin
+    (`process.pipes[0]`) works the same way.
     """
     if (type(transport) in _DIRECT and not transport.dataBuffer
             and not transport._tempDataLen and transport.connected
-            and not transport.disconnecting and not transport.TLS):
+            and not transport.disconnecting and not getattr(transport, "TLS", False)):
         sent = transport.writeSomeData(data)
         if sent.__class__ is int:
             if sent == len(data):

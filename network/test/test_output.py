@@ -2,9 +2,10 @@
 """`write_now` and `pending_output` on real loopback connections and a StringTransport."""
 
 import socket
+import sys
 
 from twisted.internet import defer, reactor
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
@@ -61,3 +62,28 @@ class WriteNowTests(TestCase):
         transport = StringTransport()
         write_now(transport, b"abc")
         self.assertEqual(transport.value(), b"abc")
+
+    async def to_child_process(self):
+        ended = defer.Deferred()
+        received = []
+
+        class Child(ProcessProtocol):
+            def outReceived(self, data):
+                received.append(data)
+
+            def processEnded(self, reason):
+                ended.callback(None)
+
+        script = "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read())"
+        child = reactor.spawnProcess(Child(), sys.executable, [sys.executable, "-c", script],
+                                     env=None)
+        pipe = child.pipes[0]
+        write_now(pipe, b"in the pipe during the call")
+        self.assertEqual(pending_output(pipe), 0)
+        child.closeStdin()
+        await ended
+        self.assertEqual(b"".join(received), b"in the pipe during the call")
+
+    def test_child_process_stdin(self):
+        """The pipe to a child's stdin takes the bytes during the call, nothing queued."""
+        return defer.Deferred.fromCoroutine(self.to_child_process())
