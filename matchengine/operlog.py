@@ -54,8 +54,9 @@ class OperationLog:
     log = Logger()
 
     def __init__(self, db, reactor, last_id=0, window=0.0, durable=True, retry_delay=1.0,
-                 clock_time=time.time):
+                 clock_time=time.time, after_release=None):
         self.db = db
+        self.after_release = after_release   # called once a committed batch's callbacks ran
         self.reactor = reactor
         self.last_id = last_id
         self.window = window
@@ -123,6 +124,8 @@ class OperationLog:
         self.pending_rows -= len(batch.rows)
         self.committed_id = batch.rows[-1][0]
         batch._release()
+        if self.after_release is not None:
+            self.after_release()
         if self.current.rows:
             if self._flush_call is None:
                 self._flush()

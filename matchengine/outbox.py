@@ -1,8 +1,9 @@
 # -*- test-case-name: matchengine.test.test_outbox -*-
 """Where committed operations' history rows and messages go.
 
-`WriterOutbox` hands them, in batches every `interval` seconds, to a writer process
-(`matchengine.writer`) over a pipe and counts them until the process confirms each batch.
+`WriterOutbox` hands them to a writer process (`matchengine.writer`) over a pipe and counts
+them until the process confirms each batch: at once on `send_now` (the daemon calls it after
+each commit of the operation log, before the replies leave), else every `interval` seconds.
 If the process dies, it is started again and every unconfirmed batch is sent again, in order.
 
 `LocalOutbox` does the same job in this process (a `HistoryWriter` and a producer service);
@@ -12,19 +13,23 @@ Both offer `add(history, messages)`, `pending_history`, `pending_messages`, `flu
 """
 
 import collections
+import contextlib
+import fcntl
 import json
-import os
 import marshal
+import os
 import sys
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from matchengine.writer import FRAME
+from network.output import write_now
 
 __all__ = ["WriterOutbox", "LocalOutbox"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PIPE_SIZE = 1 << 20
 
 
 class _WriterProtocol(protocol.ProcessProtocol):
@@ -34,6 +39,10 @@ class _WriterProtocol(protocol.ProcessProtocol):
         self.errors = b""
 
     def connectionMade(self):
+        # a larger pipe keeps batches in the kernel, out of this process, while the writer
+        # is briefly behind (Linux; elsewhere the default size stays)
+        with contextlib.suppress(AttributeError, OSError):
+            fcntl.fcntl(self.transport.pipes[0].fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         self.outbox._started(self)
 
     def outReceived(self, data):
@@ -86,7 +95,7 @@ class WriterOutbox:
     def _started(self, proto):
         self.process = proto
         for frame, _, _ in self.unacked.values():
-            proto.transport.write(frame)
+            write_now(proto.transport.pipes[0], frame)
 
     def _ended(self, proto, reason):
         self.process = None
@@ -113,7 +122,12 @@ class WriterOutbox:
             self._call = self.reactor.callLater(self.interval, self.send_now)
 
     def send_now(self):
-        self._call = None
+        """Hand everything added so far to the writer process, during this call when its
+        pipe has room."""
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
         if not self.history and not self.messages:
             return
         self.sequence += 1
@@ -124,7 +138,7 @@ class WriterOutbox:
         self.unacked[self.sequence] = (frame, len(self.history), len(self.messages))
         self.history, self.messages = [], []
         if self.process is not None:
-            self.process.transport.write(frame)
+            write_now(self.process.transport.pipes[0], frame)
 
     def _check_idle(self):
         if not self.unacked and not self.history and not self.messages:
@@ -134,8 +148,6 @@ class WriterOutbox:
 
     def flush(self):
         """Fires once everything added so far is written."""
-        if self._call is not None:
-            self._call.cancel()
         self.send_now()
         if not self.unacked:
             return defer.succeed(None)
@@ -177,6 +189,9 @@ class LocalOutbox:
     @property
     def pending_messages(self):
         return 0 if self.producer is None else self.producer.queue_length
+
+    def send_now(self):
+        """Nothing to hand over: this process writes the history and sends the messages."""
 
     def add(self, history, messages):
         if history:

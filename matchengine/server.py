@@ -89,7 +89,8 @@ class MatchEngine(service.Service):
         self.operlog = OperationLog(self.db_log, self.reactor, last_id,
                                     window=self.cfg.get("commit_window", 0.0),
                                     durable=self.cfg.get("durable", True),
-                                    clock_time=self.clock_time)
+                                    clock_time=self.clock_time,
+                                    after_release=self.outbox.send_now)
         self.outbox.start()
         if self.listen_enabled:
             self.ports = await listen_rpc(self.reactor, self.cfg["svr"]["bind"], self.factory,
@@ -194,9 +195,12 @@ class MatchEngine(service.Service):
             request.reply_error(error, self.debug)
 
     def _release(self, request, result, history, messages):
-        request.reply_result(result, self.debug)
+        # the batch's history and messages reach the writer process's pipe (after_release)
+        # before the reply can leave, on the reactor's next pass: a crash after the reply
+        # cannot take them back
         if history or messages:
             self.outbox.add(history, messages)
+        request.reply_result(result, self.debug)
 
     def _busy(self):
         reason = None

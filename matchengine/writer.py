@@ -182,6 +182,32 @@ class Messages:
                 say("kafka: a message was not delivered: %s" % future.exception)
 
 
+MAX_GROUP_ROWS = 20000        # history rows written together, at most
+MAX_GROUP_MESSAGES = 20000    # messages sent together, at most
+
+
+def coalesce(batches, limit, size):
+    """Yield (group, last): each group is the next batch with those queued behind it, up to
+    `limit` items by `size`; `last` once the end mark (None) was taken."""
+    while True:
+        batch = batches.get()
+        if batch is None:
+            yield [], True
+            return
+        group, total = [batch], size(batch)
+        while total < limit:
+            try:
+                batch = batches.get_nowait()
+            except queue.Empty:
+                break
+            if batch is None:
+                yield group, True
+                return
+            group.append(batch)
+            total += size(batch)
+        yield group, False
+
+
 def read_exactly(stream, n):
     data = b""
     while len(data) < n:
@@ -208,8 +234,15 @@ class Acks:
                 self.done[sequence] = count
                 return
             self.done.pop(sequence, None)
-            self.stdout.write(b"%d\n" % sequence)
-            self.stdout.flush()
+            if self.stdout is None:
+                return
+            try:
+                self.stdout.write(b"%d\n" % sequence)
+                self.stdout.flush()
+            except OSError:
+                # the daemon is gone: nobody to confirm to, but what it handed over before
+                # dying is still written and sent
+                self.stdout = None
 
 
 def main(argv=None):
@@ -219,29 +252,32 @@ def main(argv=None):
     messages = Messages(settings["brokers"]) if settings.get("brokers") else None
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     acks = Acks(stdout, 2 if messages is not None else 1)
-    lanes = [queue.Queue(maxsize=256) for _ in range(acks.parts)]
+    # unbounded: reading stdin never waits for a lane, so what the daemon hands over leaves
+    # its pipe at once (the daemon bounds the total by its queue limits)
+    lanes = [queue.Queue() for _ in range(acks.parts)]
 
     def history_lane(batches):
-        # batches are written in order, independently of the Kafka lane
-        while True:
-            batch = batches.get()
-            if batch is None:
-                return
-            sequence, rows, _ = batch
+        # in order, independently of the Kafka lane; batches that queued up while the
+        # previous write ran go into MySQL together
+        for group, last in coalesce(batches, MAX_GROUP_ROWS, lambda batch: len(batch[1])):
+            rows = [row for _, batch_rows, _ in group for row in batch_rows]
             if rows:
                 history.write(rows)
-            acks.finished(sequence)
+            for sequence, _, _ in group:
+                acks.finished(sequence)
+            if last:
+                return
 
     def message_lane(batches):
-        while True:
-            batch = batches.get()
-            if batch is None:
+        for group, last in coalesce(batches, MAX_GROUP_MESSAGES, lambda batch: len(batch[2])):
+            messages.send([message for _, _, batch_messages in group
+                           for message in batch_messages])
+            for sequence, _, _ in group:
+                acks.finished(sequence)
+            if last:
                 if messages.producer is not None:
                     messages.producer.close(timeout=10)
                 return
-            sequence, _, msgs = batch
-            messages.send(msgs)
-            acks.finished(sequence)
 
     workers = [threading.Thread(target=history_lane, args=(lanes[0],), name="history")]
     if messages is not None:
@@ -251,8 +287,9 @@ def main(argv=None):
         worker.start()
     while True:
         head = read_exactly(stdin, FRAME.size)
-        batch = None if head is None else marshal.loads(
-            read_exactly(stdin, FRAME.unpack(head)[0]))
+        body = None if head is None else read_exactly(stdin, FRAME.unpack(head)[0])
+        # the end, or a frame cut short by the daemon's death: what came before is written
+        batch = None if body is None else marshal.loads(body)
         for lane in lanes:
             lane.put(batch)
         if batch is None:

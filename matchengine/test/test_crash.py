@@ -11,7 +11,8 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from utils import testing
+from utils import mysql, testing
+from utils.kafka_queue import KafkaConsumerService
 from utils.rpc_client import RPCClient
 from utils.testing import until
 
@@ -55,6 +56,7 @@ class CrashTests(TestCase):
         self.addCleanup(testing.drop_database, log_db)
         history_db = testing.create_database("hist", ("trade_history",), True)
         self.addCleanup(testing.drop_database, history_db)
+        self.history_db = history_db
         with open(os.path.join(testing.ROOT, "matchengine", "conf", "config.json")) as f:
             cfg = json.load(f)
         cfg.pop("alert")
@@ -112,9 +114,37 @@ class CrashTests(TestCase):
         total = sum(int(b["result"]["BCH"]["available"]) for b in balances)
         self.assertGreaterEqual(total, len(acked))
         self.assertLessEqual(total, sent)
+        # each acknowledged deposit's history row and message were in the writer process's
+        # pipe before its reply left: the writer of the killed daemon writes them
+        await self.history_has(set(acked))
+        messages = []
+        consumer = KafkaConsumerService(broker.address, "balances",
+                                        lambda offset, value: messages.append(value),
+                                        offset="earliest", reactor=reactor)
+        consumer.startService()
+        self.addCleanup(consumer.stopService)
+        await until(lambda: len(messages) >= len(acked), 60,
+                    "a message per acknowledged deposit")
         daemon.kill(signal.SIGTERM)
+
+    async def history_has(self, wanted):
+        kw = testing.mysql_connect_kwargs("misc")
+        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"],
+                                 self.history_db, "utf8mb4")
+        self.addCleanup(db.close)
+        union = " UNION ALL ".join("SELECT `detail` FROM `balance_history_%d` WHERE "
+                                   "`business` = 'deposit'" % user for user in range(1, 51))
+        found = set()
+        for _ in range(300):
+            found = {json.loads(detail)["id"] for (detail,) in await db.query(union)}
+            if wanted <= found:
+                return
+            await deferLater(reactor, 0.2, lambda: None)
+        self.fail("no history for %d acknowledged deposits, e.g. %s"
+                  % (len(wanted - found), sorted(wanted - found)[:5]))
 
     def test_kill_under_load(self):
         """SIGKILL while 200 deposits are in flight; after restart all acknowledged ones
-        are there (a repeat is refused) and the balances hold at least their sum."""
+        are there (a repeat is refused), the balances hold at least their sum, and each has
+        its history row and its message."""
         return defer.Deferred.fromCoroutine(self.scenario())

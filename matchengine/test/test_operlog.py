@@ -55,6 +55,17 @@ class GroupingTests(SynchronousTestCase):
         self.assertEqual(self.replies, [1, 2, 3])
         self.assertEqual((self.log.committed_id, self.log.pending_rows), (3, 0))
 
+    def test_after_release_follows_each_batch(self):
+        """`after_release` runs once per committed batch, after all of its callbacks."""
+        self.log.after_release = lambda: self.replies.append("released")
+        self.append(2)
+        self.clock.advance(0)
+        self.append()
+        self.db.finish()
+        self.assertEqual(self.replies, [1, 2, "released"])
+        self.db.finish()
+        self.assertEqual(self.replies, [1, 2, "released", 3, "released"])
+
     def test_entries_during_a_commit_form_the_next(self):
         """What arrives while a commit is in flight is committed, as one batch, the moment
         that commit finishes; replies come out in order."""

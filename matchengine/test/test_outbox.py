@@ -1,18 +1,20 @@
 # -*- test-case-name: matchengine.test.test_outbox -*-
 """The writer process: batches written to MariaDB and Kafka, resent after it dies."""
 
+import io
 import json
 import os
+import queue
 import signal
 from decimal import Decimal
 
 from twisted.internet import defer, reactor, threads
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from matchengine.effects import BALANCE, HISTORY_COLUMNS, ORDER, TOPIC_BALANCES, USER_DEAL
 from matchengine.outbox import WriterOutbox
-from matchengine.writer import (INT_COLUMNS, TEXT_COLUMNS, TIME_COLUMNS, HistoryThreads,
-                                insert_statements)
+from matchengine.writer import (INT_COLUMNS, TEXT_COLUMNS, TIME_COLUMNS, Acks,
+                                HistoryThreads, coalesce, insert_statements)
 from utils import mysql, testing
 from utils.kafka_queue import KafkaConsumerService
 from utils.testing import until
@@ -133,3 +135,46 @@ class InsertStatementTests(TestCase):
                         else:
                             self.assertEqual(Decimal(a), Decimal(b), column)
         return defer.Deferred.fromCoroutine(check())
+
+
+class LaneTests(SynchronousTestCase):
+    """How the writer's lanes take batches and confirm them."""
+
+    def test_queued_batches_go_together(self):
+        """Batches that queued up form one group, in order, up to the limit; the end mark
+        closes the last group."""
+        batches = queue.Queue()
+        for sequence, size in enumerate([3, 4, 5, 1], 1):
+            batches.put((sequence, ["r"] * size, []))
+        batches.put(None)
+        groups = [([b[0] for b in group], last)
+                  for group, last in coalesce(batches, 8, lambda batch: len(batch[1]))]
+        self.assertEqual(groups, [([1, 2, 3], False), ([4], True)])
+
+    def test_end_alone(self):
+        """The end mark with nothing before it gives an empty last group."""
+        batches = queue.Queue()
+        batches.put(None)
+        self.assertEqual(list(coalesce(batches, 8, len)), [([], True)])
+
+    def test_confirmations_after_the_daemon_died(self):
+        """A confirmation that cannot be written (the daemon is gone) does not stop the
+        lanes: later batches are still counted, and nothing more is written."""
+        class Gone(io.BytesIO):
+            def write(self, data):
+                raise BrokenPipeError()
+
+        acks = Acks(Gone(), 2)
+        acks.finished(1)
+        acks.finished(1)
+        acks.finished(2)
+        acks.finished(2)
+        self.assertIsNone(acks.stdout)
+        self.assertEqual(acks.done, {})
+
+        sink = io.BytesIO()
+        acks = Acks(sink, 2)
+        acks.finished(1)
+        self.assertEqual(sink.getvalue(), b"")
+        acks.finished(1)
+        self.assertEqual(sink.getvalue(), b"1\n")
