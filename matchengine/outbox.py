@@ -67,10 +67,12 @@ class WriterOutbox:
     log = Logger()
 
     def __init__(self, reactor, db_history, brokers, workers=4, interval=0.05,
-                 restart_delay=1.0):
+                 restart_delay=1.0, lock=None):
         self.reactor = reactor
+        # `lock`: a file the writer holds while it runs; a new writer waits for the one
+        # its killed daemon left behind (see matchengine.writer.take_turn)
         self.settings = json.dumps({"db_history": dict(db_history), "brokers": brokers,
-                                    "workers": workers})
+                                    "workers": workers, "lock": lock})
         self.interval = interval
         self.restart_delay = restart_delay
         self.history, self.messages = [], []

@@ -33,7 +33,8 @@ def makeService(options, reactor=None):
     assets, markets = options["tables"]
     top = service_tree(cfg, options, reactor)
     db_log = database(cfg.db_log, max_connections=2)
-    outbox = WriterOutbox(reactor, cfg.db_history, cfg.brokers, workers=cfg.history_thread)
+    outbox = WriterOutbox(reactor, cfg.db_history, cfg.brokers, workers=cfg.history_thread,
+                          lock=os.path.abspath(cfg.log.path + ".writer.lock"))
     engine = MatchEngine(cfg, assets, markets, db_log, outbox, reactor=reactor)
     engine.setServiceParent(top)
     cli_service = cli.CLIService(engine, cfg.cli, reactor)

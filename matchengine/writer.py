@@ -14,6 +14,7 @@ building) off the matching thread's interpreter lock.
 """
 
 import contextlib
+import fcntl
 import json
 import marshal
 import queue
@@ -208,6 +209,39 @@ def coalesce(batches, limit, size):
         yield group, False
 
 
+def take_turn(path):
+    """An Event set once this writer holds the lock file at `path` (at once without one).
+
+    The writer of a daemon that was killed goes on writing what it was handed; the writer of
+    the restarted daemon reads its own batches meanwhile, but writes and sends them only
+    after the old one has exited, so that history and messages keep their order.
+    """
+    turn = threading.Event()
+    if not path:
+        turn.set()
+        return turn
+
+    def take():
+        try:
+            handle = open(path, "a")
+        except OSError as e:
+            say("cannot open the lock file %s: %s; going on without it" % (path, e))
+            turn.set()
+            return
+        held.append(handle)     # the lock lasts as long as the process
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("waiting for the previous writer to finish (%s)" % path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            say("the previous writer has finished")
+        turn.set()
+
+    held = []
+    threading.Thread(target=take, name="lock", daemon=True).start()
+    return turn
+
+
 def read_exactly(stream, n):
     data = b""
     while len(data) < n:
@@ -252,6 +286,7 @@ def main(argv=None):
     messages = Messages(settings["brokers"]) if settings.get("brokers") else None
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     acks = Acks(stdout, 2 if messages is not None else 1)
+    turn = take_turn(settings.get("lock"))
     # unbounded: reading stdin never waits for a lane, so what the daemon hands over leaves
     # its pipe at once (the daemon bounds the total by its queue limits)
     lanes = [queue.Queue() for _ in range(acks.parts)]
@@ -259,6 +294,7 @@ def main(argv=None):
     def history_lane(batches):
         # in order, independently of the Kafka lane; batches that queued up while the
         # previous write ran go into MySQL together
+        turn.wait()
         for group, last in coalesce(batches, MAX_GROUP_ROWS, lambda batch: len(batch[1])):
             rows = [row for _, batch_rows, _ in group for row in batch_rows]
             if rows:
@@ -269,6 +305,7 @@ def main(argv=None):
                 return
 
     def message_lane(batches):
+        turn.wait()
         for group, last in coalesce(batches, MAX_GROUP_MESSAGES, lambda batch: len(batch[2])):
             messages.send([message for _, _, batch_messages in group
                            for message in batch_messages])

@@ -6,6 +6,8 @@ import json
 import os
 import queue
 import signal
+import subprocess
+import sys
 from decimal import Decimal
 
 from twisted.internet import defer, reactor, threads
@@ -14,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from matchengine.effects import BALANCE, HISTORY_COLUMNS, ORDER, TOPIC_BALANCES, USER_DEAL
 from matchengine.outbox import WriterOutbox
 from matchengine.writer import (INT_COLUMNS, TEXT_COLUMNS, TIME_COLUMNS, Acks,
-                                HistoryThreads, coalesce, insert_statements)
+                                HistoryThreads, coalesce, insert_statements, take_turn)
 from utils import mysql, testing
 from utils.kafka_queue import KafkaConsumerService
 from utils.testing import until
@@ -178,3 +180,20 @@ class LaneTests(SynchronousTestCase):
         self.assertEqual(sink.getvalue(), b"")
         acks.finished(1)
         self.assertEqual(sink.getvalue(), b"1\n")
+
+    def test_turn_waits_for_the_previous_writer(self):
+        """A writer's lanes start once the writer left by a killed daemon (here a process
+        holding the lock file) has exited; without a lock file they start at once."""
+        path = self.mktemp()
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a'); "
+             "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+             path], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.addCleanup(holder.wait)
+        self.addCleanup(holder.stdout.close)
+        self.assertEqual(holder.stdout.readline(), b"held\n")
+        turn = take_turn(path)
+        self.assertFalse(turn.wait(0.3))
+        holder.stdin.close()
+        self.assertTrue(turn.wait(10))
+        self.assertTrue(take_turn(None).is_set())
