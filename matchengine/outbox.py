@@ -23,7 +23,7 @@ import sys
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
-from matchengine.writer import FRAME
+from matchengine.writer import FRAME, INFO
 from network.output import write_now
 
 __all__ = ["WriterOutbox", "LocalOutbox"]
@@ -56,8 +56,11 @@ class _WriterProtocol(protocol.ProcessProtocol):
         self.errors += data
         *lines, self.errors = self.errors.split(b"\n")
         for line in lines:
-            if line:
-                self.outbox.log.critical("writer: {line}", line=line.decode("utf-8", "replace"))
+            text = line.decode("utf-8", "replace")
+            if text.startswith(INFO):
+                self.outbox.log.info("writer: {line}", line=text[len(INFO):])
+            elif text:
+                self.outbox.log.critical("writer: {line}", line=text)
 
     def processEnded(self, reason):
         self.outbox._ended(self, reason)

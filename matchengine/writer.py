@@ -83,8 +83,12 @@ def insert_statements(history, chunk=1000):
     return statements
 
 
-def say(text):
-    sys.stderr.write(text.rstrip("\n") + "\n")
+INFO = "info: "     # stderr lines with this prefix are news, the others trouble
+
+
+def say(text, info=False):
+    """A line for the daemon's log: critical, or info with `info`."""
+    sys.stderr.write((INFO if info else "") + text.rstrip("\n") + "\n")
     sys.stderr.flush()
 
 
@@ -232,9 +236,9 @@ def take_turn(path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            say("waiting for the previous writer to finish (%s)" % path)
+            say("waiting for the previous writer to finish (%s)" % path, info=True)
             fcntl.flock(handle, fcntl.LOCK_EX)
-            say("the previous writer has finished")
+            say("the previous writer has finished", info=True)
         turn.set()
 
     held = []

@@ -11,10 +11,11 @@ import sys
 from decimal import Decimal
 
 from twisted.internet import defer, reactor, threads
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from matchengine.effects import BALANCE, HISTORY_COLUMNS, ORDER, TOPIC_BALANCES, USER_DEAL
-from matchengine.outbox import WriterOutbox
+from matchengine.outbox import WriterOutbox, _WriterProtocol
 from matchengine.writer import (INT_COLUMNS, TEXT_COLUMNS, TIME_COLUMNS, Acks,
                                 HistoryThreads, coalesce, insert_statements, take_turn)
 from utils import mysql, testing
@@ -197,3 +198,15 @@ class LaneTests(SynchronousTestCase):
         holder.stdin.close()
         self.assertTrue(turn.wait(10))
         self.assertTrue(take_turn(None).is_set())
+
+    def test_writer_lines_logged_by_level(self):
+        """The writer's stderr reaches the daemon's log: news at info, the rest critical,
+        whole lines only."""
+        outbox = WriterOutbox(None, {}, None)
+        proto = _WriterProtocol(outbox)
+        with capturedLogs() as events:
+            proto.errReceived(b"info: waiting for the previous writer to finish (x)\nhist")
+            proto.errReceived(b"ory: insert failed: gone; retrying in 1 s\n")
+        self.assertEqual([(e["log_level"], formatEvent(e)) for e in events], [
+            (LogLevel.info, "writer: waiting for the previous writer to finish (x)"),
+            (LogLevel.critical, "writer: history: insert failed: gone; retrying in 1 s")])
