@@ -105,6 +105,10 @@ class Market:
         return (sec - self.tz) // 86400 * 86400 + self.tz
 
     def apply_deal(self, t, price, amount, deal_id, taker_side, now, offset=None):
+        """Add one deal to the k-lines and the recent deals; False (and nothing changed) for
+        a deal not newer than the newest one applied, which a resent batch can repeat."""
+        if self.deals and deal_id <= self.deals[0][0]:
+            return False
         sec = int(t)
         opening = self.last if self.priced else price
         value = price * amount
@@ -131,6 +135,7 @@ class Market:
         self.update_time = now
         if offset is not None:
             self.last_offset = offset
+        return True
 
     # -- queries -----------------------------------------------------------------------
 

@@ -210,8 +210,12 @@ class MarketPrice(service.Service):
             if market is None:
                 market = self.markets[name] = Market(name, self.tz)
                 self.log.info("marketprice: new market {name}", name=name)
-            market.apply_deal(t, price, amount, deal_id, side, self.clock_time(), offset)
-            self.cache.pop(name, None)
+            if market.apply_deal(t, price, amount, deal_id, side, self.clock_time(), offset):
+                self.cache.pop(name, None)
+            else:
+                self.log.warn("marketprice: deal {deal_id} of {market} at offset {offset} is "
+                              "not newer than the last one applied; skipped",
+                              deal_id=deal_id, market=name, offset=offset)
         self.offset = offset
 
     # -- flushing ----------------------------------------------------------------------

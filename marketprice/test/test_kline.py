@@ -30,6 +30,19 @@ class BucketTests(SynchronousTestCase):
                                                              D("7980")))
         self.assertEqual((k.volume, k.deal), (D("0.6"), D("2400.0") + D("1596.0") + D("801.0")))
 
+    def test_repeated_deal_skipped(self):
+        """A deal not newer than the last one applied (a batch sent again) changes nothing."""
+        m = market((T0 + 1, "8000", "0.3"), (T0 + 2, "7980", "0.2"))
+        for deal_id in (2, 1):
+            self.assertFalse(m.apply_deal(float(T0 + 2), D("7980"), D("0.2"), deal_id, 2,
+                                          T0 + 9))
+        k = m.buckets["1m"][T0]
+        self.assertEqual((k.volume, k.low, m.last), (D("0.5"), D("7980"), D("7980")))
+        self.assertEqual([d[0] for d in m.deals], [2, 1])
+        self.assertEqual(len(m.to_flush), 2)
+        self.assertTrue(m.apply_deal(float(T0 + 3), D("8020"), D("1"), 3, 1, T0 + 9))
+        self.assertEqual(m.buckets["1m"][T0].volume, D("1.5"))
+
     def test_new_bucket_opens_at_previous_price(self):
         """The next bucket opens at the last price before its first deal."""
         m = market((T0 + 1, "8000", "1"), (T0 + 61, "8100", "1"))
