@@ -187,22 +187,27 @@ class Messages:
                 say("kafka: a message was not delivered: %s" % future.exception)
 
 
+GROUP_WINDOW = 0.05           # seconds a lane gathers batches before writing them
 MAX_GROUP_ROWS = 20000        # history rows written together, at most
 MAX_GROUP_MESSAGES = 20000    # messages sent together, at most
 
 
-def coalesce(batches, limit, size):
-    """Yield (group, last): each group is the next batch with those queued behind it, up to
-    `limit` items by `size`; `last` once the end mark (None) was taken."""
+def coalesce(batches, limit, size, window=0.0, clock=time.monotonic):
+    """Yield (group, last): each group is the next batch with those that arrive within
+    `window` seconds of it (or were queued behind it), up to `limit` items by `size`; `last`
+    once the end mark (None) was taken."""
     while True:
         batch = batches.get()
         if batch is None:
             yield [], True
             return
         group, total = [batch], size(batch)
+        deadline = clock() + window
         while total < limit:
+            remaining = deadline - clock()
             try:
-                batch = batches.get_nowait()
+                batch = (batches.get(timeout=remaining) if remaining > 0
+                         else batches.get_nowait())
             except queue.Empty:
                 break
             if batch is None:
@@ -291,15 +296,19 @@ def main(argv=None):
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     acks = Acks(stdout, 2 if messages is not None else 1)
     turn = take_turn(settings.get("lock"))
+    # the daemon hands each commit's batch over at once; gathering them here for a while
+    # keeps MySQL commits and Kafka flushes few when the load is light
+    window = settings.get("window", GROUP_WINDOW)
     # unbounded: reading stdin never waits for a lane, so what the daemon hands over leaves
     # its pipe at once (the daemon bounds the total by its queue limits)
     lanes = [queue.Queue() for _ in range(acks.parts)]
 
     def history_lane(batches):
-        # in order, independently of the Kafka lane; batches that queued up while the
-        # previous write ran go into MySQL together
+        # in order, independently of the Kafka lane; the batches of a window (and those
+        # that queued up while the previous write ran) go into MySQL together
         turn.wait()
-        for group, last in coalesce(batches, MAX_GROUP_ROWS, lambda batch: len(batch[1])):
+        for group, last in coalesce(batches, MAX_GROUP_ROWS, lambda batch: len(batch[1]),
+                                    window):
             rows = [row for _, batch_rows, _ in group for row in batch_rows]
             if rows:
                 history.write(rows)
@@ -310,7 +319,8 @@ def main(argv=None):
 
     def message_lane(batches):
         turn.wait()
-        for group, last in coalesce(batches, MAX_GROUP_MESSAGES, lambda batch: len(batch[2])):
+        for group, last in coalesce(batches, MAX_GROUP_MESSAGES, lambda batch: len(batch[2]),
+                                    window):
             messages.send([message for _, _, batch_messages in group
                            for message in batch_messages])
             for sequence, _, _ in group:

@@ -154,6 +154,29 @@ class LaneTests(SynchronousTestCase):
                   for group, last in coalesce(batches, 8, lambda batch: len(batch[1]))]
         self.assertEqual(groups, [([1, 2, 3], False), ([4], True)])
 
+    def test_window_gathers_what_arrives(self):
+        """Batches arriving within the window of the first join its group; the wait for
+        each is what is left of the window."""
+        now = [0.0]
+        waits = []
+
+        class Arrivals(queue.Queue):
+            def get(self, block=True, timeout=None):
+                waits.append(timeout)
+                if self.empty():
+                    raise queue.Empty
+                now[0] += 0.01
+                return super().get(block=False)
+
+        batches = Arrivals()
+        for sequence in (1, 2, 3):
+            batches.put((sequence, ["r"], []))
+        group, last = next(coalesce(batches, 100, lambda batch: len(batch[1]), 0.05,
+                                    lambda: now[0]))
+        self.assertEqual(([b[0] for b in group], last), ([1, 2, 3], False))
+        self.assertEqual([w if w is None else round(w, 3) for w in waits],
+                         [None, 0.05, 0.04, 0.03])
+
     def test_end_alone(self):
         """The end mark with nothing before it gives an empty last group."""
         batches = queue.Queue()
