@@ -156,15 +156,16 @@ class LogReader:
                 raise RecoveryError("reading the operation log failed: %s" % (record[1],))
 
     def close(self):
-        """Close the pipe, stop the child if it still runs, and reap it."""
+        """Stop the child if it still runs, reap it, and close the pipe (a read still
+        waiting on it then ends at once)."""
         if self.pipe is None:
             return
-        self.pipe.close()
-        self.pipe = None
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
+        self.pipe.close()
+        self.pipe = None
 
 
 def _shared(params, strings):
@@ -192,9 +193,9 @@ def _parse_page(table, rows):
     for oper_id, t, detail in rows:     # one at a time, to name the culprit
         try:
             method, params = engine_module.load_detail(detail)
+            parsed.append((int(oper_id), float(t), method, params))
         except (ValueError, TypeError, KeyError) as e:
             return ("bad", table, int(oper_id), "%s: %s" % (type(e).__name__, e))
-        parsed.append((int(oper_id), float(t), method, params))
     return ("page", table, parsed)
 
 
