@@ -111,9 +111,14 @@ class WriterOutbox:
         self.reactor.callLater(self.restart_delay, self.start)
 
     def _acked(self, sequence):
-        _, rows, messages = self.unacked.pop(sequence)
-        self.pending_history -= rows
-        self.pending_messages -= messages
+        """Every batch up to `sequence` is written and sent."""
+        while self.unacked:
+            first = next(iter(self.unacked))
+            if first > sequence:
+                break
+            _, rows, messages = self.unacked.pop(first)
+            self.pending_history -= rows
+            self.pending_messages -= messages
         self._check_idle()
 
     # -- batches -----------------------------------------------------------------------

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import json
 import marshal
+import os
 import queue
 import struct
 import sys
@@ -187,34 +188,39 @@ class Messages:
                 say("kafka: a message was not delivered: %s" % future.exception)
 
 
+READ_PAUSE = 0.01             # seconds between two reads of the daemon's pipe, at least
+READ_SIZE = 1 << 22           # bytes taken from the pipe at most per read
 GROUP_WINDOW = 0.05           # seconds a lane gathers batches before writing them
 MAX_GROUP_ROWS = 20000        # history rows written together, at most
 MAX_GROUP_MESSAGES = 20000    # messages sent together, at most
 
 
-def coalesce(batches, limit, size, window=0.0, clock=time.monotonic):
-    """Yield (group, last): each group is the next batch with those that arrive within
-    `window` seconds of it (or were queued behind it), up to `limit` items by `size`; `last`
-    once the end mark (None) was taken."""
+def coalesce(batches, limit, size, window=0.0, sleep=time.sleep):
+    """Yield (group, last): each group is the next batch with those queued behind it and
+    those arriving within `window` seconds, up to `limit` items by `size` (a lane that is
+    that far behind does not wait); `last` once the end mark (None) was taken.  So a lane
+    writes at most once a window, however often batches come."""
     while True:
         batch = batches.get()
         if batch is None:
             yield [], True
             return
         group, total = [batch], size(batch)
-        deadline = clock() + window
-        while total < limit:
-            remaining = deadline - clock()
-            try:
-                batch = (batches.get(timeout=remaining) if remaining > 0
-                         else batches.get_nowait())
-            except queue.Empty:
-                break
-            if batch is None:
-                yield group, True
-                return
-            group.append(batch)
-            total += size(batch)
+        for rest in (False, True):
+            if rest:
+                if total >= limit or window <= 0:
+                    break
+                sleep(window)
+            while total < limit:
+                try:
+                    batch = batches.get_nowait()
+                except queue.Empty:
+                    break
+                if batch is None:
+                    yield group, True
+                    return
+                group.append(batch)
+                total += size(batch)
         yield group, False
 
 
@@ -251,36 +257,57 @@ def take_turn(path):
     return turn
 
 
-def read_exactly(stream, n):
-    data = b""
-    while len(data) < n:
-        chunk = stream.read(n - len(data))
+def read_batches(fd, pause=READ_PAUSE):
+    """Yield the batches the daemon writes down the pipe `fd`, then None at its end (a
+    frame cut short by the daemon's death ends it too: what came before is still written).
+
+    Each read takes all that is there, then the reader rests `pause` seconds: under load the
+    daemon hands a batch over at every commit, hundreds a second, and waking this process
+    for each would cost more than the batches themselves.  The pipe holds them meanwhile.
+    """
+    buffer = bytearray()
+    while True:
+        chunk = os.read(fd, READ_SIZE)
         if not chunk:
-            return None
-        data += chunk
-    return data
+            yield None
+            return
+        buffer += chunk
+        view, offset = memoryview(buffer), 0
+        while len(buffer) - offset >= FRAME.size:
+            (size,) = FRAME.unpack_from(buffer, offset)
+            start = offset + FRAME.size
+            if len(buffer) - start < size:
+                break
+            batch = marshal.loads(view[start:start + size])
+            offset = start + size
+            yield batch
+        view.release()
+        del buffer[:offset]
+        if pause:
+            time.sleep(pause)
 
 
 class Acks:
-    """Confirms a batch on stdout once both the history and the messages of it are done."""
+    """Confirms on stdout, as one number, the last batch both lanes are done with: every
+    batch up to it is written and sent (each lane takes them in order)."""
 
     def __init__(self, stdout, parts):
         self.stdout = stdout
-        self.parts = parts
-        self.done = {}
+        self.upto = [0] * parts      # per lane, the last batch it is done with
+        self.confirmed = 0
         self.lock = threading.Lock()
 
-    def finished(self, sequence):
+    def finished(self, lane, sequence):
         with self.lock:
-            count = self.done.get(sequence, 0) + 1
-            if count < self.parts:
-                self.done[sequence] = count
+            self.upto[lane] = sequence
+            done = min(self.upto)
+            if done <= self.confirmed:
                 return
-            self.done.pop(sequence, None)
+            self.confirmed = done
             if self.stdout is None:
                 return
             try:
-                self.stdout.write(b"%d\n" % sequence)
+                self.stdout.write(b"%d\n" % done)
                 self.stdout.flush()
             except OSError:
                 # the daemon is gone: nobody to confirm to, but what it handed over before
@@ -301,7 +328,7 @@ def main(argv=None):
     window = settings.get("window", GROUP_WINDOW)
     # unbounded: reading stdin never waits for a lane, so what the daemon hands over leaves
     # its pipe at once (the daemon bounds the total by its queue limits)
-    lanes = [queue.Queue() for _ in range(acks.parts)]
+    lanes = [queue.Queue() for _ in acks.upto]
 
     def history_lane(batches):
         # in order, independently of the Kafka lane; the batches of a window (and those
@@ -312,8 +339,8 @@ def main(argv=None):
             rows = [row for _, batch_rows, _ in group for row in batch_rows]
             if rows:
                 history.write(rows)
-            for sequence, _, _ in group:
-                acks.finished(sequence)
+            if group:
+                acks.finished(0, group[-1][0])
             if last:
                 return
 
@@ -323,8 +350,8 @@ def main(argv=None):
                                     window):
             messages.send([message for _, _, batch_messages in group
                            for message in batch_messages])
-            for sequence, _, _ in group:
-                acks.finished(sequence)
+            if group:
+                acks.finished(1, group[-1][0])
             if last:
                 if messages.producer is not None:
                     messages.producer.close(timeout=10)
@@ -336,15 +363,9 @@ def main(argv=None):
                                         name="messages"))
     for worker in workers:
         worker.start()
-    while True:
-        head = read_exactly(stdin, FRAME.size)
-        body = None if head is None else read_exactly(stdin, FRAME.unpack(head)[0])
-        # the end, or a frame cut short by the daemon's death: what came before is written
-        batch = None if body is None else marshal.loads(body)
+    for batch in read_batches(stdin.fileno()):
         for lane in lanes:
             lane.put(batch)
-        if batch is None:
-            break
     for worker in workers:
         worker.join()
 

@@ -3,11 +3,13 @@
 
 import io
 import json
+import marshal
 import os
 import queue
 import signal
 import subprocess
 import sys
+import threading
 from decimal import Decimal
 
 from twisted.internet import defer, reactor, threads
@@ -16,8 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from matchengine.effects import BALANCE, HISTORY_COLUMNS, ORDER, TOPIC_BALANCES, USER_DEAL
 from matchengine.outbox import WriterOutbox, _WriterProtocol
-from matchengine.writer import (INT_COLUMNS, TEXT_COLUMNS, TIME_COLUMNS, Acks,
-                                HistoryThreads, coalesce, insert_statements, take_turn)
+from matchengine.writer import (FRAME, INT_COLUMNS, TEXT_COLUMNS, TIME_COLUMNS, Acks,
+                                HistoryThreads, coalesce, insert_statements, read_batches,
+                                take_turn)
 from utils import mysql, testing
 from utils.kafka_queue import KafkaConsumerService
 from utils.testing import until
@@ -155,27 +158,45 @@ class LaneTests(SynchronousTestCase):
         self.assertEqual(groups, [([1, 2, 3], False), ([4], True)])
 
     def test_window_gathers_what_arrives(self):
-        """Batches arriving within the window of the first join its group; the wait for
-        each is what is left of the window."""
-        now = [0.0]
-        waits = []
+        """A group takes what is queued and what arrives within the window; a lane with a
+        whole group's worth queued does not wait."""
+        batches = queue.Queue()
+        slept = []
 
-        class Arrivals(queue.Queue):
-            def get(self, block=True, timeout=None):
-                waits.append(timeout)
-                if self.empty():
-                    raise queue.Empty
-                now[0] += 0.01
-                return super().get(block=False)
+        def sleep(seconds):      # two batches arrive during the window
+            slept.append(seconds)
+            batches.put((len(slept) * 10 + 1, ["r"], []))
+            batches.put((len(slept) * 10 + 2, ["r"], []))
 
-        batches = Arrivals()
-        for sequence in (1, 2, 3):
+        batches.put((1, ["r"], []))
+        batches.put((2, ["r"], []))
+        groups = coalesce(batches, 5, lambda batch: len(batch[1]), 0.05, sleep)
+        group, last = next(groups)
+        self.assertEqual(([b[0] for b in group], last, slept), ([1, 2, 11, 12], False, [0.05]))
+        for sequence in range(3, 9):
             batches.put((sequence, ["r"], []))
-        group, last = next(coalesce(batches, 100, lambda batch: len(batch[1]), 0.05,
-                                    lambda: now[0]))
-        self.assertEqual(([b[0] for b in group], last), ([1, 2, 3], False))
-        self.assertEqual([w if w is None else round(w, 3) for w in waits],
-                         [None, 0.05, 0.04, 0.03])
+        group, last = next(groups)
+        self.assertEqual(([b[0] for b in group], slept), ([3, 4, 5, 6, 7], [0.05]))
+
+    def test_batches_read_from_the_pipe(self):
+        """Frames split across reads or sharing one come out whole and in order; a frame
+        cut short ends the stream after the whole ones."""
+        frames = [FRAME.pack(len(body)) + body
+                  for body in (marshal.dumps((n, [("t", n, ("x" * n,))], [])) for n in (1, 2, 3))]
+        data = b"".join(frames) + frames[0][:7]
+        read_fd, write_fd = os.pipe()
+        self.addCleanup(os.close, read_fd)
+
+        def feed():
+            for start in range(0, len(data), 5):
+                os.write(write_fd, data[start:start + 5])
+            os.close(write_fd)
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        got = list(read_batches(read_fd, pause=0))
+        feeder.join()
+        self.assertEqual([b if b is None else b[0] for b in got], [1, 2, 3, None])
+        self.assertEqual(got[2][1], [("t", 3, ("xxx",))])
 
     def test_end_alone(self):
         """The end mark with nothing before it gives an empty last group."""
@@ -183,27 +204,29 @@ class LaneTests(SynchronousTestCase):
         batches.put(None)
         self.assertEqual(list(coalesce(batches, 8, len)), [([], True)])
 
+    def test_confirmations(self):
+        """One number confirms every batch up to it, once both lanes are past it."""
+        sink = io.BytesIO()
+        acks = Acks(sink, 2)
+        acks.finished(0, 3)
+        self.assertEqual(sink.getvalue(), b"")
+        acks.finished(1, 2)
+        acks.finished(1, 5)
+        acks.finished(0, 5)
+        self.assertEqual(sink.getvalue(), b"2\n3\n5\n")
+
     def test_confirmations_after_the_daemon_died(self):
         """A confirmation that cannot be written (the daemon is gone) does not stop the
-        lanes: later batches are still counted, and nothing more is written."""
+        lanes, and nothing more is written."""
         class Gone(io.BytesIO):
             def write(self, data):
                 raise BrokenPipeError()
 
-        acks = Acks(Gone(), 2)
-        acks.finished(1)
-        acks.finished(1)
-        acks.finished(2)
-        acks.finished(2)
+        acks = Acks(Gone(), 1)
+        acks.finished(0, 1)
+        acks.finished(0, 2)
         self.assertIsNone(acks.stdout)
-        self.assertEqual(acks.done, {})
-
-        sink = io.BytesIO()
-        acks = Acks(sink, 2)
-        acks.finished(1)
-        self.assertEqual(sink.getvalue(), b"")
-        acks.finished(1)
-        self.assertEqual(sink.getvalue(), b"1\n")
+        self.assertEqual(acks.confirmed, 2)
 
     def test_turn_waits_for_the_previous_writer(self):
         """A writer's lanes start once the writer left by a killed daemon (here a process
