@@ -324,10 +324,11 @@ def main(argv=None):
     acks = Acks(stdout, 2 if messages is not None else 1)
     turn = take_turn(settings.get("lock"))
     # the daemon hands each commit's batch over at once; gathering them here for a while
-    # keeps MySQL commits and Kafka flushes few when the load is light
+    # keeps MySQL commits and Kafka flushes few, whatever the rate of commits
     window = settings.get("window", GROUP_WINDOW)
-    # unbounded: reading stdin never waits for a lane, so what the daemon hands over leaves
-    # its pipe at once (the daemon bounds the total by its queue limits)
+    # unbounded: the reader never waits for a lane, so the daemon's pipe is emptied every
+    # READ_PAUSE however slow MySQL or Kafka are (the daemon bounds the total by its
+    # queue limits)
     lanes = [queue.Queue() for _ in acks.upto]
 
     def history_lane(batches):
