@@ -224,7 +224,10 @@ def coalesce(batches, limit, size, window=0.0, sleep=time.sleep):
         yield group, False
 
 
-def take_turn(path):
+LOCK_PATIENCE = 60    # seconds of waiting for the previous writer before it is trouble
+
+
+def take_turn(path, poll=1.0):
     """An Event set once this writer holds the lock file at `path` (at once without one).
 
     The writer of a daemon that was killed goes on writing what it was handed; the writer of
@@ -244,11 +247,21 @@ def take_turn(path):
             turn.set()
             return
         held.append(handle)     # the lock lasts as long as the process
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say("waiting for the previous writer to finish (%s)" % path, info=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        waited, warned = 0.0, False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    say("waiting for the previous writer to finish (%s)" % path, info=True)
+                elif waited >= LOCK_PATIENCE and not warned:
+                    warned = True
+                    say("still waiting for the previous writer after %d s: is another "
+                        "matchengine using the lock file %s?" % (waited, path))
+                time.sleep(poll)
+                waited += poll
+        if waited:
             say("the previous writer has finished", info=True)
         turn.set()
 

@@ -16,6 +16,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from matchengine import writer
 from matchengine.effects import BALANCE, HISTORY_COLUMNS, ORDER, TOPIC_BALANCES, USER_DEAL
 from matchengine.outbox import WriterOutbox, _WriterProtocol
 from matchengine.writer import (FRAME, INT_COLUMNS, TEXT_COLUMNS, TIME_COLUMNS, Acks,
@@ -239,11 +240,19 @@ class LaneTests(SynchronousTestCase):
         self.addCleanup(holder.wait)
         self.addCleanup(holder.stdout.close)
         self.assertEqual(holder.stdout.readline(), b"held\n")
-        turn = take_turn(path)
-        self.assertFalse(turn.wait(0.3))
+        said = io.StringIO()
+        self.patch(sys, "stderr", said)
+        self.patch(writer, "LOCK_PATIENCE", 0.2)
+        turn = take_turn(path, poll=0.05)
+        self.assertFalse(turn.wait(0.5))
         holder.stdin.close()
         self.assertTrue(turn.wait(10))
         self.assertTrue(take_turn(None).is_set())
+        lines = said.getvalue().splitlines()
+        self.assertEqual(lines[0], "info: waiting for the previous writer to finish (%s)" % path)
+        self.assertTrue(lines[1].startswith("still waiting for the previous writer after 0 s: "
+                                            "is another matchengine using the lock file"))
+        self.assertEqual(lines[2:], ["info: the previous writer has finished"])
 
     def test_writer_lines_logged_by_level(self):
         """The writer's stderr reaches the daemon's log: news at info, the rest critical,
