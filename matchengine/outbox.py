@@ -128,16 +128,18 @@ class WriterOutbox:
         self.messages.extend(messages)
         self.pending_history += len(history)
         self.pending_messages += len(messages)
+        # a fallback for what no commit hands over: while commits call send_now the timer
+        # stays armed, once per interval, instead of being made and cancelled for each
         if self._call is None:
-            self._call = self.reactor.callLater(self.interval, self.send_now)
+            self._call = self.reactor.callLater(self.interval, self._interval_ended)
+
+    def _interval_ended(self):
+        self._call = None
+        self.send_now()
 
     def send_now(self):
         """Hand everything added so far to the writer process, during this call when its
         pipe has room."""
-        if self._call is not None:
-            if self._call.active():
-                self._call.cancel()
-            self._call = None
         if not self.history and not self.messages:
             return
         self.sequence += 1
@@ -168,6 +170,9 @@ class WriterOutbox:
     async def stop(self):
         await self.flush()
         self.stopping = True
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
         if self.process is not None:
             ended = defer.Deferred()
             proto = self.process

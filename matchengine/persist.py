@@ -176,19 +176,26 @@ def _shared(params, strings):
     return [strings.setdefault(v, v) if type(v) is str else v for v in params]
 
 
-def _parse_page(table, rows):
-    """(id, time, method, params) for each row, or the "bad" record of the first row whose
-    detail is not an operation."""
+def _parse_all(rows):
+    """The page's operations parsed in one call, or None when any detail is amiss."""
     strings = {}
     try:
         details = json.loads("[%s]" % ",".join(row[2] for row in rows))
-        if len(details) == len(rows):
-            return ("page", table, [
-                (int(oper_id), float(t), strings.setdefault(d["method"], d["method"]),
+        if len(details) != len(rows):
+            return None
+        return [(int(oper_id), float(t), strings.setdefault(d["method"], d["method"]),
                  _shared(d["params"], strings))
-                for (oper_id, t, _), d in zip(rows, details)])
+                for (oper_id, t, _), d in zip(rows, details)]
     except (ValueError, TypeError, KeyError):
-        pass
+        return None
+
+
+def _parse_page(table, rows):
+    """(id, time, method, params) for each row, or the "bad" record of the first row whose
+    detail is not an operation."""
+    parsed = _parse_all(rows)
+    if parsed is not None:
+        return ("page", table, parsed)
     parsed = []
     for oper_id, t, detail in rows:     # one at a time, to name the culprit
         try:
@@ -197,6 +204,29 @@ def _parse_page(table, rows):
         except (ValueError, TypeError, KeyError) as e:
             return ("bad", table, int(oper_id), "%s: %s" % (type(e).__name__, e))
     return ("page", table, parsed)
+
+
+def _read_log(db, tables, after, page, send):
+    """Send the log's pages, then the end mark; stops after a bad page."""
+    connection = db.pool.dbapi.connect(*db.pool.connargs, **db.pool.connkw)
+    cursor = connection.cursor()
+    last = after
+    for table in tables:
+        sql = db.dialect.sql("SELECT `id`, `time`, `detail` FROM `%s` WHERE `id` > %%s "
+                             "ORDER BY `id` LIMIT %d" % (table, page))
+        while True:
+            cursor.execute(sql, (last,))
+            rows = cursor.fetchall()
+            if rows:
+                record = _parse_page(table, rows)
+                send(record)
+                if record[0] == "bad":
+                    return
+                last = int(rows[-1][0])
+            if len(rows) < page:
+                break
+    connection.close()
+    send(("end",))
 
 
 def _reader_child(db, tables, after, fd, page):
@@ -211,32 +241,13 @@ def _reader_child(db, tables, after, fd, page):
         out.flush()
 
     try:
-        try:
-            connection = db.pool.dbapi.connect(*db.pool.connargs, **db.pool.connkw)
-            cursor = connection.cursor()
-            last = after
-            for table in tables:
-                sql = db.dialect.sql("SELECT `id`, `time`, `detail` FROM `%s` WHERE `id` > %%s "
-                                     "ORDER BY `id` LIMIT %d" % (table, page))
-                while True:
-                    cursor.execute(sql, (last,))
-                    rows = cursor.fetchall()
-                    if rows:
-                        record = _parse_page(table, rows)
-                        send(record)
-                        if record[0] == "bad":
-                            os._exit(0)
-                        last = int(rows[-1][0])
-                    if len(rows) < page:
-                        break
-            connection.close()
-        except Exception as e:
-            send(("failed", "%s: %s" % (type(e).__name__, e)))
-        else:
-            send(("end",))
-        status = 0
-    except BaseException:
-        pass    # the parent is gone or stopped reading: it reports the missing end
+        # a parent gone or no longer reading: it reports the missing end itself
+        with contextlib.suppress(BaseException):
+            try:
+                _read_log(db, tables, after, page, send)
+            except Exception as e:
+                send(("failed", "%s: %s" % (type(e).__name__, e)))
+            status = 0
     finally:
         os._exit(status)
 

@@ -11,7 +11,7 @@ from twisted.trial.unittest import TestCase
 from matchengine import config, engine
 from matchengine.effects import TOPIC_ORDERS
 from matchengine.test.test_server import Harness
-from utils import mysql, testing
+from utils import testing
 from utils.kafka_queue import KafkaConsumerService
 from utils.testing import until
 
@@ -53,6 +53,7 @@ class OutageHarness(Harness):
         self.kafka.up()
         test.addCleanup(self.kafka.down)
         super().__init__(test, broker)
+        self.mysql_port = self.mysql.port
 
     async def cleanup(self):
         # a test that failed during an outage: the service can only stop with both back
@@ -60,21 +61,6 @@ class OutageHarness(Harness):
             if proxy.listening is None:
                 proxy.up()
         await super().cleanup()
-
-    def database(self, name):
-        info = testing.require("mysql")
-        db = mysql.connect_mysql("127.0.0.1", self.mysql.port, info["user"], info["password"],
-                                 name, "utf8mb4")
-        self.pools.append(db)
-        return db
-
-    async def start(self, **extra):
-        info = testing.require("mysql")
-        cut = {"host": "127.0.0.1", "port": self.mysql.port, "user": info["user"],
-               "pass": info["password"]}
-        extra.setdefault("db_log", dict(cut, name=self.log_db))
-        extra.setdefault("db_history", dict(cut, name=self.history_db))
-        return await super().start(**extra)
 
 
 class OutageTests(TestCase):

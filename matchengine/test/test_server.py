@@ -17,9 +17,9 @@ from utils.rpc_client import RPCClient
 from utils.testing import until
 
 
-def engine_config(port, brokers, log_db, history_db, **extra):
+def engine_config(port, brokers, log_db, history_db, mysql_port=None, **extra):
     info = testing.require("mysql")
-    db = {"host": info["host"], "port": int(info["port"]), "user": info["user"],
+    db = {"host": info["host"], "port": mysql_port or int(info["port"]), "user": info["user"],
           "pass": info["password"]}
     data = {
         "log": {"path": "log/matchengine", "flag": "fatal,error,warn,info"},
@@ -53,6 +53,7 @@ class Harness:
             test.addCleanup(broker.stop)
         self.broker = broker
         self.port = testing.free_port()
+        self.mysql_port = int(testing.require("mysql")["port"])
         self.service = None
         self.client = None
         self.pools = []
@@ -69,14 +70,14 @@ class Harness:
 
     def database(self, name):
         kw = testing.mysql_connect_kwargs("misc")
-        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"], name,
+        db = mysql.connect_mysql(kw["host"], self.mysql_port, kw["user"], kw["password"], name,
                                  "utf8mb4")
         self.pools.append(db)
         return db
 
     async def start(self, **extra):
         cfg = engine_config(self.port, self.broker.address, self.log_db, self.history_db,
-                            **extra)
+                            self.mysql_port, **extra)
         assets, markets = config.build_tables(cfg)
         self.outbox = WriterOutbox(reactor, cfg.db_history, self.broker.address, workers=4)
         self.service = MatchEngine(cfg, assets, markets, self.database(self.log_db),
