@@ -53,6 +53,11 @@ class Balances:
         entry = self.entries.get((user_id, asset))
         return entry is not None and entry[kind - 1] is not None
 
+    # Each change below truncates the new value to the asset's prec_save and drops a side
+    # that reaches zero (the entry too when both sides are gone).  The steps are written out
+    # in every method: these run several times per trade and a helper call costs more than
+    # the arithmetic.
+
     def _store(self, key, entry, index, value):
         value = value.quantize(self._exp[key[1]], ROUND_DOWN)
         if value:
@@ -62,39 +67,96 @@ class Balances:
             if entry[1 - index] is None:
                 del self.entries[key]
 
-    def _entry(self, key):
-        entry = self.entries.get(key)
-        if entry is None:
-            entry = self.entries[key] = [None, None]
-        return entry
-
     def add(self, user_id, kind, asset, amount):
         key = (user_id, asset)
-        entry = self._entry(key)
-        current = entry[kind - 1]
-        self._store(key, entry, kind - 1, amount if current is None else current + amount)
+        entries = self.entries
+        entry = entries.get(key)
+        if entry is None:
+            entry = entries[key] = [None, None]
+        index = kind - 1
+        current = entry[index]
+        value = (amount if current is None else current + amount).quantize(
+            self._exp[asset], ROUND_DOWN)
+        if value:
+            entry[index] = value
+        else:
+            entry[index] = None
+            if entry[1 - index] is None:
+                del entries[key]
         return True
 
     def sub(self, user_id, kind, asset, amount):
         key = (user_id, asset)
         entry = self.entries.get(key)
-        current = None if entry is None else entry[kind - 1]
+        if entry is None:
+            return False
+        index = kind - 1
+        current = entry[index]
         if current is None or current < amount:
             return False
-        self._store(key, entry, kind - 1, current - amount)
+        value = (current - amount).quantize(self._exp[asset], ROUND_DOWN)
+        if value:
+            entry[index] = value
+        else:
+            entry[index] = None
+            if entry[1 - index] is None:
+                del self.entries[key]
         return True
 
     def charge(self, user_id, asset, fee):
         """Take a trading fee from available funds, counting what actually left them."""
         key = (user_id, asset)
         entry = self.entries.get(key)
-        current = None if entry is None else entry[0]
+        if entry is None:
+            return False
+        current = entry[0]
         if current is None or current < fee:
             return False
-        self._store(key, entry, 0, current - fee)
-        after = entry[0] if key in self.entries and entry[0] is not None else ZERO
-        self.fees[asset] += current - after
+        value = (current - fee).quantize(self._exp[asset], ROUND_DOWN)
+        if value:
+            entry[0] = value
+            self.fees[asset] += current - value
+        else:
+            entry[0] = None
+            if entry[1] is None:
+                del self.entries[key]
+            self.fees[asset] += current
         return True
+
+    def trade(self, user_id, kind, gives, given, gets, got, fee):
+        """One side of a fill at once: `sub(kind, gives, given)`, `add(AVAILABLE, gets,
+        got)`, then `charge(gets, fee)` when there is a fee; as with those, a step that
+        cannot be done (not enough funds) is skipped."""
+        entries = self.entries
+        key = (user_id, gives)
+        entry = entries.get(key)
+        index = kind - 1
+        current = None if entry is None else entry[index]
+        if current is not None and current >= given:
+            value = (current - given).quantize(self._exp[gives], ROUND_DOWN)
+            if value:
+                entry[index] = value
+            else:
+                entry[index] = None
+                if entry[1 - index] is None:
+                    del entries[key]
+        key = (user_id, gets)
+        entry = entries.get(key)
+        if entry is None:
+            entry = entries[key] = [None, None]
+        exp = self._exp[gets]
+        current = entry[0]
+        current = (got if current is None else current + got).quantize(exp, ROUND_DOWN)
+        if fee > 0 and current >= fee:
+            value = (current - fee).quantize(exp, ROUND_DOWN)
+            self.fees[gets] += current - value
+            current = value
+        if current:
+            entry[0] = current
+        else:
+            entry[0] = None
+            if entry[1] is None:
+                del entries[key]
 
     def freeze(self, user_id, asset, amount):
         """Move `amount` from available to freeze."""
@@ -107,18 +169,25 @@ class Balances:
     def _move(self, user_id, asset, amount, source, target):
         key = (user_id, asset)
         entry = self.entries.get(key)
-        if entry is None or entry[source] is None or entry[source] < amount:
+        if entry is None:
             return False
-        self._store(key, entry, source, entry[source] - amount)
-        entry = self._entry(key)
-        self._store(key, entry, target,
-                    amount if entry[target] is None else entry[target] + amount)
+        current = entry[source]
+        if current is None or current < amount:
+            return False
+        exp = self._exp[asset]
+        left = (current - amount).quantize(exp, ROUND_DOWN)
+        entry[source] = left if left else None
+        other = entry[target]
+        moved = (amount if other is None else other + amount).quantize(exp, ROUND_DOWN)
+        entry[target] = moved if moved else None
+        if not left and not moved:
+            del self.entries[key]
         return True
 
     def set(self, user_id, kind, asset, amount):
         """Store a value as it is (loading a slice); zero removes it."""
         key = (user_id, asset)
-        self._store(key, self._entry(key), kind - 1, amount)
+        self._store(key, self.entries.setdefault(key, [None, None]), kind - 1, amount)
 
     def iter_entries(self):
         """(user_id, asset, kind, value) for every stored value."""
