@@ -344,18 +344,19 @@ class Market:
     def _settle(self, order, gives, kind, given, gets, got, fee, fee_rate, price, amount, now,
                 sink, real):
         """One side of a fill: `given` of `gives` leaves its `kind` balance, `got` of `gets`
-        arrives available, then the fee leaves it; a history row for each movement."""
+        arrives available, then the fee leaves it; a history row for each movement (a replay
+        makes no rows, so it does the three steps in one call)."""
         balances, user_id = self.balances, order.user_id
+        if not real:
+            balances.trade(user_id, kind, gives, given, gets, got, fee)
+            return
         balances.sub(user_id, kind, gives, given)
-        if real:
-            sink.trade_balance(now, order, gives, -given, self, price, amount, None)
+        sink.trade_balance(now, order, gives, -given, self, price, amount, None)
         balances.add(user_id, AVAILABLE, gets, got)
-        if real:
-            sink.trade_balance(now, order, gets, got, self, price, amount, None)
+        sink.trade_balance(now, order, gets, got, self, price, amount, None)
         if fee > 0:
             balances.charge(user_id, gets, fee)
-            if real:
-                sink.trade_balance(now, order, gets, -fee, self, price, amount, fee_rate)
+            sink.trade_balance(now, order, gets, -fee, self, price, amount, fee_rate)
 
     def _maker_done(self, maker, sink, real):
         if not maker.left:
