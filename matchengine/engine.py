@@ -130,7 +130,6 @@ class Engine:
         self.dedup = {}          # (user, asset, business, business_id) -> time
         self.show_exp = {name: exponent(a.prec_show) for name, a in assets.items()
                          if a.prec_show != a.prec_save}
-        self.versions = {name: 0 for name in markets}   # bumped on every book change
         self._depth_cache = {}
         self.handlers = {
             BALANCE_QUERY: self.balance_query, BALANCE_UPDATE: self.balance_update,
@@ -186,9 +185,6 @@ class Engine:
         if exp is not None:
             value = value.quantize(exp, decimal.ROUND_DOWN)
         return to_display(value)
-
-    def _changed(self, market):
-        self.versions[market.name] += 1
 
     # -- balances ----------------------------------------------------------------------
 
@@ -295,7 +291,6 @@ class Engine:
         order = Order(self.order_id, LIMIT, side, now, user_id, market.name, source, price,
                       amount, taker_fee, maker_fee)
         self.deal_id = market.put_limit(order, self.effects, real, self.deal_id)
-        self._changed(market)
         return RawJSON(self.effects.order_text(order)) if real else None
 
     def put_market(self, params, now, real):
@@ -321,7 +316,6 @@ class Engine:
         order = Order(self.order_id, MARKET, side, now, user_id, market.name, source, ZERO,
                       amount, taker_fee, ZERO)
         self.deal_id = market.put_market(order, self.effects, real, self.deal_id)
-        self._changed(market)
         return RawJSON(self.effects.order_text(order)) if real else None
 
     def cancel(self, params, now, real):
@@ -335,7 +329,6 @@ class Engine:
         if real and order.user_id != user_id:
             raise _error(11, "user not match")
         market.cancel(order, self.effects, real)
-        self._changed(market)
         return RawJSON(self.effects.order_text(order)) if real else None
 
     def pending(self, params, now, real):
@@ -378,7 +371,7 @@ class Engine:
         if interval < 0:
             raise INVALID_ARGUMENT()
         key = (market.name, limit, interval)
-        version = self.versions[market.name]
+        version = market.version
         cached = self._depth_cache.get(key)
         if cached is not None and cached[0] == version:
             return cached[1]

@@ -109,6 +109,7 @@ class Market:
         self.bids = SortedDict()   # -price -> Level
         self.orders = {}           # id -> Order
         self.users = {}            # user_id -> {id: Order}, ascending id
+        self.version = 0           # bumped by every command that changes the book
 
     # -- book --------------------------------------------------------------------------
 
@@ -207,6 +208,7 @@ class Market:
             sink.order_finished(order)
 
     def cancel(self, order, sink, real):
+        self.version += 1
         if real:
             sink.order_event(EVENT_FINISH, order, self)
         self.finish(order, sink, real)
@@ -215,6 +217,7 @@ class Market:
 
     def put_limit(self, order, sink, real, next_deal_id):
         """Match a new limit order, then rest what is left.  Returns the deal counter."""
+        self.version += 1
         if order.side == ASK:
             next_deal_id = self._sell(order, self.bids, sink, real, next_deal_id)
         else:
@@ -237,6 +240,7 @@ class Market:
 
     def put_market(self, order, sink, real, next_deal_id):
         """Match a market order against the book; it never rests.  Returns the deal counter."""
+        self.version += 1
         if order.side == ASK:
             next_deal_id = self._sell(order, self.bids, sink, real, next_deal_id)
         else:
