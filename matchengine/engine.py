@@ -82,10 +82,23 @@ def _decimal(value, prec):
     return parsed
 
 
+_FEES = collections.defaultdict(dict)     # prec -> {text: rate}, rates already checked
+
+
 def _fee(value, prec):
+    cache = _FEES[prec]
+    try:
+        rate = cache.get(value)
+    except TypeError:
+        raise INVALID_ARGUMENT() from None
+    if rate is not None:
+        return rate
     rate = _decimal(value, prec)
     if rate < 0 or rate >= 1:
         raise INVALID_ARGUMENT()
+    if len(cache) >= _PARSED_MAX:
+        cache.clear()
+    cache[value] = rate
     return rate
 
 

@@ -279,10 +279,15 @@ class Market:
             maker.deal_money += deal
             maker.deal_fee += bid_fee
             level.amount -= amount
-            self._settle(taker, stock, AVAILABLE, amount, money, deal, ask_fee,
-                         taker.taker_fee, price, amount, now, sink, real)
-            self._settle(maker, money, FREEZE, deal, stock, amount, bid_fee,
-                         maker.maker_fee, price, amount, now, sink, real)
+            if real:
+                self._settle(taker, stock, AVAILABLE, amount, money, deal, ask_fee,
+                             taker.taker_fee, price, amount, now, sink)
+                self._settle(maker, money, FREEZE, deal, stock, amount, bid_fee,
+                             maker.maker_fee, price, amount, now, sink)
+            else:
+                trade = self.balances.trade
+                trade(taker.user_id, AVAILABLE, stock, amount, money, deal, ask_fee)
+                trade(maker.user_id, FREEZE, money, deal, stock, amount, bid_fee)
             self._maker_done(maker, sink, real)
         return deal_id
 
@@ -338,22 +343,24 @@ class Market:
         maker.deal_money += deal
         maker.deal_fee += ask_fee
         level.amount -= amount
-        self._settle(taker, money, AVAILABLE, deal, stock, amount, bid_fee, taker.taker_fee,
-                     price, amount, now, sink, real)
-        self._settle(maker, stock, FREEZE, amount, money, deal, ask_fee, maker.maker_fee,
-                     price, amount, now, sink, real)
+        if real:
+            self._settle(taker, money, AVAILABLE, deal, stock, amount, bid_fee,
+                         taker.taker_fee, price, amount, now, sink)
+            self._settle(maker, stock, FREEZE, amount, money, deal, ask_fee, maker.maker_fee,
+                         price, amount, now, sink)
+        else:
+            trade = self.balances.trade
+            trade(taker.user_id, AVAILABLE, money, deal, stock, amount, bid_fee)
+            trade(maker.user_id, FREEZE, stock, amount, money, deal, ask_fee)
         self._maker_done(maker, sink, real)
         return deal_id
 
     def _settle(self, order, gives, kind, given, gets, got, fee, fee_rate, price, amount, now,
-                sink, real):
+                sink):
         """One side of a fill: `given` of `gives` leaves its `kind` balance, `got` of `gets`
-        arrives available, then the fee leaves it; a history row for each movement (a replay
-        makes no rows, so it does the three steps in one call)."""
+        arrives available, then the fee leaves it; a history row for each movement.  A replay
+        makes no rows: it settles each side with one `Balances.trade` instead."""
         balances, user_id = self.balances, order.user_id
-        if not real:
-            balances.trade(user_id, kind, gives, given, gets, got, fee)
-            return
         balances.sub(user_id, kind, gives, given)
         sink.trade_balance(now, order, gives, -given, self, price, amount, None)
         balances.add(user_id, AVAILABLE, gets, got)
