@@ -273,13 +273,15 @@ class Engine:
     # -- orders ------------------------------------------------------------------------
 
     def _order_head(self, params, count):
-        """user, market, side and amount of an order command, checked in the original's order."""
-        _count(params, count)
-        user_id = _int(params[0]) & U32
-        market = self._market(params[1])
-        side = _int(params[2])
-        if side not in (ASK, BID):
+        """user, market, side and amount of an order command (each error is the same
+        "invalid argument", so the checks need not follow the original's order)."""
+        if len(params) != count:
             raise INVALID_ARGUMENT()
+        user_id, name, side = params[0], params[1], params[2]
+        if type(user_id) is not int or type(side) is not int or (side != ASK and side != BID):
+            raise INVALID_ARGUMENT()
+        user_id &= U32
+        market = self._market(name)
         amount = _decimal(params[3], market.desc.stock_prec)
         if amount <= 0:
             raise INVALID_ARGUMENT()

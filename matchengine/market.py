@@ -115,17 +115,19 @@ class Market:
 
     def insert(self, order):
         """Put a resting order into the book and the indexes (freeze is the caller's)."""
-        book, key = (self.asks, order.price) if order.side == ASK else (self.bids, -order.price)
+        order_id, price = order.id, order.price
+        book, key = (self.asks, price) if order.side == ASK else (self.bids, -price)
         level = book.get(key)
         if level is None:
-            level = book[key] = Level(order.price)
-        level.orders[order.id] = order
+            level = book[key] = Level(price)
+        level.orders[order_id] = order
         level.amount += order.left
-        self.orders[order.id] = order
-        user = self.users.get(order.user_id)
+        self.orders[order_id] = order
+        users = self.users
+        user = users.get(order.user_id)
         if user is None:
-            user = self.users[order.user_id] = {}
-        user[order.id] = order
+            user = users[order.user_id] = {}
+        user[order_id] = order
 
     def remove(self, order):
         book, key = (self.asks, order.price) if order.side == ASK else (self.bids, -order.price)
