@@ -53,10 +53,10 @@ class Balances:
         entry = self.entries.get((user_id, asset))
         return entry is not None and entry[kind - 1] is not None
 
-    # Each change below truncates the new value to the asset's prec_save and drops a side
-    # that reaches zero (the entry too when both sides are gone).  The steps are written out
-    # in every method: these run several times per trade and a helper call costs more than
-    # the arithmetic.
+    # Each change truncates the new value to the asset's prec_save and drops a side that
+    # reaches zero (the entry too when both sides are gone): `_store`.  `trade` and `_move`,
+    # which a replay runs several times per order, write those steps out instead: there a
+    # helper call costs more than the arithmetic.
 
     def _store(self, key, entry, index, value):
         value = value.quantize(self._exp[key[1]], ROUND_DOWN)
@@ -69,58 +69,32 @@ class Balances:
 
     def add(self, user_id, kind, asset, amount):
         key = (user_id, asset)
-        entries = self.entries
-        entry = entries.get(key)
+        entry = self.entries.get(key)
         if entry is None:
-            entry = entries[key] = [None, None]
-        index = kind - 1
-        current = entry[index]
-        value = (amount if current is None else current + amount).quantize(
-            self._exp[asset], ROUND_DOWN)
-        if value:
-            entry[index] = value
-        else:
-            entry[index] = None
-            if entry[1 - index] is None:
-                del entries[key]
+            entry = self.entries[key] = [None, None]
+        current = entry[kind - 1]
+        self._store(key, entry, kind - 1, amount if current is None else current + amount)
         return True
 
     def sub(self, user_id, kind, asset, amount):
         key = (user_id, asset)
         entry = self.entries.get(key)
-        if entry is None:
-            return False
-        index = kind - 1
-        current = entry[index]
+        current = None if entry is None else entry[kind - 1]
         if current is None or current < amount:
             return False
-        value = (current - amount).quantize(self._exp[asset], ROUND_DOWN)
-        if value:
-            entry[index] = value
-        else:
-            entry[index] = None
-            if entry[1 - index] is None:
-                del self.entries[key]
+        self._store(key, entry, kind - 1, current - amount)
         return True
 
     def charge(self, user_id, asset, fee):
         """Take a trading fee from available funds, counting what actually left them."""
         key = (user_id, asset)
         entry = self.entries.get(key)
-        if entry is None:
-            return False
-        current = entry[0]
+        current = None if entry is None else entry[0]
         if current is None or current < fee:
             return False
-        value = (current - fee).quantize(self._exp[asset], ROUND_DOWN)
-        if value:
-            entry[0] = value
-            self.fees[asset] += current - value
-        else:
-            entry[0] = None
-            if entry[1] is None:
-                del self.entries[key]
-            self.fees[asset] += current
+        self._store(key, entry, 0, current - fee)
+        after = entry[0]
+        self.fees[asset] += current if after is None else current - after
         return True
 
     def trade(self, user_id, kind, gives, given, gets, got, fee):
