@@ -22,8 +22,21 @@ _pretty = json.JSONEncoder(ensure_ascii=False, indent=4, separators=(",", ": "),
 _encode_string = json.encoder.encode_basestring  # with ensure_ascii=False
 
 
+_last_real = (None, "")    # (float, its text): a command writes its time in many places
+
+
 def format_real(x: float) -> str:
     """A float as jansson prints it ("%.17g", always recognisably a real)."""
+    global _last_real
+    last = _last_real
+    if last[0] is x:       # the same float object: floats are immutable, so the same text
+        return last[1]
+    text = _format_real(x)
+    _last_real = (x, text)
+    return text
+
+
+def _format_real(x):
     if not math.isfinite(x):
         raise ValueError("%r is not allowed in JSON" % x)
     text = "%.17g" % x

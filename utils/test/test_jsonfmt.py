@@ -6,6 +6,7 @@ import json
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from utils import jsonfmt
 from utils.jsonfmt import dumps, format_real
 
 
@@ -19,6 +20,16 @@ class RealTests(SynchronousTestCase):
         self.assertEqual(format_real(1e-20), "9.9999999999999995e-21")
         self.assertEqual(format_real(1e300), "1.0000000000000001e300")
         self.assertEqual(format_real(-2.5), "-2.5")
+
+    @given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=2))
+    def test_repeated_values(self, xs):
+        """The text of the latest real is kept for the same float object: calls in any
+        order, with the same objects again, give each value's own text."""
+        for x in xs + xs[::-1] + [xs[0], xs[0]]:
+            self.assertEqual(format_real(x), jsonfmt._format_real(x))
+        # equal values with different texts
+        self.assertEqual([format_real(x) for x in (0.0, -0.0, 0.0, 1, 1.0, True)],
+                         ["0.0", "-0.0", "0.0", "1.0", "1.0", "1.0"])
 
     def test_non_finite_refused(self):
         """NaN and infinities are not JSON."""
