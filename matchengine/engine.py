@@ -59,7 +59,7 @@ def _str(value):
     return value
 
 
-_LOG_ENCODER = json.JSONEncoder(ensure_ascii=False)   # one instance: dumps() makes one a call
+_quote = json.encoder.encode_basestring   # a JSON string, non-ASCII kept as it is
 _PARSED = collections.defaultdict(dict)   # prec -> {text: Decimal}: values repeat a lot
 _PARSED_MAX = 100000                      # texts kept per precision
 
@@ -431,8 +431,8 @@ class Engine:
         if command == BALANCE_UPDATE:
             return sorted_json({"method": LOG_METHODS[command], "params": params})
         # the other writes were validated: only integers and strings, nothing to sort
-        return '{"method": "%s", "params": %s}' % (LOG_METHODS[command],
-                                                   _LOG_ENCODER.encode(params))
+        return '{"method": "%s", "params": [%s]}' % (LOG_METHODS[command], ", ".join(
+            [str(p) if p.__class__ is int else _quote(p) for p in params]))
 
 
 def load_detail(text):

@@ -209,3 +209,14 @@ class UnitTests(SynchronousTestCase):
         self.assertEqual(json.loads(log[1][0]),
                          {"method": "update_balance",
                           "params": [2, "BCH", "deposit", 2, "100000", {"id": 2, "x": 1}]})
+
+    def test_log_entry_text(self):
+        """Order commands are logged as compact JSON, strings escaped, non-ASCII kept."""
+        params = [7, "BTCBCH", 2, "1.5", "8000", "0.002", "0.001", 'é "q" \\ \n']
+        text = engine.Engine.log_entry(201, params)
+        self.assertEqual(text, '{"method": "limit_order", "params": [7, "BTCBCH", 2, "1.5", '
+                               '"8000", "0.002", "0.001", "é \\"q\\" \\\\ \\n"]}')
+        self.assertEqual(json.loads(text)["params"], params)
+        self.assertEqual(engine.Engine.log_entry(204, [1, "BTCBCH", 18446744073709551615]),
+                         '{"method": "cancel_order", "params": [1, "BTCBCH", '
+                         '18446744073709551615]}')
