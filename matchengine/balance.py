@@ -38,15 +38,16 @@ class Balances:
         return ZERO if entry is None or entry[1] is None else entry[1]
 
     def total(self, user_id: int, asset: str) -> Decimal:
-        """available + freeze, summed from zero as the original does (so "0" when none)."""
+        """available + freeze, "0" when there is neither.  (The original sums from zero:
+        a stored value is positive with the asset's prec_save exponent, so adding it to zero
+        gives it back unchanged, digits and exponent.)"""
         entry = self.entries.get((user_id, asset))
-        total = ZERO
-        if entry is not None:
-            if entry[0] is not None:
-                total += entry[0]
-            if entry[1] is not None:
-                total += entry[1]
-        return total
+        if entry is None:
+            return ZERO
+        available, frozen = entry
+        if available is None:
+            return frozen       # an entry holds at least one value
+        return available if frozen is None else available + frozen
 
     def has(self, user_id, kind, asset):
         """Whether the entry exists (a value was stored and not brought back to zero)."""

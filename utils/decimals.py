@@ -133,9 +133,9 @@ def is_valid(text: object, prec: int = 0) -> bool:
     return True
 
 
-def to_raw(d: Decimal) -> str:
-    """The raw form: to-sci-string with a lower-case exponent (`0e-8`, `1.0e-7`, `8000.00`)."""
-    return _to_sci_string(d)
+# to_raw(d): the raw form, to-sci-string with a lower-case exponent (`0e-8`, `1.0e-7`,
+# `8000.00`).  The context's own method, with no wrapper: history rows call it many times.
+to_raw = _to_sci_string
 
 
 def to_display(d: Decimal) -> str:
