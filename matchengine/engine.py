@@ -64,6 +64,12 @@ _PARSED = collections.defaultdict(dict)   # prec -> {text: Decimal}: values repe
 _PARSED_MAX = 100000                      # texts kept per precision
 
 
+def _remember(cache, text, value):
+    if len(cache) >= _PARSED_MAX:
+        cache.clear()
+    cache[text] = value
+
+
 def _decimal(value, prec):
     cache = _PARSED[prec]
     try:
@@ -76,9 +82,7 @@ def _decimal(value, prec):
         parsed = decimals.parse(value, prec)
     except decimals.InvalidDecimal:
         raise INVALID_ARGUMENT() from None
-    if len(cache) >= _PARSED_MAX:
-        cache.clear()
-    cache[value] = parsed
+    _remember(cache, value, parsed)
     return parsed
 
 
@@ -87,18 +91,12 @@ _FEES = collections.defaultdict(dict)     # prec -> {text: rate}, rates already 
 
 def _fee(value, prec):
     cache = _FEES[prec]
-    try:
-        rate = cache.get(value)
-    except TypeError:
-        raise INVALID_ARGUMENT() from None
-    if rate is not None:
-        return rate
-    rate = _decimal(value, prec)
-    if rate < 0 or rate >= 1:
-        raise INVALID_ARGUMENT()
-    if len(cache) >= _PARSED_MAX:
-        cache.clear()
-    cache[value] = rate
+    rate = cache.get(value) if value.__class__ is str else None   # others: _decimal refuses
+    if rate is None:
+        rate = _decimal(value, prec)
+        if rate < 0 or rate >= 1:
+            raise INVALID_ARGUMENT()
+        _remember(cache, value, rate)
     return rate
 
 
