@@ -14,6 +14,15 @@ from utils.decimals import ZERO, exponent
 AVAILABLE, FREEZE = 1, 2
 
 
+def _total(available, frozen):
+    """The sum of an entry's sides (None for a missing one).  The original sums from zero:
+    a stored value is positive with the asset's prec_save exponent, so adding it to zero
+    gives it back unchanged, digits and exponent, as returning it does."""
+    if available is None:
+        return ZERO if frozen is None else frozen
+    return available if frozen is None else available + frozen
+
+
 class Balances:
 
     __slots__ = ("assets", "entries", "fees", "_exp")
@@ -38,16 +47,9 @@ class Balances:
         return ZERO if entry is None or entry[1] is None else entry[1]
 
     def total(self, user_id: int, asset: str) -> Decimal:
-        """available + freeze, "0" when there is neither.  (The original sums from zero:
-        a stored value is positive with the asset's prec_save exponent, so adding it to zero
-        gives it back unchanged, digits and exponent.)"""
+        """available + freeze, "0" when there is neither."""
         entry = self.entries.get((user_id, asset))
-        if entry is None:
-            return ZERO
-        available, frozen = entry
-        if available is None:
-            return frozen       # an entry holds at least one value
-        return available if frozen is None else available + frozen
+        return ZERO if entry is None else _total(entry[0], entry[1])
 
     def has(self, user_id, kind, asset):
         """Whether the entry exists (a value was stored and not brought back to zero)."""
@@ -98,10 +100,15 @@ class Balances:
         self.fees[asset] += current if after is None else current - after
         return True
 
-    def trade(self, user_id, kind, gives, given, gets, got, fee):
+    def trade(self, user_id, kind, gives, given, gets, got, fee, totals=False):
         """One side of a fill at once: `sub(kind, gives, given)`, `add(AVAILABLE, gets,
         got)`, then `charge(gets, fee)` when there is a fee; as with those, a step that
-        cannot be done (not enough funds) is skipped."""
+        cannot be done (not enough funds) is skipped.
+
+        With `totals`, returns the user's total of `gives` after the first step and of
+        `gets` after the second and the third (None without a fee): what the history rows
+        of the three movements show.
+        """
         entries = self.entries
         key = (user_id, gives)
         entry = entries.get(key)
@@ -115,6 +122,8 @@ class Balances:
                 entry[index] = None
                 if entry[1 - index] is None:
                     del entries[key]
+        if totals:
+            given_total = ZERO if entry is None else _total(entry[0], entry[1])
         key = (user_id, gets)
         entry = entries.get(key)
         if entry is None:
@@ -122,7 +131,10 @@ class Balances:
         exp = self._exp[gets]
         current = entry[0]
         current = (got if current is None else current + got).quantize(exp, ROUND_DOWN)
-        if fee > 0 and current >= fee:
+        if totals:
+            got_total = _total(current or None, entry[1])
+        charged = fee > 0
+        if charged and current >= fee:
             value = (current - fee).quantize(exp, ROUND_DOWN)
             self.fees[gets] += current - value
             current = value
@@ -132,6 +144,9 @@ class Balances:
             entry[0] = None
             if entry[1] is None:
                 del entries[key]
+        if totals:
+            return given_total, got_total, _total(entry[0], entry[1]) if charged else None
+        return None
 
     def freeze(self, user_id, asset, amount):
         """Move `amount` from available to freeze."""

@@ -72,24 +72,31 @@ class Effects:
         self.messages.append((TOPIC_BALANCES, '[%s, %d, %s, %s, "%s"]' % (
             format_real(now), user_id, _quote(asset), _quote(business), to_raw(change))))
 
-    def trade_balance(self, now, order, asset, change, market, price, amount, fee_rate):
-        """A balance movement of a trade, with the original's detail (sorted keys)."""
-        # a fill records up to six movements with the same price and amount objects:
-        # their texts are made once (decimals are immutable, so identity means same text)
+    def trade_balances(self, now, order, market, price, amount, gives, given, gets, got, fee,
+                       fee_rate, totals):
+        """The balance movements of one side of a fill: `given` of `gives` out, `got` of
+        `gets` in, and the fee out of it when there is one; `totals` are the user's totals
+        after each (`Balances.trade`).  Details as the original's (sorted keys)."""
+        # both sides of a fill record the same price and amount objects: their texts are
+        # made once (decimals are immutable, so identity means same text)
         fill = self._fill
         if fill is None or fill[0] is not price or fill[1] is not amount or fill[2] is not market:
             fill = self._fill = (price, amount, market, to_display(amount),
                                  _quote(market.name), to_display(price))
-        if fee_rate is None:
-            detail = '{"a": "%s", "i": %d, "m": %s, "p": "%s"}' % (
-                fill[3], order.id, fill[4], fill[5])
-        else:
+        user_id = order.user_id
+        shard = user_id % SHARDS
+        detail = '{"a": "%s", "i": %d, "m": %s, "p": "%s"}' % (
+            fill[3], order.id, fill[4], fill[5])
+        history = self.history
+        history.append((BALANCE, shard, (
+            now, user_id, gives, "trade", to_raw(-given), to_raw(totals[0]), detail)))
+        history.append((BALANCE, shard, (
+            now, user_id, gets, "trade", to_raw(got), to_raw(totals[1]), detail)))
+        if fee > 0:
             detail = '{"a": "%s", "f": "%s", "i": %d, "m": %s, "p": "%s"}' % (
                 fill[3], to_display(fee_rate), order.id, fill[4], fill[5])
-        user_id = order.user_id
-        self.history.append((BALANCE, user_id % SHARDS, (
-            now, user_id, asset, "trade", to_raw(change),
-            to_raw(self.balances.total(user_id, asset)), detail)))
+            history.append((BALANCE, shard, (
+                now, user_id, gets, "trade", to_raw(-fee), to_raw(totals[2]), detail)))
 
     # -- orders and deals --------------------------------------------------------------
 

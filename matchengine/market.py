@@ -281,13 +281,17 @@ class Market:
             maker.deal_money += deal
             maker.deal_fee += bid_fee
             level.amount -= amount
+            trade = self.balances.trade
             if real:
-                self._settle(taker, stock, AVAILABLE, amount, money, deal, ask_fee,
-                             taker.taker_fee, price, amount, now, sink)
-                self._settle(maker, money, FREEZE, deal, stock, amount, bid_fee,
-                             maker.maker_fee, price, amount, now, sink)
+                sink.trade_balances(now, taker, self, price, amount, stock, amount, money, deal,
+                                    ask_fee, taker.taker_fee,
+                                    trade(taker.user_id, AVAILABLE, stock, amount, money, deal,
+                                          ask_fee, True))
+                sink.trade_balances(now, maker, self, price, amount, money, deal, stock, amount,
+                                    bid_fee, maker.maker_fee,
+                                    trade(maker.user_id, FREEZE, money, deal, stock, amount,
+                                          bid_fee, True))
             else:
-                trade = self.balances.trade
                 trade(taker.user_id, AVAILABLE, stock, amount, money, deal, ask_fee)
                 trade(maker.user_id, FREEZE, money, deal, stock, amount, bid_fee)
             self._maker_done(maker, sink, real)
@@ -345,31 +349,21 @@ class Market:
         maker.deal_money += deal
         maker.deal_fee += ask_fee
         level.amount -= amount
+        trade = self.balances.trade
         if real:
-            self._settle(taker, money, AVAILABLE, deal, stock, amount, bid_fee,
-                         taker.taker_fee, price, amount, now, sink)
-            self._settle(maker, stock, FREEZE, amount, money, deal, ask_fee, maker.maker_fee,
-                         price, amount, now, sink)
+            sink.trade_balances(now, taker, self, price, amount, money, deal, stock, amount,
+                                bid_fee, taker.taker_fee,
+                                trade(taker.user_id, AVAILABLE, money, deal, stock, amount,
+                                      bid_fee, True))
+            sink.trade_balances(now, maker, self, price, amount, stock, amount, money, deal,
+                                ask_fee, maker.maker_fee,
+                                trade(maker.user_id, FREEZE, stock, amount, money, deal,
+                                      ask_fee, True))
         else:
-            trade = self.balances.trade
             trade(taker.user_id, AVAILABLE, money, deal, stock, amount, bid_fee)
             trade(maker.user_id, FREEZE, stock, amount, money, deal, ask_fee)
         self._maker_done(maker, sink, real)
         return deal_id
-
-    def _settle(self, order, gives, kind, given, gets, got, fee, fee_rate, price, amount, now,
-                sink):
-        """One side of a fill: `given` of `gives` leaves its `kind` balance, `got` of `gets`
-        arrives available, then the fee leaves it; a history row for each movement.  A replay
-        makes no rows: it settles each side with one `Balances.trade` instead."""
-        balances, user_id = self.balances, order.user_id
-        balances.sub(user_id, kind, gives, given)
-        sink.trade_balance(now, order, gives, -given, self, price, amount, None)
-        balances.add(user_id, AVAILABLE, gets, got)
-        sink.trade_balance(now, order, gets, got, self, price, amount, None)
-        if fee > 0:
-            balances.charge(user_id, gets, fee)
-            sink.trade_balance(now, order, gets, -fee, self, price, amount, fee_rate)
 
     def _maker_done(self, maker, sink, real):
         if not maker.left:

@@ -69,7 +69,8 @@ class BalanceTests(SynchronousTestCase):
            given_=values, got=values, fee=values)
     def test_trade_is_sub_add_charge(self, kind, gives, start, given_, got, fee):
         """`trade` leaves the same entries and fees as the three calls it stands for,
-        including refused steps, zero amounts and sides that reach zero."""
+        including refused steps, zero amounts and sides that reach zero; asked for them, it
+        returns the totals `total` gives after each call, to the digit and exponent."""
         gets = "BCH" if gives == "BTC" else "BTC"
         b = new_balances()
         for asset, (available, frozen) in ((gives, start[:2]), (gets, start[2:])):
@@ -77,13 +78,23 @@ class BalanceTests(SynchronousTestCase):
                 b.set(7, AVAILABLE, asset, available.quantize(b._exp[asset]))
             if frozen is not None:
                 b.set(7, FREEZE, asset, frozen.quantize(b._exp[asset]))
+        plain = copy.deepcopy(b)
         expected = copy.deepcopy(b)
         expected.sub(7, kind, gives, given_)
+        totals = [expected.total(7, gives)]
         expected.add(7, AVAILABLE, gets, got)
+        totals.append(expected.total(7, gets))
         if fee > 0:
             expected.charge(7, gets, fee)
-        b.trade(7, kind, gives, given_, gets, got, fee)
-        self.assertEqual(b.entries, expected.entries)
-        self.assertEqual(b.fees, expected.fees)
+            totals.append(expected.total(7, gets))
+        else:
+            totals.append(None)
+        self.assertEqual([str(t) for t in b.trade(7, kind, gives, given_, gets, got, fee,
+                                                  totals=True)],
+                         [str(t) for t in totals])
+        self.assertIsNone(plain.trade(7, kind, gives, given_, gets, got, fee))
+        for done in (b, plain):
+            self.assertEqual(done.entries, expected.entries)
+            self.assertEqual(done.fees, expected.fees)
         for entry in b.entries.values():
             self.assertNotEqual(entry, [None, None])
