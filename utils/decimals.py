@@ -145,7 +145,5 @@ def to_display(d: Decimal) -> str:
     """
     text = _to_sci_string(d)
     if "." in text and "e" not in text:
-        text = text.rstrip("0")
-        if text[-1] == ".":
-            text = text[:-1]
+        return text.rstrip("0").rstrip(".")    # one point at most is left to strip
     return text
