@@ -4,15 +4,19 @@
 Starts the daemon (durable operation log in MariaDB, history, Kafka messages to the local
 broker) on fresh databases, deposits for 100 users, then sends order.put_limit (50% crossing)
 from `--clients` connections with `--depth` requests in flight on each, and prints one line:
-accepted orders/s, refused, p50/p99 latency.  Needs `python depends/services.py up`.
+accepted orders/s, refused, p50/p99 latency; with `--cpu`, a second one: the CPU time per
+order of the daemon with its writer, of the load generator, of MariaDB and of the Kafka
+broker.  Needs `python depends/services.py up`.
 
 Usage: python bench/matchengine_rpc.py [--orders N] [--clients C] [--depth D] [--async-log]
+       [--cpu]
 """
 
 import argparse
 import json
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -22,6 +26,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench import cpu  # noqa: E402
 from bench.matchengine_core import orders  # noqa: E402
 from utils import testing  # noqa: E402
 
@@ -44,7 +49,7 @@ def daemon_config(port, durable):
     return cfg, [log_db, history_db]
 
 
-def drive(port, batch, clients, depth):
+def drive(port, batch, clients, depth, on_start=lambda: None):
     from twisted.internet import defer, reactor
     from utils.rpc_client import RPCClient
 
@@ -87,6 +92,7 @@ def drive(port, batch, clients, depth):
             await conns[0].call(102, [user, "BTC", "deposit", user, "100000000", {}], 30)
             await conns[0].call(102, [user, "BCH", "deposit", 1000 + user, "100000000000", {}],
                                 30)
+        on_start()
         start = time.perf_counter()
         await defer.gatherResults([defer.Deferred.fromCoroutine(
             lane(c, batch[i::clients])) for i, c in enumerate(conns)])
@@ -109,6 +115,10 @@ def main():
     parser.add_argument("--depth", type=int, default=50, help="requests in flight per client")
     parser.add_argument("--async-log", action="store_true",
                         help="the original's mode: reply before the operation log commits")
+    parser.add_argument("--cpu", action="store_true",
+                        help="also print the CPU time per order of each process, from the "
+                             "first timed order until the daemon has stopped (history "
+                             "written, messages sent)")
     args = parser.parse_args()
     port = testing.free_port()
     cfg, databases = daemon_config(port, not args.async_log)
@@ -121,12 +131,14 @@ def main():
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon",
          "--pidfile=", "--logfile=" + os.path.join(workdir, "twistd.log"), "matchengine",
          "--config", path], cwd=workdir, env=dict(os.environ, PYTHONPATH=ROOT))
+    usage = CPUUsage(daemon.pid)
     try:
         stats = drive(port, orders(args.orders, seed=random.randrange(1 << 30)), args.clients,
-                      args.depth)
+                      args.depth, usage.start)
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(60)
+        usage.stop()
         for name in databases:
             testing.drop_database(name)
     lat = sorted(stats["latency"])
@@ -135,6 +147,42 @@ def main():
           % (args.orders, args.clients, args.depth, "async" if args.async_log else "durable",
              stats["accepted"] / stats["elapsed"], stats["refused"],
              lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000))
+    if args.cpu:
+        print("matchengine_rpc: CPU per order: " + ", ".join(
+            "%s %.1f us" % (label, seconds / args.orders * 1e6)
+            for label, seconds in usage.used.items()))
+
+
+class CPUUsage:
+    """CPU seconds used from `start()` to `stop()` (after the daemon was waited for) by the
+    daemon with its writer process, by this load generator and by the local services."""
+
+    def __init__(self, daemon_pid):
+        self.daemon_pid = daemon_pid
+        self.services = cpu.Meter(cpu.local_services())
+        self.used = {}
+        self._daemon = self._own = None
+
+    def start(self):
+        # the daemon's children (its writer) are alive: theirs are counted apart
+        self._daemon = cpu.process_cpu(self.daemon_pid, children=True) + sum(
+            filter(None, map(cpu.process_cpu, cpu.children_of(self.daemon_pid))))
+        self._own = _own_cpu()
+        self.services.start()
+
+    def stop(self):
+        if self._daemon is None:
+            return
+        # the daemon was waited for, and had waited for its writer: both are counted here
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.used["daemon and writer"] = children.ru_utime + children.ru_stime - self._daemon
+        self.used["load generator"] = _own_cpu() - self._own
+        self.used.update(self.services.stop())
+
+
+def _own_cpu():
+    times = os.times()
+    return times.user + times.system
 
 
 if __name__ == "__main__":
