@@ -19,6 +19,7 @@ import json
 import marshal
 import os
 import queue
+import re
 import struct
 import sys
 import threading
@@ -55,6 +56,15 @@ def _row_format(columns):
 ROW_FORMATS = {table: _row_format(columns) for table, columns in HISTORY_COLUMNS.items()}
 
 
+# what must be escaped inside a single-quoted MySQL string; double quotes need not be, and
+# JSON details are full of them, so most texts go in as they are
+_NEEDS_ESCAPE = re.compile(r"[\\'\x00\n\r\x1a]").search
+
+
+def _escape(text):
+    return escape_string(text) if _NEEDS_ESCAPE(text) else text
+
+
 def insert_statements(history, chunk=1000):
     """The multi-row INSERT statements, as MySQL text, for `(table, shard, row)` entries:
     one per table shard and `chunk` rows."""
@@ -73,7 +83,7 @@ def insert_statements(history, chunk=1000):
             for row in rows:
                 row = list(row)
                 for index in texts:
-                    row[index] = escape_string(row[index])
+                    row[index] = _escape(row[index])
                 values.append(form % tuple(row))
         else:
             values = [form % row for row in rows]
