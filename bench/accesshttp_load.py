@@ -93,9 +93,9 @@ def main():
             lat = sorted(stats["latency"])
             print("accesshttp_load: %s, %d worker(s), c=%d, %d requests: %.0f accepted/s, "
                   "%d refused, p50 %.2f ms, p99 %.2f ms" % (
-                      args.method, args.workers, level, len(lat), stats["accepted"] / stats["elapsed"],
-                      stats["refused"], lat[len(lat) // 2] * 1000,
-                      lat[int(len(lat) * 0.99)] * 1000))
+                      args.method, args.workers, level, len(lat),
+                      stats["accepted"] / stats["elapsed"], stats["refused"],
+                      lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000))
     finally:
         for daemon in reversed(daemons):
             daemon.stop()

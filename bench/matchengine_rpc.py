@@ -4,9 +4,9 @@
 Starts the daemon (durable operation log in MariaDB, history, Kafka messages to the local
 broker) on fresh databases, deposits for 100 users, then sends order.put_limit (50% crossing)
 from `--clients` connections with `--depth` requests in flight on each, and prints one line:
-accepted orders/s, refused, p50/p99 latency; with `--cpu`, a second one: the CPU time per
-order of the daemon with its writer, of the load generator, of MariaDB and of the Kafka
-broker.  Needs `python depends/services.py up`.
+accepted orders/s, refused, p50/p99 latency, and with `--cpu` the CPU time per order of the
+daemon with its writer, of the load generator, of MariaDB and of the Kafka broker.  Needs
+`python depends/services.py up`.
 
 Usage: python bench/matchengine_rpc.py [--orders N] [--clients C] [--depth D] [--async-log]
        [--cpu]
@@ -142,15 +142,16 @@ def main():
         for name in databases:
             testing.drop_database(name)
     lat = sorted(stats["latency"])
-    print("matchengine_rpc: %d orders, %d clients x %d in flight, %s log: %.0f accepted/s, "
-          "%d refused, p50 %.2f ms, p99 %.2f ms"
-          % (args.orders, args.clients, args.depth, "async" if args.async_log else "durable",
-             stats["accepted"] / stats["elapsed"], stats["refused"],
-             lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000))
+    line = ("matchengine_rpc: %d orders, %d clients x %d in flight, %s log: %.0f accepted/s, "
+            "%d refused, p50 %.2f ms, p99 %.2f ms"
+            % (args.orders, args.clients, args.depth, "async" if args.async_log else "durable",
+               stats["accepted"] / stats["elapsed"], stats["refused"],
+               lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000))
     if args.cpu:
-        print("matchengine_rpc: CPU per order: " + ", ".join(
+        line += "; CPU per order: " + ", ".join(
             "%s %.1f us" % (label, seconds / args.orders * 1e6)
-            for label, seconds in usage.used.items()))
+            for label, seconds in usage.used.items())
+    print(line)
 
 
 class CPUUsage:

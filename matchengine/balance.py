@@ -58,8 +58,8 @@ class Balances:
 
     # Each change truncates the new value to the asset's prec_save and drops a side that
     # reaches zero (the entry too when both sides are gone): `_store`.  `trade` and `_move`,
-    # which a replay runs several times per order, write those steps out instead: there a
-    # helper call costs more than the arithmetic.
+    # which matching and replay run several times per order, write those steps out instead:
+    # there a helper call costs more than the arithmetic.
 
     def _store(self, key, entry, index, value):
         value = value.quantize(self._exp[key[1]], ROUND_DOWN)

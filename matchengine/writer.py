@@ -1,13 +1,14 @@
 # -*- test-case-name: matchengine.test.test_outbox -*-
 """The matchengine's writer process: history rows into MySQL, messages to Kafka.
 
-Run by `matchengine.outbox.WriterProcess` as `python -m matchengine.writer`, with its
-settings as JSON in the first argument.  It reads batches from stdin, each framed as a 4-byte
-big-endian length and the `marshal` encoding of `(sequence, history, messages)`; writes the history rows
-(several threads, one MySQL connection each, one transaction per table group) and sends the
-messages (kafka-python, in order), and once both are done writes the batch's sequence number
-on stdout, one per line.  Failures are retried every second, forever, and reported on stderr,
-which the parent logs.  Stdin closing ends the process after the batches already read.
+Run by `matchengine.outbox.WriterOutbox` as `python -m matchengine.writer`, with its
+settings as JSON in the first argument.  It reads batches from stdin, each framed as a
+4-byte big-endian length and the `marshal` encoding of `(sequence, history, messages)`;
+writes the history rows (several threads, one MySQL connection each, one transaction per
+table group) and sends the messages (kafka-python, in order), and writes on stdout, one per
+line, the sequence number of the last batch both are done with.  Failures are retried every
+second, forever, and reported on stderr, which the parent logs.  Stdin closing ends the
+process after the batches already read.
 
 Keeping this work in its own process keeps its CPU time (SQL escaping, Kafka record
 building) off the matching thread's interpreter lock.
