@@ -175,7 +175,9 @@ class WebsocketScenarioTests(TestCase):
 
         with open(EXPECTED) as f:
             expected = [json.loads(line) for line in f]
-        self.assertEqual(len(got), len(expected), json.dumps(got, indent=1)[-3000:])
+        got = _without_repeated_klines(got)
+        self.assertEqual(len(got), len(expected), "got:\n%s\nexpected:\n%s" % (
+            _outline(got), _outline(expected)))
         traded = False
         for e, a in zip(expected, got):
             frame = e["frame"]
@@ -195,3 +197,42 @@ class WebsocketScenarioTests(TestCase):
                 self.assertEqual(params, norm(FIXED[frame["method"]]), a)
                 continue
             self.assertEqual(norm(a["frame"]), norm(frame))
+
+
+def _traded_buckets(frame):
+    return [k for k in norm(frame["params"]) if k[5] != "0"]
+
+
+def _is_kline_push(item):
+    return (item["dir"] == "recv" and isinstance(item["frame"], dict)
+            and item["frame"].get("method") == "kline.update")
+
+
+def _without_repeated_klines(frames):
+    """The frames without a kline push that adds nothing traded to the one before it.
+
+    accessws pushes a kline again when its newest bucket changes, and a minute boundary
+    crossed while the test drains starts a new, empty one: a second push, whose traded
+    buckets are the first one's (or none, once the trade's minute has left the polled range).
+    """
+    kept = []
+    for item in frames:
+        if (_is_kline_push(item) and kept and _is_kline_push(kept[-1])
+                and _traded_buckets(item["frame"]) in (
+                    [], _traded_buckets(kept[-1]["frame"]))):
+            continue
+        kept.append(item)
+    return kept
+
+
+def _outline(frames):
+    """One line per frame: direction and method (or reply id), to see what differs."""
+    lines = []
+    for item in frames:
+        frame = item["frame"]
+        if isinstance(frame, dict):
+            what = frame.get("method") or "reply %s" % frame.get("id")
+        else:
+            what = str(frame)
+        lines.append("%s %s" % (item["dir"], what))
+    return "\n".join(lines)
