@@ -281,17 +281,13 @@ class Market:
             maker.deal_money += deal
             maker.deal_fee += bid_fee
             level.amount -= amount
-            trade = self.balances.trade
             if real:
-                sink.trade_balances(now, taker, self, price, amount, stock, amount, money, deal,
-                                    ask_fee, taker.taker_fee,
-                                    trade(taker.user_id, AVAILABLE, stock, amount, money, deal,
-                                          ask_fee, True))
-                sink.trade_balances(now, maker, self, price, amount, money, deal, stock, amount,
-                                    bid_fee, maker.maker_fee,
-                                    trade(maker.user_id, FREEZE, money, deal, stock, amount,
-                                          bid_fee, True))
+                self._settle(taker, AVAILABLE, stock, amount, money, deal, ask_fee,
+                             taker.taker_fee, price, amount, now, sink)
+                self._settle(maker, FREEZE, money, deal, stock, amount, bid_fee,
+                             maker.maker_fee, price, amount, now, sink)
             else:
+                trade = self.balances.trade
                 trade(taker.user_id, AVAILABLE, stock, amount, money, deal, ask_fee)
                 trade(maker.user_id, FREEZE, money, deal, stock, amount, bid_fee)
             self._maker_done(maker, sink, real)
@@ -349,21 +345,26 @@ class Market:
         maker.deal_money += deal
         maker.deal_fee += ask_fee
         level.amount -= amount
-        trade = self.balances.trade
         if real:
-            sink.trade_balances(now, taker, self, price, amount, money, deal, stock, amount,
-                                bid_fee, taker.taker_fee,
-                                trade(taker.user_id, AVAILABLE, money, deal, stock, amount,
-                                      bid_fee, True))
-            sink.trade_balances(now, maker, self, price, amount, stock, amount, money, deal,
-                                ask_fee, maker.maker_fee,
-                                trade(maker.user_id, FREEZE, stock, amount, money, deal,
-                                      ask_fee, True))
+            self._settle(taker, AVAILABLE, money, deal, stock, amount, bid_fee,
+                         taker.taker_fee, price, amount, now, sink)
+            self._settle(maker, FREEZE, stock, amount, money, deal, ask_fee, maker.maker_fee,
+                         price, amount, now, sink)
         else:
+            trade = self.balances.trade
             trade(taker.user_id, AVAILABLE, money, deal, stock, amount, bid_fee)
             trade(maker.user_id, FREEZE, stock, amount, money, deal, ask_fee)
         self._maker_done(maker, sink, real)
         return deal_id
+
+    def _settle(self, order, kind, gives, given, gets, got, fee, fee_rate, price, amount, now,
+                sink):
+        """One side of a fill: `given` of `gives` leaves its `kind` balance, `got` of `gets`
+        arrives available, then the fee leaves it, with a history row for each movement.  A
+        replay makes no rows: it calls `Balances.trade` alone."""
+        sink.trade_balances(now, order, self, price, amount, gives, given, gets, got, fee,
+                            fee_rate, self.balances.trade(order.user_id, kind, gives, given,
+                                                          gets, got, fee, True))
 
     def _maker_done(self, maker, sink, real):
         if not maker.left:
