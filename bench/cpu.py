@@ -1,13 +1,10 @@
-"""CPU time of the processes a benchmark involves, read from /proc (Linux).
-
-`Meter` samples a set of named processes at the start and the end of a run and reports the
-CPU seconds each used in between, so a benchmark can say where its work went: the daemon,
-the load generator, MariaDB, the Kafka broker.
-"""
+"""CPU time of the processes a benchmark involves, read from /proc (Linux)."""
 
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from utils import testing
+from utils.watchdog import read_pid
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -26,20 +23,10 @@ def process_cpu(pid, children=False):
     return used / TICK
 
 
-def children_of(pid):
-    """The pids whose parent is `pid`."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name) as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == pid:
-            found.append(int(name))
-    return found
+def family_cpu(pid):
+    """CPU seconds of a live process with its children, living or waited for."""
+    return process_cpu(pid, children=True) + sum(
+        filter(None, map(process_cpu, testing.children(pid))))
 
 
 def find_process(*commands):
@@ -59,32 +46,6 @@ def find_process(*commands):
 def local_services():
     """{label: pid} of the local MariaDB server and Kafka broker that can be found."""
     found = {"MariaDB": find_process("mariadbd", "mysqld"),
-             "Kafka broker": _read_pid(os.path.join(ROOT, "depends", "run", "kafka.pid"))}
+             "Kafka broker": read_pid(os.path.join(testing.ROOT, "depends", "run",
+                                                   "kafka.pid"))}
     return {label: pid for label, pid in found.items() if pid is not None}
-
-
-def _read_pid(path):
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-class Meter:
-    """CPU seconds used between `start()` and `stop()` by each named process."""
-
-    def __init__(self, pids):
-        self.pids = dict(pids)
-        self.before = {}
-        self.used = {}
-
-    def start(self):
-        self.before = {label: process_cpu(pid) for label, pid in self.pids.items()}
-
-    def stop(self):
-        for label, pid in self.pids.items():
-            after = process_cpu(pid)
-            if after is not None and self.before.get(label) is not None:
-                self.used[label] = after - self.before[label]
-        return self.used

@@ -160,25 +160,27 @@ class CPUUsage:
 
     def __init__(self, daemon_pid):
         self.daemon_pid = daemon_pid
-        self.services = cpu.Meter(cpu.local_services())
+        self.services = cpu.local_services()
         self.used = {}
-        self._daemon = self._own = None
+        self._before = None
 
     def start(self):
-        # the daemon's children (its writer) are alive: theirs are counted apart
-        self._daemon = cpu.process_cpu(self.daemon_pid, children=True) + sum(
-            filter(None, map(cpu.process_cpu, cpu.children_of(self.daemon_pid))))
-        self._own = _own_cpu()
-        self.services.start()
+        self._before = {label: cpu.process_cpu(pid) for label, pid in self.services.items()}
+        # the daemon and its writer, alive: the writer's time is not yet in the daemon's
+        self._before["daemon and writer"] = cpu.family_cpu(self.daemon_pid)
+        self._before["load generator"] = _own_cpu()
 
     def stop(self):
-        if self._daemon is None:
+        if self._before is None:
             return
         # the daemon was waited for, and had waited for its writer: both are counted here
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.used["daemon and writer"] = children.ru_utime + children.ru_stime - self._daemon
-        self.used["load generator"] = _own_cpu() - self._own
-        self.used.update(self.services.stop())
+        after = {"daemon and writer": children.ru_utime + children.ru_stime,
+                 "load generator": _own_cpu()}
+        after.update((label, cpu.process_cpu(pid)) for label, pid in self.services.items())
+        for label in ("daemon and writer", "load generator", *self.services):
+            if after[label] is not None and self._before[label] is not None:
+                self.used[label] = after[label] - self._before[label]
 
 
 def _own_cpu():

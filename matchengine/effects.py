@@ -11,13 +11,9 @@ the engine was given them (to the microsecond, as the operation log keeps them),
 the original writes.
 """
 
-import json
-
 from matchengine.market import ASK, BID, MAKER, TAKER
 from utils.decimals import to_display, to_raw
-from utils.jsonfmt import format_real
-
-_quote = json.encoder.encode_basestring
+from utils.jsonfmt import format_real, quote
 
 SHARDS = 100
 
@@ -70,7 +66,7 @@ class Effects:
             now, user_id, asset, business, to_raw(change),
             to_raw(self.balances.total(user_id, asset)), detail_text)))
         self.messages.append((TOPIC_BALANCES, '[%s, %d, %s, %s, "%s"]' % (
-            format_real(now), user_id, _quote(asset), _quote(business), to_raw(change))))
+            format_real(now), user_id, quote(asset), quote(business), to_raw(change))))
 
     def trade_balances(self, now, order, market, price, amount, gives, given, gets, got, fee,
                        fee_rate, totals):
@@ -82,7 +78,7 @@ class Effects:
         fill = self._fill
         if fill is None or fill[0] is not price or fill[1] is not amount or fill[2] is not market:
             fill = self._fill = (price, amount, market, to_display(amount),
-                                 _quote(market.name), to_display(price))
+                                 quote(market.name), to_display(price))
         user_id = order.user_id
         shard = user_id % SHARDS
         detail = '{"a": "%s", "i": %d, "m": %s, "p": "%s"}' % (
@@ -105,8 +101,8 @@ class Effects:
         self._last_order = (order, text)
         self.messages.append((TOPIC_ORDERS, '{"event": %d, "order": %s, "stock": %s, '
                                             '"money": %s}' % (
-                                                event, text, _quote(market.stock),
-                                                _quote(market.money))))
+                                                event, text, quote(market.stock),
+                                                quote(market.money))))
 
     def order_finished(self, order):
         row = (order.id, order.create_time, order.update_time, order.user_id,
@@ -137,8 +133,8 @@ class Effects:
             amount_raw, deal_raw, bid_fee_raw, ask_fee_raw)))
         self.messages.append((TOPIC_DEALS, '[%s, %s, %d, %d, %d, %d, "%s", "%s", "%s", "%s", '
                                            '%d, %d, %s, %s]' % (
-                                               format_real(now), _quote(market.name), ask.id,
+                                               format_real(now), quote(market.name), ask.id,
                                                bid.id, ask.user_id, bid.user_id, price_raw,
                                                amount_raw, ask_fee_raw, bid_fee_raw, taker_side,
-                                               deal_id, _quote(market.stock),
-                                               _quote(market.money))))
+                                               deal_id, quote(market.stock),
+                                               quote(market.money))))

@@ -20,7 +20,7 @@ from matchengine.effects import Effects
 from matchengine.market import ASK, BID, LIMIT, MARKET, Market, Order
 from utils import decimals
 from utils.decimals import ZERO, exponent, to_display
-from utils.jsonfmt import RawJSON
+from utils.jsonfmt import RawJSON, quote
 from utils.rpc import INVALID_ARGUMENT, RPCError
 
 __all__ = ["Engine", "WRITE_COMMANDS", "REPLAY_METHODS", "load_detail", "sorted_json"]
@@ -59,7 +59,6 @@ def _str(value):
     return value
 
 
-_quote = json.encoder.encode_basestring   # a JSON string, non-ASCII kept as it is
 _PARSED = collections.defaultdict(dict)   # prec -> {text: Decimal}: values repeat a lot
 _PARSED_MAX = 100000                      # texts kept per precision
 
@@ -430,7 +429,7 @@ class Engine:
             return sorted_json({"method": LOG_METHODS[command], "params": params})
         # the other writes were validated: only integers and strings, nothing to sort
         return '{"method": "%s", "params": [%s]}' % (LOG_METHODS[command], ", ".join(
-            [str(p) if p.__class__ is int else _quote(p) for p in params]))
+            [str(p) if p.__class__ is int else quote(p) for p in params]))
 
 
 def load_detail(text):

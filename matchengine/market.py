@@ -11,16 +11,14 @@ Side effects leave through `sink` (see `matchengine.effects`); a market built wi
 only changes memory, which is how the operation log is replayed.
 """
 
-import json
 from decimal import ROUND_DOWN
 
 from sortedcontainers import SortedDict
 
 from matchengine.balance import AVAILABLE, FREEZE
 from utils.decimals import ZERO, exponent, to_display
-from utils.jsonfmt import format_real
+from utils.jsonfmt import format_real, quote
 
-_quote = json.encoder.encode_basestring
 
 LIMIT, MARKET = 1, 2
 ASK, BID = 1, 2
@@ -57,9 +55,9 @@ class Order:
     def info_json(self) -> str:
         """The order info as JSON text, built from cached pieces of its fixed fields."""
         if self._head is None:
-            source = "" if self.source is None else ', "source": ' + _quote(self.source)
+            source = "" if self.source is None else ', "source": ' + quote(self.source)
             self._head = '{"id": %d, "market": %s%s, "type": %d, "side": %d, "user": %d, ' \
-                         '"ctime": %s, "mtime": ' % (self.id, _quote(self.market), source,
+                         '"ctime": %s, "mtime": ' % (self.id, quote(self.market), source,
                                                     self.type, self.side, self.user_id,
                                                     format_real(self.create_time))
             self._mid = ', "price": "%s", "amount": "%s", "taker_fee": "%s", ' \

@@ -14,12 +14,13 @@ recursive writer (floats only appear in small messages: order info, deals, balan
 import json
 import math
 
-__all__ = ["dumps", "format_real", "RawJSON"]
+__all__ = ["dumps", "format_real", "quote", "RawJSON"]
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
 _pretty = json.JSONEncoder(ensure_ascii=False, indent=4, separators=(",", ": "),
                            allow_nan=False)
-_encode_string = json.encoder.encode_basestring  # with ensure_ascii=False
+# a string as JSON text, non-ASCII kept as it is (ensure_ascii=False)
+quote = json.encoder.encode_basestring
 
 
 _last_real = (None, "")    # (float, its text): a command writes its time in many places
@@ -64,7 +65,7 @@ def _write(obj, parts, indent, level):
     if cls is float:
         parts.append(format_real(obj))
     elif cls is str:
-        parts.append(_encode_string(obj))
+        parts.append(quote(obj))
     elif obj is None:
         parts.append("null")
     elif obj is True:
@@ -84,7 +85,7 @@ def _write(obj, parts, indent, level):
             for key, value in obj.items():
                 parts.append(inner if first else "," + inner)
                 first = False
-                parts.append(_encode_string(str(key)))
+                parts.append(quote(str(key)))
                 parts.append(": ")
                 _write(value, parts, indent, level + 1)
             parts.append("\n" + " " * (indent * level) + "}")
@@ -95,7 +96,7 @@ def _write(obj, parts, indent, level):
                 if not first:
                     parts.append(", ")
                 first = False
-                parts.append(_encode_string(str(key)))
+                parts.append(quote(str(key)))
                 parts.append(": ")
                 _write(value, parts, indent, level)
             parts.append("}")
@@ -124,7 +125,7 @@ def _write(obj, parts, indent, level):
     elif isinstance(obj, float):
         parts.append(format_real(float(obj)))
     elif isinstance(obj, str):
-        parts.append(_encode_string(str(obj)))
+        parts.append(quote(str(obj)))
     else:
         raise TypeError("%r is not JSON serializable" % (obj,))
 

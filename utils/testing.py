@@ -97,6 +97,21 @@ async def until(predicate, seconds=30, what="condition"):
     raise AssertionError("%s not reached in %s s" % (what, seconds))
 
 
+def children(pid):
+    """The live (not zombie) processes whose parent is `pid` (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
 def wait_until(predicate, seconds, interval=0.05):
     """Poll a condition of a real outside process (integration tests only)."""
     deadline = time.monotonic() + seconds

@@ -35,7 +35,7 @@ import time
 
 from twisted.python import usage
 
-__all__ = ["Options", "make_monitor", "paths", "start", "stop", "check", "main"]
+__all__ = ["Options", "make_monitor", "paths", "read_pid", "start", "stop", "check", "main"]
 
 THRESHOLD = 1.0
 MIN_RESTART_DELAY = 0.25
@@ -97,7 +97,8 @@ def paths(home, module):
             "twistd_log": os.path.join(log, "twistd.log")}
 
 
-def _read_pid(path):
+def read_pid(path):
+    """The pid in the file at `path`, or None (no file, empty, not a number)."""
     try:
         with open(path) as f:
             return int(f.read().strip() or 0) or None
@@ -138,12 +139,12 @@ def tcp_addresses(config_path):
 def check(home, module, config=None):
     """(ok, message) about the daemon of the deployment folder `home`."""
     p = paths(home, module)
-    pid = _read_pid(p["pid"])
+    pid = read_pid(p["pid"])
     if pid is None:
         return False, "%s: down (no pid file %s)" % (module, p["pid"])
     if not _running(pid):
         return False, "%s: down (watchdog pid %d is not running)" % (module, pid)
-    worker = _read_pid(p["worker_pid"])
+    worker = read_pid(p["worker_pid"])
     if not _running(worker):
         return False, "%s: down (watchdog pid %d runs, its worker does not: restarting)" % (
             module, pid)
@@ -177,8 +178,8 @@ def start(home, module, config=None, python=None):
 def stop(home, module, wait=KILL_TIME + 10, out=print):
     """SIGTERM to the watchdog, then wait until it and its worker are gone."""
     p = paths(home, module)
-    pid = _read_pid(p["pid"])
-    worker = _read_pid(p["worker_pid"])
+    pid = read_pid(p["pid"])
+    worker = read_pid(p["worker_pid"])
     if not _running(pid):
         out("%s: not running" % module)
         return True
@@ -212,7 +213,7 @@ def main(argv=None):
         if command == "stop":
             return 0
     if command in ("start", "restart"):
-        pid = _read_pid(paths(home, module)["pid"])
+        pid = read_pid(paths(home, module)["pid"])
         if _running(pid):
             print("%s: already running (watchdog pid %d)" % (module, pid))
             return 1

@@ -16,21 +16,6 @@ from utils import testing, watchdog
 REDIS_DB = 7
 
 
-def children(pid):
-    """The pids whose parent is `pid`."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open("/proc/%s/stat" % entry) as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                out.append(int(entry))
-    return out
-
-
 class OptionsTests(SynchronousTestCase):
 
     def test_worker_command(self):
@@ -127,7 +112,7 @@ class DeploymentTests(TestCase):
         paths = watchdog.paths(home, module)
         if not watchdog.stop(home, module, out=lambda text: None):
             for key in ("pid", "worker_pid"):
-                pid = watchdog._read_pid(paths[key])
+                pid = watchdog.read_pid(paths[key])
                 if watchdog._running(pid):
                     os.kill(pid, signal.SIGKILL)
 
@@ -150,9 +135,9 @@ class DeploymentTests(TestCase):
         status, out = self.run_script(home, "shell/check_alive.sh")
         self.assertEqual(status, 0, out)
         self.assertIn("%s: up" % module, out)
-        keeper = watchdog._read_pid(paths["pid"])
-        worker = watchdog._read_pid(paths["worker_pid"])
-        self.assertEqual(children(keeper), [worker])
+        keeper = watchdog.read_pid(paths["pid"])
+        worker = watchdog.read_pid(paths["worker_pid"])
+        self.assertEqual(testing.children(keeper), [worker])
 
         # SIGKILL the worker: down at once, a new worker within a second, then up again
         os.kill(worker, signal.SIGKILL)
@@ -162,14 +147,14 @@ class DeploymentTests(TestCase):
         self.assertFalse(ok, message)
         self.assertIn("down", message)
         self.assertTrue(testing.wait_until(
-            lambda: [p for p in children(keeper) if p != worker], 1.0, 0.01),
+            lambda: [p for p in testing.children(keeper) if p != worker], 1.0, 0.01),
             "%s: no new worker within 1 s" % module)
         restarted = time.monotonic() - killed
         self.assertLess(restarted, 1.0)
         self.wait_up(home, module)
-        new_worker = watchdog._read_pid(paths["worker_pid"])
+        new_worker = watchdog.read_pid(paths["worker_pid"])
         self.assertNotEqual(new_worker, worker)
-        self.assertEqual(children(keeper), [new_worker])
+        self.assertEqual(testing.children(keeper), [new_worker])
         status, out = self.run_script(home, "shell/check_alive.sh")
         self.assertEqual(status, 0, out)
 
@@ -180,7 +165,7 @@ class DeploymentTests(TestCase):
         self.assertFalse(watchdog._running(keeper))
         self.assertFalse(watchdog._running(new_worker))
         self.wait_up(home, module)
-        self.assertNotEqual(watchdog._read_pid(paths["pid"]), keeper)
+        self.assertNotEqual(watchdog.read_pid(paths["pid"]), keeper)
 
         # stopped: check_alive says so
         self.assertTrue(watchdog.stop(home, module, out=lambda text: None))
