@@ -133,7 +133,7 @@ class Balances:
         current = (got if current is None else current + got).quantize(exp, ROUND_DOWN)
         if totals:
             got_total = _total(current or None, entry[1])
-        charged = fee > 0
+        charged = fee > ZERO
         if charged and current >= fee:
             value = (current - fee).quantize(exp, ROUND_DOWN)
             self.fees[gets] += current - value

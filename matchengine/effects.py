@@ -12,7 +12,7 @@ the original writes.
 """
 
 from matchengine.market import ASK, BID, MAKER, TAKER
-from utils.decimals import to_display, to_raw
+from utils.decimals import ZERO, to_display, to_raw
 from utils.jsonfmt import format_real, quote
 
 SHARDS = 100
@@ -88,7 +88,7 @@ class Effects:
             now, user_id, gives, "trade", to_raw(-given), to_raw(totals[0]), detail)))
         history.append((BALANCE, shard, (
             now, user_id, gets, "trade", to_raw(got), to_raw(totals[1]), detail)))
-        if fee > 0:
+        if fee > ZERO:
             detail = '{"a": "%s", "f": "%s", "i": %d, "m": %s, "p": "%s"}' % (
                 fill[3], to_display(fee_rate), order.id, fill[4], fill[5])
             history.append((BALANCE, shard, (

@@ -280,14 +280,14 @@ class Engine:
         user_id &= U32
         market = self._market(name)
         amount = _decimal(params[3], market.desc.stock_prec)
-        if amount <= 0:
+        if amount <= ZERO:
             raise INVALID_ARGUMENT()
         return user_id, market, market.desc, side, amount
 
     def put_limit(self, params, now, real):
         user_id, market, desc, side, amount = self._order_head(params, 8)
         price = _decimal(params[4], desc.money_prec)
-        if price <= 0:
+        if price <= ZERO:
             raise INVALID_ARGUMENT()
         taker_fee = _fee(params[5], desc.fee_prec)
         maker_fee = _fee(params[6], desc.fee_prec)

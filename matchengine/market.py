@@ -1,9 +1,11 @@
-# -*- test-case-name: matchengine.test.test_market -*-
+# -*- test-case-name: matchengine.test.test_engine -*-
 """One market's order book and its matching, without I/O.
 
 Asks and bids are `SortedDict`s of price levels (bids keyed by the negated price, so the best
 level of either side is the first).  A level keeps its orders in arrival order (ascending id)
-and the sum of their `left`.  Matching follows the original to the digit: the maker's price,
+and the sum of their `left`; a resting order points to its level.  Bid levels are also found
+by their price: a negated price is a new `Decimal`, and hashing one costs more than the rest
+of an insertion.  Matching follows the original to the digit: the maker's price,
 fees on what each side receives, market buys spending money, and the same order of balance
 movements, history rows and messages.
 
@@ -29,7 +31,7 @@ EVENT_PUT, EVENT_UPDATE, EVENT_FINISH = 1, 2, 3
 class Order:
     __slots__ = ("id", "type", "side", "create_time", "update_time", "user_id", "market",
                  "source", "price", "amount", "taker_fee", "maker_fee", "left", "freeze",
-                 "deal_stock", "deal_money", "deal_fee", "_head", "_mid")
+                 "deal_stock", "deal_money", "deal_fee", "level", "_head", "_mid")
 
     def __init__(self, order_id, order_type, side, now, user_id, market, source, price,
                  amount, taker_fee, maker_fee):
@@ -49,6 +51,7 @@ class Order:
         self.deal_stock = ZERO
         self.deal_money = ZERO
         self.deal_fee = ZERO
+        self.level = None          # the book level it rests in
         self._head = None
         self._mid = None
 
@@ -85,10 +88,11 @@ class Order:
 
 
 class Level:
-    __slots__ = ("price", "orders", "amount")
+    __slots__ = ("price", "key", "orders", "amount")
 
-    def __init__(self, price):
+    def __init__(self, price, key):
         self.price = price
+        self.key = key       # in its book: the price, negated for bids
         self.orders = {}     # id -> Order, in arrival (= id) order
         self.amount = ZERO   # sum of the orders' left
 
@@ -105,6 +109,7 @@ class Market:
         self.balances = balances
         self.asks = SortedDict()   # price -> Level
         self.bids = SortedDict()   # -price -> Level
+        self.bid_levels = {}       # price -> Level, the same levels as `bids`
         self.orders = {}           # id -> Order
         self.users = {}            # user_id -> {id: Order}, ascending id
         self.version = 0           # bumped by every command that changes the book
@@ -114,10 +119,16 @@ class Market:
     def insert(self, order):
         """Put a resting order into the book and the indexes (freeze is the caller's)."""
         order_id, price = order.id, order.price
-        book, key = (self.asks, price) if order.side == ASK else (self.bids, -price)
-        level = book.get(key)
-        if level is None:
-            level = book[key] = Level(price)
+        if order.side == ASK:
+            level = self.asks.get(price)
+            if level is None:
+                level = self.asks[price] = Level(price, price)
+        else:
+            level = self.bid_levels.get(price)
+            if level is None:
+                level = self.bid_levels[price] = Level(price, -price)
+                self.bids[level.key] = level
+        order.level = level
         level.orders[order_id] = order
         level.amount += order.left
         self.orders[order_id] = order
@@ -128,13 +139,16 @@ class Market:
         user[order_id] = order
 
     def remove(self, order):
-        book, key = (self.asks, order.price) if order.side == ASK else (self.bids, -order.price)
-        level = book[key]
+        level = order.level
+        order.level = None
         del level.orders[order.id]
         if level.orders:
             level.amount -= order.left
+        elif order.side == ASK:
+            del self.asks[level.key]
         else:
-            del book[key]
+            del self.bids[level.key]
+            del self.bid_levels[level.price]
         del self.orders[order.id]
         user = self.users[order.user_id]
         del user[order.id]
@@ -201,10 +215,10 @@ class Market:
     def finish(self, order, sink, real):
         """Take a resting order off the book: unfreeze what it holds, record its history."""
         self.remove(order)
-        if order.freeze > 0:
+        if order.freeze > ZERO:
             self.balances.unfreeze(order.user_id,
                                    self.stock if order.side == ASK else self.money, order.freeze)
-        if real and order.deal_stock > 0:
+        if real and order.deal_stock > ZERO:
             sink.order_finished(order)
 
     def cancel(self, order, sink, real):

@@ -72,6 +72,14 @@ class InvariantTests(SynchronousTestCase):
                 key = (order.user_id, asset)
                 held[key] = held.get(key, Decimal(0)) + order.freeze
                 self.assertGreater(order.left, 0)
+                # each open order rests in the level its book keeps at its price
+                self.assertIs(market.side_book(order.side)[order.level.key], order.level)
+                self.assertIs(order.level.orders[order.id], order)
+                self.assertEqual(order.level.price, order.price)
+            for level in list(market.asks.values()) + list(market.bids.values()):
+                self.assertEqual(level.amount, sum(o.left for o in level.orders.values()))
+            self.assertEqual({level.price: level for level in market.bids.values()},
+                             market.bid_levels)
             # the book is never crossed
             if market.asks and market.bids:
                 self.assertLess(market.bids.peekitem(0)[1].price,
