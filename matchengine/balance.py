@@ -25,13 +25,19 @@ def _total(available, frozen):
 
 class Balances:
 
-    __slots__ = ("assets", "entries", "fees", "_exp")
+    __slots__ = ("assets", "entries", "fees", "_exp", "_cut")
 
-    def __init__(self, assets):
+    def __init__(self, assets, whole=()):
+        """`whole` names the assets in which every amount `trade` and `_move` take away is
+        a whole number of the asset's smallest stored unit (1e-prec_save): what the markets'
+        precisions ensure (`engine.whole_assets`).  A stored value, which has that exponent,
+        less such an amount needs no truncation, and these two skip it."""
         self.assets = assets
         self.entries = {}        # (user_id, asset) -> [available, freeze]
         self.fees = {name: ZERO for name in assets}   # what fees took out, per asset
         self._exp = {name: exponent(a.prec_save) for name, a in assets.items()}
+        # what a difference is truncated to in `trade` and `_move`: None for whole assets
+        self._cut = {name: None if name in whole else exp for name, exp in self._exp.items()}
 
     def get(self, user_id: int, kind: int, asset: str) -> Decimal:
         entry = self.entries.get((user_id, asset))
@@ -109,13 +115,15 @@ class Balances:
         `gets` after the second and the third (None without a fee): what the history rows
         of the three movements show.
         """
-        entries = self.entries
+        entries, cut = self.entries, self._cut
         key = (user_id, gives)
         entry = entries.get(key)
         index = kind - 1
         current = None if entry is None else entry[index]
         if current is not None and current >= given:
-            value = (current - given).quantize(self._exp[gives], ROUND_DOWN)
+            exp = cut[gives]
+            value = current - given if exp is None else (current - given).quantize(
+                exp, ROUND_DOWN)
             if value:
                 entry[index] = value
             else:
@@ -135,7 +143,8 @@ class Balances:
             got_total = _total(current or None, entry[1])
         charged = fee > ZERO
         if charged and current >= fee:
-            value = (current - fee).quantize(exp, ROUND_DOWN)
+            value = current - fee if cut[gets] is None else (current - fee).quantize(
+                exp, ROUND_DOWN)
             self.fees[gets] += current - value
             current = value
         if current:
@@ -164,11 +173,13 @@ class Balances:
         current = entry[source]
         if current is None or current < amount:
             return False
-        exp = self._exp[asset]
-        left = (current - amount).quantize(exp, ROUND_DOWN)
+        cut = self._cut[asset]
+        left = current - amount if cut is None else (current - amount).quantize(cut,
+                                                                                ROUND_DOWN)
         entry[source] = left if left else None
         other = entry[target]
-        moved = (amount if other is None else other + amount).quantize(exp, ROUND_DOWN)
+        moved = (amount if other is None else other + amount).quantize(self._exp[asset],
+                                                                          ROUND_DOWN)
         entry[target] = moved if moved else None
         if not left and not moved:
             del self.entries[key]

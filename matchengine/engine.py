@@ -23,7 +23,8 @@ from utils.decimals import ZERO, exponent, to_display
 from utils.jsonfmt import RawJSON, quote
 from utils.rpc import INVALID_ARGUMENT, RPCError
 
-__all__ = ["Engine", "WRITE_COMMANDS", "REPLAY_METHODS", "load_detail", "sorted_json"]
+__all__ = ["Engine", "WRITE_COMMANDS", "REPLAY_METHODS", "load_detail", "sorted_json",
+           "whole_assets"]
 
 U32 = 0xFFFFFFFF
 U64 = 0xFFFFFFFFFFFFFFFF
@@ -31,6 +32,7 @@ LIST_MAX = 101
 SOURCE_MAX = 30
 BUSINESS_MAX = 30
 DEDUP_KEEP = 86400.0
+SLICE_FREEZE_PLACES = 8      # places slice_order_<t> keeps of an order's `freeze`
 
 BALANCE_QUERY, BALANCE_UPDATE, ASSET_LIST, ASSET_SUMMARY = 101, 102, 104, 105
 PUT_LIMIT, PUT_MARKET, PENDING, CANCEL, BOOK, DEPTH, PENDING_DETAIL = (
@@ -127,12 +129,31 @@ def _sort(value):
     return value
 
 
+def whole_assets(assets, markets):
+    """The assets in which every amount a fill or a freeze takes from a balance is a whole
+    number of the asset's smallest stored unit (see `Balances`).  For each market using it,
+    its precisions must be set (0 keeps the exponent a value was written with), and its
+    prec_save must reach the finest such amount: price x amount x fee rate for the money,
+    amount x fee rate for the stock, and a freeze restored from a slice."""
+    whole = set(assets)
+    for m in markets.values():
+        if not (m.stock_prec and m.money_prec and m.fee_prec):
+            whole -= {m.stock, m.money}
+            continue
+        if assets[m.money].prec_save < max(m.money_prec + m.stock_prec + m.fee_prec,
+                                           SLICE_FREEZE_PLACES):
+            whole.discard(m.money)
+        if assets[m.stock].prec_save < max(m.stock_prec + m.fee_prec, SLICE_FREEZE_PLACES):
+            whole.discard(m.stock)
+    return whole
+
+
 class Engine:
 
     def __init__(self, assets, markets):
         decimals.install_context()
         self.assets = assets
-        self.balances = Balances(assets)
+        self.balances = Balances(assets, whole_assets(assets, markets))
         self.markets = {name: Market(desc, self.balances) for name, desc in markets.items()}
         self.effects = Effects(self.balances)
         self.order_id = 0

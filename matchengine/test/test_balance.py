@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from matchengine import config
+from matchengine import config, engine
 from matchengine.balance import AVAILABLE, FREEZE, Balances
 
 ASSETS = config.example_tables()[0]     # BCH keeps 20 places, BTC 12
@@ -98,3 +98,78 @@ class BalanceTests(SynchronousTestCase):
             self.assertEqual(done.fees, expected.fees)
         for entry in b.entries.values():
             self.assertNotEqual(entry, [None, None])
+
+
+def on_grid(places):
+    """Amounts with at most `places` decimal places, zero included."""
+    return st.decimals(min_value=Decimal("0"), max_value=Decimal("1000"), places=places,
+                       allow_nan=False, allow_infinity=False)
+
+
+class WholeAssetTests(SynchronousTestCase):
+    """Assets whose traded amounts are whole in their smallest stored unit skip truncating
+    differences: this must change no digit and no exponent."""
+
+    def test_shipped_markets_trade_whole_amounts(self):
+        assets, markets = config.example_tables()
+        self.assertEqual(engine.whole_assets(assets, markets), set(assets))
+
+    def test_precisions_that_allow_finer_amounts(self):
+        assets, markets = config.example_tables()
+        btcbch = markets["BTCBCH"]
+        for market, whole in [
+                (btcbch._replace(money_prec=9), {"BTC"}),      # price x amount x fee: 21
+                (btcbch._replace(stock_prec=9), set()),        # 21 in BCH, 13 in BTC
+                (btcbch._replace(fee_prec=5), set()),          # 21 in BCH, 13 in BTC
+                (btcbch._replace(fee_prec=0), set()),          # 0: as written
+                (btcbch._replace(stock_prec=3, money_prec=2, fee_prec=2), {"BCH", "BTC"})]:
+            self.assertEqual(engine.whole_assets(assets, {"BTCBCH": market}) & {"BTC", "BCH"},
+                             whole, market)
+        small = dict(assets, BTC=assets["BTC"]._replace(prec_save=7))
+        narrow = btcbch._replace(stock_prec=3, money_prec=2, fee_prec=2)
+        # a freeze restored from a slice has 8 places
+        self.assertEqual(engine.whole_assets(small, {"BTCBCH": narrow}) & {"BTC", "BCH"},
+                         {"BCH"})
+
+    def test_finest_fill_where_money_keeps_one_place_less(self):
+        """price, amount and fee rate at their finest: the money fee has 20 places, one
+        more than BCH keeps here, so BCH is truncated as before."""
+        assets, markets = config.example_tables()
+        assets = dict(assets, BCH=assets["BCH"]._replace(prec_save=19))
+        self.assertEqual(engine.whole_assets(assets, markets), set(assets) - {"BCH"})
+        eng = engine.Engine(assets, markets)
+        truncating = engine.Engine(assets, markets)
+        truncating.balances._cut = dict(truncating.balances._exp)
+        for e in (eng, truncating):
+            e.execute(102, [1, "BTC", "deposit", 1, "10", {}], 1.0)
+            e.execute(102, [2, "BCH", "deposit", 1, "10", {}], 1.0)
+            e.execute(201, [2, "BTCBCH", 2, "1.00000001", "1.00000001", "0.0001", "0.0001",
+                            ""], 2.0)
+            e.execute(201, [1, "BTCBCH", 1, "1.00000001", "1.00000001", "0.0009", "0.0001",
+                            ""], 3.0)
+        self.assertEqual(repr(eng.balances.entries), repr(truncating.balances.entries))
+        self.assertEqual(repr(eng.balances.fees), repr(truncating.balances.fees))
+        # 1.0000000200000001 received, less a fee of 0.00090000001800000009, to 19 places
+        self.assertEqual(str(eng.balances.available(1, "BCH")), "0.9991000199820000999")
+
+    @settings(max_examples=300, deadline=None)
+    @given(kind=st.sampled_from([AVAILABLE, FREEZE]),
+           gives=st.sampled_from(["BTC", "BCH"]),
+           start=st.tuples(*[st.one_of(st.none(), on_grid(12))] * 4),
+           given_=on_grid(12), got=values, fee=on_grid(12), moved=on_grid(12))
+    def test_whole_trade_and_move_are_the_truncating_ones(self, kind, gives, start, given_,
+                                                          got, fee, moved):
+        gets = "BCH" if gives == "BTC" else "BTC"
+        whole, truncating = Balances(ASSETS, whole=set(ASSETS)), new_balances()
+        for b in (whole, truncating):
+            for asset, (available, frozen) in ((gives, start[:2]), (gets, start[2:])):
+                if available is not None:
+                    b.set(7, AVAILABLE, asset, available)
+                if frozen is not None:
+                    b.set(7, FREEZE, asset, frozen)
+        self.assertEqual(*[repr(b.trade(7, kind, gives, given_, gets, got, fee, True))
+                           for b in (whole, truncating)])
+        self.assertEqual(*[(b.freeze(7, gets, moved), b.unfreeze(7, gives, moved))
+                           for b in (whole, truncating)])
+        self.assertEqual(repr(whole.entries), repr(truncating.entries))
+        self.assertEqual(repr(whole.fees), repr(truncating.fees))
