@@ -3,7 +3,8 @@
 
 Asks and bids are `SortedDict`s of price levels (bids keyed by the negated price, so the best
 level of either side is the first).  A level keeps its orders in arrival order (ascending id)
-and the sum of their `left`; a resting order points to its level.  Bid levels are also found
+and the sum of their `left`; a resting order points to its level, and the market to the
+best level of each side (`top_ask`, `top_bid`), which matching takes at every fill.  Bid levels are also found
 by their price: a negated price is a new `Decimal`, and hashing one costs more than the rest
 of an insertion.  Matching follows the original to the digit: the maker's price,
 fees on what each side receives, market buys spending money, and the same order of balance
@@ -110,6 +111,8 @@ class Market:
         self.asks = SortedDict()   # price -> Level
         self.bids = SortedDict()   # -price -> Level
         self.bid_levels = {}       # price -> Level, the same levels as `bids`
+        self.top_ask = None        # the first level of `asks`, None when it is empty
+        self.top_bid = None        # the first level of `bids`, None when it is empty
         self.orders = {}           # id -> Order
         self.users = {}            # user_id -> {id: Order}, ascending id
         self.version = 0           # bumped by every command that changes the book
@@ -123,11 +126,15 @@ class Market:
             level = self.asks.get(price)
             if level is None:
                 level = self.asks[price] = Level(price, price)
+                if self.top_ask is None or price < self.top_ask.price:
+                    self.top_ask = level
         else:
             level = self.bid_levels.get(price)
             if level is None:
                 level = self.bid_levels[price] = Level(price, -price)
                 self.bids[level.key] = level
+                if self.top_bid is None or price > self.top_bid.price:
+                    self.top_bid = level
         order.level = level
         level.orders[order_id] = order
         level.amount += order.left
@@ -145,10 +152,16 @@ class Market:
         if level.orders:
             level.amount -= order.left
         elif order.side == ASK:
-            del self.asks[level.key]
+            asks = self.asks
+            del asks[level.key]
+            if level is self.top_ask:
+                self.top_ask = asks.peekitem(0)[1] if asks else None
         else:
-            del self.bids[level.key]
+            bids = self.bids
+            del bids[level.key]
             del self.bid_levels[level.price]
+            if level is self.top_bid:
+                self.top_bid = bids.peekitem(0)[1] if bids else None
         del self.orders[order.id]
         user = self.users[order.user_id]
         del user[order.id]
@@ -164,10 +177,9 @@ class Market:
             yield from level.orders.values()
 
     def best(self, side):
-        book = self.side_book(side)
-        if not book:
-            return None
-        return next(iter(book.peekitem(0)[1].orders.values()))
+        """The first order of a side in matching priority, None when the side is empty."""
+        level = self.top_ask if side == ASK else self.top_bid
+        return None if level is None else next(iter(level.orders.values()))
 
     def user_orders(self, user_id):
         """The user's open orders, newest first."""
@@ -233,9 +245,9 @@ class Market:
         """Match a new limit order, then rest what is left.  Returns the deal counter."""
         self.version += 1
         if order.side == ASK:
-            next_deal_id = self._sell(order, self.bids, sink, real, next_deal_id)
+            next_deal_id = self._sell(order, sink, real, next_deal_id)
         else:
-            next_deal_id = self._buy(order, self.asks, sink, real, next_deal_id)
+            next_deal_id = self._buy(order, sink, real, next_deal_id)
         if not order.left:
             if real:
                 sink.order_finished(order)
@@ -256,7 +268,7 @@ class Market:
         """Match a market order against the book; it never rests.  Returns the deal counter."""
         self.version += 1
         if order.side == ASK:
-            next_deal_id = self._sell(order, self.bids, sink, real, next_deal_id)
+            next_deal_id = self._sell(order, sink, real, next_deal_id)
         else:
             next_deal_id = self._market_buy(order, sink, real, next_deal_id)
         if real:
@@ -264,12 +276,14 @@ class Market:
             sink.order_event(EVENT_FINISH, order, self)
         return next_deal_id
 
-    def _sell(self, taker, bids, sink, real, deal_id):
+    def _sell(self, taker, sink, real, deal_id):
         stock, money = self.stock, self.money
         limit = taker.price if taker.type == LIMIT else None
         now = taker.update_time
-        while taker.left and bids:
-            level = bids.peekitem(0)[1]
+        while taker.left:
+            level = self.top_bid
+            if level is None:
+                break
             maker = next(iter(level.orders.values()))
             price = maker.price
             if limit is not None and limit > price:
@@ -305,11 +319,13 @@ class Market:
             self._maker_done(maker, sink, real)
         return deal_id
 
-    def _buy(self, taker, asks, sink, real, deal_id):
+    def _buy(self, taker, sink, real, deal_id):
         limit = taker.price
         now = taker.update_time
-        while taker.left and asks:
-            level = asks.peekitem(0)[1]
+        while taker.left:
+            level = self.top_ask
+            if level is None:
+                break
             maker = next(iter(level.orders.values()))
             price = maker.price
             if limit < price:
@@ -320,10 +336,12 @@ class Market:
         return deal_id
 
     def _market_buy(self, taker, sink, real, deal_id):
-        asks, step = self.asks, self.stock_exp
+        step = self.stock_exp
         now = taker.update_time
-        while taker.left and asks:
-            level = asks.peekitem(0)[1]
+        while taker.left:
+            level = self.top_ask
+            if level is None:
+                break
             maker = next(iter(level.orders.values()))
             price = maker.price
             amount = (taker.left / price).quantize(step, ROUND_DOWN)

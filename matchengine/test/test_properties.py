@@ -89,6 +89,8 @@ class InvariantTests(SynchronousTestCase):
                 self.assertEqual(level.amount, sum(o.left for o in level.orders.values()))
             self.assertEqual({level.price: level for level in market.bids.values()},
                              market.bid_levels)
+            for book, top in ((market.asks, market.top_ask), (market.bids, market.top_bid)):
+                self.assertIs(top, book.peekitem(0)[1] if book else None)
             # the book is never crossed
             if market.asks and market.bids:
                 self.assertLess(market.bids.peekitem(0)[1].price,
