@@ -32,6 +32,7 @@ from utils.decimals import to_raw
 log = Logger()
 
 PAGE = 10000
+FIRST_PAGE = 500         # rows of the reader's first page: the replay waits for it
 PROGRESS_EVERY = 2.0     # seconds between progress lines while replaying
 ORDER_COLUMNS = ("id", "t", "side", "create_time", "update_time", "user_id", "market",
                  "price", "amount", "taker_fee", "maker_fee", "left", "freeze", "deal_stock",
@@ -207,15 +208,17 @@ def _parse_page(table, rows):
 
 
 def _read_log(db, tables, after, page, send):
-    """Send the log's pages, then the end mark; stops after a bad page."""
+    """Send the log's pages, then the end mark; stops after a bad page.  Pages start small
+    and grow by a quarter up to `page`: the replay starts without waiting for a whole page,
+    and each page is read while the one before, a little smaller, is replayed."""
     connection = db.pool.dbapi.connect(*db.pool.connargs, **db.pool.connkw)
     cursor = connection.cursor()
-    last = after
+    last, limit = after, min(FIRST_PAGE, page)
     for table in tables:
-        sql = db.dialect.sql("SELECT `id`, `time`, `detail` FROM `%s` WHERE `id` > %%s "
-                             "ORDER BY `id` LIMIT %d" % (table, page))
         while True:
-            cursor.execute(sql, (last,))
+            cursor.execute(db.dialect.sql("SELECT `id`, `time`, `detail` FROM `%s` WHERE "
+                                          "`id` > %%s ORDER BY `id` LIMIT %d"
+                                          % (table, limit)), (last,))
             rows = cursor.fetchall()
             if rows:
                 record = _parse_page(table, rows)
@@ -223,7 +226,8 @@ def _read_log(db, tables, after, page, send):
                 if record[0] == "bad":
                     return
                 last = int(rows[-1][0])
-            if len(rows) < page:
+            full, limit = len(rows) == limit, min(page, limit + max(1, limit // 4))
+            if not full:
                 break
     connection.close()
     send(("end",))

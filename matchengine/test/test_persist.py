@@ -126,6 +126,22 @@ class ReaderTests(TestCase):
         """The same through SQLite, the embedded exchange's store."""
         return defer.Deferred.fromCoroutine(self.replays_to_the_same_state(self.sqlite()))
 
+    def test_first_page_is_smaller(self):
+        """The reader's first page has FIRST_PAGE rows, and each next one a quarter more
+        (at least one) up to PAGE."""
+        self.patch(persist, "FIRST_PAGE", 2)
+
+        async def run():
+            db = self.sqlite()
+            await self.write_log(db, self.numbered())
+            eng, _ = await self.load(db)
+            self.assertEqual(state(eng), state(self.live))
+            self.assertEqual([m.split(" operations")[0] for m in self.messages[2:5]],
+                             ["replayed 2 of %d" % len(self.logged),
+                              "replayed 5 of %d" % len(self.logged),
+                              "replayed 9 of %d" % len(self.logged)])
+        return defer.Deferred.fromCoroutine(run())
+
     async def refused(self, db, rows, *fragments):
         await self.write_log(db, rows)
         with self.assertRaises(persist.RecoveryError) as caught:
