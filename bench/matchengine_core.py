@@ -32,13 +32,15 @@ def build(resting):
         eng.execute(102, [user, "BTC", "deposit", user, "100000000", {}], now)
         eng.execute(102, [user, "BCH", "deposit", user, "100000000000", {}], now)
     rng = random.Random(1)
+    take = eng.effects.take
     for i in range(resting):
         side = 1 + (i & 1)
         # asks far above, bids far below: they rest and never trade
         price = 20000 + rng.randrange(1, 5000) if side == 1 else 2000 - rng.randrange(1, 1900)
         eng.execute(201, [rng.randrange(1, 101), "BTCBCH", side, "1", str(price), "0.002",
                           "0.001", "deep"], now)
-    eng.effects.take()
+        take()      # as the daemon hands them over after each command
+    take()
     return eng
 
 
