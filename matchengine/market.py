@@ -3,11 +3,11 @@
 
 Asks and bids are `SortedDict`s of price levels (bids keyed by the negated price, so the best
 level of either side is the first).  A level keeps its orders in arrival order (ascending id)
-and the sum of their `left`; a resting order points to its level, and the market to the
-best level of each side (`top_ask`, `top_bid`), which matching takes at every fill.  Bid levels are also found
-by their price: a negated price is a new `Decimal`, and hashing one costs more than the rest
-of an insertion.  Matching follows the original to the digit: the maker's price,
-fees on what each side receives, market buys spending money, and the same order of balance
+and the sum of their `left`.  A resting order points to its level, and the market to the best
+level of each side (`top_ask`, `top_bid`), which matching takes at every fill.  Bid levels are
+also found by their price: a negated price is a new `Decimal`, and hashing one costs more than
+the rest of an insertion.  Matching follows the original to the digit: the maker's price, fees
+on what each side receives, market buys spending money, and the same order of balance
 movements, history rows and messages.
 
 Side effects leave through `sink` (see `matchengine.effects`); a market built with no sink
