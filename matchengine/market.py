@@ -68,6 +68,9 @@ class Order:
                         '"maker_fee": "%s", "left": "' % (
                             to_display(self.price), to_display(self.amount),
                             to_display(self.taker_fee), to_display(self.maker_fee))
+        if self.deal_stock is ZERO:     # no fill yet: the deal sums are still the shared zero
+            return '%s%s%s%s", "deal_stock": "0", "deal_money": "0", "deal_fee": "0"}' % (
+                self._head, format_real(self.update_time), self._mid, to_display(self.left))
         return '%s%s%s%s", "deal_stock": "%s", "deal_money": "%s", "deal_fee": "%s"}' % (
             self._head, format_real(self.update_time), self._mid, to_display(self.left),
             to_display(self.deal_stock), to_display(self.deal_money),
