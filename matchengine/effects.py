@@ -78,7 +78,7 @@ class Effects:
         fill = self._fill
         if fill is None or fill[0] is not price or fill[1] is not amount or fill[2] is not market:
             fill = self._fill = (price, amount, market, to_display(amount),
-                                 quote(market.name), to_display(price))
+                                 market.quoted_name, to_display(price))
         user_id = order.user_id
         shard = user_id % SHARDS
         detail = '{"a": "%s", "i": %d, "m": %s, "p": "%s"}' % (
@@ -101,8 +101,8 @@ class Effects:
         self._last_order = (order, text)
         self.messages.append((TOPIC_ORDERS, '{"event": %d, "order": %s, "stock": %s, '
                                             '"money": %s}' % (
-                                                event, text, quote(market.stock),
-                                                quote(market.money))))
+                                                event, text, market.quoted_stock,
+                                                market.quoted_money)))
 
     def order_finished(self, order):
         row = (order.id, order.create_time, order.update_time, order.user_id,
@@ -133,8 +133,8 @@ class Effects:
             amount_raw, deal_raw, bid_fee_raw, ask_fee_raw)))
         self.messages.append((TOPIC_DEALS, '[%s, %s, %d, %d, %d, %d, "%s", "%s", "%s", "%s", '
                                            '%d, %d, %s, %s]' % (
-                                               format_real(now), quote(market.name), ask.id,
+                                               format_real(now), market.quoted_name, ask.id,
                                                bid.id, ask.user_id, bid.user_id, price_raw,
                                                amount_raw, ask_fee_raw, bid_fee_raw, taker_side,
-                                               deal_id, quote(market.stock),
-                                               quote(market.money))))
+                                               deal_id, market.quoted_stock,
+                                               market.quoted_money)))

@@ -109,6 +109,9 @@ class Market:
         self.name = desc.name
         self.stock = desc.stock
         self.money = desc.money
+        # the three names as JSON strings, for the messages
+        self.quoted_name, self.quoted_stock, self.quoted_money = (
+            quote(desc.name), quote(desc.stock), quote(desc.money))
         self.stock_exp = exponent(desc.stock_prec)
         self.balances = balances
         self.asks = SortedDict()   # price -> Level
