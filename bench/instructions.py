@@ -49,7 +49,11 @@ def collected(mode, count, measure):
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
                sys.executable, os.path.abspath(__file__), "--inner", mode,
                "--orders", str(count)] + ([] if measure else ["--skip"])
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+    except FileNotFoundError:
+        raise SystemExit("instructions: valgrind is not installed (Debian: apt install "
+                         "valgrind)") from None
     found = re.search(r"Collected\s*:\s*(\d+)", result.stderr)
     if found is None:
         raise SystemExit("instructions: no count in callgrind's output:\n" + result.stderr)
