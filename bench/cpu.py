@@ -11,12 +11,10 @@ TICK = os.sysconf("SC_CLK_TCK")
 def process_cpu(pid, children=False):
     """CPU seconds (user + system) a live process has used; with `children`, those of the
     children it has waited for too.  None when it cannot be read."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    fields = testing.proc_stat(pid)
+    if fields is None:
         return None
-    # after the command name: state is field 3 of stat(5); utime..cstime are 14..17
+    # utime..cstime are fields 14..17 of proc(5), the first here being field 3
     used = int(fields[11]) + int(fields[12])
     if children:
         used += int(fields[13]) + int(fields[14])

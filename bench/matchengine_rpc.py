@@ -168,7 +168,7 @@ class CPUUsage:
         self._before = {label: cpu.process_cpu(pid) for label, pid in self.services.items()}
         # the daemon and its writer, alive: the writer's time is not yet in the daemon's
         self._before["daemon and writer"] = cpu.family_cpu(self.daemon_pid)
-        self._before["load generator"] = _own_cpu()
+        self._before["load generator"] = time.process_time()
 
     def stop(self):
         if self._before is None:
@@ -176,16 +176,11 @@ class CPUUsage:
         # the daemon was waited for, and had waited for its writer: both are counted here
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         after = {"daemon and writer": children.ru_utime + children.ru_stime,
-                 "load generator": _own_cpu()}
+                 "load generator": time.process_time()}
         after.update((label, cpu.process_cpu(pid)) for label, pid in self.services.items())
         for label in ("daemon and writer", "load generator", *self.services):
             if after[label] is not None and self._before[label] is not None:
                 self.used[label] = after[label] - self._before[label]
-
-
-def _own_cpu():
-    times = os.times()
-    return times.user + times.system
 
 
 if __name__ == "__main__":

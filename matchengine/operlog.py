@@ -4,10 +4,9 @@
 Entries gather in a batch until no commit is in flight (and, when `window` is set, for
 `window` seconds more), then the batch is written in one transaction: one multi-row INSERT
 into the table of the local date at flush time, created from `operlog_example` first when
-the date changed.  One batch is in
-flight at a time, so batches commit in order.  A batch that fails is retried every second,
-forever, with a critical log line each time (the engine refuses writes with "service
-unavailable" while too much waits).
+the date changed.  One batch is in flight at a time, so batches commit in order.  A batch
+that fails is retried every second, forever, with a critical log line each time (the engine
+refuses writes with "service unavailable" while too much waits).
 
 Each batch is a `Batch`: callers append functions to `batch.then(...)`, run in order once
 the batch is committed.  The matchengine replies to a write, sends its messages and queues

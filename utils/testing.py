@@ -97,17 +97,23 @@ async def until(predicate, seconds=30, what="condition"):
     raise AssertionError("%s not reached in %s s" % (what, seconds))
 
 
+def proc_stat(pid):
+    """The fields of /proc/<pid>/stat after the command name (the first is the state, field
+    3 of proc(5)), or None when the process is gone (Linux)."""
+    try:
+        with open("/proc/%s/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def children(pid):
     """The live (not zombie) processes whose parent is `pid` (Linux /proc)."""
     out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            try:
-                with open("/proc/%s/stat" % entry) as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
+            fields = proc_stat(entry)
+            if fields is not None and int(fields[1]) == pid and fields[0] != "Z":
                 out.append(int(entry))
     return out
 
