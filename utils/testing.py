@@ -10,6 +10,7 @@ a broken setup can never pass silently.
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -79,10 +80,44 @@ def mysql_connect_kwargs(database="misc"):
                 charset="utf8mb4")
 
 
+# ports handed out by free_port in this process, never handed out again
+_given = set()
+
+
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = map(int, f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return low, high
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port nobody listens on, for a server a test starts.
+
+    It is taken outside the kernel's ephemeral range: a port from that range may be taken
+    as the local end of any outgoing connection (of the server under test, or of anything
+    else on the machine) before the server binds it, and a test that connects to it before
+    the server listens may connect to itself.  A port is never handed out twice in a
+    process, so the servers of one test never get the same one.
+    """
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(20000, 32768) if not low <= p <= high]
+    if len(candidates) < 1000:
+        candidates = [p for p in range(high + 1, 65536)]
+    for port in random.sample(candidates, min(len(candidates), 200)):
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise RuntimeError("no free loopback port outside the ephemeral range %d-%d"
+                       % (low, high))
 
 
 async def until(predicate, seconds=30, what="condition"):

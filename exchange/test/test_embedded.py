@@ -3,6 +3,7 @@
 and websocket, stopped cleanly, killed, and restarted with nothing moved."""
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -74,16 +75,39 @@ class Exchange:
         self.out = open(os.path.join(self.data, "stdout"), "ab")
         self.proc = subprocess.Popen(args, stdout=self.out, stderr=subprocess.STDOUT, env=env)
         http = system.HTTP(self.ports["accesshttp"])
-        for name in ("accesshttp", "accessws"):
-            if not testing.wait_until(lambda: testing.answers("127.0.0.1", self.ports[name])
-                                      or self.proc.poll() is not None, 60):
-                raise AssertionError("embedded exchange: %s did not come up" % name)
-        if self.proc.poll() is not None:
-            raise AssertionError("embedded exchange exited: see %s" % self.data)
-        # marketprice answers once it has its market list
-        http.wait(lambda h: h.result("market.last", system.MARKET) is not None,
-                  "marketprice ready")
+        try:
+            for name in ("accesshttp", "accessws"):
+                if not testing.wait_until(lambda: testing.answers("127.0.0.1", self.ports[name])
+                                          or self.proc.poll() is not None, 60):
+                    raise AssertionError("%s did not come up" % name)
+            if self.proc.poll() is not None:
+                raise AssertionError("exited")
+            # marketprice answers once it has its market list
+            http.wait(lambda h: h.result("market.last", system.MARKET) is not None,
+                      "marketprice ready")
+        except AssertionError as e:
+            raise AssertionError("embedded exchange (exit status %r): %s\n%s"
+                                 % (self.proc.poll(), e, self.output()))
         return http
+
+    def output(self):
+        """What the process printed, and the warnings and errors it logged, for a failure's
+        message."""
+        self.out.flush()
+        text = []
+        with open(os.path.join(self.data, "stdout"), errors="replace") as f:
+            text.append(f.read()[-2000:])
+        try:
+            with open(os.path.join(self.data, "log", "exchange.log"), errors="replace") as f:
+                keep = False
+                for line in f:
+                    if line.startswith("["):
+                        keep = not re.search(r"\] \[(info|debug|trace)\]", line)
+                    if keep:
+                        text.append(line.rstrip("\n"))
+        except OSError:
+            pass
+        return "\n".join(text)
 
     def stop(self, sig=signal.SIGINT):
         if self.proc is not None and self.proc.poll() is None:
