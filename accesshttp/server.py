@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from accesshttp import openrpc
 from network.address import buffer_sizes, listen, listen_monitor
 from utils import http
+from utils.daemon import give_up
 from utils.jsonfmt import dumps
 from utils.rpc_client import ConnectionLost, NotConnected, RPCClient, RPCTimeout
 
@@ -99,9 +100,7 @@ class AccessHTTP(service.Service):
                                                **buffer_sizes(self.cfg["svr"])))
             self.ports += await listen_monitor(self.reactor, self.cfg["monitor"])
         except Exception:
-            self.log.failure("accesshttp could not listen")
-            if self.reactor.running:
-                self.reactor.stop()
+            give_up(self.reactor, self.log, "accesshttp could not listen")
             return
         self.log.info("accesshttp ready on {bind}", bind=", ".join(self.cfg["svr"]["bind"]))
 

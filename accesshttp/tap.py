@@ -10,7 +10,7 @@ connections, as the original's.
 from twisted.internet import reactor as global_reactor
 
 from accesshttp import config
-from utils.daemon import daemon_options, gateway_tree
+from utils.daemon import daemon_options, exit_status_on_failure, gateway_tree
 
 
 Options = daemon_options(
@@ -22,6 +22,8 @@ Options = daemon_options(
 
 def makeService(options, reactor=None):
     from accesshttp.server import AccessHTTP
-    reactor = reactor or global_reactor
+    if reactor is None:     # under twistd
+        exit_status_on_failure()
+        reactor = global_reactor
     return gateway_tree(options, reactor, "accesshttp", lambda listen: (
         AccessHTTP(options["loaded"], reactor=reactor, listen_enabled=listen), None))

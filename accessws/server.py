@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from accessws.depth import diff
 from network.address import buffer_sizes
 from utils import rpc
+from utils.daemon import give_up
 from utils.decimals import to_display
 from utils.jsonfmt import dumps
 from utils.rpc_client import ConnectionLost, NotConnected, RPCClient, RPCTimeout
@@ -185,9 +186,7 @@ class AccessWS(service.Service):
                                                    **buffers))
             self.ports += await listen_monitor(self.reactor, self.cfg["monitor"])
         except Exception:
-            self.log.failure("accessws could not listen")
-            if self.reactor.running:
-                self.reactor.stop()
+            give_up(self.reactor, self.log, "accessws could not listen")
             return
         self.log.info("accessws ready on {bind}", bind=", ".join(self.cfg["svr"]["bind"]))
 

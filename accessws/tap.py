@@ -11,7 +11,7 @@ Several accessws can also run behind a load balancer.
 from twisted.internet import reactor as global_reactor
 
 from accessws import config
-from utils.daemon import daemon_options, gateway_tree
+from utils.daemon import daemon_options, exit_status_on_failure, gateway_tree
 
 
 Options = daemon_options(
@@ -50,7 +50,9 @@ def kafka_consumers(reactor):
 
 def makeService(options, reactor=None):
     from accessws.server import AccessWS, tls_factory
-    reactor = reactor or global_reactor
+    if reactor is None:     # under twistd
+        exit_status_on_failure()
+        reactor = global_reactor
     cfg = options["loaded"]
 
     def build(listen):

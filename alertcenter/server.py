@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from network.address import buffer_sizes, listen, listen_udp, parse_address
 from utils.alert import MAGIC, MAX_SIZE
+from utils.daemon import give_up
 
 __all__ = ["AlertCenter", "KEY", "parse_line"]
 
@@ -106,9 +107,7 @@ class AlertCenter(service.Service):
                     self.ports.append(listen_udp(self.reactor, addr, _Datagrams(self),
                                                  **buffers))
         except Exception:
-            self.log.failure("alertcenter could not listen")
-            if self.reactor.running:
-                self.reactor.stop()
+            give_up(self.reactor, self.log, "alertcenter could not listen")
             return
         self.log.info("alertcenter ready on {bind}", bind=", ".join(self.cfg["svr"]["bind"]))
 

@@ -8,6 +8,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from exchange import embedded
+from utils.daemon import exit_status_on_failure
 
 
 class Options(usage.Options):
@@ -53,6 +54,7 @@ class _Banner(service.Service):
 
 
 def makeService(options):
+    exit_status_on_failure()
     top = embedded.build(options["data"], options["ports"], stderr=options["verbose"])
     _Banner(top.ports, options["data"]).setServiceParent(top)
     return top

@@ -23,6 +23,7 @@ from network.address import buffer_sizes
 from marketprice.kline import (GRANULARITIES, MONTH, WEEK, KLine, Market, parse_deal,
                                timezone_offset)
 from utils import decimals, rpc
+from utils.daemon import give_up
 from utils.jsonfmt import RawJSON, dumps
 from utils.rpc_server import RPCServerFactory, listen_rpc
 
@@ -94,9 +95,7 @@ class MarketPrice(service.Service):
         return d
 
     def _start_failed(self, failure):
-        self.log.failure("marketprice could not start", failure)
-        if self.reactor.running:
-            self.reactor.stop()
+        give_up(self.reactor, self.log, "marketprice could not start", failure)
 
     async def _start(self):
         names = await self._market_names()

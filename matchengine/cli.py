@@ -3,11 +3,15 @@
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from matchengine.market import ASK, BID
 from network.address import listen
 from utils.cli import CLIFactory
+from utils.daemon import give_up
 from utils.decimals import to_raw
+
+log = Logger()
 
 
 def commands(me):
@@ -87,7 +91,13 @@ class CLIService(service.Service):
 
         def listening(port):
             self.port = port
-        self.engine.when_ready().addCallback(start).addCallback(listening)
+
+        def failed(failure):
+            give_up(self.reactor, log, "matchengine cli could not listen", failure)
+
+        ready = self.engine.when_ready()
+        # a failure to start is the engine's own to report
+        ready.addCallbacks(start, lambda failure: None).addCallbacks(listening, failed)
 
     def stopService(self):
         service.Service.stopService(self)

@@ -23,6 +23,7 @@ from matchengine import engine as engine_module
 from matchengine import persist
 from matchengine.operlog import OperationLog
 from utils import rpc
+from utils.daemon import give_up
 from utils.rpc_server import NO_REPLY, RPCServerFactory, listen_rpc
 
 __all__ = ["MatchEngine"]
@@ -114,12 +115,10 @@ class MatchEngine(service.Service):
         return d
 
     def _start_failed(self, failure):
-        self.log.failure("matchengine could not start", failure)
+        give_up(self.reactor, self.log, "matchengine could not start", failure)
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
             d.errback(failure)
-        if self.reactor.running:
-            self.reactor.stop()
 
     def _every(self, seconds, function):
         from twisted.internet.task import LoopingCall

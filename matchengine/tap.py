@@ -7,7 +7,7 @@ from twisted.internet import reactor as global_reactor
 
 from matchengine import cli, config
 from utils import mysql
-from utils.daemon import daemon_options, service_tree
+from utils.daemon import daemon_options, exit_status_on_failure, service_tree
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf", "config.json")
 
@@ -28,7 +28,9 @@ def database(section, **kwargs):
 def makeService(options, reactor=None):
     from matchengine.server import MatchEngine
     from matchengine.outbox import WriterOutbox
-    reactor = reactor or global_reactor
+    if reactor is None:     # under twistd
+        exit_status_on_failure()
+        reactor = global_reactor
     cfg = options["loaded"]
     assets, markets = options["tables"]
     top = service_tree(cfg, options, reactor)

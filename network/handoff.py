@@ -327,11 +327,14 @@ class Adopter(_SocketReader, service.Service):
 
 class Listener(service.Service):
     """Binds `binds` and hands what they accept to `pool`; the addresses of a `monitor`
-    section are served here.  `buffers` are `read_mem`/`write_mem` keywords.  A bind that
-    fails is logged and stops the reactor."""
+    section are served here.  `buffers` are `read_mem`/`write_mem` keywords.  When a bind
+    fails, `on_failure(what)` is called while its exception is handled: the daemon gives
+    up."""
 
-    def __init__(self, reactor, binds, pool, monitor=None, name="listener", buffers=None):
+    def __init__(self, reactor, binds, pool, on_failure, monitor=None, name="listener",
+                 buffers=None):
         self.reactor = reactor
+        self.on_failure = on_failure
         self.binds = list(binds)
         self.buffers = buffers or {}
         self.pool = pool
@@ -355,9 +358,7 @@ class Listener(service.Service):
             if self.monitor is not None:
                 self.ports += await listen_monitor(self.reactor, self.monitor)
         except Exception:
-            log.failure("{name} could not listen", name=self.name)
-            if self.reactor.running:
-                self.reactor.stop()
+            self.on_failure("%s could not listen" % self.name)
             return
         log.info("{name} ready on {bind}, {count} workers", name=self.name,
                  bind=", ".join(self.binds), count=self.pool.count)

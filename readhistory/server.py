@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from network.address import buffer_sizes
 from readhistory.reader import QUERIES
 from utils import rpc
+from utils.daemon import give_up
 from utils.rpc_server import RPCServerFactory, listen_rpc
 
 __all__ = ["ReadHistory"]
@@ -53,9 +54,7 @@ class ReadHistory(service.Service):
         self.log.info("readhistory ready on {bind}", bind=", ".join(self.cfg["svr"]["bind"]))
 
     def _failed(self, failure):
-        self.log.failure("readhistory could not listen", failure)
-        if self.reactor.running:
-            self.reactor.stop()
+        give_up(self.reactor, self.log, "readhistory could not listen", failure)
 
     def stopService(self):
         service.Service.stopService(self)

@@ -4,7 +4,7 @@
 from twisted.internet import reactor as global_reactor
 
 from readhistory import config
-from utils.daemon import daemon_options, service_tree
+from utils.daemon import daemon_options, exit_status_on_failure, service_tree
 
 
 Options = daemon_options(
@@ -17,7 +17,9 @@ Options = daemon_options(
 def makeService(options, reactor=None):
     from readhistory.server import ReadHistory
     from utils import mysql
-    reactor = reactor or global_reactor
+    if reactor is None:     # under twistd
+        exit_status_on_failure()
+        reactor = global_reactor
     cfg = options["loaded"]
     top = service_tree(cfg, options, reactor)
     db = mysql.from_config(cfg.db_history, max_connections=cfg.worker_num)

@@ -8,6 +8,7 @@ every daemon starts from, with the log set up per the config's `log` block and F
 sent to alertcenter when the config has an `alert` block.
 """
 
+import atexit
 import os
 import sys
 
@@ -15,15 +16,61 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from utils.config import ConfigError
 
 __all__ = ["daemon_options", "service_tree", "OrderedMultiService", "gateway_tree",
-           "listener_tree", "worker_tree"]
+           "listener_tree", "worker_tree", "give_up", "exit_status_on_failure"]
 
 # a worker runs in its own process group: Ctrl-C in a terminal reaches the listener only,
 # which stops the workers itself
 WORKER_TWISTD = "import os; os.setpgrp(); from twisted.scripts.twistd import run; run()"
+
+
+log = Logger()
+
+# why the daemons of this process gave up, if they did
+_gave_up = []
+# whether this process is a daemon run by twistd (see `exit_status_on_failure`)
+_twistd = []
+
+
+def give_up(reactor, log, what, failure=None):
+    """Stop a daemon that cannot do its work (an address it cannot bind, state it cannot
+    load): log `what` with the failure (default: the exception being handled) as critical,
+    and stop the reactor, now or, when it does not run yet, as soon as it does.  Under
+    twistd it is also printed on stderr, and the process exits with status 1."""
+    if failure is None:
+        failure = Failure()
+    log.failure(what, failure)
+    if _twistd:
+        # the terminal of a daemon run in the foreground; its log is a file
+        print("%s: %s" % (what, failure.getErrorMessage()), file=sys.__stderr__, flush=True)
+    _gave_up.append(what)
+    if reactor.running:
+        reactor.stop()
+    else:
+        reactor.callWhenRunning(reactor.stop)
+
+
+def exit_status_on_failure():
+    """Make this twistd process exit with status 1 when one of its daemons gave up.
+
+    twistd exits with 0 whenever its reactor stops.  The plugins' makeService calls this
+    when it runs under twistd, so that a daemon that could not start is seen as failed (by a
+    shell, a supervisor, the watchdog's log); tests, which pass their own reactor, do not.
+    """
+    if not _twistd:
+        _twistd.append(True)
+        atexit.register(_exit_if_gave_up)
+
+
+def _exit_if_gave_up():
+    if _gave_up:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 class OrderedMultiService(service.MultiService):
@@ -147,7 +194,8 @@ def listener_tree(cfg, options, reactor, module):
     top = service_tree(cfg, options, reactor, max_size=0, keep=0)
     pool = WorkerPool(reactor, lambda index: worker_command(module, options, index),
                       cfg["worker_num"], name=module + " worker")
-    Listener(reactor, cfg["svr"]["bind"], pool, cfg["monitor"], name=module + " listener",
+    Listener(reactor, cfg["svr"]["bind"], pool, lambda what: give_up(reactor, log, what),
+             cfg["monitor"], name=module + " listener",
              buffers=buffer_sizes(cfg["svr"])).setServiceParent(top)
     return top
 

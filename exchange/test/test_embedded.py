@@ -5,6 +5,7 @@ and websocket, stopped cleanly, killed, and restarted with nothing moved."""
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -55,6 +56,10 @@ class ConfigTests(SynchronousTestCase):
             self.assertIn("%s_example" % table, names)
 
 
+class Exited(Exception):
+    """The exchange's process ended while a test waited for it."""
+
+
 class Exchange:
     """`twistd -n exchange` as a real process on free ports."""
 
@@ -77,18 +82,21 @@ class Exchange:
         http = system.HTTP(self.ports["accesshttp"])
         try:
             for name in ("accesshttp", "accessws"):
-                if not testing.wait_until(lambda: testing.answers("127.0.0.1", self.ports[name])
-                                          or self.proc.poll() is not None, 60):
+                if not testing.wait_until(lambda: self.alive() and testing.answers(
+                        "127.0.0.1", self.ports[name]), 60):
                     raise AssertionError("%s did not come up" % name)
-            if self.proc.poll() is not None:
-                raise AssertionError("exited")
             # marketprice answers once it has its market list
-            http.wait(lambda h: h.result("market.last", system.MARKET) is not None,
-                      "marketprice ready")
-        except AssertionError as e:
+            http.wait(lambda h: self.alive() and h.result("market.last", system.MARKET)
+                      is not None, "marketprice ready")
+        except (AssertionError, Exited) as e:
             raise AssertionError("embedded exchange (exit status %r): %s\n%s"
-                                 % (self.proc.poll(), e, self.output()))
+                                 % (self.proc.poll(), str(e) or "exited", self.output()))
         return http
+
+    def alive(self):
+        if self.proc.poll() is not None:
+            raise Exited()
+        return True
 
     def output(self):
         """What the process printed, and the warnings and errors it logged, for a failure's
@@ -163,6 +171,22 @@ class EmbeddedTests(SynchronousTestCase):
         # the idempotent deposits of the first round are still refused as repeats
         reply = http.call("balance.update", 1, "BCH", "deposit", 1, "100000", {})
         self.assertEqual(reply["error"], {"code": 10, "message": "repeat update"})
+
+    def test_port_in_use(self):
+        """A port it cannot bind stops the whole exchange with status 1, saying why on the
+        terminal, even when the failing listener is one nothing waits for."""
+        for name in ("readhistory", "accesshttp_monitor"):
+            exchange = Exchange(os.path.abspath(self.mktemp()))
+            self.addCleanup(exchange.stop, signal.SIGKILL)
+            busy = socket.socket()
+            self.addCleanup(busy.close)
+            busy.bind(("127.0.0.1", exchange.ports[name]))
+            busy.listen()
+            error = self.assertRaises(AssertionError, exchange.start)
+            self.assertIn("exit status 1", str(error))
+            with open(os.path.join(exchange.data, "stdout")) as f:
+                self.assertIn("could not listen: Couldn't listen on 127.0.0.1:%d"
+                              % exchange.ports[name], f.read())
 
     def test_third_party_client(self):
         """A client written for the original (requests.post of JSON-RPC bodies) works."""

@@ -8,12 +8,14 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, Logger, capturedLogs
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from readhistory import config as readhistory_config
 from readhistory import tap as readhistory_tap
 from utils.config import ConfigError
+from utils import daemon
 from utils.daemon import OrderedMultiService, daemon_options, service_tree
 
 
@@ -108,6 +110,38 @@ class ServiceTreeTests(SynchronousTestCase):
         self.successResultOf(done)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertFalse(any(child.running for child in top))
+
+
+class GiveUpTests(SynchronousTestCase):
+
+    def setUp(self):
+        self.patch(daemon, "_gave_up", [])
+
+    def give_up(self, reactor):
+        try:
+            raise OSError("address in use")
+        except OSError:
+            with capturedLogs() as events:
+                daemon.give_up(reactor, Logger(), "x could not listen")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        return events
+
+    def test_before_the_reactor_runs(self):
+        """A daemon failing while the services start stops the reactor once it runs."""
+        reactor = MemoryReactorClock()
+        events = self.give_up(reactor)
+        self.assertFalse(reactor.hasStopped)
+        self.assertEqual([e["log_level"] for e in events], [LogLevel.critical])
+        self.assertIsInstance(events[0]["log_failure"].value, OSError)
+        self.assertEqual(daemon._gave_up, ["x could not listen"])
+        reactor.run()
+        self.assertTrue(reactor.hasStopped)
+
+    def test_while_running(self):
+        reactor = MemoryReactorClock()
+        reactor.run()
+        self.give_up(reactor)
+        self.assertTrue(reactor.hasStopped)
 
 
 class WorkerTreeTests(SynchronousTestCase):
