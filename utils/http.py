@@ -32,7 +32,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from network.output import write_now
-from utils.jsonfmt import dumps
+from utils.jsonfmt import dumps, loads
 
 __all__ = ["JSONRPCRequest", "HTTPServerFactory", "HTTPServerProtocol", "error_body",
            "REASONS"]
@@ -71,8 +71,9 @@ class _BadRequest(Exception):
 def parse_envelope(body: bytes):
     """(id, method, params) of a JSON-RPC body, or _BadRequest."""
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        # decoded as json.loads decodes bytes; read as strictly as the original reads it
+        data = loads(body.decode(json.detect_encoding(body), "surrogatepass"))
+    except ValueError:
         raise _BadRequest("body is not JSON")
     if not isinstance(data, dict):
         raise _BadRequest("body is not a JSON object")

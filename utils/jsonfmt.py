@@ -1,11 +1,14 @@
 # -*- test-case-name: utils.test.test_jsonfmt -*-
-"""JSON text exactly as the original's jansson writes it.
+"""JSON text exactly as the original's jansson writes it, and read as strictly as it reads.
 
 Compact form separates items with ", " and keys with ": "; the pretty form (a module's
 `debug` setting) indents by four spaces.  Non-ASCII text is written as raw UTF-8.  Reals
 (every time stamp) are written with C's "%.17g", with ".0" added when the result looks like
 an integer, and an exponent without "+" or leading zeros: 1795561714.368599 is written
 1795561714.3685989.
+
+`loads` refuses what jansson refuses: integers beyond 64 bits, reals beyond a double, NaN
+and Infinity, nesting deeper than the parser allows.
 
 Objects without floats take the C encoder; objects with floats are written by a small
 recursive writer (floats only appear in small messages: order info, deals, balances).
@@ -14,13 +17,47 @@ recursive writer (floats only appear in small messages: order info, deals, balan
 import json
 import math
 
-__all__ = ["dumps", "format_real", "quote", "RawJSON"]
+__all__ = ["dumps", "format_real", "loads", "quote", "RawJSON"]
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
 _pretty = json.JSONEncoder(ensure_ascii=False, indent=4, separators=(",", ": "),
                            allow_nan=False)
 # a string as JSON text, non-ASCII kept as it is (ensure_ascii=False)
 quote = json.encoder.encode_basestring
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _int64(text):
+    value = int(text)
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise ValueError("integer %s out of 64-bit range" % text)
+    return value
+
+
+def _finite_real(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("real %s out of range" % text)
+    return value
+
+
+def _no_constant(name):
+    raise ValueError("%s is not JSON" % name)
+
+
+_strict = json.JSONDecoder(parse_int=_int64, parse_float=_finite_real,
+                           parse_constant=_no_constant)
+
+
+def loads(text: str):
+    """The value of a JSON text, refused (ValueError) where jansson refuses it: an integer
+    beyond 64 bits (a backend would refuse the whole packet), a real beyond a double, NaN or
+    Infinity, nesting too deep."""
+    try:
+        return _strict.decode(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 _last_real = (None, "")    # (float, its text): a command writes its time in many places

@@ -19,14 +19,14 @@ import json
 import struct
 import zlib
 
-from utils.jsonfmt import RawJSON, dumps
+from utils.jsonfmt import RawJSON, dumps, loads
 
 __all__ = [
     "MAGIC", "HEADER_SIZE", "REQUEST", "REPLY", "PUSH", "HEARTBEAT", "Packet", "ProtocolError",
     "BadMagic", "BadChecksum", "PacketTooLarge", "TruncatedPacket", "StreamDecoder",
     "decode_packet", "encode", "heartbeat_request", "heartbeat_timeout_of", "reply_body",
     "RPCError", "INVALID_ARGUMENT", "INTERNAL_ERROR", "SERVICE_UNAVAILABLE",
-    "METHOD_NOT_FOUND", "SERVICE_TIMEOUT", "parse_params", "MAX_BODY_SIZE",
+    "METHOD_NOT_FOUND", "SERVICE_TIMEOUT", "parse_params", "MAX_BODY_SIZE", "signed64",
 ]
 
 MAGIC = 0x70656562
@@ -241,7 +241,8 @@ def heartbeat_timeout_of(body: bytes):
     return timeout
 
 
-def _signed64(value):
+def signed64(value):
+    """An integer as a C int64_t holds it (the original's jansson integers)."""
     value &= 0xFFFFFFFFFFFFFFFF
     return value - (1 << 64) if value >= 1 << 63 else value
 
@@ -253,27 +254,10 @@ def reply_body(req_id, result=None, error=None, pretty=False) -> bytes:
     if result.__class__ is RawJSON and error is None:
         if not pretty:
             return b'{"error": null, "result": %s, "id": %d}' % (result.text,
-                                                                  _signed64(req_id))
+                                                                  signed64(req_id))
         result = result.value()
     return dumps({"error": error, "result": None if error else result,
-                  "id": _signed64(req_id)}, pretty).encode()
-
-
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
-
-
-def _strict_int(text):
-    value = int(text)
-    if not _INT64_MIN <= value <= _INT64_MAX:
-        raise ValueError("integer %s out of 64-bit range" % text)
-    return value
-
-
-def _no_constant(name):
-    raise ValueError("%s is not JSON" % name)
-
-
-_PARAMS_DECODER = json.JSONDecoder(parse_int=_strict_int, parse_constant=_no_constant)
+                  "id": signed64(req_id)}, pretty).encode()
 
 
 def parse_params(body: bytes) -> list:
@@ -284,7 +268,7 @@ def parse_params(body: bytes) -> list:
     if not isinstance(body, str):
         # as json.loads: UTF-8, -16 or -32, told apart by the first bytes
         body = body.decode(json.detect_encoding(body), "surrogatepass")
-    value = _PARAMS_DECODER.decode(body)
+    value = loads(body)
     if not isinstance(value, list):
         raise ValueError("request body is not a JSON array")
     return value

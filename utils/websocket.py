@@ -51,7 +51,6 @@ so that a port that cannot be bound stops twistd; `listen_ws` is for tools and t
 
 import inspect
 import itertools
-import json
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -65,7 +64,7 @@ from network.address import AddressError, listen, parse_address
 from network.output import pending_output, write_now
 from network.timer import Timer
 from utils import rpc
-from utils.jsonfmt import RawJSON, dumps
+from utils.jsonfmt import RawJSON, dumps, loads
 from utils.rpc_server import NO_REPLY
 
 __all__ = ["WSServerFactory", "WSServerProtocol", "WSSession", "WSRequest", "BadRequest",
@@ -77,7 +76,6 @@ log = Logger()
 IDLE_CHECK_INTERVAL = 60.0
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSED = WebSocketProtocol.STATE_CLOSED
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 # Headers naming the client behind a proxy, in the order the original consults them.
 _CLIENT_IP_HEADERS = ("x-connecting-ip", "x-forwarded-for", "x-proxy-ip", "x-real-ip")
 
@@ -88,17 +86,6 @@ class BadRequest(ValueError):
     """A message that is not a request; the session that sent it is closed."""
 
 
-def _int64(text):
-    value = int(text)
-    if not _INT64_MIN <= value <= _INT64_MAX:
-        raise BadRequest("integer %s out of 64-bit range" % text)
-    return value
-
-
-def _no_constant(name):
-    raise BadRequest("%s is not JSON" % name)
-
-
 def parse_request(payload: bytes):
     """`(id, method, params)` of one request message; raises BadRequest if it is not one."""
     try:
@@ -106,8 +93,8 @@ def parse_request(payload: bytes):
     except UnicodeDecodeError:
         raise BadRequest("message is not UTF-8") from None
     try:
-        value = json.loads(text, parse_int=_int64, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as e:
+        value = loads(text)
+    except ValueError as e:
         raise BadRequest("message is not JSON: %s" % e) from None
     if not isinstance(value, dict):
         raise BadRequest("message is not a JSON object")

@@ -104,7 +104,15 @@ class GatewayTests(SynchronousTestCase):
         """Malformed requests: empty 400 and close; unknown method: 404 error 4."""
         for data in (post(b"not json"), post({"id": 1, "method": "balance.query"}),
                      post({"id": 1, "method": "balance.query", "params": {}}), post(b"[]"),
-                     b"GET / HTTP/1.1\r\n\r\n"):
+                     b"GET / HTTP/1.1\r\n\r\n",
+                     # what the original cannot parse is never sent on: a backend closes
+                     # the connection of a packet it cannot parse, failing other clients
+                     post(b'{"id": 1, "method": "balance.query", '
+                          b'"params": [18446744073709551616]}'),
+                     post(b'{"id": 1, "method": "balance.query", "params": [1e400]}'),
+                     post(b'{"id": 1, "method": "balance.query", "params": [NaN]}'),
+                     post(b'{"id": 9223372036854775808, "method": "balance.query", '
+                          b'"params": [1]}')):
             answers, transport = self.request(data)
             self.assertEqual(answers, [(400, b"")])
             self.assertTrue(transport.disconnecting)

@@ -74,3 +74,23 @@ class DumpsTests(SynchronousTestCase):
         """Whatever we write, a JSON parser reads back unchanged."""
         self.assertEqual(json.loads(dumps(obj)), obj)
         self.assertEqual(json.loads(dumps(obj, True)), obj)
+
+
+class LoadsTests(SynchronousTestCase):
+
+    def test_within_jansson_limits(self):
+        self.assertEqual(jsonfmt.loads('[9223372036854775807, -9223372036854775808, 1.5e308,'
+                                       ' "x", {"a": null}]'),
+                         [(1 << 63) - 1, -(1 << 63), 1.5e308, "x", {"a": None}])
+
+    def test_refused(self):
+        """What jansson cannot read is a ValueError naming why."""
+        for text, why in [("[9223372036854775808]", "out of 64-bit range"),
+                          ("[-9223372036854775809]", "out of 64-bit range"),
+                          ("[1e400]", "out of range"), ("[-1e400]", "out of range"),
+                          ("[NaN]", "NaN is not JSON"), ("[-Infinity]", "is not JSON"),
+                          ("[" * 100000 + "]" * 100000, "nested too deeply"),
+                          ("[1", "Expecting")]:
+            with self.assertRaises(ValueError, msg=text[:30]) as caught:
+                jsonfmt.loads(text)
+            self.assertIn(why, str(caught.exception))

@@ -149,6 +149,6 @@ class BodyTests(SynchronousTestCase):
     def test_params_strict(self):
         """Request bodies must be JSON arrays with 64-bit integers and no NaN."""
         self.assertEqual(rpc.parse_params(b'[1, "a", 1.5]'), [1, "a", 1.5])
-        for bad in [b"{}", b"1", b"[NaN]", b"[Infinity]",
-                    b"[99999999999999999999]", b"[", b"\xff"]:
+        for bad in [b"{}", b"1", b"[NaN]", b"[Infinity]", b"[1e400]",
+                    b"[99999999999999999999]", b"[", b"\xff", b"[" * 100000]:
             self.assertRaises(ValueError, rpc.parse_params, bad)
