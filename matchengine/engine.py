@@ -13,6 +13,7 @@ no history, no messages, no log entry (the original's "not real" mode).
 import collections
 import decimal
 import json
+import sys
 from itertools import islice
 
 from matchengine.balance import AVAILABLE, FREEZE, Balances
@@ -21,7 +22,7 @@ from matchengine.market import ASK, BID, LIMIT, MARKET, Market, Order
 from utils import decimals
 from utils.decimals import ZERO, exponent, to_display
 from utils.jsonfmt import RawJSON, quote
-from utils.rpc import INVALID_ARGUMENT, RPCError
+from utils.rpc import INVALID_ARGUMENT, RPCError, signed64
 
 __all__ = ["Engine", "WRITE_COMMANDS", "REPLAY_METHODS", "load_detail", "sorted_json",
            "whole_assets"]
@@ -108,6 +109,12 @@ def _source(value):
     if len(value) * 4 > SOURCE_MAX and len(value.encode("utf-8")) > SOURCE_MAX:
         raise INVALID_ARGUMENT()
     return value
+
+
+def _page(items, offset, limit):
+    """The items after the first `offset`, at most `limit`; an offset given negative is
+    unsigned 64-bit, as in the original, and so beyond every list."""
+    return islice(items, min(offset, sys.maxsize), min(offset + limit, sys.maxsize))
 
 
 def _count(params, n):
@@ -374,9 +381,9 @@ class Engine:
             raise INVALID_ARGUMENT()
         orders = market.users.get(user_id, {})
         records = ", ".join(o.info_json()
-                            for o in islice(reversed(orders.values()), offset, offset + limit))
+                            for o in _page(reversed(orders.values()), offset, limit))
         return RawJSON('{"limit": %d, "offset": %d, "total": %d, "records": [%s]}'
-                       % (limit, offset, len(orders), records))
+                       % (limit, signed64(offset), len(orders), records))
 
     def book(self, params, now, real):
         _count(params, 4)
@@ -389,10 +396,9 @@ class Engine:
         if limit > LIST_MAX:
             raise INVALID_ARGUMENT()
         total = market.side_summary(side)[0]
-        orders = ", ".join(o.info_json()
-                           for o in islice(market.iter_side(side), offset, offset + limit))
+        orders = ", ".join(o.info_json() for o in _page(market.iter_side(side), offset, limit))
         return RawJSON('{"offset": %d, "limit": %d, "total": %d, "orders": [%s]}'
-                       % (offset, limit, total, orders))
+                       % (signed64(offset), limit, total, orders))
 
     def depth(self, params, now, real):
         _count(params, 3)

@@ -133,6 +133,23 @@ class UnitTests(SynchronousTestCase):
         self.assertEqual((dict(self.eng.balances.entries), self.eng.order_id,
                           self.eng.deal_id), before)
 
+    def test_offsets_beyond_the_lists(self):
+        """An offset is unsigned 64-bit: a negative one skips every order, and the answer
+        echoes it as the original's signed JSON integer does."""
+        self.deposit(1, "BTC", "5", 1)
+        for price in ("8000", "8001"):
+            self.run_cmd(201, 1, "BTCBCH", 1, "1", price, "0", "0", "")
+        for offset, echoed, count in [(1, 1, 1), (5, 5, 0), (-1, -1, 0),
+                                      ((1 << 64) - 1, -1, 0), ((1 << 63) - 1, (1 << 63) - 1, 0)]:
+            pending = self.run_cmd(203, 1, "BTCBCH", offset, 10)["result"]
+            self.assertEqual((pending["offset"], pending["total"], len(pending["records"])),
+                             (echoed, 2, count), offset)
+            book = self.run_cmd(205, "BTCBCH", 1, offset, 10)["result"]
+            self.assertEqual((book["offset"], book["total"], len(book["orders"])),
+                             (echoed, 2, count), offset)
+        self.assertEqual(self.run_cmd(205, "BTCBCH", 1, 1, 10)["result"]["orders"][0]["price"],
+                         "8001")
+
     def test_market_buy_worked_example(self):
         """The spec's worked market buy: 1 @ 8000 then 0.00131077 @ 8010.5."""
         self.deposit(2, "BTC", "10", 1)
