@@ -145,3 +145,69 @@ class InvariantTests(SynchronousTestCase):
         for detail, t in log:
             again.replay(*engine.load_detail(detail), t)
         self.assertEqual(state(again), state(eng))
+
+
+# parameters of every kind a JSON request can carry, biased toward the values that matter
+json_scalars = st.one_of(
+    st.none(), st.booleans(),
+    st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1),
+    st.sampled_from([0, 1, 2, 3, -1, 101, 102, (1 << 32), (1 << 63) - 1, -(1 << 63)]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=40),
+    st.sampled_from(["", "0", "1", "-1", "0.001", "1e9", "1e-30", "NaN", "-Infinity", "sNaN",
+                     "1" * 60, "BTC", "BCH", "BTCBCH", "LTCBCH", "deposit", "withdraw"]))
+json_values = st.one_of(json_scalars, json_scalars, json_scalars, st.recursive(
+    json_scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                          st.dictionaries(st.text(max_size=5), inner,
+                                                          max_size=3)),
+    max_leaves=6))
+
+
+# a valid request of each command; the test changes some of its params
+VALID = {101: [1, "BTC"], 102: [1, "BTC", "deposit", 99, "1.5", {}], 104: [], 105: [],
+         201: [1, "BTCBCH", 1, "0.5", "8000", "0.002", "0.001", "s"],
+         202: [2, "BTCBCH", 2, "100", "0.002", "s"], 203: [1, "BTCBCH", 0, 10],
+         204: [1, "BTCBCH", 1], 205: ["BTCBCH", 1, 0, 10], 206: ["BTCBCH", 10, "0"],
+         207: ["BTCBCH", 1], 307: [], 308: []}
+
+
+@st.composite
+def requests(draw):
+    """A command with its valid params, some of them replaced, a few added or dropped."""
+    command = draw(st.sampled_from(sorted(VALID)))
+    params = [draw(json_values) if draw(st.integers(0, 2)) == 0 else value
+              for value in VALID[command]]
+    if draw(st.integers(0, 5)) == 0:
+        params = params[:draw(st.integers(0, len(params)))]
+    if draw(st.integers(0, 5)) == 0:
+        params += draw(st.lists(json_values, min_size=1, max_size=2))
+    return command, params
+
+
+class AnyParamsTests(SynchronousTestCase):
+
+    def test_every_command_covered(self):
+        self.assertEqual(set(VALID), set(engine.Engine(*config.example_tables()).handlers))
+
+    @settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(requests())
+    def test_answered_or_refused(self, request):
+        """Whatever a request carries, a command answers or refuses it with an RPC error
+        (never an internal error), and a refusal changes nothing."""
+        command, params = request
+        eng = engine.Engine(*config.example_tables())
+        for user in (1, 2):
+            eng.execute(102, [user, "BTC", "deposit", user, "100", {}], 1.0)
+            eng.execute(102, [user, "BCH", "deposit", user + 10, "100000", {}], 1.0)
+        eng.execute(201, [1, "BTCBCH", ASK, "1", "8000", "0", "0", ""], 1.0)
+        eng.execute(201, [2, "BTCBCH", BID, "1", "7000", "0", "0", ""], 1.0)
+        eng.effects.take()
+        before = repr(state(eng))
+        try:
+            result = eng.execute(command, params, 2.0)
+        except RPCError as e:
+            self.assertIn(e.code, (1, 10, 11, 12), (command, params))
+            self.assertEqual(repr(state(eng)), before)
+            self.assertEqual(eng.effects.take(), ([], []))
+        else:
+            rpc.reply_body(0, result, None, False)
