@@ -1,4 +1,4 @@
-# -*- test-case-name: readhistory.test.test_reader -*-
+# -*- test-case-name: readhistory.test.test_server -*-
 """The history queries: parameters checked as the original checks them, SQL, result rows.
 
 Each command is a `Query`: `parse(params)` validates and returns what the SQL needs (raising

@@ -94,6 +94,21 @@ class IntegrationTests(TestCase):
             got = await client.call(HISTORY_METHODS[request["method"]], request["params"],
                                     10.0, req_id=request["id"])
             self.assertEqual(norm(got), norm(expected), request)
+        # parameters at the edges of what is accepted reach MariaDB as valid statements
+        int64_min, int64_max = -(1 << 63), (1 << 63) - 1
+        for command, params, key in [
+                (103, [1, "", "", 0, 0, -1, 10], "records"),
+                (103, [-1, "BTC", "trade", int64_min, int64_max, int64_max, 101], "records"),
+                (208, [1, "BTCBCH", -5, int64_max, -1, 1, 2], "records"),
+                (209, [-1, -1, 1], "records"),
+                (210, [int64_max], None),
+                (306, [-1, "BTCBCH", int64_max, 101], "records")]:
+            got = await client.call(command, params, 10.0)
+            self.assertIsNone(got["error"], (command, params))
+            if key is None:
+                self.assertIsNone(got["result"], (command, params))
+            else:
+                self.assertEqual(got["result"][key], [], (command, params))
         await h.stop()
 
     def test_transcript_history_calls(self):
