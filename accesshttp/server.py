@@ -25,7 +25,8 @@ from network.address import buffer_sizes, listen, listen_monitor
 from utils import http
 from utils.daemon import give_up
 from utils.jsonfmt import dumps
-from utils.rpc_client import ConnectionLost, NotConnected, RPCClient, RPCTimeout
+from utils.rpc_client import (ConnectionLost, NotConnected, RequestTooLarge, RPCClient,
+                              RPCTimeout)
 
 __all__ = ["AccessHTTP", "METHODS"]
 
@@ -73,7 +74,8 @@ class AccessHTTP(service.Service):
             c = cfg[name]
             self.backends[name] = RPCClient(reactor, c["name"], list(c["addr"]),
                                             c["max_pkg_size"], c["heartbeat_timeout"],
-                                            c["reconnect_timeout"], **buffer_sizes(c))
+                                            c["reconnect_timeout"], **buffer_sizes(c),
+                                            max_request_size=c["max_request_size"])
         handlers = {method: self._forwarder(method, backend, command)
                     for method, (backend, command) in METHODS.items()}
         self.discover_body = None
@@ -132,6 +134,9 @@ class AccessHTTP(service.Service):
             self.log.warn("accesshttp: {backend} is not connected ({method})",
                           backend=backend, method=method)
             return 500, b""
+        if failure.check(RequestTooLarge):
+            self.log.info("accesshttp: {error}", error=failure.getErrorMessage())
+            return 200, http.error_body(1, "invalid argument", request.id)
         if failure.check(RPCTimeout, ConnectionLost):
             self.log.warn("accesshttp: {backend} did not answer {method} in time",
                           backend=backend, method=method)

@@ -26,7 +26,8 @@ from utils import rpc
 from utils.daemon import give_up
 from utils.decimals import to_display
 from utils.jsonfmt import dumps
-from utils.rpc_client import ConnectionLost, NotConnected, RPCClient, RPCTimeout
+from utils.rpc_client import (ConnectionLost, NotConnected, RequestTooLarge, RPCClient,
+                              RPCTimeout)
 from utils.websocket import NO_REPLY, WSServerFactory, with_request
 
 __all__ = ["AccessWS"]
@@ -106,7 +107,8 @@ class AccessWS(service.Service):
             for role in ("query", "poll"):
                 self.clients[name, role] = RPCClient(
                     reactor, "%s %s" % (c["name"], role), list(c["addr"]), c["max_pkg_size"],
-                    c["heartbeat_timeout"], c["reconnect_timeout"], **buffer_sizes(c))
+                    c["heartbeat_timeout"], c["reconnect_timeout"], **buffer_sizes(c),
+                    max_request_size=c["max_request_size"])
         self.cache = {}
         self.subs = {family: {} for family in FAMILIES}      # key -> set of sessions
         self.stored = {family: {} for family in FAMILIES}    # key -> last value seen
@@ -258,6 +260,8 @@ class AccessWS(service.Service):
             return NO_REPLY
 
         def failed(failure):
+            if failure.check(RequestTooLarge):
+                raise rpc.INVALID_ARGUMENT()
             if failure.check(RPCTimeout, ConnectionLost):
                 raise rpc.SERVICE_TIMEOUT()
             if failure.check(NotConnected):

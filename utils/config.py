@@ -587,6 +587,9 @@ RPC_CLIENT = Section({
     "write_mem": UInt(0),
     "reconnect_timeout": Real(0.0, convert=_default_when_zero(1.0)),
     "heartbeat_timeout": Real(0.0, convert=_heartbeat_timeout),
+    # the largest request packet sent; a larger one is refused here, never sent (a backend
+    # closes the connection of a packet over its max_pkg_size, failing every request on it)
+    "max_request_size": UInt(10240),
 })
 
 MYSQL = Section({

@@ -9,7 +9,8 @@ tried.  Requests are matched to replies by their sequence number through a
 
 `call(command, params, timeout)` fires with the decoded reply object
 (`{"error": ..., "result": ..., "id": ...}`); `call_raw` with the reply body's bytes.  A
-call made while not connected fails at once with `NotConnected`; one whose reply does not
+call made while not connected fails at once with `NotConnected`, and one whose packet would
+exceed `max_request_size` with `RequestTooLarge`, unsent; one whose reply does not
 come in time fails with `RPCTimeout`.  Requests in flight on a connection that is lost fail
 at once with `ConnectionLost` rather than waiting for their timeout.
 """
@@ -26,11 +27,15 @@ from network.state import StateTable
 from network.timer import Timer
 from utils import rpc
 
-__all__ = ["RPCClient", "NotConnected", "RPCTimeout", "ConnectionLost"]
+__all__ = ["RPCClient", "NotConnected", "RPCTimeout", "ConnectionLost", "RequestTooLarge"]
 
 
 class NotConnected(Exception):
     """The backend is not connected."""
+
+
+class RequestTooLarge(Exception):
+    """A request over the client's `max_request_size`, which the backend would not take."""
 
 
 class RPCTimeout(Exception):
@@ -64,10 +69,11 @@ class RPCClient:
     log = Logger()
 
     def __init__(self, reactor, name, addresses, max_pkg_size, heartbeat_timeout=3.0,
-                 reconnect_timeout=1.0, read_mem=0, write_mem=0):
+                 reconnect_timeout=1.0, read_mem=0, write_mem=0, max_request_size=0):
         self.reactor = reactor
         self.name = name
         self.max_pkg_size = max_pkg_size
+        self.max_request_size = max_request_size        # 0: no bound
         if not heartbeat_timeout or heartbeat_timeout <= 0:
             heartbeat_timeout = 3.0
         self.heartbeat_timeout = min(max(heartbeat_timeout, 2.0), 600.0)
@@ -102,6 +108,10 @@ class RPCClient:
 
     def call_raw(self, command: int, body: bytes, timeout: float, req_id: int = 0):
         """Send a request body; fires with the reply body (bytes)."""
+        if self.max_request_size and rpc.HEADER_SIZE + len(body) > self.max_request_size:
+            return defer.fail(RequestTooLarge(
+                "request of %d bytes to %s over max_request_size %d"
+                % (rpc.HEADER_SIZE + len(body), self.name, self.max_request_size)))
         protocol = self._client.protocol
         if protocol is None or not self._client.connected:
             return defer.fail(NotConnected("%s is not connected" % self.name))

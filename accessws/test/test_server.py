@@ -81,7 +81,7 @@ class ServiceTests(TestCase):
 
     timeout = 120
 
-    async def start(self, **extra):
+    async def start(self, max_request_size=10240, **extra):
         self.backend = Backend()
         port = testing.free_port()
         ports = await listen_rpc(reactor, "tcp@127.0.0.1:%d" % port,
@@ -95,7 +95,8 @@ class ServiceTests(TestCase):
         self.addCleanup(lambda: [r.channel.transport.abortConnection() for r in auth.slow
                                  if r.channel is not None])
         auth_url = "http://127.0.0.1:%d/auth" % web.getHost().port
-        backend = {"addr": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 2000000}
+        backend = {"addr": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 2000000,
+                   "max_request_size": max_request_size}
         self.ws_port = testing.free_port()
         cfg = config.load_data({
             "log": {"path": "log/accessws", "flag": "fatal"},
@@ -154,6 +155,20 @@ class ServiceTests(TestCase):
             {"code": 1, "message": "invalid argument"},
             None, None, {"code": 1, "message": "invalid argument"}, "TimeoutError", None])
         self.assertEqual(replies[8]["result"], {"records": [7, "BTCBCH", 0, 10]})
+
+    async def too_large_scenario(self):
+        await self.start(max_request_size=200)
+        replies = await self.session([
+            ("server.auth", ["good", "web"]), ("asset.query", ["BTC"] * 40),
+            ("asset.query", ["BTC"])])
+        self.assertEqual(replies[1]["error"], {"code": 1, "message": "invalid argument"})
+        self.assertEqual(replies[2]["result"], {"BTC": {"available": "1", "freeze": "0"}})
+        self.assertTrue(all(c.connected for c in self.service.clients.values()))
+
+    def test_request_too_large(self):
+        """A request the backend would not take is refused alone: never sent, the backend
+        connection every session shares stays up."""
+        return defer.Deferred.fromCoroutine(self.too_large_scenario())
 
     def test_auth_and_refusals(self):
         """Unauthorised user methods are refused; auth failure, garbage and timeout answer

@@ -238,3 +238,8 @@ class EmbeddedTests(SynchronousTestCase):
                 reply = balance_update(user_id, asset, -1 * current)
                 self.assertIsNone(reply["error"], reply)
                 self.assertEqual(available(user_id, asset), 0.0)
+
+        # a request larger than the matchengine takes is refused alone; the next is answered
+        reply = execute("balance.query", [1] + [money] * 3000)
+        self.assertEqual(reply["error"], {"code": 1, "message": "invalid argument"})
+        self.assertEqual(available(1, money), 0.0)

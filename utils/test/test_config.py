@@ -263,7 +263,7 @@ class SharedSectionTests(SynchronousTestCase):
         self.assertEqual(loaded.matchengine.to_dict(), {
             "name": "matchengine", "addr": ["tcp@127.0.0.1:7316"], "max_pkg_size": 2000000,
             "buf_limit": 0, "read_mem": 0, "write_mem": 0, "reconnect_timeout": 1.0,
-            "heartbeat_timeout": 3.0})
+            "heartbeat_timeout": 3.0, "max_request_size": 10240})
         self.assertEqual((loaded.timeout, loaded.worker_num), (1.0, 4))
 
     def test_log_shift_words(self):

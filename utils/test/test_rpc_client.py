@@ -5,7 +5,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from utils import rpc
-from utils.rpc_client import ConnectionLost, NotConnected, RPCClient, RPCTimeout
+from utils.rpc_client import (ConnectionLost, NotConnected, RequestTooLarge, RPCClient,
+                               RPCTimeout)
 
 
 class ClientTests(SynchronousTestCase):
@@ -50,6 +51,18 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d1)["result"], 1)
         self.assertEqual(self.successResultOf(d2)["result"], 2)
         self.assertEqual(self.client.in_flight, 0)
+
+    def test_request_too_large(self):
+        """A request over max_request_size fails at once and is never sent; one at the
+        bound is."""
+        self.client.max_request_size = rpc.HEADER_SIZE + 100
+        failure = self.failureResultOf(self.client.call_raw(101, b"x" * 101, 1.0),
+                                       RequestTooLarge)
+        self.assertIn("request of %d bytes" % (rpc.HEADER_SIZE + 101), str(failure.value))
+        self.assertEqual(self.sent(), [])
+        self.assertEqual(self.client.in_flight, 0)
+        self.client.call_raw(101, b"x" * 100, 1.0)
+        self.assertEqual([p.body for p in self.sent()], [b"x" * 100])
 
     def test_timeout(self):
         """No reply within the timeout fails with RPCTimeout; a late reply is ignored."""
