@@ -169,10 +169,8 @@ def service_tree(cfg, options, reactor, **log_overrides):
     sender = AlertSender(reactor, alert.host, alert.addr) if alert else None
     setup = setup_logging(cfg.log, sender, stderr=options["stderr"], start=False,
                           **log_overrides)
-    setup.service().setServiceParent(top)
+    setup.service(limit_warnings).setServiceParent(top)
     top.log_setup = setup
-    for warning in limit_warnings:
-        Logger(namespace="daemon").warn("{text}", text=warning)
     return top
 
 

@@ -33,11 +33,11 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
-from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, Logger, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
 __all__ = [
@@ -407,20 +407,27 @@ class LogSetup:
         for observer in self.observers:
             self.publisher.removeObserver(observer)
 
-    def service(self) -> Service:
-        """A service whose stopService flushes the log (add it first to the MultiService)."""
-        return _LogService(self)
+    def service(self, warnings: Sequence[str] = ()) -> Service:
+        """A service whose stopService flushes the log (add it first to the MultiService).
+
+        `warnings` are logged when it starts.  Under twistd that is after logging began:
+        an event logged before then is written twice, once as it happens and once when
+        twistd replays the events it held to every observer."""
+        return _LogService(self, warnings)
 
 
 class _LogService(Service):
     name = "log"
 
-    def __init__(self, setup: LogSetup) -> None:
+    def __init__(self, setup: LogSetup, warnings: Sequence[str]) -> None:
         self._setup = setup
+        self._warnings = list(warnings)
 
     def startService(self) -> None:
         Service.startService(self)
         self._setup.file_observer.start()
+        for text in self._warnings:
+            Logger(namespace="daemon").warn("{text}", text=text)
 
     def stopService(self) -> None:
         Service.stopService(self)

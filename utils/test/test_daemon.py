@@ -249,3 +249,23 @@ class LimitTests(SynchronousTestCase):
         top = service_tree(readhistory_config.load_data(data), {"stderr": False}, Clock())
         self.addCleanup(top.log_setup.remove)
         self.assertEqual(self.resource.getrlimit(self.resource.RLIMIT_NOFILE)[0], soft + 5)
+
+    def test_warning_logged_once_at_start(self):
+        """A limit that cannot be raised is logged when the daemon starts, once: twistd
+        replays what was logged before logging began, which wrote it twice."""
+        soft, hard = self.before
+        path = self.mktemp()
+        data = {"process": {"file_limit": hard + 1},
+                "log": {"path": path, "flag": "fatal,error,warn"},
+                "svr": {"bind": ["tcp@127.0.0.1:7424"], "max_pkg_size": 10240},
+                "db_history": {"host": "127.0.0.1", "user": "u", "pass": "", "name": "n"}}
+        top = service_tree(readhistory_config.load_data(data), {"stderr": False}, Clock())
+        self.addCleanup(top.log_setup.remove)
+        top.log_setup.flush()
+        self.assertFalse(os.path.exists(path + ".log") and os.path.getsize(path + ".log"))
+        if self.resource.getrlimit(self.resource.RLIMIT_NOFILE)[1] > hard:
+            raise SkipTest("the hard limit could be raised: nothing to warn about")
+        top.startService()
+        top.log_setup.flush()
+        with open(path + ".log") as f:
+            self.assertEqual(f.read().count("process.file_limit"), 1)
