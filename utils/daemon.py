@@ -5,7 +5,8 @@
 own `conf/config.json`), `--stderr`, and a config that fails to load is a usage error naming
 the file and key.  `service_tree(cfg, options, reactor)` makes the `OrderedMultiService`
 every daemon starts from, with the log set up per the config's `log` block and FATAL events
-sent to alertcenter when the config has an `alert` block.
+sent to alertcenter when the config has an `alert` block.  A daemon that cannot do its work
+calls `give_up`, which stops the process with exit status 1 under twistd.
 """
 
 import atexit
@@ -36,14 +37,14 @@ _gave_up = []
 _twistd = []
 
 
-def give_up(reactor, log, what, failure=None):
+def give_up(reactor, logger, what, failure=None):
     """Stop a daemon that cannot do its work (an address it cannot bind, state it cannot
     load): log `what` with the failure (default: the exception being handled) as critical,
     and stop the reactor, now or, when it does not run yet, as soon as it does.  Under
     twistd it is also printed on stderr, and the process exits with status 1."""
     if failure is None:
         failure = Failure()
-    log.failure(what, failure)
+    logger.failure(what, failure)
     if _twistd:
         # the terminal of a daemon run in the foreground; its log is a file
         print("%s: %s" % (what, failure.getErrorMessage()), file=sys.__stderr__, flush=True)

@@ -113,8 +113,8 @@ class Exchange:
                         keep = not re.search(r"\] \[(info|debug|trace)\]", line)
                     if keep:
                         text.append(line.rstrip("\n"))
-        except OSError:
-            pass
+        except OSError as e:
+            text.append("(no log: %s)" % e)
         return "\n".join(text)
 
     def stop(self, sig=signal.SIGINT):
