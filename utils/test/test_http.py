@@ -4,6 +4,8 @@
 import json
 import socket
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -212,3 +214,40 @@ class LoopbackTests(TestCase):
     def test_real_socket(self):
         """Fifty pipelined requests over a real keep-alive socket come back in order."""
         return defer.Deferred.fromCoroutine(self.scenario())
+
+
+class FuzzTests(SynchronousTestCase):
+    """Whatever a client sends, the server answers in well-formed HTTP or closes; nothing
+    it receives raises out of the protocol."""
+
+    pieces = st.one_of(
+        st.binary(max_size=60),
+        st.sampled_from([b"POST / HTTP/1.1\r\n", b"GET / HTTP/1.0\r\n", b"Host: x\r\n",
+                         b"Content-Length: 10\r\n", b"Content-Length: -1\r\n",
+                         b"Content-Length: 99999999999999999999\r\n",
+                         b"Transfer-Encoding: chunked\r\n", b"Connection: close\r\n", b"\r\n",
+                         b"5\r\nhello\r\n", b"0\r\n\r\n", b"zz\r\n", b'{"id": 1, ',
+                         b'"method": "echo", "params": [1]}', b'[1e400]', b"\xff\xfe\x00"]),
+        st.builds(lambda body: post(body), st.binary(max_size=40)),
+        st.builds(lambda params: call(1, "echo", params),
+                  st.lists(st.one_of(st.integers(), st.text(max_size=5)), max_size=3)))
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.lists(pieces, min_size=1, max_size=12))
+    def test_any_bytes(self, data):
+        clock = Clock()
+        factory = http.HTTPServerFactory(
+            {"echo": lambda request: (200, json.dumps(request.params).encode())},
+            max_body=1000, keep_alive=60, request_timeout=5, max_pipeline=4, reactor=clock)
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        for piece in data:
+            if transport.disconnecting:
+                break
+            proto.dataReceived(piece)
+        clock.advance(10)
+        for status, _ in responses(transport.value()):
+            self.assertIn(status, http.REASONS)
+        proto.connectionLost(None)
+        self.assertEqual(clock.getDelayedCalls(), [])
