@@ -6,6 +6,8 @@ import os
 import tempfile
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -99,6 +101,27 @@ class CodecTests(SynchronousTestCase):
                     continue
                 checked += 1
         self.assertGreater(checked, 60)
+
+
+class ParseFuzzTests(SynchronousTestCase):
+
+    @given(st.one_of(
+        st.binary(max_size=80),
+        st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
+                               st.text(max_size=8)),
+                     lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                             st.dictionaries(st.sampled_from(
+                                                 ["id", "method", "params", "x"]), inner)),
+                     max_leaves=8).map(lambda v: json.dumps(v).encode())))
+    def test_request_or_bad_request(self, payload):
+        """Any message parses into (id, method, params) of the right types, or BadRequest."""
+        try:
+            request_id, method, params = parse_request(payload)
+        except BadRequest:
+            return
+        self.assertIs(type(request_id), int)
+        self.assertIs(type(method), str)
+        self.assertIs(type(params), list)
 
 
 class Client(WebSocketClientProtocol):
