@@ -106,6 +106,25 @@ class DecoderTests(SynchronousTestCase):
         self.assertEqual(rpc.decode_packet(rpc.encode(packet)), packet)
 
 
+    @given(st.lists(st.one_of(
+        st.binary(max_size=60),
+        st.builds(lambda body, cut: rpc.encode(rpc.Packet(201, 0, 1, 2, body))[cut:],
+                  st.binary(max_size=80), st.integers(0, 40))), max_size=8),
+        st.integers(1, 400))
+    def test_any_stream(self, chunks, cut):
+        """Any bytes, fed in any pieces, give whole checked packets or a ProtocolError, and
+        what stays buffered is bounded by max_pkg_size."""
+        decoder = rpc.StreamDecoder(300)
+        data = b"".join(chunks)
+        try:
+            for start in range(0, len(data), cut):
+                for packet in decoder.feed(data[start:start + cut]):
+                    self.assertEqual(rpc.decode_packet(rpc.encode(packet)), packet)
+                self.assertLessEqual(decoder.buffered, 300)
+        except rpc.ProtocolError:
+            return      # refused: the server closes the connection
+
+
 class HeartbeatTests(SynchronousTestCase):
 
     def test_request(self):
