@@ -8,7 +8,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from exchange import embedded
-from utils.daemon import exit_status_on_failure
+from utils.daemon import exit_status_on_failure, gave_up
 
 
 class Options(usage.Options):
@@ -36,11 +36,20 @@ class Options(usage.Options):
 
 
 class _Banner(service.Service):
+    """Where to reach the exchange, on the terminal once it runs (not when a daemon gave
+    up while starting)."""
+
     def __init__(self, ports, data):
         self.ports, self.data = ports, data
 
     def startService(self):
         service.Service.startService(self)
+        from twisted.internet import reactor
+        reactor.callWhenRunning(self._show)
+
+    def _show(self):
+        if gave_up():
+            return
         http = "http://127.0.0.1:%d/" % self.ports["accesshttp"]
         print("\nviabtc exchange (embedded), state in %s\n"
               "  HTTP JSON-RPC  %s\n"

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from utils.config import ConfigError
 
 __all__ = ["daemon_options", "service_tree", "OrderedMultiService", "gateway_tree",
-           "listener_tree", "worker_tree", "give_up", "exit_status_on_failure"]
+           "listener_tree", "worker_tree", "give_up", "gave_up", "exit_status_on_failure"]
 
 # a worker runs in its own process group: Ctrl-C in a terminal reaches the listener only,
 # which stops the workers itself
@@ -53,6 +53,11 @@ def give_up(reactor, logger, what, failure=None):
         reactor.stop()
     else:
         reactor.callWhenRunning(reactor.stop)
+
+
+def gave_up():
+    """Why the daemons of this process gave up (`give_up`), if they did."""
+    return list(_gave_up)
 
 
 def exit_status_on_failure():

@@ -138,6 +138,9 @@ class EmbeddedTests(SynchronousTestCase):
         self.addCleanup(exchange.stop, signal.SIGKILL)
         since = int(time.time())
         http = exchange.start()
+        with open(os.path.join(data, "stdout")) as f:
+            self.assertIn("HTTP JSON-RPC  http://127.0.0.1:%d/" % exchange.ports["accesshttp"],
+                          f.read())
         sell, buy, pushes = system.trade(http, exchange.ports["accessws"])
         self.assertEqual(buy["deal_stock"], "0.4")
         self.assertTrue(pushes, "no deals.update push")
@@ -185,8 +188,11 @@ class EmbeddedTests(SynchronousTestCase):
             error = self.assertRaises(AssertionError, exchange.start)
             self.assertIn("exit status 1", str(error))
             with open(os.path.join(exchange.data, "stdout")) as f:
-                self.assertIn("could not listen: Couldn't listen on 127.0.0.1:%d"
-                              % exchange.ports[name], f.read())
+                out = f.read()
+            self.assertIn("could not listen: Couldn't listen on 127.0.0.1:%d"
+                          % exchange.ports[name], out)
+            # and no banner inviting to use what is not there
+            self.assertNotIn("HTTP JSON-RPC", out)
 
     def test_third_party_client(self):
         """A client written for the original (requests.post of JSON-RPC bodies) works."""
