@@ -4,10 +4,12 @@
 import copy
 import json
 import os
+from decimal import Decimal
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from matchengine import config, engine
+from matchengine.balance import AVAILABLE
 from utils import testing
 from utils.jsonfmt import RawJSON, dumps
 from utils.rpc import RPCError
@@ -149,6 +151,27 @@ class UnitTests(SynchronousTestCase):
                              (echoed, 2, count), offset)
         self.assertEqual(self.run_cmd(205, "BTCBCH", 1, 1, 10)["result"]["orders"][0]["price"],
                          "8001")
+
+    def test_repeats_refused_for_a_day(self):
+        """A (user, asset, business, id) is refused as a repeat for a day; the minute timer
+        forgets the keys older than that, even a key that was recorded again."""
+        eng, day = self.eng, engine.DEDUP_KEEP
+
+        def update(business_id, now):
+            return call(eng, 102, [1, "BTC", "deposit", business_id, "1", {}], now)["error"]
+
+        t = 1000.0
+        self.assertIsNone(update(1, t))
+        self.assertIsNone(update(2, t + 10))
+        self.assertEqual(update(1, t + day - 1), {"code": 10, "message": "repeat update"})
+        self.assertIsNone(update(1, t + day))          # a day on: new again, recorded again
+        self.assertIsNone(update(3, t + day + 5))
+        self.assertEqual(eng.expire_dedup(t + day + 9), 0)
+        self.assertEqual(eng.expire_dedup(t + day + 10), 1)      # id 2
+        self.assertEqual(update(1, t + day + 20), {"code": 10, "message": "repeat update"})
+        self.assertEqual(eng.expire_dedup(t + 2 * day + 5), 2)   # ids 1 and 3
+        self.assertEqual(eng.dedup, {})
+        self.assertEqual(eng.balances.get(1, AVAILABLE, "BTC"), Decimal("4"))
 
     def test_market_buy_worked_example(self):
         """The spec's worked market buy: 1 @ 8000 then 0.00131077 @ 8010.5."""
