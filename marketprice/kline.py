@@ -296,14 +296,29 @@ class Market:
         return {SEC: now - sec_max, MIN: now // 60 * 60 - min_max * 60,
                 HOUR: now // 3600 * 3600 - hour_max * 3600}
 
+    def load(self, g, buckets):
+        """Add (time, KLine) pairs read back from the store, in time order as buckets are
+        made (`expire` relies on it)."""
+        self.buckets[g].update(sorted(buckets, key=lambda item: item[0]))
+
     def expire(self, now, limits):
-        """Drop second, minute and hour buckets past their retention (days are kept)."""
+        """Drop second, minute and hour buckets past their retention (days are kept).
+
+        Buckets are made in time order (and loaded sorted), so only the expired ones at the
+        front are visited: a week of second buckets is 604,800 of them per market.  A bucket
+        made out of order (a deal older than the newest bucket) is dropped a little late;
+        no query reaches it past its retention."""
         dropped = 0
         for g, oldest in self.thresholds(now, limits).items():
             buckets = self.buckets[g]
-            for t in [t for t in buckets if t < oldest]:
+            old = []
+            for t in buckets:
+                if t >= oldest:
+                    break
+                old.append(t)
+            for t in old:
                 del buckets[t]
-                dropped += 1
+            dropped += len(old)
         return dropped
 
 

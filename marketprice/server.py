@@ -153,15 +153,17 @@ class MarketPrice(service.Service):
         oldest = market.thresholds(now, self.limits)
         for g in GRANULARITIES:
             values = await conn.hgetall("k:%s:%s" % (name, g))
+            loaded = []
             for field, text in values.items():
                 try:
                     t = int(field)
                     if g in oldest and t < oldest[g]:
                         continue
-                    market.buckets[g][t] = KLine.from_json(text)
+                    loaded.append((t, KLine.from_json(text)))
                 except (ValueError, decimals.InvalidDecimal):
                     self.log.warn("marketprice: skipping k-line {key} {field}",
                                   key="k:%s:%s" % (name, g), field=field)
+            market.load(g, loaded)
         deals = await conn.lrange("k:%s:deals" % name, 0, 9999)
         for text in deals:
             market.deals.append(market.record_from_json(text))

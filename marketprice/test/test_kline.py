@@ -132,6 +132,18 @@ class QueryTests(SynchronousTestCase):
         self.assertEqual(len(self.m.buckets["1d"]), 1)
 
 
+    def test_expire_visits_the_front(self):
+        """Loaded in any order, buckets expire exactly up to the retention."""
+        m = Market("BTCBCH", tz=0)
+        times = list(range(T0, T0 + 1000))
+        m.load("1s", [(t, KLine(D("1"))) for t in reversed(times)])
+        self.assertEqual(list(m.buckets["1s"]), times)
+        now = T0 + 604800 + 500       # seconds before now - 604800 are past retention
+        self.assertEqual(m.expire(now, LIMITS), 500)
+        self.assertEqual(list(m.buckets["1s"]), times[500:])
+        self.assertEqual(m.expire(now, LIMITS), 0)
+
+
 class ParseTests(SynchronousTestCase):
 
     def test_validation(self):
