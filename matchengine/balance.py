@@ -197,14 +197,19 @@ class Balances:
                 if entry[index] is not None:
                     yield user_id, asset, index + 1, entry[index]
 
-    def summary(self, asset):
-        """(total, available_count, available_sum, freeze_count, freeze_sum) over all users."""
-        counts, sums = [0, 0], [ZERO, ZERO]
-        for (user_id, name), entry in self.entries.items():
-            if name != asset:
+    def summaries(self, assets):
+        """{asset: (total, available_count, available_sum, freeze_count, freeze_sum)} over
+        all users, in one pass over the entries."""
+        acc = {name: [0, ZERO, 0, ZERO] for name in assets}
+        for (user_id, name), (available, frozen) in self.entries.items():
+            totals = acc.get(name)
+            if totals is None:
                 continue
-            for index in (0, 1):
-                if entry[index] is not None:
-                    counts[index] += 1
-                    sums[index] += entry[index]
-        return sums[0] + sums[1], counts[0], sums[0], counts[1], sums[1]
+            if available is not None:
+                totals[0] += 1
+                totals[1] += available
+            if frozen is not None:
+                totals[2] += 1
+                totals[3] += frozen
+        return {name: (a_sum + f_sum, a_count, a_sum, f_count, f_sum)
+                for name, (a_count, a_sum, f_count, f_sum) in acc.items()}

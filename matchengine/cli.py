@@ -5,8 +5,10 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from matchengine import server
 from matchengine.market import ASK, BID
 from network.address import listen
+from utils import forked
 from utils.cli import CLIFactory
 from utils.daemon import give_up
 from utils.decimals import to_raw
@@ -20,17 +22,26 @@ def commands(me):
     def status(args):
         return me.status_lines()
 
+    def every_entry(compute):
+        """The text of a command that visits every balance entry: made in a forked child
+        when there are many (see MatchEngine.asset_summary)."""
+        if len(me.engine.balances.entries) < server.FORK_SUMMARY_ENTRIES:
+            return compute()
+        return forked.in_child(compute, me.reactor)
+
     def balance(args):
         b = me.engine.balances
         kinds = {1: "available", 2: "freeze"}
         if args[:1] == ["list"] and len(args) <= 2:
-            lines = ["%-10s %-16s %-10s %s\n" % ("user", "asset", "type", "amount")]
-            for user_id, asset, kind, value in b.iter_entries():
-                if len(args) == 2 and asset != args[1]:
-                    continue
-                lines.append("%-10d %-16s %-10s %s\n" % (user_id, asset, kinds[kind],
-                                                         to_raw(value)))
-            return "".join(lines)
+            def listing():
+                lines = ["%-10s %-16s %-10s %s\n" % ("user", "asset", "type", "amount")]
+                for user_id, asset, kind, value in b.iter_entries():
+                    if len(args) == 2 and asset != args[1]:
+                        continue
+                    lines.append("%-10d %-16s %-10s %s\n" % (user_id, asset, kinds[kind],
+                                                             to_raw(value)))
+                return "".join(lines)
+            return every_entry(listing)
         if args[:1] == ["get"]:
             if len(args) != 2:
                 return "usage: balance get user_id\n"
@@ -46,13 +57,16 @@ def commands(me):
                             user_id, asset, kinds[kind], to_raw(b.get(user_id, kind, asset))))
             return "".join(lines)
         if args == ["summary"]:
-            lines = ["%-16s %-30s %-10s %-30s %-10s %-30s\n" % (
-                "asset", "total", "available", "available", "freeze", "freeze")]
-            for asset in me.engine.assets:
-                total, a_count, a_sum, f_count, f_sum = b.summary(asset)
-                lines.append("%-16s %-30s %-10d %-30s %-10d %-30s\n" % (
-                    asset, to_raw(total), a_count, to_raw(a_sum), f_count, to_raw(f_sum)))
-            return "".join(lines)
+            def summary():
+                lines = ["%-16s %-30s %-10s %-30s %-10s %-30s\n" % (
+                    "asset", "total", "available", "available", "freeze", "freeze")]
+                summaries = b.summaries(me.engine.assets)
+                for asset in me.engine.assets:
+                    total, a_count, a_sum, f_count, f_sum = summaries[asset]
+                    lines.append("%-16s %-30s %-10d %-30s %-10d %-30s\n" % (
+                        asset, to_raw(total), a_count, to_raw(a_sum), f_count, to_raw(f_sum)))
+                return "".join(lines)
+            return every_entry(summary)
         return "usage: balance list/get/summary\n"
 
     def market(args):

@@ -299,10 +299,18 @@ class Engine:
         return [{"name": a.name, "prec": a.prec_show} for a in self.assets.values()]
 
     def asset_summary(self, params, now, real):
-        names = [self._asset(p) for p in params] or list(self.assets)
+        return self.summaries(self.summary_assets(params))
+
+    def summary_assets(self, params):
+        """The assets an asset.summary asks for (every one when none is named)."""
+        return [self._asset(p) for p in params] or list(self.assets)
+
+    def summaries(self, names):
+        """asset.summary's result: it visits every balance entry."""
         result = []
+        summaries = self.balances.summaries(names)
         for name in names:
-            total, a_count, a_sum, f_count, f_sum = self.balances.summary(name)
+            total, a_count, a_sum, f_count, f_sum = summaries[name]
             result.append({"name": name, "total_balance": to_display(total),
                            "available_count": a_count, "available_balance": to_display(a_sum),
                            "freeze_count": f_count, "freeze_balance": to_display(f_sum)})

@@ -21,12 +21,12 @@ import signal
 import time
 from decimal import Decimal
 
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from matchengine import engine as engine_module
 from matchengine.market import Order
-from utils import decimals
+from utils import decimals, forked
 from utils.decimals import to_raw
 
 log = Logger()
@@ -419,11 +419,6 @@ def make_slice(eng, db, ts, oper_id, keeptime, reactor, poll=0.05):
 
 
 async def _wait_child(pid, reactor, poll):
-    while True:
-        try:
-            done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return True   # reaped by someone else; the slice_history row tells
-        if done:
-            return os.waitstatus_to_exitcode(status) == 0
-        await task.deferLater(reactor, poll, lambda: None)
+    status = await forked.reap(pid, reactor, poll)
+    # reaped by someone else (None): the slice_history row tells
+    return status is None or status == 0

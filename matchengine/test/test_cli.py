@@ -3,11 +3,12 @@
 
 import json
 
+from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from matchengine import cli, config, tap
+from matchengine import cli, config, server, tap
 from matchengine.history import HistoryWriter
 from matchengine.operlog import OperationLog
 from matchengine.outbox import LocalOutbox
@@ -106,3 +107,21 @@ class TapTests(SynchronousTestCase):
         top.log_setup.remove()
         names = [type(s).__name__ for s in top]
         self.assertEqual(names, ["_LogService", "MatchEngine", "CLIService"])
+
+
+class ForkedCLITests(TestCase):
+
+    def test_many_entries_answered_from_a_child(self):
+        """With many balance entries, balance list and summary are made in a forked child,
+        to the same text."""
+        service = memory_service()
+        service.reactor = reactor
+        service.engine.execute(102, [5, "BTC", "deposit", 1, "2", {}], 1.0)
+        commands = cli.commands(service)
+        inline = {args: commands["balance"](list(args)) for args in (("list",), ("summary",))}
+        self.patch(server, "FORK_SUMMARY_ENTRIES", 0)
+
+        def check(texts):
+            self.assertEqual(dict(zip(inline, texts)), inline)
+        return defer.gatherResults([commands["balance"](list(args)) for args in inline]) \
+            .addCallback(check)

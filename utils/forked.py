@@ -1,0 +1,80 @@
+# -*- test-case-name: utils.test.test_forked -*-
+"""Long reads of in-memory state, done on a snapshot in a forked child.
+
+`in_child(compute, reactor)` forks; the child has a copy-on-write image of the process at
+that instant, runs `compute()` (which returns text), writes it to a pipe and exits.  The
+parent goes on serving meanwhile and the returned Deferred fires with the text, or fails
+with ChildFailed.  A read that visits every balance (the matchengine's asset summary) costs
+a second of CPU per million entries: in the child it no longer stalls matching, and the
+answer is still the state of one instant.
+
+The child must not touch the reactor, threads or sockets it inherited; it only computes
+and leaves with `os._exit`.
+"""
+
+import contextlib
+import fcntl
+import os
+
+from twisted.internet import defer, task
+
+__all__ = ["in_child", "reap", "ChildFailed"]
+
+
+class ChildFailed(Exception):
+    """The child could not compute its answer (its reason is on stderr)."""
+
+
+def in_child(compute, reactor, poll=0.005):
+    """Fork; the child returns `compute()` (a str); fires with it in the parent."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.close(read_fd)
+            data = memoryview(compute().encode())
+            while data:
+                data = data[os.write(write_fd, data):]
+            status = 0
+        except BaseException as e:
+            with contextlib.suppress(OSError):    # no stderr left to tell
+                os.write(2, ("forked read failed: %s: %s\n" % (type(e).__name__, e)).encode())
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    fcntl.fcntl(read_fd, fcntl.F_SETFL, fcntl.fcntl(read_fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+    return defer.Deferred.fromCoroutine(_collect(pid, read_fd, reactor, poll))
+
+
+async def _collect(pid, fd, reactor, poll):
+    parts = []
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                await task.deferLater(reactor, poll, lambda: None)
+                continue
+            if not chunk:
+                break
+            parts.append(chunk)
+    finally:
+        os.close(fd)
+    status = await reap(pid, reactor, poll)
+    if status != 0:
+        raise ChildFailed("child %d exited with status %s" % (pid, status))
+    return b"".join(parts).decode()
+
+
+async def reap(pid, reactor, poll=0.05):
+    """The exit status of child `pid` once it ends (None when reaped elsewhere), polled
+    without blocking the reactor."""
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None    # reaped elsewhere: its status is unknown
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        await task.deferLater(reactor, poll, lambda: None)

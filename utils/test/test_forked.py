@@ -1,0 +1,29 @@
+"""Reads done in a forked child, on the real reactor."""
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from utils import forked
+
+
+class InChildTests(TestCase):
+
+    def test_text_of_this_instant(self):
+        """The child answers from the state at the fork; the parent goes on changing it."""
+        state = {"value": "before"}
+        d = forked.in_child(lambda: state["value"] * 2, reactor)
+        state["value"] = "after"
+        return d.addCallback(self.assertEqual, "beforebefore")
+
+    async def big(self):
+        # more than a pipe holds: the parent reads while the child writes
+        text = await forked.in_child(lambda: "é" * 300000, reactor)
+        self.assertEqual(text, "é" * 300000)
+
+    def test_more_than_a_pipe_holds(self):
+        return defer.Deferred.fromCoroutine(self.big())
+
+    def test_child_failure(self):
+        def boom():
+            raise ValueError("no")
+        return self.assertFailure(forked.in_child(boom, reactor), forked.ChildFailed)
