@@ -99,8 +99,16 @@ class InvariantTests(SynchronousTestCase):
         self.assertEqual({k: v for k, v in held.items() if v}, frozen)
         # users' sums plus the fees taken change only by balance.update amounts
         sums = totals(eng)
+        summaries = b.summaries(eng.assets)
         for asset in eng.assets:
             self.assertEqual(sums[asset] + b.fees[asset], deposited[asset], asset)
+            # asset.summary's one pass agrees, counts included
+            entries = [e for (user, a), e in b.entries.items() if a == asset]
+            self.assertEqual(summaries[asset], (
+                sums[asset], sum(e[0] is not None for e in entries),
+                sum((e[0] for e in entries if e[0] is not None), Decimal(0)),
+                sum(e[1] is not None for e in entries),
+                sum((e[1] for e in entries if e[1] is not None), Decimal(0))))
 
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.booleans(), st.lists(operations, min_size=1, max_size=60))
