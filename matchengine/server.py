@@ -11,6 +11,7 @@ the message queue hold more than their `queue_limits`.
 """
 
 import gc
+import json
 import sys
 import time
 
@@ -24,7 +25,7 @@ from matchengine import persist
 from matchengine.operlog import OperationLog
 from utils import forked, rpc
 from utils.daemon import give_up
-from utils.jsonfmt import RawJSON, dumps
+from utils.jsonfmt import dumps
 from utils.rpc_server import NO_REPLY, RPCServerFactory, listen_rpc
 
 __all__ = ["MatchEngine"]
@@ -57,6 +58,8 @@ class MatchEngine(service.Service):
         self.ports = []
         self.is_ready = False
         self._ready_waiters = []
+        self._summary_running = False
+        self._summary_waiting = []      # (asset names, request) for the next child
         self.last_slice_time = 0
         self._timers = []
         self._last_busy_log = 0.0
@@ -189,7 +192,8 @@ class MatchEngine(service.Service):
     def _asset_summary(self, params, request):
         """asset.summary visits every balance entry (about a quarter of a second per
         million): past FORK_SUMMARY_ENTRIES it is computed in a forked child, on the state
-        of this instant, while matching goes on."""
+        of that instant, while matching goes on.  One child at a time: the requests that
+        arrive meanwhile share the next one."""
         engine = self.engine
         try:
             names = engine.summary_assets(params)
@@ -199,13 +203,32 @@ class MatchEngine(service.Service):
         if len(engine.balances.entries) < FORK_SUMMARY_ENTRIES:
             self._answer(request, engine.summaries(names), None)
             return NO_REPLY
+        self._summary_waiting.append((names, request))
+        if not self._summary_running:
+            self._next_summaries()
+        return NO_REPLY
+
+    def _next_summaries(self):
+        batch, self._summary_waiting = self._summary_waiting, []
+        self._summary_running = bool(batch)
+        if not batch:
+            return
+        every = sorted({name for names, _ in batch for name in names})
+        engine = self.engine
+
+        def answer(text):
+            by_name = {summary["name"]: summary for summary in json.loads(text)}
+            for names, request in batch:
+                self._answer(request, [by_name[name] for name in names], None)
 
         def failed(failure):
             self.log.failure("asset.summary failed", failure)
-            self._send(request, None, rpc.INTERNAL_ERROR())
-        d = forked.in_child(lambda: dumps(engine.summaries(names)), self.reactor)
-        d.addCallbacks(lambda text: self._answer(request, RawJSON(text), None), failed)
-        return NO_REPLY
+            for _, request in batch:
+                self._send(request, None, rpc.INTERNAL_ERROR())
+
+        d = forked.in_child(lambda: dumps(engine.summaries(every)), self.reactor)
+        d.addCallbacks(answer, failed)
+        d.addBoth(lambda _: self._next_summaries())
 
     def _answer(self, request, result, error):
         barrier = self.operlog.barrier if self.operlog is not None else None

@@ -14,7 +14,9 @@ from matchengine.operlog import OperationLog
 from matchengine.outbox import LocalOutbox
 from matchengine.server import MatchEngine
 from matchengine.test.test_server import engine_config
+from utils import forked
 from utils.config import ConfigError
+from utils.testing import until
 
 
 def memory_service():
@@ -109,7 +111,20 @@ class TapTests(SynchronousTestCase):
         self.assertEqual(names, ["_LogService", "MatchEngine", "CLIService"])
 
 
-class ForkedCLITests(TestCase):
+class Request:
+    """Collects what the service answers to one RPC request."""
+
+    def __init__(self, answers):
+        self.answers = answers
+
+    def reply_result(self, result, debug):
+        self.answers.append((self, result))
+
+    def reply_error(self, error, debug):
+        self.answers.append((self, error))
+
+
+class ForkedReadTests(TestCase):
 
     def test_many_entries_answered_from_a_child(self):
         """With many balance entries, balance list and summary are made in a forked child,
@@ -125,3 +140,37 @@ class ForkedCLITests(TestCase):
             self.assertEqual(dict(zip(inline, texts)), inline)
         return defer.gatherResults([commands["balance"](list(args)) for args in inline]) \
             .addCallback(check)
+
+    async def summaries(self):
+        service = memory_service()
+        service.reactor = reactor
+        e = service.engine
+        e.execute(102, [5, "BTC", "deposit", 1, "2", {}], 1.0)
+        e.execute(102, [6, "BCH", "deposit", 1, "3", {}], 1.0)
+        inline = {"btc": e.asset_summary(["BTC"], 2.0, True),
+                  "all": e.asset_summary([], 2.0, True)}
+        self.patch(server, "FORK_SUMMARY_ENTRIES", 0)
+        forks = []
+        real_in_child = forked.in_child
+        self.patch(forked, "in_child", lambda *a: forks.append(a) or real_in_child(*a))
+        answers = []
+        requests = {key: Request(answers) for key in ("btc", "all", "btc later", "bad")}
+        service._asset_summary(["BTC"], requests["btc"])
+        # these arrive while the first child runs: they share the second
+        service._asset_summary([], requests["all"])
+        service._asset_summary(["BTC"], requests["btc later"])
+        service._asset_summary(["NOPE"], requests["bad"])
+        await until(lambda: len(answers) == 4, what="four answers")
+        got = {key: result for request, result in answers
+               for key, r in requests.items() if r is request}
+        self.assertEqual(got["btc"], inline["btc"])
+        self.assertEqual(got["all"], inline["all"])
+        self.assertEqual(got["btc later"], inline["btc"])
+        self.assertEqual(got["bad"].code, 1)
+        self.assertEqual(len(forks), 2)
+        self.assertFalse(service._summary_running)
+
+    def test_asset_summaries_share_a_child(self):
+        """asset.summary from a forked child answers what the engine would; one child runs
+        at a time, and the requests that came meanwhile share the next."""
+        return defer.Deferred.fromCoroutine(self.summaries())
