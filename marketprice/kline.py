@@ -302,23 +302,23 @@ class Market:
         self.buckets[g].update(sorted(buckets, key=lambda item: item[0]))
 
     def expire(self, now, limits):
-        """Drop second, minute and hour buckets past their retention (days are kept).
+        """Drop second, minute and hour buckets past their retention (days are kept);
+        returns their times per granularity.
 
         Buckets are made in time order (and loaded sorted), so only the expired ones at the
         front are visited: a week of second buckets is 604,800 of them per market.  A bucket
         made out of order (a deal older than the newest bucket) is dropped a little late;
         no query reaches it past its retention."""
-        dropped = 0
+        dropped = {}
         for g, oldest in self.thresholds(now, limits).items():
             buckets = self.buckets[g]
-            old = []
+            old = dropped[g] = []
             for t in buckets:
                 if t >= oldest:
                     break
                 old.append(t)
             for t in old:
                 del buckets[t]
-            dropped += len(old)
         return dropped
 
 

@@ -31,6 +31,7 @@ __all__ = ["MarketPrice"]
 
 STATUS, KLINE, DEALS, LAST, TODAY = 301, 302, 303, 304, 305
 DEALS_LIMIT = 10000
+REDIS_DROP_CHUNK = 1000     # fields per HDEL
 
 
 def integer(value):
@@ -77,6 +78,8 @@ class MarketPrice(service.Service):
         self.cache = {}                # market -> {request body: (time, result)}
         self.ports = []
         self.loops = []
+        # Redis hash fields past retention, still to delete: {key: [field, ...]}
+        self.redis_drops = {}
         self.is_ready = False
         svr = cfg["svr"]
         self.factory = RPCServerFactory(
@@ -115,7 +118,7 @@ class MarketPrice(service.Service):
         self.consumer.startService()
         for seconds, function in ((self.cfg.get("flush_interval", 10.0), self.flush),
                                   (60.0, self.cache.clear),
-                                  (3600.0, self.expire), (86400.0, self.expire_redis)):
+                                  (3600.0, self.expire)):
             loop = LoopingCall(self._guarded, function)
             loop.clock = self.reactor
             loop.start(seconds, now=False)
@@ -158,6 +161,7 @@ class MarketPrice(service.Service):
                 try:
                     t = int(field)
                     if g in oldest and t < oldest[g]:
+                        self.redis_drops.setdefault("k:%s:%s" % (name, g), []).append(field)
                         continue
                     loaded.append((t, KLine.from_json(text)))
                 except (ValueError, decimals.InvalidDecimal):
@@ -271,25 +275,39 @@ class MarketPrice(service.Service):
     # -- retention ---------------------------------------------------------------------
 
     def expire(self):
+        """Retention, hourly: the buckets past it leave memory, then Redis.
+
+        The original reads every field of the Redis hashes once a day to find the old ones;
+        a week of second buckets is 604,800 fields a market, which the client parses in
+        seconds with the reactor held.  The fields dropped here (and those found too old
+        when loading) are deleted by name instead; what cannot be deleted now is tried again
+        the next hour."""
         now = int(self.clock_time())
         for market in self.markets.values():
-            market.expire(now, self.limits)
+            for g, times in market.expire(now, self.limits).items():
+                if times:
+                    self.redis_drops.setdefault("k:%s:%s" % (market.name, g), []).extend(
+                        str(t) for t in times)
+        if self.redis_drops:
+            return defer.Deferred.fromCoroutine(self._drop_from_redis())
+        return None
 
-    async def _expire_redis(self):
-        now = int(self.clock_time())
-        conn = await self.store.connect()
+    async def _drop_from_redis(self):
+        drops, self.redis_drops = self.redis_drops, {}
         try:
-            for market in self.markets.values():
-                for g, oldest in market.thresholds(now, self.limits).items():
-                    key = "k:%s:%s" % (market.name, g)
-                    old = [f for f in await conn.hkeys(key) if int(f) < oldest]
-                    if old:
-                        await conn.hdel(key, *old)
+            conn = await self.store.connect()
+            try:
+                for key in list(drops):
+                    fields = drops[key]
+                    while fields:
+                        await conn.hdel(key, fields[:REDIS_DROP_CHUNK])
+                        del fields[:REDIS_DROP_CHUNK]
+                    del drops[key]
+            finally:
+                conn.disconnect()
         finally:
-            conn.disconnect()
-
-    def expire_redis(self):
-        return defer.Deferred.fromCoroutine(self._expire_redis())
+            for key, fields in drops.items():       # what is left: the next hour
+                self.redis_drops.setdefault(key, []).extend(fields)
 
     # -- RPC ---------------------------------------------------------------------------
 

@@ -139,9 +139,9 @@ class QueryTests(SynchronousTestCase):
         m.load("1s", [(t, KLine(D("1"))) for t in reversed(times)])
         self.assertEqual(list(m.buckets["1s"]), times)
         now = T0 + 604800 + 500       # seconds before now - 604800 are past retention
-        self.assertEqual(m.expire(now, LIMITS), 500)
+        self.assertEqual(m.expire(now, LIMITS), {"1s": times[:500], "1m": [], "1h": []})
         self.assertEqual(list(m.buckets["1s"]), times[500:])
-        self.assertEqual(m.expire(now, LIMITS), 0)
+        self.assertEqual(m.expire(now, LIMITS)["1s"], [])
 
 
 class ParseTests(SynchronousTestCase):

@@ -78,3 +78,54 @@ class OutageTests(TestCase):
     def test_redis_outage(self):
         """A flush while Redis is away fails and keeps everything; the next one writes it."""
         return defer.Deferred.fromCoroutine(self.scenario())
+
+
+class RetentionTests(TestCase):
+
+    timeout = 60
+
+    async def scenario(self):
+        info = testing.require("redis")
+        proxy = testing.CuttableProxy(int(info["port"])).up()
+        self.addCleanup(proxy.down)
+        store = redisdb.Plain("127.0.0.1", proxy.port, db=8, timeout=1)
+        conn = await redisdb.Plain(info["host"], info["port"], db=8).connect()
+        self.addCleanup(conn.disconnect)
+        await conn.execute_command("FLUSHDB")
+        self.addCleanup(conn.execute_command, "FLUSHDB")
+        name = "M" + uuid.uuid4().hex[:6]
+        key = "k:%s:1s" % name
+        now = [int(T0) + 100]
+        week = 604800
+        kline = json.dumps(["10", "10", "10", "10", "1", "10"])
+        # left by an earlier run: 2,500 second buckets past retention, one within it
+        stale = [str(now[0] - week - 1 - n) for n in range(2500)]
+        await conn.hmset(key, dict({t: kline for t in stale}, **{str(now[0] - 50): kline}))
+        bus = InProcessBus(reactor=reactor)
+        mp = MarketPrice(service_config(), store,
+                         lambda offset, on_message: bus.consumer("deals", on_message, offset),
+                         lambda: defer.succeed([name]), reactor=reactor,
+                         clock_time=lambda: now[0], listen=False)
+        await mp.startService()
+        self.addCleanup(mp.stopService)
+        self.assertEqual(list(mp.markets[name].buckets["1s"]), [now[0] - 50])
+        # the hourly retention deletes the stale fields by name, in chunks
+        await mp.expire()
+        self.assertEqual(await conn.hkeys(key), [str(now[0] - 50)])
+        # an hour later the loaded bucket is past retention too, while Redis is away:
+        # it leaves memory now and Redis the next hour
+        now[0] += week
+        await proxy.down()
+        await self.assertFailure(mp.expire(), Exception)
+        self.flushLoggedErrors()
+        self.assertEqual(mp.markets[name].buckets["1s"], {})
+        self.assertEqual(mp.redis_drops, {key: [str(now[0] - week - 50)]})
+        proxy.up()
+        await mp.expire()
+        self.assertEqual(await conn.hkeys(key), [])
+        self.assertEqual(mp.redis_drops, {})
+
+    def test_retention_deletes_fields_by_name(self):
+        """Buckets past retention leave Redis by name (no scan of the hashes), those an
+        earlier run left included; a deletion Redis refuses is tried again."""
+        return defer.Deferred.fromCoroutine(self.scenario())
