@@ -14,7 +14,7 @@ import collections
 import json
 import time
 
-from utils.decimals import ZERO, to_display, to_raw
+from utils.decimals import ZERO, parse, to_display, to_raw
 from utils.jsonfmt import format_real
 
 SEC, MIN, HOUR, DAY = "1s", "1m", "1h", "1d"
@@ -53,12 +53,12 @@ class KLine:
 
     @classmethod
     def from_json(cls, text):
-        from utils.decimals import parse
+        """A k-line as `to_json` wrote it (or without `deal`, as older versions did)."""
         values = json.loads(text)
-        if not isinstance(values, list) or len(values) not in (5, 6):
+        if type(values) is not list or len(values) not in (5, 6):
             raise ValueError("not a k-line: %r" % (text,))
-        k = cls(parse(values[0]))
-        k.close, k.high, k.low, k.volume = (parse(v) for v in values[1:5])
+        k = cls.__new__(cls)
+        k.open, k.close, k.high, k.low, k.volume = map(parse, values[:5])
         k.deal = parse(values[5]) if len(values) == 6 else ZERO
         return k
 

@@ -31,6 +31,7 @@ __all__ = ["MarketPrice"]
 
 STATUS, KLINE, DEALS, LAST, TODAY = 301, 302, 303, 304, 305
 DEALS_LIMIT = 10000
+HASH_SCAN_COUNT = 10000     # fields asked per HSCAN when loading
 REDIS_DROP_CHUNK = 1000     # fields per HDEL
 
 
@@ -155,7 +156,7 @@ class MarketPrice(service.Service):
         market = Market(name, self.tz)
         oldest = market.thresholds(now, self.limits)
         for g in GRANULARITIES:
-            values = await conn.hgetall("k:%s:%s" % (name, g))
+            values = await _read_hash(conn, "k:%s:%s" % (name, g))
             loaded = []
             for field, text in values.items():
                 try:
@@ -373,3 +374,14 @@ class MarketPrice(service.Service):
         return self._cached(market, request,
                             lambda: market.status_today(int(self.clock_time())))
 
+
+async def _read_hash(conn, key):
+    """A whole hash, read by HSCAN in parts: a week of second k-lines is 604,800 fields,
+    whose single HGETALL reply could outlast the client's timeout, the reactor held."""
+    values = {}
+    cursor = 0
+    while True:
+        cursor, flat = await conn.hscan(key, cursor, count=HASH_SCAN_COUNT)
+        values.update(zip(flat[::2], flat[1::2]))
+        if int(cursor) == 0:
+            return values

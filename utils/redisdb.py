@@ -343,8 +343,12 @@ class MemoryRedis:
     def hgetall(self, key):
         return defer.succeed(dict(self.data.get(key, {})))
 
-    def hkeys(self, key):
-        return defer.succeed(list(self.data.get(key, {})))
+    def hscan(self, key, cursor=0, pattern=None, count=None):
+        """The whole hash in one part (cursor 0): what a scan of a stable hash returns."""
+        flat = []
+        for field, value in self.data.get(key, {}).items():
+            flat += [field, value]
+        return defer.succeed([0, flat])
 
     def hdel(self, key, *fields):
         self._changed()
