@@ -5,10 +5,11 @@ bus for the deals: it serves from memory while Redis is away and catches up afte
 import json
 import uuid
 
+import txredisapi
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from marketprice import config
+from marketprice import config, server
 from marketprice.server import MarketPrice
 from utils import redisdb, testing
 from utils.kafka_queue import InProcessBus
@@ -101,6 +102,13 @@ class RetentionTests(TestCase):
         # left by an earlier run: 2,500 second buckets past retention, one within it
         stale = [str(now[0] - week - 1 - n) for n in range(2500)]
         await conn.hmset(key, dict({t: kline for t in stale}, **{str(now[0] - 50): kline}))
+        # loaded by HSCAN in parts of about 100 fields
+        self.patch(server, "HASH_SCAN_COUNT", 100)
+        scans = []
+        hscan = txredisapi.BaseRedisProtocol.hscan
+        self.patch(txredisapi.BaseRedisProtocol, "hscan",
+                   lambda conn, name, *args, **kw: scans.append(name) or hscan(conn, name, *args,
+                                                                                **kw))
         bus = InProcessBus(reactor=reactor)
         mp = MarketPrice(service_config(), store,
                          lambda offset, on_message: bus.consumer("deals", on_message, offset),
@@ -109,6 +117,7 @@ class RetentionTests(TestCase):
         await mp.startService()
         self.addCleanup(mp.stopService)
         self.assertEqual(list(mp.markets[name].buckets["1s"]), [now[0] - 50])
+        self.assertGreater(scans.count(key), 10)
         # the hourly retention deletes the stale fields by name, in chunks
         await mp.expire()
         self.assertEqual(await conn.hkeys(key), [str(now[0] - 50)])
