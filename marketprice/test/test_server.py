@@ -32,19 +32,26 @@ def service_config():
         "accesshttp": "http://127.0.0.1:1/"})
 
 
+async def redis_behind_proxy(test):
+    """(proxy, store through the proxy, direct connection) on an emptied database 8 of
+    the real Redis; everything is undone at the test's end."""
+    info = testing.require("redis")
+    proxy = testing.CuttableProxy(int(info["port"])).up()
+    test.addCleanup(proxy.down)
+    store = redisdb.Plain("127.0.0.1", proxy.port, db=8, timeout=1)
+    conn = await redisdb.Plain(info["host"], info["port"], db=8).connect()
+    test.addCleanup(conn.disconnect)
+    await conn.execute_command("FLUSHDB")
+    test.addCleanup(conn.execute_command, "FLUSHDB")
+    return proxy, store, conn
+
+
 class OutageTests(TestCase):
 
     timeout = 60
 
     async def scenario(self):
-        info = testing.require("redis")
-        proxy = testing.CuttableProxy(int(info["port"])).up()
-        self.addCleanup(proxy.down)
-        store = redisdb.Plain("127.0.0.1", proxy.port, db=8, timeout=1)
-        conn = await redisdb.Plain(info["host"], info["port"], db=8).connect()
-        self.addCleanup(conn.disconnect)
-        await conn.execute_command("FLUSHDB")
-        self.addCleanup(conn.execute_command, "FLUSHDB")
+        proxy, store, conn = await redis_behind_proxy(self)
         bus = InProcessBus(reactor=reactor)
         producer = bus.producer()
         name = "M" + uuid.uuid4().hex[:6]
@@ -86,14 +93,7 @@ class RetentionTests(TestCase):
     timeout = 60
 
     async def scenario(self):
-        info = testing.require("redis")
-        proxy = testing.CuttableProxy(int(info["port"])).up()
-        self.addCleanup(proxy.down)
-        store = redisdb.Plain("127.0.0.1", proxy.port, db=8, timeout=1)
-        conn = await redisdb.Plain(info["host"], info["port"], db=8).connect()
-        self.addCleanup(conn.disconnect)
-        await conn.execute_command("FLUSHDB")
-        self.addCleanup(conn.execute_command, "FLUSHDB")
+        proxy, store, conn = await redis_behind_proxy(self)
         name = "M" + uuid.uuid4().hex[:6]
         key = "k:%s:1s" % name
         now = [int(T0) + 100]
