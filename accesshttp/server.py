@@ -71,11 +71,7 @@ class AccessHTTP(service.Service):
         self.listen_enabled = listen_enabled
         self.backends = {}
         for name in (MATCHENGINE, MARKETPRICE, READHISTORY):
-            c = cfg[name]
-            self.backends[name] = RPCClient(reactor, c["name"], list(c["addr"]),
-                                            c["max_pkg_size"], c["heartbeat_timeout"],
-                                            c["reconnect_timeout"], **buffer_sizes(c),
-                                            max_request_size=c["max_request_size"])
+            self.backends[name] = RPCClient.for_backend(reactor, cfg[name])
         handlers = {method: self._forwarder(method, backend, command)
                     for method, (backend, command) in METHODS.items()}
         self.discover_body = None

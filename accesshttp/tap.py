@@ -7,10 +7,8 @@ is the listener: it binds `svr` and `monitor` and hands each connection to one o
 connections, as the original's.
 """
 
-from twisted.internet import reactor as global_reactor
-
 from accesshttp import config
-from utils.daemon import daemon_options, exit_status_on_failure, gateway_tree
+from utils.daemon import daemon_options, gateway_tree, plugin_reactor
 
 
 Options = daemon_options(
@@ -22,8 +20,6 @@ Options = daemon_options(
 
 def makeService(options, reactor=None):
     from accesshttp.server import AccessHTTP
-    if reactor is None:     # under twistd
-        exit_status_on_failure()
-        reactor = global_reactor
+    reactor = plugin_reactor(reactor)
     return gateway_tree(options, reactor, "accesshttp", lambda listen: (
         AccessHTTP(options["loaded"], reactor=reactor, listen_enabled=listen), None))

@@ -105,10 +105,8 @@ class AccessWS(service.Service):
         for name in ("matchengine", "marketprice", "readhistory"):
             c = cfg[name]
             for role in ("query", "poll"):
-                self.clients[name, role] = RPCClient(
-                    reactor, "%s %s" % (c["name"], role), list(c["addr"]), c["max_pkg_size"],
-                    c["heartbeat_timeout"], c["reconnect_timeout"], **buffer_sizes(c),
-                    max_request_size=c["max_request_size"])
+                self.clients[name, role] = RPCClient.for_backend(
+                    reactor, c, "%s %s" % (c["name"], role))
         self.cache = {}
         self.subs = {family: {} for family in FAMILIES}      # key -> set of sessions
         self.stored = {family: {} for family in FAMILIES}    # key -> last value seen

@@ -8,10 +8,8 @@ own backend connections, pollers, subscriptions and Kafka consumers, as the orig
 Several accessws can also run behind a load balancer.
 """
 
-from twisted.internet import reactor as global_reactor
-
 from accessws import config
-from utils.daemon import daemon_options, exit_status_on_failure, gateway_tree
+from utils.daemon import daemon_options, gateway_tree, plugin_reactor
 
 
 Options = daemon_options(
@@ -50,9 +48,7 @@ def kafka_consumers(reactor):
 
 def makeService(options, reactor=None):
     from accessws.server import AccessWS, tls_factory
-    if reactor is None:     # under twistd
-        exit_status_on_failure()
-        reactor = global_reactor
+    reactor = plugin_reactor(reactor)
     cfg = options["loaded"]
 
     def build(listen):

@@ -1,10 +1,8 @@
 # -*- test-case-name: alertcenter.test.test_server -*-
 """`twistd alertcenter`: the alert collector."""
 
-from twisted.internet import reactor as global_reactor
-
 from alertcenter import config
-from utils.daemon import daemon_options, exit_status_on_failure, service_tree
+from utils.daemon import daemon_options, plugin_reactor, service_tree
 
 
 Options = daemon_options(
@@ -16,9 +14,7 @@ Options = daemon_options(
 def makeService(options, reactor=None):
     from alertcenter.server import AlertCenter
     from utils import redisdb
-    if reactor is None:     # under twistd
-        exit_status_on_failure()
-        reactor = global_reactor
+    reactor = plugin_reactor(reactor)
     cfg = options["loaded"]
     # as the original: day files, 100 MiB, 10 files, 7 days, whatever the config says
     top = service_tree(cfg, options, reactor, shift="day", max_size=100 * 1024 * 1024,

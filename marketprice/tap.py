@@ -4,10 +4,9 @@
 import json
 import time
 
-from twisted.internet import reactor as global_reactor
 
 from marketprice import config
-from utils.daemon import daemon_options, exit_status_on_failure, service_tree
+from utils.daemon import daemon_options, plugin_reactor, service_tree
 
 
 Options = daemon_options(
@@ -41,9 +40,7 @@ def makeService(options, reactor=None):
     from marketprice.server import MarketPrice
     from utils import redisdb
     from utils.kafka_queue import KafkaConsumerService
-    if reactor is None:     # under twistd
-        exit_status_on_failure()
-        reactor = global_reactor
+    reactor = plugin_reactor(reactor)
     cfg = options["loaded"]
     top = service_tree(cfg, options, reactor)
     deals = cfg.deals

@@ -3,11 +3,10 @@
 
 import os
 
-from twisted.internet import reactor as global_reactor
 
 from matchengine import cli, config
 from utils import mysql
-from utils.daemon import daemon_options, exit_status_on_failure, service_tree
+from utils.daemon import daemon_options, plugin_reactor, service_tree
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf", "config.json")
 
@@ -28,9 +27,7 @@ def database(section, **kwargs):
 def makeService(options, reactor=None):
     from matchengine.server import MatchEngine
     from matchengine.outbox import WriterOutbox
-    if reactor is None:     # under twistd
-        exit_status_on_failure()
-        reactor = global_reactor
+    reactor = plugin_reactor(reactor)
     cfg = options["loaded"]
     assets, markets = options["tables"]
     top = service_tree(cfg, options, reactor)

@@ -1,10 +1,8 @@
 # -*- test-case-name: readhistory.test.test_server -*-
 """`twistd readhistory`: options and the service tree of the readhistory daemon."""
 
-from twisted.internet import reactor as global_reactor
-
 from readhistory import config
-from utils.daemon import daemon_options, exit_status_on_failure, service_tree
+from utils.daemon import daemon_options, plugin_reactor, service_tree
 
 
 Options = daemon_options(
@@ -17,9 +15,7 @@ Options = daemon_options(
 def makeService(options, reactor=None):
     from readhistory.server import ReadHistory
     from utils import mysql
-    if reactor is None:     # under twistd
-        exit_status_on_failure()
-        reactor = global_reactor
+    reactor = plugin_reactor(reactor)
     cfg = options["loaded"]
     top = service_tree(cfg, options, reactor)
     db = mysql.from_config(cfg.db_history, max_connections=cfg.worker_num)

@@ -22,7 +22,8 @@ from twisted.python.failure import Failure
 from utils.config import ConfigError
 
 __all__ = ["daemon_options", "service_tree", "OrderedMultiService", "gateway_tree",
-           "listener_tree", "worker_tree", "give_up", "gave_up", "exit_status_on_failure"]
+           "listener_tree", "worker_tree", "give_up", "gave_up", "exit_status_on_failure",
+           "plugin_reactor"]
 
 # a worker runs in its own process group: Ctrl-C in a terminal reaches the listener only,
 # which stops the workers itself
@@ -58,6 +59,16 @@ def give_up(reactor, logger, what, failure=None):
 def gave_up():
     """Why the daemons of this process gave up (`give_up`), if they did."""
     return list(_gave_up)
+
+
+def plugin_reactor(reactor=None):
+    """The reactor a plugin's makeService builds on: the one a test passes, else the global
+    one of twistd, whose process then exits with status 1 when a daemon gives up."""
+    if reactor is not None:
+        return reactor
+    exit_status_on_failure()
+    from twisted.internet import reactor as global_reactor
+    return global_reactor
 
 
 def exit_status_on_failure():

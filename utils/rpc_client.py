@@ -21,6 +21,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
+from network.address import buffer_sizes
 from network.client import ReconnectingClient
 from network.output import write_now
 from network.state import StateTable
@@ -85,6 +86,15 @@ class RPCClient:
                                 name=name + " heartbeat")
         self._last_heartbeat = 0.0
         self._heartbeat_packet = rpc.encode(rpc.heartbeat_request(self.heartbeat_timeout))
+
+    @classmethod
+    def for_backend(cls, reactor, section, name=None):
+        """The client of the backend a gateway's config section describes (`name` in the
+        log, by default the section's)."""
+        return cls(reactor, name or section["name"], list(section["addr"]),
+                   section["max_pkg_size"], section["heartbeat_timeout"],
+                   section["reconnect_timeout"], max_request_size=section["max_request_size"],
+                   **buffer_sizes(section))
 
     # -- lifecycle ------------------------------------------------------------------
 
