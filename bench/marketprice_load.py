@@ -19,8 +19,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from twisted.internet import defer, reactor  # noqa: E402
+from twisted.internet import reactor  # noqa: E402
 
+from bench import loop  # noqa: E402
 from marketprice import config  # noqa: E402
 from marketprice.server import MarketPrice  # noqa: E402
 from utils import redisdb, testing  # noqa: E402
@@ -29,7 +30,8 @@ NAME = "BTCBCH"
 DB = 9
 
 
-async def run(seconds, out):
+async def run(seconds):
+    out = {}
     info = testing.require("redis")
     store = redisdb.Plain(info["host"], info["port"], db=DB)
     conn = await store.connect()
@@ -63,6 +65,7 @@ async def run(seconds, out):
     finally:
         await conn.execute_command("FLUSHDB")
         conn.disconnect()
+    return out
 
 
 def main():
@@ -70,16 +73,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=604800,
                         help="second buckets in Redis (default 604800, a week)")
     args = parser.parse_args()
-    out = {}
-
-    def go():
-        done = defer.Deferred.fromCoroutine(run(args.seconds, out))
-        done.addErrback(lambda failure: out.setdefault("error", failure))
-        done.addBoth(lambda _: reactor.stop())
-    reactor.callWhenRunning(go)
-    reactor.run()
-    if "error" in out:
-        out["error"].raiseException()
+    out = loop.run(run, args.seconds)
     print("marketprice_load: %d second buckets: loaded in %.2f s; an hour later the retention "
           "took %.0f ms (memory and Redis), %d fields left" % (
               out["buckets"], out["load"], out["expire"] * 1e3, out["left"]))

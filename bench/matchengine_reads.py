@@ -17,6 +17,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import loop  # noqa: E402
 from matchengine import config, engine  # noqa: E402
 
 
@@ -34,31 +35,18 @@ def build(users):
     return eng
 
 
-def forked_summary(eng):
+async def forked_summary(eng):
     """(fork pause, time until the answer) of asset.summary answered by a forked child."""
-    from twisted.internet import defer, reactor
+    from twisted.internet import reactor
 
     from utils import forked
     from utils.jsonfmt import dumps
     names = eng.summary_assets([])
-    times = {}
-
-    async def run():
-        start = time.perf_counter()
-        d = forked.in_child(lambda: dumps(eng.summaries(names)), reactor)
-        times["pause"] = time.perf_counter() - start
-        await d
-        times["answer"] = time.perf_counter() - start
-
-    def go():
-        done = defer.Deferred.fromCoroutine(run())
-        done.addErrback(lambda failure: times.setdefault("error", failure))
-        done.addBoth(lambda _: reactor.stop())
-    reactor.callWhenRunning(go)
-    reactor.run()
-    if "error" in times:
-        times["error"].raiseException()
-    return times["pause"], times["answer"]
+    start = time.perf_counter()
+    d = forked.in_child(lambda: dumps(eng.summaries(names)), reactor)
+    pause = time.perf_counter() - start
+    await d
+    return pause, time.perf_counter() - start
 
 
 def main():
@@ -71,7 +59,7 @@ def main():
     start = time.perf_counter()
     eng.execute(105, [], 2.0)
     inline = time.perf_counter() - start
-    pause, answer = forked_summary(eng)
+    pause, answer = loop.run(forked_summary, eng)
     # a minute past the day of the first 60 users: their keys expire, none of the others
     start = time.perf_counter()
     expired = eng.expire_dedup(1000.0 + 60 + engine.DEDUP_KEEP)

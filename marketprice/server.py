@@ -291,7 +291,7 @@ class MarketPrice(service.Service):
                         str(t) for t in times)
         if self.redis_drops:
             return defer.Deferred.fromCoroutine(self._drop_from_redis())
-        return None
+        return defer.succeed(None)
 
     async def _drop_from_redis(self):
         drops, self.redis_drops = self.redis_drops, {}
