@@ -2,8 +2,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# Modules compiled with Cython: those with a .pxd beside them (setup.py)
+PXD := $(wildcard */*.pxd)
+BUILT := $(VENV)/.compiled-stamp
 
-.PHONY: all install depends test run bench clean
+.PHONY: all install build depends test run bench clean
 
 all: test
 
@@ -16,9 +19,17 @@ $(STAMP): $(PY) setup.py requirements.txt requirements-test.txt
 	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $(STAMP)
 
-install: $(STAMP)
+# An extension module older than its source would still be imported in its place: whenever a
+# compiled module's .py or .pxd changes, it is compiled again, in place.
+$(BUILT): $(STAMP) $(PXD) $(PXD:.pxd=.py)
+	$(PY) setup.py -q build_ext --inplace
+	touch $(BUILT)
 
-depends: $(STAMP)
+install: $(BUILT)
+
+build: $(BUILT)
+
+depends: $(BUILT)
 	$(PY) depends/services.py up
 
 # Every test of every package, against the real MariaDB, Redis and Kafka broker.
@@ -27,13 +38,14 @@ test: depends
 
 # The whole exchange in one process, state under data/ (DATA=...), until Ctrl-C.
 DATA ?= data
-run: $(STAMP)
+run: $(BUILT)
 	@mkdir -p $(DATA)/log
 	$(PY) -c "from twisted.scripts.twistd import run; run()" -n --pidfile $(DATA)/exchange.pid \
 	    --logfile $(DATA)/log/twistd.log exchange --data $(DATA)
 
-bench: $(STAMP)
+bench: $(BUILT)
 	$(PY) bench/rpc_echo.py
 
 clean:
-	rm -rf $(VENV) _trial_temp* depends/run
+	rm -rf $(VENV) _trial_temp* depends/run build
+	rm -f $(PXD:.pxd=.*.so)

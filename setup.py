@@ -1,6 +1,8 @@
 """Packaging for the ViaBTC exchange server port."""
 
+import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 from setuptools.command.develop import develop
@@ -36,6 +38,29 @@ class Develop(develop):
         refresh_plugin_cache()
 
 
+def compiled_sources():
+    """The modules compiled with Cython: each one with a .pxd beside it, which declares the
+    types of its classes.  The .py stays the source: it runs as it is wherever nothing was
+    compiled (no Cython, no C compiler, or VIABTC_PURE_PYTHON set when installing)."""
+    return sorted(path[:-len(".pxd")] + ".py" for path in glob.glob("*/*.pxd", root_dir=HERE))
+
+
+def extensions():
+    if os.environ.get("VIABTC_PURE_PYTHON"):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        print("setup.py: Cython is not installed: the matching modules stay pure Python",
+              file=sys.stderr)
+        return []
+    built = cythonize(compiled_sources(), build_dir="build/cython", quiet=True,
+                      compiler_directives={"language_level": 3, "annotation_typing": False})
+    for ext in built:
+        ext.optional = True     # a failed C build leaves that module pure Python, with a warning
+    return built
+
+
 MODULES = ["network", "utils", "matchengine", "marketprice", "readhistory",
            "accesshttp", "accessws", "alertcenter", "exchange"]
 
@@ -49,6 +74,7 @@ setup(
     python_requires=">=3.10",
     package_dir={"": "."},
     packages=find_packages(include=[m + "*" for m in MODULES]) + ["twisted.plugins"],
+    ext_modules=extensions(),
     include_package_data=True,
     package_data={"": ["conf/*.json", "*.sql"]},
     install_requires=read_requirements("requirements.txt"),

@@ -11,11 +11,11 @@ the engine was given them (to the microsecond, as the operation log keeps them),
 the original writes.
 """
 
-from matchengine.market import ASK, BID, MAKER, TAKER
 from utils.decimals import ZERO, to_display, to_raw
 from utils.jsonfmt import format_real, quote
 
 SHARDS = 100
+MAKER, TAKER = 1, 2      # a deal's roles, in the history rows
 
 BALANCE, ORDER, ORDER_DETAIL, DEAL, USER_DEAL = (
     "balance_history", "order_history", "order_detail", "deal_history", "user_deal_history")
@@ -115,7 +115,7 @@ class Effects:
 
     def deal(self, now, deal_id, market, ask, bid, price, amount, deal, ask_fee, bid_fee,
              taker_side):
-        ask_role, bid_role = (TAKER, MAKER) if taker_side == ASK else (MAKER, TAKER)
+        ask_role, bid_role = (TAKER, MAKER) if taker_side == ask.side else (MAKER, TAKER)
         price_raw, amount_raw, deal_raw = to_raw(price), to_raw(amount), to_raw(deal)
         ask_fee_raw, bid_fee_raw = to_raw(ask_fee), to_raw(bid_fee)
         history = self.history
@@ -126,11 +126,11 @@ class Effects:
             now, bid.user_id, deal_id, bid.id, ask.id, bid_role, price_raw, amount_raw, deal_raw,
             bid_fee_raw, ask_fee_raw)))
         history.append((USER_DEAL, ask.user_id % SHARDS, (
-            now, ask.user_id, market.name, deal_id, ask.id, bid.id, ASK, ask_role, price_raw,
-            amount_raw, deal_raw, ask_fee_raw, bid_fee_raw)))
+            now, ask.user_id, market.name, deal_id, ask.id, bid.id, ask.side, ask_role,
+            price_raw, amount_raw, deal_raw, ask_fee_raw, bid_fee_raw)))
         history.append((USER_DEAL, bid.user_id % SHARDS, (
-            now, bid.user_id, market.name, deal_id, bid.id, ask.id, BID, bid_role, price_raw,
-            amount_raw, deal_raw, bid_fee_raw, ask_fee_raw)))
+            now, bid.user_id, market.name, deal_id, bid.id, ask.id, bid.side, bid_role,
+            price_raw, amount_raw, deal_raw, bid_fee_raw, ask_fee_raw)))
         self.messages.append((TOPIC_DEALS, '[%s, %s, %d, %d, %d, %d, "%s", "%s", "%s", "%s", '
                                            '%d, %d, %s, %s]' % (
                                                format_real(now), market.quoted_name, ask.id,

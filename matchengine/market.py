@@ -25,7 +25,6 @@ from utils.jsonfmt import format_real, quote
 
 LIMIT, MARKET = 1, 2
 ASK, BID = 1, 2
-MAKER, TAKER = 1, 2
 EVENT_PUT, EVENT_UPDATE, EVENT_FINISH = 1, 2, 3
 
 
@@ -319,9 +318,9 @@ class Market:
                 self._settle(maker, FREEZE, money, deal, stock, amount, bid_fee,
                              maker.maker_fee, price, amount, now, sink)
             else:
-                trade = self.balances.trade
-                trade(taker.user_id, AVAILABLE, stock, amount, money, deal, ask_fee)
-                trade(maker.user_id, FREEZE, money, deal, stock, amount, bid_fee)
+                balances = self.balances
+                balances.trade(taker.user_id, AVAILABLE, stock, amount, money, deal, ask_fee)
+                balances.trade(maker.user_id, FREEZE, money, deal, stock, amount, bid_fee)
             self._maker_done(maker, sink, real)
         return deal_id
 
@@ -387,9 +386,9 @@ class Market:
             self._settle(maker, FREEZE, stock, amount, money, deal, ask_fee, maker.maker_fee,
                          price, amount, now, sink)
         else:
-            trade = self.balances.trade
-            trade(taker.user_id, AVAILABLE, money, deal, stock, amount, bid_fee)
-            trade(maker.user_id, FREEZE, stock, amount, money, deal, ask_fee)
+            balances = self.balances
+            balances.trade(taker.user_id, AVAILABLE, money, deal, stock, amount, bid_fee)
+            balances.trade(maker.user_id, FREEZE, stock, amount, money, deal, ask_fee)
         self._maker_done(maker, sink, real)
         return deal_id
 

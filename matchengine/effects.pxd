@@ -1,0 +1,19 @@
+# Types for the compiled build of effects.py (see setup.py); the .py stays the source.
+cimport cython
+
+from matchengine.balance cimport Balances
+from matchengine.market cimport Market, Order
+
+cdef class Effects:
+    cdef public Balances balances
+    cdef public list history, messages
+    cdef public object _fill, _last_order
+
+    @cython.locals(history=list, fill=tuple)
+    cpdef trade_balances(self, now, Order order, Market market, price, amount, gives, given,
+                         gets, got, fee, fee_rate, tuple totals)
+    cpdef order_event(self, event, Order order, Market market)
+    cpdef order_finished(self, Order order)
+    @cython.locals(history=list)
+    cpdef deal(self, now, deal_id, Market market, Order ask, Order bid, price, amount, deal,
+               ask_fee, bid_fee, taker_side)

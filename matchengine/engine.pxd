@@ -1,0 +1,21 @@
+# Types for the compiled build of engine.py (see setup.py); the .py stays the source.
+cimport cython
+
+from matchengine.balance cimport Balances
+from matchengine.effects cimport Effects
+from matchengine.market cimport Market, Order
+
+cdef class Engine:
+    cdef public dict assets, markets, dedup, show_exp, _depth_cache, handlers
+    cdef public Balances balances
+    cdef public Effects effects
+    cdef public object order_id, deal_id
+
+    @cython.locals(market=Market)
+    cpdef tuple _order_head(self, params, count)
+    @cython.locals(market=Market, order=Order)
+    cpdef put_limit(self, params, now, real)
+    @cython.locals(market=Market, order=Order)
+    cpdef put_market(self, params, now, real)
+    @cython.locals(market=Market, order=Order)
+    cpdef cancel(self, params, now, real)

@@ -1,0 +1,46 @@
+# Types for the compiled build of market.py (see setup.py); the .py stays the source.
+cimport cython
+
+from matchengine.balance cimport Balances
+from matchengine.effects cimport Effects
+
+cdef class Order:
+    cdef public object id, type, side, create_time, update_time, user_id, market, source
+    cdef public object price, amount, taker_fee, maker_fee, left, freeze
+    cdef public object deal_stock, deal_money, deal_fee
+    cdef public Level level
+    cdef public object _head, _mid
+
+    cpdef str info_json(self)
+
+cdef class Level:
+    cdef public object price, key, amount
+    cdef public dict orders
+
+cdef class Market:
+    cdef public object desc, name, stock, money, quoted_name, quoted_stock, quoted_money
+    cdef public object stock_exp, asks, bids, version
+    cdef public Balances balances
+    cdef public dict bid_levels, orders, users
+    cdef public Level top_ask, top_bid
+
+    @cython.locals(level=Level, user=dict, users=dict)
+    cpdef insert(self, Order order)
+    @cython.locals(level=Level, user=dict)
+    cpdef remove(self, Order order)
+    cpdef finish(self, Order order, Effects sink, bint real)
+    cpdef cancel(self, Order order, Effects sink, bint real)
+    cpdef put_limit(self, Order order, Effects sink, bint real, next_deal_id)
+    cpdef put_market(self, Order order, Effects sink, bint real, next_deal_id)
+    @cython.locals(level=Level, maker=Order, balances=Balances)
+    cpdef _sell(self, Order taker, Effects sink, bint real, deal_id)
+    @cython.locals(level=Level, maker=Order)
+    cpdef _buy(self, Order taker, Effects sink, bint real, deal_id)
+    @cython.locals(level=Level, maker=Order)
+    cpdef _market_buy(self, Order taker, Effects sink, bint real, deal_id)
+    @cython.locals(balances=Balances)
+    cpdef _bid_deal(self, Order taker, Order maker, Level level, price, amount, now,
+                    Effects sink, bint real, deal_id)
+    cpdef _settle(self, Order order, int kind, gives, given, gets, got, fee, fee_rate, price,
+                  amount, now, Effects sink)
+    cpdef _maker_done(self, Order maker, Effects sink, bint real)
