@@ -34,7 +34,7 @@ depends: $(BUILT)
 
 # Every test of every package, against the real MariaDB, Redis and Kafka broker.
 test: depends
-	VIABTC_REQUIRE_SERVICES=1 $(PY) depends/run_tests.py $(TESTS)
+	VIABTC_REQUIRE_SERVICES=1 VIABTC_REQUIRE_COMPILED=1 $(PY) depends/run_tests.py $(TESTS)
 
 # The whole exchange in one process, state under data/ (DATA=...), until Ctrl-C.
 DATA ?= data

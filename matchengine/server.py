@@ -33,6 +33,15 @@ __all__ = ["MatchEngine"]
 # balance entries from which asset.summary is computed in a forked child
 FORK_SUMMARY_ENTRIES = 20000
 
+# the modules of the matching path, compiled with Cython when installed (setup.py)
+COMPILED_MODULES = ("matchengine.balance", "matchengine.effects", "matchengine.engine",
+                    "matchengine.market", "utils.decimals", "utils.jsonfmt")
+
+
+def uncompiled():
+    """Those of `COMPILED_MODULES` that run from their Python source."""
+    return [name for name in COMPILED_MODULES if sys.modules[name].__file__.endswith(".py")]
+
 
 class MatchEngine(service.Service):
     """Owns the engine and everything around it; built by `matchengine.tap`."""
@@ -108,6 +117,10 @@ class MatchEngine(service.Service):
         self.log.info("matchengine ready in {seconds:.2f} s: order id {order}, deal id {deal}, "
                       "operation id {oper}", seconds=time.monotonic() - started,
                       order=self.engine.order_id, deal=self.engine.deal_id, oper=last_id)
+        slow = uncompiled()
+        if slow:
+            self.log.warn("matching modules not compiled, running about half as fast: {names} "
+                          "(install with Cython and a C compiler)", names=" ".join(slow))
         self.is_ready = True
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
