@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PXD := $(wildcard */*.pxd)
 BUILT := $(VENV)/.compiled-stamp
 
-.PHONY: all install build depends test run bench clean
+.PHONY: all install build depends test run bench clean FORCE
 
 all: test
 
@@ -24,6 +24,12 @@ $(STAMP): $(PY) setup.py requirements.txt requirements-test.txt
 $(BUILT): $(STAMP) $(PXD) $(PXD:.pxd=.py)
 	$(PY) setup.py -q build_ext --inplace
 	touch $(BUILT)
+
+# and whenever one of the extension modules is missing
+ifneq ($(words $(wildcard $(PXD:.pxd=.*.so))),$(words $(PXD)))
+$(BUILT): FORCE
+endif
+FORCE:
 
 install: $(BUILT)
 
