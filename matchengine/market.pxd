@@ -2,6 +2,7 @@
 cimport cython
 
 from matchengine.balance cimport Balances
+from utils.decimals cimport to_display
 from matchengine.effects cimport Effects
 
 cdef class Order:

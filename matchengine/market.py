@@ -59,7 +59,7 @@ class Order:
         """The order info as JSON text, built from cached pieces of its fixed fields."""
         if self._head is None:
             source = "" if self.source is None else ', "source": ' + quote(self.source)
-            self._head = '{"id": %d, "market": %s%s, "type": %d, "side": %d, "user": %d, ' \
+            self._head = '{"id": %s, "market": %s%s, "type": %s, "side": %s, "user": %s, ' \
                          '"ctime": %s, "mtime": ' % (self.id, quote(self.market), source,
                                                     self.type, self.side, self.user_id,
                                                     format_real(self.create_time))

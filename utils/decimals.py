@@ -145,5 +145,6 @@ def to_display(d: Decimal) -> str:
     """
     text = _to_sci_string(d)
     if "." in text and "e" not in text:
-        return text.rstrip("0").rstrip(".")    # one point at most is left to strip
+        text = text.rstrip("0")
+        return text[:-1] if text[-1] == "." else text
     return text
