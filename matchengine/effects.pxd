@@ -3,6 +3,7 @@ cimport cython
 
 from matchengine.balance cimport Balances
 from utils.decimals cimport to_display
+from utils.jsonfmt cimport format_real
 from matchengine.market cimport Market, Order
 
 cdef class Effects:

@@ -15,7 +15,7 @@ The texts write their integers (ids, sides, events: always exact ints) with "%s"
 """
 
 from utils.decimals import ZERO, to_display, to_raw
-from utils.jsonfmt import format_real, quote
+from utils.jsonfmt import DIGITS, format_real, quote
 
 SHARDS = 100
 MAKER, TAKER = 1, 2      # a deal's roles, in the history rows
@@ -85,7 +85,7 @@ class Effects:
         user_id = order.user_id
         shard = user_id % SHARDS
         detail = '{"a": "%s", "i": %s, "m": %s, "p": "%s"}' % (
-            fill[3], order.id, fill[4], fill[5])
+            fill[3], order.id_text(), fill[4], fill[5])
         history = self.history
         history.append((BALANCE, shard, (
             now, user_id, gives, "trade", to_raw(-given), to_raw(totals[0]), detail)))
@@ -93,7 +93,7 @@ class Effects:
             now, user_id, gets, "trade", to_raw(got), to_raw(totals[1]), detail)))
         if fee > ZERO:
             detail = '{"a": "%s", "f": "%s", "i": %s, "m": %s, "p": "%s"}' % (
-                fill[3], to_display(fee_rate), order.id, fill[4], fill[5])
+                fill[3], order.fee_text(fee_rate), order.id_text(), fill[4], fill[5])
             history.append((BALANCE, shard, (
                 now, user_id, gets, "trade", to_raw(-fee), to_raw(totals[2]), detail)))
 
@@ -104,7 +104,7 @@ class Effects:
         self._last_order = (order, text)
         self.messages.append((TOPIC_ORDERS, '{"event": %s, "order": %s, "stock": %s, '
                                             '"money": %s}' % (
-                                                event, text, market.quoted_stock,
+                                                DIGITS[event], text, market.quoted_stock,
                                                 market.quoted_money)))
 
     def order_finished(self, order):
@@ -136,8 +136,9 @@ class Effects:
             price_raw, amount_raw, deal_raw, bid_fee_raw, ask_fee_raw)))
         self.messages.append((TOPIC_DEALS, '[%s, %s, %s, %s, %s, %s, "%s", "%s", "%s", "%s", '
                                            '%s, %s, %s, %s]' % (
-                                               format_real(now), market.quoted_name, ask.id,
-                                               bid.id, ask.user_id, bid.user_id, price_raw,
-                                               amount_raw, ask_fee_raw, bid_fee_raw, taker_side,
+                                               format_real(now), market.quoted_name,
+                                               ask.id_text(), bid.id_text(), ask.user_text(),
+                                               bid.user_text(), price_raw, amount_raw,
+                                               ask_fee_raw, bid_fee_raw, DIGITS[taker_side],
                                                deal_id, market.quoted_stock,
                                                market.quoted_money)))

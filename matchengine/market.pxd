@@ -3,6 +3,7 @@ cimport cython
 
 from matchengine.balance cimport Balances
 from utils.decimals cimport to_display
+from utils.jsonfmt cimport format_real
 from matchengine.effects cimport Effects
 
 cdef class Order:
@@ -10,8 +11,14 @@ cdef class Order:
     cdef public object price, amount, taker_fee, maker_fee, left, freeze
     cdef public object deal_stock, deal_money, deal_fee
     cdef public Level level
-    cdef public object _head, _mid
+    cdef public str _head, _mid, _id_text, _user_text
+    cdef public tuple _fee_texts
 
+    cpdef str id_text(self)
+    cpdef str user_text(self)
+    @cython.locals(fees=tuple, source=str)
+    cpdef _fixed_texts(self)
+    cpdef str fee_text(self, rate)
     cpdef str info_json(self)
 
 cdef class Level:

@@ -144,7 +144,9 @@ def to_display(d: Decimal) -> str:
     `8000.00000000` -> `8000`, `0.50` -> `0.5`, `0e-8` and `1.0e-7` unchanged, `100` unchanged.
     """
     text = _to_sci_string(d)
-    if "." in text and "e" not in text:
-        text = text.rstrip("0")
-        return text[:-1] if text[-1] == "." else text
-    return text
+    last = len(text) - 1
+    if text[last] != "0" or "." not in text or "e" in text:
+        return text
+    while text[last] == "0":    # stops at the point at the latest
+        last -= 1
+    return text[:last] if text[last] == "." else text[:last + 1]

@@ -17,13 +17,16 @@ recursive writer (floats only appear in small messages: order info, deals, balan
 import json
 import math
 
-__all__ = ["dumps", "format_real", "loads", "quote", "RawJSON"]
+__all__ = ["DIGITS", "dumps", "format_real", "loads", "quote", "RawJSON"]
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
 _pretty = json.JSONEncoder(ensure_ascii=False, indent=4, separators=(",", ": "),
                            allow_nan=False)
 # a string as JSON text, non-ASCII kept as it is (ensure_ascii=False)
 quote = json.encoder.encode_basestring
+
+# the texts of 0 to 9, for the small integers of the messages (order types, sides, events)
+DIGITS = tuple(str(n) for n in range(10))
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
