@@ -93,7 +93,7 @@ _FEES = collections.defaultdict(dict)     # prec -> {text: rate}, rates already 
 
 def _fee(value, prec):
     cache = _FEES[prec]
-    rate = cache.get(value) if value.__class__ is str else None   # others: _decimal refuses
+    rate = cache.get(value) if type(value) is str else None   # others: _decimal refuses
     if rate is None:
         rate = _decimal(value, prec)
         if rate < 0 or rate >= 1:
@@ -477,7 +477,7 @@ class Engine:
             return sorted_json({"method": LOG_METHODS[command], "params": params})
         # the other writes were validated: only integers and strings, nothing to sort
         return '{"method": "%s", "params": [%s]}' % (LOG_METHODS[command], ", ".join(
-            [str(p) if p.__class__ is int else quote(p) for p in params]))
+            [str(p) if type(p) is int else quote(p) for p in params]))
 
 
 def load_detail(text):
