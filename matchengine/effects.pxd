@@ -2,16 +2,19 @@
 cimport cython
 
 from matchengine.balance cimport Balances
-from utils.decimals cimport to_display
+from utils.decimals cimport display_of, to_display
 from utils.jsonfmt cimport format_real
 from matchengine.market cimport Market, Order
+
+@cython.locals(index=Py_ssize_t)
+cdef str _raw(tuple fill, value)
 
 cdef class Effects:
     cdef public Balances balances
     cdef public list history, messages
     cdef public object _fill, _last_order
 
-    @cython.locals(history=list, fill=tuple)
+    @cython.locals(history=list, fill=tuple, details=tuple)
     cpdef trade_balances(self, now, Order order, Market market, price, amount, gives, given,
                          gets, got, fee, fee_rate, tuple totals)
     cpdef order_event(self, event, Order order, Market market)

@@ -14,7 +14,7 @@ The texts write their integers (ids, sides, events: always exact ints) with "%s"
 "%d" goes through the format protocol, about four times as slow.
 """
 
-from utils.decimals import ZERO, to_display, to_raw
+from utils.decimals import ZERO, display_of, to_display, to_raw
 from utils.jsonfmt import DIGITS, format_real, quote
 
 SHARDS = 100
@@ -38,6 +38,15 @@ HISTORY_COLUMNS[ORDER_DETAIL] = HISTORY_COLUMNS[ORDER]
 TOPIC_DEALS, TOPIC_ORDERS, TOPIC_BALANCES = "deals", "orders", "balances"
 
 
+def _raw(fill, value):
+    """The raw text of `value`, from `fill` (see `Effects.deal`) when it is one of its
+    numbers (price, amount, deal, ask fee, bid fee)."""
+    for index in range(0, 10, 2):
+        if fill[index] is value:
+            return fill[index + 1]
+    return to_raw(value)
+
+
 class Effects:
     """Collects history rows and messages; `take()` hands them over and starts afresh."""
 
@@ -47,7 +56,9 @@ class Effects:
         self.balances = balances
         self.history = []    # (table, shard, row)
         self.messages = []   # (topic, text)
-        self._fill = None    # (price, amount, market, their texts) of the fill being recorded
+        # the fill being recorded, from `deal`: its numbers and their raw texts, then the
+        # texts of its details
+        self._fill = None
         self._last_order = (None, None)   # (order, its JSON text) of the latest order event
 
     def take(self):
@@ -75,27 +86,36 @@ class Effects:
                        fee_rate, totals):
         """The balance movements of one side of a fill: `given` of `gives` out, `got` of
         `gets` in, and the fee out of it when there is one; `totals` are the user's totals
-        after each (`Balances.trade`).  Details as the original's (sorted keys)."""
-        # both sides of a fill record the same price and amount objects: their texts are
-        # made once (decimals are immutable, so identity means same text)
+        after each (`Balances.trade`).  Details as the original's (sorted keys).
+
+        The fill's amount, deal and fees are the objects `deal` wrote just before: their raw
+        texts are taken from there (a positive value negated is its text after a "-"), and
+        its price and amount displayed once for both sides."""
         fill = self._fill
-        if fill is None or fill[0] is not price or fill[1] is not amount or fill[2] is not market:
-            fill = self._fill = (price, amount, market, to_display(amount),
-                                 market.quoted_name, to_display(price))
+        if fill is None or fill[0] is not price or fill[2] is not amount:
+            fill = self._fill = (price, to_raw(price), amount, to_raw(amount), None, None,
+                                 None, None, None, None, ())
+        details = fill[10]
+        if not details:
+            details = (display_of(_raw(fill, amount)), market.quoted_name,
+                       display_of(_raw(fill, price)))
+            fill = self._fill = fill[:10] + (details,)
         user_id = order.user_id
         shard = user_id % SHARDS
         detail = '{"a": "%s", "i": %s, "m": %s, "p": "%s"}' % (
-            fill[3], order.id_text(), fill[4], fill[5])
+            details[0], order.id_text(), details[1], details[2])
         history = self.history
         history.append((BALANCE, shard, (
-            now, user_id, gives, "trade", to_raw(-given), to_raw(totals[0]), detail)))
+            now, user_id, gives, "trade", "-" + _raw(fill, given), to_raw(totals[0]), detail)))
         history.append((BALANCE, shard, (
-            now, user_id, gets, "trade", to_raw(got), to_raw(totals[1]), detail)))
+            now, user_id, gets, "trade", _raw(fill, got), to_raw(totals[1]), detail)))
         if fee > ZERO:
             detail = '{"a": "%s", "f": "%s", "i": %s, "m": %s, "p": "%s"}' % (
-                fill[3], order.fee_text(fee_rate), order.id_text(), fill[4], fill[5])
+                details[0], order.fee_text(fee_rate), order.id_text(), details[1],
+                details[2])
             history.append((BALANCE, shard, (
-                now, user_id, gets, "trade", to_raw(-fee), to_raw(totals[2]), detail)))
+                now, user_id, gets, "trade", "-" + _raw(fill, fee), to_raw(totals[2]),
+                detail)))
 
     # -- orders and deals --------------------------------------------------------------
 
@@ -121,6 +141,8 @@ class Effects:
         ask_role, bid_role = (TAKER, MAKER) if taker_side == ask.side else (MAKER, TAKER)
         price_raw, amount_raw, deal_raw = to_raw(price), to_raw(amount), to_raw(deal)
         ask_fee_raw, bid_fee_raw = to_raw(ask_fee), to_raw(bid_fee)
+        self._fill = (price, price_raw, amount, amount_raw, deal, deal_raw, ask_fee,
+                      ask_fee_raw, bid_fee, bid_fee_raw, ())
         history = self.history
         history.append((DEAL, ask.id % SHARDS, (
             now, ask.user_id, deal_id, ask.id, bid.id, ask_role, price_raw, amount_raw, deal_raw,

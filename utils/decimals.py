@@ -27,7 +27,7 @@ from decimal import ROUND_DOWN, Context, Decimal
 
 __all__ = [
     "CONTEXT", "InvalidDecimal", "MAX_ADJUSTED_EXPONENT", "ZERO", "ONE", "TEN",
-    "exponent", "install_context", "is_valid", "parse", "quantize", "to_display",
+    "display_of", "exponent", "install_context", "is_valid", "parse", "quantize", "to_display",
     "to_raw",
 ]
 
@@ -143,7 +143,11 @@ def to_display(d: Decimal) -> str:
 
     `8000.00000000` -> `8000`, `0.50` -> `0.5`, `0e-8` and `1.0e-7` unchanged, `100` unchanged.
     """
-    text = _to_sci_string(d)
+    return display_of(_to_sci_string(d))
+
+
+def display_of(text: str) -> str:
+    """The display form of a raw text (see `to_display`)."""
     last = len(text) - 1
     if text[last] != "0" or "." not in text or "e" in text:
         return text
