@@ -13,6 +13,16 @@ cdef class Effects:
     cdef public Balances balances
     cdef public list history, messages
     cdef public object _fill, _last_order
+    cdef public tuple _ids
+    cdef public dict _users
+    cdef public list _fees
+
+    @cython.locals(ids=tuple, text=str)
+    cdef str _id_text(self, Order order)
+    @cython.locals(users=dict, text=str)
+    cdef str _user_text(self, user_id)
+    @cython.locals(text=str)
+    cdef str _fee_text(self, rate)
 
     @cython.locals(history=list, fill=tuple, details=tuple)
     cpdef trade_balances(self, now, Order order, Market market, price, amount, gives, given,

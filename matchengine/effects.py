@@ -37,6 +37,9 @@ HISTORY_COLUMNS[ORDER_DETAIL] = HISTORY_COLUMNS[ORDER]
 
 TOPIC_DEALS, TOPIC_ORDERS, TOPIC_BALANCES = "deals", "orders", "balances"
 
+TEXTS_KEPT = 100000   # user id texts kept (then forgotten all at once)
+FEES_KEPT = 8         # fee rate texts kept
+
 
 def _raw(fill, value):
     """The raw text of `value`, from `fill` (see `Effects.deal`) when it is one of its
@@ -50,7 +53,8 @@ def _raw(fill, value):
 class Effects:
     """Collects history rows and messages; `take()` hands them over and starts afresh."""
 
-    __slots__ = ("balances", "history", "messages", "_fill", "_last_order")
+    __slots__ = ("balances", "history", "messages", "_fill", "_last_order", "_ids", "_users",
+                 "_fees")
 
     def __init__(self, balances):
         self.balances = balances
@@ -60,12 +64,46 @@ class Effects:
         # texts of its details
         self._fill = None
         self._last_order = (None, None)   # (order, its JSON text) of the latest order event
+        # texts written again and again, kept here rather than in every resting order:
+        self._ids = (None, "", None, "")  # the ids of the last two orders, latest first
+        self._users = {}                  # user id -> text
+        self._fees = []                   # [(fee rate, text)], latest first
 
     def take(self):
         history, messages = self.history, self.messages
         self.history, self.messages = [], []
         self._last_order = (None, None)
         return history, messages
+
+    def _id_text(self, order):
+        """The order's id as text: a fill writes the ids of its taker and maker a few times
+        (and a taker's in each of its fills)."""
+        ids = self._ids
+        if ids[0] is order:
+            return ids[1]
+        text = ids[3] if ids[2] is order else str(order.id)
+        self._ids = (order, text, ids[0], ids[1])
+        return text
+
+    def _user_text(self, user_id):
+        users = self._users
+        text = users.get(user_id)
+        if text is None:
+            if len(users) >= TEXTS_KEPT:
+                users.clear()
+            text = users[user_id] = str(user_id)
+        return text
+
+    def _fee_text(self, rate):
+        """The display text of a fee rate: rates are few and parsed once each (identity
+        then means the same value)."""
+        for known, text in self._fees:
+            if known is rate:
+                return text
+        text = to_display(rate)
+        self._fees.insert(0, (rate, text))
+        del self._fees[FEES_KEPT:]
+        return text
 
     def order_text(self, order):
         """The order's JSON text.  A command's last step on its order is the order's event,
@@ -103,7 +141,7 @@ class Effects:
         user_id = order.user_id
         shard = user_id % SHARDS
         detail = '{"a": "%s", "i": %s, "m": %s, "p": "%s"}' % (
-            details[0], order.id_text(), details[1], details[2])
+            details[0], self._id_text(order), details[1], details[2])
         history = self.history
         history.append((BALANCE, shard, (
             now, user_id, gives, "trade", "-" + _raw(fill, given), to_raw(totals[0]), detail)))
@@ -111,7 +149,7 @@ class Effects:
             now, user_id, gets, "trade", _raw(fill, got), to_raw(totals[1]), detail)))
         if fee > ZERO:
             detail = '{"a": "%s", "f": "%s", "i": %s, "m": %s, "p": "%s"}' % (
-                details[0], order.fee_text(fee_rate), order.id_text(), details[1],
+                details[0], self._fee_text(fee_rate), self._id_text(order), details[1],
                 details[2])
             history.append((BALANCE, shard, (
                 now, user_id, gets, "trade", "-" + _raw(fill, fee), to_raw(totals[2]),
@@ -159,8 +197,9 @@ class Effects:
         self.messages.append((TOPIC_DEALS, '[%s, %s, %s, %s, %s, %s, "%s", "%s", "%s", "%s", '
                                            '%s, %s, %s, %s]' % (
                                                format_real(now), market.quoted_name,
-                                               ask.id_text(), bid.id_text(), ask.user_text(),
-                                               bid.user_text(), price_raw, amount_raw,
-                                               ask_fee_raw, bid_fee_raw, DIGITS[taker_side],
-                                               deal_id, market.quoted_stock,
-                                               market.quoted_money)))
+                                               self._id_text(ask), self._id_text(bid),
+                                               self._user_text(ask.user_id),
+                                               self._user_text(bid.user_id), price_raw,
+                                               amount_raw, ask_fee_raw, bid_fee_raw,
+                                               DIGITS[taker_side], deal_id,
+                                               market.quoted_stock, market.quoted_money)))

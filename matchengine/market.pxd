@@ -11,14 +11,10 @@ cdef class Order:
     cdef public object price, amount, taker_fee, maker_fee, left, freeze
     cdef public object deal_stock, deal_money, deal_fee
     cdef public Level level
-    cdef public str _head, _mid, _id_text, _user_text
-    cdef public tuple _fee_texts
+    cdef public str _head, _mid
 
-    cpdef str id_text(self)
-    cpdef str user_text(self)
-    @cython.locals(fees=tuple, source=str)
+    @cython.locals(source=str)
     cpdef _fixed_texts(self)
-    cpdef str fee_text(self, rate)
     cpdef str info_json(self)
 
 cdef class Level:

@@ -31,8 +31,7 @@ EVENT_PUT, EVENT_UPDATE, EVENT_FINISH = 1, 2, 3
 class Order:
     __slots__ = ("id", "type", "side", "create_time", "update_time", "user_id", "market",
                  "source", "price", "amount", "taker_fee", "maker_fee", "left", "freeze",
-                 "deal_stock", "deal_money", "deal_fee", "level", "_head", "_mid", "_fee_texts",
-                 "_id_text", "_user_text")
+                 "deal_stock", "deal_money", "deal_fee", "level", "_head", "_mid")
 
     def __init__(self, order_id, order_type, side, now, user_id, market, source, price,
                  amount, taker_fee, maker_fee):
@@ -55,41 +54,18 @@ class Order:
         self.level = None          # the book level it rests in
         self._head = None
         self._mid = None
-        self._fee_texts = None
-        self._id_text = None       # the id and the user as text, made when first written
-        self._user_text = None
-
-    def id_text(self) -> str:
-        text = self._id_text
-        if text is None:
-            text = self._id_text = str(self.id)
-        return text
-
-    def user_text(self) -> str:
-        text = self._user_text
-        if text is None:
-            text = self._user_text = str(self.user_id)
-        return text
 
     def _fixed_texts(self):
         """The cached pieces of the order info: its fixed fields as text."""
         source = "" if self.source is None else ', "source": ' + quote(self.source)
         self._head = '{"id": %s, "market": %s%s, "type": %s, "side": %s, "user": %s, ' \
-                     '"ctime": %s, "mtime": ' % (self.id_text(), quote(self.market), source,
+                     '"ctime": %s, "mtime": ' % (self.id, quote(self.market), source,
                                                 DIGITS[self.type], DIGITS[self.side],
-                                                self.user_text(), format_real(self.create_time))
-        fees = self._fee_texts = (to_display(self.taker_fee), to_display(self.maker_fee))
+                                                self.user_id, format_real(self.create_time))
         self._mid = ', "price": "%s", "amount": "%s", "taker_fee": "%s", ' \
                     '"maker_fee": "%s", "left": "' % (
-                        to_display(self.price), to_display(self.amount), fees[0], fees[1])
-
-    def fee_text(self, rate) -> str:
-        """The text of the order's taker or maker fee rate (the details of its fills)."""
-        if self._head is None:
-            self._fixed_texts()
-        if rate is self.taker_fee:
-            return self._fee_texts[0]
-        return self._fee_texts[1] if rate is self.maker_fee else to_display(rate)
+                        to_display(self.price), to_display(self.amount),
+                        to_display(self.taker_fee), to_display(self.maker_fee))
 
     def info_json(self) -> str:
         """The order info as JSON text, built from cached pieces of its fixed fields."""
