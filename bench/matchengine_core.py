@@ -15,6 +15,7 @@ Usage: python bench/matchengine_core.py [--orders N] [--resting N] [--profile] [
 import argparse
 import os
 import random
+import resource
 import sys
 import time
 
@@ -183,9 +184,10 @@ def main():
         refused = run(eng, batch, log)
     elapsed = time.perf_counter() - start
     print("matchengine_core: %d orders (%d resting before), %.0f orders/s, %d refused, "
-          "%d deals, %d orders resting, slice fork pause %.1f ms"
+          "%d deals, %d orders resting, slice fork pause %.1f ms, peak memory %d MB"
           % (args.orders, args.resting, args.orders / elapsed, refused, eng.deal_id,
-             sum(len(m.orders) for m in eng.markets.values()), fork_pause(eng)))
+             sum(len(m.orders) for m in eng.markets.values()), fork_pause(eng),
+             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024))
     if args.replay:
         print("matchengine_core: replay %.0f operation-log entries/s" % replay_rate(
             log, args.resting))
