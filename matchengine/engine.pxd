@@ -5,6 +5,15 @@ from matchengine.balance cimport Balances
 from matchengine.effects cimport Effects
 from matchengine.market cimport Market, Order
 
+cpdef _error(code, message)
+cpdef _int(value)
+cpdef _str(value)
+@cython.locals(cache=dict)
+cpdef _decimal(value, prec)
+@cython.locals(cache=dict)
+cpdef _fee(value, prec)
+cpdef _source(value)
+
 cdef class Engine:
     cdef public dict assets, markets, dedup, show_exp, _depth_cache, handlers
     cdef public Balances balances
