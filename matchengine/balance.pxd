@@ -4,7 +4,7 @@ cimport cython
 cdef object _total(object available, object frozen)
 
 cdef class Balances:
-    cdef public dict assets, entries, fees, _exp, _cut
+    cdef public dict assets, entries, fees, _exp, _cut, _room
 
     @cython.locals(entry=list, entries=dict)
     cpdef available(self, object user_id, object asset)

@@ -9,7 +9,7 @@ Operations that cannot be done (not enough funds) return False and change nothin
 
 from decimal import ROUND_DOWN, Decimal
 
-from utils.decimals import ZERO, exponent
+from utils.decimals import CONTEXT, ZERO, exponent
 
 AVAILABLE, FREEZE = 1, 2
 
@@ -25,19 +25,23 @@ def _total(available, frozen):
 
 class Balances:
 
-    __slots__ = ("assets", "entries", "fees", "_exp", "_cut")
+    __slots__ = ("assets", "entries", "fees", "_exp", "_cut", "_room")
 
     def __init__(self, assets, whole=()):
-        """`whole` names the assets in which every amount `trade` and `_move` take away is
-        a whole number of the asset's smallest stored unit (1e-prec_save): what the markets'
+        """`whole` names the assets in which every amount `trade` and `_move` move is a
+        whole number of the asset's smallest stored unit (1e-prec_save): what the markets'
         precisions ensure (`engine.whole_assets`).  A stored value, which has that exponent,
-        less such an amount needs no truncation, and these two skip it."""
+        less or plus such an amount needs no truncation, and these two skip it."""
         self.assets = assets
         self.entries = {}        # (user_id, asset) -> [available, freeze]
         self.fees = {name: ZERO for name in assets}   # what fees took out, per asset
         self._exp = {name: exponent(a.prec_save) for name, a in assets.items()}
         # what a difference is truncated to in `trade` and `_move`: None for whole assets
         self._cut = {name: None if name in whole else exp for name, exp in self._exp.items()}
+        # below this, a value at prec_save places has the context's digits at most: a sum
+        # of such values is exact, and so needs no truncation in a whole asset
+        self._room = {name: Decimal((0, (1,), CONTEXT.prec - a.prec_save))
+                      for name, a in assets.items()}
 
     def get(self, user_id: int, kind: int, asset: str) -> Decimal:
         entry = self.entries.get((user_id, asset))
@@ -77,12 +81,17 @@ class Balances:
                 del self.entries[key]
 
     def add(self, user_id, kind, asset, amount):
+        """False, and nothing changed, when the sum does not fit the asset's prec_save
+        places in the context's digits (it would be NaN)."""
         key = (user_id, asset)
         entry = self.entries.get(key)
+        current = None if entry is None else entry[kind - 1]
+        value = amount if current is None else current + amount
+        if value.quantize(self._exp[asset], ROUND_DOWN).is_nan():
+            return False
         if entry is None:
             entry = self.entries[key] = [None, None]
-        current = entry[kind - 1]
-        self._store(key, entry, kind - 1, amount if current is None else current + amount)
+        self._store(key, entry, kind - 1, value)
         return True
 
     def sub(self, user_id, kind, asset, amount):
@@ -138,7 +147,10 @@ class Balances:
             entry = entries[key] = [None, None]
         exp = self._exp[gets]
         current = entry[0]
-        current = (got if current is None else current + got).quantize(exp, ROUND_DOWN)
+        current = got if current is None else current + got
+        # a stored value plus whole units is exact while it has room
+        if current is got or cut[gets] is not None or current >= self._room[gets]:
+            current = current.quantize(exp, ROUND_DOWN)
         if totals:
             got_total = _total(current or None, entry[1])
         charged = fee > ZERO
@@ -178,8 +190,9 @@ class Balances:
                                                                                 ROUND_DOWN)
         entry[source] = left if left else None
         other = entry[target]
-        moved = (amount if other is None else other + amount).quantize(self._exp[asset],
-                                                                          ROUND_DOWN)
+        moved = amount if other is None else other + amount
+        if moved is amount or cut is not None or moved >= self._room[asset]:    # as in `trade`
+            moved = moved.quantize(self._exp[asset], ROUND_DOWN)
         entry[target] = moved if moved else None
         if not left and not moved:
             del self.entries[key]

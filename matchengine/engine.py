@@ -136,8 +136,8 @@ def _sort(value):
 
 
 def whole_assets(assets, markets):
-    """The assets in which every amount a fill or a freeze takes from a balance is a whole
-    number of the asset's smallest stored unit (see `Balances`).  For each market using it,
+    """The assets in which every amount a fill or a freeze moves into or out of a balance is
+    a whole number of the asset's smallest stored unit (see `Balances`).  For each market using it,
     its precisions must be set (0 keeps the exponent a value was written with), and its
     prec_save must reach the finest such amount: price x amount x fee rate for the money,
     amount x fee rate for the stock, and a freeze restored from a slice."""
@@ -256,7 +256,8 @@ class Engine:
         if seen is not None and now - seen < DEDUP_KEEP:
             raise _error(10, "repeat update")
         if change >= 0:
-            self.balances.add(user_id, AVAILABLE, asset, change)
+            if not self.balances.add(user_id, AVAILABLE, asset, change):
+                raise INVALID_ARGUMENT()    # more than a balance can hold
         elif not self.balances.sub(user_id, AVAILABLE, asset, -change):
             raise _error(11, "balance not enough")
         self._remember(key, now)

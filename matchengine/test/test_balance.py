@@ -108,7 +108,7 @@ def on_grid(places):
 
 class WholeAssetTests(SynchronousTestCase):
     """Assets whose traded amounts are whole in their smallest stored unit skip truncating
-    differences: this must change no digit and no exponent."""
+    what a fill or a freeze adds and takes: this must change no digit and no exponent."""
 
     def test_shipped_markets_trade_whole_amounts(self):
         assets, markets = config.example_tables()
@@ -156,7 +156,7 @@ class WholeAssetTests(SynchronousTestCase):
     @given(kind=st.sampled_from([AVAILABLE, FREEZE]),
            gives=st.sampled_from(["BTC", "BCH"]),
            start=st.tuples(*[st.one_of(st.none(), on_grid(12))] * 4),
-           given_=on_grid(12), got=values, fee=on_grid(12), moved=on_grid(12))
+           given_=on_grid(12), got=on_grid(12), fee=on_grid(12), moved=on_grid(12))
     def test_whole_trade_and_move_are_the_truncating_ones(self, kind, gives, start, given_,
                                                           got, fee, moved):
         gets = "BCH" if gives == "BTC" else "BTC"

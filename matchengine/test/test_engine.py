@@ -135,6 +135,33 @@ class UnitTests(SynchronousTestCase):
         self.assertEqual((dict(self.eng.balances.entries), self.eng.order_id,
                           self.eng.deal_id), before)
 
+    def test_balance_beyond_its_digits_refused(self):
+        """A deposit whose sum would not fit the asset's prec_save places in 34 digits (NaN
+        in the original) is refused as an invalid argument and changes nothing; a fill that
+        brings a balance past that room is truncated as any other change is."""
+        big = "6" + "0" * 21                 # BTC keeps 12 places: room below 1e22
+        self.deposit(1, "BTC", big, 1)
+        r = self.run_cmd(102, 1, "BTC", "deposit", 2, big, {})
+        self.assertEqual(r["error"], {"code": 1, "message": "invalid argument"})
+        self.assertEqual(str(self.eng.balances.get(1, AVAILABLE, "BTC")), big + ".000000000000")
+        self.assertNotIn((1, "BTC", "deposit", 2), self.eng.dedup)
+        # a maker with 99,999,999,999,999.5 BCH (20 places: room below 1e14) sells 1 BTC
+        # at 1: the BCH it receives takes it past the room, and is truncated (to NaN) as
+        # when every change is truncated; below the room no truncation is needed
+        ops = [(102, [2, "BCH", "deposit", 3, "99999999999999.5", {}]),
+               (102, [2, "BTC", "deposit", 4, "1", {}]),
+               (102, [3, "BCH", "deposit", 5, "10", {}]),
+               (201, [2, "BTCBCH", 1, "1", "1", "0", "0", ""]),
+               (201, [3, "BTCBCH", 2, "1", "1", "0", "0", ""])]
+        truncating = new_engine()
+        truncating.balances._cut = dict(truncating.balances._exp)
+        for command, params in ops:
+            self.assertEqual(self.run_cmd(command, *params), call(truncating, command,
+                                                                  params, self.now))
+        self.assertEqual(self.eng.deal_id, 1)
+        self.assertEqual(repr(self.eng.balances.entries[(2, "BCH")]),
+                         repr(truncating.balances.entries[(2, "BCH")]))
+
     def test_offsets_beyond_the_lists(self):
         """An offset is unsigned 64-bit: a negative one skips every order, and the answer
         echoes it as the original's signed JSON integer does."""
