@@ -12,7 +12,7 @@ cdef str _raw(tuple fill, value)
 cdef class Effects:
     cdef public Balances balances
     cdef public list history, messages
-    cdef public object _fill, _last_order
+    cdef public object _fill, _details, _last_order
     cdef public tuple _ids
     cdef public dict _users
     cdef public list _fees

@@ -53,16 +53,17 @@ def _raw(fill, value):
 class Effects:
     """Collects history rows and messages; `take()` hands them over and starts afresh."""
 
-    __slots__ = ("balances", "history", "messages", "_fill", "_last_order", "_ids", "_users",
-                 "_fees")
+    __slots__ = ("balances", "history", "messages", "_fill", "_details", "_last_order", "_ids",
+                 "_users", "_fees")
 
     def __init__(self, balances):
         self.balances = balances
         self.history = []    # (table, shard, row)
         self.messages = []   # (topic, text)
         # the fill being recorded, from `deal`: its numbers and their raw texts, then the
-        # texts of its details
+        # texts its balance details share (both sides)
         self._fill = None
+        self._details = None
         self._last_order = (None, None)   # (order, its JSON text) of the latest order event
         # texts written again and again, kept here rather than in every resting order:
         self._ids = (None, "", None, "")  # the ids of the last two orders, latest first
@@ -132,12 +133,12 @@ class Effects:
         fill = self._fill
         if fill is None or fill[0] is not price or fill[2] is not amount:
             fill = self._fill = (price, to_raw(price), amount, to_raw(amount), None, None,
-                                 None, None, None, None, ())
-        details = fill[10]
-        if not details:
-            details = (display_of(_raw(fill, amount)), market.quoted_name,
-                       display_of(_raw(fill, price)))
-            fill = self._fill = fill[:10] + (details,)
+                                 None, None, None, None)
+            self._details = None
+        details = self._details
+        if details is None:
+            details = self._details = (display_of(fill[3]), market.quoted_name,
+                                       display_of(fill[1]))
         user_id = order.user_id
         shard = user_id % SHARDS
         detail = '{"a": "%s", "i": %s, "m": %s, "p": "%s"}' % (
@@ -180,7 +181,8 @@ class Effects:
         price_raw, amount_raw, deal_raw = to_raw(price), to_raw(amount), to_raw(deal)
         ask_fee_raw, bid_fee_raw = to_raw(ask_fee), to_raw(bid_fee)
         self._fill = (price, price_raw, amount, amount_raw, deal, deal_raw, ask_fee,
-                      ask_fee_raw, bid_fee, bid_fee_raw, ())
+                      ask_fee_raw, bid_fee, bid_fee_raw)
+        self._details = None
         history = self.history
         history.append((DEAL, ask.id % SHARDS, (
             now, ask.user_id, deal_id, ask.id, bid.id, ask_role, price_raw, amount_raw, deal_raw,

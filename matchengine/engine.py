@@ -137,10 +137,10 @@ def _sort(value):
 
 def whole_assets(assets, markets):
     """The assets in which every amount a fill or a freeze moves into or out of a balance is
-    a whole number of the asset's smallest stored unit (see `Balances`).  For each market using it,
-    its precisions must be set (0 keeps the exponent a value was written with), and its
-    prec_save must reach the finest such amount: price x amount x fee rate for the money,
-    amount x fee rate for the stock, and a freeze restored from a slice."""
+    a whole number of the asset's smallest stored unit (see `Balances`).  For each market
+    using it, its precisions must be set (0 keeps the exponent a value was written with),
+    and its prec_save must reach the finest such amount: price x amount x fee rate for the
+    money, amount x fee rate for the stock, and a freeze restored from a slice."""
     whole = set(assets)
     for m in markets.values():
         if not (m.stock_prec and m.money_prec and m.fee_prec):

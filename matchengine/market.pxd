@@ -14,7 +14,6 @@ cdef class Order:
     cdef public str _head, _mid
 
     @cython.locals(source=str)
-    cpdef _fixed_texts(self)
     cpdef str info_json(self)
 
 cdef class Level:

@@ -55,22 +55,19 @@ class Order:
         self._head = None
         self._mid = None
 
-    def _fixed_texts(self):
-        """The cached pieces of the order info: its fixed fields as text."""
-        source = "" if self.source is None else ', "source": ' + quote(self.source)
-        self._head = '{"id": %s, "market": %s%s, "type": %s, "side": %s, "user": %s, ' \
-                     '"ctime": %s, "mtime": ' % (self.id, quote(self.market), source,
-                                                DIGITS[self.type], DIGITS[self.side],
-                                                self.user_id, format_real(self.create_time))
-        self._mid = ', "price": "%s", "amount": "%s", "taker_fee": "%s", ' \
-                    '"maker_fee": "%s", "left": "' % (
-                        to_display(self.price), to_display(self.amount),
-                        to_display(self.taker_fee), to_display(self.maker_fee))
-
     def info_json(self) -> str:
         """The order info as JSON text, built from cached pieces of its fixed fields."""
         if self._head is None:
-            self._fixed_texts()
+            source = "" if self.source is None else ', "source": ' + quote(self.source)
+            self._head = '{"id": %s, "market": %s%s, "type": %s, "side": %s, "user": %s, ' \
+                         '"ctime": %s, "mtime": ' % (self.id, quote(self.market), source,
+                                                    DIGITS[self.type], DIGITS[self.side],
+                                                    self.user_id,
+                                                    format_real(self.create_time))
+            self._mid = ', "price": "%s", "amount": "%s", "taker_fee": "%s", ' \
+                        '"maker_fee": "%s", "left": "' % (
+                            to_display(self.price), to_display(self.amount),
+                            to_display(self.taker_fee), to_display(self.maker_fee))
         if self.deal_stock is ZERO:     # no fill yet: the deal sums are still the shared zero
             return '%s%s%s%s", "deal_stock": "0", "deal_money": "0", "deal_fee": "0"}' % (
                 self._head, format_real(self.update_time), self._mid, to_display(self.left))
