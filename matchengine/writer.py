@@ -20,7 +20,6 @@ import json
 import marshal
 import os
 import queue
-import re
 import struct
 import sys
 import threading
@@ -29,6 +28,7 @@ import time
 from pymysql.converters import escape_string
 
 from matchengine.effects import HISTORY_COLUMNS
+from utils.mysql import needs_escape
 
 FRAME = struct.Struct(">I")
 
@@ -57,13 +57,9 @@ def _row_format(columns):
 ROW_FORMATS = {table: _row_format(columns) for table, columns in HISTORY_COLUMNS.items()}
 
 
-# what must be escaped inside a single-quoted MySQL string; double quotes need not be, and
-# JSON details are full of them, so most texts go in as they are
-_NEEDS_ESCAPE = re.compile(r"[\\'\x00\n\r\x1a]").search
-
-
 def _escape(text):
-    return escape_string(text) if _NEEDS_ESCAPE(text) else text
+    # most texts, JSON details included, have nothing to escape and go in as they are
+    return escape_string(text) if needs_escape(text) else text
 
 
 def insert_statements(history, chunk=1000):

@@ -113,6 +113,28 @@ class Scenarios:
         rows = await db.query("SELECT `v` FROM `%s`" % copy)
         self.assertEqual(Decimal(rows[0][0]), Decimal("1.5"))
 
+    async def texts(self):
+        db = self.make()
+        name = self.table()
+        await db.execute_script("CREATE TABLE `%s` (`id` BIGINT UNSIGNED NOT NULL PRIMARY KEY,"
+                                " `t` DOUBLE NOT NULL, `v` TEXT, `n` BIGINT);" % name)
+        self.addCleanup(lambda: db.execute("DROP TABLE `%s`" % name))
+        values = ['{"method": "order.put_limit", "params": [1, "BTCBCH", "%s"]}',
+                  "it's", 'back\\slash', "line\nbreak\r", "nul\x00z", "ctrl-z\x1a",
+                  '"\\u00e9t\\u00e9" \u00e9t\u00e9 %d %%', "", None]
+        rows = [(i + 1, 1733472000.123456 + i, v, -(1 << 62) + i)
+                for i, v in enumerate(values)]
+        rows.append((len(rows) + 1, 0.1, True, None))
+        await db.insert_many(name, ["id", "t", "v", "n"], rows)
+        back = await db.query("SELECT `id`, `t`, `v`, `n` FROM `%s` ORDER BY `id`" % name)
+        expected = rows[:-1] + [(len(rows), 0.1, "1", None)]
+        self.assertEqual([tuple(r) for r in back], expected)
+
+    def test_texts_and_numbers(self):
+        """Texts with and without characters to escape, floats, large integers and NULLs
+        are stored exactly as given."""
+        return defer.Deferred.fromCoroutine(self.texts())
+
     def test_create_like(self):
         """A table copied from a template exists afterwards and takes rows; twice is fine."""
         return defer.Deferred.fromCoroutine(self.like())
