@@ -196,6 +196,7 @@ def main():
     try:
         stats = drive(port, orders(args.orders, seed=random.randrange(1 << 30)), args.clients,
                       args.depth, usage.start)
+        usage.answered()
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(60)
@@ -217,7 +218,9 @@ def main():
 
 class CPUUsage:
     """CPU seconds used from `start()` to `stop()` (after the daemon was waited for) by the
-    daemon with its writer process, by this load generator and by the local services."""
+    daemon with its writer process, by this load generator and by the local services; and
+    by the daemon's own process alone until the last reply (`answered()`): the matching
+    thread's share, which bounds the rate whatever the other processes do."""
 
     def __init__(self, daemon_pid):
         self.daemon_pid = daemon_pid
@@ -230,6 +233,12 @@ class CPUUsage:
         # the daemon and its writer, alive: the writer's time is not yet in the daemon's
         self._before["daemon and writer"] = cpu.family_cpu(self.daemon_pid)
         self._before["load generator"] = time.process_time()
+        self._before["daemon alone"] = cpu.process_cpu(self.daemon_pid)
+
+    def answered(self):
+        if self._before is not None:
+            self.used["daemon alone"] = (cpu.process_cpu(self.daemon_pid)
+                                         - self._before["daemon alone"])
 
     def stop(self):
         if self._before is None:
