@@ -24,7 +24,7 @@ from utils.jsonfmt import RawJSON, dumps, loads
 __all__ = [
     "MAGIC", "HEADER_SIZE", "REQUEST", "REPLY", "PUSH", "HEARTBEAT", "Packet", "ProtocolError",
     "BadMagic", "BadChecksum", "PacketTooLarge", "TruncatedPacket", "StreamDecoder",
-    "decode_packet", "encode", "heartbeat_request", "heartbeat_timeout_of", "reply_body",
+    "decode_packet", "encode", "encode_reply", "heartbeat_request", "heartbeat_timeout_of", "reply_body",
     "RPCError", "INVALID_ARGUMENT", "INTERNAL_ERROR", "SERVICE_UNAVAILABLE",
     "METHOD_NOT_FOUND", "SERVICE_TIMEOUT", "parse_params", "MAX_BODY_SIZE", "signed64",
 ]
@@ -129,11 +129,22 @@ class Packet:
 
 def encode(packet: Packet) -> bytes:
     """The packet's bytes, checksum included."""
-    body, ext = packet.body, packet.ext
+    return _frame(packet.command, packet.pkg_type, packet.result, packet.sequence,
+                  packet.req_id, packet.body, packet.ext)
+
+
+def encode_reply(request: Packet, body: bytes) -> bytes:
+    """The bytes of the reply to `request` carrying `body`: `encode(request.reply(body))`,
+    without making the reply packet."""
+    return _frame(request.command, REPLY, request.result, request.sequence, request.req_id,
+                  body, request.ext)
+
+
+def _frame(command, pkg_type, result, sequence, req_id, body, ext):
     if len(body) > MAX_BODY_SIZE or len(ext) > 0xFFFF:
         raise PacketTooLarge("packet body of %d bytes is too large" % len(body))
-    head = HEADER.pack(MAGIC, packet.command, packet.pkg_type, packet.result, 0,
-                       packet.sequence, packet.req_id & 0xFFFFFFFFFFFFFFFF, len(body), len(ext))
+    head = HEADER.pack(MAGIC, command, pkg_type, result, 0, sequence,
+                       req_id & 0xFFFFFFFFFFFFFFFF, len(body), len(ext))
     crc = zlib.crc32(body, zlib.crc32(ext, zlib.crc32(head)))
     return b"".join((head[:CRC_OFFSET], crc.to_bytes(4, "little"), head[CRC_OFFSET + 4:],
                      ext, body))
@@ -266,8 +277,12 @@ def parse_params(body: bytes) -> list:
     Raises ValueError when the body is not such an array.
     """
     if not isinstance(body, str):
-        # as json.loads: UTF-8, -16 or -32, told apart by the first bytes
-        body = body.decode(json.detect_encoding(body), "surrogatepass")
+        # as json.loads: UTF-8, -16 or -32, told apart by the first bytes; an array opening
+        # with "[" and a byte that is not zero can only be UTF-8
+        if body[:1] == b"[" and body[1:2] != b"\0":
+            body = body.decode("utf-8", "surrogatepass")
+        else:
+            body = body.decode(json.detect_encoding(body), "surrogatepass")
     value = loads(body)
     if not isinstance(value, list):
         raise ValueError("request body is not a JSON array")

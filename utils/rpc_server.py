@@ -64,7 +64,7 @@ class RPCRequest:
         if self.replied:
             return
         self.replied = True
-        self._send(self.packet.reply(body))
+        self._send(rpc.encode_reply(self.packet, body))
 
     def reply_result(self, result, pretty=False):
         self.reply_body(rpc.reply_body(self.packet.req_id, result, None, pretty))
@@ -212,12 +212,13 @@ class RPCServerProtocol(Protocol):
         if timeout is not None:
             self.heartbeat_timeout = timeout
         self.last_heartbeat = self.factory.clock.seconds()
-        self.send(packet.reply(b""))
+        self.send(rpc.encode_reply(packet, b""))
 
-    def send(self, packet):
+    def send(self, data):
+        """Write an encoded packet."""
         if self.closed:
             return
-        self.transport.write(rpc.encode(packet))
+        self.transport.write(data)
         limit = self.factory.buf_limit
         if limit and pending_output(self.transport) > limit * self.factory.max_pkg_size:
             self.log.error("{name}: {peer} does not read its replies; closing",
@@ -243,11 +244,11 @@ class RPCDatagramProtocol(DatagramProtocol):
                           name=self.factory.name, peer=peer, error=e)
             return
 
-        def send(reply):
-            self.transport.write(rpc.encode(reply), addr)
+        def send(data):
+            self.transport.write(data, addr)
 
         if packet.command == rpc.HEARTBEAT:
-            send(packet.reply(b""))
+            send(rpc.encode_reply(packet, b""))
             return
         self.factory.dispatch(packet, peer, send, lambda: None)
 

@@ -46,6 +46,7 @@ class GoldenTests(SynchronousTestCase):
             built = rpc.reply_body(request.req_id, body["result"], body["error"])
             self.assertEqual(built, g["reply_body"].encode(), g["note"])
             self.assertEqual(rpc.encode(request.reply(built)), bytes.fromhex(g["reply_hex"]))
+            self.assertEqual(rpc.encode_reply(request, built), bytes.fromhex(g["reply_hex"]))
 
     def test_worked_example(self):
         """The spec's worked example: asset.list, sequence 1, crc 0xd02c92da."""
@@ -171,3 +172,14 @@ class BodyTests(SynchronousTestCase):
         for bad in [b"{}", b"1", b"[NaN]", b"[Infinity]", b"[1e400]",
                     b"[99999999999999999999]", b"[", b"\xff", b"[" * 100000]:
             self.assertRaises(ValueError, rpc.parse_params, bad)
+
+    def test_params_encodings(self):
+        """Bodies are read as json.loads reads bytes: UTF-8 (with or without its mark),
+        UTF-16 and UTF-32 of either byte order, lone surrogates kept."""
+        text = '[1, "\u00e9t\u00e9", "\u20ac", [2]]'
+        for encoding in ("utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be",
+                         "utf-32", "utf-32-le", "utf-32-be"):
+            self.assertEqual(rpc.parse_params(text.encode(encoding)),
+                             [1, "\u00e9t\u00e9", "\u20ac", [2]], encoding)
+        for body in (b"[]", b"[1]", b'["\xed\xa0\x80"]', b"[\n1]"):
+            self.assertEqual(rpc.parse_params(body), json.loads(body), body)
