@@ -2,6 +2,7 @@
 """Balances: truncation to prec_save, removal at zero, refusals, and the one-call fill."""
 
 import copy
+import gc
 from decimal import Decimal
 
 from hypothesis import given, settings
@@ -42,15 +43,28 @@ class BalanceTests(SynchronousTestCase):
         self.assertFalse(b.sub(1, AVAILABLE, "BTC", Decimal("1.000000000001")))
         self.assertFalse(b.sub(1, FREEZE, "BTC", Decimal("0")))
         self.assertFalse(b.sub(2, AVAILABLE, "BTC", Decimal("0")))
-        self.assertEqual(b.entries, {(1, "BTC"): [Decimal("1.000000000000"), None]})
+        self.assertEqual(b.entries, {(1, "BTC"): (Decimal("1.000000000000"), None)})
 
     def test_entry_removed_when_both_sides_reach_zero(self):
         b = new_balances()
         b.add(1, AVAILABLE, "BTC", Decimal("2"))
         self.assertTrue(b.freeze(1, "BTC", Decimal("2")))
-        self.assertEqual(b.entries, {(1, "BTC"): [None, Decimal("2.000000000000")]})
+        self.assertEqual(b.entries, {(1, "BTC"): (None, Decimal("2.000000000000"))})
         self.assertTrue(b.sub(1, FREEZE, "BTC", Decimal("2")))
         self.assertEqual(b.entries, {})
+
+    def test_entries_leave_the_collectors_reach(self):
+        """After the collector's first pass over them, no entry is tracked: entries made
+        after start never add to a later collection's work, however many there are."""
+        b = new_balances()
+        for user in range(1, 1001):
+            b.add(user, AVAILABLE, "BTC", Decimal("2"))
+            b.freeze(user, "BTC", Decimal("1"))
+            b.trade(user, AVAILABLE, "BTC", Decimal("0.5"), "BCH", Decimal("3"),
+                    Decimal("0.1"))
+        gc.collect(0)
+        self.assertEqual(len(b.entries), 2000)
+        self.assertEqual([e for e in b.entries.values() if gc.is_tracked(e)], [])
 
     def test_charge_counts_what_left(self):
         b = new_balances()
@@ -97,7 +111,7 @@ class BalanceTests(SynchronousTestCase):
             self.assertEqual(done.entries, expected.entries)
             self.assertEqual(done.fees, expected.fees)
         for entry in b.entries.values():
-            self.assertNotEqual(entry, [None, None])
+            self.assertNotEqual(entry, (None, None))
 
 
 def on_grid(places):
