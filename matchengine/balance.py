@@ -3,11 +3,13 @@
 
 An entry is keyed by (user_id, asset); it is the tuple (available, freeze), replaced at each
 change.  A missing entry or a missing side (None) is zero; entries that drop to zero on both
-sides are removed.  Tuples of decimals are out of the garbage collector's reach after its
-first pass over them, so a million entries made after start add nothing to later
-collections (lists, always tracked, made a full collection over them last 0.2 s).  Every stored
-value is truncated to the asset's `prec_save` after each change and is never negative.
-Operations that cannot be done (not enough funds) return False and change nothing.
+sides are removed.  Every stored value is truncated to the asset's `prec_save` after each
+change and is never negative.  Operations that cannot be done (not enough funds) return
+False and change nothing.
+
+Tuples of decimals leave the garbage collector's reach after its first pass over them, so
+entries made after start add nothing to later collections (as lists, always tracked, a
+million of them made a full collection last about 0.2 s).
 """
 
 from decimal import ROUND_DOWN, Decimal

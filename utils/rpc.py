@@ -24,7 +24,8 @@ from utils.jsonfmt import RawJSON, dumps, loads
 __all__ = [
     "MAGIC", "HEADER_SIZE", "REQUEST", "REPLY", "PUSH", "HEARTBEAT", "Packet", "ProtocolError",
     "BadMagic", "BadChecksum", "PacketTooLarge", "TruncatedPacket", "StreamDecoder",
-    "decode_packet", "encode", "encode_reply", "heartbeat_request", "heartbeat_timeout_of", "reply_body",
+    "decode_packet", "encode", "encode_reply", "heartbeat_request", "heartbeat_timeout_of",
+    "reply_body",
     "RPCError", "INVALID_ARGUMENT", "INTERNAL_ERROR", "SERVICE_UNAVAILABLE",
     "METHOD_NOT_FOUND", "SERVICE_TIMEOUT", "parse_params", "MAX_BODY_SIZE", "signed64",
 ]
