@@ -59,14 +59,20 @@ class Scenarios:
     def table(self):
         return "t_" + uuid.uuid4().hex[:10]
 
-    async def roundtrip(self):
+    async def scratch_table(self, columns):
+        """A database under test and a new table in it with `columns` (MySQL DDL), dropped
+        when the test ends."""
         db = self.make()
         name = self.table()
-        await db.execute_script(
-            "CREATE TABLE `%s` (`id` BIGINT UNSIGNED NOT NULL PRIMARY KEY AUTO_INCREMENT,"
-            " `user_id` INT UNSIGNED NOT NULL, `amount` DECIMAL(30,16) NOT NULL,"
-            " `note` TEXT, INDEX `idx_user` (`user_id`)) ENGINE=InnoDB;" % name)
+        await db.execute_script("CREATE TABLE `%s` (%s);" % (name, columns))
         self.addCleanup(lambda: db.execute("DROP TABLE `%s`" % name))
+        return db, name
+
+    async def roundtrip(self):
+        db, name = await self.scratch_table(
+            "`id` BIGINT UNSIGNED NOT NULL PRIMARY KEY AUTO_INCREMENT,"
+            " `user_id` INT UNSIGNED NOT NULL, `amount` DECIMAL(30,16) NOT NULL,"
+            " `note` TEXT, INDEX `idx_user` (`user_id`)")
         rows = [(i % 7, Decimal("0.0000000000000001") * i + Decimal("12345678901234"),
                  "n%d" % i) for i in range(2500)]
         count = await db.insert_many(name, ["user_id", "amount", "note"], rows, chunk=1000)
@@ -78,11 +84,8 @@ class Scenarios:
         self.assertEqual(ones[0][0], len([r for r in rows if r[0] == 1]))
 
     async def ignore_and_rollback(self):
-        db = self.make()
-        name = self.table()
-        await db.execute_script("CREATE TABLE `%s` (`id` BIGINT UNSIGNED NOT NULL PRIMARY KEY,"
-                                " `v` TEXT);" % name)
-        self.addCleanup(lambda: db.execute("DROP TABLE `%s`" % name))
+        db, name = await self.scratch_table("`id` BIGINT UNSIGNED NOT NULL PRIMARY KEY,"
+                                            " `v` TEXT")
         await db.insert_many(name, ["id", "v"], [(1, "a"), (2, "b")])
         await db.insert_many(name, ["id", "v"], [(2, "x"), (3, "c")], ignore=True)
 
@@ -95,11 +98,8 @@ class Scenarios:
         self.assertEqual([tuple(r) for r in rows], [(1, "a"), (2, "b"), (3, "c")])
 
     async def like(self):
-        db = self.make()
-        name = self.table()
-        await db.execute_script("CREATE TABLE `%s` (`id` BIGINT UNSIGNED NOT NULL PRIMARY KEY,"
-                                " `v` DECIMAL(30,8) NOT NULL, INDEX `idx_v` (`v`));" % name)
-        self.addCleanup(lambda: db.execute("DROP TABLE `%s`" % name))
+        db, name = await self.scratch_table("`id` BIGINT UNSIGNED NOT NULL PRIMARY KEY,"
+                                            " `v` DECIMAL(30,8) NOT NULL, INDEX `idx_v` (`v`)")
         copy = name + "_1"
 
         def create(cursor):
@@ -114,11 +114,8 @@ class Scenarios:
         self.assertEqual(Decimal(rows[0][0]), Decimal("1.5"))
 
     async def texts(self):
-        db = self.make()
-        name = self.table()
-        await db.execute_script("CREATE TABLE `%s` (`id` BIGINT UNSIGNED NOT NULL PRIMARY KEY,"
-                                " `t` DOUBLE NOT NULL, `v` TEXT, `n` BIGINT);" % name)
-        self.addCleanup(lambda: db.execute("DROP TABLE `%s`" % name))
+        db, name = await self.scratch_table("`id` BIGINT UNSIGNED NOT NULL PRIMARY KEY,"
+                                            " `t` DOUBLE NOT NULL, `v` TEXT, `n` BIGINT")
         values = ['{"method": "order.put_limit", "params": [1, "BTCBCH", "%s"]}',
                   "it's", 'back\\slash', "line\nbreak\r", "nul\x00z", "ctrl-z\x1a",
                   '"\\u00e9t\\u00e9" \u00e9t\u00e9 %d %%', "", None]
