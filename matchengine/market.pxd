@@ -2,6 +2,7 @@
 cimport cython
 
 from matchengine.balance cimport Balances
+from matchengine.book cimport Book, Level
 from utils.decimals cimport to_display
 from utils.jsonfmt cimport format_real
 from matchengine.effects cimport Effects
@@ -16,18 +17,15 @@ cdef class Order:
     @cython.locals(source=str)
     cpdef str info_json(self)
 
-cdef class Level:
-    cdef public object price, key, amount
-    cdef public dict orders
-
 cdef class Market:
     cdef public object desc, name, stock, money, quoted_name, quoted_stock, quoted_money
-    cdef public object stock_exp, asks, bids, version
+    cdef public object stock_exp, version
+    cdef public Book asks, bids
     cdef public Balances balances
-    cdef public dict bid_levels, orders, users
+    cdef public dict orders, users
     cdef public Level top_ask, top_bid
 
-    @cython.locals(level=Level, user=dict, users=dict)
+    @cython.locals(book=Book, level=Level, user=dict, users=dict)
     cpdef insert(self, Order order)
     @cython.locals(level=Level, user=dict)
     cpdef remove(self, Order order)

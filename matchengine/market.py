@@ -1,13 +1,10 @@
 # -*- test-case-name: matchengine.test.test_engine -*-
 """One market's order book and its matching, without I/O.
 
-Asks and bids are `SortedDict`s of price levels (bids keyed by the negated price, so the best
-level of either side is the first).  A level keeps its orders in arrival order (ascending id)
-and the sum of their `left`.  A resting order points to its level, and the market to the best
-level of each side (`top_ask`, `top_bid`), which matching takes at every fill.  Bid levels are
-also found by their price: a negated price is a new `Decimal`, and hashing one costs more than
-the rest of an insertion.  Matching follows the original to the digit: the maker's price, fees
-on what each side receives, market buys spending money, and the same order of balance
+Each side is a `Book` of price levels in matching priority; a resting order points to its
+level, and the market to the best level of each side (`top_ask`, `top_bid`), which matching
+takes at every fill.  Matching follows the original to the digit: the maker's price, fees on
+what each side receives, market buys spending money, and the same order of balance
 movements, history rows and messages.
 
 Side effects leave through `sink` (see `matchengine.effects`); a market built with no sink
@@ -16,14 +13,13 @@ only changes memory, which is how the operation log is replayed.
 
 from decimal import ROUND_DOWN
 
-from sortedcontainers import SortedDict
-
 try:
     import cython
 except ImportError:         # run uncompiled, without Cython installed
     from utils import pure_cython as cython
 
 from matchengine.balance import AVAILABLE, FREEZE
+from matchengine.book import Book, Level
 from utils.decimals import ZERO, exponent, to_display
 from utils.jsonfmt import DIGITS, format_real, quote
 
@@ -102,16 +98,6 @@ class Order:
         return info
 
 
-class Level:
-    __slots__ = ("price", "key", "orders", "amount")
-
-    def __init__(self, price, key):
-        self.price = price
-        self.key = key       # in its book: the price, negated for bids
-        self.orders = {}     # id -> Order, in arrival (= id) order
-        self.amount = ZERO   # sum of the orders' left
-
-
 class Market:
     """A market's books, orders by id and by user; matching against `balances`."""
 
@@ -125,11 +111,10 @@ class Market:
             quote(desc.name), quote(desc.stock), quote(desc.money))
         self.stock_exp = exponent(desc.stock_prec)
         self.balances = balances
-        self.asks = SortedDict()   # price -> Level
-        self.bids = SortedDict()   # -price -> Level
-        self.bid_levels = {}       # price -> Level, the same levels as `bids`
-        self.top_ask = None        # the first level of `asks`, None when it is empty
-        self.top_bid = None        # the first level of `bids`, None when it is empty
+        self.asks = Book(False)
+        self.bids = Book(True)
+        self.top_ask = None        # the best level of `asks`, None when it is empty
+        self.top_bid = None        # the best level of `bids`, None when it is empty
         self.orders = {}           # id -> Order
         self.users = {}            # user_id -> {id: Order}, ascending id
         self.version = 0           # bumped by every command that changes the book
@@ -139,19 +124,15 @@ class Market:
     def insert(self, order):
         """Put a resting order into the book and the indexes (freeze is the caller's)."""
         order_id, price = order.id, order.price
-        if order.side == ASK:
-            level = self.asks.get(price)
-            if level is None:
-                level = self.asks[price] = Level(price, price)
-                if self.top_ask is None or price < self.top_ask.price:
-                    self.top_ask = level
-        else:
-            level = self.bid_levels.get(price)
-            if level is None:
-                level = self.bid_levels[price] = Level(price, -price)
-                self.bids[level.key] = level
-                if self.top_bid is None or price > self.top_bid.price:
-                    self.top_bid = level
+        book = self.asks if order.side == ASK else self.bids
+        level = book.levels.get(price)
+        if level is None:
+            level = Level(price)
+            book.add(level)
+            if order.side == ASK:
+                self.top_ask = book.best()
+            else:
+                self.top_bid = book.best()
         order.level = level
         level.orders[order_id] = order
         level.amount += order.left
@@ -169,16 +150,11 @@ class Market:
         if level.orders:
             level.amount -= order.left
         elif order.side == ASK:
-            asks = self.asks
-            del asks[level.key]
-            if level is self.top_ask:
-                self.top_ask = asks.peekitem(0)[1] if asks else None
+            self.asks.remove(level)
+            self.top_ask = self.asks.best()
         else:
-            bids = self.bids
-            del bids[level.key]
-            del self.bid_levels[level.price]
-            if level is self.top_bid:
-                self.top_bid = bids.peekitem(0)[1] if bids else None
+            self.bids.remove(level)
+            self.top_bid = self.bids.best()
         del self.orders[order.id]
         user = self.users[order.user_id]
         del user[order.id]

@@ -41,8 +41,9 @@ FORK_SUMMARY_ENTRIES = 20000
 GC_YOUNG_THRESHOLD = 20000
 
 # the modules of the matching path, compiled with Cython when installed (setup.py)
-COMPILED_MODULES = ("matchengine.balance", "matchengine.effects", "matchengine.engine",
-                    "matchengine.market", "utils.decimals", "utils.jsonfmt")
+COMPILED_MODULES = ("matchengine.balance", "matchengine.book", "matchengine.effects",
+                    "matchengine.engine", "matchengine.market", "utils.decimals",
+                    "utils.jsonfmt")
 
 
 def uncompiled():

@@ -82,19 +82,22 @@ class InvariantTests(SynchronousTestCase):
                 held[key] = held.get(key, Decimal(0)) + order.freeze
                 self.assertGreater(order.left, 0)
                 # each open order rests in the level its book keeps at its price
-                self.assertIs(market.side_book(order.side)[order.level.key], order.level)
+                self.assertIs(market.side_book(order.side).levels[order.price], order.level)
                 self.assertIs(order.level.orders[order.id], order)
                 self.assertEqual(order.level.price, order.price)
             for level in list(market.asks.values()) + list(market.bids.values()):
                 self.assertEqual(level.amount, sum(o.left for o in level.orders.values()))
-            self.assertEqual({level.price: level for level in market.bids.values()},
-                             market.bid_levels)
             for book, top in ((market.asks, market.top_ask), (market.bids, market.top_bid)):
-                self.assertIs(top, book.peekitem(0)[1] if book else None)
+                levels = list(book.values())
+                self.assertEqual({level.price: level for level in levels}, book.levels)
+                self.assertIs(top, levels[0] if levels else None)
+                # best first: asks from the lowest price up, bids from the highest down
+                prices = [level.price for level in levels]
+                self.assertEqual(prices, sorted(prices, reverse=book is market.bids))
+                self.assertEqual(len(set(prices)), len(prices))
             # the book is never crossed
             if market.asks and market.bids:
-                self.assertLess(market.bids.peekitem(0)[1].price,
-                                market.asks.peekitem(0)[1].price)
+                self.assertLess(market.top_bid.price, market.top_ask.price)
         frozen = {key: entry[1] for key, entry in b.entries.items() if entry[1] is not None}
         self.assertEqual({k: v for k, v in held.items() if v}, frozen)
         # users' sums plus the fees taken change only by balance.update amounts
