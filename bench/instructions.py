@@ -30,7 +30,7 @@ def inner(mode, count, measure):
     eng = core.build(0)
     batch = core.orders(count)
     if mode == "orders":
-        gc.freeze()
+        core.collector_as_daemon()
         if measure:
             core.run(eng, batch)
         return

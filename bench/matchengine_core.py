@@ -62,6 +62,17 @@ def orders(count, seed=2):
     return out
 
 
+def collector_as_daemon():
+    """The garbage collector as the daemon sets it once recovered: what was loaded frozen
+    out of its reach, the youngest generation collected every `GC_YOUNG_THRESHOLD`
+    allocations."""
+    import gc
+
+    from matchengine.server import GC_YOUNG_THRESHOLD
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def run(eng, batch, log=None):
     execute = eng.execute
     log_entry = eng.log_entry
@@ -170,8 +181,7 @@ def main():
     args = parser.parse_args()
     eng = build(args.resting)
     batch = orders(args.orders)
-    import gc
-    gc.freeze()
+    collector_as_daemon()
     start = time.perf_counter()
     if args.profile:
         import cProfile
