@@ -3,18 +3,24 @@ cimport cython
 
 cdef object _total(object available, object frozen)
 
-cdef class Balances:
-    cdef public dict assets, entries, fees, _exp, _cut, _room
+cdef class AssetBalances:
+    cdef public object name, fees, exp, cut, room
+    cdef public dict entries
 
-    @cython.locals(entry=tuple, entries=dict)
+    @cython.locals(entries=dict, entry=tuple)
+    cpdef bint move(self, object user_id, object amount, int source, int target) except -1
+
+cdef class Balances:
+    cdef public dict assets, by_asset
+
+    @cython.locals(balances=AssetBalances)
+    cdef tuple _entry(self, object user_id, object asset)
+    @cython.locals(entry=tuple)
     cpdef available(self, object user_id, object asset)
     @cython.locals(entry=tuple)
     cpdef total(self, object user_id, object asset)
-    @cython.locals(entry=tuple, index=Py_ssize_t, entries=dict, cut=dict, charged=bint)
-    cpdef trade(self, object user_id, int kind, object gives, object given, object gets,
-                object got, object fee, bint totals=*)
-    cpdef bint freeze(self, object user_id, object asset, object amount)
-    cpdef bint unfreeze(self, object user_id, object asset, object amount)
-    @cython.locals(entry=tuple)
-    cpdef bint _move(self, object user_id, object asset, object amount, int source,
-                     int target)
+    @cython.locals(entry=tuple, index=Py_ssize_t, entries=dict, charged=bint)
+    cpdef trade(self, object user_id, int kind, AssetBalances gives, object given,
+                AssetBalances gets, object got, object fee, bint totals=*)
+    cpdef bint freeze(self, object user_id, object asset, object amount) except -1
+    cpdef bint unfreeze(self, object user_id, object asset, object amount) except -1

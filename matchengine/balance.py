@@ -1,11 +1,15 @@
 # -*- test-case-name: matchengine.test.test_balance -*-
 """Every user's available and frozen funds, per asset.
 
-An entry is keyed by (user_id, asset); it is the tuple (available, freeze), replaced at each
-change.  A missing entry or a missing side (None) is zero; entries that drop to zero on both
-sides are removed.  Every stored value is truncated to the asset's `prec_save` after each
-change and is never negative.  Operations that cannot be done (not enough funds) return
-False and change nothing.
+Each asset keeps its own entries (`AssetBalances`), keyed by user id; an entry is the tuple
+(available, freeze), replaced at each change.  A missing entry or a missing side (None) is
+zero; entries that drop to zero on both sides are removed.  Every stored value is truncated
+to the asset's `prec_save` after each change and is never negative.  Operations that cannot
+be done (not enough funds) return False and change nothing.
+
+Matching holds the `AssetBalances` of its market's two assets and calls `trade`, `freeze`
+and `unfreeze` with them: an entry is then found by its user id alone, with no key to build
+and no lookup by asset name.  The other operations name the asset.
 
 Tuples of decimals leave the garbage collector's reach after its first pass over them, so
 entries made after start add nothing to later collections (as lists, always tracked, a
@@ -13,6 +17,11 @@ million of them made a full collection last about 0.2 s).
 """
 
 from decimal import ROUND_DOWN, Decimal
+
+try:
+    import cython
+except ImportError:         # run uncompiled, without Cython installed
+    from utils import pure_cython as cython
 
 from utils.decimals import CONTEXT, ZERO, exponent
 
@@ -30,205 +39,242 @@ def _total(available, frozen):
     return available if frozen is None else available + frozen
 
 
-class Balances:
+@cython.cclass
+class AssetBalances:
+    """One asset's entries (user id -> (available, freeze)) and what fees took out of it.
 
-    __slots__ = ("assets", "entries", "fees", "_exp", "_cut", "_room")
+    `whole` says that every amount `trade` and `move` take or add is a whole number of the
+    asset's smallest stored unit (1e-prec_save): what the markets' precisions ensure
+    (`engine.whole_assets`).  A stored value, which has that exponent, less or plus such an
+    amount needs no truncation, and these two skip it."""
 
-    def __init__(self, assets, whole=()):
-        """`whole` names the assets in which every amount `trade` and `_move` move is a
-        whole number of the asset's smallest stored unit (1e-prec_save): what the markets'
-        precisions ensure (`engine.whole_assets`).  A stored value, which has that exponent,
-        less or plus such an amount needs no truncation, and these two skip it."""
-        self.assets = assets
-        self.entries = {}        # (user_id, asset) -> (available, freeze)
-        self.fees = {name: ZERO for name in assets}   # what fees took out, per asset
-        self._exp = {name: exponent(a.prec_save) for name, a in assets.items()}
-        # what a difference is truncated to in `trade` and `_move`: None for whole assets
-        self._cut = {name: None if name in whole else exp for name, exp in self._exp.items()}
+    __slots__ = ("name", "entries", "fees", "exp", "cut", "room")
+
+    def __init__(self, name, prec_save, whole):
+        self.name = name
+        self.entries = {}
+        self.fees = ZERO
+        self.exp = exponent(prec_save)
+        # what a difference is truncated to in `trade` and `move`: None for a whole asset
+        self.cut = None if whole else self.exp
         # below this, a value at prec_save places has the context's digits at most: a sum
         # of such values is exact, and so needs no truncation in a whole asset
-        self._room = {name: Decimal((0, (1,), CONTEXT.prec - a.prec_save))
-                      for name, a in assets.items()}
+        self.room = Decimal((0, (1,), CONTEXT.prec - prec_save))
+
+    def move(self, user_id, amount, source, target):
+        """Move `amount` between the sides of an entry (0 available, 1 freeze)."""
+        entries = self.entries
+        entry = entries.get(user_id)
+        if entry is None:
+            return False
+        current = entry[source]
+        if current is None or current < amount:
+            return False
+        cut = self.cut
+        left = current - amount if cut is None else (current - amount).quantize(cut,
+                                                                                ROUND_DOWN)
+        other = entry[target]
+        moved = amount if other is None else other + amount
+        if moved is amount or cut is not None or moved >= self.room:    # as in `trade`
+            moved = moved.quantize(self.exp, ROUND_DOWN)
+        if not left and not moved:
+            del entries[user_id]
+        elif source == 0:
+            entries[user_id] = (left or None, moved or None)
+        else:
+            entries[user_id] = (moved or None, left or None)
+        return True
+
+
+@cython.cclass
+class Balances:
+
+    __slots__ = ("assets", "by_asset")
+
+    def __init__(self, assets, whole=()):
+        """`whole` names the assets whose traded amounts are whole (see `AssetBalances`)."""
+        self.assets = assets
+        self.by_asset = {name: AssetBalances(name, a.prec_save, name in whole)
+                         for name, a in assets.items()}
+
+    @property
+    def entries(self):
+        """Every entry, keyed by (user_id, asset), in a new dict."""
+        return {(user_id, name): entry for name, asset in self.by_asset.items()
+                for user_id, entry in asset.entries.items()}
+
+    @property
+    def fees(self):
+        """What fees took out of each asset, in a new dict."""
+        return {name: asset.fees for name, asset in self.by_asset.items()}
+
+    def count(self):
+        """How many entries there are."""
+        return sum(len(asset.entries) for asset in self.by_asset.values())
+
+    def _entry(self, user_id, asset):
+        balances = self.by_asset.get(asset)
+        return None if balances is None else balances.entries.get(user_id)
 
     def get(self, user_id: int, kind: int, asset: str) -> Decimal:
-        entry = self.entries.get((user_id, asset))
+        entry = self._entry(user_id, asset)
         value = None if entry is None else entry[kind - 1]
         return ZERO if value is None else value
 
     def available(self, user_id, asset):
-        entry = self.entries.get((user_id, asset))
+        entry = self._entry(user_id, asset)
         return ZERO if entry is None or entry[0] is None else entry[0]
 
     def frozen(self, user_id, asset):
-        entry = self.entries.get((user_id, asset))
+        entry = self._entry(user_id, asset)
         return ZERO if entry is None or entry[1] is None else entry[1]
 
     def total(self, user_id: int, asset: str) -> Decimal:
         """available + freeze, "0" when there is neither."""
-        entry = self.entries.get((user_id, asset))
+        entry = self._entry(user_id, asset)
         return ZERO if entry is None else _total(entry[0], entry[1])
 
     def has(self, user_id, kind, asset):
         """Whether the entry exists (a value was stored and not brought back to zero)."""
-        entry = self.entries.get((user_id, asset))
+        entry = self._entry(user_id, asset)
         return entry is not None and entry[kind - 1] is not None
 
     # Each change truncates the new value to the asset's prec_save and drops a side that
-    # reaches zero (the entry too when both sides are gone): `_store`.  `trade` and `_move`,
+    # reaches zero (the entry too when both sides are gone): `_store`.  `trade` and `move`,
     # which matching and replay run several times per order, write those steps out instead:
     # there a helper call costs more than the arithmetic.
 
-    def _store(self, key, entry, index, value):
-        value = value.quantize(self._exp[key[1]], ROUND_DOWN) or None
+    def _store(self, balances, user_id, entry, index, value):
+        value = value.quantize(balances.exp, ROUND_DOWN) or None
         entry = (value, entry[1]) if index == 0 else (entry[0], value)
         if entry[0] is None and entry[1] is None:
-            self.entries.pop(key, None)
+            balances.entries.pop(user_id, None)
         else:
-            self.entries[key] = entry
+            balances.entries[user_id] = entry
 
     def add(self, user_id, kind, asset, amount):
         """False, and nothing changed, when the sum does not fit the asset's prec_save
         places in the context's digits (it would be NaN)."""
-        key = (user_id, asset)
-        entry = self.entries.get(key)
+        balances = self.by_asset[asset]
+        entry = balances.entries.get(user_id)
         current = None if entry is None else entry[kind - 1]
         value = amount if current is None else current + amount
-        if value.quantize(self._exp[asset], ROUND_DOWN).is_nan():
+        if value.quantize(balances.exp, ROUND_DOWN).is_nan():
             return False
-        self._store(key, _EMPTY if entry is None else entry, kind - 1, value)
+        self._store(balances, user_id, _EMPTY if entry is None else entry, kind - 1, value)
         return True
 
     def sub(self, user_id, kind, asset, amount):
-        key = (user_id, asset)
-        entry = self.entries.get(key)
+        balances = self.by_asset[asset]
+        entry = balances.entries.get(user_id)
         current = None if entry is None else entry[kind - 1]
         if current is None or current < amount:
             return False
-        self._store(key, entry, kind - 1, current - amount)
+        self._store(balances, user_id, entry, kind - 1, current - amount)
         return True
 
     def charge(self, user_id, asset, fee):
         """Take a trading fee from available funds, counting what actually left them."""
-        key = (user_id, asset)
-        entry = self.entries.get(key)
+        balances = self.by_asset[asset]
+        entry = balances.entries.get(user_id)
         current = None if entry is None else entry[0]
         if current is None or current < fee:
             return False
-        self._store(key, entry, 0, current - fee)
-        after = self.entries.get(key, _EMPTY)[0]
-        self.fees[asset] += current if after is None else current - after
+        self._store(balances, user_id, entry, 0, current - fee)
+        after = balances.entries.get(user_id, _EMPTY)[0]
+        balances.fees += current if after is None else current - after
         return True
 
     def trade(self, user_id, kind, gives, given, gets, got, fee, totals=False):
-        """One side of a fill at once: `sub(kind, gives, given)`, `add(AVAILABLE, gets,
-        got)`, then `charge(gets, fee)` when there is a fee; as with those, a step that
-        cannot be done (not enough funds) is skipped.
+        """One side of a fill at once, `gives` and `gets` being `AssetBalances`:
+        `sub(kind, gives, given)`, `add(AVAILABLE, gets, got)`, then `charge(gets, fee)`
+        when there is a fee; as with those, a step that cannot be done (not enough funds)
+        is skipped.
 
         With `totals`, returns the user's total of `gives` after the first step and of
         `gets` after the second and the third (None without a fee): what the history rows
         of the three movements show.
         """
-        entries, cut = self.entries, self._cut
-        key = (user_id, gives)
-        entry = entries.get(key)
+        entries = gives.entries
+        entry = entries.get(user_id)
         index = kind - 1
         current = None if entry is None else entry[index]
         if current is not None and current >= given:
-            exp = cut[gives]
+            exp = gives.cut
             value = current - given if exp is None else (current - given).quantize(
                 exp, ROUND_DOWN)
             entry = (value or None, entry[1]) if index == 0 else (entry[0], value or None)
             if entry[0] is None and entry[1] is None:
-                del entries[key]
+                del entries[user_id]
             else:
-                entries[key] = entry
+                entries[user_id] = entry
         if totals:
             given_total = ZERO if entry is None else _total(entry[0], entry[1])
-        key = (user_id, gets)
-        entry = entries.get(key)
+        entries = gets.entries
+        entry = entries.get(user_id)
         if entry is None:
             current = frozen = None
         else:
             current, frozen = entry
-        exp = self._exp[gets]
+        exp = gets.exp
+        cut = gets.cut
         current = got if current is None else current + got
         # a stored value plus whole units is exact while it has room
-        if current is got or cut[gets] is not None or current >= self._room[gets]:
+        if current is got or cut is not None or current >= gets.room:
             current = current.quantize(exp, ROUND_DOWN)
         if totals:
             got_total = _total(current or None, frozen)
         charged = fee > ZERO
         if charged and current >= fee:
-            value = current - fee if cut[gets] is None else (current - fee).quantize(
+            value = current - fee if cut is None else (current - fee).quantize(
                 exp, ROUND_DOWN)
-            self.fees[gets] += current - value
+            gets.fees += current - value
             current = value
         if current:
-            entries[key] = (current, frozen)
+            entries[user_id] = (current, frozen)
         elif frozen is None:
-            entries.pop(key, None)
+            entries.pop(user_id, None)
         else:
-            entries[key] = (None, frozen)
+            entries[user_id] = (None, frozen)
         if totals:
             return given_total, got_total, _total(current or None, frozen) if charged else None
         return None
 
     def freeze(self, user_id, asset, amount):
         """Move `amount` from available to freeze."""
-        return self._move(user_id, asset, amount, 0, 1)
+        return self.by_asset[asset].move(user_id, amount, 0, 1)
 
     def unfreeze(self, user_id, asset, amount):
         """Move `amount` from freeze back to available."""
-        return self._move(user_id, asset, amount, 1, 0)
-
-    def _move(self, user_id, asset, amount, source, target):
-        key = (user_id, asset)
-        entry = self.entries.get(key)
-        if entry is None:
-            return False
-        current = entry[source]
-        if current is None or current < amount:
-            return False
-        cut = self._cut[asset]
-        left = current - amount if cut is None else (current - amount).quantize(cut,
-                                                                                ROUND_DOWN)
-        other = entry[target]
-        moved = amount if other is None else other + amount
-        if moved is amount or cut is not None or moved >= self._room[asset]:    # as in `trade`
-            moved = moved.quantize(self._exp[asset], ROUND_DOWN)
-        if not left and not moved:
-            del self.entries[key]
-        elif source == 0:
-            self.entries[key] = (left or None, moved or None)
-        else:
-            self.entries[key] = (moved or None, left or None)
-        return True
+        return self.by_asset[asset].move(user_id, amount, 1, 0)
 
     def set(self, user_id, kind, asset, amount):
         """Store a value as it is (loading a slice); zero removes it."""
-        key = (user_id, asset)
-        self._store(key, self.entries.get(key, _EMPTY), kind - 1, amount)
+        balances = self.by_asset[asset]
+        self._store(balances, user_id, balances.entries.get(user_id, _EMPTY), kind - 1,
+                    amount)
 
     def iter_entries(self):
         """(user_id, asset, kind, value) for every stored value."""
-        for (user_id, asset), entry in self.entries.items():
-            for index in (0, 1):
-                if entry[index] is not None:
-                    yield user_id, asset, index + 1, entry[index]
+        for name, balances in self.by_asset.items():
+            for user_id, entry in balances.entries.items():
+                for index in (0, 1):
+                    if entry[index] is not None:
+                        yield user_id, name, index + 1, entry[index]
 
     def summaries(self, assets):
         """{asset: (total, available_count, available_sum, freeze_count, freeze_sum)} over
-        all users, in one pass over the entries."""
-        acc = {name: [0, ZERO, 0, ZERO] for name in assets}
-        for (user_id, name), (available, frozen) in self.entries.items():
-            totals = acc.get(name)
-            if totals is None:
-                continue
-            if available is not None:
-                totals[0] += 1
-                totals[1] += available
-            if frozen is not None:
-                totals[2] += 1
-                totals[3] += frozen
-        return {name: (a_sum + f_sum, a_count, a_sum, f_count, f_sum)
-                for name, (a_count, a_sum, f_count, f_sum) in acc.items()}
+        all users, in one pass over each asset's entries."""
+        out = {}
+        for name in assets:
+            a_count, a_sum, f_count, f_sum = 0, ZERO, 0, ZERO
+            balances = self.by_asset.get(name)
+            for available, frozen in () if balances is None else balances.entries.values():
+                if available is not None:
+                    a_count += 1
+                    a_sum += available
+                if frozen is not None:
+                    f_count += 1
+                    f_sum += frozen
+            out[name] = (a_sum + f_sum, a_count, a_sum, f_count, f_sum)
+        return out

@@ -25,7 +25,7 @@ def commands(me):
     def every_entry(compute):
         """The text of a command that visits every balance entry: made in a forked child
         when there are many (see MatchEngine.asset_summary)."""
-        if len(me.engine.balances.entries) < server.FORK_SUMMARY_ENTRIES:
+        if me.engine.balances.count() < server.FORK_SUMMARY_ENTRIES:
             return compute()
         return forked.in_child(compute, me.reactor)
 

@@ -1,7 +1,7 @@
 # Types for the compiled build of effects.py (see setup.py); the .py stays the source.
 cimport cython
 
-from matchengine.balance cimport Balances
+from matchengine.balance cimport AssetBalances, Balances
 from utils.decimals cimport display_of, to_display
 from utils.jsonfmt cimport format_real
 from matchengine.market cimport Market, Order
@@ -25,8 +25,9 @@ cdef class Effects:
     cdef str _fee_text(self, rate)
 
     @cython.locals(history=list, fill=tuple, details=tuple)
-    cpdef trade_balances(self, now, Order order, Market market, price, amount, gives, given,
-                         gets, got, fee, fee_rate, tuple totals)
+    cpdef trade_balances(self, now, Order order, Market market, price, amount,
+                         AssetBalances gives, given, AssetBalances gets, got, fee, fee_rate,
+                         tuple totals)
     cpdef order_event(self, event, Order order, Market market)
     cpdef order_finished(self, Order order)
     @cython.locals(history=list)

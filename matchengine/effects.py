@@ -124,8 +124,9 @@ class Effects:
     def trade_balances(self, now, order, market, price, amount, gives, given, gets, got, fee,
                        fee_rate, totals):
         """The balance movements of one side of a fill: `given` of `gives` out, `got` of
-        `gets` in, and the fee out of it when there is one; `totals` are the user's totals
-        after each (`Balances.trade`).  Details as the original's (sorted keys).
+        `gets` in (both `AssetBalances`), and the fee out of it when there is one; `totals`
+        are the user's totals after each (`Balances.trade`).  Details as the original's
+        (sorted keys).
 
         The fill's amount, deal and fees are the objects `deal` wrote just before: their raw
         texts are taken from there (a positive value negated is its text after a "-"), and
@@ -145,15 +146,16 @@ class Effects:
             details[0], self._id_text(order), details[1], details[2])
         history = self.history
         history.append((BALANCE, shard, (
-            now, user_id, gives, "trade", "-" + _raw(fill, given), to_raw(totals[0]), detail)))
+            now, user_id, gives.name, "trade", "-" + _raw(fill, given), to_raw(totals[0]),
+            detail)))
         history.append((BALANCE, shard, (
-            now, user_id, gets, "trade", _raw(fill, got), to_raw(totals[1]), detail)))
+            now, user_id, gets.name, "trade", _raw(fill, got), to_raw(totals[1]), detail)))
         if fee > ZERO:
             detail = '{"a": "%s", "f": "%s", "i": %s, "m": %s, "p": "%s"}' % (
                 details[0], self._fee_text(fee_rate), self._id_text(order), details[1],
                 details[2])
             history.append((BALANCE, shard, (
-                now, user_id, gets, "trade", "-" + _raw(fill, fee), to_raw(totals[2]),
+                now, user_id, gets.name, "trade", "-" + _raw(fill, fee), to_raw(totals[2]),
                 detail)))
 
     # -- orders and deals --------------------------------------------------------------

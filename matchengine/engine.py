@@ -215,10 +215,9 @@ class Engine:
         return value
 
     def _shown(self, user_id, kind, asset):
-        entry = self.balances.entries.get((user_id, asset))
-        value = None if entry is None else entry[kind - 1]
-        if value is None:
+        if not self.balances.has(user_id, kind, asset):
             return "0"
+        value = self.balances.get(user_id, kind, asset)
         exp = self.show_exp.get(asset)
         if exp is not None:
             value = value.quantize(exp, decimal.ROUND_DOWN)

@@ -1,7 +1,7 @@
 # Types for the compiled build of market.py (see setup.py); the .py stays the source.
 cimport cython
 
-from matchengine.balance cimport Balances
+from matchengine.balance cimport AssetBalances, Balances
 from matchengine.book cimport Book, Level
 from utils.decimals cimport to_display
 from utils.jsonfmt cimport format_real
@@ -22,6 +22,7 @@ cdef class Market:
     cdef public object stock_exp, version
     cdef public Book asks, bids
     cdef public Balances balances
+    cdef public AssetBalances stock_balances, money_balances
     cdef public dict orders, users
     cdef public Level top_ask, top_bid
 
@@ -33,15 +34,16 @@ cdef class Market:
     cpdef cancel(self, Order order, Effects sink, bint real)
     cpdef put_limit(self, Order order, Effects sink, bint real, next_deal_id)
     cpdef put_market(self, Order order, Effects sink, bint real, next_deal_id)
-    @cython.locals(level=Level, maker=Order, balances=Balances)
+    @cython.locals(level=Level, maker=Order, balances=Balances, stock=AssetBalances,
+                   money=AssetBalances)
     cpdef _sell(self, Order taker, Effects sink, bint real, deal_id)
     @cython.locals(level=Level, maker=Order)
     cpdef _buy(self, Order taker, Effects sink, bint real, deal_id)
     @cython.locals(level=Level, maker=Order)
     cpdef _market_buy(self, Order taker, Effects sink, bint real, deal_id)
-    @cython.locals(balances=Balances)
+    @cython.locals(balances=Balances, stock=AssetBalances, money=AssetBalances)
     cpdef _bid_deal(self, Order taker, Order maker, Level level, price, amount, now,
                     Effects sink, bint real, deal_id)
-    cpdef _settle(self, Order order, int kind, gives, given, gets, got, fee, fee_rate, price,
-                  amount, now, Effects sink)
+    cpdef _settle(self, Order order, int kind, AssetBalances gives, given, AssetBalances gets,
+                  got, fee, fee_rate, price, amount, now, Effects sink)
     cpdef _maker_done(self, Order maker, Effects sink, bint real)

@@ -111,6 +111,9 @@ class Market:
             quote(desc.name), quote(desc.stock), quote(desc.money))
         self.stock_exp = exponent(desc.stock_prec)
         self.balances = balances
+        # the entries of the two assets, which matching moves
+        self.stock_balances = balances.by_asset[desc.stock]
+        self.money_balances = balances.by_asset[desc.money]
         self.asks = Book(False)
         self.bids = Book(True)
         self.top_ask = None        # the best level of `asks`, None when it is empty
@@ -221,8 +224,8 @@ class Market:
         """Take a resting order off the book: unfreeze what it holds, record its history."""
         self.remove(order)
         if order.freeze > ZERO:
-            self.balances.unfreeze(order.user_id,
-                                   self.stock if order.side == ASK else self.money, order.freeze)
+            (self.stock_balances if order.side == ASK else self.money_balances).move(
+                order.user_id, order.freeze, 1, 0)
         if real and order.deal_stock > ZERO:
             sink.order_finished(order)
 
@@ -250,10 +253,10 @@ class Market:
             sink.order_event(EVENT_PUT, order, self)
         if order.side == ASK:
             order.freeze = order.left
-            self.balances.freeze(order.user_id, self.stock, order.left)
+            self.stock_balances.move(order.user_id, order.left, 0, 1)
         else:
             order.freeze = order.price * order.left
-            self.balances.freeze(order.user_id, self.money, order.freeze)
+            self.money_balances.move(order.user_id, order.freeze, 0, 1)
         self.insert(order)
         return next_deal_id
 
@@ -270,7 +273,7 @@ class Market:
         return next_deal_id
 
     def _sell(self, taker, sink, real, deal_id):
-        stock, money = self.stock, self.money
+        stock, money = self.stock_balances, self.money_balances
         limit = taker.price if taker.type == LIMIT else None
         now = taker.update_time
         while taker.left:
@@ -349,7 +352,7 @@ class Market:
         return deal_id
 
     def _bid_deal(self, taker, maker, level, price, amount, now, sink, real, deal_id):
-        stock, money = self.stock, self.money
+        stock, money = self.stock_balances, self.money_balances
         deal = price * amount
         ask_fee = deal * maker.maker_fee
         bid_fee = amount * taker.taker_fee

@@ -222,7 +222,7 @@ class MatchEngine(service.Service):
         except rpc.RPCError as error:
             self._answer(request, None, error)
             return NO_REPLY
-        if len(engine.balances.entries) < FORK_SUMMARY_ENTRIES:
+        if engine.balances.count() < FORK_SUMMARY_ENTRIES:
             self._answer(request, engine.summaries(names), None)
             return NO_REPLY
         self._summary_waiting.append((names, request))

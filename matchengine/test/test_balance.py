@@ -19,6 +19,12 @@ def new_balances():
     return Balances(ASSETS)
 
 
+def truncate_every_change(balances):
+    """Make `balances` truncate every change, as it does in an asset that is not whole."""
+    for asset in balances.by_asset.values():
+        asset.cut = asset.exp
+
+
 # Values with more places than either asset keeps, so truncation is exercised; zero is
 # included so that sides and entries come and go.
 values = st.one_of(
@@ -60,8 +66,8 @@ class BalanceTests(SynchronousTestCase):
         for user in range(1, 1001):
             b.add(user, AVAILABLE, "BTC", Decimal("2"))
             b.freeze(user, "BTC", Decimal("1"))
-            b.trade(user, AVAILABLE, "BTC", Decimal("0.5"), "BCH", Decimal("3"),
-                    Decimal("0.1"))
+            b.trade(user, AVAILABLE, b.by_asset["BTC"], Decimal("0.5"), b.by_asset["BCH"],
+                    Decimal("3"), Decimal("0.1"))
         gc.collect(0)
         self.assertEqual(len(b.entries), 2000)
         self.assertEqual([e for e in b.entries.values() if gc.is_tracked(e)], [])
@@ -89,9 +95,9 @@ class BalanceTests(SynchronousTestCase):
         b = new_balances()
         for asset, (available, frozen) in ((gives, start[:2]), (gets, start[2:])):
             if available is not None:
-                b.set(7, AVAILABLE, asset, available.quantize(b._exp[asset]))
+                b.set(7, AVAILABLE, asset, available.quantize(b.by_asset[asset].exp))
             if frozen is not None:
-                b.set(7, FREEZE, asset, frozen.quantize(b._exp[asset]))
+                b.set(7, FREEZE, asset, frozen.quantize(b.by_asset[asset].exp))
         plain = copy.deepcopy(b)
         expected = copy.deepcopy(b)
         expected.sub(7, kind, gives, given_)
@@ -103,10 +109,11 @@ class BalanceTests(SynchronousTestCase):
             totals.append(expected.total(7, gets))
         else:
             totals.append(None)
-        self.assertEqual([str(t) for t in b.trade(7, kind, gives, given_, gets, got, fee,
-                                                  totals=True)],
+        self.assertEqual([str(t) for t in b.trade(7, kind, b.by_asset[gives], given_,
+                                                  b.by_asset[gets], got, fee, totals=True)],
                          [str(t) for t in totals])
-        self.assertIsNone(plain.trade(7, kind, gives, given_, gets, got, fee))
+        self.assertIsNone(plain.trade(7, kind, plain.by_asset[gives], given_,
+                                      plain.by_asset[gets], got, fee))
         for done in (b, plain):
             self.assertEqual(done.entries, expected.entries)
             self.assertEqual(done.fees, expected.fees)
@@ -153,7 +160,7 @@ class WholeAssetTests(SynchronousTestCase):
         self.assertEqual(engine.whole_assets(assets, markets), set(assets) - {"BCH"})
         eng = engine.Engine(assets, markets)
         truncating = engine.Engine(assets, markets)
-        truncating.balances._cut = dict(truncating.balances._exp)
+        truncate_every_change(truncating.balances)
         for e in (eng, truncating):
             e.execute(102, [1, "BTC", "deposit", 1, "10", {}], 1.0)
             e.execute(102, [2, "BCH", "deposit", 1, "10", {}], 1.0)
@@ -181,7 +188,8 @@ class WholeAssetTests(SynchronousTestCase):
                     b.set(7, AVAILABLE, asset, available)
                 if frozen is not None:
                     b.set(7, FREEZE, asset, frozen)
-        self.assertEqual(*[repr(b.trade(7, kind, gives, given_, gets, got, fee, True))
+        self.assertEqual(*[repr(b.trade(7, kind, b.by_asset[gives], given_, b.by_asset[gets],
+                                        got, fee, True))
                            for b in (whole, truncating)])
         self.assertEqual(*[(b.freeze(7, gets, moved), b.unfreeze(7, gives, moved))
                            for b in (whole, truncating)])

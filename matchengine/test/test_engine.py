@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from matchengine import config, engine
 from matchengine.balance import AVAILABLE
+from matchengine.test.test_balance import truncate_every_change
 from utils import testing
 from utils.jsonfmt import RawJSON, dumps
 from utils.rpc import RPCError
@@ -154,7 +155,7 @@ class UnitTests(SynchronousTestCase):
                (201, [2, "BTCBCH", 1, "1", "1", "0", "0", ""]),
                (201, [3, "BTCBCH", 2, "1", "1", "0", "0", ""])]
         truncating = new_engine()
-        truncating.balances._cut = dict(truncating.balances._exp)
+        truncate_every_change(truncating.balances)
         for command, params in ops:
             self.assertEqual(self.run_cmd(command, *params), call(truncating, command,
                                                                   params, self.now))

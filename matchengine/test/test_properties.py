@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from matchengine import config, engine
 from matchengine.market import ASK, BID
+from matchengine.test.test_balance import truncate_every_change
 from utils import rpc
 from utils.rpc import RPCError
 
@@ -124,7 +125,7 @@ class InvariantTests(SynchronousTestCase):
         are accepted and many trade."""
         eng = engine.Engine(*config.example_tables())
         truncating = engine.Engine(*config.example_tables())
-        truncating.balances._cut = dict(truncating.balances._exp)
+        truncate_every_change(truncating.balances)
         deposited = {name: Decimal(0) for name in eng.assets}
         log = []
         now = 0.0
