@@ -2,7 +2,7 @@
 cimport cython
 
 from matchengine.balance cimport AssetBalances, Balances
-from utils.decimals cimport display_of, to_display
+from utils.decimals cimport KnownTexts, display_of
 from utils.jsonfmt cimport format_real
 from matchengine.market cimport Market, Order
 
@@ -15,14 +15,12 @@ cdef class Effects:
     cdef public object _fill, _details, _last_order
     cdef public tuple _ids
     cdef public dict _users
-    cdef public list _fees
+    cdef public KnownTexts _fees
 
     @cython.locals(ids=tuple, text=str)
     cdef str _id_text(self, Order order)
     @cython.locals(users=dict, text=str)
     cdef str _user_text(self, user_id)
-    @cython.locals(text=str)
-    cdef str _fee_text(self, rate)
 
     @cython.locals(history=list, fill=tuple, details=tuple)
     cpdef trade_balances(self, now, Order order, Market market, price, amount,

@@ -14,7 +14,7 @@ The texts write their integers (ids, sides, events: always exact ints) with "%s"
 "%d" goes through the format protocol, about four times as slow.
 """
 
-from utils.decimals import ZERO, display_of, to_display, to_raw
+from utils.decimals import ZERO, KnownTexts, display_of, to_raw
 from utils.jsonfmt import DIGITS, format_real, quote
 
 SHARDS = 100
@@ -68,7 +68,7 @@ class Effects:
         # texts written again and again, kept here rather than in every resting order:
         self._ids = (None, "", None, "")  # the ids of the last two orders, latest first
         self._users = {}                  # user id -> text
-        self._fees = []                   # [(fee rate, text)], latest first
+        self._fees = KnownTexts(FEES_KEPT)   # fee rates
 
     def take(self):
         history, messages = self.history, self.messages
@@ -93,17 +93,6 @@ class Effects:
             if len(users) >= TEXTS_KEPT:
                 users.clear()
             text = users[user_id] = str(user_id)
-        return text
-
-    def _fee_text(self, rate):
-        """The display text of a fee rate: rates are few and parsed once each (identity
-        then means the same value)."""
-        for known, text in self._fees:
-            if known is rate:
-                return text
-        text = to_display(rate)
-        self._fees.insert(0, (rate, text))
-        del self._fees[FEES_KEPT:]
         return text
 
     def order_text(self, order):
@@ -152,7 +141,7 @@ class Effects:
             now, user_id, gets.name, "trade", _raw(fill, got), to_raw(totals[1]), detail)))
         if fee > ZERO:
             detail = '{"a": "%s", "f": "%s", "i": %s, "m": %s, "p": "%s"}' % (
-                details[0], self._fee_text(fee_rate), self._id_text(order), details[1],
+                details[0], self._fees.of(fee_rate)[2], self._id_text(order), details[1],
                 details[2])
             history.append((BALANCE, shard, (
                 now, user_id, gets.name, "trade", "-" + _raw(fill, fee), to_raw(totals[2]),
@@ -171,9 +160,9 @@ class Effects:
     def order_finished(self, order):
         row = (order.id, order.create_time, order.update_time, order.user_id,
                order.market, "(null)" if order.source is None else order.source, order.type,
-               order.side, to_raw(order.price), to_raw(order.amount), to_raw(order.taker_fee),
-               to_raw(order.maker_fee), to_raw(order.deal_stock), to_raw(order.deal_money),
-               to_raw(order.deal_fee))
+               order.side, to_raw(order.price), to_raw(order.amount),
+               self._fees.of(order.taker_fee)[1], self._fees.of(order.maker_fee)[1],
+               to_raw(order.deal_stock), to_raw(order.deal_money), to_raw(order.deal_fee))
         self.history.append((ORDER, order.user_id % SHARDS, row))
         self.history.append((ORDER_DETAIL, order.id % SHARDS, row))
 

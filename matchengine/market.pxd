@@ -3,9 +3,11 @@ cimport cython
 
 from matchengine.balance cimport AssetBalances, Balances
 from matchengine.book cimport Book, Level
-from utils.decimals cimport to_display
+from utils.decimals cimport KnownTexts, to_display
 from utils.jsonfmt cimport format_real
 from matchengine.effects cimport Effects
+
+cdef KnownTexts _fee_texts
 
 cdef class Order:
     cdef public object id, type, side, create_time, update_time, user_id, market, source

@@ -20,9 +20,12 @@ except ImportError:         # run uncompiled, without Cython installed
 
 from matchengine.balance import AVAILABLE, FREEZE
 from matchengine.book import Book, Level
-from utils.decimals import ZERO, exponent, to_display
+from utils.decimals import ZERO, KnownTexts, exponent, to_display
 from utils.jsonfmt import DIGITS, format_real, quote
 
+
+# the texts of the latest fee rates (few, and each parsed once) for the orders' texts
+_fee_texts = KnownTexts(8)
 
 LIMIT, MARKET = 1, 2
 ASK, BID = 1, 2
@@ -74,7 +77,8 @@ class Order:
             self._mid = ', "price": "%s", "amount": "%s", "taker_fee": "%s", ' \
                         '"maker_fee": "%s", "left": "' % (
                             to_display(self.price), to_display(self.amount),
-                            to_display(self.taker_fee), to_display(self.maker_fee))
+                            _fee_texts.of(self.taker_fee)[2],
+                            _fee_texts.of(self.maker_fee)[2])
         if self.deal_stock is ZERO:     # no fill yet: the deal sums are still the shared zero
             return '%s%s%s%s", "deal_stock": "0", "deal_money": "0", "deal_fee": "0"}' % (
                 self._head, format_real(self.update_time), self._mid, to_display(self.left))

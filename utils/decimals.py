@@ -20,13 +20,20 @@ String forms (every decimal leaves the process as a string):
 * `to_raw(d)` -- scientific string with a lower-case `e` (`0e-8`, `8000.00000000`, `1e+3`);
 * `to_display(d)` -- the raw form with trailing fractional zeros removed when it has no
   exponent (`8000`, `0.5`, `0e-8`).
+
+`KnownTexts` keeps both forms of the few values written again and again (fee rates).
 """
 
 import decimal
 from decimal import ROUND_DOWN, Context, Decimal
 
+try:
+    import cython
+except ImportError:         # run uncompiled, without Cython installed
+    from utils import pure_cython as cython
+
 __all__ = [
-    "CONTEXT", "InvalidDecimal", "MAX_ADJUSTED_EXPONENT", "ZERO", "ONE", "TEN",
+    "CONTEXT", "InvalidDecimal", "KnownTexts", "MAX_ADJUSTED_EXPONENT", "ZERO", "ONE", "TEN",
     "display_of", "exponent", "install_context", "is_valid", "parse", "quantize", "to_display",
     "to_raw",
 ]
@@ -154,3 +161,27 @@ def display_of(text: str) -> str:
     while text[last] == "0":    # stops at the point at the latest
         last -= 1
     return text[:last] if text[last] == "." else text[:last + 1]
+
+
+@cython.cclass
+class KnownTexts:
+    """The raw and display texts of the latest few values asked for, found by identity: for
+    values that are few and parsed once each (fee rates), where the same object means the
+    same value and the same exponent."""
+
+    __slots__ = ("kept", "entries")
+
+    def __init__(self, kept):
+        self.kept = kept
+        self.entries = []    # [(value, raw, display)], latest first
+
+    def of(self, value) -> tuple:
+        """`(value, to_raw(value), to_display(value))`."""
+        for entry in self.entries:
+            if entry[0] is value:
+                return entry
+        raw = _to_sci_string(value)
+        entry = (value, raw, display_of(raw))
+        self.entries.insert(0, entry)
+        del self.entries[self.kept:]
+        return entry

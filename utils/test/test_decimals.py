@@ -150,6 +150,20 @@ class FormTests(SynchronousTestCase):
         for text, display in cases.items():
             self.assertEqual(to_display(parse(text)), display, text)
 
+    def test_known_texts(self):
+        """KnownTexts gives both forms of a value, found again by identity only (an equal
+        value with another exponent has other texts), and keeps the latest few."""
+        known = decimals.KnownTexts(2)
+        rate = parse("0.0010")
+        entry = known.of(rate)
+        self.assertEqual(entry, (rate, "0.0010", "0.001"))
+        self.assertIs(known.of(rate), entry)
+        self.assertEqual(known.of(parse("0.001"))[1:], ("0.001", "0.001"))
+        self.assertEqual(known.of(parse("1e-3"))[1:], ("0.001", "0.001"))
+        self.assertEqual(len(known.entries), 2)
+        self.assertIsNot(known.of(rate), entry)       # forgotten, made again
+        self.assertEqual(known.of(rate), entry)
+
 
 finite_decimals = st.decimals(allow_nan=False, allow_infinity=False, places=None).filter(
     lambda d: len(d.as_tuple().digits) <= 34
