@@ -13,6 +13,9 @@ cpdef _decimal(value, prec)
 @cython.locals(cache=dict)
 cpdef _fee(value, prec)
 cpdef _source(value)
+cdef dict _PARAM_TEXTS
+@cython.locals(text=str)
+cdef str _param_text(value)
 
 cdef class Engine:
     cdef public dict assets, markets, dedup, show_exp, _depth_cache, handlers

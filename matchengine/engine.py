@@ -477,7 +477,22 @@ class Engine:
             return sorted_json({"method": LOG_METHODS[command], "params": params})
         # the other writes were validated: only integers and strings, nothing to sort
         return '{"method": "%s", "params": [%s]}' % (LOG_METHODS[command], ", ".join(
-            [str(p) if type(p) is int else quote(p) for p in params]))
+            [_param_text(p) for p in params]))
+
+
+_PARAM_TEXTS = {}          # an order parameter (int or str) -> its JSON text
+_PARAM_TEXTS_MAX = 100000  # texts kept (then forgotten all at once)
+
+
+def _param_text(value):
+    """The JSON text of a validated order parameter.  Users, markets, prices, amounts, fee
+    rates and sources repeat from one order to the next: their texts are kept."""
+    text = _PARAM_TEXTS.get(value)
+    if text is None:
+        if len(_PARAM_TEXTS) >= _PARAM_TEXTS_MAX:
+            _PARAM_TEXTS.clear()
+        text = _PARAM_TEXTS[value] = str(value) if type(value) is int else quote(value)
+    return text
 
 
 def load_detail(text):

@@ -288,3 +288,9 @@ class UnitTests(SynchronousTestCase):
         self.assertEqual(engine.Engine.log_entry(204, [1, "BTCBCH", 18446744073709551615]),
                          '{"method": "cancel_order", "params": [1, "BTCBCH", '
                          '18446744073709551615]}')
+        # the texts kept for repeated parameters keep an integer and its digits apart
+        for _ in range(2):
+            self.assertEqual(engine.Engine.log_entry(204, [1, "1", 1]),
+                             '{"method": "cancel_order", "params": [1, "1", 1]}')
+            self.assertEqual(engine.Engine.log_entry(204, ["1", 1, "1"]),
+                             '{"method": "cancel_order", "params": ["1", 1, "1"]}')
