@@ -253,6 +253,9 @@ def heartbeat_timeout_of(body: bytes):
     return timeout
 
 
+_INT64_LIMIT = 1 << 63
+
+
 def signed64(value):
     """An integer as a C int64_t holds it (the original's jansson integers)."""
     value &= 0xFFFFFFFFFFFFFFFF
@@ -261,12 +264,13 @@ def signed64(value):
 
 def reply_body(req_id, result=None, error=None, pretty=False) -> bytes:
     """The reply JSON text, keys in the original's order: error, result, id."""
-    if isinstance(error, RPCError):
+    if error is None:
+        if result.__class__ is RawJSON and not pretty:     # the result of every write
+            return b'{"error": null, "result": %s, "id": %d}' % (
+                result.text, req_id if 0 <= req_id < _INT64_LIMIT else signed64(req_id))
+    elif isinstance(error, RPCError):
         error = error.to_json()
     if result.__class__ is RawJSON and error is None:
-        if not pretty:
-            return b'{"error": null, "result": %s, "id": %d}' % (result.text,
-                                                                  signed64(req_id))
         result = result.value()
     return dumps({"error": error, "result": None if error else result,
                   "id": signed64(req_id)}, pretty).encode()

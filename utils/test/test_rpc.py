@@ -10,6 +10,7 @@ from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from utils import rpc
+from utils.jsonfmt import RawJSON
 from utils.testing import reference
 
 GOLDEN = reference("rpc-golden.jsonl")
@@ -159,6 +160,18 @@ class BodyTests(SynchronousTestCase):
         self.assertEqual(rpc.reply_body(2**64 - 1, None, rpc.INVALID_ARGUMENT()),
                          b'{"error": {"code": 1, "message": "invalid argument"}, '
                          b'"result": null, "id": -1}')
+
+    def test_raw_result(self):
+        """A result already in JSON text is written as it is, with the same id as any
+        other result, at both ends of the signed range and past it."""
+        raw = RawJSON('{"id": 7, "price": "1.5"}')
+        for req_id, shown in [(0, b"0"), (2**63 - 1, b"9223372036854775807"),
+                              (2**63, b"-9223372036854775808"), (2**64 - 1, b"-1")]:
+            self.assertEqual(rpc.reply_body(req_id, raw),
+                             b'{"error": null, "result": {"id": 7, "price": "1.5"}, "id": '
+                             + shown + b"}")
+            self.assertEqual(rpc.reply_body(req_id, raw),
+                             rpc.reply_body(req_id, {"id": 7, "price": "1.5"}))
 
     def test_pretty(self):
         """debug mode indents by four spaces."""
