@@ -21,6 +21,7 @@ sys.path.insert(0, ROOT)
 
 from bench import cpu  # noqa: E402
 from bench.matchengine_core import build, orders  # noqa: E402
+from matchengine.operlog import stamp  # noqa: E402
 from matchengine.writer import insert_statements  # noqa: E402
 from utils import rpc, testing  # noqa: E402
 
@@ -34,7 +35,7 @@ def history_of(count):
     for params in orders(count, seed=5):
         clock += 0.0001
         try:
-            put_limit(params, round(clock, 6), True)
+            put_limit(params, stamp(clock), True)
         except rpc.RPCError:
             continue
         rows += take()[0]

@@ -22,6 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from matchengine import config, engine  # noqa: E402
+from matchengine.operlog import stamp  # noqa: E402
 from utils.rpc import RPCError  # noqa: E402
 from utils import rpc  # noqa: E402
 
@@ -81,7 +82,7 @@ def run(eng, batch, log=None):
     clock = 2.0
     for params in batch:
         clock += 0.0001
-        now = round(clock, 6)   # as the daemon stamps a request
+        now = stamp(clock)   # as the daemon stamps a request
         try:
             result = execute(201, params, now)
         except RPCError:

@@ -14,12 +14,24 @@ its history rows only then: an acknowledged operation is on disk.  In the origin
 asynchronous mode (`durable` off) the callbacks run at once and the log follows behind.
 """
 
+import math
 import time
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-__all__ = ["OperationLog", "Batch", "table_name"]
+__all__ = ["OperationLog", "Batch", "stamp", "table_name"]
+
+
+def stamp(t):
+    """`t` (seconds) to the microsecond, as the log keeps times and the engine stamps a
+    write: the double nearest to a whole number of microseconds, so that its "%.6f" text
+    reads back as the same double and a replay gets the very time the write had.
+
+    `round(t, 6)` gives the same but for a `t` within a rounding error of a half
+    microsecond, through a decimal text, at about twenty times the cost (close to a
+    microsecond).  Applied again, `stamp` gives its result back (times before 2106)."""
+    return math.floor(t * 1e6 + 0.5) / 1e6
 
 
 def table_name(t):
@@ -77,7 +89,7 @@ class OperationLog:
         """Log one operation; returns its Batch (callers attach replies with `then`)."""
         self.last_id += 1
         batch = self.current
-        batch.rows.append((self.last_id, round(t, 6), detail))
+        batch.rows.append((self.last_id, stamp(t), detail))
         self.pending_rows += 1
         if self._flush_call is None and self.in_flight is None:
             self._flush_call = self.reactor.callLater(self.window, self._flush)

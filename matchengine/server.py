@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from network.address import buffer_sizes
 from matchengine import engine as engine_module
 from matchengine import persist
-from matchengine.operlog import OperationLog
+from matchengine.operlog import OperationLog, stamp
 from utils import forked, rpc
 from utils.daemon import give_up
 from utils.jsonfmt import dumps
@@ -196,7 +196,7 @@ class MatchEngine(service.Service):
                 return NO_REPLY
             # times are kept to the microsecond, as the operation log stores them, so that a
             # replay reproduces them exactly
-            now = round(self.clock_time(), 6)
+            now = stamp(self.clock_time())
             try:
                 result = execute(params, now, True)
             except rpc.RPCError as error:

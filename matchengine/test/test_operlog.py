@@ -2,12 +2,15 @@
 """How the operation log groups entries into commits, on a Clock with commits the test
 finishes by hand."""
 
+import math
+import random
+
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from matchengine.operlog import OperationLog
+from matchengine.operlog import OperationLog, stamp
 
 
 class HeldCommits:
@@ -129,3 +132,22 @@ class GroupingTests(SynchronousTestCase):
         self.assertIsNone(self.log.barrier)
         self.clock.advance(0)
         self.assertEqual(len(self.db.commits), 1)
+
+
+class StampTests(SynchronousTestCase):
+
+    def test_microseconds(self):
+        """A stamped time is a whole number of microseconds whose "%.6f" text reads back as
+        the same double, stamping it again changes nothing, and it is round(t, 6) but
+        within a rounding error of a half microsecond; up to the year 2106."""
+        rng = random.Random(11)
+        times = [rng.uniform(0, 2 ** 32) for _ in range(100000)]
+        times += [rng.uniform(1.7e9, 1.9e9) for _ in range(100000)]
+        times += [0.0, 1.0, 0.0000005, 1700000000.0000005, 2 ** 32 - 1e-6]
+        for t in times:
+            stamped = stamp(t)
+            self.assertEqual(float("%.6f" % stamped), stamped, repr(t))
+            self.assertEqual(stamp(stamped), stamped, repr(t))
+            self.assertLessEqual(abs(stamped - t), 0.5e-6 + math.ulp(t), repr(t))
+            if stamped != round(t, 6):
+                self.assertAlmostEqual(abs(t * 1e6 - round(t * 1e6)), 0.5, delta=0.3)
