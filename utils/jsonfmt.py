@@ -17,6 +17,11 @@ recursive writer (floats only appear in small messages: order info, deals, balan
 import json
 import math
 
+try:
+    import cython
+except ImportError:         # run uncompiled, without Cython installed
+    from utils import pure_cython as cython
+
 __all__ = ["DIGITS", "dumps", "format_real", "loads", "quote", "RawJSON"]
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
@@ -78,6 +83,11 @@ def format_real(x: float) -> str:
 
 
 def _format_real(x):
+    if cython.compiled and x.__class__ is float:
+        # compiled, a time stamp's text is worked out in C (utils/jsonfmt.pxd)
+        text = _time_text(x)
+        if text is not None:
+            return text
     if not math.isfinite(x):
         raise ValueError("%r is not allowed in JSON" % x)
     text = "%.17g" % x

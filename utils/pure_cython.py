@@ -1,5 +1,8 @@
-"""What the compiled modules take from `cython` (class decorators), for running them from
-their sources where Cython is not installed: each leaves the class as it is."""
+"""What the compiled modules take from `cython` (class decorators, `compiled`), for running
+them from their sources where Cython is not installed: each decorator leaves the class as it
+is."""
+
+compiled = False
 
 
 def cclass(cls):

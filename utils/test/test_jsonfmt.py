@@ -2,6 +2,8 @@
 """jansson's JSON text."""
 
 import json
+import math
+import random
 
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -30,6 +32,25 @@ class RealTests(SynchronousTestCase):
         # equal values with different texts
         self.assertEqual([format_real(x) for x in (0.0, -0.0, 0.0, 1, 1.0, True)],
                          ["0.0", "-0.0", "0.0", "1.0", "1.0", "1.0"])
+
+    def test_time_stamps(self):
+        """Times from 2001 to 2286, which the compiled module writes without "%.17g" (see
+        utils/jsonfmt.pxd), are written as "%.17g" writes them: to the microsecond or not,
+        exact ties at the seventeenth digit (to even), the ends of the range."""
+        rng = random.Random(9)
+        times = [rng.uniform(1e9, 1e10) for _ in range(20000)]
+        times += [math.floor(rng.uniform(1.6e9, 2.2e9) * 1e6 + 0.5) / 1e6
+                  for _ in range(20000)]
+        times += [k + j / 256 for k in (1e9, 1795561714, 9999999999) for j in range(256)]
+        times += [math.nextafter(1e9, 0), math.nextafter(1e10, 0), 1e10, 9999999999.99999999]
+        for x in times:
+            text = "%.17g" % x
+            if "e" not in text and "." not in text:
+                text += ".0"
+            if "e" not in text:
+                self.assertEqual(format_real(x), text, repr(x))
+        self.assertEqual(format_real(1e9 + 1 / 256), "1000000000.0039062")     # a tie, even
+        self.assertEqual(format_real(1e9 + 3 / 256), "1000000000.0117188")     # a tie, up
 
     def test_non_finite_refused(self):
         """NaN and infinities are not JSON."""
