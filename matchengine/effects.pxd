@@ -28,6 +28,6 @@ cdef class Effects:
                          tuple totals)
     cpdef order_event(self, event, Order order, Market market)
     cpdef order_finished(self, Order order)
-    @cython.locals(history=list)
+    @cython.locals(history=list, fill=tuple)
     cpdef deal(self, now, deal_id, Market market, Order ask, Order bid, price, amount, deal,
                ask_fee, bid_fee, taker_side)

@@ -168,8 +168,14 @@ class Effects:
 
     def deal(self, now, deal_id, market, ask, bid, price, amount, deal, ask_fee, bid_fee,
              taker_side):
-        ask_role, bid_role = (TAKER, MAKER) if taker_side == ask.side else (MAKER, TAKER)
-        price_raw, amount_raw, deal_raw = to_raw(price), to_raw(amount), to_raw(deal)
+        if taker_side == ask.side:
+            ask_role, bid_role = TAKER, MAKER
+        else:
+            ask_role, bid_role = MAKER, TAKER
+        # the fills of a taker down one level of the book share its price
+        fill = self._fill
+        price_raw = fill[1] if fill is not None and fill[0] is price else to_raw(price)
+        amount_raw, deal_raw = to_raw(amount), to_raw(deal)
         ask_fee_raw, bid_fee_raw = to_raw(ask_fee), to_raw(bid_fee)
         self._fill = (price, price_raw, amount, amount_raw, deal, deal_raw, ask_fee,
                       ask_fee_raw, bid_fee, bid_fee_raw)
