@@ -8,6 +8,9 @@ from utils.jsonfmt cimport format_real
 from matchengine.effects cimport Effects
 
 cdef KnownTexts _fee_texts
+cdef dict _QUOTED
+@cython.locals(quoted=str)
+cdef str _quoted(text)
 
 cdef class Order:
     cdef public object id, type, side, create_time, update_time, user_id, market, source
