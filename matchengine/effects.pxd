@@ -3,7 +3,7 @@ cimport cython
 
 from matchengine.balance cimport AssetBalances, Balances
 from utils.decimals cimport KnownTexts, display_of
-from utils.jsonfmt cimport format_real
+from utils.jsonfmt cimport TextTable, format_real
 from matchengine.market cimport Market, Order
 
 @cython.locals(index=Py_ssize_t)
@@ -14,13 +14,11 @@ cdef class Effects:
     cdef public list history, messages
     cdef public object _fill, _details, _last_order
     cdef public tuple _ids
-    cdef public dict _users
+    cdef public TextTable _users
     cdef public KnownTexts _fees
 
     @cython.locals(ids=tuple, text=str)
     cdef str _id_text(self, Order order)
-    @cython.locals(users=dict, text=str)
-    cdef str _user_text(self, user_id)
 
     @cython.locals(history=list, fill=tuple, details=tuple)
     cpdef trade_balances(self, now, Order order, Market market, price, amount,

@@ -15,7 +15,7 @@ The texts write their integers (ids, sides, events: always exact ints) with "%s"
 """
 
 from utils.decimals import ZERO, KnownTexts, display_of, to_raw
-from utils.jsonfmt import DIGITS, format_real, quote
+from utils.jsonfmt import DIGITS, TextTable, format_real, quote
 
 SHARDS = 100
 MAKER, TAKER = 1, 2      # a deal's roles, in the history rows
@@ -67,7 +67,7 @@ class Effects:
         self._last_order = (None, None)   # (order, its JSON text) of the latest order event
         # texts written again and again, kept here rather than in every resting order:
         self._ids = (None, "", None, "")  # the ids of the last two orders, latest first
-        self._users = {}                  # user id -> text
+        self._users = TextTable(str, TEXTS_KEPT)   # user ids
         self._fees = KnownTexts(FEES_KEPT)   # fee rates
 
     def take(self):
@@ -84,15 +84,6 @@ class Effects:
             return ids[1]
         text = ids[3] if ids[2] is order else str(order.id)
         self._ids = (order, text, ids[0], ids[1])
-        return text
-
-    def _user_text(self, user_id):
-        users = self._users
-        text = users.get(user_id)
-        if text is None:
-            if len(users) >= TEXTS_KEPT:
-                users.clear()
-            text = users[user_id] = str(user_id)
         return text
 
     def order_text(self, order):
@@ -197,8 +188,8 @@ class Effects:
                                            '%s, %s, %s, %s]' % (
                                                format_real(now), market.quoted_name,
                                                self._id_text(ask), self._id_text(bid),
-                                               self._user_text(ask.user_id),
-                                               self._user_text(bid.user_id), price_raw,
+                                               self._users.of(ask.user_id),
+                                               self._users.of(bid.user_id), price_raw,
                                                amount_raw, ask_fee_raw, bid_fee_raw,
                                                DIGITS[taker_side], deal_id,
                                                market.quoted_stock, market.quoted_money)))

@@ -4,6 +4,7 @@ cimport cython
 from matchengine.balance cimport Balances
 from matchengine.effects cimport Effects
 from matchengine.market cimport Market, Order
+from utils.jsonfmt cimport TextTable
 
 cpdef _error(code, message)
 cpdef _int(value)
@@ -13,9 +14,7 @@ cpdef _decimal(value, prec)
 @cython.locals(cache=dict)
 cpdef _fee(value, prec)
 cpdef _source(value)
-cdef dict _PARAM_TEXTS
-@cython.locals(text=str)
-cdef str _param_text(value)
+cdef TextTable _param_texts
 
 cdef class Engine:
     cdef public dict assets, markets, dedup, show_exp, _depth_cache, handlers

@@ -21,7 +21,7 @@ from matchengine.effects import Effects
 from matchengine.market import ASK, BID, LIMIT, MARKET, Market, Order
 from utils import decimals
 from utils.decimals import ZERO, exponent, to_display
-from utils.jsonfmt import RawJSON, dumps, quote
+from utils.jsonfmt import RawJSON, TextTable, dumps, quote
 from utils.rpc import INVALID_ARGUMENT, RPCError, signed64
 
 __all__ = ["Engine", "WRITE_COMMANDS", "REPLAY_METHODS", "load_detail", "sorted_json",
@@ -477,22 +477,16 @@ class Engine:
             return sorted_json({"method": LOG_METHODS[command], "params": params})
         # the other writes were validated: only integers and strings, nothing to sort
         return '{"method": "%s", "params": [%s]}' % (LOG_METHODS[command], ", ".join(
-            [_param_text(p) for p in params]))
+            [_param_texts.of(p) for p in params]))
 
 
-_PARAM_TEXTS = {}          # an order parameter (int or str) -> its JSON text
-_PARAM_TEXTS_MAX = 100000  # texts kept (then forgotten all at once)
+def _json_param(value):
+    return str(value) if type(value) is int else quote(value)
 
 
-def _param_text(value):
-    """The JSON text of a validated order parameter.  Users, markets, prices, amounts, fee
-    rates and sources repeat from one order to the next: their texts are kept."""
-    text = _PARAM_TEXTS.get(value)
-    if text is None:
-        if len(_PARAM_TEXTS) >= _PARAM_TEXTS_MAX:
-            _PARAM_TEXTS.clear()
-        text = _PARAM_TEXTS[value] = str(value) if type(value) is int else quote(value)
-    return text
+# the JSON texts of validated order parameters (ints and strings): users, markets, prices,
+# amounts, fee rates and sources repeat from one order to the next
+_param_texts = TextTable(_json_param, 100000)
 
 
 def load_detail(text):

@@ -4,13 +4,11 @@ cimport cython
 from matchengine.balance cimport AssetBalances, Balances
 from matchengine.book cimport Book, Level
 from utils.decimals cimport KnownTexts, to_display
-from utils.jsonfmt cimport format_real
+from utils.jsonfmt cimport TextTable, format_real
 from matchengine.effects cimport Effects
 
 cdef KnownTexts _fee_texts
-cdef dict _QUOTED
-@cython.locals(quoted=str)
-cdef str _quoted(text)
+cdef TextTable _quoted
 
 cdef class Order:
     cdef public object id, type, side, create_time, update_time, user_id, market, source

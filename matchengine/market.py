@@ -21,24 +21,14 @@ except ImportError:         # run uncompiled, without Cython installed
 from matchengine.balance import AVAILABLE, FREEZE
 from matchengine.book import Book, Level
 from utils.decimals import ZERO, KnownTexts, exponent, to_display
-from utils.jsonfmt import DIGITS, format_real, quote
+from utils.jsonfmt import DIGITS, TextTable, format_real, quote
 
 
 # the texts of the latest fee rates (few, and each parsed once) for the orders' texts
 _fee_texts = KnownTexts(8)
 
-_QUOTED = {}            # market names and order sources -> their JSON strings
-_QUOTED_MAX = 10000     # strings kept (then forgotten all at once)
-
-
-def _quoted(text):
-    """`text` as a JSON string; markets and sources repeat from one order to the next."""
-    quoted = _QUOTED.get(text)
-    if quoted is None:
-        if len(_QUOTED) >= _QUOTED_MAX:
-            _QUOTED.clear()
-        quoted = _QUOTED[text] = quote(text)
-    return quoted
+# market names and order sources as JSON strings
+_quoted = TextTable(quote, 10000)
 
 LIMIT, MARKET = 1, 2
 ASK, BID = 1, 2
@@ -81,9 +71,9 @@ class Order:
     def info_json(self) -> str:
         """The order info as JSON text, built from cached pieces of its fixed fields."""
         if self._head is None:
-            source = "" if self.source is None else ', "source": ' + _quoted(self.source)
+            source = "" if self.source is None else ', "source": ' + _quoted.of(self.source)
             self._head = '{"id": %s, "market": %s%s, "type": %s, "side": %s, "user": %s, ' \
-                         '"ctime": %s, "mtime": ' % (self.id, _quoted(self.market), source,
+                         '"ctime": %s, "mtime": ' % (self.id, _quoted.of(self.market), source,
                                                     DIGITS[self.type], DIGITS[self.side],
                                                     self.user_id,
                                                     format_real(self.create_time))

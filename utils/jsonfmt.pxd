@@ -40,3 +40,11 @@ cdef extern from *:
 cpdef str format_real(x)
 @cython.locals(text=str, mantissa=str, exp=str, sign=str)
 cpdef str _format_real(x)
+
+cdef class TextTable:
+    cdef public object make
+    cdef public Py_ssize_t kept
+    cdef public dict texts
+
+    @cython.locals(text=str)
+    cpdef str of(self, value)

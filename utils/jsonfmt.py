@@ -22,7 +22,7 @@ try:
 except ImportError:         # run uncompiled, without Cython installed
     from utils import pure_cython as cython
 
-__all__ = ["DIGITS", "dumps", "format_real", "loads", "quote", "RawJSON"]
+__all__ = ["DIGITS", "dumps", "format_real", "loads", "quote", "RawJSON", "TextTable"]
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
 _pretty = json.JSONEncoder(ensure_ascii=False, indent=4, separators=(",", ": "),
@@ -178,6 +178,28 @@ def _write(obj, parts, indent, level):
         parts.append(quote(str(obj)))
     else:
         raise TypeError("%r is not JSON serializable" % (obj,))
+
+
+@cython.cclass
+class TextTable:
+    """The texts of values that repeat from one request to the next (users, markets,
+    prices, sources), made by `make` and kept; past `kept` of them, all are forgotten at
+    once."""
+
+    __slots__ = ("make", "kept", "texts")
+
+    def __init__(self, make, kept):
+        self.make = make
+        self.kept = kept
+        self.texts = {}
+
+    def of(self, value) -> str:
+        text = self.texts.get(value)
+        if text is None:
+            if len(self.texts) >= self.kept:
+                self.texts.clear()
+            text = self.texts[value] = self.make(value)
+        return text
 
 
 class RawJSON:

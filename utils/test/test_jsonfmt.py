@@ -52,6 +52,23 @@ class RealTests(SynchronousTestCase):
         self.assertEqual(format_real(1e9 + 1 / 256), "1000000000.0039062")     # a tie, even
         self.assertEqual(format_real(1e9 + 3 / 256), "1000000000.0117188")     # a tie, up
 
+    def test_text_table(self):
+        """A TextTable makes each value's text once and keeps it, an integer and its digits
+        apart; past its size it forgets everything and starts again."""
+        made = []
+
+        def make(value):
+            made.append(value)
+            return jsonfmt.quote(value) if type(value) is str else str(value)
+        table = jsonfmt.TextTable(make, 3)
+        self.assertEqual([table.of(v) for v in (7, "7", 7, "7", "BTCBCH")],
+                         ["7", '"7"', "7", '"7"', '"BTCBCH"'])
+        self.assertEqual(made, [7, "7", "BTCBCH"])
+        self.assertEqual(table.of("é"), '"é"')      # a fourth: the table starts again
+        self.assertEqual(len(table.texts), 1)
+        self.assertEqual(table.of(7), "7")
+        self.assertEqual(made, [7, "7", "BTCBCH", "é", 7])
+
     def test_non_finite_refused(self):
         """NaN and infinities are not JSON."""
         self.assertRaises(ValueError, format_real, float("nan"))
