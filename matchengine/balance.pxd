@@ -22,5 +22,7 @@ cdef class Balances:
     @cython.locals(entry=tuple, index=Py_ssize_t, entries=dict, charged=bint)
     cpdef trade(self, object user_id, int kind, AssetBalances gives, object given,
                 AssetBalances gets, object got, object fee, bint totals=*)
+    @cython.locals(balances=AssetBalances)
     cpdef bint freeze(self, object user_id, object asset, object amount) except -1
+    @cython.locals(balances=AssetBalances)
     cpdef bint unfreeze(self, object user_id, object asset, object amount) except -1

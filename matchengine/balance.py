@@ -165,7 +165,9 @@ class Balances:
         return True
 
     def sub(self, user_id, kind, asset, amount):
-        balances = self.by_asset[asset]
+        balances = self.by_asset.get(asset)
+        if balances is None:        # an asset no longer configured holds nothing
+            return False
         entry = balances.entries.get(user_id)
         current = None if entry is None else entry[kind - 1]
         if current is None or current < amount:
@@ -175,7 +177,9 @@ class Balances:
 
     def charge(self, user_id, asset, fee):
         """Take a trading fee from available funds, counting what actually left them."""
-        balances = self.by_asset[asset]
+        balances = self.by_asset.get(asset)
+        if balances is None:
+            return False
         entry = balances.entries.get(user_id)
         current = None if entry is None else entry[0]
         if current is None or current < fee:
@@ -242,11 +246,13 @@ class Balances:
 
     def freeze(self, user_id, asset, amount):
         """Move `amount` from available to freeze."""
-        return self.by_asset[asset].move(user_id, amount, 0, 1)
+        balances = self.by_asset.get(asset)
+        return balances is not None and balances.move(user_id, amount, 0, 1)
 
     def unfreeze(self, user_id, asset, amount):
         """Move `amount` from freeze back to available."""
-        return self.by_asset[asset].move(user_id, amount, 1, 0)
+        balances = self.by_asset.get(asset)
+        return balances is not None and balances.move(user_id, amount, 1, 0)
 
     def set(self, user_id, kind, asset, amount):
         """Store a value as it is (loading a slice); zero removes it."""

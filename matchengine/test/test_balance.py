@@ -51,6 +51,17 @@ class BalanceTests(SynchronousTestCase):
         self.assertFalse(b.sub(2, AVAILABLE, "BTC", Decimal("0")))
         self.assertEqual(b.entries, {(1, "BTC"): (Decimal("1.000000000000"), None)})
 
+    def test_unknown_asset_holds_nothing(self):
+        """An asset that is not configured reads as zero and refuses every change that
+        takes from it."""
+        b = new_balances()
+        self.assertEqual((b.get(1, AVAILABLE, "XYZ"), b.total(1, "XYZ"), b.has(1, FREEZE, "XYZ")),
+                         (Decimal(0), Decimal(0), False))
+        self.assertEqual([b.sub(1, AVAILABLE, "XYZ", Decimal(1)), b.charge(1, "XYZ", Decimal(1)),
+                          b.freeze(1, "XYZ", Decimal(1)), b.unfreeze(1, "XYZ", Decimal(1))],
+                         [False] * 4)
+        self.assertEqual(b.entries, {})
+
     def test_entry_removed_when_both_sides_reach_zero(self):
         b = new_balances()
         b.add(1, AVAILABLE, "BTC", Decimal("2"))
