@@ -6,6 +6,9 @@ from utils.decimals cimport KnownTexts, display_of
 from utils.jsonfmt cimport TextTable, format_real
 from matchengine.market cimport Market, Order
 
+cdef TextTable _texts
+cdef KnownTexts _fee_texts
+
 @cython.locals(index=Py_ssize_t)
 cdef str _raw(tuple fill, value)
 
@@ -14,8 +17,6 @@ cdef class Effects:
     cdef public list history, messages
     cdef public object _fill, _details, _last_order
     cdef public tuple _ids
-    cdef public TextTable _users
-    cdef public KnownTexts _fees
 
     @cython.locals(ids=tuple, text=str)
     cdef str _id_text(self, Order order)

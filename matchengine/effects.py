@@ -14,11 +14,16 @@ The texts write their integers (ids, sides, events: always exact ints) with "%s"
 "%d" goes through the format protocol, about four times as slow.
 """
 
-from utils.decimals import ZERO, KnownTexts, display_of, to_raw
-from utils.jsonfmt import DIGITS, TextTable, format_real, quote
+from utils.decimals import RATE_TEXTS, ZERO, display_of, to_raw
+from utils.jsonfmt import DIGITS, SCALAR_TEXTS, format_real, quote
 
 SHARDS = 100
 MAKER, TAKER = 1, 2      # a deal's roles, in the history rows
+
+# the texts of users and fee rates, shared with the other modules rather than kept in every
+# resting order
+_texts = SCALAR_TEXTS
+_fee_texts = RATE_TEXTS
 
 BALANCE, ORDER, ORDER_DETAIL, DEAL, USER_DEAL = (
     "balance_history", "order_history", "order_detail", "deal_history", "user_deal_history")
@@ -37,8 +42,6 @@ HISTORY_COLUMNS[ORDER_DETAIL] = HISTORY_COLUMNS[ORDER]
 
 TOPIC_DEALS, TOPIC_ORDERS, TOPIC_BALANCES = "deals", "orders", "balances"
 
-TEXTS_KEPT = 100000   # user id texts kept (then forgotten all at once)
-FEES_KEPT = 8         # fee rate texts kept
 
 
 def _raw(fill, value):
@@ -53,8 +56,7 @@ def _raw(fill, value):
 class Effects:
     """Collects history rows and messages; `take()` hands them over and starts afresh."""
 
-    __slots__ = ("balances", "history", "messages", "_fill", "_details", "_last_order", "_ids",
-                 "_users", "_fees")
+    __slots__ = ("balances", "history", "messages", "_fill", "_details", "_last_order", "_ids")
 
     def __init__(self, balances):
         self.balances = balances
@@ -65,10 +67,7 @@ class Effects:
         self._fill = None
         self._details = None
         self._last_order = (None, None)   # (order, its JSON text) of the latest order event
-        # texts written again and again, kept here rather than in every resting order:
-        self._ids = (None, "", None, "")  # the ids of the last two orders, latest first
-        self._users = TextTable(str, TEXTS_KEPT)   # user ids
-        self._fees = KnownTexts(FEES_KEPT)   # fee rates
+        self._ids = (None, "", None, "")  # the ids of the last two orders as texts, latest first
 
     def take(self):
         history, messages = self.history, self.messages
@@ -132,7 +131,7 @@ class Effects:
             now, user_id, gets.name, "trade", _raw(fill, got), to_raw(totals[1]), detail)))
         if fee > ZERO:
             detail = '{"a": "%s", "f": "%s", "i": %s, "m": %s, "p": "%s"}' % (
-                details[0], self._fees.of(fee_rate)[2], self._id_text(order), details[1],
+                details[0], _fee_texts.of(fee_rate)[2], self._id_text(order), details[1],
                 details[2])
             history.append((BALANCE, shard, (
                 now, user_id, gets.name, "trade", "-" + _raw(fill, fee), to_raw(totals[2]),
@@ -152,7 +151,7 @@ class Effects:
         row = (order.id, order.create_time, order.update_time, order.user_id,
                order.market, "(null)" if order.source is None else order.source, order.type,
                order.side, to_raw(order.price), to_raw(order.amount),
-               self._fees.of(order.taker_fee)[1], self._fees.of(order.maker_fee)[1],
+               _fee_texts.of(order.taker_fee)[1], _fee_texts.of(order.maker_fee)[1],
                to_raw(order.deal_stock), to_raw(order.deal_money), to_raw(order.deal_fee))
         self.history.append((ORDER, order.user_id % SHARDS, row))
         self.history.append((ORDER_DETAIL, order.id % SHARDS, row))
@@ -188,8 +187,8 @@ class Effects:
                                            '%s, %s, %s, %s]' % (
                                                format_real(now), market.quoted_name,
                                                self._id_text(ask), self._id_text(bid),
-                                               self._users.of(ask.user_id),
-                                               self._users.of(bid.user_id), price_raw,
+                                               _texts.of(ask.user_id),
+                                               _texts.of(bid.user_id), price_raw,
                                                amount_raw, ask_fee_raw, bid_fee_raw,
                                                DIGITS[taker_side], deal_id,
                                                market.quoted_stock, market.quoted_money)))

@@ -14,7 +14,7 @@ cpdef _decimal(value, prec)
 @cython.locals(cache=dict)
 cpdef _fee(value, prec)
 cpdef _source(value)
-cdef TextTable _param_texts
+cdef TextTable _texts
 
 cdef class Engine:
     cdef public dict assets, markets, dedup, show_exp, _depth_cache, handlers

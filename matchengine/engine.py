@@ -21,7 +21,7 @@ from matchengine.effects import Effects
 from matchengine.market import ASK, BID, LIMIT, MARKET, Market, Order
 from utils import decimals
 from utils.decimals import ZERO, exponent, to_display
-from utils.jsonfmt import RawJSON, TextTable, dumps, quote
+from utils.jsonfmt import SCALAR_TEXTS, RawJSON, dumps
 from utils.rpc import INVALID_ARGUMENT, RPCError, signed64
 
 __all__ = ["Engine", "WRITE_COMMANDS", "REPLAY_METHODS", "load_detail", "sorted_json",
@@ -477,16 +477,10 @@ class Engine:
             return sorted_json({"method": LOG_METHODS[command], "params": params})
         # the other writes were validated: only integers and strings, nothing to sort
         return '{"method": "%s", "params": [%s]}' % (LOG_METHODS[command], ", ".join(
-            [_param_texts.of(p) for p in params]))
+            [_texts.of(p) for p in params]))
 
 
-def _json_param(value):
-    return str(value) if type(value) is int else quote(value)
-
-
-# the JSON texts of validated order parameters (ints and strings): users, markets, prices,
-# amounts, fee rates and sources repeat from one order to the next
-_param_texts = TextTable(_json_param, 100000)
+_texts = SCALAR_TEXTS
 
 
 def load_detail(text):

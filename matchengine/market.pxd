@@ -8,7 +8,7 @@ from utils.jsonfmt cimport TextTable, format_real
 from matchengine.effects cimport Effects
 
 cdef KnownTexts _fee_texts
-cdef TextTable _quoted
+cdef TextTable _texts
 
 cdef class Order:
     cdef public object id, type, side, create_time, update_time, user_id, market, source

@@ -20,15 +20,12 @@ except ImportError:         # run uncompiled, without Cython installed
 
 from matchengine.balance import AVAILABLE, FREEZE
 from matchengine.book import Book, Level
-from utils.decimals import ZERO, KnownTexts, exponent, to_display
-from utils.jsonfmt import DIGITS, TextTable, format_real, quote
+from utils.decimals import RATE_TEXTS, ZERO, exponent, to_display
+from utils.jsonfmt import DIGITS, SCALAR_TEXTS, format_real, quote
 
-
-# the texts of the latest fee rates (few, and each parsed once) for the orders' texts
-_fee_texts = KnownTexts(8)
-
-# market names and order sources as JSON strings
-_quoted = TextTable(quote, 10000)
+# the shared texts of fee rates, markets and sources (typed for the compiled build)
+_fee_texts = RATE_TEXTS
+_texts = SCALAR_TEXTS
 
 LIMIT, MARKET = 1, 2
 ASK, BID = 1, 2
@@ -71,9 +68,9 @@ class Order:
     def info_json(self) -> str:
         """The order info as JSON text, built from cached pieces of its fixed fields."""
         if self._head is None:
-            source = "" if self.source is None else ', "source": ' + _quoted.of(self.source)
+            source = "" if self.source is None else ', "source": ' + _texts.of(self.source)
             self._head = '{"id": %s, "market": %s%s, "type": %s, "side": %s, "user": %s, ' \
-                         '"ctime": %s, "mtime": ' % (self.id, _quoted.of(self.market), source,
+                         '"ctime": %s, "mtime": ' % (self.id, _texts.of(self.market), source,
                                                     DIGITS[self.type], DIGITS[self.side],
                                                     self.user_id,
                                                     format_real(self.create_time))

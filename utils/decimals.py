@@ -21,7 +21,8 @@ String forms (every decimal leaves the process as a string):
 * `to_display(d)` -- the raw form with trailing fractional zeros removed when it has no
   exponent (`8000`, `0.5`, `0e-8`).
 
-`KnownTexts` keeps both forms of the few values written again and again (fee rates).
+`KnownTexts` keeps both forms of the few values written again and again; `RATE_TEXTS` is the
+one the matching modules share for fee rates.
 """
 
 import decimal
@@ -33,7 +34,8 @@ except ImportError:         # run uncompiled, without Cython installed
     from utils import pure_cython as cython
 
 __all__ = [
-    "CONTEXT", "InvalidDecimal", "KnownTexts", "MAX_ADJUSTED_EXPONENT", "ZERO", "ONE", "TEN",
+    "CONTEXT", "InvalidDecimal", "KnownTexts", "MAX_ADJUSTED_EXPONENT", "RATE_TEXTS", "ZERO",
+    "ONE", "TEN",
     "display_of", "exponent", "install_context", "is_valid", "parse", "quantize", "to_display",
     "to_raw",
 ]
@@ -185,3 +187,8 @@ class KnownTexts:
         self.entries.insert(0, entry)
         del self.entries[self.kept:]
         return entry
+
+
+# the texts of the latest fee rates (few, and each parsed once), for the orders' texts and
+# history rows
+RATE_TEXTS = KnownTexts(8)

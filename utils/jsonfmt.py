@@ -22,7 +22,8 @@ try:
 except ImportError:         # run uncompiled, without Cython installed
     from utils import pure_cython as cython
 
-__all__ = ["DIGITS", "dumps", "format_real", "loads", "quote", "RawJSON", "TextTable"]
+__all__ = ["DIGITS", "SCALAR_TEXTS", "dumps", "format_real", "loads", "quote", "RawJSON",
+           "TextTable"]
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
 _pretty = json.JSONEncoder(ensure_ascii=False, indent=4, separators=(",", ": "),
@@ -200,6 +201,16 @@ class TextTable:
                 self.texts.clear()
             text = self.texts[value] = self.make(value)
         return text
+
+
+def scalar_json(value):
+    """The JSON text of an integer or a string."""
+    return str(value) if type(value) is int else quote(value)
+
+
+# the JSON texts of the integers and strings written again and again: users, markets,
+# prices, amounts, fee rates and sources, in the operation log, the orders and the deals
+SCALAR_TEXTS = TextTable(scalar_json, 100000)
 
 
 class RawJSON:
