@@ -215,9 +215,9 @@ class Engine:
         return value
 
     def _shown(self, user_id, kind, asset):
-        if not self.balances.has(user_id, kind, asset):
-            return "0"
         value = self.balances.get(user_id, kind, asset)
+        if not value:       # no stored value is zero: there is none
+            return "0"
         exp = self.show_exp.get(asset)
         if exp is not None:
             value = value.quantize(exp, decimal.ROUND_DOWN)

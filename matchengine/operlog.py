@@ -86,10 +86,11 @@ class OperationLog:
     # -- appending ---------------------------------------------------------------------
 
     def append(self, t, detail):
-        """Log one operation; returns its Batch (callers attach replies with `then`)."""
+        """Log one operation at `t`, a time the engine stamped (`stamp`); returns its Batch
+        (callers attach replies with `then`)."""
         self.last_id += 1
         batch = self.current
-        batch.rows.append((self.last_id, stamp(t), detail))
+        batch.rows.append((self.last_id, t, detail))
         self.pending_rows += 1
         if self._flush_call is None and self.in_flight is None:
             self._flush_call = self.reactor.callLater(self.window, self._flush)

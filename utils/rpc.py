@@ -264,16 +264,16 @@ def signed64(value):
 
 def reply_body(req_id, result=None, error=None, pretty=False) -> bytes:
     """The reply JSON text, keys in the original's order: error, result, id."""
-    if error is None:
-        if result.__class__ is RawJSON and not pretty:     # the result of every write
+    if error is not None:
+        if isinstance(error, RPCError):
+            error = error.to_json()
+        result = None
+    elif result.__class__ is RawJSON:
+        if not pretty:      # the result of every write
             return b'{"error": null, "result": %s, "id": %d}' % (
                 result.text, req_id if 0 <= req_id < _INT64_LIMIT else signed64(req_id))
-    elif isinstance(error, RPCError):
-        error = error.to_json()
-    if result.__class__ is RawJSON and error is None:
         result = result.value()
-    return dumps({"error": error, "result": None if error else result,
-                  "id": signed64(req_id)}, pretty).encode()
+    return dumps({"error": error, "result": result, "id": signed64(req_id)}, pretty).encode()
 
 
 def parse_params(body: bytes) -> list:
