@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench import cpu  # noqa: E402
-from bench.matchengine_core import build, orders  # noqa: E402
+from bench.matchengine_core import START, build, orders  # noqa: E402
 from matchengine.operlog import stamp  # noqa: E402
 from matchengine.writer import insert_statements  # noqa: E402
 from utils import rpc, testing  # noqa: E402
@@ -31,7 +31,7 @@ def history_of(count):
     eng = build(0)
     put_limit, take = eng.handlers[201], eng.effects.take
     take()
-    rows, clock = [], 2.0
+    rows, clock = [], START + 1.0
     for params in orders(count, seed=5):
         clock += 0.0001
         try:

@@ -26,10 +26,14 @@ from matchengine.operlog import stamp  # noqa: E402
 from utils.rpc import RPCError  # noqa: E402
 from utils import rpc  # noqa: E402
 
+# the requests' times: a fixed day (2025-12-06 UTC), stamped as the daemon stamps the wall
+# clock; the texts of such times are what the messages and history rows carry
+START = 1765000000.0
+
 
 def build(resting):
     eng = engine.Engine(*config.example_tables())
-    now = 1.0
+    now = START
     for user in range(1, 101):
         eng.execute(102, [user, "BTC", "deposit", user, "100000000", {}], now)
         eng.execute(102, [user, "BCH", "deposit", user, "100000000000", {}], now)
@@ -79,7 +83,7 @@ def run(eng, batch, log=None):
     log_entry = eng.log_entry
     take = eng.effects.take
     refused = 0
-    clock = 2.0
+    clock = START + 1.0
     for params in batch:
         clock += 0.0001
         now = stamp(clock)   # as the daemon stamps a request
