@@ -2,15 +2,12 @@
 cimport cython
 
 from matchengine.balance cimport AssetBalances, Balances
-from utils.decimals cimport KnownTexts, display_of
+from utils.decimals cimport KnownTexts, display_of, raw_among
 from utils.jsonfmt cimport TextTable, format_real
 from matchengine.market cimport Market, Order
 
 cdef TextTable _texts
 cdef KnownTexts _fee_texts
-
-@cython.locals(index=Py_ssize_t)
-cdef str _raw(tuple fill, value)
 
 cdef class Effects:
     cdef public Balances balances
@@ -26,6 +23,7 @@ cdef class Effects:
                          AssetBalances gives, given, AssetBalances gets, got, fee, fee_rate,
                          tuple totals)
     cpdef order_event(self, event, Order order, Market market)
+    @cython.locals(fill=tuple)
     cpdef order_finished(self, Order order)
     @cython.locals(history=list, fill=tuple)
     cpdef deal(self, now, deal_id, Market market, Order ask, Order bid, price, amount, deal,

@@ -14,7 +14,7 @@ The texts write their integers (ids, sides, events: always exact ints) with "%s"
 "%d" goes through the format protocol, about four times as slow.
 """
 
-from utils.decimals import RATE_TEXTS, ZERO, display_of, to_raw
+from utils.decimals import RATE_TEXTS, ZERO, display_of, raw_among, to_raw
 from utils.jsonfmt import DIGITS, SCALAR_TEXTS, format_real, quote
 
 SHARDS = 100
@@ -44,15 +44,6 @@ TOPIC_DEALS, TOPIC_ORDERS, TOPIC_BALANCES = "deals", "orders", "balances"
 
 
 
-def _raw(fill, value):
-    """The raw text of `value`, from `fill` (see `Effects.deal`) when it is one of its
-    numbers (price, amount, deal, ask fee, bid fee)."""
-    for index in range(0, 10, 2):
-        if fill[index] is value:
-            return fill[index + 1]
-    return to_raw(value)
-
-
 class Effects:
     """Collects history rows and messages; `take()` hands them over and starts afresh."""
 
@@ -62,8 +53,10 @@ class Effects:
         self.balances = balances
         self.history = []    # (table, shard, row)
         self.messages = []   # (topic, text)
-        # the fill being recorded, from `deal`: its numbers and their raw texts, then the
-        # texts its balance details share (both sides)
+        # the fill being recorded, from `deal`: its numbers and their raw texts (price,
+        # amount, deal, ask fee, bid fee), which its orders' texts use too (an order's first
+        # fill makes its sums these objects, see `Market.first_fill_kept`); then the texts
+        # its balance details share (both sides)
         self._fill = None
         self._details = None
         self._last_order = (None, None)   # (order, its JSON text) of the latest order event
@@ -125,22 +118,23 @@ class Effects:
             details[0], self._id_text(order), details[1], details[2])
         history = self.history
         history.append((BALANCE, shard, (
-            now, user_id, gives.name, "trade", "-" + _raw(fill, given), to_raw(totals[0]),
-            detail)))
+            now, user_id, gives.name, "trade", "-" + raw_among(fill, given),
+            to_raw(totals[0]), detail)))
         history.append((BALANCE, shard, (
-            now, user_id, gets.name, "trade", _raw(fill, got), to_raw(totals[1]), detail)))
+            now, user_id, gets.name, "trade", raw_among(fill, got), to_raw(totals[1]),
+            detail)))
         if fee > ZERO:
             detail = '{"a": "%s", "f": "%s", "i": %s, "m": %s, "p": "%s"}' % (
                 details[0], _fee_texts.of(fee_rate)[2], self._id_text(order), details[1],
                 details[2])
             history.append((BALANCE, shard, (
-                now, user_id, gets.name, "trade", "-" + _raw(fill, fee), to_raw(totals[2]),
+                now, user_id, gets.name, "trade", "-" + raw_among(fill, fee), to_raw(totals[2]),
                 detail)))
 
     # -- orders and deals --------------------------------------------------------------
 
     def order_event(self, event, order, market):
-        text = order.info_json()
+        text = order.info_json(self._fill)
         self._last_order = (order, text)
         self.messages.append((TOPIC_ORDERS, '{"event": %s, "order": %s, "stock": %s, '
                                             '"money": %s}' % (
@@ -148,11 +142,13 @@ class Effects:
                                                 market.quoted_money)))
 
     def order_finished(self, order):
+        fill = self._fill
         row = (order.id, order.create_time, order.update_time, order.user_id,
                order.market, "(null)" if order.source is None else order.source, order.type,
-               order.side, to_raw(order.price), to_raw(order.amount),
+               order.side, raw_among(fill, order.price), raw_among(fill, order.amount),
                _fee_texts.of(order.taker_fee)[1], _fee_texts.of(order.maker_fee)[1],
-               to_raw(order.deal_stock), to_raw(order.deal_money), to_raw(order.deal_fee))
+               raw_among(fill, order.deal_stock), raw_among(fill, order.deal_money),
+               raw_among(fill, order.deal_fee))
         self.history.append((ORDER, order.user_id % SHARDS, row))
         self.history.append((ORDER_DETAIL, order.id % SHARDS, row))
 

@@ -3,7 +3,7 @@ cimport cython
 
 from matchengine.balance cimport AssetBalances, Balances
 from matchengine.book cimport Book, Level
-from utils.decimals cimport KnownTexts, to_display
+from utils.decimals cimport KnownTexts, display_of, raw_among, to_display
 from utils.jsonfmt cimport TextTable, format_real
 from matchengine.effects cimport Effects
 
@@ -18,11 +18,12 @@ cdef class Order:
     cdef public str _head, _mid
 
     @cython.locals(source=str)
-    cpdef str info_json(self)
+    cpdef str info_json(self, tuple known=*)
 
 cdef class Market:
     cdef public object desc, name, stock, money, quoted_name, quoted_stock, quoted_money
     cdef public object stock_exp, version
+    cdef public bint first_fill_kept
     cdef public Book asks, bids
     cdef public Balances balances
     cdef public AssetBalances stock_balances, money_balances
@@ -47,6 +48,7 @@ cdef class Market:
     @cython.locals(balances=Balances, stock=AssetBalances, money=AssetBalances)
     cpdef _bid_deal(self, Order taker, Order maker, Level level, price, amount, now,
                     Effects sink, bint real, deal_id)
+    cdef _add_fill(self, Order order, amount, deal)
     cpdef _settle(self, Order order, int kind, AssetBalances gives, given, AssetBalances gets,
                   got, fee, fee_rate, price, amount, now, Effects sink)
     cpdef _maker_done(self, Order maker, Effects sink, bint real)

@@ -20,7 +20,7 @@ except ImportError:         # run uncompiled, without Cython installed
 
 from matchengine.balance import AVAILABLE, FREEZE
 from matchengine.book import Book, Level
-from utils.decimals import RATE_TEXTS, ZERO, exponent, to_display
+from utils.decimals import RATE_TEXTS, ZERO, display_of, exponent, raw_among, to_display
 from utils.jsonfmt import DIGITS, SCALAR_TEXTS, format_real, quote
 
 # the shared texts of fee rates, markets and sources (typed for the compiled build)
@@ -65,8 +65,9 @@ class Order:
         self._head = None
         self._mid = None
 
-    def info_json(self) -> str:
-        """The order info as JSON text, built from cached pieces of its fixed fields."""
+    def info_json(self, known=None) -> str:
+        """The order info as JSON text, built from cached pieces of its fixed fields.
+        `known` gives texts already made of some of its numbers (see `raw_among`)."""
         if self._head is None:
             source = "" if self.source is None else ', "source": ' + _texts.of(self.source)
             self._head = '{"id": %s, "market": %s%s, "type": %s, "side": %s, "user": %s, ' \
@@ -84,8 +85,9 @@ class Order:
                 self._head, format_real(self.update_time), self._mid, to_display(self.left))
         return '%s%s%s%s", "deal_stock": "%s", "deal_money": "%s", "deal_fee": "%s"}' % (
             self._head, format_real(self.update_time), self._mid, to_display(self.left),
-            to_display(self.deal_stock), to_display(self.deal_money),
-            to_display(self.deal_fee))
+            display_of(raw_among(known, self.deal_stock)),
+            display_of(raw_among(known, self.deal_money)),
+            display_of(raw_among(known, self.deal_fee)))
 
     def info(self):
         """The order info object of replies and messages, keys in the original's order."""
@@ -114,6 +116,12 @@ class Market:
         self.quoted_name, self.quoted_stock, self.quoted_money = (
             quote(desc.name), quote(desc.stock), quote(desc.money))
         self.stock_exp = exponent(desc.stock_prec)
+        # At positive precisions, a fill's amount and deal have negative exponents, so zero
+        # plus either is that same value to the digit: an order's first fill makes its
+        # sums the fill's own objects, whose texts the history rows and messages already hold
+        # (see `Effects`).  A zero precision allows parsed values with positive exponents,
+        # whose sum with zero is written otherwise.
+        self.first_fill_kept = desc.stock_prec > 0 and desc.money_prec > 0
         self.balances = balances
         # the entries of the two assets, which matching moves
         self.stock_balances = balances.by_asset[desc.stock]
@@ -298,13 +306,11 @@ class Market:
                 sink.deal(now, deal_id, self, taker, maker, price, amount, deal, ask_fee,
                           bid_fee, ASK)
             taker.left -= amount
-            taker.deal_stock += amount
-            taker.deal_money += deal
+            self._add_fill(taker, amount, deal)
             taker.deal_fee += ask_fee
             maker.left -= amount
             maker.freeze -= deal
-            maker.deal_stock += amount
-            maker.deal_money += deal
+            self._add_fill(maker, amount, deal)
             maker.deal_fee += bid_fee
             level.amount -= amount
             if real:
@@ -366,13 +372,11 @@ class Market:
             sink.deal(now, deal_id, self, maker, taker, price, amount, deal, ask_fee, bid_fee,
                       BID)
         taker.left -= deal if taker.type == MARKET else amount
-        taker.deal_stock += amount
-        taker.deal_money += deal
+        self._add_fill(taker, amount, deal)
         taker.deal_fee += bid_fee
         maker.left -= amount
         maker.freeze -= amount
-        maker.deal_stock += amount
-        maker.deal_money += deal
+        self._add_fill(maker, amount, deal)
         maker.deal_fee += ask_fee
         level.amount -= amount
         if real:
@@ -386,6 +390,14 @@ class Market:
             balances.trade(maker.user_id, FREEZE, stock, amount, money, deal, ask_fee)
         self._maker_done(maker, sink, real)
         return deal_id
+
+    def _add_fill(self, order, amount, deal):
+        """Add a fill's amount and deal to the order's sums (see `first_fill_kept`)."""
+        if order.deal_stock is ZERO and self.first_fill_kept:
+            order.deal_stock, order.deal_money = amount, deal
+        else:
+            order.deal_stock += amount
+            order.deal_money += deal
 
     def _settle(self, order, kind, gives, given, gets, got, fee, fee_rate, price, amount, now,
                 sink):

@@ -1,6 +1,36 @@
 # Types for the compiled build of decimals.py (see setup.py); the .py stays the source.
 cimport cython
 
+cdef extern from *:
+    """
+    /* display_of for a compact ASCII text (what libmpdec's texts are): the text itself, or
+       its copy without the trailing fractional zeros (and point) when it has a point, no
+       exponent and ends in a zero; None for any other text. */
+    static inline PyObject *viabtc_display_text(PyObject *text) {
+        Py_ssize_t size, last, i;
+        const char *data;
+        int point = 0;
+        if (!PyUnicode_IS_COMPACT_ASCII(text)) Py_RETURN_NONE;
+        size = PyUnicode_GET_LENGTH(text);
+        data = (const char *)PyUnicode_1BYTE_DATA(text);
+        if (size == 0 || data[size - 1] != '0') goto same;
+        for (i = 0; i < size; i++) {
+            if (data[i] == 'e') goto same;
+            if (data[i] == '.') point = 1;
+        }
+        if (!point) goto same;
+        for (last = size - 1; data[last] == '0'; last--) ;
+        if (data[last] == '.') last--;
+        return PyUnicode_FromStringAndSize(data, last + 1);
+    same:
+        Py_INCREF(text);
+        return text;
+    }
+    """
+    object _display_text "viabtc_display_text" (object text)
+
+@cython.locals(index=Py_ssize_t)
+cpdef str raw_among(tuple known, value)
 cpdef str to_display(d)
 @cython.locals(last=Py_ssize_t)
 cpdef str display_of(str text)

@@ -21,6 +21,8 @@ String forms (every decimal leaves the process as a string):
 * `to_display(d)` -- the raw form with trailing fractional zeros removed when it has no
   exponent (`8000`, `0.5`, `0e-8`).
 
+`raw_among(known, d)` takes the raw form from texts already made for the same objects.
+
 `KnownTexts` keeps both forms of the few values written again and again; `RATE_TEXTS` is the
 one the matching modules share for fee rates.
 """
@@ -36,8 +38,8 @@ except ImportError:         # run uncompiled, without Cython installed
 __all__ = [
     "CONTEXT", "InvalidDecimal", "KnownTexts", "MAX_ADJUSTED_EXPONENT", "RATE_TEXTS", "ZERO",
     "ONE", "TEN",
-    "display_of", "exponent", "install_context", "is_valid", "parse", "quantize", "to_display",
-    "to_raw",
+    "display_of", "exponent", "install_context", "is_valid", "parse", "quantize", "raw_among",
+    "to_display", "to_raw",
 ]
 
 CONTEXT = Context(prec=34, rounding=ROUND_DOWN, Emin=-6143, Emax=6144,
@@ -147,6 +149,17 @@ def is_valid(text: object, prec: int = 0) -> bool:
 to_raw = _to_sci_string
 
 
+def raw_among(known, value) -> str:
+    """`to_raw(value)`, or the text `known` gives for it: `known` is None or a flat tuple of
+    (value, raw text) pairs, matched by identity (the same object means the same digits and
+    exponent; an equal value may be written otherwise)."""
+    if known is not None:
+        for index in range(0, len(known), 2):
+            if known[index] is value:
+                return known[index + 1]
+    return _to_sci_string(value)
+
+
 def to_display(d: Decimal) -> str:
     """The display form: the raw form without trailing fractional zeros when it has no `e`.
 
@@ -157,6 +170,11 @@ def to_display(d: Decimal) -> str:
 
 def display_of(text: str) -> str:
     """The display form of a raw text (see `to_display`)."""
+    if cython.compiled:
+        # compiled, worked out in C (utils/decimals.pxd) for an ASCII text
+        shown = _display_text(text)
+        if shown is not None:
+            return shown
     last = len(text) - 1
     if text[last] != "0" or "." not in text or "e" in text:
         return text

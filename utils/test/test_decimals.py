@@ -185,6 +185,19 @@ class PropertyTests(SynchronousTestCase):
         """The display form never changes the numeric value."""
         self.assertEqual(parse(to_display(value)), value)
 
+    @settings(max_examples=1000)
+    @given(st.text(alphabet="0123456789.e+-\u00e9", max_size=12) | finite_decimals.map(to_raw))
+    def test_display_of_rule(self, text):
+        """display_of (worked out in C when compiled) drops trailing fractional zeros, and
+        the point they leave last, from a text with a point and no exponent; it gives any
+        other text back as it is, non-ASCII ones included."""
+        if "." in text and "e" not in text and text.endswith("0"):
+            expected = text.rstrip("0")
+            expected = expected[:-1] if expected.endswith(".") else expected
+        else:
+            expected = text
+        self.assertEqual(decimals.display_of(text), expected)
+
     @settings(max_examples=300)
     @given(finite_decimals, st.integers(min_value=1, max_value=20))
     def test_parse_with_prec_truncates(self, value, prec):
