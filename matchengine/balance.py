@@ -53,8 +53,10 @@ class AssetBalances:
     def __init__(self, name, prec_save, whole):
         self.name = name
         self.entries = {}
-        self.fees = ZERO
         self.exp = exponent(prec_save)
+        # a zero with the stored values' exponent, so that the sum has it whichever way a
+        # fee is counted (see `Balances.trade`)
+        self.fees = self.exp * ZERO
         # what a difference is truncated to in `trade` and `move`: None for a whole asset
         self.cut = None if whole else self.exp
         # below this, a value at prec_save places has the context's digits at most: a sum
@@ -230,10 +232,13 @@ class Balances:
             got_total = _total(current or None, frozen)
         charged = fee > ZERO
         if charged and current >= fee:
-            value = current - fee if cut is None else (current - fee).quantize(
-                exp, ROUND_DOWN)
-            gets.fees += current - value
-            current = value
+            if cut is None:     # exact: the fee itself leaves
+                gets.fees += fee
+                current = current - fee
+            else:
+                value = (current - fee).quantize(exp, ROUND_DOWN)
+                gets.fees += current - value
+                current = value
         if current:
             entries[user_id] = (current, frozen)
         elif frozen is None:

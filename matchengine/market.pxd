@@ -17,7 +17,7 @@ cdef class Order:
     cdef public Level level
     cdef public str _head, _mid
 
-    @cython.locals(source=str)
+    @cython.locals(source=str, amount=str)
     cpdef str info_json(self, tuple known=*)
 
 cdef class Market:

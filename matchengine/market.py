@@ -68,6 +68,7 @@ class Order:
     def info_json(self, known=None) -> str:
         """The order info as JSON text, built from cached pieces of its fixed fields.
         `known` gives texts already made of some of its numbers (see `raw_among`)."""
+        amount = None       # the amount's text, when made here
         if self._head is None:
             source = "" if self.source is None else ', "source": ' + _texts.of(self.source)
             self._head = '{"id": %s, "market": %s%s, "type": %s, "side": %s, "user": %s, ' \
@@ -75,14 +76,16 @@ class Order:
                                                     DIGITS[self.type], DIGITS[self.side],
                                                     self.user_id,
                                                     format_real(self.create_time))
+            amount = to_display(self.amount)
             self._mid = ', "price": "%s", "amount": "%s", "taker_fee": "%s", ' \
                         '"maker_fee": "%s", "left": "' % (
-                            to_display(self.price), to_display(self.amount),
-                            _fee_texts.of(self.taker_fee)[2],
+                            to_display(self.price), amount, _fee_texts.of(self.taker_fee)[2],
                             _fee_texts.of(self.maker_fee)[2])
         if self.deal_stock is ZERO:     # no fill yet: the deal sums are still the shared zero
             return '%s%s%s%s", "deal_stock": "0", "deal_money": "0", "deal_fee": "0"}' % (
-                self._head, format_real(self.update_time), self._mid, to_display(self.left))
+                self._head, format_real(self.update_time), self._mid,
+                amount if amount is not None and self.left is self.amount
+                else to_display(self.left))
         return '%s%s%s%s", "deal_stock": "%s", "deal_money": "%s", "deal_fee": "%s"}' % (
             self._head, format_real(self.update_time), self._mid, to_display(self.left),
             display_of(raw_among(known, self.deal_stock)),

@@ -93,6 +93,20 @@ class UnitTests(SynchronousTestCase):
         r = self.run_cmd(201, 2, "BTCBCH", 2, "1", "10", "0", "0", "")["result"]
         self.assertEqual((r["left"], r["deal_fee"], r["deal_money"]), ("0e-8", "0e-12", "10"))
 
+    def test_sums_at_precision_zero(self):
+        """At a zero precision an amount keeps the exponent it was written with; an order's
+        sums are still zero plus its fills ("10", not "1e+1"), as its first fill's own
+        objects would not write them."""
+        assets = {"A": config.Asset("A", 12, 8), "B": config.Asset("B", 12, 8)}
+        eng = engine.Engine(assets, {"AB": config.Market("AB", "A", 0, "B", 0, 4, Decimal(0))})
+        self.assertFalse(eng.markets["AB"].first_fill_kept)
+        self.assertTrue(self.eng.markets["BTCBCH"].first_fill_kept)
+        call(eng, 102, [1, "A", "deposit", 1, "100", {}], self.now)
+        call(eng, 102, [2, "B", "deposit", 2, "1000", {}], self.now)
+        call(eng, 201, [1, "AB", 1, "1e+1", "2", "0", "0", ""], self.now)
+        r = call(eng, 201, [2, "AB", 2, "1e+1", "2", "0", "0", ""], self.now)["result"]
+        self.assertEqual((r["amount"], r["deal_stock"], r["deal_money"]), ("1e+1", "10", "20"))
+
     def test_self_trade_and_fees_leave_users(self):
         """A user may trade with itself; fees leave the balances and are counted."""
         self.deposit(1, "BTC", "2", 1)
