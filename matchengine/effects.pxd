@@ -18,13 +18,16 @@ cdef class Effects:
     @cython.locals(ids=tuple, text=str)
     cdef str _id_text(self, Order order)
 
-    @cython.locals(history=list, fill=tuple, details=tuple)
+    @cython.locals(history=list, fill=tuple, details=tuple, amount_text=str,
+                   market_text=str, price_text=str, rate_text=str)
     cpdef trade_balances(self, now, Order order, Market market, price, amount,
                          AssetBalances gives, given, AssetBalances gets, got, fee, fee_rate,
                          tuple totals)
+    @cython.locals(event_text=str)
     cpdef order_event(self, event, Order order, Market market)
     @cython.locals(fill=tuple)
     cpdef order_finished(self, Order order)
-    @cython.locals(history=list, fill=tuple)
+    @cython.locals(history=list, fill=tuple, price_raw=str, amount_raw=str, deal_raw=str,
+                   ask_fee_raw=str, bid_fee_raw=str, side_text=str)
     cpdef deal(self, now, deal_id, Market market, Order ask, Order bid, price, amount, deal,
                ask_fee, bid_fee, taker_side)

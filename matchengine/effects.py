@@ -112,10 +112,11 @@ class Effects:
         if details is None:
             details = self._details = (display_of(fill[3]), market.quoted_name,
                                        display_of(fill[1]))
+        amount_text, market_text, price_text = details
         user_id = order.user_id
         shard = user_id % SHARDS
         detail = '{"a": "%s", "i": %s, "m": %s, "p": "%s"}' % (
-            details[0], self._id_text(order), details[1], details[2])
+            amount_text, self._id_text(order), market_text, price_text)
         history = self.history
         history.append((BALANCE, shard, (
             now, user_id, gives.name, "trade", "-" + raw_among(fill, given),
@@ -123,10 +124,10 @@ class Effects:
         history.append((BALANCE, shard, (
             now, user_id, gets.name, "trade", raw_among(fill, got), to_raw(totals[1]),
             detail)))
-        if fee > ZERO:
+        if totals[2] is not None:   # a fee was charged
+            rate_text = _fee_texts.of(fee_rate)[2]
             detail = '{"a": "%s", "f": "%s", "i": %s, "m": %s, "p": "%s"}' % (
-                details[0], _fee_texts.of(fee_rate)[2], self._id_text(order), details[1],
-                details[2])
+                amount_text, rate_text, self._id_text(order), market_text, price_text)
             history.append((BALANCE, shard, (
                 now, user_id, gets.name, "trade", "-" + raw_among(fill, fee), to_raw(totals[2]),
                 detail)))
@@ -136,9 +137,10 @@ class Effects:
     def order_event(self, event, order, market):
         text = order.info_json(self._fill)
         self._last_order = (order, text)
+        event_text = DIGITS[event]
         self.messages.append((TOPIC_ORDERS, '{"event": %s, "order": %s, "stock": %s, '
                                             '"money": %s}' % (
-                                                DIGITS[event], text, market.quoted_stock,
+                                                event_text, text, market.quoted_stock,
                                                 market.quoted_money)))
 
     def order_finished(self, order):
@@ -166,6 +168,7 @@ class Effects:
         self._fill = (price, price_raw, amount, amount_raw, deal, deal_raw, ask_fee,
                       ask_fee_raw, bid_fee, bid_fee_raw)
         self._details = None
+        side_text = DIGITS[taker_side]
         history = self.history
         history.append((DEAL, ask.id % SHARDS, (
             now, ask.user_id, deal_id, ask.id, bid.id, ask_role, price_raw, amount_raw, deal_raw,
@@ -186,5 +189,5 @@ class Effects:
                                                _texts.of(ask.user_id),
                                                _texts.of(bid.user_id), price_raw,
                                                amount_raw, ask_fee_raw, bid_fee_raw,
-                                               DIGITS[taker_side], deal_id,
+                                               side_text, deal_id,
                                                market.quoted_stock, market.quoted_money)))

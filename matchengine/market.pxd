@@ -17,11 +17,12 @@ cdef class Order:
     cdef public Level level
     cdef public str _head, _mid
 
-    @cython.locals(source=str, amount=str)
+    @cython.locals(source=str, amount=str, left=str)
     cpdef str info_json(self, tuple known=*)
 
 cdef class Market:
-    cdef public object desc, name, stock, money, quoted_name, quoted_stock, quoted_money
+    cdef public object desc, name, stock, money
+    cdef public str quoted_name, quoted_stock, quoted_money
     cdef public object stock_exp, version
     cdef public bint first_fill_kept
     cdef public Book asks, bids

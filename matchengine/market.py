@@ -81,13 +81,15 @@ class Order:
                         '"maker_fee": "%s", "left": "' % (
                             to_display(self.price), amount, _fee_texts.of(self.taker_fee)[2],
                             _fee_texts.of(self.maker_fee)[2])
+        if amount is not None and self.left is self.amount:
+            left = amount
+        else:
+            left = to_display(self.left)
         if self.deal_stock is ZERO:     # no fill yet: the deal sums are still the shared zero
             return '%s%s%s%s", "deal_stock": "0", "deal_money": "0", "deal_fee": "0"}' % (
-                self._head, format_real(self.update_time), self._mid,
-                amount if amount is not None and self.left is self.amount
-                else to_display(self.left))
+                self._head, format_real(self.update_time), self._mid, left)
         return '%s%s%s%s", "deal_stock": "%s", "deal_money": "%s", "deal_fee": "%s"}' % (
-            self._head, format_real(self.update_time), self._mid, to_display(self.left),
+            self._head, format_real(self.update_time), self._mid, left,
             display_of(raw_among(known, self.deal_stock)),
             display_of(raw_among(known, self.deal_money)),
             display_of(raw_among(known, self.deal_fee)))
