@@ -14,7 +14,7 @@ The texts write their integers (ids, sides, events: always exact ints) with "%s"
 "%d" goes through the format protocol, about four times as slow.
 """
 
-from utils.decimals import RATE_TEXTS, ZERO, display_of, raw_among, to_raw
+from utils.decimals import RATE_TEXTS, display_of, raw_among, to_raw
 from utils.jsonfmt import DIGITS, SCALAR_TEXTS, format_real, quote
 
 SHARDS = 100
