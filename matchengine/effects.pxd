@@ -17,6 +17,8 @@ cdef class Effects:
 
     @cython.locals(ids=tuple, text=str)
     cdef str _id_text(self, Order order)
+    @cython.locals(text=str)
+    cpdef str order_text(self, Order order)
 
     @cython.locals(history=list, fill=tuple, details=tuple, amount_text=str,
                    market_text=str, price_text=str, rate_text=str)

@@ -23,6 +23,8 @@ cdef class Engine:
     cdef public object order_id, deal_id
 
     @cython.locals(market=Market)
+    cpdef Market _market(self, value)
+    @cython.locals(market=Market)
     cpdef tuple _order_head(self, params, count)
     @cython.locals(market=Market, order=Order)
     cpdef put_limit(self, params, now, real)
