@@ -328,25 +328,25 @@ class Engine:
             raise INVALID_ARGUMENT()
         user_id &= U32
         market = self._market(name)
-        amount = _decimal(params[3], market.desc.stock_prec)
+        amount = _decimal(params[3], market.stock_prec)
         if amount <= ZERO:
             raise INVALID_ARGUMENT()
-        return user_id, market, market.desc, side, amount
+        return user_id, market, side, amount
 
     def put_limit(self, params, now, real):
-        user_id, market, desc, side, amount = self._order_head(params, 8)
-        price = _decimal(params[4], desc.money_prec)
+        user_id, market, side, amount = self._order_head(params, 8)
+        price = _decimal(params[4], market.money_prec)
         if price <= ZERO:
             raise INVALID_ARGUMENT()
-        taker_fee = _fee(params[5], desc.fee_prec)
-        maker_fee = _fee(params[6], desc.fee_prec)
+        taker_fee = _fee(params[5], market.fee_prec)
+        maker_fee = _fee(params[6], market.fee_prec)
         source = _source(params[7])
         if side == ASK:
             if self.balances.available(user_id, market.stock) < amount:
                 raise _error(10, "balance not enough")
         elif self.balances.available(user_id, market.money) < amount * price:
             raise _error(10, "balance not enough")
-        if amount < desc.min_amount:
+        if amount < market.min_amount:
             raise _error(11, "amount too small")
         self.order_id += 1
         order = Order(self.order_id, LIMIT, side, now, user_id, market.name, source, price,
@@ -355,15 +355,15 @@ class Engine:
         return RawJSON(self.effects.order_text(order)) if real else None
 
     def put_market(self, params, now, real):
-        user_id, market, desc, side, amount = self._order_head(params, 6)
-        taker_fee = _fee(params[4], desc.fee_prec)
+        user_id, market, side, amount = self._order_head(params, 6)
+        taker_fee = _fee(params[4], market.fee_prec)
         source = _source(params[5])
         if side == ASK:
             if self.balances.available(user_id, market.stock) < amount:
                 raise _error(10, "balance not enough")
             if not market.bids:
                 raise _error(12, "no enough trader")
-            if amount < desc.min_amount:
+            if amount < market.min_amount:
                 raise _error(11, "amount too small")
         else:
             if self.balances.available(user_id, market.money) < amount:
@@ -371,7 +371,7 @@ class Engine:
             best = market.best(ASK)
             if best is None:
                 raise _error(12, "no enough trader")
-            if amount < best.price * desc.min_amount:
+            if amount < best.price * market.min_amount:
                 raise _error(11, "amount too small")
         self.order_id += 1
         order = Order(self.order_id, MARKET, side, now, user_id, market.name, source, ZERO,

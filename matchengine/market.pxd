@@ -23,7 +23,7 @@ cdef class Order:
 cdef class Market:
     cdef public object desc, name, stock, money
     cdef public str quoted_name, quoted_stock, quoted_money
-    cdef public object stock_exp, version
+    cdef public object stock_prec, money_prec, fee_prec, min_amount, stock_exp, version
     cdef public bint first_fill_kept
     cdef public Book asks, bids
     cdef public Balances balances

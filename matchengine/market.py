@@ -120,6 +120,10 @@ class Market:
         # the three names as JSON strings, for the messages
         self.quoted_name, self.quoted_stock, self.quoted_money = (
             quote(desc.name), quote(desc.stock), quote(desc.money))
+        # the precisions and the least amount, which every order reads
+        self.stock_prec, self.money_prec, self.fee_prec = (
+            desc.stock_prec, desc.money_prec, desc.fee_prec)
+        self.min_amount = desc.min_amount
         self.stock_exp = exponent(desc.stock_prec)
         # At positive precisions, a fill's amount and deal have negative exponents, so zero
         # plus either is that same value to the digit: an order's first fill makes its
