@@ -147,7 +147,7 @@ class Effects:
         fill = self._fill
         row = (order.id, order.create_time, order.update_time, order.user_id,
                order.market, "(null)" if order.source is None else order.source, order.type,
-               order.side, raw_among(fill, order.price), raw_among(fill, order.amount),
+               order.side, order.raw_price(), order.raw_amount(),
                _fee_texts.of(order.taker_fee)[1], _fee_texts.of(order.maker_fee)[1],
                raw_among(fill, order.deal_stock), raw_among(fill, order.deal_money),
                raw_among(fill, order.deal_fee))

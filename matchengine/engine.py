@@ -20,7 +20,7 @@ from matchengine.balance import AVAILABLE, FREEZE, Balances
 from matchengine.effects import Effects
 from matchengine.market import ASK, BID, LIMIT, MARKET, Market, Order
 from utils import decimals
-from utils.decimals import ZERO, exponent, to_display
+from utils.decimals import ZERO, exponent, to_display, to_raw
 from utils.jsonfmt import SCALAR_TEXTS, RawJSON, dumps
 from utils.rpc import INVALID_ARGUMENT, RPCError, signed64
 
@@ -62,7 +62,8 @@ def _str(value):
     return value
 
 
-_PARSED = collections.defaultdict(dict)   # prec -> {text: Decimal}: values repeat a lot
+# prec -> {text: (Decimal, its raw text)}: values repeat a lot
+_PARSED = collections.defaultdict(dict)
 _PARSED_MAX = 100000                      # texts kept per precision
 
 
@@ -72,7 +73,9 @@ def _remember(cache, text, value):
     cache[text] = value
 
 
-def _decimal(value, prec):
+def _decimal_texts(value, prec):
+    """(the value of a decimal parameter, its raw text): an order's price and amount, whose
+    texts its messages and history rows write."""
     cache = _PARSED[prec]
     try:
         cached = cache.get(value)
@@ -84,8 +87,13 @@ def _decimal(value, prec):
         parsed = decimals.parse(value, prec)
     except decimals.InvalidDecimal:
         raise INVALID_ARGUMENT() from None
-    _remember(cache, value, parsed)
-    return parsed
+    cached = (parsed, to_raw(parsed))
+    _remember(cache, value, cached)
+    return cached
+
+
+def _decimal(value, prec):
+    return _decimal_texts(value, prec)[0]
 
 
 _FEES = collections.defaultdict(dict)     # prec -> {text: rate}, rates already checked
@@ -319,8 +327,9 @@ class Engine:
     # -- orders ------------------------------------------------------------------------
 
     def _order_head(self, params, count):
-        """user, market, side and amount of an order command (each error is the same
-        "invalid argument", so the checks need not follow the original's order)."""
+        """user, market, side and amount (with its raw text, see `_decimal_texts`) of an
+        order command (each error is the same "invalid argument", so the checks need not
+        follow the original's order)."""
         if len(params) != count:
             raise INVALID_ARGUMENT()
         user_id, name, side = params[0], params[1], params[2]
@@ -328,14 +337,16 @@ class Engine:
             raise INVALID_ARGUMENT()
         user_id &= U32
         market = self._market(name)
-        amount = _decimal(params[3], market.stock_prec)
-        if amount <= ZERO:
+        amount = _decimal_texts(params[3], market.stock_prec)
+        if amount[0] <= ZERO:
             raise INVALID_ARGUMENT()
         return user_id, market, side, amount
 
     def put_limit(self, params, now, real):
-        user_id, market, side, amount = self._order_head(params, 8)
-        price = _decimal(params[4], market.money_prec)
+        user_id, market, side, amount_texts = self._order_head(params, 8)
+        amount = amount_texts[0]
+        price_texts = _decimal_texts(params[4], market.money_prec)
+        price = price_texts[0]
         if price <= ZERO:
             raise INVALID_ARGUMENT()
         taker_fee = _fee(params[5], market.fee_prec)
@@ -350,12 +361,13 @@ class Engine:
             raise _error(11, "amount too small")
         self.order_id += 1
         order = Order(self.order_id, LIMIT, side, now, user_id, market.name, source, price,
-                      amount, taker_fee, maker_fee)
+                      amount, taker_fee, maker_fee, price_texts[1], amount_texts[1])
         self.deal_id = market.put_limit(order, self.effects, real, self.deal_id)
         return RawJSON(self.effects.order_text(order)) if real else None
 
     def put_market(self, params, now, real):
-        user_id, market, side, amount = self._order_head(params, 6)
+        user_id, market, side, amount_texts = self._order_head(params, 6)
+        amount = amount_texts[0]
         taker_fee = _fee(params[4], market.fee_prec)
         source = _source(params[5])
         if side == ASK:
@@ -375,7 +387,7 @@ class Engine:
                 raise _error(11, "amount too small")
         self.order_id += 1
         order = Order(self.order_id, MARKET, side, now, user_id, market.name, source, ZERO,
-                      amount, taker_fee, ZERO)
+                      amount, taker_fee, ZERO, None, amount_texts[1])
         self.deal_id = market.put_market(order, self.effects, real, self.deal_id)
         return RawJSON(self.effects.order_text(order)) if real else None
 

@@ -15,10 +15,12 @@ cdef class Order:
     cdef public object price, amount, taker_fee, maker_fee, left, freeze
     cdef public object deal_stock, deal_money, deal_fee
     cdef public Level level
-    cdef public str _head, _mid
+    cdef public str price_raw, amount_raw, _head, _mid
 
     @cython.locals(source=str, amount=str, left=str)
     cpdef str info_json(self, tuple known=*)
+    cpdef str raw_price(self)
+    cpdef str raw_amount(self)
 
 cdef class Market:
     cdef public object desc, name, stock, money

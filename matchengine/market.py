@@ -20,7 +20,7 @@ except ImportError:         # run uncompiled, without Cython installed
 
 from matchengine.balance import AVAILABLE, FREEZE
 from matchengine.book import Book, Level
-from utils.decimals import RATE_TEXTS, ZERO, display_of, exponent, raw_among, to_display
+from utils.decimals import RATE_TEXTS, ZERO, display_of, exponent, raw_among, to_display, to_raw
 from utils.jsonfmt import DIGITS, SCALAR_TEXTS, format_real, quote
 
 # the shared texts of fee rates, markets and sources (typed for the compiled build)
@@ -41,10 +41,11 @@ EVENT_PUT, EVENT_UPDATE, EVENT_FINISH = 1, 2, 3
 class Order:
     __slots__ = ("id", "type", "side", "create_time", "update_time", "user_id", "market",
                  "source", "price", "amount", "taker_fee", "maker_fee", "left", "freeze",
-                 "deal_stock", "deal_money", "deal_fee", "level", "_head", "_mid")
+                 "deal_stock", "deal_money", "deal_fee", "level", "price_raw", "amount_raw",
+                 "_head", "_mid")
 
     def __init__(self, order_id, order_type, side, now, user_id, market, source, price,
-                 amount, taker_fee, maker_fee):
+                 amount, taker_fee, maker_fee, price_raw=None, amount_raw=None):
         self.id = order_id
         self.type = order_type
         self.side = side
@@ -62,6 +63,10 @@ class Order:
         self.deal_money = ZERO
         self.deal_fee = ZERO
         self.level = None          # the book level it rests in
+        # the raw texts of price and amount when the caller has them (None: made when
+        # needed), shared by the orders of the same request texts
+        self.price_raw = price_raw
+        self.amount_raw = amount_raw
         self._head = None
         self._mid = None
 
@@ -76,11 +81,11 @@ class Order:
                                                     DIGITS[self.type], DIGITS[self.side],
                                                     self.user_id,
                                                     format_real(self.create_time))
-            amount = to_display(self.amount)
+            amount = display_of(self.raw_amount())
             self._mid = ', "price": "%s", "amount": "%s", "taker_fee": "%s", ' \
                         '"maker_fee": "%s", "left": "' % (
-                            to_display(self.price), amount, _fee_texts.of(self.taker_fee)[2],
-                            _fee_texts.of(self.maker_fee)[2])
+                            display_of(self.raw_price()), amount,
+                            _fee_texts.of(self.taker_fee)[2], _fee_texts.of(self.maker_fee)[2])
         if amount is not None and self.left is self.amount:
             left = amount
         else:
@@ -93,6 +98,14 @@ class Order:
             display_of(raw_among(known, self.deal_stock)),
             display_of(raw_among(known, self.deal_money)),
             display_of(raw_among(known, self.deal_fee)))
+
+    def raw_price(self):
+        """The price's raw text."""
+        return to_raw(self.price) if self.price_raw is None else self.price_raw
+
+    def raw_amount(self):
+        """The amount's raw text."""
+        return to_raw(self.amount) if self.amount_raw is None else self.amount_raw
 
     def info(self):
         """The order info object of replies and messages, keys in the original's order."""
