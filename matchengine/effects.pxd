@@ -6,6 +6,9 @@ from utils.decimals cimport KnownTexts, display_of, raw_among
 from utils.jsonfmt cimport TextTable, format_real
 from matchengine.market cimport Market, Order
 
+cdef long SHARDS
+cdef long _shard(long number) except? -1
+
 cdef TextTable _texts
 cdef KnownTexts _fee_texts
 

@@ -43,6 +43,10 @@ HISTORY_COLUMNS[ORDER_DETAIL] = HISTORY_COLUMNS[ORDER]
 TOPIC_DEALS, TOPIC_ORDERS, TOPIC_BALANCES = "deals", "orders", "balances"
 
 
+def _shard(number):
+    """The shard (the table suffix) of the history rows of a user or an order."""
+    return number % SHARDS
+
 
 class Effects:
     """Collects history rows and messages; `take()` hands them over and starts afresh."""
@@ -87,7 +91,7 @@ class Effects:
     # -- balances ----------------------------------------------------------------------
 
     def balance_update(self, now, user_id, asset, business, change, detail_text):
-        self.history.append((BALANCE, user_id % SHARDS, (
+        self.history.append((BALANCE, _shard(user_id), (
             now, user_id, asset, business, to_raw(change),
             to_raw(self.balances.total(user_id, asset)), detail_text)))
         self.messages.append((TOPIC_BALANCES, '[%s, %s, %s, %s, "%s"]' % (
@@ -114,7 +118,7 @@ class Effects:
                                        display_of(fill[1]))
         amount_text, market_text, price_text = details
         user_id = order.user_id
-        shard = user_id % SHARDS
+        shard = _shard(user_id)
         detail = '{"a": "%s", "i": %s, "m": %s, "p": "%s"}' % (
             amount_text, self._id_text(order), market_text, price_text)
         history = self.history
@@ -151,8 +155,8 @@ class Effects:
                _fee_texts.of(order.taker_fee)[1], _fee_texts.of(order.maker_fee)[1],
                raw_among(fill, order.deal_stock), raw_among(fill, order.deal_money),
                raw_among(fill, order.deal_fee))
-        self.history.append((ORDER, order.user_id % SHARDS, row))
-        self.history.append((ORDER_DETAIL, order.id % SHARDS, row))
+        self.history.append((ORDER, _shard(order.user_id), row))
+        self.history.append((ORDER_DETAIL, _shard(order.id), row))
 
     def deal(self, now, deal_id, market, ask, bid, price, amount, deal, ask_fee, bid_fee,
              taker_side):
@@ -170,16 +174,16 @@ class Effects:
         self._details = None
         side_text = DIGITS[taker_side]
         history = self.history
-        history.append((DEAL, ask.id % SHARDS, (
+        history.append((DEAL, _shard(ask.id), (
             now, ask.user_id, deal_id, ask.id, bid.id, ask_role, price_raw, amount_raw, deal_raw,
             ask_fee_raw, bid_fee_raw)))
-        history.append((DEAL, bid.id % SHARDS, (
+        history.append((DEAL, _shard(bid.id), (
             now, bid.user_id, deal_id, bid.id, ask.id, bid_role, price_raw, amount_raw, deal_raw,
             bid_fee_raw, ask_fee_raw)))
-        history.append((USER_DEAL, ask.user_id % SHARDS, (
+        history.append((USER_DEAL, _shard(ask.user_id), (
             now, ask.user_id, market.name, deal_id, ask.id, bid.id, ask.side, ask_role,
             price_raw, amount_raw, deal_raw, ask_fee_raw, bid_fee_raw)))
-        history.append((USER_DEAL, bid.user_id % SHARDS, (
+        history.append((USER_DEAL, _shard(bid.user_id), (
             now, bid.user_id, market.name, deal_id, bid.id, ask.id, bid.side, bid_role,
             price_raw, amount_raw, deal_raw, bid_fee_raw, ask_fee_raw)))
         self.messages.append((TOPIC_DEALS, '[%s, %s, %s, %s, %s, %s, "%s", "%s", "%s", "%s", '
