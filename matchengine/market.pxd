@@ -51,7 +51,7 @@ cdef class Market:
     @cython.locals(balances=Balances, stock=AssetBalances, money=AssetBalances)
     cpdef _bid_deal(self, Order taker, Order maker, Level level, price, amount, now,
                     Effects sink, bint real, deal_id)
-    cdef _add_fill(self, Order order, amount, deal)
+    cdef _add_fill(self, Order order, amount, deal, fee)
     cpdef _settle(self, Order order, int kind, AssetBalances gives, given, AssetBalances gets,
                   got, fee, fee_rate, price, amount, now, Effects sink)
     cpdef _maker_done(self, Order maker, Effects sink, bint real)

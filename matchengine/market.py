@@ -328,12 +328,10 @@ class Market:
                 sink.deal(now, deal_id, self, taker, maker, price, amount, deal, ask_fee,
                           bid_fee, ASK)
             taker.left -= amount
-            self._add_fill(taker, amount, deal)
-            taker.deal_fee += ask_fee
+            self._add_fill(taker, amount, deal, ask_fee)
             maker.left -= amount
             maker.freeze -= deal
-            self._add_fill(maker, amount, deal)
-            maker.deal_fee += bid_fee
+            self._add_fill(maker, amount, deal, bid_fee)
             level.amount -= amount
             if real:
                 self._settle(taker, AVAILABLE, stock, amount, money, deal, ask_fee,
@@ -394,12 +392,10 @@ class Market:
             sink.deal(now, deal_id, self, maker, taker, price, amount, deal, ask_fee, bid_fee,
                       BID)
         taker.left -= deal if taker.type == MARKET else amount
-        self._add_fill(taker, amount, deal)
-        taker.deal_fee += bid_fee
+        self._add_fill(taker, amount, deal, bid_fee)
         maker.left -= amount
         maker.freeze -= amount
-        self._add_fill(maker, amount, deal)
-        maker.deal_fee += ask_fee
+        self._add_fill(maker, amount, deal, ask_fee)
         level.amount -= amount
         if real:
             self._settle(taker, AVAILABLE, money, deal, stock, amount, bid_fee,
@@ -413,13 +409,17 @@ class Market:
         self._maker_done(maker, sink, real)
         return deal_id
 
-    def _add_fill(self, order, amount, deal):
-        """Add a fill's amount and deal to the order's sums (see `first_fill_kept`)."""
+    def _add_fill(self, order, amount, deal, fee):
+        """Add a fill's amount, deal and fee to the order's sums (see `first_fill_kept`).
+        A fee is kept only when positive: a zero rate may be written "-0", and a negative
+        zero plus zero is a positive one."""
         if order.deal_stock is ZERO and self.first_fill_kept:
             order.deal_stock, order.deal_money = amount, deal
+            order.deal_fee = fee if fee > ZERO else order.deal_fee + fee
         else:
             order.deal_stock += amount
             order.deal_money += deal
+            order.deal_fee += fee
 
     def _settle(self, order, kind, gives, given, gets, got, fee, fee_rate, price, amount, now,
                 sink):

@@ -107,6 +107,17 @@ class UnitTests(SynchronousTestCase):
         r = call(eng, 201, [2, "AB", 2, "1e+1", "2", "0", "0", ""], self.now)["result"]
         self.assertEqual((r["amount"], r["deal_stock"], r["deal_money"]), ("1e+1", "10", "20"))
 
+    def test_fee_sums_of_a_negative_zero_rate(self):
+        """A fee rate written "-0" is accepted, as by the original; an order's fee sum is
+        still zero plus its fees, a positive zero, though each fee is a negative one."""
+        self.deposit(1, "BTC", "1", 1)
+        self.deposit(2, "BCH", "100", 2)
+        self.run_cmd(201, 1, "BTCBCH", 1, "1", "10", "-0", "-0", "")
+        r = self.run_cmd(201, 2, "BTCBCH", 2, "1", "10", "-0", "-0", "")["result"]
+        self.assertEqual((r["taker_fee"], r["deal_fee"]), ("-0", "0e-12"))
+        maker = json.loads(self.eng.effects.take()[1][-2][1])["order"]
+        self.assertEqual((maker["maker_fee"], maker["deal_fee"]), ("-0", "0e-20"))
+
     def test_self_trade_and_fees_leave_users(self):
         """A user may trade with itself; fees leave the balances and are counted."""
         self.deposit(1, "BTC", "2", 1)
