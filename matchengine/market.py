@@ -76,16 +76,17 @@ class Order:
         amount = None       # the amount's text, when made here
         if self._head is None:
             source = "" if self.source is None else ', "source": ' + _texts.of(self.source)
+            kind, side = DIGITS[self.type], DIGITS[self.side]
             self._head = '{"id": %s, "market": %s%s, "type": %s, "side": %s, "user": %s, ' \
                          '"ctime": %s, "mtime": ' % (self.id, _texts.of(self.market), source,
-                                                    DIGITS[self.type], DIGITS[self.side],
-                                                    self.user_id,
+                                                    kind, side, self.user_id,
                                                     format_real(self.create_time))
             amount = display_of(self.raw_amount())
+            taker_fee, maker_fee = (_fee_texts.of(self.taker_fee)[2],
+                                    _fee_texts.of(self.maker_fee)[2])
             self._mid = ', "price": "%s", "amount": "%s", "taker_fee": "%s", ' \
                         '"maker_fee": "%s", "left": "' % (
-                            display_of(self.raw_price()), amount,
-                            _fee_texts.of(self.taker_fee)[2], _fee_texts.of(self.maker_fee)[2])
+                            display_of(self.raw_price()), amount, taker_fee, maker_fee)
         if amount is not None and self.left is self.amount:
             left = amount
         else:

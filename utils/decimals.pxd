@@ -21,7 +21,7 @@ cdef extern from *:
         if (!point) goto same;
         for (last = size - 1; data[last] == '0'; last--) ;
         if (data[last] == '.') last--;
-        return PyUnicode_FromStringAndSize(data, last + 1);
+        return PyUnicode_Substring(text, 0, last + 1);
     same:
         Py_INCREF(text);
         return text;
