@@ -2,7 +2,7 @@
 cimport cython
 
 from matchengine.balance cimport AssetBalances, Balances
-from utils.decimals cimport KnownTexts, display_of, raw_among
+from utils.decimals cimport KnownTexts, display_of, negated, raw_among
 from utils.jsonfmt cimport TextTable, format_real
 from matchengine.market cimport Market, Order
 

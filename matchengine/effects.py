@@ -14,7 +14,7 @@ The texts write their integers (ids, sides, events: always exact ints) with "%s"
 "%d" goes through the format protocol, about four times as slow.
 """
 
-from utils.decimals import RATE_TEXTS, display_of, raw_among, to_raw
+from utils.decimals import RATE_TEXTS, display_of, negated, raw_among, to_raw
 from utils.jsonfmt import DIGITS, SCALAR_TEXTS, format_real, quote
 
 SHARDS = 100
@@ -123,7 +123,7 @@ class Effects:
             amount_text, self._id_text(order), market_text, price_text)
         history = self.history
         history.append((BALANCE, shard, (
-            now, user_id, gives.name, "trade", "-" + raw_among(fill, given),
+            now, user_id, gives.name, "trade", negated(raw_among(fill, given)),
             to_raw(totals[0]), detail)))
         history.append((BALANCE, shard, (
             now, user_id, gets.name, "trade", raw_among(fill, got), to_raw(totals[1]),
@@ -133,8 +133,8 @@ class Effects:
             detail = '{"a": "%s", "f": "%s", "i": %s, "m": %s, "p": "%s"}' % (
                 amount_text, rate_text, self._id_text(order), market_text, price_text)
             history.append((BALANCE, shard, (
-                now, user_id, gets.name, "trade", "-" + raw_among(fill, fee), to_raw(totals[2]),
-                detail)))
+                now, user_id, gets.name, "trade", negated(raw_among(fill, fee)),
+                to_raw(totals[2]), detail)))
 
     # -- orders and deals --------------------------------------------------------------
 

@@ -29,8 +29,26 @@ cdef extern from *:
     """
     object _display_text "viabtc_display_text" (object text)
 
+cdef extern from *:
+    """
+    /* "-" + text for a compact ASCII text; None for any other text. */
+    static inline PyObject *viabtc_negated_text(PyObject *text) {
+        Py_ssize_t size;
+        PyObject *out;
+        if (!PyUnicode_IS_COMPACT_ASCII(text)) Py_RETURN_NONE;
+        size = PyUnicode_GET_LENGTH(text);
+        out = PyUnicode_New(size + 1, 127);
+        if (out == NULL) return NULL;
+        PyUnicode_1BYTE_DATA(out)[0] = '-';
+        memcpy(PyUnicode_1BYTE_DATA(out) + 1, PyUnicode_1BYTE_DATA(text), size);
+        return out;
+    }
+    """
+    object _negated_text "viabtc_negated_text" (object text)
+
 @cython.locals(index=Py_ssize_t)
 cpdef str raw_among(tuple known, value)
+cpdef str negated(str text)
 cpdef str to_display(d)
 @cython.locals(last=Py_ssize_t)
 cpdef str display_of(str text)

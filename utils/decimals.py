@@ -38,8 +38,8 @@ except ImportError:         # run uncompiled, without Cython installed
 __all__ = [
     "CONTEXT", "InvalidDecimal", "KnownTexts", "MAX_ADJUSTED_EXPONENT", "RATE_TEXTS", "ZERO",
     "ONE", "TEN",
-    "display_of", "exponent", "install_context", "is_valid", "parse", "quantize", "raw_among",
-    "to_display", "to_raw",
+    "display_of", "exponent", "install_context", "is_valid", "negated", "parse", "quantize",
+    "raw_among", "to_display", "to_raw",
 ]
 
 CONTEXT = Context(prec=34, rounding=ROUND_DOWN, Emin=-6143, Emax=6144,
@@ -158,6 +158,16 @@ def raw_among(known, value) -> str:
             if known[index] is value:
                 return known[index + 1]
     return _to_sci_string(value)
+
+
+def negated(text: str) -> str:
+    """The raw text of a positive value negated, from its own raw text."""
+    if cython.compiled:
+        # compiled, copied in C (utils/decimals.pxd) for an ASCII text
+        out = _negated_text(text)
+        if out is not None:
+            return out
+    return "-" + text
 
 
 def to_display(d: Decimal) -> str:

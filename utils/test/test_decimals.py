@@ -199,6 +199,12 @@ class PropertyTests(SynchronousTestCase):
         self.assertEqual(decimals.display_of(text), expected)
 
     @settings(max_examples=300)
+    @given(st.text(max_size=12) | finite_decimals.map(to_raw))
+    def test_negated(self, text):
+        """negated (worked out in C when compiled) puts a minus sign before any text."""
+        self.assertEqual(decimals.negated(text), "-" + text)
+
+    @settings(max_examples=300)
     @given(finite_decimals, st.integers(min_value=1, max_value=20))
     def test_parse_with_prec_truncates(self, value, prec):
         """parse with prec has exactly prec places and never moves away from zero."""
