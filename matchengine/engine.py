@@ -193,6 +193,8 @@ class Engine:
 
         `now` is in seconds, to the microsecond: the operation log keeps times at that
         precision, and history rows and messages carry it as given."""
+        if command == PUT_LIMIT:        # most commands: a C call, not a method object's
+            return self.put_limit(params, now, True)
         return self.handlers[command](params, now, True)
 
     def replay(self, method, params, now):
@@ -207,6 +209,8 @@ class Engine:
                 return None
         elif len(params) > 1 and isinstance(params[1], str) and params[1] not in self.markets:
             return None
+        if command == PUT_LIMIT:
+            return self.put_limit(params, now, False)
         return self.handlers[command](params, now, False)
 
     # -- parameter helpers -------------------------------------------------------------
