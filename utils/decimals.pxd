@@ -7,18 +7,13 @@ cdef extern from *:
        its copy without the trailing fractional zeros (and point) when it has a point, no
        exponent and ends in a zero; None for any other text. */
     static inline PyObject *viabtc_display_text(PyObject *text) {
-        Py_ssize_t size, last, i;
+        Py_ssize_t size, last;
         const char *data;
-        int point = 0;
         if (!PyUnicode_IS_COMPACT_ASCII(text)) Py_RETURN_NONE;
         size = PyUnicode_GET_LENGTH(text);
         data = (const char *)PyUnicode_1BYTE_DATA(text);
-        if (size == 0 || data[size - 1] != '0') goto same;
-        for (i = 0; i < size; i++) {
-            if (data[i] == 'e') goto same;
-            if (data[i] == '.') point = 1;
-        }
-        if (!point) goto same;
+        if (size == 0 || data[size - 1] != '0' || memchr(data, '.', size) == NULL
+                || memchr(data, 'e', size) != NULL) goto same;
         for (last = size - 1; data[last] == '0'; last--) ;
         if (data[last] == '.') last--;
         return PyUnicode_Substring(text, 0, last + 1);
