@@ -492,6 +492,11 @@ class Engine:
         if command == BALANCE_UPDATE:
             return sorted_json({"method": LOG_METHODS[command], "params": params})
         # the other writes were validated: only integers and strings, nothing to sort
+        if command == PUT_LIMIT:    # most entries: their eight texts joined at once
+            return '{"method": "%s", "params": [%s, %s, %s, %s, %s, %s, %s, %s]}' % (
+                LOG_METHODS[command], _texts.of(params[0]), _texts.of(params[1]),
+                _texts.of(params[2]), _texts.of(params[3]), _texts.of(params[4]),
+                _texts.of(params[5]), _texts.of(params[6]), _texts.of(params[7]))
         return '{"method": "%s", "params": [%s]}' % (LOG_METHODS[command], ", ".join(
             [_texts.of(p) for p in params]))
 
