@@ -16,9 +16,10 @@ cdef class Effects:
     cdef public Balances balances
     cdef public list history, messages
     cdef public object _fill, _details, _last_order
-    cdef public tuple _ids
+    cdef public Order _latest, _before
+    cdef public str _latest_id, _before_id
 
-    @cython.locals(ids=tuple, text=str)
+    @cython.locals(text=str)
     cdef str _id_text(self, Order order)
     @cython.locals(text=str)
     cpdef str order_text(self, Order order)

@@ -51,7 +51,8 @@ def _shard(number):
 class Effects:
     """Collects history rows and messages; `take()` hands them over and starts afresh."""
 
-    __slots__ = ("balances", "history", "messages", "_fill", "_details", "_last_order", "_ids")
+    __slots__ = ("balances", "history", "messages", "_fill", "_details", "_last_order",
+                 "_latest", "_latest_id", "_before", "_before_id")
 
     def __init__(self, balances):
         self.balances = balances
@@ -64,7 +65,8 @@ class Effects:
         self._fill = None
         self._details = None
         self._last_order = (None, None)   # (order, its JSON text) of the latest order event
-        self._ids = (None, "", None, "")  # the ids of the last two orders as texts, latest first
+        # the last two orders whose ids were written, with their ids as texts
+        self._latest, self._latest_id, self._before, self._before_id = None, "", None, ""
 
     def take(self):
         history, messages = self.history, self.messages
@@ -75,11 +77,11 @@ class Effects:
     def _id_text(self, order):
         """The order's id as text: a fill writes the ids of its taker and maker a few times
         (and a taker's in each of its fills)."""
-        ids = self._ids
-        if ids[0] is order:
-            return ids[1]
-        text = ids[3] if ids[2] is order else str(order.id)
-        self._ids = (order, text, ids[0], ids[1])
+        if self._latest is order:
+            return self._latest_id
+        text = self._before_id if self._before is order else str(order.id)
+        self._before, self._before_id = self._latest, self._latest_id
+        self._latest, self._latest_id = order, text
         return text
 
     def order_text(self, order):
