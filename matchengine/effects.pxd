@@ -15,7 +15,9 @@ cdef KnownTexts _fee_texts
 cdef class Effects:
     cdef public Balances balances
     cdef public list history, messages
-    cdef public object _fill, _details, _last_order
+    cdef public object _fill
+    cdef public str _amount_shown, _price_shown, _event_text
+    cdef public Order _event_order
     cdef public Order _latest, _before
     cdef public str _latest_id, _before_id
 
@@ -24,7 +26,7 @@ cdef class Effects:
     @cython.locals(text=str)
     cpdef str order_text(self, Order order)
 
-    @cython.locals(history=list, fill=tuple, details=tuple, amount_text=str,
+    @cython.locals(history=list, fill=tuple, amount_text=str,
                    market_text=str, price_text=str, rate_text=str)
     cpdef trade_balances(self, now, Order order, Market market, price, amount,
                          AssetBalances gives, given, AssetBalances gets, got, fee, fee_rate,

@@ -51,8 +51,9 @@ def _shard(number):
 class Effects:
     """Collects history rows and messages; `take()` hands them over and starts afresh."""
 
-    __slots__ = ("balances", "history", "messages", "_fill", "_details", "_last_order",
-                 "_latest", "_latest_id", "_before", "_before_id")
+    __slots__ = ("balances", "history", "messages", "_fill", "_amount_shown", "_price_shown",
+                 "_event_order", "_event_text", "_latest", "_latest_id", "_before",
+                 "_before_id")
 
     def __init__(self, balances):
         self.balances = balances
@@ -60,18 +61,19 @@ class Effects:
         self.messages = []   # (topic, text)
         # the fill being recorded, from `deal`: its numbers and their raw texts (price,
         # amount, deal, ask fee, bid fee), which its orders' texts use too (an order's first
-        # fill makes its sums these objects, see `Market.first_fill_kept`); then the texts
-        # its balance details share (both sides)
+        # fill makes its sums these objects, see `Market.first_fill_kept`); then the
+        # displayed amount and price its balance details share (both sides), None until made
         self._fill = None
-        self._details = None
-        self._last_order = (None, None)   # (order, its JSON text) of the latest order event
+        self._amount_shown = self._price_shown = None
+        # the order of the latest order event, and its JSON text
+        self._event_order, self._event_text = None, None
         # the last two orders whose ids were written, with their ids as texts
         self._latest, self._latest_id, self._before, self._before_id = None, "", None, ""
 
     def take(self):
         history, messages = self.history, self.messages
         self.history, self.messages = [], []
-        self._last_order = (None, None)
+        self._event_order = self._event_text = None
         return history, messages
 
     def _id_text(self, order):
@@ -87,8 +89,7 @@ class Effects:
     def order_text(self, order):
         """The order's JSON text.  A command's last step on its order is the order's event,
         so the reply reuses that event's text instead of building it again."""
-        last, text = self._last_order
-        return text if last is order else order.info_json()
+        return self._event_text if self._event_order is order else order.info_json()
 
     # -- balances ----------------------------------------------------------------------
 
@@ -113,12 +114,12 @@ class Effects:
         if fill is None or fill[0] is not price or fill[2] is not amount:
             fill = self._fill = (price, to_raw(price), amount, to_raw(amount), None, None,
                                  None, None, None, None)
-            self._details = None
-        details = self._details
-        if details is None:
-            details = self._details = (display_of(fill[3]), market.quoted_name,
-                                       display_of(fill[1]))
-        amount_text, market_text, price_text = details
+            self._amount_shown = None
+        amount_text, market_text, price_text = (self._amount_shown, market.quoted_name,
+                                                self._price_shown)
+        if amount_text is None:
+            amount_text = self._amount_shown = display_of(fill[3])
+            price_text = self._price_shown = display_of(fill[1])
         user_id = order.user_id
         shard = _shard(user_id)
         detail = '{"a": "%s", "i": %s, "m": %s, "p": "%s"}' % (
@@ -142,7 +143,7 @@ class Effects:
 
     def order_event(self, event, order, market):
         text = order.info_json(self._fill)
-        self._last_order = (order, text)
+        self._event_order, self._event_text = order, text
         event_text = DIGITS[event]
         self.messages.append((TOPIC_ORDERS, '{"event": %s, "order": %s, "stock": %s, '
                                             '"money": %s}' % (
@@ -173,7 +174,7 @@ class Effects:
         ask_fee_raw, bid_fee_raw = to_raw(ask_fee), to_raw(bid_fee)
         self._fill = (price, price_raw, amount, amount_raw, deal, deal_raw, ask_fee,
                       ask_fee_raw, bid_fee, bid_fee_raw)
-        self._details = None
+        self._amount_shown = None
         side_text = DIGITS[taker_side]
         history = self.history
         history.append((DEAL, _shard(ask.id), (
