@@ -139,11 +139,11 @@ class Market:
             desc.stock_prec, desc.money_prec, desc.fee_prec)
         self.min_amount = desc.min_amount
         self.stock_exp = exponent(desc.stock_prec)
-        # At positive precisions, a fill's amount and deal have negative exponents, so zero
-        # plus either is that same value to the digit: an order's first fill makes its
-        # sums the fill's own objects, whose texts the history rows and messages already hold
-        # (see `Effects`).  A zero precision allows parsed values with positive exponents,
-        # whose sum with zero is written otherwise.
+        # At positive precisions, a fill's amount, deal and positive fee have negative
+        # exponents, so zero plus each is that same value to the digit: an order's first fill
+        # makes its sums the fill's own objects, whose texts the history rows and messages
+        # already hold (see `Effects`, `_add_fill`).  A zero precision allows parsed values
+        # with positive exponents, whose sum with zero is written otherwise.
         self.first_fill_kept = desc.stock_prec > 0 and desc.money_prec > 0
         self.balances = balances
         # the entries of the two assets, which matching moves
