@@ -5,13 +5,13 @@ Run by `matchengine.outbox.WriterOutbox` as `python -m matchengine.writer`, with
 settings as JSON in the first argument.  It reads batches from stdin, each framed as a
 4-byte big-endian length and the `marshal` encoding of `(sequence, history, messages)`;
 writes the history rows (several threads, one MySQL connection each, one transaction per
-table group) and sends the messages (kafka-python, in order), and writes on stdout, one per
-line, the sequence number of the last batch both are done with.  Failures are retried every
-second, forever, and reported on stderr, which the parent logs.  Stdin closing ends the
-process after the batches already read.
+table group) and sends the messages (`utils.kafka_wire`, in order), and writes on stdout,
+one per line, the sequence number of the last batch both are done with.  Failures are
+retried every second, forever, and reported on stderr, which the parent logs.  Stdin
+closing ends the process after the batches already read.
 
-Keeping this work in its own process keeps its CPU time (SQL escaping, Kafka record
-building) off the matching thread's interpreter lock.
+Keeping this work in its own process keeps its CPU time (SQL texts, Kafka record
+batches) off the matching thread's interpreter lock.
 """
 
 import contextlib
@@ -28,6 +28,7 @@ import time
 from pymysql.converters import escape_string
 
 from matchengine.effects import HISTORY_COLUMNS
+from utils.kafka_wire import LeanProducer
 from utils.mysql import needs_escape
 
 FRAME = struct.Struct(">I")
@@ -158,41 +159,18 @@ class HistoryThreads:
 
 
 class Messages:
-    """The Kafka producer, retrying in place while the broker is away."""
+    """The Kafka lane's producer: each group in few requests, retried in place while the
+    brokers are away (`utils.kafka_wire`)."""
 
     def __init__(self, brokers):
-        self.brokers = brokers
-        self.producer = None
-
-    def _connect(self):
-        from kafka import KafkaProducer
-        from utils.kafka_queue import PRODUCER_CONFIG, _retry_unknown_errors
-        _retry_unknown_errors()
-        while True:
-            try:
-                return KafkaProducer(bootstrap_servers=self.brokers, **PRODUCER_CONFIG)
-            except Exception as e:
-                say("kafka: cannot reach %s: %s; retrying in 1 s" % (self.brokers, e))
-                time.sleep(1)
+        self.producer = LeanProducer(brokers, say=say)
 
     def send(self, messages):
-        if not messages:
-            return
-        if self.producer is None:
-            self.producer = self._connect()
-        futures = []
-        for topic, text in messages:
-            while True:
-                try:
-                    futures.append(self.producer.send(topic, text.encode(), partition=0))
-                    break
-                except Exception as e:
-                    say("kafka: send to %s failed: %s; retrying in 1 s" % (topic, e))
-                    time.sleep(1)
-        self.producer.flush()
-        for future in futures:
-            if future.failed():
-                say("kafka: a message was not delivered: %s" % future.exception)
+        if messages:
+            self.producer.send([(topic, text.encode()) for topic, text in messages])
+
+    def close(self):
+        self.producer.close()
 
 
 READ_PAUSE = 0.01             # seconds between two reads of the daemon's pipe, at least
@@ -378,8 +356,7 @@ def main(argv=None):
             if group:
                 acks.finished(1, group[-1][0])
             if last:
-                if messages.producer is not None:
-                    messages.producer.close(timeout=10)
+                messages.close()
                 return
 
     workers = [threading.Thread(target=history_lane, args=(lanes[0],), name="history")]

@@ -1,0 +1,140 @@
+# -*- test-case-name: utils.test.test_kafka_wire -*-
+"""The lean producer: its record batches read by kafka-python, its groups sent to a real
+broker and consumed back in order, through a broker that goes away and comes back."""
+
+import threading
+import time
+import uuid
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.record.default_records import DefaultRecordBatch
+from twisted.trial.unittest import SynchronousTestCase
+
+from utils import testing
+from utils.kafka_wire import MAX_BATCH_BYTES, LeanProducer, chunks, record_batch
+
+
+def topic_name():
+    return "wire-" + uuid.uuid4().hex[:12]
+
+
+def consume(brokers, topic, count, patience=30.0):
+    """The values of partition 0 of `topic`: at least `count` of them unless `patience`
+    runs out first, and any that follow within half a second."""
+    consumer = KafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False,
+                             auto_offset_reset="earliest")
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        got, deadline = [], time.monotonic() + patience
+        while len(got) < count and time.monotonic() < deadline:
+            for records in consumer.poll(500).values():
+                got += [record.value for record in records]
+        for records in consumer.poll(500).values():
+            got += [record.value for record in records]
+        return got
+    finally:
+        consumer.close()
+
+
+class RecordBatchTests(SynchronousTestCase):
+
+    def read(self, batch):
+        reader = DefaultRecordBatch(batch)
+        self.assertTrue(reader.validate_crc())
+        self.assertEqual((reader.base_offset, reader.magic), (0, 2))
+        return reader, list(reader)
+
+    def test_read_back_by_kafka_python(self):
+        """Values, offsets, time stamps and the CRC as kafka-python reads them."""
+        values = [b"", b"a", b'{"event": 1}', bytes(range(256)) * 80]
+        reader, records = self.read(record_batch(values, 1765000000123))
+        self.assertEqual([r.value for r in records], values)
+        self.assertEqual([r.offset for r in records], [0, 1, 2, 3])
+        self.assertEqual({(r.key, r.timestamp, tuple(r.headers)) for r in records},
+                         {(None, 1765000000123, ())})
+        self.assertEqual(reader.last_offset_delta, 3)
+
+    def test_offsets_beyond_the_short_varints(self):
+        """Offset deltas past 2**14 (varints of three bytes and more)."""
+        values = [b"%d" % i for i in range(40000)]
+        _, records = self.read(record_batch(values, 0))
+        self.assertEqual([r.value for r in records], values)
+        self.assertEqual(records[-1].offset, 39999)
+
+    def test_a_corrupted_batch_fails_its_crc(self):
+        batch = bytearray(record_batch([b"abc"], 0))
+        batch[-3] ^= 1
+        self.assertFalse(DefaultRecordBatch(bytes(batch)).validate_crc())
+
+    def test_chunks_stay_under_the_limit_in_order(self):
+        values = [b"x" * (100 + i % 900) for i in range(5000)]
+        runs = list(chunks(values))
+        self.assertGreater(len(runs), 1)
+        self.assertEqual([v for run in runs for v in run], values)
+        for run in runs:
+            self.assertLessEqual(len(record_batch(run, 0)), MAX_BATCH_BYTES)
+        # a value above the limit goes alone
+        big = [b"a", b"b" * (MAX_BATCH_BYTES + 1), b"c"]
+        self.assertEqual(list(chunks(big)), [[b"a"], [big[1]], [b"c"]])
+
+    def test_no_broker_address(self):
+        self.assertRaises(ValueError, LeanProducer, " , ")
+
+
+class BrokerTests(SynchronousTestCase):
+
+    def setUp(self):
+        self.brokers = testing.require("kafka")
+
+    def test_groups_in_order_per_topic(self):
+        """Two topics interleaved, groups of several batches each: every message arrives
+        once, in order."""
+        first, second = topic_name(), topic_name()
+        producer = LeanProducer(self.brokers)
+        self.addCleanup(producer.close)
+        sent = {first: [], second: []}
+        for group in range(3):
+            messages = []
+            for i in range(6000):
+                topic = first if i % 3 else second
+                value = b'{"group": %d, "n": %d, "pad": "%s"}' % (group, i, b"p" * 300)
+                messages.append((topic, value))
+                sent[topic].append(value)
+            producer.send(messages)
+        self.assertEqual(producer.sent, 18000)
+        for topic, values in sent.items():
+            self.assertEqual(consume(self.brokers, topic, len(values)), values)
+
+    def test_a_dead_bootstrap_address_is_passed_over(self):
+        topic = topic_name()
+        dead = "127.0.0.1:%d" % testing.free_port()
+        producer = LeanProducer(dead + "," + self.brokers)
+        self.addCleanup(producer.close)
+        producer.send([(topic, b"one"), (topic, b"two")])
+        self.assertEqual(consume(self.brokers, topic, 2), [b"one", b"two"])
+
+    def test_waits_for_a_broker_that_comes_back(self):
+        """Sent while the broker is down, a group is delivered once it is back, in order,
+        with the failures reported meanwhile."""
+        broker = testing.KafkaBroker().start()
+        self.addCleanup(broker.stop)
+        topic = topic_name()
+        said = []
+        producer = LeanProducer(broker.address, timeout=2.0, retry_delay=0.1,
+                                say=said.append)
+        self.addCleanup(producer.close)
+        producer.send([(topic, b"before")])
+        broker.stop()
+        values = [b"after %d" % i for i in range(2000)]
+        group = [(topic, value) for value in values]
+        sender = threading.Thread(target=producer.send, args=(group,))
+        sender.start()
+        self.assertTrue(testing.wait_until(lambda: len(said) >= 2, 30), said)
+        self.assertTrue(sender.is_alive())
+        broker.start()
+        sender.join(60)
+        self.assertFalse(sender.is_alive())
+        self.assertIn("kafka: send failed", said[0])
+        got = consume(broker.address, topic, len(values))
+        # a broker keeping its data still has the first message; the rest follow in order
+        self.assertEqual([v for v in got if v != b"before"], values)
