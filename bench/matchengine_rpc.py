@@ -4,14 +4,16 @@
 Starts the daemon (durable operation log in MariaDB, history, Kafka messages to the local
 broker) on fresh databases, deposits for 100 users, then sends order.put_limit (50% crossing)
 from `--clients` connections with `--depth` requests in flight on each, and prints one line:
-accepted orders/s, refused, p50/p99 latency, and with `--cpu` the CPU time per order of the
-daemon with its writer, of the load generator, of MariaDB and of the Kafka broker.  The
+accepted orders/s, refused, p50/p99 latency, the time until the daemon had stopped with
+every history row written and every message sent (history lags behind the replies, and
+catches up after the load), and with `--cpu` the CPU time per order of the daemon with its
+writer, of the load generator, of MariaDB and of the Kafka broker.  The
 load generator encodes every request before the clock starts and reads each reply by its
 header, so that it takes little of the two cores it shares with the daemon.  Needs
 `python depends/services.py up`.
 
 Usage: python bench/matchengine_rpc.py [--orders N] [--clients C] [--depth D] [--async-log]
-       [--cpu]
+       [--history-threads N] [--cpu]
 """
 
 import argparse
@@ -36,7 +38,7 @@ from bench.matchengine_core import orders  # noqa: E402
 from utils import rpc, testing  # noqa: E402
 
 
-def daemon_config(port, durable):
+def daemon_config(port, durable, history_threads=None):
     info = testing.require("mysql")
     db = {"host": info["host"], "port": int(info["port"]), "user": info["user"],
           "pass": info["password"]}
@@ -51,6 +53,8 @@ def daemon_config(port, durable):
                 "cli": "tcp@127.0.0.1:%d" % testing.free_port(),
                 "db_log": dict(db, name=log_db), "db_history": dict(db, name=history_db),
                 "brokers": testing.require("kafka"), "durable": durable})
+    if history_threads is not None:
+        cfg["history_thread"] = history_threads
     return cfg, [log_db, history_db]
 
 
@@ -176,13 +180,16 @@ def main():
     parser.add_argument("--depth", type=int, default=50, help="requests in flight per client")
     parser.add_argument("--async-log", action="store_true",
                         help="the original's mode: reply before the operation log commits")
+    parser.add_argument("--history-threads", type=int, metavar="N",
+                        help="the daemon's history_thread (MySQL connections writing history); "
+                             "default: matchengine/conf/config.json's")
     parser.add_argument("--cpu", action="store_true",
                         help="also print the CPU time per order of each process, from the "
                              "first timed order until the daemon has stopped (history "
                              "written, messages sent)")
     args = parser.parse_args()
     port = testing.free_port()
-    cfg, databases = daemon_config(port, not args.async_log)
+    cfg, databases = daemon_config(port, not args.async_log, args.history_threads)
     workdir = tempfile.mkdtemp(prefix="me-bench-")
     os.makedirs(os.path.join(workdir, "log"))
     path = os.path.join(workdir, "config.json")
@@ -199,16 +206,18 @@ def main():
         usage.answered()
     finally:
         daemon.send_signal(signal.SIGTERM)
-        daemon.wait(60)
+        daemon.wait(120)
         usage.stop()
         for name in databases:
             testing.drop_database(name)
     lat = sorted(stats["latency"])
-    line = ("matchengine_rpc: %d orders, %d clients x %d in flight, %s log: %.0f accepted/s, "
-            "%d refused, p50 %.2f ms, p99 %.2f ms"
+    line = ("matchengine_rpc: %d orders, %d clients x %d in flight, %s log, %d history "
+            "threads: %.0f accepted/s, %d refused, p50 %.2f ms, p99 %.2f ms; all written in "
+            "%.2f s (%.0f orders/s with their history and messages)"
             % (args.orders, args.clients, args.depth, "async" if args.async_log else "durable",
-               stats["accepted"] / stats["elapsed"], stats["refused"],
-               lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000))
+               cfg["history_thread"], stats["accepted"] / stats["elapsed"], stats["refused"],
+               lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000, usage.wall,
+               stats["accepted"] / usage.wall))
     if args.cpu:
         line += "; CPU per order: " + ", ".join(
             "%s %.1f us" % (label, seconds / args.orders * 1e6)
@@ -227,8 +236,11 @@ class CPUUsage:
         self.services = cpu.local_services()
         self.used = {}
         self._before = None
+        self._started = None
+        self.wall = None        # seconds from the first order until the daemon had stopped
 
     def start(self):
+        self._started = time.monotonic()
         self._before = {label: cpu.process_cpu(pid) for label, pid in self.services.items()}
         # the daemon and its writer, alive: the writer's time is not yet in the daemon's
         self._before["daemon and writer"] = cpu.family_cpu(self.daemon_pid)
@@ -243,6 +255,7 @@ class CPUUsage:
     def stop(self):
         if self._before is None:
             return
+        self.wall = time.monotonic() - self._started
         # the daemon was waited for, and had waited for its writer: both are counted here
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         after = {"daemon and writer": children.ru_utime + children.ru_stime,
