@@ -142,7 +142,11 @@ class Effects:
     # -- orders and deals --------------------------------------------------------------
 
     def order_event(self, event, order, market):
-        text = order.info_json(self._fill)
+        if order._head is None:
+            # its first event: a taker, whose id the deals of its fills have written
+            text = order.info_json(self._fill, self._id_text(order))
+        else:
+            text = order.info_json(self._fill)
         self._event_order, self._event_text = order, text
         event_text = DIGITS[event]
         self.messages.append((TOPIC_ORDERS, '{"event": %s, "order": %s, "stock": %s, '

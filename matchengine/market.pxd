@@ -17,9 +17,9 @@ cdef class Order:
     cdef public Level level
     cdef public str price_raw, amount_raw, _head, _mid
 
-    @cython.locals(source=str, amount=str, left=str, kind=str, side=str, taker_fee=str,
+    @cython.locals(amount=str, left=str, kind=str, side=str, taker_fee=str,
                    maker_fee=str)
-    cpdef str info_json(self, tuple known=*)
+    cpdef str info_json(self, tuple known=*, str id_text=*)
     cpdef str raw_price(self)
     cpdef str raw_amount(self)
 

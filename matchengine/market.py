@@ -70,17 +70,25 @@ class Order:
         self._head = None
         self._mid = None
 
-    def info_json(self, known=None) -> str:
+    def info_json(self, known=None, id_text=None) -> str:
         """The order info as JSON text, built from cached pieces of its fixed fields.
-        `known` gives texts already made of some of its numbers (see `raw_among`)."""
+        `known` gives texts already made of some of its numbers (see `raw_among`), and
+        `id_text` the text of its id, when the caller has it."""
         amount = None       # the amount's text, when made here
         if self._head is None:
-            source = "" if self.source is None else ', "source": ' + _texts.of(self.source)
+            if id_text is None:
+                id_text = str(self.id)
             kind, side = DIGITS[self.type], DIGITS[self.side]
-            self._head = '{"id": %s, "market": %s%s, "type": %s, "side": %s, "user": %s, ' \
-                         '"ctime": %s, "mtime": ' % (self.id, _texts.of(self.market), source,
-                                                    kind, side, self.user_id,
-                                                    format_real(self.create_time))
+            if self.source is None:
+                self._head = '{"id": %s, "market": %s, "type": %s, "side": %s, "user": %s, ' \
+                             '"ctime": %s, "mtime": ' % (
+                                 id_text, _texts.of(self.market), kind, side,
+                                 _texts.of(self.user_id), format_real(self.create_time))
+            else:
+                self._head = '{"id": %s, "market": %s, "source": %s, "type": %s, "side": %s, ' \
+                             '"user": %s, "ctime": %s, "mtime": ' % (
+                                 id_text, _texts.of(self.market), _texts.of(self.source), kind,
+                                 side, _texts.of(self.user_id), format_real(self.create_time))
             amount = display_of(self.raw_amount())
             taker_fee, maker_fee = (_fee_texts.of(self.taker_fee)[2],
                                     _fee_texts.of(self.maker_fee)[2])
