@@ -15,7 +15,7 @@ The texts write their integers (ids, sides, events: always exact ints) with "%s"
 """
 
 from utils.decimals import RATE_TEXTS, display_of, negated, raw_among, to_raw
-from utils.jsonfmt import DIGITS, SCALAR_TEXTS, format_real, quote
+from utils.jsonfmt import DIGITS, SCALAR_TEXTS, format_real, int_text, quote
 
 SHARDS = 100
 MAKER, TAKER = 1, 2      # a deal's roles, in the history rows
@@ -81,7 +81,7 @@ class Effects:
         (and a taker's in each of its fills)."""
         if self._latest is order:
             return self._latest_id
-        text = self._before_id if self._before is order else str(order.id)
+        text = self._before_id if self._before is order else int_text(order.id)
         self._before, self._before_id = self._latest, self._latest_id
         self._latest, self._latest_id = order, text
         return text
@@ -200,5 +200,5 @@ class Effects:
                                                _texts.of(ask.user_id),
                                                _texts.of(bid.user_id), price_raw,
                                                amount_raw, ask_fee_raw, bid_fee_raw,
-                                               side_text, deal_id,
+                                               side_text, int_text(deal_id),
                                                market.quoted_stock, market.quoted_money)))

@@ -21,7 +21,7 @@ except ImportError:         # run uncompiled, without Cython installed
 from matchengine.balance import AVAILABLE, FREEZE
 from matchengine.book import Book, Level
 from utils.decimals import RATE_TEXTS, ZERO, display_of, exponent, raw_among, to_display, to_raw
-from utils.jsonfmt import DIGITS, SCALAR_TEXTS, format_real, quote
+from utils.jsonfmt import DIGITS, SCALAR_TEXTS, format_real, int_text, quote
 
 # the shared texts of fee rates, markets and sources (typed for the compiled build)
 _fee_texts = RATE_TEXTS
@@ -77,7 +77,7 @@ class Order:
         amount = None       # the amount's text, when made here
         if self._head is None:
             if id_text is None:
-                id_text = str(self.id)
+                id_text = int_text(self.id)
             kind, side = DIGITS[self.type], DIGITS[self.side]
             if self.source is None:
                 self._head = '{"id": %s, "market": %s, "type": %s, "side": %s, "user": %s, ' \

@@ -37,6 +37,32 @@ cdef extern from *:
     """
     object _time_text "viabtc_time_text" (double x)
 
+cdef extern from *:
+    """
+    /* The decimal text of an exact int within 64 bits, as str() writes it; None for any
+       other object (bool included) or a larger int. */
+    static inline PyObject *viabtc_int_text(PyObject *value) {
+        char digits[21], *at = digits + sizeof digits;
+        unsigned long long magnitude;
+        long long number;
+        int overflow;
+        PyObject *out;
+        if (!PyLong_CheckExact(value)) Py_RETURN_NONE;
+        number = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow) Py_RETURN_NONE;
+        if (number == -1 && PyErr_Occurred()) return NULL;
+        magnitude = number < 0 ? 0ULL - (unsigned long long)number : (unsigned long long)number;
+        do { *--at = (char)('0' + magnitude % 10); magnitude /= 10; } while (magnitude);
+        if (number < 0) *--at = '-';
+        out = PyUnicode_New(digits + sizeof digits - at, 127);
+        if (out == NULL) return NULL;
+        memcpy(PyUnicode_1BYTE_DATA(out), at, digits + sizeof digits - at);
+        return out;
+    }
+    """
+    object _int_text "viabtc_int_text" (object value)
+
+cpdef str int_text(value)
 cpdef str format_real(x)
 @cython.locals(text=str, mantissa=str, exp=str, sign=str)
 cpdef str _format_real(x)

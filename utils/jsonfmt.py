@@ -22,7 +22,7 @@ try:
 except ImportError:         # run uncompiled, without Cython installed
     from utils import pure_cython as cython
 
-__all__ = ["DIGITS", "SCALAR_TEXTS", "dumps", "format_real", "loads", "quote", "RawJSON",
+__all__ = ["DIGITS", "SCALAR_TEXTS", "dumps", "format_real", "int_text", "loads", "quote", "RawJSON",
            "TextTable"]
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
@@ -70,6 +70,16 @@ def loads(text: str):
 
 
 _last_real = (None, "")    # (float, its text): a command writes its time in many places
+
+
+def int_text(value: int) -> str:
+    """`str(value)`: compiled, worked out in C for an int within 64 bits (the ids of orders
+    and deals), a fifth of the cost of the interpreter's conversion."""
+    if cython.compiled:
+        text = _int_text(value)
+        if text is not None:
+            return text
+    return str(value)
 
 
 def format_real(x: float) -> str:

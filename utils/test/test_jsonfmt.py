@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from utils import jsonfmt
-from utils.jsonfmt import dumps, format_real
+from utils.jsonfmt import dumps, format_real, int_text
 
 
 class RealTests(SynchronousTestCase):
@@ -80,6 +80,20 @@ class RealTests(SynchronousTestCase):
         text = format_real(x)
         self.assertEqual(float(text), x)
         self.assertTrue("." in text or "e" in text)
+
+
+class IntTextTests(SynchronousTestCase):
+    """`int_text` is `str` (compiled, a C conversion within 64 bits)."""
+
+    def test_edges(self):
+        for value in (0, 1, -1, 9, 10, -10, 2 ** 63 - 1, -2 ** 63, 2 ** 63, -2 ** 63 - 1,
+                      10 ** 30, -10 ** 30, True, False):
+            self.assertEqual(int_text(value), str(value), repr(value))
+        self.assertIs(type(int_text(12)), str)
+
+    @given(st.integers(min_value=-2 ** 70, max_value=2 ** 70))
+    def test_same_as_str(self, value):
+        self.assertEqual(int_text(value), str(value))
 
 
 class DumpsTests(SynchronousTestCase):
