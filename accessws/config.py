@@ -4,7 +4,7 @@
 from utils import config as cfg
 
 KAFKA = cfg.Section({
-    "brokers": cfg.Str(non_empty=True),
+    "brokers": cfg.Brokers(),
     "topic": cfg.Str(non_empty=True),
     "partition": cfg.Int(0, min=0),
     "limit": cfg.Int(1000, min=1),

@@ -32,7 +32,7 @@ SCHEMA = cfg.DAEMON.extend({
         "fee_prec": cfg.Int(4, min=0, max=30),
         "min_amount": cfg.DecimalStr("0.01"),
     })),
-    "brokers": cfg.Str(non_empty=True),
+    "brokers": cfg.Brokers(),
     "slice_interval": cfg.Int(86400, min=1),
     "slice_keeptime": cfg.Int(259200, min=1),
     "history_thread": cfg.Int(10, min=1, max=100),

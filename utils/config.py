@@ -45,7 +45,7 @@ from utils import decimals
 
 __all__ = [
     "ConfigError", "ConfigSection", "HostPort", "REQUIRED",
-    "Field", "Str", "Int", "UInt", "Real", "Bool", "Address", "AddressList", "InetAddress",
+    "Field", "Str", "Brokers", "Int", "UInt", "Real", "Bool", "Address", "AddressList", "InetAddress",
     "HostPortField", "DecimalStr", "List", "Section", "load", "load_data",
     "PROCESS", "LOG", "ALERT", "DAEMON", "RPC_SERVER", "PLAIN_SERVER", "HTTP_SERVER",
     "WEBSOCKET_SERVER", "RPC_CLIENT", "MYSQL", "KAFKA_CONSUMER", "REDIS_SENTINEL", "CLI",
@@ -212,6 +212,30 @@ class Str(Field):
             raise _Invalid(path, "must not be empty")
         if self.max_length is not None and len(value.encode("utf-8")) > self.max_length:
             raise _Invalid(path, "{!r} is longer than {} bytes".format(value, self.max_length))
+        return value
+
+
+class Brokers(Str):
+    """Kafka broker addresses, comma-separated (`host:port`, `[v6 address]:port`, or a
+    host alone for port 9092); kept as the string the clients take."""
+
+    expected = "a string of Kafka broker addresses"
+
+    def __init__(self, default: Any = REQUIRED) -> None:
+        super().__init__(default, non_empty=True)
+
+    def check(self, value: Any, path: str, warn: Callable[[str], None]) -> Any:
+        from utils.kafka_wire import parse_address
+        value = super().check(value, path, warn)
+        entries = [entry for entry in value.split(",") if entry.strip()]
+        if not entries:
+            raise _Invalid(path, "names no broker")
+        for entry in entries:
+            try:
+                parse_address(entry)
+            except ValueError:
+                raise _Invalid(path, "{!r} is not a broker address (host:port)".format(
+                    entry.strip())) from None
         return value
 
 
@@ -602,7 +626,7 @@ MYSQL = Section({
 })
 
 KAFKA_CONSUMER = Section({
-    "brokers": Str(non_empty=True),
+    "brokers": Brokers(),
     "topic": Str(non_empty=True),
     "partition": Int(0, min=0),
     "limit": Int(1000, min=1),

@@ -172,9 +172,20 @@ class Connection:
             pass
 
 
-def _parse_address(text):
-    host, _, port = text.strip().rpartition(":")
-    return host or "127.0.0.1", int(port)
+DEFAULT_PORT = 9092
+
+
+def parse_address(text):
+    """(host, port) of a broker address: `host:port`, `[v6 address]:port`, or a host alone
+    (port 9092).  Raises ValueError for another form."""
+    text = text.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or text.endswith("]") or (host.count(":") and not host.endswith("]")):
+        host, port = text, str(DEFAULT_PORT)       # no port, or a bare IPv6 address
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("not a Kafka broker address: %r" % text)
+    return host, int(port)
 
 
 class LeanProducer:
@@ -183,7 +194,7 @@ class LeanProducer:
 
     def __init__(self, brokers, timeout=10.0, retry_delay=1.0, say=None, sleep=time.sleep,
                  clock=time.time):
-        self.bootstrap = [_parse_address(b) for b in brokers.split(",") if b.strip()]
+        self.bootstrap = [parse_address(b) for b in brokers.split(",") if b.strip()]
         if not self.bootstrap:
             raise ValueError("no Kafka broker address in %r" % brokers)
         self.timeout = timeout

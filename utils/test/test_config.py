@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from utils import config
 from utils.config import (
     ALERT, CLI, HTTP_SERVER, KAFKA_CONSUMER, LOG, MYSQL, PLAIN_SERVER, PROCESS, REDIS_SENTINEL,
-    RPC_CLIENT, RPC_SERVER, WEBSOCKET_SERVER, Address, Bool, ConfigError,
+    RPC_CLIENT, RPC_SERVER, WEBSOCKET_SERVER, Address, Bool, Brokers, ConfigError,
     ConfigSection, DecimalStr, HostPort, Int, List, Real, Section, Str, UInt, load, load_data)
 
 ACCESSHTTP_CONFIG = {
@@ -92,6 +92,18 @@ class FieldTypeTests(SynchronousTestCase):
         schema = Section({"s": Str(max_length=3)})
         self.assertEqual(load_data({"s": "abc"}, schema).s, "abc")
         self.check_error(schema, {"s": "\u00e9\u00e9"}, "s: '\u00e9\u00e9' is longer than 3 bytes")
+
+    def test_brokers(self):
+        """Kafka broker lists: each entry a broker address, the error naming the key."""
+        schema = Section({"brokers": Brokers()})
+        for value in ("127.0.0.1:9092", "k1:9092, k2:9093", "kafka", "[::1]:9092"):
+            self.assertEqual(load_data({"brokers": value}, schema).brokers, value)
+        self.check_error(schema, {"brokers": ""}, "brokers: must not be empty")
+        self.check_error(schema, {"brokers": " , "}, "brokers: names no broker")
+        self.check_error(schema, {"brokers": "k1:9092,k2:x"},
+                         "brokers: 'k2:x' is not a broker address (host:port)")
+        self.check_error(schema, {"brokers": ["k1:9092"]},
+                         "brokers: expected a string of Kafka broker addresses, got array")
 
     def test_decimal_string(self):
         """Decimal strings become Decimal values; numbers and junk are refused."""

@@ -11,7 +11,8 @@ from kafka.record.default_records import DefaultRecordBatch
 from twisted.trial.unittest import SynchronousTestCase
 
 from utils import testing
-from utils.kafka_wire import MAX_BATCH_BYTES, LeanProducer, chunks, record_batch
+from utils.kafka_wire import (MAX_BATCH_BYTES, LeanProducer, chunks, parse_address,
+                               record_batch)
 
 
 def topic_name():
@@ -79,6 +80,16 @@ class RecordBatchTests(SynchronousTestCase):
 
     def test_no_broker_address(self):
         self.assertRaises(ValueError, LeanProducer, " , ")
+
+    def test_addresses(self):
+        self.assertEqual(parse_address(" 127.0.0.1:19092"), ("127.0.0.1", 19092))
+        self.assertEqual(parse_address("kafka1"), ("kafka1", 9092))
+        self.assertEqual(parse_address("[::1]:9093"), ("::1", 9093))
+        self.assertEqual(parse_address("::1"), ("::1", 9092))
+        self.assertEqual(parse_address("[::1]"), ("::1", 9092))
+        for bad in ("host:port", ":9092", "host:0", "host:70000", ""):
+            self.assertRaises(ValueError, parse_address, bad)
+        self.assertEqual(LeanProducer("a:1, b").bootstrap, [("a", 1), ("b", 9092)])
 
 
 class BrokerTests(SynchronousTestCase):
