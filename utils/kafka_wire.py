@@ -27,6 +27,9 @@ PRODUCE_VERSION, METADATA_VERSION = 3, 4
 CLIENT_ID = b"viabtc"
 # a record batch stays under the brokers' default message.max.bytes (1,048,588)
 MAX_BATCH_BYTES = 1000000
+# metadata requests for a topic without a leader before a round counts as failed, and the
+# seconds between two
+LEADER_POLLS, LEADER_POLL_DELAY = 10, 0.05
 # error codes after which a retry cannot succeed: the batch is reported and dropped
 # (corrupt message, message too large, record list too large, invalid record, invalid
 # required acks, topic authorization failed, unsupported version)
@@ -326,11 +329,16 @@ class LeanProducer:
         """One Produce request per leader with each topic's next chunk; acknowledged chunks
         leave `pending`.  Raises when any chunk must be sent again."""
         missing = [topic for topic in pending if topic not in self.leaders]
-        if missing:
+        for attempt in range(LEADER_POLLS):
+            if not missing:
+                break
+            if attempt:
+                # a topic the metadata request has just created gets its leader soon
+                self.sleep(LEADER_POLL_DELAY)
             self.refresh(missing)
             missing = [topic for topic in missing if topic not in self.leaders]
-            if missing:
-                raise KafkaWireError("no leader yet for %s" % ", ".join(sorted(missing)))
+        if missing:
+            raise KafkaWireError("no leader yet for %s" % ", ".join(sorted(missing)))
         by_node = {}
         for topic in pending:
             by_node.setdefault(self.leaders[topic], []).append(topic)

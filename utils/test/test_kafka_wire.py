@@ -101,7 +101,8 @@ class BrokerTests(SynchronousTestCase):
         """Two topics interleaved, groups of several batches each: every message arrives
         once, in order."""
         first, second = topic_name(), topic_name()
-        producer = LeanProducer(self.brokers)
+        said = []
+        producer = LeanProducer(self.brokers, say=said.append)
         self.addCleanup(producer.close)
         sent = {first: [], second: []}
         for group in range(3):
@@ -113,6 +114,7 @@ class BrokerTests(SynchronousTestCase):
                 sent[topic].append(value)
             producer.send(messages)
         self.assertEqual(producer.sent, 18000)
+        self.assertEqual(said, [])      # new topics, created without a failed round
         for topic, values in sent.items():
             self.assertEqual(consume(self.brokers, topic, len(values)), values)
 
