@@ -3,7 +3,7 @@ cimport cython
 
 from matchengine.balance cimport AssetBalances, Balances
 from utils.decimals cimport KnownTexts, display_of, negated, raw_among
-from utils.jsonfmt cimport TextTable, format_real
+from utils.jsonfmt cimport TextTable, format_real, int_text
 from matchengine.market cimport Market, Order
 
 cdef long SHARDS

@@ -4,11 +4,13 @@ cimport cython
 from matchengine.balance cimport AssetBalances, Balances
 from matchengine.book cimport Book, Level
 from utils.decimals cimport KnownTexts, display_of, raw_among, to_display
-from utils.jsonfmt cimport TextTable, format_real
+from utils.jsonfmt cimport TextTable, format_real, int_text
 from matchengine.effects cimport Effects
 
 cdef KnownTexts _fee_texts
 cdef TextTable _texts
+
+cdef object _first_order(Level level)
 
 cdef class Order:
     cdef public object id, type, side, create_time, update_time, user_id, market, source

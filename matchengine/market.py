@@ -32,6 +32,15 @@ ASK, BID = 1, 2
 EVENT_PUT, EVENT_UPDATE, EVENT_FINISH = 1, 2, 3
 
 
+def _first_order(level):
+    """The oldest order of a level: the first in matching priority (a level's orders are
+    kept in the order they came).  A loop rather than `next(iter(...))`, which the
+    compiled build runs without making a view and an iterator."""
+    for order in level.orders.values():
+        return order
+    return None
+
+
 # Compiled, an order is not tracked by the garbage collector: a book holds up to millions of
 # them, and the only cycle one takes part in (the order and its level's dict) is broken when
 # it leaves the level, so reference counting frees every order.  A full collection over a
@@ -218,7 +227,7 @@ class Market:
     def best(self, side):
         """The first order of a side in matching priority, None when the side is empty."""
         level = self.top_ask if side == ASK else self.top_bid
-        return None if level is None else next(iter(level.orders.values()))
+        return None if level is None else _first_order(level)
 
     def user_orders(self, user_id):
         """The user's open orders, newest first."""
@@ -323,7 +332,7 @@ class Market:
             level = self.top_bid
             if level is None:
                 break
-            maker = next(iter(level.orders.values()))
+            maker = _first_order(level)
             price = maker.price
             if limit is not None and limit > price:
                 break
@@ -361,7 +370,7 @@ class Market:
             level = self.top_ask
             if level is None:
                 break
-            maker = next(iter(level.orders.values()))
+            maker = _first_order(level)
             price = maker.price
             if limit < price:
                 break
@@ -377,7 +386,7 @@ class Market:
             level = self.top_ask
             if level is None:
                 break
-            maker = next(iter(level.orders.values()))
+            maker = _first_order(level)
             price = maker.price
             amount = (taker.left / price).quantize(step, ROUND_DOWN)
             while amount * price > taker.left:
