@@ -230,7 +230,7 @@ class Balances:
             current = current.quantize(exp, ROUND_DOWN)
         if totals:
             got_total = _total(current or None, frozen)
-        charged = fee > ZERO
+        charged = bool(fee)     # never negative, as no rate is; a zero fee (even -0) is none
         if charged and current >= fee:
             if cut is None:     # exact: the fee itself leaves
                 gets.fees += fee

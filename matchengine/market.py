@@ -278,7 +278,7 @@ class Market:
         if order.freeze > ZERO:
             (self.stock_balances if order.side == ASK else self.money_balances).move(
                 order.user_id, order.freeze, 1, 0)
-        if real and order.deal_stock > ZERO:
+        if real and order.deal_stock:       # never negative: the sum of its fills
             sink.order_finished(order)
 
     def cancel(self, order, sink, real):
@@ -429,11 +429,11 @@ class Market:
 
     def _add_fill(self, order, amount, deal, fee):
         """Add a fill's amount, deal and fee to the order's sums (see `first_fill_kept`).
-        A fee is kept only when positive: a zero rate may be written "-0", and a negative
-        zero plus zero is a positive one."""
+        A fee is kept only when positive (rates are never negative, so when not zero): a
+        zero rate may be written "-0", and a negative zero plus zero is a positive one."""
         if order.deal_stock is ZERO and self.first_fill_kept:
             order.deal_stock, order.deal_money = amount, deal
-            order.deal_fee = fee if fee > ZERO else order.deal_fee + fee
+            order.deal_fee = fee if fee else order.deal_fee + fee
         else:
             order.deal_stock += amount
             order.deal_money += deal
