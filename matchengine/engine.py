@@ -62,7 +62,7 @@ def _str(value):
     return value
 
 
-# prec -> {text: (Decimal, its raw text)}: values repeat a lot
+# prec -> {text: (Decimal, its raw text, whether it is above zero)}: values repeat a lot
 _PARSED = collections.defaultdict(dict)
 _PARSED_MAX = 100000                      # texts kept per precision
 
@@ -74,8 +74,8 @@ def _remember(cache, text, value):
 
 
 def _decimal_texts(value, prec):
-    """(the value of a decimal parameter, its raw text): an order's price and amount, whose
-    texts its messages and history rows write."""
+    """(the value of a decimal parameter, its raw text, whether it is above zero): an
+    order's price and amount, whose texts its messages and history rows write."""
     cache = _PARSED[prec]
     try:
         cached = cache.get(value)
@@ -87,7 +87,7 @@ def _decimal_texts(value, prec):
         parsed = decimals.parse(value, prec)
     except decimals.InvalidDecimal:
         raise INVALID_ARGUMENT() from None
-    cached = (parsed, to_raw(parsed))
+    cached = (parsed, to_raw(parsed), parsed > ZERO)
     _remember(cache, value, cached)
     return cached
 
@@ -342,7 +342,7 @@ class Engine:
         user_id &= U32
         market = self._market(name)
         amount = _decimal_texts(params[3], market.stock_prec)
-        if amount[0] <= ZERO:
+        if not amount[2]:
             raise INVALID_ARGUMENT()
         return user_id, market, side, amount
 
@@ -351,7 +351,7 @@ class Engine:
         amount = amount_texts[0]
         price_texts = _decimal_texts(params[4], market.money_prec)
         price = price_texts[0]
-        if price <= ZERO:
+        if not price_texts[2]:
             raise INVALID_ARGUMENT()
         taker_fee = _fee(params[5], market.fee_prec)
         maker_fee = _fee(params[6], market.fee_prec)
