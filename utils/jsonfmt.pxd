@@ -62,7 +62,11 @@ cdef extern from *:
     """
     object _int_text "viabtc_int_text" (object value)
 
+cdef object _last_float
+cdef str _last_text
+
 cpdef str int_text(value)
+@cython.locals(text=str)
 cpdef str format_real(x)
 @cython.locals(text=str, mantissa=str, exp=str, sign=str)
 cpdef str _format_real(x)

@@ -69,7 +69,10 @@ def loads(text: str):
         raise ValueError("JSON nested too deeply") from None
 
 
-_last_real = (None, "")    # (float, its text): a command writes its time in many places
+# the latest float written and its text: a command writes its time in many places
+# (compiled, two C variables)
+_last_float = None
+_last_text = ""
 
 
 def int_text(value: int) -> str:
@@ -84,12 +87,11 @@ def int_text(value: int) -> str:
 
 def format_real(x: float) -> str:
     """A float as jansson prints it ("%.17g", always recognisably a real)."""
-    global _last_real
-    last = _last_real
-    if last[0] is x:       # the same float object: floats are immutable, so the same text
-        return last[1]
+    global _last_float, _last_text
+    if _last_float is x:    # the same float object: floats are immutable, so the same text
+        return _last_text
     text = _format_real(x)
-    _last_real = (x, text)
+    _last_float, _last_text = x, text
     return text
 
 
