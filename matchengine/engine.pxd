@@ -3,7 +3,7 @@ cimport cython
 
 from matchengine.balance cimport Balances
 from matchengine.effects cimport Effects
-from matchengine.market cimport Market, Order
+from matchengine.market cimport Market, Order, new_order
 from utils.jsonfmt cimport TextTable
 
 cpdef _error(code, message)

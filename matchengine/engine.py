@@ -18,7 +18,7 @@ from itertools import islice
 
 from matchengine.balance import AVAILABLE, FREEZE, Balances
 from matchengine.effects import Effects
-from matchengine.market import ASK, BID, LIMIT, MARKET, Market, Order
+from matchengine.market import ASK, BID, LIMIT, MARKET, Market, Order, new_order
 from utils import decimals
 from utils.decimals import ZERO, exponent, to_display, to_raw
 from utils.jsonfmt import SCALAR_TEXTS, RawJSON, dumps
@@ -364,8 +364,8 @@ class Engine:
         if amount < market.min_amount:
             raise _error(11, "amount too small")
         self.order_id += 1
-        order = Order(self.order_id, LIMIT, side, now, user_id, market.name, source, price,
-                      amount, taker_fee, maker_fee, price_texts[1], amount_texts[1])
+        order = new_order(self.order_id, LIMIT, side, now, user_id, market.name, source,
+                          price, amount, taker_fee, maker_fee, price_texts[1], amount_texts[1])
         self.deal_id = market.put_limit(order, self.effects, real, self.deal_id)
         return RawJSON(self.effects.order_text(order)) if real else None
 
@@ -390,8 +390,8 @@ class Engine:
             if amount < best.price * market.min_amount:
                 raise _error(11, "amount too small")
         self.order_id += 1
-        order = Order(self.order_id, MARKET, side, now, user_id, market.name, source, ZERO,
-                      amount, taker_fee, ZERO, None, amount_texts[1])
+        order = new_order(self.order_id, MARKET, side, now, user_id, market.name, source, ZERO,
+                          amount, taker_fee, ZERO, None, amount_texts[1])
         self.deal_id = market.put_market(order, self.effects, real, self.deal_id)
         return RawJSON(self.effects.order_text(order)) if real else None
 

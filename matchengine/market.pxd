@@ -11,6 +11,9 @@ cdef KnownTexts _fee_texts
 cdef TextTable _texts
 
 cdef object _first_order(Level level)
+@cython.locals(order=Order)
+cpdef Order new_order(order_id, order_type, side, now, user_id, market, source, price, amount,
+                      taker_fee, maker_fee, str price_raw, str amount_raw)
 
 cdef class Order:
     cdef public object id, type, side, create_time, update_time, user_id, market, source
@@ -19,6 +22,8 @@ cdef class Order:
     cdef public Level level
     cdef public str price_raw, amount_raw, _head, _mid
 
+    cdef _setup(self, order_id, order_type, side, now, user_id, market, source, price,
+                amount, taker_fee, maker_fee, str price_raw, str amount_raw)
     @cython.locals(amount=str, left=str, kind=str, side=str, taker_fee=str,
                    maker_fee=str)
     cpdef str info_json(self, tuple known=*, str id_text=*)
