@@ -325,6 +325,20 @@ class LeanProducer:
                 self.say("kafka: send failed: %s; retrying in %g s" % (e, self.retry_delay))
                 self.sleep(self.retry_delay)
 
+    def _produce(self, node, body):
+        """A Produce request's response body.  A connection that served requests before may
+        have been closed by the broker while idle (`connections.max.idle.ms`): its failure
+        is tried once more on a new connection before it counts."""
+        conn = self._connection(node)
+        try:
+            return conn.call(API_PRODUCE, PRODUCE_VERSION, body)
+        except (OSError, KafkaWireError):
+            if conn.correlation <= 1:
+                raise
+            conn.close()
+            del self.connections[node]
+        return self._connection(node).call(API_PRODUCE, PRODUCE_VERSION, body)
+
     def _send_round(self, pending):
         """One Produce request per leader with each topic's next chunk; acknowledged chunks
         leave `pending`.  Raises when any chunk must be sent again."""
@@ -349,8 +363,7 @@ class LeanProducer:
             for topic in topics:
                 batch = record_batch(pending[topic][0], timestamp)
                 body += (_string(topic), struct.pack(">iii", 1, 0, len(batch)), batch)
-            reader = _Reader(self._connection(node).call(API_PRODUCE, PRODUCE_VERSION,
-                                                         b"".join(body)))
+            reader = _Reader(self._produce(node, b"".join(body)))
 
             def partition():
                 index, error = reader.take(">ih")

@@ -2,6 +2,7 @@
 """The lean producer: its record batches read by kafka-python, its groups sent to a real
 broker and consumed back in order, through a broker that goes away and comes back."""
 
+import socket
 import threading
 import time
 import uuid
@@ -117,6 +118,20 @@ class BrokerTests(SynchronousTestCase):
         self.assertEqual(said, [])      # new topics, created without a failed round
         for topic, values in sent.items():
             self.assertEqual(consume(self.brokers, topic, len(values)), values)
+
+    def test_a_connection_closed_while_idle(self):
+        """A connection the broker closed (as it does after a while idle) is replaced at
+        once, without a failed round."""
+        topic = topic_name()
+        said = []
+        producer = LeanProducer(self.brokers, say=said.append)
+        self.addCleanup(producer.close)
+        producer.send([(topic, b"one")])
+        for conn in producer.connections.values():
+            conn.sock.shutdown(socket.SHUT_RDWR)
+        producer.send([(topic, b"two")])
+        self.assertEqual(said, [])
+        self.assertEqual(consume(self.brokers, topic, 2), [b"one", b"two"])
 
     def test_a_dead_bootstrap_address_is_passed_over(self):
         topic = topic_name()
