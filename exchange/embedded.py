@@ -36,7 +36,7 @@ PORTS = {"matchengine": 7316, "matchengine_cli": 7317, "readhistory": 7424,
          "marketprice": 7416, "accesshttp": 8080, "accesshttp_monitor": 8081,
          "accessws": 8090, "accessws_monitor": 8091, "alertcenter": 4444}
 
-EMBEDDED_BROKER = "embedded:0"      # no broker: the bus stands in
+EMBEDDED_BROKER = "embedded:9092"   # never connected to: the in-process bus stands in
 EMBEDDED_REDIS = {"name": "embedded", "addr": ["127.0.0.1:1"]}
 
 
