@@ -45,8 +45,8 @@ from utils import decimals
 
 __all__ = [
     "ConfigError", "ConfigSection", "HostPort", "REQUIRED",
-    "Field", "Str", "Brokers", "Int", "UInt", "Real", "Bool", "Address", "AddressList", "InetAddress",
-    "HostPortField", "DecimalStr", "List", "Section", "load", "load_data",
+    "Field", "Str", "Brokers", "Int", "UInt", "Real", "Bool", "Address", "AddressList",
+    "InetAddress", "HostPortField", "DecimalStr", "List", "Section", "load", "load_data",
     "PROCESS", "LOG", "ALERT", "DAEMON", "RPC_SERVER", "PLAIN_SERVER", "HTTP_SERVER",
     "WEBSOCKET_SERVER", "RPC_CLIENT", "MYSQL", "KAFKA_CONSUMER", "REDIS_SENTINEL", "CLI",
     "LOG_SHIFTS", "log_shift",

@@ -22,8 +22,8 @@ try:
 except ImportError:         # run uncompiled, without Cython installed
     from utils import pure_cython as cython
 
-__all__ = ["DIGITS", "SCALAR_TEXTS", "dumps", "format_real", "int_text", "loads", "quote", "RawJSON",
-           "TextTable"]
+__all__ = ["DIGITS", "SCALAR_TEXTS", "dumps", "format_real", "int_text", "loads", "quote",
+           "RawJSON", "TextTable"]
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
 _pretty = json.JSONEncoder(ensure_ascii=False, indent=4, separators=(",", ": "),

@@ -16,6 +16,7 @@ acknowledged: delivery is at least once, in order per topic.  A batch the broker
 for good (too large, corrupt) is reported and dropped, as a failed kafka-python future is.
 """
 
+import contextlib
 import socket
 import struct
 import time
@@ -169,10 +170,8 @@ class Connection:
         return bytes(data)
 
     def close(self):
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
 
 DEFAULT_PORT = 9092
@@ -217,7 +216,11 @@ class LeanProducer:
     def _connect(self, address):
         conn = Connection(address[0], address[1], self.timeout)
         if not self.checked:
-            self._check_versions(conn)
+            try:
+                self._check_versions(conn)
+            except BaseException:
+                conn.close()
+                raise
         return conn
 
     def _check_versions(self, conn):
