@@ -6,10 +6,16 @@ crossing; each order builds its reply, history rows, Kafka messages and operatio
 as the daemon does (nothing is written anywhere).  Prints one result line.
 
 Usage: python bench/matchengine_core.py [--orders N] [--resting N] [--profile] [--replay]
-       [--replay-db]
+       [--replay-db] [--server]
 
 `--replay-db` writes the run's operation log into a fresh MariaDB database (the local one of
 `depends/services.py up`) and times the daemon's recovery from it, `persist.load_state`.
+
+`--server` sends the orders through the daemon's whole request path instead, on its reactor
+thread's side: RPC packets decoded (in reads of 100), handled by `MatchEngine`, each batch's
+operation-log statement written out and committed at once, the history and messages encoded
+for the writer process, the replies framed.  Nothing reaches a socket, a database or a
+process: what is left out is the system calls and the waiting.
 """
 
 import argparse
@@ -25,6 +31,7 @@ from matchengine import config, engine  # noqa: E402
 from matchengine.operlog import stamp  # noqa: E402
 from utils.rpc import RPCError  # noqa: E402
 from utils import rpc  # noqa: E402
+from utils.jsonfmt import dumps  # noqa: E402
 
 # the requests' times: a fixed day (2025-12-06 UTC), stamped as the daemon stamps the wall
 # clock; the texts of such times are what the messages and history rows carry
@@ -98,6 +105,71 @@ def run(eng, batch, log=None):
             log.append((entry, now))
         take()
     return refused
+
+
+class _Statements:
+    """A cursor that takes the operation log's statements and drops them."""
+
+    class connection:       # what `utils.mysql` asks of the cursor's connection
+        @staticmethod
+        def escape(value):
+            from pymysql.converters import escape_item
+            return escape_item(value, "utf8")
+
+    def execute(self, sql, args=None):
+        self.last = sql
+
+
+def server_path(eng, count):
+    """(feed, replies): `feed()` sends `count` orders through the daemon's request path
+    (see the module's text) on the engine `eng`; `replies()` counts what was answered."""
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+
+    from matchengine.operlog import OperationLog
+    from matchengine.outbox import WriterOutbox
+    from matchengine.server import MatchEngine
+    from utils import mysql
+
+    class Database(mysql.Database):
+        def interaction(self, work, *args, **kwargs):
+            return defer.succeed(work(_Statements(), *args, **kwargs))
+
+        def create_like(self, cursor, name, template):
+            pass
+
+    class Transport:
+        written = 0
+
+        def write(self, data):
+            self.written += 1
+
+        def getPeer(self):
+            return "bench"
+
+    clock = Clock()
+    outbox = WriterOutbox(clock, {}, None)
+    cfg = {"svr": {"max_pkg_size": 10240, "bind": []}}
+    service = MatchEngine(cfg, *config.example_tables(), Database(None, mysql.MYSQL, "bench"),
+                          outbox, reactor=clock, listen=False)
+    service.engine = eng
+    service.factory.handlers = {command: service._handler(command) for command in eng.handlers}
+    service.operlog = OperationLog(service.db_log, clock, 0, clock_time=lambda: START,
+                                   after_release=outbox.send_now)
+    service.clock_time = iter(START + 1.0 + n * 0.0001 for n in range(count + 1)).__next__
+    connection = service.factory.buildProtocol(None)
+    connection.transport = Transport()
+    connection.connectionMade()
+    packets = [rpc.encode(rpc.Packet(201, sequence=n, req_id=n, body=dumps(params).encode()))
+               for n, params in enumerate(orders(count))]
+    reads = [b"".join(packets[n:n + 100]) for n in range(0, count, 100)]
+
+    def feed():
+        for data in reads:
+            connection.dataReceived(data)
+            clock.advance(0)            # the commit, then the replies
+            outbox.unacked.clear()      # as the writer process confirms them
+    return feed, lambda: connection.transport.written
 
 
 def replay_rate(log, resting):
@@ -183,23 +255,37 @@ def main():
                         help="also time replaying the run's operation log")
     parser.add_argument("--replay-db", action="store_true",
                         help="also time recovering from the run's operation log in MariaDB")
+    parser.add_argument("--server", action="store_true",
+                        help="through the daemon's request path: packets in, replies out")
     args = parser.parse_args()
     eng = build(args.resting)
-    batch = orders(args.orders)
+    first_id = eng.order_id
+    if args.server:
+        feed, replies = server_path(eng, args.orders)
+        work = (feed,)
+    else:
+        work = (run, eng, orders(args.orders))
     collector_as_daemon()
     start = time.perf_counter()
     if args.profile:
         import cProfile
         import pstats
         profiler = cProfile.Profile()
-        refused = profiler.runcall(run, eng, batch)
+        refused = profiler.runcall(*work)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
     else:
-        refused = run(eng, batch)
+        refused = work[0](*work[1:])
     elapsed = time.perf_counter() - start
-    print("matchengine_core: %d orders (%d resting before), %.0f orders/s, %d refused, "
+    if args.server:
+        # every order is answered, a refusal by an error: refused are those given no id
+        if replies() != args.orders:
+            raise SystemExit("matchengine_core: %d replies to %d orders"
+                             % (replies(), args.orders))
+        refused = args.orders - (eng.order_id - first_id)
+    print("matchengine_core: %s%d orders (%d resting before), %.0f orders/s, %d refused, "
           "%d deals, %d orders resting, slice fork pause %.1f ms, peak memory %d MB"
-          % (args.orders, args.resting, args.orders / elapsed, refused, eng.deal_id,
+          % ("through the request path, " if args.server else "", args.orders,
+             args.resting, args.orders / elapsed, refused, eng.deal_id,
              sum(len(m.orders) for m in eng.markets.values()), fork_pause(eng),
              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024))
     if args.replay or args.replay_db:

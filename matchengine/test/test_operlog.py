@@ -5,12 +5,14 @@ finishes by hand."""
 import math
 import random
 
-from twisted.internet import defer
+from pymysql.converters import escape_item
+from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from matchengine.operlog import OperationLog, stamp
+from matchengine.operlog import CHUNK, OperationLog, log_values, stamp
+from utils import mysql, testing
 
 
 class HeldCommits:
@@ -151,3 +153,60 @@ class StampTests(SynchronousTestCase):
             self.assertLessEqual(abs(stamped - t), 0.5e-6 + math.ulp(t), repr(t))
             if stamped != round(t, 6):
                 self.assertAlmostEqual(abs(t * 1e6 - round(t * 1e6)), 0.5, delta=0.3)
+
+
+# details that a client's free text (an order's source) can bring into the log
+AWKWARD = ['{"source": "it\'s"}', '{"source": "back\\\\slash"}', '{"source": "\u00e9\u4e2d"}',
+           "line\nbreak", "nul\x00and\x1asub\rcr", ""]
+
+
+class ValuesTests(SynchronousTestCase):
+
+    def test_as_pymysql_binds_them(self):
+        """Ids and times are written as PyMySQL binds them, whatever their size; a detail
+        is quoted as it is unless it holds a character to escape, when the connection's
+        `escape` writes it (double quotes need none: JSON is full of them)."""
+        def bound(value):
+            return escape_item(value, "utf8")
+        rows = [(n + 1, stamp(1765000000.25 + n * 0.000123), detail)
+                for n, detail in enumerate(['{"method": "order.put_limit"}'] + AWKWARD)]
+        # floats whose shortest texts have exponents
+        rows += [(10 ** 12, 1e16, "{}"), (10 ** 12 + 1, 5e-05, "{}"), (10 ** 12 + 2, 0.0, "")]
+        expected = []
+        for row in rows:
+            detail = bound(row[2])
+            if "\\" not in detail.replace('\\"', ""):
+                detail = "'%s'" % row[2]
+            expected.append("(%s, %s, %s)" % (bound(row[0]), bound(row[1]), detail))
+        self.assertEqual(log_values(rows, bound), ", ".join(expected))
+        self.assertIn("it\\'s", log_values([rows[1]], bound))
+
+
+class WrittenTests(TestCase):
+    """Batches written into a real operation log table and read back."""
+
+    timeout = 60
+
+    async def write_and_read(self):
+        name = testing.create_database("oplog", ("trade_log",))
+        self.addCleanup(testing.drop_database, name)
+        kw = testing.mysql_connect_kwargs("misc")
+        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"], name,
+                                 "utf8mb4")
+        self.addCleanup(db.close)
+        log = OperationLog(db, reactor)
+        details = (['{"method": "balance.update", "params": [%d]}' % n
+                    for n in range(CHUNK + 5)] + AWKWARD)
+        times = [stamp(1765000000 + n * 0.000317) for n in range(len(details))]
+        for t, detail in zip(times, details):
+            log.append(t, detail)
+        await log.flush()
+        rows = await db.query("SELECT `id`, `time`, `detail` FROM `%s` ORDER BY `id`"
+                              % log.table)
+        self.assertEqual(rows, [(n + 1, t, detail)
+                                for n, (t, detail) in enumerate(zip(times, details))])
+
+    def test_rows_read_back_exactly(self):
+        """Ids, times (the same doubles) and details (whatever characters they hold) come
+        back as they were appended, over more rows than one statement takes."""
+        return defer.Deferred.fromCoroutine(self.write_and_read())
