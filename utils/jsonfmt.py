@@ -57,6 +57,7 @@ def _no_constant(name):
 
 _strict = json.JSONDecoder(parse_int=_int64, parse_float=_finite_real,
                            parse_constant=_no_constant)
+_scan = _strict.scan_once       # the C scanner: one value from an offset, and where it ends
 
 
 def loads(text: str):
@@ -64,6 +65,17 @@ def loads(text: str):
     beyond 64 bits (a backend would refuse the whole packet), a real beyond a double, NaN or
     Infinity, nesting too deep."""
     try:
+        if text[:1] == "[" or text[:1] == "{":
+            # the common case, a text that is one array or object and nothing around it,
+            # straight to the scanner (the decoder's skipping of white space, by regular
+            # expressions, cost a request's parameters a quarter of their parsing)
+            try:
+                value, end = _scan(text, 0)
+            except StopIteration:
+                pass        # not JSON: the decoder says why
+            else:
+                if end == len(text):
+                    return value
         return _strict.decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None

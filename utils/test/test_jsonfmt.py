@@ -135,6 +135,13 @@ class LoadsTests(SynchronousTestCase):
                                        ' "x", {"a": null}]'),
                          [(1 << 63) - 1, -(1 << 63), 1.5e308, "x", {"a": None}])
 
+    def test_around_the_value(self):
+        """White space around the value is allowed, as json.loads allows it."""
+        for text in ['[1, "a"]', ' [1, "a"]', '[1, "a"]\n', '\t[1, "a"] ', '[ 1 ,"a" ]']:
+            self.assertEqual(jsonfmt.loads(text), [1, "a"], repr(text))
+        self.assertEqual(jsonfmt.loads('{"a": [1]} '), {"a": [1]})
+        self.assertEqual(jsonfmt.loads("7"), 7)
+
     def test_refused(self):
         """What jansson cannot read is a ValueError naming why."""
         for text, why in [("[9223372036854775808]", "out of 64-bit range"),
@@ -142,7 +149,8 @@ class LoadsTests(SynchronousTestCase):
                           ("[1e400]", "out of range"), ("[-1e400]", "out of range"),
                           ("[NaN]", "NaN is not JSON"), ("[-Infinity]", "is not JSON"),
                           ("[" * 100000 + "]" * 100000, "nested too deeply"),
-                          ("[1", "Expecting")]:
+                          ("[1", "Expecting"), ("[1] x", "Extra data"), ("{}{}", "Extra data"),
+                          ("[1,]", "Expecting value"), ("", "Expecting value")]:
             with self.assertRaises(ValueError, msg=text[:30]) as caught:
                 jsonfmt.loads(text)
             self.assertIn(why, str(caught.exception))
