@@ -58,37 +58,43 @@ def _row_format(columns):
 ROW_FORMATS = {table: _row_format(columns) for table, columns in HISTORY_COLUMNS.items()}
 
 
-def _escape(text):
-    # most texts, JSON details included, have nothing to escape and go in as they are
-    return escape_string(text) if needs_escape(text) else text
-
-
 def insert_statements(history, chunk=1000):
     """The multi-row INSERT statements, as MySQL text, for `(table, shard, row)` entries:
     one per table shard and `chunk` rows."""
     tables = {}
     for table, shard, row in history:
-        bucket = tables.get((table, shard))
-        if bucket is None:
-            tables[table, shard] = [row]
+        shards = tables.get(table)
+        if shards is None:
+            shards = tables[table] = {}
+        rows = shards.get(shard)
+        if rows is None:
+            shards[shard] = [row]
         else:
-            bucket.append(row)
+            rows.append(row)
     statements = []
-    for (table, shard), rows in tables.items():
+    # texts found to need no escaping: asset, market and business names and order sources
+    # come back row after row, and are looked up rather than searched again
+    clean = set()
+    for table, shards in tables.items():
         form, texts = ROW_FORMATS[table]
-        if texts:
+        columns = ", ".join("`%s`" % c for c in HISTORY_COLUMNS[table])
+        for shard, rows in shards.items():
             values = []
+            append = values.append
             for row in rows:
-                row = list(row)
                 for index in texts:
-                    row[index] = _escape(row[index])
-                values.append(form % tuple(row))
-        else:
-            values = [form % row for row in rows]
-        head = "INSERT IGNORE INTO `%s_%d` (%s) VALUES " % (
-            table, shard, ", ".join("`%s`" % c for c in HISTORY_COLUMNS[table]))
-        for start in range(0, len(values), chunk):
-            statements.append(head + ", ".join(values[start:start + chunk]))
+                    text = row[index]
+                    if text in clean:
+                        continue
+                    if needs_escape(text):
+                        row = tuple(escape_string(value) if n in texts else value
+                                    for n, value in enumerate(row))
+                        break
+                    clean.add(text)
+                append(form % row)
+            head = "INSERT IGNORE INTO `%s_%d` (%s) VALUES " % (table, shard, columns)
+            for start in range(0, len(values), chunk):
+                statements.append(head + ", ".join(values[start:start + chunk]))
     return statements
 
 
