@@ -2,7 +2,8 @@
 """The operation log: every successful write, appended to `operlog_YYYYMMDD`.
 
 Entries gather in a batch until no commit is in flight (and, when `window` is set, for
-`window` seconds more), then the batch is written in one transaction: one multi-row INSERT
+`window` seconds more; after a commit, until the event loop has read its connections once
+more), then the batch is written in one transaction: one multi-row INSERT
 into the table of the local date at flush time, created from `operlog_example` first when
 the date changed.  One batch is in flight at a time, so batches commit in order.  A batch
 that fails is retried every second, forever, with a critical log line each time (the engine
@@ -132,6 +133,11 @@ class OperationLog:
 
     # -- committing --------------------------------------------------------------------
 
+    def _after_pass(self):
+        # a call this one makes runs on the loop's next turn, after that turn's reads (this
+        # one runs, as `_committed` did, before the reads of its own turn)
+        self._flush_call = self.reactor.callLater(0, self._flush)
+
     def _flush(self):
         self._flush_call = None
         if self.in_flight is not None or not self.current.rows:
@@ -167,8 +173,13 @@ class OperationLog:
         if self.after_release is not None:
             self.after_release()
         if self.current.rows:
-            if self._flush_call is None:
+            if self._stopping is not None:
                 self._flush()
+            elif self._flush_call is None:
+                # what came during the commit is committed after the loop's next pass over
+                # the connections: the requests that came while this commit's replies were
+                # released join it, rather than making a batch of their own behind it
+                self._flush_call = self.reactor.callLater(0, self._after_pass)
         elif self._stopping is not None and self.in_flight is None:
             d, self._stopping = self._stopping, None
             d.callback(None)

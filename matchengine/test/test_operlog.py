@@ -4,9 +4,10 @@ finishes by hand."""
 
 import math
 import random
+import socket
 
 from pymysql.converters import escape_item
-from twisted.internet import defer, reactor
+from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -68,12 +69,13 @@ class GroupingTests(SynchronousTestCase):
         self.append()
         self.db.finish()
         self.assertEqual(self.replies, [1, 2, "released"])
+        self.clock.advance(0)
         self.db.finish()
         self.assertEqual(self.replies, [1, 2, "released", 3, "released"])
 
     def test_entries_during_a_commit_form_the_next(self):
-        """What arrives while a commit is in flight is committed, as one batch, the moment
-        that commit finishes; replies come out in order."""
+        """What arrives while a commit is in flight is committed, as one batch, on the
+        loop's next turn after that commit finishes; replies come out in order."""
         self.append()
         self.clock.advance(0)
         self.append(4)
@@ -82,9 +84,12 @@ class GroupingTests(SynchronousTestCase):
         self.assertIs(self.log.barrier, self.log.current)
         self.db.finish()
         self.assertEqual(self.replies, [1])
-        self.assertEqual([ids for ids, _ in self.db.commits], [[2, 3, 4, 5]])
+        self.assertEqual(self.db.commits, [])
+        self.append()
+        self.clock.advance(0)
+        self.assertEqual([ids for ids, _ in self.db.commits], [[2, 3, 4, 5, 6]])
         self.db.finish()
-        self.assertEqual(self.replies, [1, 2, 3, 4, 5])
+        self.assertEqual(self.replies, [1, 2, 3, 4, 5, 6])
         self.assertIsNone(self.log.barrier)
 
     def test_window_delays_the_first_commit(self):
@@ -110,6 +115,7 @@ class GroupingTests(SynchronousTestCase):
         self.assertEqual([ids for ids, _ in self.db.commits], [[1, 2]])
         self.assertEqual(self.replies, [])
         self.db.finish()
+        self.clock.advance(0)
         self.db.finish()
         self.assertEqual(self.replies, [1, 2, 3])
 
@@ -134,6 +140,52 @@ class GroupingTests(SynchronousTestCase):
         self.assertIsNone(self.log.barrier)
         self.clock.advance(0)
         self.assertEqual(len(self.db.commits), 1)
+
+
+class _Appender(protocol.Protocol):
+    """Appends an entry to the log for each read."""
+
+    def connectionMade(self):
+        self.factory.connected.callback(None)
+
+    def dataReceived(self, data):
+        self.factory.log.append(1.0, "{}")
+
+
+class LoopTests(TestCase):
+    """On the real reactor."""
+
+    timeout = 10
+
+    async def commit_then_read(self):
+        db = HeldCommits()
+        log = OperationLog(db, reactor, clock_time=lambda: 0.0)
+        factory = protocol.ServerFactory.forProtocol(_Appender)
+        factory.log, factory.connected = log, defer.Deferred()
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        await factory.connected
+        log.append(1.0, "{}")
+        await task.deferLater(reactor, 0, lambda: None)
+        self.assertEqual([ids for ids, _ in db.commits], [[1]])
+        log.append(1.0, "{}")
+
+        def commit_ends():
+            # as a pool thread's result reaches the loop; a request comes while the loop
+            # is still releasing the commit's replies
+            db.finish()
+            client.sendall(b"x")
+        reactor.callFromThread(commit_ends)
+        await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual([ids for ids, _ in db.commits], [[2, 3]])
+
+    def test_requests_read_meanwhile_join_the_next_batch(self):
+        """The batch that follows a commit takes the requests that came while the loop
+        released that commit, read on its next turn: they do not make a batch of their
+        own, whose commit every reply after them would wait for."""
+        return defer.Deferred.fromCoroutine(self.commit_then_read())
 
 
 class StampTests(SynchronousTestCase):
