@@ -57,7 +57,7 @@ class MatchEngine(service.Service):
     log = Logger()
 
     def __init__(self, cfg, assets, markets, db_log, outbox, reactor=None,
-                 clock_time=time.time, listen=True):
+                 clock_time=time.time, listen=True, db_log_commits=None):
         if reactor is None:
             from twisted.internet import reactor
         self.cfg = cfg
@@ -65,6 +65,9 @@ class MatchEngine(service.Service):
         self.clock_time = clock_time
         self.engine = engine_module.Engine(assets, markets)
         self.db_log = db_log
+        # where the operation log commits its batches (`operlog.autocommit_connection`);
+        # None: in transactions on db_log
+        self.db_log_commits = db_log_commits
         self.outbox = outbox
         self.listen_enabled = listen
         limits = cfg.get("queue_limits") or {}
@@ -116,7 +119,8 @@ class MatchEngine(service.Service):
                                     window=self.cfg.get("commit_window", 0.0),
                                     durable=self.cfg.get("durable", True),
                                     clock_time=self.clock_time,
-                                    after_release=self.outbox.send_now)
+                                    after_release=self.outbox.send_now,
+                                    autocommit_db=self.db_log_commits)
         self.outbox.start()
         if self.listen_enabled:
             self.ports = await listen_rpc(self.reactor, self.cfg["svr"]["bind"], self.factory,

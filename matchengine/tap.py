@@ -26,6 +26,7 @@ def database(section, **kwargs):
 
 def makeService(options, reactor=None):
     from matchengine.server import MatchEngine
+    from matchengine.operlog import autocommit_connection
     from matchengine.outbox import WriterOutbox
     reactor = plugin_reactor(reactor)
     cfg = options["loaded"]
@@ -34,7 +35,8 @@ def makeService(options, reactor=None):
     db_log = database(cfg.db_log, max_connections=2)
     outbox = WriterOutbox(reactor, cfg.db_history, cfg.brokers, workers=cfg.history_thread,
                           lock=os.path.abspath(cfg.log.path + ".writer.lock"))
-    engine = MatchEngine(cfg, assets, markets, db_log, outbox, reactor=reactor)
+    engine = MatchEngine(cfg, assets, markets, db_log, outbox, reactor=reactor,
+                         db_log_commits=autocommit_connection(cfg.db_log))
     engine.setServiceParent(top)
     cli_service = cli.CLIService(engine, cfg.cli, reactor)
     cli_service.setServiceParent(top)

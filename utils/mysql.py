@@ -162,6 +162,12 @@ class Database:
                     continue
                 raise
 
+    def on_connection(self, work, *args):
+        """Run `work(connection, *args)` in a pool thread, with no transaction opened or
+        committed around it (what it writes is committed as its connection's autocommit
+        setting says); rolled back if it raises."""
+        return self.pool.runWithConnection(work, *args)
+
     def query(self, sql, args=(), retry=True):
         """All rows of a SELECT (a Deferred firing with a list of tuples)."""
         sql = self.dialect.sql(sql)

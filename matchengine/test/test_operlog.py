@@ -6,13 +6,15 @@ import math
 import random
 import socket
 
+import pymysql
 from pymysql.converters import escape_item
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from matchengine.operlog import CHUNK, OperationLog, log_values, stamp
+from matchengine.operlog import (CHUNK, OperationLog, autocommit_connection, log_values,
+                                 stamp)
 from utils import mysql, testing
 
 
@@ -239,26 +241,88 @@ class WrittenTests(TestCase):
 
     timeout = 60
 
-    async def write_and_read(self):
+    async def write_and_read(self, autocommit):
         name = testing.create_database("oplog", ("trade_log",))
         self.addCleanup(testing.drop_database, name)
         kw = testing.mysql_connect_kwargs("misc")
-        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"], name,
-                                 "utf8mb4")
+        section = {"host": kw["host"], "port": kw["port"], "user": kw["user"],
+                   "pass": kw["password"], "name": name, "charset": "utf8mb4"}
+        db = mysql.from_config(section)
         self.addCleanup(db.close)
-        log = OperationLog(db, reactor)
+        commits = autocommit_connection(section) if autocommit else None
+        if commits is not None:
+            self.addCleanup(commits.close)
+        log = OperationLog(db, reactor, autocommit_db=commits)
         details = (['{"method": "balance.update", "params": [%d]}' % n
                     for n in range(CHUNK + 5)] + AWKWARD)
         times = [stamp(1765000000 + n * 0.000317) for n in range(len(details))]
+        # a batch of several statements (one transaction), then one of a single statement
         for t, detail in zip(times, details):
+            log.append(t, detail)
+        await log.flush()
+        for t, detail in zip(times[:3], details[:3]):
             log.append(t, detail)
         await log.flush()
         rows = await db.query("SELECT `id`, `time`, `detail` FROM `%s` ORDER BY `id`"
                               % log.table)
-        self.assertEqual(rows, [(n + 1, t, detail)
-                                for n, (t, detail) in enumerate(zip(times, details))])
+        expected = list(zip(times, details)) + list(zip(times[:3], details[:3]))
+        self.assertEqual(rows, [(n + 1, t, detail) for n, (t, detail) in enumerate(expected)])
 
     def test_rows_read_back_exactly(self):
         """Ids, times (the same doubles) and details (whatever characters they hold) come
         back as they were appended, over more rows than one statement takes."""
-        return defer.Deferred.fromCoroutine(self.write_and_read())
+        return defer.Deferred.fromCoroutine(self.write_and_read(False))
+
+    def test_rows_read_back_exactly_autocommit(self):
+        """The same through a connection in autocommit mode, as the daemon writes."""
+        return defer.Deferred.fromCoroutine(self.write_and_read(True))
+
+    async def failed_statement(self):
+        name = testing.create_database("oplog", ("trade_log",))
+        self.addCleanup(testing.drop_database, name)
+        kw = testing.mysql_connect_kwargs("misc")
+        section = {"host": kw["host"], "port": kw["port"], "user": kw["user"],
+                   "pass": kw["password"], "name": name, "charset": "utf8mb4"}
+        db = mysql.from_config(section)
+        self.addCleanup(db.close)
+        commits = autocommit_connection(section)
+        self.addCleanup(commits.close)
+        log = OperationLog(db, reactor, autocommit_db=commits, retry_delay=0.05)
+        log.append(1.0, "{}")
+        await log.flush()
+        # a batch whose second statement fails, once: nothing of its first is kept
+        real = log._statements
+        broken = []
+
+        def statements(table, rows, escape):
+            texts = real(table, rows, escape)
+            if not broken:
+                broken.append(True)
+                texts[1] = texts[1].replace("INSERT", "INSERT INTO nowhere", 1)
+            return texts
+        self.patch(log, "_statements", statements)
+        for n in range(CHUNK + 1):
+            log.append(2.0, "{}")
+        seen = []
+        failed = log._failed
+
+        def counted(failure, batch):
+            # what the table holds when the failure is known, before the retry
+            conn = pymysql.connect(**dict(kw, database=name))
+            try:
+                with conn.cursor() as cursor:
+                    cursor.execute("SELECT COUNT(*) FROM `%s`" % log.table)
+                    seen.append(cursor.fetchone()[0])
+            finally:
+                conn.close()
+            return failed(failure, batch)
+        self.patch(log, "_failed", counted)
+        await log.flush()
+        self.assertEqual(seen, [1])     # only the first batch's row
+        rows = await db.query("SELECT COUNT(*) FROM `%s`" % log.table)
+        self.assertEqual(rows[0][0], CHUNK + 2)
+
+    def test_failed_batch_leaves_nothing(self):
+        """A batch of several statements is one transaction on the autocommit connection:
+        when one of them fails, none of its rows stay; it is written whole when retried."""
+        return defer.Deferred.fromCoroutine(self.failed_statement())

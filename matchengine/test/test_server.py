@@ -8,6 +8,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from matchengine import config, server
+from matchengine.operlog import autocommit_connection
 from matchengine.outbox import WriterOutbox
 from matchengine.server import MatchEngine
 from matchengine.test.test_engine import METHODS, TRANSCRIPT, norm
@@ -80,8 +81,10 @@ class Harness:
                             self.mysql_port, **extra)
         assets, markets = config.build_tables(cfg)
         self.outbox = WriterOutbox(reactor, cfg.db_history, self.broker.address, workers=4)
+        commits = autocommit_connection(cfg.db_log)      # as the daemon commits its log
+        self.pools.append(commits)
         self.service = MatchEngine(cfg, assets, markets, self.database(self.log_db),
-                                   self.outbox, reactor=reactor)
+                                   self.outbox, reactor=reactor, db_log_commits=commits)
         self.service.startService()
         await self.service.when_ready()
         self.client = RPCClient(reactor, "matchengine", ["tcp@127.0.0.1:%d" % self.port],
