@@ -241,7 +241,8 @@ class WrittenTests(TestCase):
 
     timeout = 60
 
-    async def write_and_read(self, autocommit):
+    def fresh_log(self, autocommit, **kwargs):
+        """(log, its Database, the section naming a fresh operation-log database)."""
         name = testing.create_database("oplog", ("trade_log",))
         self.addCleanup(testing.drop_database, name)
         kw = testing.mysql_connect_kwargs("misc")
@@ -252,7 +253,10 @@ class WrittenTests(TestCase):
         commits = autocommit_connection(section) if autocommit else None
         if commits is not None:
             self.addCleanup(commits.close)
-        log = OperationLog(db, reactor, autocommit_db=commits)
+        return OperationLog(db, reactor, autocommit_db=commits, **kwargs), db, section
+
+    async def write_and_read(self, autocommit):
+        log, db, _ = self.fresh_log(autocommit)
         details = (['{"method": "balance.update", "params": [%d]}' % n
                     for n in range(CHUNK + 5)] + AWKWARD)
         times = [stamp(1765000000 + n * 0.000317) for n in range(len(details))]
@@ -278,16 +282,7 @@ class WrittenTests(TestCase):
         return defer.Deferred.fromCoroutine(self.write_and_read(True))
 
     async def failed_statement(self):
-        name = testing.create_database("oplog", ("trade_log",))
-        self.addCleanup(testing.drop_database, name)
-        kw = testing.mysql_connect_kwargs("misc")
-        section = {"host": kw["host"], "port": kw["port"], "user": kw["user"],
-                   "pass": kw["password"], "name": name, "charset": "utf8mb4"}
-        db = mysql.from_config(section)
-        self.addCleanup(db.close)
-        commits = autocommit_connection(section)
-        self.addCleanup(commits.close)
-        log = OperationLog(db, reactor, autocommit_db=commits, retry_delay=0.05)
+        log, db, section = self.fresh_log(True, retry_delay=0.05)
         log.append(1.0, "{}")
         await log.flush()
         # a batch whose second statement fails, once: nothing of its first is kept
@@ -308,7 +303,9 @@ class WrittenTests(TestCase):
 
         def counted(failure, batch):
             # what the table holds when the failure is known, before the retry
-            conn = pymysql.connect(**dict(kw, database=name))
+            conn = pymysql.connect(host=section["host"], port=section["port"],
+                                   user=section["user"], password=section["pass"],
+                                   database=section["name"])
             try:
                 with conn.cursor() as cursor:
                     cursor.execute("SELECT COUNT(*) FROM `%s`" % log.table)
