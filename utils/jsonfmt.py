@@ -72,10 +72,9 @@ def loads(text: str):
             try:
                 value, end = _scan(text, 0)
             except StopIteration:
-                pass        # not JSON: the decoder says why
-            else:
-                if end == len(text):
-                    return value
+                end = -1        # not JSON: the decoder says why
+            if end == len(text):
+                return value
         return _strict.decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
