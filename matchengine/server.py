@@ -192,6 +192,7 @@ class MatchEngine(service.Service):
             return self._asset_summary
         write = command in engine_module.WRITE_COMMANDS
         execute = self.engine.handlers[command]
+        release = self._release
 
         def handle(params, request):
             if write and self._busy():
@@ -209,7 +210,7 @@ class MatchEngine(service.Service):
             if write:
                 batch = self.operlog.append(now, self.engine.log_entry(command, params))
                 history, messages = self.engine.effects.take()
-                batch.then(self._release, request, result, history, messages)
+                batch.then(release, request, result, history, messages)
             else:
                 self._answer(request, result, None)
             return NO_REPLY

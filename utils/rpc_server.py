@@ -29,6 +29,7 @@ __all__ = ["RPCServerFactory", "RPCServerProtocol", "RPCDatagramProtocol", "RPCR
            "RawJSON", "NO_REPLY", "listen_rpc"]
 
 NO_REPLY = object()
+HEARTBEAT = rpc.HEARTBEAT
 DEFAULT_HEARTBEAT_TIMEOUT = 3.0
 
 
@@ -193,13 +194,14 @@ class RPCServerProtocol(Protocol):
                            name=self.factory.name, peer=self.peer, error=e)
             self._close()
             return
+        dispatch, peer, send, close = self.factory.dispatch, self.peer, self.send, self._close
         for packet in packets:
             if self.closed:
                 return
-            if packet.command == rpc.HEARTBEAT:
+            if packet.command == HEARTBEAT:
                 self._heartbeat(packet)
             else:
-                self.factory.dispatch(packet, self.peer, self.send, self._close)
+                dispatch(packet, peer, send, close)
 
     def _heartbeat(self, packet):
         try:
