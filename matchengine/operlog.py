@@ -3,15 +3,13 @@
 
 Entries gather in a batch until no commit is in flight (and, when `window` is set, for
 `window` seconds more; after a commit, until the event loop has read its connections once
-more), then the batch is written in one transaction: one multi-row INSERT
-into the table of the local date at flush time, created from `operlog_example` first when
-the date changed.  One batch is in flight at a time, so batches commit in order.  A batch
-that fails is retried every second, forever, with a critical log line each time (the engine
-refuses writes with "service unavailable" while too much waits).
-
-A batch is one multi-row INSERT for each 1,000 entries.  Given connections in autocommit mode
-(`autocommit_db`), a batch of one statement is sent alone, committed by the server with it,
-and a larger one inside START TRANSACTION and COMMIT.
+more), then the batch is written in one transaction: a multi-row INSERT for each 1,000
+entries, into the table of the local date at flush time, created from `operlog_example`
+first when the date changed.  Given connections in autocommit mode (`autocommit_db`), a
+batch of one statement is sent alone, committed with it in one round trip, and a larger one
+inside START TRANSACTION and COMMIT.  One batch is in flight at a time, so batches commit in
+order.  A batch that fails is retried every second, forever, with a critical log line each
+time (the engine refuses writes with "service unavailable" while too much waits).
 
 Each batch is a `Batch`: callers append functions to `batch.then(...)`, run in order once
 the batch is committed.  The matchengine replies to a write, sends its messages and queues
@@ -154,8 +152,8 @@ class OperationLog:
     # -- committing --------------------------------------------------------------------
 
     def _after_pass(self):
-        # a call this one makes runs on the loop's next turn, after that turn's reads (this
-        # one runs, as `_committed` did, before the reads of its own turn)
+        # `_committed`, and this call it scheduled, run before the reads of their turn of
+        # the loop; a call scheduled from here runs on the next turn, after its reads
         self._flush_call = self.reactor.callLater(0, self._flush)
 
     def _flush(self):
