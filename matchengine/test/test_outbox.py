@@ -1,6 +1,7 @@
 # -*- test-case-name: matchengine.test.test_outbox -*-
 """The writer process: batches written to MariaDB and Kafka, resent after it dies."""
 
+import gc
 import io
 import json
 import marshal
@@ -142,6 +143,36 @@ class InsertStatementTests(TestCase):
                         else:
                             self.assertEqual(Decimal(a), Decimal(b), column)
         return defer.Deferred.fromCoroutine(check())
+
+
+class CollectorTests(SynchronousTestCase):
+
+    def test_runs_on_its_own_thread(self):
+        """The automatic collector is off, and a thread of its own runs it at each
+        interval."""
+        self.addCleanup(gc.enable)
+        runs, slept = [], threading.Semaphore(0)
+
+        def counted(phase, info):
+            if phase == "stop":
+                runs.append(info["generation"])
+        gc.callbacks.append(counted)
+        self.addCleanup(gc.callbacks.remove, counted)
+        go_on = threading.Event()
+
+        def sleep(seconds):
+            self.assertEqual(seconds, 7.0)
+            slept.release()
+            go_on.wait()
+            go_on.clear()
+        thread = writer.collect_every(7.0, sleep)
+        self.assertFalse(gc.isenabled())
+        self.assertTrue(thread.daemon)
+        slept.acquire()
+        self.assertEqual(runs, [])
+        go_on.set()           # the first interval ends: one full collection
+        slept.acquire()
+        self.assertEqual(runs, [2])
 
 
 class LaneTests(SynchronousTestCase):
