@@ -168,10 +168,10 @@ class CollectorTests(SynchronousTestCase):
         thread = writer.collect_every(7.0, sleep)
         self.assertFalse(gc.isenabled())
         self.assertTrue(thread.daemon)
-        slept.acquire()
+        self.assertTrue(slept.acquire(timeout=10))
         self.assertEqual(runs, [])
         go_on.set()           # the first interval ends: one full collection
-        slept.acquire()
+        self.assertTrue(slept.acquire(timeout=10))
         self.assertEqual(runs, [2])
 
 
