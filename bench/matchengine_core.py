@@ -19,6 +19,7 @@ process: what is left out is the system calls and the waiting.
 """
 
 import argparse
+import functools
 import os
 import random
 import resource
@@ -26,6 +27,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pymysql.converters import escape_item  # noqa: E402
 
 from matchengine import config, engine  # noqa: E402
 from matchengine.operlog import stamp  # noqa: E402
@@ -107,17 +110,26 @@ def run(eng, batch, log=None):
     return refused
 
 
-class _Statements:
-    """A cursor that takes the operation log's statements and drops them."""
+class _Connection:
+    """A connection in autocommit mode that takes the operation log's statements and drops
+    them: the log writes its batches as the daemon's does (`operlog.autocommit_connection`)."""
 
-    class connection:       # what `utils.mysql` asks of the cursor's connection
-        @staticmethod
-        def escape(value):
-            from pymysql.converters import escape_item
-            return escape_item(value, "utf8")
+    def cursor(self):
+        return self
+
+    @property
+    def connection(self):       # the cursor's connection, whose `escape` the log calls
+        return self
+
+    @staticmethod
+    def escape(value):
+        return escape_item(value, "utf8")
 
     def execute(self, sql, args=None):
         self.last = sql
+
+    def commit(self):
+        """Nothing was written."""
 
 
 def server_path(eng, count):
@@ -132,8 +144,8 @@ def server_path(eng, count):
     from utils import mysql
 
     class Database(mysql.Database):
-        def interaction(self, work, *args, **kwargs):
-            return defer.succeed(work(_Statements(), *args, **kwargs))
+        def on_connection(self, work, *args):
+            return defer.succeed(work(_Connection(), *args))
 
         def create_like(self, cursor, name, template):
             """Every table is there already."""
@@ -150,12 +162,13 @@ def server_path(eng, count):
     clock = Clock()
     outbox = WriterOutbox(clock, {}, None)
     cfg = {"svr": {"max_pkg_size": 10240, "bind": []}}
-    service = MatchEngine(cfg, *config.example_tables(), Database(None, mysql.MYSQL, "bench"),
-                          outbox, reactor=clock, listen=False)
+    db = Database(None, mysql.MYSQL, "bench")
+    service = MatchEngine(cfg, *config.example_tables(), db, outbox, reactor=clock,
+                          listen=False)
     service.engine = eng
     service.factory.handlers = {command: service._handler(command) for command in eng.handlers}
-    service.operlog = OperationLog(service.db_log, clock, 0, clock_time=lambda: START,
-                                   after_release=outbox.send_now)
+    service.operlog = OperationLog(db, clock, 0, clock_time=lambda: START,
+                                   after_release=outbox.send_now, autocommit_db=db)
     service.clock_time = iter(START + 1.0 + n * 0.0001 for n in range(count + 1)).__next__
     connection = service.factory.buildProtocol(None)
     connection.transport = Transport()
@@ -261,20 +274,19 @@ def main():
     eng = build(args.resting)
     first_id = eng.order_id
     if args.server:
-        feed, replies = server_path(eng, args.orders)
-        work = (feed,)
+        work, replies = server_path(eng, args.orders)
     else:
-        work = (run, eng, orders(args.orders))
+        work = functools.partial(run, eng, orders(args.orders))
     collector_as_daemon()
     start = time.perf_counter()
     if args.profile:
         import cProfile
         import pstats
         profiler = cProfile.Profile()
-        refused = profiler.runcall(*work)
+        refused = profiler.runcall(work)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
     else:
-        refused = work[0](*work[1:])
+        refused = work()
     elapsed = time.perf_counter() - start
     if args.server:
         # every order is answered, a refusal by an error: refused are those given no id
