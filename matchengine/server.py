@@ -11,6 +11,7 @@ the message queue hold more than their `queue_limits`.
 """
 
 import gc
+import importlib
 import json
 import sys
 import time
@@ -43,12 +44,13 @@ GC_YOUNG_THRESHOLD = 20000
 # the modules of the matching path, compiled with Cython when installed (setup.py)
 COMPILED_MODULES = ("matchengine.balance", "matchengine.book", "matchengine.effects",
                     "matchengine.engine", "matchengine.market", "utils.decimals",
-                    "utils.jsonfmt")
+                    "utils.handoff", "utils.jsonfmt")
 
 
 def uncompiled():
     """Those of `COMPILED_MODULES` that run from their Python source."""
-    return [name for name in COMPILED_MODULES if sys.modules[name].__file__.endswith(".py")]
+    return [name for name in COMPILED_MODULES
+            if importlib.import_module(name).__file__.endswith(".py")]
 
 
 class MatchEngine(service.Service):

@@ -9,6 +9,7 @@ instead of being skipped, so the suite checks what is deployed.
 import gc
 import glob
 import importlib
+import marshal
 import os
 import random
 import shutil
@@ -78,7 +79,7 @@ def workload(seed=7, steps=4000):
     """Lines telling everything an engine answers and leaves behind over a seeded mix of
     commands, then the state it ends in and the state a replay of its log ends in."""
     from matchengine import config, engine
-    from utils import rpc
+    from utils import handoff, rpc
 
     modules = [name for name in compiled_modules()
                if is_extension(importlib.import_module(name))]
@@ -104,7 +105,8 @@ def workload(seed=7, steps=4000):
         lines.append("%d %s" % (command, rpc.reply_body(0, result).decode()))
         if command in engine.WRITE_COMMANDS:
             log.append((engine.Engine.log_entry(command, params), now))
-        history, messages = eng.effects.take()
+        # as the writer process gets them
+        history, messages = marshal.loads(handoff.dumps(eng.effects.take()))
         lines.extend(repr(row) for row in history)
         lines.extend(repr(message) for message in messages)
     lines.extend(_state(eng, "end"))
