@@ -30,7 +30,7 @@ from pymysql.converters import escape_string
 
 from matchengine.effects import HISTORY_COLUMNS
 from utils.kafka_wire import LeanProducer
-from utils.mysql import needs_escape
+from utils.mysql import client_charset, needs_escape
 
 FRAME = struct.Struct(">I")
 
@@ -126,7 +126,8 @@ class HistoryThreads:
                 return pymysql.connect(host=self.db["host"], port=int(self.db.get("port", 3306)),
                                        user=self.db["user"], password=self.db["pass"],
                                        database=self.db["name"],
-                                       charset=self.db.get("charset", "utf8"), autocommit=False)
+                                       charset=client_charset(self.db.get("charset", "utf8")),
+                                       autocommit=False)
             except Exception as e:
                 say("history: cannot connect to MySQL: %s; retrying in 1 s" % e)
                 time.sleep(1)

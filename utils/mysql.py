@@ -291,11 +291,21 @@ def _lost(error):
                 error, (pymysql.err.InterfaceError, adbapi.ConnectionLost))
 
 
+def client_charset(name):
+    """The character set a connection asks for, by the config's `charset`: "utf8", which
+    MySQL takes for utf8mb3, its subset of UTF-8 of three bytes a character at most, means
+    utf8mb4, the whole of UTF-8 and the tables' own set.  Over a utf8mb3 connection the
+    server turns each character of four bytes (an emoji in an order's source, a business
+    or a detail) into "?", and the operation log would replay something else than what was
+    acknowledged."""
+    return "utf8mb4" if name.lower() == "utf8" else name
+
+
 def connect_mysql(host, port, user, password, database, charset="utf8", min_connections=1,
                   max_connections=5, reactor=None, **extra):
     """A MySQL pool; connections dropped by the server are replaced when next used."""
     kwargs = dict(host=host, port=int(port), user=user, password=password, database=database,
-                  charset=charset, autocommit=False, connect_timeout=5)
+                  charset=client_charset(charset), autocommit=False, connect_timeout=5)
     kwargs.update(extra)
     if reactor is not None:
         kwargs["cp_reactor"] = reactor

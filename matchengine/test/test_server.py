@@ -193,3 +193,39 @@ class ServiceTests(TestCase):
     def test_replies_wait_for_the_log(self):
         """Every acknowledged write is in the operation log table when its reply arrives."""
         return defer.Deferred.fromCoroutine(self.acknowledged_means_logged())
+
+    async def four_byte_texts(self):
+        h = Harness(self)
+        await h.start()
+        gift = "gift\U0001f381"
+        for user in (1, 2):
+            reply = await h.call(102, [user, "BCH" if user == 1 else "BTC", gift, 1, "1000",
+                                       {"note": "\U0001f600"}])
+            self.assertIsNone(reply["error"], reply)
+        # two orders that fill each other: both finish, into order_history
+        for user, side in ((2, 1), (1, 2)):
+            reply = await h.call(201, [user, "BTCBCH", side, "1", "100", "0", "0",
+                                       "app\U0001f680"])
+            self.assertIsNone(reply["error"], reply)
+        before = h.state()
+        await h.stop()
+        log = h.database(h.log_db)
+        details = await log.query("SELECT `detail` FROM `%s` ORDER BY `id`"
+                                  % h.service.operlog.table)
+        self.assertIn("app\U0001f680", details[-1][0])
+        hist = h.database(h.history_db)
+        rows = await hist.query("SELECT `business`, `detail` FROM `balance_history_1` "
+                                "ORDER BY `id` LIMIT 1")
+        self.assertEqual(rows[0][0], gift)
+        self.assertEqual(json.loads(rows[0][1])["note"], "\U0001f600")
+        sources = await hist.query("SELECT `source` FROM `order_history_2`")
+        self.assertEqual([s for s, in sources], ["app\U0001f680"])
+        await h.start()
+        self.assertEqual(h.state(), before)
+        await h.stop()
+
+    def test_texts_beyond_three_bytes_a_character(self):
+        """A business, a detail and an order's source with characters of four bytes in
+        UTF-8 (MySQL's "utf8" holds three at most): acknowledged, logged, written to the
+        history, and replayed."""
+        return defer.Deferred.fromCoroutine(self.four_byte_texts())

@@ -52,6 +52,15 @@ class DialectTests(SynchronousTestCase):
         self.assertRaises(ValueError, d.ddl, "CREATE TABLE x LIKE nowhere")
 
 
+class CharsetTests(SynchronousTestCase):
+
+    def test_utf8_is_the_whole_of_it(self):
+        self.assertEqual(mysql.client_charset("utf8"), "utf8mb4")
+        self.assertEqual(mysql.client_charset("UTF8"), "utf8mb4")
+        self.assertEqual(mysql.client_charset("utf8mb3"), "utf8mb3")
+        self.assertEqual(mysql.client_charset("latin1"), "latin1")
+
+
 class Scenarios:
     """The same checks, run on each kind of database: a subclass's `make()` gives the
     database under test."""
