@@ -41,6 +41,13 @@ FORK_SUMMARY_ENTRIES = 20000
 # a collection of this many objects takes one to two milliseconds
 GC_YOUNG_THRESHOLD = 20000
 
+# bytes the operation log's `detail` column (TEXT) holds.  A write's entry is its params
+# written again as JSON: at most about 1.5 times its request's body (a space after each comma
+# and colon) and a hundred bytes, so only a body larger than LOG_CHECKED_FROM can make an
+# entry too long, and only such a write has its entry measured before it is executed
+LOG_DETAIL_MAX = 65535
+LOG_CHECKED_FROM = 40000
+
 # the modules of the matching path, compiled with Cython when installed (setup.py)
 COMPILED_MODULES = ("matchengine.balance", "matchengine.book", "matchengine.effects",
                     "matchengine.engine", "matchengine.market", "utils.decimals",
@@ -197,10 +204,16 @@ class MatchEngine(service.Service):
         release = self._release
 
         def handle(params, request):
-            if write and self._busy():
-                # the refusal tells nothing of uncommitted state: it need not wait for the log
-                self._send(request, None, rpc.SERVICE_UNAVAILABLE())
-                return NO_REPLY
+            if write:
+                if self._busy():
+                    # the refusal tells nothing of uncommitted state: it need not wait for
+                    # the log
+                    self._send(request, None, rpc.SERVICE_UNAVAILABLE())
+                    return NO_REPLY
+                if (len(request.packet.body) > LOG_CHECKED_FROM
+                        and not self._fits_log(command, params)):
+                    self._answer(request, None, rpc.INVALID_ARGUMENT())
+                    return NO_REPLY
             # times are kept to the microsecond, as the operation log stores them, so that a
             # replay reproduces them exactly
             now = stamp(self.clock_time())
@@ -217,6 +230,17 @@ class MatchEngine(service.Service):
                 self._answer(request, result, None)
             return NO_REPLY
         return handle
+
+    def _fits_log(self, command, params):
+        """Whether the operation-log entry of a write of these params fits the log's
+        column, with room for the id balance.update adds to its detail.  Stored, an entry
+        too long would be cut short (INSERT IGNORE): acknowledged, then lost at the next
+        start."""
+        try:
+            entry = self.engine.log_entry(command, params)
+        except (LookupError, TypeError, ValueError):
+            return True     # not a valid write: the engine refuses it
+        return len(entry.encode("utf-8")) + 64 <= LOG_DETAIL_MAX
 
     def _asset_summary(self, params, request):
         """asset.summary visits every balance entry (about a quarter of a second per

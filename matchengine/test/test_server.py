@@ -229,3 +229,42 @@ class ServiceTests(TestCase):
         UTF-8 (MySQL's "utf8" holds three at most): acknowledged, logged, written to the
         history, and replayed."""
         return defer.Deferred.fromCoroutine(self.four_byte_texts())
+
+    async def detail_too_long(self):
+        h = Harness(self)
+        await h.start()
+        before = h.state()
+        # the request fits the port's max_pkg_size (102400 here); its detail does not fit
+        # the TEXT columns of the operation log and the balance history (65,535 bytes)
+        reply = await h.call(102, [1, "BCH", "deposit", 1, "10", {"note": "x" * 70000}])
+        self.assertEqual(reply["error"], {"code": 1, "message": "invalid argument"})
+        self.assertEqual(h.state(), before)
+        # an order's amount of 70,000 characters, leading zeros: a valid decimal
+        reply = await h.call(201, [1, "BTCBCH", 1, "0" * 70000 + "1", "100", "0", "0", ""])
+        self.assertEqual(reply["error"], {"code": 1, "message": "invalid argument"})
+        self.assertEqual(h.state(), before)
+        # a long detail that fits is measured and taken: acknowledged, and logged whole
+        reply = await h.call(102, [1, "BCH", "deposit", 3, "10", {"note": "x" * 60000}])
+        self.assertIsNone(reply["error"], reply)
+        # and an order too long to check, taken
+        reply = await h.call(201, [1, "BTCBCH", 2, "0" * 39000 + "1", "5", "0", "0", ""])
+        self.assertIsNone(reply["error"], reply)
+        before = h.state()
+        await h.stop()
+        log = h.database(h.log_db)
+        rows = await log.query("SELECT `detail` FROM `%s`" % h.service.operlog.table)
+        self.assertEqual(len(rows), 2)
+        self.assertEqual(json.loads(rows[0][0])["params"][5]["note"], "x" * 60000)
+        hist = h.database(h.history_db)
+        rows = await hist.query("SELECT LENGTH(`detail`) FROM `balance_history_1`")
+        self.assertEqual(len(rows), 1)
+        self.assertGreater(rows[0][0], 60000)
+        await h.start()
+        self.assertEqual(h.state(), before)
+        await h.stop()
+
+    def test_detail_longer_than_the_log_holds(self):
+        """A write whose operation-log entry would not fit the log's column is refused and
+        changes nothing, where the entry would have been cut short (INSERT IGNORE) and the
+        acknowledged write lost at the next start."""
+        return defer.Deferred.fromCoroutine(self.detail_too_long())
