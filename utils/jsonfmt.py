@@ -16,6 +16,7 @@ recursive writer (floats only appear in small messages: order info, deals, balan
 
 import json
 import math
+import re
 
 try:
     import cython
@@ -63,21 +64,50 @@ _scan = _strict.scan_once       # the C scanner: one value from an offset, and w
 def loads(text: str):
     """The value of a JSON text, refused (ValueError) where jansson refuses it: an integer
     beyond 64 bits (a backend would refuse the whole packet), a real beyond a double, NaN or
-    Infinity, nesting too deep."""
+    Infinity, nesting too deep, a surrogate code point not paired."""
     try:
-        if text[:1] == "[" or text[:1] == "{":
-            # the common case, a text that is one array or object and nothing around it,
-            # straight to the scanner (the decoder's skipping of white space, by regular
-            # expressions, cost a request's parameters a quarter of their parsing)
-            try:
-                value, end = _scan(text, 0)
-            except StopIteration:
-                end = -1        # not JSON: the decoder says why
-            if end == len(text):
-                return value
-        return _strict.decode(text)
+        value = _decoded(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+    # a lone surrogate comes escaped, or raw from bytes decoded with surrogatepass: no UTF-8
+    # holds it, and the value would fail where it is written out (an operation-log entry,
+    # an order's JSON, a Kafka message), after the state changed
+    if "\\u" in text or not text.isascii():
+        _refuse_lone_surrogates(value)
+    return value
+
+
+def _decoded(text):
+    if text[:1] == "[" or text[:1] == "{":
+        # the common case, a text that is one array or object and nothing around it,
+        # straight to the scanner (the decoder's skipping of white space, by regular
+        # expressions, cost a request's parameters a quarter of their parsing)
+        try:
+            value, end = _scan(text, 0)
+        except StopIteration:
+            end = -1        # not JSON: the decoder says why
+        if end == len(text):
+            return value
+    return _strict.decode(text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_lone_surrogates(value):
+    """ValueError when a string of `value`, key or value, holds a surrogate code point (the
+    decoder joins an escaped pair into one character: what is left is alone)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item) is not None:
+                raise ValueError("invalid Unicode: a surrogate code point not paired")
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
 
 
 # the latest float written and its text: a command writes its time in many places

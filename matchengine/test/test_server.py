@@ -14,7 +14,7 @@ from matchengine.server import MatchEngine
 from matchengine.test.test_engine import METHODS, TRANSCRIPT, norm
 from utils import mysql, testing
 from utils.kafka_queue import KafkaConsumerService
-from utils.rpc_client import RPCClient
+from utils.rpc_client import ConnectionLost, RPCClient
 from utils.testing import until
 
 
@@ -268,3 +268,36 @@ class ServiceTests(TestCase):
         changes nothing, where the entry would have been cut short (INSERT IGNORE) and the
         acknowledged write lost at the next start."""
         return defer.Deferred.fromCoroutine(self.detail_too_long())
+
+    async def lone_surrogates(self):
+        h = Harness(self)
+        await h.start()
+        reply = await h.call(102, [2, "BTC", "deposit", 1, "10", {}])
+        self.assertIsNone(reply["error"], reply)
+        before = h.state()
+        for params in ([1, "BCH", "dep\ud800", 1, "10", {}],
+                       [1, "BCH", "deposit", 1, "10", {"note": "\udc80x"}],
+                       [2, "BTCBCH", 1, "1", "5", "0", "0", "s\udfff"]):
+            command = 201 if len(params) == 8 else 102
+            # escaped in the body, as a JSON encoder writes a lone surrogate: a body that
+            # is not valid JSON text, whose connection is closed, as the original closes it
+            client = RPCClient(reactor, "matchengine", ["tcp@127.0.0.1:%d" % h.port], 1 << 20)
+            client.start()
+            await until(lambda: client.connected, what="client connected")
+            with self.assertRaises(ConnectionLost, msg=params):
+                await client.call_raw(command, json.dumps(params).encode(), 10.0)
+            client.stop()
+            self.assertEqual(h.state(), before)
+        reply = await h.call(201, [2, "BTCBCH", 1, "1", "5", "0", "0", "s\U0001f600"])
+        self.assertIsNone(reply["error"], reply)
+        before = h.state()
+        await h.stop()
+        await h.start()
+        self.assertEqual(h.state(), before)
+        await h.stop()
+
+    def test_lone_surrogates(self):
+        """Texts with a surrogate code point not paired are refused before anything
+        changes: the order they made was placed, then failed to be written out (an internal
+        error with its state changed and not logged), and its message stopped the writer."""
+        return defer.Deferred.fromCoroutine(self.lone_surrogates())

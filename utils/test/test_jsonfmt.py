@@ -135,6 +135,24 @@ class LoadsTests(SynchronousTestCase):
                                        ' "x", {"a": null}]'),
                          [(1 << 63) - 1, -(1 << 63), 1.5e308, "x", {"a": None}])
 
+    def test_lone_surrogates_refused(self):
+        """A surrogate code point not paired, escaped or raw (as bytes decoded with
+        surrogatepass give it), is refused as jansson refuses it: no UTF-8 can hold it, so
+        it would fail wherever the value is written out (a log entry, an order's JSON)."""
+        for text in ['["s\\udfff"]', '["\\ud800"]', '[1, {"k": ["\\uDBFF x"]}]',
+                     '{"\\udc80": 1}', '["a\\ud83d"]', '["\\ude00\\ud83d"]',
+                     '["raw \ud800"]', '{"k": "raw \udfff"}']:
+            with self.assertRaises(ValueError, msg=text) as caught:
+                jsonfmt.loads(text)
+            self.assertIn("surrogate", str(caught.exception))
+
+    def test_escapes_that_are_fine(self):
+        """Pairs make one character; an escaped backslash before "ud800" is text."""
+        self.assertEqual(jsonfmt.loads('["\\ud83d\\ude00", "\\u00e9\\u4e2d"]'),
+                         ["\U0001f600", "\u00e9\u4e2d"])
+        self.assertEqual(jsonfmt.loads('["\\\\ud800", "caf\u00e9"]'),
+                         ["\\ud800", "caf\u00e9"])
+
     def test_around_the_value(self):
         """White space around the value is allowed, as json.loads allows it."""
         for text in ['[1, "a"]', ' [1, "a"]', '[1, "a"]\n', '\t[1, "a"] ', '[ 1 ,"a" ]']:
