@@ -50,8 +50,8 @@ LOG_CHECKED_FROM = 40000
 
 # the modules of the matching path, compiled with Cython when installed (setup.py)
 COMPILED_MODULES = ("matchengine.balance", "matchengine.book", "matchengine.effects",
-                    "matchengine.engine", "matchengine.market", "utils.decimals",
-                    "utils.handoff", "utils.jsonfmt")
+                    "matchengine.engine", "matchengine.market", "matchengine.rowtext",
+                    "utils.decimals", "utils.handoff", "utils.jsonfmt")
 
 
 def uncompiled():

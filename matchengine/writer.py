@@ -26,11 +26,10 @@ import sys
 import threading
 import time
 
-from pymysql.converters import escape_string
-
 from matchengine.effects import HISTORY_COLUMNS
+from matchengine.rowtext import values_text
 from utils.kafka_wire import LeanProducer
-from utils.mysql import client_charset, needs_escape
+from utils.mysql import client_charset
 
 FRAME = struct.Struct(">I")
 
@@ -42,21 +41,13 @@ INT_COLUMNS = {"id", "user_id", "deal_id", "order_id", "deal_order_id", "role", 
 TEXT_COLUMNS = {"asset", "business", "detail", "market", "source"}
 
 
-def _row_format(columns):
-    parts, texts = [], []
-    for index, column in enumerate(columns):
-        if column in TIME_COLUMNS:
-            parts.append("%.6f")
-        elif column in INT_COLUMNS:
-            parts.append("%d")
-        else:
-            parts.append("'%s'")
-            if column in TEXT_COLUMNS:
-                texts.append(index)
-    return "(%s)" % ", ".join(parts), tuple(texts)
+def _kinds(columns):
+    """The letters of `matchengine.rowtext.values_text` for the columns."""
+    return "".join("t" if c in TIME_COLUMNS else "i" if c in INT_COLUMNS
+                   else "s" if c in TEXT_COLUMNS else "d" for c in columns)
 
 
-ROW_FORMATS = {table: _row_format(columns) for table, columns in HISTORY_COLUMNS.items()}
+KINDS = {table: _kinds(columns) for table, columns in HISTORY_COLUMNS.items()}
 
 
 def insert_statements(history, chunk=1000):
@@ -73,29 +64,13 @@ def insert_statements(history, chunk=1000):
         else:
             rows.append(row)
     statements = []
-    # texts found to need no escaping: asset, market and business names and order sources
-    # come back row after row, and are looked up rather than searched again
-    clean = set()
     for table, shards in tables.items():
-        form, texts = ROW_FORMATS[table]
+        kinds = KINDS[table]
         columns = ", ".join("`%s`" % c for c in HISTORY_COLUMNS[table])
         for shard, rows in shards.items():
-            values = []
-            append = values.append
-            for row in rows:
-                for index in texts:
-                    text = row[index]
-                    if text in clean:
-                        continue
-                    if needs_escape(text):
-                        row = tuple(escape_string(value) if n in texts else value
-                                    for n, value in enumerate(row))
-                        break
-                    clean.add(text)
-                append(form % row)
             head = "INSERT IGNORE INTO `%s_%d` (%s) VALUES " % (table, shard, columns)
-            for start in range(0, len(values), chunk):
-                statements.append(head + ", ".join(values[start:start + chunk]))
+            for start in range(0, len(rows), chunk):
+                statements.append(head + values_text(rows[start:start + chunk], kinds))
     return statements
 
 

@@ -1,0 +1,162 @@
+# Compiled with the matching modules (see setup.py); the .py stays the source.
+cimport cython
+
+cdef extern from *:
+    """
+    #include <math.h>
+    #include <stdint.h>
+    #include <string.h>
+
+    typedef struct { char *buf; Py_ssize_t len, cap; } viabtc_text;
+
+    static int viabtc_text_room(viabtc_text *t, Py_ssize_t need) {
+        Py_ssize_t cap;
+        char *buf;
+        if (t->len + need <= t->cap) return 0;
+        cap = t->cap * 2 > t->len + need ? t->cap * 2 : t->len + need + 4096;
+        buf = PyMem_Realloc(t->buf, cap);
+        if (buf == NULL) { PyErr_NoMemory(); return -1; }
+        t->buf = buf;
+        t->cap = cap;
+        return 0;
+    }
+
+    static int viabtc_text_add(viabtc_text *t, const char *data, Py_ssize_t size) {
+        if (viabtc_text_room(t, size) < 0) return -1;
+        memcpy(t->buf + t->len, data, size);
+        t->len += size;
+        return 0;
+    }
+
+    /* a text single-quoted: as it is, or with the characters PyMySQL's escape_string
+       escapes (it escapes double quotes too, once it escapes anything) */
+    static int viabtc_text_quoted(viabtc_text *t, const char *data, Py_ssize_t size,
+                                  int escapable) {
+        Py_ssize_t i;
+        int plain = 1;
+        if (escapable)
+            for (i = 0; i < size; i++) {
+                char c = data[i];
+                if (c == '\\\\' || c == '\\'' || c == 0 || c == '\\n' || c == '\\r' || c == 26) {
+                    plain = 0;
+                    break;
+                }
+            }
+        if (viabtc_text_room(t, 2 * size + 2) < 0) return -1;
+        t->buf[t->len++] = '\\'';
+        if (plain) {
+            memcpy(t->buf + t->len, data, size);
+            t->len += size;
+        } else {
+            for (i = 0; i < size; i++) {
+                char c = data[i], out = 0;
+                switch (c) {
+                case 0: out = '0'; break;
+                case '\\\\': out = '\\\\'; break;
+                case '\\n': out = 'n'; break;
+                case '\\r': out = 'r'; break;
+                case 26: out = 'Z'; break;
+                case '"': out = '"'; break;
+                case '\\'': out = '\\''; break;
+                }
+                if (out) { t->buf[t->len++] = '\\\\'; t->buf[t->len++] = out; }
+                else t->buf[t->len++] = c;
+            }
+        }
+        t->buf[t->len++] = '\\'';
+        return 0;
+    }
+
+    /* "%.6f" of a time stamp from 1e9 to 1e10 (the years 2001 to 2286), as the interpreter
+       writes it: the exact binary value m * 2^e (53-bit m, e from -23 to -19) rounded to
+       the microsecond, to nearest with ties to even, worked out in 128-bit integers.
+       Other values by the interpreter's own conversion. */
+    static int viabtc_text_time(viabtc_text *t, double x) {
+        if (x >= 1e9 && x < 1e10) {
+            char out[24], *at = out + sizeof out;
+            int exp, shift, i;
+            uint64_t value, whole, micros;
+            unsigned __int128 scaled, quotient, remainder, half;
+            value = (uint64_t)ldexp(frexp(x, &exp), 53);
+            shift = 53 - exp;
+            scaled = (unsigned __int128)value * 1000000u;
+            quotient = scaled >> shift;
+            remainder = scaled & ((((unsigned __int128)1) << shift) - 1);
+            half = ((unsigned __int128)1) << (shift - 1);
+            if (remainder > half || (remainder == half && (quotient & 1))) quotient++;
+            whole = (uint64_t)(quotient / 1000000u);
+            micros = (uint64_t)(quotient % 1000000u);
+            for (i = 0; i < 6; i++) { *--at = (char)('0' + micros % 10); micros /= 10; }
+            *--at = '.';
+            do { *--at = (char)('0' + whole % 10); whole /= 10; } while (whole);
+            return viabtc_text_add(t, at, out + sizeof out - at);
+        } else {
+            char *text = PyOS_double_to_string(x, 'f', 6, 0, NULL);
+            int done;
+            if (text == NULL) return -1;
+            done = viabtc_text_add(t, text, (Py_ssize_t)strlen(text));
+            PyMem_Free(text);
+            return done;
+        }
+    }
+
+    /* 1 written, 0 a value of another type than its column holds, -1 an error */
+    static int viabtc_text_value(viabtc_text *t, PyObject *value, char kind) {
+        if (kind == 't') {
+            if (!PyFloat_CheckExact(value)) return 0;
+            return viabtc_text_time(t, PyFloat_AS_DOUBLE(value)) < 0 ? -1 : 1;
+        }
+        if (kind == 'i') {
+            char digits[24];
+            int overflow, n;
+            long long number;
+            if (!PyLong_CheckExact(value)) return 0;
+            number = PyLong_AsLongLongAndOverflow(value, &overflow);
+            if (overflow) return 0;
+            if (number == -1 && PyErr_Occurred()) return -1;
+            n = snprintf(digits, sizeof digits, "%lld", number);
+            return viabtc_text_add(t, digits, n) < 0 ? -1 : 1;
+        }
+        if (kind == 'd' || kind == 's') {
+            const char *data;
+            Py_ssize_t size;
+            if (!PyUnicode_CheckExact(value)) return 0;
+            data = PyUnicode_AsUTF8AndSize(value, &size);
+            if (data == NULL) return -1;
+            return viabtc_text_quoted(t, data, size, kind == 's') < 0 ? -1 : 1;
+        }
+        return 0;
+    }
+
+    /* the rows' VALUES text; None when a value is not of its column's type */
+    static PyObject *viabtc_values_text(PyObject *rows, PyObject *kinds_text) {
+        viabtc_text t = {NULL, 0, 0};
+        const char *kinds;
+        Py_ssize_t columns, count, i, j;
+        PyObject *out = NULL;
+        int done = 1;
+        if (!PyList_CheckExact(rows) || !PyUnicode_CheckExact(kinds_text)) Py_RETURN_NONE;
+        kinds = PyUnicode_AsUTF8AndSize(kinds_text, &columns);
+        if (kinds == NULL) return NULL;
+        count = PyList_GET_SIZE(rows);
+        for (i = 0; i < count && done == 1; i++) {
+            PyObject *row = PyList_GET_ITEM(rows, i);
+            if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != columns) { done = 0; break; }
+            if (viabtc_text_add(&t, i ? ", (" : "(", i ? 3 : 1) < 0) { done = -1; break; }
+            for (j = 0; j < columns; j++) {
+                if (j && viabtc_text_add(&t, ", ", 2) < 0) { done = -1; break; }
+                done = viabtc_text_value(&t, PyTuple_GET_ITEM(row, j), kinds[j]);
+                if (done != 1) break;
+            }
+            if (done == 1 && viabtc_text_add(&t, ")", 1) < 0) done = -1;
+        }
+        if (done == 1) out = PyUnicode_DecodeUTF8(t.buf ? t.buf : "", t.len, NULL);
+        else if (done == 0) { out = Py_None; Py_INCREF(out); }
+        PyMem_Free(t.buf);
+        return out;
+    }
+    """
+    object _values_text "viabtc_values_text" (object rows, object kinds)
+
+cpdef str values_text(rows, str kinds)
+cpdef compiled_text(rows, str kinds)
