@@ -66,29 +66,26 @@ def loads(text: str):
     beyond 64 bits (a backend would refuse the whole packet), a real beyond a double, NaN or
     Infinity, nesting too deep, a surrogate code point not paired."""
     try:
-        value = _decoded(text)
+        if text[:1] == "[" or text[:1] == "{":
+            # the common case, a text that is one array or object and nothing around it,
+            # straight to the scanner (the decoder's skipping of white space, by regular
+            # expressions, cost a request's parameters a quarter of their parsing)
+            try:
+                value, end = _scan(text, 0)
+            except StopIteration:
+                end = -1        # not JSON: the decoder says why
+            if end != len(text):
+                value = _strict.decode(text)
+        else:
+            value = _strict.decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
     # a lone surrogate comes escaped, or raw from bytes decoded with surrogatepass: no UTF-8
     # holds it, and the value would fail where it is written out (an operation-log entry,
     # an order's JSON, a Kafka message), after the state changed
-    if "\\u" in text or not text.isascii():
+    if "\\" in text or not text.isascii():       # one character: found by memchr
         _refuse_lone_surrogates(value)
     return value
-
-
-def _decoded(text):
-    if text[:1] == "[" or text[:1] == "{":
-        # the common case, a text that is one array or object and nothing around it,
-        # straight to the scanner (the decoder's skipping of white space, by regular
-        # expressions, cost a request's parameters a quarter of their parsing)
-        try:
-            value, end = _scan(text, 0)
-        except StopIteration:
-            end = -1        # not JSON: the decoder says why
-        if end == len(text):
-            return value
-    return _strict.decode(text)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
