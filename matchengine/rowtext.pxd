@@ -107,15 +107,20 @@ cdef extern from *:
             return viabtc_text_time(t, PyFloat_AS_DOUBLE(value)) < 0 ? -1 : 1;
         }
         if (kind == 'i') {
-            char digits[24];
-            int overflow, n;
+            char digits[24], *at = digits + sizeof digits;
+            int overflow;
             long long number;
+            unsigned long long magnitude;
             if (!PyLong_CheckExact(value)) return 0;
             number = PyLong_AsLongLongAndOverflow(value, &overflow);
             if (overflow) return 0;
             if (number == -1 && PyErr_Occurred()) return -1;
-            n = snprintf(digits, sizeof digits, "%lld", number);
-            return viabtc_text_add(t, digits, n) < 0 ? -1 : 1;
+            /* its digits from the last (snprintf took half the rows' time) */
+            magnitude = number < 0 ? 0ULL - (unsigned long long)number
+                                   : (unsigned long long)number;
+            do { *--at = (char)('0' + magnitude % 10); magnitude /= 10; } while (magnitude);
+            if (number < 0) *--at = '-';
+            return viabtc_text_add(t, at, digits + sizeof digits - at) < 0 ? -1 : 1;
         }
         if (kind == 'd' || kind == 's') {
             const char *data;

@@ -53,7 +53,8 @@ class ValuesTextTests(SynchronousTestCase):
     def test_other_types_written_as_the_interpreter_writes_them(self):
         """A bool, an int beyond 64 bits, a time given as an int: the interpreter's text."""
         batch = [(5, True, "1", "a", "b"), (1.0, 1 << 70, "1", "a", "b"),
-                 (float("inf"), 0, "1", "a", "b")]
+                 (float("inf"), 0, "1", "a", "b"), (1.0, -(1 << 63), "1", "a", "b"),
+                 (1.0, (1 << 63) - 1, "1", "a", "b"), (1.0, 1 << 63, "1", "a", "b")]
         for row in batch:
             self.assertEqual(values_text([row], KINDS), _values_in_python([row], KINDS))
         self.assertEqual(values_text([(5, True, "1", "a", "b")], KINDS),
