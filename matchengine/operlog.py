@@ -4,7 +4,8 @@
 Entries gather in a batch until no commit is in flight (and, when `window` is set, for
 `window` seconds more; after a commit, until the event loop has read its connections once
 more), then the batch is written in one transaction: a multi-row INSERT for each 1,000
-entries, into the table of the local date at flush time, created from `operlog_example`
+entries (or fewer: a statement stays within `utils.mysql.STATEMENT_MAX` characters, under
+the server's max_allowed_packet), into the table of the local date at flush time, created from `operlog_example`
 first when the date changed.  Given connections in autocommit mode (`autocommit_db`), a
 batch of one statement is sent alone, committed with it in one round trip, and a larger one
 inside START TRANSACTION and COMMIT.  One batch is in flight at a time, so batches commit in
@@ -23,7 +24,7 @@ import time
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from utils.mysql import needs_escape
+from utils.mysql import needs_escape, values_texts
 
 __all__ = ["OperationLog", "Batch", "stamp", "table_name", "log_values",
            "autocommit_connection"]
@@ -199,8 +200,9 @@ class OperationLog:
 
     def _statements(self, table, rows, escape):
         head = self.db.insert_many_sql(table, COLUMNS, 0, ignore=True)
-        return [head + log_values(rows[start:start + CHUNK], escape)
-                for start in range(0, len(rows), CHUNK)]
+        return [head + text for start in range(0, len(rows), CHUNK)
+                for text in values_texts(rows[start:start + CHUNK],
+                                         lambda part: log_values(part, escape))]
 
     def _committed(self, _, batch, table):
         self.table = table

@@ -29,7 +29,7 @@ import time
 from matchengine.effects import HISTORY_COLUMNS
 from matchengine.rowtext import values_text
 from utils.kafka_wire import LeanProducer
-from utils.mysql import client_charset
+from utils.mysql import client_charset, values_texts
 
 FRAME = struct.Struct(">I")
 
@@ -70,7 +70,9 @@ def insert_statements(history, chunk=1000):
         for shard, rows in shards.items():
             head = "INSERT IGNORE INTO `%s_%d` (%s) VALUES " % (table, shard, columns)
             for start in range(0, len(rows), chunk):
-                statements.append(head + values_text(rows[start:start + chunk], kinds))
+                for text in values_texts(rows[start:start + chunk],
+                                         lambda part: values_text(part, kinds)):
+                    statements.append(head + text)
     return statements
 
 

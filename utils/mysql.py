@@ -194,13 +194,18 @@ class Database:
         return self.dialect.sql(head + ", ".join([marks] * count))
 
     def insert_rows(self, cursor, table, columns, rows, chunk=1000, ignore=False):
-        """Multi-row INSERTs of at most `chunk` rows each, inside the caller's transaction."""
+        """Multi-row INSERTs of at most `chunk` rows and, on MySQL, `STATEMENT_MAX`
+        characters each (`values_texts`), inside the caller's transaction."""
         rows = list(rows)
         if self.dialect.name == "mysql":
             head = self.insert_many_sql(table, columns, 0, ignore)
             literal = _Literals(cursor.connection).row
+
+            def render(part):
+                return ", ".join(map(literal, part))
             for start in range(0, len(rows), chunk):
-                cursor.execute(head + ", ".join(map(literal, rows[start:start + chunk])))
+                for text in values_texts(rows[start:start + chunk], render):
+                    cursor.execute(head + text)
             return len(rows)
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
@@ -289,6 +294,23 @@ def _lost(error):
     return (isinstance(error, pymysql.err.OperationalError) and error.args
             and error.args[0] in CONNECTION_LOST) or isinstance(
                 error, (pymysql.err.InterfaceError, adbapi.ConnectionLost))
+
+
+# characters of VALUES a multi-row INSERT carries, at most (unless one row is longer): a
+# packet over the server's max_allowed_packet is refused, 4 MB by default in MySQL 5.7 and
+# 16 MB in MariaDB, and a refused batch would be retried for ever
+STATEMENT_MAX = 1 << 19
+
+
+def values_texts(rows, render, limit=STATEMENT_MAX):
+    """`render(rows)`, the VALUES text of the rows, as a list of texts of at most `limit`
+    characters each, the rows in order: a text longer is made again of each half of its
+    rows (a single row stays whole)."""
+    text = render(rows)
+    if len(text) <= limit or len(rows) < 2:
+        return [text]
+    half = len(rows) // 2
+    return values_texts(rows[:half], render, limit) + values_texts(rows[half:], render, limit)
 
 
 def client_charset(name):

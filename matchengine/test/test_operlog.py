@@ -281,6 +281,28 @@ class WrittenTests(TestCase):
         """The same through a connection in autocommit mode, as the daemon writes."""
         return defer.Deferred.fromCoroutine(self.write_and_read(True))
 
+    async def large_batch(self, autocommit):
+        log, db, _ = self.fresh_log(autocommit)
+        # 400 entries of 50,000 characters: 20 MB in one batch, more than MariaDB takes in a
+        # packet by default (16 MB)
+        details = ['{"note": "%s", "n": %d}' % ("x" * 50000, n) for n in range(400)]
+        for n, detail in enumerate(details):
+            log.append(stamp(1765000000 + n * 0.001), detail)
+        await log.flush()
+        rows = await db.query("SELECT `id`, LENGTH(`detail`) FROM `%s` ORDER BY `id`"
+                              % log.table)
+        self.assertEqual(rows, [(n + 1, len(d)) for n, d in enumerate(details)])
+        last = await db.query("SELECT `detail` FROM `%s` WHERE `id` = 400" % log.table)
+        self.assertEqual(last[0][0], details[-1])
+
+    def test_batch_beyond_the_packet_limit(self):
+        """A batch larger than the server takes in one packet goes in several statements
+        of one transaction, where it would have been refused and retried for ever."""
+        return defer.Deferred.fromCoroutine(self.large_batch(False))
+
+    def test_batch_beyond_the_packet_limit_autocommit(self):
+        return defer.Deferred.fromCoroutine(self.large_batch(True))
+
     async def failed_statement(self):
         log, db, section = self.fresh_log(True, retry_delay=0.05)
         log.append(1.0, "{}")

@@ -61,6 +61,28 @@ class CharsetTests(SynchronousTestCase):
         self.assertEqual(mysql.client_charset("latin1"), "latin1")
 
 
+class ValuesTextsTests(SynchronousTestCase):
+
+    def test_split_in_halves_within_the_limit(self):
+        rows = ["a" * n for n in (3, 9, 1, 4, 30, 2, 2)]
+        texts = mysql.values_texts(rows, ", ".join, limit=12)
+        self.assertEqual(", ".join(texts), ", ".join(rows))
+        self.assertTrue(all(len(t) <= 12 or "," not in t for t in texts), texts)
+        self.assertEqual(mysql.values_texts(rows, ", ".join, limit=1000), [", ".join(rows)])
+
+    def test_history_statements_within_the_limit(self):
+        """The writer's statements of large details: each within the limit, rows whole."""
+        from matchengine.effects import BALANCE
+        from matchengine.writer import insert_statements
+        rows = [(BALANCE, 1, (1700000000.0, 1, "BTC", "x", "1", "1", "y" * 200000))
+                for _ in range(12)]
+        statements = insert_statements(rows)
+        self.assertGreater(len(statements), 1)
+        for statement in statements:
+            self.assertLess(len(statement), mysql.STATEMENT_MAX + 200)
+        self.assertEqual(sum(s.count("y" * 200000) for s in statements), 12)
+
+
 class Scenarios:
     """The same checks, run on each kind of database: a subclass's `make()` gives the
     database under test."""
