@@ -25,6 +25,7 @@ import struct
 import sys
 import threading
 import time
+import traceback
 
 from matchengine.effects import HISTORY_COLUMNS
 from matchengine.rowtext import values_text
@@ -328,6 +329,23 @@ def collect_every(seconds, sleep=time.sleep):
     return thread
 
 
+def ending_on_failure(lane):
+    """`lane`, ending the process if it fails: a lane stopped while the process lives on
+    would confirm nothing more, and the daemon would wait for it for ever.  Ended, the
+    process is started again by the daemon, which sends every unconfirmed batch again."""
+    def run(batches):
+        try:
+            lane(batches)
+        except BaseException:
+            say("%s lane failed, the writer ends:\n%s" % (threading.current_thread().name,
+                                                          traceback.format_exc()))
+            os._exit(LANE_FAILED)
+    return run
+
+
+LANE_FAILED = 3     # the writer's exit status when a lane failed
+
+
 def main(argv=None):
     collect_every(COLLECT_INTERVAL)
     argv = sys.argv[1:] if argv is None else argv
@@ -371,10 +389,11 @@ def main(argv=None):
                 messages.close()
                 return
 
-    workers = [threading.Thread(target=history_lane, args=(lanes[0],), name="history")]
+    workers = [threading.Thread(target=ending_on_failure(history_lane), args=(lanes[0],),
+                                name="history")]
     if messages is not None:
-        workers.append(threading.Thread(target=message_lane, args=(lanes[1],),
-                                        name="messages"))
+        workers.append(threading.Thread(target=ending_on_failure(message_lane),
+                                        args=(lanes[1],), name="messages"))
     for worker in workers:
         worker.start()
     for batch in read_batches(stdin.fileno()):

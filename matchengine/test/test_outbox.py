@@ -75,6 +75,25 @@ class WriterTests(TestCase):
         self.assertEqual(sorted(set(got)), list(range(1, 201)))
         self.flushLoggedErrors()
 
+    def test_a_failed_lane_ends_the_process(self):
+        """A lane that fails ends the writer (the daemon starts it again and sends its
+        batches again), where the process lived on without it, confirming nothing more."""
+        history_db = testing.create_database("out", ("trade_history",), True)
+        self.addCleanup(testing.drop_database, history_db)
+        info = testing.require("mysql")
+        settings = json.dumps({"db_history": {"host": info["host"], "port": int(info["port"]),
+                                              "user": info["user"], "pass": info["password"],
+                                              "name": history_db}, "brokers": None})
+        body = marshal.dumps((1, [(BALANCE, 5, "not a row")], []))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            filter(None, [writer.__file__.rsplit(os.sep, 2)[0], os.environ.get("PYTHONPATH")])))
+        done = subprocess.run([sys.executable, "-m", "matchengine.writer", settings],
+                              input=FRAME.pack(len(body)) + body, capture_output=True,
+                              timeout=60, env=env)
+        self.assertEqual(done.returncode, writer.LANE_FAILED, done.stderr)
+        self.assertIn(b"history lane failed, the writer ends", done.stderr)
+        self.assertEqual(done.stdout, b"")
+
     def test_writer_killed(self):
         """History rows and messages all arrive although the writer was killed mid-way."""
         return defer.Deferred.fromCoroutine(self.scenario())
