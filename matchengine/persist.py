@@ -50,10 +50,45 @@ def _fetch(db, sql, args=()):
     return db.query(sql, args)
 
 
+# the slice templates' amount columns, kept as the exact texts of the values (`to_raw`):
+# the original's DECIMAL(30,8) to DECIMAL(30,16) rounded a balance of BCH's 20 decimals, an
+# ask's fee of 20 or a bid's freeze of 16, and the state restored from a slice was not the
+# state saved
+TEXT_COLUMNS = {
+    "slice_order_example": ("price", "amount", "taker_fee", "maker_fee", "left", "freeze",
+                            "deal_stock", "deal_money", "deal_fee"),
+    "slice_balance_example": ("balance",),
+}
+TEXT_TYPE = "VARCHAR(80)"
+
+
+async def exact_slice_templates(db, say):
+    """Make the slice templates' amount columns texts where an older schema left them
+    DECIMAL (MySQL; SQLite keeps such columns as texts anyway).  Slices made before keep
+    their rounding."""
+    if db.dialect.name != "mysql":
+        return
+    rows = await _fetch(db, "SELECT `TABLE_NAME`, `COLUMN_NAME` FROM information_schema.COLUMNS "
+                            "WHERE `TABLE_SCHEMA` = DATABASE() AND `DATA_TYPE` <> 'varchar' "
+                            "AND `TABLE_NAME` IN ('slice_order_example', "
+                            "'slice_balance_example')")
+    wanted = {(table, column) for table, columns in TEXT_COLUMNS.items() for column in columns}
+    found = {}
+    for table, column in rows:
+        if (table, column) in wanted:
+            found.setdefault(table, []).append(column)
+    for table, columns in sorted(found.items()):
+        await db.execute("ALTER TABLE `%s` %s" % (table, ", ".join(
+            "MODIFY `%s` %s NOT NULL" % (column, TEXT_TYPE) for column in columns)))
+        say("slices: %s's %s now kept as exact texts (%s), no longer rounded by DECIMAL"
+            % (table, ", ".join(columns), TEXT_TYPE))
+
+
 async def load_state(eng, db, progress=None, reactor=None):
     """Load the newest slice and replay the operation log; returns the last operation id
     and the slice's time."""
     say = progress or (lambda message: log.info("{message}", message=message))
+    await exact_slice_templates(db, say)
     rows = await _fetch(db, "SELECT `time`, `end_oper_id`, `end_order_id`, `end_deals_id` "
                             "FROM `slice_history` ORDER BY `id` DESC LIMIT 1")
     last_id, slice_time = 0, None
@@ -332,6 +367,7 @@ async def _load_balances(eng, db, table):
         for row_id, user_id, asset, kind, value in page:
             last = int(row_id)
             if asset in eng.assets:
+                # the exact text the slice saved (an older slice's DECIMAL: its rounding)
                 eng.balances.set(int(user_id), int(kind), asset, Decimal(str(value)))
                 count += 1
         if len(page) < PAGE:

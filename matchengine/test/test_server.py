@@ -301,3 +301,48 @@ class ServiceTests(TestCase):
         changes: the order they made was placed, then failed to be written out (an internal
         error with its state changed and not logged), and its message stopped the writer."""
         return defer.Deferred.fromCoroutine(self.lone_surrogates())
+
+    async def slice_exact(self):
+        h = Harness(self)
+        # the templates as the original's schema made them
+        log = h.database(h.log_db)
+        await log.execute("ALTER TABLE `slice_balance_example` MODIFY `balance` DECIMAL(30,16) "
+                          "NOT NULL")
+        await log.execute("ALTER TABLE `slice_order_example` MODIFY `freeze` DECIMAL(30,8) "
+                          "NOT NULL, MODIFY `deal_fee` DECIMAL(30,12) NOT NULL")
+        await h.start()
+        types = await log.query("SELECT `COLUMN_NAME`, `DATA_TYPE` FROM information_schema."
+                                "COLUMNS WHERE `TABLE_SCHEMA` = %s AND `TABLE_NAME` LIKE "
+                                "'slice_%%_example' AND `DATA_TYPE` = 'decimal'", (h.log_db,))
+        self.assertEqual(types, [])
+        await h.call(102, [1, "BTC", "deposit", 1, "10", {}])
+        await h.call(102, [2, "BCH", "deposit", 1, "100000", {}])
+        # a bid left resting, partly filled: its freeze has 16 decimals, the ask's fee (in
+        # BCH) 20, and the seller's BCH balance 20
+        for params in ([2, "BTCBCH", 2, "1.23456789", "1234.56789012", "0.0013", "0.0017",
+                        ""],
+                       [1, "BTCBCH", 1, "0.12345678", "1234.56789012", "0.0013", "0.0017",
+                        ""]):
+            reply = await h.call(201, params)
+            self.assertIsNone(reply["error"], reply)
+
+        def texts():
+            eng = h.service.engine
+            return ([(key, [None if v is None else str(v) for v in entry])
+                     for key, entry in sorted(eng.balances.entries.items())],
+                    [o.info_json() for m in eng.markets.values() for o in m.orders.values()])
+        before, saved = h.state(), texts()
+        # digits beyond the 16 places of the original's balance column
+        self.assertIn("152.21763589628172188232", str(saved[0]))
+        self.assertTrue(await h.service.make_slice())
+        await h.stop()
+        await h.start()
+        self.assertEqual(h.state(), before)
+        self.assertEqual(texts(), saved)
+        await h.stop()
+
+    def test_slice_restores_every_digit(self):
+        """Balances of 20 decimals, a bid's freeze of 16 and an ask's fee of 20 come back
+        from a slice as they were, to the last digit and written alike; templates of the
+        original's DECIMAL columns are changed at start."""
+        return defer.Deferred.fromCoroutine(self.slice_exact())
