@@ -21,7 +21,7 @@ $(STAMP): $(PY) setup.py requirements.txt requirements-test.txt
 
 # An extension module older than its source would still be imported in its place: whenever a
 # compiled module's .py or .pxd changes, it is compiled again, in place.
-$(BUILT): $(STAMP) $(PXD) $(PXD:.pxd=.py)
+$(BUILT): $(STAMP) $(PXD) $(PXD:.pxd=.py) $(wildcard */*.h)
 	$(PY) setup.py -q build_ext --inplace
 	touch $(BUILT)
 

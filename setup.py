@@ -58,6 +58,7 @@ def extensions():
                       compiler_directives={"language_level": 3, "annotation_typing": False})
     for ext in built:
         ext.optional = True     # a failed C build leaves that module pure Python, with a warning
+        ext.include_dirs.append(HERE)       # the C headers they share (utils/*.h)
     return built
 
 
@@ -76,7 +77,7 @@ setup(
     packages=find_packages(include=[m + "*" for m in MODULES]) + ["twisted.plugins"],
     ext_modules=extensions(),
     include_package_data=True,
-    package_data={"": ["conf/*.json", "*.sql"]},
+    package_data={"": ["conf/*.json", "*.sql", "*.h"]},
     install_requires=read_requirements("requirements.txt"),
     extras_require={"test": read_requirements("requirements-test.txt")},
     cmdclass={"install": Install, "develop": Develop},

@@ -3,9 +3,9 @@ cimport cython
 
 cdef extern from *:
     """
-    #include <math.h>
     #include <stdint.h>
     #include <string.h>
+    #include "utils/exact_time.h"
 
     typedef struct { char *buf; Py_ssize_t len, cap; } viabtc_text;
 
@@ -68,24 +68,15 @@ cdef extern from *:
     }
 
     /* "%.6f" of a time stamp from 1e9 to 1e10 (the years 2001 to 2286), as the interpreter
-       writes it: the exact binary value m * 2^e (53-bit m, e from -23 to -19) rounded to
-       the microsecond, to nearest with ties to even, worked out in 128-bit integers.
-       Other values by the interpreter's own conversion. */
+       writes it: its exact binary value rounded to the microsecond, to nearest with ties to
+       even (utils/exact_time.h).  Other values by the interpreter's own conversion. */
     static int viabtc_text_time(viabtc_text *t, double x) {
         if (x >= 1e9 && x < 1e10) {
             char out[24], *at = out + sizeof out;
-            int exp, shift, i;
-            uint64_t value, whole, micros;
-            unsigned __int128 scaled, quotient, remainder, half;
-            value = (uint64_t)ldexp(frexp(x, &exp), 53);
-            shift = 53 - exp;
-            scaled = (unsigned __int128)value * 1000000u;
-            quotient = scaled >> shift;
-            remainder = scaled & ((((unsigned __int128)1) << shift) - 1);
-            half = ((unsigned __int128)1) << (shift - 1);
-            if (remainder > half || (remainder == half && (quotient & 1))) quotient++;
-            whole = (uint64_t)(quotient / 1000000u);
-            micros = (uint64_t)(quotient % 1000000u);
+            int i;
+            uint64_t quotient = viabtc_scaled_time(x, 1000000u), whole, micros;
+            whole = quotient / 1000000u;
+            micros = quotient % 1000000u;
             for (i = 0; i < 6; i++) { *--at = (char)('0' + micros % 10); micros /= 10; }
             *--at = '.';
             do { *--at = (char)('0' + whole % 10); whole /= 10; } while (whole);

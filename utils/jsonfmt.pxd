@@ -6,27 +6,19 @@ cdef extern from *:
     #include <math.h>
     #include <stdint.h>
     #include <string.h>
+    #include "utils/exact_time.h"
 
     /* What "%.17g" writes of a double from 1e9 to 1e10 (the time stamps of 2001 to 2286),
        as format_real finishes it: ten digits, a point, the seven next digits of its exact
        binary value rounded to nearest (ties to even), fractional zeros dropped but one.
-       The value is m * 2^e exactly (53-bit m, e from -23 to -19), so its tens of millions
-       are m * 10^7 / 2^-e, worked out in 128-bit integers.  None for any other double. */
+       None for any other double. */
     static inline PyObject *viabtc_time_text(double x) {
         char digits[17], out[20];
-        int exp, shift, last, i;
-        unsigned __int128 scaled, quotient, remainder, half;
+        int last, i;
         uint64_t value;
         if (!(x >= 1e9 && x < 1e10)) Py_RETURN_NONE;
-        value = (uint64_t)ldexp(frexp(x, &exp), 53);
-        shift = 53 - exp;
-        scaled = (unsigned __int128)value * 10000000u;
-        quotient = scaled >> shift;
-        remainder = scaled & ((((unsigned __int128)1) << shift) - 1);
-        half = ((unsigned __int128)1) << (shift - 1);
-        if (remainder > half || (remainder == half && (quotient & 1))) quotient++;
-        if (quotient >= 100000000000000000ULL) Py_RETURN_NONE;    /* carried to 1e10 */
-        value = (uint64_t)quotient;
+        value = viabtc_scaled_time(x, 10000000u);
+        if (value >= 100000000000000000ULL) Py_RETURN_NONE;    /* carried to 1e10 */
         for (i = 16; i >= 0; i--) { digits[i] = (char)('0' + value % 10); value /= 10; }
         memcpy(out, digits, 10);
         out[10] = '.';
