@@ -78,8 +78,16 @@ async def exact_slice_templates(db, say):
         if (table, column) in wanted:
             found.setdefault(table, []).append(column)
     for table, columns in sorted(found.items()):
-        await db.execute("ALTER TABLE `%s` %s" % (table, ", ".join(
-            "MODIFY `%s` %s NOT NULL" % (column, TEXT_TYPE) for column in columns)))
+        alter = "ALTER TABLE `%s` %s" % (table, ", ".join(
+            "MODIFY `%s` %s NOT NULL" % (column, TEXT_TYPE) for column in columns))
+        try:
+            await db.execute(alter)
+        except Exception as e:
+            # a user without the ALTER privilege: the daemon runs, its slices still rounded
+            log.critical("slices: {table}'s {columns} could not be changed to exact texts "
+                         "({error}); slices keep rounding them until this runs: {alter}",
+                         table=table, columns=", ".join(columns), error=e, alter=alter)
+            continue
         say("slices: %s's %s now kept as exact texts (%s), no longer rounded by DECIMAL"
             % (table, ", ".join(columns), TEXT_TYPE))
 

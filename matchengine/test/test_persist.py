@@ -6,6 +6,7 @@ import os
 import signal
 
 from twisted.internet import defer, reactor
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
 from matchengine import config, engine, persist
@@ -239,3 +240,47 @@ class ReaderTests(TestCase):
                 os.waitpid(reader.pid, os.WNOHANG)
             reader.close()      # twice is harmless
         return defer.Deferred.fromCoroutine(run())
+
+
+class TemplateTests(TestCase):
+    """The slice templates' amount columns, changed to exact texts at start."""
+
+    timeout = 60
+
+    async def altered(self):
+        import pymysql
+        name = testing.create_database("tmpl", ("trade_log",))
+        self.addCleanup(testing.drop_database, name)
+        kw = testing.mysql_connect_kwargs("misc")
+        # waiting one second at most for a table another connection holds
+        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"], name,
+                                 "utf8mb4", init_command="SET SESSION lock_wait_timeout = 1")
+        self.addCleanup(db.close)
+        await db.execute("ALTER TABLE `slice_balance_example` MODIFY `balance` "
+                         "DECIMAL(30,16) NOT NULL")
+        holder = pymysql.connect(**dict(kw, database=name))
+        self.addCleanup(holder.close)
+        with holder.cursor() as cursor:
+            cursor.execute("LOCK TABLES `slice_balance_example` READ")
+        said = []
+        with capturedLogs() as events:
+            await persist.exact_slice_templates(db, said.append)
+        self.assertEqual(said, [])
+        critical = [e for e in events if e.get("log_level") == LogLevel.critical]
+        self.assertEqual(len(critical), 1)
+        self.assertIn("ALTER TABLE `slice_balance_example`", formatEvent(critical[0]))
+        with holder.cursor() as cursor:
+            cursor.execute("UNLOCK TABLES")
+        # once it can, the column is changed, and said
+        await persist.exact_slice_templates(db, said.append)
+        self.assertEqual(len(said), 1)
+        types = await db.query("SELECT `DATA_TYPE` FROM information_schema.COLUMNS WHERE "
+                               "`TABLE_SCHEMA` = %s AND `TABLE_NAME` = "
+                               "'slice_balance_example' AND `COLUMN_NAME` = 'balance'",
+                               (name,))
+        self.assertEqual(types, [("varchar",)])
+
+    def test_a_template_that_cannot_be_changed(self):
+        """An ALTER the server refuses (no privilege, a table held): a critical line naming
+        the statement to run, and the start goes on."""
+        return defer.Deferred.fromCoroutine(self.altered())
