@@ -22,7 +22,7 @@ import sys
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
-from matchengine.writer import FRAME, INFO
+from matchengine.writer import INFO
 from network.output import write_now
 from utils import handoff
 
@@ -146,8 +146,7 @@ class WriterOutbox:
         # marshal's format: the batch is plain tuples, strings and numbers, and both ends
         # run the same interpreter (written by a C writer made for such batches, see
         # utils.handoff)
-        body = handoff.dumps((self.sequence, self.history, self.messages))
-        frame = FRAME.pack(len(body)) + body
+        frame = handoff.dumps_framed((self.sequence, self.history, self.messages))
         self.unacked[self.sequence] = (frame, len(self.history), len(self.messages))
         self.history, self.messages = [], []
         if self.process is not None:

@@ -21,7 +21,6 @@ import json
 import marshal
 import os
 import queue
-import struct
 import sys
 import threading
 import time
@@ -29,10 +28,9 @@ import traceback
 
 from matchengine.effects import HISTORY_COLUMNS
 from matchengine.rowtext import values_text
+from utils.handoff import FRAME
 from utils.kafka_wire import LeanProducer
 from utils.mysql import client_charset, values_texts
-
-FRAME = struct.Struct(">I")
 
 # how each history column is written into SQL: times to the microsecond, ids as integers,
 # free text escaped; the remaining columns are decimals in their raw form (digits, a point,

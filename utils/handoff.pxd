@@ -156,17 +156,46 @@ cdef extern from *:
         return viabtc_by_marshal(o, value);
     }
 
-    static PyObject *viabtc_handoff_dumps(PyObject *batch, int depth) {
-        viabtc_out *o = PyMem_Calloc(1, sizeof(viabtc_out));
+    /* one buffer for every call (they all hold the interpreter lock, and nothing in them
+       runs Python code): no growing from nothing for each batch */
+    static viabtc_out *viabtc_kept = NULL;
+
+    static PyObject *viabtc_handoff_dumps(PyObject *batch, int depth, int framed) {
+        viabtc_out *o = viabtc_kept;
         PyObject *out = NULL;
-        if (o == NULL) return PyErr_NoMemory();
-        if (viabtc_write(o, batch, depth) == 0)
+        if (o == NULL) {
+            o = viabtc_kept = PyMem_Calloc(1, sizeof(viabtc_out));
+            if (o == NULL) return PyErr_NoMemory();
+        }
+        o->len = 0;
+        o->refs = 0;
+        memset(o->seen, 0, sizeof o->seen);
+        if (framed) {
+            if (viabtc_room(o, 4) < 0) return NULL;
+            o->len = 4;
+        }
+        if (viabtc_write(o, batch, depth) == 0) {
+            if (framed) {
+                Py_ssize_t size = o->len - 4;
+                if (size > (Py_ssize_t)UINT32_MAX) {
+                    PyErr_SetString(PyExc_ValueError, "batch too large for its frame");
+                    goto done;
+                }
+                o->buf[0] = (char)(size >> 24); o->buf[1] = (char)(size >> 16);
+                o->buf[2] = (char)(size >> 8); o->buf[3] = (char)size;
+            }
             out = PyBytes_FromStringAndSize(o->buf, o->len);
-        PyMem_Free(o->buf);
-        PyMem_Free(o);
+        }
+    done:
+        if (o->cap > (1 << 23)) {      /* a rare large batch: its room is not kept */
+            PyMem_Free(o->buf);
+            o->buf = NULL;
+            o->cap = 0;
+        }
         return out;
     }
     """
-    object _dumps "viabtc_handoff_dumps" (object batch, int depth)
+    object _dumps "viabtc_handoff_dumps" (object batch, int depth, int framed)
 
 cpdef bytes dumps(batch)
+cpdef bytes dumps_framed(batch)

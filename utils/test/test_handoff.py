@@ -6,7 +6,7 @@ import marshal
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from utils.handoff import MAX_DEPTH, dumps
+from utils.handoff import FRAME, MAX_DEPTH, dumps, dumps_framed
 
 scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text()
            | st.text(alphabet="abc", max_size=400) | st.binary(max_size=20))
@@ -67,3 +67,12 @@ class RoundTripTests(SynchronousTestCase):
     def test_unmarshallable(self):
         with self.assertRaises(ValueError):
             dumps([("row", object())])
+
+    def test_framed(self):
+        """The length (4 bytes, big-endian), then the batch; batches after a large one
+        are written from the buffer kept."""
+        for batch in ([("a", 1)] * 3, [("x" * 1000, n) for n in range(20000)], [], (1,)):
+            framed = dumps_framed(batch)
+            (size,) = FRAME.unpack_from(framed)
+            self.assertEqual(size, len(framed) - FRAME.size)
+            self.assertEqual(marshal.loads(framed[FRAME.size:]), batch)
