@@ -263,7 +263,11 @@ class Database:
 # what a single-quoted MySQL string cannot hold as it is, in either escaping mode
 # (backslashes, or NO_BACKSLASH_ESCAPES's doubled quotes); double quotes it can, and JSON
 # texts, such as the operation log's details, are full of them
-needs_escape = re.compile(r"[\\'\x00\n\r\x1a]").search
+def needs_escape(text):
+    """Whether the text holds one of those characters.  Six searches of one character each
+    (memchr) take a third of the time of one regular expression's class over the text."""
+    return ("'" in text or "\\" in text or "\x00" in text or "\n" in text or "\r" in text
+            or "\x1a" in text)
 
 
 class _Literals:

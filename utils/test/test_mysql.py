@@ -61,6 +61,16 @@ class CharsetTests(SynchronousTestCase):
         self.assertEqual(mysql.client_charset("latin1"), "latin1")
 
 
+class NeedsEscapeTests(SynchronousTestCase):
+
+    def test_each_character(self):
+        for c in "\\'\x00\n\r\x1a":
+            self.assertTrue(mysql.needs_escape("ab" + c + "cd"), repr(c))
+            self.assertTrue(mysql.needs_escape("\u00e9" + c), repr(c))
+        for text in ['{"a": "b"}', "", "caf\u00e9 \u4e2d \U0001f600", "\t%_`"]:
+            self.assertFalse(mysql.needs_escape(text), repr(text))
+
+
 class ValuesTextsTests(SynchronousTestCase):
 
     def test_split_in_halves_within_the_limit(self):
