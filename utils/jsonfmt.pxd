@@ -61,7 +61,7 @@ cpdef str int_text(value)
 @cython.locals(text=str)
 cpdef str format_real(x)
 @cython.locals(text=str, mantissa=str, exp=str, sign=str)
-cpdef str _format_real(x)
+cpdef str real_text(x)
 
 cdef class TextTable:
     cdef public object make

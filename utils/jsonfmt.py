@@ -24,7 +24,7 @@ except ImportError:         # run uncompiled, without Cython installed
     from utils import pure_cython as cython
 
 __all__ = ["DIGITS", "SCALAR_TEXTS", "dumps", "format_real", "int_text", "loads", "quote",
-           "RawJSON", "TextTable"]
+           "RawJSON", "TextTable", "real_text"]
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
 _pretty = json.JSONEncoder(ensure_ascii=False, indent=4, separators=(",", ": "),
@@ -128,12 +128,14 @@ def format_real(x: float) -> str:
     global _last_float, _last_text
     if _last_float is x:    # the same float object: floats are immutable, so the same text
         return _last_text
-    text = _format_real(x)
+    text = real_text(x)
     _last_float, _last_text = x, text
     return text
 
 
-def _format_real(x):
+def real_text(x):
+    """`format_real`'s text, worked out at each call: it keeps nothing, so that any thread
+    may call it (the operation log's does)."""
     if cython.compiled and x.__class__ is float:
         # compiled, a time stamp's text is worked out in C (utils/jsonfmt.pxd)
         text = _time_text(x)

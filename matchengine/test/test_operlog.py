@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from matchengine.operlog import (CHUNK, OperationLog, autocommit_connection, log_values,
                                  stamp)
 from utils import mysql, testing
+from utils.jsonfmt import real_text
 
 
 class HeldCommits:
@@ -217,23 +218,31 @@ AWKWARD = ['{"source": "it\'s"}', '{"source": "back\\\\slash"}', '{"source": "\u
 class ValuesTests(SynchronousTestCase):
 
     def test_as_pymysql_binds_them(self):
-        """Ids and times are written as PyMySQL binds them, whatever their size; a detail
-        is quoted as it is unless it holds a character to escape, when the connection's
-        `escape` writes it (double quotes need none: JSON is full of them)."""
+        """Ids are written as PyMySQL binds them, times as a double literal of the same
+        double (17 significant digits and an exponent; PyMySQL's binding outside 1e-4 to
+        1e15); a detail is quoted as it is unless it holds a character to escape, when the
+        connection's `escape` writes it (double quotes need none: JSON is full of them)."""
         def bound(value):
             return escape_item(value, "utf8")
         rows = [(n + 1, stamp(1765000000.25 + n * 0.000123), detail)
                 for n, detail in enumerate(['{"method": "order.put_limit"}'] + AWKWARD)]
-        # floats whose shortest texts have exponents
+        rows += [(n + 100, t, "{}") for n, t in enumerate(
+            [stamp(1765000000.000001), 1765000000.0, 0.1, 1e-4, 123456789012345.6, 2.5e9])]
+        # floats beyond the range: PyMySQL's texts, with exponents
         rows += [(10 ** 12, 1e16, "{}"), (10 ** 12 + 1, 5e-05, "{}"), (10 ** 12 + 2, 0.0, "")]
         expected = []
         for row in rows:
-            detail = bound(row[2])
-            if "\\" not in detail.replace('\\"', ""):
+            detail, t = bound(row[2]), row[1]
+            plain = "\\" not in detail.replace('\\"', "")
+            if plain:
                 detail = "'%s'" % row[2]
-            expected.append("(%s, %s, %s)" % (bound(row[0]), bound(row[1]), detail))
+            # a row with a detail to escape is written by `escape` whole
+            time_text = real_text(t) + "e0" if plain and 1e-4 <= t < 1e15 else bound(t)
+            self.assertEqual(float(time_text), t)
+            expected.append("(%s, %s, %s)" % (bound(row[0]), time_text, detail))
         self.assertEqual(log_values(rows, bound), ", ".join(expected))
         self.assertIn("it\\'s", log_values([rows[1]], bound))
+        self.assertIn("(100, 1765000000.000001e0, ", log_values(rows, bound))
 
 
 class WrittenTests(TestCase):

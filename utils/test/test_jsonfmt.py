@@ -28,7 +28,7 @@ class RealTests(SynchronousTestCase):
         """The text of the latest real is kept for the same float object: calls in any
         order, with the same objects again, give each value's own text."""
         for x in xs + xs[::-1] + [xs[0], xs[0]]:
-            self.assertEqual(format_real(x), jsonfmt._format_real(x))
+            self.assertEqual(format_real(x), jsonfmt.real_text(x))
         # equal values with different texts
         self.assertEqual([format_real(x) for x in (0.0, -0.0, 0.0, 1, 1.0, True)],
                          ["0.0", "-0.0", "0.0", "1.0", "1.0", "1.0"])
