@@ -6,8 +6,9 @@ A machine's speed can change from one run to the next; the instruction count of 
 work does not, so this is the figure to compare two versions of the code by.  The orders are
 those of `bench/matchengine_core.py` (with every side effect built), the log replayed is
 theirs, and the request path is its `--server` (packets decoded, the operation log's
-statements, the writer's batches and the replies made).  Each figure is the count of a run less the count of the same run stopped before the
-measured loop, divided by the number of orders.  Needs valgrind; takes a few minutes.
+statements, the writer's batches and the replies made).  Each figure is the count of a run
+less the count of the same run stopped before the measured loop, divided by the number of
+orders.  Needs valgrind; takes a few minutes.
 
 Usage: python bench/instructions.py [--orders N] [--modes MODE [MODE ...]]
 """

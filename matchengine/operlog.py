@@ -5,12 +5,13 @@ Entries gather in a batch until no commit is in flight (and, when `window` is se
 `window` seconds more; after a commit, until the event loop has read its connections once
 more), then the batch is written in one transaction: a multi-row INSERT for each 1,000
 entries (or fewer: a statement stays within `utils.mysql.STATEMENT_MAX` characters, under
-the server's max_allowed_packet), into the table of the local date at flush time, created from `operlog_example`
-first when the date changed.  Given connections in autocommit mode (`autocommit_db`), a
-batch of one statement is sent alone, committed with it in one round trip, and a larger one
-inside START TRANSACTION and COMMIT.  One batch is in flight at a time, so batches commit in
-order.  A batch that fails is retried every second, forever, with a critical log line each
-time (the engine refuses writes with "service unavailable" while too much waits).
+the server's max_allowed_packet), into the table of the local date at flush time, created
+from `operlog_example` first when the date changed.  Given connections in autocommit mode
+(`autocommit_db`), a batch of one statement is sent alone, committed with it in one round
+trip, and a larger one inside START TRANSACTION and COMMIT.  One batch is in flight at a
+time, so batches commit in order.  A batch that fails is retried every second, forever, with
+a critical log line each time (the engine refuses writes with "service unavailable" while
+too much waits).
 
 Each batch is a `Batch`: callers append functions to `batch.then(...)`, run in order once
 the batch is committed.  The matchengine replies to a write, sends its messages and queues

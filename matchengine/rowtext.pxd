@@ -5,32 +5,12 @@ cdef extern from *:
     """
     #include <stdint.h>
     #include <string.h>
+    #include "utils/buffer.h"
     #include "utils/exact_time.h"
-
-    typedef struct { char *buf; Py_ssize_t len, cap; } viabtc_text;
-
-    static int viabtc_text_room(viabtc_text *t, Py_ssize_t need) {
-        Py_ssize_t cap;
-        char *buf;
-        if (t->len + need <= t->cap) return 0;
-        cap = t->cap * 2 > t->len + need ? t->cap * 2 : t->len + need + 4096;
-        buf = PyMem_Realloc(t->buf, cap);
-        if (buf == NULL) { PyErr_NoMemory(); return -1; }
-        t->buf = buf;
-        t->cap = cap;
-        return 0;
-    }
-
-    static int viabtc_text_add(viabtc_text *t, const char *data, Py_ssize_t size) {
-        if (viabtc_text_room(t, size) < 0) return -1;
-        memcpy(t->buf + t->len, data, size);
-        t->len += size;
-        return 0;
-    }
 
     /* a text single-quoted: as it is, or with the characters PyMySQL's escape_string
        escapes (it escapes double quotes too, once it escapes anything) */
-    static int viabtc_text_quoted(viabtc_text *t, const char *data, Py_ssize_t size,
+    static int viabtc_text_quoted(viabtc_buffer *t, const char *data, Py_ssize_t size,
                                   int escapable) {
         Py_ssize_t i;
         int plain = 1;
@@ -42,7 +22,7 @@ cdef extern from *:
                     break;
                 }
             }
-        if (viabtc_text_room(t, 2 * size + 2) < 0) return -1;
+        if (viabtc_room(t, 2 * size + 2) < 0) return -1;
         t->buf[t->len++] = '\\'';
         if (plain) {
             memcpy(t->buf + t->len, data, size);
@@ -70,7 +50,7 @@ cdef extern from *:
     /* "%.6f" of a time stamp from 1e9 to 1e10 (the years 2001 to 2286), as the interpreter
        writes it: its exact binary value rounded to the microsecond, to nearest with ties to
        even (utils/exact_time.h).  Other values by the interpreter's own conversion. */
-    static int viabtc_text_time(viabtc_text *t, double x) {
+    static int viabtc_text_time(viabtc_buffer *t, double x) {
         if (x >= 1e9 && x < 1e10) {
             char out[24], *at = out + sizeof out;
             int i;
@@ -80,19 +60,19 @@ cdef extern from *:
             for (i = 0; i < 6; i++) { *--at = (char)('0' + micros % 10); micros /= 10; }
             *--at = '.';
             do { *--at = (char)('0' + whole % 10); whole /= 10; } while (whole);
-            return viabtc_text_add(t, at, out + sizeof out - at);
+            return viabtc_add(t, at, out + sizeof out - at);
         } else {
             char *text = PyOS_double_to_string(x, 'f', 6, 0, NULL);
             int done;
             if (text == NULL) return -1;
-            done = viabtc_text_add(t, text, (Py_ssize_t)strlen(text));
+            done = viabtc_add(t, text, (Py_ssize_t)strlen(text));
             PyMem_Free(text);
             return done;
         }
     }
 
     /* 1 written, 0 a value of another type than its column holds, -1 an error */
-    static int viabtc_text_value(viabtc_text *t, PyObject *value, char kind) {
+    static int viabtc_text_value(viabtc_buffer *t, PyObject *value, char kind) {
         if (kind == 't') {
             if (!PyFloat_CheckExact(value)) return 0;
             return viabtc_text_time(t, PyFloat_AS_DOUBLE(value)) < 0 ? -1 : 1;
@@ -111,7 +91,7 @@ cdef extern from *:
                                    : (unsigned long long)number;
             do { *--at = (char)('0' + magnitude % 10); magnitude /= 10; } while (magnitude);
             if (number < 0) *--at = '-';
-            return viabtc_text_add(t, at, digits + sizeof digits - at) < 0 ? -1 : 1;
+            return viabtc_add(t, at, digits + sizeof digits - at) < 0 ? -1 : 1;
         }
         if (kind == 'd' || kind == 's') {
             const char *data;
@@ -126,7 +106,7 @@ cdef extern from *:
 
     /* the rows' VALUES text; None when a value is not of its column's type */
     static PyObject *viabtc_values_text(PyObject *rows, PyObject *kinds_text) {
-        viabtc_text t = {NULL, 0, 0};
+        viabtc_buffer t = {NULL, 0, 0};
         const char *kinds;
         Py_ssize_t columns, count, i, j;
         PyObject *out = NULL;
@@ -138,13 +118,13 @@ cdef extern from *:
         for (i = 0; i < count && done == 1; i++) {
             PyObject *row = PyList_GET_ITEM(rows, i);
             if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != columns) { done = 0; break; }
-            if (viabtc_text_add(&t, i ? ", (" : "(", i ? 3 : 1) < 0) { done = -1; break; }
+            if (viabtc_add(&t, i ? ", (" : "(", i ? 3 : 1) < 0) { done = -1; break; }
             for (j = 0; j < columns; j++) {
-                if (j && viabtc_text_add(&t, ", ", 2) < 0) { done = -1; break; }
+                if (j && viabtc_add(&t, ", ", 2) < 0) { done = -1; break; }
                 done = viabtc_text_value(&t, PyTuple_GET_ITEM(row, j), kinds[j]);
                 if (done != 1) break;
             }
-            if (done == 1 && viabtc_text_add(&t, ")", 1) < 0) done = -1;
+            if (done == 1 && viabtc_add(&t, ")", 1) < 0) done = -1;
         }
         if (done == 1) out = PyUnicode_DecodeUTF8(t.buf ? t.buf : "", t.len, NULL);
         else if (done == 0) { out = Py_None; Py_INCREF(out); }

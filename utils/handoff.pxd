@@ -6,30 +6,18 @@ cdef extern from *:
     #include <marshal.h>
     #include <stdint.h>
     #include <string.h>
+    #include "utils/buffer.h"
 
-    /* Where the encoding grows, and the strings and tuples met last: slot -> object and
-       the index of its reference (marshal numbers the objects written with FLAG_REF in
-       the order their writing starts). */
+    /* Where the encoding grows (utils/buffer.h), and the strings and tuples met last:
+       slot -> object and the index of its reference (marshal numbers the objects written
+       with FLAG_REF in the order their writing starts). */
     #define VIABTC_SEEN 512
     typedef struct {
-        char *buf;
-        Py_ssize_t len, cap;
+        viabtc_buffer b;
         long refs;
         PyObject *seen[VIABTC_SEEN];
         long index[VIABTC_SEEN];
     } viabtc_out;
-
-    static int viabtc_room(viabtc_out *o, Py_ssize_t need) {
-        Py_ssize_t cap;
-        char *buf;
-        if (o->len + need <= o->cap) return 0;
-        cap = o->cap * 2 > o->len + need ? o->cap * 2 : o->len + need + 4096;
-        buf = PyMem_Realloc(o->buf, cap);
-        if (buf == NULL) { PyErr_NoMemory(); return -1; }
-        o->buf = buf;
-        o->cap = cap;
-        return 0;
-    }
 
     static inline void viabtc_u32(char *at, uint32_t value) {
         at[0] = (char)value; at[1] = (char)(value >> 8);
@@ -42,9 +30,10 @@ cdef extern from *:
         Py_ssize_t size;
         if (bytes == NULL) return -1;
         size = PyBytes_GET_SIZE(bytes);
-        if (viabtc_room(o, size) < 0) { Py_DECREF(bytes); return -1; }
-        memcpy(o->buf + o->len, PyBytes_AS_STRING(bytes), size);
-        o->len += size;
+        if (viabtc_add(&o->b, PyBytes_AS_STRING(bytes), size) < 0) {
+            Py_DECREF(bytes);
+            return -1;
+        }
         Py_DECREF(bytes);
         return 0;
     }
@@ -58,10 +47,10 @@ cdef extern from *:
         if (Py_REFCNT(value) == 1) return 0;
         slot = (size_t)(((uint64_t)(uintptr_t)value * 0x9E3779B97F4A7C15ULL) >> 55);
         if (o->seen[slot] == value) {
-            if (viabtc_room(o, 5) < 0) return -1;
-            o->buf[o->len] = 'r';
-            viabtc_u32(o->buf + o->len + 1, (uint32_t)o->index[slot]);
-            o->len += 5;
+            if (viabtc_room(&o->b, 5) < 0) return -1;
+            o->b.buf[o->b.len] = 'r';
+            viabtc_u32(o->b.buf + o->b.len + 1, (uint32_t)o->index[slot]);
+            o->b.len += 5;
             return 1;
         }
         o->seen[slot] = value;
@@ -90,12 +79,12 @@ cdef extern from *:
                 kind = 'u';
             }
             if ((found = viabtc_ref(o, value, &flag)) != 0) return found < 0 ? -1 : 0;
-            if (viabtc_room(o, n + 5) < 0) return -1;
-            o->buf[o->len++] = (char)(kind | flag);
-            if (kind == 'z') o->buf[o->len++] = (char)n;
-            else { viabtc_u32(o->buf + o->len, (uint32_t)n); o->len += 4; }
-            memcpy(o->buf + o->len, data, n);
-            o->len += n;
+            if (viabtc_room(&o->b, n + 5) < 0) return -1;
+            o->b.buf[o->b.len++] = (char)(kind | flag);
+            if (kind == 'z') o->b.buf[o->b.len++] = (char)n;
+            else { viabtc_u32(o->b.buf + o->b.len, (uint32_t)n); o->b.len += 4; }
+            memcpy(o->b.buf + o->b.len, data, n);
+            o->b.len += n;
             return 0;
         }
         if (type == &PyLong_Type) {
@@ -104,35 +93,35 @@ cdef extern from *:
             if (number == -1 && PyErr_Occurred()) return -1;
             if (overflow || number > INT32_MAX || number < INT32_MIN)
                 return viabtc_by_marshal(o, value);
-            if (viabtc_room(o, 5) < 0) return -1;
-            o->buf[o->len] = 'i';
-            viabtc_u32(o->buf + o->len + 1, (uint32_t)(int32_t)number);
-            o->len += 5;
+            if (viabtc_room(&o->b, 5) < 0) return -1;
+            o->b.buf[o->b.len] = 'i';
+            viabtc_u32(o->b.buf + o->b.len + 1, (uint32_t)(int32_t)number);
+            o->b.len += 5;
             return 0;
         }
         if (type == &PyFloat_Type) {
-            if (viabtc_room(o, 9) < 0) return -1;
-            o->buf[o->len] = 'g';
+            if (viabtc_room(&o->b, 9) < 0) return -1;
+            o->b.buf[o->b.len] = 'g';
     #if PY_VERSION_HEX >= 0x030B0000
-            if (PyFloat_Pack8(PyFloat_AS_DOUBLE(value), o->buf + o->len + 1, 1) < 0) return -1;
+            if (PyFloat_Pack8(PyFloat_AS_DOUBLE(value), o->b.buf + o->b.len + 1, 1) < 0) return -1;
     #else
-            if (_PyFloat_Pack8(PyFloat_AS_DOUBLE(value), (unsigned char *)o->buf + o->len + 1,
+            if (_PyFloat_Pack8(PyFloat_AS_DOUBLE(value), (unsigned char *)o->b.buf + o->b.len + 1,
                                1) < 0) return -1;
     #endif
-            o->len += 9;
+            o->b.len += 9;
             return 0;
         }
         if (type == &PyTuple_Type && depth > 0) {
             if ((found = viabtc_ref(o, value, &flag)) != 0) return found < 0 ? -1 : 0;
             n = PyTuple_GET_SIZE(value);
-            if (viabtc_room(o, 5) < 0) return -1;
+            if (viabtc_room(&o->b, 5) < 0) return -1;
             if (n < 256) {
-                o->buf[o->len++] = (char)(')' | flag);
-                o->buf[o->len++] = (char)n;
+                o->b.buf[o->b.len++] = (char)(')' | flag);
+                o->b.buf[o->b.len++] = (char)n;
             } else {
-                o->buf[o->len++] = (char)('(' | flag);
-                viabtc_u32(o->buf + o->len, (uint32_t)n);
-                o->len += 4;
+                o->b.buf[o->b.len++] = (char)('(' | flag);
+                viabtc_u32(o->b.buf + o->b.len, (uint32_t)n);
+                o->b.len += 4;
             }
             for (i = 0; i < n; i++)
                 if (viabtc_write(o, PyTuple_GET_ITEM(value, i), depth - 1) < 0) return -1;
@@ -140,17 +129,17 @@ cdef extern from *:
         }
         if (type == &PyList_Type && depth > 0) {
             n = PyList_GET_SIZE(value);
-            if (viabtc_room(o, 5) < 0) return -1;
-            o->buf[o->len] = '[';
-            viabtc_u32(o->buf + o->len + 1, (uint32_t)n);
-            o->len += 5;
+            if (viabtc_room(&o->b, 5) < 0) return -1;
+            o->b.buf[o->b.len] = '[';
+            viabtc_u32(o->b.buf + o->b.len + 1, (uint32_t)n);
+            o->b.len += 5;
             for (i = 0; i < n; i++)
                 if (viabtc_write(o, PyList_GET_ITEM(value, i), depth - 1) < 0) return -1;
             return 0;
         }
         if (value == Py_None) {
-            if (viabtc_room(o, 1) < 0) return -1;
-            o->buf[o->len++] = 'N';
+            if (viabtc_room(&o->b, 1) < 0) return -1;
+            o->b.buf[o->b.len++] = 'N';
             return 0;
         }
         return viabtc_by_marshal(o, value);
@@ -167,30 +156,30 @@ cdef extern from *:
             o = viabtc_kept = PyMem_Calloc(1, sizeof(viabtc_out));
             if (o == NULL) return PyErr_NoMemory();
         }
-        o->len = 0;
+        o->b.len = 0;
         o->refs = 0;
         memset(o->seen, 0, sizeof o->seen);
         if (framed) {
-            if (viabtc_room(o, 4) < 0) return NULL;
-            o->len = 4;
+            if (viabtc_room(&o->b, 4) < 0) return NULL;
+            o->b.len = 4;
         }
         if (viabtc_write(o, batch, depth) == 0) {
             if (framed) {
-                Py_ssize_t size = o->len - 4;
+                Py_ssize_t size = o->b.len - 4;
                 if (size > (Py_ssize_t)UINT32_MAX) {
                     PyErr_SetString(PyExc_ValueError, "batch too large for its frame");
                     goto done;
                 }
-                o->buf[0] = (char)(size >> 24); o->buf[1] = (char)(size >> 16);
-                o->buf[2] = (char)(size >> 8); o->buf[3] = (char)size;
+                o->b.buf[0] = (char)(size >> 24); o->b.buf[1] = (char)(size >> 16);
+                o->b.buf[2] = (char)(size >> 8); o->b.buf[3] = (char)size;
             }
-            out = PyBytes_FromStringAndSize(o->buf, o->len);
+            out = PyBytes_FromStringAndSize(o->b.buf, o->b.len);
         }
     done:
-        if (o->cap > (1 << 23)) {      /* a rare large batch: its room is not kept */
-            PyMem_Free(o->buf);
-            o->buf = NULL;
-            o->cap = 0;
+        if (o->b.cap > (1 << 23)) {      /* a rare large batch: its room is not kept */
+            PyMem_Free(o->b.buf);
+            o->b.buf = NULL;
+            o->b.cap = 0;
         }
         return out;
     }
