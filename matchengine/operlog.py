@@ -6,7 +6,9 @@ Entries gather in a batch until no commit is in flight (and, when `window` is se
 more), then the batch is written in one transaction: a multi-row INSERT for each 1,000
 entries (or fewer: a statement stays within `utils.mysql.STATEMENT_MAX` characters, under
 the server's max_allowed_packet), into the table of the local date at flush time, created
-from `operlog_example` first when the date changed.  Given connections in autocommit mode
+from `operlog_example` first when the date changed, or the newest table written, should the
+clock or the time zone make that date an earlier one: the tables' names sort as their ids,
+which recovery relies on.  Given connections in autocommit mode
 (`autocommit_db`), a batch of one statement is sent alone, committed with it in one round
 trip, and a larger one inside START TRANSACTION and COMMIT.  One batch is in flight at a
 time, so batches commit in order.  A batch that fails is retried every second, forever, with
@@ -109,7 +111,8 @@ class OperationLog:
     log = Logger()
 
     def __init__(self, db, reactor, last_id=0, window=0.0, durable=True, retry_delay=1.0,
-                 clock_time=time.time, after_release=None, autocommit_db=None):
+                 clock_time=time.time, after_release=None, autocommit_db=None,
+                 newest_table=None):
         self.db = db
         # MySQL connections to `db`'s database in autocommit mode (`autocommit_connection`):
         # a batch of one statement then needs one round trip, where a transaction took two
@@ -126,8 +129,10 @@ class OperationLog:
         self.pending_rows = 0
         self.committed_id = last_id
         self.table = None
+        # no batch goes into a table older than this one (`_commit`)
+        self.newest_table = newest_table or ""
         self._flush_call = None
-        self._stopping = None
+        self._flushed = []          # Deferreds of `flush`, fired once nothing is pending
 
     # -- appending ---------------------------------------------------------------------
 
@@ -171,7 +176,7 @@ class OperationLog:
         self._commit(batch)
 
     def _commit(self, batch):
-        table = table_name(self.clock_time())
+        table = max(table_name(self.clock_time()), self.newest_table)
         create = table != self.table
         if self.autocommit_db is not None:
             d = self.autocommit_db.on_connection(self._write_autocommit, table, create,
@@ -210,7 +215,7 @@ class OperationLog:
                                          lambda part: log_values(part, escape))]
 
     def _committed(self, _, batch, table):
-        self.table = table
+        self.table = self.newest_table = table
         self.in_flight = None
         self.pending_rows -= len(batch.rows)
         self.committed_id = batch.rows[-1][0]
@@ -218,16 +223,19 @@ class OperationLog:
         if self.after_release is not None:
             self.after_release()
         if self.current.rows:
-            if self._stopping is not None:
+            if self._flushed:
                 self._flush()
             elif self._flush_call is None:
                 # what came during the commit is committed after the loop's next pass over
                 # the connections: the requests that came while this commit's replies were
                 # released join it, rather than making a batch of their own behind it
                 self._flush_call = self.reactor.callLater(0, self._after_pass)
-        elif self._stopping is not None and self.in_flight is None:
-            d, self._stopping = self._stopping, None
-            d.callback(None)
+        elif self._flushed and self.in_flight is None:
+            # each caller's own Deferred, so that what one does on it (a slice forks) runs
+            # while nothing is pending, not after what another caller waits for
+            flushed, self._flushed = self._flushed, []
+            for d in flushed:
+                d.callback(None)
 
     def _failed(self, failure, batch):
         self.log.critical("operation log: writing {count} entries failed ({error}); "
@@ -247,6 +255,6 @@ class OperationLog:
             return defer.succeed(None)
         if self.in_flight is None:
             self._flush()
-        if self._stopping is None:
-            self._stopping = defer.Deferred()
-        return self._stopping
+        d = defer.Deferred()
+        self._flushed.append(d)
+        return d

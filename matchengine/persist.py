@@ -4,7 +4,11 @@
 Recovery: the newest `slice_history` row names a slice; its orders and balances are loaded,
 then every operation logged after it is replayed in id order (the ids must follow each other
 with no gap).  Without a slice, every operation log is replayed from the first.  Each entry
-replays at the time it was logged, so orders get back their original times.
+replays at the time it was logged, so orders get back their original times.  The tables to
+replay are found by the ids they hold, not by the dates in their names: an entry logged after
+the slice under a clock stepped back, or under another time zone, lands in a table dated
+before the slice's day, and is replayed all the same (the log writes no table older than the
+newest, so the tables' names sort as their ids do).
 
 Making a slice must not stall matching: `make_slice` forks.  The child owns a copy-on-write
 image of memory, frozen at that instant; it writes `slice_order_<t>`, `slice_balance_<t>`
@@ -12,6 +16,7 @@ and the `slice_history` row on a connection of its own, then exits, while the pa
 serving.  Old slices past `keeptime` are dropped afterwards, never the last one.
 """
 
+import collections
 import contextlib
 import json
 import marshal
@@ -92,25 +97,34 @@ async def exact_slice_templates(db, say):
             % (table, ", ".join(columns), TEXT_TYPE))
 
 
+class Recovered(collections.namedtuple(
+        "Recovered", "last_id slice_time newest_table newest_slice")):
+    """What `load_state` found: the last operation id, the time of the slice loaded (None
+    without one), the newest operation-log table (None without one) and the newest time any
+    slice was saved at (0 without one)."""
+
+
 async def load_state(eng, db, progress=None, reactor=None):
-    """Load the newest slice and replay the operation log; returns the last operation id
-    and the slice's time."""
+    """Load the newest slice and replay the operation log after it (`Recovered`)."""
     say = progress or (lambda message: log.info("{message}", message=message))
     await exact_slice_templates(db, say)
     rows = await _fetch(db, "SELECT `time`, `end_oper_id`, `end_order_id`, `end_deals_id` "
                             "FROM `slice_history` ORDER BY `id` DESC LIMIT 1")
-    last_id, slice_time = 0, None
+    last_id, slice_time, newest_slice = 0, None, 0
+    every = await operlog_tables(db)
     if rows:
         slice_time, last_id, eng.order_id, eng.deal_id = (int(v) for v in rows[0])
         count = await _load_orders(eng, db, "slice_order_%d" % slice_time)
         balances = await _load_balances(eng, db, "slice_balance_%d" % slice_time)
         say("loaded slice %d: %d open orders, %d balances, operations up to %d"
             % (slice_time, count, balances, last_id))
-        keys = await _load_dedup(eng, db, slice_time, last_id)
+        keys = await _load_dedup(eng, db, every, slice_time, last_id)
         say("remembered %d balance updates of the day before the slice" % keys)
+        newest = await _fetch(db, "SELECT MAX(`time`) FROM `slice_history`")
+        newest_slice = int(newest[0][0])
     else:
         say("no slice: replaying the whole operation log")
-    tables = await operlog_tables(db, slice_time)
+    tables = await tables_after(db, every, last_id)
     total = 0
     if tables:
         end = await _fetch(db, "SELECT MAX(`id`) FROM `%s`" % tables[-1])
@@ -143,7 +157,7 @@ async def load_state(eng, db, progress=None, reactor=None):
         reader.close()
     say("replayed %d operations; last operation id %d, order id %d, deal id %d"
         % (replayed, last_id, eng.order_id, eng.deal_id))
-    return last_id, slice_time
+    return Recovered(last_id, slice_time, every[-1] if every else None, newest_slice)
 
 
 class LogReader:
@@ -299,11 +313,24 @@ def _reader_child(db, tables, after, fd, page):
         os._exit(status)
 
 
-async def _load_dedup(eng, db, slice_time, end_id):
-    """Balance-update keys logged within a day before the slice still refuse repeats."""
+async def _load_dedup(eng, db, tables, slice_time, end_id):
+    """Balance-update keys logged within a day before the slice still refuse repeats.
+
+    The tables read are those up to the one holding `end_id`, back to the first whose last
+    entry is older than the day: whatever dates their names carry."""
     since = slice_time - engine_module.DEDUP_KEEP
+    wanted = []
+    for table in reversed(tables):
+        first = await _fetch(db, "SELECT MIN(`id`) FROM `%s`" % table)
+        if first[0][0] is None or int(first[0][0]) > end_id:
+            continue        # empty, or wholly after the slice
+        wanted.append(table)
+        latest = await _fetch(db, "SELECT `time` FROM `%s` WHERE `id` <= %%s "
+                                  "ORDER BY `id` DESC LIMIT 1" % table, (end_id,))
+        if float(latest[0][0]) < since:
+            break
     count = 0
-    for table in await operlog_tables(db, since):
+    for table in reversed(wanted):
         last = 0
         while True:
             page = await _fetch(db, "SELECT `id`, `time`, `detail` FROM `%s` WHERE `id` > %%s "
@@ -320,18 +347,28 @@ async def _load_dedup(eng, db, slice_time, end_id):
     return count
 
 
-async def operlog_tables(db, since=None):
-    """The operation-log tables, oldest first, from the day of `since` on."""
+async def operlog_tables(db):
+    """The operation-log tables, oldest first."""
     if db.dialect.name == "mysql":
         rows = await _fetch(db, "SHOW TABLES LIKE 'operlog\\_%%'")
     else:
         rows = await _fetch(db, "SELECT name FROM sqlite_master WHERE type = 'table' "
                                 "AND name LIKE 'operlog_%%'")
-    names = sorted(r[0] for r in rows if re.fullmatch(r"operlog_\d{8}", r[0]))
-    if since is not None:
-        first = time.strftime("operlog_%Y%m%d", time.localtime(since))
-        names = [n for n in names if n >= first]
-    return names
+    return sorted(r[0] for r in rows if re.fullmatch(r"operlog_\d{8}", r[0]))
+
+
+async def tables_after(db, tables, after):
+    """Of `tables` (oldest first), those from the newest back to the last one holding an
+    operation after `after`: one look at each table's largest id, from the newest."""
+    kept = len(tables)
+    for index in range(len(tables) - 1, -1, -1):
+        end = await _fetch(db, "SELECT MAX(`id`) FROM `%s`" % tables[index])
+        if end[0][0] is None:
+            continue        # empty: created just before a crash
+        if int(end[0][0]) <= after:
+            break
+        kept = index
+    return tables[kept:]
 
 
 async def _load_orders(eng, db, table):

@@ -90,6 +90,8 @@ class MatchEngine(service.Service):
         self._summary_running = False
         self._summary_waiting = []      # (asset names, request) for the next child
         self.last_slice_time = 0
+        self.newest_slice = 0           # the time of the newest slice saved or begun
+        self._slicing = defer.DeferredLock()
         self._timers = []
         self._last_busy_log = 0.0
         self.debug = bool(cfg.get("debug", False))
@@ -117,19 +119,21 @@ class MatchEngine(service.Service):
         # over 1M resting orders would otherwise hold the matching thread for about 0.6 s.
         gc.disable()
         try:
-            last_id, slice_time = await persist.load_state(self.engine, self.db_log,
-                                                             reactor=self.reactor)
+            recovered = await persist.load_state(self.engine, self.db_log,
+                                                 reactor=self.reactor)
         finally:
             gc.freeze()
             gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
             gc.enable()
-        self.last_slice_time = slice_time or 0
-        self.operlog = OperationLog(self.db_log, self.reactor, last_id,
+        self.last_slice_time = recovered.slice_time or 0
+        self.newest_slice = recovered.newest_slice
+        self.operlog = OperationLog(self.db_log, self.reactor, recovered.last_id,
                                     window=self.cfg.get("commit_window", 0.0),
                                     durable=self.cfg.get("durable", True),
                                     clock_time=self.clock_time,
                                     after_release=self.outbox.send_now,
-                                    autocommit_db=self.db_log_commits)
+                                    autocommit_db=self.db_log_commits,
+                                    newest_table=recovered.newest_table)
         self.outbox.start()
         if self.listen_enabled:
             self.ports = await listen_rpc(self.reactor, self.cfg["svr"]["bind"], self.factory,
@@ -138,7 +142,8 @@ class MatchEngine(service.Service):
         self._every(60.0, self._expire)
         self.log.info("matchengine ready in {seconds:.2f} s: order id {order}, deal id {deal}, "
                       "operation id {oper}", seconds=time.monotonic() - started,
-                      order=self.engine.order_id, deal=self.engine.deal_id, oper=last_id)
+                      order=self.engine.order_id, deal=self.engine.deal_id,
+                      oper=recovered.last_id)
         slow = uncompiled()
         if slow:
             self.log.warn("matching modules not compiled, running about half as fast: {names} "
@@ -334,20 +339,26 @@ class MatchEngine(service.Service):
             self.make_slice(now)
 
     def make_slice(self, ts=None):
-        """Snapshot now (after the log holds every operation so far); fires with success."""
-        ts = int(self.clock_time()) if ts is None else ts
+        """Snapshot now (once the log holds every operation so far); fires with success.
 
-        def fork(_):
-            return persist.make_slice(self.engine, self.db_log, ts, self.operlog.last_id,
+        One slice at a time: a slice asked for while one is being made is made after it,
+        from the state of its own moment.  Each gets a time of its own, after every slice
+        saved before (a second slice within the same second, or under a clock stepped back,
+        would otherwise write over the tables of the one before)."""
+        return self._slicing.run(lambda: defer.Deferred.fromCoroutine(self._slice(ts)))
+
+    async def _slice(self, ts):
+        ts = max(int(self.clock_time()) if ts is None else ts, self.newest_slice + 1)
+        self.newest_slice = ts
+        await self.operlog.flush()
+        # nothing is pending at this instant: the child's image holds what is committed
+        ok = await persist.make_slice(self.engine, self.db_log, ts, self.operlog.last_id,
                                       self.cfg.get("slice_keeptime", 259200), self.reactor)
-
-        def report(ok):
-            if ok:
-                self.log.info("slice {ts} written", ts=ts)
-            else:
-                self.log.critical("slice {ts} failed", ts=ts)
-            return ok
-        return self.operlog.flush().addCallback(fork).addCallback(report)
+        if ok:
+            self.log.info("slice {ts} written", ts=ts)
+        else:
+            self.log.critical("slice {ts} failed", ts=ts)
+        return ok
 
     # -- status (CLI) ------------------------------------------------------------------
 

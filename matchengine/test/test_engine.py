@@ -226,6 +226,25 @@ class UnitTests(SynchronousTestCase):
         self.assertEqual(eng.dedup, {})
         self.assertEqual(eng.balances.get(1, AVAILABLE, "BTC"), Decimal("4"))
 
+    def test_replay_applies_a_logged_repeat(self):
+        """A logged update is replayed even where the key looks a repeat by the times in
+        the log: live, the minute timer had forgotten the key, then the clock stepped back
+        under a day from it.  The log holds only what was accepted."""
+        eng, day = self.eng, engine.DEDUP_KEEP
+        params = [1, "BTC", "deposit", 7, "1", {}]
+        t = 1000.0
+        self.assertIsNone(call(eng, 102, list(params), t)["error"])
+        eng.expire_dedup(t + day + 61)                  # forgotten at the next minute
+        self.assertIsNone(call(eng, 102, list(params), t + day - 30)["error"])
+        again = engine.Engine(*config.example_tables())
+        for now in (t, t + day - 30):
+            self.assertEqual(again.replay("update_balance", list(params), now),
+                             {"status": "success"})
+        self.assertEqual(again.balances.get(1, AVAILABLE, "BTC"), Decimal("2"))
+        self.assertEqual(again.dedup, eng.dedup)
+        self.assertEqual(call(again, 102, list(params), t + day - 20)["error"],
+                         {"code": 10, "message": "repeat update"})
+
     def test_market_buy_worked_example(self):
         """The spec's worked market buy: 1 @ 8000 then 0.00131077 @ 8010.5."""
         self.deposit(2, "BTC", "10", 1)

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from matchengine.operlog import (CHUNK, OperationLog, autocommit_connection, log_values,
-                                 stamp)
+                                 stamp, table_name)
 from utils import mysql, testing
 from utils.jsonfmt import real_text
 
@@ -24,10 +24,12 @@ class HeldCommits:
 
     def __init__(self):
         self.commits = []          # (rows, deferred)
+        self.tables = []           # the table of each commit
 
     def interaction(self, work, table, create, rows):
         d = defer.Deferred()
         self.commits.append(([row[0] for row in rows], d))
+        self.tables.append(table)
         return d
 
     def finish(self, index=0, error=None):
@@ -134,6 +136,38 @@ class GroupingTests(SynchronousTestCase):
         self.db.finish()
         self.successResultOf(done)
         self.assertEqual(self.replies, [1, 2])
+
+    def test_each_flush_fires_on_its_own(self):
+        """Each caller of flush() gets a Deferred of its own: what one caller waits for
+        after the flush (a slice's child) does not hold back another, which would then
+        find entries appended meanwhile and not committed."""
+        self.append()
+        first, second = self.log.flush(), self.log.flush()
+        self.assertIsNot(first, second)
+        first.addCallback(lambda _: defer.Deferred())       # paused until the test ends
+        self.db.finish()
+        self.successResultOf(second)
+        self.assertEqual(self.log.pending_rows, 0)
+
+    def test_tables_never_go_back(self):
+        """A batch goes into the newest table written when the clock (or the time zone)
+        gives an earlier date: the tables' names sort as their ids."""
+        day = 1793000000.0
+        now = [day]
+        self.log.clock_time = lambda: now[0]
+        self.append()
+        self.clock.advance(0)
+        self.db.finish()
+        now[0] = day - 86400        # stepped back a day
+        self.append()
+        self.clock.advance(0)
+        self.db.finish()
+        self.assertEqual(self.db.tables, [table_name(day)] * 2)
+        later = OperationLog(self.db, self.clock, clock_time=lambda: day,
+                             newest_table="operlog_20991231")       # left by a former run
+        later.append(1.0, "{}")
+        self.clock.advance(0)
+        self.assertEqual(self.db.tables[-1], "operlog_20991231")
 
     def test_asynchronous_mode_releases_at_once(self):
         """With `durable` off, replies go out before the commit, as in the original."""

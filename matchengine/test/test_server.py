@@ -3,6 +3,7 @@
 
 import gc
 import json
+from decimal import Decimal
 
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
@@ -340,6 +341,36 @@ class ServiceTests(TestCase):
         self.assertEqual(h.state(), before)
         self.assertEqual(texts(), saved)
         await h.stop()
+
+    async def slices_at_once(self):
+        h = Harness(self)
+        await h.start()
+        h.service.clock_time = lambda: 1793000000.5         # the same second throughout
+        await h.call(102, [1, "BTC", "deposit", 1, "10", {}])
+        first, second = h.service.make_slice(), h.service.make_slice()
+        # made while the first slice is being written, before the second is
+        deposit = await h.call(102, [1, "BTC", "deposit", 2, "5", {}])
+        self.assertIsNone(deposit["error"])
+        self.assertEqual(await defer.gatherResults([first, second]), [True, True])
+        log = h.database(h.log_db)
+        rows = await log.query("SELECT `time`, `end_oper_id` FROM `slice_history` "
+                               "ORDER BY `id`")
+        self.assertEqual([(int(t), int(oper)) for t, oper in rows],
+                         [(1793000000, 1), (1793000001, 2)])
+        for ts, balance in ((1793000000, "10"), (1793000001, "15")):
+            saved = await log.query("SELECT `balance` FROM `slice_balance_%d`" % ts)
+            self.assertEqual([Decimal(v) for v, in saved], [Decimal(balance)])
+        before = h.state()
+        await h.stop()
+        await h.start()
+        self.assertEqual(h.state(), before)
+        await h.stop()
+
+    def test_slices_asked_at_once(self):
+        """Two slices asked for within one second are made one after the other, each of
+        its own moment (the second after a write made meanwhile), under times of their own:
+        neither writes over the other's tables."""
+        return defer.Deferred.fromCoroutine(self.slices_at_once())
 
     def test_slice_restores_every_digit(self):
         """Balances of 20 decimals, a bid's freeze of 16 and an ask's fee of 20 come back
