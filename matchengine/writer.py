@@ -52,6 +52,11 @@ KINDS = {table: _kinds(columns) for table, columns in HISTORY_COLUMNS.items()}
 def insert_statements(history, chunk=1000):
     """The multi-row INSERT statements, as MySQL text, for `(table, shard, row)` entries:
     one per table shard and `chunk` rows."""
+    return [sql for statements in shard_statements(history, chunk) for sql in statements]
+
+
+def shard_statements(history, chunk=1000):
+    """`insert_statements` as a list for each table shard, in the rows' order."""
     tables = {}
     for table, shard, row in history:
         shards = tables.get(table)
@@ -62,17 +67,27 @@ def insert_statements(history, chunk=1000):
             shards[shard] = [row]
         else:
             rows.append(row)
-    statements = []
+    every = []
     for table, shards in tables.items():
         kinds = KINDS[table]
         columns = ", ".join("`%s`" % c for c in HISTORY_COLUMNS[table])
         for shard, rows in shards.items():
             head = "INSERT IGNORE INTO `%s_%d` (%s) VALUES " % (table, shard, columns)
-            for start in range(0, len(rows), chunk):
-                for text in values_texts(rows[start:start + chunk],
-                                         lambda part: values_text(part, kinds)):
-                    statements.append(head + text)
-    return statements
+            every.append([head + text for start in range(0, len(rows), chunk)
+                          for text in values_texts(rows[start:start + chunk],
+                                                   lambda part: values_text(part, kinds))])
+    return every
+
+
+def deal(shards, workers):
+    """The statements of each table shard (`shard_statements`) dealt to at most `workers`
+    lists, the fewest statements to each: a shard's statements stay together and in order
+    on one connection, so that its rows' ids (AUTO_INCREMENT) follow the rows' order, as
+    readers of the history list them."""
+    loads = [[] for _ in range(workers)]
+    for statements in sorted(shards, key=len, reverse=True):
+        min(loads, key=len).extend(statements)
+    return [statements for statements in loads if statements]
 
 
 INFO = "info: "     # stderr lines with this prefix are news, the others trouble
@@ -132,9 +147,7 @@ class HistoryThreads:
 
     def write(self, history):
         """Insert the rows; returns when every statement is committed."""
-        statements = insert_statements(history, self.chunk)
-        groups = [statements[i::len(self.jobs)] for i in range(len(self.jobs))]
-        groups = [g for g in groups if g]
+        groups = deal(shard_statements(history, self.chunk), len(self.jobs))
         done = threading.Semaphore(0)
         for jobs, group in zip(self.jobs, groups):
             jobs.put((group, done))

@@ -127,6 +127,35 @@ class InsertStatementTests(TestCase):
         self.assertIn("(1.000000, 0, 'BTC', 'x', '1', '1', '{}'), "
                       "(1.000000, 3, 'BTC', 'x', '1', '1', '{}')", statements[0])
 
+    def test_a_shards_statements_stay_on_one_connection(self):
+        """Each shard's statements go, together and in order, to one connection, the
+        fewest statements to each."""
+        shards = [["a1", "a2", "a3"], ["b1"], ["c1", "c2"], ["d1"]]
+        self.assertEqual(writer.deal(shards, 2), [["a1", "a2", "a3", "d1"], ["c1", "c2", "b1"]])
+        self.assertEqual(writer.deal([["a1"]], 4), [["a1"]])
+
+    async def ordered(self):
+        history_db = testing.create_database("ord", ("trade_history",), True)
+        self.addCleanup(testing.drop_database, history_db)
+        info = testing.require("mysql")
+        history = HistoryThreads({"host": info["host"], "port": int(info["port"]),
+                                  "user": info["user"], "pass": info["password"],
+                                  "name": history_db}, 4, chunk=3)
+        rows = [(BALANCE, 1, (1700000000.0 + n, 1, "BCH", "deposit", "1", "%d" % (n + 1),
+                              '{"n": %d}' % n)) for n in range(60)]
+        await threads.deferToThread(history.write, rows)
+        kw = testing.mysql_connect_kwargs("misc")
+        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"],
+                                 history_db, "utf8")
+        self.addCleanup(db.close)
+        got = await db.query("SELECT `detail` FROM `balance_history_1` ORDER BY `id`")
+        self.assertEqual([json.loads(d)["n"] for d, in got], list(range(60)))
+
+    def test_a_shards_rows_keep_their_order(self):
+        """A user's rows get ids in the order they were made, however many statements they
+        take: readhistory lists them by id."""
+        return defer.Deferred.fromCoroutine(self.ordered())
+
     async def stored(self):
         history_db = testing.create_database("ins", ("trade_history",), True)
         self.addCleanup(testing.drop_database, history_db)
