@@ -230,7 +230,7 @@ class OperationLog:
                 # the connections: the requests that came while this commit's replies were
                 # released join it, rather than making a batch of their own behind it
                 self._flush_call = self.reactor.callLater(0, self._after_pass)
-        elif self._flushed and self.in_flight is None:
+        elif self._flushed:
             # each caller's own Deferred, so that what one does on it (a slice forks) runs
             # while nothing is pending, not after what another caller waits for
             flushed, self._flushed = self._flushed, []

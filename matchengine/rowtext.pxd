@@ -6,6 +6,7 @@ cdef extern from *:
     #include <stdint.h>
     #include <string.h>
     #include "utils/buffer.h"
+    #include "utils/digits.h"
     #include "utils/exact_time.h"
 
     /* a text single-quoted: as it is, or with the characters PyMySQL's escape_string
@@ -78,19 +79,14 @@ cdef extern from *:
             return viabtc_text_time(t, PyFloat_AS_DOUBLE(value)) < 0 ? -1 : 1;
         }
         if (kind == 'i') {
-            char digits[24], *at = digits + sizeof digits;
+            char digits[24], *at;
             int overflow;
             long long number;
-            unsigned long long magnitude;
             if (!PyLong_CheckExact(value)) return 0;
             number = PyLong_AsLongLongAndOverflow(value, &overflow);
             if (overflow) return 0;
             if (number == -1 && PyErr_Occurred()) return -1;
-            /* its digits from the last (snprintf took half the rows' time) */
-            magnitude = number < 0 ? 0ULL - (unsigned long long)number
-                                   : (unsigned long long)number;
-            do { *--at = (char)('0' + magnitude % 10); magnitude /= 10; } while (magnitude);
-            if (number < 0) *--at = '-';
+            at = viabtc_digits(number, digits + sizeof digits);
             return viabtc_add(t, at, digits + sizeof digits - at) < 0 ? -1 : 1;
         }
         if (kind == 'd' || kind == 's') {

@@ -31,11 +31,12 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    #include "utils/digits.h"
+
     /* The decimal text of an exact int within 64 bits, as str() writes it; None for any
        other object (bool included) or a larger int. */
     static inline PyObject *viabtc_int_text(PyObject *value) {
-        char digits[21], *at = digits + sizeof digits;
-        unsigned long long magnitude;
+        char digits[21], *at;
         long long number;
         int overflow;
         PyObject *out;
@@ -43,9 +44,7 @@ cdef extern from *:
         number = PyLong_AsLongLongAndOverflow(value, &overflow);
         if (overflow) Py_RETURN_NONE;
         if (number == -1 && PyErr_Occurred()) return NULL;
-        magnitude = number < 0 ? 0ULL - (unsigned long long)number : (unsigned long long)number;
-        do { *--at = (char)('0' + magnitude % 10); magnitude /= 10; } while (magnitude);
-        if (number < 0) *--at = '-';
+        at = viabtc_digits(number, digits + sizeof digits);
         out = PyUnicode_New(digits + sizeof digits - at, 127);
         if (out == NULL) return NULL;
         memcpy(PyUnicode_1BYTE_DATA(out), at, digits + sizeof digits - at);
