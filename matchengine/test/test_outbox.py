@@ -134,20 +134,26 @@ class InsertStatementTests(TestCase):
         self.assertEqual(writer.deal(shards, 2), [["a1", "a2", "a3", "d1"], ["c1", "c2", "b1"]])
         self.assertEqual(writer.deal([["a1"]], 4), [["a1"]])
 
-    async def ordered(self):
-        history_db = testing.create_database("ord", ("trade_history",), True)
+    async def written(self, rows, workers, **kwargs):
+        """A connection to a new history database once `rows` are written into it by
+        `workers` threads."""
+        history_db = testing.create_database("ins", ("trade_history",), True)
         self.addCleanup(testing.drop_database, history_db)
         info = testing.require("mysql")
         history = HistoryThreads({"host": info["host"], "port": int(info["port"]),
                                   "user": info["user"], "pass": info["password"],
-                                  "name": history_db}, 4, chunk=3)
-        rows = [(BALANCE, 1, (1700000000.0 + n, 1, "BCH", "deposit", "1", "%d" % (n + 1),
-                              '{"n": %d}' % n)) for n in range(60)]
+                                  "name": history_db}, workers, **kwargs)
         await threads.deferToThread(history.write, rows)
         kw = testing.mysql_connect_kwargs("misc")
         db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"],
                                  history_db, "utf8")
         self.addCleanup(db.close)
+        return db
+
+    async def ordered(self):
+        rows = [(BALANCE, 1, (1700000000.0 + n, 1, "BCH", "deposit", "1", "%d" % (n + 1),
+                              '{"n": %d}' % n)) for n in range(60)]
+        db = await self.written(rows, 4, chunk=3)
         got = await db.query("SELECT `detail` FROM `balance_history_1` ORDER BY `id`")
         self.assertEqual([json.loads(d)["n"] for d, in got], list(range(60)))
 
@@ -157,18 +163,8 @@ class InsertStatementTests(TestCase):
         return defer.Deferred.fromCoroutine(self.ordered())
 
     async def stored(self):
-        history_db = testing.create_database("ins", ("trade_history",), True)
-        self.addCleanup(testing.drop_database, history_db)
-        info = testing.require("mysql")
-        history = HistoryThreads({"host": info["host"], "port": int(info["port"]),
-                                  "user": info["user"], "pass": info["password"],
-                                  "name": history_db}, 2)
         rows = self.rows()
-        await threads.deferToThread(history.write, rows)
-        kw = testing.mysql_connect_kwargs("misc")
-        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"],
-                                 history_db, "utf8")
-        self.addCleanup(db.close)
+        db = await self.written(rows, 2)
         got = {}
         for table in (BALANCE, ORDER, USER_DEAL):
             columns = HISTORY_COLUMNS[table]

@@ -101,6 +101,13 @@ class Harness:
     async def call(self, command, params):
         return await self.client.call(command, params, timeout=10.0)
 
+    async def restart_unchanged(self):
+        """Stop, start again, and check that recovery rebuilt the same state."""
+        before = self.state()
+        await self.stop()
+        await self.start()
+        self.test.assertEqual(self.state(), before)
+
     def state(self):
         e = self.service.engine
         orders = {(name, o.id): (o.user_id, o.side, o.price, o.amount, o.left, o.freeze,
@@ -291,10 +298,7 @@ class ServiceTests(TestCase):
             self.assertEqual(h.state(), before)
         reply = await h.call(201, [2, "BTCBCH", 1, "1", "5", "0", "0", "s\U0001f600"])
         self.assertIsNone(reply["error"], reply)
-        before = h.state()
-        await h.stop()
-        await h.start()
-        self.assertEqual(h.state(), before)
+        await h.restart_unchanged()
         await h.stop()
 
     def test_lone_surrogates(self):
@@ -360,10 +364,7 @@ class ServiceTests(TestCase):
         for ts, balance in ((1793000000, "10"), (1793000001, "15")):
             saved = await log.query("SELECT `balance` FROM `slice_balance_%d`" % ts)
             self.assertEqual([Decimal(v) for v, in saved], [Decimal(balance)])
-        before = h.state()
-        await h.stop()
-        await h.start()
-        self.assertEqual(h.state(), before)
+        await h.restart_unchanged()
         await h.stop()
 
     def test_slices_asked_at_once(self):
