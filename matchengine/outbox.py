@@ -9,7 +9,8 @@ If the process dies, it is started again and every unconfirmed batch is sent aga
 `LocalOutbox` does the same job in this process (a `HistoryWriter` and a producer service);
 the embedded mode and the tests of small setups use it.
 
-Both offer `add(history, messages)`, `pending_history`, `pending_messages`, `flush()`.
+Both offer `add(history, messages)`, `pending_history`, `pending_messages`,
+`pending_by_topic(topic)` and `flush()`.
 """
 
 import collections
@@ -80,7 +81,9 @@ class WriterOutbox:
         self.restart_delay = restart_delay
         self.history, self.messages = [], []
         self.sequence = 0
-        self.unacked = collections.OrderedDict()   # sequence -> (frame, rows, messages)
+        # sequence -> (frame, rows, messages): the batch's frame, its count of history rows
+        # and its (topic, text) messages, kept for the per-topic counts of the CLI
+        self.unacked = collections.OrderedDict()
         self.pending_history = 0
         self.pending_messages = 0
         self.process = None
@@ -118,7 +121,7 @@ class WriterOutbox:
                 break
             _, rows, messages = self.unacked.pop(first)
             self.pending_history -= rows
-            self.pending_messages -= messages
+            self.pending_messages -= len(messages)
         self._check_idle()
 
     # -- batches -----------------------------------------------------------------------
@@ -147,10 +150,16 @@ class WriterOutbox:
         # run the same interpreter (written by a C writer made for such batches, see
         # utils.handoff)
         frame = handoff.dumps_framed((self.sequence, self.history, self.messages))
-        self.unacked[self.sequence] = (frame, len(self.history), len(self.messages))
+        self.unacked[self.sequence] = (frame, len(self.history), self.messages)
         self.history, self.messages = [], []
         if self.process is not None:
             write_now(self.process.transport.pipes[0], frame)
+
+    def pending_by_topic(self, topic):
+        """Messages to `topic` not yet confirmed sent (counted when asked: the CLI's)."""
+        batches = [messages for _, _, messages in self.unacked.values()]
+        batches.append(self.messages)
+        return sum(1 for messages in batches for name, _ in messages if name == topic)
 
     def _check_idle(self):
         if not self.unacked and not self.history and not self.messages:
@@ -204,6 +213,9 @@ class LocalOutbox:
     @property
     def pending_messages(self):
         return 0 if self.producer is None else self.producer.queue_length
+
+    def pending_by_topic(self, topic):
+        return 0 if self.producer is None else self.producer.topic_queue_length(topic)
 
     def send_now(self):
         """Nothing to hand over: this process writes the history and sends the messages."""

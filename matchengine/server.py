@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from network.address import buffer_sizes
 from matchengine import engine as engine_module
 from matchengine import persist
+from matchengine.effects import TOPIC_BALANCES, TOPIC_DEALS, TOPIC_ORDERS
 from matchengine.operlog import OperationLog, stamp
 from utils import forked, rpc
 from utils.daemon import give_up
@@ -363,8 +364,10 @@ class MatchEngine(service.Service):
     # -- status (CLI) ------------------------------------------------------------------
 
     def status_lines(self):
-        e = self.engine
+        e, pending = self.engine, self.outbox.pending_by_topic
         return ("order last ID: %d\ndeals last ID: %d\noperlog last ID: %d\n"
-                "operlog pending: %d\nhistory pending %d\nmessage pending: %d\n" % (
+                "operlog pending: %d\nhistory pending %d\nmessage deals pending: %d\n"
+                "message orders pending: %d\nmessage balances pending: %d\n" % (
                     e.order_id, e.deal_id, self.operlog.last_id, self.operlog.pending_rows,
-                    self.outbox.pending_history, self.outbox.pending_messages))
+                    self.outbox.pending_history, pending(TOPIC_DEALS), pending(TOPIC_ORDERS),
+                    pending(TOPIC_BALANCES)))

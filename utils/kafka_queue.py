@@ -94,6 +94,7 @@ class KafkaProducerService(service.Service):
         self._stopped = None
         self._producer = None
         self.queued = 0        # accepted by send(), not yet delivered or failed
+        self.queued_by_topic = collections.Counter()
         self.delivered = 0
         self.failed = 0
         self.broker_up = None  # unknown until the first attempt
@@ -101,6 +102,9 @@ class KafkaProducerService(service.Service):
     @property
     def queue_length(self) -> int:
         return self.queued
+
+    def topic_queue_length(self, topic) -> int:
+        return self.queued_by_topic[topic]
 
     def stats(self):
         return {"queued": self.queued, "delivered": self.delivered, "failed": self.failed}
@@ -112,14 +116,16 @@ class KafkaProducerService(service.Service):
         if self.queued >= self.queue_limit:
             raise QueueFull("%s: %d messages wait for the broker" % (self.name, self.queued))
         self.queued += 1
+        self.queued_by_topic[topic] += 1
         self._outbox.append((topic, _bytes(value), partition, callback))
         if len(self._outbox) == 1:
             with self._wakeup:
                 self._wakeup.notify()
 
     def _report(self, results):
-        for callback, error in results:
+        for topic, callback, error in results:
             self.queued -= 1
+            self.queued_by_topic[topic] -= 1
             if error is None:
                 self.delivered += 1
             else:
@@ -176,17 +182,17 @@ class KafkaProducerService(service.Service):
 
     def _run(self):
         producer = self._connect()
-        pending = collections.deque()   # (callback, error) results to report
+        pending = collections.deque()   # (topic, callback, error) results to report
         lock = threading.Lock()
         # a stall (messages in flight, no answer for a request timeout) means the broker is
         # away: kafka-python retries silently, so this is how the outage becomes visible
         progress = {"in_flight": 0, "last": time.monotonic(), "stalled": False}
         stall_after = self.config["request_timeout_ms"] / 1000.0
 
-        def done(callback, error):
+        def done(topic, callback, error):
             with lock:
                 first = not pending
-                pending.append((callback, error))
+                pending.append((topic, callback, error))
                 progress["in_flight"] -= 1
                 progress["last"] = time.monotonic()
                 recovered, progress["stalled"] = progress["stalled"], False
@@ -235,14 +241,14 @@ class KafkaProducerService(service.Service):
                     name=self.name, topic=topic, error=e)
                 with lock:
                     progress["in_flight"] += 1   # done() counts it back
-                done(callback, e)
+                done(topic, callback, e)
                 continue
             self._outbox.popleft()
             with lock:
                 if progress["in_flight"] == 0:
                     progress["last"] = time.monotonic()
                 progress["in_flight"] += 1
-            future.add_callback(lambda _, cb=callback: done(cb, None))
+            future.add_callback(lambda _, cb=callback, t=topic: done(t, cb, None))
             future.add_errback(
                 lambda error, cb=callback, t=topic: self._delivery_failed(error, cb, t, done))
         if producer is not None:
@@ -269,7 +275,7 @@ class KafkaProducerService(service.Service):
         self.reactor.callFromThread(
             self.log.critical, "{name}: delivery to {topic} failed: {error}",
             name=self.name, topic=topic, error=error)
-        done(callback, error)
+        done(topic, callback, error)
 
 
 def _retriable(error):
@@ -546,6 +552,9 @@ class _BusProducer(service.Service):
 
     queued = 0
     queue_length = 0
+
+    def topic_queue_length(self, topic):
+        return 0
 
     def stats(self):
         return {"queued": 0, "delivered": self.delivered, "failed": 0}

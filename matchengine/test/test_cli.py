@@ -9,9 +9,10 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from matchengine import cli, config, server, tap
+from matchengine.effects import TOPIC_BALANCES, TOPIC_DEALS, TOPIC_ORDERS
 from matchengine.history import HistoryWriter
 from matchengine.operlog import OperationLog
-from matchengine.outbox import LocalOutbox
+from matchengine.outbox import LocalOutbox, WriterOutbox
 from matchengine.server import MatchEngine
 from matchengine.test.test_server import engine_config
 from utils import forked
@@ -40,11 +41,19 @@ class CLITests(SynchronousTestCase):
         self.commands = cli.commands(self.service)
 
     def test_status(self):
-        """status reports the ids and backlogs, one per line."""
-        text = self.commands["status"]([])
-        self.assertIn("order last ID: 1\n", text)
-        self.assertIn("deals last ID: 0\n", text)
-        self.assertIn("operlog pending: 0\n", text)
+        """status reports the ids and backlogs, one per line, the messages by topic."""
+        outbox = self.service.outbox = WriterOutbox(Clock(), {}, None)
+        outbox.add([], [(TOPIC_DEALS, "[]"), (TOPIC_ORDERS, "{}"), (TOPIC_ORDERS, "{}")])
+        outbox.send_now()
+        outbox.add([(None, 0, ())], [(TOPIC_BALANCES, "[]")])
+        lines = ["order last ID: 1", "deals last ID: 0", "operlog last ID: 0",
+                 "operlog pending: 0", "history pending 1", "message deals pending: 1",
+                 "message orders pending: 2", "message balances pending: 1"]
+        self.assertEqual(self.commands["status"]([]), "".join(x + "\n" for x in lines))
+        outbox._acked(1)
+        self.assertEqual(self.commands["status"]([]).splitlines()[-3:],
+                         ["message deals pending: 0", "message orders pending: 0",
+                          "message balances pending: 1"])
 
     def test_balance(self):
         """balance list/get/summary in the original's columns; usage on bad arguments."""

@@ -94,10 +94,12 @@ class BrokerTests(TestCase):
             p.send(topic, b"a%d" % i, callback=lambda err, i=i: acked.append((i, err)))
         await deferLater(reactor, 3.0, lambda: None)
         self.assertEqual(p.queued, 200)
+        self.assertEqual((p.topic_queue_length(topic), p.topic_queue_length("other")), (200, 0))
         self.assertEqual(p.failed, 0)
         self.assertFalse(p.broker_up)
         proxy.up()
         await until(lambda: p.queued == 0, seconds=60, what="queue drained after restart")
+        self.assertEqual(p.topic_queue_length(topic), 0)
         self.assertEqual(p.failed, 0)
         self.assertEqual([i for i, err in acked], list(range(300)))
         self.assertTrue(all(err is None for _, err in acked))
@@ -112,12 +114,14 @@ class BrokerTests(TestCase):
         return defer.Deferred.fromCoroutine(self.outage_scenario())
 
     def test_queue_limit(self):
-        """Past queue_limit undelivered messages, send raises QueueFull."""
+        """Past queue_limit undelivered messages, send raises QueueFull; the queue is
+        counted in all and by topic."""
         p = KafkaProducerService("127.0.0.1:%d" % testing.free_port(), queue_limit=3)
-        for i in range(3):
-            p.send("t", b"x")
+        for topic in ("t", "u", "t"):
+            p.send(topic, b"x")
         self.assertRaises(QueueFull, p.send, "t", b"x")
         self.assertEqual(p.queue_length, 3)
+        self.assertEqual([p.topic_queue_length(t) for t in "tuv"], [2, 1, 0])
 
     async def flush_scenario(self):
         topic = topic_name()
