@@ -7,7 +7,12 @@ message and change nothing.  A successful write also returns its operation-log e
 (`(method, params)`), and leaves its history rows and messages in `engine.effects`.
 
 `Engine.replay(method, params, now)` re-executes an operation-log entry: same code path,
-no history, no messages, no log entry (the original's "not real" mode).
+no history, no messages, no log entry (the original's "not real" mode); with `rebuild`, it
+leaves the entry's history rows and messages in `engine.effects` as the write made them
+(`matchengine.rebuild`).
+
+Each command takes `real`: REPLAY (false), LIVE (true: the checks of a new request, and its
+effects) or REBUILD (a logged entry, and its effects).
 """
 
 import collections
@@ -25,7 +30,9 @@ from utils.jsonfmt import SCALAR_TEXTS, RawJSON, dumps
 from utils.rpc import INVALID_ARGUMENT, RPCError, signed64
 
 __all__ = ["Engine", "WRITE_COMMANDS", "REPLAY_METHODS", "load_detail", "sorted_json",
-           "whole_assets"]
+           "whole_assets", "REPLAY", "LIVE", "REBUILD"]
+
+REPLAY, LIVE, REBUILD = 0, 1, 2
 
 U32 = 0xFFFFFFFF
 U64 = 0xFFFFFFFFFFFFFFFF
@@ -197,8 +204,9 @@ class Engine:
             return self.put_limit(params, now, True)
         return self.handlers[command](params, now, True)
 
-    def replay(self, method, params, now):
+    def replay(self, method, params, now, rebuild=False):
         """Re-execute an operation-log entry; unknown markets and assets are skipped."""
+        real = REBUILD if rebuild else REPLAY
         command = REPLAY_METHODS.get(method)
         if command is None:
             raise ValueError("unknown operation-log method %r" % (method,))
@@ -210,8 +218,8 @@ class Engine:
         elif len(params) > 1 and isinstance(params[1], str) and params[1] not in self.markets:
             return None
         if command == PUT_LIMIT:
-            return self.put_limit(params, now, False)
-        return self.handlers[command](params, now, False)
+            return self.put_limit(params, now, real)
+        return self.handlers[command](params, now, real)
 
     # -- parameter helpers -------------------------------------------------------------
 
@@ -266,7 +274,7 @@ class Engine:
         seen = self.dedup.get(key)
         # a logged update was accepted when it was made, whatever a clock stepped back since
         # says of the key's age: replayed, it is applied again
-        if real and seen is not None and now - seen < DEDUP_KEEP:
+        if real == LIVE and seen is not None and now - seen < DEDUP_KEEP:
             raise _error(10, "repeat update")
         if change >= 0:
             if not self.balances.add(user_id, AVAILABLE, asset, change):
@@ -274,6 +282,10 @@ class Engine:
         elif not self.balances.sub(user_id, AVAILABLE, asset, -change):
             raise _error(11, "balance not enough")
         self._remember(key, now)
+        if real == REBUILD:
+            # the log keeps the detail's keys sorted, the id among them; a live write gives
+            # the request's keys, then the id: sorted, then the id, is the nearest text
+            detail.pop("id", None)
         detail["id"] = business_id
         if real:
             self.effects.balance_update(now, user_id, asset, business, change, dumps(detail))
@@ -405,7 +417,7 @@ class Engine:
         order = market.orders.get(order_id)
         if order is None:
             raise _error(10, "order not found")
-        if real and order.user_id != user_id:
+        if real == LIVE and order.user_id != user_id:
             raise _error(11, "user not match")
         market.cancel(order, self.effects, real)
         return RawJSON(self.effects.order_text(order)) if real else None

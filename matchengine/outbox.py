@@ -9,8 +9,8 @@ If the process dies, it is started again and every unconfirmed batch is sent aga
 `LocalOutbox` does the same job in this process (a `HistoryWriter` and a producer service);
 the embedded mode and the tests of small setups use it.
 
-Both offer `add(history, messages)`, `pending_history`, `pending_messages`,
-`pending_by_topic(topic)` and `flush()`.
+Both offer `start(recovered, rebuild)`, `add(history, messages, oper_id)`,
+`pending_history`, `pending_messages`, `pending_by_topic(topic)` and `flush()`.
 """
 
 import collections
@@ -75,11 +75,12 @@ class WriterOutbox:
         self.reactor = reactor
         # `lock`: a file the writer holds while it runs; a new writer waits for the one
         # its killed daemon left behind (see matchengine.writer.take_turn)
-        self.settings = json.dumps({"db_history": dict(db_history), "brokers": brokers,
-                                    "workers": workers, "lock": lock})
+        self.settings = {"db_history": dict(db_history), "brokers": brokers,
+                         "workers": workers, "lock": lock}
         self.interval = interval
         self.restart_delay = restart_delay
         self.history, self.messages = [], []
+        self.oper_id = 0        # the last operation whose effects were added
         self.sequence = 0
         # sequence -> (frame, rows, messages): the batch's frame, its count of history rows
         # and its (topic, text) messages, kept for the per-topic counts of the CLI
@@ -93,12 +94,19 @@ class WriterOutbox:
 
     # -- process -----------------------------------------------------------------------
 
-    def start(self):
+    def start(self, recovered=None, rebuild=None):
+        """Start the writer process.  `recovered`: the last operation recovery replayed;
+        `rebuild`: what `matchengine.rebuild` needs to rebuild the effects of operations
+        before it that the writer has not got (the operation log's database, the assets
+        and markets); both kept for the writer's restarts."""
+        if recovered is not None:
+            self.oper_id = recovered
+            self.settings.update(recovered=recovered, rebuild=rebuild)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
         self.reactor.spawnProcess(_WriterProtocol(self), sys.executable,
-                                  [sys.executable, "-m", "matchengine.writer", self.settings],
-                                  env=env)
+                                  [sys.executable, "-m", "matchengine.writer",
+                                   json.dumps(self.settings)], env=env)
 
     def _started(self, proto):
         self.process = proto
@@ -126,7 +134,8 @@ class WriterOutbox:
 
     # -- batches -----------------------------------------------------------------------
 
-    def add(self, history, messages):
+    def add(self, history, messages, oper_id):
+        self.oper_id = oper_id
         self.history.extend(history)
         self.messages.extend(messages)
         self.pending_history += len(history)
@@ -149,7 +158,8 @@ class WriterOutbox:
         # marshal's format: the batch is plain tuples, strings and numbers, and both ends
         # run the same interpreter (written by a C writer made for such batches, see
         # utils.handoff)
-        frame = handoff.dumps_framed((self.sequence, self.history, self.messages))
+        frame = handoff.dumps_framed((self.sequence, self.oper_id, self.history,
+                                      self.messages))
         self.unacked[self.sequence] = (frame, len(self.history), self.messages)
         self.history, self.messages = [], []
         if self.process is not None:
@@ -202,7 +212,9 @@ class LocalOutbox:
         self.writer = history_writer
         self.producer = producer
 
-    def start(self):
+    def start(self, recovered=None, rebuild=None):
+        """What a crash kept from this process's queues is not rebuilt: the embedded
+        exchange runs all in one process."""
         if self.producer is not None and not self.producer.running:
             self.producer.startService()
 
@@ -220,7 +232,7 @@ class LocalOutbox:
     def send_now(self):
         """Nothing to hand over: this process writes the history and sends the messages."""
 
-    def add(self, history, messages):
+    def add(self, history, messages, oper_id):
         if history:
             self.writer.add(history)
         if messages and self.producer is not None:

@@ -8,7 +8,9 @@ replays at the time it was logged, so orders get back their original times.  The
 replay are found by the ids they hold, not by the dates in their names: an entry logged after
 the slice under a clock stepped back, or under another time zone, lands in a table dated
 before the slice's day, and is replayed all the same (the log writes no table older than the
-newest, so the tables' names sort as their ids do).
+newest, so the tables' names sort as their ids do).  Given a `Rebuild`, recovery loads the
+newest slice taken before the operations to rebuild, replays up to the last of them and hands
+over their history rows and messages (`matchengine.rebuild`).
 
 Making a slice must not stall matching: `make_slice` forks.  The child owns a copy-on-write
 image of memory, frozen at that instant; it writes `slice_order_<t>`, `slice_balance_<t>`
@@ -39,6 +41,7 @@ log = Logger()
 PAGE = 10000
 FIRST_PAGE = 500         # rows of the reader's first page: the replay waits for it
 PROGRESS_EVERY = 2.0     # seconds between progress lines while replaying
+NEVER = 1 << 64          # an operation id past any in the log
 ORDER_COLUMNS = ("id", "t", "side", "create_time", "update_time", "user_id", "market",
                  "price", "amount", "taker_fee", "maker_fee", "left", "freeze", "deal_stock",
                  "deal_money", "deal_fee", "source")
@@ -104,12 +107,36 @@ class Recovered(collections.namedtuple(
     slice was saved at (0 without one)."""
 
 
-async def load_state(eng, db, progress=None, reactor=None):
-    """Load the newest slice and replay the operation log after it (`Recovered`)."""
+class Rebuild(collections.namedtuple("Rebuild", "after upto emit")):
+    """What `load_state` rebuilds: the history rows and messages of the operations with ids
+    after `after` up to `upto`, each handed to `emit(oper_id, history, messages)`; the
+    replay stops after `upto`."""
+
+
+async def _slice_row(db, rebuild, say):
+    """The `slice_history` row to load: the newest, or with `rebuild` the newest taken at
+    or before the first operation to rebuild."""
+    columns = "SELECT `time`, `end_oper_id`, `end_order_id`, `end_deals_id` FROM `slice_history`"
+    if rebuild is not None:
+        rows = await _fetch(db, columns + " WHERE `end_oper_id` <= %s ORDER BY `id` DESC "
+                                          "LIMIT 1", (rebuild.after,))
+        if rows:
+            return rows
+    rows = await _fetch(db, columns + " ORDER BY `id` DESC LIMIT 1")
+    if rebuild is not None and rows and int(rows[0][1]) > rebuild.after:
+        say("no slice at or before operation %d: the history and messages of operations "
+            "%d to %d cannot be rebuilt" % (rebuild.after, rebuild.after + 1, int(rows[0][1])))
+    return rows
+
+
+async def load_state(eng, db, progress=None, reactor=None, rebuild=None):
+    """Load the newest slice and replay the operation log after it (`Recovered`).
+
+    With `rebuild` (a `Rebuild`), load the newest slice taken before the operations to
+    rebuild instead, and replay up to `rebuild.upto`, handing over their effects."""
     say = progress or (lambda message: log.info("{message}", message=message))
     await exact_slice_templates(db, say)
-    rows = await _fetch(db, "SELECT `time`, `end_oper_id`, `end_order_id`, `end_deals_id` "
-                            "FROM `slice_history` ORDER BY `id` DESC LIMIT 1")
+    rows = await _slice_row(db, rebuild, say)
     last_id, slice_time, newest_slice = 0, None, 0
     every = await operlog_tables(db)
     if rows:
@@ -132,20 +159,32 @@ async def load_state(eng, db, progress=None, reactor=None):
         say("replaying %d operations from %s on" % (total, tables[0]))
     replayed = 0
     started = reported = time.monotonic()
+    # ids past the log's largest: what is never reached
+    effects_after, upto = (rebuild.after, rebuild.upto) if rebuild else (NEVER, NEVER)
+    total = min(total, max(0, upto - last_id))
     reader = LogReader(db, tables, last_id, reactor)
     try:
         async for table, rows in reader:
+            end = rows[-1][0] > upto
+            if end:
+                rows = rows[:max(0, upto - rows[0][0] + 1)]
             for oper_id, t, method, params in rows:
                 if oper_id != last_id + 1:
                     raise RecoveryError("%s: operation %d follows %d: the log has a gap"
                                         % (table, oper_id, last_id))
                 try:
-                    eng.replay(method, params, t)
+                    if oper_id > effects_after:
+                        eng.replay(method, params, t, True)
+                        rebuild.emit(oper_id, *eng.effects.take())
+                    else:
+                        eng.replay(method, params, t)
                 except Exception as e:
                     raise RecoveryError("%s: operation %d cannot be replayed: %s: %s"
                                         % (table, oper_id, type(e).__name__, e)) from e
                 last_id = oper_id
             replayed += len(rows)
+            if end:
+                break
             now = time.monotonic()
             if now - reported >= PROGRESS_EVERY:
                 reported = now

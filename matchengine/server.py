@@ -74,6 +74,7 @@ class MatchEngine(service.Service):
         self.reactor = reactor
         self.clock_time = clock_time
         self.engine = engine_module.Engine(assets, markets)
+        self.tables = (assets, markets)
         self.db_log = db_log
         # where the operation log commits its batches (`operlog.autocommit_connection`);
         # None: in transactions on db_log
@@ -135,7 +136,7 @@ class MatchEngine(service.Service):
                                     after_release=self.outbox.send_now,
                                     autocommit_db=self.db_log_commits,
                                     newest_table=recovered.newest_table)
-        self.outbox.start()
+        self.outbox.start(recovered.last_id, self._rebuild_settings())
         if self.listen_enabled:
             self.ports = await listen_rpc(self.reactor, self.cfg["svr"]["bind"], self.factory,
                            **buffer_sizes(self.cfg["svr"]))
@@ -153,6 +154,14 @@ class MatchEngine(service.Service):
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
             d.callback(self)
+
+    def _rebuild_settings(self):
+        """What `matchengine.rebuild` needs, as JSON values."""
+        assets, markets = self.tables
+        return {"db_log": dict(self.cfg["db_log"]),
+                "assets": [list(asset) for asset in assets.values()],
+                "markets": [list(market[:-1]) + [str(market.min_amount)]
+                            for market in markets.values()]}
 
     def when_ready(self):
         """A Deferred firing with this service once recovery is done and the port open."""
@@ -231,7 +240,7 @@ class MatchEngine(service.Service):
             if write:
                 batch = self.operlog.append(now, self.engine.log_entry(command, params))
                 history, messages = self.engine.effects.take()
-                batch.then(release, request, result, history, messages)
+                batch.then(release, request, result, history, messages, self.operlog.last_id)
             else:
                 self._answer(request, result, None)
             return NO_REPLY
@@ -302,12 +311,13 @@ class MatchEngine(service.Service):
         else:
             request.reply_error(error, self.debug)
 
-    def _release(self, request, result, history, messages):
+    def _release(self, request, result, history, messages, oper_id):
         # the batch's history and messages reach the writer process's pipe (after_release)
         # before the reply can leave, on the reactor's next pass: a crash after the reply
-        # cannot take them back
+        # cannot take them back (and a crash before, after the commit, leaves them to be
+        # rebuilt from the log: `matchengine.rebuild`)
         if history or messages:
-            self.outbox.add(history, messages)
+            self.outbox.add(history, messages, oper_id)
         request.reply_result(result, self.debug)
 
     def _busy(self):

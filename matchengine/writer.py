@@ -3,12 +3,20 @@
 
 Run by `matchengine.outbox.WriterOutbox` as `python -m matchengine.writer`, with its
 settings as JSON in the first argument.  It reads batches from stdin, each framed as a
-4-byte big-endian length and the `marshal` encoding of `(sequence, history, messages)`;
-writes the history rows (several threads, one MySQL connection each, one transaction per
-table group) and sends the messages (`utils.kafka_wire`, in order), and writes on stdout,
-one per line, the sequence number of the last batch both are done with.  Failures are
-retried every second, forever, and reported on stderr, which the parent logs.  Stdin
-closing ends the process after the batches already read.
+4-byte big-endian length and the `marshal` encoding of `(sequence, oper_id, history,
+messages)`, `oper_id` being the last operation whose effects the batch holds; writes the
+history rows (several threads, one MySQL connection each, one transaction per table group)
+and sends the messages (`utils.kafka_wire`, in order), and writes on stdout, one per line,
+the sequence number of the last batch both are done with.  Failures are retried every
+second, forever, and reported on stderr, which the parent logs.  Stdin closing ends the
+process after the batches already read.
+
+How far each is written is kept in `trade_history.history_position` (`Positions`): per
+table shard, in the transaction that inserts its rows, and per lane once a group is done.
+A writer started again skips what its positions say is written (the daemon sends again
+every batch not confirmed), and one started after the daemon was killed has the effects of
+the operations committed but never handed over rebuilt from the operation log first
+(`matchengine.rebuild`).
 
 Keeping this work in its own process keeps its CPU time (SQL texts, Kafka record
 batches) off the matching thread's interpreter lock.
@@ -21,6 +29,7 @@ import json
 import marshal
 import os
 import queue
+import subprocess
 import sys
 import threading
 import time
@@ -52,11 +61,12 @@ KINDS = {table: _kinds(columns) for table, columns in HISTORY_COLUMNS.items()}
 def insert_statements(history, chunk=1000):
     """The multi-row INSERT statements, as MySQL text, for `(table, shard, row)` entries:
     one per table shard and `chunk` rows."""
-    return [sql for statements in shard_statements(history, chunk) for sql in statements]
+    return [sql for _, statements in shard_statements(history, chunk) for sql in statements]
 
 
 def shard_statements(history, chunk=1000):
-    """`insert_statements` as a list for each table shard, in the rows' order."""
+    """`insert_statements` as `(shard name, statements)` for each table shard, the
+    statements in the rows' order."""
     tables = {}
     for table, shard, row in history:
         shards = tables.get(table)
@@ -72,22 +82,67 @@ def shard_statements(history, chunk=1000):
         kinds = KINDS[table]
         columns = ", ".join("`%s`" % c for c in HISTORY_COLUMNS[table])
         for shard, rows in shards.items():
-            head = "INSERT IGNORE INTO `%s_%d` (%s) VALUES " % (table, shard, columns)
-            every.append([head + text for start in range(0, len(rows), chunk)
-                          for text in values_texts(rows[start:start + chunk],
-                                                   lambda part: values_text(part, kinds))])
+            name = "%s_%d" % (table, shard)
+            head = "INSERT IGNORE INTO `%s` (%s) VALUES " % (name, columns)
+            every.append((name, [head + text for start in range(0, len(rows), chunk)
+                                 for text in values_texts(rows[start:start + chunk],
+                                                          lambda part: values_text(part, kinds))]))
     return every
 
 
 def deal(shards, workers):
     """The statements of each table shard (`shard_statements`) dealt to at most `workers`
-    lists, the fewest statements to each: a shard's statements stay together and in order
-    on one connection, so that its rows' ids (AUTO_INCREMENT) follow the rows' order, as
-    readers of the history list them."""
-    loads = [[] for _ in range(workers)]
-    for statements in sorted(shards, key=len, reverse=True):
-        min(loads, key=len).extend(statements)
-    return [statements for statements in loads if statements]
+    `(shard names, statements)`, the fewest statements to each: a shard's statements stay
+    together and in order on one connection, so that its rows' ids (AUTO_INCREMENT) follow
+    the rows' order, as readers of the history list them."""
+    loads = [([], []) for _ in range(workers)]
+    for name, statements in sorted(shards, key=lambda shard: len(shard[1]), reverse=True):
+        names, load = min(loads, key=lambda load: len(load[1]))
+        names.append(name)
+        load.extend(statements)
+    return [load for load in loads if load[1]]
+
+
+POSITIONS_TABLE = "history_position"
+HISTORY_LANE, MESSAGE_LANE = "history", "messages"
+
+
+def position_statement(names, oper_id):
+    """The statement recording that `names` (table shards, lanes) are written up to
+    operation `oper_id`."""
+    return ("INSERT INTO `%s` (`name`, `oper_id`) VALUES %s ON DUPLICATE KEY UPDATE "
+            "`oper_id` = VALUES(`oper_id`)"
+            % (POSITIONS_TABLE, ", ".join("('%s', %d)" % (name, oper_id) for name in names)))
+
+
+class Positions:
+    """How far the history and the messages are written, by operation id: `history` and
+    `messages`, every effect of the operations up to theirs; `shards`, per table shard
+    (`balance_history_7`), its rows of the operations up to its own.
+
+    The writer takes whole batches as the daemon handed them over, in order, so a batch's
+    rows in a shard are all written or none: they are when the shard's position reaches the
+    batch's last operation."""
+
+    def __init__(self, marks):
+        self.marks = dict(marks)
+        self.history = self.marks.get(HISTORY_LANE, 0)
+        self.messages = self.marks.get(MESSAGE_LANE, 0)
+        self.top = max(self.marks.values(), default=0)
+
+    def rows(self, oper_id, history):
+        """Of `history`, the rows of a batch ending at `oper_id` not written yet."""
+        if oper_id > self.top:
+            return history
+        if oper_id <= self.history:
+            return []
+        marks = self.marks
+        return [entry for entry in history
+                if oper_id > marks.get("%s_%d" % (entry[0], entry[1]), 0)]
+
+    def messages_of(self, oper_id, messages):
+        """`messages`, of a batch ending at `oper_id`, if they are not sent yet."""
+        return messages if oper_id > self.messages else []
 
 
 INFO = "info: "     # stderr lines with this prefix are news, the others trouble
@@ -97,6 +152,62 @@ def say(text, info=False):
     """A line for the daemon's log: critical, or info with `info`."""
     sys.stderr.write((INFO if info else "") + text.rstrip("\n") + "\n")
     sys.stderr.flush()
+
+
+class Connection:
+    """A MySQL connection to the history database, made again after a failure: `run`
+    commits its statements in one transaction, retried every second until it succeeds."""
+
+    def __init__(self, db):
+        self.db = db
+        self.conn = None
+
+    def _connect(self):
+        import pymysql
+        db = self.db
+        while True:
+            try:
+                return pymysql.connect(host=db["host"], port=int(db.get("port", 3306)),
+                                       user=db["user"], password=db["pass"], database=db["name"],
+                                       charset=client_charset(db.get("charset", "utf8")),
+                                       autocommit=False)
+            except Exception as e:
+                say("history: cannot connect to MySQL: %s; retrying in 1 s" % e)
+                time.sleep(1)
+
+    def run(self, statements, what="insert"):
+        """Commit `statements`; returns the last one's rows."""
+        while True:
+            if self.conn is None:
+                self.conn = self._connect()
+            try:
+                with self.conn.cursor() as cursor:
+                    for sql in statements:
+                        cursor.execute(sql)
+                    rows = cursor.fetchall()
+                self.conn.commit()
+                return rows
+            except Exception as e:
+                say("history: %s failed: %s; retrying in 1 s" % (what, e))
+                # the connection may be lost already: it is replaced either way
+                with contextlib.suppress(Exception):
+                    self.conn.rollback()
+                with contextlib.suppress(Exception):
+                    self.conn.close()
+                self.conn = None
+                time.sleep(1)
+
+
+def load_positions(connection, start):
+    """The `Positions` kept in the history database; the lanes' positions are `start` where
+    there are none yet (a new database, or one written before positions were kept)."""
+    rows = connection.run([
+        "CREATE TABLE IF NOT EXISTS `%s` (`name` VARCHAR(64) NOT NULL PRIMARY KEY, "
+        "`oper_id` BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB" % POSITIONS_TABLE,
+        "INSERT IGNORE INTO `%s` (`name`, `oper_id`) VALUES ('%s', %d), ('%s', %d)"
+        % (POSITIONS_TABLE, HISTORY_LANE, start, MESSAGE_LANE, start),
+        "SELECT `name`, `oper_id` FROM `%s`" % POSITIONS_TABLE], "reading positions")
+    return Positions({name: int(oper_id) for name, oper_id in rows})
 
 
 class HistoryThreads:
@@ -110,47 +221,22 @@ class HistoryThreads:
             threading.Thread(target=self._work, args=(jobs,), name="history-%d" % index,
                              daemon=True).start()
 
-    def _connect(self):
-        import pymysql
-        while True:
-            try:
-                return pymysql.connect(host=self.db["host"], port=int(self.db.get("port", 3306)),
-                                       user=self.db["user"], password=self.db["pass"],
-                                       database=self.db["name"],
-                                       charset=client_charset(self.db.get("charset", "utf8")),
-                                       autocommit=False)
-            except Exception as e:
-                say("history: cannot connect to MySQL: %s; retrying in 1 s" % e)
-                time.sleep(1)
-
     def _work(self, jobs):
-        conn = self._connect()
+        connection = Connection(self.db)
         while True:
             statements, done = jobs.get()
-            while True:
-                try:
-                    with conn.cursor() as cursor:
-                        for sql in statements:
-                            cursor.execute(sql)
-                    conn.commit()
-                    break
-                except Exception as e:
-                    say("history: insert failed: %s; retrying in 1 s" % e)
-                    # the connection may be lost already: it is replaced either way
-                    with contextlib.suppress(Exception):
-                        conn.rollback()
-                    with contextlib.suppress(Exception):
-                        conn.close()
-                    time.sleep(1)
-                    conn = self._connect()
+            connection.run(statements)
             done.release()
 
-    def write(self, history):
-        """Insert the rows; returns when every statement is committed."""
+    def write(self, history, oper_id=None):
+        """Insert the rows; returns when every statement is committed.  With `oper_id`,
+        each transaction records its shards as written up to that operation."""
         groups = deal(shard_statements(history, self.chunk), len(self.jobs))
         done = threading.Semaphore(0)
-        for jobs, group in zip(self.jobs, groups):
-            jobs.put((group, done))
+        for jobs, (names, statements) in zip(self.jobs, groups):
+            if oper_id is not None:
+                statements.append(position_statement(names, oper_id))
+            jobs.put((statements, done))
         for _ in groups:
             done.acquire()
 
@@ -357,11 +443,42 @@ def ending_on_failure(lane):
 LANE_FAILED = 3     # the writer's exit status when a lane failed
 
 
+def rebuilt(settings, after, positions):
+    """Yield the batches of `matchengine.rebuild` for the operations after `after` up to
+    `settings["upto"]` (those `positions` say are not written): from a process of its own,
+    run again from where it stopped until it ends well."""
+    upto = settings["upto"]
+    say("rebuilding the history and messages of operations %d to %d, committed but never "
+        "handed over" % (after + 1, upto), info=True)
+    count = 0
+    while after < upto:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "matchengine.rebuild",
+             json.dumps(dict(settings, after=after, marks=positions.marks))],
+            stdout=subprocess.PIPE)
+        try:
+            for batch in read_batches(child.stdout.fileno(), pause=0):
+                if batch is None:
+                    break
+                count += batch[1] - after
+                after = batch[1]
+                yield batch
+        finally:
+            child.stdout.close()
+            status = child.wait()
+        if after < upto:
+            say("rebuilding ended at operation %d (status %d); going on in 1 s"
+                % (after, status))
+            time.sleep(1)
+    say("rebuilt the history and messages of %d operations" % count, info=True)
+
+
 def main(argv=None):
     collect_every(COLLECT_INTERVAL)
     argv = sys.argv[1:] if argv is None else argv
     settings = json.loads(argv[0])
-    history = HistoryThreads(settings["db_history"], settings.get("workers", 4))
+    db = settings["db_history"]
+    history = HistoryThreads(db, settings.get("workers", 4))
     messages = Messages(settings["brokers"]) if settings.get("brokers") else None
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     acks = Acks(stdout, 2 if messages is not None else 1)
@@ -373,28 +490,40 @@ def main(argv=None):
     # READ_PAUSE however slow MySQL or Kafka are (the daemon bounds the total by its
     # queue limits)
     lanes = [queue.Queue() for _ in acks.upto]
+    # what is written already, read once the previous writer is done (`ready`)
+    known = []
+    ready = threading.Event()
+    # without Kafka, no message waits: the history lane answers for both
+    history_names = [HISTORY_LANE] if messages is not None else [HISTORY_LANE, MESSAGE_LANE]
 
     def history_lane(batches):
         # in order, independently of the Kafka lane; the batches of a window (and those
         # that queued up while the previous write ran) go into MySQL together
-        turn.wait()
-        for group, last in coalesce(batches, MAX_GROUP_ROWS, lambda batch: len(batch[1]),
+        ready.wait()
+        positions, connection = known[0], Connection(db)
+        for group, last in coalesce(batches, MAX_GROUP_ROWS, lambda batch: len(batch[2]),
                                     window):
-            rows = [row for _, batch_rows, _ in group for row in batch_rows]
-            if rows:
-                history.write(rows)
             if group:
+                upto = group[-1][1]
+                rows = [row for _, oper_id, batch_rows, _ in group
+                        for row in positions.rows(oper_id, batch_rows)]
+                if rows:
+                    history.write(rows, upto)
+                connection.run([position_statement(history_names, upto)], "recording positions")
                 acks.finished(0, group[-1][0])
             if last:
                 return
 
     def message_lane(batches):
-        turn.wait()
-        for group, last in coalesce(batches, MAX_GROUP_MESSAGES, lambda batch: len(batch[2]),
+        ready.wait()
+        positions, connection = known[0], Connection(db)
+        for group, last in coalesce(batches, MAX_GROUP_MESSAGES, lambda batch: len(batch[3]),
                                     window):
-            messages.send([message for _, _, batch_messages in group
-                           for message in batch_messages])
             if group:
+                messages.send([message for _, oper_id, _, batch_messages in group
+                               for message in positions.messages_of(oper_id, batch_messages)])
+                connection.run([position_statement([MESSAGE_LANE], group[-1][1])],
+                               "recording positions")
                 acks.finished(1, group[-1][0])
             if last:
                 messages.close()
@@ -407,6 +536,29 @@ def main(argv=None):
                                         args=(lanes[1],), name="messages"))
     for worker in workers:
         worker.start()
+    turn.wait()
+    # the daemon's batches wait in its pipe meanwhile
+    recovered = settings.get("recovered", 0)
+    connection = Connection(db)
+    positions = load_positions(connection, recovered)
+    if "recovered" in settings and positions.top > recovered:
+        # effects written before their operations were in the log (the asynchronous mode),
+        # of operations a crash then took from it: the ids after `recovered` are new ones
+        say("positions up to operation %d, past the last one recovered (%d): the history "
+            "and messages written for the operations the log lost are kept, and the ids "
+            "after %d are the new operations'" % (positions.top, recovered, recovered))
+        connection.run(["UPDATE `%s` SET `oper_id` = %d WHERE `oper_id` > %d"
+                        % (POSITIONS_TABLE, recovered, recovered)], "recording positions")
+        positions = load_positions(connection, recovered)
+    known.append(positions)
+    ready.set()
+    rebuild = settings.get("rebuild")
+    after = (min(positions.history, positions.messages) if messages is not None
+             else positions.history)
+    if rebuild is not None and after < recovered:
+        for batch in rebuilt(dict(rebuild, upto=recovered), after, positions):
+            for lane in lanes:
+                lane.put(batch)
     for batch in read_batches(stdin.fileno()):
         for lane in lanes:
             lane.put(batch)

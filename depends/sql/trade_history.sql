@@ -69,3 +69,10 @@ CREATE TABLE IF NOT EXISTS `user_deal_history_example` (
     `deal_fee`      DECIMAL(30,16) NOT NULL,
     INDEX `idx_user_market` (`user_id`, `market`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- How far the matchengine's writer has written, by operation id: per lane ("history",
+-- "messages") and per table shard ("balance_history_7"); see matchengine/writer.py.
+CREATE TABLE IF NOT EXISTS `history_position` (
+    `name`          VARCHAR(64) NOT NULL PRIMARY KEY,
+    `oper_id`       BIGINT UNSIGNED NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

@@ -43,9 +43,9 @@ class CLITests(SynchronousTestCase):
     def test_status(self):
         """status reports the ids and backlogs, one per line, the messages by topic."""
         outbox = self.service.outbox = WriterOutbox(Clock(), {}, None)
-        outbox.add([], [(TOPIC_DEALS, "[]"), (TOPIC_ORDERS, "{}"), (TOPIC_ORDERS, "{}")])
+        outbox.add([], [(TOPIC_DEALS, "[]"), (TOPIC_ORDERS, "{}"), (TOPIC_ORDERS, "{}")], 1)
         outbox.send_now()
-        outbox.add([(None, 0, ())], [(TOPIC_BALANCES, "[]")])
+        outbox.add([(None, 0, ())], [(TOPIC_BALANCES, "[]")], 2)
         lines = ["order last ID: 1", "deals last ID: 0", "operlog last ID: 0",
                  "operlog pending: 0", "history pending 1", "message deals pending: 1",
                  "message orders pending: 2", "message balances pending: 1"]

@@ -51,7 +51,7 @@ class WriterTests(TestCase):
         self.addCleanup(lambda: defer.Deferred.fromCoroutine(outbox.stop()))
         await until(lambda: outbox.process is not None, what="writer started")
         for n in range(1, 201):
-            outbox.add([row(7, n)], [(TOPIC_BALANCES, json.dumps([n]))])
+            outbox.add([row(7, n)], [(TOPIC_BALANCES, json.dumps([n]))], n)
             if n == 100:
                 outbox.send_now()
                 # the writer dies with batches in flight; they are sent again
@@ -62,9 +62,13 @@ class WriterTests(TestCase):
         db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"],
                                  history_db, "utf8mb4")
         self.addCleanup(db.close)
-        rows = await db.query("SELECT DISTINCT `detail` FROM `balance_history_7` "
-                              "ORDER BY `id`")
-        self.assertEqual(sorted(json.loads(r[0])["n"] for r in rows), list(range(1, 201)))
+        # written once each, in order: the new writer skips what its positions say the
+        # killed one wrote
+        rows = await db.query("SELECT `detail` FROM `balance_history_7` ORDER BY `id`")
+        self.assertEqual([json.loads(r[0])["n"] for r in rows], list(range(1, 201)))
+        marks = await db.query("SELECT `name`, `oper_id` FROM `history_position`")
+        self.assertEqual(dict(marks), {"history": 200, "messages": 200,
+                                       "balance_history_7": 200})
         got = []
         consumer = KafkaConsumerService(broker.address, TOPIC_BALANCES,
                                         lambda offset, value: got.append(json.loads(value)[0]),
@@ -75,6 +79,63 @@ class WriterTests(TestCase):
         self.assertEqual(sorted(set(got)), list(range(1, 201)))
         self.flushLoggedErrors()
 
+    async def positioned(self, marks, recovered=None):
+        """A history database holding `marks` as its positions, and a writer on it."""
+        history_db = testing.create_database("pos", ("trade_history",), True)
+        self.addCleanup(testing.drop_database, history_db)
+        kw = testing.mysql_connect_kwargs("misc")
+        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"],
+                                 history_db, "utf8mb4")
+        self.addCleanup(db.close)
+        await db.execute("INSERT INTO `history_position` VALUES %s" % ", ".join(
+            "('%s', %d)" % mark for mark in marks.items()))
+        info = testing.require("mysql")
+        outbox = WriterOutbox(reactor, {"host": info["host"], "port": int(info["port"]),
+                                        "user": info["user"], "pass": info["password"],
+                                        "name": history_db}, None, interval=0.01)
+        outbox.start(recovered)
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(outbox.stop()))
+        return db, outbox
+
+    async def positions_scenario(self):
+        # what a writer killed mid-way left: shard 7 written up to operation 50, every
+        # shard up to 40
+        db, outbox = await self.positioned({"history": 40, "messages": 40,
+                                            "balance_history_7": 50})
+        for n in range(1, 101):
+            outbox.add([row(7, n), row(8, n)], [], n)
+            outbox.send_now()
+        await outbox.flush()
+        for user, first in ((7, 51), (8, 41)):
+            rows = await db.query("SELECT `detail` FROM `balance_history_%d` ORDER BY `id`"
+                                  % user)
+            self.assertEqual([json.loads(r[0])["n"] for r in rows], list(range(first, 101)))
+        marks = await db.query("SELECT `name`, `oper_id` FROM `history_position`")
+        self.assertEqual(dict(marks), {"history": 100, "messages": 100,
+                                       "balance_history_7": 100, "balance_history_8": 100})
+
+    def test_what_positions_say_is_written_is_skipped(self):
+        """Batches sent again to a new writer are written only where the positions kept
+        in the history database stop short of them, by table shard."""
+        return defer.Deferred.fromCoroutine(self.positions_scenario())
+
+    async def past_scenario(self):
+        db, outbox = await self.positioned({"history": 500, "messages": 500,
+                                            "balance_history_7": 500}, recovered=100)
+        for n in range(101, 111):
+            outbox.add([row(7, n)], [], n)
+            outbox.send_now()
+        await outbox.flush()
+        rows = await db.query("SELECT `detail` FROM `balance_history_7` ORDER BY `id`")
+        self.assertEqual([json.loads(r[0])["n"] for r in rows], list(range(101, 111)))
+        self.flushLoggedErrors()
+
+    def test_positions_past_the_log(self):
+        """Positions past the last operation recovered (the asynchronous mode wrote the
+        effects of operations a crash took from the log) go back to it: the new operations
+        that take those ids are written."""
+        return defer.Deferred.fromCoroutine(self.past_scenario())
+
     def test_a_failed_lane_ends_the_process(self):
         """A lane that fails ends the writer (the daemon starts it again and sends its
         batches again), where the process lived on without it, confirming nothing more."""
@@ -84,7 +145,7 @@ class WriterTests(TestCase):
         settings = json.dumps({"db_history": {"host": info["host"], "port": int(info["port"]),
                                               "user": info["user"], "pass": info["password"],
                                               "name": history_db}, "brokers": None})
-        body = marshal.dumps((1, [(BALANCE, 5, "not a row")], []))
+        body = marshal.dumps((1, 1, [(BALANCE, 5, "not a row")], []))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             filter(None, [writer.__file__.rsplit(os.sep, 2)[0], os.environ.get("PYTHONPATH")])))
         done = subprocess.run([sys.executable, "-m", "matchengine.writer", settings],
@@ -95,7 +156,8 @@ class WriterTests(TestCase):
         self.assertEqual(done.stdout, b"")
 
     def test_writer_killed(self):
-        """History rows and messages all arrive although the writer was killed mid-way."""
+        """History rows and messages all arrive although the writer was killed mid-way;
+        the history rows once each."""
         return defer.Deferred.fromCoroutine(self.scenario())
 
 
@@ -130,9 +192,10 @@ class InsertStatementTests(TestCase):
     def test_a_shards_statements_stay_on_one_connection(self):
         """Each shard's statements go, together and in order, to one connection, the
         fewest statements to each."""
-        shards = [["a1", "a2", "a3"], ["b1"], ["c1", "c2"], ["d1"]]
-        self.assertEqual(writer.deal(shards, 2), [["a1", "a2", "a3", "d1"], ["c1", "c2", "b1"]])
-        self.assertEqual(writer.deal([["a1"]], 4), [["a1"]])
+        shards = [("a", ["a1", "a2", "a3"]), ("b", ["b1"]), ("c", ["c1", "c2"]), ("d", ["d1"])]
+        self.assertEqual(writer.deal(shards, 2), [(["a", "d"], ["a1", "a2", "a3", "d1"]),
+                                                  (["c", "b"], ["c1", "c2", "b1"])])
+        self.assertEqual(writer.deal([("a", ["a1"])], 4), [(["a"], ["a1"])])
 
     async def written(self, rows, workers, **kwargs):
         """A connection to a new history database once `rows` are written into it by
@@ -228,10 +291,10 @@ class LaneTests(SynchronousTestCase):
         closes the last group."""
         batches = queue.Queue()
         for sequence, size in enumerate([3, 4, 5, 1], 1):
-            batches.put((sequence, ["r"] * size, []))
+            batches.put((sequence, sequence, ["r"] * size, []))
         batches.put(None)
         groups = [([b[0] for b in group], last)
-                  for group, last in coalesce(batches, 8, lambda batch: len(batch[1]))]
+                  for group, last in coalesce(batches, 8, lambda batch: len(batch[2]))]
         self.assertEqual(groups, [([1, 2, 3], False), ([4], True)])
 
     def test_window_gathers_what_arrives(self):
@@ -242,16 +305,16 @@ class LaneTests(SynchronousTestCase):
 
         def sleep(seconds):      # two batches arrive during the window
             slept.append(seconds)
-            batches.put((len(slept) * 10 + 1, ["r"], []))
-            batches.put((len(slept) * 10 + 2, ["r"], []))
+            batches.put((len(slept) * 10 + 1, 0, ["r"], []))
+            batches.put((len(slept) * 10 + 2, 0, ["r"], []))
 
-        batches.put((1, ["r"], []))
-        batches.put((2, ["r"], []))
-        groups = coalesce(batches, 5, lambda batch: len(batch[1]), 0.05, sleep)
+        batches.put((1, 0, ["r"], []))
+        batches.put((2, 0, ["r"], []))
+        groups = coalesce(batches, 5, lambda batch: len(batch[2]), 0.05, sleep)
         group, last = next(groups)
         self.assertEqual(([b[0] for b in group], last, slept), ([1, 2, 11, 12], False, [0.05]))
         for sequence in range(3, 9):
-            batches.put((sequence, ["r"], []))
+            batches.put((sequence, 0, ["r"], []))
         group, last = next(groups)
         self.assertEqual(([b[0] for b in group], slept), ([3, 4, 5, 6, 7], [0.05]))
 
