@@ -102,6 +102,9 @@ class WriterOutbox:
         if recovered is not None:
             self.oper_id = recovered
             self.settings.update(recovered=recovered, rebuild=rebuild)
+        if "recovered" in self.settings:
+            # no writer can have written past the last operation handed over so far
+            self.settings["handed"] = self.oper_id
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
         self.reactor.spawnProcess(_WriterProtocol(self), sys.executable,

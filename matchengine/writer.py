@@ -541,14 +541,16 @@ def main(argv=None):
     recovered = settings.get("recovered", 0)
     connection = Connection(db)
     positions = load_positions(connection, recovered)
-    if "recovered" in settings and positions.top > recovered:
+    # the last operation the daemon has handed over (`recovered`, at its start)
+    handed = settings.get("handed", recovered)
+    if "handed" in settings and positions.top > handed:
         # effects written before their operations were in the log (the asynchronous mode),
-        # of operations a crash then took from it: the ids after `recovered` are new ones
-        say("positions up to operation %d, past the last one recovered (%d): the history "
+        # of operations a crash then took from it: the ids after `handed` are new ones
+        say("positions up to operation %d, past the last one handed over (%d): the history "
             "and messages written for the operations the log lost are kept, and the ids "
-            "after %d are the new operations'" % (positions.top, recovered, recovered))
+            "after %d are the new operations'" % (positions.top, handed, handed))
         connection.run(["UPDATE `%s` SET `oper_id` = %d WHERE `oper_id` > %d"
-                        % (POSITIONS_TABLE, recovered, recovered)], "recording positions")
+                        % (POSITIONS_TABLE, handed, handed)], "recording positions")
         positions = load_positions(connection, recovered)
     known.append(positions)
     ready.set()

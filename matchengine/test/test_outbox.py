@@ -47,7 +47,7 @@ class WriterTests(TestCase):
                   "pass": info["password"], "name": history_db}
         outbox = WriterOutbox(reactor, db_cfg, broker.address, workers=2, interval=0.01,
                               restart_delay=0.2)
-        outbox.start()
+        outbox.start(0)
         self.addCleanup(lambda: defer.Deferred.fromCoroutine(outbox.stop()))
         await until(lambda: outbox.process is not None, what="writer started")
         for n in range(1, 201):
@@ -79,8 +79,9 @@ class WriterTests(TestCase):
         self.assertEqual(sorted(set(got)), list(range(1, 201)))
         self.flushLoggedErrors()
 
-    async def positioned(self, marks, recovered=None):
-        """A history database holding `marks` as its positions, and a writer on it."""
+    async def positions_database(self, marks):
+        """A connection to a new history database holding `marks` as its positions, and
+        the database's settings for a writer."""
         history_db = testing.create_database("pos", ("trade_history",), True)
         self.addCleanup(testing.drop_database, history_db)
         kw = testing.mysql_connect_kwargs("misc")
@@ -90,9 +91,13 @@ class WriterTests(TestCase):
         await db.execute("INSERT INTO `history_position` VALUES %s" % ", ".join(
             "('%s', %d)" % mark for mark in marks.items()))
         info = testing.require("mysql")
-        outbox = WriterOutbox(reactor, {"host": info["host"], "port": int(info["port"]),
-                                        "user": info["user"], "pass": info["password"],
-                                        "name": history_db}, None, interval=0.01)
+        return db, {"host": info["host"], "port": int(info["port"]), "user": info["user"],
+                    "pass": info["password"], "name": history_db}
+
+    async def positioned(self, marks, recovered=None):
+        """A history database holding `marks` as its positions, and a writer on it."""
+        db, settings = await self.positions_database(marks)
+        outbox = WriterOutbox(reactor, settings, None, interval=0.01)
         outbox.start(recovered)
         self.addCleanup(lambda: defer.Deferred.fromCoroutine(outbox.stop()))
         return db, outbox
@@ -129,6 +134,31 @@ class WriterTests(TestCase):
         rows = await db.query("SELECT `detail` FROM `balance_history_7` ORDER BY `id`")
         self.assertEqual([json.loads(r[0])["n"] for r in rows], list(range(101, 111)))
         self.flushLoggedErrors()
+
+    async def restarted_scenario(self):
+        db, db_settings = await self.positions_database(
+            {"history": 150, "messages": 150, "balance_history_7": 150})
+        # a writer started again while its daemon lives: recovery ended at 100, the daemon
+        # has handed over up to 200 since, and sends again the batches from 141 on
+        settings = json.dumps({"db_history": db_settings, "brokers": None,
+                               "recovered": 100, "handed": 200})
+        frames = b""
+        for n in range(141, 201):
+            body = marshal.dumps((n, n, [row(7, n)], []))
+            frames += FRAME.pack(len(body)) + body
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            filter(None, [writer.__file__.rsplit(os.sep, 2)[0], os.environ.get("PYTHONPATH")])))
+        done = await threads.deferToThread(
+            subprocess.run, [sys.executable, "-m", "matchengine.writer", settings],
+            input=frames, capture_output=True, timeout=60, env=env)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        rows = await db.query("SELECT `detail` FROM `balance_history_7` ORDER BY `id`")
+        self.assertEqual([json.loads(r[0])["n"] for r in rows], list(range(151, 201)))
+
+    def test_positions_of_a_restarted_writer(self):
+        """A writer started again while the daemon lives keeps the positions up to the
+        last operation handed over: what its predecessor wrote is not written twice."""
+        return defer.Deferred.fromCoroutine(self.restarted_scenario())
 
     def test_positions_past_the_log(self):
         """Positions past the last operation recovered (the asynchronous mode wrote the
