@@ -16,7 +16,6 @@ Both offer `start(recovered, rebuild)`, `add(history, messages, oper_id)`,
 import collections
 import contextlib
 import fcntl
-import json
 import os
 import sys
 
@@ -102,17 +101,18 @@ class WriterOutbox:
         if recovered is not None:
             self.oper_id = recovered
             self.settings.update(recovered=recovered, rebuild=rebuild)
-        if "recovered" in self.settings:
-            # no writer can have written past the last operation handed over so far
-            self.settings["handed"] = self.oper_id
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
         self.reactor.spawnProcess(_WriterProtocol(self), sys.executable,
-                                  [sys.executable, "-m", "matchengine.writer",
-                                   json.dumps(self.settings)], env=env)
+                                  [sys.executable, "-m", "matchengine.writer"], env=env)
 
     def _started(self, proto):
         self.process = proto
+        # its settings first; then every batch not confirmed, in order
+        if "recovered" in self.settings:
+            # no writer can have written past the last operation handed over so far
+            self.settings["handed"] = self.oper_id
+        write_now(proto.transport.pipes[0], handoff.dumps_framed(self.settings))
         for frame, _, _ in self.unacked.values():
             write_now(proto.transport.pipes[0], frame)
 

@@ -107,13 +107,13 @@ class Recovered(collections.namedtuple(
     slice was saved at (0 without one)."""
 
 
-class Rebuild(collections.namedtuple("Rebuild", "after upto emit")):
+class Rebuild(collections.namedtuple("Rebuild", "after upto emit warn")):
     """What `load_state` rebuilds: the history rows and messages of the operations with ids
     after `after` up to `upto`, each handed to `emit(oper_id, history, messages)`; the
-    replay stops after `upto`."""
+    replay stops after `upto`.  `warn(text)` is told of operations that cannot be."""
 
 
-async def _slice_row(db, rebuild, say):
+async def _slice_row(db, rebuild):
     """The `slice_history` row to load: the newest, or with `rebuild` the newest taken at
     or before the first operation to rebuild."""
     columns = "SELECT `time`, `end_oper_id`, `end_order_id`, `end_deals_id` FROM `slice_history`"
@@ -124,8 +124,9 @@ async def _slice_row(db, rebuild, say):
             return rows
     rows = await _fetch(db, columns + " ORDER BY `id` DESC LIMIT 1")
     if rebuild is not None and rows and int(rows[0][1]) > rebuild.after:
-        say("no slice at or before operation %d: the history and messages of operations "
-            "%d to %d cannot be rebuilt" % (rebuild.after, rebuild.after + 1, int(rows[0][1])))
+        rebuild.warn("no slice at or before operation %d: the history and messages of "
+                     "operations %d to %d cannot be rebuilt"
+                     % (rebuild.after, rebuild.after + 1, int(rows[0][1])))
     return rows
 
 
@@ -136,7 +137,7 @@ async def load_state(eng, db, progress=None, reactor=None, rebuild=None):
     rebuild instead, and replay up to `rebuild.upto`, handing over their effects."""
     say = progress or (lambda message: log.info("{message}", message=message))
     await exact_slice_templates(db, say)
-    rows = await _slice_row(db, rebuild, say)
+    rows = await _slice_row(db, rebuild)
     last_id, slice_time, newest_slice = 0, None, 0
     every = await operlog_tables(db)
     if rows:

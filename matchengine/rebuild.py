@@ -6,9 +6,9 @@ messages go down the writer process's pipe right after.  A daemon killed in betw
 operations in the log whose effects nobody holds (and a writer killed with it, or a machine
 that stopped, loses those still in its queues).  The writer of the next run compares its
 positions (`matchengine.writer.Positions`) with the last operation the daemon recovered and,
-when they stop short of it, runs this module, with its settings as JSON in the first
-argument: `db_log`, `assets` and `markets` as the daemon has them, `after` and `upto` (the
-operations to rebuild), `marks` (the positions).
+when they stop short of it, runs this module, with its settings as JSON on stdin:
+`db_log`, `assets` and `markets` as the daemon has them, `after` and `upto` (the operations
+to rebuild), `marks` (the positions).
 
 It loads the newest slice taken at or before `after`, replays the log up to `upto`, the
 operations after `after` with their effects built as the write made them, keeps of those the
@@ -75,15 +75,15 @@ async def rebuild(reactor, settings, write):
     try:
         await persist.load_state(
             engine, db, lambda message: say("rebuild: " + message, info=True), reactor,
-            persist.Rebuild(settings["after"], settings["upto"], output.emit))
+            persist.Rebuild(settings["after"], settings["upto"], output.emit,
+                            lambda message: say("rebuild: " + message)))
     finally:
         db.close()
     output.flush(settings["upto"])
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    settings = json.loads(argv[0])
+def main():
+    settings = json.loads(sys.stdin.buffer.read())
     stdout = sys.stdout.buffer
 
     def write(frame):

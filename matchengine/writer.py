@@ -1,10 +1,10 @@
 # -*- test-case-name: matchengine.test.test_outbox -*-
 """The matchengine's writer process: history rows into MySQL, messages to Kafka.
 
-Run by `matchengine.outbox.WriterOutbox` as `python -m matchengine.writer`, with its
-settings as JSON in the first argument.  It reads batches from stdin, each framed as a
-4-byte big-endian length and the `marshal` encoding of `(sequence, oper_id, history,
-messages)`, `oper_id` being the last operation whose effects the batch holds; writes the
+Run by `matchengine.outbox.WriterOutbox` as `python -m matchengine.writer`.  It reads from
+stdin frames, each a 4-byte big-endian length and a `marshal` encoding: first its settings
+(a dict), then batches `(sequence, oper_id, history, messages)`, `oper_id` being the last
+operation whose effects the batch holds; writes the
 history rows (several threads, one MySQL connection each, one transaction per table group)
 and sends the messages (`utils.kafka_wire`, in order), and writes on stdout, one per line,
 the sequence number of the last batch both are done with.  Failures are retried every
@@ -16,7 +16,8 @@ table shard, in the transaction that inserts its rows, and per lane once a group
 A writer started again skips what its positions say is written (the daemon sends again
 every batch not confirmed), and one started after the daemon was killed has the effects of
 the operations committed but never handed over rebuilt from the operation log first
-(`matchengine.rebuild`).
+(`matchengine.rebuild`).  The messages lane records its position from a thread of its own:
+while the history database is away, messages go on (each at least once).
 
 Keeping this work in its own process keeps its CPU time (SQL texts, Kafka record
 batches) off the matching thread's interpreter lock.
@@ -306,8 +307,9 @@ def take_turn(path, poll=1.0):
     """An Event set once this writer holds the lock file at `path` (at once without one).
 
     The writer of a daemon that was killed goes on writing what it was handed; the writer of
-    the restarted daemon reads its own batches meanwhile, but writes and sends them only
-    after the old one has exited, so that history and messages keep their order.
+    the restarted daemon reads its positions, and its batches, only after the old one has
+    exited (the daemon's pipe holds them meanwhile), so that history and messages keep their
+    order.
     """
     turn = threading.Event()
     if not path:
@@ -443,44 +445,106 @@ def ending_on_failure(lane):
 LANE_FAILED = 3     # the writer's exit status when a lane failed
 
 
-def rebuilt(settings, after, positions):
+class Recorder:
+    """Records a lane's position from a thread of its own, the newest each time: the lane
+    goes on while the history database is away, its position behind (what is sent again
+    after a crash is then more, never less)."""
+
+    def __init__(self, db, names):
+        self.db = db
+        self.names = names
+        self.value = self.written = None
+        self.closing = False
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="positions", daemon=True)
+        self.thread.start()
+
+    def set(self, oper_id):
+        with self.changed:
+            self.value = oper_id
+            self.changed.notify()
+
+    def _run(self):
+        connection = Connection(self.db)
+        while True:
+            with self.changed:
+                while self.value == self.written and not self.closing:
+                    self.changed.wait()
+                value = self.value
+                if value == self.written:
+                    return
+            connection.run([position_statement(self.names, value)], "recording positions")
+            self.written = value
+
+    def close(self):
+        """Returns once the newest position is recorded."""
+        with self.changed:
+            self.closing = True
+            self.changed.notify()
+        self.thread.join()
+
+
+REBUILD_PATIENCE = 300.0    # seconds a rebuild is tried again before it is given up
+REBUILD_QUEUE = 100         # rebuilt batches waiting in a lane, at most
+
+
+def rebuilt(settings, after, positions, patience=REBUILD_PATIENCE):
     """Yield the batches of `matchengine.rebuild` for the operations after `after` up to
     `settings["upto"]` (those `positions` say are not written): from a process of its own,
-    run again from where it stopped until it ends well."""
+    run again from where it stopped until it ends well, or given up (critical on the log)
+    once it has failed for `patience` seconds."""
     upto = settings["upto"]
     say("rebuilding the history and messages of operations %d to %d, committed but never "
         "handed over" % (after + 1, upto), info=True)
-    count = 0
+    failing = None
     while after < upto:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "matchengine.rebuild",
-             json.dumps(dict(settings, after=after, marks=positions.marks))],
-            stdout=subprocess.PIPE)
+        child = subprocess.Popen([sys.executable, "-m", "matchengine.rebuild"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         try:
+            child.stdin.write(json.dumps(dict(settings, after=after,
+                                              marks=positions.marks)).encode())
+            child.stdin.close()
             for batch in read_batches(child.stdout.fileno(), pause=0):
                 if batch is None:
                     break
-                count += batch[1] - after
                 after = batch[1]
+                failing = None
                 yield batch
+        except BrokenPipeError:
+            pass        # the child ended before reading its settings: its status tells
         finally:
             child.stdout.close()
             status = child.wait()
-        if after < upto:
-            say("rebuilding ended at operation %d (status %d); going on in 1 s"
-                % (after, status))
-            time.sleep(1)
-    say("rebuilt the history and messages of %d operations" % count, info=True)
+        if after >= upto:
+            break
+        failing = failing or time.monotonic()
+        if time.monotonic() - failing >= patience:
+            say("rebuilding failed for %d s: the history and messages of operations %d to %d "
+                "are not rebuilt" % (patience, after + 1, upto))
+            return
+        say("rebuilding ended at operation %d (status %d); going on in 1 s" % (after, status))
+        time.sleep(1)
+    say("rebuilt the history and messages up to operation %d" % upto, info=True)
 
 
-def main(argv=None):
+def main():
+    try:
+        run(sys.stdin.buffer, sys.stdout.buffer)
+    except BaseException:
+        # the lanes' threads would keep the process alive, confirming nothing
+        say("the writer failed:\n%s" % traceback.format_exc())
+        os._exit(LANE_FAILED)
+
+
+def run(stdin, stdout):
     collect_every(COLLECT_INTERVAL)
-    argv = sys.argv[1:] if argv is None else argv
-    settings = json.loads(argv[0])
+    frames = read_batches(stdin.fileno())
+    settings = next(frames)
+    if settings is None:
+        return
     db = settings["db_history"]
     history = HistoryThreads(db, settings.get("workers", 4))
     messages = Messages(settings["brokers"]) if settings.get("brokers") else None
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     acks = Acks(stdout, 2 if messages is not None else 1)
     turn = take_turn(settings.get("lock"))
     # the daemon hands each commit's batch over at once; gathering them here for a while
@@ -516,16 +580,16 @@ def main(argv=None):
 
     def message_lane(batches):
         ready.wait()
-        positions, connection = known[0], Connection(db)
+        positions, recorder = known[0], Recorder(db, [MESSAGE_LANE])
         for group, last in coalesce(batches, MAX_GROUP_MESSAGES, lambda batch: len(batch[3]),
                                     window):
             if group:
                 messages.send([message for _, oper_id, _, batch_messages in group
                                for message in positions.messages_of(oper_id, batch_messages)])
-                connection.run([position_statement([MESSAGE_LANE], group[-1][1])],
-                               "recording positions")
+                recorder.set(group[-1][1])
                 acks.finished(1, group[-1][0])
             if last:
+                recorder.close()
                 messages.close()
                 return
 
@@ -558,10 +622,13 @@ def main(argv=None):
     after = (min(positions.history, positions.messages) if messages is not None
              else positions.history)
     if rebuild is not None and after < recovered:
-        for batch in rebuilt(dict(rebuild, upto=recovered), after, positions):
+        for batch in rebuilt(dict(rebuild, upto=recovered), after, positions,
+                             settings.get("rebuild_patience", REBUILD_PATIENCE)):
+            while any(lane.qsize() >= REBUILD_QUEUE for lane in lanes):
+                time.sleep(0.05)
             for lane in lanes:
                 lane.put(batch)
-    for batch in read_batches(stdin.fileno()):
+    for batch in frames:
         for lane in lanes:
             lane.put(batch)
     for worker in workers:

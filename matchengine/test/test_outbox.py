@@ -28,6 +28,19 @@ from utils.kafka_queue import KafkaConsumerService
 from utils.testing import until
 
 
+def run_writer(settings, batches):
+    """The writer process run to its end on `settings` and `batches` (its stdin closed
+    after them): its CompletedProcess."""
+    frames = b""
+    for item in [settings] + batches:
+        body = marshal.dumps(item)
+        frames += FRAME.pack(len(body)) + body
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [writer.__file__.rsplit(os.sep, 2)[0], os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, "-m", "matchengine.writer"], input=frames,
+                          capture_output=True, timeout=60, env=env)
+
+
 def row(user, n):
     return (BALANCE, user % 100, (1700000000.5 + n, user, "BTC", "deposit", "1.00000000",
                                   "%d.00000000" % n, '{"n": %d}' % n))
@@ -88,8 +101,9 @@ class WriterTests(TestCase):
         db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"],
                                  history_db, "utf8mb4")
         self.addCleanup(db.close)
-        await db.execute("INSERT INTO `history_position` VALUES %s" % ", ".join(
-            "('%s', %d)" % mark for mark in marks.items()))
+        if marks:
+            await db.execute("INSERT INTO `history_position` VALUES %s" % ", ".join(
+                "('%s', %d)" % mark for mark in marks.items()))
         info = testing.require("mysql")
         return db, {"host": info["host"], "port": int(info["port"]), "user": info["user"],
                     "pass": info["password"], "name": history_db}
@@ -140,20 +154,33 @@ class WriterTests(TestCase):
             {"history": 150, "messages": 150, "balance_history_7": 150})
         # a writer started again while its daemon lives: recovery ended at 100, the daemon
         # has handed over up to 200 since, and sends again the batches from 141 on
-        settings = json.dumps({"db_history": db_settings, "brokers": None,
-                               "recovered": 100, "handed": 200})
-        frames = b""
-        for n in range(141, 201):
-            body = marshal.dumps((n, n, [row(7, n)], []))
-            frames += FRAME.pack(len(body)) + body
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            filter(None, [writer.__file__.rsplit(os.sep, 2)[0], os.environ.get("PYTHONPATH")])))
         done = await threads.deferToThread(
-            subprocess.run, [sys.executable, "-m", "matchengine.writer", settings],
-            input=frames, capture_output=True, timeout=60, env=env)
+            run_writer, {"db_history": db_settings, "brokers": None, "recovered": 100,
+                         "handed": 200},
+            [(n, n, [row(7, n)], []) for n in range(141, 201)])
         self.assertEqual(done.returncode, 0, done.stderr)
         rows = await db.query("SELECT `detail` FROM `balance_history_7` ORDER BY `id`")
         self.assertEqual([json.loads(r[0])["n"] for r in rows], list(range(151, 201)))
+
+    async def given_up_scenario(self):
+        db, db_settings = await self.positions_database({"history": 5, "messages": 5})
+        # a rebuild that cannot be made (its settings name an asset without precisions)
+        done = await threads.deferToThread(
+            run_writer, {"db_history": db_settings, "brokers": None, "recovered": 10,
+                         "rebuild": {"db_log": db_settings, "assets": [["BTC"]],
+                                     "markets": []},
+                         "rebuild_patience": 1.5},
+            [(n, n, [row(7, n)], []) for n in (11, 12)])
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn(b"the history and messages of operations 6 to 10 are not rebuilt",
+                      done.stderr)
+        rows = await db.query("SELECT `detail` FROM `balance_history_7` ORDER BY `id`")
+        self.assertEqual([json.loads(r[0])["n"] for r in rows], [11, 12])
+
+    def test_a_rebuild_that_keeps_failing_is_given_up(self):
+        """A rebuild that keeps failing is given up after its patience, loudly, and the
+        daemon's batches are written: the exchange does not stall behind it."""
+        return defer.Deferred.fromCoroutine(self.given_up_scenario())
 
     def test_positions_of_a_restarted_writer(self):
         """A writer started again while the daemon lives keeps the positions up to the
@@ -166,21 +193,55 @@ class WriterTests(TestCase):
         that take those ids are written."""
         return defer.Deferred.fromCoroutine(self.past_scenario())
 
+    async def history_away_scenario(self):
+        db, settings = await self.positions_database({})
+        proxy = testing.CuttableProxy(settings["port"]).up()
+        self.addCleanup(proxy.down)
+        broker = testing.KafkaBroker().start()
+        self.addCleanup(broker.stop)
+        outbox = WriterOutbox(reactor, dict(settings, port=proxy.port), broker.address,
+                              interval=0.01)
+        outbox.start(0)
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(outbox.stop()))
+        outbox.add([row(7, 1)], [(TOPIC_BALANCES, json.dumps([1]))], 1)
+        outbox.send_now()
+        await outbox.flush()
+        # the history database goes away: the messages go on, the history waits
+        await proxy.down()
+        got = []
+        consumer = KafkaConsumerService(broker.address, TOPIC_BALANCES,
+                                        lambda offset, value: got.append(json.loads(value)[0]),
+                                        offset="earliest", reactor=reactor)
+        consumer.startService()
+        self.addCleanup(consumer.stopService)
+        for first in (2, 4, 6):
+            for n in (first, first + 1):
+                outbox.add([row(7, n)], [(TOPIC_BALANCES, json.dumps([n]))], n)
+                outbox.send_now()
+            await until(lambda: got == list(range(1, first + 2)), seconds=30,
+                        what="messages sent")
+        self.assertEqual(outbox.pending_history, 6)
+        proxy.up()
+        await outbox.flush()
+        rows = await db.query("SELECT `detail` FROM `balance_history_7` ORDER BY `id`")
+        self.assertEqual([json.loads(r[0])["n"] for r in rows], list(range(1, 8)))
+        self.flushLoggedErrors()
+
+    def test_messages_while_the_history_database_is_away(self):
+        """While the history database is away, messages are still sent: the messages
+        lane does not wait to record its position."""
+        return defer.Deferred.fromCoroutine(self.history_away_scenario())
+
     def test_a_failed_lane_ends_the_process(self):
         """A lane that fails ends the writer (the daemon starts it again and sends its
         batches again), where the process lived on without it, confirming nothing more."""
         history_db = testing.create_database("out", ("trade_history",), True)
         self.addCleanup(testing.drop_database, history_db)
         info = testing.require("mysql")
-        settings = json.dumps({"db_history": {"host": info["host"], "port": int(info["port"]),
-                                              "user": info["user"], "pass": info["password"],
-                                              "name": history_db}, "brokers": None})
-        body = marshal.dumps((1, 1, [(BALANCE, 5, "not a row")], []))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            filter(None, [writer.__file__.rsplit(os.sep, 2)[0], os.environ.get("PYTHONPATH")])))
-        done = subprocess.run([sys.executable, "-m", "matchengine.writer", settings],
-                              input=FRAME.pack(len(body)) + body, capture_output=True,
-                              timeout=60, env=env)
+        done = run_writer({"db_history": {"host": info["host"], "port": int(info["port"]),
+                                          "user": info["user"], "pass": info["password"],
+                                          "name": history_db}, "brokers": None},
+                          [(1, 1, [(BALANCE, 5, "not a row")], [])])
         self.assertEqual(done.returncode, writer.LANE_FAILED, done.stderr)
         self.assertIn(b"history lane failed, the writer ends", done.stderr)
         self.assertEqual(done.stdout, b"")
