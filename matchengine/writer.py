@@ -176,19 +176,28 @@ class Connection:
                 say("history: cannot connect to MySQL: %s; retrying in 1 s" % e)
                 time.sleep(1)
 
-    def run(self, statements, what="insert"):
-        """Commit `statements`; returns the last one's rows."""
+    def run(self, statements, what="insert", applied=None):
+        """Commit `statements`; returns the last one's rows.  `applied`: a query that finds
+        a row once they are committed, asked before they are tried again (a connection lost
+        with the answer to its COMMIT may have committed)."""
+        again = False
         while True:
             if self.conn is None:
                 self.conn = self._connect()
             try:
                 with self.conn.cursor() as cursor:
+                    if again and applied is not None:
+                        cursor.execute(applied)
+                        if cursor.fetchall():
+                            self.conn.rollback()    # nothing to do: the read ends
+                            return ()
                     for sql in statements:
                         cursor.execute(sql)
                     rows = cursor.fetchall()
                 self.conn.commit()
                 return rows
             except Exception as e:
+                again = True
                 say("history: %s failed: %s; retrying in 1 s" % (what, e))
                 # the connection may be lost already: it is replaced either way
                 with contextlib.suppress(Exception):
@@ -225,8 +234,8 @@ class HistoryThreads:
     def _work(self, jobs):
         connection = Connection(self.db)
         while True:
-            statements, done = jobs.get()
-            connection.run(statements)
+            statements, applied, done = jobs.get()
+            connection.run(statements, applied=applied)
             done.release()
 
     def write(self, history, oper_id=None):
@@ -235,9 +244,13 @@ class HistoryThreads:
         groups = deal(shard_statements(history, self.chunk), len(self.jobs))
         done = threading.Semaphore(0)
         for jobs, (names, statements) in zip(self.jobs, groups):
+            applied = None
             if oper_id is not None:
                 statements.append(position_statement(names, oper_id))
-            jobs.put((statements, done))
+                # committed with its rows: the transaction went through if it is there
+                applied = ("SELECT 1 FROM `%s` WHERE `name` = '%s' AND `oper_id` >= %d"
+                           % (POSITIONS_TABLE, names[0], oper_id))
+            jobs.put((statements, applied, done))
         for _ in groups:
             done.acquire()
 

@@ -288,7 +288,7 @@ class InsertStatementTests(TestCase):
                                                   (["c", "b"], ["c1", "c2", "b1"])])
         self.assertEqual(writer.deal([("a", ["a1"])], 4), [(["a"], ["a1"])])
 
-    async def written(self, rows, workers, **kwargs):
+    async def written(self, rows, workers, oper_id=None, **kwargs):
         """A connection to a new history database once `rows` are written into it by
         `workers` threads."""
         history_db = testing.create_database("ins", ("trade_history",), True)
@@ -297,7 +297,7 @@ class InsertStatementTests(TestCase):
         history = HistoryThreads({"host": info["host"], "port": int(info["port"]),
                                   "user": info["user"], "pass": info["password"],
                                   "name": history_db}, workers, **kwargs)
-        await threads.deferToThread(history.write, rows)
+        await threads.deferToThread(history.write, rows, oper_id)
         kw = testing.mysql_connect_kwargs("misc")
         db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"],
                                  history_db, "utf8")
@@ -310,6 +310,40 @@ class InsertStatementTests(TestCase):
         db = await self.written(rows, 4, chunk=3)
         got = await db.query("SELECT `detail` FROM `balance_history_1` ORDER BY `id`")
         self.assertEqual([json.loads(d)["n"] for d, in got], list(range(60)))
+
+    async def ambiguous(self):
+        import pymysql
+
+        class CommitsThenFails:
+            """A connection whose first COMMIT goes through, then reports it was lost."""
+
+            def __init__(self, conn):
+                self.conn = conn
+
+            def __getattr__(self, name):
+                return getattr(self.conn, name)
+
+            def commit(self):
+                self.conn.commit()
+                if failures:
+                    failures.pop()
+                    raise pymysql.err.OperationalError(2013, "Lost connection to server")
+        failures = [1]
+        connect = writer.Connection._connect
+        self.patch(writer.Connection, "_connect", lambda conn: CommitsThenFails(connect(conn)))
+        self.patch(sys, "stderr", io.StringIO())
+        rows = [(BALANCE, 1, (1700000000.0 + n, 1, "BCH", "deposit", "1", "%d" % (n + 1),
+                              '{"n": %d}' % n)) for n in range(5)]
+        db = await self.written(rows, 1, oper_id=9)
+        got = await db.query("SELECT `detail` FROM `balance_history_1` ORDER BY `id`")
+        self.assertEqual([json.loads(d)["n"] for d, in got], list(range(5)))
+        self.assertEqual(failures, [])
+        self.assertIn("history: insert failed: (2013", sys.stderr.getvalue())
+
+    def test_a_commit_lost_with_its_answer(self):
+        """A transaction whose COMMIT went through but whose answer was lost is not run
+        again: its shard's position, committed with its rows, tells."""
+        return defer.Deferred.fromCoroutine(self.ambiguous())
 
     def test_a_shards_rows_keep_their_order(self):
         """A user's rows get ids in the order they were made, however many statements they
