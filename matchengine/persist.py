@@ -115,18 +115,20 @@ class Rebuild(collections.namedtuple("Rebuild", "after upto emit warn")):
 
 async def _slice_row(db, rebuild):
     """The `slice_history` row to load: the newest, or with `rebuild` the newest taken at
-    or before the first operation to rebuild."""
+    or before the first operation to rebuild (else the oldest, the operations before it
+    reported as lost to `rebuild.warn`)."""
     columns = "SELECT `time`, `end_oper_id`, `end_order_id`, `end_deals_id` FROM `slice_history`"
-    if rebuild is not None:
-        rows = await _fetch(db, columns + " WHERE `end_oper_id` <= %s ORDER BY `id` DESC "
-                                          "LIMIT 1", (rebuild.after,))
-        if rows:
-            return rows
-    rows = await _fetch(db, columns + " ORDER BY `id` DESC LIMIT 1")
-    if rebuild is not None and rows and int(rows[0][1]) > rebuild.after:
+    if rebuild is None:
+        return await _fetch(db, columns + " ORDER BY `id` DESC LIMIT 1")
+    rows = await _fetch(db, columns + " WHERE `end_oper_id` <= %s ORDER BY `id` DESC LIMIT 1",
+                        (rebuild.after,))
+    if rows:
+        return rows
+    rows = await _fetch(db, columns + " ORDER BY `id` LIMIT 1")
+    if rows:
         rebuild.warn("no slice at or before operation %d: the history and messages of "
                      "operations %d to %d cannot be rebuilt"
-                     % (rebuild.after, rebuild.after + 1, int(rows[0][1])))
+                     % (rebuild.after, rebuild.after + 1, min(int(rows[0][1]), rebuild.upto)))
     return rows
 
 

@@ -73,12 +73,15 @@ async def rebuild(reactor, settings, write):
     db = mysql.from_config(settings["db_log"], max_connections=1)
     output = Output(write, Positions(settings["marks"]))
     try:
-        await persist.load_state(
+        recovered = await persist.load_state(
             engine, db, lambda message: say("rebuild: " + message, info=True), reactor,
             persist.Rebuild(settings["after"], settings["upto"], output.emit,
                             lambda message: say("rebuild: " + message)))
     finally:
         db.close()
+    if recovered.last_id < settings["upto"]:
+        raise persist.RecoveryError("the operation log ends at %d, before operation %d"
+                                    % (recovered.last_id, settings["upto"]))
     output.flush(settings["upto"])
 
 

@@ -30,6 +30,7 @@ import json
 import marshal
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -248,8 +249,9 @@ class HistoryThreads:
             if oper_id is not None:
                 statements.append(position_statement(names, oper_id))
                 # committed with its rows: the transaction went through if it is there
-                applied = ("SELECT 1 FROM `%s` WHERE `name` = '%s' AND `oper_id` >= %d"
-                           % (POSITIONS_TABLE, names[0], oper_id))
+                # (read under a lock: a COMMIT still under way is waited for)
+                applied = ("SELECT 1 FROM `%s` WHERE `name` = '%s' AND `oper_id` >= %d "
+                           "FOR UPDATE" % (POSITIONS_TABLE, names[0], oper_id))
             jobs.put((statements, applied, done))
         for _ in groups:
             done.acquire()
@@ -501,18 +503,45 @@ REBUILD_PATIENCE = 300.0    # seconds a rebuild is tried again before it is give
 REBUILD_QUEUE = 100         # rebuilt batches waiting in a lane, at most
 
 
+def _relay(stream):
+    """Copy a child's stderr lines to this process's (the daemon logs them)."""
+    for line in stream:
+        sys.stderr.write(line.decode("utf-8", "replace"))
+        sys.stderr.flush()
+
+
+def _stop_child(child):
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)     # and the log reader it forked
+
+
 def rebuilt(settings, after, positions, patience=REBUILD_PATIENCE):
     """Yield the batches of `matchengine.rebuild` for the operations after `after` up to
-    `settings["upto"]` (those `positions` say are not written): from a process of its own,
-    run again from where it stopped until it ends well, or given up (critical on the log)
-    once it has failed for `patience` seconds."""
+    `settings["upto"]` (those `positions` say are not written), from a process of its own:
+    run again from where it stopped, and stopped when it makes no progress for `patience`
+    seconds, until it ends well, or given up (critical on the log) once `patience` seconds
+    passed without progress."""
     upto = settings["upto"]
     say("rebuilding the history and messages of operations %d to %d, committed but never "
         "handed over" % (after + 1, upto), info=True)
-    failing = None
+    progress = [time.monotonic()]      # the last batch's time, or the first attempt's
     while after < upto:
+        # a session of its own, so that it and its log reader end together; its stderr
+        # relayed, so that this process's end is seen at once by the daemon
         child = subprocess.Popen([sys.executable, "-m", "matchengine.rebuild"],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, start_new_session=True)
+        threading.Thread(target=_relay, args=(child.stderr,), name="rebuild log",
+                         daemon=True).start()
+
+        def watch(child=child):
+            while child.poll() is None:
+                if time.monotonic() - progress[0] >= patience:
+                    say("rebuilding made no progress for %d s; stopped" % patience)
+                    _stop_child(child)
+                    return
+                time.sleep(min(1.0, patience / 4))
+        threading.Thread(target=watch, name="rebuild watch", daemon=True).start()
         try:
             child.stdin.write(json.dumps(dict(settings, after=after,
                                               marks=positions.marks)).encode())
@@ -521,17 +550,17 @@ def rebuilt(settings, after, positions, patience=REBUILD_PATIENCE):
                 if batch is None:
                     break
                 after = batch[1]
-                failing = None
+                progress[0] = time.monotonic()
                 yield batch
         except BrokenPipeError:
             pass        # the child ended before reading its settings: its status tells
         finally:
+            _stop_child(child)
             child.stdout.close()
             status = child.wait()
         if after >= upto:
             break
-        failing = failing or time.monotonic()
-        if time.monotonic() - failing >= patience:
+        if time.monotonic() - progress[0] >= patience:
             say("rebuilding failed for %d s: the history and messages of operations %d to %d "
                 "are not rebuilt" % (patience, after + 1, upto))
             return

@@ -162,20 +162,61 @@ class WriterTests(TestCase):
         rows = await db.query("SELECT `detail` FROM `balance_history_7` ORDER BY `id`")
         self.assertEqual([json.loads(r[0])["n"] for r in rows], list(range(151, 201)))
 
-    async def given_up_scenario(self):
+    async def given_up_scenario(self, empty_log=False):
         db, db_settings = await self.positions_database({"history": 5, "messages": 5})
-        # a rebuild that cannot be made (its settings name an asset without precisions)
+        if empty_log:
+            # a log that does not hold the operations the daemon recovered
+            log_db = testing.create_database("logpos", ("trade_log",))
+            self.addCleanup(testing.drop_database, log_db)
+            rebuild = {"db_log": dict(db_settings, name=log_db), "assets": [], "markets": []}
+        else:
+            # a rebuild that cannot be made: its settings name an asset without precisions
+            rebuild = {"db_log": db_settings, "assets": [["BTC"]], "markets": []}
         done = await threads.deferToThread(
             run_writer, {"db_history": db_settings, "brokers": None, "recovered": 10,
-                         "rebuild": {"db_log": db_settings, "assets": [["BTC"]],
-                                     "markets": []},
-                         "rebuild_patience": 1.5},
+                         "rebuild": rebuild, "rebuild_patience": 1.5},
             [(n, n, [row(7, n)], []) for n in (11, 12)])
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertIn(b"the history and messages of operations 6 to 10 are not rebuilt",
                       done.stderr)
         rows = await db.query("SELECT `detail` FROM `balance_history_7` ORDER BY `id`")
         self.assertEqual([json.loads(r[0])["n"] for r in rows], [11, 12])
+
+    def test_a_rebuild_short_of_its_end_fails(self):
+        """A rebuild whose log ends before the operation asked for has failed (it is not
+        taken for done): given up after its patience, loudly."""
+        return defer.Deferred.fromCoroutine(self.given_up_scenario(empty_log=True))
+
+    async def hung_scenario(self):
+        import pymysql
+        db, db_settings = await self.positions_database({"history": 5, "messages": 5})
+        log_db = testing.create_database("logpos", ("trade_log",))
+        self.addCleanup(testing.drop_database, log_db)
+        # the log's database does not answer the rebuild: a table it reads is locked
+        locker = pymysql.connect(host=db_settings["host"], port=db_settings["port"],
+                                 user=db_settings["user"], password=db_settings["pass"],
+                                 database=log_db)
+        self.addCleanup(locker.close)
+        locker.cursor().execute("LOCK TABLES `slice_history` WRITE")
+        started = reactor.seconds()
+        done = await threads.deferToThread(
+            run_writer, {"db_history": db_settings, "brokers": None, "recovered": 10,
+                         "rebuild": {"db_log": dict(db_settings, name=log_db),
+                                     "assets": [], "markets": []},
+                         "rebuild_patience": 2.0},
+            [(n, n, [row(7, n)], []) for n in (11, 12)])
+        self.assertLess(reactor.seconds() - started, 30)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn(b"rebuilding made no progress for 2 s; stopped", done.stderr)
+        self.assertIn(b"the history and messages of operations 6 to 10 are not rebuilt",
+                      done.stderr)
+        rows = await db.query("SELECT `detail` FROM `balance_history_7` ORDER BY `id`")
+        self.assertEqual([json.loads(r[0])["n"] for r in rows], [11, 12])
+
+    def test_a_rebuild_that_hangs_is_stopped(self):
+        """A rebuild that makes no progress (its database does not answer) is stopped and
+        given up after its patience."""
+        return defer.Deferred.fromCoroutine(self.hung_scenario())
 
     def test_a_rebuild_that_keeps_failing_is_given_up(self):
         """A rebuild that keeps failing is given up after its patience, loudly, and the
@@ -311,11 +352,12 @@ class InsertStatementTests(TestCase):
         got = await db.query("SELECT `detail` FROM `balance_history_1` ORDER BY `id`")
         self.assertEqual([json.loads(d)["n"] for d, in got], list(range(60)))
 
-    async def ambiguous(self):
+    async def ambiguous(self, late=0.0):
         import pymysql
 
-        class CommitsThenFails:
-            """A connection whose first COMMIT goes through, then reports it was lost."""
+        class LostAnswer:
+            """A connection whose first COMMIT reports the connection lost, while the
+            server commits, `late` seconds after."""
 
             def __init__(self, conn):
                 self.conn = conn
@@ -324,13 +366,27 @@ class InsertStatementTests(TestCase):
                 return getattr(self.conn, name)
 
             def commit(self):
-                self.conn.commit()
-                if failures:
-                    failures.pop()
-                    raise pymysql.err.OperationalError(2013, "Lost connection to server")
+                if not failures:
+                    return self.conn.commit()
+                failures.pop()
+                conn, self.conn = self.conn, None      # gone, as far as the writer knows
+                if late:
+                    threading.Timer(late, lambda: (conn.commit(), conn.close())).start()
+                else:
+                    conn.commit()
+                    conn.close()
+                raise pymysql.err.OperationalError(2013, "Lost connection to server")
+
+            def rollback(self):
+                if self.conn is not None:
+                    self.conn.rollback()
+
+            def close(self):
+                if self.conn is not None:
+                    self.conn.close()
         failures = [1]
         connect = writer.Connection._connect
-        self.patch(writer.Connection, "_connect", lambda conn: CommitsThenFails(connect(conn)))
+        self.patch(writer.Connection, "_connect", lambda conn: LostAnswer(connect(conn)))
         self.patch(sys, "stderr", io.StringIO())
         rows = [(BALANCE, 1, (1700000000.0 + n, 1, "BCH", "deposit", "1", "%d" % (n + 1),
                               '{"n": %d}' % n)) for n in range(5)]
@@ -344,6 +400,11 @@ class InsertStatementTests(TestCase):
         """A transaction whose COMMIT went through but whose answer was lost is not run
         again: its shard's position, committed with its rows, tells."""
         return defer.Deferred.fromCoroutine(self.ambiguous())
+
+    def test_a_commit_lost_with_its_answer_and_late(self):
+        """The same when the server's COMMIT ends after the writer asks: the question
+        waits for it."""
+        return defer.Deferred.fromCoroutine(self.ambiguous(late=2.0))
 
     def test_a_shards_rows_keep_their_order(self):
         """A user's rows get ids in the order they were made, however many statements they

@@ -176,6 +176,30 @@ class ReaderTests(TestCase):
         for fragment in fragments:
             self.assertIn(fragment, str(caught.exception))
 
+    async def slice_for(self, db):
+        await db.execute("INSERT INTO `slice_history` (`time`, `end_oper_id`, `end_order_id`, "
+                         "`end_deals_id`) VALUES (100, 1000, 1, 1), (200, 2000, 2, 2), "
+                         "(300, 3000, 3, 3)")
+        warned = []
+
+        def chosen(after, upto):
+            rebuild = persist.Rebuild(after, upto, None, warned.append)
+            return persist._slice_row(db, rebuild)
+        self.assertEqual([int(v) for v in (await chosen(2500, 2600))[0]], [200, 2000, 2, 2])
+        self.assertEqual([int(v) for v in (await chosen(2000, 2600))[0]], [200, 2000, 2, 2])
+        self.assertEqual(warned, [])
+        # none old enough: the oldest, and the operations before it told as lost
+        self.assertEqual([int(v) for v in (await chosen(500, 1500))[0]], [100, 1000, 1, 1])
+        self.assertEqual(warned, ["no slice at or before operation 500: the history and "
+                                  "messages of operations 501 to 1000 cannot be rebuilt"])
+        self.assertEqual([int(v) for v in (await persist._slice_row(db, None))[0]],
+                         [300, 3000, 3, 3])
+
+    def test_slice_for_a_rebuild(self):
+        """A rebuild loads the newest slice at or before its first operation, else the
+        oldest; recovery the newest."""
+        return defer.Deferred.fromCoroutine(self.slice_for(self.mariadb()))
+
     def test_gap(self):
         """A missing id stops recovery with the table and both ids named."""
         rows = self.numbered()
