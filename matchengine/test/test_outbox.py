@@ -50,6 +50,16 @@ class WriterTests(TestCase):
 
     timeout = 120
 
+    def balance_numbers(self, broker):
+        """A list filling with the number in each `balances` message, from the first."""
+        got = []
+        consumer = KafkaConsumerService(broker.address, TOPIC_BALANCES,
+                                        lambda offset, value: got.append(json.loads(value)[0]),
+                                        offset="earliest", reactor=reactor)
+        consumer.startService()
+        self.addCleanup(consumer.stopService)
+        return got
+
     async def scenario(self):
         history_db = testing.create_database("out", ("trade_history",), True)
         self.addCleanup(testing.drop_database, history_db)
@@ -82,12 +92,7 @@ class WriterTests(TestCase):
         marks = await db.query("SELECT `name`, `oper_id` FROM `history_position`")
         self.assertEqual(dict(marks), {"history": 200, "messages": 200,
                                        "balance_history_7": 200})
-        got = []
-        consumer = KafkaConsumerService(broker.address, TOPIC_BALANCES,
-                                        lambda offset, value: got.append(json.loads(value)[0]),
-                                        offset="earliest", reactor=reactor)
-        consumer.startService()
-        self.addCleanup(consumer.stopService)
+        got = self.balance_numbers(broker)
         await until(lambda: len(set(got)) >= 200, what="all messages")
         self.assertEqual(sorted(set(got)), list(range(1, 201)))
         self.flushLoggedErrors()
@@ -249,12 +254,7 @@ class WriterTests(TestCase):
         await outbox.flush()
         # the history database goes away: the messages go on, the history waits
         await proxy.down()
-        got = []
-        consumer = KafkaConsumerService(broker.address, TOPIC_BALANCES,
-                                        lambda offset, value: got.append(json.loads(value)[0]),
-                                        offset="earliest", reactor=reactor)
-        consumer.startService()
-        self.addCleanup(consumer.stopService)
+        got = self.balance_numbers(broker)
         for first in (2, 4, 6):
             for n in (first, first + 1):
                 outbox.add([row(7, n)], [(TOPIC_BALANCES, json.dumps([n]))], n)
