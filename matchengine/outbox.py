@@ -74,8 +74,10 @@ class WriterOutbox:
         self.reactor = reactor
         # `lock`: a file the writer holds while it runs; a new writer waits for the one
         # its killed daemon left behind (see matchengine.writer.take_turn)
+        # `run`: this daemon run, for its writers (matchengine.writer)
         self.settings = {"db_history": dict(db_history), "brokers": brokers,
-                         "workers": workers, "lock": lock}
+                         "workers": workers, "lock": lock,
+                         "run": int.from_bytes(os.urandom(7), "big")}
         self.interval = interval
         self.restart_delay = restart_delay
         self.history, self.messages = [], []

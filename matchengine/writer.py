@@ -107,6 +107,9 @@ def deal(shards, workers):
 
 POSITIONS_TABLE = "history_position"
 HISTORY_LANE, MESSAGE_LANE = "history", "messages"
+# not a position: the run of the daemon whose writers last checked the positions against
+# what that run recovered (`run`)
+RUN = "run"
 
 
 def position_statement(names, oper_id):
@@ -218,7 +221,14 @@ def load_positions(connection, start):
         "INSERT IGNORE INTO `%s` (`name`, `oper_id`) VALUES ('%s', %d), ('%s', %d)"
         % (POSITIONS_TABLE, HISTORY_LANE, start, MESSAGE_LANE, start),
         "SELECT `name`, `oper_id` FROM `%s`" % POSITIONS_TABLE], "reading positions")
-    return Positions({name: int(oper_id) for name, oper_id in rows})
+    return Positions({name: int(oper_id) for name, oper_id in rows if name != RUN})
+
+
+def checked_run(connection):
+    """The daemon run recorded by the last writer that checked the positions (None)."""
+    rows = connection.run(["SELECT `oper_id` FROM `%s` WHERE `name` = '%s'"
+                           % (POSITIONS_TABLE, RUN)], "reading positions")
+    return int(rows[0][0]) if rows else None
 
 
 class HistoryThreads:
@@ -647,17 +657,27 @@ def run(stdin, stdout):
     recovered = settings.get("recovered", 0)
     connection = Connection(db)
     positions = load_positions(connection, recovered)
-    # the last operation the daemon has handed over (`recovered`, at its start)
-    handed = settings.get("handed", recovered)
-    if "handed" in settings and positions.top > handed:
-        # effects written before their operations were in the log (the asynchronous mode),
-        # of operations a crash then took from it: the ids after `handed` are new ones
-        say("positions up to operation %d, past the last one handed over (%d): the history "
-            "and messages written for the operations the log lost are kept, and the ids "
-            "after %d are the new operations'" % (positions.top, handed, handed))
-        connection.run(["UPDATE `%s` SET `oper_id` = %d WHERE `oper_id` > %d"
-                        % (POSITIONS_TABLE, handed, handed)], "recording positions")
-        positions = load_positions(connection, recovered)
+    if "handed" in settings:
+        # no writer has written past the last operation the daemon handed over; but the
+        # first writer of a daemon run checks against what the run recovered: what lies
+        # past it was written before (see below)
+        run_id = settings.get("run")
+        first = run_id is None or checked_run(connection) != run_id
+        ceiling = recovered if first else settings["handed"]
+        statements = []
+        if positions.top > ceiling:
+            # effects written before their operations were in the log (the asynchronous
+            # mode), of operations a crash then took from it: the ids after are new ones
+            say("positions up to operation %d, past %d: the history and messages written "
+                "for the operations the log lost are kept, and the ids after %d are the new "
+                "operations'" % (positions.top, ceiling, ceiling))
+            statements.append("UPDATE `%s` SET `oper_id` = %d WHERE `oper_id` > %d AND "
+                              "`name` <> '%s'" % (POSITIONS_TABLE, ceiling, ceiling, RUN))
+        if first and run_id is not None:
+            statements.append(position_statement([RUN], run_id))
+        if statements:
+            connection.run(statements, "recording positions")
+            positions = load_positions(connection, recovered)
     known.append(positions)
     ready.set()
     rebuild = settings.get("rebuild")
