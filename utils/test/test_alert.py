@@ -5,6 +5,7 @@ import threading
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger, LogLevel
+from twisted.python import threadable
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -77,6 +78,9 @@ class SenderTests(SynchronousTestCase):
 
     def test_send(self):
         """The socket opens on first use and every alert is one datagram to addr."""
+        # sent from the reactor's thread, whichever thread a reactor run before in this
+        # process registered as its own
+        self.patch(threadable, "isInIOThread", lambda: True)
         reactor = _Reactor()
         sender = AlertSender(reactor, "me", "127.0.0.1:4444")
         sender.send("one")
