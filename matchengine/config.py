@@ -107,6 +107,20 @@ def build_tables(config):
     return assets, markets
 
 
+def tables_data(assets, markets):
+    """`build_tables`' result as JSON values (`tables_from_data` reads them back)."""
+    return {"assets": [list(asset) for asset in assets.values()],
+            "markets": [list(market[:-1]) + [str(market.min_amount)]
+                        for market in markets.values()]}
+
+
+def tables_from_data(data):
+    """({name: Asset}, {name: Market}) from `tables_data`."""
+    assets = {a[0]: Asset(*a) for a in data["assets"]}
+    markets = {m[0]: Market(*m[:-1], decimals.parse(m[-1])) for m in data["markets"]}
+    return assets, markets
+
+
 def example_tables():
     """The original's example assets and markets (what the recorded transcripts use)."""
     names = ["BTC", "LTC", "ETH", "ETC", "ZEC", "XMR", "DSH"]

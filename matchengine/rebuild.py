@@ -25,18 +25,11 @@ from twisted.internet import defer, task
 from matchengine import config, persist
 from matchengine.engine import Engine
 from matchengine.writer import Positions, say
-from utils import decimals, handoff, mysql
+from utils import handoff, mysql
 
-__all__ = ["Output", "tables"]
+__all__ = ["Output"]
 
 BATCH_OPERATIONS = 1000     # operations a batch, at most
-
-
-def tables(settings):
-    """({name: Asset}, {name: Market}) from the settings' lists."""
-    assets = {a[0]: config.Asset(*a) for a in settings["assets"]}
-    markets = {m[0]: config.Market(*m[:-1], decimals.parse(m[-1])) for m in settings["markets"]}
-    return assets, markets
 
 
 class Output:
@@ -68,7 +61,7 @@ class Output:
 
 
 async def rebuild(reactor, settings, write):
-    assets, markets = tables(settings)
+    assets, markets = config.tables_from_data(settings)
     engine = Engine(assets, markets)
     db = mysql.from_config(settings["db_log"], max_connections=1)
     output = Output(write, Positions(settings["marks"]))

@@ -21,8 +21,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from network.address import buffer_sizes
+from matchengine import config, persist
 from matchengine import engine as engine_module
-from matchengine import persist
 from matchengine.effects import TOPIC_BALANCES, TOPIC_DEALS, TOPIC_ORDERS
 from matchengine.operlog import OperationLog, stamp
 from utils import forked, rpc
@@ -157,11 +157,7 @@ class MatchEngine(service.Service):
 
     def _rebuild_settings(self):
         """What `matchengine.rebuild` needs, as JSON values."""
-        assets, markets = self.tables
-        return {"db_log": dict(self.cfg["db_log"]),
-                "assets": [list(asset) for asset in assets.values()],
-                "markets": [list(market[:-1]) + [str(market.min_amount)]
-                            for market in markets.values()]}
+        return dict(config.tables_data(*self.tables), db_log=dict(self.cfg["db_log"]))
 
     def when_ready(self):
         """A Deferred firing with this service once recovery is done and the port open."""

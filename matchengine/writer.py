@@ -131,6 +131,8 @@ class Positions:
 
     def __init__(self, marks):
         self.marks = dict(marks)
+        # not a position: the daemon run that last checked them (`RUN`)
+        self.run = self.marks.pop(RUN, None)
         self.history = self.marks.get(HISTORY_LANE, 0)
         self.messages = self.marks.get(MESSAGE_LANE, 0)
         self.top = max(self.marks.values(), default=0)
@@ -221,14 +223,7 @@ def load_positions(connection, start):
         "INSERT IGNORE INTO `%s` (`name`, `oper_id`) VALUES ('%s', %d), ('%s', %d)"
         % (POSITIONS_TABLE, HISTORY_LANE, start, MESSAGE_LANE, start),
         "SELECT `name`, `oper_id` FROM `%s`" % POSITIONS_TABLE], "reading positions")
-    return Positions({name: int(oper_id) for name, oper_id in rows if name != RUN})
-
-
-def checked_run(connection):
-    """The daemon run recorded by the last writer that checked the positions (None)."""
-    rows = connection.run(["SELECT `oper_id` FROM `%s` WHERE `name` = '%s'"
-                           % (POSITIONS_TABLE, RUN)], "reading positions")
-    return int(rows[0][0]) if rows else None
+    return Positions({name: int(oper_id) for name, oper_id in rows})
 
 
 class HistoryThreads:
@@ -662,7 +657,7 @@ def run(stdin, stdout):
         # first writer of a daemon run checks against what the run recovered: what lies
         # past it was written before (see below)
         run_id = settings.get("run")
-        first = run_id is None or checked_run(connection) != run_id
+        first = run_id is None or positions.run != run_id
         ceiling = recovered if first else settings["handed"]
         statements = []
         if positions.top > ceiling:

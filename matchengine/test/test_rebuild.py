@@ -1,11 +1,13 @@
 # -*- test-case-name: matchengine.test.test_rebuild -*-
 """Operations committed but never handed to the writer get their history and messages."""
 
+import json
+
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from matchengine import persist
+from matchengine import config, persist
 from matchengine.effects import (BALANCE, HISTORY_COLUMNS, TOPIC_BALANCES, TOPIC_DEALS,
                                  TOPIC_ORDERS)
 from matchengine.rebuild import Output
@@ -43,6 +45,12 @@ class PositionTests(SynchronousTestCase):
         self.assertEqual(positions.messages_of(12, ["m"]), [])
         self.assertEqual(positions.messages_of(13, ["m"]), ["m"])
         self.assertEqual(Positions({}).rows(1, rows), rows)
+
+    def test_tables_as_data(self):
+        """The assets and markets reach the rebuild as JSON values, unchanged."""
+        tables = config.example_tables()
+        data = json.loads(json.dumps(config.tables_data(*tables)))
+        self.assertEqual(config.tables_from_data(data), tables)
 
     def test_output_batches(self):
         """Rebuilt effects go out in batches of whole operations; the last one ends at the
