@@ -28,7 +28,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from utils.jsonfmt import real_text
-from utils.mysql import needs_escape, values_texts
+from utils.mysql import insert_texts, needs_escape
 
 __all__ = ["OperationLog", "Batch", "stamp", "table_name", "log_values",
            "autocommit_connection"]
@@ -210,9 +210,7 @@ class OperationLog:
 
     def _statements(self, table, rows, escape):
         head = self.db.insert_many_sql(table, COLUMNS, 0, ignore=True)
-        return [head + text for start in range(0, len(rows), CHUNK)
-                for text in values_texts(rows[start:start + CHUNK],
-                                         lambda part: log_values(part, escape))]
+        return insert_texts(head, rows, lambda part: log_values(part, escape), CHUNK)
 
     def _committed(self, _, batch, table):
         self.table = self.newest_table = table

@@ -41,7 +41,7 @@ from matchengine.effects import HISTORY_COLUMNS
 from matchengine.rowtext import values_text
 from utils.handoff import FRAME
 from utils.kafka_wire import LeanProducer
-from utils.mysql import client_charset, values_texts
+from utils.mysql import client_charset, insert_texts
 
 # how each history column is written into SQL: times to the microsecond, ids as integers,
 # free text escaped; the remaining columns are decimals in their raw form (digits, a point,
@@ -86,9 +86,8 @@ def shard_statements(history, chunk=1000):
         for shard, rows in shards.items():
             name = "%s_%d" % (table, shard)
             head = "INSERT IGNORE INTO `%s` (%s) VALUES " % (name, columns)
-            every.append((name, [head + text for start in range(0, len(rows), chunk)
-                                 for text in values_texts(rows[start:start + chunk],
-                                                          lambda part: values_text(part, kinds))]))
+            every.append((name, insert_texts(head, rows, lambda part: values_text(part, kinds),
+                                             chunk)))
     return every
 
 

@@ -201,11 +201,9 @@ class Database:
             head = self.insert_many_sql(table, columns, 0, ignore)
             literal = _Literals(cursor.connection).row
 
-            def render(part):
-                return ", ".join(map(literal, part))
-            for start in range(0, len(rows), chunk):
-                for text in values_texts(rows[start:start + chunk], render):
-                    cursor.execute(head + text)
+            for sql in insert_texts(head, rows, lambda part: ", ".join(map(literal, part)),
+                                    chunk):
+                cursor.execute(sql)
             return len(rows)
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
@@ -304,6 +302,13 @@ def _lost(error):
 # packet over the server's max_allowed_packet is refused, 4 MB by default in MySQL 5.7 and
 # 16 MB in MariaDB, and a refused batch would be retried for ever
 STATEMENT_MAX = 1 << 19
+
+
+def insert_texts(head, rows, render, chunk=1000):
+    """`head` (an INSERT's text up to VALUES) with the VALUES text of `rows`, `render`ed:
+    one statement for each `chunk` rows, or more, as `values_texts` splits them."""
+    return [head + text for start in range(0, len(rows), chunk)
+            for text in values_texts(rows[start:start + chunk], render)]
 
 
 def values_texts(rows, render, limit=STATEMENT_MAX):

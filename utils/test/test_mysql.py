@@ -80,6 +80,12 @@ class ValuesTextsTests(SynchronousTestCase):
         self.assertTrue(all(len(t) <= 12 or "," not in t for t in texts), texts)
         self.assertEqual(mysql.values_texts(rows, ", ".join, limit=1000), [", ".join(rows)])
 
+    def test_insert_texts_by_chunk(self):
+        """A statement for each chunk of rows, the head before each VALUES text."""
+        self.assertEqual(mysql.insert_texts("INSERT ", ["a", "b", "c"], ", ".join, 2),
+                         ["INSERT a, b", "INSERT c"])
+        self.assertEqual(mysql.insert_texts("INSERT ", [], ", ".join), [])
+
     def test_history_statements_within_the_limit(self):
         """The writer's statements of large details: each within the limit, rows whole."""
         from matchengine.effects import BALANCE
