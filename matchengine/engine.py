@@ -286,7 +286,7 @@ class Engine:
             # the log keeps the detail's keys sorted, the id among them; a live write gives
             # the request's keys, then the id: sorted, then the id, is the nearest text
             detail.pop("id", None)
-        detail["id"] = business_id
+        detail["id"] = signed64(business_id)    # as the request gave it, signed
         if real:
             self.effects.balance_update(now, user_id, asset, business, change, dumps(detail))
         return {"status": "success"}
@@ -520,5 +520,8 @@ _texts = SCALAR_TEXTS
 
 def load_detail(text):
     """(method, params) of an operation-log detail."""
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     return data["method"], data["params"]

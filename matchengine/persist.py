@@ -286,7 +286,7 @@ def _parse_all(rows):
         return [(int(oper_id), float(t), strings.setdefault(d["method"], d["method"]),
                  _shared(d["params"], strings))
                 for (oper_id, t, _), d in zip(rows, details)]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         return None
 
 

@@ -24,7 +24,6 @@ Responses carry exactly `Date` and `Content-Length`, as the original's do (its `
 the month in full; this one uses the standard RFC 7231 form).
 """
 
-import json
 from email.utils import formatdate
 
 import httptools
@@ -71,8 +70,9 @@ class _BadRequest(Exception):
 def parse_envelope(body: bytes):
     """(id, method, params) of a JSON-RPC body, or _BadRequest."""
     try:
-        # decoded as json.loads decodes bytes; read as strictly as the original reads it
-        data = loads(body.decode(json.detect_encoding(body), "surrogatepass"))
+        # UTF-8 alone (no byte order mark, no UTF-16 or -32), read as strictly as the
+        # original reads it
+        data = loads(body.decode("utf-8", "surrogatepass"))
     except ValueError:
         raise _BadRequest("body is not JSON")
     if not isinstance(data, dict):

@@ -8,7 +8,7 @@ an integer, and an exponent without "+" or leading zeros: 1795561714.368599 is w
 1795561714.3685989.
 
 `loads` refuses what jansson refuses: integers beyond 64 bits, reals beyond a double, NaN
-and Infinity, nesting deeper than the parser allows.
+and Infinity, the character NUL, nesting deeper than `MAX_DEPTH`.
 
 Objects without floats take the C encoder; objects with floats are written by a small
 recursive writer (floats only appear in small messages: order info, deals, balances).
@@ -37,6 +37,11 @@ DIGITS = tuple(str(n) for n in range(10))
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
+# arrays and objects nested deeper are refused: a value read at any depth of the stack must
+# be written out again and read back (the operation log's entries are, at recovery) within
+# the interpreter's recursion limit
+MAX_DEPTH = 100
+
 
 def _int64(text):
     value = int(text)
@@ -64,7 +69,8 @@ _scan = _strict.scan_once       # the C scanner: one value from an offset, and w
 def loads(text: str):
     """The value of a JSON text, refused (ValueError) where jansson refuses it: an integer
     beyond 64 bits (a backend would refuse the whole packet), a real beyond a double, NaN or
-    Infinity, nesting too deep, a surrogate code point not paired."""
+    Infinity, nesting deeper than `MAX_DEPTH`, the character NUL (jansson refuses it unless
+    asked), a surrogate code point not paired."""
     try:
         if text[:1] == "[" or text[:1] == "{":
             # the common case, a text that is one array or object and nothing around it,
@@ -80,25 +86,47 @@ def loads(text: str):
             value = _strict.decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
-    # a lone surrogate comes escaped, or raw from bytes decoded with surrogatepass: no UTF-8
-    # holds it, and the value would fail where it is written out (an operation-log entry,
-    # an order's JSON, a Kafka message), after the state changed
+    # no value nests deeper than the text has openings, strings' brackets counted as well
+    if text.count("[") + text.count("{") > MAX_DEPTH:
+        _refuse_deep(value)
+    # NUL and a lone surrogate come escaped (a lone surrogate also raw, from bytes decoded
+    # with surrogatepass): NUL is what C strings end at, no UTF-8 holds a lone surrogate, and
+    # the value would fail where it is written out (an operation-log entry, an order's JSON,
+    # a Kafka message), after the state changed
     if "\\" in text or not text.isascii():       # one character: found by memchr
-        _refuse_lone_surrogates(value)
+        _refuse_odd_characters(value)
     return value
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+def _refuse_deep(value):
+    """ValueError when arrays and objects nest in `value` deeper than `MAX_DEPTH`."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError("JSON nested deeper than %d" % MAX_DEPTH)
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        stack.extend((inner, depth + 1) for inner in item
+                     if isinstance(inner, (list, dict)))
 
 
-def _refuse_lone_surrogates(value):
-    """ValueError when a string of `value`, key or value, holds a surrogate code point (the
-    decoder joins an escaped pair into one character: what is left is alone)."""
+_ODD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
+def _refuse_odd_characters(value):
+    """ValueError when a string of `value`, key or value, holds NUL or a surrogate code point
+    (the decoder joins an escaped pair into one character: what is left is alone)."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if _SURROGATE.search(item) is not None:
+            found = _ODD_CHARACTER.search(item)
+            if found is not None:
+                if found.group() == "\x00":
+                    raise ValueError("NUL is not allowed in a string")
                 raise ValueError("invalid Unicode: a surrogate code point not paired")
         elif isinstance(item, list):
             stack.extend(item)

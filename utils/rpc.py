@@ -15,7 +15,6 @@ Requests carry a JSON array of parameters; replies a JSON object
 `{"error": null | {"code": int, "message": str}, "result": ..., "id": req_id}`.
 """
 
-import json
 import struct
 import zlib
 
@@ -282,12 +281,9 @@ def parse_params(body: bytes) -> list:
     Raises ValueError when the body is not such an array.
     """
     if not isinstance(body, str):
-        # as json.loads: UTF-8, -16 or -32, told apart by the first bytes; an array opening
-        # with "[" and a byte that is not zero can only be UTF-8
-        if body[:1] == b"[" and body[1:2] != b"\0":
-            body = body.decode("utf-8", "surrogatepass")
-        else:
-            body = body.decode(json.detect_encoding(body), "surrogatepass")
+        # UTF-8 alone, as jansson reads it: a byte order mark, or UTF-16 or -32, is not JSON
+        # (a lone surrogate's bytes are let through, for `loads` to refuse)
+        body = body.decode("utf-8", "surrogatepass")
     value = loads(body)
     if not isinstance(value, list):
         raise ValueError("request body is not a JSON array")

@@ -13,7 +13,7 @@ from matchengine.operlog import autocommit_connection
 from matchengine.outbox import WriterOutbox
 from matchengine.server import MatchEngine
 from matchengine.test.test_engine import METHODS, TRANSCRIPT, norm
-from utils import mysql, testing
+from utils import jsonfmt, mysql, testing
 from utils.kafka_queue import KafkaConsumerService
 from utils.rpc_client import ConnectionLost, RPCClient
 from utils.testing import until
@@ -306,6 +306,55 @@ class ServiceTests(TestCase):
         changes: the order they made was placed, then failed to be written out (an internal
         error with its state changed and not logged), and its message stopped the writer."""
         return defer.Deferred.fromCoroutine(self.lone_surrogates())
+
+    async def odd_details(self):
+        h = Harness(self)
+        await h.start()
+        before = h.state()
+
+        def nested(depth):
+            return '{"a": ' * depth + "1" + "}" * depth
+
+        refused = [
+            # as deep as the interpreter reads in the request path, but not once the entry
+            # is read back at a deeper stack: it was acknowledged, and the next start failed
+            '[7, "BTC", "deposit", 1, "1", %s]' % nested(950),
+            # deeper still: written out after the balance changed, and failed there
+            '[7, "BTC", "deposit", 2, "1", %s]' % nested(955),
+            '[7, "BTC", "deposit", 3, "1", %s]' % nested(jsonfmt.MAX_DEPTH),
+            '[7, "BTC", "dep\\u0000osit", 4, "1", {}]',
+            '[7, "BTC", "deposit", 5, "1", {"note": "a\\u0000b"}]',
+            '[7, "BTCBCH", 1, "1", "5", "0", "0", "a\\u0000b"]',
+        ]
+        for body in refused:
+            command = 201 if "BTCBCH" in body else 102
+            # not JSON as jansson reads it: the connection is closed, as the original does
+            client = RPCClient(reactor, "matchengine", ["tcp@127.0.0.1:%d" % h.port], 1 << 20)
+            client.start()
+            await until(lambda: client.connected, what="client connected")
+            with self.assertRaises(ConnectionLost, msg=body[:40]):
+                await client.call_raw(command, body.encode(), 10.0)
+            client.stop()
+            self.assertEqual(h.state(), before)
+        deepest = json.loads(nested(jsonfmt.MAX_DEPTH - 2))
+        reply = await h.call(102, [7, "BTC", "deposit", 6, "1", deepest])
+        self.assertIsNone(reply["error"], reply)
+        # the id as the request gave it, signed, as the original writes it
+        reply = await h.call(102, [8, "BTC", "deposit", -1, "2", {"note": "x"}])
+        self.assertIsNone(reply["error"], reply)
+        await h.restart_unchanged()
+        await h.stop()      # the history written
+        history = h.database(h.history_db)
+        rows = await history.query("SELECT `detail` FROM `balance_history_8`")
+        self.assertEqual(rows, [('{"note": "x", "id": -1}',)])
+        rows = await history.query("SELECT `detail` FROM `balance_history_7`")
+        self.assertEqual([json.loads(detail) for detail, in rows], [dict(deepest, id=6)])
+
+    def test_odd_details(self):
+        """Details nested deeper than jsonfmt.MAX_DEPTH and texts holding NUL are refused
+        before anything changes: a deep detail was acknowledged and then stopped the next
+        start, or was applied and answered with an internal error, unlogged."""
+        return defer.Deferred.fromCoroutine(self.odd_details())
 
     async def slice_exact(self):
         h = Harness(self)

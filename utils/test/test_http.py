@@ -105,6 +105,13 @@ class ServerTests(SynchronousTestCase):
                  post({"id": 1, "method": "echo", "params": {}}),
                  post({"id": 1, "method": "echo"}), post(b"\xff\xfe"),
                  b"GET / HTTP/1.1\r\n\r\n", post(b""), b"NOT HTTP AT ALL\r\n\r\n"]
+        # JSON as jansson reads it: UTF-8 alone, no NUL, nesting within jsonfmt.MAX_DEPTH
+        envelope = '{"id": 1, "method": "echo", "params": [1]}'
+        cases += [post(envelope.encode(encoding))
+                  for encoding in ("utf-8-sig", "utf-16", "utf-16-le", "utf-32")]
+        cases += [post(b'{"id": 1, "method": "echo", "params": ["a\\u0000b"]}'),
+                  post(b'{"id": 1, "method": "echo", "params": %s}'
+                       % (b"[" * 100 + b"]" * 100))]
         for case in cases:
             self.setUp()
             self.proto.dataReceived(case)

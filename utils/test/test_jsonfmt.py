@@ -146,6 +146,36 @@ class LoadsTests(SynchronousTestCase):
                 jsonfmt.loads(text)
             self.assertIn("surrogate", str(caught.exception))
 
+    def test_nul_refused(self):
+        """NUL, escaped in a key or a value, is refused as jansson refuses it (the original
+        closes the connection): where a C string ends, the text would be cut short."""
+        for text in ['["dep\\u0000osit"]', '[1, {"k": ["\\u0000"]}]', '{"a\\u0000": 1}']:
+            with self.assertRaises(ValueError, msg=text) as caught:
+                jsonfmt.loads(text)
+            self.assertIn("NUL", str(caught.exception))
+        self.assertEqual(jsonfmt.loads('["\\\\u0000"]'), ["\\u0000"])
+
+    def test_nesting(self):
+        """Arrays and objects nest up to MAX_DEPTH deep, at whatever depth of the stack the
+        text is read; deeper is refused, though the interpreter could read it here, for the
+        value must be written out and read back wherever it goes (the operation log)."""
+        def nested(depth):
+            return '{"a": ' * (depth - 1) + "[1]" + "}" * (depth - 1)
+
+        limit = jsonfmt.MAX_DEPTH
+        value = jsonfmt.loads(nested(limit))
+        self.assertEqual(json.loads(jsonfmt.dumps(value)), value)
+        self.assertEqual(jsonfmt.loads("[%s]" % nested(limit - 1)), [value["a"]])
+        for text in (nested(limit + 1), "[%s]" % nested(limit), "[" * 500 + "]" * 500):
+            with self.assertRaises(ValueError, msg=text[:20]) as caught:
+                jsonfmt.loads(text)
+            self.assertIn("nested deeper than %d" % limit, str(caught.exception))
+        # brackets in strings are text: many of them, and no nesting, are fine
+        self.assertEqual(jsonfmt.loads('["%s", {"k": "%s"}]' % ("[{" * 300, "{" * 300)),
+                         ["[{" * 300, {"k": "{" * 300}])
+        # wide rather than deep
+        self.assertEqual(len(jsonfmt.loads("[%s]" % ", ".join(["[[]]"] * 300))), 300)
+
     def test_escapes_that_are_fine(self):
         """Pairs make one character; an escaped backslash before "ud800" is text."""
         self.assertEqual(jsonfmt.loads('["\\ud83d\\ude00", "\\u00e9\\u4e2d"]'),
