@@ -9,7 +9,7 @@ answer.  No I/O here; `readhistory.server` runs the statements on the database p
 import json
 from decimal import Decimal
 
-from utils.rpc import INVALID_ARGUMENT
+from utils.rpc import INVALID_ARGUMENT, signed64
 
 U32 = 0xFFFFFFFF
 U64 = 0xFFFFFFFFFFFFFFFF
@@ -23,6 +23,12 @@ BALANCE_HISTORY, ORDER_FINISHED, ORDER_DEALS, ORDER_FINISHED_DETAIL, MARKET_USER
 def integer(value):
     """The original reads integer parameters leniently: anything not an integer is 0."""
     return value if type(value) is int else 0
+
+
+def signed32(value):
+    """An integer as a C int holds it (the original reads `side` into one)."""
+    value &= U32
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def string(value):
@@ -77,7 +83,7 @@ def balance_history(params):
     if not user_id:
         raise INVALID_ARGUMENT()
     asset, business = string(params[1]), string(params[2])
-    start, end = integer(params[3]), integer(params[4])
+    start, end = integer(params[3]) & U64, integer(params[4]) & U64
     if end and start > end:
         raise INVALID_ARGUMENT()
     offset, limit = page(params[5], params[6])
@@ -94,7 +100,7 @@ def balance_history(params):
            % (user_id % SHARDS, " AND ".join(where), _limit(offset, limit)))
 
     def result(rows):
-        return {"offset": offset, "limit": limit, "records": [
+        return {"offset": signed64(offset), "limit": limit, "records": [
             {"time": float(t), "asset": a, "business": b, "change": text(c),
              "balance": text(bal), "detail": detail_object(d)}
             for t, a, b, c, bal, d in rows]}
@@ -124,11 +130,11 @@ def order_finished(params):
     if not user_id:
         raise INVALID_ARGUMENT()
     market = string(params[1])
-    start, end = integer(params[2]), integer(params[3])
+    start, end = integer(params[2]) & U64, integer(params[3]) & U64
     if end and start > end:
         raise INVALID_ARGUMENT()
     offset, limit = page(params[4], params[5])
-    side = integer(params[6]) if len(params) > 6 else 0
+    side = signed32(integer(params[6])) if len(params) > 6 else 0
     if side not in (0, 1, 2):
         raise INVALID_ARGUMENT()
     where, args = ["`user_id` = %s", "`market` = %s"], [user_id, market]
@@ -140,7 +146,8 @@ def order_finished(params):
            % (ORDER_COLUMNS, user_id % SHARDS, " AND ".join(where), _limit(offset, limit)))
 
     def result(rows):
-        return {"offset": offset, "limit": limit, "records": [order_record(r) for r in rows]}
+        return {"offset": signed64(offset), "limit": limit,
+                "records": [order_record(r) for r in rows]}
     return sql, args, result
 
 
@@ -156,7 +163,7 @@ def order_deals(params):
            "ORDER BY `id` DESC%s" % (order_id % SHARDS, _limit(offset, limit)))
 
     def result(rows):
-        return {"offset": offset, "limit": limit, "records": [
+        return {"offset": signed64(offset), "limit": limit, "records": [
             {"time": float(t), "user": int(u), "id": int(deal_id), "role": int(role),
              "price": text(price), "amount": text(amount), "deal": text(deal),
              "fee": text(fee), "deal_order_id": int(other)}
@@ -192,7 +199,7 @@ def market_user_deals(params):
            % (user_id % SHARDS, _limit(offset, limit)))
 
     def result(rows):
-        return {"offset": offset, "limit": limit, "records": [
+        return {"offset": signed64(offset), "limit": limit, "records": [
             {"time": float(t), "user": int(u), "id": int(deal_id), "side": int(side),
              "role": int(role), "price": text(price), "amount": text(amount),
              "deal": text(deal), "fee": text(fee), "deal_order_id": int(other), "market": m}

@@ -3,7 +3,8 @@
 
 Several queries run at once (`worker_num` connections); replies go out as queries finish,
 so clients match them by sequence, as with the original.  When 10 × `worker_num` queries
-wait, new ones are refused with "service unavailable".  A failed query answers "internal
+wait for a connection (beside the `worker_num` running), new ones are refused with "service
+unavailable".  A failed query answers "internal
 error" and is logged at critical level.
 """
 
@@ -62,7 +63,8 @@ class ReadHistory(service.Service):
 
     def _handler(self, query):
         def handle(params, request):
-            if self.in_flight >= 10 * self.workers:
+            # `workers` queries run, one on each connection; the rest wait their turn
+            if self.in_flight - self.workers >= 10 * self.workers:
                 raise rpc.SERVICE_UNAVAILABLE()
             sql, args, result = query(params)
             self.in_flight += 1

@@ -3,6 +3,7 @@
 
 import json
 
+import pymysql
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -10,7 +11,7 @@ from matchengine.test.test_engine import METHODS, TRANSCRIPT, norm
 from matchengine.test.test_server import Harness
 from readhistory import config, reader
 from readhistory.server import ReadHistory
-from utils import rpc, testing
+from utils import mysql, rpc, testing
 from utils.rpc_client import RPCClient
 from utils.testing import until
 
@@ -35,7 +36,10 @@ class ReaderTests(SynchronousTestCase):
                (103, [1, "", "", 0, 0, 0, 102]), (103, [1, "", "", 0, 0, 0]),
                (208, [1, "BTCBCH", 0, 0, 0, 10, 3]), (208, [1, "BTCBCH", 0, 0, 0]),
                (209, [1, 5, 0, 10]), (209, ["1", 0, 10]), (210, [0]), (210, []),
-               (306, [1, 2, 0, 10]), (306, [1, "BTCBCH", 0, -1])]
+               (306, [1, 2, 0, 10]), (306, [1, "BTCBCH", 0, -1]),
+               # times are unsigned, as the original reads them: -1 is 2^64 - 1
+               (103, [1, "", "", -1, 5, 0, 2]), (208, [1, "BTCBCH", -1, 5, 0, 10]),
+               (208, [1, "BTCBCH", 0, 0, 0, 10, 4294967299])]
         for command, params in bad:
             with self.assertRaises(rpc.RPCError, msg=(command, params)) as e:
                 reader.QUERIES[command](params)
@@ -51,6 +55,24 @@ class ReaderTests(SynchronousTestCase):
         self.assertEqual(args, [101, "BTC", "deposit", 5, 9])
         sql, args, _ = reader.order_finished([7, "BTCBCH", 0, 0, 0, 5, 2])
         self.assertTrue(sql.endswith("`side` = %s ORDER BY `id` DESC LIMIT 5"))
+        # unsigned times, and a side as a C int holds it
+        _, args, _ = reader.balance_history([1, "", "", -1, 0, 0, 2])
+        self.assertEqual(args, [1, (1 << 64) - 1])
+        _, args, _ = reader.balance_history([1, "", "", 0, -1, 0, 2])
+        self.assertEqual(args, [1, (1 << 64) - 1])
+        for side in (4294967297, -4294967294):
+            _, args, _ = reader.order_finished([7, "BTCBCH", 0, 0, 0, 5, side])
+            self.assertEqual(args, [7, "BTCBCH", side & 0xFFFFFFFF])
+
+    def test_offset_shown_signed(self):
+        """A negative offset is echoed as given, as the original's int64 shows it."""
+        for query, params in [(reader.balance_history, [1, "", "", 0, 0, -1, 2]),
+                              (reader.order_finished, [1, "BTCBCH", 0, 0, -1, 2]),
+                              (reader.order_deals, [1, -1, 2]),
+                              (reader.market_user_deals, [1, "BTCBCH", -1, 2])]:
+            sql, _, result = query(params)
+            self.assertIn("LIMIT 18446744073709551615, 2", sql)
+            self.assertEqual(result([])["offset"], -1)
 
 
 class IntegrationTests(TestCase):
@@ -98,8 +120,10 @@ class IntegrationTests(TestCase):
         int64_min, int64_max = -(1 << 63), (1 << 63) - 1
         for command, params, key in [
                 (103, [1, "", "", 0, 0, -1, 10], "records"),
-                (103, [-1, "BTC", "trade", int64_min, int64_max, int64_max, 101], "records"),
-                (208, [1, "BTCBCH", -5, int64_max, -1, 1, 2], "records"),
+                (103, [-1, "BTC", "trade", int64_max, -1, int64_max, 101], "records"),
+                (103, [1, "", "", int64_min, 0, 0, 2], "records"),
+                (208, [1, "BTCBCH", -5, 0, -1, 1, 2], "records"),
+                (208, [1, "BTCBCH", 0, -1, int64_max, 1, -4294967295], "records"),
                 (209, [-1, -1, 1], "records"),
                 (210, [int64_max], None),
                 (306, [-1, "BTCBCH", int64_max, 101], "records")]:
@@ -110,6 +134,50 @@ class IntegrationTests(TestCase):
             else:
                 self.assertEqual(got["result"][key], [], (command, params))
         await h.stop()
+
+    async def queue_full(self):
+        info = testing.require("mysql")
+        history_db = testing.create_database("hist", ("trade_history",), True)
+        self.addCleanup(testing.drop_database, history_db)
+        port = testing.free_port()
+        cfg = config.load_data({
+            "log": {"path": "log/readhistory", "flag": "fatal,error,warn,info"},
+            "svr": {"bind": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 1000000,
+                    "heartbeat_check": False},
+            "db_history": {"host": info["host"], "port": int(info["port"]),
+                           "user": info["user"], "pass": info["password"],
+                           "name": history_db},
+            "worker_num": 2})
+        db = mysql.from_config(cfg.db_history, max_connections=cfg.worker_num)
+        self.addCleanup(db.close)
+        rh = ReadHistory(cfg, db, reactor=reactor)
+        await rh.startService()
+        self.addCleanup(rh.stopService)
+        client = RPCClient(reactor, "readhistory", ["tcp@127.0.0.1:%d" % port], 1 << 20)
+        client.start()
+        self.addCleanup(client.stop)
+        await until(lambda: client.connected, what="readhistory connected")
+        # the table locked: every query on it waits, on a connection or for one
+        locker = pymysql.connect(**testing.mysql_connect_kwargs("misc"))
+        self.addCleanup(locker.close)
+        locker.select_db(history_db)
+        locker.cursor().execute("LOCK TABLES `balance_history_1` WRITE")
+        calls = [client.call(103, [1, "", "", 0, 0, 0, 10], 30.0) for _ in range(30)]
+        await until(lambda: rh.in_flight == 22, what="queries waiting")
+        await until(lambda: sum(c.called for c in calls) == 8, what="refusals")
+        refused = [c.result for c in calls if c.called]
+        self.assertEqual([r["error"] for r in refused],
+                         [{"code": 3, "message": "service unavailable"}] * 8)
+        # the two running and the twenty waiting are answered once the table is free
+        locker.cursor().execute("UNLOCK TABLES")
+        answers = await defer.gatherResults([c for c in calls if not c.called])
+        self.assertEqual([a["result"]["records"] for a in answers], [[]] * 22)
+
+    def test_queue_full(self):
+        """Queries are refused with "service unavailable" once 10 × worker_num of them wait
+        for a connection, the worker_num running not counted, as the original counts its
+        queued jobs."""
+        return defer.Deferred.fromCoroutine(self.queue_full())
 
     def test_transcript_history_calls(self):
         """After the recorded session, each history call gets the original's answer."""
