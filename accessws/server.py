@@ -403,17 +403,19 @@ class AccessWS(service.Service):
         market = _market(params[0])
         limit = _int(params[1])
         interval = params[2]
-        if limit <= 0 or limit not in self.depth_limits or type(interval) is not str \
-                or len(interval.encode()) >= MARKET_MAX:
+        if limit <= 0 or type(interval) is not str or len(interval.encode()) >= MARKET_MAX:
             raise rpc.INVALID_ARGUMENT()
+        # as in the original, a limit or merge the config does not offer is refused after
+        # the previous subscription has ended
+        self._leave("depth", session)
         try:
             value = Decimal(interval)
         except InvalidOperation:
             raise rpc.INVALID_ARGUMENT() from None
-        if not value.is_finite() or value not in self.depth_merges:
+        if limit not in self.depth_limits or not value.is_finite() \
+                or value not in self.depth_merges:
             raise rpc.INVALID_ARGUMENT()
         key = (market, limit, interval)
-        self._leave("depth", session)
         self._join("depth", session, key)
         book = self.stored["depth"].get(key)
         if book is not None:
@@ -451,12 +453,13 @@ class AccessWS(service.Service):
             self.factory.broadcast(method, params, sessions)
 
     def order_subscribe(self, session, params):
+        """The markets given replace those subscribed; as in the original, a bad one is
+        refused with those before it subscribed."""
         user = self._user(session)
-        markets = set()
+        session.data["orders"] = markets = set()
+        self.users.setdefault(user, set()).add(session)
         for value in params:
             markets.add(_market(value))
-        session.data["orders"] = markets
-        self.users.setdefault(user, set()).add(session)
         return {"status": "success"}
 
     def order_unsubscribe(self, session, params):
@@ -465,12 +468,12 @@ class AccessWS(service.Service):
         return {"status": "success"}
 
     def asset_subscribe(self, session, params):
+        """As `order_subscribe`, for assets."""
         user = self._user(session)
-        assets = set()
+        session.data["assets"] = assets = set()
+        self.users.setdefault(user, set()).add(session)
         for value in params:
             assets.add(_market(value))
-        session.data["assets"] = assets
-        self.users.setdefault(user, set()).add(session)
         return {"status": "success"}
 
     def asset_unsubscribe(self, session, params):
@@ -484,7 +487,7 @@ class AccessWS(service.Service):
         subs = self.subs[family]
         for key in [k for k, sessions in subs.items() if not sessions]:
             del subs[key]
-            self.stored[family].pop(key, None)
+            self._forget(family, key)
         backend = "matchengine" if family == "depth" else "marketprice"
         client = self._backend(backend, "poll")
         if not client.connected:
@@ -538,9 +541,19 @@ class AccessWS(service.Service):
             # an error (an unknown market, say) ends the key and its subscriptions
             for session in self.subs[family].pop(key):
                 session.data["keys"][family].discard(key)
-            self.stored[family].pop(key, None)
+            self._forget(family, key)
             return
         getattr(self, "_changed_" + family)(key, reply.get("result"))
+
+    def _forget(self, family, key):
+        """Drop what polling kept of a key no longer subscribed: subscribed again, it starts
+        afresh (deals: the latest DEALS_KEPT again, as the original's new entry starts at
+        id 0)."""
+        self.stored[family].pop(key, None)
+        if family == "deals":
+            self.deals_last_id.pop(key, None)
+        elif family == "depth":
+            self.depth_full_at.pop(key, None)
 
     def _changed_kline(self, key, result):
         if not result:

@@ -23,9 +23,10 @@ def http_get(reactor):
     import treq
 
     async def get(url, headers, timeout):
-        # the caller times the request out (cancelling it); no pooled connections are kept
+        # the caller times the request out (cancelling it); no pooled connections are kept;
+        # a redirect is not followed (the token would go where the answer points)
         response = await treq.get(url, headers={k: [v] for k, v in headers.items()},
-                                  persistent=False, reactor=reactor)
+                                  persistent=False, allow_redirects=False, reactor=reactor)
         return await response.content()
 
     def start(url, headers, timeout):

@@ -27,6 +27,11 @@ class Auth(resource.Resource):
 
     def render_GET(self, request):
         token = request.getHeader("Authorization")
+        if request.args.get(b"to") == [b"good"]:
+            token = "good"
+        if token == "redirect":
+            request.redirect(b"/auth?to=good")
+            return b""
         if token == "slow":
             self.slow.append(request)
             return server.NOT_DONE_YET
@@ -140,7 +145,8 @@ class ServiceTests(TestCase):
         replies = await self.session([
             ("order.query", ["BTCBCH", 0, 10]), ("asset.query", []),
             ("order.subscribe", ["BTCBCH"]), ("server.auth", ["bad", "web"]),
-            ("server.auth", ["garbage", "web"]), ("server.auth", ["slow", "web"]),
+            ("server.auth", ["garbage", "web"]), ("server.auth", ["redirect", "web"]),
+            ("server.auth", ["slow", "web"]),
             ("server.auth", ["good", "x" * 40]), ("server.auth", ["good", "web"]),
             ("order.query", ["BTCBCH", 0, 10]), ("order.query", ["BTCBCH", "0", 10]),
             ("server.nope", []), ("server.ping", [])])
@@ -151,10 +157,13 @@ class ServiceTests(TestCase):
             {"code": 6, "message": "require authentication"},
             {"code": 11, "message": "invalid token"},
             {"code": 2, "message": "internal error"},
+            # a redirect is not followed (the original's curl does not follow one): its
+            # empty body is no answer, and the token goes nowhere else
+            {"code": 2, "message": "internal error"},
             {"code": 5, "message": "service timeout"},
             {"code": 1, "message": "invalid argument"},
             None, None, {"code": 1, "message": "invalid argument"}, "TimeoutError", None])
-        self.assertEqual(replies[8]["result"], {"records": [7, "BTCBCH", 0, 10]})
+        self.assertEqual(replies[9]["result"], {"records": [7, "BTCBCH", 0, 10]})
 
     async def too_large_scenario(self):
         await self.start(max_request_size=200)
@@ -171,8 +180,9 @@ class ServiceTests(TestCase):
         return defer.Deferred.fromCoroutine(self.too_large_scenario())
 
     def test_auth_and_refusals(self):
-        """Unauthorised user methods are refused; auth failure, garbage and timeout answer
-        11, 2 and 5; an unknown method gets no reply; the session goes on."""
+        """Unauthorised user methods are refused; auth failure, garbage, a redirect and
+        timeout answer 11, 2, 2 and 5; an unknown method gets no reply; the session goes
+        on."""
         return defer.Deferred.fromCoroutine(self.auth_scenario())
 
     async def malformed_scenario(self):
@@ -278,6 +288,95 @@ class ServiceTests(TestCase):
         push_window (a limit, here 1 s) runs out."""
         return defer.Deferred.fromCoroutine(self.round_scenario())
 
+
+    async def deals_again_scenario(self):
+        await self.start()
+        self.change()       # one deal recorded
+        service = self.service
+
+        def gone():
+            return "BTCBCH" not in service.subs["deals"]
+
+        def run():
+            pushes = []
+            for n in range(2):
+                client = testing.WSClient("127.0.0.1", self.ws_port)
+                try:
+                    client.send(json.dumps({"id": 1, "method": "deals.subscribe",
+                                            "params": ["BTCBCH"]}))
+                    deadline = time.monotonic() + 3
+                    while time.monotonic() < deadline:
+                        message = json.loads(client.recv(deadline - time.monotonic()))
+                        if message.get("method") == "deals.update":
+                            pushes.append(message["params"])
+                            break
+                finally:
+                    client.close()
+                # the session gone, a poll drops the market
+                deadline = time.monotonic() + 5
+                while not threads.blockingCallFromThread(reactor, gone):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the market kept")
+                    time.sleep(0.05)
+            return pushes
+        pushes = await threads.deferToThread(run)
+        deal = self.backend.deals[0]
+        self.assertEqual(pushes, [["BTCBCH", [deal]]] * 2)
+
+    def test_deals_subscribed_again(self):
+        """Deals subscribed again after every session left start with the latest deals,
+        as the first subscription did, where polls had gone on from the last id seen."""
+        return defer.Deferred.fromCoroutine(self.deals_again_scenario())
+
+    async def bad_element_scenario(self):
+        await self.start(depth_limit=[10, 5])
+        service = self.service
+
+        def subscriptions():
+            session, = service.factory.sessions
+            return (set(session.data["orders"]), set(session.data["assets"]),
+                    {key for key, sessions in service.subs["depth"].items()
+                     if session in sessions})
+
+        def run():
+            client = testing.WSClient("127.0.0.1", self.ws_port)
+            states, errors = [], []
+            try:
+                for n, (method, params) in enumerate([
+                        ("server.auth", ["good", "web"]),
+                        ("order.subscribe", ["BTCBCH"]), ("order.subscribe", ["ETHBCH", 5]),
+                        ("asset.subscribe", ["BTC"]), ("asset.subscribe", ["BCH", None]),
+                        ("depth.subscribe", ["BTCBCH", 10, "0"]),
+                        ("depth.subscribe", ["BTCBCH", 7, "0"]),
+                        ("depth.subscribe", ["BTCBCH", 5, "0"]),
+                        ("depth.subscribe", ["BTCBCH", -1, "0"])], 1):
+                    client.send(json.dumps({"id": n, "method": method, "params": params}))
+                    while True:
+                        message = json.loads(client.recv(3))
+                        if message.get("id") == n:
+                            break
+                    errors.append(message["error"] and message["error"]["code"])
+                    states.append(threads.blockingCallFromThread(reactor, subscriptions))
+            finally:
+                client.close()
+            return errors, states
+        errors, states = await threads.deferToThread(run)
+        self.assertEqual(errors, [None, None, 1, None, 1, None, 1, None, 1])
+        depth10, depth5 = ("BTCBCH", 10, "0"), ("BTCBCH", 5, "0")
+        self.assertEqual(states, [
+            (set(), set(), set()), ({"BTCBCH"}, set(), set()),
+            # the subscription replaced up to the bad element, as the original does
+            ({"ETHBCH"}, set(), set()), ({"ETHBCH"}, {"BTC"}, set()),
+            ({"ETHBCH"}, {"BCH"}, set()), ({"ETHBCH"}, {"BCH"}, {depth10}),
+            # a limit the config does not offer ends the depth subscription there was
+            ({"ETHBCH"}, {"BCH"}, set()), ({"ETHBCH"}, {"BCH"}, {depth5}),
+            # a malformed request is refused before anything changes
+            ({"ETHBCH"}, {"BCH"}, {depth5})])
+
+    def test_subscribe_with_a_bad_element(self):
+        """A subscription refused for a bad element leaves what the original leaves: the
+        elements before it for orders and assets, no depth for a limit not offered."""
+        return defer.Deferred.fromCoroutine(self.bad_element_scenario())
 
     async def tls_scenario(self):
         cert, key = self_signed(self.mktemp())
