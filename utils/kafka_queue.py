@@ -318,6 +318,8 @@ class KafkaConsumerService(service.Service):
         self.received = 0
         self.last_offset = None
         self.broker_up = None
+        # with offset "latest": the first offset read, once the broker has told it
+        self.start_offset = None
 
     def startService(self):
         service.Service.startService(self)
@@ -389,16 +391,27 @@ class KafkaConsumerService(service.Service):
         return None
 
     def _seek_latest(self, consumer, tp):
-        # Some Kafka-compatible brokers report the end of a partition as the last batch's
-        # base offset + 1 rather than the last offset + 1.  Read from one before the
-        # reported end and drop what was written before we started.
+        # Some Kafka-compatible brokers report the end of a partition (ListOffsets) as the
+        # last batch's base offset + 1 rather than its last offset + 1.  Read from one
+        # before the reported end, and take the end from the first fetch's answer, its high
+        # watermark, exact on every broker: what lies before it was written before the
+        # first fetch, and is skipped, as a consumer starting at the end skips it.
         end = consumer.end_offsets([tp])[tp]
         consumer.seek(tp, max(end - 1, 0))
-        self._skip_before = (end, int(time.time() * 1000))
+        self._skip_before = (tp, end, None)
 
-    def _fresh(self, batch):
-        end, started_ms = self._skip_before
-        fresh = [m for m in batch if m.offset >= end and m.timestamp >= started_ms]
+    def _fresh(self, consumer, batch):
+        """The records of `batch` past the end found when the consumer started."""
+        tp, reported, end = self._skip_before
+        if end is None:
+            end = consumer.highwater(tp)
+            if end is None:         # no fetch answered yet: no records either
+                end = reported if batch else None
+            self._skip_before = (tp, reported, end)
+            if end is None:
+                return []
+            self.start_offset = max(end, reported)
+        fresh = [m for m in batch if m.offset >= max(end, reported)]
         if fresh:
             self._skip_before = None
         return fresh
@@ -414,10 +427,10 @@ class KafkaConsumerService(service.Service):
                 self._stopping.wait(1.0)
                 continue
             batch = [m for msgs in records.values() for m in msgs]
+            if self._skip_before is not None:
+                batch = self._fresh(consumer, batch)
             if not batch:
                 continue
-            if self._skip_before is not None:
-                batch = self._fresh(batch)
             batch = [(m.offset, m.value) for m in batch]
             if not batch:
                 continue
