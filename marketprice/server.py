@@ -75,6 +75,8 @@ class MarketPrice(service.Service):
         self.offset = None             # Kafka offset of the last deal applied
         self.flushed_offset = None
         self.last_flush = 0.0
+        self.flushing = None           # the flush being written
+        self.flush_waiting = []        # Deferreds of flushes asked for meanwhile
         self.consumer = None
         self.cache = {}                # market -> {request body: (time, result)}
         self.ports = []
@@ -227,35 +229,71 @@ class MarketPrice(service.Service):
     # -- flushing ----------------------------------------------------------------------
 
     def flush(self):
-        """Write what changed since the last flush, and the offset, in one transaction."""
+        """Write what changed since the last flush, and the offset, in one transaction.
+
+        Flushes run one at a time: one asked for while another is being written starts when
+        that one is done.  Fires once what there was at the call is written (or, Redis
+        away, kept for the next flush)."""
+        done = defer.Deferred()
+        self.flush_waiting.append(done)
+        if self.flushing is None:
+            self._next_flush()
+        return done
+
+    def _next_flush(self):
+        waiting, self.flush_waiting = self.flush_waiting, []
+        self.flushing = defer.Deferred.fromCoroutine(self._flush_once())
+
+        def finished(result):
+            self.flushing = None
+            for done in waiting:
+                done.callback(None)
+            if self.flush_waiting:
+                self._next_flush()
+            return result
+        self.flushing.addBoth(finished)
+
+    async def _flush_once(self):
         if self.offset == self.flushed_offset:
-            return defer.succeed(None)
+            return
         commands = []
         taken = []
         for market in self.markets.values():
-            for g, t in sorted(market.dirty):
+            # what changes from here on is marked again, for the next flush: a bucket a deal
+            # changes while this one is written is written again then, with its new value
+            dirty, market.dirty = market.dirty, set()
+            records, market.to_flush = market.to_flush, []
+            for g, t in sorted(dirty):
                 bucket = market.buckets[g].get(t)
                 if bucket is not None:
                     commands.append(("hset", "k:%s:%s" % (market.name, g), t,
                                      bucket.to_json()))
-            if market.dirty or market.to_flush:
+            if dirty or records:
                 commands.append(("set", "k:%s:last" % market.name, market.last_price()))
-            if market.to_flush:
+            if records:
                 commands.append(("lpush", "k:%s:deals" % market.name,
-                                 [market.record_json(r) for r in market.to_flush]))
+                                 [market.record_json(r) for r in records]))
                 commands.append(("ltrim", "k:%s:deals" % market.name, 0, 9999))
-            taken.append((market, set(market.dirty), len(market.to_flush)))
+            taken.append((market, dirty, records))
         offset = self.offset
         commands.append(("set", "k:offset", offset))
-        return defer.Deferred.fromCoroutine(self._write(commands, taken, offset))
+        if await self._write(commands):
+            self.flushed_offset = offset
+            self.last_flush = self.clock_time()
+        else:
+            # kept for the next flush, older than what came meanwhile
+            for market, dirty, records in taken:
+                market.dirty |= dirty
+                market.to_flush[:0] = records
 
-    async def _write(self, commands, taken, offset):
+    async def _write(self, commands):
+        """Whether `commands` were written, in one transaction."""
         try:
             conn = await self.store.connect()
         except Exception as e:
             self.log.critical("marketprice: flush failed, {store} unavailable ({error}); "
                               "kept for the next flush", store=self.store.describe(), error=e)
-            return
+            return False
         try:
             t = await conn.multi()
             queued = [getattr(t, name)(*args) for name, *args in commands]
@@ -264,14 +302,10 @@ class MarketPrice(service.Service):
         except Exception as e:
             self.log.critical("marketprice: flush failed ({error}); kept for the next flush",
                               error=e)
-            return
+            return False
         finally:
             conn.disconnect()
-        for market, dirty, flushed in taken:
-            market.dirty -= dirty
-            del market.to_flush[:flushed]
-        self.flushed_offset = offset
-        self.last_flush = self.clock_time()
+        return True
 
     # -- retention ---------------------------------------------------------------------
 
@@ -360,7 +394,8 @@ class MarketPrice(service.Service):
         limit = integer(params[1])
         if not 1 <= limit <= DEALS_LIMIT or type(params[2]) is not int:
             raise rpc.INVALID_ARGUMENT()
-        return market.recent_deals(limit, params[2])
+        # unsigned, as the original reads it: -1 is above every id
+        return market.recent_deals(limit, params[2] & 0xFFFFFFFFFFFFFFFF)
 
     def rpc_last(self, params, request):
         if len(params) != 1:

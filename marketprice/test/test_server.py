@@ -88,6 +88,115 @@ class OutageTests(TestCase):
         return defer.Deferred.fromCoroutine(self.scenario())
 
 
+class GatedStore:
+    """A Redis store whose connections wait, while `gate` is set, for it to fire: a flush
+    held between taking what changed and writing it."""
+
+    def __init__(self, store):
+        self.store = store
+        self.gate = None
+
+    def describe(self):
+        return self.store.describe()
+
+    async def connect(self):
+        if self.gate is not None:
+            await self.gate
+        return await self.store.connect()
+
+
+class FlushTests(TestCase):
+
+    timeout = 60
+
+    async def started(self):
+        proxy, store, self.conn = await redis_behind_proxy(self)
+        self.store = GatedStore(store)
+        bus = InProcessBus(reactor=reactor)
+        self.producer = bus.producer()
+        self.name = "M" + uuid.uuid4().hex[:6]
+        mp = MarketPrice(service_config(), self.store,
+                         lambda offset, on_message: bus.consumer("deals", on_message, offset),
+                         lambda: defer.succeed([self.name]), reactor=reactor,
+                         clock_time=lambda: T0 + 100, listen=False)
+        await mp.startService()
+        self.addCleanup(mp.stopService)
+        await self.deal(mp, 0, "10", "1")
+        await mp.flush()
+        return mp
+
+    async def deal(self, mp, offset, price, amount):
+        self.producer.send("deals", deal(offset + 1, price, amount, self.name))
+        await until(lambda: mp.offset == offset, what="deal %d applied" % offset)
+
+    async def in_redis(self, mp):
+        """The minute bucket, the recent deals' ids and the offset Redis holds, and what
+        the service holds of the first two."""
+        minute = str(int(T0) // 60 * 60)
+        market = mp.markets[self.name]
+        stored = json.loads((await self.conn.hgetall("k:%s:1m" % self.name))[minute])
+        deals = [json.loads(d)["id"]
+                 for d in await self.conn.lrange("k:%s:deals" % self.name, 0, -1)]
+        held = json.loads(market.buckets["1m"][int(minute)].to_json())
+        return (stored, deals, await self.conn.get("k:offset")), (held, list(
+            d["id"] for d in market.recent_deals(100, 0)))
+
+    async def during_scenario(self):
+        mp = await self.started()
+        await self.deal(mp, 1, "12", "2")
+        self.store.gate = gate = defer.Deferred()
+        held = mp.flush()
+        # a deal in the same minute while that flush waits to be written
+        await self.deal(mp, 2, "11", "1")
+        self.store.gate = None
+        gate.callback(None)
+        await held
+        await mp.flush()
+        (stored, deals, offset), (bucket, recent) = await self.in_redis(mp)
+        self.assertEqual(offset, "2")
+        self.assertEqual(stored, bucket)
+        self.assertEqual(stored, ["10", "11", "12", "10", "4", "45"])
+        self.assertEqual(deals, recent)
+
+    def test_deal_during_a_flush(self):
+        """A deal applied while a flush is being written is written by the next flush,
+        where its bucket was marked written with the value from before it."""
+        return defer.Deferred.fromCoroutine(self.during_scenario())
+
+    async def overlap_scenario(self):
+        mp = await self.started()
+        await self.deal(mp, 1, "12", "2")
+        self.store.gate = gate = defer.Deferred()
+        first = mp.flush()
+        await self.deal(mp, 2, "11", "1")
+        # the timer's next flush while the first waits: it starts once that one is done
+        second = mp.flush()
+        self.assertEqual(mp.flush_waiting, [second])
+        self.store.gate = None
+        gate.callback(None)
+        await first
+        await second
+        (stored, deals, offset), (bucket, recent) = await self.in_redis(mp)
+        self.assertEqual(offset, "2")
+        self.assertEqual(deals, [3, 2, 1])
+        self.assertEqual(deals, recent)
+        self.assertEqual(stored, bucket)
+
+    async def unsigned_scenario(self):
+        mp = await self.started()
+        self.assertEqual([d["id"] for d in mp.rpc_deals([self.name, 10, 0], None)], [1])
+        self.assertEqual(mp.rpc_deals([self.name, 10, -1], None), [])
+
+    def test_deals_after_an_unsigned_id(self):
+        """market.deals reads last_id unsigned, as the original: -1 answers no deal."""
+        return defer.Deferred.fromCoroutine(self.unsigned_scenario())
+
+    def test_flushes_one_at_a_time(self):
+        """A flush asked for while another is written waits for it: two at once wrote the
+        same deals twice, and the older could commit last, its offset with it."""
+        return defer.Deferred.fromCoroutine(self.overlap_scenario())
+
+
 class RetentionTests(TestCase):
 
     timeout = 60
