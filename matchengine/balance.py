@@ -23,7 +23,7 @@ try:
 except ImportError:         # run uncompiled, without Cython installed
     from utils import pure_cython as cython
 
-from utils.decimals import CONTEXT, ZERO, exponent
+from utils.decimals import CONTEXT, WIDE, ZERO, exponent
 
 AVAILABLE, FREEZE = 1, 2
 
@@ -73,12 +73,14 @@ class AssetBalances:
         if current is None or current < amount:
             return False
         cut = self.cut
-        left = current - amount if cut is None else (current - amount).quantize(cut,
-                                                                                ROUND_DOWN)
+        if cut is None and current >= self.room:    # as in `trade`
+            cut = self.exp
+        left = current - amount if cut is None else (current - amount).quantize(
+            cut, ROUND_DOWN, WIDE)
         other = entry[target]
         moved = amount if other is None else other + amount
         if moved is amount or cut is not None or moved >= self.room:    # as in `trade`
-            moved = moved.quantize(self.exp, ROUND_DOWN)
+            moved = moved.quantize(self.exp, ROUND_DOWN, WIDE)
         if not left and not moved:
             del entries[user_id]
         elif source == 0:
@@ -147,7 +149,7 @@ class Balances:
     # there a helper call costs more than the arithmetic.
 
     def _store(self, balances, user_id, entry, index, value):
-        value = value.quantize(balances.exp, ROUND_DOWN) or None
+        value = value.quantize(balances.exp, ROUND_DOWN, WIDE) or None
         entry = (value, entry[1]) if index == 0 else (entry[0], value)
         if entry[0] is None and entry[1] is None:
             balances.entries.pop(user_id, None)
@@ -156,12 +158,13 @@ class Balances:
 
     def add(self, user_id, kind, asset, amount):
         """False, and nothing changed, when the sum does not fit the asset's prec_save
-        places in the context's digits (it would be NaN)."""
+        places in the context's digits: a deposit is refused there (a fill may still take a
+        balance past them, see `trade`)."""
         balances = self.by_asset[asset]
         entry = balances.entries.get(user_id)
         current = None if entry is None else entry[kind - 1]
         value = amount if current is None else current + amount
-        if value.quantize(balances.exp, ROUND_DOWN).is_nan():
+        if value.quantize(balances.exp, ROUND_DOWN, CONTEXT).is_nan():
             return False
         self._store(balances, user_id, _EMPTY if entry is None else entry, kind - 1, value)
         return True
@@ -207,8 +210,10 @@ class Balances:
         current = None if entry is None else entry[index]
         if current is not None and current >= given:
             exp = gives.cut
+            if exp is None and current >= gives.room:
+                exp = gives.exp     # past the context's digits: the difference is cut
             value = current - given if exp is None else (current - given).quantize(
-                exp, ROUND_DOWN)
+                exp, ROUND_DOWN, WIDE)
             entry = (value or None, entry[1]) if index == 0 else (entry[0], value or None)
             if entry[0] is None and entry[1] is None:
                 del entries[user_id]
@@ -227,16 +232,16 @@ class Balances:
         current = got if current is None else current + got
         # a stored value plus whole units is exact while it has room
         if current is got or cut is not None or current >= gets.room:
-            current = current.quantize(exp, ROUND_DOWN)
+            current = current.quantize(exp, ROUND_DOWN, WIDE)
         if totals:
             got_total = _total(current or None, frozen)
         charged = bool(fee)     # never negative, as no rate is; a zero fee (even -0) is none
         if charged and current >= fee:
-            if cut is None:     # exact: the fee itself leaves
+            if cut is None and current < gets.room:     # exact: the fee itself leaves
                 gets.fees += fee
                 current = current - fee
             else:
-                value = (current - fee).quantize(exp, ROUND_DOWN)
+                value = (current - fee).quantize(exp, ROUND_DOWN, WIDE)
                 gets.fees += current - value
                 current = value
         if current:

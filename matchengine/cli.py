@@ -25,6 +25,7 @@ def commands(me):
     def every_entry(compute):
         """The text of a command that visits every balance entry: made in a forked child
         when there are many (see MatchEngine.asset_summary)."""
+        me.engine.use_context()     # the sums are the engine's
         if me.engine.balances.count() < server.FORK_SUMMARY_ENTRIES:
             return compute()
         return forked.in_child(compute, me.reactor)

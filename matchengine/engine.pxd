@@ -21,7 +21,7 @@ cdef class Engine:
     cdef public dict assets, markets, dedup, show_exp, _depth_cache, handlers
     cdef public Balances balances
     cdef public Effects effects
-    cdef public object order_id, deal_id
+    cdef public object order_id, deal_id, context
 
     @cython.locals(market=Market)
     cpdef Market _market(self, value)

@@ -25,7 +25,7 @@ from matchengine.balance import AVAILABLE, FREEZE, Balances
 from matchengine.effects import Effects
 from matchengine.market import ASK, BID, LIMIT, MARKET, Market, Order, new_order
 from utils import decimals
-from utils.decimals import ZERO, exponent, to_display, to_raw
+from utils.decimals import WIDE, ZERO, exponent, to_display, to_raw
 from utils.jsonfmt import SCALAR_TEXTS, RawJSON, dumps
 from utils.rpc import INVALID_ARGUMENT, RPCError, signed64
 
@@ -172,7 +172,7 @@ def whole_assets(assets, markets):
 class Engine:
 
     def __init__(self, assets, markets):
-        decimals.install_context()
+        self.context = decimals.install_context()
         self.assets = assets
         self.balances = Balances(assets, whole_assets(assets, markets))
         self.markets = {name: Market(desc, self.balances) for name, desc in markets.items()}
@@ -200,12 +200,16 @@ class Engine:
 
         `now` is in seconds, to the microsecond: the operation log keeps times at that
         precision, and history rows and messages carry it as given."""
+        if decimal.getcontext() is not self.context:
+            self.use_context()
         if command == PUT_LIMIT:        # most commands: a C call, not a method object's
             return self.put_limit(params, now, True)
         return self.handlers[command](params, now, True)
 
     def replay(self, method, params, now, rebuild=False):
         """Re-execute an operation-log entry; unknown markets and assets are skipped."""
+        if decimal.getcontext() is not self.context:
+            self.use_context()
         real = REBUILD if rebuild else REPLAY
         command = REPLAY_METHODS.get(method)
         if command is None:
@@ -220,6 +224,13 @@ class Engine:
         if command == PUT_LIMIT:
             return self.put_limit(params, now, real)
         return self.handlers[command](params, now, real)
+
+    def use_context(self):
+        """Make the engine's decimal context the current one.  Installed where the engine
+        was made, it does not reach every caller: the context is a context variable, which
+        a coroutine runs with a copy of (an engine made in one left the reactor's callbacks
+        with the default 28 digits).  Each entry point checks it."""
+        decimal.setcontext(self.context)
 
     # -- parameter helpers -------------------------------------------------------------
 
@@ -240,7 +251,7 @@ class Engine:
             return "0"
         exp = self.show_exp.get(asset)
         if exp is not None:
-            value = value.quantize(exp, decimal.ROUND_DOWN)
+            value = value.quantize(exp, decimal.ROUND_DOWN, WIDE)
         return to_display(value)
 
     # -- balances ----------------------------------------------------------------------
@@ -333,6 +344,8 @@ class Engine:
 
     def summaries(self, names):
         """asset.summary's result: it visits every balance entry."""
+        if decimal.getcontext() is not self.context:
+            self.use_context()
         result = []
         summaries = self.balances.summaries(names)
         for name in names:

@@ -20,7 +20,8 @@ except ImportError:         # run uncompiled, without Cython installed
 
 from matchengine.balance import AVAILABLE, FREEZE
 from matchengine.book import Book, Level
-from utils.decimals import RATE_TEXTS, ZERO, display_of, exponent, raw_among, to_display, to_raw
+from utils.decimals import (RATE_TEXTS, WIDE, ZERO, display_of, exponent, raw_among,
+                            to_display, to_raw)
 from utils.jsonfmt import DIGITS, SCALAR_TEXTS, format_real, int_text, quote
 
 # the shared texts of fee rates, markets and sources (typed for the compiled build)
@@ -403,7 +404,7 @@ class Market:
                 break
             maker = _first_order(level)
             price = maker.price
-            amount = (taker.left / price).quantize(step, ROUND_DOWN)
+            amount = (taker.left / price).quantize(step, ROUND_DOWN, WIDE)
             while amount * price > taker.left:
                 amount -= step
             if maker.left < amount:

@@ -15,6 +15,7 @@ import importlib
 import json
 import sys
 import time
+from decimal import getcontext
 
 from twisted.application import service
 from twisted.internet import defer
@@ -213,8 +214,11 @@ class MatchEngine(service.Service):
         write = command in engine_module.WRITE_COMMANDS
         execute = self.engine.handlers[command]
         release = self._release
+        engine = self.engine
 
         def handle(params, request):
+            if getcontext() is not engine.context:
+                engine.use_context()
             if write:
                 if self._busy():
                     # the refusal tells nothing of uncommitted state: it need not wait for

@@ -36,14 +36,21 @@ except ImportError:         # run uncompiled, without Cython installed
     from utils import pure_cython as cython
 
 __all__ = [
-    "CONTEXT", "InvalidDecimal", "KnownTexts", "MAX_ADJUSTED_EXPONENT", "RATE_TEXTS", "ZERO",
-    "ONE", "TEN",
+    "CONTEXT", "InvalidDecimal", "KnownTexts", "MAX_ADJUSTED_EXPONENT", "RATE_TEXTS", "WIDE",
+    "ZERO", "ONE", "TEN",
     "display_of", "exponent", "install_context", "is_valid", "negated", "parse", "quantize",
     "raw_among", "to_display", "to_raw",
 ]
 
 CONTEXT = Context(prec=34, rounding=ROUND_DOWN, Emin=-6143, Emax=6144,
                   clamp=1, capitals=0, flags=[], traps=[])
+
+# Where a stored value is cut to its places ("rescaled"): the original's rescale keeps every
+# digit the places need, whatever the 34 of the context, where quantising under CONTEXT gives
+# NaN (a balance that a fill takes past 10^14 at 20 places).  Sums and products stay in
+# CONTEXT, whose 34 digits they are cut to, as in the original.
+WIDE = Context(prec=decimal.MAX_PREC, rounding=ROUND_DOWN, Emin=decimal.MIN_EMIN,
+               Emax=decimal.MAX_EMAX, flags=[], traps=[])
 
 # Same arithmetic, but conversion syntax errors raise instead of silently giving NaN.
 _PARSE_CONTEXT = CONTEXT.copy()
@@ -86,8 +93,8 @@ def install_context() -> Context:
 def quantize(d: Decimal, prec: int) -> Decimal:
     """Truncate `d` (ROUND_DOWN) to exactly `prec` decimal places.
 
-    Raises InvalidDecimal when the result would need more than 34 digits (where the
-    original silently produced NaN) or when `d` is not finite.
+    Raises InvalidDecimal when the result would need more than 34 digits (what is
+    refused as input) or when `d` is not finite.
     """
     if 0 <= prec < _EXPONENT_CACHE_SIZE:
         exp = _EXPONENTS[prec]

@@ -1,7 +1,9 @@
 # -*- test-case-name: matchengine.test.test_engine -*-
 """The engine's commands against what the original answered, and exact unit cases."""
 
+import contextvars
 import copy
+import decimal
 import json
 import os
 from decimal import Decimal
@@ -9,8 +11,7 @@ from decimal import Decimal
 from twisted.trial.unittest import SynchronousTestCase
 
 from matchengine import config, engine
-from matchengine.balance import AVAILABLE
-from matchengine.test.test_balance import truncate_every_change
+from matchengine.balance import AVAILABLE, FREEZE
 from utils import testing
 from utils.jsonfmt import RawJSON, dumps
 from utils.rpc import RPCError
@@ -161,32 +162,76 @@ class UnitTests(SynchronousTestCase):
         self.assertEqual((dict(self.eng.balances.entries), self.eng.order_id,
                           self.eng.deal_id), before)
 
-    def test_balance_beyond_its_digits_refused(self):
-        """A deposit whose sum would not fit the asset's prec_save places in 34 digits (NaN
-        in the original) is refused as an invalid argument and changes nothing; a fill that
-        brings a balance past that room is truncated as any other change is."""
+    def test_balance_beyond_its_digits(self):
+        """A deposit whose sum would not fit the asset's prec_save places in 34 digits is
+        refused as an invalid argument and changes nothing.  A fill that takes a balance past
+        them keeps its whole integer part, as the original's rescale keeps it, and sums with
+        it are cut to 34 digits first, as in the original: never NaN (which took any
+        withdrawal and any order)."""
         big = "6" + "0" * 21                 # BTC keeps 12 places: room below 1e22
         self.deposit(1, "BTC", big, 1)
         r = self.run_cmd(102, 1, "BTC", "deposit", 2, big, {})
         self.assertEqual(r["error"], {"code": 1, "message": "invalid argument"})
         self.assertEqual(str(self.eng.balances.get(1, AVAILABLE, "BTC")), big + ".000000000000")
         self.assertNotIn((1, "BTC", "deposit", 2), self.eng.dedup)
-        # a maker with 99,999,999,999,999.5 BCH (20 places: room below 1e14) sells 1 BTC
-        # at 1: the BCH it receives takes it past the room, and is truncated (to NaN) as
-        # when every change is truncated; below the room no truncation is needed
-        ops = [(102, [2, "BCH", "deposit", 3, "99999999999999.5", {}]),
-               (102, [2, "BTC", "deposit", 4, "1", {}]),
-               (102, [3, "BCH", "deposit", 5, "10", {}]),
-               (201, [2, "BTCBCH", 1, "1", "1", "0", "0", ""]),
-               (201, [3, "BTCBCH", 2, "1", "1", "0", "0", ""])]
-        truncating = new_engine()
-        truncate_every_change(truncating.balances)
-        for command, params in ops:
-            self.assertEqual(self.run_cmd(command, *params), call(truncating, command,
-                                                                  params, self.now))
+        # BCH keeps 20 places (room below 1e14): 9e13 + 2e13 - 2e10 (the fee) has 35 digits
+        self.deposit(2, "BCH", "90000000000000", 3)
+        self.deposit(2, "BTC", "10", 4)
+        self.deposit(3, "BCH", "90000000000000", 5)
+        for user, side in ((2, 1), (3, 2)):
+            r = self.run_cmd(201, user, "BTCBCH", side, "1", "20000000000000", "0.001",
+                             "0.001", "")
+            self.assertIsNone(r["error"], r)
         self.assertEqual(self.eng.deal_id, 1)
-        self.assertEqual(repr(self.eng.balances.entries[(2, "BCH")]),
-                         repr(truncating.balances.entries[(2, "BCH")]))
+        self.assertEqual(str(self.eng.balances.get(2, AVAILABLE, "BCH")),
+                         "109980000000000." + "0" * 20)
+        self.assertEqual(self.eng.balances.fees["BCH"], Decimal("20000000000"))
+        self.assertEqual(self.run_cmd(101, 2, "BCH")["result"],
+                         {"BCH": {"available": "109980000000000", "freeze": "0"}})
+        # the balance answers as any other: what it holds may leave, more may not
+        r = self.run_cmd(102, 2, "BCH", "withdraw", 6, "-5000000000", {})
+        self.assertIsNone(r["error"], r)
+        r = self.run_cmd(201, 2, "BTCBCH", 2, "5", "1000000000000000", "0", "0", "")
+        self.assertEqual(r["error"], {"code": 10, "message": "balance not enough"})
+        r = self.run_cmd(201, 2, "BTCBCH", 2, "1", "100000000000000", "0", "0", "")
+        self.assertIsNone(r["error"], r)
+        self.assertEqual(self.run_cmd(101, 2, "BCH")["result"],
+                         {"BCH": {"available": "9975000000000", "freeze": "100000000000000"}})
+        self.assertEqual(str(self.eng.balances.get(2, FREEZE, "BCH")),
+                         "100000000000000." + "0" * 20)
+        # past 34 digits a sum is cut to them (ROUND_DOWN), then padded to the places: the
+        # last unit of 9975000000000.00000000000000000001 is lost when the freeze comes back
+        r = self.run_cmd(102, 2, "BCH", "deposit", 7, "0.00000000000000000001", {})
+        self.assertIsNone(r["error"], r)
+        order_id = self.run_cmd(203, 2, "BTCBCH", 0, 10)["result"]["records"][0]["id"]
+        r = self.run_cmd(204, 2, "BTCBCH", order_id)
+        self.assertIsNone(r["error"], r)
+        self.assertEqual(str(self.eng.balances.get(2, AVAILABLE, "BCH")),
+                         "109975000000000." + "0" * 20)
+        self.assertFalse(self.eng.balances.has(2, FREEZE, "BCH"))
+
+    def test_context_follows_the_engine(self):
+        """An engine made where its decimal context stays local (a coroutine runs with a
+        copy of the context variables) computes in its own 34 digits wherever it is called,
+        not in the caller's (here the default 28)."""
+        eng = contextvars.copy_context().run(new_engine)
+        saved = decimal.getcontext()
+        self.addCleanup(decimal.setcontext, saved)
+        for replay in (False, True):
+            decimal.setcontext(decimal.Context())
+            ops = [(102, [1, "BCH", "deposit", 1, "90000000000000", {}]),
+                   (102, [2, "BTC", "deposit", 2, "1", {}]),
+                   (201, [2, "BTCBCH", 1, "1", "20000000000000", "0", "0", ""]),
+                   (201, [1, "BTCBCH", 2, "1", "20000000000000", "0", "0", ""])]
+            for command, params in ops:
+                if replay:
+                    eng.replay(engine.LOG_METHODS[command], copy.deepcopy(params), self.now)
+                else:
+                    self.assertIsNone(call(eng, command, params, self.now)["error"])
+            # 9e13 - 2e13 at BCH's 20 places: 34 digits
+            self.assertEqual(str(eng.balances.get(1, AVAILABLE, "BCH")),
+                             "70000000000000." + "0" * 20)
+            eng = contextvars.copy_context().run(new_engine)
 
     def test_offsets_beyond_the_lists(self):
         """An offset is unsigned 64-bit: a negative one skips every order, and the answer

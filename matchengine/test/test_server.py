@@ -379,6 +379,14 @@ class ServiceTests(TestCase):
                         ""]):
             reply = await h.call(201, params)
             self.assertIsNone(reply["error"], reply)
+        # a fill that takes a BCH balance past 34 digits at its 20 places
+        for command, params in ((102, [3, "BCH", "deposit", 2, "90000000000000", {}]),
+                                (102, [3, "BTC", "deposit", 3, "10", {}]),
+                                (102, [4, "BCH", "deposit", 4, "90000000000000", {}]),
+                                (201, [3, "BTCBCH", 1, "1", "20000000000000", "0", "0", ""]),
+                                (201, [4, "BTCBCH", 2, "1", "20000000000000", "0", "0", ""])):
+            reply = await h.call(command, params)
+            self.assertIsNone(reply["error"], reply)
 
         def texts():
             eng = h.service.engine
@@ -388,6 +396,10 @@ class ServiceTests(TestCase):
         before, saved = h.state(), texts()
         # digits beyond the 16 places of the original's balance column
         self.assertIn("152.21763589628172188232", str(saved[0]))
+        self.assertIn("110000000000000." + "0" * 20, str(saved[0]))
+        # 34 digits: matched under the engine's context, not the default 28 digits of the
+        # coroutine the service was started in
+        self.assertIn("70000000000000." + "0" * 20, str(saved[0]))
         self.assertTrue(await h.service.make_slice())
         await h.stop()
         await h.start()
@@ -424,6 +436,7 @@ class ServiceTests(TestCase):
 
     def test_slice_restores_every_digit(self):
         """Balances of 20 decimals, a bid's freeze of 16 and an ask's fee of 20 come back
-        from a slice as they were, to the last digit and written alike; templates of the
-        original's DECIMAL columns are changed at start."""
+        from a slice as they were, to the last digit and written alike, and so does a
+        balance a fill took past 34 digits; templates of the original's DECIMAL columns are
+        changed at start."""
         return defer.Deferred.fromCoroutine(self.slice_exact())
