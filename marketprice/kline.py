@@ -14,7 +14,7 @@ import collections
 import json
 import time
 
-from utils.decimals import ZERO, parse, to_display, to_raw
+from utils.decimals import CONTEXT, ZERO, parse, to_display, to_raw
 from utils.jsonfmt import format_real
 
 SEC, MIN, HOUR, DAY = "1s", "1m", "1h", "1d"
@@ -29,6 +29,11 @@ def timezone_offset():
     return -t.tm_hour * 3600 if t.tm_mday == 1 else (24 - t.tm_hour) * 3600
 
 
+# sums and products in the original's context (34 digits, ROUND_DOWN), named rather than
+# taken from the thread's current context, which is not the same in every callback
+_add, _multiply = CONTEXT.add, CONTEXT.multiply
+
+
 class KLine:
     __slots__ = ("open", "close", "high", "low", "volume", "deal")
 
@@ -39,8 +44,8 @@ class KLine:
 
     def add(self, price, amount):
         self.close = price
-        self.volume += amount
-        self.deal += price * amount
+        self.volume = _add(self.volume, amount)
+        self.deal = _add(self.deal, _multiply(price, amount))
         if price > self.high:
             self.high = price
         if price < self.low:
@@ -78,8 +83,8 @@ class Merge:
             self.k = KLine(bucket.open)
         k = self.k
         k.close = bucket.close
-        k.volume += bucket.volume
-        k.deal += bucket.deal
+        k.volume = _add(k.volume, bucket.volume)
+        k.deal = _add(k.deal, bucket.deal)
         if bucket.high > k.high:
             k.high = bucket.high
         if bucket.low < k.low:
@@ -111,7 +116,7 @@ class Market:
             return False
         sec = int(t)
         opening = self.last if self.priced else price
-        value = price * amount
+        value = _multiply(price, amount)
         buckets, dirty = self.buckets, self.dirty
         for g, key in ((SEC, sec), (MIN, sec - sec % 60), (HOUR, sec - sec % 3600),
                        (DAY, (sec - self.tz) // 86400 * 86400 + self.tz)):
@@ -119,8 +124,8 @@ class Market:
             if bucket is None:
                 bucket = buckets[g][key] = KLine(opening)
             bucket.close = price
-            bucket.volume += amount
-            bucket.deal += value
+            bucket.volume = _add(bucket.volume, amount)
+            bucket.deal = _add(bucket.deal, value)
             if price > bucket.high:
                 bucket.high = price
             elif price < bucket.low:

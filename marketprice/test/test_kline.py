@@ -1,6 +1,7 @@
 # -*- test-case-name: marketprice.test.test_kline -*-
 """K-line arithmetic against hand-computed numbers."""
 
+import decimal
 from decimal import Decimal as D
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -29,6 +30,20 @@ class BucketTests(SynchronousTestCase):
         self.assertEqual((k.open, k.close, k.high, k.low), (D("8000"), D("8010"), D("8010"),
                                                              D("7980")))
         self.assertEqual((k.volume, k.deal), (D("0.6"), D("2400.0") + D("1596.0") + D("801.0")))
+
+    def test_original_context(self):
+        """Deal values and sums are computed in the original's 34 digits, truncated, not in
+        the thread's context (by default 28 digits, rounded half to even)."""
+        saved = decimal.getcontext()
+        self.addCleanup(decimal.setcontext, saved)
+        decimal.setcontext(decimal.Context())
+        m = market((T0 + 1, "12345678.12345678", "1234567.12345678"),
+                   (T0 + 2, "99999999.99999999", "9999999.99999999"))
+        # 15241568327999.3345526765279684 + 999999999999998.9000000000000001, each of 30
+        # and 31 digits, exact
+        total = "1015241568327998.2345526765279685"
+        self.assertEqual(str(m.buckets["1m"][T0].deal), total)
+        self.assertEqual(m.status(3600, T0 + 10)["deal"], total)
 
     def test_repeated_deal_skipped(self):
         """A deal not newer than the last one applied (a batch sent again) changes nothing."""
