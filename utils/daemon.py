@@ -133,6 +133,7 @@ def daemon_options(package_file, load, longdesc, prepare=None, workers=False):
                 self["loaded"] = load(self["config"])
                 if prepare is not None:
                     prepare(self)
+                log_directory(self["config"], self["loaded"])
             except (ConfigError, OSError) as e:
                 raise usage.UsageError(str(e))
 
@@ -142,6 +143,23 @@ def daemon_options(package_file, load, longdesc, prepare=None, workers=False):
              "as worker N, adopting the connections the listener passes on fd 3", int]]
     Options.longdesc = longdesc
     return Options
+
+
+def log_directory(path, cfg):
+    """Make the directory of the config's `log.path` when it is missing; ConfigError naming
+    the key when it cannot be made or written to (the daemon would run without a log)."""
+    section = cfg.get("log") if hasattr(cfg, "get") else None
+    if section is None:
+        return
+    directory = os.path.dirname(os.path.abspath(section.path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise ConfigError("%s: log.path: cannot make the directory %s: %s"
+                          % (path, directory, e.strerror or e)) from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError("%s: log.path: the directory %s cannot be written to"
+                          % (path, directory))
 
 
 LIMITS = (("file_limit", "RLIMIT_NOFILE"), ("core_limit", "RLIMIT_CORE"))

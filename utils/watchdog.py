@@ -12,7 +12,12 @@ A module's deployment folder (`bin/ conf/ log/ shell/`) holds:
 - `log/<module>.pid`        the watchdog's pid (daemonized twistd)
 - `log/<module>.worker.pid` the worker's pid
 - `log/watchdog.log`        the watchdog's log, the worker's stdout and stderr included
-- `log/twistd.log`          twistd's own log of the worker; the module logs per its config
+  (what the worker prints before its own log is set up: a failure to start)
+
+The worker logs per its config's `log` block alone (twistd's own log file of the worker is
+/dev/null: it would hold the same lines again, unbounded).  Files are made with umask 022.
+`start` first loads the config as the worker will, and refuses to start with the message
+that names the file and key when it cannot be used.
 
 The shell scripts call this module:
 
@@ -70,9 +75,26 @@ def worker_command(module, args, pidfile=None, logfile=None, python=None):
     return cmd + [module] + list(args)
 
 
-def make_monitor(options, reactor=None):
+def _monitor_class():
     from twisted.runner.procmon import ProcessMonitor
-    monitor = ProcessMonitor(reactor=reactor) if reactor else ProcessMonitor()
+
+    class Monitor(ProcessMonitor):
+        """Says in its log (critical) how a worker ended when nobody stopped it."""
+
+        def _monitoredProcessExited(self, name, reason=None):
+            if self.running and reason is not None:
+                value = reason.value
+                how = ("by signal %d" % value.signal if getattr(value, "signal", None)
+                       else "with status %s" % getattr(value, "exitCode", "?"))
+                self.log.critical("{name}: the worker ended {how}; starting it again",
+                                  name=name, how=how)
+            super()._monitoredProcessExited(name, reason)
+    return Monitor
+
+
+def make_monitor(options, reactor=None):
+    Monitor = _monitor_class()
+    monitor = Monitor(reactor=reactor) if reactor else Monitor()
     monitor.threshold = THRESHOLD
     monitor.minRestartDelay = MIN_RESTART_DELAY
     monitor.maxRestartDelay = MAX_RESTART_DELAY
@@ -93,8 +115,7 @@ def paths(home, module):
     log = os.path.join(home, "log")
     return {"pid": os.path.join(log, module + ".pid"),
             "worker_pid": os.path.join(log, module + ".worker.pid"),
-            "log": os.path.join(log, "watchdog.log"),
-            "twistd_log": os.path.join(log, "twistd.log")}
+            "log": os.path.join(log, "watchdog.log")}
 
 
 def read_pid(path):
@@ -164,14 +185,35 @@ def check(home, module, config=None):
         module, pid, worker, ", port " + where if where else "")
 
 
+def config_problem(home, module, config):
+    """Why the worker would refuse `config` (read from `home`, as the worker reads it), in
+    the words of the module's twistd options; None when it loads."""
+    from twisted import plugins
+    from twisted.application.service import IServiceMaker
+    from twisted.plugin import getPlugins
+    for maker in getPlugins(IServiceMaker, plugins):
+        if maker.tapname != module:
+            continue
+        cwd = os.getcwd()
+        os.chdir(home)
+        try:
+            maker.options().parseOptions(["--config", config])
+        except usage.UsageError as e:
+            return str(e)
+        finally:
+            os.chdir(cwd)
+        return None
+    return "no daemon named %s" % module
+
+
 def start(home, module, config=None, python=None):
     """Start watchdog and worker, daemonized; returns twistd's exit status."""
     p = paths(home, module)
     os.makedirs(os.path.dirname(p["pid"]), exist_ok=True)
     config = config or os.path.join("conf", "config.json")
-    cmd = [python or sys.executable, "-c", TWISTD, "--pidfile", p["pid"],
+    cmd = [python or sys.executable, "-c", TWISTD, "--pidfile", p["pid"], "--umask", "0022",
            "--logfile", p["log"], "watchdog", "--worker-pidfile", p["worker_pid"],
-           "--worker-logfile", p["twistd_log"], module, "--config", config]
+           "--worker-logfile", os.devnull, module, "--config", config]
     return subprocess.call(cmd, cwd=home)
 
 
@@ -216,6 +258,10 @@ def main(argv=None):
         pid = read_pid(paths(home, module)["pid"])
         if _running(pid):
             print("%s: already running (watchdog pid %d)" % (module, pid))
+            return 1
+        problem = config_problem(home, module, config or os.path.join("conf", "config.json"))
+        if problem is not None:
+            print("%s: not started: %s" % (module, problem), file=sys.stderr)
             return 1
         status = start(home, module, config)
         if status == 0:

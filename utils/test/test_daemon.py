@@ -51,6 +51,25 @@ class OptionsTests(SynchronousTestCase):
                                   ["--config", "/nonexistent/config.json"])
         self.assertIn("/nonexistent/config.json", str(error))
 
+    def test_log_directory(self):
+        """The directory of log.path is made when missing; one that cannot be made is a
+        usage error naming the key (the daemon would have run without a log)."""
+        with open(readhistory_tap.Options()["config"]) as f:
+            data = json.load(f)
+        base = os.path.abspath(self.mktemp())
+        data["log"]["path"] = os.path.join(base, "deeper", "readhistory")
+        readhistory_tap.Options().parseOptions(["--config", self.write(data)])
+        self.assertTrue(os.path.isdir(os.path.join(base, "deeper")))
+        blocker = os.path.join(base, "a-file")
+        with open(blocker, "w"):
+            pass
+        data["log"]["path"] = os.path.join(blocker, "readhistory")
+        path = self.write(data)
+        error = self.assertRaises(usage.UsageError, readhistory_tap.Options().parseOptions,
+                                  ["--config", path])
+        self.assertIn("%s: log.path: cannot make the directory %s" % (path, blocker),
+                      str(error))
+
     def test_prepare(self):
         """prepare derives more from the config; its ConfigError is a usage error too."""
         def prepare(options):

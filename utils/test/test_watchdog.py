@@ -2,6 +2,7 @@
 """The watchdog and the deployment folders: every daemon started by its bin/ script, killed
 with SIGKILL and back within a second, check_alive.sh and restart.sh as cron uses them."""
 
+import json
 import os
 import shutil
 import signal
@@ -54,6 +55,57 @@ class OptionsTests(SynchronousTestCase):
             f.write(str(os.getpid()))
         ok, message = watchdog.check(home, "readhistory")
         self.assertIn("its worker does not", message)
+
+    def test_start_refuses_a_broken_config(self):
+        """start loads the config as the worker will: a config it cannot use is reported,
+        naming the key, and nothing is started (the watchdog would restart a worker that
+        fails at once, forever, and say "started")."""
+        import io
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(home, "conf"))
+        with open(os.path.join(os.path.dirname(watchdog.__file__), "..", "alertcenter",
+                               "conf", "config.json")) as f:
+            data = json.load(f)
+        del data["svr"]["max_pkg_size"]
+        with open(os.path.join(home, "conf", "config.json"), "w") as f:
+            json.dump(data, f)
+        # should it start after all, it is stopped again
+        self.addCleanup(watchdog.stop, home, "alertcenter", 10, lambda text: None)
+        err, out = io.StringIO(), io.StringIO()
+        self.patch(sys, "stderr", err)
+        self.patch(sys, "stdout", out)
+        self.assertEqual(watchdog.main(["start", home, "alertcenter"]), 1)
+        self.assertIn("alertcenter: not started: ", err.getvalue())
+        self.assertIn("svr.max_pkg_size: required key missing", err.getvalue())
+        self.assertEqual(out.getvalue(), "")
+        self.assertFalse(os.path.exists(os.path.join(home, "log", "alertcenter.pid")))
+
+    def test_worker_end_logged(self):
+        """A worker that ends while the watchdog runs is logged as critical, with how it
+        ended, and started again."""
+        from twisted.internet.error import ProcessDone, ProcessTerminated
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.logger import LogLevel, capturedLogs
+        from twisted.python.failure import Failure
+        options = watchdog.Options()
+        options.parseOptions(["alertcenter"])
+        class Spawning(MemoryReactorClock):
+            def spawnProcess(self, protocol, *args, **kw):
+                spawned.append(args)
+        spawned = []
+        reactor = Spawning()
+        monitor = watchdog.make_monitor(options, reactor)
+        monitor.startService()
+        with capturedLogs() as events:
+            monitor._monitoredProcessExited(
+                "alertcenter", Failure(ProcessTerminated(signal=9)))
+            reactor.advance(2)
+            monitor._monitoredProcessExited("alertcenter", Failure(ProcessDone(0)))
+            reactor.advance(2)
+        lines = [(e["log_level"], e["how"]) for e in events if "how" in e]
+        self.assertEqual(lines, [(LogLevel.critical, "by signal 9"),
+                                 (LogLevel.critical, "with status 0")])
+        self.assertEqual(len(spawned), 3)      # the first, and once after each end
 
     def test_usage(self):
         """A wrong command line prints the usage and exits 2."""
