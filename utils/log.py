@@ -134,9 +134,17 @@ def event_source(event: Dict[str, Any]) -> str:
     return namespace
 
 
+# what twistd logs as an error when it finds the pid file of a process that did not remove
+# it: the daemon's previous process was killed or crashed (its watchdog started this one)
+_STALE_PIDFILE = "Removing stale pidfile "
+
+
 def event_text(event: Dict[str, Any], traceback: bool = True) -> str:
     """The formatted message, followed by the failure's traceback (or its one-line summary)."""
     text = formatEvent(event)
+    if event.get("isError") and text.startswith(_STALE_PIDFILE):
+        text = ("the previous process ended without stopping (killed, or crashed): its pid "
+                "file %s removed" % text[len(_STALE_PIDFILE):])
     failure = event.get("log_failure")
     if failure is not None:
         if traceback:
@@ -426,11 +434,16 @@ class _LogService(Service):
     def startService(self) -> None:
         Service.startService(self)
         self._setup.file_observer.start()
+        logger = Logger(namespace="daemon", observer=self._setup.publisher)
+        # written whatever log.flag says, as the original's start and stop lines
+        vip(logger, "process {pid} started: {argv}", pid=os.getpid(), argv=" ".join(sys.argv))
         for text in self._warnings:
-            Logger(namespace="daemon").warn("{text}", text=text)
+            logger.warn("{text}", text=text)
 
     def stopService(self) -> None:
         Service.stopService(self)
+        vip(Logger(namespace="daemon", observer=self._setup.publisher),
+            "process {pid} stopped", pid=os.getpid())
         self._setup.stop()
 
 

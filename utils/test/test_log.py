@@ -160,6 +160,17 @@ class FormatTests(ObserverTestMixin, SynchronousTestCase):
         self.assertEqual(lines[0], "[{}] [4242] [info]-: old".format(stamp(T0)))
         self.assertTrue(lines[1].endswith("[info]HTTPChannel,0: legacy text"), lines[1])
 
+    def test_stale_pidfile_said_plainly(self):
+        """twistd's error on a pid file left behind says what happened: the previous process
+        was killed or crashed (under the watchdog, the line that alerts of it)."""
+        event = {"log_format": "{msg}", "msg": "Removing stale pidfile log/x.worker.pid",
+                 "isError": 1}
+        self.assertEqual(ulog.event_text(event),
+                         "the previous process ended without stopping (killed, or crashed): "
+                         "its pid file log/x.worker.pid removed")
+        event.pop("isError")
+        self.assertEqual(ulog.event_text(event), "Removing stale pidfile log/x.worker.pid")
+
     def test_bad_format_does_not_raise(self):
         """An event whose format cannot be filled still gives a line and no exception."""
         observer = self.make()
@@ -411,5 +422,22 @@ class SetupTests(SynchronousTestCase):
         logger.info("two")
         self.assertGreater(setup.file_observer.buffered, 0)
         service.stopService()
-        self.assertEqual(read(setup.file_observer.current_file()).count("\n"), 2)
+        lines = read(setup.file_observer.current_file()).splitlines()
+        self.assertEqual(len(lines), 4)
+        self.assertIn("[vip]daemon: process %d started: " % os.getpid(), lines[0])
+        self.assertTrue(lines[3].endswith("[vip]daemon: process %d stopped" % os.getpid()))
         self.assertTrue(setup.file_observer.current_file().endswith(".20170501.log"))
+
+    def test_start_and_stop_always_written(self):
+        """The start and stop lines are written whatever log.flag says."""
+        publisher = LogPublisher()
+        setup = setup_logging(self.section(flag="fatal"), clock=Clock(), publisher=publisher,
+                              start=False)
+        self.addCleanup(setup.remove)
+        service = setup.service()
+        service.startService()
+        Logger(namespace="me", observer=publisher).info("hidden")
+        service.stopService()
+        lines = read(setup.file_observer.current_file()).splitlines()
+        self.assertEqual([line.split("]", 2)[-1].split(":")[0].strip() for line in lines],
+                         ["[vip]daemon", "[vip]daemon"])
