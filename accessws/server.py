@@ -350,11 +350,13 @@ class AccessWS(service.Service):
         try:
             body = await d
         except Exception as e:
+            # the service every login needs: critical, so that it alerts, as in the original
             if expired:
-                self.log.warn("accessws: no answer from {url} in {timeout} s", url=url,
-                              timeout=self.timeout)
+                self.log.critical("accessws: no answer from {url} in {timeout} s", url=url,
+                                  timeout=self.timeout)
                 raise rpc.SERVICE_TIMEOUT()
-            self.log.error("accessws: auth request to {url} failed: {error}", url=url, error=e)
+            self.log.critical("accessws: auth request to {url} failed: {error}", url=url,
+                              error=e)
             raise rpc.INTERNAL_ERROR()
         finally:
             if timer.active():
@@ -363,20 +365,25 @@ class AccessWS(service.Service):
             answer = json.loads(body)
             code = answer["code"]
         except (ValueError, TypeError, KeyError):
-            raise rpc.INTERNAL_ERROR()
+            self._invalid_answer(url, body)
         if code != 0:
             if isinstance(answer.get("message"), str):
                 raise rpc.RPCError(11, answer["message"])
-            raise rpc.INTERNAL_ERROR()
+            self._invalid_answer(url, body)
         data = answer.get("data")
         user = data.get("user_id") if isinstance(data, dict) else None
         if type(user) is not int or not user:
-            raise rpc.INTERNAL_ERROR()
+            self._invalid_answer(url, body)
         if session.data.get("auth") and session.data["user_id"] != user:
             self._leave_user(session)
         session.data["auth"] = True
         session.data["user_id"] = user
         return {"status": "success"}
+
+    def _invalid_answer(self, url, body):
+        self.log.critical("accessws: invalid answer from {url}: {body!r}", url=url,
+                          body=body[:200])
+        raise rpc.INTERNAL_ERROR()
 
     # -- subscriptions -----------------------------------------------------------------
 

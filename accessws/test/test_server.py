@@ -8,6 +8,7 @@ import time
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, reactor, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 
@@ -142,7 +143,17 @@ class ServiceTests(TestCase):
 
     async def auth_scenario(self):
         await self.start()
-        replies = await self.session([
+        with capturedLogs() as events:
+            replies = await self.auth_session()
+        # what fails at the auth service is critical, so that it alerts, as in the original
+        critical = [e["log_format"].split(" {")[0] for e in events
+                    if e["log_level"] == LogLevel.critical]
+        self.assertEqual(critical, ["accessws: invalid answer from", "accessws: invalid "
+                                    "answer from", "accessws: no answer from"])
+        self.check_auth_replies(replies)
+
+    def auth_session(self):
+        return self.session([
             ("order.query", ["BTCBCH", 0, 10]), ("asset.query", []),
             ("order.subscribe", ["BTCBCH"]), ("server.auth", ["bad", "web"]),
             ("server.auth", ["garbage", "web"]), ("server.auth", ["redirect", "web"]),
@@ -150,6 +161,8 @@ class ServiceTests(TestCase):
             ("server.auth", ["good", "x" * 40]), ("server.auth", ["good", "web"]),
             ("order.query", ["BTCBCH", 0, 10]), ("order.query", ["BTCBCH", "0", 10]),
             ("server.nope", []), ("server.ping", [])])
+
+    def check_auth_replies(self, replies):
         errors = [r["error"] if isinstance(r, dict) else r for r in replies]
         self.assertEqual(errors, [
             {"code": 6, "message": "require authentication"},
