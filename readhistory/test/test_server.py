@@ -75,6 +75,30 @@ class ReaderTests(SynchronousTestCase):
             self.assertEqual(result([])["offset"], -1)
 
 
+async def started(test, history_db, workers):
+    """A readhistory service on `history_db` with `workers` connections, as its plugin makes
+    it, and a client connected to it."""
+    info = testing.require("mysql")
+    port = testing.free_port()
+    cfg = config.load_data({
+        "log": {"path": "log/readhistory", "flag": "fatal,error,warn,info"},
+        "svr": {"bind": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 1000000,
+                "heartbeat_check": False},
+        "db_history": {"host": info["host"], "port": int(info["port"]), "user": info["user"],
+                       "pass": info["password"], "name": history_db},
+        "worker_num": workers})
+    db = mysql.from_config(cfg.db_history, max_connections=cfg.worker_num)
+    test.addCleanup(db.close)
+    rh = ReadHistory(cfg, db, reactor=reactor)
+    await rh.startService()
+    test.addCleanup(rh.stopService)
+    client = RPCClient(reactor, "readhistory", ["tcp@127.0.0.1:%d" % port], 1 << 20)
+    client.start()
+    test.addCleanup(client.stop)
+    await until(lambda: client.connected, what="readhistory connected")
+    return rh, client
+
+
 class IntegrationTests(TestCase):
 
     timeout = 180
@@ -94,23 +118,7 @@ class IntegrationTests(TestCase):
             elif request.get("method") in HISTORY_METHODS:
                 history_calls.append((request, record["response"]))
         await h.outbox.flush()
-        info = testing.require("mysql")
-        port = testing.free_port()
-        cfg = config.load_data({
-            "log": {"path": "log/readhistory", "flag": "fatal,error,warn,info"},
-            "svr": {"bind": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 1000000,
-                    "heartbeat_check": False},
-            "db_history": {"host": info["host"], "port": int(info["port"]),
-                           "user": info["user"], "pass": info["password"],
-                           "name": h.history_db},
-            "worker_num": 4})
-        rh = ReadHistory(cfg, h.database(h.history_db), reactor=reactor)
-        await rh.startService()
-        self.addCleanup(rh.stopService)
-        client = RPCClient(reactor, "readhistory", ["tcp@127.0.0.1:%d" % port], 1 << 20)
-        client.start()
-        self.addCleanup(client.stop)
-        await until(lambda: client.connected, what="readhistory connected")
+        rh, client = await started(self, h.history_db, 4)
         self.assertGreaterEqual(len(history_calls), 9)
         for request, expected in history_calls:
             got = await client.call(HISTORY_METHODS[request["method"]], request["params"],
@@ -136,27 +144,9 @@ class IntegrationTests(TestCase):
         await h.stop()
 
     async def queue_full(self):
-        info = testing.require("mysql")
         history_db = testing.create_database("hist", ("trade_history",), True)
         self.addCleanup(testing.drop_database, history_db)
-        port = testing.free_port()
-        cfg = config.load_data({
-            "log": {"path": "log/readhistory", "flag": "fatal,error,warn,info"},
-            "svr": {"bind": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 1000000,
-                    "heartbeat_check": False},
-            "db_history": {"host": info["host"], "port": int(info["port"]),
-                           "user": info["user"], "pass": info["password"],
-                           "name": history_db},
-            "worker_num": 2})
-        db = mysql.from_config(cfg.db_history, max_connections=cfg.worker_num)
-        self.addCleanup(db.close)
-        rh = ReadHistory(cfg, db, reactor=reactor)
-        await rh.startService()
-        self.addCleanup(rh.stopService)
-        client = RPCClient(reactor, "readhistory", ["tcp@127.0.0.1:%d" % port], 1 << 20)
-        client.start()
-        self.addCleanup(client.stop)
-        await until(lambda: client.connected, what="readhistory connected")
+        rh, client = await started(self, history_db, 2)
         # the table locked: every query on it waits, on a connection or for one
         locker = pymysql.connect(**testing.mysql_connect_kwargs("misc"))
         self.addCleanup(locker.close)
