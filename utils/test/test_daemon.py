@@ -61,8 +61,8 @@ class OptionsTests(SynchronousTestCase):
         readhistory_tap.Options().parseOptions(["--config", self.write(data)])
         self.assertTrue(os.path.isdir(os.path.join(base, "deeper")))
         blocker = os.path.join(base, "a-file")
-        with open(blocker, "w"):
-            pass
+        with open(blocker, "w") as f:
+            f.write("a file where the directory would be\n")
         data["log"]["path"] = os.path.join(blocker, "readhistory")
         path = self.write(data)
         error = self.assertRaises(usage.UsageError, readhistory_tap.Options().parseOptions,
