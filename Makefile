@@ -46,7 +46,7 @@ test: depends
 DATA ?= data
 run: $(BUILT)
 	@mkdir -p $(DATA)/log
-	$(PY) -c "from twisted.scripts.twistd import run; run()" -n --pidfile $(DATA)/exchange.pid \
+	$(PY) -c "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()" -n --pidfile $(DATA)/exchange.pid \
 	    --logfile $(DATA)/log/twistd.log exchange --data $(DATA)
 
 bench: $(BUILT)

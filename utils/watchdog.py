@@ -46,7 +46,8 @@ THRESHOLD = 1.0
 MIN_RESTART_DELAY = 0.25
 MAX_RESTART_DELAY = 1.0
 KILL_TIME = 60.0
-TWISTD = "from twisted.scripts.twistd import run; run()"
+# run as `twistd` would be: its messages begin with argv[0], which -c makes "-c"
+TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
 
 
 class Options(usage.Options):
