@@ -214,14 +214,17 @@ async def listen_monitor(reactor, section):
     return ports
 
 
-def listen_udp(reactor, address, protocol, read_mem=0, write_mem=0):
-    """Listen on a udp or dgram address with a DatagramProtocol."""
+def listen_udp(reactor, address, protocol, read_mem=0, write_mem=0, max_size=8192):
+    """Listen on a udp or dgram address with a DatagramProtocol, reading datagrams of up to
+    `max_size` bytes (a longer one is cut there)."""
     addr = parse_address(address)
     if addr.kind == "udp":
-        port = reactor.listenUDP(addr.port, protocol, interface=addr.host)
+        port = reactor.listenUDP(addr.port, protocol, interface=addr.host,
+                                 maxPacketSize=max_size)
     elif addr.kind == "dgram":
         unlink_stale(addr.path)
-        port = reactor.listenUNIXDatagram(addr.path, protocol, mode=0o777)
+        port = reactor.listenUNIXDatagram(addr.path, protocol, mode=0o777,
+                                          maxPacketSize=max_size)
     else:
         raise AddressError("cannot listen for datagrams on %r" % str(addr))
     set_buffers(port.socket, read_mem, write_mem)

@@ -17,6 +17,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from network.address import client_endpoint, parse_address, set_buffers
+from network.output import close_now
 
 __all__ = ["ReconnectingClient"]
 
@@ -71,14 +72,16 @@ class ReconnectingClient:
             attempt.cancel()
         if self.protocol is not None and self.protocol.transport is not None:
             self._stopped = defer.Deferred()
-            self.protocol.transport.loseConnection()
+            close_now(self.protocol.transport)
             return self._stopped
         return defer.succeed(None)
 
     def reconnect(self):
-        """Drop the current connection (if any) and move on to the next address."""
+        """Drop the current connection (if any) and move on to the next address.  What
+        the peer has not taken is dropped with it (a peer that stopped reading would keep
+        a connection waiting to close for ever)."""
         if self.protocol is not None and self.protocol.transport is not None:
-            self.protocol.transport.loseConnection()
+            close_now(self.protocol.transport)
 
     # -- internals -------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 
 from twisted.internet import process, tcp, unix
 
-__all__ = ["write_now", "pending_output"]
+__all__ = ["write_now", "pending_output", "flush", "close_now"]
 
 # plain socket connections and pipes to child processes, whose buffer and send this module
 # may reach into
@@ -35,3 +35,23 @@ def pending_output(transport) -> int:
     """Bytes written to a transport and not yet sent (0 when it cannot tell)."""
     buffered = getattr(transport, "dataBuffer", b"")
     return len(buffered) + getattr(transport, "_tempDataLen", 0)
+
+
+def flush(transport):
+    """Send what a plain socket transport has queued, as far as the kernel takes it now
+    (the reactor would on its next pass); other transports are left to the reactor."""
+    if (type(transport) in _DIRECT and transport.connected and not transport.disconnecting
+            and not getattr(transport, "TLS", False)
+            and (transport.dataBuffer or transport._tempDataLen)):
+        transport.doWrite()
+
+
+def close_now(transport):
+    """Close at once, as the original closes a session: what the kernel takes now is sent
+    (`flush`) and the connection shut in order; what it does not take is dropped with the
+    connection (`loseConnection` would wait for a peer that does not read, forever)."""
+    flush(transport)
+    if pending_output(transport):
+        transport.abortConnection()
+    else:
+        transport.loseConnection()

@@ -48,6 +48,9 @@ _ZERO_CRC = b"\0\0\0\0"
 class ProtocolError(Exception):
     """Bytes that are not a valid packet; the connection that sent them is closed."""
 
+    # raised by StreamDecoder.feed: the valid packets read before the bad one
+    packets = ()
+
 
 class BadMagic(ProtocolError):
     """The header does not start with the protocol's magic number."""
@@ -205,23 +208,33 @@ class StreamDecoder:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list:
+        """The packets completed by `data`.  A ProtocolError carries in `packets` those
+        that came before the bad one, which the original handles before it closes."""
         buf = self._buffer + data if self._buffer else data
         packets = []
         pos = 0
         end = len(buf)
-        while end - pos >= HEADER_SIZE:
-            total = _sizes(buf, pos)
-            if total > self.max_pkg_size:
-                raise PacketTooLarge("packet of %d bytes exceeds the limit of %d"
-                                     % (total, self.max_pkg_size))
-            if end - pos < total:
-                break
-            packets.append(_checked(buf, pos, total))
-            pos += total
+        try:
+            while end - pos >= HEADER_SIZE:
+                total = _sizes(buf, pos)
+                if total > self.max_pkg_size:
+                    raise PacketTooLarge("packet of %d bytes exceeds the limit of %d"
+                                         % (total, self.max_pkg_size))
+                if end - pos < total:
+                    break
+                packets.append(_checked(buf, pos, total))
+                pos += total
+        except ProtocolError as e:
+            self._buffer = b""
+            e.packets = packets
+            raise
         self._buffer = buf[pos:] if pos < end else b""
         if len(self._buffer) > self.max_pkg_size:
-            raise PacketTooLarge("%d bytes buffered without a complete packet"
-                                 % len(self._buffer))
+            self._buffer = b""
+            error = PacketTooLarge("%d bytes buffered without a complete packet"
+                                   % (end - pos))
+            error.packets = packets
+            raise error
         return packets
 
 

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 
 from network.address import buffer_sizes
 from network.client import ReconnectingClient
-from network.output import write_now
+from network.output import close_now, write_now
 from network.state import StateTable
 from network.timer import Timer
 from utils import rpc
@@ -56,14 +56,15 @@ class _ClientProtocol(Protocol):
 
     def dataReceived(self, data):
         try:
-            packets = self.decoder.feed(data)
+            packets, error = self.decoder.feed(data), None
         except rpc.ProtocolError as e:
-            self.log.error("{name}: protocol error from the backend: {error}; reconnecting",
-                           name=self.client.name, error=e)
-            self.transport.loseConnection()
-            return
+            packets, error = e.packets, e      # the replies before the bad bytes count
         for packet in packets:
             self.client._packet_received(self, packet)
+        if error is not None:
+            self.log.error("{name}: protocol error from the backend: {error}; reconnecting",
+                           name=self.client.name, error=error)
+            close_now(self.transport)
 
 
 class RPCClient:

@@ -20,7 +20,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 
 from network.address import listen, listen_udp, parse_address
-from network.output import pending_output
+from network.output import close_now, flush, pending_output
 from network.timer import Timer
 from utils import rpc
 from utils.jsonfmt import RawJSON
@@ -112,7 +112,7 @@ class RPCServerFactory(Factory):
             if now - conn.last_heartbeat > conn.heartbeat_timeout:
                 self.log.warn("{name}: {peer} sent no heartbeat for {timeout} s, closing",
                               name=self.name, peer=conn.peer, timeout=conn.heartbeat_timeout)
-                conn.transport.loseConnection()
+                conn._close()
 
     def dispatch(self, packet, peer, send, on_bad_body):
         """Run the handler of a (non-heartbeat) request packet."""
@@ -181,19 +181,18 @@ class RPCServerProtocol(Protocol):
         self.factory.connections.discard(self)
 
     def _close(self):
-        self.closed = True
-        self.transport.loseConnection()
+        if not self.closed:
+            self.closed = True
+            close_now(self.transport)
 
     def dataReceived(self, data):
         if self.closed:
             return
         try:
-            packets = self.decoder.feed(data)
+            packets, error = self.decoder.feed(data), None
         except rpc.ProtocolError as e:
-            self.log.error("{name}: protocol error from {peer}: {error}; closing",
-                           name=self.factory.name, peer=self.peer, error=e)
-            self._close()
-            return
+            # the packets before the bad one are served, as the original serves them
+            packets, error = e.packets, e
         dispatch, peer, send, close = self.factory.dispatch, self.peer, self.send, self._close
         for packet in packets:
             if self.closed:
@@ -202,6 +201,10 @@ class RPCServerProtocol(Protocol):
                 self._heartbeat(packet)
             else:
                 dispatch(packet, peer, send, close)
+        if error is not None:
+            self.log.error("{name}: protocol error from {peer}: {error}; closing",
+                           name=self.factory.name, peer=self.peer, error=error)
+            self._close()
 
     def _heartbeat(self, packet):
         try:
@@ -220,13 +223,18 @@ class RPCServerProtocol(Protocol):
         """Write an encoded packet."""
         if self.closed:
             return
-        self.transport.write(data)
+        transport = self.transport
+        transport.write(data)
         limit = self.factory.buf_limit
-        if limit and pending_output(self.transport) > limit * self.factory.max_pkg_size:
-            self.log.error("{name}: {peer} does not read its replies; closing",
-                           name=self.factory.name, peer=self.peer)
-            self.closed = True
-            self.transport.abortConnection()
+        if limit and pending_output(transport) > limit * self.factory.max_pkg_size:
+            # what counts is what the kernel does not take, as in the original, which
+            # sends at once: the replies of this pass are not sent yet, so try now
+            flush(transport)
+            if pending_output(transport) > limit * self.factory.max_pkg_size:
+                self.log.error("{name}: {peer} does not read its replies; closing",
+                               name=self.factory.name, peer=self.peer)
+                self.closed = True
+                transport.abortConnection()
 
 
 class RPCDatagramProtocol(DatagramProtocol):
@@ -266,8 +274,11 @@ def listen_rpc(reactor, bind, factory: RPCServerFactory, read_mem=0, write_mem=0
         if addr.is_stream:
             results.append(listen(reactor, addr, factory, read_mem, write_mem))
         else:
+            # a datagram is one packet: read up to the largest one taken (the header says
+            # when one was cut short)
             results.append(defer.succeed(listen_udp(reactor, addr,
                                                     RPCDatagramProtocol(factory),
-                                                    read_mem, write_mem)))
+                                                    read_mem, write_mem,
+                                                    max_size=factory.max_pkg_size + 1)))
     return defer.gatherResults(results, consumeErrors=True).addErrback(
         lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f)

@@ -10,7 +10,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from network.output import pending_output, write_now
+from network.output import close_now, flush, pending_output, write_now
 
 
 class WriteNowTests(TestCase):
@@ -56,6 +56,48 @@ class WriteNowTests(TestCase):
         """With nothing queued the bytes leave during the call; with bytes queued the new
         ones are queued behind them, in order."""
         return defer.Deferred.fromCoroutine(self.direct_then_queued())
+
+    async def flush_and_close(self):
+        transport, client = await self.connected()
+        transport.write(b"queued")
+        self.assertEqual(pending_output(transport), 6)
+        flush(transport)
+        self.assertEqual(pending_output(transport), 0)
+        self.assertEqual(client.recv(100), b"queued")
+        # the peer takes what the kernel took: an orderly close delivers it
+        transport.write(b"last words")
+        lost = defer.Deferred()
+        transport.protocol.connectionLost = lambda reason: lost.callback(reason.type)
+        close_now(transport)
+        self.assertEqual((await lost).__name__, "ConnectionDone")
+        got = b""
+        while True:
+            chunk = client.recv(100)
+            if not chunk:
+                break
+            got += chunk
+        self.assertEqual(got, b"last words")
+
+    def test_flush_and_close(self):
+        """flush sends what is queued during the call; close_now sends what the kernel
+        takes and closes in order."""
+        return defer.Deferred.fromCoroutine(self.flush_and_close())
+
+    async def close_a_peer_that_does_not_read(self):
+        transport, client = await self.connected()
+        # far more than the kernel's buffers hold: most stays queued
+        transport.write(b"x" * (64 << 20))
+        flush(transport)
+        self.assertGreater(pending_output(transport), 0)
+        lost = defer.Deferred()
+        transport.protocol.connectionLost = lambda reason: lost.callback(reason.type)
+        close_now(transport)
+        # at once: loseConnection would wait for the peer to read it all, for ever
+        self.assertEqual((await lost.addTimeout(5, reactor)).__name__, "ConnectionAborted")
+
+    def test_close_a_peer_that_does_not_read(self):
+        """A connection whose peer does not read closes at once, what is queued dropped."""
+        return defer.Deferred.fromCoroutine(self.close_a_peer_that_does_not_read())
 
     def test_other_transports_write(self):
         """A transport that is not a plain socket connection gets an ordinary write."""

@@ -1,7 +1,11 @@
 # -*- test-case-name: utils.test.test_rpc_integration -*-
 """RPC client and server over real loopback sockets."""
 
-from twisted.internet import defer, reactor
+import json
+import socket
+
+from twisted.internet import defer, reactor, threads
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -93,15 +97,109 @@ class LoopbackTests(TestCase):
             def datagramReceived(self, data, addr):
                 got.callback(rpc.decode_packet(data))
 
-        udp = reactor.listenUDP(0, Client(), interface="127.0.0.1")
+        udp = reactor.listenUDP(0, Client(), interface="127.0.0.1", maxPacketSize=65536)
         try:
             udp.write(rpc.encode(rpc.Packet(101, body=b"[3]")), ("127.0.0.1", self.port))
             reply = await got
             self.assertEqual(reply.body, b'{"error": null, "result": {"echo": [3]}, "id": 0}')
+            # up to the server's max_pkg_size, past the 8192 bytes read by default
+            got = defer.Deferred()
+            body = b'["%s"]' % (b"x" * 9000)
+            udp.write(rpc.encode(rpc.Packet(101, body=body)), ("127.0.0.1", self.port))
+            reply = await got.addTimeout(5, reactor)
+            self.assertEqual(json.loads(reply.body)["result"], {"echo": ["x" * 9000]})
         finally:
             await defer.maybeDeferred(udp.stopListening)
             await self.stop_server(ports)
 
     def test_udp(self):
-        """The same handlers answer over UDP, to the datagram's source."""
+        """The same handlers answer over UDP, to the datagram's source, datagrams up to
+        max_pkg_size."""
         return defer.Deferred.fromCoroutine(self.udp_scenario())
+
+    async def stuck_backend_scenario(self):
+        # the first backend accepts and never reads: a hung process, or a half-open peer
+        stuck = []
+
+        class Stuck(Protocol):
+            def connectionMade(self):
+                self.transport.pauseProducing()
+                stuck.append(self.transport)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Stuck), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: [t.abortConnection() for t in stuck])
+        ports = await self.start_server()
+        self.addCleanup(self.stop_server, ports)
+        client = RPCClient(reactor, "test", ["tcp@127.0.0.1:%d" % port.getHost().port,
+                                             self.bind[0]], 10240, heartbeat_timeout=2.0,
+                           reconnect_timeout=0.2)
+        client.start()
+        self.addCleanup(client.stop)
+        await until(lambda: client.connected)
+        # requests the peer never reads: far more than the kernel's buffers hold
+        body = [("x" * 9000)]
+        calls = [client.call(101, body, 30.0) for _ in range(1500)]
+        for call in calls:
+            call.addErrback(lambda failure: None)
+        # no heartbeat answer: the client drops the connection and goes on to the next
+        # address, though most of what it wrote is still queued
+        await until(lambda: client._client.current_address == self.bind[0]
+                    and client.connected, 10, "failed over to the second address")
+        reply = await client.call(101, ["there"], 2.0)
+        self.assertEqual(reply["result"], {"echo": ["there"]})
+        self.flushLoggedErrors()
+
+    def test_backend_that_does_not_read(self):
+        """A backend that stops reading is dropped at its heartbeat timeout, what was queued
+        for it with it, and the client moves on to the next address."""
+        return defer.Deferred.fromCoroutine(self.stuck_backend_scenario())
+
+    async def prompt_reader_scenario(self):
+        self.handlers[103] = lambda params, req: {"data": "y" * 4000}
+        factory = RPCServerFactory(self.handlers, 10240, heartbeat_check=False, name="test",
+                                   buf_limit=2)
+        ports = await listen_rpc(reactor, self.bind[0], factory)
+        self.addCleanup(self.stop_server, ports)
+        client = RPCClient(reactor, "test", [self.bind[0]], 10240, reconnect_timeout=0.2)
+        client.start()
+        self.addCleanup(client.stop)
+        await until(lambda: client.connected)
+        # 40,000 bytes of replies in one pass, twice buf_limit x max_pkg_size: written to a
+        # client that reads them, they are not what "does not read" means
+        replies = await defer.gatherResults([client.call(103, [], 5.0) for _ in range(10)])
+        self.assertEqual([len(r["result"]["data"]) for r in replies], [4000] * 10)
+        self.assertEqual(len(factory.connections), 1)
+
+    def test_buf_limit_counts_what_the_kernel_refuses(self):
+        """buf_limit bounds the replies a client leaves unread, not those written in one
+        pass of the reactor to a client that reads them."""
+        return defer.Deferred.fromCoroutine(self.prompt_reader_scenario())
+
+    async def good_then_bad_scenario(self):
+        ports = await self.start_server()
+        self.addCleanup(self.stop_server, ports)
+
+        def exchange():
+            sock = socket.create_connection(("127.0.0.1", self.port), 5)
+            try:
+                sock.sendall(rpc.encode(rpc.Packet(101, sequence=7, body=b"[5]"))
+                             + b"not a packet, and longer than a header is")
+                got = b""
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return got
+                    got += chunk
+            finally:
+                sock.close()
+        got = await threads.deferToThread(exchange)
+        reply = rpc.decode_packet(got)
+        self.assertEqual((reply.sequence, reply.body),
+                         (7, b'{"error": null, "result": {"echo": [5]}, "id": 0}'))
+        self.flushLoggedErrors()
+
+    def test_packets_before_a_bad_one(self):
+        """The requests read before bad bytes are answered, then the connection closed, as
+        the original does."""
+        return defer.Deferred.fromCoroutine(self.good_then_bad_scenario())
