@@ -12,6 +12,8 @@ cdef class Book:
 
     @cython.locals(chunks=list)
     cpdef Level best(self)
+    @cython.locals(chunks=list, chunk=list, index=Py_ssize_t, position=Py_ssize_t)
+    cpdef Level after(self, Level level)
     cdef bint _before(self, price, other) except -1
     @cython.locals(lasts=list, low=Py_ssize_t, high=Py_ssize_t, mid=Py_ssize_t)
     cdef Py_ssize_t _chunk_of(self, price) except -1

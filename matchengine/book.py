@@ -58,6 +58,16 @@ class Book:
         for chunk in reversed(self._chunks):
             yield from reversed(chunk)
 
+    def after(self, level):
+        """The level that follows `level` in matching priority, None after the last."""
+        chunks = self._chunks
+        index = self._chunk_of(level.price)
+        chunk = chunks[index]
+        position = self._index_in(chunk, level.price)
+        if position:
+            return chunk[position - 1]
+        return chunks[index - 1][-1] if index else None
+
     def _before(self, price, other):
         """Whether `price` is stored before `other` (ranks below it)."""
         return price < other if self.highest_first else price > other

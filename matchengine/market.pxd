@@ -56,6 +56,8 @@ cdef class Market:
     cpdef _buy(self, Order taker, Effects sink, bint real, deal_id)
     @cython.locals(level=Level, maker=Order)
     cpdef _market_buy(self, Order taker, Effects sink, bint real, deal_id)
+    @cython.locals(other=Order, level=Level)
+    cpdef Order _next_ask(self, Order order)
     @cython.locals(balances=Balances, stock=AssetBalances, money=AssetBalances)
     cpdef _bid_deal(self, Order taker, Order maker, Level level, price, amount, now,
                     Effects sink, bint real, deal_id)

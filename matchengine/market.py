@@ -398,11 +398,21 @@ class Market:
     def _market_buy(self, taker, sink, real, deal_id):
         step = self.stock_exp
         now = taker.update_time
+        maker = None
         while taker.left:
-            level = self.top_ask
-            if level is None:
-                break
-            maker = _first_order(level)
+            if maker is None or not maker.left:
+                level = self.top_ask
+                if level is None:
+                    break
+                maker = _first_order(level)
+            else:
+                # the maker is left partly filled: as the original, which walks the asks
+                # once, go on to the next one (the money left buys no more at its price,
+                # unless a deal's digits were cut to the context's 34)
+                maker = self._next_ask(maker)
+                if maker is None:
+                    break
+                level = maker.level
             price = maker.price
             amount = (taker.left / price).quantize(step, ROUND_DOWN, WIDE)
             while amount * price > taker.left:
@@ -414,6 +424,16 @@ class Market:
             deal_id = self._bid_deal(taker, maker, level, price, amount, now, sink, real,
                                      deal_id)
         return deal_id
+
+    def _next_ask(self, order):
+        """The ask that follows `order` in matching priority, None after the last."""
+        found = False
+        for other in order.level.orders.values():
+            if found:
+                return other
+            found = other is order
+        level = self.asks.after(order.level)
+        return None if level is None else _first_order(level)
 
     def _bid_deal(self, taker, maker, level, price, amount, now, sink, real, deal_id):
         stock, money = self.stock_balances, self.money_balances

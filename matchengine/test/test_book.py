@@ -15,7 +15,8 @@ class BookTests(SynchronousTestCase):
 
     def check(self, side, expected):
         """`side` holds the levels of `expected` (price -> level) and no other, best first,
-        and its chunks are neither empty nor longer than allowed."""
+        each followed by the next (`after`), and its chunks are neither empty nor longer
+        than allowed."""
         levels = list(side.values())
         prices = [level.price for level in levels]
         self.assertEqual(prices, sorted(expected, reverse=side.highest_first))
@@ -24,6 +25,9 @@ class BookTests(SynchronousTestCase):
         for level in levels:
             self.assertIs(expected[level.price], level)
         self.assertIs(side.best(), levels[0] if levels else None)
+        # each level's follower, across chunks, and none after the last
+        followers = levels[1:] + [None] if levels else []
+        self.assertEqual([side.after(level) for level in levels], followers)
         self.assertEqual(side._lasts, [chunk[-1].price for chunk in side._chunks])
         for chunk in side._chunks:
             self.assertTrue(0 < len(chunk) <= 2 * book.LOAD)

@@ -108,6 +108,35 @@ class UnitTests(SynchronousTestCase):
         r = call(eng, 201, [2, "AB", 2, "1e+1", "2", "0", "0", ""], self.now)["result"]
         self.assertEqual((r["amount"], r["deal_stock"], r["deal_money"]), ("1e+1", "10", "20"))
 
+    def test_market_buy_walks_the_asks_once(self):
+        """A market buy leaves a maker it fills in part for the next ask, as the original,
+        which walks the asks once: a deal's digits cut to the context's 34 (a balance a fill
+        took past them) left money that bought from the same maker a second time."""
+        assets = {"S": config.Asset("S", 0, 0), "M": config.Asset("M", 2, 2)}
+        eng = engine.Engine(assets, {"SM": config.Market("SM", "S", 0, "M", 2, 0,
+                                                          Decimal(1))})
+        big = "99999999999999999999999999999999.99"
+        many = "9" * 34
+        for command, params in [
+                (102, [1, "M", "d", 1, big, {}]), (102, [2, "M", "d", 2, big, {}]),
+                (102, [1, "S", "d", 3, "1", {}]),
+                (201, [1, "SM", 1, "1", big, "0", "0", "s"]),
+                # the fill takes user 1's M past 10^32: 34 digits at its 2 places
+                (201, [2, "SM", 2, "1", big, "0", "0", "s"]),
+                (102, [4, "S", "d", 4, many, {}]),
+                (201, [4, "SM", 1, many, "0.03", "0", "0", "s"])]:
+            self.assertIsNone(call(eng, command, params, self.now)["error"], params)
+        r = call(eng, 202, [1, "SM", 2, "199999999999999999999999999999999", "0", "s"],
+                 self.now)["result"]
+        # the original's numbers: one deal
+        self.assertEqual((r["left"], r["deal_stock"], r["deal_money"]),
+                         ("0.1", "6666666666666666666666666666666633",
+                          "199999999999999999999999999999998.9"))
+        self.assertEqual(eng.deal_id, 2)
+        self.assertEqual(str(eng.balances.get(1, AVAILABLE, "M")), "1.00")
+        self.assertEqual(str(eng.balances.get(4, FREEZE, "S")),
+                         "3333333333333333333333333333333366")
+
     def test_fee_sums_of_a_negative_zero_rate(self):
         """A fee rate written "-0" is accepted, as by the original; an order's fee sum is
         still zero plus its fees, a positive zero, though each fee is a negative one."""
