@@ -4,7 +4,8 @@
 The order of addresses follows the original: the first attempt goes to the first address;
 after every failed attempt or lost connection the client moves on to the next address at
 once, and after the last one it starts again from the first after a pause of
-`reconnect_timeout` seconds.  With a single address it always pauses before retrying.  A
+`reconnect_timeout` seconds.  With a single address it always pauses before retrying, except
+after `reconnect()` (a backend whose heartbeats stopped), which connects again at once.  A
 connection attempt that has not completed within `reconnect_timeout` is abandoned.
 
 `state` is one of "stopped", "connecting", "connected", "waiting" (pausing before the next
@@ -46,6 +47,7 @@ class ReconnectingClient:
         self._attempt = None     # Deferred of the connection attempt in progress
         self._wait = None        # DelayedCall of the pause before the next attempt
         self._stopped = None     # Deferred fired once stopped and disconnected
+        self._at_once = False    # the next attempt without a pause (see `reconnect`)
 
     @property
     def connected(self) -> bool:
@@ -77,10 +79,12 @@ class ReconnectingClient:
         return defer.succeed(None)
 
     def reconnect(self):
-        """Drop the current connection (if any) and move on to the next address.  What
-        the peer has not taken is dropped with it (a peer that stopped reading would keep
-        a connection waiting to close for ever)."""
+        """Drop the current connection (if any) and connect again at once, to the next
+        address (the first after the last), as the original does when a backend stops
+        answering its heartbeats.  What the peer has not taken is dropped with the
+        connection (a peer that stopped reading would keep it waiting to close for ever)."""
         if self.protocol is not None and self.protocol.transport is not None:
+            self._at_once = True
             close_now(self.protocol.transport)
 
     # -- internals -------------------------------------------------------------------
@@ -143,7 +147,10 @@ class ReconnectingClient:
     def _schedule(self):
         if self.state == "stopped":
             return
-        if len(self.addresses) > 1 and self._index < len(self.addresses):
+        at_once, self._at_once = self._at_once, False
+        if at_once and self._index >= len(self.addresses):
+            self._index = 0
+        if (at_once or len(self.addresses) > 1) and self._index < len(self.addresses):
             self._connect()
             return
         self._index = 0

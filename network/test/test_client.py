@@ -77,6 +77,27 @@ class RotationTests(SynchronousTestCase):
         self.reactor.advance(0.1)
         self.assertEqual(self.attempts(), [1001, 1001])
 
+    def test_reconnect_at_once(self):
+        """reconnect() (heartbeats stopped) connects again at once, even to a single
+        address, as the original; a failure of that attempt pauses as any other."""
+        client = ReconnectingClient(self.reactor, "tcp@127.0.0.1:1001", Recorder, 1.5)
+        client.start()
+        transport = StringTransport()
+        protocol = self.reactor.tcpClients[-1][2].buildProtocol(None)
+        protocol.makeConnection(transport)
+        self.assertTrue(client.connected)
+        client.reconnect()
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.attempts(), [1001, 1001])
+        self.fail_last()
+        self.assertEqual(client.state, "waiting")
+        self.reactor.advance(1.4)
+        self.assertEqual(self.attempts(), [1001, 1001])
+        self.reactor.advance(0.1)
+        self.assertEqual(self.attempts(), [1001, 1001, 1001])
+        self.flushLoggedErrors()
+
     def test_connected_and_lost(self):
         """A connection is visible, its loss reported, and the next address tried."""
         self.client.start()
