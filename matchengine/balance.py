@@ -164,7 +164,7 @@ class Balances:
         entry = balances.entries.get(user_id)
         current = None if entry is None else entry[kind - 1]
         value = amount if current is None else current + amount
-        if value.quantize(balances.exp, ROUND_DOWN, CONTEXT).is_nan():
+        if value >= balances.room:      # at prec_save places: more than the context's digits
             return False
         self._store(balances, user_id, _EMPTY if entry is None else entry, kind - 1, value)
         return True

@@ -23,6 +23,8 @@ cdef class Engine:
     cdef public Effects effects
     cdef public object order_id, deal_id, context
 
+    cpdef use_context(self)
+
     @cython.locals(market=Market)
     cpdef Market _market(self, value)
     @cython.locals(market=Market)

@@ -200,16 +200,14 @@ class Engine:
 
         `now` is in seconds, to the microsecond: the operation log keeps times at that
         precision, and history rows and messages carry it as given."""
-        if decimal.getcontext() is not self.context:
-            self.use_context()
+        self.use_context()
         if command == PUT_LIMIT:        # most commands: a C call, not a method object's
             return self.put_limit(params, now, True)
         return self.handlers[command](params, now, True)
 
     def replay(self, method, params, now, rebuild=False):
         """Re-execute an operation-log entry; unknown markets and assets are skipped."""
-        if decimal.getcontext() is not self.context:
-            self.use_context()
+        self.use_context()
         real = REBUILD if rebuild else REPLAY
         command = REPLAY_METHODS.get(method)
         if command is None:
@@ -226,11 +224,12 @@ class Engine:
         return self.handlers[command](params, now, real)
 
     def use_context(self):
-        """Make the engine's decimal context the current one.  Installed where the engine
-        was made, it does not reach every caller: the context is a context variable, which
-        a coroutine runs with a copy of (an engine made in one left the reactor's callbacks
-        with the default 28 digits).  Each entry point checks it."""
-        decimal.setcontext(self.context)
+        """Make the engine's decimal context the current one, if it is not.  Installed where
+        the engine was made, it does not reach every caller: the context is a context
+        variable, which a coroutine runs with a copy of (an engine made in one left the
+        reactor's callbacks with the default 28 digits).  Each entry point calls this."""
+        if decimal.getcontext() is not self.context:
+            decimal.setcontext(self.context)
 
     # -- parameter helpers -------------------------------------------------------------
 
@@ -344,8 +343,7 @@ class Engine:
 
     def summaries(self, names):
         """asset.summary's result: it visits every balance entry."""
-        if decimal.getcontext() is not self.context:
-            self.use_context()
+        self.use_context()
         result = []
         summaries = self.balances.summaries(names)
         for name in names:

@@ -15,7 +15,6 @@ import importlib
 import json
 import sys
 import time
-from decimal import getcontext
 
 from twisted.application import service
 from twisted.internet import defer
@@ -217,8 +216,7 @@ class MatchEngine(service.Service):
         engine = self.engine
 
         def handle(params, request):
-            if getcontext() is not engine.context:
-                engine.use_context()
+            engine.use_context()
             if write:
                 if self._busy():
                     # the refusal tells nothing of uncommitted state: it need not wait for

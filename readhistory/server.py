@@ -4,8 +4,7 @@
 Several queries run at once (`worker_num` connections); replies go out as queries finish,
 so clients match them by sequence, as with the original.  When 10 × `worker_num` queries
 wait for a connection (beside the `worker_num` running), new ones are refused with "service
-unavailable".  A failed query answers "internal
-error" and is logged at critical level.
+unavailable".  A failed query answers "internal error" and is logged at critical level.
 """
 
 from twisted.application import service

@@ -27,8 +27,9 @@ __all__ = ["daemon_options", "service_tree", "OrderedMultiService", "gateway_tre
 
 # a worker runs in its own process group: Ctrl-C in a terminal reaches the listener only,
 # which stops the workers itself
-WORKER_TWISTD = ("import os, sys; os.setpgrp(); sys.argv[0] = 'twistd'; "
-                 "from twisted.scripts.twistd import run; run()")
+# twistd run by `python -c`, named as twistd names itself (its messages begin with argv[0])
+TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+WORKER_TWISTD = "import os; os.setpgrp(); " + TWISTD
 
 
 log = Logger()

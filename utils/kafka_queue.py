@@ -398,20 +398,20 @@ class KafkaConsumerService(service.Service):
         # first fetch, and is skipped, as a consumer starting at the end skips it.
         end = consumer.end_offsets([tp])[tp]
         consumer.seek(tp, max(end - 1, 0))
-        self._skip_before = (tp, end, None)
+        self._skip_before = (tp, end)
+        self.start_offset = None
 
     def _fresh(self, consumer, batch):
         """The records of `batch` past the end found when the consumer started."""
-        tp, reported, end = self._skip_before
-        if end is None:
+        tp, reported = self._skip_before
+        if self.start_offset is None:
             end = consumer.highwater(tp)
-            if end is None:         # no fetch answered yet: no records either
-                end = reported if batch else None
-            self._skip_before = (tp, reported, end)
             if end is None:
-                return []
+                if not batch:       # no fetch answered yet
+                    return []
+                end = reported
             self.start_offset = max(end, reported)
-        fresh = [m for m in batch if m.offset >= max(end, reported)]
+        fresh = [m for m in batch if m.offset >= self.start_offset]
         if fresh:
             self._skip_before = None
         return fresh
@@ -432,8 +432,6 @@ class KafkaConsumerService(service.Service):
             if not batch:
                 continue
             batch = [(m.offset, m.value) for m in batch]
-            if not batch:
-                continue
             self.reactor.callFromThread(self._broker_state, True)
             taken = 0
             for _ in batch:

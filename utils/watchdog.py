@@ -40,14 +40,14 @@ import time
 
 from twisted.python import usage
 
+from utils.daemon import TWISTD
+
 __all__ = ["Options", "make_monitor", "paths", "read_pid", "start", "stop", "check", "main"]
 
 THRESHOLD = 1.0
 MIN_RESTART_DELAY = 0.25
 MAX_RESTART_DELAY = 1.0
 KILL_TIME = 60.0
-# run as `twistd` would be: its messages begin with argv[0], which -c makes "-c"
-TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
 
 
 class Options(usage.Options):
@@ -76,7 +76,7 @@ def worker_command(module, args, pidfile=None, logfile=None, python=None):
     return cmd + [module] + list(args)
 
 
-def _monitor_class():
+def make_monitor(options, reactor=None):
     from twisted.runner.procmon import ProcessMonitor
 
     class Monitor(ProcessMonitor):
@@ -90,11 +90,7 @@ def _monitor_class():
                 self.log.critical("{name}: the worker ended {how}; starting it again",
                                   name=name, how=how)
             super()._monitoredProcessExited(name, reason)
-    return Monitor
 
-
-def make_monitor(options, reactor=None):
-    Monitor = _monitor_class()
     monitor = Monitor(reactor=reactor) if reactor else Monitor()
     monitor.threshold = THRESHOLD
     monitor.minRestartDelay = MIN_RESTART_DELAY

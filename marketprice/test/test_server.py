@@ -96,6 +96,13 @@ class GatedStore:
         self.store = store
         self.gate = None
 
+    def hold(self):
+        self.gate = defer.Deferred()
+
+    def release(self):
+        gate, self.gate = self.gate, None
+        gate.callback(None)
+
     def describe(self):
         return self.store.describe()
 
@@ -144,12 +151,11 @@ class FlushTests(TestCase):
     async def during_scenario(self):
         mp = await self.started()
         await self.deal(mp, 1, "12", "2")
-        self.store.gate = gate = defer.Deferred()
+        self.store.hold()
         held = mp.flush()
         # a deal in the same minute while that flush waits to be written
         await self.deal(mp, 2, "11", "1")
-        self.store.gate = None
-        gate.callback(None)
+        self.store.release()
         await held
         await mp.flush()
         (stored, deals, offset), (bucket, recent) = await self.in_redis(mp)
@@ -166,14 +172,13 @@ class FlushTests(TestCase):
     async def overlap_scenario(self):
         mp = await self.started()
         await self.deal(mp, 1, "12", "2")
-        self.store.gate = gate = defer.Deferred()
+        self.store.hold()
         first = mp.flush()
         await self.deal(mp, 2, "11", "1")
         # the timer's next flush while the first waits: it starts once that one is done
         second = mp.flush()
         self.assertEqual(mp.flush_waiting, [second])
-        self.store.gate = None
-        gate.callback(None)
+        self.store.release()
         await first
         await second
         (stored, deals, offset), (bucket, recent) = await self.in_redis(mp)
