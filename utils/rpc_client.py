@@ -13,6 +13,11 @@ call made while not connected fails at once with `NotConnected`, and one whose p
 exceed `max_request_size` with `RequestTooLarge`, unsent; one whose reply does not
 come in time fails with `RPCTimeout`.  Requests in flight on a connection that is lost fail
 at once with `ConnectionLost` rather than waiting for their timeout.
+
+With `buf_limit` (the config key: a count of `max_pkg_size` buffers, 0 = no limit), a
+backend that leaves more than `buf_limit * max_pkg_size` bytes of requests unread is
+dropped, as the original drops a session whose send buffers run out: the connection is
+closed, its requests fail with `ConnectionLost`, and the next address is tried.
 """
 
 import json
@@ -23,7 +28,7 @@ from twisted.logger import Logger
 
 from network.address import buffer_sizes
 from network.client import ReconnectingClient
-from network.output import close_now, write_now
+from network.output import close_now, flush, pending_output, write_now
 from network.state import StateTable
 from network.timer import Timer
 from utils import rpc
@@ -71,10 +76,12 @@ class RPCClient:
     log = Logger()
 
     def __init__(self, reactor, name, addresses, max_pkg_size, heartbeat_timeout=3.0,
-                 reconnect_timeout=1.0, read_mem=0, write_mem=0, max_request_size=0):
+                 reconnect_timeout=1.0, read_mem=0, write_mem=0, max_request_size=0,
+                 buf_limit=0):
         self.reactor = reactor
         self.name = name
         self.max_pkg_size = max_pkg_size
+        self.max_output = buf_limit * max_pkg_size      # 0: no bound
         self.max_request_size = max_request_size        # 0: no bound
         if not heartbeat_timeout or heartbeat_timeout <= 0:
             heartbeat_timeout = 3.0
@@ -95,7 +102,7 @@ class RPCClient:
         return cls(reactor, name or section["name"], list(section["addr"]),
                    section["max_pkg_size"], section["heartbeat_timeout"],
                    section["reconnect_timeout"], max_request_size=section["max_request_size"],
-                   **buffer_sizes(section))
+                   buf_limit=section["buf_limit"], **buffer_sizes(section))
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -129,7 +136,7 @@ class RPCClient:
         d = defer.Deferred()
         sequence = self._states.add((d, protocol), timeout)
         packet = rpc.Packet(command, rpc.REQUEST, sequence, req_id, body)
-        write_now(protocol.transport, rpc.encode(packet))
+        self._send(protocol, rpc.encode(packet))
         return d
 
     def call(self, command: int, params, timeout: float, req_id: int = 0):
@@ -160,7 +167,18 @@ class RPCClient:
                            timeout=self.heartbeat_timeout)
             self._client.reconnect()
             return
-        protocol.transport.write(self._heartbeat_packet)
+        self._send(protocol, self._heartbeat_packet)
+
+    def _send(self, protocol, data):
+        transport = protocol.transport
+        write_now(transport, data)
+        if self.max_output and pending_output(transport) > self.max_output:
+            flush(transport)        # what counts is what the kernel refuses
+            if pending_output(transport) > self.max_output:
+                self.log.error("{name}: {address} does not read its requests (over "
+                               "buf_limit); reconnecting", name=self.name,
+                               address=self._client.current_address)
+                close_now(transport)
 
     def _on_connect(self, protocol):
         self._last_heartbeat = self.reactor.seconds()

@@ -10,7 +10,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from utils import rpc
-from utils.rpc_client import RPCClient, RPCTimeout
+from utils.rpc_client import ConnectionLost, RPCClient, RPCTimeout
 from utils.rpc_server import RPCServerFactory, listen_rpc
 from utils.testing import free_port, until
 
@@ -154,6 +154,43 @@ class LoopbackTests(TestCase):
         """A backend that stops reading is dropped at its heartbeat timeout, what was queued
         for it with it, and the client moves on to the next address."""
         return defer.Deferred.fromCoroutine(self.stuck_backend_scenario())
+
+    async def client_buf_limit_scenario(self):
+        # the first backend accepts and never reads; its heartbeats would take a minute
+        stuck = []
+
+        class Stuck(Protocol):
+            def connectionMade(self):
+                self.transport.pauseProducing()
+                stuck.append(self.transport)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Stuck), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: [t.abortConnection() for t in stuck])
+        ports = await self.start_server()
+        self.addCleanup(self.stop_server, ports)
+        client = RPCClient(reactor, "test", ["tcp@127.0.0.1:%d" % port.getHost().port,
+                                             self.bind[0]], 10240, heartbeat_timeout=60.0,
+                           reconnect_timeout=0.2, buf_limit=2)
+        client.start()
+        self.addCleanup(client.stop)
+        await until(lambda: client.connected)
+        # far more than the kernel's buffers hold: dropped as soon as it refuses more than
+        # 2 x 10,240 bytes, the requests failed at once rather than at their timeout
+        calls = [client.call(101, ["x" * 9000], 30.0) for _ in range(1500)]
+        for call in calls:
+            call.addErrback(lambda failure: failure.trap(ConnectionLost))
+        await defer.gatherResults(calls).addTimeout(5, reactor)
+        await until(lambda: client._client.current_address == self.bind[0]
+                    and client.connected, 5, "failed over to the second address")
+        reply = await client.call(101, ["there"], 2.0)
+        self.assertEqual(reply["result"], {"echo": ["there"]})
+        self.flushLoggedErrors()
+
+    def test_client_buf_limit(self):
+        """A backend that leaves more than buf_limit x max_pkg_size bytes of requests
+        unread is dropped at once, its requests failed, and the next address tried."""
+        return defer.Deferred.fromCoroutine(self.client_buf_limit_scenario())
 
     async def prompt_reader_scenario(self):
         self.handlers[103] = lambda params, req: {"data": "y" * 4000}
