@@ -41,7 +41,7 @@ from matchengine.effects import HISTORY_COLUMNS
 from matchengine.rowtext import values_text
 from utils.handoff import FRAME
 from utils.kafka_wire import LeanProducer
-from utils.mysql import client_charset, insert_texts
+from utils.mysql import client_charset, insert_texts, server_address
 
 # how each history column is written into SQL: times to the microsecond, ids as integers,
 # free text escaped; the remaining columns are decimals in their raw form (digits, a point,
@@ -173,7 +173,7 @@ class Connection:
         db = self.db
         while True:
             try:
-                return pymysql.connect(host=db["host"], port=int(db.get("port", 3306)),
+                return pymysql.connect(**server_address(db["host"], db.get("port", 3306)),
                                        user=db["user"], password=db["pass"], database=db["name"],
                                        charset=client_charset(db.get("charset", "utf8")),
                                        autocommit=False)

@@ -16,6 +16,7 @@ interactions marked `retry=True`; use it for reads and for writes that are idemp
 """
 
 import decimal
+import os
 import re
 import sqlite3
 
@@ -24,7 +25,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 __all__ = ["Database", "Dialect", "MYSQL", "SQLITE", "connect_mysql", "connect_sqlite",
-           "from_config", "split_statements", "CONNECTION_LOST"]
+           "from_config", "server_address", "split_statements", "CONNECTION_LOST"]
 
 log = Logger()
 
@@ -332,10 +333,28 @@ def client_charset(name):
     return "utf8mb4" if name.lower() == "utf8" else name
 
 
+# where MySQL and MariaDB servers put their socket, the first that exists being used
+SOCKETS = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock",
+           "/var/lib/mysql/mysql.sock", "/tmp/mysql.sock")
+
+
+def server_address(host, port):
+    """The connection arguments of a config's `host` and `port`, as the MySQL client library
+    reads them: `localhost` means the server's local socket (the `MYSQL_UNIX_PORT`
+    environment variable, else the usual places), where the port does not count and
+    accounts are matched as `user@localhost`; any other host, or `localhost` with no socket
+    found, is reached over TCP."""
+    if host == "localhost":
+        for path in (os.environ.get("MYSQL_UNIX_PORT"),) + SOCKETS:
+            if path and os.path.exists(path):
+                return {"unix_socket": path}
+    return {"host": host, "port": int(port)}
+
+
 def connect_mysql(host, port, user, password, database, charset="utf8", min_connections=1,
                   max_connections=5, reactor=None, **extra):
     """A MySQL pool; connections dropped by the server are replaced when next used."""
-    kwargs = dict(host=host, port=int(port), user=user, password=password, database=database,
+    kwargs = dict(server_address(host, port), user=user, password=password, database=database,
                   charset=client_charset(charset), autocommit=False, connect_timeout=5)
     kwargs.update(extra)
     if reactor is not None:

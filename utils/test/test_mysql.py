@@ -8,7 +8,7 @@ from decimal import Decimal
 import pymysql
 from twisted.enterprise import adbapi
 from twisted.internet import defer
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from utils import mysql, testing
 
@@ -59,6 +59,28 @@ class CharsetTests(SynchronousTestCase):
         self.assertEqual(mysql.client_charset("UTF8"), "utf8mb4")
         self.assertEqual(mysql.client_charset("utf8mb3"), "utf8mb3")
         self.assertEqual(mysql.client_charset("latin1"), "latin1")
+
+
+class ServerAddressTests(SynchronousTestCase):
+
+    def test_hosts(self):
+        """`localhost` is the local socket (MYSQL_UNIX_PORT first, then the usual places),
+        as the MySQL client library reads it; any other host, or no socket found, TCP."""
+        here = self.mktemp()
+        open(here, "w").close()
+        self.patch(mysql, "SOCKETS", (self.mktemp(), here))
+        self.patch(os, "environ", {})
+        self.assertEqual(mysql.server_address("127.0.0.1", "3307"),
+                         {"host": "127.0.0.1", "port": 3307})
+        self.assertEqual(mysql.server_address("localhost", 3306), {"unix_socket": here})
+        chosen = self.mktemp()
+        open(chosen, "w").close()
+        self.patch(os, "environ", {"MYSQL_UNIX_PORT": chosen})
+        self.assertEqual(mysql.server_address("localhost", 3306), {"unix_socket": chosen})
+        self.patch(mysql, "SOCKETS", (self.mktemp(),))
+        self.patch(os, "environ", {})
+        self.assertEqual(mysql.server_address("localhost", 3306),
+                         {"host": "localhost", "port": 3306})
 
 
 class NeedsEscapeTests(SynchronousTestCase):
@@ -225,6 +247,19 @@ class MySQLTests(Scenarios, TestCase):
         self.assertIn(kw["database"], repr(db))
         return db.query("SELECT 1").addCallback(
             lambda rows: self.assertEqual(rows[0][0], 1))
+
+
+    def test_localhost_is_the_socket(self):
+        """A db_* section with host `localhost` reaches the server over its local socket,
+        with the account of `user@localhost`."""
+        if "unix_socket" not in mysql.server_address("localhost", 3306):
+            raise SkipTest("no local MySQL socket on this machine")
+        kw = testing.mysql_connect_kwargs("misc")
+        db = mysql.from_config({"host": "localhost", "port": 1, "user": kw["user"],
+                                "pass": kw["password"], "name": kw["database"]})
+        self.addCleanup(db.close)
+        d = db.on_connection(lambda connection: connection.host_info)
+        return d.addCallback(self.assertEqual, "Localhost via UNIX socket")
 
 
 class SQLiteTests(Scenarios, TestCase):
