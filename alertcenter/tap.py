@@ -17,7 +17,7 @@ def makeService(options, reactor=None):
     reactor = plugin_reactor(reactor)
     cfg = options["loaded"]
     # as the original: day files, 100 MiB, 10 files, 7 days, whatever the config says
-    top = service_tree(cfg, options, reactor, shift="day", max_size=100 * 1024 * 1024,
-                       num=10, keep=7)
+    top = service_tree(cfg, options, reactor, alerts=False, shift="day",
+                       max_size=100 * 1024 * 1024, num=10, keep=7)
     AlertCenter(cfg, redisdb.from_config(cfg.redis), reactor=reactor).setServiceParent(top)
     return top

@@ -10,7 +10,9 @@ calls `give_up`, which stops the process with exit status 1 under twistd.
 """
 
 import atexit
+import faulthandler
 import os
+import signal
 import sys
 
 from twisted.application import service
@@ -21,8 +23,8 @@ from twisted.python.failure import Failure
 
 from utils.config import ConfigError
 
-__all__ = ["daemon_options", "service_tree", "OrderedMultiService", "gateway_tree",
-           "listener_tree", "worker_tree", "give_up", "gave_up", "exit_status_on_failure",
+__all__ = ["daemon_options", "service_tree", "SignalService", "OrderedMultiService",
+           "gateway_tree", "listener_tree", "worker_tree", "give_up", "gave_up", "exit_status_on_failure",
            "plugin_reactor"]
 
 # a worker runs in its own process group: Ctrl-C in a terminal reaches the listener only,
@@ -194,20 +196,90 @@ def raise_limits(process):
     return warnings
 
 
-def service_tree(cfg, options, reactor, **log_overrides):
+class SignalService(service.Service):
+    """The original's signals, handled once the reactor runs (after twistd's own handlers):
+
+    - SIGTERM and SIGQUIT stop the daemon cleanly, flushing what it holds; it then exits with
+      status 0, which tells its watchdog to stop with it (a worker that dies otherwise is
+      started again);
+    - SIGTTIN and SIGTTOU turn the log's next level on or its last level off (`log.flag`);
+    - SIGUSR1 is only noted.
+
+    Each is noted in the log whatever `log.flag` says.  A crash (SIGSEGV, SIGABRT) writes the
+    Python stacks on stderr, which the watchdog keeps in its log.
+    """
+
+    name = "signals"
+    log = Logger(namespace="daemon")
+
+    def __init__(self, reactor, log_setup):
+        self._reactor = reactor
+        self._log_setup = log_setup
+
+    def startService(self):
+        service.Service.startService(self)
+        self._reactor.callWhenRunning(self._install)
+
+    def _install(self):
+        try:
+            faulthandler.enable(sys.__stderr__)
+        except (AttributeError, ValueError, OSError):
+            pass        # no usable stderr: the crash shows in the watchdog's log alone
+        for number in (signal.SIGTERM, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU,
+                       signal.SIGUSR1):
+            signal.signal(number, self._received)
+
+    def _received(self, number, frame):
+        self._reactor.callFromThread(self.handle, number)
+
+    def handle(self, number):
+        """What the signal `number` does (the handler, on the reactor thread)."""
+        from utils.log import level_down, level_up, vip
+        logger = Logger(namespace="daemon", observer=self._log_setup.publisher)
+        what = "[{pid}] signal {number} ({name}) received"
+        name, pid = signal.Signals(number).name, os.getpid()
+        if number in (signal.SIGTERM, signal.SIGQUIT):
+            vip(logger, what + ", exiting", pid=pid, number=number, name=name)
+            self._stop()
+        elif number in (signal.SIGTTIN, signal.SIGTTOU):
+            observer = self._log_setup.file_observer
+            change = level_up if number == signal.SIGTTIN else level_down
+            observer.flags = change(observer.flags)
+            vip(logger, what + ", logging level {way}: {flags}", pid=pid, number=number,
+                name=name, way="up" if number == signal.SIGTTIN else "down",
+                flags=hex(observer.flags))
+        else:
+            vip(logger, what, pid=pid, number=number, name=name)
+
+    def _stop(self):
+        from twisted.internet.error import ReactorNotRunning
+        try:
+            self._reactor.stop()
+        except ReactorNotRunning:
+            pass        # already stopping
+
+
+def service_tree(cfg, options, reactor, alerts=True, **log_overrides):
     """The daemon's top service with its log (and alerts) set up; `top.log_setup` keeps it.
 
-    The `process` section's limits are raised first (a failure is logged as a warning)."""
+    The `process` section's limits are raised first (a failure is logged as a warning).
+    Without an `alert` section a warning says that fatal lines reach no alertcenter (unless
+    `alerts` is false: alertcenter itself).  Under
+    twistd the original's signals are handled (`SignalService`)."""
     from utils.alert import AlertSender
     from utils.log import setup_logging
-    limit_warnings = raise_limits(cfg.get("process"))
+    warnings = raise_limits(cfg.get("process"))
     top = OrderedMultiService()
     alert = cfg.get("alert")
     sender = AlertSender(reactor, alert.host, alert.addr) if alert else None
+    if sender is None and alerts:
+        warnings.append("alert: no such section; fatal log lines are sent to no alertcenter")
     setup = setup_logging(cfg.log, sender, stderr=options["stderr"], start=False,
                           **log_overrides)
-    setup.service(limit_warnings).setServiceParent(top)
+    setup.service(warnings).setServiceParent(top)
     top.log_setup = setup
+    if _twistd:
+        SignalService(reactor, setup).setServiceParent(top)
     return top
 
 

@@ -4,8 +4,11 @@
 The original forks a keepalive parent that starts its worker again whenever it dies.  Here the
 parent is `twistd watchdog`, a `twisted.runner.procmon` monitor running the module as a
 foreground twistd child: a worker that dies is started again at once when it had lived for a
-second, otherwise after a delay that doubles from 0.25 s up to 1 s.  SIGTERM to the watchdog
-passes SIGTERM on to the worker and waits up to 60 s for it to flush and exit.
+second, otherwise after a delay that doubles from 0.25 s up to 1 s.  SIGTERM or SIGQUIT to the
+watchdog passes SIGTERM on to the worker and waits up to 60 s for it to flush and exit.  A
+worker that was asked to stop (SIGTERM or SIGQUIT sent to it: it exits with status 0) is not
+started again: the watchdog stops with it, as the original's keepalive parent does.  `stop`
+also stops a worker whose watchdog was killed, and `start` refuses to start next to one.
 
 A module's deployment folder (`bin/ conf/ log/ shell/`) holds:
 
@@ -38,6 +41,7 @@ import subprocess
 import sys
 import time
 
+from twisted.application.service import MultiService, Service
 from twisted.python import usage
 
 from utils.daemon import TWISTD
@@ -77,21 +81,37 @@ def worker_command(module, args, pidfile=None, logfile=None, python=None):
 
 
 def make_monitor(options, reactor=None):
+    from twisted.internet.error import ProcessDone
     from twisted.runner.procmon import ProcessMonitor
 
     class Monitor(ProcessMonitor):
-        """Says in its log (critical) how a worker ended when nobody stopped it."""
+        """Says in its log (critical) how a worker ended when nobody stopped it, and stops
+        with a worker that was asked to stop (exit status 0: SIGTERM or SIGQUIT sent to the
+        worker itself), as the original's keepalive parent exits with its child."""
 
         def _monitoredProcessExited(self, name, reason=None):
-            if self.running and reason is not None:
-                value = reason.value
-                how = ("by signal %d" % value.signal if getattr(value, "signal", None)
-                       else "with status %s" % getattr(value, "exitCode", "?"))
-                self.log.critical("{name}: the worker ended {how}; starting it again",
-                                  name=name, how=how)
+            if not self.running or reason is None:
+                super()._monitoredProcessExited(name, reason)
+                return
+            value = reason.value
+            if reason.check(ProcessDone):
+                self.log.info("{name}: the worker stopped as asked; the watchdog stops too",
+                              name=name)
+                super()._monitoredProcessExited(name, reason)
+                later = self.restart.get(name)
+                if later is not None and later.active():
+                    later.cancel()
+                _stop(reactor)
+                return
+            how = ("by signal %d" % value.signal if getattr(value, "signal", None)
+                   else "with status %s" % getattr(value, "exitCode", "?"))
+            self.log.critical("{name}: the worker ended {how}; starting it again",
+                              name=name, how=how)
             super()._monitoredProcessExited(name, reason)
 
-    monitor = Monitor(reactor=reactor) if reactor else Monitor()
+    if reactor is None:
+        from twisted.internet import reactor
+    monitor = Monitor(reactor=reactor)
     monitor.threshold = THRESHOLD
     monitor.minRestartDelay = MIN_RESTART_DELAY
     monitor.maxRestartDelay = MAX_RESTART_DELAY
@@ -102,8 +122,38 @@ def make_monitor(options, reactor=None):
     return monitor
 
 
+def _stop(reactor):
+    from twisted.internet.error import ReactorNotRunning
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass        # already stopping
+
+
+class _Signals(Service):
+    """The original keepalive parent's signals, once the reactor runs: SIGQUIT stops the
+    watchdog and its worker as SIGTERM does; SIGTTIN, SIGTTOU and SIGUSR1 are ignored."""
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+
+    def startService(self):
+        Service.startService(self)
+        self._reactor.callWhenRunning(self._install)
+
+    def _install(self):
+        signal.signal(signal.SIGQUIT,
+                      lambda number, frame: self._reactor.callFromThread(_stop, self._reactor))
+        for number in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+            signal.signal(number, signal.SIG_IGN)
+
+
 def makeService(options):
-    return make_monitor(options)
+    from twisted.internet import reactor
+    top = MultiService()
+    make_monitor(options, reactor).setServiceParent(top)
+    _Signals(reactor).setServiceParent(top)
+    return top
 
 
 # the deployment folder's commands
@@ -214,14 +264,32 @@ def start(home, module, config=None, python=None):
     return subprocess.call(cmd, cwd=home)
 
 
+def _orphan(path, module):
+    """The pid of the worker in the pid file at `path` when it runs without its watchdog
+    (the watchdog was killed): a twistd process of `module`, else None."""
+    pid = read_pid(path)
+    if not _running(pid):
+        return None
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            words = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    return pid if module in words and any("twistd" in word for word in words) else None
+
+
 def stop(home, module, wait=KILL_TIME + 10, out=print):
-    """SIGTERM to the watchdog, then wait until it and its worker are gone."""
+    """SIGTERM to the watchdog, then wait until it and its worker are gone; a worker left
+    running by a killed watchdog gets the SIGTERM itself."""
     p = paths(home, module)
     pid = read_pid(p["pid"])
     worker = read_pid(p["worker_pid"])
     if not _running(pid):
-        out("%s: not running" % module)
-        return True
+        pid = _orphan(p["worker_pid"], module)
+        if pid is None:
+            out("%s: not running" % module)
+            return True
+        out("%s: the watchdog is gone; stopping its worker pid %d" % (module, pid))
     os.kill(pid, signal.SIGTERM)
     end = time.monotonic() + wait
     while _running(pid) or _running(worker):
@@ -252,9 +320,15 @@ def main(argv=None):
         if command == "stop":
             return 0
     if command in ("start", "restart"):
-        pid = read_pid(paths(home, module)["pid"])
+        p = paths(home, module)
+        pid = read_pid(p["pid"])
         if _running(pid):
             print("%s: already running (watchdog pid %d)" % (module, pid))
+            return 1
+        orphan = _orphan(p["worker_pid"], module)
+        if orphan is not None:
+            print("%s: already running (worker pid %d, without its watchdog: stop it first)"
+                  % (module, orphan))
             return 1
         problem = config_problem(home, module, config or os.path.join("conf", "config.json"))
         if problem is not None:

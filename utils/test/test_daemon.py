@@ -97,6 +97,16 @@ class ServiceTreeTests(SynchronousTestCase):
         top = service_tree(readhistory_config.load_data(data), {"stderr": False}, Clock())
         self.addCleanup(top.log_setup.remove)
         self.assertEqual(len(top.log_setup.observers), 1)
+        # without alerts, a warning says so when the daemon starts (not for alertcenter)
+        for alerts, expected in ((True, 1), (False, 0)):
+            top = service_tree(readhistory_config.load_data(data), {"stderr": False},
+                               Clock(), alerts=alerts)
+            self.addCleanup(top.log_setup.remove)
+            with capturedLogs() as events:
+                top.startService()
+                top.stopService()
+            self.assertEqual(len([e for e in events if "alert: no such section" in
+                                  e.get("text", "")]), expected)
 
     def test_children_stop_one_after_the_other(self):
         """The last child added stops first; an earlier one is asked only once the later

@@ -82,7 +82,8 @@ class OptionsTests(SynchronousTestCase):
 
     def test_worker_end_logged(self):
         """A worker that ends while the watchdog runs is logged as critical, with how it
-        ended, and started again."""
+        ended, and started again; one that stopped as asked (status 0) stops the watchdog
+        with it."""
         from twisted.internet.error import ProcessDone, ProcessTerminated
         from twisted.internet.testing import MemoryReactorClock
         from twisted.logger import LogLevel, capturedLogs
@@ -94,18 +95,25 @@ class OptionsTests(SynchronousTestCase):
                 spawned.append(args)
         spawned = []
         reactor = Spawning()
+        reactor.running = True
         monitor = watchdog.make_monitor(options, reactor)
         monitor.startService()
         with capturedLogs() as events:
             monitor._monitoredProcessExited(
+                "alertcenter", Failure(ProcessTerminated(exitCode=1)))
+            reactor.advance(2)
+            monitor._monitoredProcessExited(
                 "alertcenter", Failure(ProcessTerminated(signal=9)))
             reactor.advance(2)
+            self.assertFalse(reactor.hasStopped)
             monitor._monitoredProcessExited("alertcenter", Failure(ProcessDone(0)))
             reactor.advance(2)
         lines = [(e["log_level"], e["how"]) for e in events if "how" in e]
-        self.assertEqual(lines, [(LogLevel.critical, "by signal 9"),
-                                 (LogLevel.critical, "with status 0")])
-        self.assertEqual(len(spawned), 3)      # the first, and once after each end
+        self.assertEqual(lines, [(LogLevel.critical, "with status 1"),
+                                 (LogLevel.critical, "by signal 9")])
+        self.assertEqual(len(spawned), 3)      # the first, and once after each failure
+        self.assertTrue(reactor.hasStopped)
+        self.assertEqual(monitor.restart["alertcenter"].active(), False)
 
     def test_usage(self):
         """A wrong command line prints the usage and exits 2."""
@@ -227,6 +235,71 @@ class DeploymentTests(TestCase):
 
     def test_matchengine(self):
         self.lifecycle("matchengine")
+
+    def module_log(self, home, module):
+        import glob
+        text = ""
+        for path in sorted(glob.glob(os.path.join(home, "log", module + "*.log"))):
+            with open(path, errors="replace") as f:
+                text += f.read()
+        return text
+
+    def test_signals(self):
+        """The original's signals: SIGTTIN and SIGTTOU change the log's level, SIGUSR1 is
+        noted, SIGQUIT to the worker stops it cleanly and the watchdog with it, SIGQUIT to
+        the watchdog stops both; a worker left by a killed watchdog is refused a neighbour
+        by start and stopped by stop."""
+        module = "matchengine"
+        home = self.deploy(module)
+        paths = watchdog.paths(home, module)
+        status, out = self.run_script(home, "bin/" + module)
+        self.assertEqual(status, 0, out)
+        self.wait_up(home, module)
+        keeper, worker = (watchdog.read_pid(paths[key]) for key in ("pid", "worker_pid"))
+        for number in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+            os.kill(worker, number)
+        self.assertTrue(testing.wait_until(
+            lambda: all("(%s) received" % name in self.module_log(home, module)
+                        for name in ("SIGTTIN", "SIGTTOU", "SIGUSR1")), 10),
+            self.module_log(home, module)[-2000:])
+        text = self.module_log(home, module)
+        self.assertIn("signal %d (SIGTTIN) received, logging level up: 0x" % signal.SIGTTIN,
+                      text)
+        self.assertIn("(SIGTTOU) received, logging level down: 0x", text)
+        self.assertTrue(watchdog.check(home, module)[0])
+
+        os.kill(worker, signal.SIGQUIT)
+        self.assertTrue(testing.wait_until(
+            lambda: not watchdog._running(worker) and not watchdog._running(keeper), 30),
+            "the worker or the watchdog still runs after SIGQUIT to the worker")
+        text = self.module_log(home, module)
+        self.assertIn("(SIGQUIT) received, exiting", text)
+        self.assertIn("process %d stopped" % worker, text)
+
+        status, out = self.run_script(home, "bin/" + module)
+        self.assertEqual(status, 0, out)
+        self.wait_up(home, module)
+        keeper, worker = (watchdog.read_pid(paths[key]) for key in ("pid", "worker_pid"))
+        os.kill(keeper, signal.SIGKILL)
+        self.assertTrue(testing.wait_until(lambda: not watchdog._running(keeper), 5))
+        self.assertTrue(watchdog._running(worker))
+        status, out = self.run_script(home, "bin/" + module)
+        self.assertEqual(status, 1, out)
+        self.assertIn("worker pid %d, without its watchdog" % worker, out)
+        lines = []
+        self.assertTrue(watchdog.stop(home, module, out=lines.append))
+        self.assertFalse(watchdog._running(worker))
+        self.assertIn("the watchdog is gone; stopping its worker pid %d" % worker, lines[0])
+
+        status, out = self.run_script(home, "bin/" + module)
+        self.assertEqual(status, 0, out)
+        self.wait_up(home, module)
+        keeper, worker = (watchdog.read_pid(paths[key]) for key in ("pid", "worker_pid"))
+        os.kill(keeper, signal.SIGQUIT)
+        self.assertTrue(testing.wait_until(
+            lambda: not watchdog._running(worker) and not watchdog._running(keeper), 30),
+            "the worker or the watchdog still runs after SIGQUIT to the watchdog")
+        self.assertIn("process %d stopped" % worker, self.module_log(home, module))
 
     def test_readhistory(self):
         self.lifecycle("readhistory")
