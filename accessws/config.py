@@ -24,12 +24,12 @@ SCHEMA = cfg.DAEMON.extend({
     "sign_url": cfg.Str(non_empty=True),
     "backend_timeout": cfg.Real(1.0),
     "cache_timeout": cfg.Real(0.5),
-    "deals_interval": cfg.Real(0.5),
-    "price_interval": cfg.Real(0.5),
-    "state_interval": cfg.Real(0.5),
-    "today_interval": cfg.Real(0.5),
-    "kline_interval": cfg.Real(0.5),
-    "depth_interval": cfg.Real(0.5),
+    "deals_interval": cfg.Real(0.5, above=0),
+    "price_interval": cfg.Real(0.5, above=0),
+    "state_interval": cfg.Real(0.5, above=0),
+    "today_interval": cfg.Real(0.5, above=0),
+    "kline_interval": cfg.Real(0.5, above=0),
+    "depth_interval": cfg.Real(0.5, above=0),
     # beyond the original: market pushes wait for the other polls of their round (at most
     # this many seconds), so that a round reaches each connection in one send
     "push_window": cfg.Real(0.05, min=0.0, max=1.0),

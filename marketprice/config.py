@@ -13,7 +13,7 @@ SCHEMA = cfg.DAEMON.extend({
     "cache_timeout": cfg.Real(0.45),
     "accesshttp": cfg.Str(non_empty=True),
     # beyond the original: seconds between Redis flushes (the original's is fixed at 10)
-    "flush_interval": cfg.Real(10.0),
+    "flush_interval": cfg.Real(10.0, above=0),
 })
 
 

@@ -273,15 +273,19 @@ class Real(Field):
 
     def __init__(self, default: Any = REQUIRED, min: Optional[float] = None,
                  max: Optional[float] = None,
-                 convert: Optional[Callable[[Any], Any]] = None) -> None:
+                 convert: Optional[Callable[[Any], Any]] = None,
+                 above: Optional[float] = None) -> None:
         super().__init__(default, convert)
         self.min = min
         self.max = max
+        self.above = above      # an exclusive lower bound (a timer's period: above 0)
 
     def check(self, value: Any, path: str, warn: Callable[[str], None]) -> Any:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise self.wrong_type(value, path)
         value = float(value)
+        if self.above is not None and value <= self.above:
+            raise _Invalid(path, "{!r} must be greater than {!r}".format(value, self.above))
         if self.min is not None and value < self.min:
             raise _Invalid(path, "{!r} is less than {!r}".format(value, self.min))
         if self.max is not None and value > self.max:

@@ -7,7 +7,7 @@ from decimal import Decimal
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
-from utils import config
+from utils import config, testing
 from utils.config import (
     ALERT, CLI, HTTP_SERVER, KAFKA_CONSUMER, LOG, MYSQL, PLAIN_SERVER, PROCESS, REDIS_SENTINEL,
     RPC_CLIENT, RPC_SERVER, WEBSOCKET_SERVER, Address, Bool, Brokers, ConfigError,
@@ -78,6 +78,26 @@ class FieldTypeTests(SynchronousTestCase):
         value = load_data({"x": 2}, schema).x
         self.assertEqual((value, type(value)), (2.0, float))
         self.check_error(schema, {"x": False}, "x: expected a number, got boolean")
+
+    def test_timer_periods_above_zero(self):
+        """A timer's period (accessws' polls, marketprice's flush) must be above 0: 0
+        would poll without pause, a negative value stop the daemon at start; the error
+        names the key."""
+        from accessws import config as accessws_config
+        from marketprice import config as marketprice_config
+        for module, key in ((accessws_config, "price_interval"),
+                            (marketprice_config, "flush_interval")):
+            with open(os.path.join(testing.ROOT, module.__name__.split(".")[0], "conf",
+                                   "config.json")) as f:
+                data = json.load(f)
+            for value in (0, -1):
+                data[key] = value
+                with self.assertRaises(ConfigError) as caught:
+                    module.load_data(data)
+                self.assertIn("%s: %r must be greater than 0" % (key, float(value)),
+                              str(caught.exception))
+            data[key] = 0.25
+            self.assertEqual(module.load_data(data)[key], 0.25)
 
     def test_bool_and_str(self):
         """Booleans must be true/false and strings strings."""
