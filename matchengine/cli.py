@@ -16,6 +16,30 @@ from utils.decimals import to_raw
 log = Logger()
 
 
+def user_id_of(text):
+    """A user id read as the original reads it (`strtoul(text, NULL, 0)` kept to 32 bits):
+    the longest number at the start, decimal, octal after a 0 or hexadecimal after 0x, a
+    minus sign wrapping around; no number at all is 0."""
+    text = text.lstrip(" \t\n\r\f\v")
+    negative = text[:1] == "-"
+    if text[:1] in "+-":
+        text = text[1:]
+    if text[:2].lower() == "0x" and text[2:3].lower() in "0123456789abcdef" and text[2:3]:
+        base, text = 16, text[2:]
+    elif text[:1] == "0":
+        base = 8
+    else:
+        base = 10
+    digits = "0123456789abcdef"[:base]
+    end = 0
+    while end < len(text) and text[end].lower() in digits:
+        end += 1
+    value = int(text[:end], base) if end else 0
+    if value >= 1 << 64:
+        return 0xFFFFFFFF       # ULONG_MAX, kept to 32 bits
+    return (-value if negative else value) & 0xFFFFFFFF
+
+
 def commands(me):
     """The CLI commands over a MatchEngine service."""
 
@@ -33,7 +57,8 @@ def commands(me):
     def balance(args):
         b = me.engine.balances
         kinds = {1: "available", 2: "freeze"}
-        if args[:1] == ["list"] and len(args) <= 2:
+        # as the original: arguments past those a command reads are not looked at
+        if args[:1] == ["list"]:
             def listing():
                 lines = ["%-10s %-16s %-10s %s\n" % ("user", "asset", "type", "amount")]
                 for user_id, asset, kind, value in b.iter_entries():
@@ -46,10 +71,7 @@ def commands(me):
         if args[:1] == ["get"]:
             if len(args) != 2:
                 return "usage: balance get user_id\n"
-            try:
-                user_id = int(args[1], 0)
-            except ValueError:
-                return "usage: balance get user_id\n"
+            user_id = user_id_of(args[1])
             lines = ["%-10s %-16s %-10s %s\n" % ("user", "asset", "type", "amount")]
             for asset in me.engine.assets:
                 for kind in (1, 2):
@@ -57,7 +79,7 @@ def commands(me):
                         lines.append("%-10d %-16s %-10s %s\n" % (
                             user_id, asset, kinds[kind], to_raw(b.get(user_id, kind, asset))))
             return "".join(lines)
-        if args == ["summary"]:
+        if args[:1] == ["summary"]:
             def summary():
                 lines = ["%-16s %-30s %-10s %-30s %-10s %-30s\n" % (
                     "asset", "total", "available", "available", "freeze", "freeze")]
@@ -71,7 +93,7 @@ def commands(me):
         return "usage: balance list/get/summary\n"
 
     def market(args):
-        if args != ["summary"]:
+        if args[:1] != ["summary"]:
             return "usage market summary\n"
         lines = ["%-10s %-10s %-20s %-10s %-20s\n" % (
             "market", "ask count", "ask amount", "bid count", "bid amount")]

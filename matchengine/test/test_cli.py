@@ -67,12 +67,29 @@ class CLITests(SynchronousTestCase):
         self.assertTrue(summary[2].startswith("BTC              2.000000000000"))
         self.assertEqual(self.commands["balance"](["get"]), "usage: balance get user_id\n")
         self.assertEqual(self.commands["balance"]([]), "usage: balance list/get/summary\n")
+        # arguments read as the original reads them: strtoul's user ids, extra ones ignored
+        self.assertEqual(self.commands["balance"](["get", "0x5"]),
+                         self.commands["balance"](["get", "5"]))
+        self.assertEqual(self.commands["balance"](["get", "05x"]),
+                         self.commands["balance"](["get", "5"]))
+        self.assertEqual(len(self.commands["balance"](["get", "abc"]).splitlines()), 1)
+        self.assertEqual(len(self.commands["balance"](["list", "BCH", "x"]).splitlines()), 3)
+        self.assertEqual(self.commands["balance"](["summary", "x"]).splitlines(), summary)
+
+    def test_user_ids(self):
+        """User ids as strtoul(text, NULL, 0) reads them, kept to 32 bits."""
+        for text, expected in [("5", 5), ("010", 8), ("0x1F", 31), ("0X1f", 31), ("12abc", 12),
+                               ("abc", 0), ("", 0), ("  7", 7), ("+9", 9), ("-1", 0xFFFFFFFF),
+                               ("4294967296", 0), ("4294967297", 1), ("0x", 0), ("09", 0),
+                               ("99999999999999999999999", 0xFFFFFFFF)]:
+            self.assertEqual(cli.user_id_of(text), expected, text)
 
     def test_market(self):
         """market summary counts the resting ask."""
         lines = self.commands["market"](["summary"]).splitlines()
         self.assertEqual(lines[1].split(), ["BTCBCH", "1", "0.50000000", "0", "0"])
         self.assertEqual(self.commands["market"]([]), "usage market summary\n")
+        self.assertEqual(self.commands["market"](["summary", "x"]).splitlines(), lines)
 
 
 class TapTests(SynchronousTestCase):
