@@ -6,9 +6,12 @@ two SQL flavours differ: placeholders, `INSERT IGNORE`, and the table definition
 is written once, in `depends/sql/`, and translated for SQLite).  Queries always run in the
 pool's threads, never on the reactor.
 
-Amounts are DECIMAL columns in MySQL and TEXT in SQLite, so that neither loses a digit;
-`decimal.Decimal` parameters are bound as their exact text, and callers turn what they read
-back into `Decimal` (which accepts both the `Decimal` PyMySQL returns and SQLite's text).
+Amounts are DECIMAL columns in MySQL and text in SQLite; `decimal.Decimal` parameters are
+bound as their exact text, and callers turn what they read back into `Decimal` (which accepts
+both the `Decimal` PyMySQL returns and SQLite's text).  MySQL keeps a DECIMAL(p,s) column's
+value at s places, rounding half away from zero; in SQLite such a column is declared
+`DECIMAL_TEXT(p,s)` (text affinity) and `insert_rows` rounds its values the same way, so
+that both answer the same digits.
 
 Lost connections (MySQL errors 2003, 2006, 2013) are retried on a fresh connection for
 interactions marked `retry=True`; use it for reads and for writes that are idempotent
@@ -69,7 +72,8 @@ class _SQLite(Dialect):
         return statement.replace("%s", "?")
 
     def _column(self, line):
-        line = re.sub(r"\bDECIMAL\s*\(\s*\d+\s*,\s*\d+\s*\)", "TEXT", line, flags=re.I)
+        line = re.sub(r"\bDECIMAL\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)", r"DECIMAL_TEXT(\1,\2)",
+                      line, flags=re.I)
         line = re.sub(r"\b(TINYINT|SMALLINT|MEDIUMINT|INT|BIGINT)\b(\s+UNSIGNED)?", "INTEGER",
                       line, flags=re.I)
         line = re.sub(r"\bVARCHAR\s*\(\s*\d+\s*\)", "TEXT", line, flags=re.I)
@@ -143,6 +147,7 @@ class Database:
         self.pool = pool
         self.dialect = dialect
         self.description = description
+        self._declared = {}     # SQLite table -> {column: places of its DECIMAL_TEXT}
 
     def __repr__(self):
         return "<Database %s>" % self.description
@@ -206,11 +211,27 @@ class Database:
                                     chunk):
                 cursor.execute(sql)
             return len(rows)
+        scales = self._scales(cursor, table, columns)
+        if scales:
+            rows = [_rounded(row, scales) for row in rows]
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
             cursor.execute(self.insert_many_sql(table, columns, len(part), ignore),
                            [value for row in part for value in row])
         return len(rows)
+
+    def _scales(self, cursor, table, columns):
+        """[(position, places)] of the SQLite table's DECIMAL_TEXT columns among `columns`."""
+        declared = self._declared.get(table)
+        if declared is None:
+            cursor.execute("PRAGMA table_info(%s)" % self.dialect.quote(table))
+            declared = {}
+            for row in cursor.fetchall():
+                found = _DECIMAL_TEXT.match(row[2] or "")
+                if found:
+                    declared[row[1]] = int(found.group(1))
+            self._declared[table] = declared
+        return [(i, declared[c]) for i, c in enumerate(columns) if c in declared]
 
     def insert_many(self, table, columns, rows, chunk=1000, ignore=False, retry=False):
         """Insert `rows` (sequences in `columns` order) in one transaction."""
@@ -262,6 +283,23 @@ class Database:
 # what a single-quoted MySQL string cannot hold as it is, in either escaping mode
 # (backslashes, or NO_BACKSLASH_ESCAPES's doubled quotes); double quotes it can, and JSON
 # texts, such as the operation log's details, are full of them
+_DECIMAL_TEXT = re.compile(r"DECIMAL_TEXT\(\s*\d+\s*,\s*(\d+)\s*\)$", re.I)
+_ROUNDING = decimal.Context(prec=200, rounding=decimal.ROUND_HALF_UP)
+
+
+def _rounded(row, scales):
+    """`row` with the values at `scales`' positions kept to their places as MySQL keeps a
+    DECIMAL (half away from zero), as text; other values, and None, as they are."""
+    row = list(row)
+    for position, places in scales:
+        value = row[position]
+        if value is not None:
+            exact = decimal.Decimal(value) if isinstance(value, str) else value
+            row[position] = format(exact.quantize(decimal.Decimal(1).scaleb(-places),
+                                                  context=_ROUNDING), "f")
+    return row
+
+
 def needs_escape(text):
     """Whether the text holds one of those characters.  Six searches of one character each
     (memchr) take a third of the time of one regular expression's class over the text."""

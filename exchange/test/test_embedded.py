@@ -175,6 +175,16 @@ class EmbeddedTests(SynchronousTestCase):
         reply = http.call("balance.update", 1, "BCH", "deposit", 1, "100000", {})
         self.assertEqual(reply["error"], {"code": 10, "message": "repeat update"})
 
+    def test_http_scenario(self):
+        """All 69 calls of the original's recorded HTTP scenario get its answers from the
+        embedded exchange (SQLite history included, amounts at the columns' places)."""
+        from accesshttp.test.test_end_to_end import assert_scenario
+        data = os.path.abspath(self.mktemp())
+        exchange = Exchange(data)
+        exchange.start()
+        self.addCleanup(exchange.stop)
+        assert_scenario(self, "http://127.0.0.1:%d/" % exchange.ports["accesshttp"], data)
+
     def test_port_in_use(self):
         """A port it cannot bind stops the whole exchange with status 1, saying why on the
         terminal, even when the failing listener is one nothing waits for."""

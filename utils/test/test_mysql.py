@@ -34,7 +34,8 @@ class DialectTests(SynchronousTestCase):
                          ["SELECT 1", "SELECT 2"])
 
     def test_ddl_translation(self):
-        """DECIMAL becomes TEXT, AUTO_INCREMENT an INTEGER key, indexes separate statements."""
+        """DECIMAL becomes DECIMAL_TEXT (text, its places kept), AUTO_INCREMENT an INTEGER
+        key, indexes separate statements."""
         d = mysql.SQLITE()
         out = d.ddl("""CREATE TABLE IF NOT EXISTS `h` (
             `id` BIGINT UNSIGNED NOT NULL PRIMARY KEY AUTO_INCREMENT,
@@ -44,7 +45,7 @@ class DialectTests(SynchronousTestCase):
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""")
         self.assertEqual(len(out), 2)
         self.assertIn("`id` INTEGER PRIMARY KEY AUTOINCREMENT", out[0])
-        self.assertIn("`change` TEXT NOT NULL", out[0])
+        self.assertIn("`change` DECIMAL_TEXT(30,8) NOT NULL", out[0])
         self.assertNotIn("ENGINE", out[0])
         self.assertEqual(out[1], "CREATE INDEX IF NOT EXISTS `h_idx_a` ON `h` (`asset`, `id`)")
         like = d.ddl("CREATE TABLE IF NOT EXISTS `h_1` LIKE `h`")
@@ -195,6 +196,25 @@ class Scenarios:
         back = await db.query("SELECT `id`, `t`, `v`, `n` FROM `%s` ORDER BY `id`" % name)
         expected = rows[:-1] + [(len(rows), 0.1, "1", None)]
         self.assertEqual([tuple(r) for r in back], expected)
+
+    async def places(self):
+        db, name = await self.scratch_table(
+            "`id` BIGINT UNSIGNED NOT NULL PRIMARY KEY, `a` DECIMAL(30,8) NOT NULL,"
+            " `b` DECIMAL(30,16), `c` DECIMAL(30,4) NOT NULL")
+        rows = [(1, "-10.499923085", "2.472260123441319921", "0.00005"),
+                (2, Decimal("10.499923085"), None, Decimal("-0.00005")),
+                (3, "16000", "41.27718400000000000000", "1.23444999")]
+        await db.insert_many(name, ["id", "a", "b", "c"], rows)
+        back = await db.query("SELECT `a`, `b`, `c` FROM `%s` ORDER BY `id`" % name)
+        self.assertEqual([tuple(None if v is None else str(Decimal(v)) for v in row)
+                          for row in back],
+                         [("-10.49992309", "2.4722601234413199", "0.0001"),
+                          ("10.49992309", None, "-0.0001"),
+                          ("16000.00000000", "41.2771840000000000", "1.2344")])
+
+    def test_decimal_places(self):
+        """A DECIMAL(p,s) column keeps s places, half away from zero, in both databases."""
+        return defer.Deferred.fromCoroutine(self.places())
 
     def test_texts_and_numbers(self):
         """Texts with and without characters to escape, floats, large integers and NULLs
