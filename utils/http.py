@@ -190,6 +190,11 @@ class HTTPServerProtocol(protocol.Protocol):
         if self.request_call is not None and self.request_call.active():
             self.request_call.cancel()
         self.request_call = None
+        if self.closing:
+            # read in the same segment after a refused request or `Connection: close`:
+            # the original stops parsing there, and the answer could not be sent
+            self._reset_message()
+            return
         method = self.parser.get_method()
         keep_alive = self.parser.should_keep_alive()
         body = b"".join(self.body_parts)

@@ -149,6 +149,20 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual(self.answers(), [(200, b"ok"), (400, b"")])
         self.assertTrue(self.transport.disconnecting)
 
+    def test_nothing_runs_after_the_last_answer(self):
+        """Requests read in the same segment after a refused request, or after one that
+        asks to close, are not run: their answers could never be sent."""
+        for first in (post(b"junk"), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+                      post({"id": 1, "method": "later", "params": []},
+                           b"Connection: close\r\n")):
+            self.setUp()
+            self.proto.dataReceived(first + call(2, "later") + call(3, "echo"))
+            self.assertNotIn(2, self.pending)
+            for d in self.pending.values():
+                d.callback((200, b"ok"))
+            self.assertEqual(len(self.answers()), 1)
+            self.assertTrue(self.transport.disconnecting)
+
     def test_pipeline_limit_pauses_reading(self):
         """Past max_pipeline unanswered requests the server stops reading, then resumes."""
         self.proto.dataReceived(b"".join(call(i, "later") for i in range(4)))
