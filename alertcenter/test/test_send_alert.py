@@ -4,7 +4,10 @@
 import email
 
 from twisted.internet import defer, reactor
+from twisted.internet.protocol import Factory
+from twisted.logger import LogLevel, capturedLogs
 from twisted.mail import smtp
+from twisted.protocols.basic import LineReceiver
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -95,3 +98,107 @@ class MailTests(TestCase):
     def test_mails(self):
         """Alerts are mailed, those of one interval in one mail, and leave the list."""
         return defer.Deferred.fromCoroutine(self.scenario())
+
+
+class _Judging(LineReceiver):
+    """A bare SMTP server whose answer to each mail's DATA is `judge(alert lines)`."""
+
+    delimiter = b"\r\n"
+
+    def __init__(self, judge, box):
+        self.judge, self.box, self.data = judge, box, None
+
+    def connectionMade(self):
+        self.sendLine(b"220 test")
+
+    def lineReceived(self, line):
+        if self.data is not None:
+            if line != b".":
+                self.data.append(line.decode())
+                return
+            alerts = [text for text in self.data if ": [fatal]" in text]
+            self.data = None
+            code = self.judge(alerts)
+            if code == 250:
+                self.box.append(alerts)
+            self.sendLine(b"%d judged" % code)
+        elif line.upper().startswith(b"DATA"):
+            self.data = []
+            self.sendLine(b"354 go on")
+        elif line.upper().startswith(b"QUIT"):
+            self.sendLine(b"221 bye")
+            self.transport.loseConnection()
+        else:
+            self.sendLine(b"250 ok")
+
+
+class DurabilityTests(TestCase):
+
+    timeout = 60
+
+    async def setup(self, judge):
+        info = testing.require("redis")
+        store = redisdb.Plain(info["host"], info["port"], db=REDIS_DB, timeout=10)
+        conn = await store.connect()
+        self.addCleanup(conn.disconnect)
+        await conn.delete(KEY)
+        self.addCleanup(conn.delete, KEY)
+        box = []
+        port = reactor.listenTCP(0, Factory.forProtocol(lambda: _Judging(judge, box)),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        mail = {"host": "127.0.0.1", "port": port.getHost().port, "user": "", "password": "",
+                "starttls": False, "sender": "alerts@localhost",
+                "recipients": ["ops@localhost"], "subject": "viabtc server error",
+                "interval": 0.3}
+        return conn, box, Mailer(store, mail, reactor, wait=0.2, poll=0.05)
+
+    async def waiting(self):
+        conn, box, mailer = await self.setup(lambda alerts: 451)
+        await conn.rpush(KEY, "h: [fatal]one")
+        mailer.last_sent = mailer.clock_time()
+        running = defer.Deferred.fromCoroutine(mailer.run_once())
+        # during the interval's pause, and after a mail that failed, the alert is listed
+        await deferLater(0.1)
+        self.assertEqual(await conn.lrange(KEY, 0, -1), ["h: [fatal]one"])
+        with self.assertRaises(Exception):
+            await running
+        self.assertEqual(await conn.lrange(KEY, 0, -1), ["h: [fatal]one"])
+        self.assertEqual(box, [])
+
+    def test_alerts_stay_listed_until_mailed(self):
+        """An alert leaves the list only once its mail was accepted: not while the mailer
+        waits out the interval, nor when the mail fails."""
+        return defer.Deferred.fromCoroutine(self.waiting())
+
+    async def refusals(self):
+        def judge(alerts):
+            if any("poison" in alert for alert in alerts):
+                return 554
+            return 552 if len(alerts) > 2 else 250
+        conn, box, mailer = await self.setup(judge)
+        mailer.mail["interval"] = 0
+        names = ["a1", "a2", "poison", "a3", "a4", "a5"]
+        for name in names:
+            await conn.rpush(KEY, "h: [fatal]" + name)
+        with capturedLogs() as events:
+            for _ in range(20):
+                if not await conn.llen(KEY):
+                    break
+                await mailer.run_once()
+        self.assertEqual(await conn.llen(KEY), 0)
+        self.assertEqual([alert[len("h: [fatal]"):] for mail in box for alert in mail],
+                         ["a1", "a2", "a3", "a4", "a5"])
+        self.assertTrue(all(len(mail) <= 2 for mail in box))
+        dropped = [e for e in events if e["log_level"] == LogLevel.critical]
+        self.assertEqual([e["alert"] for e in dropped], ["h: [fatal]poison"])
+
+    def test_refused_for_good(self):
+        """A mail refused for good is tried with fewer alerts; an alert refused on its own
+        is dropped with a critical line, and the others are mailed in order."""
+        return defer.Deferred.fromCoroutine(self.refusals())
+
+
+def deferLater(seconds):
+    from twisted.internet import task
+    return task.deferLater(reactor, seconds, lambda: None)
