@@ -45,11 +45,14 @@ class _LineProtocol(protocol.Protocol):
         self.buffer += data
         while True:
             end = self.buffer.find(b"\n")
+            if (end + 1 if end >= 0 else len(self.buffer)) > self.center.max_size:
+                # the original reads into a buffer of max_pkg_size: a longer line never fits
+                self.center.log.warn("alertcenter: line over {size} bytes; closing",
+                                     size=self.center.max_size)
+                self.buffer = b""
+                self.transport.loseConnection()
+                return
             if end < 0:
-                if len(self.buffer) > self.center.max_size:
-                    self.center.log.warn("alertcenter: line over {size} bytes; closing",
-                                         size=self.center.max_size)
-                    self.transport.loseConnection()
                 return
             line, self.buffer = self.buffer[:end + 1], self.buffer[end + 1:]
             text = parse_line(line)
@@ -105,7 +108,7 @@ class AlertCenter(service.Service):
                     self.ports.append(await listen(self.reactor, addr, factory, **buffers))
                 else:
                     self.ports.append(listen_udp(self.reactor, addr, _Datagrams(self),
-                                                 **buffers))
+                                                 max_size=self.max_size, **buffers))
         except Exception:
             give_up(self.reactor, self.log, "alertcenter could not listen")
             return
@@ -128,10 +131,7 @@ class AlertCenter(service.Service):
         try:
             conn = await self.store.connect()
             try:
-                while self.queue:
-                    await conn.rpush(KEY, self.queue[0])
-                    self.queue.popleft()
-                    self.pushed += 1
+                await self._push_waiting(conn)
             finally:
                 conn.disconnect()
         except Exception as e:
@@ -161,10 +161,7 @@ class AlertCenter(service.Service):
                     await self._sleep(self.retry_delay)
                     continue
                 try:
-                    while self.queue:
-                        await conn.rpush(KEY, self.queue[0])
-                        self.queue.popleft()
-                        self.pushed += 1
+                    await self._push_waiting(conn)
                 except Exception as e:
                     self.log.error("alertcenter: RPUSH failed ({error}); retrying", error=e)
                     await self._sleep(self.retry_delay)
@@ -172,6 +169,23 @@ class AlertCenter(service.Service):
                     conn.disconnect()
         finally:
             self.pushing = False
+
+    async def _push_waiting(self, conn):
+        """RPUSH the waiting alerts in order.  The one being pushed is out of the queue, so
+        that a full queue taking a new alert meanwhile drops the oldest waiting one, not it;
+        when its push fails it goes back to the front (unless the queue has filled up)."""
+        while self.queue:
+            text = self.queue.popleft()
+            try:
+                await conn.rpush(KEY, text)
+            except Exception:
+                if len(self.queue) < self.queue.maxlen:
+                    self.queue.appendleft(text)
+                else:
+                    self.log.error("alertcenter: {count} alerts waiting for Redis; dropping "
+                                   "the oldest", count=len(self.queue) + 1)
+                raise
+            self.pushed += 1
 
     def _sleep(self, seconds):
         d = defer.Deferred()

@@ -14,6 +14,7 @@ from zope.interface import implementer
 from alertcenter.send_alert import Mailer
 from alertcenter.server import KEY
 from utils import redisdb, testing
+from utils.testing import until
 
 REDIS_DB = 5
 
@@ -105,11 +106,16 @@ class _Judging(LineReceiver):
 
     delimiter = b"\r\n"
 
-    def __init__(self, judge, box):
+    def __init__(self, judge, box, open_connections):
         self.judge, self.box, self.data = judge, box, None
+        self.open_connections = open_connections
 
     def connectionMade(self):
+        self.open_connections.append(self)
         self.sendLine(b"220 test")
+
+    def connectionLost(self, reason):
+        self.open_connections.remove(self)
 
     def lineReceived(self, line):
         if self.data is not None:
@@ -143,10 +149,17 @@ class DurabilityTests(TestCase):
         self.addCleanup(conn.disconnect)
         await conn.delete(KEY)
         self.addCleanup(conn.delete, KEY)
-        box = []
-        port = reactor.listenTCP(0, Factory.forProtocol(lambda: _Judging(judge, box)),
-                                 interface="127.0.0.1")
+        box, open_connections = [], []
+        port = reactor.listenTCP(
+            0, Factory.forProtocol(lambda: _Judging(judge, box, open_connections)),
+            interface="127.0.0.1")
         self.addCleanup(port.stopListening)
+
+        async def closed():
+            # a failed mail's client closes after its Deferred failed
+            await until(lambda: not open_connections, 5, "SMTP connections closed")
+            await deferLater(0.01)
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(closed()))
         mail = {"host": "127.0.0.1", "port": port.getHost().port, "user": "", "password": "",
                 "starttls": False, "sender": "alerts@localhost",
                 "recipients": ["ops@localhost"], "subject": "viabtc server error",

@@ -15,6 +15,14 @@ from utils.testing import until
 REDIS_DB = 5
 
 
+def closed(sock):
+    """Whether the peer closed the non-blocking socket `sock` (what it sent is read)."""
+    try:
+        return sock.recv(65536) == b""
+    except BlockingIOError:
+        return False
+
+
 class ParseTests(SynchronousTestCase):
 
     def test_lines(self):
@@ -57,13 +65,7 @@ class CenterTests(TestCase):
         await until(lambda: center.pushed == 3, 10, "TCP alerts pushed")
         s.sendall(b"garbage without magic\n")
         s.setblocking(False)
-
-        def closed():
-            try:
-                return s.recv(10) == b""
-            except BlockingIOError:
-                return False
-        await until(closed, 5, "bad line closes")
+        await until(lambda: closed(s), 5, "bad line closes")
         s.close()
         # Redis away: alerts wait, then arrive in order
         await proxy.down()
@@ -103,3 +105,74 @@ class CenterTests(TestCase):
     def test_stop_flushes(self):
         """Alerts still waiting when the service stops are pushed before it ends."""
         return defer.Deferred.fromCoroutine(self.stop_scenario())
+
+    async def long_scenario(self):
+        info = testing.require("redis")
+        conn = await redisdb.Plain(info["host"], info["port"], db=REDIS_DB).connect()
+        self.addCleanup(conn.disconnect)
+        await conn.delete(KEY)
+        self.addCleanup(conn.delete, KEY)
+        port = testing.free_port()
+        cfg = config.load_data({
+            "log": {"path": "log/alertcenter", "flag": "fatal"},
+            "svr": {"bind": ["tcp@127.0.0.1:%d" % port, "udp@127.0.0.1:%d" % port],
+                    "max_pkg_size": 10240},
+            "redis": {"name": "unused", "addr": ["127.0.0.1:1"]}})
+        store = redisdb.Plain(info["host"], info["port"], db=REDIS_DB, timeout=1)
+        center = AlertCenter(cfg, store, reactor=reactor)
+        await center.startService()
+        self.addCleanup(center.stopService)
+        # a datagram of 10,000 bytes is read whole (past Twisted's 8,192 by default)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(udp.close)
+        udp.sendto(MAGIC + b"h: " + b"u" * 9900 + b"\n", ("127.0.0.1", port))
+        await until(lambda: center.pushed == 1, 10, "long datagram pushed")
+        # a TCP line over max_pkg_size is refused even when its newline comes with it
+        s = socket.create_connection(("127.0.0.1", port))
+        self.addCleanup(s.close)
+        s.sendall(MAGIC + b"h: " + b"t" * 10300 + b"\n" + MAGIC + b"h: after\n")
+        s.setblocking(False)
+        await until(lambda: closed(s), 5, "a line too long closes")
+        self.assertEqual(await conn.lrange(KEY, 0, -1), ["h: " + "u" * 9900])
+        self.flushLoggedErrors()
+
+    def test_long_lines(self):
+        """A datagram is read up to max_pkg_size; a TCP line longer than that closes the
+        connection, as the original's read buffer does, whether or not its end came."""
+        return defer.Deferred.fromCoroutine(self.long_scenario())
+
+
+class QueueTests(SynchronousTestCase):
+
+    def test_full_queue_keeps_the_alert_being_pushed(self):
+        """With the queue full, an alert arriving while another is being pushed drops the
+        oldest waiting one, and every other is pushed once, in order."""
+        from twisted.internet.task import Clock
+        pushes = []
+
+        class Conn:
+            def rpush(self, key, text):
+                pushes.append((text, defer.Deferred()))
+                return pushes[-1][1]
+
+            def disconnect(self):
+                """Nothing to close."""
+
+        class Store:
+            def connect(self):
+                return defer.succeed(Conn())
+
+        cfg = config.load_data({
+            "log": {"path": "log/alertcenter", "flag": "fatal"},
+            "svr": {"bind": ["udp@127.0.0.1:1"], "max_pkg_size": 10240},
+            "redis": {"name": "unused", "addr": ["127.0.0.1:1"]}})
+        center = AlertCenter(cfg, Store(), reactor=Clock(), queue_limit=3)
+        for text in ("a1", "a2", "a3", "a4", "a5"):
+            center.received(text)
+        # a1 in flight; a2 dropped for a5 (the queue holds three waiting)
+        self.assertEqual([text for text, _ in pushes], ["a1"])
+        while len(pushes) < 5 and pushes[-1][1].called is False:
+            pushes[-1][1].callback(1)
+        self.assertEqual([text for text, _ in pushes], ["a1", "a3", "a4", "a5"])
+        self.assertEqual(center.pushed, 4)
+        self.flushLoggedErrors()
