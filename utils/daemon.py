@@ -24,8 +24,8 @@ from twisted.python.failure import Failure
 from utils.config import ConfigError
 
 __all__ = ["daemon_options", "service_tree", "SignalService", "OrderedMultiService",
-           "gateway_tree", "listener_tree", "worker_tree", "give_up", "gave_up", "exit_status_on_failure",
-           "plugin_reactor"]
+           "gateway_tree", "listener_tree", "worker_tree", "give_up", "gave_up",
+           "exit_status_on_failure", "plugin_reactor"]
 
 # a worker runs in its own process group: Ctrl-C in a terminal reaches the listener only,
 # which stops the workers itself
