@@ -63,17 +63,24 @@ class _SMTPFactory(smtp.SMTPFactory):
         return p
 
 
+async def alert_list(test):
+    """A store of the test Redis and a connection to it, `alert:message` emptied now and
+    when `test` ends."""
+    info = testing.require("redis")
+    store = redisdb.Plain(info["host"], info["port"], db=REDIS_DB, timeout=10)
+    conn = await store.connect()
+    test.addCleanup(conn.disconnect)
+    await conn.delete(KEY)
+    test.addCleanup(conn.delete, KEY)
+    return store, conn
+
+
 class MailTests(TestCase):
 
     timeout = 60
 
     async def scenario(self):
-        info = testing.require("redis")
-        store = redisdb.Plain(info["host"], info["port"], db=REDIS_DB, timeout=10)
-        conn = await store.connect()
-        self.addCleanup(conn.disconnect)
-        await conn.delete(KEY)
-        self.addCleanup(conn.delete, KEY)
+        store, conn = await alert_list(self)
         box = []
         port = reactor.listenTCP(0, _SMTPFactory(box), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -143,12 +150,7 @@ class DurabilityTests(TestCase):
     timeout = 60
 
     async def setup(self, judge):
-        info = testing.require("redis")
-        store = redisdb.Plain(info["host"], info["port"], db=REDIS_DB, timeout=10)
-        conn = await store.connect()
-        self.addCleanup(conn.disconnect)
-        await conn.delete(KEY)
-        self.addCleanup(conn.delete, KEY)
+        store, conn = await alert_list(self)
         box, open_connections = [], []
         port = reactor.listenTCP(
             0, Factory.forProtocol(lambda: _Judging(judge, box, open_connections)),

@@ -23,6 +23,17 @@ def closed(sock):
         return False
 
 
+def center_config(*kinds, port=None):
+    """(port, config) of an alertcenter binding `kinds` ("tcp", "udp") on one port (a free
+    one by default)."""
+    port = port or testing.free_port()
+    return port, config.load_data({
+        "log": {"path": "log/alertcenter", "flag": "fatal"},
+        "svr": {"bind": ["%s@127.0.0.1:%d" % (kind, port) for kind in kinds],
+                "max_pkg_size": 10240},
+        "redis": {"name": "unused", "addr": ["127.0.0.1:1"]}})
+
+
 class ParseTests(SynchronousTestCase):
 
     def test_lines(self):
@@ -36,20 +47,21 @@ class CenterTests(TestCase):
 
     timeout = 60
 
-    async def scenario(self):
+    async def alert_list(self):
+        """The test Redis's address and a connection to it, `alert:message` emptied now and
+        at the end."""
         info = testing.require("redis")
         conn = await redisdb.Plain(info["host"], info["port"], db=REDIS_DB).connect()
         self.addCleanup(conn.disconnect)
         await conn.delete(KEY)
         self.addCleanup(conn.delete, KEY)
+        return info, conn
+
+    async def scenario(self):
+        info, conn = await self.alert_list()
         proxy = testing.CuttableProxy(int(info["port"])).up()
         self.addCleanup(proxy.down)
-        port = testing.free_port()
-        cfg = config.load_data({
-            "log": {"path": "log/alertcenter", "flag": "fatal"},
-            "svr": {"bind": ["tcp@127.0.0.1:%d" % port, "udp@127.0.0.1:%d" % port],
-                    "max_pkg_size": 10240},
-            "redis": {"name": "unused", "addr": ["127.0.0.1:1"]}})
+        port, cfg = center_config("tcp", "udp")
         store = redisdb.Plain("127.0.0.1", proxy.port, db=REDIS_DB, timeout=1)
         center = AlertCenter(cfg, store, reactor=reactor, retry_delay=0.1)
         await center.startService()
@@ -85,16 +97,8 @@ class CenterTests(TestCase):
         return defer.Deferred.fromCoroutine(self.scenario())
 
     async def stop_scenario(self):
-        info = testing.require("redis")
-        conn = await redisdb.Plain(info["host"], info["port"], db=REDIS_DB).connect()
-        self.addCleanup(conn.disconnect)
-        await conn.delete(KEY)
-        self.addCleanup(conn.delete, KEY)
-        port = testing.free_port()
-        cfg = config.load_data({
-            "log": {"path": "log/alertcenter", "flag": "fatal"},
-            "svr": {"bind": ["udp@127.0.0.1:%d" % port], "max_pkg_size": 10240},
-            "redis": {"name": "unused", "addr": ["127.0.0.1:1"]}})
+        info, conn = await self.alert_list()
+        port, cfg = center_config("udp")
         store = redisdb.Plain(info["host"], info["port"], db=REDIS_DB, timeout=1)
         center = AlertCenter(cfg, store, reactor=reactor)
         await center.startService()
@@ -107,17 +111,8 @@ class CenterTests(TestCase):
         return defer.Deferred.fromCoroutine(self.stop_scenario())
 
     async def long_scenario(self):
-        info = testing.require("redis")
-        conn = await redisdb.Plain(info["host"], info["port"], db=REDIS_DB).connect()
-        self.addCleanup(conn.disconnect)
-        await conn.delete(KEY)
-        self.addCleanup(conn.delete, KEY)
-        port = testing.free_port()
-        cfg = config.load_data({
-            "log": {"path": "log/alertcenter", "flag": "fatal"},
-            "svr": {"bind": ["tcp@127.0.0.1:%d" % port, "udp@127.0.0.1:%d" % port],
-                    "max_pkg_size": 10240},
-            "redis": {"name": "unused", "addr": ["127.0.0.1:1"]}})
+        info, conn = await self.alert_list()
+        port, cfg = center_config("tcp", "udp")
         store = redisdb.Plain(info["host"], info["port"], db=REDIS_DB, timeout=1)
         center = AlertCenter(cfg, store, reactor=reactor)
         await center.startService()
@@ -162,10 +157,7 @@ class QueueTests(SynchronousTestCase):
             def connect(self):
                 return defer.succeed(Conn())
 
-        cfg = config.load_data({
-            "log": {"path": "log/alertcenter", "flag": "fatal"},
-            "svr": {"bind": ["udp@127.0.0.1:1"], "max_pkg_size": 10240},
-            "redis": {"name": "unused", "addr": ["127.0.0.1:1"]}})
+        _, cfg = center_config("udp", port=1)
         center = AlertCenter(cfg, Store(), reactor=Clock(), queue_limit=3)
         for text in ("a1", "a2", "a3", "a4", "a5"):
             center.received(text)

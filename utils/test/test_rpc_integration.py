@@ -117,8 +117,9 @@ class LoopbackTests(TestCase):
         max_pkg_size."""
         return defer.Deferred.fromCoroutine(self.udp_scenario())
 
-    async def stuck_backend_scenario(self):
-        # the first backend accepts and never reads: a hung process, or a half-open peer
+    async def stuck_then_server(self, **options):
+        """A connected client whose first address accepts and never reads (a hung process,
+        or a half-open peer) and whose second is the test server."""
         stuck = []
 
         class Stuck(Protocol):
@@ -132,11 +133,15 @@ class LoopbackTests(TestCase):
         ports = await self.start_server()
         self.addCleanup(self.stop_server, ports)
         client = RPCClient(reactor, "test", ["tcp@127.0.0.1:%d" % port.getHost().port,
-                                             self.bind[0]], 10240, heartbeat_timeout=2.0,
-                           reconnect_timeout=0.2)
+                                             self.bind[0]], 10240, reconnect_timeout=0.2,
+                           **options)
         client.start()
         self.addCleanup(client.stop)
         await until(lambda: client.connected)
+        return client
+
+    async def stuck_backend_scenario(self):
+        client = await self.stuck_then_server(heartbeat_timeout=2.0)
         # requests the peer never reads: far more than the kernel's buffers hold
         body = [("x" * 9000)]
         calls = [client.call(101, body, 30.0) for _ in range(1500)]
@@ -156,25 +161,8 @@ class LoopbackTests(TestCase):
         return defer.Deferred.fromCoroutine(self.stuck_backend_scenario())
 
     async def client_buf_limit_scenario(self):
-        # the first backend accepts and never reads; its heartbeats would take a minute
-        stuck = []
-
-        class Stuck(Protocol):
-            def connectionMade(self):
-                self.transport.pauseProducing()
-                stuck.append(self.transport)
-
-        port = reactor.listenTCP(0, Factory.forProtocol(Stuck), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.addCleanup(lambda: [t.abortConnection() for t in stuck])
-        ports = await self.start_server()
-        self.addCleanup(self.stop_server, ports)
-        client = RPCClient(reactor, "test", ["tcp@127.0.0.1:%d" % port.getHost().port,
-                                             self.bind[0]], 10240, heartbeat_timeout=60.0,
-                           reconnect_timeout=0.2, buf_limit=2)
-        client.start()
-        self.addCleanup(client.stop)
-        await until(lambda: client.connected)
+        # the stuck backend's missing heartbeats would take a minute to notice
+        client = await self.stuck_then_server(heartbeat_timeout=60.0, buf_limit=2)
         # far more than the kernel's buffers hold: dropped as soon as it refuses more than
         # 2 x 10,240 bytes, the requests failed at once rather than at their timeout
         calls = [client.call(101, ["x" * 9000], 30.0) for _ in range(1500)]
