@@ -155,9 +155,13 @@ INFO = "info: "     # stderr lines with this prefix are news, the others trouble
 
 
 def say(text, info=False):
-    """A line for the daemon's log: critical, or info with `info`."""
-    sys.stderr.write((INFO if info else "") + text.rstrip("\n") + "\n")
-    sys.stderr.flush()
+    """A line for the daemon's log: critical, or info with `info`.  The daemon may be gone
+    (its writer goes on with what it was handed): a line it can no longer read is dropped."""
+    try:
+        sys.stderr.write((INFO if info else "") + text.rstrip("\n") + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 class Connection:
@@ -233,8 +237,8 @@ class HistoryThreads:
         self.chunk = chunk
         self.jobs = [queue.Queue() for _ in range(workers)]
         for index, jobs in enumerate(self.jobs):
-            threading.Thread(target=self._work, args=(jobs,), name="history-%d" % index,
-                             daemon=True).start()
+            threading.Thread(target=ending_on_failure(self._work), args=(jobs,),
+                             name="history-%d" % index, daemon=True).start()
 
     def _work(self, jobs):
         connection = Connection(self.db)
@@ -342,7 +346,7 @@ def take_turn(path, poll=1.0):
             say("cannot open the lock file %s: %s; going on without it" % (path, e))
             turn.set()
             return
-        held.append(handle)     # the lock lasts as long as the process
+        _HELD.append(handle)    # the lock lasts as long as the process
         waited, warned = 0.0, False
         while True:
             try:
@@ -361,9 +365,13 @@ def take_turn(path, poll=1.0):
             say("the previous writer has finished", info=True)
         turn.set()
 
-    held = []
     threading.Thread(target=take, name="lock", daemon=True).start()
     return turn
+
+
+# the lock files this process holds: open for as long as it lives (a file object no longer
+# referenced is closed, and its lock released with it)
+_HELD = []
 
 
 def read_batches(fd, pause=READ_PAUSE):
@@ -448,16 +456,19 @@ def collect_every(seconds, sleep=time.sleep):
 
 
 def ending_on_failure(lane):
-    """`lane`, ending the process if it fails: a lane stopped while the process lives on
-    would confirm nothing more, and the daemon would wait for it for ever.  Ended, the
-    process is started again by the daemon, which sends every unconfirmed batch again."""
-    def run(batches):
+    """`lane` (or one of its threads), ending the process if it fails: a lane stopped while
+    the process lives on would confirm nothing more, and the daemon would wait for it for
+    ever.  Ended, the process is started again by the daemon, which sends every unconfirmed
+    batch again."""
+    def run(*args):
         try:
-            lane(batches)
+            lane(*args)
         except BaseException:
-            say("%s lane failed, the writer ends:\n%s" % (threading.current_thread().name,
-                                                          traceback.format_exc()))
-            os._exit(LANE_FAILED)
+            try:
+                say("the %s thread failed, the writer ends:\n%s"
+                    % (threading.current_thread().name, traceback.format_exc()))
+            finally:
+                os._exit(LANE_FAILED)
     return run
 
 
@@ -475,7 +486,8 @@ class Recorder:
         self.value = self.written = None
         self.closing = False
         self.changed = threading.Condition()
-        self.thread = threading.Thread(target=self._run, name="positions", daemon=True)
+        self.thread = threading.Thread(target=ending_on_failure(self._run), name="positions",
+                                       daemon=True)
         self.thread.start()
 
     def set(self, oper_id):

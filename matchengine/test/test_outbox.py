@@ -297,7 +297,7 @@ class WriterTests(TestCase):
                                           "name": history_db}, "brokers": None},
                           [(1, 1, [(BALANCE, 5, "not a row")], [])])
         self.assertEqual(done.returncode, writer.LANE_FAILED, done.stderr)
-        self.assertIn(b"history lane failed, the writer ends", done.stderr)
+        self.assertIn(b"the history thread failed, the writer ends", done.stderr)
         self.assertEqual(done.stdout, b"")
 
     def test_writer_killed(self):
@@ -591,6 +591,32 @@ class LaneTests(SynchronousTestCase):
         self.assertTrue(lines[1].startswith("still waiting for the previous writer after 0 s: "
                                             "is another matchengine using the lock file"))
         self.assertEqual(lines[2:], ["info: the previous writer has finished"])
+
+    def test_turn_keeps_the_lock(self):
+        """The lock file stays locked for as long as the writer lives: a restarted
+        daemon's writer waits for this one."""
+        path = self.mktemp()
+        self.assertTrue(take_turn(path).wait(10))
+        handle = writer._HELD[-1]
+        self.addCleanup(lambda: (writer._HELD.remove(handle), handle.close()))
+        gc.collect()
+        probe = subprocess.run(
+            [sys.executable, "-c", "import fcntl, sys; fcntl.flock(open(sys.argv[1], 'a'), "
+             "fcntl.LOCK_EX | fcntl.LOCK_NB)", path], capture_output=True, text=True)
+        self.assertNotEqual(probe.returncode, 0)
+        self.assertIn("BlockingIOError", probe.stderr)
+
+    def test_orphaned_writer_ends_on_failure(self):
+        """A writer whose daemon is gone (its stderr a pipe nobody reads) does not hang
+        when one of its threads fails: the line is dropped and the process ends."""
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import sys, threading, time; sys.path.insert(0, %r); "
+             "from matchengine import writer; writer.say('first'); "
+             "threading.Thread(target=writer.ending_on_failure(lambda: 1 / 0)).start(); "
+             "time.sleep(30)" % testing.ROOT], stderr=subprocess.PIPE)
+        self.addCleanup(lambda: child.poll() is None and child.kill())
+        child.stderr.close()        # the daemon died: nobody reads the pipe
+        self.assertEqual(child.wait(20), writer.LANE_FAILED)
 
     def test_writer_lines_logged_by_level(self):
         """The writer's stderr reaches the daemon's log: news at info, the rest critical,
