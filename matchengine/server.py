@@ -191,16 +191,21 @@ class MatchEngine(service.Service):
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self):
-        """Stop intake, then flush the operation log, history and messages, then close."""
+        """Stop intake, flush the operation log (which releases the replies of what it
+        commits), close the connections once those replies are written, then flush history
+        and messages."""
         for port in self.ports:
             await port.stopListening()
-        for conn in list(self.factory.connections):
-            conn.transport.loseConnection()
+        connections = list(self.factory.connections)
+        for conn in connections:
+            conn.transport.pauseProducing()     # requests not read are not answered
         for loop in self._timers:
             if loop.running:
                 loop.stop()
         if self.operlog is not None:
             await self.operlog.flush()
+        for conn in connections:
+            conn.transport.loseConnection()     # after the replies just released
         await self.outbox.stop()
         self.log.info("matchengine stopped: operation id {oper}",
                       oper=self.operlog.last_id if self.operlog else 0)

@@ -68,7 +68,9 @@ class CrashTests(TestCase):
                     "brokers": broker})
         return cfg
 
-    async def scenario(self):
+    async def stopped_under_load(self, sig):
+        """A daemon sent `sig` while 200 deposits are in flight, then started again:
+        (broker, daemon, client, acknowledged deposits, deposits sent)."""
         broker = testing.KafkaBroker().start()
         self.addCleanup(broker.stop)
         port = testing.free_port()
@@ -90,19 +92,23 @@ class CrashTests(TestCase):
                            lambda f: None)
             return d
 
-        # keep 200 calls in flight; kill the daemon while they stream
+        # keep 200 calls in flight; stop the daemon while they stream
         in_flight = []
         while len(acked) < 3000:
             while len(in_flight) < 200:
                 in_flight.append(deposit(sent))
                 sent += 1
             await in_flight.pop(0)
-        daemon.kill()
+        daemon.kill(sig)
         await defer.DeferredList(in_flight)
         self.assertGreater(sent, len(acked))
         daemon.start()
         await deferLater(reactor, 0.5, lambda: None)
         await until(lambda: client.connected, 60, "daemon back")
+        return broker, daemon, client, acked, sent
+
+    async def scenario(self):
+        broker, daemon, client, acked, sent = await self.stopped_under_load(signal.SIGKILL)
         # every acknowledged deposit is known: repeating it is refused as a repeat
         repeats = [client.call(102, [n % 50 + 1, "BCH", "deposit", n, "1", {}], 10.0)
                    for n in acked]
@@ -145,6 +151,23 @@ class CrashTests(TestCase):
         self.assertEqual(wanted - found, set(), "acknowledged deposits without history")
         self.assertEqual((len(ids), len(found)), (total, total),
                          "history rows, and deposits with one, against deposits made")
+
+    async def clean_stop_scenario(self):
+        _, daemon, client, acked, sent = await self.stopped_under_load(signal.SIGTERM)
+        # what the log holds is exactly what was answered: a deposit is refused as a
+        # repeat after the restart if and only if it was acknowledged before
+        replies = await defer.gatherResults(
+            [client.call(102, [n % 50 + 1, "BCH", "deposit", n, "1", {}], 10.0)
+             for n in range(sent)])
+        logged = {n for n, r in zip(range(sent), replies)
+                  if r["error"] == {"code": 10, "message": "repeat update"}}
+        self.assertEqual(logged, set(acked))
+        daemon.kill(signal.SIGTERM)
+
+    def test_clean_stop_under_load(self):
+        """SIGTERM while 200 deposits are in flight: every write the daemon committed before
+        it stopped was answered, and no answered one is missing after the restart."""
+        return defer.Deferred.fromCoroutine(self.clean_stop_scenario())
 
     def test_kill_under_load(self):
         """SIGKILL while 200 deposits are in flight; after restart all acknowledged ones
