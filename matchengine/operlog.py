@@ -21,6 +21,7 @@ its history rows only then: an acknowledged operation is on disk.  In the origin
 asynchronous mode (`durable` off) the callbacks run at once and the log follows behind.
 """
 
+import hashlib
 import math
 import time
 
@@ -31,7 +32,9 @@ from utils.jsonfmt import real_text
 from utils.mysql import insert_texts, needs_escape
 
 __all__ = ["OperationLog", "Batch", "stamp", "table_name", "log_values",
-           "autocommit_connection"]
+           "autocommit_connection", "Fence"]
+
+log = Logger()
 
 COLUMNS = ("id", "time", "detail")
 CHUNK = 1000        # rows a statement, at most
@@ -80,7 +83,76 @@ def autocommit_connection(section):
     and one statement fewer a batch took MariaDB's CPU per order about 5% lower on two
     cores (BENCHMARKS.md)."""
     from utils import mysql
-    return mysql.from_config(section, min_connections=1, max_connections=1, autocommit=True)
+    fence = Fence(section["name"])
+    db = mysql.from_config(section, min_connections=1, max_connections=1, autocommit=True,
+                           cp_openfun=fence)
+    db.fence = fence
+    return db
+
+
+class Fence:
+    """The writer's hold on its operation log: each connection of `autocommit_connection`
+    takes the MySQL named lock of the database (`GET_LOCK`) before it writes, and the
+    daemon takes it before it reads the log to start.
+
+    MariaDB frees a named lock only when the session holding it ends, and the session of a
+    daemon killed in the middle of an INSERT ends only once that statement is over: without
+    the lock, its rows could commit after the new daemon had read the log, and the new
+    daemon's own rows of the same ids would be ignored as duplicates, acknowledged and lost.
+    While another session holds the lock (a daemon killed a moment ago, or another
+    matchengine writing the same database) this one waits, with a critical line every
+    `PATIENCE` seconds.  When this process's own previous connection still holds it (a
+    connection lost on the network, whose session the server has not ended yet), that
+    session is killed first.  At a clean stop the lock is released (`release`).
+    """
+
+    PATIENCE = 5
+
+    def __init__(self, database):
+        name = "viabtc.operlog." + database
+        self.name = name if len(name) <= 64 else name[:40] + hashlib.sha1(
+            name.encode()).hexdigest()[:24]
+        self.session = None      # the connection id that holds the lock, once it does
+
+    def __call__(self, connection):
+        cursor = connection.cursor()
+        try:
+            cursor.execute("SELECT IS_USED_LOCK(%s) = CONNECTION_ID()", (self.name,))
+            if cursor.fetchone()[0] == 1:
+                return      # this connection holds it already
+            if self.session is not None:
+                cursor.execute("SELECT IS_USED_LOCK(%s)", (self.name,))
+                holder = cursor.fetchone()[0]
+                if holder == self.session:
+                    log.warn("operation log: ending this daemon's previous session {id}, "
+                             "which still holds {lock}", id=holder, lock=self.name)
+                    try:
+                        cursor.execute("KILL CONNECTION %d" % holder)
+                    except Exception as e:
+                        log.warn("operation log: could not end session {id}: {error}",
+                                 id=holder, error=e)
+            waited = 0
+            while True:
+                cursor.execute("SELECT GET_LOCK(%s, %s)", (self.name, self.PATIENCE))
+                if cursor.fetchone()[0] == 1:
+                    break
+                waited += self.PATIENCE
+                log.critical("operation log: waited {seconds} s for the lock {lock}: the "
+                             "session of a matchengine killed a moment ago has not ended, or "
+                             "another matchengine writes this database", seconds=waited,
+                             lock=self.name)
+            cursor.execute("SELECT CONNECTION_ID()")
+            self.session = cursor.fetchone()[0]
+        finally:
+            cursor.close()
+
+    def release(self, connection):
+        """Let the lock go (a clean stop: nothing more will be written)."""
+        cursor = connection.cursor()
+        try:
+            cursor.execute("SELECT RELEASE_LOCK(%s)", (self.name,))
+        finally:
+            cursor.close()
 
 
 class Batch:

@@ -119,6 +119,11 @@ class MatchEngine(service.Service):
         # the loaded balances and orders live long and hold no cycles: the collector is off
         # while they are built, then they are frozen out of its reach.  A full collection
         # over 1M resting orders would otherwise hold the matching thread for about 0.6 s.
+        fence = getattr(self.db_log_commits, "fence", None)
+        if fence is not None:
+            # the log's lock (operlog.Fence) first: what a killed predecessor still had under
+            # way is then committed or gone before the log is read
+            await self.db_log_commits.on_connection(fence)
         gc.disable()
         try:
             recovered = await persist.load_state(self.engine, self.db_log,
@@ -206,6 +211,12 @@ class MatchEngine(service.Service):
             await self.operlog.flush()
         for conn in connections:
             conn.transport.loseConnection()     # after the replies just released
+        fence = getattr(self.db_log_commits, "fence", None)
+        if fence is not None:
+            try:
+                await self.db_log_commits.on_connection(fence.release)
+            except Exception as e:
+                self.log.warn("operation log: releasing its lock failed ({error})", error=e)
         await self.outbox.stop()
         self.log.info("matchengine stopped: operation id {oper}",
                       oper=self.operlog.last_id if self.operlog else 0)

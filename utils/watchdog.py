@@ -33,6 +33,7 @@ The shell scripts call this module:
 config's `svr.bind` accepts a connection; otherwise it prints why and exits 1.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -330,6 +331,11 @@ def main(argv=None):
             print("%s: already running (worker pid %d, without its watchdog: stop it first)"
                   % (module, orphan))
             return 1
+        if pid is not None:
+            # a watchdog that was killed: its pid may still name a process not yet reaped,
+            # which twistd would take for a running watchdog
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(p["pid"])
         problem = config_problem(home, module, config or os.path.join("conf", "config.json"))
         if problem is not None:
             print("%s: not started: %s" % (module, problem), file=sys.stderr)

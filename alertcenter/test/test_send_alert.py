@@ -16,7 +16,8 @@ from alertcenter.server import KEY
 from utils import redisdb, testing
 from utils.testing import until
 
-REDIS_DB = 5
+# a Redis database each test of its own: tests run in parallel (trial -j)
+REDIS_DBS = {"scenario": 4, "waiting": 14, "refusals": 15}
 
 
 @implementer(smtp.IMessage)
@@ -63,11 +64,11 @@ class _SMTPFactory(smtp.SMTPFactory):
         return p
 
 
-async def alert_list(test):
+async def alert_list(test, db):
     """A store of the test Redis and a connection to it, `alert:message` emptied now and
     when `test` ends."""
     info = testing.require("redis")
-    store = redisdb.Plain(info["host"], info["port"], db=REDIS_DB, timeout=10)
+    store = redisdb.Plain(info["host"], info["port"], db=db, timeout=10)
     conn = await store.connect()
     test.addCleanup(conn.disconnect)
     await conn.delete(KEY)
@@ -80,7 +81,7 @@ class MailTests(TestCase):
     timeout = 60
 
     async def scenario(self):
-        store, conn = await alert_list(self)
+        store, conn = await alert_list(self, REDIS_DBS["scenario"])
         box = []
         port = reactor.listenTCP(0, _SMTPFactory(box), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -149,8 +150,8 @@ class DurabilityTests(TestCase):
 
     timeout = 60
 
-    async def setup(self, judge):
-        store, conn = await alert_list(self)
+    async def setup(self, judge, db):
+        store, conn = await alert_list(self, db)
         box, open_connections = [], []
         port = reactor.listenTCP(
             0, Factory.forProtocol(lambda: _Judging(judge, box, open_connections)),
@@ -169,7 +170,7 @@ class DurabilityTests(TestCase):
         return conn, box, Mailer(store, mail, reactor, wait=0.2, poll=0.05)
 
     async def waiting(self):
-        conn, box, mailer = await self.setup(lambda alerts: 451)
+        conn, box, mailer = await self.setup(lambda alerts: 451, REDIS_DBS["waiting"])
         await conn.rpush(KEY, "h: [fatal]one")
         mailer.last_sent = mailer.clock_time()
         running = defer.Deferred.fromCoroutine(mailer.run_once())
@@ -191,7 +192,7 @@ class DurabilityTests(TestCase):
             if any("poison" in alert for alert in alerts):
                 return 554
             return 552 if len(alerts) > 2 else 250
-        conn, box, mailer = await self.setup(judge)
+        conn, box, mailer = await self.setup(judge, REDIS_DBS["refusals"])
         mailer.mail["interval"] = 0
         names = ["a1", "a2", "poison", "a3", "a4", "a5"]
         for name in names:

@@ -12,7 +12,8 @@ from utils import redisdb, testing
 from utils.alert import AlertSender, MAGIC
 from utils.testing import until
 
-REDIS_DB = 5
+# a Redis database each test of its own: tests run in parallel (trial -j)
+REDIS_DBS = {"scenario": 5, "stop_scenario": 12, "long_scenario": 13}
 
 
 def closed(sock):
@@ -47,22 +48,23 @@ class CenterTests(TestCase):
 
     timeout = 60
 
-    async def alert_list(self):
+    async def alert_list(self, db):
         """The test Redis's address and a connection to it, `alert:message` emptied now and
         at the end."""
         info = testing.require("redis")
-        conn = await redisdb.Plain(info["host"], info["port"], db=REDIS_DB).connect()
+        conn = await redisdb.Plain(info["host"], info["port"], db=db).connect()
         self.addCleanup(conn.disconnect)
         await conn.delete(KEY)
         self.addCleanup(conn.delete, KEY)
         return info, conn
 
     async def scenario(self):
-        info, conn = await self.alert_list()
+        db = REDIS_DBS["scenario"]
+        info, conn = await self.alert_list(db)
         proxy = testing.CuttableProxy(int(info["port"])).up()
         self.addCleanup(proxy.down)
         port, cfg = center_config("tcp", "udp")
-        store = redisdb.Plain("127.0.0.1", proxy.port, db=REDIS_DB, timeout=1)
+        store = redisdb.Plain("127.0.0.1", proxy.port, db=db, timeout=1)
         center = AlertCenter(cfg, store, reactor=reactor, retry_delay=0.1)
         await center.startService()
         self.addCleanup(center.stopService)
@@ -97,9 +99,10 @@ class CenterTests(TestCase):
         return defer.Deferred.fromCoroutine(self.scenario())
 
     async def stop_scenario(self):
-        info, conn = await self.alert_list()
+        db = REDIS_DBS["stop_scenario"]
+        info, conn = await self.alert_list(db)
         port, cfg = center_config("udp")
-        store = redisdb.Plain(info["host"], info["port"], db=REDIS_DB, timeout=1)
+        store = redisdb.Plain(info["host"], info["port"], db=db, timeout=1)
         center = AlertCenter(cfg, store, reactor=reactor)
         await center.startService()
         center.queue.extend(["host: held 1", "host: held 2"])     # not yet pushed
@@ -111,9 +114,10 @@ class CenterTests(TestCase):
         return defer.Deferred.fromCoroutine(self.stop_scenario())
 
     async def long_scenario(self):
-        info, conn = await self.alert_list()
+        db = REDIS_DBS["long_scenario"]
+        info, conn = await self.alert_list(db)
         port, cfg = center_config("tcp", "udp")
-        store = redisdb.Plain(info["host"], info["port"], db=REDIS_DB, timeout=1)
+        store = redisdb.Plain(info["host"], info["port"], db=db, timeout=1)
         center = AlertCenter(cfg, store, reactor=reactor)
         await center.startService()
         self.addCleanup(center.stopService)

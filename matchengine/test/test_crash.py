@@ -169,6 +169,62 @@ class CrashTests(TestCase):
         it stopped was answered, and no answered one is missing after the restart."""
         return defer.Deferred.fromCoroutine(self.clean_stop_scenario())
 
+    async def fence_scenario(self):
+        import pymysql
+        broker = testing.KafkaBroker().start()
+        self.addCleanup(broker.stop)
+        port = testing.free_port()
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(workdir, "log"))
+        config = self.config(port, broker.address)
+        daemon = Daemon(self, workdir, config)
+        daemon.start()
+        client = RPCClient(reactor, "matchengine", ["tcp@127.0.0.1:%d" % port], 1 << 20,
+                           reconnect_timeout=0.2)
+        client.start()
+        self.addCleanup(client.stop)
+        await until(lambda: client.connected, 60, "daemon up")
+
+        def deposit(user, business_id, amount):
+            return client.call(102, [user, "BCH", "deposit", business_id, amount, {}], 30.0)
+        for n in range(1, 11):
+            self.assertIsNone((await deposit(1, n, "1"))["error"])
+        # another session locks the log past id 10: the next INSERT waits in MariaDB
+        kw = testing.mysql_connect_kwargs("misc")
+        locker = pymysql.connect(host=kw["host"], port=int(kw["port"]), user=kw["user"],
+                                 password=kw["password"], database=config["db_log"]["name"])
+        self.addCleanup(locker.close)
+        cursor = locker.cursor()
+        cursor.execute("SHOW TABLES LIKE 'operlog\\_2%%'")
+        table = cursor.fetchone()[0]
+        cursor.execute("SELECT `id` FROM `%s` WHERE `id` > 10 FOR UPDATE" % table)
+        unanswered = deposit(1, 1001, "100")        # its INSERT waits; killed unanswered
+        unanswered.addErrback(lambda failure: None)
+        await deferLater(reactor, 1.0, lambda: None)
+        daemon.kill()
+        # the killed daemon's session still waits with its INSERT: the new daemon must not
+        # read the log before that session ended, else its own id 11 would be ignored
+        daemon.start()
+        await deferLater(reactor, 2.0, lambda: None)
+        locker.rollback()
+        await until(lambda: client.connected, 60, "daemon back")
+        self.assertIsNone((await deposit(2, 2002, "5"))["error"])
+        before = [await client.call(101, [user, "BCH"], 10.0) for user in (1, 2)]
+        daemon.kill(signal.SIGTERM)
+        daemon.start()
+        await deferLater(reactor, 0.5, lambda: None)
+        await until(lambda: client.connected, 60, "daemon back again")
+        after = [await client.call(101, [user, "BCH"], 10.0) for user in (1, 2)]
+        self.assertEqual(after, before)
+        self.assertEqual(after[1]["result"]["BCH"]["available"], "5")
+        daemon.kill(signal.SIGTERM)
+
+    def test_killed_daemons_statement_fenced(self):
+        """A killed daemon's INSERT still under way in MariaDB ends before its successor
+        reads the log (the log's named lock): the successor's acknowledged writes are
+        never dropped as duplicates of the killed one's."""
+        return defer.Deferred.fromCoroutine(self.fence_scenario())
+
     def test_kill_under_load(self):
         """SIGKILL while 200 deposits are in flight; after restart all acknowledged ones
         are there (a repeat is refused), the balances hold at least their sum, and each

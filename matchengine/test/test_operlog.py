@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from matchengine.operlog import (CHUNK, OperationLog, autocommit_connection, log_values,
+from matchengine.operlog import (CHUNK, Fence, OperationLog, autocommit_connection, log_values,
                                  stamp, table_name)
 from utils import mysql, testing
 from utils.jsonfmt import real_text
@@ -388,3 +388,50 @@ class WrittenTests(TestCase):
         """A batch of several statements is one transaction on the autocommit connection:
         when one of them fails, none of its rows stay; it is written whole when retried."""
         return defer.Deferred.fromCoroutine(self.failed_statement())
+
+
+class FenceTests(SynchronousTestCase):
+    """The operation log's named lock, on the real MariaDB."""
+
+    def connect(self):
+        kw = testing.mysql_connect_kwargs("misc")
+        connection = pymysql.connect(host=kw["host"], port=int(kw["port"]), user=kw["user"],
+                                     password=kw["password"], autocommit=True)
+        self.addCleanup(lambda: connection.open and connection.close())
+        return connection
+
+    def test_one_holder(self):
+        """A second writer waits (critical lines) until the holder's session ends; a writer
+        whose own previous session still holds the lock ends that session."""
+        import threading
+        from twisted.logger import LogLevel, capturedLogs
+        name = "fence_test_%d" % random.randrange(1 << 30)
+        first, second = Fence(name), Fence(name)
+        first.PATIENCE = second.PATIENCE = 1
+        old = self.connect()
+        first(old)
+        lingering = first.session
+        # the same daemon reconnecting while its old session lingers: that one is ended
+        first(self.connect())
+        self.assertNotEqual(first.session, lingering)
+        self.assertRaises(pymysql.err.Error, old.ping, False)
+        # another daemon waits for the holder
+        holder = self.connect()
+        second_done = threading.Event()
+        with capturedLogs() as events:
+            first(holder)
+            waiter = self.connect()
+            waiting = threading.Thread(target=lambda: (second(waiter), second_done.set()))
+            waiting.start()
+            self.assertFalse(second_done.wait(2.5))
+            holder.close()
+            self.assertTrue(second_done.wait(10))
+            waiting.join()
+        self.assertTrue([e for e in events if e["log_level"] == LogLevel.critical
+                         and "waited" in e["log_format"]])
+        # released at a clean stop: free at once for the next holder
+        self.assertEqual(second.session, waiter.thread_id())
+        second.release(waiter)
+        cursor = self.connect().cursor()
+        cursor.execute("SELECT IS_FREE_LOCK(%s)", (second.name,))
+        self.assertEqual(cursor.fetchone()[0], 1)

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from utils import testing, watchdog
 
-REDIS_DB = 7
+REDIS_DB = 10
 
 
 class OptionsTests(SynchronousTestCase):
