@@ -157,11 +157,9 @@ INFO = "info: "     # stderr lines with this prefix are news, the others trouble
 def say(text, info=False):
     """A line for the daemon's log: critical, or info with `info`.  The daemon may be gone
     (its writer goes on with what it was handed): a line it can no longer read is dropped."""
-    try:
+    with contextlib.suppress(OSError, ValueError):
         sys.stderr.write((INFO if info else "") + text.rstrip("\n") + "\n")
         sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 class Connection:

@@ -10,6 +10,7 @@ calls `give_up`, which stops the process with exit status 1 under twistd.
 """
 
 import atexit
+import contextlib
 import faulthandler
 import os
 import signal
@@ -25,7 +26,7 @@ from utils.config import ConfigError
 
 __all__ = ["daemon_options", "service_tree", "SignalService", "OrderedMultiService",
            "gateway_tree", "listener_tree", "worker_tree", "give_up", "gave_up",
-           "exit_status_on_failure", "plugin_reactor"]
+           "exit_status_on_failure", "plugin_reactor", "stop_reactor"]
 
 # a worker runs in its own process group: Ctrl-C in a terminal reaches the listener only,
 # which stops the workers itself
@@ -221,10 +222,9 @@ class SignalService(service.Service):
         self._reactor.callWhenRunning(self._install)
 
     def _install(self):
-        try:
+        # without a usable stderr, a crash shows in the watchdog's log alone
+        with contextlib.suppress(AttributeError, ValueError, OSError):
             faulthandler.enable(sys.__stderr__)
-        except (AttributeError, ValueError, OSError):
-            pass        # no usable stderr: the crash shows in the watchdog's log alone
         for number in (signal.SIGTERM, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU,
                        signal.SIGUSR1):
             signal.signal(number, self._received)
@@ -240,7 +240,7 @@ class SignalService(service.Service):
         name, pid = signal.Signals(number).name, os.getpid()
         if number in (signal.SIGTERM, signal.SIGQUIT):
             vip(logger, what + ", exiting", pid=pid, number=number, name=name)
-            self._stop()
+            stop_reactor(self._reactor)
         elif number in (signal.SIGTTIN, signal.SIGTTOU):
             observer = self._log_setup.file_observer
             change = level_up if number == signal.SIGTTIN else level_down
@@ -251,12 +251,12 @@ class SignalService(service.Service):
         else:
             vip(logger, what, pid=pid, number=number, name=name)
 
-    def _stop(self):
-        from twisted.internet.error import ReactorNotRunning
-        try:
-            self._reactor.stop()
-        except ReactorNotRunning:
-            pass        # already stopping
+
+def stop_reactor(reactor):
+    """Stop `reactor`, unless it is stopping already."""
+    from twisted.internet.error import ReactorNotRunning
+    with contextlib.suppress(ReactorNotRunning):
+        reactor.stop()
 
 
 def service_tree(cfg, options, reactor, alerts=True, **log_overrides):

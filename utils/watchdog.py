@@ -45,7 +45,7 @@ import time
 from twisted.application.service import MultiService, Service
 from twisted.python import usage
 
-from utils.daemon import TWISTD
+from utils.daemon import TWISTD, stop_reactor
 
 __all__ = ["Options", "make_monitor", "paths", "read_pid", "start", "stop", "check", "main"]
 
@@ -102,7 +102,7 @@ def make_monitor(options, reactor=None):
                 later = self.restart.get(name)
                 if later is not None and later.active():
                     later.cancel()
-                _stop(reactor)
+                stop_reactor(reactor)
                 return
             how = ("by signal %d" % value.signal if getattr(value, "signal", None)
                    else "with status %s" % getattr(value, "exitCode", "?"))
@@ -123,14 +123,6 @@ def make_monitor(options, reactor=None):
     return monitor
 
 
-def _stop(reactor):
-    from twisted.internet.error import ReactorNotRunning
-    try:
-        reactor.stop()
-    except ReactorNotRunning:
-        pass        # already stopping
-
-
 class _Signals(Service):
     """The original keepalive parent's signals, once the reactor runs: SIGQUIT stops the
     watchdog and its worker as SIGTERM does; SIGTTIN, SIGTTOU and SIGUSR1 are ignored."""
@@ -143,10 +135,12 @@ class _Signals(Service):
         self._reactor.callWhenRunning(self._install)
 
     def _install(self):
-        signal.signal(signal.SIGQUIT,
-                      lambda number, frame: self._reactor.callFromThread(_stop, self._reactor))
+        signal.signal(signal.SIGQUIT, self._received)
         for number in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
             signal.signal(number, signal.SIG_IGN)
+
+    def _received(self, number, frame):
+        self._reactor.callFromThread(stop_reactor, self._reactor)
 
 
 def makeService(options):

@@ -68,21 +68,28 @@ class CrashTests(TestCase):
                     "brokers": broker})
         return cfg
 
-    async def stopped_under_load(self, sig):
-        """A daemon sent `sig` while 200 deposits are in flight, then started again:
-        (broker, daemon, client, acknowledged deposits, deposits sent)."""
+    async def started(self):
+        """A daemon on fresh databases and a broker of its own, and a client connected to
+        it: (broker, daemon, client, the daemon's config)."""
         broker = testing.KafkaBroker().start()
         self.addCleanup(broker.stop)
         port = testing.free_port()
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(os.path.join(workdir, "log"))
-        daemon = Daemon(self, workdir, self.config(port, broker.address))
+        config = self.config(port, broker.address)
+        daemon = Daemon(self, workdir, config)
         daemon.start()
         client = RPCClient(reactor, "matchengine", ["tcp@127.0.0.1:%d" % port], 1 << 20,
                            reconnect_timeout=0.2)
         client.start()
         self.addCleanup(client.stop)
         await until(lambda: client.connected, 60, "daemon up")
+        return broker, daemon, client, config
+
+    async def stopped_under_load(self, sig):
+        """A daemon sent `sig` while 200 deposits are in flight, then started again:
+        (broker, daemon, client, acknowledged deposits, deposits sent)."""
+        broker, daemon, client, _ = await self.started()
         acked = []
         sent = 0
 
@@ -171,19 +178,7 @@ class CrashTests(TestCase):
 
     async def fence_scenario(self):
         import pymysql
-        broker = testing.KafkaBroker().start()
-        self.addCleanup(broker.stop)
-        port = testing.free_port()
-        workdir = os.path.abspath(self.mktemp())
-        os.makedirs(os.path.join(workdir, "log"))
-        config = self.config(port, broker.address)
-        daemon = Daemon(self, workdir, config)
-        daemon.start()
-        client = RPCClient(reactor, "matchengine", ["tcp@127.0.0.1:%d" % port], 1 << 20,
-                           reconnect_timeout=0.2)
-        client.start()
-        self.addCleanup(client.stop)
-        await until(lambda: client.connected, 60, "daemon up")
+        _, daemon, client, config = await self.started()
 
         def deposit(user, business_id, amount):
             return client.call(102, [user, "BCH", "deposit", business_id, amount, {}], 30.0)
