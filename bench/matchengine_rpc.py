@@ -22,6 +22,7 @@ import os
 import random
 import resource
 import selectors
+import shutil
 import signal
 import socket
 import struct
@@ -210,6 +211,7 @@ def main():
         usage.stop()
         for name in databases:
             testing.drop_database(name)
+        shutil.rmtree(workdir, ignore_errors=True)
     lat = sorted(stats["latency"])
     line = ("matchengine_rpc: %d orders, %d clients x %d in flight, %s log, %d history "
             "threads: %.0f accepted/s, %d refused, p50 %.2f ms, p99 %.2f ms; all written in "
