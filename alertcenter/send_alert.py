@@ -67,22 +67,22 @@ class Mailer:
                         requireAuthentication=bool(mail["user"]),
                         requireTransportSecurity=mail["starttls"], reactor=self.reactor)
 
-    async def _redis(self, command, *args):
-        conn = await self.store.connect()
-        try:
-            return await getattr(conn, command)(*args)
-        finally:
-            conn.disconnect()
-
     async def run_once(self):
         """Wait out the interval and for alerts (up to `wait` seconds), mail those at the
         head of the list, then take them off it; returns how many were mailed."""
         pause = self.last_sent + self.mail["interval"] - self.clock_time()
         if pause > 0:
             await task.deferLater(self.reactor, pause, lambda: None)
+        conn = await self.store.connect()
+        try:
+            return await self._mail_head(conn)
+        finally:
+            conn.disconnect()
+
+    async def _mail_head(self, conn):
         waited = 0.0
         while True:
-            alerts = await self._redis("lrange", KEY, 0, self.batch - 1)
+            alerts = await conn.lrange(KEY, 0, self.batch - 1)
             if alerts or waited >= self.wait:
                 break
             await task.deferLater(self.reactor, self.poll, lambda: None)
@@ -104,9 +104,9 @@ class Mailer:
                 return 0
             log.critical("send_alert: the mail server refuses this alert for good ({error}); "
                          "dropping it: {alert}", error=e, alert=alerts[0])
-            await self._redis("ltrim", KEY, 1, -1)
+            await conn.ltrim(KEY, 1, -1)
             return 0
-        await self._redis("ltrim", KEY, len(alerts), -1)
+        await conn.ltrim(KEY, len(alerts), -1)
         self.batch = min(BATCH, self.batch * 2)
         self.last_sent = self.clock_time()
         self.sent += len(alerts)

@@ -117,20 +117,18 @@ class Fence:
     def __call__(self, connection):
         cursor = connection.cursor()
         try:
-            cursor.execute("SELECT IS_USED_LOCK(%s) = CONNECTION_ID()", (self.name,))
-            if cursor.fetchone()[0] == 1:
+            cursor.execute("SELECT IS_USED_LOCK(%s), CONNECTION_ID()", (self.name,))
+            holder, me = cursor.fetchone()
+            if holder == me:
                 return      # this connection holds it already
-            if self.session is not None:
-                cursor.execute("SELECT IS_USED_LOCK(%s)", (self.name,))
-                holder = cursor.fetchone()[0]
-                if holder == self.session:
-                    log.warn("operation log: ending this daemon's previous session {id}, "
-                             "which still holds {lock}", id=holder, lock=self.name)
-                    try:
-                        cursor.execute("KILL CONNECTION %d" % holder)
-                    except Exception as e:
-                        log.warn("operation log: could not end session {id}: {error}",
-                                 id=holder, error=e)
+            if holder is not None and holder == self.session:
+                log.warn("operation log: ending this daemon's previous session {id}, which "
+                         "still holds {lock}", id=holder, lock=self.name)
+                try:
+                    cursor.execute("KILL CONNECTION %d" % holder)
+                except Exception as e:
+                    log.warn("operation log: could not end session {id}: {error}",
+                             id=holder, error=e)
             waited = 0
             while True:
                 cursor.execute("SELECT GET_LOCK(%s, %s)", (self.name, self.PATIENCE))
@@ -141,8 +139,7 @@ class Fence:
                              "session of a matchengine killed a moment ago has not ended, or "
                              "another matchengine writes this database", seconds=waited,
                              lock=self.name)
-            cursor.execute("SELECT CONNECTION_ID()")
-            self.session = cursor.fetchone()[0]
+            self.session = me
         finally:
             cursor.close()
 

@@ -3,7 +3,7 @@
 
 from twisted.internet import process, tcp, unix
 
-__all__ = ["write_now", "pending_output", "flush", "close_now"]
+__all__ = ["write_now", "pending_output", "flush", "unsent_over", "close_now"]
 
 # plain socket connections and pipes to child processes, whose buffer and send this module
 # may reach into
@@ -44,6 +44,16 @@ def flush(transport):
             and not getattr(transport, "TLS", False)
             and (transport.dataBuffer or transport._tempDataLen)):
         transport.doWrite()
+
+
+def unsent_over(transport, limit: int) -> bool:
+    """Whether more than `limit` bytes written to `transport` stay unsent once the kernel
+    took what it takes now (`flush`): a peer that does not read, not one pass of the reactor
+    that wrote much."""
+    if pending_output(transport) <= limit:
+        return False
+    flush(transport)
+    return pending_output(transport) > limit
 
 
 def close_now(transport):

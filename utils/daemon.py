@@ -211,7 +211,6 @@ class SignalService(service.Service):
     """
 
     name = "signals"
-    log = Logger(namespace="daemon")
 
     def __init__(self, reactor, log_setup):
         self._reactor = reactor

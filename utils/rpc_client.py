@@ -28,7 +28,7 @@ from twisted.logger import Logger
 
 from network.address import buffer_sizes
 from network.client import ReconnectingClient
-from network.output import close_now, flush, pending_output, write_now
+from network.output import close_now, unsent_over, write_now
 from network.state import StateTable
 from network.timer import Timer
 from utils import rpc
@@ -172,13 +172,11 @@ class RPCClient:
     def _send(self, protocol, data):
         transport = protocol.transport
         write_now(transport, data)
-        if self.max_output and pending_output(transport) > self.max_output:
-            flush(transport)        # what counts is what the kernel refuses
-            if pending_output(transport) > self.max_output:
-                self.log.error("{name}: {address} does not read its requests (over "
-                               "buf_limit); reconnecting", name=self.name,
-                               address=self._client.current_address)
-                close_now(transport)
+        if self.max_output and unsent_over(transport, self.max_output):
+            self.log.error("{name}: {address} does not read its requests (over buf_limit); "
+                           "reconnecting", name=self.name,
+                           address=self._client.current_address)
+            close_now(transport)
 
     def _on_connect(self, protocol):
         self._last_heartbeat = self.reactor.seconds()

@@ -20,7 +20,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 
 from network.address import listen, listen_udp, parse_address
-from network.output import close_now, flush, pending_output
+from network.output import close_now, unsent_over
 from network.timer import Timer
 from utils import rpc
 from utils.jsonfmt import RawJSON
@@ -226,15 +226,13 @@ class RPCServerProtocol(Protocol):
         transport = self.transport
         transport.write(data)
         limit = self.factory.buf_limit
-        if limit and pending_output(transport) > limit * self.factory.max_pkg_size:
-            # what counts is what the kernel does not take, as in the original, which
-            # sends at once: the replies of this pass are not sent yet, so try now
-            flush(transport)
-            if pending_output(transport) > limit * self.factory.max_pkg_size:
-                self.log.error("{name}: {peer} does not read its replies; closing",
-                               name=self.factory.name, peer=self.peer)
-                self.closed = True
-                transport.abortConnection()
+        # what counts is what the kernel does not take, as in the original, which sends
+        # at once: the replies of this pass are not sent yet
+        if limit and unsent_over(transport, limit * self.factory.max_pkg_size):
+            self.log.error("{name}: {peer} does not read its replies; closing",
+                           name=self.factory.name, peer=self.peer)
+            self.closed = True
+            transport.abortConnection()
 
 
 class RPCDatagramProtocol(DatagramProtocol):

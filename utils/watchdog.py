@@ -91,24 +91,21 @@ def make_monitor(options, reactor=None):
         worker itself), as the original's keepalive parent exits with its child."""
 
         def _monitoredProcessExited(self, name, reason=None):
-            if not self.running or reason is None:
-                super()._monitoredProcessExited(name, reason)
-                return
-            value = reason.value
-            if reason.check(ProcessDone):
+            asked = self.running and reason is not None and reason.check(ProcessDone)
+            if self.running and reason is not None and not asked:
+                value = reason.value
+                how = ("by signal %d" % value.signal if getattr(value, "signal", None)
+                       else "with status %s" % getattr(value, "exitCode", "?"))
+                self.log.critical("{name}: the worker ended {how}; starting it again",
+                                  name=name, how=how)
+            super()._monitoredProcessExited(name, reason)
+            if asked:
                 self.log.info("{name}: the worker stopped as asked; the watchdog stops too",
                               name=name)
-                super()._monitoredProcessExited(name, reason)
                 later = self.restart.get(name)
                 if later is not None and later.active():
                     later.cancel()
                 stop_reactor(reactor)
-                return
-            how = ("by signal %d" % value.signal if getattr(value, "signal", None)
-                   else "with status %s" % getattr(value, "exitCode", "?"))
-            self.log.critical("{name}: the worker ended {how}; starting it again",
-                              name=name, how=how)
-            super()._monitoredProcessExited(name, reason)
 
     if reactor is None:
         from twisted.internet import reactor
