@@ -21,7 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from accessws.depth import diff
-from network.address import buffer_sizes
+from network.address import buffer_sizes, set_no_delay
 from utils import rpc
 from utils.daemon import give_up
 from utils.decimals import to_display
@@ -180,6 +180,7 @@ class AccessWS(service.Service):
                     port = listen_tls(self.reactor, address, self.factory, tls["cert"],
                                       tls["key"])
                     set_buffers(port.socket, **buffers)
+                    set_no_delay(port.socket)
                     self.ports.append(port)
                 else:
                     self.ports.append(await listen(self.reactor, address, self.factory,

@@ -6,7 +6,8 @@ after every failed attempt or lost connection the client moves on to the next ad
 once, and after the last one it starts again from the first after a pause of
 `reconnect_timeout` seconds.  With a single address it always pauses before retrying, except
 after `reconnect()` (a backend whose heartbeats stopped), which connects again at once.  A
-connection attempt that has not completed within `reconnect_timeout` is abandoned.
+connection attempt that has not completed within `reconnect_timeout` is abandoned and the
+next one made at once, as the original restarts it.
 
 `state` is one of "stopped", "connecting", "connected", "waiting" (pausing before the next
 attempt).  `on_connect(protocol)` and `on_disconnect(protocol, reason)` run on the reactor
@@ -14,6 +15,7 @@ thread.
 """
 
 from twisted.internet import defer
+from twisted.internet.error import TimeoutError
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -47,6 +49,7 @@ class ReconnectingClient:
         self._attempt = None     # Deferred of the connection attempt in progress
         self._wait = None        # DelayedCall of the pause before the next attempt
         self._stopped = None     # Deferred fired once stopped and disconnected
+        self._closing = None     # the connection stop() dropped, until it is gone
         self._at_once = False    # the next attempt without a pause (see `reconnect`)
 
     @property
@@ -72,10 +75,13 @@ class ReconnectingClient:
         if self._attempt is not None:
             attempt, self._attempt = self._attempt, None
             attempt.cancel()
-        if self.protocol is not None and self.protocol.transport is not None:
-            self._stopped = defer.Deferred()
-            close_now(self.protocol.transport)
-            return self._stopped
+        protocol, self.protocol = self.protocol, None
+        if protocol is not None and protocol.transport is not None:
+            # a start() before it is gone connects anew beside it
+            self._closing = protocol
+            stopped = self._stopped = defer.Deferred()
+            close_now(protocol.transport)
+            return stopped
         return defer.succeed(None)
 
     def reconnect(self):
@@ -108,6 +114,9 @@ class ReconnectingClient:
         handle = getattr(protocol.transport, "getHandle", None)
         if handle is not None and (self.buffers["read_mem"] or self.buffers["write_mem"]):
             set_buffers(handle(), **self.buffers)
+        no_delay = getattr(protocol.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)      # as `network.address.set_no_delay`
         self.state = "connected"
         self.log.info("{name}: connected to {address}", name=self.name,
                       address=self.current_address)
@@ -123,26 +132,33 @@ class ReconnectingClient:
         self._attempt = None
         self.log.warn("{name}: cannot connect to {address}: {error}", name=self.name,
                       address=address, error=reason.getErrorMessage())
+        if reason.check(TimeoutError):
+            self._at_once = True
         self._schedule()
         return None
 
     def _lost(self, protocol, reason):
+        if protocol is self._closing:
+            self._closing = None
+            self._disconnected(protocol, reason)
+            stopped, self._stopped = self._stopped, None
+            if stopped is not None:
+                stopped.callback(None)
+            return
         if protocol is not self.protocol:
             return
         self.protocol = None
+        self._disconnected(protocol, reason)
+        self.log.warn("{name}: connection to {address} lost: {error}", name=self.name,
+                      address=self.current_address, error=reason.getErrorMessage())
+        self._schedule()
+
+    def _disconnected(self, protocol, reason):
         if self._on_disconnect is not None:
             try:
                 self._on_disconnect(protocol, reason)
             except Exception:
                 self.log.failure("{name}: on_disconnect failed", name=self.name)
-        if self.state == "stopped":
-            stopped, self._stopped = self._stopped, None
-            if stopped is not None:
-                stopped.callback(None)
-            return
-        self.log.warn("{name}: connection to {address} lost: {error}", name=self.name,
-                      address=self.current_address, error=reason.getErrorMessage())
-        self._schedule()
 
     def _schedule(self):
         if self.state == "stopped":

@@ -26,7 +26,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from network.address import (BACKLOG, AddressError, listen_monitor, parse_address, set_buffers,
-                             unlink_stale)
+                             set_no_delay, unlink_stale)
 
 __all__ = ["bind_socket", "Acceptor", "WorkerPool", "Adopter", "Listener", "WORKER_FD"]
 
@@ -41,7 +41,8 @@ log = Logger()
 
 def bind_socket(address, read_mem=0, write_mem=0) -> socket.socket:
     """A non-blocking socket listening on a tcp@ or stream@ address (OSError if it cannot);
-    the connections it accepts get `read_mem`/`write_mem` buffers (0: the system's)."""
+    the connections it accepts get `read_mem`/`write_mem` buffers (0: the system's) and,
+    over TCP, send without delay."""
     addr = parse_address(address)
     if addr.kind == "tcp":
         family = socket.AF_INET6 if addr.is_ipv6 else socket.AF_INET
@@ -56,6 +57,8 @@ def bind_socket(address, read_mem=0, write_mem=0) -> socket.socket:
         raise AddressError("cannot listen for streams on %r" % str(addr))
     try:
         set_buffers(sock, read_mem, write_mem)
+        if addr.kind == "tcp":
+            set_no_delay(sock)
         sock.bind(where)
         if addr.kind == "stream":
             os.chmod(addr.path, 0o777)

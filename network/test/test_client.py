@@ -3,7 +3,7 @@
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -36,10 +36,10 @@ class RotationTests(SynchronousTestCase):
     def attempts(self):
         return [port for (_, port, _, _, _) in self.reactor.tcpClients]
 
-    def fail_last(self):
+    def fail_last(self, error=None):
         connector = self.reactor.connectors[-1]
         self.reactor.tcpClients[-1][2].clientConnectionFailed(
-            connector, Failure(ConnectionRefusedError()))
+            connector, Failure(error or ConnectionRefusedError()))
 
     def succeed_last(self):
         factory = self.reactor.tcpClients[-1][2]
@@ -98,6 +98,41 @@ class RotationTests(SynchronousTestCase):
         self.assertEqual(self.attempts(), [1001, 1001, 1001])
         self.flushLoggedErrors()
 
+    def test_timed_out_attempt_restarts_at_once(self):
+        """An attempt abandoned after reconnect_timeout is followed at once by the next
+        one, even to a single address, as the original restarts it; a refused one still
+        pauses."""
+        client = ReconnectingClient(self.reactor, "tcp@127.0.0.1:1001", Recorder, 1.5)
+        client.start()
+        self.fail_last(TimeoutError())
+        self.assertEqual(self.attempts(), [1001, 1001])
+        self.assertEqual(client.state, "connecting")
+        self.fail_last()
+        self.assertEqual(client.state, "waiting")
+        self.client.start()
+        self.fail_last()
+        self.fail_last(TimeoutError())
+        self.assertEqual(self.attempts()[2:], [1001, 1002, 1001])
+        self.flushLoggedErrors()
+
+    def test_start_right_after_stop(self):
+        """start() before the connection stop() dropped is gone: that connection's end
+        fires stop()'s Deferred and starts nothing more; one new connection is made."""
+        self.client.start()
+        old = self.succeed_last()
+        stopped = self.client.stop()
+        self.assertNoResult(stopped)
+        self.client.start()
+        self.assertEqual(self.attempts(), [1001, 1001])
+        old.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNone(self.successResultOf(stopped))
+        self.assertEqual(self.attempts(), [1001, 1001])
+        self.assertEqual(self.client.state, "connecting")
+        self.assertEqual([e[0] for e in self.events], ["up", "down"])
+        self.succeed_last()
+        self.assertTrue(self.client.connected)
+        self.assertEqual([e[0] for e in self.events], ["up", "down", "up"])
+
     def test_connected_and_lost(self):
         """A connection is visible, its loss reported, and the next address tried."""
         self.client.start()
@@ -143,6 +178,7 @@ class LoopbackTests(TestCase):
         client.start()
         try:
             await _until(lambda: client.connected)
+            self.assertTrue(client.protocol.transport.getTcpNoDelay())
             client.protocol.transport.write(b"one")
             await _until(lambda: received == [b"one"])
             await port.stopListening()

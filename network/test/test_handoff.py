@@ -264,6 +264,7 @@ class AcceptorTests(SynchronousTestCase):
         self.assertEqual((conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
                           conn.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)),
                          (140000, 60000))
+        self.assertTrue(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
     def test_stream_address(self):
         """A stream@ address is bound as a UNIX socket anyone may connect to."""
