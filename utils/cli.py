@@ -13,9 +13,11 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Union
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 __all__ = ["MAX_LINE", "split_args", "CLIProtocol", "CLIFactory"]
 
@@ -104,8 +106,10 @@ def split_args(line: Union[bytes, str]) -> Optional[List[str]]:
 Handler = Callable[[List[str]], Any]
 
 
+@implementer(IHalfCloseableProtocol)
 class CLIProtocol(Protocol):
-    """One CLI connection: frames lines, dispatches them in order, writes the replies."""
+    """One CLI connection: frames lines, dispatches them in order, writes the replies.  A
+    peer that shuts its side down after its lines still gets their replies."""
 
     log = Logger()
 
@@ -115,6 +119,7 @@ class CLIProtocol(Protocol):
         self._queue: Deque[bytes] = deque()
         self._busy = False
         self._closed = False
+        self._read_closed = False
 
     def connectionMade(self) -> None:
         if self.commands is None:
@@ -123,6 +128,13 @@ class CLIProtocol(Protocol):
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self._closed = True
         self._queue.clear()
+
+    def readConnectionLost(self) -> None:
+        self._read_closed = True
+        self._run()
+
+    def writeConnectionLost(self) -> None:
+        """Never called: this side does not shut its writing down alone."""
 
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
@@ -166,6 +178,10 @@ class CLIProtocol(Protocol):
                 reply.addCallback(self._deferred_reply)
                 return
             self._write(reply)
+        if self._read_closed and not self._busy and not self._closed:
+            # every line answered: close after the replies
+            self._closed = True
+            self.transport.loseConnection()
 
     def _deferred_reply(self, reply: Any) -> None:
         self._busy = False

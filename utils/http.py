@@ -28,7 +28,9 @@ from email.utils import formatdate
 
 import httptools
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from network.output import write_now
 from utils.jsonfmt import dumps, loads
@@ -101,8 +103,10 @@ class _DateCache:
         return self.text
 
 
+@implementer(IHalfCloseableProtocol)
 class HTTPServerProtocol(protocol.Protocol):
-    """Parse HTTP requests, dispatch them, write the answers in request order."""
+    """Parse HTTP requests, dispatch them, write the answers in request order.  A client
+    that shuts its side down after its requests still gets their answers."""
 
     log = Logger()
 
@@ -131,6 +135,14 @@ class HTTPServerProtocol(protocol.Protocol):
             if call is not None and call.active():
                 call.cancel()
         self.idle_call = self.request_call = None
+
+    def readConnectionLost(self):
+        # a request cut short there is not answered
+        self.closing = True
+        self._flush()
+
+    def writeConnectionLost(self):
+        """Never called: this side does not shut its writing down alone."""
 
     def dataReceived(self, data):
         if self.closing:

@@ -16,8 +16,10 @@ result field and ext, and go out in the order they are produced.
 
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from network.address import listen, listen_udp, parse_address
 from network.output import close_now, unsent_over
@@ -115,38 +117,41 @@ class RPCServerFactory(Factory):
                 conn._close()
 
     def dispatch(self, packet, peer, send, on_bad_body):
-        """Run the handler of a (non-heartbeat) request packet."""
-        handler = self.handlers.get(packet.command)
-        if handler is None:
-            self.log.warn("{name}: unknown command {command} from {peer}", name=self.name,
-                          command=packet.command, peer=peer)
-            return
+        """Run the handler of a (non-heartbeat) request packet; whether it made a request
+        (which is answered through `send`, once).  The body is read first, as the original
+        reads it: one that is not a JSON array closes the connection whatever the command."""
         try:
             params = rpc.parse_params(packet.body)
         except ValueError as e:
             self.log.error("{name}: bad request body from {peer} ({error}): {dump}",
                            name=self.name, peer=peer, error=e, dump=hexdump(packet.body))
             on_bad_body()
-            return
+            return False
+        handler = self.handlers.get(packet.command)
+        if handler is None:
+            self.log.warn("{name}: unknown command {command} from {peer}", name=self.name,
+                          command=packet.command, peer=peer)
+            return False
         request = RPCRequest(packet, peer, send)
         pretty = self.debug
         try:
             result = handler(params, request)
         except rpc.RPCError as e:
             request.reply_error(e, pretty)
-            return
+            return True
         except Exception:
             self.log.failure("{name}: command {command} failed", name=self.name,
                              command=packet.command)
             request.reply_error(rpc.INTERNAL_ERROR(), pretty)
-            return
+            return True
         if result is NO_REPLY:
-            return
+            return True
         if isinstance(result, defer.Deferred):
             result.addCallbacks(self._deferred_result, self._deferred_error,
                                 callbackArgs=(request,), errbackArgs=(request,))
-            return
+            return True
         request.reply_result(result, pretty)
+        return True
 
     def _deferred_result(self, result, request):
         if result is not NO_REPLY:
@@ -161,8 +166,12 @@ class RPCServerFactory(Factory):
             request.reply_error(rpc.INTERNAL_ERROR(), self.debug)
 
 
+@implementer(IHalfCloseableProtocol)
 class RPCServerProtocol(Protocol):
-    """One stream connection of an RPCServerFactory."""
+    """One stream connection of an RPCServerFactory.
+
+    A peer that shuts its side down after its requests (`shutdown(SHUT_WR)`) still gets
+    their replies: the connection closes after the last one."""
 
     log = Logger()
     factory = None
@@ -172,6 +181,8 @@ class RPCServerProtocol(Protocol):
         self.last_heartbeat = self.factory.clock.seconds()
         self.heartbeat_timeout = DEFAULT_HEARTBEAT_TIMEOUT
         self.closed = False
+        self.waiting = 0            # requests read and not answered yet
+        self.read_closed = False    # the peer has sent all it will send
         peer = self.transport.getPeer()
         self.peer = "%s:%s" % (peer.host, peer.port) if hasattr(peer, "port") else str(peer)
         self.factory.connections.add(self)
@@ -179,6 +190,20 @@ class RPCServerProtocol(Protocol):
     def connectionLost(self, reason):
         self.closed = True
         self.factory.connections.discard(self)
+
+    def readConnectionLost(self):
+        self.read_closed = True
+        if not self.waiting:
+            self._finish()
+
+    def writeConnectionLost(self):
+        """Never called: this side does not shut its writing down alone."""
+
+    def _finish(self):
+        # after what is written: the replies
+        if not self.closed:
+            self.closed = True
+            self.transport.loseConnection()
 
     def _close(self):
         if not self.closed:
@@ -193,14 +218,16 @@ class RPCServerProtocol(Protocol):
         except rpc.ProtocolError as e:
             # the packets before the bad one are served, as the original serves them
             packets, error = e.packets, e
-        dispatch, peer, send, close = self.factory.dispatch, self.peer, self.send, self._close
+        dispatch, peer, reply, close = self.factory.dispatch, self.peer, self._reply, self._close
         for packet in packets:
             if self.closed:
                 return
             if packet.command == HEARTBEAT:
                 self._heartbeat(packet)
             else:
-                dispatch(packet, peer, send, close)
+                self.waiting += 1
+                if not dispatch(packet, peer, reply, close):
+                    self.waiting -= 1
         if error is not None:
             self.log.error("{name}: protocol error from {peer}: {error}; closing",
                            name=self.factory.name, peer=self.peer, error=error)
@@ -218,6 +245,13 @@ class RPCServerProtocol(Protocol):
             self.heartbeat_timeout = timeout
         self.last_heartbeat = self.factory.clock.seconds()
         self.send(rpc.encode_reply(packet, b""))
+
+    def _reply(self, data):
+        """Write the reply of a request."""
+        self.waiting -= 1
+        self.send(data)
+        if self.read_closed and not self.waiting:
+            self._finish()
 
     def send(self, data):
         """Write an encoded packet."""
@@ -245,6 +279,10 @@ class RPCDatagramProtocol(DatagramProtocol):
 
     def datagramReceived(self, data, addr):
         peer = "%s:%s" % addr if isinstance(addr, tuple) else str(addr)
+        if len(data) > self.factory.max_pkg_size:
+            self.log.warn("{name}: dropped a datagram from {peer}: over {limit} bytes",
+                          name=self.factory.name, peer=peer, limit=self.factory.max_pkg_size)
+            return
         try:
             packet = rpc.decode_packet(data)
         except rpc.ProtocolError as e:
@@ -262,7 +300,9 @@ class RPCDatagramProtocol(DatagramProtocol):
 
 
 def listen_rpc(reactor, bind, factory: RPCServerFactory, read_mem=0, write_mem=0):
-    """Listen on every address of `bind` (a string or a list); fires with the ports.
+    """Listen on every address of `bind` (a string or a list); fires with the ports, or
+    fails with the first address's error that could not be listened on, the others then
+    closed again.
 
     `read_mem`/`write_mem` (the `svr` section's) size the sockets' buffers."""
     addresses = [bind] if isinstance(bind, str) else list(bind)
@@ -272,11 +312,17 @@ def listen_rpc(reactor, bind, factory: RPCServerFactory, read_mem=0, write_mem=0
         if addr.is_stream:
             results.append(listen(reactor, addr, factory, read_mem, write_mem))
         else:
-            # a datagram is one packet: read up to the largest one taken (the header says
-            # when one was cut short)
-            results.append(defer.succeed(listen_udp(reactor, addr,
-                                                    RPCDatagramProtocol(factory),
-                                                    read_mem, write_mem,
-                                                    max_size=factory.max_pkg_size + 1)))
-    return defer.gatherResults(results, consumeErrors=True).addErrback(
-        lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f)
+            # a datagram is one packet: read one byte past the largest taken, so that a
+            # longer one is seen (and dropped) rather than cut short
+            results.append(defer.maybeDeferred(listen_udp, reactor, addr,
+                                               RPCDatagramProtocol(factory), read_mem,
+                                               write_mem, max_size=factory.max_pkg_size + 1))
+
+    def listened(outcomes):
+        failures = [value for ok, value in outcomes if not ok]
+        if not failures:
+            return [port for _, port in outcomes]
+        closing = [defer.maybeDeferred(port.stopListening) for ok, port in outcomes if ok]
+        return defer.DeferredList(closing).addCallback(lambda _: failures[0])
+
+    return defer.DeferredList(results, consumeErrors=True).addCallback(listened)

@@ -171,6 +171,17 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual(self.send(b"echo " + b"x" * MAX_LINE + b"\necho no\n"), b"")
         self.assertTrue(self.transport.disconnecting)
 
+    def test_replies_after_the_peer_shut_its_side(self):
+        """A peer that shuts its writing down after its lines gets their replies, a late
+        one included, then the connection closes; a line left without its newline gets
+        nothing."""
+        self.assertEqual(self.send(b"later\necho after\necho cut"), b"")
+        self.protocol.readConnectionLost()
+        self.assertFalse(self.transport.disconnecting)
+        self.pending[0].callback("first\n")
+        self.assertEqual(self.transport.value(), b"first\nafter\n")
+        self.assertTrue(self.transport.disconnecting)
+
     def test_lost_connection_drops_pending_reply(self):
         """A reply that fires after the connection closed is not written."""
         self.send(b"later\n")

@@ -199,6 +199,24 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual(len(self.answers()), 1)
         self.assertTrue(self.transport.disconnecting)
 
+    def test_answers_after_the_client_shut_its_side(self):
+        """A client that shuts its writing down after its requests gets their answers, a
+        late one included, then the connection closes; a request cut short is dropped."""
+        self.proto.dataReceived(call(1, "later") + call(2, "echo") + post(b"{")[:-1])
+        self.proto.readConnectionLost()
+        self.assertFalse(self.transport.disconnecting)
+        self.pending[1].callback((200, b"one"))
+        self.assertEqual([b for _, b in self.answers()],
+                         [b"one", b'{"error": null, "result": [], "id": 2}'])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_shut_side_with_nothing_waiting_closes(self):
+        """With every answer written, a client's shutdown closes the connection."""
+        self.proto.dataReceived(call(2, "echo"))
+        self.assertEqual(len(self.answers()), 1)
+        self.proto.readConnectionLost()
+        self.assertTrue(self.transport.disconnecting)
+
     def test_answer_after_disconnect_is_dropped(self):
         """A handler finishing after the client left writes nothing."""
         self.proto.dataReceived(call(1, "later"))

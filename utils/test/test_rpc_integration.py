@@ -5,6 +5,7 @@ import json
 import socket
 
 from twisted.internet import defer, reactor, threads
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
@@ -223,6 +224,58 @@ class LoopbackTests(TestCase):
         self.assertEqual((reply.sequence, reply.body),
                          (7, b'{"error": null, "result": {"echo": [5]}, "id": 0}'))
         self.flushLoggedErrors()
+
+    async def half_close_scenario(self):
+        self.handlers[103] = lambda params, req: deferLater(reactor, 0.2, lambda: "late")
+        factory = RPCServerFactory(self.handlers, 10240, name="test")
+        ports = await listen_rpc(reactor, self.bind[0], factory)
+        self.addCleanup(self.stop_server, ports)
+
+        def exchange():
+            sock = socket.create_connection(("127.0.0.1", self.port), 5)
+            try:
+                sock.sendall(rpc.encode(rpc.Packet(103, sequence=1, body=b"[]"))
+                             + rpc.encode(rpc.Packet(101, sequence=2, body=b"[5]")))
+                sock.shutdown(socket.SHUT_WR)
+                got = b""
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return got
+                    got += chunk
+            finally:
+                sock.close()
+        exchanged = threads.deferToThread(exchange)
+        await until(lambda: factory.connections)
+        [conn] = factory.connections
+        self.assertTrue(conn.transport.getTcpNoDelay())
+        got = await exchanged
+        replies = rpc.StreamDecoder(10240).feed(got)
+        self.assertEqual([(p.sequence, p.body) for p in replies],
+                         [(2, b'{"error": null, "result": {"echo": [5]}, "id": 0}'),
+                          (1, b'{"error": null, "result": "late", "id": 0}')])
+
+    def test_replies_after_the_client_shut_its_side(self):
+        """A client that shuts its writing down after its requests (`nc -N`) reads their
+        replies, a late one included, then the end of the connection; accepted TCP
+        connections send without delay."""
+        return defer.Deferred.fromCoroutine(self.half_close_scenario())
+
+    async def busy_udp_scenario(self):
+        taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", self.port))
+        factory = RPCServerFactory(self.handlers, 10240, name="test")
+        with self.assertRaises(CannotListenError):
+            await listen_rpc(reactor, self.bind, factory)
+        # the TCP port opened first was closed again
+        ports = await listen_rpc(reactor, self.bind[0], factory)
+        await self.stop_server(ports)
+
+    def test_udp_address_taken(self):
+        """listen_rpc fails (it does not raise) when a udp address is taken, and closes
+        what it had opened."""
+        return defer.Deferred.fromCoroutine(self.busy_udp_scenario())
 
     def test_packets_before_a_bad_one(self):
         """The requests read before bad bytes are answered, then the connection closed, as

@@ -106,6 +106,33 @@ class DispatchTests(Server):
         self.assertTrue(self.transport.connected)
         self.assertFalse(self.transport.disconnecting)
 
+    def test_unknown_command_with_a_bad_body_closes(self):
+        """The body is read before the command is looked up, as the original reads it: one
+        that is not a JSON array closes the connection even for an unknown command."""
+        self.send(999, b"not json")
+        self.assertEqual(self.replies(), [])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_replies_after_the_peer_shut_its_side(self):
+        """A peer that shuts its writing down after its requests gets their replies, those
+        still to come included; the connection closes after the last one."""
+        self.send(104, sequence=1)
+        self.send(101, sequence=2)
+        self.proto.readConnectionLost()
+        self.assertFalse(self.transport.disconnecting)
+        self.pending[0].callback("late")
+        self.assertEqual([p.sequence for p in self.replies()], [2, 1])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_shut_side_with_nothing_waiting_closes(self):
+        """With every request answered (an unknown command has no answer to wait for), a
+        peer's shutdown closes the connection at once, after what is written."""
+        self.send(101)
+        self.send(999)
+        self.proto.readConnectionLost()
+        self.assertEqual(len(self.replies()), 1)
+        self.assertTrue(self.transport.disconnecting)
+
     def test_pipelined(self):
         """Several requests in one chunk are all answered in order."""
         data = b"".join(rpc.encode(rpc.Packet(101, sequence=i, body=b"[%d]" % i))
@@ -256,3 +283,22 @@ class DatagramTests(Server):
         self.assertEqual([addr for _, addr in sent], [("127.0.0.1", 5555), ("127.0.0.1", 5557)])
         self.assertEqual(rpc.decode_packet(sent[0][0]).body,
                          b'{"error": null, "result": {"echo": [5]}, "id": 0}')
+
+    def test_udp_over_max_pkg_size_dropped(self):
+        """A datagram longer than max_pkg_size is dropped, as a longer stream packet
+        closes its connection; one of max_pkg_size is answered."""
+        proto = RPCDatagramProtocol(self.factory)
+        sent = []
+
+        class Transport:
+            def write(self, data, addr):
+                sent.append(addr)
+
+        proto.transport = Transport()
+        header = len(rpc.encode(rpc.Packet(101, body=b"[]")))
+        for size in (200, 201):
+            body = b"[%s]" % (b" " * (size - header))
+            packet = rpc.encode(rpc.Packet(101, body=body))
+            self.assertEqual(len(packet), size)
+            proto.datagramReceived(packet, ("127.0.0.1", size))
+        self.assertEqual(sent, [("127.0.0.1", 200)])
