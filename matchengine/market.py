@@ -261,6 +261,8 @@ class Market:
         """[[price, amount], ...] best first, at most `limit` levels, merged by `interval`."""
         book = self.side_book(side)
         out = []
+        if limit <= 0:
+            return out
         if not interval:
             for level in book.values():
                 if len(out) >= limit:

@@ -43,11 +43,13 @@ FORK_SUMMARY_ENTRIES = 20000
 GC_YOUNG_THRESHOLD = 20000
 
 # bytes the operation log's `detail` column (TEXT) holds.  A write's entry is its params
-# written again as JSON: at most about 1.5 times its request's body (a space after each comma
-# and colon) and a hundred bytes, so only a body larger than LOG_CHECKED_FROM can make an
-# entry too long, and only such a write has its entry measured before it is executed
+# written again as JSON, at most about 5.3 times its request's body (a number such as 1e-5
+# comes back as 1.0000000000000001e-05, a character outside ASCII as a \uXXXX escape or
+# two, a space follows each comma and colon) and a hundred bytes: only a body larger than
+# LOG_CHECKED_FROM can make an entry too long, and only such a write has its entry measured
+# before it is executed
 LOG_DETAIL_MAX = 65535
-LOG_CHECKED_FROM = 40000
+LOG_CHECKED_FROM = LOG_DETAIL_MAX // 6
 
 # the modules of the matching path, compiled with Cython when installed (setup.py)
 COMPILED_MODULES = ("matchengine.balance", "matchengine.book", "matchengine.effects",

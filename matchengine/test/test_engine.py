@@ -342,6 +342,20 @@ class UnitTests(SynchronousTestCase):
         self.assertEqual(self.run_cmd(206, "BTCBCH", 10, "0")["result"],
                          {"asks": [["8000", "1.5"]], "bids": []})
 
+    def test_depth_limit_zero(self):
+        """A limit of 0 lists no level, merged by an interval or not, as the original's
+        loops stop before the first."""
+        self.deposit(1, "BTC", "5", 1)
+        self.deposit(2, "BCH", "100000", 2)
+        self.run_cmd(201, 1, "BTCBCH", 1, "1", "8000", "0", "0", "")
+        self.run_cmd(201, 1, "BTCBCH", 1, "1", "8100", "0", "0", "")
+        self.run_cmd(201, 2, "BTCBCH", 2, "1", "7000", "0", "0", "")
+        for interval in ("0", "10"):
+            self.assertEqual(self.run_cmd(206, "BTCBCH", 0, interval)["result"],
+                             {"asks": [], "bids": []})
+        self.assertEqual(self.run_cmd(206, "BTCBCH", 1, "10")["result"],
+                         {"asks": [["8000", "1"]], "bids": [["7000", "1"]]})
+
     def test_effects_of_a_trade(self):
         """A crossing order leaves the original's history rows and messages, in order."""
         self.deposit(1, "BTC", "1", 1)

@@ -247,6 +247,11 @@ class ServiceTests(TestCase):
         reply = await h.call(102, [1, "BCH", "deposit", 1, "10", {"note": "x" * 70000}])
         self.assertEqual(reply["error"], {"code": 1, "message": "invalid argument"})
         self.assertEqual(h.state(), before)
+        # a body of about 35,000 bytes whose numbers come back longer in the entry (1e-05
+        # is written 1.0000000000000001e-05): about 120,000 bytes
+        reply = await h.call(102, [1, "BCH", "deposit", 2, "10", {"a": [1e-5] * 5000}])
+        self.assertEqual(reply["error"], {"code": 1, "message": "invalid argument"})
+        self.assertEqual(h.state(), before)
         # an order's amount of 70,000 characters, leading zeros: a valid decimal
         reply = await h.call(201, [1, "BTCBCH", 1, "0" * 70000 + "1", "100", "0", "0", ""])
         self.assertEqual(reply["error"], {"code": 1, "message": "invalid argument"})
