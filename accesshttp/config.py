@@ -5,7 +5,7 @@ from utils import config as cfg
 
 SCHEMA = cfg.DAEMON.extend({
     "svr": cfg.HTTP_SERVER,
-    "monitor": cfg.PLAIN_SERVER,
+    "monitor": cfg.MONITOR,
     "matchengine": cfg.RPC_CLIENT,
     "marketprice": cfg.RPC_CLIENT,
     "readhistory": cfg.RPC_CLIENT,

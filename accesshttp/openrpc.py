@@ -34,6 +34,8 @@ USER = _p("user_id", INT, "user id (unsigned 32-bit)")
 MARKET = _p("market", STR, "market name, e.g. BTCBCH")
 OFFSET = _p("offset", INT, "records to skip")
 LIMIT = _p("limit", INT, "records to return, 1 to 101")
+# the matchengine's lists take 0 too (an empty page with the total)
+BOOK_LIMIT = _p("limit", INT, "records to return, 0 to 101")
 
 # name -> (summary, params, result schema, errors beyond 1/2/3)
 CATALOGUE = {
@@ -85,7 +87,7 @@ CATALOGUE = {
                      [USER, MARKET, _p("order_id", INT, "order id")], ORDER,
                      [(10, "order not found"), (11, "user not match")]),
     "order.book": ("Open orders of one side of a market in matching priority.",
-                   [MARKET, _p("side", SIDE, "1 asks, 2 bids"), OFFSET, LIMIT],
+                   [MARKET, _p("side", SIDE, "1 asks, 2 bids"), OFFSET, BOOK_LIMIT],
                    {"type": "object", "properties": {
                        "offset": INT, "limit": INT, "total": INT,
                        "orders": {"type": "array", "items": ORDER}}}, []),
@@ -97,7 +99,7 @@ CATALOGUE = {
                         "bids": {"type": "array", "items": {"type": "array", "items": DEC}}}},
                     []),
     "order.pending": ("A user's open orders in a market, newest first.",
-                      [USER, MARKET, OFFSET, LIMIT],
+                      [USER, MARKET, OFFSET, BOOK_LIMIT],
                       {"type": "object", "properties": {
                           "offset": INT, "limit": INT, "total": INT,
                           "records": {"type": "array", "items": ORDER}}}, []),
@@ -126,7 +128,8 @@ CATALOGUE = {
                       _p("interval", INT, "seconds per k-line")],
                      {"type": "array", "items": {"type": "array"}}, []),
     "market.status": ("Open, close, high, low, volume and deal over the last period seconds.",
-                      [MARKET, _p("period", INT, "seconds, up to a month")],
+                      [MARKET, _p("period", INT, "seconds, up to marketprice's sec_max "
+                                                        "(604800, a week, by default)")],
                       {"$ref": "#/components/schemas/MarketStatus"}, []),
     "market.status_today": ("Open, last, high, low, volume and deal of the last 24 hours.",
                             [MARKET], {"$ref": "#/components/schemas/MarketToday"}, []),

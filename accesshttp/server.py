@@ -78,7 +78,7 @@ class AccessHTTP(service.Service):
         handlers["rpc.discover"] = self._discover
         svr = cfg["svr"]
         self.factory = http.HTTPServerFactory(handlers, max_body=svr["max_pkg_size"],
-                                              keep_alive=float(svr["keep_alive"] or 3600),
+                                              keep_alive=float(svr["keep_alive"]),
                                               reactor=reactor)
         self.ports = []
 

@@ -13,7 +13,7 @@ KAFKA = cfg.Section({
 
 SCHEMA = cfg.DAEMON.extend({
     "svr": cfg.WEBSOCKET_SERVER,
-    "monitor": cfg.PLAIN_SERVER,
+    "monitor": cfg.MONITOR,
     "matchengine": cfg.RPC_CLIENT,
     "marketprice": cfg.RPC_CLIENT,
     "readhistory": cfg.RPC_CLIENT,

@@ -64,6 +64,27 @@ def tls_options(cert_path, key_path):
     return ssl.PrivateCertificate.loadPEM(cert + b"\n" + key).options()
 
 
+def check_tls(path, cfg):
+    """ConfigError naming the key when the `tls` block's certificate or key cannot be read
+    or used (the daemon would fail at each start)."""
+    from utils.config import ConfigError
+    tls = cfg.get("tls")
+    if tls is None:
+        return
+    for key in ("cert", "key"):
+        try:
+            with open(tls[key], "rb"):
+                pass
+        except OSError as e:
+            raise ConfigError("%s: tls.%s: cannot read %s: %s"
+                              % (path, key, tls[key], e.strerror or e)) from None
+    try:
+        tls_options(tls["cert"], tls["key"])
+    except Exception as e:
+        raise ConfigError("%s: tls: the certificate %s and key %s cannot be used: %s"
+                          % (path, tls["cert"], tls["key"], e)) from None
+
+
 def tls_factory(cfg, factory):
     """`factory` wrapped in TLS when the config has a `tls` block, else None."""
     from twisted.protocols.tls import TLSMemoryBIOFactory

@@ -12,11 +12,16 @@ from accessws import config
 from utils.daemon import daemon_options, gateway_tree, plugin_reactor
 
 
+def _check_tls(options):
+    from accessws.server import check_tls
+    check_tls(options["config"], options["loaded"])
+
+
 Options = daemon_options(
     __file__, config.load,
     ("The websocket gateway: queries, market-data subscriptions polled from the "
      "backends, order and asset pushes from Kafka, server.auth through auth_url."),
-    workers=True)
+    prepare=_check_tls, workers=True)
 
 
 def http_get(reactor):

@@ -6,9 +6,18 @@ import os
 
 from matchengine import cli, config
 from utils import mysql
+from utils.config import ConfigError
 from utils.daemon import daemon_options, plugin_reactor, service_tree
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf", "config.json")
+
+
+def _tables(options):
+    """The assets and markets of the config, its errors naming the file and key."""
+    try:
+        options["tables"] = config.build_tables(options["loaded"])
+    except ConfigError as e:
+        raise ConfigError("%s: %s" % (options["config"], e)) from None
 
 
 Options = daemon_options(
@@ -16,7 +25,7 @@ Options = daemon_options(
     ("The matching engine: balances, order books and matching, served over the "
      "binary RPC protocol; operation log and slices in MySQL, history in MySQL, "
      "deals/orders/balances messages to Kafka."),
-    prepare=lambda options: options.update(tables=config.build_tables(options["loaded"])))
+    prepare=_tables)
 
 
 def database(section, **kwargs):

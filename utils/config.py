@@ -47,7 +47,7 @@ __all__ = [
     "ConfigError", "ConfigSection", "HostPort", "REQUIRED",
     "Field", "Str", "Brokers", "Int", "UInt", "Real", "Bool", "Address", "AddressList",
     "InetAddress", "HostPortField", "DecimalStr", "List", "Section", "load", "load_data",
-    "PROCESS", "LOG", "ALERT", "DAEMON", "RPC_SERVER", "PLAIN_SERVER", "HTTP_SERVER",
+    "PROCESS", "LOG", "ALERT", "DAEMON", "RPC_SERVER", "PLAIN_SERVER", "MONITOR", "HTTP_SERVER",
     "WEBSOCKET_SERVER", "RPC_CLIENT", "MYSQL", "KAFKA_CONSUMER", "REDIS_SENTINEL", "CLI",
     "LOG_SHIFTS", "log_shift",
 ]
@@ -584,8 +584,12 @@ DAEMON = Section({
     "alert": ALERT.optional(),
 })
 
+# the socket types each kind of server listens on
+ANY_SOCKET = ("tcp", "udp", "stream", "dgram")
+STREAM_SOCKET = ("tcp", "stream")
+
 PLAIN_SERVER = Section({
-    "bind": AddressList(),
+    "bind": AddressList(kinds=ANY_SOCKET),
     "max_pkg_size": UInt(),
     "buf_limit": UInt(0),
     "read_mem": UInt(0),
@@ -596,11 +600,16 @@ RPC_SERVER = PLAIN_SERVER.extend({
     "heartbeat_check": Bool(True),
 })
 
-HTTP_SERVER = PLAIN_SERVER.extend({
+# a liveness port: connections accepted, nothing answered
+MONITOR = PLAIN_SERVER.extend({
+    "bind": AddressList(kinds=STREAM_SOCKET),
+})
+
+HTTP_SERVER = MONITOR.extend({
     "keep_alive": Int(3600, min=0),
 })
 
-WEBSOCKET_SERVER = PLAIN_SERVER.extend({
+WEBSOCKET_SERVER = MONITOR.extend({
     "keep_alive": Int(3600, min=0),
     "protocol": Str("chat"),
     "origin": Str(""),
@@ -643,5 +652,5 @@ REDIS_SENTINEL = Section({
     "db": Int(0, min=0),
 })
 
-CLI = Address()
+CLI = Address(kinds=STREAM_SOCKET)
 

@@ -15,6 +15,7 @@ import faulthandler
 import os
 import signal
 import sys
+import time
 
 from twisted.application import service
 from twisted.internet import defer
@@ -23,6 +24,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from utils.config import ConfigError
+from utils.log import log_file_name
 
 __all__ = ["daemon_options", "service_tree", "SignalService", "OrderedMultiService",
            "gateway_tree", "listener_tree", "worker_tree", "give_up", "gave_up",
@@ -152,7 +154,8 @@ def daemon_options(package_file, load, longdesc, prepare=None, workers=False):
 
 def log_directory(path, cfg):
     """Make the directory of the config's `log.path` when it is missing; ConfigError naming
-    the key when it cannot be made or written to (the daemon would run without a log)."""
+    the key when it cannot be made or written to, or when the log file there is a directory
+    or cannot be written to (the daemon would run without a log)."""
     section = cfg.get("log") if hasattr(cfg, "get") else None
     if section is None:
         return
@@ -165,6 +168,10 @@ def log_directory(path, cfg):
     if not os.access(directory, os.W_OK | os.X_OK):
         raise ConfigError("%s: log.path: the directory %s cannot be written to"
                           % (path, directory))
+    name = log_file_name(os.path.abspath(section.path), section.get("shift", "size"),
+                         time.time())
+    if os.path.isdir(name) or (os.path.exists(name) and not os.access(name, os.W_OK)):
+        raise ConfigError("%s: log.path: %s cannot be written to" % (path, name))
 
 
 LIMITS = (("file_limit", "RLIMIT_NOFILE"), ("core_limit", "RLIMIT_CORE"))

@@ -16,8 +16,8 @@ to the handler registered for the method:
 A handler returns (or fires a Deferred with) `(status, body_bytes)`.  Connections are
 persistent; pipelined requests are answered in the order they arrived, whatever order their
 handlers finish in.  Bodies may come with Content-Length or chunked, in as many TCP reads as
-they like.  A connection idle for `keep_alive` seconds, or holding a request that does not
-complete within `request_timeout` seconds (a slow or stuck client), is closed; past
+they like.  A connection idle for `keep_alive` seconds (0: never), or holding a request that
+does not complete within `request_timeout` seconds (a slow or stuck client), is closed; past
 `max_pipeline` unanswered requests the server stops reading from that client.
 
 Responses carry exactly `Date` and `Content-Length`, as the original's do (its `Date` spells
@@ -159,6 +159,8 @@ class HTTPServerProtocol(protocol.Protocol):
                 self._reject(400, "malformed HTTP: %s" % e)
 
     def _touch(self):
+        if not self.factory.keep_alive:
+            return      # 0: idle connections are kept, as the original keeps them
         clock = self.factory.clock
         if self.idle_call is not None and self.idle_call.active():
             self.idle_call.reset(self.factory.keep_alive)

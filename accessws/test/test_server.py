@@ -422,3 +422,36 @@ class ServiceTests(TestCase):
     def test_tls(self):
         """With `tls`, the tcp bind serves wss:// with the configured certificate."""
         return defer.Deferred.fromCoroutine(self.tls_scenario())
+
+
+class TLSConfigTests(TestCase):
+
+    def test_unusable_certificate_or_key(self):
+        """A `tls` certificate or key that cannot be read or used is a config error naming
+        the key, before anything starts (the daemon would fail at each start)."""
+        import os
+
+        from twisted.python import usage
+
+        from accessws import tap
+        with open(tap.Options()["config"]) as f:
+            data = json.load(f)
+        cert, key = self_signed(self.mktemp())
+
+        def parse(tls):
+            path = os.path.abspath(self.mktemp())
+            with open(path, "w") as f:
+                json.dump(dict(data, tls=tls), f)
+            tap.Options().parseOptions(["--config", path])
+            return path
+
+        parse({"cert": cert, "key": key})
+        for tls, message in (({"cert": cert + ".missing", "key": key},
+                              "tls.cert: cannot read %s.missing: " % cert),
+                             ({"cert": cert, "key": key + ".missing"},
+                              "tls.key: cannot read %s.missing: " % key),
+                             ({"cert": cert, "key": cert},
+                              "tls: the certificate %s and key %s cannot be used" % (cert,
+                                                                                   cert))):
+            error = self.assertRaises(usage.UsageError, parse, tls)
+            self.assertIn(message, str(error))

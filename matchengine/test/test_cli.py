@@ -2,6 +2,7 @@
 """The matchengine CLI commands, the twistd options and the config checks."""
 
 import json
+import os
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
@@ -121,11 +122,17 @@ class TapTests(SynchronousTestCase):
         self.assertIn("db_log", str(e))
 
     def test_unknown_asset(self):
-        """A market on an unknown asset is refused at start."""
+        """A market on an unknown asset is refused at start, naming the file and key."""
         cfg = json.load(open(tap.DEFAULT_CONFIG))
         cfg["markets"][0]["money"]["name"] = "XYZ"
         e = self.assertRaises(ConfigError, config.build_tables, config.load_data(cfg))
         self.assertIn("markets[0].money.name", str(e))
+        # at start, with the file
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        e = self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--config", path])
+        self.assertIn("%s: markets[0].money.name: unknown asset" % path, str(e))
 
     def test_make_service(self):
         """makeService builds the log, engine and CLI services."""

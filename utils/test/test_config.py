@@ -9,9 +9,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from utils import config, testing
 from utils.config import (
-    ALERT, CLI, HTTP_SERVER, KAFKA_CONSUMER, LOG, MYSQL, PLAIN_SERVER, PROCESS, REDIS_SENTINEL,
-    RPC_CLIENT, RPC_SERVER, WEBSOCKET_SERVER, Address, Bool, Brokers, ConfigError,
-    ConfigSection, DecimalStr, HostPort, Int, List, Real, Section, Str, UInt, load, load_data)
+    ALERT, CLI, HTTP_SERVER, KAFKA_CONSUMER, LOG, MONITOR, MYSQL, PLAIN_SERVER, PROCESS,
+    REDIS_SENTINEL, RPC_CLIENT, RPC_SERVER, WEBSOCKET_SERVER, Address, Bool, Brokers,
+    ConfigError, ConfigSection, DecimalStr, HostPort, Int, List, Real, Section, Str, UInt, load,
+    load_data)
 
 ACCESSHTTP_CONFIG = {
     "debug": True,
@@ -324,6 +325,27 @@ class SharedSectionTests(SynchronousTestCase):
                       Section({"c": RPC_CLIENT}), "x.json")
         self.assertIn("x.json: c.addr[0]: address 'udp@127.0.0.1:7316' must be of type",
                       str(caught.exception))
+
+    def test_servers_take_the_socket_types_they_serve(self):
+        """An RPC server listens on stream and datagram sockets; an HTTP or websocket
+        server, a monitor port and the CLI on stream sockets; no server on seqpacket."""
+        def bind(schema, address):
+            data = {"bind": [address], "max_pkg_size": 1}
+            return load_data({"s": data}, Section({"s": schema}), "x.json")
+        for address in ("tcp@127.0.0.1:1", "udp@127.0.0.1:1", "stream@/s", "dgram@/d"):
+            bind(RPC_SERVER, address)
+            bind(PLAIN_SERVER, address)
+        for schema in (HTTP_SERVER, WEBSOCKET_SERVER, MONITOR):
+            bind(schema, "tcp@127.0.0.1:1")
+            bind(schema, "stream@/s")
+            with self.assertRaises(ConfigError) as caught:
+                bind(schema, "udp@127.0.0.1:1")
+            self.assertIn("x.json: s.bind[0]: address 'udp@127.0.0.1:1' must be of type tcp "
+                          "or stream", str(caught.exception))
+        with self.assertRaises(ConfigError):
+            bind(RPC_SERVER, "seqpacket@/q")
+        with self.assertRaises(ConfigError):
+            load_data({"cli": "udp@127.0.0.1:1"}, Section({"cli": CLI}))
 
     def test_websocket_mysql_kafka_defaults(self):
         """The remaining shared sections fill in the original's defaults."""

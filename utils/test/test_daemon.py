@@ -52,8 +52,9 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("/nonexistent/config.json", str(error))
 
     def test_log_directory(self):
-        """The directory of log.path is made when missing; one that cannot be made is a
-        usage error naming the key (the daemon would have run without a log)."""
+        """The directory of log.path is made when missing; one that cannot be made, or a log
+        file that cannot be written, is a usage error naming the key (the daemon would have
+        run without a log)."""
         with open(readhistory_tap.Options()["config"]) as f:
             data = json.load(f)
         base = os.path.abspath(self.mktemp())
@@ -69,6 +70,14 @@ class OptionsTests(SynchronousTestCase):
                                   ["--config", path])
         self.assertIn("%s: log.path: cannot make the directory %s" % (path, blocker),
                       str(error))
+        # the log file itself a directory
+        data["log"]["path"] = os.path.join(base, "deeper", "readhistory")
+        os.mkdir(os.path.join(base, "deeper", "readhistory.log"))
+        path = self.write(data)
+        error = self.assertRaises(usage.UsageError, readhistory_tap.Options().parseOptions,
+                                  ["--config", path])
+        self.assertIn("%s: log.path: %s cannot be written to"
+                      % (path, os.path.join(base, "deeper", "readhistory.log")), str(error))
 
     def test_prepare(self):
         """prepare derives more from the config; its ConfigError is a usage error too."""

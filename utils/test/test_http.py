@@ -186,6 +186,17 @@ class ServerTests(SynchronousTestCase):
         self.clock.advance(1.5)
         self.assertTrue(self.transport.disconnected)
 
+    def test_keep_alive_zero_keeps_idle_connections(self):
+        """keep_alive 0 closes no idle connection, as the original's."""
+        self.factory.keep_alive = 0
+        self.proto = self.factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        self.proto.dataReceived(call(1, "echo"))
+        self.assertEqual(len(self.answers()), 1)
+        self.clock.advance(10 ** 7)
+        self.assertFalse(self.transport.disconnecting)
+
     def test_connection_close_and_http10(self):
         """`Connection: close` and HTTP/1.0 without keep-alive close after the answer."""
         self.proto.dataReceived(post({"id": 1, "method": "echo", "params": []},
