@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from accesshttp import openrpc
 from network.address import buffer_sizes, listen, listen_monitor
 from utils import http
-from utils.daemon import give_up
+from utils.daemon import give_up, mark_ready
 from utils.jsonfmt import dumps
 from utils.rpc_client import (ConnectionLost, NotConnected, RequestTooLarge, RPCClient,
                               RPCTimeout)
@@ -101,6 +101,7 @@ class AccessHTTP(service.Service):
             give_up(self.reactor, self.log, "accesshttp could not listen")
             return
         self.log.info("accesshttp ready on {bind}", bind=", ".join(self.cfg["svr"]["bind"]))
+        mark_ready()
 
     def stopService(self):
         service.Service.stopService(self)

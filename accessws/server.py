@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from accessws.depth import diff
 from network.address import buffer_sizes, set_no_delay
 from utils import rpc
-from utils.daemon import give_up
+from utils.daemon import give_up, mark_ready
 from utils.decimals import to_display
 from utils.jsonfmt import dumps
 from utils.rpc_client import (ConnectionLost, NotConnected, RequestTooLarge, RPCClient,
@@ -211,6 +211,7 @@ class AccessWS(service.Service):
             give_up(self.reactor, self.log, "accessws could not listen")
             return
         self.log.info("accessws ready on {bind}", bind=", ".join(self.cfg["svr"]["bind"]))
+        mark_ready()
 
     def stopService(self):
         service.Service.stopService(self)

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from network.address import buffer_sizes, listen, listen_udp, parse_address
 from utils.alert import MAGIC, MAX_SIZE
-from utils.daemon import give_up
+from utils.daemon import give_up, mark_ready
 
 __all__ = ["AlertCenter", "KEY", "parse_line"]
 
@@ -113,6 +113,7 @@ class AlertCenter(service.Service):
             give_up(self.reactor, self.log, "alertcenter could not listen")
             return
         self.log.info("alertcenter ready on {bind}", bind=", ".join(self.cfg["svr"]["bind"]))
+        mark_ready()
 
     def stopService(self):
         service.Service.stopService(self)

@@ -23,7 +23,7 @@ from network.address import buffer_sizes
 from marketprice.kline import (GRANULARITIES, MONTH, WEEK, KLine, Market, parse_deal,
                                timezone_offset)
 from utils import decimals, rpc
-from utils.daemon import give_up
+from utils.daemon import give_up, mark_ready
 from utils.jsonfmt import RawJSON, dumps
 from utils.rpc_server import RPCServerFactory, listen_rpc
 
@@ -130,6 +130,7 @@ class MarketPrice(service.Service):
             self.ports = await listen_rpc(self.reactor, self.cfg["svr"]["bind"], self.factory,
                            **buffer_sizes(self.cfg["svr"]))
         self.is_ready = True
+        mark_ready()
 
     async def _market_names(self):
         while True:

@@ -26,7 +26,7 @@ from matchengine import engine as engine_module
 from matchengine.effects import TOPIC_BALANCES, TOPIC_DEALS, TOPIC_ORDERS
 from matchengine.operlog import OperationLog, stamp
 from utils import forked, rpc
-from utils.daemon import give_up
+from utils.daemon import give_up, mark_ready
 from utils.jsonfmt import dumps
 from utils.rpc_server import NO_REPLY, RPCServerFactory, listen_rpc
 
@@ -158,6 +158,7 @@ class MatchEngine(service.Service):
             self.log.warn("matching modules not compiled, running about half as fast: {names} "
                           "(install with Cython and a C compiler)", names=" ".join(slow))
         self.is_ready = True
+        mark_ready()
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
             d.callback(self)

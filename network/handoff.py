@@ -332,12 +332,13 @@ class Listener(service.Service):
     """Binds `binds` and hands what they accept to `pool`; the addresses of a `monitor`
     section are served here.  `buffers` are `read_mem`/`write_mem` keywords.  When a bind
     fails, `on_failure(what)` is called while its exception is handled: the daemon gives
-    up."""
+    up; once every address listens, `on_ready()` is called."""
 
     def __init__(self, reactor, binds, pool, on_failure, monitor=None, name="listener",
-                 buffers=None):
+                 buffers=None, on_ready=lambda: None):
         self.reactor = reactor
         self.on_failure = on_failure
+        self.on_ready = on_ready
         self.binds = list(binds)
         self.buffers = buffers or {}
         self.pool = pool
@@ -365,6 +366,7 @@ class Listener(service.Service):
             return
         log.info("{name} ready on {bind}, {count} workers", name=self.name,
                  bind=", ".join(self.binds), count=self.pool.count)
+        self.on_ready()
 
     def stopService(self):
         service.Service.stopService(self)

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from network.address import buffer_sizes
 from readhistory.reader import QUERIES
 from utils import rpc
-from utils.daemon import give_up
+from utils.daemon import give_up, mark_ready
 from utils.rpc_server import RPCServerFactory, listen_rpc
 
 __all__ = ["ReadHistory"]
@@ -52,6 +52,7 @@ class ReadHistory(service.Service):
     def _listening(self, ports):
         self.ports = ports
         self.log.info("readhistory ready on {bind}", bind=", ".join(self.cfg["svr"]["bind"]))
+        mark_ready()
 
     def _failed(self, failure):
         give_up(self.reactor, self.log, "readhistory could not listen", failure)

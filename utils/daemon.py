@@ -45,6 +45,29 @@ _gave_up = []
 _twistd = []
 
 
+# set by the watchdog for its worker: where the worker writes its pid once it is ready
+READY_FILE = "VIABTC_READY_FILE"
+
+
+def mark_ready():
+    """Note that this process has finished starting (its state loaded, its ports open), for
+    the watchdog's `check`: until then a worker that runs without an open port is starting,
+    not down (a matchengine replaying its operation log may take minutes, and a cron line
+    restarting it meanwhile would have it start over for ever).  Its pid goes into the file
+    the watchdog named in its environment; nothing without one."""
+    path = os.environ.get(READY_FILE)
+    if not path:
+        return
+    partial = path + ".partial"
+    try:
+        with open(partial, "w") as f:
+            f.write("%d\n" % os.getpid())
+        os.replace(partial, path)
+    except OSError as e:
+        log.warn("cannot write {path} ({error}): check_alive.sh will call this daemon "
+                 "starting", path=path, error=e.strerror or e)
+
+
 def give_up(reactor, logger, what, failure=None):
     """Stop a daemon that cannot do its work (an address it cannot bind, state it cannot
     load): log `what` with the failure (default: the exception being handled) as critical,
@@ -308,8 +331,8 @@ def listener_tree(cfg, options, reactor, module):
     pool = WorkerPool(reactor, lambda index: worker_command(module, options, index),
                       cfg["worker_num"], name=module + " worker")
     Listener(reactor, cfg["svr"]["bind"], pool, lambda what: give_up(reactor, log, what),
-             cfg["monitor"], name=module + " listener",
-             buffers=buffer_sizes(cfg["svr"])).setServiceParent(top)
+             cfg["monitor"], name=module + " listener", buffers=buffer_sizes(cfg["svr"]),
+             on_ready=mark_ready).setServiceParent(top)
     return top
 
 

@@ -14,6 +14,8 @@ A module's deployment folder (`bin/ conf/ log/ shell/`) holds:
 
 - `log/<module>.pid`        the watchdog's pid (daemonized twistd)
 - `log/<module>.worker.pid` the worker's pid
+- `log/<module>.ready`      the worker's pid once it has started: its state loaded, its
+  ports open (`utils.daemon.mark_ready`)
 - `log/watchdog.log`        the watchdog's log, the worker's stdout and stderr included
   (what the worker prints before its own log is set up: a failure to start)
 
@@ -30,7 +32,10 @@ The shell scripts call this module:
     python -m utils.watchdog check   DIR MODULE [CONFIG]
 
 `check` exits 0 and prints `up` when watchdog and worker run and every TCP address of the
-config's `svr.bind` accepts a connection; otherwise it prints why and exits 1.
+config's `svr.bind` answers within 2 s (a heartbeat for the RPC daemons, a request for the
+gateways; alertcenter's need only take the connection), or `up, starting` while the worker has not finished
+starting (a matchengine replaying its log: restarting it would only start that over);
+otherwise it prints why and exits 1.
 """
 
 import contextlib
@@ -45,7 +50,8 @@ import time
 from twisted.application.service import MultiService, Service
 from twisted.python import usage
 
-from utils.daemon import TWISTD, stop_reactor
+from network.address import parse_address
+from utils.daemon import READY_FILE, TWISTD, stop_reactor
 
 __all__ = ["Options", "make_monitor", "paths", "read_pid", "start", "stop", "check", "main"]
 
@@ -53,6 +59,7 @@ THRESHOLD = 1.0
 MIN_RESTART_DELAY = 0.25
 MAX_RESTART_DELAY = 1.0
 KILL_TIME = 60.0
+PROBE_TIMEOUT = 2.0     # seconds `check` waits for a connection, then for its answer
 
 
 class Options(usage.Options):
@@ -63,6 +70,8 @@ class Options(usage.Options):
     optParameters = [
         ["worker-pidfile", None, None, "pid file of the child"],
         ["worker-logfile", None, None, "twistd log file of the child"],
+        ["worker-readyfile", None, None, "where the child writes its pid once it has "
+         "started (its state loaded, its ports open)"],
         ["kill-time", None, KILL_TIME, "seconds a stopping child gets before SIGKILL", float],
     ]
 
@@ -116,7 +125,11 @@ def make_monitor(options, reactor=None):
     monitor.killTime = options["kill-time"]
     cmd = worker_command(options["module"], options["args"], options["worker-pidfile"],
                          options["worker-logfile"])
-    monitor.addProcess(options["module"], cmd, env=dict(os.environ), cwd=os.getcwd())
+    env = dict(os.environ)
+    env.pop(READY_FILE, None)
+    if options["worker-readyfile"]:
+        env[READY_FILE] = os.path.abspath(options["worker-readyfile"])
+    monitor.addProcess(options["module"], cmd, env=env, cwd=os.getcwd())
     return monitor
 
 
@@ -154,6 +167,7 @@ def paths(home, module):
     log = os.path.join(home, "log")
     return {"pid": os.path.join(log, module + ".pid"),
             "worker_pid": os.path.join(log, module + ".worker.pid"),
+            "ready": os.path.join(log, module + ".ready"),
             "log": os.path.join(log, "watchdog.log")}
 
 
@@ -183,6 +197,23 @@ def _running(pid):
         return True
 
 
+def _is_daemon(pid, module, role):
+    """Whether `pid` runs as `module`'s `role` ("watchdog" or "worker"): a twistd process
+    with the module's name among its arguments, and "watchdog" among them for the watchdog
+    alone.  A pid file that outlived its process (a crash, a reboot) may name another
+    program's process by now, which is neither waited for nor signalled."""
+    if not _running(pid):
+        return False
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            words = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    if module not in words or not any("twistd" in word for word in words):
+        return False
+    return ("watchdog" in words) == (role == "watchdog")
+
+
 def tcp_addresses(config_path):
     """The (host, port) of every `tcp@` address of the config's svr.bind."""
     with open(config_path) as f:
@@ -190,10 +221,34 @@ def tcp_addresses(config_path):
     bind = [bind] if isinstance(bind, str) else bind
     out = []
     for address in bind:
-        if address.lower().startswith("tcp@"):
-            host, _, port = address[4:].rpartition(":")
-            out.append((host or "127.0.0.1", int(port)))
+        addr = parse_address(address)
+        if addr.kind == "tcp":
+            out.append((addr.host or "127.0.0.1", addr.port))
     return out
+
+
+def _probe(module):
+    """What `check` sends a daemon's TCP port, to see that its reactor answers and not only
+    that the kernel accepts connections for it: None to connect only (alertcenter, which
+    answers nothing)."""
+    if module in ("matchengine", "marketprice", "readhistory"):
+        from utils import rpc
+        return rpc.encode(rpc.heartbeat_request(3))
+    if module == "accesshttp":
+        # refused (400) by the gateway itself: no backend is asked
+        return b"POST / HTTP/1.1\r\nHost: check\r\nContent-Length: 2\r\n\r\n{}"
+    if module == "accessws":
+        return b"GET / HTTP/1.1\r\nHost: check\r\n\r\n"
+    return None
+
+
+def _answers(host, port, probe, timeout=PROBE_TIMEOUT):
+    """OSError unless (host, port) takes a connection and, with a `probe`, answers it."""
+    with socket.create_connection((host, port), timeout) as sock:
+        if probe is not None:
+            sock.sendall(probe)
+            if not sock.recv(1):
+                raise OSError("the connection was closed unanswered")
 
 
 def check(home, module, config=None):
@@ -204,18 +259,25 @@ def check(home, module, config=None):
         return False, "%s: down (no pid file %s)" % (module, p["pid"])
     if not _running(pid):
         return False, "%s: down (watchdog pid %d is not running)" % (module, pid)
+    if not _is_daemon(pid, module, "watchdog"):
+        return False, "%s: down (pid %d of %s is not its watchdog: a stale pid file)" % (
+            module, pid, p["pid"])
     worker = read_pid(p["worker_pid"])
-    if not _running(worker):
+    if not _is_daemon(worker, module, "worker"):
         return False, "%s: down (watchdog pid %d runs, its worker does not: restarting)" % (
             module, pid)
+    if read_pid(p["ready"]) != worker:
+        return True, ("%s: up, starting (watchdog pid %d, worker pid %d loading its state; "
+                      "its ports open once it is ready)" % (module, pid, worker))
     config = config or os.path.join(home, "conf", "config.json")
     try:
         addresses = tcp_addresses(config)
     except (OSError, ValueError) as e:
         return False, "%s: cannot read %s: %s" % (module, config, e)
+    probe = _probe(module)
     for host, port in addresses:
         try:
-            socket.create_connection((host, port), 2).close()
+            _answers(host, port, probe)
         except OSError as e:
             return False, "%s: down (worker pid %d runs but %s:%d does not answer: %s)" % (
                 module, worker, host, port, e.strerror or e)
@@ -252,22 +314,16 @@ def start(home, module, config=None, python=None):
     config = config or os.path.join("conf", "config.json")
     cmd = [python or sys.executable, "-c", TWISTD, "--pidfile", p["pid"], "--umask", "0022",
            "--logfile", p["log"], "watchdog", "--worker-pidfile", p["worker_pid"],
+           "--worker-readyfile", p["ready"],
            "--worker-logfile", os.devnull, module, "--config", config]
     return subprocess.call(cmd, cwd=home)
 
 
 def _orphan(path, module):
-    """The pid of the worker in the pid file at `path` when it runs without its watchdog
-    (the watchdog was killed): a twistd process of `module`, else None."""
+    """The pid in the worker pid file at `path` when it names a running worker of `module`
+    (one whose watchdog was killed, say), else None."""
     pid = read_pid(path)
-    if not _running(pid):
-        return None
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            words = f.read().decode(errors="replace").split("\0")
-    except OSError:
-        return None
-    return pid if module in words and any("twistd" in word for word in words) else None
+    return pid if _is_daemon(pid, module, "worker") else None
 
 
 def stop(home, module, wait=KILL_TIME + 10, out=print):
@@ -275,9 +331,9 @@ def stop(home, module, wait=KILL_TIME + 10, out=print):
     running by a killed watchdog gets the SIGTERM itself."""
     p = paths(home, module)
     pid = read_pid(p["pid"])
-    worker = read_pid(p["worker_pid"])
-    if not _running(pid):
-        pid = _orphan(p["worker_pid"], module)
+    worker = _orphan(p["worker_pid"], module)
+    if not _is_daemon(pid, module, "watchdog"):
+        pid = worker
         if pid is None:
             out("%s: not running" % module)
             return True
@@ -306,6 +362,12 @@ def main(argv=None):
         ok, message = check(home, module, config and os.path.join(home, config))
         print(message)
         return 0 if ok else 1
+    if command in ("start", "restart"):
+        # before anything is stopped: a config that cannot be used leaves the daemon as it is
+        problem = config_problem(home, module, config or os.path.join("conf", "config.json"))
+        if problem is not None:
+            print("%s: not started: %s" % (module, problem), file=sys.stderr)
+            return 1
     if command in ("stop", "restart"):
         if not stop(home, module):
             return 1
@@ -314,7 +376,7 @@ def main(argv=None):
     if command in ("start", "restart"):
         p = paths(home, module)
         pid = read_pid(p["pid"])
-        if _running(pid):
+        if _is_daemon(pid, module, "watchdog"):
             print("%s: already running (watchdog pid %d)" % (module, pid))
             return 1
         orphan = _orphan(p["worker_pid"], module)
@@ -323,14 +385,10 @@ def main(argv=None):
                   % (module, orphan))
             return 1
         if pid is not None:
-            # a watchdog that was killed: its pid may still name a process not yet reaped,
-            # which twistd would take for a running watchdog
+            # a watchdog that was killed: its pid may name a process not yet reaped, or
+            # another program's by now, which twistd would take for a running watchdog
             with contextlib.suppress(FileNotFoundError):
                 os.remove(p["pid"])
-        problem = config_problem(home, module, config or os.path.join("conf", "config.json"))
-        if problem is not None:
-            print("%s: not started: %s" % (module, problem), file=sys.stderr)
-            return 1
         status = start(home, module, config)
         if status == 0:
             print("%s: started" % module)

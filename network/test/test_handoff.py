@@ -253,7 +253,8 @@ class AcceptorTests(SynchronousTestCase):
         self.assertEqual(given, [c.getsockname() for c in clients])
 
     def test_buffers_passed_on(self):
-        """The listening socket's read_mem/write_mem are those of what it accepts."""
+        """The listening socket's read_mem/write_mem are those of what it accepts, which
+        sends without delay."""
         sock = handoff.bind_socket("tcp@127.0.0.1:0", read_mem=70000, write_mem=30000)
         self.addCleanup(sock.close)
         client = socket.create_connection(sock.getsockname())
@@ -342,13 +343,18 @@ class DaemonWorkersTests(TestCase):
         return client
 
     def test_connections_spread_over_workers(self):
-        """Connections are served by both workers, each answering on its own."""
+        """Connections are served by both workers, each answering on its own.  The
+        listener, not a worker, says it is ready to the watchdog's check."""
+        from utils import daemon, watchdog
+        ready = os.path.abspath(self.mktemp())
+        self.patch(os, "environ", dict(os.environ, **{daemon.READY_FILE: ready}))
         workers = self.start_accessws()
         owners = []
         for _ in range(4):
             client = self.ping()
             owners.append(connection_owner(self.port, client.sock.getsockname()[1], workers))
         self.assertEqual(sorted(owners), sorted(workers * 2))
+        self.assertEqual(watchdog.read_pid(ready), self.daemon.proc.pid)
 
     def test_killed_worker_replaced_and_listener_stop_ends_all(self):
         """A worker killed with SIGKILL is started again and connections are still

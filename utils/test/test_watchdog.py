@@ -54,12 +54,112 @@ class OptionsTests(SynchronousTestCase):
         with open(os.path.join(home, "log", "readhistory.pid"), "w") as f:
             f.write(str(os.getpid()))
         ok, message = watchdog.check(home, "readhistory")
-        self.assertIn("its worker does not", message)
+        self.assertFalse(ok)
+        self.assertIn("pid %d of %s is not its watchdog: a stale pid file" % (
+            os.getpid(), os.path.join(home, "log", "readhistory.pid")), message)
+        fake = self.fake_process(home, "readhistory.pid", "twistd", "watchdog", "readhistory")
+        ok, message = watchdog.check(home, "readhistory")
+        self.assertFalse(ok)
+        self.assertIn("watchdog pid %d runs, its worker does not" % fake.pid, message)
+        # a worker that has not said it is ready is starting: up, whatever its port does
+        worker = self.fake_process(home, "readhistory.worker.pid", "twistd", "readhistory")
+        os.makedirs(os.path.join(home, "conf"))
+        with open(os.path.join(home, "conf", "config.json"), "w") as f:
+            json.dump({"svr": {"bind": ["tcp@127.0.0.1:%d" % testing.free_port()]}}, f)
+        ok, message = watchdog.check(home, "readhistory")
+        self.assertTrue(ok)
+        self.assertIn("readhistory: up, starting (watchdog pid %d, worker pid %d loading its "
+                      "state" % (fake.pid, worker.pid), message)
+        # once ready, a port that does not answer is down
+        with open(os.path.join(home, "log", "readhistory.ready"), "w") as f:
+            f.write("%d\n" % worker.pid)
+        ok, message = watchdog.check(home, "readhistory")
+        self.assertFalse(ok)
+        self.assertIn("worker pid %d runs but 127.0.0.1:" % worker.pid, message)
+
+    def test_probe_needs_an_answer(self):
+        """A port whose daemon does not answer is down, though the kernel took the
+        connection: a frozen reactor; one that answers is up."""
+        import socket
+        import threading
+        frozen = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(frozen.close)
+        probe = watchdog._probe("matchengine")
+        with self.assertRaises(OSError):
+            watchdog._answers(*frozen.getsockname(), probe, timeout=0.2)
+        watchdog._answers(*frozen.getsockname(), None, timeout=0.2)     # alertcenter's
+
+        answering = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(answering.close)
+
+        def answer():
+            conn, _ = answering.accept()
+            with conn:
+                conn.recv(100)
+                conn.sendall(b"x")
+        thread = threading.Thread(target=answer)
+        thread.start()
+        self.addCleanup(thread.join)
+        watchdog._answers(*answering.getsockname(), probe, timeout=5)
+
+    def test_ready_file(self):
+        """The watchdog names the ready file in its worker's environment; the worker writes
+        its pid there once it has started, and nothing where none is named."""
+        from utils import daemon
+        options = watchdog.Options()
+        options.parseOptions(["--worker-readyfile", "log/x.ready", "alertcenter"])
+        monitor = watchdog.make_monitor(options)
+        env = monitor.processes["alertcenter"][3]
+        self.assertEqual(env[daemon.READY_FILE], os.path.abspath("log/x.ready"))
+        path = os.path.abspath(self.mktemp())
+        self.patch(os, "environ", dict(os.environ, **{daemon.READY_FILE: path}))
+        daemon.mark_ready()
+        self.assertEqual(watchdog.read_pid(path), os.getpid())
+        os.remove(path)
+        del os.environ[daemon.READY_FILE]
+        daemon.mark_ready()
+        self.assertFalse(os.path.exists(path))
+
+    def test_tcp_addresses(self):
+        """check connects to the svr.bind's TCP addresses, IPv6 literals included."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            json.dump({"svr": {"bind": ["tcp@[::1]:7316", "udp@127.0.0.1:7316",
+                                        "TCP@127.0.0.1:7317"]}}, f)
+        self.assertEqual(watchdog.tcp_addresses(path), [("::1", 7316), ("127.0.0.1", 7317)])
+
+    def fake_process(self, home, pid_file, *words):
+        """A process whose arguments are `words`, its pid written to log/`pid_file`."""
+        process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]
+                                   + list(words))
+        self.addCleanup(process.wait)
+        self.addCleanup(process.kill)
+        with open(os.path.join(home, "log", pid_file), "w") as f:
+            f.write(str(process.pid))
+        return process
+
+    def test_stale_pid_files_signal_nothing(self):
+        """Pid files naming processes of other programs by now (after a crash and a
+        reboot) are stale: stop signals none of them, check says so, start goes on."""
+        home = self.mktemp()
+        os.makedirs(os.path.join(home, "log"))
+        others = [self.fake_process(home, name, "sleep")
+                  for name in ("readhistory.pid", "readhistory.worker.pid")]
+        out = []
+        self.assertTrue(watchdog.stop(home, "readhistory", 1, out.append))
+        self.assertEqual(out, ["readhistory: not running"])
+        self.assertEqual([other.poll() for other in others], [None, None])
+        ok, message = watchdog.check(home, "readhistory")
+        self.assertIn("a stale pid file", message)
+        # a worker of another daemon is not this one's either
+        worker = self.fake_process(home, "readhistory.worker.pid", "twistd", "matchengine")
+        self.assertTrue(watchdog.stop(home, "readhistory", 1, out.append))
+        self.assertIsNone(worker.poll())
 
     def test_start_refuses_a_broken_config(self):
-        """start loads the config as the worker will: a config it cannot use is reported,
-        naming the key, and nothing is started (the watchdog would restart a worker that
-        fails at once, forever, and say "started")."""
+        """start and restart load the config as the worker will: a config they cannot use
+        is reported, naming the key, and nothing is started or stopped (the watchdog would
+        restart a worker that fails at once, forever, and say "started")."""
         import io
         home = os.path.abspath(self.mktemp())
         os.makedirs(os.path.join(home, "conf"))
@@ -79,6 +179,14 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("svr.max_pkg_size: required key missing", err.getvalue())
         self.assertEqual(out.getvalue(), "")
         self.assertFalse(os.path.exists(os.path.join(home, "log", "alertcenter.pid")))
+        # restart refuses it before it stops the running daemon
+        os.makedirs(os.path.join(home, "log"))
+        running = self.fake_process(home, "alertcenter.pid", "twistd", "watchdog",
+                                    "alertcenter")
+        self.assertEqual(watchdog.main(["restart", home, "alertcenter"]), 1)
+        self.assertIn("svr.max_pkg_size: required key missing", err.getvalue())
+        self.assertEqual(out.getvalue(), "")
+        self.assertIsNone(running.poll())
 
     def test_worker_end_logged(self):
         """A worker that ends while the watchdog runs is logged as critical, with how it
@@ -177,7 +285,10 @@ class DeploymentTests(TestCase):
                     os.kill(pid, signal.SIGKILL)
 
     def wait_up(self, home, module, seconds=60):
-        if not testing.wait_until(lambda: watchdog.check(home, module)[0], seconds, 0.02):
+        def up():
+            ok, message = watchdog.check(home, module)
+            return ok and "starting" not in message
+        if not testing.wait_until(up, seconds, 0.02):
             with open(watchdog.paths(home, module)["log"]) as f:
                 log = f.read()[-3000:]
             self.fail("%s not up: %s\n%s" % (module, watchdog.check(home, module)[1], log))
@@ -194,9 +305,20 @@ class DeploymentTests(TestCase):
         self.wait_up(home, module)
         status, out = self.run_script(home, "shell/check_alive.sh")
         self.assertEqual(status, 0, out)
-        self.assertIn("%s: up" % module, out)
+        self.assertIn("%s: up (" % module, out)
         keeper = watchdog.read_pid(paths["pid"])
         worker = watchdog.read_pid(paths["worker_pid"])
+        self.assertEqual(watchdog.read_pid(paths["ready"]), worker)
+        if watchdog._probe(module) is not None:
+            # a frozen daemon, whose port the kernel still accepts connections for, is down
+            os.kill(worker, signal.SIGSTOP)
+            try:
+                ok, message = watchdog.check(home, module)
+            finally:
+                os.kill(worker, signal.SIGCONT)
+            self.assertFalse(ok, message)
+            self.assertIn("does not answer: timed out", message)
+            self.assertTrue(watchdog.check(home, module)[0])
         self.assertEqual(testing.children(keeper), [worker])
 
         # SIGKILL the worker: down at once, a new worker within a second, then up again
