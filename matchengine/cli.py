@@ -105,8 +105,10 @@ def commands(me):
         return "".join(lines)
 
     def makeslice(args):
-        d = me.make_slice()
-        return d.addCallback(lambda ok: "OK\n" if ok else "slice failed\n")
+        # as the original: OK once the slice is being written; how it ends is logged
+        started = defer.Deferred()
+        me.make_slice(started=started)
+        return started.addCallback(lambda ts: "OK\n")
 
     return {"status": status, "balance": balance, "market": market, "makeslice": makeslice}
 

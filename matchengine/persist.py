@@ -221,7 +221,11 @@ class LogReader:
         read_fd, write_fd = os.pipe()
         self.pid = os.fork()
         if self.pid == 0:
-            os.close(read_fd)
+            try:
+                os.close(read_fd)
+                forked.release_inherited(keep=(write_fd,))
+            except BaseException:
+                os._exit(1)
             _reader_child(db, tables, after, write_fd, page or PAGE)
         os.close(write_fd)
         self.pipe = os.fdopen(read_fd, "rb")
@@ -493,22 +497,33 @@ def _chunks(rows, size=1000):
 
 
 def write_slice(db, connection, eng, ts, oper_id, keeptime):
-    """Write one slice on `connection` (a DB-API connection of `db`'s kind); synchronous."""
+    """Write one slice on `connection` (a DB-API connection of `db`'s kind); synchronous.
+
+    The `slice_history` row goes last: a slice without one is never loaded.  A slice that
+    fails has its tables dropped again, when the database still answers."""
     cursor = connection.cursor()
     orders, balances = snapshot_rows(eng)
     q = db.dialect.quote
-    for table, template, columns, rows in (
-            ("slice_order_%d" % ts, "slice_order_example", ORDER_COLUMNS, orders),
-            ("slice_balance_%d" % ts, "slice_balance_example", BALANCE_COLUMNS, balances)):
-        cursor.execute("DROP TABLE IF EXISTS %s" % q(table))
-        db.create_like(cursor, table, template)
-        for chunk in _chunks(rows):
-            cursor.execute(db.insert_many_sql(table, columns, len(chunk)),
-                           [v for row in chunk for v in row])
-    cursor.execute(db.dialect.sql(
-        "INSERT INTO `slice_history` (`time`, `end_oper_id`, `end_order_id`, `end_deals_id`) "
-        "VALUES (%s, %s, %s, %s)"), (ts, oper_id, eng.order_id, eng.deal_id))
-    connection.commit()
+    tables = (("slice_order_%d" % ts, "slice_order_example", ORDER_COLUMNS, orders),
+              ("slice_balance_%d" % ts, "slice_balance_example", BALANCE_COLUMNS, balances))
+    try:
+        for table, template, columns, rows in tables:
+            cursor.execute("DROP TABLE IF EXISTS %s" % q(table))
+            db.create_like(cursor, table, template)
+            for chunk in _chunks(rows):
+                cursor.execute(db.insert_many_sql(table, columns, len(chunk)),
+                               [v for row in chunk for v in row])
+        cursor.execute(db.dialect.sql(
+            "INSERT INTO `slice_history` (`time`, `end_oper_id`, `end_order_id`, "
+            "`end_deals_id`) VALUES (%s, %s, %s, %s)"), (ts, oper_id, eng.order_id, eng.deal_id))
+        connection.commit()
+    except Exception:
+        with contextlib.suppress(Exception):
+            connection.rollback()
+            for table, _, _, _ in tables:
+                cursor.execute("DROP TABLE IF EXISTS %s" % q(table))
+            connection.commit()
+        raise
     cursor.execute(db.dialect.sql("SELECT COUNT(*) FROM `slice_history` WHERE `time` >= %s"),
                    (ts - keeptime,))
     if cursor.fetchone()[0]:
@@ -529,6 +544,7 @@ def make_slice(eng, db, ts, oper_id, keeptime, reactor, poll=0.05):
     if pid == 0:
         status = 1
         try:
+            forked.release_inherited()
             connection = db.pool.dbapi.connect(*db.pool.connargs, **db.pool.connkw)
             write_slice(db, connection, eng, ts, oper_id, keeptime)
             connection.close()

@@ -18,7 +18,7 @@ import time
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from network.address import buffer_sizes
 from matchengine import config, persist
@@ -366,22 +366,32 @@ class MatchEngine(service.Service):
             self.last_slice_time = now
             self.make_slice(now)
 
-    def make_slice(self, ts=None):
-        """Snapshot now (once the log holds every operation so far); fires with success.
+    def make_slice(self, ts=None, started=None):
+        """Snapshot now (once the log holds every operation so far); fires with success,
+        and `started` (a Deferred) once the state is taken and being written.
 
         One slice at a time: a slice asked for while one is being made is made after it,
         from the state of its own moment.  Each gets a time of its own, after every slice
         saved before (a second slice within the same second, or under a clock stepped back,
         would otherwise write over the tables of the one before)."""
-        return self._slicing.run(lambda: defer.Deferred.fromCoroutine(self._slice(ts)))
+        return self._slicing.run(lambda: defer.Deferred.fromCoroutine(self._slice(ts, started)))
 
-    async def _slice(self, ts):
+    async def _slice(self, ts, started):
         ts = max(int(self.clock_time()) if ts is None else ts, self.newest_slice + 1)
         self.newest_slice = ts
-        await self.operlog.flush()
-        # nothing is pending at this instant: the child's image holds what is committed
-        ok = await persist.make_slice(self.engine, self.db_log, ts, self.operlog.last_id,
-                                      self.cfg.get("slice_keeptime", 259200), self.reactor)
+        try:
+            await self.operlog.flush()
+            # nothing is pending at this instant: the child's image holds what is committed
+            written = persist.make_slice(self.engine, self.db_log, ts, self.operlog.last_id,
+                                         self.cfg.get("slice_keeptime", 259200), self.reactor)
+        except Exception:
+            self.log.failure("slice {ts} failed", ts=ts, level=LogLevel.critical)
+            if started is not None:
+                started.errback()
+            return False
+        if started is not None:
+            started.callback(ts)
+        ok = await written
         if ok:
             self.log.info("slice {ts} written", ts=ts)
         else:

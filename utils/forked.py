@@ -9,7 +9,7 @@ a second of CPU per million entries: in the child it no longer stalls matching, 
 answer is still the state of one instant.
 
 The child must not touch the reactor, threads or sockets it inherited; it only computes
-and leaves with `os._exit`.
+and leaves with `os._exit`.  It lets go of what it inherited first (`release_inherited`).
 """
 
 import contextlib
@@ -18,11 +18,34 @@ import os
 
 from twisted.internet import defer, task
 
-__all__ = ["in_child", "reap", "ChildFailed"]
+__all__ = ["in_child", "reap", "release_inherited", "ChildFailed"]
 
 
 class ChildFailed(Exception):
     """The child could not compute its answer (its reason is on stderr)."""
+
+
+def release_inherited(keep=()):
+    """In a forked child: let go of the files and sockets inherited from the parent, every
+    descriptor from 3 on but those in `keep`.  Held by a child, the parent's listening
+    sockets, connections, pipes and MySQL sessions (with the locks they hold) would stay
+    open after the parent stopped or was killed, for as long as the child runs: a stopping
+    daemon's writer waiting for the end of its pipe, a restarted one for its predecessor's
+    lock.  Each is replaced by /dev/null rather than closed, so that its number stays
+    taken: an object of the parent's image collected in the child closes /dev/null, never a
+    connection the child has opened since."""
+    try:
+        every = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:     # no /proc: the numbers below the usual limit
+        every = range(3, 4096)
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in every:
+            if fd >= 3 and fd != null and fd not in keep:
+                with contextlib.suppress(OSError):  # the listing's own, closed since
+                    os.dup2(null, fd)
+    finally:
+        os.close(null)
 
 
 def in_child(compute, reactor, poll=0.005):
@@ -33,6 +56,7 @@ def in_child(compute, reactor, poll=0.005):
         status = 1
         try:
             os.close(read_fd)
+            release_inherited(keep=(write_fd,))
             data = memoryview(compute().encode())
             while data:
                 data = data[os.write(write_fd, data):]

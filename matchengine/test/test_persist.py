@@ -235,6 +235,43 @@ class ReaderTests(TestCase):
         return defer.Deferred.fromCoroutine(self.refused(
             self.mariadb(), rows, "cannot be replayed: RPCError"))
 
+    def test_slice_writer_holds_nothing_of_the_daemon(self):
+        """The slice writer child lets go of the daemon's descriptors before it works: it
+        held the writer process's pipe, the log's locked MySQL session and the sockets open
+        after a stop or a kill -9, for as long as a slice of a large book took."""
+        import socket
+        ours, peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        seen = os.path.abspath(self.mktemp())
+
+        def write_slice(db, connection, eng, ts, oper_id, keeptime):
+            with open(seen, "w") as f:
+                f.write(os.readlink("/proc/self/fd/%d" % ours.fileno()))
+        self.patch(persist, "write_slice", write_slice)
+
+        async def run():
+            db = self.mariadb()
+            self.assertTrue(await persist.make_slice(engine.Engine(*config.example_tables()),
+                                                     db, 1, 0, 60, reactor))
+            with open(seen) as f:
+                self.assertEqual(f.read(), os.devnull)
+        return defer.Deferred.fromCoroutine(run())
+
+    def test_failed_slice_leaves_no_tables(self):
+        """A slice that fails before its slice_history row has its tables dropped again
+        (they were left, never loaded nor dropped)."""
+        db = self.mariadb()
+        connection = db.pool.dbapi.connect(*db.pool.connargs, **db.pool.connkw)
+        self.addCleanup(connection.close)
+        cursor = connection.cursor()
+        cursor.execute("RENAME TABLE `slice_history` TO `slice_history_gone`")
+        eng, _ = run_live(operations())
+        with self.assertRaises(Exception):
+            persist.write_slice(db, connection, eng, 1793000000, 1, 60)
+        cursor.execute("SHOW TABLES LIKE 'slice\\_%\\_1793000000'")
+        self.assertEqual(cursor.fetchall(), ())
+
     def test_reader_cannot_query(self):
         """A database error in the child is reported, not taken for the end of the log."""
         async def run():

@@ -6,6 +6,7 @@ import json
 from decimal import Decimal
 
 from twisted.internet import defer, reactor
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
 from matchengine import config, server
@@ -432,6 +433,30 @@ class ServiceTests(TestCase):
             self.assertEqual([Decimal(v) for v, in saved], [Decimal(balance)])
         await h.restart_unchanged()
         await h.stop()
+
+    async def makeslice_command(self):
+        from matchengine import cli, persist
+        h = Harness(self)
+        await h.start()
+        written = defer.Deferred()
+        forked = []
+
+        def make_slice(*args):
+            forked.append(args[2])
+            return written
+        self.patch(persist, "make_slice", make_slice)
+        with capturedLogs() as events:
+            self.assertEqual(await cli.commands(h.service)["makeslice"]([]), "OK\n")
+            self.assertEqual(len(forked), 1)
+            written.callback(False)
+        self.assertIn("slice %d failed" % forked[0],
+                      [formatEvent(e) for e in events if e["log_level"] == LogLevel.critical])
+        await h.stop()
+
+    def test_makeslice_answers_once_writing(self):
+        """The CLI's makeslice answers OK once the slice is being written, as the original
+        does after its fork; how it ends is logged (critical when it failed)."""
+        return defer.Deferred.fromCoroutine(self.makeslice_command())
 
     def test_slices_asked_at_once(self):
         """Two slices asked for within one second are made one after the other, each of

@@ -31,3 +31,28 @@ class InChildTests(TestCase):
             os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
             raise ValueError("no")
         return self.assertFailure(forked.in_child(boom, reactor), forked.ChildFailed)
+
+    async def inherited(self):
+        import select
+        import socket
+        import time
+        ours, peer = socket.socketpair()
+        self.addCleanup(peer.close)
+
+        def compute():
+            # what the parent's socket is in the child, while the parent looks at its peer
+            seen = os.readlink("/proc/self/fd/%d" % ours.fileno())
+            time.sleep(1.0)
+            return seen
+        d = forked.in_child(compute, reactor)
+        ours.close()
+        # the child no longer holds the socket: its peer sees the end at once
+        self.assertEqual(select.select([peer], [], [], 0.5)[0], [peer])
+        self.assertEqual(peer.recv(10), b"")
+        self.assertEqual(await d, os.devnull)
+
+    def test_inherited_descriptors_released(self):
+        """A child lets go of the descriptors it inherited (a slice writer held the
+        daemon's pipes, sockets and MySQL sessions open after it stopped): each is
+        /dev/null in the child, and the parent's close ends the connection."""
+        return defer.Deferred.fromCoroutine(self.inherited())
