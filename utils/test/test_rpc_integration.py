@@ -202,24 +202,30 @@ class LoopbackTests(TestCase):
         pass of the reactor to a client that reads them."""
         return defer.Deferred.fromCoroutine(self.prompt_reader_scenario())
 
+    def exchange(self, data, shut=False):
+        """Send `data` on a new connection (then shut this side down, with `shut`) and
+        return all that comes back until the server closes it; blocking."""
+        sock = socket.create_connection(("127.0.0.1", self.port), 5)
+        try:
+            sock.sendall(data)
+            if shut:
+                sock.shutdown(socket.SHUT_WR)
+            got = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return got
+                got += chunk
+        finally:
+            sock.close()
+
     async def good_then_bad_scenario(self):
         ports = await self.start_server()
         self.addCleanup(self.stop_server, ports)
 
-        def exchange():
-            sock = socket.create_connection(("127.0.0.1", self.port), 5)
-            try:
-                sock.sendall(rpc.encode(rpc.Packet(101, sequence=7, body=b"[5]"))
-                             + b"not a packet, and longer than a header is")
-                got = b""
-                while True:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        return got
-                    got += chunk
-            finally:
-                sock.close()
-        got = await threads.deferToThread(exchange)
+        got = await threads.deferToThread(
+            self.exchange, rpc.encode(rpc.Packet(101, sequence=7, body=b"[5]"))
+            + b"not a packet, and longer than a header is")
         reply = rpc.decode_packet(got)
         self.assertEqual((reply.sequence, reply.body),
                          (7, b'{"error": null, "result": {"echo": [5]}, "id": 0}'))
@@ -231,21 +237,9 @@ class LoopbackTests(TestCase):
         ports = await listen_rpc(reactor, self.bind[0], factory)
         self.addCleanup(self.stop_server, ports)
 
-        def exchange():
-            sock = socket.create_connection(("127.0.0.1", self.port), 5)
-            try:
-                sock.sendall(rpc.encode(rpc.Packet(103, sequence=1, body=b"[]"))
-                             + rpc.encode(rpc.Packet(101, sequence=2, body=b"[5]")))
-                sock.shutdown(socket.SHUT_WR)
-                got = b""
-                while True:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        return got
-                    got += chunk
-            finally:
-                sock.close()
-        exchanged = threads.deferToThread(exchange)
+        exchanged = threads.deferToThread(
+            self.exchange, rpc.encode(rpc.Packet(103, sequence=1, body=b"[]"))
+            + rpc.encode(rpc.Packet(101, sequence=2, body=b"[5]")), shut=True)
         await until(lambda: factory.connections)
         [conn] = factory.connections
         self.assertTrue(conn.transport.getTcpNoDelay())
