@@ -73,8 +73,7 @@ def check_tls(path, cfg):
         return
     for key in ("cert", "key"):
         try:
-            with open(tls[key], "rb"):
-                pass
+            open(tls[key], "rb").close()
         except OSError as e:
             raise ConfigError("%s: tls.%s: cannot read %s: %s"
                               % (path, key, tls[key], e.strerror or e)) from None
