@@ -33,6 +33,7 @@ from twisted.logger import Logger
 
 from matchengine import engine as engine_module
 from matchengine.market import Order
+from matchengine.operlog import table_name
 from utils import decimals, forked
 from utils.decimals import to_raw
 
@@ -100,6 +101,60 @@ async def exact_slice_templates(db, say):
             % (table, ", ".join(columns), TEXT_TYPE))
 
 
+async def slice_source_column(db, say):
+    """Add the `source` column of the orders' slices to a template that lacks it (the
+    original's): its slices were refused by every write without it."""
+    if db.dialect.name != "mysql" or await _has_column(db, "slice_order_example", "source"):
+        return
+    alter = ("ALTER TABLE `slice_order_example` ADD COLUMN `source` VARCHAR(30) NOT NULL "
+             "DEFAULT ''")
+    try:
+        await db.execute(alter)
+    except Exception as e:
+        log.critical("slices: slice_order_example has no source column and could not have "
+                     "one added ({error}); no slice can be written until this runs: {alter}",
+                     error=e, alter=alter)
+        return
+    say("slices: slice_order_example now keeps the orders' source")
+
+
+async def _has_column(db, table, column):
+    rows = await _fetch(db, "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE "
+                            "`TABLE_SCHEMA` = DATABASE() AND `TABLE_NAME` = %s AND "
+                            "`COLUMN_NAME` = %s", (table, column))
+    return bool(rows[0][0])
+
+
+LOG_TEMPLATES = ("operlog_example", "slice_order_example", "slice_balance_example")
+
+
+async def utf8mb4_log_tables(db, say, now=None):
+    """Have the tables the log and the slices write their texts to keep them in utf8mb4.
+
+    The original's templates are in utf8, which MySQL takes for utf8mb3 (three bytes a
+    character at most): a character of four bytes in a source, a business or a detail was
+    stored as "?" (INSERT IGNORE), and the replay of an acknowledged write was something
+    else.  The templates and the operation-log tables still to be written to (today's and
+    later) are converted; RecoveryError when that cannot be done."""
+    if db.dialect.name != "mysql":
+        return
+    first = table_name(time.time() if now is None else now)
+    rows = await _fetch(db, "SELECT DISTINCT `TABLE_NAME` FROM information_schema.COLUMNS "
+                            "WHERE `TABLE_SCHEMA` = DATABASE() AND `CHARACTER_SET_NAME` <> "
+                            "'utf8mb4' AND (`TABLE_NAME` IN (%s, %s, %s) OR `TABLE_NAME` "
+                            "LIKE 'operlog\\_%%')", LOG_TEMPLATES)
+    for table in sorted(t for t, in rows if t in LOG_TEMPLATES or t >= first):
+        alter = "ALTER TABLE `%s` CONVERT TO CHARACTER SET utf8mb4" % table
+        try:
+            await db.execute(alter)
+        except Exception as e:
+            raise RecoveryError(
+                "%s keeps texts in a character set of three bytes a character at most, "
+                "where characters of four bytes would be stored as '?', and could not be "
+                "changed (%s): run %s" % (table, e, alter)) from None
+        say("%s now keeps its texts in utf8mb4 (four bytes a character at most)" % table)
+
+
 class Recovered(collections.namedtuple(
         "Recovered", "last_id slice_time newest_table newest_slice")):
     """What `load_state` found: the last operation id, the time of the slice loaded (None
@@ -139,6 +194,8 @@ async def load_state(eng, db, progress=None, reactor=None, rebuild=None):
     rebuild instead, and replay up to `rebuild.upto`, handing over their effects."""
     say = progress or (lambda message: log.info("{message}", message=message))
     await exact_slice_templates(db, say)
+    await slice_source_column(db, say)
+    await utf8mb4_log_tables(db, say)
     rows = await _slice_row(db, rebuild)
     last_id, slice_time, newest_slice = 0, None, 0
     every = await operlog_tables(db)
@@ -420,6 +477,9 @@ async def tables_after(db, tables, after):
 async def _load_orders(eng, db, table):
     last, count = 0, 0
     columns = ", ".join("`%s`" % c for c in ORDER_COLUMNS)
+    if db.dialect.name == "mysql" and not await _has_column(db, table, "source"):
+        # a slice the original wrote: its orders' sources were not kept
+        columns = columns.replace("`source`", "'' AS `source`")
     while True:
         page = await _fetch(db, "SELECT %s FROM `%s` WHERE `id` > %%s ORDER BY `id` LIMIT %d"
                                 % (columns, table, PAGE), (last,))

@@ -41,7 +41,7 @@ from matchengine.effects import HISTORY_COLUMNS
 from matchengine.rowtext import values_text
 from utils.handoff import FRAME
 from utils.kafka_wire import LeanProducer
-from utils.mysql import client_charset, insert_texts, server_address
+from utils.mysql import SESSION_SETUP, client_charset, insert_texts, server_address
 
 # how each history column is written into SQL: times to the microsecond, ids as integers,
 # free text escaped; the remaining columns are decimals in their raw form (digits, a point,
@@ -162,6 +162,60 @@ def say(text, info=False):
         sys.stderr.flush()
 
 
+def connect(db):
+    """A PyMySQL connection to the database of the config section `db`."""
+    import pymysql
+    return pymysql.connect(**server_address(db["host"], db.get("port", 3306)),
+                           user=db["user"], password=db["pass"], database=db["name"],
+                           charset=client_charset(db.get("charset", "utf8")), autocommit=False,
+                           init_command=SESSION_SETUP)
+
+
+HISTORY_TABLES = ("balance_history", "order_history", "order_detail", "deal_history",
+                  "user_deal_history")
+
+
+def utf8mb4_history(db):
+    """Have the history tables keep their texts in utf8mb4, once at start.
+
+    The original's templates are in utf8, which MySQL takes for utf8mb3 (three bytes a
+    character at most): a character of four bytes in a business, a detail or an order's
+    source is stored there as "?".  The empty templates are converted; table shards holding
+    rows are only reported (converting each rebuilds it: the operator's call), as is a
+    failure.  The balances themselves do not depend on it (the operation log's tables are
+    converted by the daemon)."""
+    try:
+        conn = connect(db)
+    except Exception:
+        return      # the lanes say it, and wait for the database
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT DISTINCT `TABLE_NAME` FROM information_schema.COLUMNS "
+                           "WHERE `TABLE_SCHEMA` = DATABASE() AND `CHARACTER_SET_NAME` <> "
+                           "'utf8mb4' AND `TABLE_NAME` REGEXP %s",
+                           ("^(%s)_([0-9]+|example)$" % "|".join(HISTORY_TABLES),))
+            tables = sorted(table for table, in cursor.fetchall())
+            shards = [table for table in tables if not table.endswith("_example")]
+            for table in tables:
+                if table in shards:
+                    continue
+                alter = "ALTER TABLE `%s` CONVERT TO CHARACTER SET utf8mb4" % table
+                try:
+                    cursor.execute(alter)
+                    say("history: %s now keeps its texts in utf8mb4" % table, info=True)
+                except Exception as e:
+                    say("history: %s keeps texts in utf8 (%s); run: %s" % (table, e, alter))
+        if shards:
+            say("history: %d tables (%s, ...) keep texts in utf8, three bytes a character "
+                "at most: characters of four bytes in businesses, details and sources are "
+                "stored there as '?'; convert each with ALTER TABLE ... CONVERT TO "
+                "CHARACTER SET utf8mb4" % (len(shards), shards[0]))
+    except Exception as e:
+        say("history: the tables' character sets could not be checked: %s" % e)
+    finally:
+        conn.close()
+
+
 class Connection:
     """A MySQL connection to the history database, made again after a failure: `run`
     commits its statements in one transaction, retried every second until it succeeds."""
@@ -171,14 +225,9 @@ class Connection:
         self.conn = None
 
     def _connect(self):
-        import pymysql
-        db = self.db
         while True:
             try:
-                return pymysql.connect(**server_address(db["host"], db.get("port", 3306)),
-                                       user=db["user"], password=db["pass"], database=db["name"],
-                                       charset=client_charset(db.get("charset", "utf8")),
-                                       autocommit=False)
+                return connect(self.db)
             except Exception as e:
                 say("history: cannot connect to MySQL: %s; retrying in 1 s" % e)
                 time.sleep(1)
@@ -658,6 +707,7 @@ def run(stdin, stdout):
         worker.start()
     turn.wait()
     # the daemon's batches wait in its pipe meanwhile
+    utf8mb4_history(db)
     recovered = settings.get("recovered", 0)
     connection = Connection(db)
     positions = load_positions(connection, recovered)

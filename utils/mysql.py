@@ -389,11 +389,20 @@ def server_address(host, port):
     return {"host": host, "port": int(port)}
 
 
+# run by every session first: the SQL texts written here escape with backslashes (as
+# PyMySQL's escaping of a bound value does, whatever the server's mode), which a session
+# whose sql_mode holds NO_BACKSLASH_ESCAPES reads otherwise: there \' ends a string, and a
+# text could close its quotes and add rows of its own
+SESSION_SETUP = "SET SESSION sql_mode = REPLACE(@@sql_mode, 'NO_BACKSLASH_ESCAPES', '')"
+
+
 def connect_mysql(host, port, user, password, database, charset="utf8", min_connections=1,
                   max_connections=5, reactor=None, **extra):
-    """A MySQL pool; connections dropped by the server are replaced when next used."""
+    """A MySQL pool; connections dropped by the server are replaced when next used, each
+    set up by `SESSION_SETUP` (unless `init_command` says otherwise)."""
     kwargs = dict(server_address(host, port), user=user, password=password, database=database,
-                  charset=client_charset(charset), autocommit=False, connect_timeout=5)
+                  charset=client_charset(charset), autocommit=False, connect_timeout=5,
+                  init_command=SESSION_SETUP)
     kwargs.update(extra)
     if reactor is not None:
         kwargs["cp_reactor"] = reactor

@@ -451,6 +451,42 @@ class InsertStatementTests(TestCase):
         return defer.Deferred.fromCoroutine(check())
 
 
+class HistoryCharsetTests(SynchronousTestCase):
+
+    def test_original_templates(self):
+        """History tables in utf8 (the original's templates; a character of four bytes is
+        stored there as "?"): an empty template is converted to utf8mb4, a table shard
+        holding rows is reported, not rebuilt."""
+        import pymysql
+        name = testing.create_database("hcs", ("trade_history",))
+        self.addCleanup(testing.drop_database, name)
+        kw = testing.mysql_connect_kwargs("misc")
+        conn = pymysql.connect(**dict(kw, database=name), autocommit=True)
+        self.addCleanup(conn.close)
+        with conn.cursor() as cursor:
+            for sql in ("CREATE TABLE `balance_history_3` LIKE `balance_history_example`",
+                        "ALTER TABLE `balance_history_3` CONVERT TO CHARACTER SET utf8",
+                        "ALTER TABLE `order_history_example` CONVERT TO CHARACTER SET utf8"):
+                cursor.execute(sql)
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        writer.utf8mb4_history({"host": kw["host"], "port": kw["port"], "user": kw["user"],
+                                "pass": kw["password"], "name": name})
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT `TABLE_NAME`, GROUP_CONCAT(DISTINCT `CHARACTER_SET_NAME`) "
+                           "FROM information_schema.COLUMNS WHERE `TABLE_SCHEMA` = %s AND "
+                           "`CHARACTER_SET_NAME` IS NOT NULL AND `TABLE_NAME` IN "
+                           "('order_history_example', 'balance_history_3') GROUP BY "
+                           "`TABLE_NAME`", (name,))
+            self.assertEqual(dict(cursor.fetchall()), {"order_history_example": "utf8mb4",
+                                                       "balance_history_3": "utf8mb3"})
+        lines = err.getvalue().splitlines()
+        self.assertEqual(lines[0], "info: history: order_history_example now keeps its texts "
+                                   "in utf8mb4")
+        self.assertTrue(lines[1].startswith("history: 1 tables (balance_history_3, ...) keep "
+                                            "texts in utf8"), lines)
+
+
 class CollectorTests(SynchronousTestCase):
 
     def test_runs_on_its_own_thread(self):

@@ -9,7 +9,7 @@ from twisted.internet import defer, reactor
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
-from matchengine import config, engine, persist
+from matchengine import config, engine, operlog, persist
 from utils import mysql, testing
 
 DAY1, DAY2 = "operlog_20261101", "operlog_20261102"
@@ -327,6 +327,68 @@ class ReaderTests(TestCase):
                 os.waitpid(reader.pid, os.WNOHANG)
             reader.close()      # twice is harmless
         return defer.Deferred.fromCoroutine(run())
+
+
+class OriginalSchemaTests(TestCase):
+    """A trade_log database made with the original's templates: texts in utf8 (three bytes
+    a character at most), orders' slices without their source."""
+
+    timeout = 60
+
+    async def original_schema(self):
+        name = testing.create_database("orig", ("trade_log",))
+        self.addCleanup(testing.drop_database, name)
+        kw = testing.mysql_connect_kwargs("misc")
+        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"], name,
+                                 "utf8mb4")
+        self.addCleanup(db.close)
+        today, yesterday = operlog.table_name(T2), operlog.table_name(T2 - 86400)
+        for sql in ("ALTER TABLE `slice_order_example` DROP COLUMN `source`",
+                    "ALTER TABLE `operlog_example` CONVERT TO CHARACTER SET utf8",
+                    "ALTER TABLE `slice_balance_example` CONVERT TO CHARACTER SET utf8",
+                    "ALTER TABLE `slice_order_example` CONVERT TO CHARACTER SET utf8",
+                    "CREATE TABLE `%s` LIKE `operlog_example`" % today,
+                    "CREATE TABLE `%s` LIKE `operlog_example`" % yesterday,
+                    # a slice the original wrote: one open order, no source
+                    "CREATE TABLE `slice_order_1700000000` LIKE `slice_order_example`",
+                    "CREATE TABLE `slice_balance_1700000000` LIKE `slice_balance_example`",
+                    "INSERT INTO `slice_order_1700000000` VALUES (7, 1, 1, 1700000000.5, "
+                    "1700000000.5, 3, 'BTCBCH', '8000', '1', '0.002', '0.001', '1', '1', "
+                    "'0', '0', '0')",
+                    "INSERT INTO `slice_balance_1700000000` (`user_id`, `asset`, `t`, "
+                    "`balance`) VALUES (3, 'BTC', 2, '1')",
+                    "INSERT INTO `slice_history` (`time`, `end_oper_id`, `end_order_id`, "
+                    "`end_deals_id`) VALUES (1700000000, 0, 7, 0)"):
+            await db.execute(sql)
+        said = []
+        self.patch(persist.time, "time", lambda: T2)
+        eng = engine.Engine(*config.example_tables())
+        await persist.load_state(eng, db, said.append)
+        [order] = eng.markets["BTCBCH"].orders.values()
+        self.assertEqual((order.id, order.user_id, order.source), (7, 3, ""))
+        charsets = dict(await db.query(
+            "SELECT `TABLE_NAME`, GROUP_CONCAT(DISTINCT `CHARACTER_SET_NAME`) FROM "
+            "information_schema.COLUMNS WHERE `TABLE_SCHEMA` = %s AND `CHARACTER_SET_NAME` "
+            "IS NOT NULL GROUP BY `TABLE_NAME`", (name,)))
+        # the templates and today's log in utf8mb4; yesterday's, not written again, as it was
+        for table in ("operlog_example", "slice_order_example", "slice_balance_example",
+                      today):
+            self.assertEqual(charsets[table], "utf8mb4", table)
+        self.assertEqual(charsets[yesterday], "utf8mb3")
+        self.assertIn("slices: slice_order_example now keeps the orders' source", said)
+        self.assertIn("%s now keeps its texts in utf8mb4 (four bytes a character at most)"
+                      % today, said)
+        # a character of four bytes is kept as it came, and a slice is written again
+        await db.execute("INSERT INTO `%s` VALUES (1, 1, %%s)" % today, ("app\U0001f680",))
+        self.assertEqual(await db.query("SELECT `detail` FROM `%s`" % today),
+                         [("app\U0001f680",)])
+        self.assertTrue(await persist.make_slice(eng, db, 1800000000, 1, 60, reactor))
+
+    def test_original_schema(self):
+        """Its templates and today's log table are changed to utf8mb4 (a character of four
+        bytes was stored as "?", and an acknowledged write replayed as another), the orders'
+        slices get their source column, and the original's slices load."""
+        return defer.Deferred.fromCoroutine(self.original_schema())
 
 
 class TemplateTests(TestCase):

@@ -269,6 +269,31 @@ class MySQLTests(Scenarios, TestCase):
             lambda rows: self.assertEqual(rows[0][0], 1))
 
 
+    def test_sessions_read_backslash_escapes(self):
+        """Every session reads backslash escapes, as the texts written here (and PyMySQL's
+        escaping) assume, whatever the server's sql_mode: with NO_BACKSLASH_ESCAPES a text
+        ending in \\' closed its quotes, and what followed was read as SQL."""
+        from matchengine import writer
+        kw = testing.mysql_connect_kwargs("misc")
+        text = "it's a \\ \"quote\""
+        quoted = "'%s'" % pymysql.converters.escape_string(text)
+        mode = "SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')"
+        conn = pymysql.connect(**kw, init_command=mode)
+        self.addCleanup(conn.close)
+        with conn.cursor() as cursor:
+            with self.assertRaises(pymysql.err.ProgrammingError):
+                cursor.execute("SELECT " + quoted)
+            cursor.execute(mysql.SESSION_SETUP)
+            cursor.execute("SELECT " + quoted)
+            self.assertEqual(cursor.fetchall(), ((text,),))
+        # the pools' sessions and the history writer's run it first
+        db = self.make()
+        self.assertEqual(db.pool.connkw["init_command"], mysql.SESSION_SETUP)
+        history = writer.connect({"host": kw["host"], "port": kw["port"], "user": kw["user"],
+                                  "pass": kw["password"], "name": kw["database"]})
+        self.addCleanup(history.close)
+        self.assertEqual(history.init_command, mysql.SESSION_SETUP)
+
     def test_localhost_is_the_socket(self):
         """A db_* section with host `localhost` reaches the server over its local socket,
         with the account of `user@localhost`."""
