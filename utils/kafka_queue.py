@@ -233,6 +233,8 @@ class KafkaProducerService(service.Service):
             except Exception as e:
                 if _retriable(e):
                     self.reactor.callFromThread(self._broker_state, False, e)
+                    if self._stopping:
+                        break       # what is left is reported below
                     time.sleep(0.1)
                     continue
                 self._outbox.popleft()

@@ -11,9 +11,11 @@ Wire protocol: ApiVersions v0 (to check the broker), Metadata v4 (leaders, creat
 as the brokers allow) and Produce v3, request header v1: versions that Kafka 1.0 to 4.x
 serve.  Every message goes to partition 0, as the original sends them.  A request that fails
 (connection lost, no leader, a leader change, a timeout, a broker that lost the topic) is
-sent again after the metadata is read again, every `retry_delay` seconds, until it is
-acknowledged: delivery is at least once, in order per topic.  A batch the broker refuses
-for good (too large, corrupt) is reported and dropped, as a failed kafka-python future is.
+reported and sent again after the metadata is read again, every `retry_delay` seconds, until
+it is acknowledged: delivery is at least once, in order per topic, a request resent after a
+timeout being the one way to a duplicate (the broker may have appended it).  A batch the
+broker finds too large is sent again in halves, down to single messages; a message it
+refuses for good (too large, corrupt) is reported and dropped, as the original drops it.
 """
 
 import contextlib
@@ -35,6 +37,9 @@ LEADER_POLLS, LEADER_POLL_DELAY = 10, 0.05
 # (corrupt message, message too large, record list too large, invalid record, invalid
 # required acks, topic authorization failed, unsupported version)
 FATAL_ERRORS = frozenset((2, 10, 18, 87, 21, 29, 35))
+# of those, the ones a batch of fewer messages can get past (a broker's or a topic's
+# max.message.bytes below the batches made here)
+TOO_LARGE = frozenset((10, 18))
 ERROR_NAMES = {
     -1: "unknown server error", 2: "corrupt message", 3: "unknown topic",
     5: "leader not available", 6: "not leader for partition", 7: "request timed out",
@@ -170,6 +175,10 @@ class Connection:
         return bytes(data)
 
     def close(self):
+        """Close at once, a request not yet sent dropped (SO_LINGER 0): one given up for a
+        timeout must not reach the broker after the one sent again in its place."""
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         with contextlib.suppress(OSError):
             self.sock.close()
 
@@ -331,12 +340,13 @@ class LeanProducer:
     def _produce(self, node, body):
         """A Produce request's response body.  A connection that served requests before may
         have been closed by the broker while idle (`connections.max.idle.ms`): its failure
-        is tried once more on a new connection before it counts."""
+        is tried once more on a new connection before it counts, but for a timeout (the
+        broker may hold the request, which is then reported and sent again later)."""
         conn = self._connection(node)
         try:
             return conn.call(API_PRODUCE, PRODUCE_VERSION, body)
-        except (OSError, KafkaWireError):
-            if conn.correlation <= 1:
+        except (OSError, KafkaWireError) as e:
+            if conn.correlation <= 1 or isinstance(e, TimeoutError):
                 raise
             conn.close()
             del self.connections[node]
@@ -383,6 +393,12 @@ class LeanProducer:
                 error = answered.get(topic, -1)
                 if not error:
                     self.sent += len(pending[topic].pop(0))
+                elif error in TOO_LARGE and len(pending[topic][0]) > 1:
+                    chunk = pending[topic].pop(0)
+                    half = len(chunk) // 2
+                    pending[topic][0:0] = [chunk[:half], chunk[half:]]
+                    self.say("kafka: %d messages to %s refused together (%s): sent again in "
+                             "halves" % (len(chunk), topic, _error_name(error)))
                 elif error in FATAL_ERRORS:
                     chunk = pending[topic].pop(0)
                     self.dropped += len(chunk)

@@ -160,6 +160,27 @@ class BrokerTests(TestCase):
         """stopService delivers what is queued before it fires."""
         return defer.Deferred.fromCoroutine(self.flush_scenario())
 
+    async def stop_while_down_scenario(self):
+        broker = testing.KafkaBroker().start()
+        self.addCleanup(broker.stop)
+        p = self.producer(broker.address, stop_timeout=2.0)
+        p.send(topic_name(), b"one")
+        await until(lambda: p.delivered == 1)
+        broker.stop()
+        p.send(topic_name(), b"two")        # a topic whose metadata it never had
+        await deferLater(reactor, 2.0, lambda: None)
+        started = reactor.seconds()
+        await p.stopService()
+        self.assertLess(reactor.seconds() - started, 5.0)
+        self.assertEqual((p.delivered, p.queued), (1, 1))
+        self.flushLoggedErrors()
+
+    def test_stops_while_the_broker_is_down(self):
+        """A producer stops within its stop timeout while the broker is down and its next
+        message is for a topic it has no metadata of (each try times out), what is left
+        counted."""
+        return defer.Deferred.fromCoroutine(self.stop_while_down_scenario())
+
     async def unreachable_stop_scenario(self):
         c = KafkaConsumerService("127.0.0.1:%d" % testing.free_port(), topic_name(),
                                  lambda offset, value: None, reactor=reactor)

@@ -133,6 +133,55 @@ class BrokerTests(SynchronousTestCase):
         self.assertEqual(said, [])
         self.assertEqual(consume(self.brokers, topic, 2), [b"one", b"two"])
 
+    def test_a_batch_too_large_is_sent_again_in_halves(self):
+        """Batches over a broker's max.message.bytes (emulated here below the batches made)
+        are sent again in halves, in order, down to single messages; a message too large by
+        itself is reported and dropped, as the original drops it."""
+        import struct
+        topic, said, limit = topic_name(), [], 4000
+        producer = LeanProducer(self.brokers, retry_delay=0.01, say=said.append)
+        self.addCleanup(producer.close)
+        real = producer._produce
+
+        def produce(node, body):
+            # one topic a request: its name, then its partition's batch
+            size = struct.unpack_from(">h", body, 12)[0]
+            name, at = body[14:14 + size], 14 + size + 12
+            if len(body) - at <= limit:
+                return real(node, body)
+            return (struct.pack(">i", 1) + struct.pack(">h", len(name)) + name
+                    + struct.pack(">iihqq", 1, 0, 10, -1, -1) + struct.pack(">i", 0))
+        producer._produce = produce
+        values = [b"m%04d" % i + b"." * 90 for i in range(300)]
+        values[150] = b"x" * (limit + 1)
+        producer.send([(topic, value) for value in values])
+        self.assertEqual((producer.sent, producer.dropped), (299, 1))
+        self.assertIn("kafka: 1 messages to %s refused (message too large): dropped" % topic,
+                      said)
+        self.assertIn("kafka: 300 messages to %s refused together (message too large): sent "
+                      "again in halves" % topic, said)
+        self.assertEqual(consume(self.brokers, topic, 299), values[:150] + values[151:])
+
+    def test_a_timed_out_request_is_reported(self):
+        """A request given up for a timeout is reported before it is sent again (the broker
+        may hold it), not tried again at once as a connection closed while idle is."""
+        topic, said = topic_name(), []
+        producer = LeanProducer(self.brokers, retry_delay=0.01, say=said.append)
+        self.addCleanup(producer.close)
+        producer.send([(topic, b"one")])
+        producer.send([(topic, b"two")])
+        [conn] = producer.connections.values()
+        self.assertGreater(conn.correlation, 1)     # not a new connection's first request
+        call = conn.call
+
+        def timing_out(*args):
+            conn.call = call
+            raise TimeoutError("timed out")
+        conn.call = timing_out
+        producer.send([(topic, b"three")])
+        self.assertEqual(said, ["kafka: send failed: timed out; retrying in 0.01 s"])
+        self.assertEqual(consume(self.brokers, topic, 3), [b"one", b"two", b"three"])
+
     def test_a_dead_bootstrap_address_is_passed_over(self):
         topic = topic_name()
         dead = "127.0.0.1:%d" % testing.free_port()
