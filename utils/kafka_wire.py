@@ -26,6 +26,10 @@ import time
 from crc32c import crc32c
 
 API_PRODUCE, API_METADATA, API_VERSIONS = 0, 3, 18
+# a Produce is acknowledged once every in-sync replica has its batch (acks=all): with a
+# leader's own acknowledgement alone (acks=1) a leader lost before its followers copied the
+# batch takes it with it, and the writer had confirmed it
+ACKS = -1
 PRODUCE_VERSION, METADATA_VERSION = 3, 4
 CLIENT_ID = b"viabtc"
 # a record batch stays under the brokers' default message.max.bytes (1,048,588)
@@ -201,7 +205,8 @@ def parse_address(text):
 
 class LeanProducer:
     """Sends groups of (topic, bytes) messages to partition 0 of each topic and returns once
-    the leaders have acknowledged them (acks=1), retrying failed requests in place."""
+    the leaders have acknowledged them, once every in-sync replica holds them (acks=all),
+    retrying failed requests in place."""
 
     def __init__(self, brokers, timeout=10.0, retry_delay=1.0, say=None, sleep=time.sleep,
                  clock=time.time):
@@ -330,8 +335,9 @@ class LeanProducer:
         while pending:
             try:
                 self._send_round(pending)
-            except (OSError, struct.error, KafkaWireError) as e:
-                # fatal ones too: they wait for the brokers to be fixed or replaced
+            except (OSError, ValueError, struct.error, KafkaWireError) as e:
+                # fatal ones too: they wait for the brokers to be fixed or replaced (a
+                # ValueError: a broker's advertised host name that cannot be encoded)
                 self._drop_connections()
                 self.leaders.clear()
                 self.say("kafka: send failed: %s; retrying in %g s" % (e, self.retry_delay))
@@ -372,7 +378,7 @@ class LeanProducer:
         failed = []
         timestamp = int(self.clock() * 1000)
         for node, topics in by_node.items():
-            body = [struct.pack(">hhii", -1, 1, int(self.timeout * 1000), len(topics))]
+            body = [struct.pack(">hhii", -1, ACKS, int(self.timeout * 1000), len(topics))]
             for topic in topics:
                 batch = record_batch(pending[topic][0], timestamp)
                 body += (_string(topic), struct.pack(">iii", 1, 0, len(batch)), batch)

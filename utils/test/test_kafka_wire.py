@@ -136,7 +136,8 @@ class BrokerTests(SynchronousTestCase):
     def test_a_batch_too_large_is_sent_again_in_halves(self):
         """Batches over a broker's max.message.bytes (emulated here below the batches made)
         are sent again in halves, in order, down to single messages; a message too large by
-        itself is reported and dropped, as the original drops it."""
+        itself is reported and dropped, as the original drops it.  Requests ask for every
+        in-sync replica's acknowledgement (acks=all)."""
         import struct
         topic, said, limit = topic_name(), [], 4000
         producer = LeanProducer(self.brokers, retry_delay=0.01, say=said.append)
@@ -144,6 +145,8 @@ class BrokerTests(SynchronousTestCase):
         real = producer._produce
 
         def produce(node, body):
+            # acknowledged by every in-sync replica
+            self.assertEqual(struct.unpack_from(">h", body, 2)[0], -1)
             # one topic a request: its name, then its partition's batch
             size = struct.unpack_from(">h", body, 12)[0]
             name, at = body[14:14 + size], 14 + size + 12
