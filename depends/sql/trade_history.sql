@@ -2,6 +2,9 @@
 -- readhistory.  Each template is copied into 100 shards <name>_0 .. <name>_99 (see
 -- depends/services.py, which creates them with CREATE TABLE ... LIKE).
 
+-- balance.history filters on `business`: utf8mb4_unicode_520_ci tells characters of four
+-- bytes apart, where utf8mb4_general_ci weighs them all alike; case aside, as the original's
+-- utf8_general_ci.
 CREATE TABLE IF NOT EXISTS `balance_history_example` (
     `id`            BIGINT UNSIGNED NOT NULL PRIMARY KEY AUTO_INCREMENT,
     `time`          DOUBLE NOT NULL,
@@ -13,7 +16,7 @@ CREATE TABLE IF NOT EXISTS `balance_history_example` (
     `detail`        TEXT NOT NULL,
     INDEX `idx_user_asset` (`user_id`, `asset`),
     INDEX `idx_user_asset_business` (`user_id`, `asset`, `business`)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_520_ci;
 
 CREATE TABLE IF NOT EXISTS `order_history_example` (
     `id`            BIGINT UNSIGNED NOT NULL PRIMARY KEY,

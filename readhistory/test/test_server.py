@@ -169,6 +169,30 @@ class IntegrationTests(TestCase):
         queued jobs."""
         return defer.Deferred.fromCoroutine(self.queue_full())
 
+    async def businesses_of_four_bytes(self):
+        history_db = testing.create_database("hist", ("trade_history",))
+        self.addCleanup(testing.drop_database, history_db)
+        conn = pymysql.connect(**dict(testing.mysql_connect_kwargs("misc"),
+                                      charset="utf8mb4", autocommit=True))
+        self.addCleanup(conn.close)
+        conn.select_db(history_db)
+        with conn.cursor() as cursor:
+            cursor.execute("CREATE TABLE `balance_history_1` LIKE `balance_history_example`")
+            for business, change in (("gift\U0001f381", "1"), ("gift\U0001f600", "5"),
+                                     ("Gift\U0001f381", "7")):
+                cursor.execute("INSERT INTO `balance_history_1` (`time`, `user_id`, `asset`, "
+                               "`business`, `change`, `balance`, `detail`) VALUES (1, 1, "
+                               "'BCH', %s, %s, %s, '{}')", (business, change, change))
+        rh, client = await started(self, history_db, 1)
+        got = await client.call(103, [1, "BCH", "gift\U0001f381", 0, 0, 0, 10], 10.0)
+        # as the original's utf8_general_ci: whatever the case
+        self.assertEqual(sorted(r["change"] for r in got["result"]["records"]), ["1", "7"])
+
+    def test_businesses_of_four_bytes(self):
+        """balance.history's business filter tells characters of four bytes apart (a
+        collation weighing them all alike answered gift😀 for gift🎁), case aside."""
+        return defer.Deferred.fromCoroutine(self.businesses_of_four_bytes())
+
     def test_transcript_history_calls(self):
         """After the recorded session, each history call gets the original's answer."""
         return defer.Deferred.fromCoroutine(self.scenario())
