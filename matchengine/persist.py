@@ -170,8 +170,9 @@ class Rebuild(collections.namedtuple("Rebuild", "after upto emit warn")):
 
 async def _slice_row(db, rebuild):
     """The `slice_history` row to load: the newest, or with `rebuild` the newest taken at
-    or before the first operation to rebuild (else the oldest, the operations before it
-    reported as lost to `rebuild.warn`)."""
+    or before the first operation to rebuild; else none when the log holds every operation
+    from the first (the whole log is replayed), else the oldest, the operations before it
+    reported as lost to `rebuild.warn`."""
     columns = "SELECT `time`, `end_oper_id`, `end_order_id`, `end_deals_id` FROM `slice_history`"
     if rebuild is None:
         return await _fetch(db, columns + " ORDER BY `id` DESC LIMIT 1")
@@ -179,6 +180,8 @@ async def _slice_row(db, rebuild):
                         (rebuild.after,))
     if rows:
         return rows
+    if await _first_logged(db) == 1:
+        return []
     rows = await _fetch(db, columns + " ORDER BY `id` LIMIT 1")
     if rows:
         rebuild.warn("no slice at or before operation %d: the history and messages of "
@@ -448,6 +451,15 @@ async def _load_dedup(eng, db, tables, slice_time, end_id):
             if len(page) < PAGE:
                 break
     return count
+
+
+async def _first_logged(db):
+    """The id of the first operation the log still holds (None when it holds none)."""
+    for table in await operlog_tables(db):
+        first = await _fetch(db, "SELECT MIN(`id`) FROM `%s`" % table)
+        if first and first[0][0] is not None:
+            return int(first[0][0])
+    return None
 
 
 async def operlog_tables(db):

@@ -194,10 +194,18 @@ class ReaderTests(TestCase):
                                   "messages of operations 501 to 1000 cannot be rebuilt"])
         self.assertEqual([int(v) for v in (await persist._slice_row(db, None))[0]],
                          [300, 3000, 3, 3])
+        # a log that still holds every operation from the first: no slice, the whole log
+        # replayed, nothing lost
+        await db.execute("CREATE TABLE `%s` LIKE `operlog_example`" % DAY1)
+        await db.execute("INSERT INTO `%s` VALUES (2, 1, '{}')" % DAY1)
+        self.assertEqual([int(v) for v in (await chosen(500, 1500))[0]], [100, 1000, 1, 1])
+        await db.execute("INSERT INTO `%s` VALUES (1, 1, '{}')" % DAY1)
+        self.assertEqual(await chosen(500, 1500), [])
+        self.assertEqual(len(warned), 2)
 
     def test_slice_for_a_rebuild(self):
-        """A rebuild loads the newest slice at or before its first operation, else the
-        oldest; recovery the newest."""
+        """A rebuild loads the newest slice at or before its first operation, else none
+        when the log starts at the first operation, else the oldest; recovery the newest."""
         return defer.Deferred.fromCoroutine(self.slice_for(self.mariadb()))
 
     def test_gap(self):
