@@ -12,6 +12,7 @@ yet opens at the deal's own price (the original opened at 0 there).
 
 import collections
 import json
+import math
 import time
 
 from utils.decimals import CONTEXT, ZERO, parse, to_display, to_raw
@@ -102,7 +103,11 @@ class Market:
         self.buckets = {g: {} for g in GRANULARITIES}
         self.deals = collections.deque(maxlen=DEALS_MAX)   # records, newest first
         self.dirty = set()              # (granularity, bucket time)
-        self.to_flush = []              # deal record texts, oldest first
+        self.to_flush = []              # deal records, oldest first: DEALS_MAX at most, the
+        # list in Redis keeping no more (a Redis away for long costs no more memory)
+        self.unsure = []                # deals of a flush that failed (`MarketPrice.unsure`)
+        self.recent = set()             # ids of the deals in `deals`
+        self.late = set()               # granularities with a bucket made out of time order
         self.update_time = 0.0
         self.last_offset = None
 
@@ -111,8 +116,9 @@ class Market:
 
     def apply_deal(self, t, price, amount, deal_id, taker_side, now, offset=None):
         """Add one deal to the k-lines and the recent deals; False (and nothing changed) for
-        a deal not newer than the newest one applied, which a resent batch can repeat."""
-        if self.deals and deal_id <= self.deals[0][0]:
+        a deal among the recent ones already, which a batch sent again repeats.  Ids are not
+        taken to grow: one far ahead (a bad message) must not stop every later deal."""
+        if deal_id in self.recent:
             return False
         sec = int(t)
         opening = self.last if self.priced else price
@@ -120,9 +126,12 @@ class Market:
         buckets, dirty = self.buckets, self.dirty
         for g, key in ((SEC, sec), (MIN, sec - sec % 60), (HOUR, sec - sec % 3600),
                        (DAY, (sec - self.tz) // 86400 * 86400 + self.tz)):
-            bucket = buckets[g].get(key)
+            made = buckets[g]
+            bucket = made.get(key)
             if bucket is None:
-                bucket = buckets[g][key] = KLine(opening)
+                if made and key < next(reversed(made)):
+                    self.late.add(g)
+                bucket = made[key] = KLine(opening)
             bucket.close = price
             bucket.volume = _add(bucket.volume, amount)
             bucket.deal = _add(bucket.deal, value)
@@ -135,8 +144,13 @@ class Market:
         self.priced = True
         record = (deal_id, t, to_display(price), to_display(amount),
                   "sell" if taker_side == 1 else "buy")
+        if len(self.deals) == DEALS_MAX:
+            self.recent.discard(self.deals[-1][0])
         self.deals.appendleft(record)
+        self.recent.add(deal_id)
         self.to_flush.append(record)
+        if len(self.to_flush) > 2 * DEALS_MAX:
+            del self.to_flush[:-DEALS_MAX]
         self.update_time = now
         if offset is not None:
             self.last_offset = offset
@@ -311,13 +325,20 @@ class Market:
         returns their times per granularity.
 
         Buckets are made in time order (and loaded sorted), so only the expired ones at the
-        front are visited: a week of second buckets is 604,800 of them per market.  A bucket
-        made out of order (a deal older than the newest bucket) is dropped a little late;
-        no query reaches it past its retention."""
+        front are visited: a week of second buckets is 604,800 of them per market.  Where a
+        bucket was made out of order (a deal older than the newest bucket, or one after a
+        deal dated ahead), every bucket is looked at once, and the rest put back in order."""
         dropped = {}
         for g, oldest in self.thresholds(now, limits).items():
             buckets = self.buckets[g]
             old = dropped[g] = []
+            if g in self.late:
+                self.late.discard(g)
+                kept = sorted((t, b) for t, b in buckets.items() if t >= oldest)
+                old += [t for t in buckets if t < oldest]
+                buckets.clear()
+                buckets.update(kept)
+                continue
             for t in buckets:
                 if t >= oldest:
                     break
@@ -355,7 +376,7 @@ def parse_deal(value):
         return None
     t, market, price, amount, side, deal_id = (data[0], data[1], data[6], data[7], data[10],
                                                data[11])
-    if type(t) is not float or not t or type(market) is not str:
+    if type(t) is not float or not t or not math.isfinite(t) or type(market) is not str:
         return None
     if type(side) is not int or side not in (1, 2) or type(deal_id) is not int or not deal_id:
         return None

@@ -20,8 +20,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from network.address import buffer_sizes
-from marketprice.kline import (GRANULARITIES, MONTH, WEEK, KLine, Market, parse_deal,
-                               timezone_offset)
+from marketprice.kline import (DEALS_MAX, GRANULARITIES, MONTH, WEEK, KLine, Market,
+                               parse_deal, timezone_offset)
 from utils import decimals, rpc
 from utils.daemon import give_up, mark_ready
 from utils.jsonfmt import RawJSON, dumps
@@ -76,6 +76,10 @@ class MarketPrice(service.Service):
         self.flushed_offset = None
         self.last_flush = 0.0
         self.flushing = None           # the flush being written
+        # the offset of the last flush that failed: its transaction may have been applied
+        # all the same (a connection lost with the answer to EXEC), which the offset in
+        # Redis tells at the next flush; its deals wait in each market's `unsure`
+        self.unsure = None
         self.flush_waiting = []        # Deferreds of flushes asked for meanwhile
         self.consumer = None
         self.cache = {}                # market -> {request body: (time, result)}
@@ -174,7 +178,9 @@ class MarketPrice(service.Service):
             market.load(g, loaded)
         deals = await conn.lrange("k:%s:deals" % name, 0, 9999)
         for text in deals:
-            market.deals.append(market.record_from_json(text))
+            record = market.record_from_json(text)
+            market.deals.append(record)
+            market.recent.add(record[0])
         last = await conn.get("k:%s:last" % name)
         if last is not None:
             market.last = decimals.parse(last)
@@ -223,7 +229,7 @@ class MarketPrice(service.Service):
                 self.cache.pop(name, None)
             else:
                 self.log.warn("marketprice: deal {deal_id} of {market} at offset {offset} is "
-                              "not newer than the last one applied; skipped",
+                              "one of the recent deals applied already; skipped",
                               deal_id=deal_id, market=name, offset=offset)
         self.offset = offset
 
@@ -257,13 +263,19 @@ class MarketPrice(service.Service):
     async def _flush_once(self):
         if self.offset == self.flushed_offset:
             return
+        if self.unsure is not None and await self._stored_offset() == self.unsure:
+            # the failed flush was applied: its deals are in Redis's lists already
+            self.flushed_offset, self.unsure = self.unsure, None
+            for market in self.markets.values():
+                market.unsure = []
         commands = []
         taken = []
         for market in self.markets.values():
             # what changes from here on is marked again, for the next flush: a bucket a deal
             # changes while this one is written is written again then, with its new value
             dirty, market.dirty = market.dirty, set()
-            records, market.to_flush = market.to_flush, []
+            records, market.to_flush = market.unsure + market.to_flush, []
+            market.unsure = []
             for g, t in sorted(dirty):
                 bucket = market.buckets[g].get(t)
                 if bucket is not None:
@@ -280,12 +292,29 @@ class MarketPrice(service.Service):
         commands.append(("set", "k:offset", offset))
         if await self._write(commands):
             self.flushed_offset = offset
+            self.unsure = None
             self.last_flush = self.clock_time()
         else:
-            # kept for the next flush, older than what came meanwhile
+            # kept for the next flush, older than what came meanwhile (the newest of the
+            # deals only: the lists keep no more)
+            self.unsure = offset
             for market, dirty, records in taken:
                 market.dirty |= dirty
-                market.to_flush[:0] = records
+                market.unsure = records[-DEALS_MAX:]
+
+    async def _stored_offset(self):
+        """The offset Redis holds, None when it cannot be read."""
+        try:
+            conn = await self.store.connect()
+        except Exception:
+            return None
+        try:
+            stored = await conn.get("k:offset")
+        except Exception:
+            return None
+        finally:
+            conn.disconnect()
+        return None if stored is None else int(stored)
 
     async def _write(self, commands):
         """Whether `commands` were written, in one transaction."""

@@ -376,7 +376,7 @@ class KafkaConsumerService(service.Service):
         while not self._stopping.is_set():
             try:
                 consumer = KafkaConsumer(bootstrap_servers=self.brokers, **self.config)
-                tp = TopicPartition(self.topic, self.partition)
+                tp = self._tp = TopicPartition(self.topic, self.partition)
                 consumer.assign([tp])
                 self._skip_before = None
                 if isinstance(self.offset, int):
@@ -418,6 +418,31 @@ class KafkaConsumerService(service.Service):
             self._skip_before = None
         return fresh
 
+    def _past_end(self, consumer):
+        """Read the partition again from its start (or its end, by `auto_offset_reset`)
+        when the position is past its end: the topic was recreated (a broker keeping it in
+        memory restarted) or truncated.  Kafka answers such a fetch OFFSET_OUT_OF_RANGE,
+        which kafka-python resets by itself; a broker that answers it with no error and its
+        end would have the consumer wait there without a word, then skip what comes
+        before the old position."""
+        tp = self._tp
+        end = consumer.highwater(tp)
+        if end is None:
+            return
+        position = consumer.position(tp)
+        if position is None or position <= end:
+            return
+        earliest = self.config.get("auto_offset_reset") == "earliest"
+        self.reactor.callFromThread(
+            self.log.error, "{name}: offset {position} is past the end of {topic} ({end}): "
+            "the topic was recreated or truncated; reading it again from its {where}",
+            name=self.name, position=position, topic=self.topic, end=end,
+            where="start" if earliest else "end")
+        if earliest:
+            consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek_to_end(tp)
+
     def _run(self):
         stopped = self._stopped
         consumer = self._open()
@@ -432,6 +457,7 @@ class KafkaConsumerService(service.Service):
             if self._skip_before is not None:
                 batch = self._fresh(consumer, batch)
             if not batch:
+                self._past_end(consumer)
                 continue
             batch = [(m.offset, m.value) for m in batch]
             self.reactor.callFromThread(self._broker_state, True)

@@ -6,7 +6,7 @@ from decimal import Decimal as D
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from marketprice.kline import MONTH, WEEK, KLine, Market, parse_deal
+from marketprice.kline import DEALS_MAX, MONTH, WEEK, KLine, Market, parse_deal
 
 LIMITS = (604800, 525600, 87600)
 T0 = 1795561980          # a minute boundary (UTC)
@@ -46,7 +46,8 @@ class BucketTests(SynchronousTestCase):
         self.assertEqual(m.status(3600, T0 + 10)["deal"], total)
 
     def test_repeated_deal_skipped(self):
-        """A deal not newer than the last one applied (a batch sent again) changes nothing."""
+        """A deal among the recent ones applied already (a batch sent again) changes
+        nothing."""
         m = market((T0 + 1, "8000", "0.3"), (T0 + 2, "7980", "0.2"))
         for deal_id in (2, 1):
             self.assertFalse(m.apply_deal(float(T0 + 2), D("7980"), D("0.2"), deal_id, 2,
@@ -57,6 +58,26 @@ class BucketTests(SynchronousTestCase):
         self.assertEqual(len(m.to_flush), 2)
         self.assertTrue(m.apply_deal(float(T0 + 3), D("8020"), D("1"), 3, 1, T0 + 9))
         self.assertEqual(m.buckets["1m"][T0].volume, D("1.5"))
+
+    def test_ids_need_not_grow(self):
+        """A deal of an id far ahead (a bad message) does not stop the later ones, nor does
+        an id below the newest that was never applied."""
+        m = market((T0 + 1, "8000", "1"))
+        for deal_id in (2 ** 63 - 1, 2, 5, 4):
+            self.assertTrue(m.apply_deal(float(T0 + 2), D("8000"), D("1"), deal_id, 2, T0 + 9))
+        self.assertEqual(m.buckets["1m"][T0].volume, D("5"))
+        self.assertFalse(m.apply_deal(float(T0 + 3), D("8000"), D("1"), 4, 2, T0 + 9))
+
+    def test_backlog_bounded(self):
+        """While Redis is away, the deals kept for it are the newest DEALS_MAX at most: the
+        list there keeps no more."""
+        m = Market("BTCBCH", tz=0)
+        for n in range(1, 3 * DEALS_MAX):
+            m.apply_deal(float(T0 + 1), D("1"), D("1"), n, 2, T0 + 9)
+        self.assertLessEqual(len(m.to_flush), 2 * DEALS_MAX)
+        self.assertEqual(m.to_flush[-1][0], 3 * DEALS_MAX - 1)
+        self.assertEqual(len(m.recent), DEALS_MAX)
+        self.assertEqual(m.buckets["1m"][T0].volume, D(3 * DEALS_MAX - 1))
 
     def test_new_bucket_opens_at_previous_price(self):
         """The next bucket opens at the last price before its first deal."""
@@ -159,6 +180,21 @@ class QueryTests(SynchronousTestCase):
         self.assertEqual(m.expire(now, LIMITS)["1s"], [])
 
 
+    def test_expire_after_a_deal_dated_ahead(self):
+        """A deal dated years ahead does not hold back the retention of the buckets made
+        after it."""
+        m = Market("BTCBCH", tz=0)
+        for t in (T0, T0 + 1, T0 + 10 * 365 * 86400, T0 + 2, T0 + 3):
+            m.apply_deal(float(t), D("1"), D("1"), t, 2, T0)
+        now = T0 + 604800 + 100        # a week and more: past the seconds' retention
+        dropped = m.expire(now, LIMITS)
+        self.assertEqual(sorted(dropped["1s"]), [T0, T0 + 1, T0 + 2, T0 + 3])
+        self.assertEqual(list(m.buckets["1s"]), [T0 + 10 * 365 * 86400])
+        m.apply_deal(float(now), D("1"), D("1"), 99, 2, now)
+        self.assertEqual(m.expire(now, LIMITS)["1s"], [])
+        self.assertEqual(list(m.buckets["1s"]), [now, T0 + 10 * 365 * 86400])
+
+
 class ParseTests(SynchronousTestCase):
 
     def test_validation(self):
@@ -171,5 +207,7 @@ class ParseTests(SynchronousTestCase):
                     '[1.5, "BTCBCH", 3, 5, 3, 1, "x", "1", "0", "0", 2, 2]',
                     '[1.5, "BTCBCH", 3, 5, 3, 1, "8000", "1", "0", "0", 3, 2]',
                     '[1.5, "BTCBCH", 3, 5, 3, 1, "8000", "1", "0", "0", 2, 0]',
+                    '[NaN, "BTCBCH", 3, 5, 3, 1, "8000", "1", "0", "0", 2, 2]',
+                    '[Infinity, "BTCBCH", 3, 5, 3, 1, "8000", "1", "0", "0", 2, 2]',
                     '[1.5, "BTCBCH"]', 'not json', '{}'):
             self.assertIsNone(parse_deal(bad), bad)

@@ -164,6 +164,40 @@ class FlushTests(TestCase):
         self.assertEqual(stored, ["10", "11", "12", "10", "4", "45"])
         self.assertEqual(deals, recent)
 
+    async def lost_answer_scenario(self):
+        mp = await self.started()
+        await self.deal(mp, 1, "12", "2")
+        write = mp._write
+
+        async def applied_unanswered(commands):
+            # the transaction applied, the answer to EXEC lost with the connection
+            await write(commands)
+            return False
+        mp._write = applied_unanswered
+        await mp.flush()
+        self.assertEqual(mp.unsure, 1)
+        mp._write = write
+        await self.deal(mp, 2, "11", "1")
+        await mp.flush()
+        (stored, deals, offset), (bucket, recent) = await self.in_redis(mp)
+        self.assertEqual(offset, "2")
+        self.assertEqual(deals, [3, 2, 1])
+        self.assertEqual(deals, recent)
+        self.assertEqual(stored, bucket)
+        # and one that was not applied is written by the next flush
+        mp._write = lambda commands: defer.succeed(False)
+        await self.deal(mp, 3, "13", "1")
+        await mp.flush()
+        mp._write = write
+        await mp.flush()
+        (stored, deals, offset), _ = await self.in_redis(mp)
+        self.assertEqual((offset, deals), ("3", [4, 3, 2, 1]))
+
+    def test_flush_applied_but_unanswered(self):
+        """A flush whose transaction was applied though its answer was lost is not written
+        again: the offset in Redis tells (its deals were pushed twice onto the lists)."""
+        return defer.Deferred.fromCoroutine(self.lost_answer_scenario())
+
     def test_deal_during_a_flush(self):
         """A deal applied while a flush is being written is written by the next flush,
         where its bucket was marked written with the value from before it."""

@@ -7,6 +7,7 @@ import uuid
 
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from utils import testing
@@ -159,6 +160,28 @@ class BrokerTests(TestCase):
     def test_stop_flushes(self):
         """stopService delivers what is queued before it fires."""
         return defer.Deferred.fromCoroutine(self.flush_scenario())
+
+    async def recreated_scenario(self):
+        # a position past the end of the partition, as a stored offset is after the topic
+        # was recreated (a broker keeping its topics in memory restarted)
+        topic = topic_name()
+        producer = LeanProducer(self.brokers)
+        self.addCleanup(producer.close)
+        producer.send([(topic, b"new %d" % i) for i in range(5)])
+        got = []
+        with capturedLogs() as events:
+            self.consumer(topic, got, offset=30)
+            await until(lambda: len(got) >= 5, seconds=30, what="the messages")
+            await deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual(got, [(i, b"new %d" % i) for i in range(5)])
+        self.assertTrue(any("offset 30 is past the end of %s (5)" % topic in formatEvent(e)
+                            for e in events if e["log_level"] == LogLevel.error))
+
+    def test_topic_recreated(self):
+        """A consumer whose position is past the end of its partition (the topic recreated)
+        says so and reads it again from the start, where it waited without a word and then
+        skipped what came before its old position."""
+        return defer.Deferred.fromCoroutine(self.recreated_scenario())
 
     async def stop_while_down_scenario(self):
         broker = testing.KafkaBroker().start()
