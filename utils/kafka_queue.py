@@ -419,8 +419,8 @@ class KafkaConsumerService(service.Service):
         return fresh
 
     def _past_end(self, consumer):
-        """Read the partition again from its start (or its end, by `auto_offset_reset`)
-        when the position is past its end: the topic was recreated (a broker keeping it in
+        """Read the partition again from its start (its end for a consumer started at the
+        latest offset, or by `auto_offset_reset`) when the position is past its end: the topic was recreated (a broker keeping it in
         memory restarted) or truncated.  Kafka answers such a fetch OFFSET_OUT_OF_RANGE,
         which kafka-python resets by itself; a broker that answers it with no error and its
         end would have the consumer wait there without a word, then skip what comes
@@ -432,7 +432,10 @@ class KafkaConsumerService(service.Service):
         position = consumer.position(tp)
         if position is None or position <= end:
             return
-        earliest = self.config.get("auto_offset_reset") == "earliest"
+        # a consumer of what is produced from now on (accessws's pushes) goes to the end:
+        # what the topic holds is old news
+        earliest = (self.offset != "latest"
+                    and self.config.get("auto_offset_reset") == "earliest")
         self.reactor.callFromThread(
             self.log.error, "{name}: offset {position} is past the end of {topic} ({end}): "
             "the topic was recreated or truncated; reading it again from its {where}",

@@ -219,6 +219,41 @@ class BrokerTests(TestCase):
         return defer.Deferred.fromCoroutine(self.unreachable_stop_scenario())
 
 
+class PastEndTests(SynchronousTestCase):
+
+    def test_where_a_consumer_reads_again(self):
+        """Past the end of its partition, a consumer of a stored offset reads it again from
+        the start; one of what is produced from now on (accessws's) from the end."""
+        class Consumer:
+            def __init__(self):
+                self.seeks = []
+
+            def highwater(self, tp):
+                return 5
+
+            def position(self, tp):
+                return 30
+
+            def seek_to_beginning(self, tp):
+                self.seeks.append("start")
+
+            def seek_to_end(self, tp):
+                self.seeks.append("end")
+
+        class Reactor:
+            def callFromThread(self, f, *args, **kwargs):
+                f(*args, **kwargs)
+
+        for offset, where in ((30, "start"), ("latest", "end")):
+            service = KafkaConsumerService("127.0.0.1:1", "t", lambda o, v: None,
+                                           offset=offset, reactor=Reactor())
+            service._tp = "tp"
+            consumer = Consumer()
+            with capturedLogs():
+                service._past_end(consumer)
+            self.assertEqual(consumer.seeks, [where])
+
+
 class BusTests(SynchronousTestCase):
 
     def setUp(self):
