@@ -61,7 +61,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from network.address import AddressError, listen, parse_address
-from network.output import pending_output, write_now
+from network.output import flush, pending_output, unsent_over, write_now
 from network.timer import Timer
 from utils import rpc
 from utils.jsonfmt import RawJSON, dumps, loads
@@ -380,11 +380,17 @@ class WSServerProtocol(WebSocketServerProtocol):
         return self.send_text(notify_text(method, params))
 
     def close(self):
-        """Close the connection after what is already written, without a close frame."""
+        """Close the connection without a close frame, at once, as the original closes a
+        session: what the kernel takes now is sent, the rest dropped (a peer that does not
+        read would hold it open for ever, the checks that would drop it later finding it
+        closed already)."""
         if self.state != _CLOSED:
             self.factory.release(self)
             self.wasNotCleanReason = "closed by the server"
-            self.dropConnection(abort=False)
+            flush(self.transport)
+            self.dropConnection(abort=bool(pending_output(self.transport)))
+        else:
+            self._abort_closed()
 
     def drop(self, reason: str):
         """Abort the connection at once, discarding unsent output."""
@@ -392,16 +398,39 @@ class WSServerProtocol(WebSocketServerProtocol):
             self.wasClean = False
             self.wasNotCleanReason = reason
             self.dropConnection(abort=True)
+        else:
+            self._abort_closed()
+
+    def _abort_closed(self):
+        # closed by the protocol, the socket still open behind output a peer does not take
+        transport = self.transport
+        if transport is not None and transport.connected and hasattr(transport,
+                                                                     "abortConnection"):
+            transport.abortConnection()
 
     def _check_output(self):
         limit = self.factory.max_output
         if limit and self.state != _CLOSED:
-            pending = pending_output(self.transport)
-            if pending > limit:
+            # what the kernel does not take, as the original counts it, not what one pass
+            # of the reactor wrote to a client that reads
+            if unsent_over(self.transport, limit):
+                pending = pending_output(self.transport)
                 log.error("{name}: {peer} does not read its messages ({pending} bytes "
                           "pending); closing", name=self.factory.name,
                           peer=self.session.client_ip, pending=pending)
                 self.drop("output buffer full")
+
+
+def _write_frames(transport, frames):
+    """Write push frames, shared by every connection they go to: joined into one send when
+    the transport has nothing waiting, else queued as they are (a copy each for thousands
+    of connections that do not read took gigabytes)."""
+    if len(frames) == 1:
+        write_now(transport, frames[0])
+    elif pending_output(transport):
+        transport.writeSequence(frames)
+    else:
+        write_now(transport, b"".join(frames))
 
 
 class WSServerFactory(WebSocketServerFactory):
@@ -468,7 +497,7 @@ class WSServerFactory(WebSocketServerFactory):
         if self._held:
             frames = self._held.pop(protocol, None)
             if frames:
-                write_now(protocol.transport, b"".join(frames))
+                _write_frames(protocol.transport, frames)
 
     def send_held(self):
         """Send every held push now, without waiting for the window to close."""
@@ -481,8 +510,7 @@ class WSServerFactory(WebSocketServerFactory):
         held, self._held = self._held, {}
         for protocol, frames in held.items():
             if protocol.state == _OPEN:
-                write_now(protocol.transport, frames[0] if len(frames) == 1
-                          else b"".join(frames))
+                _write_frames(protocol.transport, frames)
                 protocol._check_output()
 
     def check_idle(self):

@@ -8,13 +8,14 @@ import tempfile
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from network.address import AddressError, client_endpoint
+from network.output import pending_output
 from utils import rpc
 from utils.jsonfmt import RawJSON
 from utils.testing import free_port, reference, until
@@ -22,6 +23,20 @@ from utils.websocket import (NO_REPLY, BadRequest, WSServerFactory, listen_ws, n
                              parse_request, reply_text, with_request)
 
 TRANSCRIPT = reference("ws-scenario.jsonl")
+
+
+def masked(payload):
+    """A client's text frame of `payload`, masked as a client's must be."""
+    import struct
+    mask = b"\x01\x02\x03\x04"
+    size = len(payload)
+    if size < 126:
+        head = bytes([0x81, 0x80 | size])
+    elif size < 65536:
+        head = bytes([0x81, 0x80 | 126]) + struct.pack(">H", size)
+    else:
+        head = bytes([0x81, 0x80 | 127]) + struct.pack(">Q", size)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def request(request_id, method, params=()):
@@ -582,6 +597,32 @@ class PushWindowTests(Memory):
         self.assertEqual(other.take(), [b'{"method": "price.update", "params": [], "id": null}'])
 
 
+class SharedFramesTests(SynchronousTestCase):
+
+    def test_held_pushes_shared(self):
+        """Held pushes are queued as the shared frames where output waits already (a copy
+        for each connection that did not read took gigabytes), joined into one send else."""
+        from utils.websocket import _write_frames
+
+        class Transport:
+            def __init__(self, waiting):
+                self.dataBuffer, self._tempDataLen = waiting, 0
+                self.written = []
+
+            def write(self, data):
+                self.written.append(data)
+
+            def writeSequence(self, frames):
+                self.written.extend(frames)
+
+        frames = [b"a" * 100, b"b" * 100]
+        blocked, free = Transport(b"waiting"), Transport(b"")
+        _write_frames(blocked, frames)
+        _write_frames(free, frames)
+        self.assertTrue(all(a is b for a, b in zip(blocked.written, frames)))
+        self.assertEqual(free.written, [b"".join(frames)])
+
+
 class OutputLimitTests(Memory):
 
     factory_options = {"buf_limit": 3, "send_timeout": 5.0, "keep_alive": 0}
@@ -783,6 +824,39 @@ class LoopbackTests(TestCase):
                 sent += 65536
                 await deferLater(_reactor(), 0, lambda: None)
             self.assertEqual(self.factory.sessions, set())
+            self.flushLoggedErrors()
+        return self.run_scenario(scenario)
+
+    def test_closed_at_once_while_not_reading(self):
+        """A connection closed by the server (a bad request here) while its client reads
+        nothing is closed at once, what the kernel does not take dropped, as the original
+        closes a session: it stayed open for ever, every later check finding it closed."""
+        import socket as sockets
+
+        self.factory.handlers["big"] = lambda session, params: "x" * 100000
+
+        async def scenario():
+            bind = await self.start()
+            port = int(bind.rsplit(":", 1)[1])
+
+            def stuffed():
+                sock = sockets.socket()
+                sock.setsockopt(sockets.SOL_SOCKET, sockets.SO_RCVBUF, 4096)
+                sock.connect(("127.0.0.1", port))
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Key: "
+                             b"dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                # ten megabytes of replies it never reads, past what the kernels hold
+                sock.sendall(masked(request(1, "big")) * 100)
+                return sock
+            sock = await threads.deferToThread(stuffed)
+            self.addCleanup(sock.close)
+            await until(lambda: self.factory._connections, what="the connection")
+            [conn] = self.factory._connections
+            await until(lambda: pending_output(conn.transport) > 100000, what="replies stuck")
+            await threads.deferToThread(sock.sendall, masked(b"not json"))
+            await until(lambda: not self.factory._connections, seconds=5,
+                        what="the connection closed")
             self.flushLoggedErrors()
         return self.run_scenario(scenario)
 
