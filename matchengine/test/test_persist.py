@@ -54,6 +54,17 @@ def state(eng):
     return dict(eng.balances.entries), orders, eng.order_id, eng.deal_id, dict(eng.dedup)
 
 
+def log_database(test, label, **kwargs):
+    """(Database, name) of a fresh trade_log database, dropped after `test`."""
+    name = testing.create_database(label, ("trade_log",))
+    test.addCleanup(testing.drop_database, name)
+    kw = testing.mysql_connect_kwargs("misc")
+    db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"], name,
+                             "utf8mb4", **kwargs)
+    test.addCleanup(db.close)
+    return db, name
+
+
 class ReaderTests(TestCase):
 
     timeout = 60
@@ -66,13 +77,7 @@ class ReaderTests(TestCase):
         self.messages = []
 
     def mariadb(self):
-        name = testing.create_database("persist", ("trade_log",))
-        self.addCleanup(testing.drop_database, name)
-        kw = testing.mysql_connect_kwargs("misc")
-        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"], name,
-                                 "utf8mb4")
-        self.addCleanup(db.close)
-        return db
+        return log_database(self, "persist")[0]
 
     def sqlite(self):
         db = mysql.connect_sqlite(self.mktemp() + ".db")
@@ -344,12 +349,7 @@ class OriginalSchemaTests(TestCase):
     timeout = 60
 
     async def original_schema(self):
-        name = testing.create_database("orig", ("trade_log",))
-        self.addCleanup(testing.drop_database, name)
-        kw = testing.mysql_connect_kwargs("misc")
-        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"], name,
-                                 "utf8mb4")
-        self.addCleanup(db.close)
+        db, name = log_database(self, "orig")
         today, yesterday = operlog.table_name(T2), operlog.table_name(T2 - 86400)
         for sql in ("ALTER TABLE `slice_order_example` DROP COLUMN `source`",
                     "ALTER TABLE `operlog_example` CONVERT TO CHARACTER SET utf8",
@@ -406,13 +406,10 @@ class TemplateTests(TestCase):
 
     async def altered(self):
         import pymysql
-        name = testing.create_database("tmpl", ("trade_log",))
-        self.addCleanup(testing.drop_database, name)
-        kw = testing.mysql_connect_kwargs("misc")
         # waiting one second at most for a table another connection holds
-        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"], name,
-                                 "utf8mb4", init_command="SET SESSION lock_wait_timeout = 1")
-        self.addCleanup(db.close)
+        db, name = log_database(self, "tmpl",
+                                init_command="SET SESSION lock_wait_timeout = 1")
+        kw = testing.mysql_connect_kwargs("misc")
         await db.execute("ALTER TABLE `slice_balance_example` MODIFY `balance` "
                          "DECIMAL(30,16) NOT NULL")
         holder = pymysql.connect(**dict(kw, database=name))
