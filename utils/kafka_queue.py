@@ -420,11 +420,11 @@ class KafkaConsumerService(service.Service):
 
     def _past_end(self, consumer):
         """Read the partition again from its start (its end for a consumer started at the
-        latest offset, or by `auto_offset_reset`) when the position is past its end: the topic was recreated (a broker keeping it in
-        memory restarted) or truncated.  Kafka answers such a fetch OFFSET_OUT_OF_RANGE,
-        which kafka-python resets by itself; a broker that answers it with no error and its
-        end would have the consumer wait there without a word, then skip what comes
-        before the old position."""
+        latest offset, or by `auto_offset_reset`) when the position is past its end: the
+        topic was recreated (a broker keeping it in memory restarted) or truncated.  Kafka
+        answers such a fetch OFFSET_OUT_OF_RANGE, which kafka-python resets by itself; a
+        broker that answers it with no error and its end would have the consumer wait
+        there without a word, then skip what comes before the old position."""
         tp = self._tp
         end = consumer.highwater(tp)
         if end is None:

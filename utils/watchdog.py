@@ -33,9 +33,9 @@ The shell scripts call this module:
 
 `check` exits 0 and prints `up` when watchdog and worker run and every TCP address of the
 config's `svr.bind` answers within 2 s (a heartbeat for the RPC daemons, a request for the
-gateways; alertcenter's need only take the connection), or `up, starting` while the worker has not finished
-starting (a matchengine replaying its log: restarting it would only start that over);
-otherwise it prints why and exits 1.
+gateways; alertcenter's need only take the connection), or `up, starting` while the worker
+has not finished starting (a matchengine replaying its log: restarting it would only start
+that over); otherwise it prints why and exits 1.
 """
 
 import contextlib
