@@ -429,7 +429,12 @@ class KafkaConsumerService(service.Service):
         end = consumer.highwater(tp)
         if end is None:
             return
-        position = consumer.position(tp)
+        try:
+            # a reset asked for before and not resolved yet (the broker away) is not
+            # waited for: the consumer must stay stoppable
+            position = consumer.position(tp, timeout_ms=200)
+        except Exception:
+            return
         if position is None or position <= end:
             return
         # a consumer of what is produced from now on (accessws's pushes) goes to the end:

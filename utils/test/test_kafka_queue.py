@@ -231,7 +231,7 @@ class PastEndTests(SynchronousTestCase):
             def highwater(self, tp):
                 return 5
 
-            def position(self, tp):
+            def position(self, tp, timeout_ms=None):
                 return 30
 
             def seek_to_beginning(self, tp):
