@@ -51,6 +51,7 @@ so that a port that cannot be bound stops twistd; `listen_ws` is for tools and t
 
 import inspect
 import itertools
+import re
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -308,9 +309,14 @@ class WSServerProtocol(WebSocketServerProtocol):
             origin = self.factory.origin
             if origin and not headers.get("origin", "").endswith(origin):
                 raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
-            if not request.protocols:
+            # the offered subprotocols separated by commas or spaces, as the original reads
+            # them
+            offered = [p for p in re.split(r"[, ]+", headers.get("sec-websocket-protocol", ""))
+                       if p]
+            if not offered:
                 return None
-            if self.factory.subprotocol in request.protocols:
+            if self.factory.subprotocol in offered:
+                self.websocket_protocols = offered
                 return self.factory.subprotocol
             raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "unsupported subprotocol")
         except ConnectionDeny as e:
@@ -464,7 +470,7 @@ class WSServerFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             maxFramePayloadSize=max_pkg_size, maxMessagePayloadSize=max_pkg_size,
             autoPingInterval=ping_interval, autoPingTimeout=ping_timeout,
-            webStatus=False, allowNullOrigin=True)
+            webStatus=False, allowNullOrigin=True, versions=[13])
 
     def startFactory(self):
         if self.keep_alive > 0:

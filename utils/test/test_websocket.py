@@ -860,6 +860,36 @@ class LoopbackTests(TestCase):
             self.flushLoggedErrors()
         return self.run_scenario(scenario)
 
+    def test_handshake_as_the_original_reads_it(self):
+        """Subprotocols separated by spaces are read as the original reads them, and only
+        version 13 of the protocol is taken."""
+        import socket as sockets
+
+        async def scenario():
+            bind = await self.start()
+            port = int(bind.rsplit(":", 1)[1])
+
+            def handshake(extra):
+                with sockets.create_connection(("127.0.0.1", port), 5) as sock:
+                    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                                 b"Connection: Upgrade\r\nSec-WebSocket-Key: "
+                                 b"dGhlIHNhbXBsZSBub25jZQ==\r\n" + extra + b"\r\n")
+                    head = b""
+                    while b"\r\n\r\n" not in head:
+                        chunk = sock.recv(4096)
+                        if not chunk:
+                            break
+                        head += chunk
+                    return head.split(b"\r\n")
+            lines = await threads.deferToThread(
+                handshake, b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: x chat\r\n")
+            self.assertEqual(lines[0], b"HTTP/1.1 101 Switching Protocols")
+            self.assertIn(b"Sec-WebSocket-Protocol: chat", lines)
+            lines = await threads.deferToThread(handshake, b"Sec-WebSocket-Version: 8\r\n")
+            self.assertNotEqual(lines[0], b"HTTP/1.1 101 Switching Protocols")
+            self.flushLoggedErrors()
+        return self.run_scenario(scenario)
+
     def test_unix_socket(self):
         """A stream@ address serves the same protocol."""
         path = os.path.join(tempfile.mkdtemp(), "ws.sock")
