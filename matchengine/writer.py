@@ -171,10 +171,6 @@ def connect(db):
                            init_command=SESSION_SETUP)
 
 
-HISTORY_TABLES = ("balance_history", "order_history", "order_detail", "deal_history",
-                  "user_deal_history")
-
-
 def utf8mb4_history(db):
     """Have the history tables keep their texts in utf8mb4, once at start.
 
@@ -193,12 +189,10 @@ def utf8mb4_history(db):
             cursor.execute("SELECT DISTINCT `TABLE_NAME` FROM information_schema.COLUMNS "
                            "WHERE `TABLE_SCHEMA` = DATABASE() AND `CHARACTER_SET_NAME` <> "
                            "'utf8mb4' AND `TABLE_NAME` REGEXP %s",
-                           ("^(%s)_([0-9]+|example)$" % "|".join(HISTORY_TABLES),))
+                           ("^(%s)_([0-9]+|example)$" % "|".join(HISTORY_COLUMNS),))
             tables = sorted(table for table, in cursor.fetchall())
             shards = [table for table in tables if not table.endswith("_example")]
-            for table in tables:
-                if table in shards:
-                    continue
+            for table in (table for table in tables if table.endswith("_example")):
                 alter = "ALTER TABLE `%s` CONVERT TO CHARACTER SET utf8mb4" % table
                 try:
                     cursor.execute(alter)

@@ -206,15 +206,15 @@ def listen(reactor, address, factory: ServerFactory, read_mem=0, write_mem=0):
 
     `read_mem`/`write_mem` set the buffer sizes of the connections it accepts, which send
     without delay (`set_no_delay`) over TCP."""
-    tcp = parse_address(address).kind == "tcp"
+    addr = parse_address(address)
 
     def listening(port):
         set_buffers(port.socket, read_mem, write_mem)
-        if tcp:
+        if addr.kind == "tcp":
             set_no_delay(port.socket)
         return port
 
-    return server_endpoint(reactor, address).listen(factory).addCallback(listening)
+    return server_endpoint(reactor, addr).listen(factory).addCallback(listening)
 
 
 async def listen_monitor(reactor, section):

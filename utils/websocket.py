@@ -417,7 +417,7 @@ class WSServerProtocol(WebSocketServerProtocol):
     def _check_output(self):
         limit = self.factory.max_output
         if limit and self.state != _CLOSED:
-            # what the kernel does not take, as the original counts it, not what one pass
+            # what the kernel does not take, as the original counts it, not what one turn
             # of the reactor wrote to a client that reads
             if unsent_over(self.transport, limit):
                 pending = pending_output(self.transport)
