@@ -1,14 +1,19 @@
 #!/usr/bin/env python
-"""MariaDB's CPU per history row, by how many rows the writer gathers at a time.
+"""MariaDB's CPU per history row, by how many rows the writer gathers at a time and how it
+hands them over.
 
 The history rows of `--orders` orders of `bench/matchengine_core.py` (about ten an order,
-over the 500 shards of the five history tables) are inserted into a fresh `trade_history`
-database by the writer's own statements (`matchengine.writer.insert_statements`), one
-group of `--groups` rows at a time, each group one transaction on one connection.  Prints
-a line per group size: statements, rows per statement, and MariaDB's CPU per row and per
+over the 500 shards of the five history tables) are written into a fresh `trade_history`
+database by the writer's own connection (`matchengine.writer.Connection`), one group of
+`--groups` rows at a time, each group one transaction (`--by`): as the writer does
+("writer": a LOAD DATA LOCAL for a table shard of `matchengine.writer.LOAD_ROWS` rows or
+more, multi-row INSERTs for the others), every shard by LOAD DATA ("load"), or by INSERTs
+("insert").  Prints a line per group size and way: MariaDB's
+CPU and this process's (the writer's part: the rows' text, the protocol) per row and per
 order, read from /proc.  Needs `python depends/services.py up`.
 
 Usage: python bench/history_rows.py [--orders N] [--groups N [N ...]]
+                                   [--by {writer,load,insert} ...]
 """
 
 import argparse
@@ -22,7 +27,7 @@ sys.path.insert(0, ROOT)
 from bench import cpu  # noqa: E402
 from bench.matchengine_core import START, build, orders  # noqa: E402
 from matchengine.operlog import stamp  # noqa: E402
-from matchengine.writer import insert_statements  # noqa: E402
+from matchengine import writer  # noqa: E402
 from utils import rpc, testing  # noqa: E402
 
 
@@ -42,25 +47,27 @@ def history_of(count):
     return rows
 
 
-def insert(rows, group, mariadb):
-    """(statements, MariaDB CPU seconds, wall seconds) of inserting `rows` by `group`."""
-    import pymysql
+def insert(rows, group, mariadb, by):
+    """(MariaDB CPU seconds, this process's CPU seconds, wall seconds) of writing `rows` by
+    `group`, `by` "writer", "load" or "insert"."""
     info = testing.require("mysql")
     name = testing.create_database("benchrows", ("trade_history",), True)
-    conn = pymysql.connect(host=info["host"], port=int(info["port"]), user=info["user"],
-                           password=info["password"], database=name, autocommit=False)
+    connection = writer.Connection({"host": info["host"], "port": int(info["port"]),
+                                    "user": info["user"], "pass": info["password"],
+                                    "name": name})
     try:
-        statements = 0
+        connection.run(["SELECT 1"])
+        connection.loads = by != "insert"
+        if by == "load":
+            connection.load_rows = 1
         before, start = cpu.process_cpu(mariadb), time.perf_counter()
-        with conn.cursor() as cursor:
-            for first in range(0, len(rows), group):
-                for sql in insert_statements(rows[first:first + group]):
-                    cursor.execute(sql)
-                    statements += 1
-                conn.commit()
-        return statements, cpu.process_cpu(mariadb) - before, time.perf_counter() - start
+        own = time.process_time()
+        for first in range(0, len(rows), group):
+            connection.run(writer.shard_rows(rows[first:first + group]))
+        return (cpu.process_cpu(mariadb) - before, time.process_time() - own,
+                time.perf_counter() - start)
     finally:
-        conn.close()
+        connection.conn.close()
         testing.drop_database(name)
 
 
@@ -69,17 +76,21 @@ def main():
     parser.add_argument("--orders", type=int, default=20000)
     parser.add_argument("--groups", type=int, nargs="+", default=[3000, 20000, 200000],
                         help="rows written together (default: 3000 20000 200000)")
+    parser.add_argument("--by", nargs="+", choices=("writer", "load", "insert"),
+                        default=["writer", "load", "insert"],
+                        help="how the rows go in (default: each way)")
     args = parser.parse_args()
     mariadb = cpu.local_services().get("MariaDB")
     if mariadb is None:
         raise SystemExit("history_rows: no local MariaDB process found")
     rows = history_of(args.orders)
     for group in args.groups:
-        statements, used, wall = insert(rows, group, mariadb)
-        print("history_rows: %d orders, %d rows in groups of %d: %d statements, %.1f rows a "
-              "statement; MariaDB %.1f us a row, %.1f us an order; %.2f s"
-              % (args.orders, len(rows), group, statements, len(rows) / statements,
-                 used / len(rows) * 1e6, used / args.orders * 1e6, wall), flush=True)
+        for by in args.by:
+            used, own, wall = insert(rows, group, mariadb, by)
+            print("history_rows: %d orders, %d rows in groups of %d by %s: MariaDB %.1f us a "
+                  "row, %.1f us an order; writer %.1f us an order; %.2f s"
+                  % (args.orders, len(rows), group, by, used / len(rows) * 1e6,
+                     used / args.orders * 1e6, own / args.orders * 1e6, wall), flush=True)
 
 
 if __name__ == "__main__":

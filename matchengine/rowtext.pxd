@@ -72,8 +72,29 @@ cdef extern from *:
         }
     }
 
-    /* 1 written, 0 a value of another type than its column holds, -1 an error */
-    static int viabtc_text_value(viabtc_buffer *t, PyObject *value, char kind) {
+    /* a text as a field of LOAD DATA's default format: a backslash before each backslash,
+       tab, line feed, carriage return and NUL (written "0"); as it is when it has none */
+    static int viabtc_text_field(viabtc_buffer *t, const char *data, Py_ssize_t size) {
+        Py_ssize_t i;
+        if (viabtc_room(t, 2 * size) < 0) return -1;
+        for (i = 0; i < size; i++) {
+            char c = data[i], out = 0;
+            switch (c) {
+            case 0: out = '0'; break;
+            case '\\\\': out = '\\\\'; break;
+            case '\\t': out = 't'; break;
+            case '\\n': out = 'n'; break;
+            case '\\r': out = 'r'; break;
+            }
+            if (out) { t->buf[t->len++] = '\\\\'; t->buf[t->len++] = out; }
+            else t->buf[t->len++] = c;
+        }
+        return 0;
+    }
+
+    /* 1 written, 0 a value of another type than its column holds, -1 an error; `fields`:
+       as a field of LOAD DATA, not a literal of an INSERT */
+    static int viabtc_text_value(viabtc_buffer *t, PyObject *value, char kind, int fields) {
         if (kind == 't') {
             if (!PyFloat_CheckExact(value)) return 0;
             return viabtc_text_time(t, PyFloat_AS_DOUBLE(value)) < 0 ? -1 : 1;
@@ -95,15 +116,21 @@ cdef extern from *:
             if (!PyUnicode_CheckExact(value)) return 0;
             data = PyUnicode_AsUTF8AndSize(value, &size);
             if (data == NULL) return -1;
+            if (fields)
+                return (kind == 's' ? viabtc_text_field(t, data, size)
+                                    : viabtc_add(t, data, size)) < 0 ? -1 : 1;
             return viabtc_text_quoted(t, data, size, kind == 's') < 0 ? -1 : 1;
         }
         return 0;
     }
 
-    /* the rows' VALUES text; None when a value is not of its column's type */
-    static PyObject *viabtc_values_text(PyObject *rows, PyObject *kinds_text) {
+    /* the rows as the VALUES text of an INSERT (a str), or with `fields` as the lines of
+       LOAD DATA (bytes, UTF-8); None when a value is not of its column's type */
+    static PyObject *viabtc_rows_text(PyObject *rows, PyObject *kinds_text, int fields) {
         viabtc_buffer t = {NULL, 0, 0};
         const char *kinds;
+        const char *open = fields ? "" : "(", *close = fields ? "\\n" : ")";
+        const char *between = fields ? "\\t" : ", ", *next = fields ? "" : ", (";
         Py_ssize_t columns, count, i, j;
         PyObject *out = NULL;
         int done = 1;
@@ -114,21 +141,30 @@ cdef extern from *:
         for (i = 0; i < count && done == 1; i++) {
             PyObject *row = PyList_GET_ITEM(rows, i);
             if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != columns) { done = 0; break; }
-            if (viabtc_add(&t, i ? ", (" : "(", i ? 3 : 1) < 0) { done = -1; break; }
+            if (viabtc_add(&t, i ? next : open, (Py_ssize_t)strlen(i ? next : open)) < 0) {
+                done = -1;
+                break;
+            }
             for (j = 0; j < columns; j++) {
-                if (j && viabtc_add(&t, ", ", 2) < 0) { done = -1; break; }
-                done = viabtc_text_value(&t, PyTuple_GET_ITEM(row, j), kinds[j]);
+                if (j && viabtc_add(&t, between, (Py_ssize_t)strlen(between)) < 0) {
+                    done = -1;
+                    break;
+                }
+                done = viabtc_text_value(&t, PyTuple_GET_ITEM(row, j), kinds[j], fields);
                 if (done != 1) break;
             }
-            if (done == 1 && viabtc_add(&t, ")", 1) < 0) done = -1;
+            if (done == 1 && viabtc_add(&t, close, (Py_ssize_t)strlen(close)) < 0) done = -1;
         }
-        if (done == 1) out = PyUnicode_DecodeUTF8(t.buf ? t.buf : "", t.len, NULL);
+        if (done == 1 && fields) out = PyBytes_FromStringAndSize(t.buf ? t.buf : "", t.len);
+        else if (done == 1) out = PyUnicode_DecodeUTF8(t.buf ? t.buf : "", t.len, NULL);
         else if (done == 0) { out = Py_None; Py_INCREF(out); }
         PyMem_Free(t.buf);
         return out;
     }
     """
-    object _values_text "viabtc_values_text" (object rows, object kinds)
+    object _rows_text "viabtc_rows_text" (object rows, object kinds, int fields)
 
 cpdef str values_text(rows, str kinds)
 cpdef compiled_text(rows, str kinds)
+cpdef bytes fields_text(rows, str kinds)
+cpdef compiled_fields(rows, str kinds)

@@ -38,10 +38,11 @@ import time
 import traceback
 
 from matchengine.effects import HISTORY_COLUMNS
-from matchengine.rowtext import values_text
+from matchengine.rowtext import fields_text, values_text
 from utils.handoff import FRAME
 from utils.kafka_wire import LeanProducer
-from utils.mysql import SESSION_SETUP, client_charset, insert_texts, server_address
+from utils.mysql import (LOCAL_LOAD_REFUSED, SESSION_SETUP, client_charset, insert_texts,
+                         load_local, server_address)
 
 # how each history column is written into SQL: times to the microsecond, ids as integers,
 # free text escaped; the remaining columns are decimals in their raw form (digits, a point,
@@ -60,15 +61,41 @@ def _kinds(columns):
 KINDS = {table: _kinds(columns) for table, columns in HISTORY_COLUMNS.items()}
 
 
-def insert_statements(history, chunk=1000):
-    """The multi-row INSERT statements, as MySQL text, for `(table, shard, row)` entries:
-    one per table shard and `chunk` rows."""
-    return [sql for _, statements in shard_statements(history, chunk) for sql in statements]
+class ShardRows:
+    """The rows of one table shard (`balance_history_7`), in order, and the ways of writing
+    them: INSERT statements, or one LOAD DATA."""
+
+    __slots__ = ("table", "shard", "rows")
+
+    def __init__(self, table, shard, rows):
+        self.table = table
+        self.shard = shard
+        self.rows = rows
+
+    @property
+    def name(self):
+        return "%s_%d" % (self.table, self.shard)
+
+    def inserts(self, chunk=1000):
+        """Multi-row INSERT statements, `chunk` rows each at most."""
+        kinds = KINDS[self.table]
+        head = "INSERT IGNORE INTO `%s` (%s) VALUES " % (self.name, COLUMN_LISTS[self.table])
+        return insert_texts(head, self.rows, lambda part: values_text(part, kinds), chunk)
+
+    def load(self):
+        """`(statement, data)` of a LOAD DATA LOCAL of the rows (`utils.mysql.load_local`):
+        read as `inserts` would insert them, duplicates of a key skipped, texts in UTF-8."""
+        return ("LOAD DATA LOCAL INFILE 'history' IGNORE INTO TABLE `%s` CHARACTER SET "
+                "utf8mb4 (%s)" % (self.name, COLUMN_LISTS[self.table]),
+                fields_text(self.rows, KINDS[self.table]))
 
 
-def shard_statements(history, chunk=1000):
-    """`insert_statements` as `(shard name, statements)` for each table shard, the
-    statements in the rows' order."""
+COLUMN_LISTS = {table: ", ".join("`%s`" % c for c in columns)
+                for table, columns in HISTORY_COLUMNS.items()}
+
+
+def shard_rows(history):
+    """`(table, shard, row)` entries gathered as `ShardRows`, each shard's rows in order."""
     tables = {}
     for table, shard, row in history:
         shards = tables.get(table)
@@ -79,29 +106,26 @@ def shard_statements(history, chunk=1000):
             shards[shard] = [row]
         else:
             rows.append(row)
-    every = []
-    for table, shards in tables.items():
-        kinds = KINDS[table]
-        columns = ", ".join("`%s`" % c for c in HISTORY_COLUMNS[table])
-        for shard, rows in shards.items():
-            name = "%s_%d" % (table, shard)
-            head = "INSERT IGNORE INTO `%s` (%s) VALUES " % (name, columns)
-            every.append((name, insert_texts(head, rows, lambda part: values_text(part, kinds),
-                                             chunk)))
-    return every
+    return [ShardRows(table, shard, rows) for table, shards in tables.items()
+            for shard, rows in shards.items()]
+
+
+def insert_statements(history, chunk=1000):
+    """The multi-row INSERT statements, as MySQL text, for `(table, shard, row)` entries:
+    one per table shard and `chunk` rows."""
+    return [sql for shard in shard_rows(history) for sql in shard.inserts(chunk)]
 
 
 def deal(shards, workers):
-    """The statements of each table shard (`shard_statements`) dealt to at most `workers`
-    `(shard names, statements)`, the fewest statements to each: a shard's statements stay
-    together and in order on one connection, so that its rows' ids (AUTO_INCREMENT) follow
-    the rows' order, as readers of the history list them."""
-    loads = [([], []) for _ in range(workers)]
-    for name, statements in sorted(shards, key=lambda shard: len(shard[1]), reverse=True):
-        names, load = min(loads, key=lambda load: len(load[1]))
-        names.append(name)
-        load.extend(statements)
-    return [load for load in loads if load[1]]
+    """`ShardRows` dealt to at most `workers` lists, the fewest rows to each: a shard's rows
+    stay together and in order on one connection, so that their ids (AUTO_INCREMENT)
+    follow the rows' order, as readers of the history list them."""
+    loads = [[0, []] for _ in range(workers)]
+    for shard in sorted(shards, key=lambda shard: len(shard.rows), reverse=True):
+        load = min(loads, key=lambda load: load[0])
+        load[0] += len(shard.rows)
+        load[1].append(shard)
+    return [load[1] for load in loads if load[1]]
 
 
 POSITIONS_TABLE = "history_position"
@@ -163,12 +187,14 @@ def say(text, info=False):
 
 
 def connect(db):
-    """A PyMySQL connection to the database of the config section `db`."""
+    """A PyMySQL connection to the database of the config section `db`, able to send
+    history rows by LOAD DATA LOCAL (`utils.mysql.load_local`)."""
     import pymysql
+    from pymysql.constants import CLIENT
     return pymysql.connect(**server_address(db["host"], db.get("port", 3306)),
                            user=db["user"], password=db["pass"], database=db["name"],
                            charset=client_charset(db.get("charset", "utf8")), autocommit=False,
-                           init_command=SESSION_SETUP)
+                           init_command=SESSION_SETUP, client_flag=CLIENT.LOCAL_FILES)
 
 
 def utf8mb4_history(db):
@@ -210,30 +236,61 @@ def utf8mb4_history(db):
         conn.close()
 
 
+# rows of a table shard from which a LOAD DATA takes less CPU than INSERTs, the server's
+# and the writer's together (bench/history_rows.py): the server parses no SQL values, a
+# quarter less of its CPU a row, but a LOAD costs two more round trips than an INSERT
+LOAD_ROWS = 64
+
+
 class Connection:
     """A MySQL connection to the history database, made again after a failure: `run`
-    commits its statements in one transaction, retried every second until it succeeds."""
+    commits its statements in one transaction, retried every second until it succeeds.
+
+    History rows (`ShardRows`) go in by LOAD DATA LOCAL where the server takes it and a
+    shard has `LOAD_ROWS` rows or more, by INSERTs otherwise (MySQL 8's `local_infile` is
+    off by default)."""
 
     def __init__(self, db):
         self.db = db
         self.conn = None
+        self.loads = None   # whether the server takes LOAD DATA LOCAL, once connected
+        self.load_rows = LOAD_ROWS
 
     def _connect(self):
         while True:
             try:
-                return connect(self.db)
+                conn = connect(self.db)
+                if self.loads is None:
+                    with conn.cursor() as cursor:
+                        cursor.execute("SELECT @@local_infile")
+                        self.loads = bool(cursor.fetchone()[0])
+                    if not self.loads:
+                        say("history: the server's local_infile is off: history rows go "
+                            "in by INSERT", info=True)
+                return conn
             except Exception as e:
                 say("history: cannot connect to MySQL: %s; retrying in 1 s" % e)
                 time.sleep(1)
 
+    def _prepared(self, item):
+        """A text as it is; `ShardRows` as `(statement, data)` of a LOAD DATA LOCAL, or as
+        INSERT texts."""
+        if isinstance(item, str):
+            return item
+        if self.loads and len(item.rows) >= self.load_rows:
+            return item.load()
+        return item.inserts()
+
     def run(self, statements, what="insert", applied=None):
-        """Commit `statements`; returns the last one's rows.  `applied`: a query that finds
-        a row once they are committed, asked before they are tried again (a connection lost
-        with the answer to its COMMIT may have committed)."""
+        """Commit `statements` (texts, or `ShardRows`); returns the last text's rows.
+        `applied`: a query that finds a row once they are committed, asked before they are
+        tried again (a connection lost with the answer to its COMMIT may have committed).
+        Rows that cannot be written as SQL raise, as they would again."""
         again = False
         while True:
             if self.conn is None:
                 self.conn = self._connect()
+            work = [self._prepared(item) for item in statements]
             try:
                 with self.conn.cursor() as cursor:
                     if again and applied is not None:
@@ -241,21 +298,35 @@ class Connection:
                         if cursor.fetchall():
                             self.conn.rollback()    # nothing to do: the read ends
                             return ()
-                    for sql in statements:
-                        cursor.execute(sql)
-                    rows = cursor.fetchall()
+                    for sql in work:
+                        if isinstance(sql, str):
+                            cursor.execute(sql)
+                        elif isinstance(sql, tuple):
+                            load_local(self.conn, *sql)
+                        else:
+                            for text in sql:
+                                cursor.execute(text)
+                    rows = cursor.fetchall() if work and isinstance(work[-1], str) else ()
                 self.conn.commit()
                 return rows
             except Exception as e:
                 again = True
-                say("history: %s failed: %s; retrying in 1 s" % (what, e))
+                code = e.args[0] if e.args else None
+                refused = self.loads and code in LOCAL_LOAD_REFUSED
+                if refused:
+                    self.loads = False
+                    say("history: the server refuses LOAD DATA LOCAL (%s): history rows go "
+                        "in by INSERT" % (e,), info=True)
+                else:
+                    say("history: %s failed: %s; retrying in 1 s" % (what, e))
                 # the connection may be lost already: it is replaced either way
                 with contextlib.suppress(Exception):
                     self.conn.rollback()
                 with contextlib.suppress(Exception):
                     self.conn.close()
                 self.conn = None
-                time.sleep(1)
+                if not refused:
+                    time.sleep(1)
 
 
 def load_positions(connection, start):
@@ -273,9 +344,8 @@ def load_positions(connection, start):
 class HistoryThreads:
     """`workers` threads, each inserting the statements it is given on its own connection."""
 
-    def __init__(self, db, workers, chunk=1000):
+    def __init__(self, db, workers):
         self.db = db
-        self.chunk = chunk
         self.jobs = [queue.Queue() for _ in range(workers)]
         for index, jobs in enumerate(self.jobs):
             threading.Thread(target=ending_on_failure(self._work), args=(jobs,),
@@ -291,11 +361,13 @@ class HistoryThreads:
     def write(self, history, oper_id=None):
         """Insert the rows; returns when every statement is committed.  With `oper_id`,
         each transaction records its shards as written up to that operation."""
-        groups = deal(shard_statements(history, self.chunk), len(self.jobs))
+        groups = deal(shard_rows(history), len(self.jobs))
         done = threading.Semaphore(0)
-        for jobs, (names, statements) in zip(self.jobs, groups):
+        for jobs, shards in zip(self.jobs, groups):
             applied = None
+            statements = list(shards)
             if oper_id is not None:
+                names = [shard.name for shard in shards]
                 statements.append(position_statement(names, oper_id))
                 # committed with its rows: the transaction went through if it is there
                 # (read under a lock: a COMMIT still under way is waited for)

@@ -28,7 +28,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 __all__ = ["Database", "Dialect", "MYSQL", "SQLITE", "connect_mysql", "connect_sqlite",
-           "from_config", "server_address", "split_statements", "CONNECTION_LOST"]
+           "from_config", "server_address", "split_statements", "CONNECTION_LOST",
+           "load_local", "LOCAL_LOAD_REFUSED"]
 
 log = Logger()
 
@@ -359,6 +360,38 @@ def values_texts(rows, render, limit=STATEMENT_MAX):
         return [text]
     half = len(rows) // 2
     return values_texts(rows[:half], render, limit) + values_texts(rows[half:], render, limit)
+
+
+# the server refusing LOAD DATA LOCAL: ER_NOT_ALLOWED_COMMAND (MySQL before 8.0.19, MariaDB
+# before 10.5), ER_CLIENT_LOCAL_FILES_DISABLED (MySQL 8, whose `local_infile` is off by
+# default) and ER_LOAD_INFILE_CAPABILITY_DISABLED (MariaDB)
+LOCAL_LOAD_REFUSED = frozenset({1148, 3948, 4166})
+# bytes of a LOAD DATA LOCAL's data a packet, as PyMySQL sends a file
+LOCAL_LOAD_PACKET = 1 << 14
+
+
+def load_local(connection, statement, data):
+    """Run `statement`, a `LOAD DATA LOCAL INFILE`, on a PyMySQL connection opened with
+    the `CLIENT.LOCAL_FILES` capability, sending `data` (bytes) as the file; returns the
+    rows the server took.  The server's errors are raised as PyMySQL raises them.
+
+    PyMySQL's own way (`local_infile=True`) reads whatever file the server names, any file
+    of this host; here the server only ever gets `data`, and a connection opened without
+    `local_infile` refuses a server that asks for a file in answer to any other statement."""
+    import pymysql
+    from pymysql.connections import OKPacketWrapper
+    from pymysql.constants import COMMAND
+    connection._execute_command(COMMAND.COM_QUERY, statement)
+    asked = connection._read_packet()
+    if not asked.is_load_local_packet():
+        raise pymysql.err.InternalError("LOAD DATA LOCAL: the server did not ask for the data")
+    for start in range(0, len(data), LOCAL_LOAD_PACKET):
+        connection.write_packet(data[start:start + LOCAL_LOAD_PACKET])
+    connection.write_packet(b"")        # the end of the data
+    answer = connection._read_packet()
+    if not answer.is_ok_packet():
+        raise pymysql.err.InternalError("LOAD DATA LOCAL: no OK from the server")
+    return OKPacketWrapper(answer).affected_rows
 
 
 def client_charset(name):

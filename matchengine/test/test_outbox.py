@@ -297,7 +297,8 @@ class WriterTests(TestCase):
                                           "name": history_db}, "brokers": None},
                           [(1, 1, [(BALANCE, 5, "not a row")], [])])
         self.assertEqual(done.returncode, writer.LANE_FAILED, done.stderr)
-        self.assertIn(b"the history thread failed, the writer ends", done.stderr)
+        # the rows fail where they are written, on a history connection's thread
+        self.assertRegex(done.stderr, rb"the history-\d+ thread failed, the writer ends")
         self.assertEqual(done.stdout, b"")
 
     def test_writer_killed(self):
@@ -334,23 +335,33 @@ class InsertStatementTests(TestCase):
         self.assertIn("(1.000000, 0, 'BTC', 'x', '1', '1', '{}'), "
                       "(1.000000, 3, 'BTC', 'x', '1', '1', '{}')", statements[0])
 
-    def test_a_shards_statements_stay_on_one_connection(self):
-        """Each shard's statements go, together and in order, to one connection, the
-        fewest statements to each."""
-        shards = [("a", ["a1", "a2", "a3"]), ("b", ["b1"]), ("c", ["c1", "c2"]), ("d", ["d1"])]
-        self.assertEqual(writer.deal(shards, 2), [(["a", "d"], ["a1", "a2", "a3", "d1"]),
-                                                  (["c", "b"], ["c1", "c2", "b1"])])
-        self.assertEqual(writer.deal([("a", ["a1"])], 4), [(["a"], ["a1"])])
+    def test_a_shards_rows_stay_on_one_connection(self):
+        """Each shard's rows go, together and in order, to one connection, the fewest
+        rows to each."""
+        rows = [(BALANCE, shard, (float(n), n, "BTC", "x", "1", "1", "{}"))
+                for shard, count in ((1, 3), (2, 1), (3, 2), (4, 1)) for n in range(count)]
+        shards = writer.shard_rows(rows)
+        self.assertEqual([(s.name, [r[1] for r in s.rows]) for s in shards],
+                         [("balance_history_1", [0, 1, 2]), ("balance_history_2", [0]),
+                          ("balance_history_3", [0, 1]), ("balance_history_4", [0])])
+        dealt = writer.deal(shards, 2)
+        self.assertEqual([[s.shard for s in group] for group in dealt], [[1, 4], [3, 2]])
+        self.assertEqual([[s.shard for s in group] for group in writer.deal(shards[:1], 4)],
+                         [[1]])
 
-    async def written(self, rows, workers, oper_id=None, **kwargs):
+    def setUp(self):
+        # every shard's rows by LOAD DATA where the server takes it, however few
+        self.patch(writer, "LOAD_ROWS", 1)
+
+    async def written(self, rows, workers, oper_id=None):
         """A connection to a new history database once `rows` are written into it by
         `workers` threads."""
-        history_db = testing.create_database("ins", ("trade_history",), True)
+        history_db = self.history_db = testing.create_database("ins", ("trade_history",), True)
         self.addCleanup(testing.drop_database, history_db)
         info = testing.require("mysql")
         history = HistoryThreads({"host": info["host"], "port": int(info["port"]),
                                   "user": info["user"], "pass": info["password"],
-                                  "name": history_db}, workers, **kwargs)
+                                  "name": history_db}, workers)
         await threads.deferToThread(history.write, rows, oper_id)
         kw = testing.mysql_connect_kwargs("misc")
         db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"],
@@ -361,7 +372,7 @@ class InsertStatementTests(TestCase):
     async def ordered(self):
         rows = [(BALANCE, 1, (1700000000.0 + n, 1, "BCH", "deposit", "1", "%d" % (n + 1),
                               '{"n": %d}' % n)) for n in range(60)]
-        db = await self.written(rows, 4, chunk=3)
+        db = await self.written(rows, 4)
         got = await db.query("SELECT `detail` FROM `balance_history_1` ORDER BY `id`")
         self.assertEqual([json.loads(d)["n"] for d, in got], list(range(60)))
 
@@ -419,9 +430,25 @@ class InsertStatementTests(TestCase):
         waits for it."""
         return defer.Deferred.fromCoroutine(self.ambiguous(late=2.0))
 
+    def refused(self):
+        """Connections that do not offer LOAD DATA LOCAL, which the server then refuses:
+        the writer's rows go in by INSERT."""
+        import pymysql
+        connect = pymysql.connect
+        self.patch(pymysql, "connect", lambda **kw: connect(**dict(kw, client_flag=0)))
+        self.patch(sys, "stderr", io.StringIO())
+
     def test_a_shards_rows_keep_their_order(self):
-        """A user's rows get ids in the order they were made, however many statements they
-        take: readhistory lists them by id."""
+        """A user's rows get ids in the order they were made: readhistory lists them by
+        id."""
+        return defer.Deferred.fromCoroutine(self.ordered())
+
+    def test_a_shards_rows_keep_their_order_by_insert(self):
+        """The same over a server that refuses LOAD DATA LOCAL: as many INSERTs as it
+        takes."""
+        self.refused()
+        self.patch(writer.ShardRows, "inserts",
+                   lambda shard, chunk=3, inserts=writer.ShardRows.inserts: inserts(shard, 3))
         return defer.Deferred.fromCoroutine(self.ordered())
 
     async def stored(self):
@@ -433,6 +460,27 @@ class InsertStatementTests(TestCase):
             got[table] = await db.query("SELECT %s FROM `%s_5` ORDER BY `id`" % (
                 ", ".join("`%s`" % c for c in columns), table))
         return rows, got
+
+    def test_loaded_rows_are_inserted_rows(self):
+        """The server stores the same values, to the last bit of a time, whether the rows
+        come by LOAD DATA or by INSERT."""
+        async def check():
+            rows = self.rows()
+            db = await self.written(rows, 2)
+            loaded = self.history_db
+            self.refused()
+            await self.written(rows, 2)
+            inserted = self.history_db
+            self.assertRegex(sys.stderr.getvalue(),
+                             r"info: history: the server refuses LOAD DATA LOCAL \(\((1148|4166)")
+            for table in (BALANCE, ORDER, USER_DEAL):
+                same = " AND ".join("a.`%s` = b.`%s`" % (c, c) for c in HISTORY_COLUMNS[table])
+                got = await db.query(
+                    "SELECT COUNT(*), SUM(%s) FROM `%s`.`%s_5` a JOIN `%s`.`%s_5` b USING "
+                    "(`id`)" % (same, loaded, table, inserted, table))
+                count = sum(1 for t, _, _ in rows if t == table)
+                self.assertEqual([tuple(map(int, row)) for row in got], [(count, count)], table)
+        return defer.Deferred.fromCoroutine(check())
 
     def test_stored_rows_equal_the_given_ones(self):
         async def check():
