@@ -15,6 +15,9 @@ from utils.decimals import to_raw
 
 log = Logger()
 
+# seconds makeslice waits for its slice to start before it answers OK all the same
+SLICE_ANSWER_WAIT = 1.0
+
 
 def user_id_of(text):
     """A user id read as the original reads it (`strtoul(text, NULL, 0)` kept to 32 bits):
@@ -105,10 +108,18 @@ def commands(me):
         return "".join(lines)
 
     def makeslice(args):
-        # as the original: OK once the slice is being written; how it ends is logged
-        started = defer.Deferred()
+        # as the original: OK once the slice is being written, or after SLICE_ANSWER_WAIT
+        # while the operation log waits for its database first; how it ends is logged
+        started, answer = defer.Deferred(), defer.Deferred()
+
+        def answered(result):
+            if not answer.called:
+                call.cancel()
+                answer.callback(result)
+        call = me.reactor.callLater(SLICE_ANSWER_WAIT, answer.callback, "OK\n")
+        started.addCallbacks(lambda ts: answered("OK\n"), answered)
         me.make_slice(started=started)
-        return started.addCallback(lambda ts: "OK\n")
+        return answer
 
     return {"status": status, "balance": balance, "market": market, "makeslice": makeslice}
 

@@ -453,6 +453,27 @@ class ServiceTests(TestCase):
                       [formatEvent(e) for e in events if e["log_level"] == LogLevel.critical])
         await h.stop()
 
+    async def makeslice_while_the_log_waits(self):
+        from matchengine import cli, persist
+        h = Harness(self)
+        await h.start()
+        committed, written, forked = defer.Deferred(), defer.Deferred(), []
+        flush = h.service.operlog.flush
+        self.patch(h.service.operlog, "flush", lambda: committed.addCallback(lambda _: flush()))
+        self.patch(persist, "make_slice", lambda *args: forked.append(args[2]) or written)
+        self.patch(cli, "SLICE_ANSWER_WAIT", 0.2)
+        self.assertEqual(await cli.commands(h.service)["makeslice"]([]), "OK\n")
+        self.assertEqual(forked, [])
+        committed.callback(None)         # the log's database is back
+        await until(lambda: forked, what="the slice")
+        written.callback(True)
+        await h.stop()
+
+    def test_makeslice_answers_while_the_log_waits(self):
+        """makeslice answers OK, as the original at once, although the operation log waits
+        for its database before the slice can start; the slice follows once it is back."""
+        return defer.Deferred.fromCoroutine(self.makeslice_while_the_log_waits())
+
     def test_makeslice_answers_once_writing(self):
         """The CLI's makeslice answers OK once the slice is being written, as the original
         does after its fork; how it ends is logged (critical when it failed)."""
