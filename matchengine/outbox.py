@@ -19,7 +19,7 @@ import fcntl
 import os
 import sys
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, error, protocol, task
 from twisted.logger import Logger
 
 from matchengine.writer import INFO
@@ -30,6 +30,8 @@ __all__ = ["WriterOutbox", "LocalOutbox"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIPE_SIZE = 1 << 20
+# seconds a stopping daemon waits for its writer to confirm a batch before it stops it
+STOP_PATIENCE = 10.0
 
 
 class _WriterProtocol(protocol.ProcessProtocol):
@@ -90,6 +92,7 @@ class WriterOutbox:
         self.pending_messages = 0
         self.process = None
         self.stopping = False
+        self.confirmed = 0      # batches confirmed so far
         self._call = None
         self._idle = []
 
@@ -100,6 +103,8 @@ class WriterOutbox:
         `rebuild`: what `matchengine.rebuild` needs to rebuild the effects of operations
         before it that the writer has not got (the operation log's database, the assets
         and markets); both kept for the writer's restarts."""
+        if self.stopping:
+            return      # a restart due after a writer that was stopped with the daemon
         if recovered is not None:
             self.oper_id = recovered
             self.settings.update(recovered=recovered, rebuild=rebuild)
@@ -120,7 +125,7 @@ class WriterOutbox:
 
     def _ended(self, proto, reason):
         self.process = None
-        if self.stopping and not self.unacked:
+        if self.stopping:
             return
         self.log.critical("writer process ended ({reason}); {count} batches to send again",
                           reason=reason.getErrorMessage(), count=len(self.unacked))
@@ -132,6 +137,7 @@ class WriterOutbox:
             first = next(iter(self.unacked))
             if first > sequence:
                 break
+            self.confirmed += 1
             _, rows, messages = self.unacked.pop(first)
             self.pending_history -= rows
             self.pending_messages -= len(messages)
@@ -191,8 +197,26 @@ class WriterOutbox:
         self._idle.append(d)
         return d
 
-    async def stop(self):
-        await self.flush()
+    async def _flushed_or_stalled(self, patience):
+        """Whether everything is written, waiting while the writer confirms batches: False
+        once it has confirmed none for `patience` seconds."""
+        flushed = self.flush()
+        while not flushed.called:
+            confirmed = self.confirmed
+            pause = task.deferLater(self.reactor, patience, lambda: None)
+            pause.addErrback(lambda failure: failure.trap(defer.CancelledError))
+            await defer.DeferredList([flushed, pause], fireOnOneCallback=True)
+            pause.cancel()
+            if not flushed.called and self.confirmed == confirmed:
+                return False
+        return True
+
+    async def stop(self, patience=STOP_PATIENCE):
+        """Stop once everything is written and the writer has ended.  A writer that
+        confirms nothing for `patience` seconds (Kafka or the history database away) is
+        stopped with its batches: the next start rebuilds them from the operation log, as
+        after a crash."""
+        written = await self._flushed_or_stalled(patience)
         self.stopping = True
         if self._call is not None:
             self._call.cancel()
@@ -207,6 +231,15 @@ class WriterOutbox:
                 ended.callback(None)
             proto.processEnded = on_end
             proto.transport.closeStdin()
+            if not written:
+                self.log.critical(
+                    "stopping: the writer confirmed nothing for {patience} s; stopped with "
+                    "{count} batches ({rows} history rows, {messages} messages) not written, "
+                    "which the next start rebuilds from the operation log",
+                    patience=patience, count=len(self.unacked), rows=self.pending_history,
+                    messages=self.pending_messages)
+                with contextlib.suppress(OSError, error.ProcessExitedAlready):
+                    proto.transport.signalProcess("KILL")
             await ended
 
 

@@ -13,7 +13,7 @@ import sys
 import threading
 from decimal import Decimal
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -285,6 +285,39 @@ class WriterTests(TestCase):
         """While the history database is away, messages are still sent: the messages
         lane does not wait to record its position."""
         return defer.Deferred.fromCoroutine(self.history_away_scenario())
+
+    async def stalled_stop(self):
+        history_db = testing.create_database("out", ("trade_history",), True)
+        self.addCleanup(testing.drop_database, history_db)
+        info = testing.require("mysql")
+        db_cfg = {"host": info["host"], "port": int(info["port"]), "user": info["user"],
+                  "pass": info["password"], "name": history_db}
+        # a broker address where nothing answers
+        outbox = WriterOutbox(reactor, db_cfg, "127.0.0.1:%d" % testing.free_port(),
+                              interval=0.01)
+        outbox.start(0)
+        await until(lambda: outbox.process is not None, what="writer started")
+        pid = outbox.process.transport.pid
+        outbox.add([row(7, 1)], [(TOPIC_BALANCES, json.dumps([1]))], 1)
+        with capturedLogs() as events:
+            await defer.Deferred.fromCoroutine(outbox.stop(patience=0.5))
+        self.assertIsNone(outbox.process)
+        self.assertFalse(os.path.exists("/proc/%d" % pid) and
+                         open("/proc/%d/stat" % pid).read().split()[2] != "Z")
+        self.assertIn("stopping: the writer confirmed nothing for 0.5 s; stopped with 1 "
+                      "batches (1 history rows, 1 messages) not written, which the next "
+                      "start rebuilds from the operation log",
+                      [formatEvent(e) for e in events if e["log_level"] == LogLevel.critical])
+        # stopped for good: no writer started again after it
+        await task.deferLater(reactor, 0.3, lambda: None)
+        self.assertIsNone(outbox.process)
+        self.flushLoggedErrors()
+
+    def test_a_stop_while_kafka_is_away(self):
+        """A daemon stopping while its writer cannot send (the brokers away) stops all the
+        same once the writer has confirmed nothing for a while: the writer is stopped, its
+        batches left to the next start's rebuild."""
+        return defer.Deferred.fromCoroutine(self.stalled_stop())
 
     def test_a_failed_lane_ends_the_process(self):
         """A lane that fails ends the writer (the daemon starts it again and sends its
