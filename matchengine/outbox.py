@@ -211,11 +211,13 @@ class WriterOutbox:
                 return False
         return True
 
-    async def stop(self, patience=STOP_PATIENCE):
+    async def stop(self, patience=None):
         """Stop once everything is written and the writer has ended.  A writer that
-        confirms nothing for `patience` seconds (Kafka or the history database away) is
-        stopped with its batches: the next start rebuilds them from the operation log, as
-        after a crash."""
+        confirms nothing for `patience` seconds (`STOP_PATIENCE` by default; Kafka or the
+        history database away) is stopped with its batches: the next start rebuilds them
+        from the operation log, as after a crash."""
+        if patience is None:
+            patience = STOP_PATIENCE
         written = await self._flushed_or_stalled(patience)
         self.stopping = True
         if self._call is not None:

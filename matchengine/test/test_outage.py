@@ -141,6 +141,39 @@ class OutageTests(TestCase):
             await deferLater(reactor, 0.1, lambda: None)
         self.fail("timed out waiting for " + what)
 
+    async def stop_during_kafka_outage(self):
+        from matchengine import outbox
+        from matchengine.effects import TOPIC_BALANCES
+        self.patch(outbox, "STOP_PATIENCE", 1.0)
+        h = OutageHarness(self)
+        await h.start()
+        await h.call(*DEPOSITS[0])
+        await until(lambda: h.service.outbox.pending_messages == 0, what="first message")
+        await h.kafka.down()
+        reply = await h.call(*DEPOSITS[1])
+        self.assertEqual(reply["result"], {"status": "success"})
+        started = reactor.seconds()
+        await h.stop()          # the writer cannot send: the stop ends all the same
+        self.assertLess(reactor.seconds() - started, 10.0)
+        h.kafka.up()
+        await h.start()         # and the next start sends what the stop left
+        got = []
+        consumer = KafkaConsumerService(h.broker.address, TOPIC_BALANCES,
+                                        lambda offset, value: got.append(json.loads(value)),
+                                        offset="earliest", reactor=reactor)
+        consumer.startService()
+        self.addCleanup(consumer.stopService)
+        await until(lambda: len(got) >= 2, seconds=60, what="both balance messages")
+        self.assertEqual([(m[1], m[2], m[4]) for m in got[:2]],
+                         [(1, "BTC", "10.00000000"), (2, "BCH", "100000.00000000")])
+        await h.stop()
+        self.flushLoggedErrors()
+
+    def test_stop_during_kafka_outage(self):
+        """A stop while the broker is away ends once the writer has confirmed nothing for
+        a while; the messages it could not send arrive after the next start."""
+        return defer.Deferred.fromCoroutine(self.stop_during_kafka_outage())
+
     def test_mysql_then_kafka_outage(self):
         """Writes wait through a MySQL outage (one past the queue limit is refused at once),
         then commit in order; through a broker outage they are answered and their messages
