@@ -11,7 +11,12 @@ LTRIM: this script is the list's only reader, alertcenter only appends), so that
 crash at any moment loses none; one may be mailed twice.  A mail the server refuses for good
 (a 5xx answer) is tried again with half as many alerts, down to one; a single alert refused
 for good is logged as critical with its text and dropped, so that it cannot hold back the
-others.  Any other failure is retried every 10 s.
+others.  A failure that is neither the mail server's answer nor the network's (a mail that
+cannot be made of these alerts) is taken as a refusal for good.  Other failures (a refusal
+that is not for good, a server out of reach, Redis away) are retried every 10 s.
+
+List entries are read as UTF-8; an entry that is not valid UTF-8 (another writer's bytes) is
+mailed with its bad bytes replaced by U+FFFD.
 """
 
 import argparse
@@ -20,7 +25,9 @@ import time
 from email.message import EmailMessage
 
 from twisted.internet import defer, task
-from twisted.logger import Logger
+from twisted.internet import error as internet_error
+from twisted.logger import Logger, LogLevel
+from twisted.mail.smtp import SMTPError
 
 from alertcenter.server import KEY
 
@@ -34,6 +41,28 @@ def refused_for_good(error):
     """Whether an SMTP failure is a permanent refusal (a 5xx reply)."""
     code = getattr(error, "code", None)
     return isinstance(code, int) and 500 <= code < 600
+
+
+# what a mail server out of reach, or a connection that breaks, fails with
+NETWORK_ERRORS = (OSError, internet_error.ConnectError, internet_error.ConnectionClosed,
+                  internet_error.TimeoutError, defer.CancelledError)
+
+
+def worth_retrying(exc):
+    """Whether a failure to mail may pass by itself: an SMTP answer that is not a refusal
+    for good, or a network error.  Anything else (an alert the mail cannot be made of)
+    would fail the same way forever and is handled as a refusal for good."""
+    if isinstance(exc, SMTPError):
+        return not refused_for_good(exc)
+    return isinstance(exc, NETWORK_ERRORS)
+
+
+def as_text(entry):
+    """A list entry as text: the Redis client hands back as bytes an entry that is not
+    valid UTF-8, whose bad bytes are replaced here."""
+    if isinstance(entry, bytes):
+        return entry.decode("utf-8", "replace")
+    return entry
 
 
 class Mailer:
@@ -82,7 +111,7 @@ class Mailer:
     async def _mail_head(self, conn):
         waited = 0.0
         while True:
-            alerts = await conn.lrange(KEY, 0, self.batch - 1)
+            alerts = [as_text(entry) for entry in await conn.lrange(KEY, 0, self.batch - 1)]
             if alerts or waited >= self.wait:
                 break
             await task.deferLater(self.reactor, self.poll, lambda: None)
@@ -92,18 +121,20 @@ class Mailer:
         try:
             await self.send(alerts)
         except Exception as e:
-            if not refused_for_good(e):
+            if worth_retrying(e):
                 log.error("send_alert: mailing {count} alerts failed ({error}); they stay in "
                           "the list", count=len(alerts), error=e)
                 raise
+            if not isinstance(e, SMTPError):
+                log.failure("send_alert: no mail could be made of {count} alerts",
+                            count=len(alerts), level=LogLevel.error)
             if len(alerts) > 1:
                 self.batch = max(1, len(alerts) // 2)
-                log.error("send_alert: the mail server refuses a mail of {count} alerts "
-                          "({error}); trying {batch} at a time", count=len(alerts), error=e,
-                          batch=self.batch)
+                log.error("send_alert: a mail of {count} alerts cannot go ({error}); trying "
+                          "{batch} at a time", count=len(alerts), error=e, batch=self.batch)
                 return 0
-            log.critical("send_alert: the mail server refuses this alert for good ({error}); "
-                         "dropping it: {alert}", error=e, alert=alerts[0])
+            log.critical("send_alert: this alert cannot be mailed ({error}); dropping it: "
+                         "{alert}", error=e, alert=alerts[0])
             await conn.ltrim(KEY, 1, -1)
             return 0
         await conn.ltrim(KEY, len(alerts), -1)

@@ -17,7 +17,7 @@ from utils import redisdb, testing
 from utils.testing import until
 
 # a Redis database each test of its own: tests run in parallel (trial -j)
-REDIS_DBS = {"scenario": 4, "waiting": 14, "refusals": 15}
+REDIS_DBS = {"scenario": 4, "waiting": 14, "refusals": 15, "undecodable": 9, "unmailable": 3}
 
 
 @implementer(smtp.IMessage)
@@ -80,16 +80,19 @@ class MailTests(TestCase):
 
     timeout = 60
 
-    async def scenario(self):
-        store, conn = await alert_list(self, REDIS_DBS["scenario"])
-        box = []
+    def mail_server(self, box):
+        """The `mail` section of an SMTP server that puts what it takes in `box`."""
         port = reactor.listenTCP(0, _SMTPFactory(box), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        mail = {"host": "127.0.0.1", "port": port.getHost().port, "user": "", "password": "",
+        return {"host": "127.0.0.1", "port": port.getHost().port, "user": "", "password": "",
                 "starttls": False, "sender": "alerts@localhost",
                 "recipients": ["ops@localhost"], "subject": "viabtc server error",
                 "interval": 0.5}
-        mailer = Mailer(store, mail, reactor, wait=2)
+
+    async def scenario(self):
+        store, conn = await alert_list(self, REDIS_DBS["scenario"])
+        box = []
+        mailer = Mailer(store, self.mail_server(box), reactor, wait=2)
         await conn.rpush(KEY, "matchengine: [fatal]first")
         self.assertEqual(await mailer.run_once(), 1)
         # two more within the interval: gathered into one mail, none dropped
@@ -107,6 +110,24 @@ class MailTests(TestCase):
     def test_mails(self):
         """Alerts are mailed, those of one interval in one mail, and leave the list."""
         return defer.Deferred.fromCoroutine(self.scenario())
+
+    async def undecodable(self):
+        store, conn = await alert_list(self, REDIS_DBS["undecodable"])
+        box = []
+        mailer = Mailer(store, self.mail_server(box), reactor, wait=2)
+        await conn.rpush(KEY, "me: one")
+        await conn.rpush(KEY, "me: two")
+        await conn.rpush(KEY, b"me: bad \xff byte")
+        self.assertEqual(await mailer.run_once(), 3)
+        self.assertEqual(len(box), 1)
+        self.assertEqual(box[0].get_payload(decode=True).decode().split("\n")[:3],
+                         ["me: one", "me: two", "me: bad \ufffd byte"])
+        self.assertEqual(await conn.llen(KEY), 0)
+
+    def test_undecodable_entry(self):
+        """An entry of the list that is not valid UTF-8 is mailed with its bad bytes
+        replaced, with the alerts beside it, and leaves the list."""
+        return defer.Deferred.fromCoroutine(self.undecodable())
 
 
 class _Judging(LineReceiver):
@@ -213,6 +234,37 @@ class DurabilityTests(TestCase):
         """A mail refused for good is tried with fewer alerts; an alert refused on its own
         is dropped with a critical line, and the others are mailed in order."""
         return defer.Deferred.fromCoroutine(self.refusals())
+
+    async def unmailable(self):
+        conn, box, mailer = await self.setup(lambda alerts: 250, REDIS_DBS["unmailable"])
+        mailer.mail["interval"] = 0
+        compose = mailer.compose
+
+        def failing_compose(alerts):
+            if any("poison" in alert for alert in alerts):
+                raise ValueError("no mail can be made of this")
+            return compose(alerts)
+        mailer.compose = failing_compose
+        for name in ["a1", "poison", "a2"]:
+            await conn.rpush(KEY, "h: [fatal]" + name)
+        with capturedLogs() as events:
+            for _ in range(10):
+                if not await conn.llen(KEY):
+                    break
+                await mailer.run_once()
+        self.assertEqual(await conn.llen(KEY), 0)
+        self.assertEqual([alert[len("h: [fatal]"):] for mail in box for alert in mail],
+                         ["a1", "a2"])
+        dropped = [e for e in events if e["log_level"] == LogLevel.critical]
+        self.assertEqual([e["alert"] for e in dropped], ["h: [fatal]poison"])
+        # three mails failed: [a1 poison a2], [poison a2], [poison]
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 3)
+
+    def test_unmailable_alert(self):
+        """An alert no mail can be made of (a failure that is neither an SMTP answer nor a
+        network error) is dropped as one refused for good: it does not hold the others
+        back forever."""
+        return defer.Deferred.fromCoroutine(self.unmailable())
 
 
 def deferLater(seconds):
