@@ -91,13 +91,31 @@ def worker_command(module, args, pidfile=None, logfile=None, python=None):
 
 
 def make_monitor(options, reactor=None):
+    from twisted.internet import defer
     from twisted.internet.error import ProcessDone
     from twisted.runner.procmon import ProcessMonitor
 
     class Monitor(ProcessMonitor):
         """Says in its log (critical) how a worker ended when nobody stopped it, and stops
         with a worker that was asked to stop (exit status 0: SIGTERM or SIGQUIT sent to the
-        worker itself), as the original's keepalive parent exits with its child."""
+        worker itself), as the original's keepalive parent exits with its child.  Its stop
+        waits for the workers to end (ProcessMonitor's own only signals them, and the KILL
+        it schedules would never come once the reactor has stopped)."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self._ending = {}       # name: the Deferreds that fire when that worker ends
+
+        def stopService(self):
+            """SIGTERM to every worker, SIGKILL to one still running `killTime` seconds
+            later; the Deferred fires once every worker has ended, twistd waiting for it."""
+            ends = []
+            for name in list(self.protocols):
+                d = defer.Deferred()
+                self._ending.setdefault(name, []).append(d)
+                ends.append(d)
+            super().stopService()
+            return defer.gatherResults(ends).addCallback(lambda _: None)
 
         def _monitoredProcessExited(self, name, reason=None):
             asked = self.running and reason is not None and reason.check(ProcessDone)
@@ -115,6 +133,8 @@ def make_monitor(options, reactor=None):
                 if later is not None and later.active():
                     later.cancel()
                 stop_reactor(reactor)
+            for d in self._ending.pop(name, []):
+                d.callback(None)
 
     if reactor is None:
         from twisted.internet import reactor

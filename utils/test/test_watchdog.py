@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from utils import testing, watchdog
@@ -230,6 +231,97 @@ class OptionsTests(SynchronousTestCase):
         self.patch(sys, "stderr", err)
         self.assertEqual(watchdog.main(["bogus"]), 2)
         self.assertIn("usage: python -m utils.watchdog", err.getvalue())
+
+
+# a worker that takes no notice of SIGTERM; it writes its pid to argv[1] once it is so
+DEAF = ("import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)")
+# one that ends on SIGTERM
+OBEDIENT = ("import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); "
+            "time.sleep(60)")
+
+
+class StopTests(TestCase):
+    """The watchdog's stop waits for its worker: SIGTERM, then SIGKILL after kill-time."""
+
+    timeout = 60
+
+    async def stopping(self, program, kill_time):
+        """Start a monitor whose worker runs `program`, stop it; (seconds the stop's
+        Deferred took, the worker's pid)."""
+        from twisted.internet import reactor
+        options = watchdog.Options()
+        options.parseOptions(["--kill-time", str(kill_time), "alertcenter"])
+        monitor = watchdog.make_monitor(options, reactor)
+        pid_file = os.path.abspath(self.mktemp())
+        monitor.removeProcess("alertcenter")
+        monitor.addProcess("alertcenter", [sys.executable, "-c", program, pid_file])
+        monitor.startService()
+        self.addCleanup(lambda: monitor.running and monitor.stopService())
+        await testing.until(lambda: watchdog.read_pid(pid_file), 20, "the worker started")
+        pid = watchdog.read_pid(pid_file)
+        started = time.monotonic()
+        stopped = monitor.stopService()
+        self.assertFalse(stopped.called)
+        await stopped
+        took = time.monotonic() - started
+        self.assertFalse(watchdog._running(pid))
+        self.assertEqual(monitor.protocols, {})
+        return took, pid
+
+    async def deaf(self):
+        took, pid = await self.stopping(DEAF, 0.5)
+        self.assertGreaterEqual(took, 0.5)
+        self.assertLess(took, 10)
+
+    def test_kill_after_kill_time(self):
+        """A worker that does not end on SIGTERM is killed after kill-time, and the stop
+        waits for it: no worker outlives its watchdog."""
+        return defer.Deferred.fromCoroutine(self.deaf())
+
+    async def obedient(self):
+        took, pid = await self.stopping(OBEDIENT, 30)
+        self.assertLess(took, 10)
+
+    def test_stop_as_soon_as_the_worker_ends(self):
+        """A worker that ends on SIGTERM ends the stop at once, without waiting out the
+        kill-time."""
+        return defer.Deferred.fromCoroutine(self.obedient())
+
+    def test_no_worker(self):
+        """A stop while no worker runs (one waiting to be started again) ends at once."""
+        from twisted.internet.testing import MemoryReactorClock
+        options = watchdog.Options()
+        options.parseOptions(["alertcenter"])
+        monitor = watchdog.make_monitor(options, MemoryReactorClock())
+        self.assertIsNone(self.successResultOf(monitor.stopService()))
+
+    def test_twistd_waits_for_its_worker(self):
+        """`twistd watchdog` given SIGTERM, its worker stopped (SIGSTOP), ends only once it
+        has killed the worker after kill-time."""
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        worker_pid = os.path.join(workdir, "w.pid")
+        from utils.daemon import TWISTD
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [testing.ROOT,
+                                                          env.get("PYTHONPATH")]))
+        keeper = subprocess.Popen(
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile", os.path.join(workdir, "wd.pid"),
+             "--logfile", os.path.join(workdir, "wd.log"), "watchdog", "--kill-time", "1",
+             "--worker-pidfile", worker_pid, "--worker-logfile", os.devnull, "web",
+             "--listen", "tcp:0:interface=127.0.0.1"], cwd=workdir, env=env)
+        self.addCleanup(lambda: keeper.poll() is None and keeper.kill())
+        self.assertTrue(testing.wait_until(lambda: watchdog.read_pid(worker_pid), 30))
+        worker = watchdog.read_pid(worker_pid)
+        self.addCleanup(lambda: watchdog._running(worker) and os.kill(worker, signal.SIGKILL))
+        os.kill(worker, signal.SIGSTOP)
+        started = time.monotonic()
+        keeper.send_signal(signal.SIGTERM)
+        # twistd ends by the signal it was stopped with
+        self.assertEqual(keeper.wait(30), -signal.SIGTERM)
+        self.assertGreaterEqual(time.monotonic() - started, 1)
+        self.assertFalse(watchdog._running(worker))
 
 
 class DeploymentTests(TestCase):
