@@ -3,6 +3,8 @@
 
 An alert is one line: the 20-byte magic, `<host>: <message>`, a newline; over TCP a stream
 of lines, over UDP one line per datagram (a datagram without its newline is taken whole).
+Lines and datagrams are read up to `svr.max_pkg_size` bytes: a longer line closes its TCP
+connection, a longer datagram is cut there.
 A line that is too short or lacks the magic closes the TCP connection or drops the datagram.
 Each alert is logged and appended with RPUSH to `alert:message` on the Redis master found
 through the sentinels.  While Redis cannot be reached alerts wait in memory (at most
@@ -16,7 +18,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from network.address import buffer_sizes, listen, listen_udp, parse_address
-from utils.alert import MAGIC, MAX_SIZE
+from utils.alert import MAGIC
 from utils.daemon import give_up, mark_ready
 
 __all__ = ["AlertCenter", "KEY", "parse_line"]
@@ -45,8 +47,9 @@ class _LineProtocol(protocol.Protocol):
         self.buffer += data
         while True:
             end = self.buffer.find(b"\n")
-            if (end + 1 if end >= 0 else len(self.buffer)) > self.center.max_size:
-                # the original reads into a buffer of max_pkg_size: a longer line never fits
+            # the original reads into a buffer of max_pkg_size: a line longer than that (a
+            # full buffer without its newline) never fits
+            if (end + 1 if end >= 0 else len(self.buffer) + 1) > self.center.max_size:
                 self.center.log.warn("alertcenter: line over {size} bytes; closing",
                                      size=self.center.max_size)
                 self.buffer = b""
@@ -87,7 +90,7 @@ class AlertCenter(service.Service):
         self.cfg = cfg
         self.store = store
         self.reactor = reactor
-        self.max_size = max(cfg["svr"]["max_pkg_size"], MAX_SIZE)
+        self.max_size = cfg["svr"]["max_pkg_size"]
         self.queue = collections.deque(maxlen=queue_limit)
         self.retry_delay = retry_delay
         self.pushed = 0

@@ -7,7 +7,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from alertcenter import config
-from alertcenter.server import KEY, AlertCenter, parse_line
+from alertcenter.server import KEY, AlertCenter, _LineProtocol, parse_line
 from utils import redisdb, testing
 from utils.alert import AlertSender, MAGIC
 from utils.testing import until
@@ -24,14 +24,14 @@ def closed(sock):
         return False
 
 
-def center_config(*kinds, port=None):
+def center_config(*kinds, port=None, max_pkg_size=10240):
     """(port, config) of an alertcenter binding `kinds` ("tcp", "udp") on one port (a free
     one by default)."""
     port = port or testing.free_port()
     return port, config.load_data({
         "log": {"path": "log/alertcenter", "flag": "fatal"},
         "svr": {"bind": ["%s@127.0.0.1:%d" % (kind, port) for kind in kinds],
-                "max_pkg_size": 10240},
+                "max_pkg_size": max_pkg_size},
         "redis": {"name": "unused", "addr": ["127.0.0.1:1"]}})
 
 
@@ -139,6 +139,67 @@ class CenterTests(TestCase):
         """A datagram is read up to max_pkg_size; a TCP line longer than that closes the
         connection, as the original's read buffer does, whether or not its end came."""
         return defer.Deferred.fromCoroutine(self.long_scenario())
+
+
+    async def small_scenario(self):
+        port, cfg = center_config("udp", max_pkg_size=100)
+        store = redisdb.MemoryRedis()
+        center = AlertCenter(cfg, store, reactor=reactor)
+        await center.startService()
+        self.addCleanup(center.stopService)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(udp.close)
+        udp.sendto(MAGIC + b"h: " + b"u" * 200 + b"\n", ("127.0.0.1", port))
+        await until(lambda: center.pushed == 1, 10, "datagram pushed")
+        # cut at 100 bytes: the magic and 80 bytes of text, without its newline
+        self.assertEqual(await store.lrange(KEY, 0, -1), ["h: " + "u" * 77])
+
+    def test_small_max_pkg_size(self):
+        """A datagram is read up to a max_pkg_size below 10,240 too."""
+        return defer.Deferred.fromCoroutine(self.small_scenario())
+
+
+class LineSizeTests(SynchronousTestCase):
+    """Over TCP a line of up to svr.max_pkg_size bytes, its newline included, is taken."""
+
+    def connect(self, max_pkg_size):
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+        _, cfg = center_config("tcp", port=1, max_pkg_size=max_pkg_size)
+        store = redisdb.MemoryRedis()
+        center = AlertCenter(cfg, store, reactor=Clock())
+        line = _LineProtocol(center)
+        line.makeConnection(StringTransport())
+        return line, store
+
+    def line(self, size):
+        """An alert line of `size` bytes, its newline included."""
+        return MAGIC + b"h: " + b"x" * (size - len(MAGIC) - 4) + b"\n"
+
+    def test_line_of_max_pkg_size(self):
+        """A line of max_pkg_size bytes is taken, however small the setting."""
+        line, store = self.connect(100)
+        line.dataReceived(self.line(100) + self.line(50))
+        self.assertFalse(line.transport.disconnecting)
+        self.assertEqual(self.successResultOf(store.llen(KEY)), 2)
+
+    def test_longer_line(self):
+        """A line one byte over max_pkg_size closes the connection, and so does one of
+        5,025 bytes with a max_pkg_size of 100: none is pushed."""
+        for size in (101, 5025):
+            line, store = self.connect(100)
+            line.dataReceived(self.line(size))
+            self.assertTrue(line.transport.disconnecting)
+            self.assertEqual(self.successResultOf(store.llen(KEY)), 0)
+
+    def test_full_buffer(self):
+        """max_pkg_size bytes without a newline fill the original's read buffer: the
+        connection is closed without waiting for more."""
+        line, store = self.connect(100)
+        line.dataReceived(self.line(101)[:99])
+        self.assertFalse(line.transport.disconnecting)
+        line.dataReceived(b"x")
+        self.assertTrue(line.transport.disconnecting)
 
 
 class QueueTests(SynchronousTestCase):
