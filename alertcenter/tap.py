@@ -16,8 +16,9 @@ def makeService(options, reactor=None):
     from utils import redisdb
     reactor = plugin_reactor(reactor)
     cfg = options["loaded"]
-    # as the original: day files, 100 MiB, 10 files, 7 days, whatever the config says
+    # as the original: day files, 100 MiB, 10 files, 7 days and no pid on the lines,
+    # whatever the config says
     top = service_tree(cfg, options, reactor, alerts=False, shift="day",
-                       max_size=100 * 1024 * 1024, num=10, keep=7)
+                       max_size=100 * 1024 * 1024, num=10, keep=7, pid=False)
     AlertCenter(cfg, redisdb.from_config(cfg.redis), reactor=reactor).setServiceParent(top)
     return top

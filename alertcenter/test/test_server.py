@@ -202,6 +202,45 @@ class LineSizeTests(SynchronousTestCase):
         self.assertTrue(line.transport.disconnecting)
 
 
+class TapTests(SynchronousTestCase):
+
+    def test_log_lines_without_pid(self):
+        """alertcenter's log lines, in its file and on stderr, carry no pid, as the
+        original's, whatever `log.pid` says (alertcenter reads log.path and log.flag only)."""
+        import glob
+        import io
+        import json
+        import os
+        import sys
+
+        from twisted.internet.task import Clock
+        from twisted.logger import Logger
+
+        from alertcenter import tap
+        log_path = os.path.abspath(self.mktemp())
+        path = self.mktemp()
+        with open(path, "w") as f:
+            json.dump({"log": {"path": log_path, "flag": "info", "pid": True},
+                       "svr": {"bind": ["udp@127.0.0.1:1"], "max_pkg_size": 10240},
+                       "redis": {"name": "unused", "addr": ["127.0.0.1:1"]}}, f)
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        options = tap.Options()
+        options.parseOptions(["--config", path, "--stderr"])
+        top = tap.makeService(options, reactor=Clock())
+        self.addCleanup(top.log_setup.remove)
+        top.log_setup.file_observer.start()
+        Logger(namespace="alertcenter", observer=top.log_setup.publisher).info("a line")
+        top.log_setup.flush()
+        [name] = glob.glob(log_path + "*")
+        with open(name) as f:
+            lines = f.read().splitlines()
+        # [time] [level]source: message
+        line = r"^\[[-0-9 :.]+\] \[info\]alertcenter: a line$"
+        self.assertRegex(lines[-1], line)
+        self.assertRegex(err.getvalue().splitlines()[-1], line)
+
+
 class QueueTests(SynchronousTestCase):
 
     def test_full_queue_keeps_the_alert_being_pushed(self):
