@@ -158,10 +158,15 @@ def main(argv=None):
 
     from alertcenter import config
     from utils import redisdb
+    from utils.config import ConfigError
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="conf/config.json")
     args = parser.parse_args(argv)
-    cfg = config.load(args.config)
+    try:
+        cfg = config.load(args.config)
+    except (ConfigError, OSError) as e:
+        # the message names the file and the key: nothing a traceback would add
+        raise SystemExit(str(e)) from None
     if cfg.mail is None:
         raise SystemExit("%s: no `mail` section: nowhere to send alerts" % args.config)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])

@@ -2,16 +2,17 @@
 """The mail script against a real Redis and an SMTP server run by the test."""
 
 import email
+import json
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory
 from twisted.logger import LogLevel, capturedLogs
 from twisted.mail import smtp
 from twisted.protocols.basic import LineReceiver
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from alertcenter.send_alert import Mailer
+from alertcenter.send_alert import Mailer, main
 from alertcenter.server import KEY
 from utils import redisdb, testing
 from utils.testing import until
@@ -265,6 +266,42 @@ class DurabilityTests(TestCase):
         network error) is dropped as one refused for good: it does not hold the others
         back forever."""
         return defer.Deferred.fromCoroutine(self.unmailable())
+
+
+class ConfigTests(SynchronousTestCase):
+    """A config the script cannot use ends it with one line naming the file and the key."""
+
+    def config(self, **sections):
+        path = self.mktemp()
+        data = {"log": {"path": "log/alertcenter", "flag": "fatal"},
+                "svr": {"bind": ["udp@127.0.0.1:4444"], "max_pkg_size": 10240},
+                "redis": {"name": "mymaster", "addr": ["127.0.0.1:26381"]}}
+        data.update(sections)
+        with open(path, "w") as f:
+            json.dump(data, f)
+        return path
+
+    def test_missing_file(self):
+        """A config file that is not there: its name and why, no traceback."""
+        with self.assertRaises(SystemExit) as caught:
+            main(["--config", "/nonexistent/config.json"])
+        self.assertEqual(caught.exception.code,
+                         "/nonexistent/config.json: cannot read: No such file or directory")
+
+    def test_mail_without_recipients(self):
+        """A mail section without recipients: the key is named."""
+        path = self.config(mail={"sender": "alerts@localhost"})
+        with self.assertRaises(SystemExit) as caught:
+            main(["--config", path])
+        self.assertEqual(caught.exception.code,
+                         "%s: mail.recipients: required key missing" % path)
+
+    def test_no_mail_section(self):
+        """A config without a mail section: nowhere to send alerts."""
+        path = self.config()
+        with self.assertRaises(SystemExit) as caught:
+            main(["--config", path])
+        self.assertIn("no `mail` section", caught.exception.code)
 
 
 def deferLater(seconds):
