@@ -235,16 +235,36 @@ def _is_daemon(pid, module, role):
 
 
 def tcp_addresses(config_path):
-    """The (host, port) of every `tcp@` address of the config's svr.bind."""
+    """The (host, port) of every `tcp@` address of the config's svr.bind (none without
+    one); ValueError naming the key when the file holds something else there."""
     with open(config_path) as f:
-        bind = json.load(f).get("svr", {}).get("bind", [])
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError("the configuration must be a JSON object, got %s" % _json_kind(data))
+    svr = data.get("svr", {})
+    if not isinstance(svr, dict):
+        raise ValueError("svr: expected an object, got %s" % _json_kind(svr))
+    bind = svr.get("bind", [])
     bind = [bind] if isinstance(bind, str) else bind
+    if not isinstance(bind, list):
+        raise ValueError("svr.bind: expected an address or a list of addresses, got %s"
+                         % _json_kind(bind))
     out = []
-    for address in bind:
-        addr = parse_address(address)
+    for index, address in enumerate(bind):
+        try:
+            addr = parse_address(address)
+        except ValueError as e:
+            raise ValueError("svr.bind[%d]: %s" % (index, e)) from None
         if addr.kind == "tcp":
             out.append((addr.host or "127.0.0.1", addr.port))
     return out
+
+
+def _json_kind(value):
+    """The JSON name of the kind of a decoded value, for messages."""
+    kinds = ((bool, "boolean"), (int, "number"), (float, "number"), (str, "string"),
+             (list, "array"), (dict, "object"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), "null")
 
 
 def _probe(module):

@@ -129,6 +129,30 @@ class OptionsTests(SynchronousTestCase):
                                         "TCP@127.0.0.1:7317"]}}, f)
         self.assertEqual(watchdog.tcp_addresses(path), [("::1", 7316), ("127.0.0.1", 7317)])
 
+    def test_bad_bind(self):
+        """check says which key of the config it cannot read (svr or svr.bind of the wrong
+        kind, an address that is not one) and exits 1, with no traceback."""
+        home = self.mktemp()
+        os.makedirs(os.path.join(home, "log"))
+        os.makedirs(os.path.join(home, "conf"))
+        keeper = self.fake_process(home, "alertcenter.pid", "twistd", "watchdog", "alertcenter")
+        worker = self.fake_process(home, "alertcenter.worker.pid", "twistd", "alertcenter")
+        with open(os.path.join(home, "log", "alertcenter.ready"), "w") as f:
+            f.write("%d\n" % worker.pid)
+        path = os.path.join(home, "conf", "config.json")
+        cases = [([1], "the configuration must be a JSON object, got array"),
+                 ({"svr": "x"}, "svr: expected an object, got string"),
+                 ({"svr": {"bind": 5}},
+                  "svr.bind: expected an address or a list of addresses, got number"),
+                 ({"svr": {"bind": ["udp@127.0.0.1:1", None]}},
+                  "svr.bind[1]: address must be a string, not None")]
+        for data, reason in cases:
+            with open(path, "w") as f:
+                json.dump(data, f)
+            self.assertEqual(watchdog.check(home, "alertcenter"),
+                             (False, "alertcenter: cannot read %s: %s" % (path, reason)))
+        self.assertIsNone(keeper.poll())
+
     def fake_process(self, home, pid_file, *words):
         """A process whose arguments are `words`, its pid written to log/`pid_file`."""
         process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]
