@@ -127,7 +127,8 @@ class ConfigSection(Mapping[str, Any]):
         return {key: plain(value) for key, value in self._values.items()}
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's kind, for messages."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -186,7 +187,7 @@ class Field(abc.ABC):
         """The value to store for `value` found at `path`; raise _Invalid when it is wrong."""
 
     def wrong_type(self, value: Any, path: str) -> _Invalid:
-        return _Invalid(path, "expected {}, got {}".format(self.expected, _json_type(value)))
+        return _Invalid(path, "expected {}, got {}".format(self.expected, json_type(value)))
 
 
 class Str(Field):
@@ -493,7 +494,7 @@ def load_data(data: Any, schema: Section, source: str = "<config>") -> ConfigSec
 
     if not isinstance(data, dict):
         raise ConfigError("{}: the configuration must be a JSON object, got {}".format(
-            source, _json_type(data)))
+            source, json_type(data)))
     try:
         return schema.load(data, "", warn)
     except _Invalid as e:

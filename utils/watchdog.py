@@ -51,6 +51,7 @@ from twisted.application.service import MultiService, Service
 from twisted.python import usage
 
 from network.address import parse_address
+from utils.config import json_type
 from utils.daemon import READY_FILE, TWISTD, stop_reactor
 
 __all__ = ["Options", "make_monitor", "paths", "read_pid", "start", "stop", "check", "main"]
@@ -240,15 +241,15 @@ def tcp_addresses(config_path):
     with open(config_path) as f:
         data = json.load(f)
     if not isinstance(data, dict):
-        raise ValueError("the configuration must be a JSON object, got %s" % _json_kind(data))
+        raise ValueError("the configuration must be a JSON object, got %s" % json_type(data))
     svr = data.get("svr", {})
     if not isinstance(svr, dict):
-        raise ValueError("svr: expected an object, got %s" % _json_kind(svr))
+        raise ValueError("svr: expected an object, got %s" % json_type(svr))
     bind = svr.get("bind", [])
     bind = [bind] if isinstance(bind, str) else bind
     if not isinstance(bind, list):
         raise ValueError("svr.bind: expected an address or a list of addresses, got %s"
-                         % _json_kind(bind))
+                         % json_type(bind))
     out = []
     for index, address in enumerate(bind):
         try:
@@ -258,13 +259,6 @@ def tcp_addresses(config_path):
         if addr.kind == "tcp":
             out.append((addr.host or "127.0.0.1", addr.port))
     return out
-
-
-def _json_kind(value):
-    """The JSON name of the kind of a decoded value, for messages."""
-    kinds = ((bool, "boolean"), (int, "number"), (float, "number"), (str, "string"),
-             (list, "array"), (dict, "object"))
-    return next((name for kind, name in kinds if isinstance(value, kind)), "null")
 
 
 def _probe(module):

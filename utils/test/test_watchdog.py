@@ -143,7 +143,7 @@ class OptionsTests(SynchronousTestCase):
         cases = [([1], "the configuration must be a JSON object, got array"),
                  ({"svr": "x"}, "svr: expected an object, got string"),
                  ({"svr": {"bind": 5}},
-                  "svr.bind: expected an address or a list of addresses, got number"),
+                  "svr.bind: expected an address or a list of addresses, got integer"),
                  ({"svr": {"bind": ["udp@127.0.0.1:1", None]}},
                   "svr.bind[1]: address must be a string, not None")]
         for data, reason in cases:
