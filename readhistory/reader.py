@@ -6,9 +6,9 @@ Each command is a `Query`: `parse(params)` validates and returns what the SQL ne
 answer.  No I/O here; `readhistory.server` runs the statements on the database pool.
 """
 
-import json
 from decimal import Decimal
 
+from utils.jsonfmt import loads
 from utils.rpc import INVALID_ARGUMENT, signed64
 
 U32 = 0xFFFFFFFF
@@ -56,8 +56,12 @@ def text(value):
 
 
 def detail_object(value):
+    """A balance change's `detail` as the original answers it: the JSON object the text
+    holds, else an empty object.  The text is read as strictly as jansson reads it (no NaN,
+    no real beyond a double, no integer beyond 64 bits, no NUL, no lone surrogate): such a
+    detail is not an object the original knows of, and most of these could not be sent."""
     try:
-        data = json.loads(value)
+        data = loads(value)
     except (TypeError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -5,7 +5,8 @@ Handlers are looked up by command number: `handler(params, request)` gets the de
 array and an `RPCRequest`; it returns the result (or a Deferred of it), raises `RPCError`
 for an error reply, or returns `NO_REPLY` after taking charge of the reply itself
 (`request.reply_result` / `request.reply_error`).  A result that is already JSON text can be
-returned as `RawJSON(text)`.
+returned as `RawJSON(text)`.  A result that cannot be written as JSON (NaN, a lone surrogate)
+is logged and answered with "internal error", as a handler's crash is.
 
 As in the original: heartbeats (command 0) are always answered with an empty body; a body
 that is not a JSON array closes the connection; an unknown command is logged and gets no
@@ -44,6 +45,7 @@ class RPCRequest:
     """One request being served; `reply_*` send its reply (once)."""
 
     __slots__ = ("packet", "peer", "_send", "replied")
+    log = Logger()
 
     def __init__(self, packet, peer, send):
         self.packet = packet
@@ -70,7 +72,18 @@ class RPCRequest:
         self._send(rpc.encode_reply(self.packet, body))
 
     def reply_result(self, result, pretty=False):
-        self.reply_body(rpc.reply_body(self.packet.req_id, result, None, pretty))
+        """Reply with `result`; one JSON cannot carry (NaN, a lone surrogate, what is not
+        a JSON value) is logged and answered with an internal error, so that the client,
+        and the connection's count of requests waiting, still get their reply."""
+        if self.replied:
+            return
+        try:
+            body = rpc.reply_body(self.packet.req_id, result, None, pretty)
+        except Exception:
+            self.log.failure("the reply to command {command} from {peer} could not be "
+                             "encoded", command=self.packet.command, peer=self.peer)
+            body = rpc.reply_body(self.packet.req_id, None, rpc.INTERNAL_ERROR(), pretty)
+        self.reply_body(body)
 
     def reply_error(self, error, pretty=False):
         self.reply_body(rpc.reply_body(self.packet.req_id, None, error, pretty))

@@ -64,6 +64,17 @@ class ReaderTests(SynchronousTestCase):
             _, args, _ = reader.order_finished([7, "BTCBCH", 0, 0, 0, 5, side])
             self.assertEqual(args, [7, "BTCBCH", side & 0xFFFFFFFF])
 
+    def test_detail_read_as_jansson_reads_it(self):
+        """A detail the original's JSON parser refuses, or one that is not an object, is
+        answered as an empty object; others as the object they hold."""
+        refused = ['{"a": NaN}', '{"a": 1e400}', '{"a": "\\ud800"}', '{"a": "\\u0000"}',
+                   '{"a": 123456789012345678901234567890}', '[1]', '"x"', '', '{']
+        for detail in refused:
+            self.assertEqual(reader.detail_object(detail), {}, detail)
+        self.assertEqual(reader.detail_object('{"id": 5, "s": "\\ud83d\\ude00"}'),
+                         {"id": 5, "s": "\U0001f600"})
+        self.assertEqual(reader.detail_object(None), {})
+
     def test_offset_shown_signed(self):
         """A negative offset is echoed as given, as the original's int64 shows it."""
         for query, params in [(reader.balance_history, [1, "", "", 0, 0, -1, 2]),
@@ -192,6 +203,33 @@ class IntegrationTests(TestCase):
         """balance.history's business filter tells characters of four bytes apart (a
         collation weighing them all alike answered gift😀 for gift🎁), case aside."""
         return defer.Deferred.fromCoroutine(self.businesses_of_four_bytes())
+
+    async def odd_details(self):
+        history_db = testing.create_database("hist", ("trade_history",))
+        self.addCleanup(testing.drop_database, history_db)
+        conn = pymysql.connect(**dict(testing.mysql_connect_kwargs("misc"),
+                                      charset="utf8mb4", autocommit=True))
+        self.addCleanup(conn.close)
+        conn.select_db(history_db)
+        details = ['{"a": NaN}', '{"a": 1e400}', '{"a": "\\ud800"}', '{"a": "\\u0000"}',
+                   '{"a": 123456789012345678901234567890}', '{"id": 7}']
+        with conn.cursor() as cursor:
+            cursor.execute("CREATE TABLE `balance_history_1` LIKE `balance_history_example`")
+            for detail in details:
+                cursor.execute("INSERT INTO `balance_history_1` (`time`, `user_id`, `asset`, "
+                               "`business`, `change`, `balance`, `detail`) VALUES (1, 1, "
+                               "'BCH', 'deposit', 1, 1, %s)", (detail,))
+        rh, client = await started(self, history_db, 1)
+        got = await client.call(103, [1, "", "", 0, 0, 0, 10], 10.0)
+        self.assertIsNone(got["error"])
+        self.assertEqual([r["detail"] for r in got["result"]["records"]],
+                         [{"id": 7}] + [{}] * 5)
+
+    def test_odd_details(self):
+        """balance.history answers each detail the original's parser refuses (NaN, a real
+        beyond a double, a lone surrogate, NUL, an integer beyond 64 bits) with an empty
+        object, as the original does; some of these got no reply at all."""
+        return defer.Deferred.fromCoroutine(self.odd_details())
 
     def test_transcript_history_calls(self):
         """After the recorded session, each history call gets the original's answer."""

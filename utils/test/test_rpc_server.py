@@ -24,6 +24,9 @@ class Server(SynchronousTestCase):
             104: lambda params, req: self.pending.append(defer.Deferred()) or self.pending[-1],
             105: lambda params, req: RawJSON(b'{"raw": 1}'),
             106: self.manual,
+            107: lambda params, req: {"a": float("nan")},
+            108: lambda params, req: defer.succeed({"a": "\ud800"}),
+            109: self.manual_unencodable,
         }
         self.factory = RPCServerFactory(handlers, max_pkg_size=200, heartbeat_check=True,
                                         clock=self.clock, name="test")
@@ -42,6 +45,10 @@ class Server(SynchronousTestCase):
 
     def manual(self, params, req):
         req.reply_result("later")
+        return NO_REPLY
+
+    def manual_unencodable(self, params, req):
+        req.reply_result(object())
         return NO_REPLY
 
     def send(self, command, body=b"[]", sequence=1, req_id=7, ext=b"", proto=None):
@@ -78,6 +85,20 @@ class DispatchTests(Server):
         self.send(103)
         self.assertIn(b'"code": 2, "message": "internal error"', self.replies()[0].body)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_unencodable_result_is_internal_error(self):
+        """A result JSON cannot carry (NaN, a lone surrogate, an object), whether returned,
+        fired by a Deferred or replied by the handler itself, is logged and answered with 2
+        internal error: the client is not left waiting for a reply that never comes."""
+        self.send(107, sequence=1)
+        self.send(108, sequence=2)
+        self.send(109, sequence=3)
+        self.assertEqual([(p.sequence, p.body) for p in self.replies()],
+                         [(n, b'{"error": {"code": 2, "message": "internal error"}, '
+                              b'"result": null, "id": 7}') for n in (1, 2, 3)])
+        self.assertEqual(self.proto.waiting, 0)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 2)
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
 
     def test_deferred_replies_in_completion_order(self):
         """Deferred results are answered when they fire, in the order they fire."""
