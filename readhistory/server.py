@@ -5,6 +5,10 @@ Several queries run at once (`worker_num` connections); replies go out as querie
 so clients match them by sequence, as with the original.  When 10 × `worker_num` queries
 wait for a connection (beside the `worker_num` running), new ones are refused with "service
 unavailable".  A failed query answers "internal error" and is logged at critical level.
+
+Stopping does not wait for the queries: those running are interrupted (one blocked in the
+server, on a locked table, would otherwise hold the process until it ended), and those
+waiting are dropped, as the original drops them when it exits.
 """
 
 from twisted.application import service
@@ -59,6 +63,7 @@ class ReadHistory(service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
+        self.db.abort()
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
 
     def _handler(self, query):
@@ -79,6 +84,9 @@ class ReadHistory(service.Service):
         return outcome
 
     def _query_failed(self, failure, sql):
+        if not self.running:
+            self.log.info("readhistory: stopping, query abandoned: {sql}", sql=sql)
+            raise rpc.INTERNAL_ERROR()
         self.log.critical("readhistory: query failed ({error}): {sql}",
                           error=failure.getErrorMessage(), sql=sql)
         raise rpc.INTERNAL_ERROR()

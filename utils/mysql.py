@@ -16,11 +16,16 @@ that both answer the same digits.
 Lost connections (MySQL errors 2003, 2006, 2013) are retried on a fresh connection for
 interactions marked `retry=True`; use it for reads and for writes that are idempotent
 (explicit primary keys, `INSERT IGNORE`), never for blind appends.
+
+A MySQL pool can be aborted (`Database.abort`): adbapi waits for its threads when the reactor
+stops, and PyMySQL reads with no timeout, so a query blocked in the server (a locked table)
+would otherwise hold a stopping daemon until the server answered.
 """
 
 import decimal
 import os
 import re
+import socket
 import sqlite3
 
 from twisted.enterprise import adbapi
@@ -29,7 +34,7 @@ from twisted.logger import Logger
 
 __all__ = ["Database", "Dialect", "MYSQL", "SQLITE", "connect_mysql", "connect_sqlite",
            "from_config", "server_address", "split_statements", "CONNECTION_LOST",
-           "load_local", "LOCAL_LOAD_REFUSED"]
+           "load_local", "LOCAL_LOAD_REFUSED", "Aborted", "MySQLPool"]
 
 log = Logger()
 
@@ -163,7 +168,7 @@ class Database:
             try:
                 return await self.pool.runInteraction(work, *args, **kwargs)
             except Exception as e:
-                if attempt + 1 < attempts and _lost(e):
+                if attempt + 1 < attempts and _lost(e) and not self.aborted:
                     self.log.warn("{db}: connection lost ({error}); retrying",
                                   db=self.description, error=e)
                     continue
@@ -276,6 +281,18 @@ class Database:
                 cursor.execute(statement)
             return len(statements)
         return self.interaction(run)
+
+    @property
+    def aborted(self):
+        return getattr(self.pool, "aborted", False)
+
+    def abort(self):
+        """Make the interactions running fail now, and those waiting for a connection fail
+        without one, for a daemon that stops without waiting for them: then the pool's
+        threads end at once when the reactor stops.  MySQL pools only; a no-op otherwise."""
+        abort = getattr(self.pool, "abort", None)
+        if abort is not None:
+            abort()
 
     def close(self):
         self.pool.close()
@@ -422,6 +439,45 @@ def server_address(host, port):
     return {"host": host, "port": int(port)}
 
 
+class Aborted(Exception):
+    """An interaction refused by a pool that was aborted (`MySQLPool.abort`)."""
+
+
+def _shut(connection):
+    """Shut a PyMySQL connection's socket down (not close it: its descriptor stays its
+    own), from any thread: a read blocked on it returns, and fails as a lost connection."""
+    sock = getattr(connection, "_sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            # already closed by its own thread, or never connected
+            return
+
+
+class MySQLPool(adbapi.ConnectionPool):
+    """adbapi's pool of PyMySQL connections, which a stopping daemon can abort."""
+
+    aborted = False
+
+    def abort(self):
+        """From the reactor thread: shut every connection's socket down, so that the queries
+        running fail at once (PyMySQL reads without a timeout), and refuse connections from
+        now on, so that those waiting fail without running."""
+        self.aborted = True
+        for connection in list(self.connections.values()):
+            _shut(connection)
+
+    def connect(self):
+        if self.aborted:
+            raise Aborted("the database pool was aborted")
+        connection = super().connect()
+        # `abort` may have gone through the connections before this one was added
+        if self.aborted:
+            _shut(connection)
+        return connection
+
+
 # run by every session first: the SQL texts written here escape with backslashes (as
 # PyMySQL's escaping of a bound value does, whatever the server's mode), which a session
 # whose sql_mode holds NO_BACKSLASH_ESCAPES reads otherwise: there \' ends a string, and a
@@ -439,8 +495,8 @@ def connect_mysql(host, port, user, password, database, charset="utf8", min_conn
     kwargs.update(extra)
     if reactor is not None:
         kwargs["cp_reactor"] = reactor
-    pool = adbapi.ConnectionPool("pymysql", cp_min=min_connections, cp_max=max_connections,
-                                 cp_reconnect=True, cp_noisy=False, **kwargs)
+    pool = MySQLPool("pymysql", cp_min=min_connections, cp_max=max_connections,
+                     cp_reconnect=True, cp_noisy=False, **kwargs)
     return Database(pool, MYSQL, "mysql %s@%s:%s/%s" % (user, host, port, database))
 
 

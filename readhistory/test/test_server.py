@@ -2,6 +2,8 @@
 """readhistory answers the original's history calls from what the matchengine wrote."""
 
 import json
+import os
+import signal
 
 import pymysql
 from twisted.internet import defer, reactor
@@ -230,6 +232,51 @@ class IntegrationTests(TestCase):
         beyond a double, a lone surrogate, NUL, an integer beyond 64 bits) with an empty
         object, as the original does; some of these got no reply at all."""
         return defer.Deferred.fromCoroutine(self.odd_details())
+
+    async def stop_while_blocked(self):
+        history_db = testing.create_database("hist", ("trade_history",))
+        self.addCleanup(testing.drop_database, history_db)
+        locker = pymysql.connect(**testing.mysql_connect_kwargs("misc"))
+        self.addCleanup(locker.close)
+        locker.select_db(history_db)
+        locker.cursor().execute("CREATE TABLE `order_detail_5` LIKE `order_detail_example`")
+        port = testing.free_port()
+        config = testing.base_config("readhistory", svr=testing.rpc_svr(port),
+                                     db_history=testing.mysql_section(history_db),
+                                     worker_num=2)
+        daemon = testing.DaemonProcess("readhistory", config, os.path.abspath(self.mktemp()))
+        self.addCleanup(daemon.stop)
+        daemon.start().wait_port(port)
+        client = RPCClient(reactor, "readhistory", ["tcp@127.0.0.1:%d" % port], 1 << 20)
+        client.start()
+        self.addCleanup(client.stop)
+        await until(lambda: client.connected, what="readhistory connected")
+        # the table locked: two queries wait in MariaDB, on both connections, a third
+        # waits for a connection
+        locker.cursor().execute("LOCK TABLES `order_detail_5` WRITE")
+        self.addCleanup(locker.cursor().execute, "UNLOCK TABLES")
+        calls = [client.call(210, [5], 60.0).addErrback(lambda failure: None)
+                 for _ in range(3)]
+
+        def blocked():
+            with pymysql.connect(**testing.mysql_connect_kwargs("misc")) as watcher:
+                with watcher.cursor() as cursor:
+                    cursor.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                                   "WHERE DB = %s AND INFO LIKE 'SELECT%%order_detail_5%%'",
+                                   (history_db,))
+                    return cursor.fetchone()[0] == 2
+        await until(blocked, what="queries blocked on the locked table")
+        started = reactor.seconds()
+        daemon.proc.send_signal(signal.SIGTERM)
+        await until(lambda: daemon.proc.poll() is not None, 10, "readhistory stopped")
+        self.assertLess(reactor.seconds() - started, 5)
+        self.assertEqual(daemon.proc.returncode, 0)
+
+    def test_stop_while_queries_are_blocked(self):
+        """SIGTERM stops the daemon at once, as it stops the original, while its queries
+        wait in MariaDB for a locked table (they used to hold the process until the table
+        was free: the pool waits for its threads, and a read has no timeout)."""
+        return defer.Deferred.fromCoroutine(self.stop_while_blocked())
 
     def test_transcript_history_calls(self):
         """After the recorded session, each history call gets the original's answer."""

@@ -258,6 +258,44 @@ class MySQLTests(Scenarios, TestCase):
         """A connection killed by the server is replaced and the read retried."""
         return defer.Deferred.fromCoroutine(self.reconnect())
 
+    async def abort(self):
+        kw = testing.mysql_connect_kwargs("misc")
+        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"],
+                                 kw["database"], "utf8mb4", max_connections=2)
+        self.addCleanup(db.close)
+        name = self.table()
+        await db.execute_script("CREATE TABLE `%s` (`id` INT);" % name)
+        self.addCleanup(lambda: self.make().execute("DROP TABLE `%s`" % name))
+        locker = pymysql.connect(**kw)
+        self.addCleanup(locker.close)
+        locker.cursor().execute("LOCK TABLES `%s` WRITE" % name)
+        self.addCleanup(locker.cursor().execute, "UNLOCK TABLES")
+        reads = [db.query("SELECT * FROM `%s`" % name) for _ in range(4)]
+        outcomes = defer.DeferredList(reads, consumeErrors=True)
+
+        def blocked():
+            with pymysql.connect(**kw) as watcher, watcher.cursor() as cursor:
+                cursor.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                               "WHERE INFO = %s", ("SELECT * FROM `%s`" % name,))
+                return cursor.fetchone()[0] == 2
+        await testing.until(blocked, what="reads blocked on the locked table")
+        db.abort()
+        await testing.until(lambda: outcomes.called, 5, "reads ended")
+        failures = [value for ok, value in outcomes.result]
+        # the two running lost their connection (and were not retried), the two waiting
+        # were refused a connection
+        self.assertEqual(sorted(type(f.value).__name__ for f in failures),
+                         ["Aborted", "Aborted", "OperationalError", "OperationalError"])
+        with self.assertRaises(mysql.Aborted):
+            await db.query("SELECT 1")
+        self.flushLoggedErrors(adbapi.ConnectionLost, pymysql.err.InterfaceError)
+
+    def test_abort_interrupts_blocked_queries(self):
+        """An aborted pool's queries blocked in the server (a locked table) fail at once,
+        and the queries waiting for a connection fail without running, so that a stopping
+        daemon need not wait for the server."""
+        return defer.Deferred.fromCoroutine(self.abort())
+
     def test_from_config(self):
         """A db_* config section builds a pool on its keys."""
         kw = testing.mysql_connect_kwargs("misc")
