@@ -17,6 +17,11 @@ Lost connections (MySQL errors 2003, 2006, 2013) are retried on a fresh connecti
 interactions marked `retry=True`; use it for reads and for writes that are idempotent
 (explicit primary keys, `INSERT IGNORE`), never for blind appends.
 
+A MySQL connection found lost is dropped with a warning and opened again when next needed,
+as the original's client library reconnects; after one loss, each other connection is pinged
+before its next use, since the server restarting, or the path to it cut, loses them all.  A
+query that fails is the caller's to log.
+
 A MySQL pool can be aborted (`Database.abort`): adbapi waits for its threads when the reactor
 stops, and PyMySQL reads with no timeout, so a query blocked in the server (a locked table)
 would otherwise hold a stopping daemon until the server answered.
@@ -30,7 +35,7 @@ import sqlite3
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 __all__ = ["Database", "Dialect", "MYSQL", "SQLITE", "connect_mysql", "connect_sqlite",
            "from_config", "server_address", "split_statements", "CONNECTION_LOST",
@@ -455,10 +460,50 @@ def _shut(connection):
             return
 
 
-class MySQLPool(adbapi.ConnectionPool):
-    """adbapi's pool of PyMySQL connections, which a stopping daemon can abort."""
+class _PooledConnection(adbapi.Connection):
+    """adbapi's wrapper of a MySQLPool's connection, rolling back after a failure.
 
+    adbapi's own, for a pool that reconnects, rolls a connection back and, when that fails
+    (it always does on a lost connection, which PyMySQL closes as soon as its socket fails),
+    logs the failure twice as an error before dropping the connection: a reconnect that
+    then succeeded raised fatal alerts.  Here a lost connection is dropped quietly (the
+    pool warns) and only a rollback failing on a live connection is an error."""
+
+    def rollback(self):
+        connection = self._connection
+        if connection.open:
+            try:
+                connection.rollback()
+                return
+            except Exception:
+                if connection.open:
+                    log.failure("{pool}: rollback failed; the connection is closed",
+                                level=LogLevel.error, pool=self._pool.name)
+        self._pool.drop(connection, lost=not connection.open)
+
+
+class MySQLPool(adbapi.ConnectionPool):
+    """adbapi's pool of PyMySQL connections, reconnecting quietly, which a stopping daemon
+    can abort."""
+
+    connectionFactory = _PooledConnection
     aborted = False
+
+    def __init__(self, *args, name="mysql", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.name = name
+        self.losses = 0         # connections found lost so far
+        self._checked = {}      # thread id -> losses when its connection was last known good
+
+    def drop(self, connection, lost=True):
+        """In its own thread: close the thread's connection, one found lost (with a
+        warning, and the others to be checked before their next use) or broken."""
+        if lost:
+            self.losses += 1
+            if not self.aborted:
+                log.warn("{pool}: a connection was lost; a new one is opened when next needed",
+                         pool=self.name)
+        self.disconnect(connection)
 
     def abort(self):
         """From the reactor thread: shut every connection's socket down, so that the queries
@@ -469,9 +514,24 @@ class MySQLPool(adbapi.ConnectionPool):
             _shut(connection)
 
     def connect(self):
+        """The calling thread's connection, opened if it has none, and pinged first when
+        another connection was found lost since this one was last known good."""
         if self.aborted:
             raise Aborted("the database pool was aborted")
-        connection = super().connect()
+        tid = self.threadID()
+        connection = self.connections.get(tid)
+        if connection is not None and self._checked.get(tid) != self.losses:
+            losses = self.losses
+            try:
+                connection.ping(reconnect=False)
+                self._checked[tid] = losses
+            except Exception:
+                self.drop(connection)
+                connection = None
+        if connection is None:
+            losses = self.losses
+            connection = super().connect()
+            self._checked[tid] = losses
         # `abort` may have gone through the connections before this one was added
         if self.aborted:
             _shut(connection)
@@ -495,9 +555,10 @@ def connect_mysql(host, port, user, password, database, charset="utf8", min_conn
     kwargs.update(extra)
     if reactor is not None:
         kwargs["cp_reactor"] = reactor
+    description = "mysql %s@%s:%s/%s" % (user, host, port, database)
     pool = MySQLPool("pymysql", cp_min=min_connections, cp_max=max_connections,
-                     cp_reconnect=True, cp_noisy=False, **kwargs)
-    return Database(pool, MYSQL, "mysql %s@%s:%s/%s" % (user, host, port, database))
+                     cp_reconnect=True, cp_noisy=False, name=description, **kwargs)
+    return Database(pool, MYSQL, description)
 
 
 def connect_sqlite(path, reactor=None):
