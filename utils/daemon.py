@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+import weakref
 
 from twisted.application import service
 from twisted.internet import defer
@@ -43,6 +44,8 @@ log = Logger()
 _gave_up = []
 # whether this process is a daemon run by twistd (see `exit_status_on_failure`)
 _twistd = []
+# the reactors a `give_up` has asked to stop once they run: one request each
+_stop_queued = weakref.WeakSet()
 
 
 # set by the watchdog for its worker: where the worker writes its pid once it is ready
@@ -72,7 +75,11 @@ def give_up(reactor, logger, what, failure=None):
     """Stop a daemon that cannot do its work (an address it cannot bind, state it cannot
     load): log `what` with the failure (default: the exception being handled) as critical,
     and stop the reactor, now or, when it does not run yet, as soon as it does.  Under
-    twistd it is also printed on stderr, and the process exits with status 1."""
+    twistd it is also printed on stderr, and the process exits with status 1.
+
+    Several daemons may give up together (the embedded exchange's listeners, each on a port
+    taken): the reactor is asked to stop once, and a reactor already stopping is left as
+    it is, rather than each further request failing with ReactorNotRunning."""
     if failure is None:
         failure = Failure()
     logger.failure(what, failure)
@@ -81,9 +88,10 @@ def give_up(reactor, logger, what, failure=None):
         print("%s: %s" % (what, failure.getErrorMessage()), file=sys.__stderr__, flush=True)
     _gave_up.append(what)
     if reactor.running:
-        reactor.stop()
-    else:
-        reactor.callWhenRunning(reactor.stop)
+        stop_reactor(reactor)
+    elif reactor not in _stop_queued:
+        _stop_queued.add(reactor)
+        reactor.callWhenRunning(stop_reactor, reactor)
 
 
 def gave_up():

@@ -181,6 +181,50 @@ class GiveUpTests(SynchronousTestCase):
         self.give_up(reactor)
         self.assertTrue(reactor.hasStopped)
 
+    def test_several_before_the_reactor_runs(self):
+        """Daemons giving up together while the services start (several ports taken) ask
+        the reactor to stop once: a second stop would fail with ReactorNotRunning, logged
+        as one more fatal traceback."""
+        reactor = StrictStopReactor()
+        for _ in range(3):
+            self.give_up(reactor)
+        self.assertEqual(len(reactor.whenRunningHooks), 1)
+        self.assertEqual(len(daemon._gave_up), 3)
+        reactor.start()
+        self.assertEqual(reactor.stops, 1)
+
+    def test_several_while_running(self):
+        """A daemon giving up while the reactor is stopping already leaves it stopping."""
+        reactor = StrictStopReactor()
+        reactor.start()
+        self.give_up(reactor)
+        self.give_up(reactor)
+        self.assertEqual(reactor.stops, 1)
+
+
+class StrictStopReactor(MemoryReactorClock):
+    """A memory reactor that refuses a second stop as a real one does, and counts stops.
+
+    Unlike MemoryReactor.run, `start` leaves it running once the start hooks have run, and
+    `running` stays true while it stops, as a real reactor's does until it has stopped."""
+
+    def __init__(self):
+        super().__init__()
+        self.stops = 0
+        self.stopping = False
+
+    def start(self):
+        self.running = self.hasRun = True
+        for f, args, kwargs in self.whenRunningHooks:
+            f(*args, **kwargs)
+
+    def stop(self):
+        from twisted.internet.error import ReactorNotRunning
+        if not self.running or self.stopping:
+            raise ReactorNotRunning("Can't stop reactor that isn't running.")
+        self.stops += 1
+        self.stopping = True
+
 
 class WorkerTreeTests(SynchronousTestCase):
     """accesshttp with worker_num 2: the listener's tree, the workers' trees and command."""
