@@ -23,6 +23,9 @@ import os
 import sqlite3
 
 from twisted.application import service
+from twisted.internet import defer
+
+from utils.daemon import OrderedMultiService, service_tree
 
 __all__ = ["PORTS", "build", "configs", "create_schema"]
 
@@ -122,8 +125,30 @@ class _Stores(service.Service):
             db.close()
 
 
+class _Modules(OrderedMultiService):
+    """The exchange's modules.  Starting one may take long (matchengine replays its operation
+    log before it listens, marketprice waits for the market list): `started()` tells when
+    each has finished starting, ready or given up."""
+
+    def __init__(self):
+        super().__init__()
+        self._starting = []
+
+    def startService(self):
+        service.Service.startService(self)
+        self._starting = [child.startService() for child in self]
+
+    def started(self):
+        """A Deferred firing once every module has finished starting: ready (its state
+        loaded, its ports open) or given up (`utils.daemon.gave_up` says which)."""
+        return defer.DeferredList([d for d in self._starting
+                                   if isinstance(d, defer.Deferred)])
+
+
 def build(data_dir, ports=None, reactor=None, stderr=False):
-    """The service tree of the embedded exchange keeping its state in `data_dir`."""
+    """The service tree of the embedded exchange keeping its state in `data_dir`.
+
+    Its `modules.started()` tells when the modules are ready to be used."""
     from accesshttp import config as accesshttp_config
     from accesshttp.server import AccessHTTP
     from accessws import config as accessws_config
@@ -143,7 +168,6 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
     from readhistory.server import ReadHistory
     from utils import mysql
     from utils.kafka_queue import InProcessBus
-    from utils.daemon import service_tree
     from utils.redisdb import MemoryRedis
 
     if reactor is None:
@@ -176,16 +200,18 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
     store = MemoryRedis(os.path.join(data_dir, "redis.json"), reactor=reactor)
     # started first, stopped last
     _Stores(bus, store, [db_log, db_history]).setServiceParent(top)
+    modules = _Modules()
+    modules.setServiceParent(top)
 
     me = cfg["matchengine"]
     assets, markets = matchengine_config.build_tables(me)
     outbox = LocalOutbox(HistoryWriter(db_history, reactor, workers=1), bus.producer())
     engine = MatchEngine(me, assets, markets, db_log, outbox, reactor=reactor)
-    engine.setServiceParent(top)
-    cli.CLIService(engine, me.cli, reactor).setServiceParent(top)
+    engine.setServiceParent(modules)
+    cli.CLIService(engine, me.cli, reactor).setServiceParent(modules)
 
-    ReadHistory(cfg["readhistory"], db_history, reactor=reactor).setServiceParent(top)
-    AccessHTTP(cfg["accesshttp"], reactor=reactor).setServiceParent(top)
+    ReadHistory(cfg["readhistory"], db_history, reactor=reactor).setServiceParent(modules)
+    AccessHTTP(cfg["accesshttp"], reactor=reactor).setServiceParent(modules)
 
     mp = cfg["marketprice"]
 
@@ -193,14 +219,15 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
         return bus.consumer(mp.deals.topic, on_message, offset=offset, limit=mp.deals.limit,
                             name="marketprice deals")
     MarketPrice(mp, store, deals_consumer, market_list_from(mp.accesshttp, reactor),
-                reactor=reactor).setServiceParent(top)
+                reactor=reactor).setServiceParent(modules)
 
     def ws_consumer(section, on_message):
         return bus.consumer(section.topic, on_message, limit=section.limit,
                             name="accessws " + section.topic)
     AccessWS(cfg["accessws"], reactor=reactor, http_get=http_get(reactor),
-             consumer_factory=ws_consumer).setServiceParent(top)
+             consumer_factory=ws_consumer).setServiceParent(modules)
 
-    AlertCenter(cfg["alertcenter"], store, reactor=reactor).setServiceParent(top)
+    AlertCenter(cfg["alertcenter"], store, reactor=reactor).setServiceParent(modules)
     top.ports = port
+    top.modules = modules
     return top

@@ -36,19 +36,25 @@ class Options(usage.Options):
 
 
 class _Banner(service.Service):
-    """Where to reach the exchange, on the terminal once it runs (not when a daemon gave
-    up while starting)."""
+    """Where to reach the exchange, on the terminal once its modules are ready (`ready()`, a
+    Deferred), not before: matchengine listens only once it has replayed its operation log,
+    and until then every call would fail.  Nothing is shown when a module gave up while
+    starting: the process is stopping."""
 
-    def __init__(self, ports, data):
-        self.ports, self.data = ports, data
+    def __init__(self, ports, data, ready, reactor=None, out=None):
+        self.ports, self.data, self.ready = ports, data, ready
+        self.reactor = reactor
+        self.out = out
 
     def startService(self):
         service.Service.startService(self)
-        from twisted.internet import reactor
-        reactor.callWhenRunning(self._show)
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        self.ready().addCallback(lambda _: reactor.callWhenRunning(self._show))
 
     def _show(self):
-        if gave_up():
+        if gave_up() or not self.running:
             return
         http = "http://127.0.0.1:%d/" % self.ports["accesshttp"]
         print("\nviabtc exchange (embedded), state in %s\n"
@@ -59,11 +65,12 @@ class _Banner(service.Service):
               "  log            %s\n"
               "  Ctrl-C stops it.\n" % (self.data, http, self.ports["accessws"], http,
                                       os.path.join(self.data, "log", "exchange.log")),
-              file=sys.__stdout__, flush=True)     # the terminal, not twistd's log
+              # the terminal, not twistd's log
+              file=self.out or sys.__stdout__, flush=True)
 
 
 def makeService(options):
     exit_status_on_failure()
     top = embedded.build(options["data"], options["ports"], stderr=options["verbose"])
-    _Banner(top.ports, options["data"]).setServiceParent(top)
+    _Banner(top.ports, options["data"], top.modules.started).setServiceParent(top)
     return top

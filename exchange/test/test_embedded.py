@@ -2,6 +2,7 @@
 """The embedded exchange: its configs, its schema, and the real process traded through HTTP
 and websocket, stopped cleanly, killed, and restarted with nothing moved."""
 
+import io
 import os
 import re
 import signal
@@ -11,12 +12,15 @@ import subprocess
 import sys
 import time
 
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from exchange import embedded, tap
 from exchange.test import system
-from utils import testing
+from utils import daemon, testing
 
 RUN_TWISTD = "from twisted.scripts.twistd import run; run()"
 
@@ -54,6 +58,63 @@ class ConfigTests(SynchronousTestCase):
         for table in embedded.HISTORY_TABLES:
             self.assertIn("%s_99" % table, names)
             self.assertIn("%s_example" % table, names)
+
+
+class StartTests(SynchronousTestCase):
+    """The banner waits for the modules to be ready, and is not shown when one gave up."""
+
+    def setUp(self):
+        self.patch(daemon, "_gave_up", [])
+
+    def test_modules_started(self):
+        """`started()` fires once every module's start (a Deferred, when it returns one)
+        has finished."""
+        replay = defer.Deferred()
+
+        class Module(service.Service):
+            def __init__(self, result):
+                self.result = result
+
+            def startService(self):
+                service.Service.startService(self)
+                return self.result
+
+        modules = embedded._Modules()
+        for result in (replay, None, defer.succeed(None)):
+            Module(result).setServiceParent(modules)
+        modules.startService()
+        started = modules.started()
+        self.assertNoResult(started)
+        replay.callback(None)
+        self.successResultOf(started)
+
+    def banner(self, ready):
+        reactor = MemoryReactorClock()
+        reactor.run()
+        out = io.StringIO()
+        banner = tap._Banner({"accesshttp": 8080, "accessws": 8090}, "data", lambda: ready,
+                             reactor=reactor, out=out)
+        banner.startService()
+        return out
+
+    def test_banner_once_ready(self):
+        """While matchengine replays its log (every call would fail), nothing is shown; the
+        addresses are, once the modules are ready."""
+        ready = defer.Deferred()
+        out = self.banner(ready)
+        self.assertEqual(out.getvalue(), "")
+        ready.callback(None)
+        self.assertIn("HTTP JSON-RPC  http://127.0.0.1:8080/", out.getvalue())
+        self.assertIn("Ctrl-C stops it.", out.getvalue())
+
+    def test_no_banner_after_give_up(self):
+        """A module that could not start (its port taken) stops the process: the banner,
+        which would invite to use it, is not shown."""
+        ready = defer.Deferred()
+        out = self.banner(ready)
+        daemon._gave_up.append("matchengine could not start")
+        ready.callback(None)
+        self.assertEqual(out.getvalue(), "")
 
 
 class Exited(Exception):
@@ -187,8 +248,9 @@ class EmbeddedTests(SynchronousTestCase):
 
     def test_port_in_use(self):
         """A port it cannot bind stops the whole exchange with status 1, saying why on the
-        terminal, even when the failing listener is one nothing waits for."""
-        for name in ("readhistory", "accesshttp_monitor"):
+        terminal, even when the failing listener is one nothing waits for, or matchengine's,
+        opened only once its log is replayed; the banner is never shown."""
+        for name in ("readhistory", "accesshttp_monitor", "matchengine"):
             exchange = Exchange(os.path.abspath(self.mktemp()))
             self.addCleanup(exchange.stop, signal.SIGKILL)
             busy = socket.socket()
@@ -199,8 +261,8 @@ class EmbeddedTests(SynchronousTestCase):
             self.assertIn("exit status 1", str(error))
             with open(os.path.join(exchange.data, "stdout")) as f:
                 out = f.read()
-            self.assertIn("could not listen: Couldn't listen on 127.0.0.1:%d"
-                          % exchange.ports[name], out)
+            self.assertRegex(out, r"could not (listen|start): Couldn't listen on "
+                             r"127\.0\.0\.1:%d" % exchange.ports[name])
             # and no banner inviting to use what is not there
             self.assertNotIn("HTTP JSON-RPC", out)
 
