@@ -42,10 +42,12 @@ depends: $(BUILT)
 test: depends
 	VIABTC_REQUIRE_SERVICES=1 VIABTC_REQUIRE_COMPILED=1 $(PY) depends/run_tests.py $(TESTS)
 
-# The whole exchange in one process, state under data/ (DATA=...), until Ctrl-C.
+# The whole exchange in one process, state under data/ (DATA=...), until Ctrl-C.  A pid file
+# left by a kill -9 whose pid another program has taken since is removed first.
 DATA ?= data
 run: $(BUILT)
 	@mkdir -p $(DATA)/log
+	@$(PY) -m exchange.pidfile $(DATA)/exchange.pid
 	$(PY) -c "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()" -n --pidfile $(DATA)/exchange.pid \
 	    --logfile $(DATA)/log/twistd.log exchange --data $(DATA)
 

@@ -121,25 +121,48 @@ class Exited(Exception):
     """The exchange's process ended while a test waited for it."""
 
 
-class Exchange:
-    """`twistd -n exchange` as a real process on free ports."""
+def make_run(data):
+    """The commands of the Makefile's `run` with DATA=`data`, on this interpreter: shell
+    lines, the last one starting twistd."""
+    venv = os.path.dirname(os.path.dirname(sys.executable))
+    out = subprocess.run(["make", "-s", "-n", "-o", os.path.join(venv, ".compiled-stamp"),
+                          "run", "VENV=" + venv, "DATA=" + data], cwd=testing.ROOT,
+                         check=True, capture_output=True, text=True).stdout
+    return [line for line in out.replace("\\\n", " ").splitlines() if line.strip()]
 
-    def __init__(self, data):
+
+class Exchange:
+    """`twistd -n exchange` as a real process on free ports; with `make`, started by the
+    Makefile's `run` commands (and its pid file)."""
+
+    def __init__(self, data, make=False):
         self.data = data
+        self.make = make
         self.ports = {name: testing.free_port() for name in embedded.PORTS}
         self.proc = None
 
     def start(self):
-        args = [sys.executable, "-c", RUN_TWISTD, "-n", "--pidfile=", "--logfile",
-                os.path.join(self.data, "twistd.log"), "exchange", "--data", self.data]
+        ports = []
         for name, port in self.ports.items():
-            args += ["--port", "%s=%d" % (name, port)]
+            ports += ["--port", "%s=%d" % (name, port)]
         os.makedirs(self.data, exist_ok=True)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [testing.ROOT,
                                                           env.get("PYTHONPATH")]))
         self.out = open(os.path.join(self.data, "stdout"), "ab")
-        self.proc = subprocess.Popen(args, stdout=self.out, stderr=subprocess.STDOUT, env=env)
+        if self.make:
+            *before, twistd = make_run(self.data)
+            for line in before:
+                subprocess.run(line, shell=True, check=True, cwd=testing.ROOT, env=env,
+                               stdout=self.out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen("exec %s %s" % (twistd, " ".join(ports)), shell=True,
+                                         cwd=testing.ROOT, stdout=self.out,
+                                         stderr=subprocess.STDOUT, env=env)
+        else:
+            args = [sys.executable, "-c", RUN_TWISTD, "-n", "--pidfile=", "--logfile",
+                    os.path.join(self.data, "twistd.log"), "exchange", "--data", self.data]
+            self.proc = subprocess.Popen(args + ports, stdout=self.out,
+                                         stderr=subprocess.STDOUT, env=env)
         http = system.HTTP(self.ports["accesshttp"])
         try:
             for name in ("accesshttp", "accessws"):
@@ -265,6 +288,26 @@ class EmbeddedTests(SynchronousTestCase):
                              r"127\.0\.0\.1:%d" % exchange.ports[name])
             # and no banner inviting to use what is not there
             self.assertNotIn("HTTP JSON-RPC", out)
+
+    def test_stale_pid_file(self):
+        """`make run` after a kill -9 whose pid another program has taken since: the pid
+        file is removed, not taken for a running exchange, which twistd would refuse."""
+        data = os.path.abspath(self.mktemp())
+        os.makedirs(data)
+        other = subprocess.Popen(["sleep", "60"])
+        self.addCleanup(other.wait)
+        self.addCleanup(other.kill)
+        path = os.path.join(data, "exchange.pid")
+        with open(path, "w") as f:
+            f.write("%d\n" % other.pid)
+        exchange = Exchange(data, make=True)
+        self.addCleanup(exchange.stop, signal.SIGKILL)
+        exchange.start()
+        with open(path) as f:
+            self.assertEqual(int(f.read()), exchange.proc.pid)
+        with open(os.path.join(data, "stdout")) as f:
+            self.assertIn("removed the stale pid file %s (pid %d is no exchange)"
+                          % (path, other.pid), f.read())
 
     def test_third_party_client(self):
         """A client written for the original (requests.post of JSON-RPC bodies) works."""
