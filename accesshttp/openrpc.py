@@ -1,13 +1,21 @@
 # -*- test-case-name: accesshttp.test.test_openrpc -*-
 """The HTTP JSON-RPC API described as an OpenRPC document (answered by `rpc.discover`).
 
-`CATALOGUE` lists every method with its positional parameters and its result; `document()`
-builds the OpenRPC 1.2 document from it, and `markdown()` the English reference in
-`docs/http.md` (`python -m accesshttp.openrpc --markdown > docs/http.md`).
+`CATALOGUE` lists every method with its positional parameters and its result, `DETAILS` and
+`NOTES` what its answer and its errors need said beyond that, and `REQUESTS` and `COMMON`
+what holds for every call; `document()` builds the OpenRPC 1.2 document from them, and
+`markdown()` the English reference, with the calls of the original's recorded HTTP scenario
+as examples.  From a checkout, `python -m accesshttp.openrpc --markdown > docs/http.md`
+writes `docs/http.md` exactly (a test compares them): edit the text here, not there.
 """
 
 import json
+import os
 import sys
+
+# the original's answers recorded over HTTP (one {"request", "status", "response"} a line)
+TRANSCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "depends", "reference", "http-scenario.jsonl")
 
 INT = {"type": "integer"}
 STR = {"type": "string"}
@@ -63,9 +71,12 @@ CATALOGUE = {
     "balance.history": ("A user's balance changes, newest first.",
                         [USER, _p("asset", STR, "asset name, \"\" for all"),
                          _p("business", STR, "business, \"\" for all"),
-                         _p("start_time", INT, "from this unix time, 0 for no bound"),
+                         _p("start_time", INT, "from this unix time, 0 for no bound "
+                            "(unsigned 64-bit, as every time and offset of the history calls: "
+                            "-1 is after every time)"),
                          _p("end_time", INT, "before this unix time, 0 for no bound"),
-                         OFFSET, LIMIT],
+                         _p("offset", INT, "records to skip (echoed signed, as given)"),
+                         LIMIT],
                         _page(item={"$ref": "#/components/schemas/BalanceChange"}), []),
     "order.put_limit": ("Place a limit order; it trades against the book and rests with what "
                         "is left.", [USER, MARKET, _p("side", SIDE, "1 sell, 2 buy"),
@@ -180,40 +191,95 @@ SCHEMAS = {
 
 COMMON_ERRORS = [(1, "invalid argument"), (2, "internal error"), (3, "service unavailable")]
 
+# what a method's answer needs said beyond its params and result
+DETAILS = {
+    "balance.history": "A record's `detail` is the object stored with the change; one that "
+                       "is not a JSON object, or that the original's parser refuses (NaN, a "
+                       "real beyond a double, an integer beyond 64 bits, a NUL or a lone "
+                       "surrogate in a string), is answered as `{}`.",
+}
+
+# what a method's errors need said beyond their codes and messages
+NOTES = {
+    "balance.update": "1 `invalid argument` also for a credit whose sum the balance cannot "
+                      "hold (34 digits at the asset's `prec_save` places)",
+}
+
+# how every call is answered, the HTTP statuses and the bodies refused included
+REQUESTS = (
+    "answers HTTP 200 with `{\"error\": null, \"result\": ..., \"id\": 1}`, or with "
+    "`{\"error\": {\"code\": c, \"message\": m}, \"result\": null, \"id\": 1}` when the "
+    "call is refused. Malformed requests (not POST, no body, not JSON, `id` not an integer, "
+    "`method` not a string, `params` not an array, an integer beyond 64 bits, a real beyond a "
+    "double, `NaN` or `Infinity` anywhere, a surrogate code point not paired, `\"\\u0000\"`, "
+    "a body not in UTF-8 or with a byte order mark, nesting more than 100 deep) get an empty "
+    "HTTP 400 and the connection is closed; an unknown method gets HTTP 404 with error 4 "
+    "`method not found`; a backend that is not connected, HTTP 500 with an empty body; one "
+    "that does not answer within `timeout`, HTTP 504 with error 5 `service timeout`. "
+    "Connections are kept alive; pipelined requests are answered in order.")
+
+# what holds for every method
+COMMON = (
+    "Errors every method can answer: " + ", ".join("%d `%s`" % e for e in COMMON_ERRORS) +
+    ". A call whose params are larger than its backend takes (the backend section's "
+    "`max_request_size`, 10240 bytes by default) is answered 1 `invalid argument` by "
+    "accesshttp itself. Amounts, prices and fee rates are decimal strings.")
+
+
+def _errors_line(name, errors):
+    """The markdown line of a method's own errors and their note; None without either."""
+    note = NOTES.get(name)
+    if not errors and not note:
+        return None
+    text = ", ".join("%d `%s`" % e for e in errors)
+    return "Errors: %s." % "; ".join(filter(None, [text, note]))
+
 
 def document():
+    """The OpenRPC document of the API, as `rpc.discover` answers it."""
     methods = []
     for name, (summary, params, result, errors) in CATALOGUE.items():
-        methods.append({
+        method = {
             "name": name, "summary": summary, "paramStructure": "by-position",
             "params": params, "result": {"name": "result", "schema": result},
-            "errors": [{"code": c, "message": m} for c, m in COMMON_ERRORS + errors]})
+            "errors": [{"code": c, "message": m} for c, m in COMMON_ERRORS + errors]}
+        description = " ".join(filter(None, [
+            DETAILS.get(name), NOTES.get(name) and "Errors: %s." % NOTES[name]]))
+        if description:
+            method["description"] = description
+        methods.append(method)
     methods.append({"name": "rpc.discover", "summary": "This document.",
                     "paramStructure": "by-position", "params": [],
                     "result": {"name": "result", "schema": OBJ}})
     return {"openrpc": "1.2.6",
             "info": {"title": "ViaBTC exchange HTTP JSON-RPC", "version": "1.0.0",
-                     "description": "POST {\"id\", \"method\", \"params\"}; the answer is "
-                                    "{\"error\", \"result\", \"id\"}."},
+                     "description": "POST {\"id\", \"method\", \"params\"}; accesshttp "
+                                    + REQUESTS + " " + COMMON},
             "methods": methods, "components": {"schemas": SCHEMAS}}
 
 
+def load_examples(path):
+    """The calls recorded in the transcript at `path`, as {method: [(request, response)]}
+    in their order."""
+    examples = {}
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line)
+            request = record.get("request")
+            if request:
+                examples.setdefault(request["method"], []).append(
+                    (request, record.get("response")))
+    return examples
+
+
 def markdown(examples=None):
-    """The HTTP reference: every method, its params, result and errors, with examples."""
+    """The HTTP reference: every method, its params, result and errors, with up to two
+    `examples` each ({method: [(request, response)]}, see `load_examples`)."""
     examples = examples or {}
     out = ["# HTTP JSON-RPC reference", "",
            "accesshttp answers `POST` requests whose body is a JSON-RPC call:", "",
            "```json", '{"id": 1, "method": "balance.query", "params": [1, "BTC"]}', "```", "",
-           "and answers HTTP 200 with `{\"error\": null, \"result\": ..., \"id\": 1}`, or with "
-           "`{\"error\": {\"code\": c, \"message\": m}, \"result\": null, \"id\": 1}` when the "
-           "call is refused. Malformed requests (not POST, no body, not JSON, `id` not an "
-           "integer, `method` not a string, `params` not an array) get an empty HTTP 400 and "
-           "the connection is closed; an unknown method gets HTTP 404 with error 4 `method "
-           "not found`; a backend that is not connected, HTTP 500 with an empty body; one "
-           "that does not answer within `timeout`, HTTP 504 with error 5 `service timeout`. "
-           "Connections are kept alive; pipelined requests are answered in order.", "",
-           "Errors every method can answer: 1 `invalid argument`, 2 `internal error`, "
-           "3 `service unavailable`. Amounts, prices and fee rates are decimal strings.", "",
+           "and " + REQUESTS, "", COMMON, "",
            "`rpc.discover` answers this API as an OpenRPC document.", ""]
     for name, (summary, params, result, errors) in CATALOGUE.items():
         out += ["## `%s`" % name, "", summary, ""]
@@ -226,8 +292,11 @@ def markdown(examples=None):
             out.append("")
         else:
             out += ["No params.", ""]
-        if errors:
-            out += ["Errors: " + ", ".join("%d `%s`" % e for e in errors) + ".", ""]
+        if name in DETAILS:
+            out += [DETAILS[name], ""]
+        line = _errors_line(name, errors)
+        if line:
+            out += [line, ""]
         for request, response in examples.get(name, [])[:2]:
             out += ["```json", json.dumps(request, ensure_ascii=False),
                     json.dumps(response, ensure_ascii=False), "```", ""]
@@ -235,17 +304,15 @@ def markdown(examples=None):
 
 
 def main(argv=None):
+    """`--markdown [TRANSCRIPT]`: the markdown reference, its examples from TRANSCRIPT (by
+    default the recorded HTTP scenario of the checkout); else the OpenRPC document."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--markdown"]:
-        examples = {}
-        if len(argv) > 1:
-            with open(argv[1]) as f:
-                for line in f:
-                    record = json.loads(line)
-                    request = record.get("request")
-                    if request:
-                        examples.setdefault(request["method"], []).append(
-                            (request, record.get("response")))
+        path = argv[1] if len(argv) > 1 else TRANSCRIPT
+        try:
+            examples = load_examples(path)
+        except OSError as e:
+            sys.exit("cannot read the transcript of the examples: %s" % e)
         print(markdown(examples))
     else:
         print(json.dumps(document(), indent=2, ensure_ascii=False))
