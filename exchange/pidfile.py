@@ -23,11 +23,11 @@ def drop_stale(path, out=None):
     none, another program, or this very process (a pid used again).  Returns whether it
     was removed; a note goes to `out` (default stderr).  A file without a pid in it is left
     for twistd to report."""
-    from utils.watchdog import _is_daemon, read_pid
+    from utils.watchdog import is_daemon, read_pid
     pid = read_pid(path)
     if pid is None:
         return False
-    if pid != os.getpid() and _is_daemon(pid, "exchange", "worker"):
+    if pid != os.getpid() and is_daemon(pid, "exchange", "worker"):
         return False
     out = out or sys.stderr
     try:

@@ -218,7 +218,7 @@ def _running(pid):
         return True
 
 
-def _is_daemon(pid, module, role):
+def is_daemon(pid, module, role):
     """Whether `pid` runs as `module`'s `role` ("watchdog" or "worker"): a twistd process
     with the module's name among its arguments, and "watchdog" among them for the watchdog
     alone.  A pid file that outlived its process (a crash, a reboot) may name another
@@ -293,11 +293,11 @@ def check(home, module, config=None):
         return False, "%s: down (no pid file %s)" % (module, p["pid"])
     if not _running(pid):
         return False, "%s: down (watchdog pid %d is not running)" % (module, pid)
-    if not _is_daemon(pid, module, "watchdog"):
+    if not is_daemon(pid, module, "watchdog"):
         return False, "%s: down (pid %d of %s is not its watchdog: a stale pid file)" % (
             module, pid, p["pid"])
     worker = read_pid(p["worker_pid"])
-    if not _is_daemon(worker, module, "worker"):
+    if not is_daemon(worker, module, "worker"):
         return False, "%s: down (watchdog pid %d runs, its worker does not: restarting)" % (
             module, pid)
     if read_pid(p["ready"]) != worker:
@@ -357,7 +357,7 @@ def _orphan(path, module):
     """The pid in the worker pid file at `path` when it names a running worker of `module`
     (one whose watchdog was killed, say), else None."""
     pid = read_pid(path)
-    return pid if _is_daemon(pid, module, "worker") else None
+    return pid if is_daemon(pid, module, "worker") else None
 
 
 def stop(home, module, wait=KILL_TIME + 10, out=print):
@@ -366,7 +366,7 @@ def stop(home, module, wait=KILL_TIME + 10, out=print):
     p = paths(home, module)
     pid = read_pid(p["pid"])
     worker = _orphan(p["worker_pid"], module)
-    if not _is_daemon(pid, module, "watchdog"):
+    if not is_daemon(pid, module, "watchdog"):
         pid = worker
         if pid is None:
             out("%s: not running" % module)
@@ -410,7 +410,7 @@ def main(argv=None):
     if command in ("start", "restart"):
         p = paths(home, module)
         pid = read_pid(p["pid"])
-        if _is_daemon(pid, module, "watchdog"):
+        if is_daemon(pid, module, "watchdog"):
             print("%s: already running (watchdog pid %d)" % (module, pid))
             return 1
         orphan = _orphan(p["worker_pid"], module)
