@@ -77,8 +77,10 @@ class AccessHTTP(service.Service):
         self.discover_body = None
         handlers["rpc.discover"] = self._discover
         svr = cfg["svr"]
+        # buf_limit counts max_pkg_size buffers of answers a client leaves unread
         self.factory = http.HTTPServerFactory(handlers, max_body=svr["max_pkg_size"],
                                               keep_alive=float(svr["keep_alive"]),
+                                              max_output=svr["buf_limit"] * svr["max_pkg_size"],
                                               reactor=reactor)
         self.ports = []
 

@@ -17,8 +17,13 @@ A handler returns (or fires a Deferred with) `(status, body_bytes)`.  Connection
 persistent; pipelined requests are answered in the order they arrived, whatever order their
 handlers finish in.  Bodies may come with Content-Length or chunked, in as many TCP reads as
 they like.  A connection idle for `keep_alive` seconds (0: never), or holding a request that
-does not complete within `request_timeout` seconds (a slow or stuck client), is closed; past
-`max_pipeline` unanswered requests the server stops reading from that client.
+does not complete within `request_timeout` seconds (a slow or stuck client), is closed.
+
+A client that sends and does not read cannot make the server hold its answers without bound:
+past `max_pipeline` unanswered requests, and while the connection's send buffer is full (the
+transport pauses its producer), the server reads nothing more from it.  With `max_output`
+(bytes; 0 = no bound) a connection whose answers the kernel does not take past that many
+bytes is dropped, as the original drops a session over its `buf_limit`.
 
 Responses carry exactly `Date` and `Content-Length`, as the original's do (its `Date` spells
 the month in full; this one uses the standard RFC 7231 form).
@@ -28,11 +33,11 @@ from email.utils import formatdate
 
 import httptools
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from network.output import write_now
+from network.output import pending_output, unsent_over, write_now
 from utils.jsonfmt import dumps, loads
 
 __all__ = ["JSONRPCRequest", "HTTPServerFactory", "HTTPServerProtocol", "error_body",
@@ -103,10 +108,13 @@ class _DateCache:
         return self.text
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IPushProducer)
 class HTTPServerProtocol(protocol.Protocol):
     """Parse HTTP requests, dispatch them, write the answers in request order.  A client
-    that shuts its side down after its requests still gets their answers."""
+    that shuts its side down after its requests still gets their answers.
+
+    It is the producer of its transport: requests read make answers, so a full send buffer
+    pauses the reading of requests (`pauseProducing`) until it drains."""
 
     log = Logger()
 
@@ -116,7 +124,10 @@ class HTTPServerProtocol(protocol.Protocol):
         self.slots = []          # [response bytes or None] in request order
         self.written = 0         # responses already written
         self.closing = False     # close once every slot before the bad one is written
-        self.paused = False
+        self.paused = False      # max_pipeline requests unanswered
+        self.output_full = False  # the send buffer is full
+        self.reading = True
+        self.released = False    # told to close once its output is sent
         self._reset_message()
         self.idle_call = None
         self.request_call = None
@@ -126,6 +137,7 @@ class HTTPServerProtocol(protocol.Protocol):
     def connectionMade(self):
         self.connected = True
         self.factory.connections.add(self)
+        self.transport.registerProducer(self, True)
         self._touch()
 
     def connectionLost(self, reason=None):
@@ -169,12 +181,53 @@ class HTTPServerProtocol(protocol.Protocol):
 
     def _idle(self):
         self.log.debug("closing idle connection {peer}", peer=self.transport.getPeer())
-        self.transport.loseConnection()
+        self._close()
 
     def _too_slow(self):
         self.log.info("request from {peer} not complete in {seconds} s; closing",
                       peer=self.transport.getPeer(), seconds=self.factory.request_timeout)
         self.closing = True
+        self.transport.abortConnection()
+
+    # -- flow control ------------------------------------------------------------------
+
+    def pauseProducing(self):
+        """The transport's send buffer is full: read no request until it drains."""
+        self.output_full = True
+        self._update_reading()
+
+    def resumeProducing(self):
+        """The send buffer drained: read requests again."""
+        self.output_full = False
+        self._update_reading()
+
+    def stopProducing(self):
+        """The connection is gone: `connectionLost` follows."""
+
+    def _update_reading(self):
+        reading = not (self.paused or self.output_full)
+        if reading != self.reading and self.connected and not self.released:
+            self.reading = reading
+            if reading:
+                self.transport.resumeProducing()
+            else:
+                self.transport.pauseProducing()
+
+    def _close(self):
+        """Close after what is written (a registered producer would keep it open)."""
+        if self.connected and not self.released:
+            self.released = True
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def _drop(self):
+        """Close at once: the client does not read its answers."""
+        self.log.error("{peer} does not read its answers ({pending} bytes unsent); closing",
+                       peer=self.transport.getPeer(),
+                       pending=pending_output(self.transport))
+        self.closing = True
+        self.slots = []
+        self.connected = False
         self.transport.abortConnection()
 
     # -- httptools callbacks -----------------------------------------------------------
@@ -231,7 +284,7 @@ class HTTPServerProtocol(protocol.Protocol):
         d.addCallback(self._answer, index)
         if len(self.slots) >= self.factory.max_pipeline and not self.paused:
             self.paused = True
-            self.transport.pauseProducing()
+            self._update_reading()
 
     def _handler_failed(self, failure, request):
         self.log.failure("handler for {method} failed", failure, method=request.method)
@@ -263,24 +316,31 @@ class HTTPServerProtocol(protocol.Protocol):
             self.written += 1
         if out:
             write_now(self.transport, b"".join(out))
+            limit = self.factory.max_output
+            # what counts is what the kernel does not take, as in the original, which sends
+            # at once: not what one pass of the reactor wrote to a client that reads
+            if limit and unsent_over(self.transport, limit):
+                self._drop()
+                return
         if self.paused and len(self.slots) < self.factory.max_pipeline // 2:
             self.paused = False
-            self.transport.resumeProducing()
+            self._update_reading()
         if self.closing and not self.slots:
-            self.transport.loseConnection()
+            self._close()
 
 
 class HTTPServerFactory(protocol.Factory):
     """Validates JSON-RPC envelopes and hands each call to the handler of its method.
 
     `handlers` maps a method name to `handler(request) -> (status, body)` or a Deferred of it.
+    `max_output` bounds the unsent answer bytes of a connection (0: no bound).
     """
 
     protocol = HTTPServerProtocol
     log = Logger()
 
     def __init__(self, handlers, max_body=1024 * 1024, keep_alive=3600.0, request_timeout=30.0,
-                 max_pipeline=256, reactor=None):
+                 max_pipeline=256, max_output=0, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.handlers = dict(handlers)
@@ -288,6 +348,7 @@ class HTTPServerFactory(protocol.Factory):
         self.keep_alive = keep_alive
         self.request_timeout = request_timeout
         self.max_pipeline = max_pipeline
+        self.max_output = max_output
         self.clock = reactor
         self.connections = set()
         self.dates = _DateCache(reactor)

@@ -33,11 +33,11 @@ class FakeBackend:
         return self.answer() if callable(self.answer) else defer.succeed(self.answer)
 
 
-def gateway_config():
+def gateway_config(**svr):
     backend = {"addr": ["tcp@127.0.0.1:1"], "max_pkg_size": 2000000}
     return config.load_data({
         "log": {"path": "log/accesshttp", "flag": "fatal"},
-        "svr": {"bind": ["tcp@127.0.0.1:1"], "max_pkg_size": 102400},
+        "svr": dict({"bind": ["tcp@127.0.0.1:1"], "max_pkg_size": 102400}, **svr),
         "monitor": {"bind": "tcp@127.0.0.1:2", "max_pkg_size": 1024},
         "matchengine": dict(backend, name="matchengine"),
         "marketprice": dict(backend, name="marketprice"),
@@ -127,6 +127,14 @@ class GatewayTests(SynchronousTestCase):
         answers, transport = self.request(call(1, "balance.query", ["x" * 200000]))
         self.assertEqual(answers, [(413, b"")])
         self.assertTrue(transport.disconnecting)
+
+    def test_buf_limit(self):
+        """svr.buf_limit bounds the answers a client leaves unread, in max_pkg_size units;
+        0 (the default) does not."""
+        self.assertEqual(self.gateway.factory.max_output, 0)
+        gateway = AccessHTTP(gateway_config(buf_limit=3), reactor=self.clock,
+                             listen_enabled=False)
+        self.assertEqual(gateway.factory.max_output, 3 * 102400)
 
     def test_discover(self):
         """rpc.discover answers the OpenRPC document listing every method."""

@@ -7,11 +7,12 @@ import socket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, reactor, threads
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from network import address
+from network.output import pending_output
 from utils import http, testing
 
 
@@ -242,6 +243,82 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual(self.factory.dates.header(), b"Wed, 18 Nov 2026 11:06:40 GMT")
 
 
+class StuckTransport(StringTransport):
+    """A connection whose peer reads nothing: every byte written stays unsent."""
+
+    aborted = False
+
+    def __init__(self):
+        super().__init__()
+        self.dataBuffer = b""
+        self._tempDataLen = 0
+
+    def write(self, data):
+        self.dataBuffer += data
+
+    def abortConnection(self):
+        self.aborted = True
+
+
+class SlowReaderTests(SynchronousTestCase):
+    """A client that sends requests and does not read the answers."""
+
+    def factory(self, max_output=0):
+        return http.HTTPServerFactory({"echo": lambda r: (200, b"x" * 300)}, max_body=1000,
+                                      keep_alive=60, max_output=max_output, reactor=Clock())
+
+    def test_unsent_answers_over_max_output_drop_the_connection(self):
+        """Once the answers the client left unsent exceed max_output the connection is
+        dropped at once, and what it sends next is neither read nor run."""
+        factory = self.factory(max_output=1000)
+        proto = factory.buildProtocol(None)
+        transport = StuckTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(call(1, "echo") + call(2, "echo"))
+        self.assertFalse(transport.aborted)
+        proto.dataReceived(call(3, "echo") + call(4, "echo"))
+        self.assertTrue(transport.aborted)
+        self.assertEqual(factory.requests, 3)
+        proto.dataReceived(call(5, "echo"))
+        self.assertEqual(factory.requests, 3)
+
+    def test_no_max_output_no_drop(self):
+        """max_output 0 bounds nothing: the connection stays."""
+        proto = self.factory().buildProtocol(None)
+        transport = StuckTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(b"".join(call(i, "echo") for i in range(20)))
+        self.assertFalse(transport.aborted)
+
+    def test_full_send_buffer_pauses_reading(self):
+        """The protocol is its transport's producer: while the send buffer is full no
+        request is read; reading resumes when it drains, unless the pipeline is full."""
+        proto = self.factory().buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        self.assertIs(transport.producer, proto)
+        self.assertTrue(transport.streaming)
+        proto.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        proto.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+        proto.paused = True
+        proto.pauseProducing()
+        proto.resumeProducing()
+        self.assertEqual(transport.producerState, "paused")
+
+    def test_closing_unregisters_the_producer(self):
+        """A connection closed after its answers first unregisters itself as producer,
+        or a transport whose producer was paused would never close."""
+        proto = self.factory().buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(post({"id": 1, "method": "echo", "params": []},
+                                b"Connection: close\r\n"))
+        self.assertIsNone(transport.producer)
+        self.assertTrue(transport.disconnecting)
+
+
 class LoopbackTests(TestCase):
 
     async def scenario(self):
@@ -264,6 +341,66 @@ class LoopbackTests(TestCase):
     def test_real_socket(self):
         """Fifty pipelined requests over a real keep-alive socket come back in order."""
         return defer.Deferred.fromCoroutine(self.scenario())
+
+    async def reader_scenario(self, max_output):
+        """A client on small socket buffers sends up to 10,000 pipelined requests of 10 kB
+        answers and reads none; returns the factory once the server reads no more (or
+        dropped the connection), with how many requests were sent."""
+        answer = b"x" * 10000
+        factory = http.HTTPServerFactory({"big": lambda r: (200, answer)},
+                                         max_output=max_output)
+        port = testing.free_port()
+        listening = await address.listen(reactor, "tcp@127.0.0.1:%d" % port, factory,
+                                         read_mem=4096, write_mem=4096)
+        self.addCleanup(listening.stopListening)
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.setblocking(False)
+        while not factory.connections:
+            await deferLater(reactor, 0.001)
+        request = call(1, "big")
+        data = request * 10000
+        sent = blocked = 0
+        while factory.connections and blocked < 20 and sent < len(data):
+            blocked += 1
+            try:
+                while sent < len(data):
+                    sent += sock.send(data[sent:sent + 4096])
+                    blocked = 0
+            except BlockingIOError:
+                await deferLater(reactor, 0.01)
+            except OSError:
+                break
+        read = -1
+        while factory.connections and read != factory.requests:
+            read = factory.requests
+            await deferLater(reactor, 0.1)
+        return factory, sent // len(request)
+
+    def test_client_that_does_not_read_is_dropped(self):
+        """Over a real socket, a client that pipelines requests and never reads its answers
+        is dropped once they pass max_output."""
+        async def scenario():
+            factory, sent = await self.reader_scenario(max_output=100000)
+            self.assertEqual(factory.connections, set())
+            self.assertLess(factory.requests, sent)
+        return defer.Deferred.fromCoroutine(scenario())
+
+    def test_client_that_does_not_read_is_not_read(self):
+        """Without max_output, a client that never reads its answers stops being read
+        once its send buffer is full: what the server holds for it stays bounded."""
+        async def scenario():
+            factory, sent = await self.reader_scenario(max_output=0)
+            (connection,) = factory.connections
+            self.assertFalse(connection.reading)
+            # what one read of requests asks for, at most, beyond a full send buffer
+            self.assertLess(factory.requests, 2000)
+            self.assertLess(pending_output(connection.transport), 2000 * 10000)
+            connection.transport.abortConnection()
+        return defer.Deferred.fromCoroutine(scenario())
 
 
 class FuzzTests(SynchronousTestCase):
