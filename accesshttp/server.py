@@ -12,6 +12,13 @@ methods.
 | backend connection lost meanwhile| 504, error 5 "service timeout"           |
 
 `rpc.discover` answers the OpenRPC description of the API (`accesshttp.openrpc`).
+
+Stopping ends intake first: the ports close and no connection is read from again.  The
+backend calls under way then end as they would have (a reply, or 504 when their timer
+fires: within `timeout`), and only then are the backend connections closed: closing them
+first would answer 504 to calls the backend applies, which a client may well send again.
+Each client connection closes once its answers are written; one that does not take them
+within `timeout` more seconds is dropped.
 """
 
 import json
@@ -83,6 +90,8 @@ class AccessHTTP(service.Service):
                                               max_output=svr["buf_limit"] * svr["max_pkg_size"],
                                               reactor=reactor)
         self.ports = []
+        self.calls = 0              # backend calls under way
+        self._no_calls = None       # fired when the last of them ends, while stopping
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -107,9 +116,25 @@ class AccessHTTP(service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self):
+        """Stop intake, let the backend calls under way end, then close the backend
+        connections, and the clients' once their answers are written."""
+        ports, self.ports = self.ports, []
+        await defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+        closed = self.factory.finish()
+        if self.calls:
+            self.log.info("accesshttp stopping: {calls} backend calls under way",
+                          calls=self.calls)
+            self._no_calls = defer.Deferred()
+            await _within(self.reactor, self._no_calls, self.timeout)
         for client in self.backends.values():
             client.stop()
-        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        if not await _within(self.reactor, closed, self.timeout):
+            self.log.warn("accesshttp stopping: {count} clients did not take their answers; "
+                          "dropped", count=len(self.factory.connections))
+            self.factory.abort()
 
     # -- forwarding --------------------------------------------------------------------
 
@@ -124,9 +149,18 @@ class AccessHTTP(service.Service):
             except Exception:
                 self.log.failure("accesshttp: {method} could not be sent", method=method)
                 return 500, b""
+            self.calls += 1
+            d.addBoth(self._call_ended)
             d.addCallbacks(_ok, self._backend_failed, errbackArgs=(request, backend, method))
             return d
         return forward
+
+    def _call_ended(self, result):
+        self.calls -= 1
+        if not self.calls and self._no_calls is not None:
+            no_calls, self._no_calls = self._no_calls, None
+            no_calls.callback(None)
+        return result
 
     def _backend_failed(self, failure, request, backend, method):
         if failure.check(NotConnected):
@@ -152,3 +186,18 @@ class AccessHTTP(service.Service):
 
 def _ok(body):
     return 200, body
+
+
+def _within(clock, d, seconds):
+    """A Deferred that fires True when `d` fires, or False after `seconds` if that comes
+    first; `d` goes on as it was (its result passes through)."""
+    out = defer.Deferred()
+    call = clock.callLater(seconds, out.callback, False)
+
+    def fired(result):
+        if call.active():
+            call.cancel()
+            out.callback(True)
+        return result
+    d.addBoth(fired)
+    return out

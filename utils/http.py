@@ -126,6 +126,7 @@ class HTTPServerProtocol(protocol.Protocol):
         self.closing = False     # close once every slot before the bad one is written
         self.paused = False      # max_pipeline requests unanswered
         self.output_full = False  # the send buffer is full
+        self.finishing = False   # the server stops: nothing more is read
         self.reading = True
         self.released = False    # told to close once its output is sent
         self._reset_message()
@@ -147,6 +148,9 @@ class HTTPServerProtocol(protocol.Protocol):
             if call is not None and call.active():
                 call.cancel()
         self.idle_call = self.request_call = None
+        if not self.factory.connections and self.factory.drained is not None:
+            drained, self.factory.drained = self.factory.drained, None
+            drained.callback(None)
 
     def readConnectionLost(self):
         # a request cut short there is not answered
@@ -205,13 +209,20 @@ class HTTPServerProtocol(protocol.Protocol):
         """The connection is gone: `connectionLost` follows."""
 
     def _update_reading(self):
-        reading = not (self.paused or self.output_full)
+        reading = not (self.paused or self.output_full or self.finishing)
         if reading != self.reading and self.connected and not self.released:
             self.reading = reading
             if reading:
                 self.transport.resumeProducing()
             else:
                 self.transport.pauseProducing()
+
+    def finish(self):
+        """Read no more requests; close once the answers of those read are written."""
+        self.finishing = True
+        self.closing = True
+        self._update_reading()
+        self._flush()
 
     def _close(self):
         """Close after what is written (a registered producer would keep it open)."""
@@ -351,8 +362,27 @@ class HTTPServerFactory(protocol.Factory):
         self.max_output = max_output
         self.clock = reactor
         self.connections = set()
+        self.drained = None      # fired once `finish` saw the last connection close
         self.dates = _DateCache(reactor)
         self.requests = 0
+
+    def finish(self):
+        """Read no more requests on any connection and close each once the answers of
+        what it sent are written; fires when every connection is closed."""
+        if not self.connections:
+            return defer.succeed(None)
+        if self.drained is None:
+            self.drained = defer.Deferred()
+        drained = self.drained
+        for connection in list(self.connections):
+            connection.finish()
+        return drained
+
+    def abort(self):
+        """Drop every connection at once, whatever it has not sent."""
+        for connection in list(self.connections):
+            if connection.connected:
+                connection.transport.abortConnection()
 
     def dispatch(self, request):
         self.requests += 1

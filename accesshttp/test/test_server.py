@@ -2,15 +2,18 @@
 """The gateway's forwarding, errors and discovery, with in-memory backends and clock."""
 
 import json
+import socket
 
-from twisted.internet import defer
-from twisted.internet.task import Clock
+from twisted.internet import defer, reactor, threads
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from accesshttp import config, openrpc
 from accesshttp.server import METHODS, AccessHTTP
+from utils import testing
 from utils.rpc_client import ConnectionLost, NotConnected, RPCTimeout
+from utils.rpc_server import RPCServerFactory, listen_rpc
 from utils.test.test_http import call, post, responses
 
 
@@ -26,11 +29,21 @@ class FakeBackend:
         """Nothing to connect to: calls are only recorded."""
 
     def stop(self):
-        """Nothing to disconnect."""
+        self.calls.append((self.name, "stop"))
 
     def call_raw(self, command, body, timeout, req_id=0):
         self.calls.append((self.name, command, body, timeout, req_id))
         return self.answer() if callable(self.answer) else defer.succeed(self.answer)
+
+
+class FakePort:
+    """A listening port that records when it is closed."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def stopListening(self):
+        self.calls.append(("port", "stopListening"))
 
 
 def gateway_config(**svr):
@@ -136,6 +149,67 @@ class GatewayTests(SynchronousTestCase):
                              listen_enabled=False)
         self.assertEqual(gateway.factory.max_output, 3 * 102400)
 
+    def connect(self):
+        proto = self.gateway.factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_stop_lets_calls_under_way_end(self):
+        """Stopping closes the ports and reads no more requests, lets the backend calls
+        under way end, then stops the backend clients; each client connection closes
+        once its answers are written, and then the service has stopped."""
+        pending = defer.Deferred()
+        self.gateway.backends["matchengine"].answer = lambda: pending
+        self.gateway.ports = [FakePort(self.calls)]
+        proto, transport = self.connect()
+        idle, idle_transport = self.connect()
+        proto.dataReceived(call(1, "order.put_limit", [1, "BTCBCH", 1, "1", "1", "0", "0",
+                                                       ""]))
+        del self.calls[:]
+        stopped = self.gateway.stopService()
+        self.assertNoResult(stopped)
+        self.assertEqual(self.calls, [("port", "stopListening")])
+        self.assertEqual(transport.producerState, "paused")
+        self.assertFalse(transport.disconnecting)
+        self.assertTrue(idle_transport.disconnecting)
+        idle.connectionLost(None)
+        self.clock.advance(0.4)
+        pending.callback(b'{"error": null, "result": "placed", "id": 1}')
+        self.assertEqual(responses(transport.value()),
+                         [(200, b'{"error": null, "result": "placed", "id": 1}')])
+        self.assertEqual(self.calls, [("port", "stopListening"), ("matchengine", "stop"),
+                                      ("marketprice", "stop"), ("readhistory", "stop")])
+        self.assertTrue(transport.disconnecting)
+        self.assertNoResult(stopped)
+        proto.connectionLost(None)
+        self.successResultOf(stopped)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop_waits_timeout_at_most(self):
+        """A backend call that does not end holds the backend clients for `timeout` at
+        most; a client that does not take its answers is dropped `timeout` later."""
+        self.gateway.backends["readhistory"].answer = defer.Deferred
+        proto, transport = self.connect()
+        proto.dataReceived(call(1, "order.deals", [1, 0, 10]))
+        del self.calls[:]
+        stopped = self.gateway.stopService()
+        self.clock.advance(0.49)
+        self.assertEqual(self.calls, [])
+        self.clock.advance(0.01)
+        self.assertEqual(len(self.calls), 3)
+        self.assertNoResult(stopped)
+        self.clock.advance(0.5)
+        self.successResultOf(stopped)
+        self.assertTrue(transport.disconnected)
+
+    def test_stop_with_nothing_under_way(self):
+        """With no call under way and no client, stopping is immediate."""
+        self.gateway.ports = [FakePort(self.calls)]
+        self.successResultOf(self.gateway.stopService())
+        self.assertEqual(self.calls, [("port", "stopListening"), ("matchengine", "stop"),
+                                      ("marketprice", "stop"), ("readhistory", "stop")])
+
     def test_discover(self):
         """rpc.discover answers the OpenRPC document listing every method."""
         (answer,), _ = self.request(call(9, "rpc.discover"))
@@ -143,6 +217,65 @@ class GatewayTests(SynchronousTestCase):
         names = {m["name"] for m in doc["methods"]}
         self.assertEqual(names, set(METHODS) | {"rpc.discover"})
         self.assertEqual(doc["openrpc"], "1.2.6")
+
+
+class StopOverSocketsTests(TestCase):
+    """The gateway and a backend on real loopback sockets."""
+
+    async def scenario(self):
+        backend_port, http_port = testing.free_port(), testing.free_port()
+        reached = defer.Deferred()
+
+        def put_limit(params, request):
+            # applied; the reply leaves a moment later, as from a backend under load
+            reached.callback(None)
+            return deferLater(reactor, 0.2, lambda: "placed")
+        backend = RPCServerFactory({201: put_limit}, 102400, heartbeat_check=False)
+        ports = await listen_rpc(reactor, "tcp@127.0.0.1:%d" % backend_port, backend)
+        for port in ports:
+            self.addCleanup(port.stopListening)
+        cfg = config.load_data({
+            "log": {"path": "log/accesshttp", "flag": "fatal"},
+            "svr": {"bind": ["tcp@127.0.0.1:%d" % http_port], "max_pkg_size": 102400},
+            "monitor": {"bind": "tcp@127.0.0.1:%d" % testing.free_port(),
+                        "max_pkg_size": 1024},
+            "matchengine": {"name": "matchengine", "max_pkg_size": 2000000,
+                            "addr": ["tcp@127.0.0.1:%d" % backend_port]},
+            "marketprice": {"name": "marketprice", "max_pkg_size": 2000000,
+                            "addr": ["tcp@127.0.0.1:%d" % testing.free_port()]},
+            "readhistory": {"name": "readhistory", "max_pkg_size": 2000000,
+                            "addr": ["tcp@127.0.0.1:%d" % testing.free_port()]},
+            "timeout": 2.0})
+        gateway = AccessHTTP(cfg, reactor=reactor)
+        await gateway.startService()
+        running = [gateway]
+        self.addCleanup(lambda: running and running.pop().stopService())
+        while not gateway.backends["matchengine"].connected:
+            await deferLater(reactor, 0.01)
+
+        def client():
+            with socket.create_connection(("127.0.0.1", http_port), timeout=5) as sock:
+                sock.sendall(call(1, "order.put_limit", [1, "BTCBCH", 1, "1", "1", "0", "0",
+                                                         ""]))
+                data = b""
+                while b"\r\n\r\n" not in data or not responses(data)[0][1]:
+                    data += sock.recv(65536)
+                try:
+                    closed = sock.recv(1) == b""
+                except OSError:
+                    closed = False
+                return responses(data), closed
+        answered = threads.deferToThread(client)
+        await reached
+        running.pop()
+        await gateway.stopService()
+        self.assertEqual(await answered, ([(200, b'{"error": null, "result": "placed", '
+                                                 b'"id": 1}')], True))
+
+    def test_call_under_way_is_answered(self):
+        """A call the backend is applying when the gateway stops gets the backend's
+        answer, not 504, and the connection then closes."""
+        return defer.Deferred.fromCoroutine(self.scenario())
 
 
 class OpenRPCTests(SynchronousTestCase):

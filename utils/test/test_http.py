@@ -319,6 +319,57 @@ class SlowReaderTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
 
 
+class FinishTests(SynchronousTestCase):
+    """Stopping the server: no more requests read, answers under way written, then close."""
+
+    def setUp(self):
+        self.pending = []
+
+        def later(request):
+            d = defer.Deferred()
+            self.pending.append(d)
+            return d
+        self.factory = http.HTTPServerFactory({"later": later}, reactor=Clock())
+
+    def connect(self):
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_finish(self):
+        """finish stops reading every connection, closes the idle ones at once and the
+        others after their answers; it fires when the last one is gone."""
+        busy, busy_transport = self.connect()
+        idle, idle_transport = self.connect()
+        busy.dataReceived(call(1, "later") + call(2, "later"))
+        finished = self.factory.finish()
+        self.assertEqual(busy_transport.producerState, "paused")
+        self.assertTrue(idle_transport.disconnecting)
+        self.assertFalse(busy_transport.disconnecting)
+        busy.dataReceived(call(3, "later"))
+        self.assertEqual(len(self.pending), 2)
+        idle.connectionLost(None)
+        self.pending[1].callback((200, b"two"))
+        self.pending[0].callback((200, b"one"))
+        self.assertEqual(responses(busy_transport.value()), [(200, b"one"), (200, b"two")])
+        self.assertTrue(busy_transport.disconnecting)
+        self.assertNoResult(finished)
+        busy.connectionLost(None)
+        self.successResultOf(finished)
+
+    def test_finish_without_connections(self):
+        """With no connection, finish has nothing to wait for."""
+        self.successResultOf(self.factory.finish())
+
+    def test_abort(self):
+        """abort drops every connection at once."""
+        proto, transport = self.connect()
+        proto.dataReceived(call(1, "later"))
+        self.factory.abort()
+        self.assertTrue(transport.disconnected)
+
+
 class LoopbackTests(TestCase):
 
     async def scenario(self):
