@@ -16,8 +16,10 @@ to the handler registered for the method:
 A handler returns (or fires a Deferred with) `(status, body_bytes)`.  Connections are
 persistent; pipelined requests are answered in the order they arrived, whatever order their
 handlers finish in.  Bodies may come with Content-Length or chunked, in as many TCP reads as
-they like.  A connection idle for `keep_alive` seconds (0: never), or holding a request that
-does not complete within `request_timeout` seconds (a slow or stuck client), is closed.
+they like.  `Connection: Upgrade` and `Upgrade` headers change nothing: no protocol is
+switched to, and the request is served as any other, as the original serves it.  A
+connection idle for `keep_alive` seconds (0: never), or holding a request that does not
+complete within `request_timeout` seconds (a slow or stuck client), is closed.
 
 A client that sends and does not read cannot make the server hold its answers without bound:
 past `max_pipeline` unanswered requests, and while the connection's send buffer is full (the
@@ -68,6 +70,10 @@ class JSONRPCRequest:
     @property
     def connected(self):
         return self.protocol.connected
+
+
+# the headers that say where a body ends
+_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
 
 
 class _BadRequest(Exception):
@@ -129,6 +135,7 @@ class HTTPServerProtocol(protocol.Protocol):
         self.finishing = False   # the server stops: nothing more is read
         self.reading = True
         self.released = False    # told to close once its output is sent
+        self.replay = None       # the head of a request with upgrade headers, without them
         self._reset_message()
         self.idle_call = None
         self.request_call = None
@@ -164,15 +171,30 @@ class HTTPServerProtocol(protocol.Protocol):
         if self.closing:
             return
         self._touch()
+        while data is not None:
+            data = self._feed(data)
+
+    def _feed(self, data):
+        """Parse `data`; what follows a request with upgrade headers, to parse again."""
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._reject(400, "upgrade not supported")
+        except httptools.HttpParserUpgrade as e:
+            if self.replay is None:
+                # refused already (not a POST with a body): one answer
+                if not self.closing:
+                    self._reject(400, "upgrade not supported")
+                return None
+            # what follows the head is the body, then more requests: parsed again after
+            # the same head without its upgrade headers
+            head, self.replay = self.replay, None
+            self.parser = httptools.HttpRequestParser(self)
+            return head + data[e.args[0]:]
         except httptools.HttpParserError as e:
             if self.too_large:
                 self._reject(413, "body over %d bytes" % self.factory.max_body)
             elif not self.closing:
                 self._reject(400, "malformed HTTP: %s" % e)
+        return None
 
     def _touch(self):
         if not self.factory.keep_alive:
@@ -247,6 +269,11 @@ class HTTPServerProtocol(protocol.Protocol):
         self.body_parts = []
         self.body_size = 0
         self.too_large = False
+        self.framing = []        # the Content-Length and Transfer-Encoding headers
+
+    def on_header(self, name, value):
+        if name.lower() in _FRAMING:
+            self.framing.append(b"%s: %s\r\n" % (name, value))
 
     def on_message_begin(self):
         self._reset_message()
@@ -275,6 +302,16 @@ class HTTPServerProtocol(protocol.Protocol):
             return
         method = self.parser.get_method()
         keep_alive = self.parser.should_keep_alive()
+        if self.framing and method == b"POST" and self.parser.should_upgrade():
+            # httptools leaves the body of a request with `Connection: Upgrade` and
+            # `Upgrade` headers unread (HttpParserUpgrade follows); the original serves it
+            # as any other body
+            self.replay = b"".join([
+                b"POST / HTTP/%s\r\nConnection: %s\r\n" % (
+                    self.parser.get_http_version().encode(),
+                    b"keep-alive" if keep_alive else b"close")] + self.framing + [b"\r\n"])
+            self._reset_message()
+            return
         body = b"".join(self.body_parts)
         self._reset_message()
         if method != b"POST" or not body:

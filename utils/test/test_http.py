@@ -237,6 +237,42 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual(self.transport.value(), b"")
         self.assertNotIn(self.proto, self.factory.connections)
 
+    def test_upgrade_headers_with_a_body(self):
+        """A POST with `Connection: Upgrade` and `Upgrade` headers and a body is served as
+        any other, as the original serves it: one answer, then the next request."""
+        upgrade = b"Connection: Upgrade\r\nUpgrade: h2c\r\n"
+        body = b'{"id":1,"method":"echo","params":[1]}'
+        request = post(body, upgrade)
+        echo = b'{"error": null, "result": [1], "id": 1}'
+        self.proto.dataReceived(request)
+        self.assertEqual(self.answers(), [(200, echo)])
+        self.assertFalse(self.transport.disconnecting)
+        # head and body in separate reads, then another request; and chunked
+        head, _, _ = request.partition(b"\r\n\r\n")
+        self.proto.dataReceived(head + b"\r\n\r\n")
+        self.proto.dataReceived(body + call(2, "echo") + request)
+        chunked = (b"POST / HTTP/1.1\r\n" + upgrade + b"Transfer-Encoding: chunked\r\n\r\n" +
+                   b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        self.proto.dataReceived(chunked)
+        self.assertEqual(self.answers(), [(200, echo), (200, b'{"error": null, "result": '
+                                                             b'[], "id": 2}'),
+                                          (200, echo), (200, echo)])
+        self.assertFalse(self.transport.disconnecting)
+        # asked to close: answered, then closed
+        self.proto.dataReceived(post(body, b"Connection: Upgrade, close\r\nUpgrade: h2c\r\n"))
+        self.assertEqual(self.answers(), [(200, echo)])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_upgrade_without_a_body(self):
+        """A request with upgrade headers and no body gets one 400, then the close."""
+        for request in (b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+                        post(b"", b"Connection: Upgrade\r\nUpgrade: h2c\r\n"),
+                        b"CONNECT x:1 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"):
+            self.setUp()
+            self.proto.dataReceived(request + call(1, "echo"))
+            self.assertEqual(self.answers(), [(400, b"")], request)
+            self.assertTrue(self.transport.disconnecting)
+
     def test_date_header(self):
         """The Date header is the RFC 7231 form of the clock's time."""
         self.clock.advance(1795000000)
@@ -464,6 +500,7 @@ class FuzzTests(SynchronousTestCase):
                          b"Content-Length: 10\r\n", b"Content-Length: -1\r\n",
                          b"Content-Length: 99999999999999999999\r\n",
                          b"Transfer-Encoding: chunked\r\n", b"Connection: close\r\n", b"\r\n",
+                         b"Connection: Upgrade\r\nUpgrade: h2c\r\n", b"CONNECT x:1 HTTP/1.1\r\n",
                          b"5\r\nhello\r\n", b"0\r\n\r\n", b"zz\r\n", b'{"id": 1, ',
                          b'"method": "echo", "params": [1]}', b'[1e400]', b"\xff\xfe\x00"]),
         st.builds(lambda body: post(body), st.binary(max_size=40)),
@@ -485,7 +522,10 @@ class FuzzTests(SynchronousTestCase):
                 break
             proto.dataReceived(piece)
         clock.advance(10)
-        for status, _ in responses(transport.value()):
+        answers = responses(transport.value())
+        for status, _ in answers:
             self.assertIn(status, http.REASONS)
+        # one answer a request: those run, and the refused one that closes
+        self.assertLessEqual(len(answers), factory.requests + 1)
         proto.connectionLost(None)
         self.assertEqual(clock.getDelayedCalls(), [])
