@@ -1,7 +1,10 @@
 # -*- test-case-name: accesshttp.test.test_server -*-
 """The gateway's forwarding, errors and discovery, with in-memory backends and clock."""
 
+import importlib
 import json
+import os
+import re
 import socket
 
 from twisted.internet import defer, reactor, threads
@@ -276,6 +279,24 @@ class StopOverSocketsTests(TestCase):
         """A call the backend is applying when the gateway stops gets the backend's
         answer, not 504, and the connection then closes."""
         return defer.Deferred.fromCoroutine(self.scenario())
+
+
+class DocumentedConfigTests(SynchronousTestCase):
+
+    def test_configuration_examples_load(self):
+        """Every example configuration in docs/configuration.md loads with the loader of
+        the daemon it is for (named by its log path), every key of it known."""
+        with open(os.path.join(testing.ROOT, "docs", "configuration.md")) as f:
+            blocks = re.findall(r"```json\n(.*?)```", f.read(), re.S)
+        self.assertTrue(blocks)
+        for block in blocks:
+            data = json.loads(block)
+            module = os.path.basename(data["log"]["path"])
+            loader = importlib.import_module(module + ".config")
+            loader.load_data(data, "docs/configuration.md")
+            unknown = []
+            loader.SCHEMA.load(data, "", unknown.append)
+            self.assertEqual(unknown, [], module)
 
 
 class OpenRPCTests(SynchronousTestCase):
