@@ -115,12 +115,7 @@ class OutageTests(TestCase):
         h.kafka.up()
         await until(lambda: h.service.outbox.pending_messages == 0, seconds=60,
                     what="messages sent after the broker came back")
-        got = []
-        consumer = KafkaConsumerService(h.broker.address, TOPIC_ORDERS,
-                                        lambda offset, value: got.append(json.loads(value)),
-                                        offset="earliest", reactor=reactor)
-        consumer.startService()
-        self.addCleanup(consumer.stopService)
+        got = self.consumed(h, TOPIC_ORDERS)
         expected = expected_order_events()
         await until(lambda: len(got) >= len(expected), what="every order message")
         await deferLater(reactor, 0.5, lambda: None)
@@ -133,6 +128,16 @@ class OutageTests(TestCase):
         self.assertEqual(h.state(), before)
         await h.stop()
         self.flushLoggedErrors()
+
+    def consumed(self, h, topic):
+        """A list filling with the messages of `topic`, decoded, from the first."""
+        got = []
+        consumer = KafkaConsumerService(h.broker.address, topic,
+                                        lambda offset, value: got.append(json.loads(value)),
+                                        offset="earliest", reactor=reactor)
+        consumer.startService()
+        self.addCleanup(consumer.stopService)
+        return got
 
     async def until_value(self, read, value, what):
         for _ in range(300):
@@ -157,12 +162,7 @@ class OutageTests(TestCase):
         self.assertLess(reactor.seconds() - started, 10.0)
         h.kafka.up()
         await h.start()         # and the next start sends what the stop left
-        got = []
-        consumer = KafkaConsumerService(h.broker.address, TOPIC_BALANCES,
-                                        lambda offset, value: got.append(json.loads(value)),
-                                        offset="earliest", reactor=reactor)
-        consumer.startService()
-        self.addCleanup(consumer.stopService)
+        got = self.consumed(h, TOPIC_BALANCES)
         await until(lambda: len(got) >= 2, seconds=60, what="both balance messages")
         self.assertEqual([(m[1], m[2], m[4]) for m in got[:2]],
                          [(1, "BTC", "10.00000000"), (2, "BCH", "100000.00000000")])

@@ -182,7 +182,9 @@ class IntegrationTests(TestCase):
         queued jobs."""
         return defer.Deferred.fromCoroutine(self.queue_full())
 
-    async def businesses_of_four_bytes(self):
+    def balance_rows(self, rows):
+        """A new history database whose user 1 has the balance history `rows`, each
+        (business, change, detail), in BCH."""
         history_db = testing.create_database("hist", ("trade_history",))
         self.addCleanup(testing.drop_database, history_db)
         conn = pymysql.connect(**dict(testing.mysql_connect_kwargs("misc"),
@@ -191,11 +193,16 @@ class IntegrationTests(TestCase):
         conn.select_db(history_db)
         with conn.cursor() as cursor:
             cursor.execute("CREATE TABLE `balance_history_1` LIKE `balance_history_example`")
-            for business, change in (("gift\U0001f381", "1"), ("gift\U0001f600", "5"),
-                                     ("Gift\U0001f381", "7")):
+            for business, change, detail in rows:
                 cursor.execute("INSERT INTO `balance_history_1` (`time`, `user_id`, `asset`, "
                                "`business`, `change`, `balance`, `detail`) VALUES (1, 1, "
-                               "'BCH', %s, %s, %s, '{}')", (business, change, change))
+                               "'BCH', %s, %s, %s, %s)", (business, change, change, detail))
+        return history_db
+
+    async def businesses_of_four_bytes(self):
+        history_db = self.balance_rows([("gift\U0001f381", "1", "{}"),
+                                        ("gift\U0001f600", "5", "{}"),
+                                        ("Gift\U0001f381", "7", "{}")])
         rh, client = await started(self, history_db, 1)
         got = await client.call(103, [1, "BCH", "gift\U0001f381", 0, 0, 0, 10], 10.0)
         # as the original's utf8_general_ci: whatever the case
@@ -207,20 +214,9 @@ class IntegrationTests(TestCase):
         return defer.Deferred.fromCoroutine(self.businesses_of_four_bytes())
 
     async def odd_details(self):
-        history_db = testing.create_database("hist", ("trade_history",))
-        self.addCleanup(testing.drop_database, history_db)
-        conn = pymysql.connect(**dict(testing.mysql_connect_kwargs("misc"),
-                                      charset="utf8mb4", autocommit=True))
-        self.addCleanup(conn.close)
-        conn.select_db(history_db)
         details = ['{"a": NaN}', '{"a": 1e400}', '{"a": "\\ud800"}', '{"a": "\\u0000"}',
                    '{"a": 123456789012345678901234567890}', '{"id": 7}']
-        with conn.cursor() as cursor:
-            cursor.execute("CREATE TABLE `balance_history_1` LIKE `balance_history_example`")
-            for detail in details:
-                cursor.execute("INSERT INTO `balance_history_1` (`time`, `user_id`, `asset`, "
-                               "`business`, `change`, `balance`, `detail`) VALUES (1, 1, "
-                               "'BCH', 'deposit', 1, 1, %s)", (detail,))
+        history_db = self.balance_rows([("deposit", "1", detail) for detail in details])
         rh, client = await started(self, history_db, 1)
         got = await client.call(103, [1, "", "", 0, 0, 0, 10], 10.0)
         self.assertIsNone(got["error"])
