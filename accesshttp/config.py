@@ -9,7 +9,7 @@ SCHEMA = cfg.DAEMON.extend({
     "matchengine": cfg.RPC_CLIENT,
     "marketprice": cfg.RPC_CLIENT,
     "readhistory": cfg.RPC_CLIENT,
-    "timeout": cfg.Real(1.0),
+    "timeout": cfg.Real(1.0, min=0.0),
     "worker_num": cfg.Int(1, min=1, max=64),
 })
 

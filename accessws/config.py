@@ -6,8 +6,8 @@ from utils import config as cfg
 KAFKA = cfg.Section({
     "brokers": cfg.Brokers(),
     "topic": cfg.Str(non_empty=True),
-    "partition": cfg.Int(0, min=0),
-    "limit": cfg.Int(1000, min=1),
+    "partition": cfg.Int(0, min=0, max=cfg.INT32_MAX),
+    "limit": cfg.Int(1000, min=1, max=cfg.INT32_MAX),
     "offset": cfg.Int(0),
 })
 
@@ -22,7 +22,7 @@ SCHEMA = cfg.DAEMON.extend({
     "worker_num": cfg.Int(1, min=1, max=64),
     "auth_url": cfg.Str(non_empty=True),
     "sign_url": cfg.Str(non_empty=True),
-    "backend_timeout": cfg.Real(1.0),
+    "backend_timeout": cfg.Real(1.0, min=0.0),
     "cache_timeout": cfg.Real(0.5),
     "deals_interval": cfg.Real(0.5, above=0),
     "price_interval": cfg.Real(0.5, above=0),

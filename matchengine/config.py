@@ -39,7 +39,7 @@ SCHEMA = cfg.DAEMON.extend({
     "cache_timeout": cfg.Real(0.45),
     # beyond the original: replies to writes wait for their operation-log commit
     "durable": cfg.Bool(True),
-    "commit_window": cfg.Real(0.0),
+    "commit_window": cfg.Real(0.0, max=1.0),
     "queue_limits": cfg.Section({
         "operlog": cfg.Int(100000, min=1),
         "history": cfg.Int(1000000, min=1),

@@ -55,6 +55,10 @@ __all__ = [
 log = Logger(namespace="utils.config")
 
 UINT32_MAX = 2 ** 32 - 1
+INT32_MAX = 2 ** 31 - 1
+# the integers the original's JSON reader (jansson) takes: a config integer beyond them is
+# refused, as a value the original never runs with
+INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
 
 
 class _Required:
@@ -240,6 +244,19 @@ class Brokers(Str):
         return value
 
 
+class MySQLCharset(Str):
+    """A character set MySQL clients know by that name ("utf8" meaning utf8mb4, see
+    `utils.mysql.client_charset`): a name unknown here fails every connection later."""
+
+    def check(self, value: Any, path: str, warn: Callable[[str], None]) -> Any:
+        from pymysql.charset import charset_by_name
+        from utils.mysql import client_charset
+        value = super().check(value, path, warn)
+        if charset_by_name(client_charset(value)) is None:
+            raise _Invalid(path, "unknown character set {!r}".format(value))
+        return value
+
+
 class Int(Field):
     """A JSON integer (booleans and reals are refused), optionally bounded."""
 
@@ -255,6 +272,8 @@ class Int(Field):
     def check(self, value: Any, path: str, warn: Callable[[str], None]) -> Any:
         if not isinstance(value, int) or isinstance(value, bool):
             raise self.wrong_type(value, path)
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise _Invalid(path, "{} does not fit in 64 bits".format(value))
         if self.min is not None and value < self.min:
             raise _Invalid(path, "{} is less than {}".format(value, self.min))
         if self.max is not None and value > self.max:
@@ -262,9 +281,9 @@ class Int(Field):
         return value
 
 
-def UInt(default: Any = REQUIRED, max: int = UINT32_MAX, **kwargs: Any) -> Int:
+def UInt(default: Any = REQUIRED, max: int = UINT32_MAX, min: int = 0, **kwargs: Any) -> Int:
     """An unsigned 32-bit integer field."""
-    return Int(default, min=0, max=max, **kwargs)
+    return Int(default, min=min, max=max, **kwargs)
 
 
 class Real(Field):
@@ -568,8 +587,10 @@ LOG = Section({
     "pid": Bool(True),
     "fork": Bool(True),
     "max": Int(100000000, min=0),
-    "num": Int(100, min=0),
-    "keep": Int(7, min=0),
+    # files the rotation goes over each time, and periods kept: beyond these bounds a
+    # rotation would take seconds, or a date out of the calendar's range
+    "num": Int(100, min=0, max=100000),
+    "keep": Int(7, min=0, max=100000),
 })
 
 ALERT = Section({
@@ -589,12 +610,15 @@ DAEMON = Section({
 ANY_SOCKET = ("tcp", "udp", "stream", "dgram")
 STREAM_SOCKET = ("tcp", "stream")
 
+# SO_RCVBUF / SO_SNDBUF in bytes (0: the system's): the socket option takes a C int
+SOCKET_BUFFER = UInt(0, max=INT32_MAX)
+
 PLAIN_SERVER = Section({
     "bind": AddressList(kinds=ANY_SOCKET),
-    "max_pkg_size": UInt(),
+    "max_pkg_size": UInt(min=1),
     "buf_limit": UInt(0),
-    "read_mem": UInt(0),
-    "write_mem": UInt(0),
+    "read_mem": SOCKET_BUFFER,
+    "write_mem": SOCKET_BUFFER,
 })
 
 RPC_SERVER = PLAIN_SERVER.extend({
@@ -619,10 +643,10 @@ WEBSOCKET_SERVER = MONITOR.extend({
 RPC_CLIENT = Section({
     "name": Str(),
     "addr": AddressList(kinds=("tcp", "stream")),
-    "max_pkg_size": UInt(),
+    "max_pkg_size": UInt(min=1),
     "buf_limit": UInt(0),
-    "read_mem": UInt(0),
-    "write_mem": UInt(0),
+    "read_mem": SOCKET_BUFFER,
+    "write_mem": SOCKET_BUFFER,
     "reconnect_timeout": Real(0.0, convert=_default_when_zero(1.0)),
     "heartbeat_timeout": Real(0.0, convert=_heartbeat_timeout),
     # the largest request packet sent; a larger one is refused here, never sent (a backend
@@ -636,21 +660,21 @@ MYSQL = Section({
     "user": Str(),
     "pass": Str(),
     "name": Str(),
-    "charset": Str("utf8"),
+    "charset": MySQLCharset("utf8"),
 })
 
 KAFKA_CONSUMER = Section({
     "brokers": Brokers(),
     "topic": Str(non_empty=True),
-    "partition": Int(0, min=0),
-    "limit": Int(1000, min=1),
+    "partition": Int(0, min=0, max=INT32_MAX),
+    "limit": Int(1000, min=1, max=INT32_MAX),
     "offset": Int(0),
 })
 
 REDIS_SENTINEL = Section({
     "name": Str(non_empty=True),
     "addr": List(HostPortField(), non_empty=True),
-    "db": Int(0, min=0),
+    "db": Int(0, min=0, max=INT32_MAX),
 })
 
 CLI = Address(kinds=STREAM_SOCKET)

@@ -408,3 +408,68 @@ class FileTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             load(path, Section({"a": Str()}))
         self.assertEqual(str(caught.exception), path + ": not valid UTF-8 at byte 7")
+
+
+class ValueBoundTests(SynchronousTestCase):
+    """Values the daemons cannot run with are refused when the config is read, naming the
+    key, rather than starting a daemon that fails later (every packet refused, a request
+    that never ends, a timer that cannot be set)."""
+
+    def configs(self):
+        import importlib
+        redis = {"name": "m", "addr": ["127.0.0.1:26379"], "db": 0}
+        for name, data, _ in testing.exchange_configs("127.0.0.1:9092", "l", "h", redis):
+            yield name, data, importlib.import_module(name + ".config")
+
+    def refused(self, loader, data, path, message):
+        with self.assertRaises(ConfigError) as caught:
+            loader.load_data(data, "config.json")
+        self.assertEqual(str(caught.exception), "config.json: %s: %s" % (path, message))
+
+    def test_each_daemon(self):
+        for name, data, loader in self.configs():
+            loader.load_data(data, "config.json")       # as made: accepted
+            svr = data["svr"]
+            for key, value, message in [
+                    ("max_pkg_size", 0, "0 is less than 1"),
+                    ("read_mem", 2 ** 31, "2147483648 is greater than 2147483647"),
+                    ("write_mem", 2 ** 31, "2147483648 is greater than 2147483647"),
+                    ("buf_limit", 2 ** 64, "18446744073709551616 does not fit in 64 bits")]:
+                self.refused(loader, dict(data, svr=dict(svr, **{key: value})),
+                             "svr." + key, message)
+            log = dict(data["log"], keep=10 ** 6)
+            self.refused(loader, dict(data, log=log), "log.keep",
+                         "1000000 is greater than 100000")
+            for backend in ("matchengine", "readhistory", "marketprice"):
+                if backend in data and name != backend:
+                    section = dict(data[backend], max_pkg_size=0)
+                    self.refused(loader, dict(data, **{backend: section}),
+                                 backend + ".max_pkg_size", "0 is less than 1")
+
+    def test_module_keys(self):
+        loaders = {name: (data, loader) for name, data, loader in self.configs()}
+        data, loader = loaders["accesshttp"]
+        self.refused(loader, dict(data, timeout=-1), "timeout", "-1.0 is less than 0.0")
+        loader.load_data(dict(data, timeout=0), "config.json")
+        data, loader = loaders["accessws"]
+        self.refused(loader, dict(data, backend_timeout=-1), "backend_timeout",
+                     "-1.0 is less than 0.0")
+        self.refused(loader, dict(data, orders=dict(data["orders"], partition=2 ** 31)),
+                     "orders.partition", "2147483648 is greater than 2147483647")
+        data, loader = loaders["matchengine"]
+        self.refused(loader, dict(data, commit_window=1e30), "commit_window",
+                     "1e+30 is greater than 1.0")
+        self.refused(loader, dict(data, db_history=dict(data["db_history"], charset="foo")),
+                     "db_history.charset", "unknown character set 'foo'")
+        for charset in ("utf8", "utf8mb4", "latin1"):
+            loader.load_data(dict(data, db_log=dict(data["db_log"], charset=charset)),
+                             "config.json")
+        data, loader = loaders["marketprice"]
+        for key, value, top in [("sec_max", 2 ** 31, 6048000), ("min_max", 10 ** 7, 5256000),
+                                ("hour_max", 10 ** 6, 876000)]:
+            self.refused(loader, dict(data, **{key: value}), key,
+                         "%d is greater than %d" % (value, top))
+        self.refused(loader, dict(data, deals=dict(data["deals"], limit=2 ** 63)),
+                     "deals.limit", "9223372036854775808 does not fit in 64 bits")
+        self.refused(loader, dict(data, redis=dict(data["redis"], db=2 ** 31)), "redis.db",
+                     "2147483648 is greater than 2147483647")
