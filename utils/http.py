@@ -19,11 +19,14 @@ handlers finish in.  Bodies may come with Content-Length or chunked, in as many 
 they like.  `Connection: Upgrade` and `Upgrade` headers change nothing: no protocol is
 switched to, and the request is served as any other, as the original serves it.  A
 connection idle for `keep_alive` seconds (0: never), or holding a request that does not
-complete within `request_timeout` seconds (a slow or stuck client), is closed.
+complete within `request_timeout` seconds (a slow or stuck client), is closed at once; one
+closed after its answers whose client does not take them within `request_timeout` seconds
+is cut off.
 
 A client that sends and does not read cannot make the server hold its answers without bound:
-past `max_pipeline` unanswered requests, and while the connection's send buffer is full (the
-transport pauses its producer), the server reads nothing more from it.  With `max_output`
+once `max_pipeline` requests wait for their answers (those of the read under way still
+served), and while the connection's send buffer is full (the transport pauses its
+producer), the server reads nothing more from it.  With `max_output`
 (bytes; 0 = no bound) a connection whose answers the kernel does not take past that many
 bytes is dropped, as the original drops a session over its `buf_limit`.
 
@@ -39,7 +42,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from network.output import pending_output, unsent_over, write_now
+from network.output import close_now, pending_output, unsent_over, write_now
 from utils.jsonfmt import dumps, loads
 
 __all__ = ["JSONRPCRequest", "HTTPServerFactory", "HTTPServerProtocol", "error_body",
@@ -139,6 +142,7 @@ class HTTPServerProtocol(protocol.Protocol):
         self._reset_message()
         self.idle_call = None
         self.request_call = None
+        self.close_call = None
 
     # -- connection --------------------------------------------------------------------
 
@@ -151,10 +155,10 @@ class HTTPServerProtocol(protocol.Protocol):
     def connectionLost(self, reason=None):
         self.connected = False
         self.factory.connections.discard(self)
-        for call in (self.idle_call, self.request_call):
+        for call in (self.idle_call, self.request_call, self.close_call):
             if call is not None and call.active():
                 call.cancel()
-        self.idle_call = self.request_call = None
+        self.idle_call = self.request_call = self.close_call = None
         if not self.factory.connections and self.factory.drained is not None:
             drained, self.factory.drained = self.factory.drained, None
             drained.callback(None)
@@ -162,10 +166,15 @@ class HTTPServerProtocol(protocol.Protocol):
     def readConnectionLost(self):
         # a request cut short there is not answered
         self.closing = True
+        if self.released and self.finishing:
+            # the peer's end after ours (`finish`): nothing is left to send
+            self.transport.loseConnection()
+            return
         self._flush()
 
     def writeConnectionLost(self):
-        """Never called: this side does not shut its writing down alone."""
+        """This side's writing shut after its last answer (`finish`): the peer's end, or
+        the close deadline, completes the close."""
 
     def dataReceived(self, data):
         if self.closing:
@@ -206,8 +215,14 @@ class HTTPServerProtocol(protocol.Protocol):
             self.idle_call = clock.callLater(self.factory.keep_alive, self._idle)
 
     def _idle(self):
+        if self.finishing:
+            return      # the server stops: its own deadlines close the connection
         self.log.debug("closing idle connection {peer}", peer=self.transport.getPeer())
-        self._close()
+        # as the original closes an idle session: at once, whatever the peer left unread
+        if self.connected and not self.released:
+            self.released = True
+            self.transport.unregisterProducer()
+            close_now(self.transport)
 
     def _too_slow(self):
         self.log.info("request from {peer} not complete in {seconds} s; closing",
@@ -231,7 +246,10 @@ class HTTPServerProtocol(protocol.Protocol):
         """The connection is gone: `connectionLost` follows."""
 
     def _update_reading(self):
-        reading = not (self.paused or self.output_full or self.finishing)
+        # a finishing connection reads on, and drops what it reads: unread requests left
+        # in the socket would make the kernel reset the connection at its close, losing
+        # the answers still on their way
+        reading = self.finishing or not (self.paused or self.output_full)
         if reading != self.reading and self.connected and not self.released:
             self.reading = reading
             if reading:
@@ -240,18 +258,32 @@ class HTTPServerProtocol(protocol.Protocol):
                 self.transport.pauseProducing()
 
     def finish(self):
-        """Read no more requests; close once the answers of those read are written."""
+        """Run no more requests; once the answers of those read are written, shut the
+        writing down and close when the peer ends its side (or the close deadline)."""
         self.finishing = True
         self.closing = True
         self._update_reading()
         self._flush()
 
     def _close(self):
-        """Close after what is written (a registered producer would keep it open)."""
+        """Close after what is written (a registered producer would keep it open); a peer
+        that does not take it within `request_timeout` seconds is cut off."""
         if self.connected and not self.released:
             self.released = True
             self.transport.unregisterProducer()
-            self.transport.loseConnection()
+            if self.finishing:
+                self.transport.loseWriteConnection()
+            else:
+                self.transport.loseConnection()
+            self.close_call = self.factory.clock.callLater(self.factory.request_timeout,
+                                                           self._close_overdue)
+
+    def _close_overdue(self):
+        self.close_call = None
+        if self.connected:
+            self.log.info("{peer} did not take its last answers in {seconds} s; closing",
+                          peer=self.transport.getPeer(), seconds=self.factory.request_timeout)
+            self.transport.abortConnection()
 
     def _drop(self):
         """Close at once: the client does not read its answers."""

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import time
 
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import Clock, deferLater
@@ -153,15 +154,17 @@ class GatewayTests(SynchronousTestCase):
         self.assertEqual(gateway.factory.max_output, 3 * 102400)
 
     def connect(self):
+        from utils.test.test_http import HalfClosingTransport
         proto = self.gateway.factory.buildProtocol(None)
-        transport = StringTransport()
+        transport = HalfClosingTransport()
         proto.makeConnection(transport)
         return proto, transport
 
     def test_stop_lets_calls_under_way_end(self):
-        """Stopping closes the ports and reads no more requests, lets the backend calls
-        under way end, then stops the backend clients; each client connection closes
-        once its answers are written, and then the service has stopped."""
+        """Stopping closes the ports and runs no more requests, lets the backend calls
+        under way end, then stops the backend clients; each client connection shuts its
+        writing down once its answers are written and closes when the client ends its
+        side, and then the service has stopped."""
         pending = defer.Deferred()
         self.gateway.backends["matchengine"].answer = lambda: pending
         self.gateway.ports = [FakePort(self.calls)]
@@ -173,9 +176,9 @@ class GatewayTests(SynchronousTestCase):
         stopped = self.gateway.stopService()
         self.assertNoResult(stopped)
         self.assertEqual(self.calls, [("port", "stopListening")])
-        self.assertEqual(transport.producerState, "paused")
-        self.assertFalse(transport.disconnecting)
-        self.assertTrue(idle_transport.disconnecting)
+        self.assertFalse(transport.write_shut)
+        self.assertTrue(idle_transport.write_shut)
+        idle.readConnectionLost()
         idle.connectionLost(None)
         self.clock.advance(0.4)
         pending.callback(b'{"error": null, "result": "placed", "id": 1}')
@@ -183,8 +186,10 @@ class GatewayTests(SynchronousTestCase):
                          [(200, b'{"error": null, "result": "placed", "id": 1}')])
         self.assertEqual(self.calls, [("port", "stopListening"), ("matchengine", "stop"),
                                       ("marketprice", "stop"), ("readhistory", "stop")])
-        self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.write_shut)
         self.assertNoResult(stopped)
+        proto.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
         proto.connectionLost(None)
         self.successResultOf(stopped)
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -225,14 +230,19 @@ class GatewayTests(SynchronousTestCase):
 class StopOverSocketsTests(TestCase):
     """The gateway and a backend on real loopback sockets."""
 
-    async def scenario(self):
+    async def scenario(self, more=False):
+        """`more`: the answer is large, the client reads slowly, and it sends one more
+        request once the stop has begun."""
+        import threading
+        stopping = threading.Event()
+        result = "p" * 1000000 if more else "placed"
         backend_port, http_port = testing.free_port(), testing.free_port()
         reached = defer.Deferred()
 
         def put_limit(params, request):
             # applied; the reply leaves a moment later, as from a backend under load
             reached.callback(None)
-            return deferLater(reactor, 0.2, lambda: "placed")
+            return deferLater(reactor, 0.2, lambda: result)
         backend = RPCServerFactory({201: put_limit}, 102400, heartbeat_check=False)
         ports = await listen_rpc(reactor, "tcp@127.0.0.1:%d" % backend_port, backend)
         for port in ports:
@@ -257,28 +267,48 @@ class StopOverSocketsTests(TestCase):
             await deferLater(reactor, 0.01)
 
         def client():
-            with socket.create_connection(("127.0.0.1", http_port), timeout=5) as sock:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(5)
+            with sock:
+                sock.connect(("127.0.0.1", http_port))
                 sock.sendall(call(1, "order.put_limit", [1, "BTCBCH", 1, "1", "1", "0", "0",
                                                          ""]))
+                if more:
+                    stopping.wait(5)
+                    sock.sendall(call(2, "market.list"))
+                    time.sleep(0.3)
                 data = b""
-                while b"\r\n\r\n" not in data or not responses(data)[0][1]:
-                    data += sock.recv(65536)
-                try:
-                    closed = sock.recv(1) == b""
-                except OSError:
-                    closed = False
-                return responses(data), closed
+                while True:
+                    try:
+                        chunk = sock.recv(8192)
+                    except OSError as e:
+                        return responses(data), repr(e)
+                    if not chunk:
+                        return responses(data), "closed"
+                    data += chunk
+                    if more:
+                        time.sleep(0.001)
         answered = threads.deferToThread(client)
         await reached
         running.pop()
-        await gateway.stopService()
-        self.assertEqual(await answered, ([(200, b'{"error": null, "result": "placed", '
-                                                 b'"id": 1}')], True))
+        stopped = gateway.stopService()
+        stopping.set()
+        await stopped
+        self.assertEqual(await answered, (
+            [(200, b'{"error": null, "result": "%s", "id": 1}' % result.encode())], "closed"))
 
     def test_call_under_way_is_answered(self):
         """A call the backend is applying when the gateway stops gets the backend's
         answer, not 504, and the connection then closes."""
         return defer.Deferred.fromCoroutine(self.scenario())
+
+    def test_request_sent_while_stopping(self):
+        """A request sent once the stop has begun is not run, and does not cost the
+        answer of the call under way, however slowly the client reads it: left unread, it
+        would have made the kernel reset the connection at its close, the end of the answer
+        with it."""
+        return defer.Deferred.fromCoroutine(self.scenario(more=True))
 
 
 class DocumentedConfigTests(SynchronousTestCase):

@@ -296,6 +296,15 @@ class StuckTransport(StringTransport):
         self.aborted = True
 
 
+class HalfClosingTransport(StringTransport):
+    """A StringTransport that can shut its writing down alone, as TCP's can."""
+
+    write_shut = False
+
+    def loseWriteConnection(self):
+        self.write_shut = True
+
+
 class SlowReaderTests(SynchronousTestCase):
     """A client that sends requests and does not read the answers."""
 
@@ -343,6 +352,32 @@ class SlowReaderTests(SynchronousTestCase):
         proto.resumeProducing()
         self.assertEqual(transport.producerState, "paused")
 
+    def test_idle_connection_of_a_non_reader_closed_at_once(self):
+        """An idle connection whose peer left answers unread is closed at keep_alive all
+        the same, as the original closes an idle session, not held open waiting for it."""
+        factory = self.factory()
+        proto = factory.buildProtocol(None)
+        transport = StuckTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(call(1, "echo"))
+        factory.clock.advance(61)
+        self.assertTrue(transport.aborted)
+
+    def test_close_of_a_non_reader_has_a_deadline(self):
+        """A connection closed after its answers (`Connection: close`, a peer that shut its
+        side) whose peer does not take them is cut off after request_timeout."""
+        factory = self.factory()
+        proto = factory.buildProtocol(None)
+        transport = StuckTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(call(1, "echo"))
+        proto.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
+        factory.clock.advance(29)
+        self.assertFalse(transport.aborted)
+        factory.clock.advance(2)
+        self.assertTrue(transport.aborted)
+
     def test_closing_unregisters_the_producer(self):
         """A connection closed after its answers first unregisters itself as producer,
         or a transport whose producer was paused would never close."""
@@ -369,30 +404,48 @@ class FinishTests(SynchronousTestCase):
 
     def connect(self):
         proto = self.factory.buildProtocol(None)
-        transport = StringTransport()
+        transport = HalfClosingTransport()
         proto.makeConnection(transport)
         return proto, transport
 
     def test_finish(self):
-        """finish stops reading every connection, closes the idle ones at once and the
-        others after their answers; it fires when the last one is gone."""
+        """finish runs no more requests, shuts the writing of the idle connections down
+        at once and of the others after their answers, and closes each when its peer ends
+        its side; it fires when the last one is gone.  What the peers send meanwhile is
+        read and dropped: left unread, it would make the kernel reset the connection at its
+        close and lose the answers on their way."""
         busy, busy_transport = self.connect()
         idle, idle_transport = self.connect()
         busy.dataReceived(call(1, "later") + call(2, "later"))
         finished = self.factory.finish()
-        self.assertEqual(busy_transport.producerState, "paused")
-        self.assertTrue(idle_transport.disconnecting)
-        self.assertFalse(busy_transport.disconnecting)
+        self.assertEqual(busy_transport.producerState, "producing")
+        busy.pauseProducing()       # a full send buffer: reading goes on all the same
+        self.assertEqual(busy_transport.producerState, "producing")
+        self.assertTrue(idle_transport.write_shut)
+        self.assertFalse(busy_transport.write_shut)
         busy.dataReceived(call(3, "later"))
         self.assertEqual(len(self.pending), 2)
+        idle.readConnectionLost()
+        self.assertTrue(idle_transport.disconnecting)
         idle.connectionLost(None)
         self.pending[1].callback((200, b"two"))
         self.pending[0].callback((200, b"one"))
         self.assertEqual(responses(busy_transport.value()), [(200, b"one"), (200, b"two")])
-        self.assertTrue(busy_transport.disconnecting)
+        self.assertTrue(busy_transport.write_shut)
+        self.assertFalse(busy_transport.disconnecting)
         self.assertNoResult(finished)
+        busy.readConnectionLost()
+        self.assertTrue(busy_transport.disconnecting)
         busy.connectionLost(None)
         self.successResultOf(finished)
+
+    def test_finish_of_a_peer_that_never_ends(self):
+        """A peer that neither reads nor ends its side is cut off after request_timeout."""
+        proto, transport = self.connect()
+        self.factory.finish()
+        self.assertTrue(transport.write_shut)
+        self.factory.clock.advance(31)
+        self.assertTrue(transport.disconnected)
 
     def test_finish_without_connections(self):
         """With no connection, finish has nothing to wait for."""
