@@ -494,6 +494,14 @@ class MySQLPool(adbapi.ConnectionPool):
         self.name = name
         self.losses = 0         # connections found lost so far
         self._checked = {}      # thread id -> losses when its connection was last known good
+        # PyMySQL bounds the TCP connect by connect_timeout, and then reads the server's
+        # greeting with no timeout: a server that accepts and does not answer (stopped,
+        # or behind a proxy whose other side is gone) would hold the opening thread, and a
+        # stopping daemon, for ever.  The opening reads get connect_timeout too; queries,
+        # no timeout unless one was asked for.
+        self._handshake_only = "read_timeout" not in self.connkw
+        if self._handshake_only:
+            self.connkw["read_timeout"] = self.connkw.get("connect_timeout", 10)
 
     def drop(self, connection, lost=True):
         """In its own thread: close the thread's connection, one found lost (with a
@@ -532,6 +540,9 @@ class MySQLPool(adbapi.ConnectionPool):
             losses = self.losses
             connection = super().connect()
             self._checked[tid] = losses
+            if self._handshake_only and connection._sock is not None:
+                connection._read_timeout = None
+                connection._sock.settimeout(None)
         # `abort` may have gone through the connections before this one was added
         if self.aborted:
             _shut(connection)

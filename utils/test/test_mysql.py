@@ -6,7 +6,7 @@ import uuid
 from decimal import Decimal
 
 import pymysql
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -295,6 +295,40 @@ class MySQLTests(Scenarios, TestCase):
         and the queries waiting for a connection fail without running, so that a stopping
         daemon need not wait for the server."""
         return defer.Deferred.fromCoroutine(self.abort())
+
+    async def silent_server(self):
+        import socket
+        server = socket.socket()
+        self.addCleanup(server.close)
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)        # connections complete in the kernel; nothing is ever said
+        kw = testing.mysql_connect_kwargs("misc")
+        db = mysql.connect_mysql("127.0.0.1", server.getsockname()[1], kw["user"],
+                                 kw["password"], kw["database"], "utf8mb4", max_connections=1,
+                                 connect_timeout=1)
+        self.addCleanup(db.close)
+        started = reactor.seconds()
+        with self.assertRaises(Exception):
+            await db.query("SELECT 1")
+        self.assertLess(reactor.seconds() - started, 4.0)
+        self.flushLoggedErrors()
+
+    def test_server_that_never_greets(self):
+        """A server that accepts connections and says nothing fails the query within the
+        connect timeout: the opening of a connection is bounded as its TCP connect is, so
+        that no thread, and no stopping daemon, waits for it for ever."""
+        return defer.Deferred.fromCoroutine(self.silent_server())
+
+    def test_queries_have_no_timeout(self):
+        """The opening's timeout does not bound the queries that follow it."""
+        kw = testing.mysql_connect_kwargs("misc")
+        db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"],
+                                 kw["database"], "utf8mb4", connect_timeout=1)
+        self.addCleanup(db.close)
+
+        async def check():
+            self.assertEqual(await db.query("SELECT SLEEP(1.5), 7"), [(0, 7)])
+        return defer.Deferred.fromCoroutine(check())
 
     async def path_cut(self):
         kw = testing.mysql_connect_kwargs("misc")
