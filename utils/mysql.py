@@ -499,9 +499,18 @@ class MySQLPool(adbapi.ConnectionPool):
         # or behind a proxy whose other side is gone) would hold the opening thread, and a
         # stopping daemon, for ever.  The opening reads get connect_timeout too; queries,
         # no timeout unless one was asked for.
-        self._handshake_only = "read_timeout" not in self.connkw
-        if self._handshake_only:
+        if "read_timeout" not in self.connkw:
             self.connkw["read_timeout"] = self.connkw.get("connect_timeout", 10)
+            then = self.openfun
+
+            def opened(connection):
+                # before the pool's own first statements (the operation log's lock waits)
+                connection._read_timeout = None
+                if connection._sock is not None:
+                    connection._sock.settimeout(None)
+                if then is not None:
+                    then(connection)
+            self.openfun = opened
 
     def drop(self, connection, lost=True):
         """In its own thread: close the thread's connection, one found lost (with a
@@ -540,9 +549,6 @@ class MySQLPool(adbapi.ConnectionPool):
             losses = self.losses
             connection = super().connect()
             self._checked[tid] = losses
-            if self._handshake_only and connection._sock is not None:
-                connection._read_timeout = None
-                connection._sock.settimeout(None)
         # `abort` may have gone through the connections before this one was added
         if self.aborted:
             _shut(connection)

@@ -320,14 +320,23 @@ class MySQLTests(Scenarios, TestCase):
         return defer.Deferred.fromCoroutine(self.silent_server())
 
     def test_queries_have_no_timeout(self):
-        """The opening's timeout does not bound the queries that follow it."""
+        """The opening's timeout bounds neither the queries that follow it nor the pool's
+        own first statements (the operation log's wait for its lock)."""
         kw = testing.mysql_connect_kwargs("misc")
+        opened = []
+
+        def first_statements(connection):
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT SLEEP(1.5)")
+                opened.append(cursor.fetchone())
         db = mysql.connect_mysql(kw["host"], kw["port"], kw["user"], kw["password"],
-                                 kw["database"], "utf8mb4", connect_timeout=1)
+                                 kw["database"], "utf8mb4", connect_timeout=1,
+                                 cp_openfun=first_statements)
         self.addCleanup(db.close)
 
         async def check():
             self.assertEqual(await db.query("SELECT SLEEP(1.5), 7"), [(0, 7)])
+            self.assertEqual(opened, [(0,)])
         return defer.Deferred.fromCoroutine(check())
 
     async def path_cut(self):
