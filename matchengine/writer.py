@@ -188,13 +188,22 @@ def say(text, info=False):
 
 def connect(db):
     """A PyMySQL connection to the database of the config section `db`, able to send
-    history rows by LOAD DATA LOCAL (`utils.mysql.load_local`)."""
+    history rows by LOAD DATA LOCAL (`utils.mysql.load_local`).  Its opening is bounded by
+    CONNECT_TIMEOUT (a server that accepts and says nothing is given up and tried again);
+    its statements are not."""
     import pymysql
     from pymysql.constants import CLIENT
-    return pymysql.connect(**server_address(db["host"], db.get("port", 3306)),
+    conn = pymysql.connect(**server_address(db["host"], db.get("port", 3306)),
                            user=db["user"], password=db["pass"], database=db["name"],
                            charset=client_charset(db.get("charset", "utf8")), autocommit=False,
-                           init_command=SESSION_SETUP, client_flag=CLIENT.LOCAL_FILES)
+                           init_command=SESSION_SETUP, client_flag=CLIENT.LOCAL_FILES,
+                           connect_timeout=CONNECT_TIMEOUT, read_timeout=CONNECT_TIMEOUT)
+    conn._read_timeout = None
+    conn._sock.settimeout(None)
+    return conn
+
+
+CONNECT_TIMEOUT = 10
 
 
 def utf8mb4_history(db):

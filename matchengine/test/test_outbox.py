@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from decimal import Decimal
 
 from twisted.internet import defer, reactor, task, threads
@@ -530,6 +531,34 @@ class InsertStatementTests(TestCase):
                         else:
                             self.assertEqual(Decimal(a), Decimal(b), column)
         return defer.Deferred.fromCoroutine(check())
+
+
+class ConnectTests(SynchronousTestCase):
+
+    def test_server_that_never_greets(self):
+        """A history database that accepts connections and says nothing fails the
+        connection within CONNECT_TIMEOUT (the writer then tries again) rather than holding
+        its thread for ever; statements on a connection opened have no timeout."""
+        import socket
+        server = socket.socket()
+        self.addCleanup(server.close)
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        self.patch(writer, "CONNECT_TIMEOUT", 0.5)
+        info = testing.require("mysql")
+        db = {"host": "127.0.0.1", "port": server.getsockname()[1], "user": info["user"],
+              "pass": info["password"], "name": "x"}
+        started = time.monotonic()
+        with self.assertRaises(Exception):
+            writer.connect(db)
+        self.assertLess(time.monotonic() - started, 5.0)
+        name = testing.create_database("conn", ("trade_history",), True)
+        self.addCleanup(testing.drop_database, name)
+        conn = writer.connect(dict(db, host=info["host"], port=int(info["port"]), name=name))
+        self.addCleanup(conn.close)
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT SLEEP(0.8), 1")
+            self.assertEqual(cursor.fetchone(), (0, 1))
 
 
 class HistoryCharsetTests(SynchronousTestCase):
