@@ -378,6 +378,7 @@ class KafkaConsumerService(service.Service):
                 consumer = KafkaConsumer(bootstrap_servers=self.brokers, **self.config)
                 tp = self._tp = TopicPartition(self.topic, self.partition)
                 consumer.assign([tp])
+                self._check_partition(consumer)
                 self._skip_before = None
                 if isinstance(self.offset, int):
                     consumer.seek(tp, self.offset)
@@ -391,6 +392,18 @@ class KafkaConsumerService(service.Service):
                 self.reactor.callFromThread(self._broker_state, False, e)
                 self._stopping.wait(1.0)
         return None
+
+    def _check_partition(self, consumer):
+        """Say so when the topic exists without the partition asked for: the consumer
+        would wait on it without a word (the config's `partition` names one the topic
+        does not have)."""
+        partitions = consumer.partitions_for_topic(self.topic)
+        if partitions and self.partition not in partitions:
+            self.reactor.callFromThread(
+                self.log.error, "{name}: {topic} has no partition {partition} (it has "
+                "{partitions}): nothing is read until it has", name=self.name,
+                topic=self.topic, partition=self.partition,
+                partitions=", ".join(map(str, sorted(partitions))))
 
     def _seek_latest(self, consumer, tp):
         # Some Kafka-compatible brokers report the end of a partition (ListOffsets) as the

@@ -183,6 +183,24 @@ class BrokerTests(TestCase):
         skipped what came before its old position."""
         return defer.Deferred.fromCoroutine(self.recreated_scenario())
 
+    async def missing_partition_scenario(self):
+        topic = topic_name()
+        p = self.producer()
+        p.send(topic, b"one")
+        await until(lambda: p.delivered == 1, what="the topic made")
+        with capturedLogs() as events:
+            self.consumer(topic, [], partition=7, name="deals consumer")
+            await until(lambda: any(e["log_level"] == LogLevel.error for e in events),
+                        what="the error")
+        errors = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
+        self.assertRegex(errors[0], r"^deals consumer: %s has no partition 7 \(it has 0(, "
+                                    r"\d)*\): nothing is read until it has$" % topic)
+
+    def test_missing_partition(self):
+        """A consumer of a partition its topic does not have says so, where it read
+        nothing without a word."""
+        return defer.Deferred.fromCoroutine(self.missing_partition_scenario())
+
     async def stop_while_down_scenario(self):
         broker = testing.KafkaBroker().start()
         self.addCleanup(broker.stop)
