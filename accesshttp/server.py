@@ -29,6 +29,7 @@ from twisted.logger import Logger
 
 from accesshttp import openrpc
 from network.address import buffer_sizes, listen, listen_monitor
+from network.timer import within
 from utils import http
 from utils.daemon import give_up, mark_ready
 from utils.jsonfmt import dumps
@@ -128,10 +129,10 @@ class AccessHTTP(service.Service):
             self.log.info("accesshttp stopping: {calls} backend calls under way",
                           calls=self.calls)
             self._no_calls = defer.Deferred()
-            await _within(self.reactor, self._no_calls, self.timeout)
+            await within(self.reactor, self._no_calls, self.timeout)
         for client in self.backends.values():
             client.stop()
-        if not await _within(self.reactor, closed, self.timeout):
+        if not await within(self.reactor, closed, self.timeout):
             self.log.warn("accesshttp stopping: {count} clients did not take their answers; "
                           "dropped", count=len(self.factory.connections))
             self.factory.abort()
@@ -186,18 +187,3 @@ class AccessHTTP(service.Service):
 
 def _ok(body):
     return 200, body
-
-
-def _within(clock, d, seconds):
-    """A Deferred that fires True when `d` fires, or False after `seconds` if that comes
-    first; `d` goes on as it was (its result passes through)."""
-    out = defer.Deferred()
-    call = clock.callLater(seconds, out.callback, False)
-
-    def fired(result):
-        if call.active():
-            call.cancel()
-            out.callback(True)
-        return result
-    d.addBoth(fired)
-    return out

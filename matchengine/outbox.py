@@ -19,11 +19,12 @@ import fcntl
 import os
 import sys
 
-from twisted.internet import defer, error, protocol, task
+from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
 from matchengine.writer import INFO
 from network.output import write_now
+from network.timer import within
 from utils import handoff
 
 __all__ = ["WriterOutbox", "LocalOutbox"]
@@ -203,11 +204,8 @@ class WriterOutbox:
         flushed = self.flush()
         while not flushed.called:
             confirmed = self.confirmed
-            pause = task.deferLater(self.reactor, patience, lambda: None)
-            pause.addErrback(lambda failure: failure.trap(defer.CancelledError))
-            await defer.DeferredList([flushed, pause], fireOnOneCallback=True)
-            pause.cancel()
-            if not flushed.called and self.confirmed == confirmed:
+            if not await within(self.reactor, flushed, patience) and \
+                    self.confirmed == confirmed:
                 return False
         return True
 

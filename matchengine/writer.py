@@ -42,7 +42,7 @@ from matchengine.rowtext import fields_text, values_text
 from utils.handoff import FRAME
 from utils.kafka_wire import LeanProducer
 from utils.mysql import (LOCAL_LOAD_REFUSED, SESSION_SETUP, client_charset, insert_texts,
-                         load_local, server_address)
+                         lift_read_timeout, load_local, server_address)
 
 # how each history column is written into SQL: times to the microsecond, ids as integers,
 # free text escaped; the remaining columns are decimals in their raw form (digits, a point,
@@ -186,6 +186,10 @@ def say(text, info=False):
         sys.stderr.flush()
 
 
+# seconds the opening of a connection may take (`utils.mysql.lift_read_timeout`)
+CONNECT_TIMEOUT = 10
+
+
 def connect(db):
     """A PyMySQL connection to the database of the config section `db`, able to send
     history rows by LOAD DATA LOCAL (`utils.mysql.load_local`).  Its opening is bounded by
@@ -198,12 +202,8 @@ def connect(db):
                            charset=client_charset(db.get("charset", "utf8")), autocommit=False,
                            init_command=SESSION_SETUP, client_flag=CLIENT.LOCAL_FILES,
                            connect_timeout=CONNECT_TIMEOUT, read_timeout=CONNECT_TIMEOUT)
-    conn._read_timeout = None
-    conn._sock.settimeout(None)
+    lift_read_timeout(conn)
     return conn
-
-
-CONNECT_TIMEOUT = 10
 
 
 def utf8mb4_history(db):

@@ -5,9 +5,25 @@ A repeating timer keeps running when its callback raises: the failure is logged 
 next tick comes as scheduled.
 """
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
-__all__ = ["Timer"]
+__all__ = ["Timer", "within"]
+
+
+def within(clock, d, seconds):
+    """A Deferred that fires True when `d` fires, or False after `seconds` if that comes
+    first; `d` goes on as it was (its result passes through)."""
+    out = defer.Deferred()
+    call = clock.callLater(seconds, out.callback, False)
+
+    def fired(result):
+        if call.active():
+            call.cancel()
+            out.callback(True)
+        return result
+    d.addBoth(fired)
+    return out
 
 
 class Timer:

@@ -219,9 +219,7 @@ class HTTPServerProtocol(protocol.Protocol):
             return      # the server stops: its own deadlines close the connection
         self.log.debug("closing idle connection {peer}", peer=self.transport.getPeer())
         # as the original closes an idle session: at once, whatever the peer left unread
-        if self.connected and not self.released:
-            self.released = True
-            self.transport.unregisterProducer()
+        if self._release():
             close_now(self.transport)
 
     def _too_slow(self):
@@ -265,12 +263,19 @@ class HTTPServerProtocol(protocol.Protocol):
         self._update_reading()
         self._flush()
 
+    def _release(self):
+        """Whether the connection is open and now let go of, to be closed: it is no longer
+        its transport's producer (a registered producer would keep it open)."""
+        if not self.connected or self.released:
+            return False
+        self.released = True
+        self.transport.unregisterProducer()
+        return True
+
     def _close(self):
-        """Close after what is written (a registered producer would keep it open); a peer
-        that does not take it within `request_timeout` seconds is cut off."""
-        if self.connected and not self.released:
-            self.released = True
-            self.transport.unregisterProducer()
+        """Close after what is written; a peer that does not take it within
+        `request_timeout` seconds is cut off."""
+        if self._release():
             if self.finishing:
                 self.transport.loseWriteConnection()
             else:

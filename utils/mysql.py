@@ -444,6 +444,18 @@ def server_address(host, port):
     return {"host": host, "port": int(port)}
 
 
+def lift_read_timeout(connection):
+    """Take the read timeout off a PyMySQL connection once it is open.  PyMySQL bounds its
+    TCP connect by `connect_timeout` and then reads the server's greeting with its
+    `read_timeout`, none by default: a server that accepts and says nothing (stopped, or
+    behind a proxy whose other side is gone) would hold the opening thread for ever.  So a
+    connection is opened with `read_timeout` set to its connect timeout, then lifted here:
+    its statements keep no timeout."""
+    connection._read_timeout = None
+    if connection._sock is not None:
+        connection._sock.settimeout(None)
+
+
 class Aborted(Exception):
     """An interaction refused by a pool that was aborted (`MySQLPool.abort`)."""
 
@@ -494,20 +506,15 @@ class MySQLPool(adbapi.ConnectionPool):
         self.name = name
         self.losses = 0         # connections found lost so far
         self._checked = {}      # thread id -> losses when its connection was last known good
-        # PyMySQL bounds the TCP connect by connect_timeout, and then reads the server's
-        # greeting with no timeout: a server that accepts and does not answer (stopped,
-        # or behind a proxy whose other side is gone) would hold the opening thread, and a
-        # stopping daemon, for ever.  The opening reads get connect_timeout too; queries,
-        # no timeout unless one was asked for.
+        # the opening bounded as its TCP connect is (`lift_read_timeout`); queries keep no
+        # timeout unless one was asked for
         if "read_timeout" not in self.connkw:
             self.connkw["read_timeout"] = self.connkw.get("connect_timeout", 10)
             then = self.openfun
 
             def opened(connection):
                 # before the pool's own first statements (the operation log's lock waits)
-                connection._read_timeout = None
-                if connection._sock is not None:
-                    connection._sock.settimeout(None)
+                lift_read_timeout(connection)
                 if then is not None:
                     then(connection)
             self.openfun = opened

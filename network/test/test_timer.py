@@ -1,10 +1,11 @@
 # -*- test-case-name: network.test.test_timer -*-
 """Timers on an injected clock."""
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from network.timer import Timer
+from network.timer import Timer, within
 
 
 class TimerTests(SynchronousTestCase):
@@ -51,3 +52,26 @@ class TimerTests(SynchronousTestCase):
     def test_negative_interval(self):
         """A negative interval is refused."""
         self.assertRaises(ValueError, Timer, Clock(), -1, lambda: None)
+
+
+class WithinTests(SynchronousTestCase):
+
+    def test_fired_in_time(self):
+        """True when the Deferred fires first; its result passes on, and no call is left."""
+        clock, d = Clock(), defer.Deferred()
+        out = within(clock, d, 2.0)
+        clock.advance(1.5)
+        self.assertNoResult(out)
+        d.callback("result")
+        self.assertIs(self.successResultOf(out), True)
+        self.assertEqual(self.successResultOf(d), "result")
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_too_late(self):
+        """False once the time is up; the Deferred firing later changes nothing."""
+        clock, d = Clock(), defer.Deferred()
+        out = within(clock, d, 2.0)
+        clock.advance(2.0)
+        self.assertIs(self.successResultOf(out), False)
+        d.errback(ValueError("late"))
+        self.failureResultOf(d, ValueError)
