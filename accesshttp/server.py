@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from accesshttp import openrpc
 from network.address import buffer_sizes, listen, listen_monitor
 from network.timer import within
+from network.underway import UnderWay
 from utils import http
 from utils.daemon import give_up, mark_ready
 from utils.jsonfmt import dumps
@@ -91,8 +92,7 @@ class AccessHTTP(service.Service):
                                               max_output=svr["buf_limit"] * svr["max_pkg_size"],
                                               reactor=reactor)
         self.ports = []
-        self.calls = 0              # backend calls under way
-        self._no_calls = None       # fired when the last of them ends, while stopping
+        self.calls = UnderWay()     # backend calls
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -125,11 +125,10 @@ class AccessHTTP(service.Service):
         ports, self.ports = self.ports, []
         await defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
         closed = self.factory.finish()
-        if self.calls:
+        if self.calls.count:
             self.log.info("accesshttp stopping: {calls} backend calls under way",
-                          calls=self.calls)
-            self._no_calls = defer.Deferred()
-            await within(self.reactor, self._no_calls, self.timeout)
+                          calls=self.calls.count)
+            await within(self.reactor, self.calls.ended(), self.timeout)
         for client in self.backends.values():
             client.stop()
         if not await within(self.reactor, closed, self.timeout):
@@ -150,18 +149,10 @@ class AccessHTTP(service.Service):
             except Exception:
                 self.log.failure("accesshttp: {method} could not be sent", method=method)
                 return 500, b""
-            self.calls += 1
-            d.addBoth(self._call_ended)
+            self.calls.track(d)
             d.addCallbacks(_ok, self._backend_failed, errbackArgs=(request, backend, method))
             return d
         return forward
-
-    def _call_ended(self, result):
-        self.calls -= 1
-        if not self.calls and self._no_calls is not None:
-            no_calls, self._no_calls = self._no_calls, None
-            no_calls.callback(None)
-        return result
 
     def _backend_failed(self, failure, request, backend, method):
         if failure.check(NotConnected):

@@ -8,6 +8,13 @@ family asks the backend for every key each `<family>_interval` seconds and pushe
 changed to the key's sessions.  Order and asset pushes follow the `orders` and `balances`
 Kafka topics, for authenticated users only (`server.auth` through `auth_url`, `server.sign`
 through `sign_url`).
+
+Stopping ends intake first: the ports close, polling and the Kafka consumers stop, and no
+further request is run.  The requests under way then end as they would have (the backend's
+answer, or error 5 when `backend_timeout` passes) and their answers are sent; only then are
+the backend connections closed: closing them first would answer error 5 to calls the
+backend applies.  Each client connection is then closed with a close frame (1001, going
+away); one that has not ended the close `backend_timeout` seconds later is dropped.
 """
 
 import json
@@ -22,6 +29,7 @@ from twisted.logger import Logger
 
 from accessws.depth import diff
 from network.address import buffer_sizes, set_no_delay
+from network.timer import within
 from utils import rpc
 from utils.daemon import give_up, mark_ready
 from utils.decimals import to_display
@@ -214,14 +222,30 @@ class AccessWS(service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self):
+        """Stop intake and pushes, let the requests under way be answered, then close the
+        backend connections, and the clients' once those answers are written."""
         for loop in self.loops + [getattr(self, "cache_loop", None)]:
             if loop is not None and loop.running:
                 loop.stop()
+        consumers = defer.gatherResults([defer.maybeDeferred(c.stopService)
+                                         for c in self.consumers])
+        ports, self.ports = self.ports, []
+        await defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+        closed = self.factory.finish()
+        under_way = self.factory.under_way
+        if under_way.count:
+            self.log.info("accessws stopping: {count} requests under way",
+                          count=under_way.count)
+            await within(self.reactor, under_way.ended(), self.timeout)
         for client in self.clients.values():
             client.stop()
-        stops = [defer.maybeDeferred(c.stopService) for c in self.consumers]
-        stops += [defer.maybeDeferred(p.stopListening) for p in self.ports]
-        return defer.gatherResults(stops)
+        if not await within(self.reactor, closed, self.timeout):
+            self.log.warn("accessws stopping: {count} clients did not end the close; "
+                          "dropped", count=self.factory.abort())
+        await consumers
 
     # -- sessions ----------------------------------------------------------------------
 

@@ -451,7 +451,13 @@ def reference(name):
 
 
 class WSClient:
-    """A small blocking websocket client for end-to-end tests (text frames, masked)."""
+    """A small blocking websocket client for end-to-end tests (text frames, masked).
+
+    A close frame from the server is answered, its code kept in `close_code`, and `recv`
+    raises ConnectionError.
+    """
+
+    close_code = None
 
     def __init__(self, host, port, path="/", protocol=None, timeout=5.0):
         import base64
@@ -474,16 +480,18 @@ class WSClient:
             raise ConnectionError("handshake refused: %r" % head[:100])
 
     def send(self, text):
+        self._send_frame(0x1, text.encode() if isinstance(text, str) else text)
+
+    def _send_frame(self, opcode, data):
         import struct
-        data = text.encode() if isinstance(text, str) else text
         mask = os.urandom(4)
         n = len(data)
         if n < 126:
-            head = struct.pack("!BB", 0x81, 0x80 | n)
+            head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
         elif n < 65536:
-            head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+            head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
         else:
-            head = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+            head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
         self.sock.sendall(head + mask + masked)
 
@@ -518,6 +526,12 @@ class WSClient:
             payload = self._read(n, deadline)
             opcode = b1 & 0x0F
             if opcode == 8:
+                # a close frame: its code kept, and answered as a client ends the close
+                self.close_code = struct.unpack("!H", payload[:2])[0] if payload else None
+                try:
+                    self._send_frame(0x8, payload[:2])
+                except OSError:
+                    pass    # the server has dropped the connection already
                 raise ConnectionError("closed by the server")
             if opcode in (9, 10):
                 continue

@@ -43,8 +43,16 @@ same `notify`).  `factory.sessions` holds the open sessions; `on_open(session)` 
 longer `is_open`, and leaves `sessions` when its connection is lost); `factory.broadcast(
 method, params, sessions=None)` frames a notification once and sends it to each open one.
 
-Autobahn's own timers (opening and closing handshake timeouts, auto-ping) run on txaio's
-global reactor; the timers of this module (idle check, send stall) use the factory's.
+A server that stops calls `factory.finish()`: no further request is run (those that come are
+dropped unanswered), and once the requests under way (`factory.under_way`) are answered,
+every connection is closed with a close frame saying the server goes away (1001), after
+those answers; it fires when the last connection is gone.  `factory.abort()` drops those
+left at once.
+
+Autobahn's own timers (opening handshake timeout, auto-ping) run on txaio's global reactor;
+the timers of this module (idle check, send stall) use the factory's.  Autobahn's closing
+handshake timeout is off: the only close this server starts with a close frame is `finish`'s,
+bounded by its caller.
 Daemons listen with `strports.service(network.address.server_description(bind), factory)`
 so that a port that cannot be bound stops twistd; `listen_ws` is for tools and tests.
 """
@@ -64,6 +72,7 @@ from zope.interface import implementer
 from network.address import AddressError, listen, parse_address
 from network.output import flush, pending_output, unsent_over, write_now
 from network.timer import Timer
+from network.underway import UnderWay
 from utils import rpc
 from utils.jsonfmt import RawJSON, dumps, loads
 from utils.rpc_server import NO_REPLY
@@ -77,6 +86,7 @@ log = Logger()
 IDLE_CHECK_INTERVAL = 60.0
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSED = WebSocketProtocol.STATE_CLOSED
+_CONNECTING = (WebSocketProtocol.STATE_CONNECTING, WebSocketProtocol.STATE_PROXY_CONNECTING)
 # Headers naming the client behind a proxy, in the order the original consults them.
 _CLIENT_IP_HEADERS = ("x-connecting-ip", "x-forwarded-for", "x-proxy-ip", "x-real-ip")
 
@@ -398,6 +408,17 @@ class WSServerProtocol(WebSocketServerProtocol):
         else:
             self._abort_closed()
 
+    def going_away(self):
+        """Close with a close frame saying the server goes away (1001), sent after what is
+        already written: the client's answering close frame ends the connection.  One still
+        in its opening handshake is dropped; one closing already is left to end."""
+        if self.state == _OPEN:
+            self.factory.release(self)
+            # autobahn's sendClose takes 1000 and 3000-4999 only; 1001 is the code for this
+            self.sendCloseFrame(WebSocketProtocol.CLOSE_STATUS_CODE_GOING_AWAY)
+        elif self.state in _CONNECTING:
+            self.drop("server stopping")
+
     def drop(self, reason: str):
         """Abort the connection at once, discarding unsent output."""
         if self.state != _CLOSED:
@@ -462,15 +483,19 @@ class WSServerFactory(WebSocketServerFactory):
         self.push_window = push_window
         self.sessions = set()
         self._connections = set()
+        self.under_way = UnderWay()   # requests whose answer is awaited
+        self.finishing = False        # the server stops: no further request is run
+        self.drained = None           # fired once `finish` saw the last connection close
         self._held = {}          # protocol -> push frames waiting for the window to close
         self._held_call = None
         self._ids = itertools.count(1)
         self._idle_timer = Timer(self.reactor, IDLE_CHECK_INTERVAL, self.check_idle,
                                  repeat=True, name=name + " idle check")
+        # no closing handshake timer of autobahn's: the caller of `finish` bounds that close
         self.setProtocolOptions(
             maxFramePayloadSize=max_pkg_size, maxMessagePayloadSize=max_pkg_size,
             autoPingInterval=ping_interval, autoPingTimeout=ping_timeout,
-            webStatus=False, allowNullOrigin=True, versions=[13])
+            closeHandshakeTimeout=0, webStatus=False, allowNullOrigin=True, versions=[13])
 
     def startFactory(self):
         if self.keep_alive > 0:
@@ -528,8 +553,34 @@ class WSServerFactory(WebSocketServerFactory):
                          peer=conn.session.client_ip, idle=now - conn.last_activity)
                 conn.close()
 
+    def finish(self):
+        """Run no further request; once those under way are answered, close every
+        connection (`going_away`); fires when every connection is closed."""
+        self.finishing = True
+        if not self._connections:
+            return defer.succeed(None)
+        if self.drained is None:
+            self.drained = defer.Deferred()
+        drained = self.drained
+        self.under_way.ended().addCallback(lambda _: self._going_away())
+        return drained
+
+    def _going_away(self):
+        for conn in list(self._connections):
+            conn.going_away()
+
+    def abort(self) -> int:
+        """Drop every connection at once, whatever it has not sent; returns how many."""
+        connections = list(self._connections)
+        for conn in connections:
+            conn.drop("server stopped")
+        return len(connections)
+
     def dispatch(self, session, request_id, method, params):
         """Run the handler of one request."""
+        if self.finishing:
+            # the server stops: what the client sends now is read and dropped
+            return
         handler = self.handlers.get(method)
         if handler is None:
             log.warn("{name}: unknown method {method!r} from {peer}", name=self.name,
@@ -552,6 +603,8 @@ class WSServerFactory(WebSocketServerFactory):
             return
         if isinstance(result, defer.Deferred):
             result.addCallbacks(request._deferred_result, request._deferred_error)
+            # counted until its answer is written
+            self.under_way.track(result)
         elif result is not NO_REPLY:
             request.reply_result(result)
 
@@ -580,15 +633,17 @@ class WSServerFactory(WebSocketServerFactory):
         self._connections.discard(protocol)
         self._held.pop(protocol, None)
         session = protocol.session
-        if session not in self.sessions:
-            return
-        self.sessions.discard(session)
-        if self.on_close is not None:
-            try:
-                self.on_close(session)
-            except Exception:
-                log.failure("{name}: closing session of {peer} failed", name=self.name,
-                            peer=session.client_ip)
+        if session in self.sessions:
+            self.sessions.discard(session)
+            if self.on_close is not None:
+                try:
+                    self.on_close(session)
+                except Exception:
+                    log.failure("{name}: closing session of {peer} failed", name=self.name,
+                                peer=session.client_ip)
+        if not self._connections and self.drained is not None:
+            drained, self.drained = self.drained, None
+            drained.callback(None)
 
 
 async def _listen_all(reactor, addresses, factory):

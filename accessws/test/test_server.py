@@ -1,6 +1,7 @@
 # -*- test-case-name: accessws.test.test_server -*-
 """accessws in process, against loopback RPC backends and a real auth endpoint: auth
-outcomes, refusals, malformed frames, and a thousand subscribers receiving pushes."""
+outcomes, refusals, malformed frames, and a thousand subscribers receiving pushes; its stop
+in memory too."""
 
 import json
 import time
@@ -8,14 +9,17 @@ import time
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, reactor, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogLevel, capturedLogs
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 
 from accessws import config
 from accessws.server import AccessWS
 from utils import testing
+from utils.rpc_client import ConnectionLost
 from utils.rpc_server import RPCServerFactory, listen_rpc
+from utils.test.test_websocket import connect, request
 from utils.testing import until
 
 
@@ -49,14 +53,35 @@ class Backend:
     def __init__(self):
         self.book = {"asks": [["8000", "1"]], "bids": []}
         self.deals = []
+        self.today = lambda params, request: {}
 
     def handlers(self):
         return {206: lambda params, request: self.book,
                 303: lambda params, request: [d for d in self.deals if d["id"] > params[2]],
                 304: lambda params, request: "0", 301: lambda params, request: {},
-                305: lambda params, request: {}, 302: lambda params, request: [],
+                305: lambda params, request: self.today(params, request),
+                302: lambda params, request: [],
                 203: lambda params, request: {"records": params},
                 101: lambda params, request: {"BTC": {"available": "1", "freeze": "0"}}}
+
+
+def gateway_config(backend="tcp@127.0.0.1:1", bind="tcp@127.0.0.1:1",
+                   auth_url="http://127.0.0.1:1/auth", max_request_size=10240, **extra):
+    """A configuration of accessws with every backend at `backend`."""
+    section = {"addr": [backend], "max_pkg_size": 2000000,
+               "max_request_size": max_request_size}
+    return config.load_data({
+        "log": {"path": "log/accessws", "flag": "fatal"},
+        "svr": {"bind": [bind], "max_pkg_size": 10240},
+        "monitor": {"bind": "tcp@127.0.0.1:%d" % testing.free_port(), "max_pkg_size": 1024},
+        "matchengine": dict(section, name="matchengine"),
+        "marketprice": dict(section, name="marketprice"),
+        "readhistory": dict(section, name="readhistory"),
+        "orders": {"brokers": "127.0.0.1:1", "topic": "orders"},
+        "balances": {"brokers": "127.0.0.1:1", "topic": "balances"},
+        "auth_url": auth_url, "sign_url": auth_url, "backend_timeout": 0.5,
+        "depth_interval": 0.1, "deals_interval": 0.1,
+        "depth_limit": [10], "depth_merge": ["0"], **extra})
 
 
 def self_signed(directory):
@@ -100,23 +125,10 @@ class ServiceTests(TestCase):
         self.addCleanup(web.stopListening)
         self.addCleanup(lambda: [r.channel.transport.abortConnection() for r in auth.slow
                                  if r.channel is not None])
-        auth_url = "http://127.0.0.1:%d/auth" % web.getHost().port
-        backend = {"addr": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 2000000,
-                   "max_request_size": max_request_size}
         self.ws_port = testing.free_port()
-        cfg = config.load_data({
-            "log": {"path": "log/accessws", "flag": "fatal"},
-            "svr": {"bind": ["tcp@127.0.0.1:%d" % self.ws_port], "max_pkg_size": 10240},
-            "monitor": {"bind": "tcp@127.0.0.1:%d" % testing.free_port(),
-                        "max_pkg_size": 1024},
-            "matchengine": dict(backend, name="matchengine"),
-            "marketprice": dict(backend, name="marketprice"),
-            "readhistory": dict(backend, name="readhistory"),
-            "orders": {"brokers": "127.0.0.1:1", "topic": "orders"},
-            "balances": {"brokers": "127.0.0.1:1", "topic": "balances"},
-            "auth_url": auth_url, "sign_url": auth_url, "backend_timeout": 0.5,
-            "depth_interval": 0.1, "deals_interval": 0.1,
-            "depth_limit": [10], "depth_merge": ["0"], **extra})
+        cfg = gateway_config("tcp@127.0.0.1:%d" % port, "tcp@127.0.0.1:%d" % self.ws_port,
+                             "http://127.0.0.1:%d/auth" % web.getHost().port,
+                             max_request_size, **extra)
         from accessws.tap import http_get
         self.service = AccessWS(cfg, reactor=reactor, http_get=http_get(reactor))
         await self.service.startService()
@@ -422,6 +434,142 @@ class ServiceTests(TestCase):
     def test_tls(self):
         """With `tls`, the tcp bind serves wss:// with the configured certificate."""
         return defer.Deferred.fromCoroutine(self.tls_scenario())
+
+    async def stop_scenario(self):
+        await self.start(backend_timeout=2.0)
+        reached = defer.Deferred()
+
+        def today(params, request):
+            # under way; the reply leaves a moment later, as from a backend under load
+            reached.callback(None)
+            return deferLater(reactor, 0.2, lambda: {"open": "1"})
+        self.backend.today = today
+
+        def run():
+            client = testing.WSClient("127.0.0.1", self.ws_port)
+            try:
+                client.send(json.dumps({"id": 1, "method": "today.query",
+                                        "params": ["BTCBCH"]}))
+                reply = json.loads(client.recv(5))
+                try:
+                    ended = "more: " + client.recv(5)
+                except ConnectionError as e:
+                    ended = str(e)
+                except TimeoutError:
+                    ended = "still open"
+                return reply, ended, client.close_code
+            finally:
+                client.close()
+        answered = threads.deferToThread(run)
+        await reached
+        await self.service.stopService()
+        self.assertEqual(await answered, (
+            {"error": None, "result": {"open": "1"}, "id": 1}, "closed by the server", 1001))
+
+    def test_query_under_way_at_stop(self):
+        """A query the backend is answering when accessws stops gets that answer, not error
+        5, and the connection is then closed with a close frame 1001 (going away)."""
+        return defer.Deferred.fromCoroutine(self.stop_scenario())
+
+
+class FakeBackend:
+    """A backend client that records its calls and its stop; as the real one's, its stop
+    fails the calls it has not answered with ConnectionLost."""
+
+    connected = True
+
+    def __init__(self, name, calls):
+        self.name = name
+        self.calls = calls
+        self.pending = []
+
+    def start(self):
+        """Nothing to connect to: calls are only recorded."""
+
+    def stop(self):
+        self.calls.append((self.name, "stop"))
+        pending, self.pending = self.pending, []
+        for d in pending:
+            if not d.called:
+                d.errback(ConnectionLost("connection to %s lost" % self.name))
+
+    def call_raw(self, command, body, timeout, req_id=0):
+        self.calls.append((self.name, command, body, req_id))
+        self.pending.append(defer.Deferred())
+        return self.pending[-1]
+
+
+class FakePort:
+    """A listening port that records when it is closed."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def stopListening(self):
+        self.calls.append(("port", "stopListening"))
+
+
+class StopTests(SynchronousTestCase):
+    """accessws's stop: a client in memory, fake backends and clock."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.calls = []
+        self.service = AccessWS(gateway_config(), reactor=self.clock, listen=False)
+        for key in list(self.service.clients):
+            self.service.clients[key] = FakeBackend(" ".join(key), self.calls)
+        self.service.ports = [FakePort(self.calls)]
+        factory = self.service.factory
+        # Autobahn's opening handshake timer runs on the global reactor: none in memory tests.
+        factory.setProtocolOptions(openHandshakeTimeout=0)
+        factory.doStart()
+        self.addCleanup(factory.doStop)
+        self.server, self.client, self.pump = connect(factory, self.clock)
+        self.client.sendMessage(request(1, "today.query", ["BTCBCH"]))
+        self.pump.flush()
+        self.assertEqual(self.calls, [("marketprice query", 305, b'["BTCBCH"]', 1)])
+        self.pending = self.service.clients["marketprice", "query"].pending[0]
+        del self.calls[:]
+        self.stops = [(" ".join(key), "stop") for key in self.service.clients]
+
+    def test_query_under_way_answered(self):
+        """A query whose backend call is under way when the service stops gets the
+        backend's answer; a request sent meanwhile is not run; the backend clients stop
+        only then, the connection closes with a close frame 1001 (going away), and the
+        stop ends."""
+        stopped = self.service.stopService()
+        self.assertNoResult(stopped)
+        self.assertEqual(self.calls, [("port", "stopListening")])
+        self.client.sendMessage(request(2, "deals.query", ["BTCBCH", 10, 0]))
+        self.pump.flush()
+        self.clock.advance(0.4)
+        self.assertEqual(self.calls, [("port", "stopListening")])
+        self.pending.callback(b'{"error": null, "result": {"open": "1"}, "id": 1}')
+        self.pump.flush()
+        self.assertEqual(self.client.take(),
+                         [b'{"error": null, "result": {"open": "1"}, "id": 1}'])
+        self.assertEqual(self.client.close_code, 1001)
+        self.assertTrue(self.client.lost)
+        self.assertEqual(self.calls, [("port", "stopListening")] + self.stops)
+        self.successResultOf(stopped)
+        self.service.factory.doStop()     # as its last port would: its idle check ends
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop_bounded(self):
+        """A backend call that does not end holds the backend clients `backend_timeout`
+        at most; a client that does not end the close is dropped `backend_timeout`
+        later."""
+        stopped = self.service.stopService()
+        self.clock.advance(0.49)
+        self.assertEqual(self.calls, [("port", "stopListening")])
+        self.clock.advance(0.01)
+        self.assertEqual(self.calls, [("port", "stopListening")] + self.stops)
+        self.assertNoResult(stopped)
+        self.clock.advance(0.5)
+        self.assertTrue(self.server.transport.disconnecting)
+        self.pump.flush()
+        self.successResultOf(stopped)
+        self.assertTrue(self.client.lost)
 
 
 class TLSConfigTests(TestCase):

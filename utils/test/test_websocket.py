@@ -10,7 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import defer, threads
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -147,6 +150,7 @@ class Client(WebSocketClientProtocol):
         self.queue = defer.DeferredQueue()
         self.opened = False
         self.lost = False
+        self.close_code = None
         self.gone = defer.Deferred()
         super().connectionMade()
 
@@ -156,6 +160,9 @@ class Client(WebSocketClientProtocol):
     def onMessage(self, payload, isBinary):
         self.received.append(payload)
         self.queue.put(payload)
+
+    def onClose(self, wasClean, code, reason):
+        self.close_code = code
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
@@ -176,6 +183,26 @@ class BufferedTransport(iosim.FakeTransport):
     @property
     def dataBuffer(self):
         return b"".join(self.stream)
+
+
+def connect(factory, clock, protocols=None, headers=None, origin=None):
+    """A `Client` connected to a server of `factory` in memory: (server, client, pump)."""
+    server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9000))
+    client_factory = WebSocketClientFactory("ws://127.0.0.1:9000", protocols=protocols,
+                                            headers=headers, origin=origin, reactor=clock)
+    client_factory.protocol = Client
+    client_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0,
+                                      serverConnectionDropTimeout=0)
+    client = client_factory.buildProtocol(None)
+    server_transport = BufferedTransport(
+        server, isServer=True, hostAddress=IPv4Address("TCP", "127.0.0.1", 9000),
+        peerAddress=IPv4Address("TCP", "10.0.0.7", 5555))
+    client_transport = iosim.FakeTransport(
+        client, isServer=False, hostAddress=IPv4Address("TCP", "10.0.0.7", 5555),
+        peerAddress=IPv4Address("TCP", "127.0.0.1", 9000))
+    pump = iosim.connect(server, server_transport, client, client_transport)
+    pump.flush()
+    return server, client, pump
 
 
 class Memory(SynchronousTestCase):
@@ -236,23 +263,7 @@ class Memory(SynchronousTestCase):
         return session.data
 
     def connect(self, protocols=None, headers=None, origin=None):
-        server = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9000))
-        client_factory = WebSocketClientFactory("ws://127.0.0.1:9000", protocols=protocols,
-                                                headers=headers, origin=origin,
-                                                reactor=self.clock)
-        client_factory.protocol = Client
-        client_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0,
-                                          serverConnectionDropTimeout=0)
-        client = client_factory.buildProtocol(None)
-        server_transport = BufferedTransport(
-            server, isServer=True, hostAddress=IPv4Address("TCP", "127.0.0.1", 9000),
-            peerAddress=IPv4Address("TCP", "10.0.0.7", 5555))
-        client_transport = iosim.FakeTransport(
-            client, isServer=False, hostAddress=IPv4Address("TCP", "10.0.0.7", 5555),
-            peerAddress=IPv4Address("TCP", "127.0.0.1", 9000))
-        pump = iosim.connect(server, server_transport, client, client_transport)
-        pump.flush()
-        return server, client, pump
+        return connect(self.factory, self.clock, protocols, headers, origin)
 
     def exchange(self, client, pump, payload, binary=False):
         client.sendMessage(payload, isBinary=binary)
@@ -527,6 +538,54 @@ class IdleTests(Memory):
         pump.flush()
         self.assertFalse(client.lost)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class FinishTests(Memory):
+
+    def test_answers_then_closes(self):
+        """Once finishing, no further request is run; the requests under way are answered,
+        and then every connection is closed with a close frame 1001 (going away), after
+        those answers; `finish` fires when the last connection is gone."""
+        busy, busy_client, busy_pump = self.connect()
+        idle, idle_client, idle_pump = self.connect()
+        self.assertEqual(self.exchange(busy_client, busy_pump, request(1, "later")), [])
+        finished = self.factory.finish()
+        self.assertEqual(self.exchange(busy_client, busy_pump, request(2, "server.ping")), [])
+        self.assertEqual(self.exchange(idle_client, idle_pump, request(3, "later")), [])
+        self.assertEqual((len(self.pending), self.factory.under_way.count), (1, 1))
+        self.assertFalse(busy_client.lost or idle_client.lost)
+        self.assertNoResult(finished)
+        self.pending.pop().callback("late")
+        busy_pump.flush()
+        idle_pump.flush()
+        self.assertEqual(busy_client.take(), [b'{"error": null, "result": "late", "id": 1}'])
+        for client in (busy_client, idle_client):
+            self.assertTrue(client.lost)
+            self.assertEqual(client.close_code, 1001)
+        self.assertEqual(self.factory.sessions, set())
+        self.successResultOf(finished)
+
+    def test_handshake_under_way_dropped(self):
+        """A connection still in its opening handshake is dropped at once."""
+        server = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9000))
+        transport = StringTransport()
+        server.makeConnection(transport)
+        finished = self.factory.finish()
+        self.assertTrue(transport.disconnected)
+        server.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(finished)
+
+    def test_abort(self):
+        """`abort` drops every connection at once, its answers awaited or not; `finish`
+        then fires.  With no connection, `finish` fires at once."""
+        server, client, pump = self.connect()
+        self.exchange(client, pump, request(1, "later"))
+        finished = self.factory.finish()
+        self.assertEqual(self.factory.abort(), 1)
+        pump.flush()
+        self.assertTrue(client.lost)
+        self.successResultOf(finished)
+        self.successResultOf(self.factory.finish())
 
 
 class PushWindowTests(Memory):

@@ -1,0 +1,36 @@
+# -*- test-case-name: network.test.test_underway -*-
+"""Deferreds under way, counted."""
+
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+
+from network.underway import UnderWay
+
+
+class UnderWayTests(SynchronousTestCase):
+
+    def test_ended_after_the_last(self):
+        """`ended` fires once every tracked Deferred has fired, however it ended; their
+        results pass through."""
+        calls = UnderWay()
+        first, second = defer.Deferred(), defer.Deferred()
+        self.assertIs(calls.track(first), first)
+        calls.track(second)
+        self.assertEqual(calls.count, 2)
+        ended = calls.ended()
+        first.callback("answer")
+        self.assertEqual(self.successResultOf(first), "answer")
+        self.assertNoResult(ended)
+        second.errback(KeyError("x"))
+        self.failureResultOf(second, KeyError)
+        self.assertEqual(calls.count, 0)
+        self.successResultOf(ended)
+
+    def test_nothing_under_way(self):
+        """With nothing under way, `ended` has fired already, and tracking an answered
+        Deferred leaves nothing counted."""
+        calls = UnderWay()
+        self.successResultOf(calls.ended())
+        calls.track(defer.succeed(1))
+        self.assertEqual(calls.count, 0)
+        self.successResultOf(calls.ended())
