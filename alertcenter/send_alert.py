@@ -13,7 +13,9 @@ crash at any moment loses none; one may be mailed twice.  A mail the server refu
 for good is logged as critical with its text and dropped, so that it cannot hold back the
 others.  A failure that is neither the mail server's answer nor the network's (a mail that
 cannot be made of these alerts) is taken as a refusal for good.  Other failures (a refusal
-that is not for good, a server out of reach, Redis away) are retried every 10 s.
+that is not for good, a server out of reach, Redis away) are retried every 10 s; but a
+database number the Redis server refuses (`redis.db` past the databases it has) before the
+script has once connected is a mistake of the config, which ends it.
 
 List entries are read as UTF-8; an entry that is not valid UTF-8 (another writer's bytes) is
 mailed with its bad bytes replaced by U+FFFD.
@@ -30,6 +32,8 @@ from twisted.logger import Logger, LogLevel
 from twisted.mail.smtp import SMTPError
 
 from alertcenter.server import KEY
+from utils.config import ConfigError
+from utils.redisdb import DatabaseRefused
 
 log = Logger()
 
@@ -77,6 +81,7 @@ class Mailer:
         self.batch = BATCH
         self.last_sent = 0.0
         self.sent = 0
+        self.reached = False        # whether Redis has taken a connection since the start
 
     def compose(self, alerts):
         message = EmailMessage()
@@ -102,11 +107,23 @@ class Mailer:
         pause = self.last_sent + self.mail["interval"] - self.clock_time()
         if pause > 0:
             await task.deferLater(self.reactor, pause, lambda: None)
-        conn = await self.store.connect()
+        conn = await self._connect()
         try:
             return await self._mail_head(conn)
         finally:
             conn.disconnect()
+
+    async def _connect(self):
+        """A connection to Redis.  Until one has been made, a database number the server
+        refuses is a ConfigError naming `redis.db`; after that it is retried as an outage."""
+        try:
+            conn = await self.store.connect()
+        except DatabaseRefused as e:
+            if self.reached:
+                raise
+            raise ConfigError("redis.db: %s" % e) from None
+        self.reached = True
+        return conn
 
     async def _mail_head(self, conn):
         waited = 0.0
@@ -148,6 +165,8 @@ class Mailer:
         while True:
             try:
                 await self.run_once()
+            except ConfigError:
+                raise
             except Exception:
                 log.failure("send_alert: will try again in 10 s")
                 await task.deferLater(self.reactor, 10, lambda: None)
@@ -158,7 +177,6 @@ def main(argv=None):
 
     from alertcenter import config
     from utils import redisdb
-    from utils.config import ConfigError
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="conf/config.json")
     args = parser.parse_args(argv)
@@ -171,9 +189,18 @@ def main(argv=None):
         raise SystemExit("%s: no `mail` section: nowhere to send alerts" % args.config)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
 
+    def refused(failure):
+        # one line naming the file and the key, as a config that cannot be loaded (on the
+        # real stderr: the log took sys.stderr over)
+        failure.trap(ConfigError)
+        print("%s: %s" % (args.config, failure.getErrorMessage()), file=sys.__stderr__,
+              flush=True)
+        raise SystemExit(1)
+
     def run(reactor):
         store = redisdb.from_config(cfg.redis)
-        return defer.Deferred.fromCoroutine(Mailer(store, cfg.mail, reactor).run())
+        d = defer.Deferred.fromCoroutine(Mailer(store, cfg.mail, reactor).run())
+        return d.addErrback(refused)
     task.react(run)
 
 

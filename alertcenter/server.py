@@ -9,6 +9,10 @@ A line that is too short or lacks the magic closes the TCP connection or drops t
 Each alert is logged and appended with RPUSH to `alert:message` on the Redis master found
 through the sentinels.  While Redis cannot be reached alerts wait in memory (at most
 `queue_limit`, the oldest dropped first) and are pushed, in order, once it is back.
+
+A database number the server refuses (`redis.db` past the databases it has) would keep every
+alert waiting for ever: Redis is tried once at start, and that refusal stops alertcenter as
+a config error, then or, Redis away at start, when it first answers.
 """
 
 import collections
@@ -19,7 +23,9 @@ from twisted.logger import Logger
 
 from network.address import buffer_sizes, listen, listen_udp, parse_address
 from utils.alert import MAGIC
+from utils.config import ConfigError
 from utils.daemon import give_up, mark_ready
+from utils.redisdb import DatabaseRefused
 
 __all__ = ["AlertCenter", "KEY", "parse_line"]
 
@@ -96,12 +102,29 @@ class AlertCenter(service.Service):
         self.pushed = 0
         self.pushing = False
         self.ports = []
+        self.reached = False        # whether Redis has taken a connection since the start
 
     def startService(self):
         service.Service.startService(self)
-        return defer.Deferred.fromCoroutine(self._listen())
+        return defer.Deferred.fromCoroutine(self._start())
+
+    async def _start(self):
+        if not await self._listen():
+            return
+        # a Redis that cannot be reached is not waited for: alerts wait until it answers
+        try:
+            (await self._connect()).disconnect()
+        except ConfigError:
+            give_up(self.reactor, self.log, "alertcenter could not start")
+            return
+        except Exception as e:
+            self.log.warn("alertcenter: {store} unavailable ({error}); alerts wait until it "
+                          "answers", store=self.store.describe(), error=e)
+        self.log.info("alertcenter ready on {bind}", bind=", ".join(self.cfg["svr"]["bind"]))
+        mark_ready()
 
     async def _listen(self):
+        """Whether every address of `svr.bind` is listened on (else the daemon gives up)."""
         factory = protocol.Factory.forProtocol(lambda: _LineProtocol(self))
         try:
             buffers = buffer_sizes(self.cfg["svr"])
@@ -114,9 +137,21 @@ class AlertCenter(service.Service):
                                                  max_size=self.max_size, **buffers))
         except Exception:
             give_up(self.reactor, self.log, "alertcenter could not listen")
-            return
-        self.log.info("alertcenter ready on {bind}", bind=", ".join(self.cfg["svr"]["bind"]))
-        mark_ready()
+            return False
+        return True
+
+    async def _connect(self):
+        """A connection to Redis.  Until one has been made, a database number the server
+        refuses is a ConfigError naming `redis.db`; after that it is one more failure,
+        retried as an outage is."""
+        try:
+            conn = await self.store.connect()
+        except DatabaseRefused as e:
+            if self.reached:
+                raise
+            raise ConfigError("redis.db: %s" % e) from None
+        self.reached = True
+        return conn
 
     def stopService(self):
         service.Service.stopService(self)
@@ -157,7 +192,10 @@ class AlertCenter(service.Service):
         try:
             while self.queue:
                 try:
-                    conn = await self.store.connect()
+                    conn = await self._connect()
+                except ConfigError:
+                    give_up(self.reactor, self.log, "alertcenter cannot push alerts")
+                    return
                 except Exception as e:
                     self.log.error("alertcenter: {store} unavailable ({error}); {count} alerts "
                                    "wait", store=self.store.describe(), error=e,

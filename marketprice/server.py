@@ -1,9 +1,11 @@
 # -*- test-case-name: marketprice.test.test_server -*-
 """The marketprice daemon: deals from Kafka into k-lines, kept in Redis, served over RPC.
 
-At start it asks accesshttp for `market.list` (retrying until it answers), loads each
-market's k-lines, recent deals and last price from Redis, and consumes the `deals` topic
-from the offset after the one stored in `k:offset` (from the beginning when none is stored).
+At start it connects to Redis (retrying every second while Redis cannot be reached; a
+database number the server refuses, `redis.db` past the databases it has, stops it as a config
+error), asks accesshttp for `market.list` (retrying until it answers), loads each market's
+k-lines, recent deals and last price from Redis, and consumes the `deals` topic from the
+offset after the one stored in `k:offset` (from the beginning when none is stored).
 
 Every 10 s the changes go to Redis in one MULTI/EXEC transaction together with the offset of
 the last deal applied, so Redis always holds the state of exactly one offset: after a crash
@@ -23,8 +25,10 @@ from network.address import buffer_sizes
 from marketprice.kline import (DEALS_MAX, GRANULARITIES, MONTH, WEEK, KLine, Market,
                                parse_deal, timezone_offset)
 from utils import decimals, rpc
+from utils.config import ConfigError
 from utils.daemon import give_up, mark_ready
 from utils.jsonfmt import RawJSON, dumps
+from utils.redisdb import DatabaseRefused
 from utils.rpc_server import RPCServerFactory, listen_rpc
 
 __all__ = ["MarketPrice"]
@@ -108,6 +112,8 @@ class MarketPrice(service.Service):
         give_up(self.reactor, self.log, "marketprice could not start", failure)
 
     async def _start(self):
+        # Redis first: a database it refuses is told at once, not once accesshttp answers
+        (await self._connect_retrying()).disconnect()
         names = await self._market_names()
         conn = await self._connect_retrying()
         try:
@@ -146,9 +152,14 @@ class MarketPrice(service.Service):
                 await self._sleep(1.0)
 
     async def _connect_retrying(self):
+        """A connection to Redis, tried again every second while it cannot be reached.  A
+        database number the server refuses is a ConfigError naming `redis.db`: no retry
+        mends it, and the daemon would otherwise wait for ever."""
         while True:
             try:
                 return await self.store.connect()
+            except DatabaseRefused as e:
+                raise ConfigError("redis.db: %s" % e) from None
             except Exception as e:
                 self.log.error("marketprice: {store} unavailable ({error}); retrying in 1 s",
                                store=self.store.describe(), error=e)

@@ -14,6 +14,11 @@ For one long-lived connection instead: `connect(host, port)` (reconnects by itse
 `SentinelClient(name, addrs)` (looks the master up again whenever its connection is lost or
 the server turns read-only).
 
+A database number the server refuses (SELECT answered with an error: `db` past the number of
+databases it has) fails `connect()` of Plain and Sentinel with DatabaseRefused, where a server
+that cannot be reached fails with RedisUnavailable or a connection error: the first is a
+mistake of the config that no retry mends, the others may pass.
+
 Replies are text (`convertNumbers` off: a price stays "8000.00000000").
 """
 
@@ -25,8 +30,8 @@ import txredisapi
 from twisted.internet import defer
 from twisted.logger import Logger
 
-__all__ = ["RedisUnavailable", "connect", "Plain", "Sentinel", "SentinelClient",
-           "MemoryRedis", "from_config"]
+__all__ = ["RedisUnavailable", "DatabaseRefused", "connect", "Plain", "Sentinel",
+           "SentinelClient", "MemoryRedis", "from_config"]
 
 TIMEOUT = 3.0
 
@@ -35,11 +40,34 @@ class RedisUnavailable(Exception):
     """No sentinel answered, or no master could be reached."""
 
 
-async def _open(host, port, db, timeout):
-    conn = await txredisapi.Connection(host, port, dbid=db or None, reconnect=False,
-                                       connectTimeout=timeout, replyTimeout=timeout,
-                                       convertNumbers=False)
+class DatabaseRefused(Exception):
+    """The server answered SELECT with an error: the database number is not one it has."""
+
+    def __init__(self, db, server, reply):
+        super().__init__("database %d refused by %s: %s" % (db, server, reply))
+        self.db = db
+        self.server = server
+        self.reply = reply
+
+
+async def _open(host, port, timeout):
+    conn = await txredisapi.Connection(host, port, reconnect=False, connectTimeout=timeout,
+                                       replyTimeout=timeout, convertNumbers=False)
     return conn
+
+
+async def _select(conn, db, server):
+    """Switch `conn` to database `db` (0: the one it starts in).  An error reply is a
+    DatabaseRefused naming `server`; a reply that is not about the number (the server
+    loading, a password asked for) or a lost connection is raised as it is."""
+    if not db:
+        return
+    try:
+        await conn.select(db)
+    except txredisapi.ResponseError as e:
+        if str(e).startswith("ERR"):
+            raise DatabaseRefused(db, server, e) from None
+        raise
 
 
 async def _connect(host, port, db, reactor, timeout):
@@ -72,7 +100,16 @@ class Plain:
         self.host, self.port, self.db, self.timeout = host, int(port), db, timeout
 
     def connect(self):
-        return defer.Deferred.fromCoroutine(_open(self.host, self.port, self.db, self.timeout))
+        return defer.Deferred.fromCoroutine(self._connect())
+
+    async def _connect(self):
+        conn = await _open(self.host, self.port, self.timeout)
+        try:
+            await _select(conn, self.db, "redis %s:%d" % (self.host, self.port))
+        except Exception:
+            conn.disconnect()
+            raise
+        return conn
 
     def describe(self):
         return "redis %s:%d/%d" % (self.host, self.port, self.db)
@@ -99,7 +136,7 @@ class Sentinel:
         errors = []
         for addr in list(self.addrs):
             try:
-                conn = await _open(addr[0], addr[1], 0, self.timeout)
+                conn = await _open(addr[0], addr[1], self.timeout)
             except Exception as e:
                 errors.append("%s:%d: %s" % (addr[0], addr[1], e))
                 continue
@@ -120,18 +157,30 @@ class Sentinel:
                                                                     "; ".join(errors)))
 
     async def _connect(self):
+        """The master's connection, in database `db`: asked for once the server is known
+        to be the master, whose refusal (DatabaseRefused) ends the search at once."""
         last = None
         for _ in range(self.attempts):
             host, port = await self.master_address()
             try:
-                conn = await _open(host, port, self.db, self.timeout)
-                role = await conn.execute_command("ROLE")
+                conn = await _open(host, port, self.timeout)
             except Exception as e:
                 last = "%s:%d: %s" % (host, port, e)
                 continue
-            if isinstance(role, list) and role and role[0] == "master":
-                self.master = (host, port)
-                return conn
+            try:
+                role = await conn.execute_command("ROLE")
+                if isinstance(role, list) and role and role[0] == "master":
+                    await _select(conn, self.db, "redis master %r at %s:%d"
+                                  % (self.name, host, port))
+                    self.master = (host, port)
+                    return conn
+            except DatabaseRefused:
+                conn.disconnect()
+                raise
+            except Exception as e:
+                conn.disconnect()
+                last = "%s:%d: %s" % (host, port, e)
+                continue
             conn.disconnect()
             last = "%s:%d is not a master" % (host, port)
         raise RedisUnavailable("master %r not reachable: %s" % (self.name, last))

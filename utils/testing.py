@@ -324,6 +324,18 @@ class DaemonProcess:
                 self.module, port, os.path.join(self.workdir, self.module + ".out")))
         return self
 
+    def wait_exit(self, seconds):
+        """The exit status of a daemon that ends by itself within `seconds`, else None."""
+        try:
+            return self.proc.wait(seconds)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def output(self):
+        """What the daemon has written on stdout and stderr so far, as text lines."""
+        with open(os.path.join(self.workdir, self.module + ".out"), "rb") as f:
+            return f.read().decode("utf-8", "replace").splitlines()
+
     def stop(self, sig=None):
         import signal
         if self.proc is not None and self.proc.poll() is None:

@@ -3,6 +3,9 @@
 
 import email
 import json
+import os
+import subprocess
+import sys
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory
@@ -302,6 +305,32 @@ class ConfigTests(SynchronousTestCase):
         with self.assertRaises(SystemExit) as caught:
             main(["--config", path])
         self.assertIn("no `mail` section", caught.exception.code)
+
+    def test_database_refused(self):
+        """`redis.db` past the databases of the Redis master (10000; it has 16) ends the
+        script with exit status 1 and a line on stderr naming the file and the key;
+        it used to try again every 10 s for ever."""
+        sentinel = testing.require("sentinel")
+        redis = testing.require("redis")
+        path = os.path.abspath(self.config(
+            redis={"name": sentinel["name"], "addr": sentinel["addr"], "db": 10000},
+            mail={"sender": "alerts@localhost", "recipients": ["ops@localhost"]}))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [testing.ROOT,
+                                                          env.get("PYTHONPATH")]))
+        proc = subprocess.Popen([sys.executable, "-m", "alertcenter.send_alert", "--config",
+                                 path], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=env)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        self.assertEqual(proc.returncode, 1, err.decode())
+        self.assertIn("%s: redis.db: database 10000 refused by redis master %r at %s:%d: ERR "
+                      "DB index is out of range"
+                      % (path, sentinel["name"], redis["host"], int(redis["port"])),
+                      err.decode().splitlines())
 
 
 def deferLater(seconds):

@@ -1,19 +1,21 @@
 # -*- test-case-name: alertcenter.test.test_server -*-
 """alertcenter with a real Redis: alerts over TCP and UDP land in alert:message."""
 
+import os
 import socket
 
 from twisted.internet import defer, reactor
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from alertcenter import config
+from alertcenter import config, server
 from alertcenter.server import KEY, AlertCenter, _LineProtocol, parse_line
 from utils import redisdb, testing
 from utils.alert import AlertSender, MAGIC
 from utils.testing import until
 
 # a Redis database each test of its own: tests run in parallel (trial -j)
-REDIS_DBS = {"scenario": 5, "stop_scenario": 12, "long_scenario": 13}
+REDIS_DBS = {"scenario": 5, "stop_scenario": 12, "long_scenario": 13, "away_scenario": 1}
 
 
 def closed(sock):
@@ -113,6 +115,60 @@ class CenterTests(TestCase):
         """Alerts still waiting when the service stops are pushed before it ends."""
         return defer.Deferred.fromCoroutine(self.stop_scenario())
 
+    async def away_scenario(self):
+        db = REDIS_DBS["away_scenario"]
+        info, conn = await self.alert_list(db)
+        proxy = testing.CuttableProxy(int(info["port"]))        # not up yet: Redis away
+        self.addCleanup(proxy.down)
+        port, cfg = center_config("udp")
+        store = redisdb.Plain("127.0.0.1", proxy.port, db=db, timeout=1)
+        gave_up = []
+        self.patch(server, "give_up", lambda *args: gave_up.append(args))
+        center = AlertCenter(cfg, store, reactor=reactor, retry_delay=0.1)
+        await center.startService()
+        self.addCleanup(center.stopService)
+        sender = AlertSender(reactor, "matchengine", "127.0.0.1:%d" % port)
+        self.addCleanup(sender.close)
+        sender.send("[fatal]before redis")
+        await until(lambda: len(center.queue) == 1, 10, "alert waiting")
+        proxy.up()
+        await until(lambda: center.pushed == 1, 10, "alert pushed")
+        self.assertEqual(await conn.lrange(KEY, 0, -1), ["matchengine: [fatal]before redis"])
+        self.assertEqual(gave_up, [])
+
+    def test_redis_away_at_start(self):
+        """A Redis that cannot be reached at start is not waited for: alertcenter listens,
+        and the alerts wait until it answers."""
+        return defer.Deferred.fromCoroutine(self.away_scenario())
+
+    async def refused_later_scenario(self):
+        info = testing.require("redis")
+        proxy = testing.CuttableProxy(int(info["port"]))        # not up yet: Redis away
+        self.addCleanup(proxy.down)
+        gave_up = []
+        self.patch(server, "give_up", lambda reactor, log, what, failure=None: gave_up.append(
+            (what, (failure or Failure()).getErrorMessage())))
+        port, cfg = center_config("udp")
+        store = redisdb.Plain("127.0.0.1", proxy.port, db=10000, timeout=1)
+        center = AlertCenter(cfg, store, reactor=reactor, retry_delay=0.1)
+        await center.startService()
+        self.addCleanup(center.stopService)
+        self.assertEqual(gave_up, [])
+        sender = AlertSender(reactor, "matchengine", "127.0.0.1:%d" % port)
+        self.addCleanup(sender.close)
+        sender.send("[fatal]before redis")
+        await until(lambda: len(center.queue) == 1, 10, "alert waiting")
+        proxy.up()
+        await until(lambda: gave_up, 10, "alertcenter giving up")
+        self.assertEqual(gave_up, [(
+            "alertcenter cannot push alerts", "redis.db: database 10000 refused by redis "
+            "127.0.0.1:%d: ERR DB index is out of range" % proxy.port)])
+
+    def test_database_refused_when_redis_answers(self):
+        """Redis away at start, a database number it refuses once it answers stops
+        alertcenter as at start, naming `redis.db`: the alerts would wait for ever."""
+        return defer.Deferred.fromCoroutine(self.refused_later_scenario())
+
     async def long_scenario(self):
         db = REDIS_DBS["long_scenario"]
         info, conn = await self.alert_list(db)
@@ -157,6 +213,29 @@ class CenterTests(TestCase):
     def test_small_max_pkg_size(self):
         """A datagram is read up to a max_pkg_size below 10,240 too."""
         return defer.Deferred.fromCoroutine(self.small_scenario())
+
+
+class DaemonStartTests(SynchronousTestCase):
+
+    def test_database_refused(self):
+        """`redis.db` past the databases of the Redis master (10000; it has 16) stops
+        `twistd alertcenter` at start with exit status 1 and one line on stderr naming the
+        key; it used to run, every alert waiting for ever."""
+        sentinel = testing.require("sentinel")
+        redis = testing.require("redis")
+        port = testing.free_port()
+        center = testing.DaemonProcess("alertcenter", testing.base_config(
+            "alertcenter", svr={"bind": ["tcp@127.0.0.1:%d" % port, "udp@127.0.0.1:%d" % port],
+                                "max_pkg_size": 10240},
+            redis={"name": sentinel["name"], "addr": sentinel["addr"], "db": 10000}),
+            os.path.abspath(self.mktemp()))
+        center.start()
+        self.addCleanup(center.stop)
+        self.assertEqual(center.wait_exit(30), 1, "\n".join(center.output()[-20:]))
+        self.assertIn("alertcenter could not start: redis.db: database 10000 refused by "
+                      "redis master %r at %s:%d: ERR DB index is out of range"
+                      % (sentinel["name"], redis["host"], int(redis["port"])),
+                      center.output())
 
 
 class LineSizeTests(SynchronousTestCase):

@@ -1,13 +1,15 @@
 # -*- test-case-name: marketprice.test.test_server -*-
 """The marketprice service with a real Redis behind a proxy the test cuts, and an in-process
-bus for the deals: it serves from memory while Redis is away and catches up after."""
+bus for the deals: it serves from memory while Redis is away and catches up after.  At start
+a Redis away is waited for, and a database number it refuses stops the daemon."""
 
 import json
+import os
 import uuid
 
 import txredisapi
 from twisted.internet import defer, reactor
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from marketprice import config, server
 from marketprice.server import MarketPrice
@@ -286,3 +288,75 @@ class RetentionTests(TestCase):
         """Buckets past retention leave Redis by name (no scan of the hashes), those an
         earlier run left included; a deletion Redis refuses is tried again."""
         return defer.Deferred.fromCoroutine(self.scenario())
+
+
+class CountingStore:
+    """A Redis store that counts the connections it failed to make."""
+
+    def __init__(self, store):
+        self.store = store
+        self.failures = 0
+
+    def describe(self):
+        return self.store.describe()
+
+    async def connect(self):
+        try:
+            return await self.store.connect()
+        except Exception:
+            self.failures += 1
+            raise
+
+
+class StartTests(TestCase):
+
+    timeout = 60
+
+    async def away_scenario(self):
+        info = testing.require("redis")
+        proxy = testing.CuttableProxy(int(info["port"]))        # not up yet: Redis away
+        self.addCleanup(proxy.down)
+        store = CountingStore(redisdb.Plain("127.0.0.1", proxy.port, db=11, timeout=1))
+        gave_up = []
+        self.patch(server, "give_up", lambda *args: gave_up.append(args))
+        bus = InProcessBus(reactor=reactor)
+        name = "M" + uuid.uuid4().hex[:6]
+        mp = MarketPrice(service_config(), store,
+                         lambda offset, on_message: bus.consumer("deals", on_message, offset),
+                         lambda: defer.succeed([name]), reactor=reactor,
+                         clock_time=lambda: T0 + 100, listen=False)
+        started = mp.startService()
+        self.addCleanup(mp.stopService)
+        await until(lambda: store.failures >= 2, 10, "a second attempt")
+        self.assertFalse(mp.is_ready)
+        proxy.up()
+        await started
+        self.assertTrue(mp.is_ready)
+        self.assertEqual(list(mp.markets), [name])
+        self.assertEqual(gave_up, [])
+
+    def test_redis_away_at_start(self):
+        """A Redis that cannot be reached at start is tried again every second, and the
+        start goes on once it answers."""
+        return defer.Deferred.fromCoroutine(self.away_scenario())
+
+
+class DaemonStartTests(SynchronousTestCase):
+
+    def test_database_refused(self):
+        """`redis.db` past the databases of the Redis master (10000; it has 16) stops
+        `twistd marketprice` at start with exit status 1 and one line on stderr naming the
+        key, before accesshttp is asked for the markets; it used to retry for ever."""
+        sentinel = testing.require("sentinel")
+        redis = testing.require("redis")
+        mp = testing.DaemonProcess("marketprice", testing.base_config(
+            "marketprice", svr=testing.rpc_svr(testing.free_port()),
+            deals={"brokers": "127.0.0.1:1", "topic": "deals"},
+            redis={"name": sentinel["name"], "addr": sentinel["addr"], "db": 10000},
+            accesshttp="http://127.0.0.1:1/"), os.path.abspath(self.mktemp()))
+        mp.start()
+        self.addCleanup(mp.stop)
+        self.assertEqual(mp.wait_exit(30), 1, "\n".join(mp.output()[-20:]))
+        self.assertIn("marketprice could not start: redis.db: database 10000 refused by "
+                      "redis master %r at %s:%d: ERR DB index is out of range"
+                      % (sentinel["name"], redis["host"], int(redis["port"])), mp.output())

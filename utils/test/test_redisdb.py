@@ -110,6 +110,47 @@ class RealRedisTests(TestCase):
         self.assertIn("no-such-master", str(e.exception))
 
     @coroutine
+    async def test_database_refused(self):
+        """A database number past the server's (16 by default) fails with DatabaseRefused,
+        naming the number, the server and its answer; a server that cannot be reached fails
+        otherwise, whatever the number."""
+        info = testing.require("redis")
+        with self.assertRaises(redisdb.DatabaseRefused) as e:
+            await redisdb.Plain(info["host"], info["port"], db=10000, timeout=2).connect()
+        self.assertEqual(str(e.exception), "database 10000 refused by redis %s:%d: ERR DB "
+                         "index is out of range" % (info["host"], int(info["port"])))
+        dead = redisdb.Plain("127.0.0.1", testing.free_port(), db=10000, timeout=1)
+        with self.assertRaises(Exception) as e:
+            await dead.connect()
+        self.assertNotIsInstance(e.exception, redisdb.DatabaseRefused)
+
+    @coroutine
+    async def test_sentinel_database(self):
+        """Through the sentinels the database is selected on the master: a number it has
+        is used, and one it refuses fails at once with DatabaseRefused naming the master
+        (a new lookup would find the same master: no more attempts are made)."""
+        info = testing.require("sentinel")
+        redis = testing.require("redis")
+        key = self.prefix + "db"
+        self.addCleanup(testing.redis_command, 15, "DEL", key)
+        conn = await redisdb.Sentinel(info["name"], info["addr"], db=15).connect()
+        try:
+            await conn.set(key, "15")
+        finally:
+            conn.disconnect()
+        self.assertEqual(testing.redis_command(15, "EXISTS", key), b":1\r\n")
+        store = redisdb.Sentinel(info["name"], info["addr"], db=10000, timeout=2)
+        lookups = []
+        master_address = store.master_address
+        store.master_address = lambda: lookups.append(1) or master_address()
+        with self.assertRaises(redisdb.DatabaseRefused) as e:
+            await store.connect()
+        self.assertEqual(str(e.exception), "database 10000 refused by redis master %r at "
+                         "%s:%d: ERR DB index is out of range"
+                         % (info["name"], redis["host"], int(redis["port"])))
+        self.assertEqual(lookups, [1])
+
+    @coroutine
     async def test_client(self):
         """SentinelClient sends commands to the master the sentinel names."""
         client = self.client()
