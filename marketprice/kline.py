@@ -52,10 +52,12 @@ class KLine:
         if price < self.low:
             self.low = price
 
+    def values(self):
+        """(open, close, high, low, volume, deal): a copy later deals leave as it is."""
+        return self.open, self.close, self.high, self.low, self.volume, self.deal
+
     def to_json(self):
-        return json.dumps([to_display(self.open), to_display(self.close), to_display(self.high),
-                           to_display(self.low), to_display(self.volume),
-                           to_display(self.deal)])
+        return kline_json(self.values())
 
     @classmethod
     def from_json(cls, text):
@@ -67,6 +69,11 @@ class KLine:
         k.open, k.close, k.high, k.low, k.volume = map(parse, values[:5])
         k.deal = parse(values[5]) if len(values) == 6 else ZERO
         return k
+
+
+def kline_json(values):
+    """A k-line's `values()` as stored in Redis."""
+    return json.dumps([to_display(v) for v in values])
 
 
 class Merge:
@@ -105,7 +112,7 @@ class Market:
         self.dirty = set()              # (granularity, bucket time)
         self.to_flush = []              # deal records, oldest first: DEALS_MAX at most, the
         # list in Redis keeping no more (a Redis away for long costs no more memory)
-        self.unsure = []                # deals of a flush that failed (`MarketPrice.unsure`)
+        self.unsure = []                # deals of failed flushes, not known written
         self.recent = set()             # ids of the deals in `deals`
         self.late = set()               # granularities with a bucket made out of time order
         self.update_time = 0.0

@@ -12,8 +12,23 @@ the last deal applied, so Redis always holds the state of exactly one offset: af
 or a restart consumption resumes right after it, and nothing is lost or counted twice.  While
 Redis is down the daemon keeps serving from memory and writes everything at the next flush
 that succeeds.
+
+Each flush first reads `k:offset` (watched: the transaction is refused should another client
+change it before EXEC), even with nothing to write, and learns from it what Redis holds:
+
+- the offset of the last flush known written: as expected; a flush whose answer to EXEC was
+  lost in between was not applied, and its deals go with this one;
+- the offset of that flush whose answer was lost: it was applied, and its deals are not
+  pushed again.  A flush writes only once the one before it is settled so: any number of
+  failed flushes in a row leave every deal listed once;
+- any other offset, or none where one was written: Redis lost data (it restarted empty, or
+  from an older snapshot).  A warning says so, and the flush replaces what Redis has of each
+  market by all that is held (k-line buckets, recent deals, last price) with the offset, in
+  one transaction of commands of 1,000 fields or deals at most; flushes do so until one is
+  written.
 """
 
+import itertools
 import time
 
 from twisted.application import service
@@ -23,12 +38,12 @@ from twisted.logger import Logger
 
 from network.address import buffer_sizes
 from marketprice.kline import (DEALS_MAX, GRANULARITIES, MONTH, WEEK, KLine, Market,
-                               parse_deal, timezone_offset)
+                               kline_json, parse_deal, timezone_offset)
 from utils import decimals, rpc
 from utils.config import ConfigError
 from utils.daemon import give_up, mark_ready
 from utils.jsonfmt import RawJSON, dumps
-from utils.redisdb import DatabaseRefused
+from utils.redisdb import DatabaseRefused, WatchError
 from utils.rpc_server import RPCServerFactory, listen_rpc
 
 __all__ = ["MarketPrice"]
@@ -37,6 +52,8 @@ STATUS, KLINE, DEALS, LAST, TODAY = 301, 302, 303, 304, 305
 DEALS_LIMIT = 10000
 HASH_SCAN_COUNT = 10000     # fields asked per HSCAN when loading
 REDIS_DROP_CHUNK = 1000     # fields per HDEL
+REDIS_WRITE_CHUNK = 1000    # fields per HMSET, deals per RPUSH, when all is written again
+REDIS_QUEUE_PART = 10       # commands of a transaction sent before Redis is waited for
 
 
 def integer(value):
@@ -77,13 +94,19 @@ class MarketPrice(service.Service):
         self.limits = (cfg["sec_max"], cfg["min_max"], cfg["hour_max"])
         self.markets = {}
         self.offset = None             # Kafka offset of the last deal applied
+        # the offset whose state Redis is known to hold: read at start, then that of each
+        # flush written (None: none stored)
         self.flushed_offset = None
         self.last_flush = 0.0
         self.flushing = None           # the flush being written
-        # the offset of the last flush that failed: its transaction may have been applied
-        # all the same (a connection lost with the answer to EXEC), which the offset in
-        # Redis tells at the next flush; its deals wait in each market's `unsure`
+        # the offset of a flush that failed once EXEC was sent: its transaction may have
+        # been applied all the same (a connection lost with the answer to EXEC), which the
+        # offset in Redis tells at the next flush; the deals not known written wait in each
+        # market's `unsure`
         self.unsure = None
+        # Redis was found without the state of `flushed_offset` (restarted empty, or from an
+        # older snapshot): flushes write all that is held until one is written
+        self.redis_lost = False
         self.flush_waiting = []        # Deferreds of flushes asked for meanwhile
         self.consumer = None
         self.cache = {}                # market -> {request body: (time, result)}
@@ -247,7 +270,8 @@ class MarketPrice(service.Service):
     # -- flushing ----------------------------------------------------------------------
 
     def flush(self):
-        """Write what changed since the last flush, and the offset, in one transaction.
+        """Write what changed since the last flush, and the offset, in one transaction; or
+        all that is held, where Redis is found to have lost what was written before.
 
         Flushes run one at a time: one asked for while another is being written starts when
         that one is done.  Fires once what there was at the call is written (or, Redis
@@ -272,81 +296,119 @@ class MarketPrice(service.Service):
         self.flushing.addBoth(finished)
 
     async def _flush_once(self):
-        if self.offset == self.flushed_offset:
+        # with nothing to write the offset is read all the same: a Redis emptied while the
+        # markets are quiet is written again at once, not after the next deal (Redis away
+        # then is not logged: nothing is at stake)
+        changed = (self.offset != self.flushed_offset or self.unsure is not None
+                   or self.redis_lost)
+        try:
+            conn = await self.store.connect()
+        except Exception as e:
+            if changed:
+                self.log.critical("marketprice: flush failed, {store} unavailable ({error}); "
+                                  "kept for the next flush", store=self.store.describe(),
+                                  error=e)
             return
-        if self.unsure is not None and await self._stored_offset() == self.unsure:
-            # the failed flush was applied: its deals are in Redis's lists already
+        try:
+            await self._flush_on(conn, changed)
+        finally:
+            conn.disconnect()
+
+    async def _flush_on(self, conn, changed):
+        try:
+            # watched, the offset read makes the transaction below fail should another
+            # client change it meanwhile
+            watched = await conn.watch("k:offset")
+            stored = await watched.get("k:offset")
+        except Exception as e:
+            if changed:
+                self.log.critical("marketprice: flush failed, k:offset not read ({error}); "
+                                  "kept for the next flush", error=e)
+            return
+        self._check_stored(stored)
+        if not (changed or self.redis_lost):
+            return
+        whole = self.redis_lost
+        taken = []
+        sent = False
+        try:
+            t = await watched.multi()
+            commands, offset = self._take(whole, taken)
+            await _queue(t, commands)
+            sent = True
+            await t.commit()
+        except Exception as e:
+            for market, dirty, records in taken:
+                # kept for the next flush, older than what came meanwhile (the newest of
+                # the deals only: the lists keep no more)
+                market.dirty |= dirty
+                market.unsure = records[-DEALS_MAX:]
+            if isinstance(e, WatchError):
+                self.log.critical("marketprice: flush refused, k:offset changed since it was "
+                                  "read (another writer?); kept for the next flush")
+                return
+            if sent:
+                # EXEC went out: applied or not, the offset in Redis tells at the next flush
+                self.unsure = offset
+            self.log.critical("marketprice: flush failed ({error}); kept for the next flush",
+                              error=e)
+            return
+        self.flushed_offset = offset
+        self.redis_lost = False
+        self.last_flush = self.clock_time()
+        if whole:
+            self.log.info("marketprice: all that is held written to Redis again, up to "
+                          "offset {offset}", offset=offset)
+
+    def _check_stored(self, stored):
+        """What Redis holds, told by the offset it has (`stored`, text or None): the state
+        of the last flush known written, that of the flush whose answer was lost, or
+        neither: Redis lost data (it restarted empty, or from an older snapshot) and all
+        that is held is to be written again."""
+        if self.unsure is not None and stored == str(self.unsure):
+            # the unsure flush was applied: its deals are in Redis's lists already
             self.flushed_offset, self.unsure = self.unsure, None
+            self.redis_lost = False
             for market in self.markets.values():
                 market.unsure = []
+            return
+        # a flush whose answer was lost was not applied: its deals go with this one
+        self.unsure = None
+        if self.redis_lost or stored == (None if self.flushed_offset is None
+                                         else str(self.flushed_offset)):
+            return
+        self.log.warn("marketprice: Redis lost data: k:offset is {stored} where {flushed} was "
+                      "written last (Redis restarted empty or from an older snapshot); all "
+                      "that is held is written again", stored=_shown(stored),
+                      flushed=_shown(self.flushed_offset))
+        self.redis_lost = True
+
+    def _take(self, whole, taken):
+        """The commands writing what changed since the last flush known written, or
+        (`whole`) all that is held, then the offset; what each market gives up is added to
+        `taken`.  Returns the commands and the offset.
+
+        What is taken and the offset are read together, no deal applied in between: Redis
+        then holds the state of exactly that offset.  All that is held is copied as values,
+        quickly, and made into commands as they are sent."""
         commands = []
-        taken = []
+        held = []
         for market in self.markets.values():
             # what changes from here on is marked again, for the next flush: a bucket a deal
             # changes while this one is written is written again then, with its new value
             dirty, market.dirty = market.dirty, set()
             records, market.to_flush = market.unsure + market.to_flush, []
             market.unsure = []
-            for g, t in sorted(dirty):
-                bucket = market.buckets[g].get(t)
-                if bucket is not None:
-                    commands.append(("hset", "k:%s:%s" % (market.name, g), t,
-                                     bucket.to_json()))
-            if dirty or records:
-                commands.append(("set", "k:%s:last" % market.name, market.last_price()))
-            if records:
-                commands.append(("lpush", "k:%s:deals" % market.name,
-                                 [market.record_json(r) for r in records]))
-                commands.append(("ltrim", "k:%s:deals" % market.name, 0, 9999))
             taken.append((market, dirty, records))
+            if whole:
+                held.append(_held(market))
+            else:
+                commands += _market_changes(market, dirty, records)
         offset = self.offset
-        commands.append(("set", "k:offset", offset))
-        if await self._write(commands):
-            self.flushed_offset = offset
-            self.unsure = None
-            self.last_flush = self.clock_time()
-        else:
-            # kept for the next flush, older than what came meanwhile (the newest of the
-            # deals only: the lists keep no more)
-            self.unsure = offset
-            for market, dirty, records in taken:
-                market.dirty |= dirty
-                market.unsure = records[-DEALS_MAX:]
-
-    async def _stored_offset(self):
-        """The offset Redis holds, None when it cannot be read."""
-        try:
-            conn = await self.store.connect()
-        except Exception:
-            return None
-        try:
-            stored = await conn.get("k:offset")
-        except Exception:
-            return None
-        finally:
-            conn.disconnect()
-        return None if stored is None else int(stored)
-
-    async def _write(self, commands):
-        """Whether `commands` were written, in one transaction."""
-        try:
-            conn = await self.store.connect()
-        except Exception as e:
-            self.log.critical("marketprice: flush failed, {store} unavailable ({error}); "
-                              "kept for the next flush", store=self.store.describe(), error=e)
-            return False
-        try:
-            t = await conn.multi()
-            queued = [getattr(t, name)(*args) for name, *args in commands]
-            await defer.gatherResults(queued, consumeErrors=True)
-            await t.commit()
-        except Exception as e:
-            self.log.critical("marketprice: flush failed ({error}); kept for the next flush",
-                              error=e)
-            return False
-        finally:
-            conn.disconnect()
-        return True
+        if whole:
+            commands = itertools.chain.from_iterable(_whole_market(*h) for h in held)
+        last = ("delete", "k:offset") if offset is None else ("set", "k:offset", offset)
+        return itertools.chain(commands, [last]), offset
 
     # -- retention ---------------------------------------------------------------------
 
@@ -449,6 +511,66 @@ class MarketPrice(service.Service):
         market = self._market(params[0])
         return self._cached(market, request,
                             lambda: market.status_today(int(self.clock_time())))
+
+
+def _market_changes(market, dirty, records):
+    """The commands writing what changed in `market`: the buckets `dirty` names, the deal
+    `records` (oldest first) and the last price."""
+    for g, t in sorted(dirty):
+        bucket = market.buckets[g].get(t)
+        if bucket is not None:
+            yield "hset", "k:%s:%s" % (market.name, g), t, bucket.to_json()
+    if dirty or records:
+        yield "set", "k:%s:last" % market.name, market.last_price()
+    if records:
+        yield "lpush", "k:%s:deals" % market.name, [market.record_json(r) for r in records]
+        yield "ltrim", "k:%s:deals" % market.name, 0, DEALS_MAX - 1
+
+
+def _held(market):
+    """All that is held of `market`, copied: (name, {granularity: [(time, k-line values)]},
+    deal records newest first, last price or None)."""
+    return (market.name,
+            {g: [(t, bucket.values()) for t, bucket in market.buckets[g].items()]
+             for g in GRANULARITIES},
+            list(market.deals), market.last_price() if market.priced else None)
+
+
+def _whole_market(name, buckets, records, last):
+    """The commands replacing what Redis has of a market by what `_held` copied: its
+    hashes and list in parts of REDIS_WRITE_CHUNK, so that a week of second buckets
+    (604,800 of them) makes no giant command."""
+    keys = ["k:%s:%s" % (name, g) for g in GRANULARITIES]
+    yield "delete", keys + ["k:%s:deals" % name, "k:%s:last" % name]
+    for g, key in zip(GRANULARITIES, keys):
+        made = buckets[g]
+        for i in range(0, len(made), REDIS_WRITE_CHUNK):
+            yield "hmset", key, {t: kline_json(values)
+                                 for t, values in made[i:i + REDIS_WRITE_CHUNK]}
+    for i in range(0, len(records), REDIS_WRITE_CHUNK):
+        yield "rpush", "k:%s:deals" % name, [Market.record_json(r)
+                                            for r in records[i:i + REDIS_WRITE_CHUNK]]
+    if last is not None:
+        yield "set", "k:%s:last" % name, last
+
+
+async def _queue(t, commands):
+    """Send `commands` in transaction `t`, REDIS_QUEUE_PART at a time, each part once
+    Redis has taken the one before: a long transaction (all that is held, written again)
+    lets the daemon serve in between, and each command's answer is timed from when it is
+    sent, not from when the daemon could read it."""
+    part = []
+    for name, *args in commands:
+        part.append(getattr(t, name)(*args))
+        if len(part) == REDIS_QUEUE_PART:
+            await defer.gatherResults(part, consumeErrors=True)
+            part = []
+    await defer.gatherResults(part, consumeErrors=True)
+
+
+def _shown(offset):
+    """An offset for the log: "none" where none is stored."""
+    return "none" if offset is None else offset
 
 
 async def _read_hash(conn, key):

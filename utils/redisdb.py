@@ -30,10 +30,13 @@ import txredisapi
 from twisted.internet import defer
 from twisted.logger import Logger
 
-__all__ = ["RedisUnavailable", "DatabaseRefused", "connect", "Plain", "Sentinel",
-           "SentinelClient", "MemoryRedis", "from_config"]
+__all__ = ["RedisUnavailable", "DatabaseRefused", "WatchError", "connect", "Plain",
+           "Sentinel", "SentinelClient", "MemoryRedis", "from_config"]
 
 TIMEOUT = 3.0
+
+# what commit() of a transaction raises when a key watched before it changed
+WatchError = txredisapi.WatchError
 
 
 class RedisUnavailable(Exception):
@@ -389,6 +392,12 @@ class MemoryRedis:
         h[str(field)] = str(value)
         return defer.succeed(int(new))
 
+    def hmset(self, key, mapping):
+        self._changed()
+        h = self.data.setdefault(key, {})
+        h.update((str(field), str(value)) for field, value in mapping.items())
+        return defer.succeed("OK")
+
     def hgetall(self, key):
         return defer.succeed(dict(self.data.get(key, {})))
 
@@ -464,6 +473,11 @@ class MemoryRedis:
         if not z:
             self.data.pop(key, None)
         return defer.succeed(len(gone))
+
+    def watch(self, keys):
+        """As txredisapi's: the connection to go on with.  Nothing else writes to a store
+        in memory, so no transaction is refused."""
+        return defer.succeed(self)
 
     def multi(self):
         """A transaction: commands queue and are applied together by `commit()`."""

@@ -203,6 +203,7 @@ class CuttableProxy:
 
     Cut, it refuses new connections and drops the open ones, which is how a client sees a
     server that went down; restored, it forwards again to a server that kept its state.
+    `cut_at` cuts it at a chosen point of a conversation.
     """
 
     def __init__(self, target_port, port=None):
@@ -210,6 +211,7 @@ class CuttableProxy:
         self.port = port or free_port()
         self.listening = None
         self.connections = set()
+        self.armed = None
 
     def up(self):
         from twisted.internet import reactor
@@ -217,7 +219,20 @@ class CuttableProxy:
 
         proxy = self
 
+        class Client(portforward.ProxyClient):
+            def dataReceived(self, data):
+                if self.peer.answer_held:
+                    proxy.down()
+                    return
+                super().dataReceived(data)
+
+        class ClientFactory(portforward.ProxyClientFactory):
+            protocol = Client
+
         class Server(portforward.ProxyServer):
+            clientProtocolFactory = ClientFactory
+            answer_held = False
+
             def connectionMade(self):
                 proxy.connections.add(self)
                 super().connectionMade()
@@ -226,10 +241,28 @@ class CuttableProxy:
                 proxy.connections.discard(self)
                 super().connectionLost(reason)
 
+            def dataReceived(self, data):
+                if proxy.armed is None or proxy.armed[0] not in data:
+                    super().dataReceived(data)
+                    return
+                forward = proxy.armed[1]
+                proxy.armed = None
+                if forward:
+                    self.answer_held = True
+                    super().dataReceived(data)
+                else:
+                    proxy.down()
+
         factory = portforward.ProxyFactory("127.0.0.1", self.target_port)
         factory.protocol = Server
         self.listening = reactor.listenTCP(self.port, factory, interface="127.0.0.1")
         return self
+
+    def cut_at(self, marker, forward=True):
+        """The next time a client sends `marker` (bytes, such as b"EXEC"), the proxy goes
+        down (as `down`): once the server's answer to it comes, which the client never
+        sees, or (not `forward`) at once, the server never seeing it."""
+        self.armed = (marker, forward)
 
     def down(self):
         d = self.listening.stopListening() if self.listening else None

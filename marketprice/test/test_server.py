@@ -9,9 +9,11 @@ import uuid
 
 import txredisapi
 from twisted.internet import defer, reactor
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from marketprice import config, server
+from marketprice.kline import GRANULARITIES
 from marketprice.server import MarketPrice
 from utils import redisdb, testing
 from utils.kafka_queue import InProcessBus
@@ -46,6 +48,50 @@ async def redis_behind_proxy(test):
     await conn.execute_command("FLUSHDB")
     test.addCleanup(conn.execute_command, "FLUSHDB")
     return proxy, store, conn
+
+
+def lost_data_warnings(test):
+    """A list the warnings that Redis lost data are added to, text, while `test` runs."""
+    found = []
+
+    def observe(event):
+        if event.get("log_level") is LogLevel.warn and "lost data" in (
+                event.get("log_format") or ""):
+            found.append(formatEvent(event))
+    globalLogPublisher.addObserver(observe)
+    test.addCleanup(globalLogPublisher.removeObserver, observe)
+    return found
+
+
+async def in_redis(conn, name):
+    """What Redis holds of market `name`, and its offset."""
+    state = {g: await conn.hgetall("k:%s:%s" % (name, g)) for g in GRANULARITIES}
+    state["deals"] = await conn.lrange("k:%s:deals" % name, 0, -1)
+    state["last"] = await conn.get("k:%s:last" % name)
+    return state, await conn.get("k:offset")
+
+
+def held(mp, name):
+    """What `mp` holds of market `name`, as `in_redis` reads it, and its offset."""
+    market = mp.markets[name]
+    state = {g: {str(t): bucket.to_json() for t, bucket in market.buckets[g].items()}
+             for g in GRANULARITIES}
+    state["deals"] = [market.record_json(r) for r in market.deals]
+    state["last"] = market.last_price()
+    return state, str(mp.offset)
+
+
+async def put_back(conn, name, saved):
+    """Redis emptied, then holding only `saved` (what `in_redis` read): Redis restarted
+    from an older snapshot."""
+    state, offset = saved
+    await conn.execute_command("FLUSHDB")
+    for g in GRANULARITIES:
+        if state[g]:
+            await conn.hmset("k:%s:%s" % (name, g), state[g])
+    await conn.rpush("k:%s:deals" % name, state["deals"])
+    await conn.set("k:%s:last" % name, state["last"])
+    await conn.set("k:offset", offset)
 
 
 class OutageTests(TestCase):
@@ -119,7 +165,8 @@ class FlushTests(TestCase):
     timeout = 60
 
     async def started(self):
-        proxy, store, self.conn = await redis_behind_proxy(self)
+        self.proxy, store, self.conn = await redis_behind_proxy(self)
+        self.lost = lost_data_warnings(self)
         self.store = GatedStore(store)
         bus = InProcessBus(reactor=reactor)
         self.producer = bus.producer()
@@ -169,36 +216,59 @@ class FlushTests(TestCase):
     async def lost_answer_scenario(self):
         mp = await self.started()
         await self.deal(mp, 1, "12", "2")
-        write = mp._write
-
-        async def applied_unanswered(commands):
-            # the transaction applied, the answer to EXEC lost with the connection
-            await write(commands)
-            return False
-        mp._write = applied_unanswered
+        self.proxy.cut_at(b"EXEC")
         await mp.flush()
+        self.assertEqual(await self.conn.get("k:offset"), "1")      # applied, unanswered
         self.assertEqual(mp.unsure, 1)
-        mp._write = write
+        # the next flush finds Redis away, reads no offset and writes nothing
         await self.deal(mp, 2, "11", "1")
+        await mp.flush()
+        self.proxy.up()
         await mp.flush()
         (stored, deals, offset), (bucket, recent) = await self.in_redis(mp)
         self.assertEqual(offset, "2")
         self.assertEqual(deals, [3, 2, 1])
         self.assertEqual(deals, recent)
         self.assertEqual(stored, bucket)
-        # and one that was not applied is written by the next flush
-        mp._write = lambda commands: defer.succeed(False)
-        await self.deal(mp, 3, "13", "1")
-        await mp.flush()
-        mp._write = write
-        await mp.flush()
-        (stored, deals, offset), _ = await self.in_redis(mp)
-        self.assertEqual((offset, deals), ("3", [4, 3, 2, 1]))
+        self.assertEqual(self.lost, [])
 
     def test_flush_applied_but_unanswered(self):
-        """A flush whose transaction was applied though its answer was lost is not written
-        again: the offset in Redis tells (its deals were pushed twice onto the lists)."""
+        """A flush whose transaction was applied though its answer was lost, followed by
+        one that cannot reach Redis, is not written again once Redis answers: the offset in
+        Redis tells (the deals of both were pushed again, listed twice after a restart)."""
         return defer.Deferred.fromCoroutine(self.lost_answer_scenario())
+
+    async def unsure_in_a_row_scenario(self):
+        mp = await self.started()
+        # lost answers to EXEC, applied or not, each followed by a deal and a flush that
+        # finds Redis away, then Redis back
+        offset = 0
+        for applied in (True, True, False, True, False, False):
+            offset += 1
+            await self.deal(mp, offset, "1%d" % offset, "1")
+            self.proxy.cut_at(b"EXEC", forward=applied)
+            await mp.flush()
+            self.assertEqual(await self.conn.get("k:offset"),
+                             str(offset if applied else mp.flushed_offset))
+            self.assertEqual(mp.unsure, offset)
+            offset += 1
+            await self.deal(mp, offset, "1%d" % offset, "1")
+            await mp.flush()
+            self.proxy.up()
+        await mp.flush()
+        (stored, deals, stored_offset), (bucket, recent) = await self.in_redis(mp)
+        self.assertEqual(stored_offset, str(offset))
+        self.assertEqual(deals, list(range(offset + 1, 0, -1)))
+        self.assertEqual(deals, recent)
+        self.assertEqual(stored, bucket)
+        self.assertEqual(mp.unsure, None)
+        self.assertEqual(self.lost, [])
+
+    def test_unsure_flushes_in_a_row(self):
+        """Flushes whose answers were lost, applied or not, each followed by one that finds
+        Redis away, leave every deal listed once: each flush reads the offset in Redis,
+        which tells whether the one before it was applied, before it writes."""
+        return defer.Deferred.fromCoroutine(self.unsure_in_a_row_scenario())
 
     def test_deal_during_a_flush(self):
         """A deal applied while a flush is being written is written by the next flush,
@@ -236,6 +306,159 @@ class FlushTests(TestCase):
         """A flush asked for while another is written waits for it: two at once wrote the
         same deals twice, and the older could commit last, its offset with it."""
         return defer.Deferred.fromCoroutine(self.overlap_scenario())
+
+
+class RedisLostTests(TestCase):
+    """Redis restarted empty, or from an older snapshot, under a running marketprice."""
+
+    timeout = 60
+
+    async def started(self, left=None):
+        """A marketprice started on an emptied Redis, where `left(conn, name)` then
+        writes what an earlier run left."""
+        self.proxy, store, self.conn = await redis_behind_proxy(self)
+        self.lost = lost_data_warnings(self)
+        bus = InProcessBus(reactor=reactor)
+        self.producer = bus.producer()
+        self.name = "M" + uuid.uuid4().hex[:6]
+        if left is not None:
+            await left(self.conn, self.name)
+        self.service = lambda: MarketPrice(
+            service_config(), store,
+            lambda offset, on_message: bus.consumer("deals", on_message, offset),
+            lambda: defer.succeed([self.name]), reactor=reactor,
+            clock_time=lambda: T0 + 100, listen=False)
+        mp = self.service()
+        await mp.startService()
+        self.addCleanup(mp.stopService)
+        return mp
+
+    async def deal(self, mp, offset, price, amount, later=0):
+        self.producer.send("deals", deal(offset + 1 + later, price, amount, self.name))
+        await until(lambda: mp.offset == offset, what="deal %d applied" % offset)
+
+    async def restarted(self, mp):
+        """What a marketprice started anew on this Redis holds, `mp` stopped."""
+        await mp.stopService()
+        again = self.service()
+        await again.startService()
+        self.addCleanup(again.stopService)
+        return held(again, self.name)
+
+    async def empty_scenario(self):
+        mp = await self.started()
+        for offset in range(3):
+            # in three seconds, minutes and hours
+            await self.deal(mp, offset, "1%d" % offset, "1", later=3661 * offset)
+        await mp.flush()
+        self.assertEqual(await in_redis(self.conn, self.name), held(mp, self.name))
+        # Redis restarts empty; no deal comes: the next flush notices all the same
+        await self.conn.execute_command("FLUSHDB")
+        await mp.flush()
+        self.assertEqual(len(self.lost), 1)
+        self.assertIn("k:offset is none where 2 was written last", self.lost[0])
+        self.assertEqual(await in_redis(self.conn, self.name), held(mp, self.name))
+        # and flushes go on with what changes, warning no more
+        await self.deal(mp, 3, "9", "2")
+        await mp.flush()
+        self.assertEqual(len(self.lost), 1)
+        self.assertEqual(await in_redis(self.conn, self.name), held(mp, self.name))
+        before = held(mp, self.name)
+        self.assertEqual(len(before[0]["deals"]), 4)
+        self.assertEqual(await self.restarted(mp), before)
+
+    def test_redis_restarted_empty(self):
+        """Redis found without the offset last written (restarted empty) is told by a
+        warning and given all that marketprice holds again, in one transaction with the
+        offset, even with no deal since; it used to receive what changed from then on only,
+        which a restarted marketprice read back as the whole history."""
+        return defer.Deferred.fromCoroutine(self.empty_scenario())
+
+    async def snapshot_scenario(self):
+        mp = await self.started()
+        await self.deal(mp, 0, "10", "1")
+        await self.deal(mp, 1, "12", "2", later=60)
+        await mp.flush()
+        snapshot = await in_redis(self.conn, self.name)
+        await self.deal(mp, 2, "11", "1", later=3600)
+        await self.deal(mp, 3, "13", "1")
+        await mp.flush()
+        # Redis restarts from the snapshot, offset 1; then a deal
+        await put_back(self.conn, self.name, snapshot)
+        await self.deal(mp, 4, "14", "1", later=60)
+        await mp.flush()
+        self.assertEqual(len(self.lost), 1)
+        self.assertIn("k:offset is 1 where 3 was written last", self.lost[0])
+        before = held(mp, self.name)
+        self.assertEqual(await in_redis(self.conn, self.name), before)
+        self.assertEqual(len(before[0]["deals"]), 5)
+        self.assertEqual(await self.restarted(mp), before)
+
+    def test_redis_restarted_from_an_older_snapshot(self):
+        """Redis back with an older offset (an older snapshot) is given all that
+        marketprice holds again: the deals and buckets since the snapshot are not lost."""
+        return defer.Deferred.fromCoroutine(self.snapshot_scenario())
+
+    async def lost_answer_scenario(self):
+        mp = await self.started()
+        await self.deal(mp, 0, "10", "1")
+        await mp.flush()
+        await self.deal(mp, 1, "12", "2")
+        self.proxy.cut_at(b"EXEC")
+        await mp.flush()
+        self.assertEqual(mp.unsure, 1)
+        # Redis restarts empty before the next flush learns that one was applied
+        await self.conn.execute_command("FLUSHDB")
+        self.proxy.up()
+        await mp.flush()
+        self.assertEqual(len(self.lost), 1)
+        self.assertIn("k:offset is none where 0 was written last", self.lost[0])
+        self.assertEqual(await in_redis(self.conn, self.name), held(mp, self.name))
+        self.assertEqual(mp.unsure, None)
+
+    def test_redis_emptied_after_a_lost_answer(self):
+        """An offset neither that written last nor that of the flush whose answer was lost
+        is data lost too: all is written again."""
+        return defer.Deferred.fromCoroutine(self.lost_answer_scenario())
+
+    async def chunks_scenario(self):
+        async def left(conn, name):
+            # 2,500 second buckets and deals
+            kline = json.dumps(["10", "10", "10", "10", "1", "10"])
+            now = int(T0 + 100)
+            await conn.hmset("k:%s:1s" % name, {str(now - 5000 + n): kline
+                                                  for n in range(2500)})
+            await conn.rpush("k:%s:deals" % name, [
+                json.dumps({"id": 5000 - n, "time": T0 - n, "price": "10", "amount": "1",
+                            "type": "buy"}) for n in range(2500)])
+        written = []
+
+        def spy(command):
+            real = getattr(txredisapi.BaseRedisProtocol, command)
+
+            def counted(conn, key, values):
+                written.append((key.split(":")[-1], len(values)))
+                return real(conn, key, values)
+            self.patch(txredisapi.BaseRedisProtocol, command, counted)
+        mp = await self.started(left)
+        await self.deal(mp, 0, "10", "1")
+        await mp.flush()
+        spy("hmset")
+        spy("rpush")
+        await self.conn.execute_command("FLUSHDB")
+        await mp.flush()
+        before = held(mp, self.name)
+        self.assertEqual(await in_redis(self.conn, self.name), before)
+        self.assertEqual(len(before[0]["1s"]), 2501)
+        self.assertEqual(len(before[0]["deals"]), 2501)
+        self.assertEqual(sorted(written), [("1d", 1), ("1h", 1), ("1m", 1), ("1s", 501),
+                                           ("1s", 1000), ("1s", 1000), ("deals", 501),
+                                           ("deals", 1000), ("deals", 1000)])
+
+    def test_written_again_in_parts(self):
+        """All that is held is written again in commands of 1,000 fields or deals at most,
+        not one giant command per hash or list."""
+        return defer.Deferred.fromCoroutine(self.chunks_scenario())
 
 
 class RetentionTests(TestCase):

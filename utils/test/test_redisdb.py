@@ -337,6 +337,17 @@ class MemoryRedisTests(SynchronousTestCase):
         r.set("other", 1)
         self.assertEqual(sorted(self.result(r.keys("k:*"))), ["k:l", "k:offset"])
 
+    def test_watch_and_hmset(self):
+        """watch() answers the store itself, whose transactions are never refused, as
+        marketprice's flush uses it; hmset sets several fields as text."""
+        r = self.r
+        watched = self.result(r.watch("k:offset"))
+        self.assertIs(watched, r)
+        t = self.result(watched.multi())
+        t.hmset("h", {1: "x", "2": 3})
+        self.assertEqual(self.result(t.commit()), ["OK"])
+        self.assertEqual(self.result(r.hgetall("h")), {"1": "x", "2": "3"})
+
     def test_kept_in_file(self):
         """With a path, the store is saved shortly after changes and read back at start."""
         from twisted.internet.task import Clock
