@@ -15,7 +15,8 @@ over their history rows and messages (`matchengine.rebuild`).
 Making a slice must not stall matching: `make_slice` forks.  The child owns a copy-on-write
 image of memory, frozen at that instant; it writes `slice_order_<t>`, `slice_balance_<t>`
 and the `slice_history` row on a connection of its own, then exits, while the parent goes on
-serving.  Old slices past `keeptime` are dropped afterwards, never the last one.
+serving.  Old slices past `keeptime` are dropped afterwards, never the last one, with the
+tables of older slices whose child was killed before their `slice_history` row.
 """
 
 import collections
@@ -607,7 +608,26 @@ def write_slice(db, connection, eng, ts, oper_id, keeptime):
             cursor.execute(db.dialect.sql("DELETE FROM `slice_history` WHERE `id` = %s"),
                            (row_id,))
             connection.commit()
+    _drop_unfinished(db, cursor, ts)
     connection.commit()
+
+
+def _drop_unfinished(db, cursor, ts):
+    """Drop the tables of slices older than `ts` that never got their `slice_history` row:
+    a slice child killed while it wrote (with its daemon, by kill -9) leaves them, and no
+    retention names them.  Only older ones: a newer slice may be under way."""
+    if db.dialect.name == "mysql":
+        cursor.execute("SHOW TABLES LIKE 'slice\\_%'")
+    else:
+        cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                       "AND name LIKE 'slice_%'")
+    names = [row[0] for row in cursor.fetchall()]
+    cursor.execute("SELECT `time` FROM `slice_history`")
+    finished = {int(row[0]) for row in cursor.fetchall()}
+    for name in names:
+        found = re.fullmatch(r"slice_(?:order|balance)_(\d+)", name)
+        if found and int(found.group(1)) < ts and int(found.group(1)) not in finished:
+            cursor.execute("DROP TABLE IF EXISTS %s" % db.dialect.quote(name))
 
 
 def make_slice(eng, db, ts, oper_id, keeptime, reactor, poll=0.05):

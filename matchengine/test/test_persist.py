@@ -285,6 +285,41 @@ class ReaderTests(TestCase):
         cursor.execute("SHOW TABLES LIKE 'slice\\_%\\_1793000000'")
         self.assertEqual(cursor.fetchall(), ())
 
+    async def unfinished_left(self, db):
+        """The slice tables left after a slice at 1793000100, with those of a slice killed
+        at 1793000000 (no slice_history row) and of one under way at 1793000200."""
+        if db.dialect.name != "mysql":
+            with open(os.path.join(testing.ROOT, "depends", "sql", "trade_log.sql")) as f:
+                await db.execute_script(f.read())
+        connection = db.pool.dbapi.connect(*db.pool.connargs, **db.pool.connkw)
+        self.addCleanup(connection.close)
+        cursor = connection.cursor()
+        for t in (1793000000, 1793000200):
+            for kind in ("order", "balance"):
+                db.create_like(cursor, "slice_%s_%d" % (kind, t), "slice_%s_example" % kind)
+        connection.commit()
+        eng, _ = run_live(operations())
+        persist.write_slice(db, connection, eng, 1793000100, 1, 60)
+        if db.dialect.name == "mysql":
+            cursor.execute("SHOW TABLES LIKE 'slice\\_%'")
+        else:
+            cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                           "AND name LIKE 'slice_%'")
+        return sorted(row[0] for row in cursor.fetchall())
+
+    def test_unfinished_slices_dropped(self):
+        """The tables of an older slice that never got its slice_history row (its writer
+        killed with the daemon) are dropped by the next slice; a newer one's are not, nor
+        the templates."""
+        expected = ["slice_balance_1793000100", "slice_balance_1793000200",
+                    "slice_balance_example", "slice_history", "slice_order_1793000100",
+                    "slice_order_1793000200", "slice_order_example"]
+
+        async def run():
+            self.assertEqual(await self.unfinished_left(self.mariadb()), expected)
+            self.assertEqual(await self.unfinished_left(self.sqlite()), expected)
+        return defer.Deferred.fromCoroutine(run())
+
     def test_reader_cannot_query(self):
         """A database error in the child is reported, not taken for the end of the log."""
         async def run():
