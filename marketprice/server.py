@@ -97,6 +97,11 @@ class MarketPrice(service.Service):
         # the offset whose state Redis is known to hold: read at start, then that of each
         # flush written (None: none stored)
         self.flushed_offset = None
+        # deals messages handled, and how many of them the last flush that succeeded wrote:
+        # offsets go back when the topic is read again from its start (it was recreated),
+        # so they cannot tell alone whether anything came since
+        self.handled = 0
+        self.flushed_handled = 0
         self.last_flush = 0.0
         self.flushing = None           # the flush being written
         # the offset of a flush that failed once EXEC was sent: its transaction may have
@@ -266,6 +271,7 @@ class MarketPrice(service.Service):
                               "one of the recent deals applied already; skipped",
                               deal_id=deal_id, market=name, offset=offset)
         self.offset = offset
+        self.handled += 1
 
     # -- flushing ----------------------------------------------------------------------
 
@@ -299,7 +305,7 @@ class MarketPrice(service.Service):
         # with nothing to write the offset is read all the same: a Redis emptied while the
         # markets are quiet is written again at once, not after the next deal (Redis away
         # then is not logged: nothing is at stake)
-        changed = (self.offset != self.flushed_offset or self.unsure is not None
+        changed = (self.handled != self.flushed_handled or self.unsure is not None
                    or self.redis_lost)
         try:
             conn = await self.store.connect()
@@ -334,6 +340,7 @@ class MarketPrice(service.Service):
         try:
             t = await watched.multi()
             commands, offset = self._take(whole, taken)
+            handled = self.handled
             await _queue(t, commands)
             sent = True
             await t.commit()
@@ -353,7 +360,7 @@ class MarketPrice(service.Service):
             self.log.critical("marketprice: flush failed ({error}); kept for the next flush",
                               error=e)
             return
-        self.flushed_offset = offset
+        self.flushed_offset, self.flushed_handled = offset, handled
         self.redis_lost = False
         self.last_flush = self.clock_time()
         if whole:

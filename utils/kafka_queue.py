@@ -12,7 +12,10 @@ Delivery results come back on the reactor thread, as counters and optional callb
 
 `KafkaConsumerService` reads one partition from an explicit offset in a thread and hands
 the messages, with their offsets, to `on_message(offset, value)` on the reactor thread, in
-order; at most `limit` messages are handed over and not yet processed at any time.
+order; at most `limit` messages are handed over and not yet processed at any time.  A
+broker it cannot reach is logged once, as an error, and its return once; a topic recreated
+meanwhile (a broker keeping its topics in memory restarted) is found by the last record
+read, no longer at its offset, and read again from its start.
 
 `InProcessBus` offers the same two interfaces without Kafka (the embedded mode).
 """
@@ -288,6 +291,17 @@ def _retriable(error):
 
 
 CONSUMER_STOP_WAIT = 2.0        # seconds a stopping consumer waits for its reading thread
+# kafka-python's poll retries a broker it cannot reach in silence, and says nothing either of
+# a quiet topic: after PROBE_AFTER seconds without a record, and as long as none comes, the
+# consumer asks the broker for the end of its partition every PROBE_AFTER seconds, and takes
+# the broker for unreachable when there is no answer in PROBE_TIMEOUT seconds
+PROBE_AFTER = 2.0
+PROBE_TIMEOUT = 2.0
+# records that come after CHECK_AFTER seconds without any are read again from the last
+# record handed over, to check that it is still there: a broker keeping its topics in memory
+# that restarted (or lost its data) has a new topic, whose records at the offsets read next
+# are not the ones that followed it
+CHECK_AFTER = 0.5
 
 
 class KafkaConsumerService(service.Service):
@@ -295,9 +309,18 @@ class KafkaConsumerService(service.Service):
 
     `offset`: an int (the next offset to read), "earliest", or "latest"/None (only new
     messages).  `on_message(offset, value)` runs on the reactor thread.
+
+    A broker that does not answer is logged once (error) and once again when it is back
+    (info).  After a pause (no record for CHECK_AFTER seconds: a broker lost and back, or a
+    quiet topic) the first records are checked against the last one handed over: when it is
+    gone or another record holds its offset, the topic was recreated, and it is read again
+    from its start (its end for a consumer of only new messages).
     """
 
     log = Logger()
+    probe_after = PROBE_AFTER
+    probe_timeout = PROBE_TIMEOUT
+    check_after = CHECK_AFTER
 
     def __init__(self, brokers, topic, on_message, partition=0, offset=None, reactor=None,
                  limit=1000, name=None, **consumer_config):
@@ -320,13 +343,22 @@ class KafkaConsumerService(service.Service):
         self.received = 0
         self.last_offset = None
         self.broker_up = None
+        self._lost_at = None
         # with offset "latest": the first offset read, once the broker has told it
         self.start_offset = None
+        # of the reading thread: the broker's state it last reported, the last record it
+        # handed over (None before the first, and after the partition is read again), and
+        # whether the records coming next start with that one (a check under way)
+        self._reported = None
+        self._last = None
+        self._checking = False
+        self._clock = time.monotonic
 
     def startService(self):
         service.Service.startService(self)
         self._stopping.clear()
         self._stopped = defer.Deferred()
+        self._reported, self._last, self._checking = None, None, False
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
@@ -348,14 +380,30 @@ class KafkaConsumerService(service.Service):
     def _broker_state(self, up, error=None):
         if up == self.broker_up:
             return
-        self.broker_up = up
-        if up:
+        before, self.broker_up = self.broker_up, up
+        if up and before is None:
             self.log.info("{name}: reading {topic}[{partition}] from {brokers}",
                           name=self.name, topic=self.topic, partition=self.partition,
                           brokers=self.brokers)
+        elif up:
+            self.log.info("{name}: broker {brokers} answers again after {seconds:.0f} s; "
+                          "reading {topic}[{partition}] goes on", name=self.name,
+                          brokers=self.brokers, seconds=self.reactor.seconds() - self._lost_at,
+                          topic=self.topic, partition=self.partition)
         else:
-            self.log.error("{name}: broker {brokers} unavailable: {error}", name=self.name,
-                           brokers=self.brokers, error=error)
+            self._lost_at = self.reactor.seconds()
+            self.log.error("{name}: broker {brokers} unavailable: {error}; reading "
+                           "{topic}[{partition}] waits for it", name=self.name,
+                           brokers=self.brokers, error=error, topic=self.topic,
+                           partition=self.partition)
+
+    def _reachable(self, up, error=None):
+        """Tell the reactor, from the reading thread, that the broker answers (or not);
+        only a change is sent, and nothing once the service stops (a thread still blocked in
+        a request then tells nothing when it returns)."""
+        if up != self._reported and not self._stopping.is_set():
+            self._reported = up
+            self.reactor.callFromThread(self._broker_state, up, error)
 
     def _deliver(self, batch):
         for offset, value in batch:
@@ -386,10 +434,10 @@ class KafkaConsumerService(service.Service):
                     consumer.seek_to_beginning(tp)
                 else:
                     self._seek_latest(consumer, tp)
-                self.reactor.callFromThread(self._broker_state, True)
+                self._reachable(True)
                 return consumer
             except Exception as e:
-                self.reactor.callFromThread(self._broker_state, False, e)
+                self._reachable(False, e)
                 self._stopping.wait(1.0)
         return None
 
@@ -431,6 +479,22 @@ class KafkaConsumerService(service.Service):
             self._skip_before = None
         return fresh
 
+    def _read_again(self, consumer):
+        """Go to the start of the partition (to its end for a consumer started at the
+        latest offset, or by `auto_offset_reset`); returns which."""
+        # a consumer of what is produced from now on (accessws's pushes) goes to the end:
+        # what the topic holds is old news
+        earliest = (self.offset != "latest"
+                    and self.config.get("auto_offset_reset") == "earliest")
+        if earliest:
+            consumer.seek_to_beginning(self._tp)
+        else:
+            consumer.seek_to_end(self._tp)
+        # nothing of the partition read again has been handed over yet
+        self._last = None
+        self._checking = False
+        return "start" if earliest else "end"
+
     def _past_end(self, consumer):
         """Read the partition again from its start (its end for a consumer started at the
         latest offset, or by `auto_offset_reset`) when the position is past its end: the
@@ -450,38 +514,88 @@ class KafkaConsumerService(service.Service):
             return
         if position is None or position <= end:
             return
-        # a consumer of what is produced from now on (accessws's pushes) goes to the end:
-        # what the topic holds is old news
-        earliest = (self.offset != "latest"
-                    and self.config.get("auto_offset_reset") == "earliest")
+        where = self._read_again(consumer)
         self.reactor.callFromThread(
             self.log.error, "{name}: offset {position} is past the end of {topic} ({end}): "
             "the topic was recreated or truncated; reading it again from its {where}",
-            name=self.name, position=position, topic=self.topic, end=end,
-            where="start" if earliest else "end")
-        if earliest:
-            consumer.seek_to_beginning(tp)
+            name=self.name, position=position, topic=self.topic, end=end, where=where)
+
+    def _probe(self, consumer):
+        """Ask the broker for the end of the partition, to learn whether it answers."""
+        try:
+            consumer.end_offsets([self._tp], timeout_ms=int(self.probe_timeout * 1000))
+        except Exception as e:
+            self._reachable(False, "no answer in %g s to a request for the end of %s[%d] "
+                                   "(%s)" % (self.probe_timeout, self.topic, self.partition,
+                                             type(e).__name__))
         else:
-            consumer.seek_to_end(tp)
+            self._reachable(True)
+
+    def _check(self, consumer):
+        """Have the next records start with the last one handed over, to check it."""
+        consumer.seek(self._tp, self._last.offset)
+        self._checking = True
+
+    def _checked(self, consumer, batch):
+        """The records of `batch` after the last one handed over when they follow it; none
+        when the topic was recreated, which is then read again."""
+        self._checking = False
+        first, last = batch[0], self._last
+        if first.offset > last.offset:
+            # the record is gone, those after it are there: the start of the partition
+            # moved past it (retention), and the broker's reset brought the position there
+            return batch
+        if first.offset < last.offset:
+            # the broker reset the position to a start before it: the partition ends
+            # before it now
+            found = "offset %d is gone (the partition starts again at %d)" % (
+                last.offset, first.offset)
+        elif first.timestamp == last.timestamp and first.value == last.value:
+            return batch[1:]
+        else:
+            found = "another record is at offset %d" % last.offset
+        self._recreated(consumer, found)
+        return []
+
+    def _recreated(self, consumer, found):
+        where = self._read_again(consumer)
+        self.reactor.callFromThread(
+            self.log.warn, "{name}: {topic}[{partition}] is not the one read so far: {found}; "
+            "the topic was recreated (its broker restarted without its data), reading it "
+            "again from its {where}", name=self.name, topic=self.topic,
+            partition=self.partition, found=found, where=where)
 
     def _run(self):
         stopped = self._stopped
         consumer = self._open()
+        # when the last records came (or the consumer opened), and the last probe
+        quiet_since = probed = self._clock()
         while consumer is not None and not self._stopping.is_set():
             try:
                 records = consumer.poll(timeout_ms=200, max_records=self.limit)
             except Exception as e:
-                self.reactor.callFromThread(self._broker_state, False, e)
+                self._reachable(False, e)
                 self._stopping.wait(1.0)
                 continue
             batch = [m for msgs in records.values() for m in msgs]
             if self._skip_before is not None:
                 batch = self._fresh(consumer, batch)
+            now = self._clock()
             if not batch:
                 self._past_end(consumer)
+                if now - max(quiet_since, probed) >= self.probe_after:
+                    self._probe(consumer)
+                    probed = self._clock()
                 continue
-            batch = [(m.offset, m.value) for m in batch]
-            self.reactor.callFromThread(self._broker_state, True)
+            self._reachable(True)
+            if self._checking:
+                batch = self._checked(consumer, batch)
+            elif self._last is not None and now - quiet_since >= self.check_after:
+                self._check(consumer)       # these records come again after the last one
+                continue
+            quiet_since = now
+            if not batch:
+                continue
             taken = 0
             for _ in batch:
                 while not self._slots.acquire(timeout=0.2):
@@ -495,7 +609,8 @@ class KafkaConsumerService(service.Service):
                 for _ in range(taken):
                     self._slots.release()
                 break
-            self.reactor.callFromThread(self._deliver, batch)
+            self._last = batch[-1]
+            self.reactor.callFromThread(self._deliver, [(m.offset, m.value) for m in batch])
         if consumer is not None:
             try:
                 consumer.close()

@@ -293,6 +293,22 @@ class FlushTests(TestCase):
         self.assertEqual(deals, recent)
         self.assertEqual(stored, bucket)
 
+    async def read_again_scenario(self):
+        mp = await self.started()
+        # the topic recreated and read again from its start: its first deal is at the
+        # offset of the last one flushed
+        mp.on_deal(0, deal(7, "14", "1", self.name))
+        await mp.flush()
+        (stored, deals, offset), (bucket, recent) = await self.in_redis(mp)
+        self.assertEqual((offset, deals), ("0", [7, 1]))
+        self.assertEqual(stored, bucket)
+
+    def test_deals_at_offsets_flushed_before(self):
+        """Deals at offsets already flushed (the topic read again from its start after
+        it was recreated) are written by the next flush, where it found the offset
+        unchanged and wrote nothing."""
+        return defer.Deferred.fromCoroutine(self.read_again_scenario())
+
     async def unsigned_scenario(self):
         mp = await self.started()
         self.assertEqual([d["id"] for d in mp.rpc_deals([self.name, 10, 0], None)], [1])

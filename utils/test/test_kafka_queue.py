@@ -1,10 +1,13 @@
 # -*- test-case-name: utils.test.test_kafka_queue -*-
 """Kafka producer and consumer services against a real broker, and the in-process bus."""
 
+import collections
 import os
+import signal
 import time
 import uuid
 
+from kafka.errors import KafkaTimeoutError
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogLevel, capturedLogs, formatEvent
@@ -237,6 +240,139 @@ class BrokerTests(TestCase):
         return defer.Deferred.fromCoroutine(self.unreachable_stop_scenario())
 
 
+class OutageTests(TestCase):
+    """A consumer whose private broker goes away and comes back: with its topics (a network
+    cut, a paused broker) or without (a broker keeping them in memory restarted)."""
+
+    timeout = 120
+
+    def setUp(self):
+        testing.require("kafka")
+        self.topic = topic_name()
+        self.got = []
+
+    def consumer(self, brokers):
+        c = KafkaConsumerService(brokers, self.topic,
+                                 lambda offset, value: self.got.append((offset, value)),
+                                 offset=0, name="test consumer")
+        c.startService()
+        self.addCleanup(lambda: c.stopService() if c.running else None)
+        return c
+
+    def produce(self, brokers, values):
+        producer = LeanProducer(brokers)
+        try:
+            producer.send([(self.topic, v) for v in values])
+        finally:
+            producer.close()
+
+    @staticmethod
+    def logged(events, level, text):
+        return [formatEvent(e) for e in events
+                if e["log_level"] == level and text in formatEvent(e)]
+
+    async def away_and_back(self, broker, away, back):
+        """Five records read, the broker `away()` then, once the consumer has said so and
+        a few seconds more, `back()`; then three records more.  Returns the log."""
+        await threads.deferToThread(self.produce, broker.address,
+                                    [b"a%d" % i for i in range(5)])
+        with capturedLogs() as events:
+            self.consumer(broker.address)
+            await until(lambda: len(self.got) == 5, what="the first records")
+            await away()
+            await until(lambda: self.logged(events, LogLevel.error, "unavailable"),
+                        seconds=20, what="the broker found unreachable")
+            await deferLater(reactor, 5.0, lambda: None)
+            await back()
+            await until(lambda: self.logged(events, LogLevel.info, "answers again"),
+                        seconds=30, what="the broker found back")
+            await threads.deferToThread(self.produce, broker.address,
+                                        [b"b%d" % i for i in range(3)])
+            await until(lambda: len(self.got) >= 8, seconds=30, what="the new records")
+            await deferLater(reactor, 1.0, lambda: None)
+        self.flushLoggedErrors()
+        self.assertEqual(self.got, [(i, b"a%d" % i) for i in range(5)]
+                         + [(5 + i, b"b%d" % i) for i in range(3)])
+        return events
+
+    def assert_told(self, events, broker):
+        # this test's consumer's: a consumer of an earlier test may still be ending
+        errors = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error
+                  and formatEvent(e).startswith("test consumer:")]
+        self.assertEqual(len(errors), 1, errors)
+        self.assertTrue(errors[0].startswith(
+            "test consumer: broker %s unavailable: no answer in 2 s" % broker.address),
+            errors[0])
+        self.assertEqual(len(self.logged(events, LogLevel.info, "answers again")), 1)
+        self.assertEqual(self.logged(events, LogLevel.warn, "recreated"), [])
+
+    async def cut_scenario(self):
+        proxy = testing.CuttableProxy(testing.free_port())
+        broker = testing.KafkaBroker(port=proxy.target_port, advertise_port=proxy.port).start()
+        self.addCleanup(broker.stop)
+        proxy.up()
+        self.addCleanup(proxy.down)
+
+        async def back():
+            proxy.up()
+        events = await self.away_and_back(broker, proxy.down, back)
+        self.assert_told(events, broker)
+
+    def test_cut_broker_told(self):
+        """A broker cut off (connections dropped, then refused) is logged once as an error
+        naming it, where nothing was said however long it lasted, and its return once
+        (info); it kept the topic, which is not read again."""
+        return defer.Deferred.fromCoroutine(self.cut_scenario())
+
+    async def paused_scenario(self):
+        broker = testing.KafkaBroker().start()
+        self.addCleanup(broker.stop)
+        self.addCleanup(lambda: broker.proc and broker.proc.send_signal(signal.SIGCONT))
+
+        async def pause():
+            broker.proc.send_signal(signal.SIGSTOP)
+
+        async def resume():
+            broker.proc.send_signal(signal.SIGCONT)
+        events = await self.away_and_back(broker, pause, resume)
+        self.assert_told(events, broker)
+
+    def test_paused_broker_told(self):
+        """A broker that stops answering with its connections open (paused) is told as
+        one that refuses them, and its topic is not read again when it answers again."""
+        return defer.Deferred.fromCoroutine(self.paused_scenario())
+
+    async def restart_scenario(self):
+        broker = testing.KafkaBroker().start()
+        self.addCleanup(broker.stop)
+        await threads.deferToThread(self.produce, broker.address,
+                                    [b"a%d" % i for i in range(5)])
+        with capturedLogs() as events:
+            self.consumer(broker.address)
+            await until(lambda: len(self.got) == 5, what="the first records")
+            await threads.deferToThread(broker.stop)
+            await threads.deferToThread(broker.start)
+            # the producer's records of the outage, more than the consumer had read
+            await threads.deferToThread(self.produce, broker.address,
+                                        [b"n%d" % i for i in range(8)])
+            await until(lambda: len(self.got) >= 13, seconds=30, what="the new topic")
+            await deferLater(reactor, 1.0, lambda: None)
+        self.flushLoggedErrors()
+        self.assertEqual(self.got, [(i, b"a%d" % i) for i in range(5)]
+                         + [(i, b"n%d" % i) for i in range(8)])
+        warnings = self.logged(events, LogLevel.warn, "recreated")
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertTrue(warnings[0].startswith(
+            "test consumer: %s[0] is not the one read so far: another record is at offset 4"
+            % self.topic), warnings[0])
+
+    def test_restarted_broker_topic_read_again(self):
+        """A broker that restarted without its topics, the topic made again with more
+        records than the consumer had read, is read again from the start (warning), where
+        the consumer went on from its old position and skipped the first records."""
+        return defer.Deferred.fromCoroutine(self.restart_scenario())
+
+
 class PastEndTests(SynchronousTestCase):
 
     def test_where_a_consumer_reads_again(self):
@@ -270,6 +406,256 @@ class PastEndTests(SynchronousTestCase):
             with capturedLogs():
                 service._past_end(consumer)
             self.assertEqual(consumer.seeks, [where])
+
+
+class Record(collections.namedtuple("Record", "offset timestamp value")):
+    """What the consumer service reads of kafka-python's ConsumerRecord."""
+
+
+class Partition:
+    """kafka-python's consumer of one partition held in a list, on a clock of its own.
+
+    Each poll takes 0.2 s and first runs the next step of the test's script, if any; it
+    returns what lies at the position unless the broker is `down`.  A request for the end
+    while it is down takes its whole timeout and fails.  Seeks are recorded in `calls`.
+    A position past the end waits there (as some brokers answer it); with `resets`, one
+    outside the partition (past its end, before its `start`) goes to the start, as Kafka's
+    OFFSET_OUT_OF_RANGE has kafka-python do.
+    """
+
+    def __init__(self, values):
+        self.now = 0.0
+        self.calls = []
+        self.probes = 0
+        self.down = False
+        self.at = 0
+        self.steps = []
+        self.records = []
+        self.start = 0
+        self.resets = False
+        self.fill(values)
+
+    def fill(self, values, first=0):
+        """The partition holds `values` from offset `first` on (the records before kept)."""
+        del self.records[first:]
+        self.records.extend(Record(first + i, 1000 + first + i, v.encode())
+                            for i, v in enumerate(values))
+
+    def poll(self, timeout_ms, max_records):
+        self.now += 0.2
+        if self.steps:
+            self.steps.pop(0)(self)
+        if self.resets and not self.start <= self.at <= len(self.records):
+            self.at = self.start
+        if self.down or self.at >= len(self.records):
+            return {}
+        batch = self.records[self.at:self.at + max_records]
+        self.at += len(batch)
+        return {"tp": batch}
+
+    def highwater(self, tp):
+        return len(self.records)
+
+    def position(self, tp, timeout_ms=None):
+        return self.at
+
+    def end_offsets(self, tps, timeout_ms):
+        self.probes += 1
+        if self.down:
+            self.now += timeout_ms / 1000.0
+            raise KafkaTimeoutError("no answer")
+        return {tp: len(self.records) for tp in tps}
+
+    def seek(self, tp, offset):
+        self.calls.append(("seek", offset))
+        self.at = offset
+
+    def seek_to_beginning(self, tp):
+        self.calls.append(("seek_to_beginning",))
+        self.at = self.start
+
+    def seek_to_end(self, tp):
+        self.calls.append(("seek_to_end",))
+        self.at = len(self.records)
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+class SameThread:
+    """A reactor that runs what a thread hands it at once, with the partition's clock."""
+
+    def __init__(self, partition):
+        self.partition = partition
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+    def seconds(self):
+        return self.partition.now
+
+
+class ConsumerLoopTests(SynchronousTestCase):
+    """The reading thread's loop, run in the test's thread against a Partition."""
+
+    def setUp(self):
+        self.partition = Partition(["a%d" % i for i in range(5)])
+        self.got = []
+
+    def run_consumer(self, polls, offset=0):
+        """Run the loop over `polls` polls (the partition's script runs first); returns
+        the log events of info level and above, as (level, text)."""
+        partition = self.partition
+        partition.steps.extend([lambda p: None] * (polls - len(partition.steps)))
+        service = KafkaConsumerService("127.0.0.1:9092", "deals",
+                                       lambda offset, value: self.got.append((offset, value)),
+                                       offset=offset, reactor=SameThread(partition),
+                                       name="deals consumer")
+        service._tp = "tp"
+        service._skip_before = None
+        service._clock = lambda: partition.now
+        service._stopped = defer.Deferred()
+
+        def opened():
+            service.reactor.callFromThread(service._broker_state, True)
+            partition.at = 0 if offset == "latest" else offset
+            return partition
+        service._open = opened
+        partition.steps.append(lambda p: service._stopping.set())
+        with capturedLogs() as events:
+            service._run()
+        return [(e["log_level"], formatEvent(e)) for e in events
+                if e["log_level"] >= LogLevel.info]
+
+    def script(self, *steps):
+        """Steps given as (polls, function): the function runs before the first of them."""
+        for polls, step in steps:
+            self.partition.steps.append(step)
+            self.partition.steps.extend([lambda p: None] * (polls - 1))
+
+    @staticmethod
+    def down(partition):
+        partition.down = True
+
+    @staticmethod
+    def up(partition):
+        partition.down = False
+
+    def test_unreachable_broker_logged_once(self):
+        """A broker that stops answering is logged once as an error, naming it, however
+        long it lasts (where nothing was said), and once again when it answers (info)."""
+        self.script((10, lambda p: None), (150, self.down), (10, self.up))
+        logged = self.run_consumer(170)
+        self.assertEqual([level for level, text in logged],
+                         [LogLevel.info, LogLevel.error, LogLevel.info])
+        self.assertEqual(logged[1][1],
+                         "deals consumer: broker 127.0.0.1:9092 unavailable: no answer in 2 s "
+                         "to a request for the end of deals[0] (KafkaTimeoutError); reading "
+                         "deals[0] waits for it")
+        self.assertRegex(logged[2][1], r"^deals consumer: broker 127.0.0.1:9092 answers "
+                                       r"again after \d+ s; reading deals\[0\] goes on$")
+        self.assertEqual(self.got, [(i, b"a%d" % i) for i in range(5)])
+
+    def test_quiet_topic_probed(self):
+        """On a quiet topic whose broker answers, the broker is asked for the partition's
+        end every PROBE_AFTER seconds and nothing is logged."""
+        logged = self.run_consumer(100)            # 20 s
+        self.assertEqual([level for level, text in logged], [LogLevel.info])
+        self.assertIn(self.partition.probes, (9, 10))
+
+    def test_recreated_topic_read_again(self):
+        """A topic recreated while its broker was away, holding more records than were read
+        before, is found out by the record at the last offset read, logged as a warning and
+        read again from its start, where the consumer went on from its old position and
+        skipped its first records."""
+        self.script((10, lambda p: None), (20, self.down),
+                    (10, lambda p: (self.up(p), p.fill(["n%d" % i for i in range(8)]))))
+        logged = self.run_consumer(40)
+        self.assertEqual(self.got, [(i, b"a%d" % i) for i in range(5)]
+                         + [(i, b"n%d" % i) for i in range(8)])
+        warnings = [text for level, text in logged if level == LogLevel.warn]
+        self.assertEqual(warnings, [
+            "deals consumer: deals[0] is not the one read so far: another record is at offset "
+            "4; the topic was recreated (its broker restarted without its data), reading it "
+            "again from its start"])
+        self.assertEqual(self.partition.calls, [("seek", 4), ("seek_to_beginning",),
+                                                ("close",)])
+
+    def test_intact_topic_goes_on(self):
+        """A broker back with the topic as it was (a pause, a cut network) is not read
+        again: the record at the last offset read is found again, and what follows it is
+        handed over once."""
+        self.script((10, lambda p: None), (20, self.down),
+                    (10, lambda p: (self.up(p), p.fill(["b%d" % i for i in range(3)], 5))))
+        logged = self.run_consumer(40)
+        self.assertEqual(self.got, [(i, b"a%d" % i) for i in range(5)]
+                         + [(5 + i, b"b%d" % i) for i in range(3)])
+        self.assertEqual([level for level, text in logged],
+                         [LogLevel.info, LogLevel.error, LogLevel.info])
+        self.assertEqual(self.partition.calls, [("seek", 4), ("close",)])
+
+    def test_position_reset_before_the_last_record(self):
+        """A recreated topic that ends before the last record read, whose broker answers
+        OFFSET_OUT_OF_RANGE (Kafka), has kafka-python reset the position to its start by
+        itself: the check finds the last record gone, says so and reads it from its start."""
+        def recreate(partition):
+            partition.resets = True
+            partition.records[:] = []
+            partition.fill(["n%d" % i for i in range(3)])
+        self.script((10, lambda p: None), (1, recreate))
+        logged = self.run_consumer(20)
+        self.assertEqual(self.got, [(i, b"a%d" % i) for i in range(5)]
+                         + [(i, b"n%d" % i) for i in range(3)])
+        self.assertEqual(
+            [text for level, text in logged if level == LogLevel.warn],
+            ["deals consumer: deals[0] is not the one read so far: offset 4 is gone (the "
+             "partition starts again at 0); the topic was recreated (its broker restarted "
+             "without its data), reading it again from its start"])
+        self.assertEqual(self.partition.calls, [("seek", 4), ("seek_to_beginning",),
+                                                ("close",)])
+
+    def test_last_record_past_retention(self):
+        """The last record read gone with those after it kept (retention moved the start
+        of the partition past it) is no recreation: what follows is handed over once."""
+        def expire(partition):
+            partition.resets = True
+            partition.start = 5
+            partition.fill(["b%d" % i for i in range(3)], 5)
+        self.script((10, lambda p: None), (1, expire))
+        logged = self.run_consumer(20)
+        self.assertEqual(self.got, [(i, b"a%d" % i) for i in range(5)]
+                         + [(5 + i, b"b%d" % i) for i in range(3)])
+        self.assertEqual([level for level, text in logged], [LogLevel.info])
+        self.assertEqual(self.partition.calls, [("seek", 4), ("close",)])
+
+    def test_check_after_a_pause(self):
+        """Records that come after CHECK_AFTER seconds without any are read again from the
+        last record handed over, which catches a recreation too short to be seen as a lost
+        broker; a record with the same value but another timestamp is another record."""
+        def recreate(partition):
+            partition.records[:] = [Record(i, 5000 + i, b"a%d" % i) for i in range(7)]
+        self.script((10, lambda p: None), (3, recreate))
+        logged = self.run_consumer(20)
+        self.assertEqual(self.got, [(i, b"a%d" % i) for i in range(5)]
+                         + [(i, b"a%d" % i) for i in range(7)])
+        self.assertEqual([level for level, text in logged], [LogLevel.info, LogLevel.warn])
+
+    def test_no_check_while_records_flow(self):
+        """Records that follow one another without a pause are handed over as they come,
+        with no extra request: the check costs nothing while the consumer is busy."""
+        self.script(*[(1, lambda p, i=i: p.fill(["c%d" % i], 5 + i)) for i in range(20)])
+        self.run_consumer(25)
+        self.assertEqual(len(self.got), 25)
+        self.assertEqual(self.partition.calls, [("close",)])
+        self.assertEqual(self.partition.probes, 0)
+
+    def test_recreated_topic_for_new_messages(self):
+        """A consumer of only new messages (accessws's) goes to the end of a recreated
+        topic, as it does when its position is past the end."""
+        self.script((10, lambda p: None), (20, self.down),
+                    (10, lambda p: (self.up(p), p.fill(["n%d" % i for i in range(8)]))))
+        self.run_consumer(40, offset="latest")
+        self.assertEqual(self.partition.calls, [("seek", 4), ("seek_to_end",), ("close",)])
 
 
 class BusTests(SynchronousTestCase):
