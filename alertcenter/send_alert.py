@@ -33,7 +33,7 @@ from twisted.mail.smtp import SMTPError
 
 from alertcenter.server import KEY
 from utils.config import ConfigError
-from utils.redisdb import DatabaseRefused
+from utils.redisdb import ConfigChecked
 
 log = Logger()
 
@@ -81,7 +81,7 @@ class Mailer:
         self.batch = BATCH
         self.last_sent = 0.0
         self.sent = 0
-        self.reached = False        # whether Redis has taken a connection since the start
+        self.redis = ConfigChecked(store)
 
     def compose(self, alerts):
         message = EmailMessage()
@@ -107,23 +107,11 @@ class Mailer:
         pause = self.last_sent + self.mail["interval"] - self.clock_time()
         if pause > 0:
             await task.deferLater(self.reactor, pause, lambda: None)
-        conn = await self._connect()
+        conn = await self.redis.connect()
         try:
             return await self._mail_head(conn)
         finally:
             conn.disconnect()
-
-    async def _connect(self):
-        """A connection to Redis.  Until one has been made, a database number the server
-        refuses is a ConfigError naming `redis.db`; after that it is retried as an outage."""
-        try:
-            conn = await self.store.connect()
-        except DatabaseRefused as e:
-            if self.reached:
-                raise
-            raise ConfigError("redis.db: %s" % e) from None
-        self.reached = True
-        return conn
 
     async def _mail_head(self, conn):
         waited = 0.0

@@ -25,7 +25,7 @@ from network.address import buffer_sizes, listen, listen_udp, parse_address
 from utils.alert import MAGIC
 from utils.config import ConfigError
 from utils.daemon import give_up, mark_ready
-from utils.redisdb import DatabaseRefused
+from utils.redisdb import ConfigChecked
 
 __all__ = ["AlertCenter", "KEY", "parse_line"]
 
@@ -102,7 +102,7 @@ class AlertCenter(service.Service):
         self.pushed = 0
         self.pushing = False
         self.ports = []
-        self.reached = False        # whether Redis has taken a connection since the start
+        self.redis = ConfigChecked(self.store)
 
     def startService(self):
         service.Service.startService(self)
@@ -113,7 +113,7 @@ class AlertCenter(service.Service):
             return
         # a Redis that cannot be reached is not waited for: alerts wait until it answers
         try:
-            (await self._connect()).disconnect()
+            (await self.redis.connect()).disconnect()
         except ConfigError:
             give_up(self.reactor, self.log, "alertcenter could not start")
             return
@@ -139,19 +139,6 @@ class AlertCenter(service.Service):
             give_up(self.reactor, self.log, "alertcenter could not listen")
             return False
         return True
-
-    async def _connect(self):
-        """A connection to Redis.  Until one has been made, a database number the server
-        refuses is a ConfigError naming `redis.db`; after that it is one more failure,
-        retried as an outage is."""
-        try:
-            conn = await self.store.connect()
-        except DatabaseRefused as e:
-            if self.reached:
-                raise
-            raise ConfigError("redis.db: %s" % e) from None
-        self.reached = True
-        return conn
 
     def stopService(self):
         service.Service.stopService(self)
@@ -192,7 +179,7 @@ class AlertCenter(service.Service):
         try:
             while self.queue:
                 try:
-                    conn = await self._connect()
+                    conn = await self.redis.connect()
                 except ConfigError:
                     give_up(self.reactor, self.log, "alertcenter cannot push alerts")
                     return

@@ -30,8 +30,10 @@ import txredisapi
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from utils.config import ConfigError
+
 __all__ = ["RedisUnavailable", "DatabaseRefused", "WatchError", "connect", "Plain",
-           "Sentinel", "SentinelClient", "MemoryRedis", "from_config"]
+           "Sentinel", "SentinelClient", "MemoryRedis", "from_config", "ConfigChecked"]
 
 TIMEOUT = 3.0
 
@@ -51,6 +53,26 @@ class DatabaseRefused(Exception):
         self.db = db
         self.server = server
         self.reply = reply
+
+
+class ConfigChecked:
+    """Connections of a store, where a database number the server refuses is a ConfigError
+    naming `redis.db` until a connection has been made: no retry mends it.  After that it is
+    raised as it is, one more failure to retry as an outage."""
+
+    def __init__(self, store):
+        self.store = store
+        self.reached = False        # whether the server has taken a connection yet
+
+    async def connect(self):
+        try:
+            conn = await self.store.connect()
+        except DatabaseRefused as e:
+            if self.reached:
+                raise
+            raise ConfigError("redis.db: %s" % e) from None
+        self.reached = True
+        return conn
 
 
 async def _open(host, port, timeout):
