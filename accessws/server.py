@@ -342,7 +342,10 @@ class AccessWS(service.Service):
         if len(params) != 3 or type(params[0]) is not str or type(params[1]) is not int \
                 or type(params[2]) is not int:
             raise rpc.INVALID_ARGUMENT()
-        return self._forward(request, "matchengine", 203, [user] + params)
+        # the original reads offset and limit into C ints: cut to 32 bits, as it sends them
+        market, offset, limit = params
+        return self._forward(request, "matchengine", 203,
+                             [user, market, rpc.signed32(offset), rpc.signed32(limit)])
 
     @with_request
     def order_history(self, session, params, request):

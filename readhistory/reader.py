@@ -9,7 +9,7 @@ answer.  No I/O here; `readhistory.server` runs the statements on the database p
 from decimal import Decimal
 
 from utils.jsonfmt import loads
-from utils.rpc import INVALID_ARGUMENT, signed64
+from utils.rpc import INVALID_ARGUMENT, signed32, signed64
 
 U32 = 0xFFFFFFFF
 U64 = 0xFFFFFFFFFFFFFFFF
@@ -23,12 +23,6 @@ BALANCE_HISTORY, ORDER_FINISHED, ORDER_DEALS, ORDER_FINISHED_DETAIL, MARKET_USER
 def integer(value):
     """The original reads integer parameters leniently: anything not an integer is 0."""
     return value if type(value) is int else 0
-
-
-def signed32(value):
-    """An integer as a C int holds it (the original reads `side` into one)."""
-    value &= U32
-    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def string(value):

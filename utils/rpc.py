@@ -274,6 +274,12 @@ def signed64(value):
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
+def signed32(value):
+    """An integer as a C int holds it (where the original reads a parameter into one)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
 def reply_body(req_id, result=None, error=None, pretty=False) -> bytes:
     """The reply JSON text, keys in the original's order: error, result, id."""
     if error is not None:

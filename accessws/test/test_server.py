@@ -172,7 +172,8 @@ class ServiceTests(TestCase):
             ("server.auth", ["slow", "web"]),
             ("server.auth", ["good", "x" * 40]), ("server.auth", ["good", "web"]),
             ("order.query", ["BTCBCH", 0, 10]), ("order.query", ["BTCBCH", "0", 10]),
-            ("server.nope", []), ("server.ping", [])])
+            ("server.nope", []), ("server.ping", []),
+            ("order.query", ["BTCBCH", 4294967298, -4294967295])])
 
     def check_auth_replies(self, replies):
         errors = [r["error"] if isinstance(r, dict) else r for r in replies]
@@ -187,8 +188,10 @@ class ServiceTests(TestCase):
             {"code": 2, "message": "internal error"},
             {"code": 5, "message": "service timeout"},
             {"code": 1, "message": "invalid argument"},
-            None, None, {"code": 1, "message": "invalid argument"}, "TimeoutError", None])
+            None, None, {"code": 1, "message": "invalid argument"}, "TimeoutError", None, None])
         self.assertEqual(replies[9]["result"], {"records": [7, "BTCBCH", 0, 10]})
+        # offset and limit cut to 32 bits, as the original's C ints send them
+        self.assertEqual(replies[13]["result"], {"records": [7, "BTCBCH", 2, 1]})
 
     async def too_large_scenario(self):
         await self.start(max_request_size=200)
