@@ -62,7 +62,7 @@ CATALOGUE = {
     "balance.update": ("Credit (positive change) or debit (negative) a user's available "
                        "balance; idempotent per user, asset, business and business id for a "
                        "day.", [USER, _p("asset", STR, "asset name"),
-                                _p("business", STR, "kind of change, e.g. deposit (30 bytes)"),
+                                _p("business", STR, "kind of change, e.g. deposit (30 characters)"),
                                 _p("business_id", INT, "id of the change within the business"),
                                 _p("change", DEC, "signed amount"),
                                 _p("detail", OBJ, "free object kept in the balance history")],

@@ -273,7 +273,8 @@ class Engine:
         user_id = _int(params[0]) & U32
         asset = self._asset(params[1])
         business = _str(params[2])
-        if len(business.encode("utf-8")) > BUSINESS_MAX:
+        # characters, as the history's VARCHAR(30) column counts them (utf8mb4)
+        if len(business) > BUSINESS_MAX:
             raise INVALID_ARGUMENT()
         business_id = _int(params[3]) & U64
         change = _decimal(params[4], self.assets[asset].prec_show)

@@ -166,7 +166,8 @@ class UnitTests(SynchronousTestCase):
         before = (dict(self.eng.balances.entries), self.eng.order_id, self.eng.deal_id)
         bad = [(102, 1, "BTC", "x", 1, "NaN", {}), (102, 1, "BTC", "x", 1, "Infinity", {}),
                (102, 1, "BTC", "x", 1, "1e999", {}), (102, 1, "BTC", "x", 1, 5, {}),
-               (102, 1, "BTC", "x" * 31, 1, "1", {}), (102, 1, "BTC", "x", 1, "1", []),
+               (102, 1, "BTC", "x" * 31, 1, "1", {}),
+               (102, 1, "BTC", "\u00e9" * 31, 1, "1", {}), (102, 1, "BTC", "x", 1, "1", []),
                (102, 1, "BTC", "x", 1.5, "1", {}), (102, True, "BTC", "x", 1, "1", {}),
                (201, 1, "BTCBCH", 1, "2", "10", "0", "0", ""),
                (201, 1, "BTCBCH", 1, "-1", "10", "0", "0", ""),

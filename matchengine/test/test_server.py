@@ -211,6 +211,10 @@ class ServiceTests(TestCase):
             reply = await h.call(102, [user, "BCH" if user == 1 else "BTC", gift, 1, "1000",
                                        {"note": "\U0001f600"}])
             self.assertIsNone(reply["error"], reply)
+        # 30 characters, 120 bytes: the column holds 30 characters
+        wide = "\U0001f381" * 30
+        reply = await h.call(102, [3, "BCH", wide, 1, "1", {}])
+        self.assertIsNone(reply["error"], reply)
         # two orders that fill each other: both finish, into order_history
         for user, side in ((2, 1), (1, 2)):
             reply = await h.call(201, [user, "BTCBCH", side, "1", "100", "0", "0",
@@ -227,6 +231,8 @@ class ServiceTests(TestCase):
                                 "ORDER BY `id` LIMIT 1")
         self.assertEqual(rows[0][0], gift)
         self.assertEqual(json.loads(rows[0][1])["note"], "\U0001f600")
+        wides = await hist.query("SELECT `business` FROM `balance_history_3`")
+        self.assertEqual([row[0] for row in wides], [wide])
         sources = await hist.query("SELECT `source` FROM `order_history_2`")
         self.assertEqual([s for s, in sources], ["app\U0001f680"])
         await h.start()
@@ -236,7 +242,7 @@ class ServiceTests(TestCase):
     def test_texts_beyond_three_bytes_a_character(self):
         """A business, a detail and an order's source with characters of four bytes in
         UTF-8 (MySQL's "utf8" holds three at most): acknowledged, logged, written to the
-        history, and replayed."""
+        history, and replayed; a business of 30 such characters too."""
         return defer.Deferred.fromCoroutine(self.four_byte_texts())
 
     async def detail_too_long(self):
