@@ -16,7 +16,7 @@ result field and ext, and go out in the order they are produced.
 """
 
 
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
@@ -304,7 +304,13 @@ class RPCDatagramProtocol(DatagramProtocol):
             return
 
         def send(data):
-            self.transport.write(data, addr)
+            # a reply no datagram can carry (past 65,507 bytes), or one the kernel refuses,
+            # is told as the original tells a failed sendto: one error line, nothing more
+            try:
+                self.transport.write(data, addr)
+            except (error.MessageLengthError, OSError) as e:
+                self.log.error("{name}: reply of {size} bytes to {peer} not sent: {error}",
+                               name=self.factory.name, size=len(data), peer=peer, error=e)
 
         if packet.command == rpc.HEARTBEAT:
             send(rpc.encode_reply(packet, b""))

@@ -6,6 +6,7 @@ import struct
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from utils import rpc
@@ -304,6 +305,32 @@ class DatagramTests(Server):
         self.assertEqual([addr for _, addr in sent], [("127.0.0.1", 5555), ("127.0.0.1", 5557)])
         self.assertEqual(rpc.decode_packet(sent[0][0]).body,
                          b'{"error": null, "result": {"echo": [5]}, "id": 0}')
+
+    def test_udp_reply_too_large(self):
+        """A reply no datagram can carry is logged as an error when it is sent, the
+        request's Deferred ending cleanly, where the error was left in the Deferred (logged
+        as critical when it was collected); the next request is answered."""
+        from twisted.internet.error import MessageLengthError
+        proto = RPCDatagramProtocol(self.factory)
+        sent = []
+
+        class Transport:
+            def write(self, data, addr):
+                if len(data) > 100:
+                    raise MessageLengthError("message too long")
+                sent.append(addr)
+
+        proto.transport = Transport()
+        with capturedLogs() as events:
+            proto.datagramReceived(rpc.encode(rpc.Packet(104, body=b"[]")), ("127.0.0.1", 1))
+            self.pending[0].callback({"big": "x" * 200})
+            proto.datagramReceived(rpc.encode(rpc.Packet(101, body=b"[1]")), ("127.0.0.1", 2))
+        self.assertEqual(sent, [("127.0.0.1", 2)])
+        errors = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("to 127.0.0.1:1 not sent: Message is too long", errors[0])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertIsNone(self.successResultOf(self.pending[0]))
 
     def test_udp_over_max_pkg_size_dropped(self):
         """A datagram longer than max_pkg_size is dropped, as a longer stream packet
