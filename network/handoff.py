@@ -64,9 +64,10 @@ def bind_socket(address, read_mem=0, write_mem=0) -> socket.socket:
             os.chmod(addr.path, 0o777)
         sock.listen(BACKLOG)
         sock.setblocking(False)
-    except OSError:
+    except OSError as e:
         sock.close()
-        raise
+        # named: of several binds, the one that failed
+        raise OSError(e.errno, "cannot listen on %s: %s" % (addr, e.strerror)) from None
     return sock
 
 

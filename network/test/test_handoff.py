@@ -2,6 +2,7 @@
 """The listener/worker hand-off: descriptors over seqpacket channels, the worker pool's
 turns, restarts and stop, and real daemons run with worker_num 2."""
 
+import errno
 import json
 import os
 import signal
@@ -205,6 +206,20 @@ class WorkerPoolTests(SynchronousTestCase):
         self.reactor.advance(handoff.RESTART_DELAY * 10)
         self.assertEqual(len(self.reactor.spawned), 3)
         self.assertEqual(self.pool.live, 0)
+
+
+class BindTests(SynchronousTestCase):
+
+    def test_bind_error_names_the_address(self):
+        """A bind that fails names its address (of several binds, the one that failed),
+        where the error said only "Address already in use"."""
+        taken = handoff.bind_socket("tcp@127.0.0.1:0")
+        self.addCleanup(taken.close)
+        address = "tcp@127.0.0.1:%d" % taken.getsockname()[1]
+        with self.assertRaises(OSError) as caught:
+            handoff.bind_socket(address)
+        self.assertEqual(caught.exception.errno, errno.EADDRINUSE)
+        self.assertIn("cannot listen on %s: " % address, str(caught.exception))
 
 
 class AcceptorTests(SynchronousTestCase):
