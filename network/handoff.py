@@ -12,8 +12,12 @@ connections spreads over the cores.
 - `Acceptor` accepts on such a socket inside the reactor and passes each connection on.
 - `WorkerPool` (listener side) starts the workers, each with its end of a socketpair as fd 3,
   starts again one that dies, and stops them all (SIGTERM, then SIGKILL) when it stops.
-- `Adopter` (worker side) reads fd 3 and gives every descriptor to a protocol factory;
-  when the listener goes away the channel ends and the worker stops.
+  A worker is given connections only once it has said it is ready (one byte on its channel):
+  until its reactor runs, SIGTERM would kill it outright and the descriptors waiting in its
+  channel would be lost, their connections reset.
+- `Adopter` (worker side) says it is ready once its reactor runs, reads fd 3 and gives every
+  descriptor to a protocol factory; when the listener goes away the channel ends and the
+  worker stops.
 """
 
 import contextlib
@@ -33,6 +37,7 @@ __all__ = ["bind_socket", "Acceptor", "WorkerPool", "Adopter", "Listener", "WORK
 WORKER_FD = 3                   # the worker's end of its channel
 FAMILY = struct.Struct("<i")    # what goes with each descriptor: its address family
 ACCEPTS_PER_READ = 256
+READY = b"R"                    # a worker's one message on its channel: it is running
 RESTART_DELAY = 1.0             # before a worker that died is started again
 STOP_TIMEOUT = 10.0             # SIGTERM, then SIGKILL after this long
 
@@ -91,7 +96,7 @@ class Acceptor(_SocketReader):
 
     The connection is closed here once `dispatch` returns True: the worker that was given it
     holds its own copy.  When `dispatch` returns False (every worker's channel is full, or
-    none is running) the connection is kept and accepting pauses, leaving newer connections
+    none is ready) the connection is kept and accepting pauses, leaving newer connections
     in the kernel's backlog; it is offered again every RETRY_INTERVAL until taken.
     """
 
@@ -161,12 +166,42 @@ class _WorkerProcess(protocol.ProcessProtocol):
         self.pool._ended(self.index, reason.value)
 
 
+class _ReadyReader(_SocketReader):
+    """Reads the listener's end of a worker's channel for the worker's READY."""
+
+    def __init__(self, pool, index, sock):
+        self.pool = pool
+        self.index = index
+        self.socket = sock
+        self.name = "%s %d" % (pool.name, index)
+
+    def doRead(self):
+        while True:
+            try:
+                data = self.socket.recv(16)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                # the worker has gone: its process's end cleans up
+                self.pool.reactor.removeReader(self)
+                return
+            if READY in data:
+                self.pool._ready(self.index)
+
+    def connectionLost(self, reason):
+        # the channel is the pool's to close
+        self.pool.reactor.removeReader(self)
+
+
 class WorkerPool(service.Service):
     """Runs `count` workers, `command(index)` each, and hands connections to them in turn.
 
     A worker gets its end of a seqpacket socketpair as `WORKER_FD`; its stdout and stderr are
-    the listener's.  One that exits while the pool runs is started again after
-    RESTART_DELAY.
+    the listener's.  It is given connections once it has sent READY on that channel.  One
+    that exits while the pool runs is started again after RESTART_DELAY, and is given
+    connections again once it says it is ready.
     """
 
     def __init__(self, reactor, command, count, name="worker"):
@@ -175,6 +210,9 @@ class WorkerPool(service.Service):
         self.count = count
         self.name = name
         self.channels = {}       # index -> the listener's end of its socketpair
+        self.readers = {}        # index -> the reader of READY on that channel
+        self.ready = set()       # the indexes of the workers that said they are ready
+        self._ready_waits = []   # Deferreds fired when a worker is ready
         self.processes = {}      # index -> IProcessTransport of the running worker
         self._next = 0
         self._restarts = {}
@@ -204,11 +242,34 @@ class WorkerPool(service.Service):
         finally:
             theirs.close()
         self.channels[index] = ours
+        self.readers[index] = _ReadyReader(self, index, ours)
+        self.reactor.addReader(self.readers[index])
         log.info("{name} {index} started (pid {pid})", name=self.name, index=index,
                  pid=self.processes[index].pid)
 
+    def _ready(self, index):
+        if index in self.ready or index not in self.channels:
+            return
+        self.ready.add(index)
+        log.info("{name} {index} ready", name=self.name, index=index)
+        waits, self._ready_waits = self._ready_waits, []
+        for waiting in waits:
+            waiting.callback(None)
+
+    def when_ready(self) -> defer.Deferred:
+        """A Deferred fired once at least one worker is ready to take connections."""
+        if self.ready:
+            return defer.succeed(None)
+        waiting = defer.Deferred()
+        self._ready_waits.append(waiting)
+        return waiting
+
     def _ended(self, index, reason):
         self.processes.pop(index, None)
+        self.ready.discard(index)
+        reader = self.readers.pop(index, None)
+        if reader is not None:
+            self.reactor.removeReader(reader)
         channel = self.channels.pop(index, None)
         if channel is not None:
             channel.close()
@@ -223,13 +284,14 @@ class WorkerPool(service.Service):
 
     @property
     def live(self) -> int:
-        """How many workers can take connections now."""
-        return len(self.channels)
+        """How many workers can take connections now (they said they are ready)."""
+        return len(self.ready)
 
     def dispatch(self, conn: socket.socket) -> bool:
-        """Give `conn` to the next worker that takes it; False when none can now (a
-        channel holds only a few descriptors until its worker reads them)."""
-        order = sorted(self.channels)
+        """Give `conn` to the next ready worker that takes it; False when none can now (none
+        is ready yet, or a channel holds only a few descriptors until its worker reads
+        them)."""
+        order = sorted(self.ready)
         if order:
             start = self._next % len(order)
             payload = FAMILY.pack(conn.family)
@@ -270,8 +332,11 @@ class Adopter(_SocketReader, service.Service):
     """The worker's side: adopts each descriptor read from `fd` into `factory`.
 
     Connections of a TCP family go to `tls_factory` instead when one is given (a
-    TLSMemoryBIOFactory around `factory`).  `on_end()` is called once the listener has
-    closed the channel (it exited or was killed), so that the worker stops too.
+    TLSMemoryBIOFactory around `factory`).  Once the reactor runs, READY is sent on `fd`:
+    the listener gives connections only to a worker that can keep them through a SIGTERM
+    (`SignalService`, started before this service, installs its handler when the reactor
+    runs, ahead of this).  `on_end()` is called once the listener has closed the channel
+    (it exited or was killed), so that the worker stops too.
     """
 
     def __init__(self, reactor, factory, on_end, fd=None, tls_factory=None):
@@ -290,6 +355,16 @@ class Adopter(_SocketReader, service.Service):
         service.Service.startService(self)
         self.factory.doStart()
         self.reactor.addReader(self)
+        self.reactor.callWhenRunning(self._say_ready)
+
+    def _say_ready(self):
+        if not self.running or self.socket.fileno() < 0:
+            return
+        try:
+            self.socket.send(READY)
+        except OSError as e:
+            # the listener has gone: reading the channel sees it and stops the worker
+            log.error("cannot tell the listener this worker is ready: {error}", error=e)
 
     def stopService(self):
         service.Service.stopService(self)
@@ -333,7 +408,8 @@ class Listener(service.Service):
     """Binds `binds` and hands what they accept to `pool`; the addresses of a `monitor`
     section are served here.  `buffers` are `read_mem`/`write_mem` keywords.  When a bind
     fails, `on_failure(what)` is called while its exception is handled: the daemon gives
-    up; once every address listens, `on_ready()` is called."""
+    up.  Connections are accepted, and `on_ready()` is called, once every address listens
+    and a worker is ready to take them; until then they wait in the backlog."""
 
     def __init__(self, reactor, binds, pool, on_failure, monitor=None, name="listener",
                  buffers=None, on_ready=lambda: None):
@@ -356,15 +432,19 @@ class Listener(service.Service):
     async def _listen(self):
         try:
             for address in self.binds:
-                acceptor = Acceptor(self.reactor, bind_socket(address, **self.buffers),
-                                    self.pool.dispatch)
-                acceptor.start()
-                self.acceptors.append(acceptor)
+                self.acceptors.append(Acceptor(self.reactor,
+                                               bind_socket(address, **self.buffers),
+                                               self.pool.dispatch))
             if self.monitor is not None:
                 self.ports += await listen_monitor(self.reactor, self.monitor)
         except Exception:
             self.on_failure("%s could not listen" % self.name)
             return
+        await self.pool.when_ready()
+        if not self.running:
+            return
+        for acceptor in self.acceptors:
+            acceptor.start()
         log.info("{name} ready on {bind}, {count} workers", name=self.name,
                  bind=", ".join(self.binds), count=self.pool.count)
         self.on_ready()

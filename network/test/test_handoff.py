@@ -30,15 +30,19 @@ class AdoptingReactor(MemoryReactorClock):
         self.adopted.append((os.fstat(fd).st_ino, family, factory))
 
     def spawnProcess(self, proto, executable, args, env=None, childFDs=None):
-        process = FakeProcess(proto, len(self.spawned) + 100)
+        process = FakeProcess(proto, len(self.spawned) + 100,
+                              socket.socket(fileno=os.dup(childFDs[handoff.WORKER_FD])))
         self.spawned.append((args, childFDs, process))
         return process
 
 
 class FakeProcess:
-    def __init__(self, proto, pid):
+    """A spawned worker; `channel` is its end of the channel the pool gave it."""
+
+    def __init__(self, proto, pid, channel):
         self.proto = proto
         self.pid = pid
+        self.channel = channel
         self.signals = []
 
     def signalProcess(self, name):
@@ -100,6 +104,15 @@ class AdopterTests(SynchronousTestCase):
         self.adopter.stopService()
         self.assertEqual(self.ended, [True])
 
+    def test_ready_once_the_reactor_runs(self):
+        """The worker tells the listener it is ready once its reactor runs (its SIGTERM
+        handler is then in place), and only then."""
+        self.listener_end.setblocking(False)
+        self.assertRaises(BlockingIOError, self.listener_end.recv, 16)
+        self.reactor.run()
+        self.assertEqual(self.listener_end.recv(16), handoff.READY)
+        self.assertRaises(BlockingIOError, self.listener_end.recv, 16)
+
     def test_factory_started_and_stopped(self):
         """The adopting factory is started with the service and stopped with it."""
         self.assertEqual(self.factory.numPorts, 1)
@@ -119,6 +132,29 @@ class WorkerPoolTests(SynchronousTestCase):
     def close_channels(self):
         for channel in self.pool.channels.values():
             channel.close()
+        for _, _, process in self.reactor.spawned:
+            process.channel.close()
+
+    def say_ready(self, index, spawned=None):
+        """Worker `index` (the `spawned`-th process started) sends READY, which the pool
+        reads."""
+        if spawned is None:
+            spawned = index
+        self.reactor.spawned[spawned][2].channel.send(handoff.READY)
+        self.assertIn(self.pool.readers[index], self.reactor.readers)
+        self.pool.readers[index].doRead()
+
+    def received(self, process):
+        """The inodes of the descriptors waiting in `process`'s channel."""
+        process.channel.setblocking(False)
+        got = []
+        while True:
+            try:
+                _, fds, _, _ = socket.recv_fds(process.channel, 4, 1)
+            except BlockingIOError:
+                return got
+            got.append(os.fstat(fds[0]).st_ino)
+            os.close(fds[0])
 
     def test_workers_started_with_their_channel(self):
         """Each worker is spawned with its command and its channel end as fd 3."""
@@ -127,31 +163,45 @@ class WorkerPoolTests(SynchronousTestCase):
                           ["python", "worker", "2"]])
         for _, child_fds, _ in self.reactor.spawned:
             self.assertEqual(set(child_fds), {0, 1, 2, handoff.WORKER_FD})
-        self.assertEqual(self.pool.live, 3)
+        self.assertEqual(len(self.pool.channels), 3)
+
+    def test_connections_only_to_ready_workers(self):
+        """No worker is given a connection before it has said it is ready (until its
+        reactor runs a SIGTERM would kill it, and what waits in its channel with it):
+        dispatch says none can take it; then only the ready ones are given connections."""
+        s = socket.socket()
+        self.addCleanup(s.close)
+        self.assertEqual(self.pool.live, 0)
+        self.assertFalse(self.pool.dispatch(s))
+        self.say_ready(1)
+        self.assertEqual(self.pool.live, 1)
+        self.assertTrue(self.pool.dispatch(s))
+        self.assertTrue(self.pool.dispatch(s))
+        processes = [p for _, _, p in self.reactor.spawned]
+        self.assertEqual([len(self.received(p)) for p in processes], [0, 2, 0])
+        self.say_ready(0)
+        self.assertEqual(self.pool.live, 2)
+        for _ in range(4):
+            self.assertTrue(self.pool.dispatch(s))
+        self.assertEqual([len(self.received(p)) for p in processes], [2, 2, 0])
+
+    def test_when_ready(self):
+        """when_ready fires once the first worker is ready, and at once afterwards."""
+        waiting = self.pool.when_ready()
+        self.assertNoResult(waiting)
+        self.say_ready(2)
+        self.successResultOf(waiting)
+        self.successResultOf(self.pool.when_ready())
 
     def test_connections_go_round(self):
-        """Connections are handed to the workers in turn."""
-        peers = {}
-        for index, channel in list(self.pool.channels.items()):
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            channel.close()
-            self.pool.channels[index] = ours
-            peers[index] = theirs
-            self.addCleanup(theirs.close)
+        """Connections are handed to the ready workers in turn."""
+        for index in range(3):
+            self.say_ready(index)
         sockets = [socket.socket() for _ in range(6)]
         for s in sockets:
             self.addCleanup(s.close)
             self.assertTrue(self.pool.dispatch(s))
-        got = {}
-        for index, theirs in peers.items():
-            theirs.setblocking(False)
-            while True:
-                try:
-                    _, fds, _, _ = socket.recv_fds(theirs, 4, 1)
-                except BlockingIOError:
-                    break
-                got.setdefault(index, []).append(os.fstat(fds[0]).st_ino)
-                os.close(fds[0])
+        got = {index: self.received(p) for index, (_, _, p) in enumerate(self.reactor.spawned)}
         self.assertEqual(got, {0: [inode(sockets[0]), inode(sockets[3])],
                                1: [inode(sockets[1]), inode(sockets[4])],
                                2: [inode(sockets[2]), inode(sockets[5])]})
@@ -159,13 +209,9 @@ class WorkerPoolTests(SynchronousTestCase):
     def test_dead_channel_skipped_and_none_left(self):
         """A worker whose channel fails is skipped (again and again); with none left
         dispatch says so."""
-        peers = []
         for index in range(3):
-            self.pool.channels[index].close()
-            self.pool.channels[index], theirs = socket.socketpair(socket.AF_UNIX,
-                                                                  socket.SOCK_SEQPACKET)
-            peers.append(theirs)
-            self.addCleanup(theirs.close)
+            self.say_ready(index)
+        peers = [p.channel for _, _, p in self.reactor.spawned]
         peers[0].close()
         peers[1].close()
         s = socket.socket()
@@ -180,15 +226,51 @@ class WorkerPoolTests(SynchronousTestCase):
         self.assertFalse(self.pool.dispatch(s))
 
     def test_dead_worker_restarted(self):
-        """A worker that ends is started again after RESTART_DELAY, with a new channel."""
+        """A worker that ends is started again after RESTART_DELAY, with a new channel, and
+        is given connections once it says it is ready again."""
+        for index in range(3):
+            self.say_ready(index)
         _, _, process = self.reactor.spawned[1]
+        reader = self.pool.readers[1]
         process.end()
+        self.assertNotIn(reader, self.reactor.readers)
         self.assertEqual(self.pool.live, 2)
         self.assertEqual(len(self.reactor.spawned), 3)
         self.reactor.advance(handoff.RESTART_DELAY)
         self.assertEqual(len(self.reactor.spawned), 4)
         self.assertEqual(self.reactor.spawned[3][0], ["python", "worker", "1"])
+        restarted = self.reactor.spawned[3][2]
+        self.assertEqual(self.pool.live, 2)
+        s = socket.socket()
+        self.addCleanup(s.close)
+        for _ in range(4):
+            self.assertTrue(self.pool.dispatch(s))
+        self.assertEqual(self.received(restarted), [])
+        self.say_ready(1, spawned=3)
         self.assertEqual(self.pool.live, 3)
+        for _ in range(3):
+            self.assertTrue(self.pool.dispatch(s))
+        self.assertEqual(len(self.received(restarted)), 1)
+
+    def test_acceptor_waits_for_a_ready_worker(self):
+        """With no worker ready, the acceptor keeps the connection and pauses; once one is,
+        it is handed over and accepting resumes."""
+        sock = handoff.bind_socket("tcp@127.0.0.1:0")
+        acceptor = handoff.Acceptor(self.reactor, sock, self.pool.dispatch)
+        acceptor.start()
+        self.addCleanup(acceptor.stop)
+        client = socket.create_connection(sock.getsockname())
+        self.addCleanup(client.close)
+        acceptor.doRead()
+        self.assertNotIn(acceptor, self.reactor.readers)
+        self.assertIsNotNone(acceptor.waiting)
+        self.reactor.advance(acceptor.RETRY_INTERVAL * 3)
+        self.assertIsNotNone(acceptor.waiting)
+        self.say_ready(2)
+        self.reactor.advance(acceptor.RETRY_INTERVAL)
+        self.assertIsNone(acceptor.waiting)
+        self.assertIn(acceptor, self.reactor.readers)
+        self.assertEqual(len(self.received(self.reactor.spawned[2][2])), 1)
 
     def test_stop_terminates_then_kills(self):
         """Stopping sends SIGTERM; a worker still there after STOP_TIMEOUT gets SIGKILL;
@@ -220,6 +302,28 @@ class BindTests(SynchronousTestCase):
             handoff.bind_socket(address)
         self.assertEqual(caught.exception.errno, errno.EADDRINUSE)
         self.assertIn("cannot listen on %s: " % address, str(caught.exception))
+
+
+class ListenerTests(SynchronousTestCase):
+
+    def test_accepts_and_ready_once_a_worker_is(self):
+        """The listener binds at once but accepts, and says it is ready, only once a
+        worker is ready to take connections."""
+        reactor = AdoptingReactor()
+        pool = handoff.WorkerPool(reactor, lambda i: ["python", "worker", str(i)], 2)
+        ready = []
+        listener = handoff.Listener(reactor, ["tcp@127.0.0.1:0"], pool, self.fail,
+                                    on_ready=lambda: ready.append(True))
+        listener.startService()
+        self.addCleanup(lambda: [p.channel.close() for _, _, p in reactor.spawned])
+        self.addCleanup(listener.stopService)
+        acceptor, = listener.acceptors
+        self.assertNotIn(acceptor, reactor.readers)
+        self.assertEqual(ready, [])
+        reactor.spawned[1][2].channel.send(handoff.READY)
+        pool.readers[1].doRead()
+        self.assertIn(acceptor, reactor.readers)
+        self.assertEqual(ready, [True])
 
 
 class AcceptorTests(SynchronousTestCase):
@@ -308,6 +412,17 @@ def connection_owner(server_port, client_port, pids):
     return None
 
 
+def handed_on(server_port, client_port, holder):
+    """Whether the server side of the loopback connection has been accepted (it has an
+    inode) and is no longer held by the process `holder`."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    inodes = {row[9] for row in rows
+              if row[1].endswith(":%04X" % server_port) and row[2].endswith(":%04X" % client_port)}
+    return bool(inodes) and "0" not in inodes and connection_owner(
+        server_port, client_port, [holder]) is None
+
+
 def children(pid):
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
                          text=True).stdout
@@ -342,7 +457,15 @@ class DaemonWorkersTests(TestCase):
         self.daemon.wait_port(self.port)
         self.assertTrue(testing.wait_until(lambda: len(children(self.daemon.proc.pid)) == 2,
                                            30))
+        self.wait_workers_ready(2)
         return children(self.daemon.proc.pid)
+
+    def wait_workers_ready(self, count):
+        """Wait until the listener has logged `count` workers ready (connections are
+        handed to them in turn only from then on)."""
+        self.assertTrue(testing.wait_until(lambda: sum(
+            "[network.handoff#info]" in line and line.endswith(" ready")
+            for line in self.daemon.output()) >= count, 30))
 
     def start_accessws(self):
         return self.start(
@@ -376,10 +499,14 @@ class DaemonWorkersTests(TestCase):
         served; SIGTERM to the listener stops every worker with it."""
         workers = self.start_accessws()
         os.kill(workers[0], signal.SIGKILL)
-        self.assertTrue(testing.wait_until(
-            lambda: len(children(self.daemon.proc.pid)) == 2
-            and workers[0] not in children(self.daemon.proc.pid), 30))
+
+        def replaced():
+            # one listing: two of them could see the dead worker, then not the new one
+            now = children(self.daemon.proc.pid)
+            return len(now) == 2 and workers[0] not in now
+        self.assertTrue(testing.wait_until(replaced, 30))
         now = children(self.daemon.proc.pid)
+        self.wait_workers_ready(3)
         self.assertTrue(testing.wait_until(lambda: all(
             connection_owner(self.port, self.ping().sock.getsockname()[1], now) for _ in "ab"),
             30))
@@ -409,3 +536,45 @@ class DaemonWorkersTests(TestCase):
                                         "result": None, "id": 1}))
             owners.append(connection_owner(self.port, conn.sock.getsockname()[1], workers))
         self.assertEqual(sorted(owners), sorted(workers * 2))
+
+    def test_stopped_right_after_start_answers_what_it_handed_on(self):
+        """SIGTERM to the listener just after it says it is ready, with requests on
+        connections it has handed on: each is answered (a worker is given connections only
+        once it can stop cleanly, not while it is still starting), and all exit cleanly."""
+        import http.client
+        from utils import daemon, watchdog
+        ready = os.path.abspath(self.mktemp())
+        self.patch(os, "environ", dict(os.environ, **{daemon.READY_FILE: ready}))
+        self.port = testing.free_port()
+        config = testing.base_config(
+            "accesshttp", svr={"bind": ["tcp@127.0.0.1:%d" % self.port],
+                               "max_pkg_size": 102400},
+            monitor={"bind": "tcp@127.0.0.1:%d" % testing.free_port(), "max_pkg_size": 1024},
+            worker_num=2)
+        self.daemon = testing.DaemonProcess("accesshttp", config,
+                                            os.path.abspath(self.mktemp())).start()
+        self.addCleanup(self.daemon.stop, signal.SIGKILL)
+        pid = self.daemon.proc.pid
+        self.assertTrue(testing.wait_until(
+            lambda: os.path.exists(ready) and watchdog.read_pid(ready) == pid, 60))
+        body = b'{"id": 1, "method": "no.such", "params": []}'
+        conns = []
+        for _ in range(12):
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+            self.addCleanup(conn.close)
+            conn.request("POST", "/", body)
+            conns.append(conn)
+        self.assertTrue(testing.wait_until(lambda: all(
+            handed_on(self.port, c.sock.getsockname()[1], pid) for c in conns), 30))
+        workers = children(pid)
+        os.kill(pid, signal.SIGTERM)
+        answers = []
+        for conn in conns:
+            try:
+                response = conn.getresponse()
+                answers.append((response.status, json.loads(response.read())["error"]))
+            except OSError as e:
+                answers.append(e)
+        self.assertEqual(answers, [(404, {"code": 4, "message": "method not found"})] * 12)
+        self.assertEqual(self.daemon.wait_exit(30), 0)
+        self.assertTrue(testing.wait_until(lambda: not any(alive(p) for p in workers), 10))
