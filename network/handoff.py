@@ -204,10 +204,11 @@ class WorkerPool(service.Service):
     connections again once it says it is ready.
     """
 
-    def __init__(self, reactor, command, count, name="worker"):
+    def __init__(self, reactor, command, count, name="worker", env=None):
         self.reactor = reactor
         self.command = command
         self.count = count
+        self.env = os.environ if env is None else env     # the workers' environment
         self.name = name
         self.channels = {}       # index -> the listener's end of its socketpair
         self.readers = {}        # index -> the reader of READY on that channel
@@ -230,7 +231,7 @@ class WorkerPool(service.Service):
             ours.setblocking(False)
             argv = self.command(index)
             self.processes[index] = self.reactor.spawnProcess(
-                _WorkerProcess(self, index), argv[0], argv, env=os.environ,
+                _WorkerProcess(self, index), argv[0], argv, env=self.env,
                 childFDs={0: "w", 1: 1, 2: 2, WORKER_FD: theirs.fileno()})
         except Exception:
             ours.close()

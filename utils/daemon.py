@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from utils.config import ConfigError
+from utils.config import ConfigError, give_text, loaded_text
 from utils.log import log_file_name
 
 __all__ = ["daemon_options", "service_tree", "SignalService", "OrderedMultiService",
@@ -50,6 +50,10 @@ _stop_queued = weakref.WeakSet()
 
 # set by the watchdog for its worker: where the worker writes its pid once it is ready
 READY_FILE = "VIABTC_READY_FILE"
+# set by a gateway's listener for its workers: the config text it read, which a worker takes
+# in place of the file (one started again after a crash would read the file as it is then:
+# edited since, its settings would be that worker's alone, or it could not start at all)
+WORKER_CONFIG = "VIABTC_WORKER_CONFIG"
 
 
 def mark_ready():
@@ -168,6 +172,8 @@ def daemon_options(package_file, load, longdesc, prepare=None, workers=False):
 
         def postOptions(self):
             try:
+                if self.get("worker") is not None and WORKER_CONFIG in os.environ:
+                    give_text(self["config"], os.environ[WORKER_CONFIG].encode("utf-8"))
                 self["loaded"] = load(self["config"])
                 if prepare is not None:
                     prepare(self)
@@ -336,8 +342,10 @@ def listener_tree(cfg, options, reactor, module):
     from network.address import buffer_sizes
     from network.handoff import Listener, WorkerPool
     top = service_tree(cfg, options, reactor, max_size=0, keep=0)
+    # the config as the listener read it, for every worker it starts (the file may change)
+    env = dict(os.environ, **{WORKER_CONFIG: loaded_text(options["config"]).decode("utf-8")})
     pool = WorkerPool(reactor, lambda index: worker_command(module, options, index),
-                      cfg["worker_num"], name=module + " worker")
+                      cfg["worker_num"], name=module + " worker", env=env)
     Listener(reactor, cfg["svr"]["bind"], pool, lambda what: give_up(reactor, log, what),
              cfg["monitor"], name=module + " listener", buffers=buffer_sizes(cfg["svr"]),
              on_ready=mark_ready).setServiceParent(top)

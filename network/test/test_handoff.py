@@ -513,6 +513,22 @@ class DaemonWorkersTests(TestCase):
         self.assertEqual(self.daemon.stop(), 0)     # a clean stop, asked for
         self.assertTrue(testing.wait_until(lambda: not any(alive(p) for p in now), 10))
 
+    def test_restarted_worker_takes_the_listeners_config(self):
+        """A worker started again after a crash takes the config its listener read, not
+        the file as it is by then: one edited since (here, made unreadable) had the new
+        worker fail every second, or run settings of its own."""
+        workers = self.start_accessws()
+        with open(self.daemon.config_path, "w") as f:
+            f.write("{ not a config")
+        os.kill(workers[0], signal.SIGKILL)
+        self.wait_workers_ready(3)
+        now = children(self.daemon.proc.pid)
+        self.assertEqual(len(now), 2)
+        self.assertNotIn(workers[0], now)
+        self.assertTrue(testing.wait_until(lambda: all(
+            connection_owner(self.port, self.ping().sock.getsockname()[1], now) for _ in "ab"),
+            30))
+
     def test_workers_end_when_listener_is_killed(self):
         """A listener killed with SIGKILL leaves no worker behind."""
         workers = self.start_accessws()
