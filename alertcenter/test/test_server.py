@@ -60,6 +60,25 @@ class CenterTests(TestCase):
         self.addCleanup(conn.delete, KEY)
         return info, conn
 
+    async def started(self, cfg, store, **kw):
+        """An AlertCenter of `cfg` over `store`, started, stopped at the test's end."""
+        center = AlertCenter(cfg, store, reactor=reactor, **kw)
+        await center.startService()
+        self.addCleanup(center.stopService)
+        return center
+
+    def udp(self):
+        """A UDP socket, closed at the test's end."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        return sock
+
+    def sender(self, port):
+        """A module's alert sender to alertcenter's `port`, closed at the test's end."""
+        sender = AlertSender(reactor, "matchengine", "127.0.0.1:%d" % port)
+        self.addCleanup(sender.close)
+        return sender
+
     async def scenario(self):
         db = REDIS_DBS["scenario"]
         info, conn = await self.alert_list(db)
@@ -67,12 +86,9 @@ class CenterTests(TestCase):
         self.addCleanup(proxy.down)
         port, cfg = center_config("tcp", "udp")
         store = redisdb.Plain("127.0.0.1", proxy.port, db=db, timeout=1)
-        center = AlertCenter(cfg, store, reactor=reactor, retry_delay=0.1)
-        await center.startService()
-        self.addCleanup(center.stopService)
+        center = await self.started(cfg, store, retry_delay=0.1)
         # a module's alert sender, over UDP
-        sender = AlertSender(reactor, "matchengine", "127.0.0.1:%d" % port)
-        self.addCleanup(sender.close)
+        sender = self.sender(port)
         sender.send("[fatal]me_server: service unavailable")
         await until(lambda: center.pushed == 1, 10, "UDP alert pushed")
         # TCP: two lines in one write, then a bad one closes the connection
@@ -124,11 +140,8 @@ class CenterTests(TestCase):
         store = redisdb.Plain("127.0.0.1", proxy.port, db=db, timeout=1)
         gave_up = []
         self.patch(server, "give_up", lambda *args: gave_up.append(args))
-        center = AlertCenter(cfg, store, reactor=reactor, retry_delay=0.1)
-        await center.startService()
-        self.addCleanup(center.stopService)
-        sender = AlertSender(reactor, "matchengine", "127.0.0.1:%d" % port)
-        self.addCleanup(sender.close)
+        center = await self.started(cfg, store, retry_delay=0.1)
+        sender = self.sender(port)
         sender.send("[fatal]before redis")
         await until(lambda: len(center.queue) == 1, 10, "alert waiting")
         proxy.up()
@@ -150,12 +163,9 @@ class CenterTests(TestCase):
             (what, (failure or Failure()).getErrorMessage())))
         port, cfg = center_config("udp")
         store = redisdb.Plain("127.0.0.1", proxy.port, db=10000, timeout=1)
-        center = AlertCenter(cfg, store, reactor=reactor, retry_delay=0.1)
-        await center.startService()
-        self.addCleanup(center.stopService)
+        center = await self.started(cfg, store, retry_delay=0.1)
         self.assertEqual(gave_up, [])
-        sender = AlertSender(reactor, "matchengine", "127.0.0.1:%d" % port)
-        self.addCleanup(sender.close)
+        sender = self.sender(port)
         sender.send("[fatal]before redis")
         await until(lambda: len(center.queue) == 1, 10, "alert waiting")
         proxy.up()
@@ -174,12 +184,9 @@ class CenterTests(TestCase):
         info, conn = await self.alert_list(db)
         port, cfg = center_config("tcp", "udp")
         store = redisdb.Plain(info["host"], info["port"], db=db, timeout=1)
-        center = AlertCenter(cfg, store, reactor=reactor)
-        await center.startService()
-        self.addCleanup(center.stopService)
+        center = await self.started(cfg, store)
         # a datagram of 10,000 bytes is read whole (past Twisted's 8,192 by default)
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.addCleanup(udp.close)
+        udp = self.udp()
         udp.sendto(MAGIC + b"h: " + b"u" * 9900 + b"\n", ("127.0.0.1", port))
         await until(lambda: center.pushed == 1, 10, "long datagram pushed")
         # a TCP line over max_pkg_size is refused even when its newline comes with it
@@ -196,15 +203,11 @@ class CenterTests(TestCase):
         connection, as the original's read buffer does, whether or not its end came."""
         return defer.Deferred.fromCoroutine(self.long_scenario())
 
-
     async def small_scenario(self):
         port, cfg = center_config("udp", max_pkg_size=100)
         store = redisdb.MemoryRedis()
-        center = AlertCenter(cfg, store, reactor=reactor)
-        await center.startService()
-        self.addCleanup(center.stopService)
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.addCleanup(udp.close)
+        center = await self.started(cfg, store)
+        udp = self.udp()
         udp.sendto(MAGIC + b"h: " + b"u" * 200 + b"\n", ("127.0.0.1", port))
         await until(lambda: center.pushed == 1, 10, "datagram pushed")
         # cut at 100 bytes: the magic and 80 bytes of text, without its newline
