@@ -43,7 +43,7 @@ from utils import decimals, rpc
 from utils.config import ConfigError
 from utils.daemon import give_up, mark_ready
 from utils.jsonfmt import RawJSON, dumps
-from utils.redisdb import DatabaseRefused, WatchError
+from utils.redisdb import ConfigChecked, WatchError
 from utils.rpc_server import RPCServerFactory, listen_rpc
 
 __all__ = ["MarketPrice"]
@@ -85,6 +85,7 @@ class MarketPrice(service.Service):
             from twisted.internet import reactor
         self.cfg = cfg
         self.store = store
+        self.redis = ConfigChecked(store)       # the connections of the start
         self.consumer_factory = consumer_factory
         self.market_list = market_list
         self.reactor = reactor
@@ -181,13 +182,14 @@ class MarketPrice(service.Service):
 
     async def _connect_retrying(self):
         """A connection to Redis, tried again every second while it cannot be reached.  A
-        database number the server refuses is a ConfigError naming `redis.db`: no retry
-        mends it, and the daemon would otherwise wait for ever."""
+        database number the server refuses before it has taken a connection is a ConfigError
+        naming `redis.db` (`ConfigChecked`): no retry mends it, and the daemon would
+        otherwise wait for ever."""
         while True:
             try:
-                return await self.store.connect()
-            except DatabaseRefused as e:
-                raise ConfigError("redis.db: %s" % e) from None
+                return await self.redis.connect()
+            except ConfigError:
+                raise
             except Exception as e:
                 self.log.error("marketprice: {store} unavailable ({error}); retrying in 1 s",
                                store=self.store.describe(), error=e)

@@ -463,13 +463,17 @@ async def _first_logged(db):
     return None
 
 
+def _tables_named(db, prefix):
+    """The statement listing the tables whose names start with `prefix` and "_" (a LIKE
+    pattern, `%` doubled: it is run with parameters or through `_fetch`)."""
+    if db.dialect.name == "mysql":
+        return "SHOW TABLES LIKE '%s\\_%%%%'" % prefix
+    return "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%s_%%%%'" % prefix
+
+
 async def operlog_tables(db):
     """The operation-log tables, oldest first."""
-    if db.dialect.name == "mysql":
-        rows = await _fetch(db, "SHOW TABLES LIKE 'operlog\\_%%'")
-    else:
-        rows = await _fetch(db, "SELECT name FROM sqlite_master WHERE type = 'table' "
-                                "AND name LIKE 'operlog_%%'")
+    rows = await _fetch(db, _tables_named(db, "operlog"))
     return sorted(r[0] for r in rows if re.fullmatch(r"operlog_\d{8}", r[0]))
 
 
@@ -616,11 +620,7 @@ def _drop_unfinished(db, cursor, ts):
     """Drop the tables of slices older than `ts` that never got their `slice_history` row:
     a slice child killed while it wrote (with its daemon, by kill -9) leaves them, and no
     retention names them.  Only older ones: a newer slice may be under way."""
-    if db.dialect.name == "mysql":
-        cursor.execute("SHOW TABLES LIKE 'slice\\_%'")
-    else:
-        cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                       "AND name LIKE 'slice_%'")
+    cursor.execute(_tables_named(db, "slice"), ())
     names = [row[0] for row in cursor.fetchall()]
     cursor.execute("SELECT `time` FROM `slice_history`")
     finished = {int(row[0]) for row in cursor.fetchall()}

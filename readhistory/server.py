@@ -84,7 +84,8 @@ class ReadHistory(service.Service):
         return outcome
 
     def _query_failed(self, failure, sql):
-        if not self.running:
+        if self.db.aborted:
+            # the stop's own abort of the pool, not the query's failure
             self.log.info("readhistory: stopping, query abandoned: {sql}", sql=sql)
             raise rpc.INTERNAL_ERROR()
         self.log.critical("readhistory: query failed ({error}): {sql}",
