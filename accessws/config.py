@@ -41,8 +41,8 @@ SCHEMA = cfg.DAEMON.extend({
 })
 
 
-def load(path):
-    return cfg.load(path, SCHEMA)
+def load(path, raw=None):
+    return cfg.load(path, SCHEMA, raw)
 
 
 def load_data(data, source="<config>"):

@@ -37,7 +37,6 @@ import abc
 import ipaddress
 import json
 import math
-import os
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional
 
 from twisted.logger import Logger
@@ -532,34 +531,20 @@ def _parse_float(text: str) -> float:
     return value
 
 
-# by a file's absolute path: the bytes to take in its place (`give_text`), and the bytes the
-# last `load` of it took
-_given = {}
-_taken = {}
+def read(path: str) -> bytes:
+    """The bytes of the config file at `path`."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError("{}: cannot read: {}".format(path, e.strerror or e)) from None
 
 
-def give_text(path: str, raw: bytes) -> None:
-    """Have `load(path)` take `raw` rather than read the file: a gateway's worker takes the
-    config its listener read, whatever the file holds by the time it is started again."""
-    _given[os.path.abspath(path)] = raw
-
-
-def loaded_text(path: str) -> bytes:
-    """The bytes the last `load(path)` took."""
-    return _taken[os.path.abspath(path)]
-
-
-def load(path: str, schema: Section) -> ConfigSection:
-    """Read the JSON file at `path` (or the text given for it, `give_text`) and validate it
-    against `schema`."""
-    raw = _given.get(os.path.abspath(path))
+def load(path: str, schema: Section, raw: Optional[bytes] = None) -> ConfigSection:
+    """Read the JSON file at `path` and validate it against `schema`; given `raw`, those
+    bytes are taken for the file's (`path` names them in errors)."""
     if raw is None:
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except OSError as e:
-            raise ConfigError("{}: cannot read: {}".format(path, e.strerror or e)) from None
-    _taken[os.path.abspath(path)] = raw
+        raw = read(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from utils.config import ConfigError, give_text, loaded_text
+from utils.config import ConfigError, read
 from utils.log import log_file_name
 
 __all__ = ["daemon_options", "service_tree", "SignalService", "OrderedMultiService",
@@ -160,7 +160,9 @@ def daemon_options(package_file, load, longdesc, prepare=None, workers=False):
 
     `load(path)` loads the config; `prepare(options)` may derive more from it (its
     ConfigError is reported like a load error).  `workers=True` adds `--worker N`, which the
-    listener of a daemon with `worker_num` > 1 gives the processes it starts.
+    listener of a daemon with `worker_num` > 1 gives the processes it starts; `load(path,
+    raw)` then takes the config's bytes, kept as `config_text`: those the listener read, for
+    its workers (`listener_tree`).
     """
     default = os.path.join(os.path.dirname(os.path.abspath(package_file)), "conf",
                            "config.json")
@@ -172,9 +174,15 @@ def daemon_options(package_file, load, longdesc, prepare=None, workers=False):
 
         def postOptions(self):
             try:
-                if self.get("worker") is not None and WORKER_CONFIG in os.environ:
-                    give_text(self["config"], os.environ[WORKER_CONFIG].encode("utf-8"))
-                self["loaded"] = load(self["config"])
+                if workers:
+                    # the text a listener hands its workers, or a worker takes from it
+                    if self.get("worker") is not None and WORKER_CONFIG in os.environ:
+                        self["config_text"] = os.environ[WORKER_CONFIG].encode("utf-8")
+                    else:
+                        self["config_text"] = read(self["config"])
+                    self["loaded"] = load(self["config"], self["config_text"])
+                else:
+                    self["loaded"] = load(self["config"])
                 if prepare is not None:
                     prepare(self)
                 log_directory(self["config"], self["loaded"])
@@ -343,7 +351,7 @@ def listener_tree(cfg, options, reactor, module):
     from network.handoff import Listener, WorkerPool
     top = service_tree(cfg, options, reactor, max_size=0, keep=0)
     # the config as the listener read it, for every worker it starts (the file may change)
-    env = dict(os.environ, **{WORKER_CONFIG: loaded_text(options["config"]).decode("utf-8")})
+    env = dict(os.environ, **{WORKER_CONFIG: options["config_text"].decode("utf-8")})
     pool = WorkerPool(reactor, lambda index: worker_command(module, options, index),
                       cfg["worker_num"], name=module + " worker", env=env)
     Listener(reactor, cfg["svr"]["bind"], pool, lambda what: give_up(reactor, log, what),
