@@ -273,10 +273,11 @@ def main():
     args = parser.parse_args()
     eng = build(args.resting)
     first_id = eng.order_id
+    batch = orders(args.orders)
     if args.server:
         work, replies = server_path(eng, args.orders)
     else:
-        work = functools.partial(run, eng, orders(args.orders))
+        work = functools.partial(run, eng, batch)
     collector_as_daemon()
     start = time.perf_counter()
     if args.profile:
