@@ -184,6 +184,10 @@ class UnitTests(SynchronousTestCase):
                (202, 1, "BTCBCH", 1, "1", "0", ""), (202, 1, "BTCBCH", 2, "1", "0", ""),
                (204, 1, "BTCBCH", 1), (203, 1, "BTCBCH", 0, 102), (203, 1, "BTCBCH", 0, -1),
                (205, "BTCBCH", 3, 0, 10), (206, "BTCBCH", 10, "-1"), (101, 0), (101,),
+               # a side past 32 bits, which the original cut to 1
+               (201, 1, "BTCBCH", (1 << 32) + 1, "1", "10", "0", "0", ""),
+               (202, 1, "BTCBCH", (1 << 32) + 1, "1", "0", ""),
+               (205, "BTCBCH", (1 << 32) + 1, 0, 10),
                (101, 1, "NOPE"), (105, 5), (308, "NOPE")]
         for params in bad:
             r = self.run_cmd(*params)
@@ -319,6 +323,17 @@ class UnitTests(SynchronousTestCase):
         self.assertEqual(again.dedup, eng.dedup)
         self.assertEqual(call(again, 102, list(params), t + day - 20)["error"],
                          {"code": 10, "message": "repeat update"})
+
+    def test_replay_changes_at_prec_show(self):
+        """A replayed balance.update is cut to the asset's prec_show places, as it was
+        live (the original replayed it at prec_save, so that a restart changed the
+        balance)."""
+        params = [1, "BTC", "deposit", 1, "1.123456789012", {}]
+        self.assertIsNone(call(self.eng, 102, list(params), 1000.0)["error"])
+        again = engine.Engine(*config.example_tables())
+        again.replay("update_balance", list(params), 1000.0)
+        for eng in (self.eng, again):
+            self.assertEqual(str(eng.balances.get(1, AVAILABLE, "BTC")), "1.123456780000")
 
     def test_market_buy_worked_example(self):
         """The spec's worked market buy: 1 @ 8000 then 0.00131077 @ 8010.5."""
