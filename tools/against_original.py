@@ -1,0 +1,765 @@
+#!/usr/bin/env python
+"""Send the same random requests to the original C daemon and to ours, and compare answers.
+
+`matchengine`: both engines start on fresh databases with the same assets and markets; a
+seeded stream of balance updates, limit and market orders, cancels and every query goes to
+both, one request at a time, and each answer is compared: its JSON, and its text with the
+times taken out (key order, number formats, the `debug` indentation).  With `--restarts N`
+both daemons are stopped N times (after a `makeslice` with `--slice`) and started again:
+their history tables are compared row by row, then every user's balances and orders, the
+books, depth and summaries.  With `--bad-input` a third of the requests are spoiled (a
+parameter missing, added, or of another type or value).
+
+`readhistory`: both serve the same history database, filled first by our matchengine from the
+same kind of stream; a seeded stream of every query, valid and spoiled, goes to both, and the
+replies are compared byte for byte.
+
+Inputs where the two differ on purpose (docs/matchengine.md, "Differences from the original")
+are left out of the stream: non-finite numbers and exponents past 100, amounts past 34
+digits, a `business` past 30 characters, a side past 32 bits, and with restarts a
+`balance.update` change with more places than `prec_show`; with `--slice`, orders restored
+from a slice are compared without their `source`, which the original's slice does not keep.
+
+The original's executables are built from its sources (README, "Against the original").  Only one
+of its matchengines runs on a machine at a time (it checks for its own name).  Needs
+`python depends/services.py up`.  Prints every difference and a summary; exit status 1 when
+anything differed.
+
+Usage: python tools/against_original.py matchengine --original PATH [--seed S] [--steps N]
+           [--restarts N] [--slice] [--bad-input] [--precisions]
+       python tools/against_original.py readhistory --original PATH [--seed S] [--steps N]
+"""
+
+import argparse
+import decimal
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from utils import rpc, testing  # noqa: E402
+
+TIMES = re.compile(rb'"(ctime|mtime|ftime|time|update_time|create_time)": [0-9.e+-]+')
+# a message's times are its only JSON reals (amounts and prices are strings)
+REALS = re.compile(rb'-?\d+\.\d+(e[+-]?\d+)?(?=[,\]}])')
+SOURCE = re.compile(rb'"source": "(?:[^"\\]|\\.)*", ')
+TIME_KEYS = {"ctime", "mtime", "ftime", "time", "update_time", "create_time"}
+HISTORY_COLUMNS = {
+    "balance_history": "user_id, asset, business, `change`, balance, detail",
+    "order_history": "id, user_id, market, source, t, side, price, amount, taker_fee, "
+                     "maker_fee, deal_stock, deal_money, deal_fee",
+    "order_detail": "id, user_id, market, source, t, side, price, amount, taker_fee, "
+                    "maker_fee, deal_stock, deal_money, deal_fee",
+    "deal_history": "user_id, deal_id, order_id, deal_order_id, role, price, amount, deal, "
+                    "fee, deal_fee",
+    "user_deal_history": "user_id, market, deal_id, order_id, deal_order_id, side, role, "
+                         "price, amount, deal, fee, deal_fee",
+}
+# --precisions: markets whose stock, money and fee places differ from the shipped ones
+PRECISION_ASSETS = [{"name": "BCH", "prec_save": 20, "prec_show": 8},
+                    {"name": "BTC", "prec_save": 12, "prec_show": 8},
+                    {"name": "LTC", "prec_save": 10, "prec_show": 4}]
+PRECISION_MARKETS = [
+    {"name": "BTCBCH", "stock": {"name": "BTC", "prec": 8}, "money": {"name": "BCH", "prec": 8},
+     "min_amount": "0.001"},
+    {"name": "LTCBCH", "stock": {"name": "LTC", "prec": 4}, "money": {"name": "BCH", "prec": 6},
+     "fee_prec": 2, "min_amount": "0.01"},
+    {"name": "LTCBTC", "stock": {"name": "LTC", "prec": 3}, "money": {"name": "BTC", "prec": 5},
+     "fee_prec": 3, "min_amount": "0.5"}]
+ASSETS = ["BTC", "BCH", "LTC"]
+FEES = ["0", "0.001", "0.002", "0.0015", "0.12345678", "0.1", "0.00001", "0.3"]
+POOR_USER = 7
+USERS = [1, 2, 3, 4, POOR_USER]
+SPOILT = ["-1", "0", "1e5", "1E-3", " 1", "1 ", "0x10", "+1", "", "abc", "1.2.3", "-0",
+          "00001.5", ".5", "5.", "0.0000000001", "-0.0001", "1,5", "\u0661", "1_000",
+          "0." + "0" * 30 + "1", 1, 1.5, None, [], {}, True, 0, -1, 1 << 32, 1 << 64,
+          -(1 << 63), 1 << 31, 4294967295, 1e20, "NOPE", "btcbch", "BTC", "x" * 200]
+
+
+class Requests:
+    """A seeded stream of matchengine requests: (command, params)."""
+
+    def __init__(self, seed, markets, spoil=False, restarts=False):
+        self.rng = random.Random(seed)
+        self.markets = markets
+        self.spoil = spoil
+        self.restarts = restarts
+        self.open_orders = []           # (user, market, order id)
+        self.business_id = 0
+        self.pending = [(102, [user, asset, "deposit", 1000 + user * 10 + n, amount, {}])
+                        for user in USERS[:-1]
+                        for n, (asset, amount) in enumerate(
+                            [("BTC", "1000.123456789"), ("BCH", "100000.5"), ("LTC", "5000")])]
+
+    def number(self, low, high):
+        rng = self.rng
+        places = rng.choice([0, 0, 1, 2, 3, 4, 8, 8, 12, rng.randrange(0, 16)])
+        text = str(rng.randrange(low, high))
+        return text + "." + "".join(str(rng.randrange(10)) for _ in range(places)) \
+            if places else text
+
+    def price(self):
+        if self.rng.random() < 0.7:
+            return "%d.%02d" % (self.rng.randrange(95, 106), self.rng.randrange(0, 100))
+        return self.number(0, 200)
+
+    def amount(self):
+        if self.rng.random() < 0.6:
+            return "%d.%03d" % (self.rng.randrange(0, 5), self.rng.randrange(0, 1000))
+        return self.number(0, 10)
+
+    def plain(self):
+        if self.pending:
+            return self.pending.pop(0)
+        rng = self.rng
+        user, market = rng.choice(USERS[:-1]), rng.choice(self.markets)
+        x = rng.random()
+        if x < 0.40:
+            return 201, [user, market, rng.choice([1, 2]), self.amount(), self.price(),
+                         rng.choice(FEES), rng.choice(FEES), rng.choice(["", "web", "x" * 31])]
+        if x < 0.55:
+            side = rng.choice([1, 2])
+            return 202, [user, market, side, self.amount() if side == 1 else self.number(0, 300),
+                         rng.choice(FEES), "api"]
+        if x < 0.65 and self.open_orders:
+            owner, market, order_id = rng.choice(self.open_orders)
+            return 204, [owner if rng.random() < 0.8 else user, market, order_id]
+        if x < 0.72:
+            self.business_id += 1
+            change = self.number(0, 50)
+            return 102, [user, rng.choice(ASSETS), rng.choice(["deposit", "withdraw", "trade"]),
+                         self.business_id, "-" + change if rng.random() < 0.3 else change,
+                         {"k": rng.randrange(10)}]
+        if x < 0.76:
+            return 101, [user] + rng.sample(ASSETS, rng.randrange(0, 3))
+        if x < 0.80:
+            return 203, [user, market, rng.randrange(0, 3), rng.choice([1, 10, 100])]
+        if x < 0.84:
+            return 205, [market, rng.choice([1, 2]), rng.randrange(0, 3),
+                         rng.choice([1, 10, 100])]
+        if x < 0.90:
+            return 206, [market, rng.choice([1, 5, 50]),
+                         rng.choice(["0", "0.1", "1", "0.01", "10", "0.00000001", "3"])]
+        if x < 0.93 and self.open_orders:
+            return 207, rng.choice(self.open_orders)[1:]
+        if x < 0.96:
+            return 105, rng.sample(ASSETS, rng.randrange(0, 3))
+        if x < 0.98:
+            return 308, rng.sample(self.markets, rng.randrange(0, 2))
+        return rng.choice([(104, []), (307, [])])
+
+    def spoilt(self, command, params):
+        rng = self.rng
+        if rng.random() < 0.1 and command in (102, 201):
+            params[0] = POOR_USER           # a user with little or nothing
+            if command == 102:
+                params[4] = self.number(0, 3)
+            return params
+        if rng.random() > 0.3:
+            return params
+        x = rng.random()
+        if x < 0.15 and params:
+            params.pop(rng.randrange(len(params)))
+        elif x < 0.25:
+            params.append(rng.choice(SPOILT))
+        elif params:
+            params[rng.randrange(len(params))] = rng.choice(SPOILT)
+        return params
+
+    @staticmethod
+    def departs(command, params):
+        """Whether the request is one where the two differ on purpose (see the module)."""
+        for value in params:
+            if isinstance(value, str) and far_number(value):
+                return True
+        if command in (201, 202, 205):
+            at = 1 if command == 205 else 2
+            side = params[at] if len(params) > at else None
+            if type(side) is int and side not in (1, 2) and side & 0xFFFFFFFF in (1, 2):
+                return True
+        if command == 102 and len(params) > 4:
+            business, change = params[2], params[4]
+            if isinstance(business, str) and len(business) > 30:
+                return True
+            # a credit whose sum a balance cannot hold at prec_save (BCH's 20 places: 14
+            # integer digits)
+            if isinstance(change, str) and len(change.split(".")[0].lstrip("+-0")) > 14:
+                return True
+        return False
+
+    def restartable(self, command, params):
+        """A balance.update change cut to 4 places, the fewest of any asset's prec_show:
+        the original replays a change at prec_save."""
+        if command == 102 and len(params) > 4 and isinstance(params[4], str) \
+                and "." in params[4]:
+            whole, places = params[4].split(".", 1)
+            params[4] = whole + "." + places[:4] if places[:4] else whole
+        return params
+
+    def next(self):
+        while True:
+            command, params = self.plain()
+            if self.spoil and not self.pending:
+                params = self.spoilt(command, list(params))
+            if self.restarts:
+                params = self.restartable(command, params)
+            if not self.departs(command, params):
+                return command, params
+
+    def learn(self, command, params, reply):
+        result = reply.get("result")
+        if command == 201 and isinstance(result, dict) and result.get("left") not in ("0", None):
+            self.open_orders.append((params[0], params[1], result["id"]))
+
+
+def far_number(text):
+    """True for a number the two read differently on purpose: not finite, an exponent past
+    100 either way, or more than 34 digits; False otherwise (None: not a number at all)."""
+    try:
+        value = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        return None
+    if not value.is_finite():
+        return True
+    digits, exponent = value.as_tuple()[1:]
+    return abs(exponent) > 100 or len(digits) > 34
+
+
+def call(sock, command, body, sequence=[0]):
+    """The reply to one request: its body, or None when the connection closed (the answer to
+    a body that is not JSON) or nothing came within 10 seconds."""
+    sequence[0] += 1
+    sock.sendall(rpc.encode(rpc.Packet(command, rpc.REQUEST, sequence[0], 0, body)))
+    decoder, packets = rpc.StreamDecoder(1 << 24), []
+    while not packets:
+        try:
+            data = sock.recv(1 << 16)
+        except socket.timeout:
+            return None
+        if not data:
+            return None
+        packets = decoder.feed(data)
+    return packets[0].body
+
+
+def connect(port, patience=60.0):
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=10)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def without_times(value, drop=()):
+    if isinstance(value, dict):
+        return {k: without_times(v, drop) for k, v in value.items()
+                if k not in TIME_KEYS and k not in drop}
+    if isinstance(value, list):
+        return [without_times(v, drop) for v in value]
+    return value
+
+
+class Daemon:
+    """One side of the comparison: a daemon's processes and its RPC connection.  The
+    original's daemonize themselves (a new session, a watchdog and its worker): they are told
+    by their config file's path in their command lines."""
+
+    def __init__(self, label, argv, workdir, port, env=None):
+        self.label, self.argv, self.workdir, self.port = label, argv, workdir, port
+        self.env = env
+        self.process = self.sock = None
+
+    def start(self):
+        self.process = subprocess.Popen(self.argv, cwd=self.workdir, env=self.env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+        try:
+            self.sock = connect(self.port)
+        except ConnectionRefusedError:
+            raise SystemExit("against_original: the %s %s does not listen; the end of its "
+                             "logs:\n%s" % (self.label, self.argv[-3 if self.label == "ours"
+                                                                  else 0], self.log_tail()))
+
+    def log_tail(self):
+        lines = []
+        for directory, _, files in os.walk(self.workdir):
+            for name in files:
+                if name.endswith(".log") or "log" in directory:
+                    with open(os.path.join(directory, name), errors="replace") as f:
+                        lines += f.read().splitlines()[-10:]
+        return "\n".join(lines)
+
+    def call(self, command, body):
+        reply = call(self.sock, command, body)
+        if reply is None:
+            self.sock.close()
+            self.sock = connect(self.port)
+        return reply
+
+    def pids(self):
+        """The processes running with this side's config file, or in our daemon's session."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open("/proc/%s/cmdline" % entry, "rb") as f:
+                    argv = f.read().split(b"\0")
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z":
+                continue
+            if self.argv[-1].encode() in argv or int(fields[3]) == self.process.pid:
+                found.append(int(entry))
+        return found
+
+    def stop(self, sig=signal.SIGTERM):
+        """Stop the daemon (ours: its main process, which stops its writer) and wait until
+        none of its processes is left; SIGKILL after a minute."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.process is None:
+            return
+        targets = [self.process.pid] if self.label == "ours" else self.pids()
+        for pid in targets:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 60
+        while self.pids():
+            self.process.poll()
+            if time.monotonic() > deadline:
+                for pid in self.pids():
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        self.process.wait()
+        self.process = None
+
+
+def ours(module, config_path, workdir, port):
+    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "--nodaemon", "--pidfile=", "--logfile=" + os.path.join(workdir, "twistd.log"),
+            module, "--config", config_path]
+    return Daemon("ours", argv, workdir, port, dict(os.environ, PYTHONPATH=ROOT))
+
+
+def write_configs(module, base, workdir, common, original_changes, our_changes):
+    """Each side's config file and port: [(label, path, port)]."""
+    out = []
+    # the original needs an alert section: a UDP port that nothing reads
+    original_changes = dict(original_changes, alert={"host": module, "addr": "127.0.0.1:%d"
+                                                     % testing.free_port()})
+    for label, changes in (("original", original_changes), ("ours", our_changes)):
+        directory = os.path.join(workdir, label)
+        os.makedirs(os.path.join(directory, "log"))
+        cfg = json.loads(json.dumps(base))
+        cfg.pop("alert", None)
+        port = testing.free_port()
+        cfg.update(common)
+        cfg.update({"debug": True,     # indented replies: their text is compared too
+                    "log": {"path": os.path.join(directory, "log", module),
+                            "flag": "fatal,error,warn,info"},
+                    "svr": {"bind": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 1 << 20,
+                            "heartbeat_check": False, "buf_limit": 100}})
+        cfg.update(changes)
+        path = os.path.join(directory, "config.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f, indent=1)
+        out.append((directory, path, port))
+    return out
+
+
+def mysql_config(name, for_original):
+    info = testing.require("mysql")
+    section = {"host": info["host"], "port": int(info["port"]), "user": info["user"],
+               "pass": info["password"], "name": name}
+    if for_original:        # the original's config has no port: the default one
+        section.pop("port")
+    return section
+
+
+class Comparison:
+    """Answers compared, and counted by command and outcome; each difference is printed by
+    `out` and kept in `found` as (what differed, the request)."""
+
+    def __init__(self, out=print):
+        self.out = out
+        self.found = []
+        self.counts = {}
+        # keys left out of every answer: once a slice was loaded, "source" (the original's
+        # slice does not keep it, and leaves it out of the orders it restored)
+        self.drop = ()
+
+    def differ(self, what, request, original, ours):
+        self.found.append((what, request))
+        self.out("DIFFERENT %s: %s" % (what, request))
+        self.out("  original: %s" % (original[:1500] if original is not None else "closed"))
+        self.out("  ours:     %s" % (ours[:1500] if ours is not None else "closed"))
+
+    def compare(self, command, params, original, ours):
+        request = "%d %s" % (command, json.dumps(params))
+        drop = self.drop
+        code = None
+        if original is None or ours is None:
+            if original is not ours:
+                self.differ("answer", request, original, ours)
+            code = "closed"
+        else:
+            a, b = json.loads(original), json.loads(ours)
+            code = (a.get("error") or {}).get("code")
+            if without_times(a, drop) != without_times(b, drop):
+                self.differ("answer", request, original, ours)
+            elif not drop and TIMES.sub(b"T", original) != TIMES.sub(b"T", ours):
+                self.differ("text", request, original, ours)
+        self.counts[command, code] = self.counts.get((command, code), 0) + 1
+
+    def summary(self):
+        out = self.out
+        out("compared, by command: answered (result), error code, connection closed")
+        for command in sorted({command for command, _ in self.counts}):
+            kinds = sorted(((code, n) for (c, code), n in self.counts.items() if c == command),
+                           key=str)
+            out("  %d: %s" % (command, ", ".join(
+                "%d %s" % (n, "result" if code is None else "closed" if code == "closed"
+                           else "error %s" % code) for code, n in kinds)))
+        out("%d differences" % len(self.found))
+        return 1 if self.found else 0
+
+
+def history_rows(cursor, database):
+    rows = {}
+    for table, columns in HISTORY_COLUMNS.items():
+        found = []
+        for shard in range(100):
+            cursor.execute("SELECT %s FROM `%s`.`%s_%d`" % (columns, database, table, shard))
+            found += [tuple(str(v) for v in row) for row in cursor.fetchall()]
+        rows[table] = sorted(found)
+    return rows
+
+
+def compare_history(comparison, databases, sliced):
+    import pymysql
+    info = testing.require("mysql")
+    conn = pymysql.connect(host=info["host"], port=int(info["port"]), user=info["user"],
+                           password=info["password"], charset="utf8mb4")
+    try:
+        with conn.cursor() as cursor:
+            original, ours = (history_rows(cursor, name) for name in databases)
+    finally:
+        conn.close()
+    for table in HISTORY_COLUMNS:
+        a, b = original[table], ours[table]
+        if sliced and table in ("order_history", "order_detail"):
+            # the original writes the source of an order restored from a slice as "(null)"
+            a, b = ([row[:3] + row[4:] for row in rows] for rows in (a, b))
+        if a != b:
+            only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+            comparison.differ("history %s" % table, "%d and %d rows" % (len(a), len(b)),
+                              repr(only_a[:5]), repr(only_b[:5]))
+        else:
+            comparison.out("history %s: %d rows, the same" % (table, len(a)))
+
+
+def run_matchengine(args):
+    with open(os.path.join(ROOT, "matchengine", "conf", "config.json")) as f:
+        base = json.load(f)
+    if args.precisions:
+        base["assets"], base["markets"] = PRECISION_ASSETS, PRECISION_MARKETS
+    markets = [m["name"] for m in base["markets"] if m["stock"]["name"] in ASSETS
+               and m["money"]["name"] in ASSETS]
+    databases = [testing.create_database(label, ("trade_log",)) if label.endswith("log")
+                 else testing.create_database(label, ("trade_history",), True)
+                 for label in ("orig_log", "orig_history", "ours_log", "ours_history")]
+    workdir = tempfile.mkdtemp(prefix="against-original-")
+    brokers = []
+    try:
+        if args.kafka:      # a broker of its own for each
+            brokers = [testing.KafkaBroker().start() for _ in range(2)]
+            original_broker, our_broker = (broker.address for broker in brokers)
+        else:               # the original's messages are not read: nothing listens there
+            original_broker = "127.0.0.1:%d" % testing.free_port()
+            our_broker = testing.require("kafka")
+        (odir, opath, oport), (udir, upath, uport) = write_configs(
+            "matchengine", base, workdir, {"slice_interval": 3600, "slice_keeptime": 259200},
+            {"process": {"file_limit": 10000, "core_limit": 0},
+             "db_log": mysql_config(databases[0], True),
+             "db_history": mysql_config(databases[1], True), "brokers": original_broker,
+             "cli": "tcp@127.0.0.1:%d" % testing.free_port()},
+            {"db_log": mysql_config(databases[2], False),
+             "db_history": mysql_config(databases[3], False), "brokers": our_broker,
+             "durable": True, "cli": "tcp@127.0.0.1:%d" % testing.free_port()})
+        original = Daemon("original", [args.original, opath], odir, oport)
+        mine = ours("matchengine", upath, udir, uport)
+        comparison = Comparison()
+        requests = Requests(args.seed, markets, args.bad_input, args.restarts > 0)
+        sliced = False
+        try:
+            original.start()
+            mine.start()
+            for rounds in range(args.restarts + 1):
+                for _ in range(args.steps):
+                    command, params = requests.next()
+                    if command == 206:
+                        time.sleep(0.46)    # the original answers depth from a cache of 0.45 s
+                    body = json.dumps(params).encode()
+                    a, b = original.call(command, body), mine.call(command, body)
+                    comparison.compare(command, params, a, b)
+                    if a is not None:
+                        requests.learn(command, params, json.loads(a))
+                if args.kafka:
+                    time.sleep(2)       # the original sends its messages on a timer
+                if rounds == args.restarts:
+                    break
+                if args.slice:
+                    for path in (opath, upath):
+                        with open(path) as f:
+                            host, port = json.load(f)["cli"].split("@")[1].split(":")
+                        with socket.create_connection((host, int(port)), timeout=10) as cli:
+                            cli.sendall(b"makeslice\n")
+                            cli.recv(100)
+                    time.sleep(3)           # both slices written
+                    sliced = True
+                    comparison.drop = ("source",)
+                original.stop(signal.SIGQUIT)
+                mine.stop()
+                compare_history(comparison, (databases[1], databases[3]), sliced)
+                original.start()
+                mine.start()
+                print("restarted (%d of %d)" % (rounds + 1, args.restarts))
+                for command, params in state_queries(markets):
+                    body = json.dumps(params).encode()
+                    comparison.compare(command, params, original.call(command, body),
+                                       mine.call(command, body))
+            original.stop(signal.SIGQUIT)
+            mine.stop()
+            compare_history(comparison, (databases[1], databases[3]), sliced)
+            if args.kafka:
+                compare_messages(comparison, *brokers)
+        finally:
+            original.stop(signal.SIGKILL)
+            mine.stop()
+        return comparison.summary()
+    finally:
+        for broker in brokers:
+            broker.stop()
+        for name in databases:
+            testing.drop_database(name)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def topic_messages(address, topic):
+    """A topic's messages on the broker at `address`, each with its times (its JSON reals)
+    taken out."""
+    from kafka import KafkaConsumer, TopicPartition
+    consumer = KafkaConsumer(bootstrap_servers=address, enable_auto_commit=False,
+                             consumer_timeout_ms=3000)
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        consumer.seek_to_beginning(partition)
+        return [REALS.sub(b"T", record.value) for record in consumer]
+    finally:
+        consumer.close()
+
+
+def compare_messages(comparison, original, ours):
+    for topic in ("deals", "orders", "balances"):
+        a, b = topic_messages(original.address, topic), topic_messages(ours.address, topic)
+        if "source" in comparison.drop:
+            a, b = ([SOURCE.sub(b"", message) for message in messages] for messages in (a, b))
+        if a == b:
+            comparison.out("messages %s: %d, the same" % (topic, len(a)))
+            continue
+        at = next((n for n, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        comparison.differ("messages %s" % topic,
+                          "%d and %d messages, the first difference at %d" % (len(a), len(b), at),
+                          a[at] if at < len(a) else None, b[at] if at < len(b) else None)
+
+
+def state_queries(markets):
+    for user in USERS:
+        yield 101, [user]
+        for market in markets:
+            yield 203, [user, market, 0, 100]
+    for market in markets:
+        for side in (1, 2):
+            yield 205, [market, side, 0, 100]
+        yield 206, [market, 100, "0"]      # the first since the start: not from a cache
+    yield 105, []
+    yield 308, []
+
+
+def fill_history(seed, steps, database):
+    """Our matchengine's history of `steps` random requests, written into `database`."""
+    with open(os.path.join(ROOT, "matchengine", "conf", "config.json")) as f:
+        base = json.load(f)
+    log_db = testing.create_database("fill_log", ("trade_log",))
+    workdir = tempfile.mkdtemp(prefix="against-original-fill-")
+    try:
+        (_, _, _), (udir, upath, uport) = write_configs(
+            "matchengine", base, workdir, {}, {},
+            {"db_log": mysql_config(log_db, False),
+             "db_history": mysql_config(database, False),
+             "brokers": testing.require("kafka"), "cli": "tcp@127.0.0.1:%d" % testing.free_port()})
+        mine = ours("matchengine", upath, udir, uport)
+        requests = Requests(seed, ["BTCBCH", "LTCBCH"])
+        mine.start()
+        try:
+            for _ in range(steps):
+                command, params = requests.next()
+                reply = mine.call(command, json.dumps(params).encode())
+                requests.learn(command, params, json.loads(reply))
+        finally:
+            mine.stop()
+    finally:
+        testing.drop_database(log_db)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class Queries:
+    """A seeded stream of readhistory queries over what a history database holds."""
+
+    def __init__(self, seed, order_ids, times):
+        self.rng = random.Random(seed)
+        self.order_ids = order_ids + [0, 123456789]
+        self.times = times or [1.0]
+
+    def time(self):
+        rng = self.rng
+        x = rng.random()
+        if x < 0.3:
+            return 0
+        if x < 0.8:
+            return rng.choice(self.times) + rng.choice([-0.5, 0, 0.0000001, 1, -1])
+        return rng.choice([1, -5, 1.5, 1e12, int(rng.choice(self.times))])
+
+    def next(self):
+        rng = self.rng
+        user = rng.choice(USERS + [0, 5, 101, (1 << 32) + 1, -1])
+        market = rng.choice(["BTCBCH", "LTCBCH", "", "NOPE", 1, None])
+        offset = rng.choice([0, 0, 0, 1, 3, 10, 1000, -1])
+        limit = rng.choice([1, 2, 10, 100, 101, 102, 0, -1, 5])
+        command = rng.choice([103, 208, 209, 210, 306])
+        if command == 103:
+            params = [user, rng.choice(["", "BTC", "BCH", "LTC", "NOPE", 5, None]),
+                      rng.choice(["", "deposit", "trade", "withdraw", "x", 3]),
+                      self.time(), self.time(), offset, limit]
+        elif command == 208:
+            params = [user, market, self.time(), self.time(), offset, limit]
+            if rng.random() < 0.5:
+                params.append(rng.choice([0, 1, 2, 3, -1]))
+        elif command == 209:
+            params = [rng.choice(self.order_ids), offset, limit]
+        elif command == 210:
+            params = [rng.choice(self.order_ids)]
+        else:
+            params = [user, market, offset, limit]
+        if rng.random() < 0.2:
+            x = rng.random()
+            if x < 0.3 and params:
+                params.pop(rng.randrange(len(params)))
+            elif x < 0.5:
+                params.append(rng.choice(SPOILT))
+            elif params:
+                params[rng.randrange(len(params))] = rng.choice(SPOILT)
+        return command, params
+
+
+def run_readhistory(args):
+    database = testing.create_database("orig_readhistory", ("trade_history",), True)
+    workdir = tempfile.mkdtemp(prefix="against-original-")
+    try:
+        print("filling the history: %d requests to our matchengine" % args.fill)
+        fill_history(args.seed, args.fill, database)
+        import pymysql
+        info = testing.require("mysql")
+        conn = pymysql.connect(host=info["host"], port=int(info["port"]), user=info["user"],
+                               password=info["password"], database=database)
+        order_ids, times = [], []
+        with conn.cursor() as cursor:
+            for shard in range(100):
+                cursor.execute("SELECT id, create_time FROM order_history_%d" % shard)
+                for order_id, created in cursor.fetchall():
+                    order_ids.append(order_id)
+                    times.append(created)
+        conn.close()
+        with open(os.path.join(ROOT, "readhistory", "conf", "config.json")) as f:
+            base = json.load(f)
+        (odir, opath, oport), (udir, upath, uport) = write_configs(
+            "readhistory", base, workdir, {"worker_num": 2},
+            {"process": {"file_limit": 10000, "core_limit": 0},
+             "db_history": mysql_config(database, True)},
+            {"db_history": mysql_config(database, False)})
+        original = Daemon("original", [args.original, opath], odir, oport)
+        mine = ours("readhistory", upath, udir, uport)
+        comparison = Comparison()
+        queries = Queries(args.seed, sorted(order_ids), sorted(times))
+        try:
+            original.start()
+            mine.start()
+            for _ in range(args.steps):
+                command, params = queries.next()
+                body = json.dumps(params).encode()
+                comparison.compare(command, params, original.call(command, body),
+                                   mine.call(command, body))
+        finally:
+            original.stop(signal.SIGKILL)
+            mine.stop()
+        return comparison.summary()
+    finally:
+        testing.drop_database(database)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\nUsage:")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    modules = parser.add_subparsers(dest="module", required=True)
+    engine = modules.add_parser("matchengine", help="compare two matchengines")
+    history = modules.add_parser("readhistory", help="compare two readhistory daemons")
+    for sub in (engine, history):
+        sub.add_argument("--original", required=True, metavar="PATH",
+                         help="the original's executable (matchengine.exe, readhistory.exe)")
+        sub.add_argument("--seed", type=int, default=1, help="the random stream's seed")
+        sub.add_argument("--steps", type=int, default=2000,
+                         help="requests (matchengine: between restarts)")
+    engine.add_argument("--restarts", type=int, default=0, metavar="N",
+                        help="stop and start both daemons N times, comparing their history "
+                             "tables and state")
+    engine.add_argument("--slice", action="store_true",
+                        help="make a slice in both before each restart")
+    engine.add_argument("--bad-input", action="store_true",
+                        help="spoil a third of the requests")
+    engine.add_argument("--precisions", action="store_true",
+                        help="assets and markets with other places than the shipped config")
+    engine.add_argument("--kafka", action="store_true",
+                        help="give each a broker of its own and compare their messages "
+                             "(the original linked with a librdkafka newer than 2.0.2)")
+    history.add_argument("--fill", type=int, default=2000, metavar="N",
+                         help="requests to our matchengine that fill the history first")
+    args = parser.parse_args()
+    if not os.access(args.original, os.X_OK):
+        parser.error("--original: %s is not an executable" % args.original)
+    args.original = os.path.abspath(args.original)
+    sys.exit(run_matchengine(args) if args.module == "matchengine" else run_readhistory(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The comparison tool's own parts: its request stream and how it compares answers."""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tools.against_original import REALS, SOURCE, Comparison, Requests, far_number
+
+MARKETS = ["BTCBCH", "LTCBCH"]
+
+
+def stream(seed, count, **options):
+    requests = Requests(seed, MARKETS, **options)
+    return [requests.next() for _ in range(count)]
+
+
+class RequestsTests(SynchronousTestCase):
+
+    def test_seeded(self):
+        """One seed gives one stream, which both daemons are sent."""
+        self.assertEqual(stream(5, 500, spoil=True), stream(5, 500, spoil=True))
+        self.assertNotEqual(stream(5, 500), stream(6, 500))
+
+    def test_every_command(self):
+        """Every command is sent, cancels and order details once orders rest."""
+        requests, commands = Requests(1, MARKETS, spoil=True), set()
+        for n in range(3000):
+            command, params = requests.next()
+            commands.add(command)
+            requests.learn(command, params, {"result": {"id": n, "left": "1"}})
+        self.assertEqual(commands, {101, 102, 104, 105, 201, 202, 203, 204, 205, 206, 207,
+                                    307, 308})
+
+    def test_departures(self):
+        """The inputs the two read differently on purpose are told apart."""
+        departs = Requests.departs
+        for command, params in [
+                (102, [1, "BTC", "x", 1, "NaN", {}]), (102, [1, "BTC", "x", 1, "1e-101", {}]),
+                (102, [1, "BTC", "x" * 31, 1, "1", {}]),
+                (102, [1, "BTC", "x", 1, "1" * 15, {}]),
+                (201, [1, "BTCBCH", 1, "1" * 35, "1", "0", "0", ""]),
+                (201, [1, "BTCBCH", (1 << 32) + 1, "1", "1", "0", "0", ""]),
+                (202, [1, "BTCBCH", (1 << 32) + 2, "1", "0", ""]),
+                (205, ["BTCBCH", (1 << 32) + 1, 0, 10])]:
+            self.assertTrue(departs(command, params), params)
+        for command, params in [
+                (102, [1, "BTC", "x" * 30, 1, "1" * 14, {}]),
+                (102, [1, "BTC", "x", 1, "abc", {}]),
+                (201, [1, "BTCBCH", 3, "1", "1e100", "0", "0", ""]),
+                (201, [1, "BTCBCH", 1 << 32, "1", "1", "0", "0", ""]),
+                (205, ["BTCBCH", 2, 0, 10])]:
+            self.assertFalse(departs(command, params), params)
+        self.assertIsNone(far_number("1.2.3"))
+
+    def test_restartable(self):
+        """With restarts, a change keeps at most 4 places (the fewest prec_show)."""
+        requests = Requests(1, MARKETS, restarts=True)
+        cut = [requests.restartable(102, [1, "BTC", "x", 1, change, {}])[4]
+               for change in ("1.123456", "-5.00001", "7", "3.0", "0.")]
+        self.assertEqual(cut, ["1.1234", "-5.0000", "7", "3.0", "0"])
+        self.assertEqual(requests.restartable(201, [1, "BTCBCH", 1, "1.123456"])[3],
+                         "1.123456")
+
+    def test_learns_open_orders(self):
+        requests = Requests(1, MARKETS)
+        requests.learn(201, [3, "BTCBCH"], {"result": {"id": 9, "left": "1"}})
+        requests.learn(201, [3, "BTCBCH"], {"result": {"id": 10, "left": "0"}})
+        requests.learn(201, [3, "BTCBCH"], {"error": {"code": 10}, "result": None})
+        self.assertEqual(requests.open_orders, [(3, "BTCBCH", 9)])
+
+
+class ComparisonTests(SynchronousTestCase):
+
+    def setUp(self):
+        self.printed = []
+        self.comparison = Comparison(self.printed.append)
+
+    @property
+    def found(self):
+        return [what for what, _ in self.comparison.found]
+
+    def compare(self, original, ours):
+        self.comparison.compare(201, [], original, ours)
+
+    def test_times_aside(self):
+        self.compare(b'{"result": {"id": 1, "ctime": 1.5, "mtime": 2.25}}',
+                     b'{"result": {"id": 1, "ctime": 1.625, "mtime": 3}}')
+        self.assertEqual(self.found, [])
+
+    def test_values(self):
+        self.compare(b'{"result": {"left": "0e-8"}}', b'{"result": {"left": "0"}}')
+        self.assertEqual(self.found, ["answer"])
+
+    def test_text(self):
+        """The same JSON in another key order or indentation is a difference of text."""
+        self.compare(b'{"error": null, "result": 1}', b'{"result": 1, "error": null}')
+        self.compare(b'{"error": null}', b'{\n    "error": null\n}')
+        self.assertEqual(self.found, ["text", "text"])
+
+    def test_closed(self):
+        self.compare(None, None)
+        self.compare(None, b'{"error": null}')
+        self.assertEqual(self.found, ["answer"])
+        self.assertEqual(self.comparison.counts, {(201, "closed"): 2})
+
+    def test_dropped_keys(self):
+        """After a slice, "source" is left out, and so is the text's comparison."""
+        self.comparison.drop = ("source",)
+        self.compare(b'{"result": {"id": 1}}', b'{"result": {"id": 1, "source": ""}}')
+        self.compare(b'{"result": {"id": 1}}', b'{"result": {"id": 2, "source": ""}}')
+        self.assertEqual(self.found, ["answer"])
+        self.assertEqual(self.comparison.summary(), 1)
+        self.assertEqual(self.printed[-2:], ["  201: 2 result", "1 differences"])
+
+
+class MessageTests(SynchronousTestCase):
+
+    def test_times_masked(self):
+        """A message's reals (its times) are masked; amounts, as strings, are not."""
+        self.assertEqual(REALS.sub(b"T", b'[1796643671.5, "BTCBCH", 12, "1.5", 1e-05, 2.5e-05]'),
+                         b'[T, "BTCBCH", 12, "1.5", 1e-05, T]')
+        self.assertEqual(REALS.sub(b"T", b'{"ctime": 17.25, "left": "0.5"}'),
+                         b'{"ctime": T, "left": "0.5"}')
+
+    def test_source_taken_out(self):
+        self.assertEqual(SOURCE.sub(b"", b'{"id": 1, "source": "a\\"b", "type": 1}'),
+                         b'{"id": 1, "type": 1}')
