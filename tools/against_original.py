@@ -14,6 +14,16 @@ parameter missing, added, or of another type or value).
 same kind of stream; a seeded stream of every query, valid and spoiled, goes to both, and the
 replies are compared byte for byte.
 
+`marketprice`: both read the deals topic of one broker, fed by our matchengine with a seeded
+minute or two of orders, and keep their k-lines in one private Redis (behind a sentinel of its
+own); every query, valid and spoiled, goes to both, before and after both restart from what
+they flushed.  The original opens a market's first buckets at 0 and never reads a topic's
+first message (docs/marketprice.md): a first deal on a market left out goes before all, and
+the open and low of the buckets holding each market's first deal are not compared.
+
+With `--kafka`, both matchengines get a broker of their own and their messages are compared
+in order, times aside.
+
 Inputs where the two differ on purpose (docs/matchengine.md, "Differences from the original")
 are left out of the stream: non-finite numbers and exponents past 100, amounts past 34
 digits, a `business` past 30 characters, a side past 32 bits, and with restarts a
@@ -26,8 +36,10 @@ of its matchengines runs on a machine at a time (it checks for its own name).  N
 anything differed.
 
 Usage: python tools/against_original.py matchengine --original PATH [--seed S] [--steps N]
-           [--restarts N] [--slice] [--bad-input] [--precisions]
+           [--restarts N] [--slice] [--bad-input] [--precisions] [--kafka]
        python tools/against_original.py readhistory --original PATH [--seed S] [--steps N]
+           [--fill N]
+       python tools/against_original.py marketprice --original PATH [--seed S] [--steps N]
 """
 
 import argparse
@@ -728,18 +740,204 @@ def run_readhistory(args):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+class PrivateRedis:
+    """A Redis server and a sentinel watching it, on free ports, for this run alone: the
+    original's marketprice writes into database 0 of the sentinel's master."""
+
+    NAME = "against-original"
+
+    def __init__(self, workdir):
+        server = shutil.which("redis-server")
+        if server is None:
+            raise SystemExit("against_original: marketprice needs redis-server on the PATH")
+        self.port, sentinel_port = testing.free_port(), testing.free_port()
+        self.sentinel = {"name": self.NAME, "addr": ["127.0.0.1:%d" % sentinel_port]}
+        conf = os.path.join(workdir, "sentinel.conf")
+        with open(conf, "w") as f:
+            f.write("bind 127.0.0.1\nport %d\ndaemonize no\nsentinel monitor %s 127.0.0.1 %d 1\n"
+                    % (sentinel_port, self.NAME, self.port))
+        self.processes = [
+            subprocess.Popen([server, "--bind", "127.0.0.1", "--port", str(self.port), "--save",
+                              "", "--appendonly", "no"], stdout=subprocess.DEVNULL,
+                             start_new_session=True),
+            subprocess.Popen([server, conf, "--sentinel"], stdout=subprocess.DEVNULL,
+                             start_new_session=True)]
+        for port in (self.port, sentinel_port):
+            if not testing.wait_until(lambda: testing.answers("127.0.0.1", port), 20):
+                self.stop()
+                raise SystemExit("against_original: redis-server did not come up")
+
+    def stop(self):
+        for process in self.processes:
+            process.terminate()
+            process.wait()
+
+
+def mask_first_buckets(command, params, body, first):
+    """The answer with what the original's first buckets change masked: it opens a market's
+    first bucket at 0 (the market's last price before any deal, docs/marketprice.md), where
+    ours opens it at the first price, so that bucket's open and low differ, and so do those
+    of every merge holding it.  `first` is the time of the markets' first deals."""
+    if body is None:
+        return None
+    answer = json.loads(body)
+    result = answer.get("result")
+    if command == 302 and isinstance(result, list):
+        interval = params[3]
+        for row in result:
+            if row[0] <= first < row[0] + interval:
+                row[1] = row[4] = "masked"
+    elif command in (301, 305) and isinstance(result, dict):
+        if command == 305 or type(params[1]) is int and time.time() - params[1] <= first + 60:
+            result["open"] = result["low"] = "masked"
+    return json.dumps(answer, indent=4).encode()
+
+
+def run_marketprice(args):
+    log_db = testing.create_database("orig_mp_log", ("trade_log",))
+    history_db = testing.create_database("orig_mp_history", ("trade_history",), True)
+    workdir = tempfile.mkdtemp(prefix="against-original-")
+    rng = random.Random(args.seed)
+    daemons, redis, broker, original = [], None, None, None
+    try:
+        broker = testing.KafkaBroker().start()
+        redis = PrivateRedis(workdir)
+        configs = testing.exchange_configs(broker.address, log_db, history_db,
+                                           dict(redis.sentinel, db=1))
+        ports = {}
+        for name, cfg, port in configs:
+            if name in ("matchengine", "accesshttp", "marketprice"):
+                directory = os.path.join(workdir, name)
+                os.makedirs(os.path.join(directory, "log"))
+                cfg.update(debug=True, log={"path": os.path.join(directory, "log", name),
+                                            "flag": "fatal,error,warn,info"})
+                path = os.path.join(directory, "config.json")
+                with open(path, "w") as f:
+                    json.dump(cfg, f)
+                daemons.append(ours(name, path, directory, port))
+                daemons[-1].start()
+                ports[name] = cfg
+        directory = os.path.join(workdir, "original")
+        os.makedirs(os.path.join(directory, "log"))
+        port = testing.free_port()
+        path = os.path.join(directory, "config.json")
+        with open(path, "w") as f:
+            json.dump({"debug": True, "process": {"file_limit": 10000, "core_limit": 0},
+                       "log": {"path": os.path.join(directory, "log", "marketprice"),
+                               "flag": "fatal,error,warn,info"},
+                       "alert": {"host": "marketprice",
+                                 "addr": "127.0.0.1:%d" % testing.free_port()},
+                       "svr": {"bind": ["tcp@127.0.0.1:%d" % port], "buf_limit": 100,
+                               "max_pkg_size": 1000000, "heartbeat_check": False},
+                       "deals": {"brokers": broker.address, "topic": "deals", "partition": 0},
+                       "redis": redis.sentinel,
+                       "accesshttp": ports["marketprice"]["accesshttp"]}, f)
+        original = Daemon("original", [args.original, path], directory, port)
+        original.start()
+        engine, mine = daemons[0], daemons[2]
+
+        def order(*params):
+            reply = json.loads(engine.call(201 if len(params) == 8 else 202,
+                                           json.dumps(list(params)).encode()))
+            return reply["error"] is None
+
+        for user in range(1, 5):
+            for n, (asset, amount) in enumerate((("BTC", "1000"), ("BCH", "1000000"),
+                                                 ("LTC", "10000"), ("ETH", "10"))):
+                engine.call(102, json.dumps([user, asset, "deposit", n, amount, {}]).encode())
+        # the original never reads a topic's first message: a deal it may miss, on a market
+        # left out of the comparison; then each market's first deal
+        order(1, "ETHBCH", 1, "1", "100", "0", "0", "")
+        order(2, "ETHBCH", 2, "1", "100", "0", "0", "")
+        time.sleep(1)
+        for market in MARKETS_COMPARED:
+            order(1, market, 1, "1", "100", "0", "0", "")
+            order(2, market, 2, "1", "100", "0", "0", "")
+        first = int(time.time())
+        # the deals compared in full start with the next minute, outside the first buckets
+        time.sleep(61 - time.time() % 60)
+        print("deals over %d requests to our matchengine" % args.steps)
+        for _ in range(args.steps):
+            market, side = rng.choice(MARKETS_COMPARED), rng.choice([1, 2])
+            amount = "%d.%03d" % (rng.randrange(0, 3), rng.randrange(1, 1000))
+            if rng.random() < 0.15:
+                order(rng.randrange(1, 5), market, side,
+                      amount if side == 1 else str(rng.randrange(1, 300)), "0.001", "api")
+            else:
+                places = rng.choice([0, 1, 2, 4, 8])
+                price = "%d.%s" % (rng.randrange(95, 106), "".join(
+                    str(rng.randrange(10)) for _ in range(places))) if places else \
+                    str(rng.randrange(95, 106))
+                order(rng.randrange(1, 5), market, side, amount, price, "0.002", "0.001", "web")
+            time.sleep(rng.choice([0, 0, 0.01, 0.05, 0.2]))
+        time.sleep(3)           # every deal read by both
+        comparison = Comparison()
+        for restart in (False, True):
+            if restart:
+                time.sleep(11)      # both flushed to Redis (the original every 10 s)
+                original.stop(signal.SIGQUIT)
+                mine.stop()
+                original.start()
+                mine.start()
+                time.sleep(2)
+                print("restarted: each loads its k-lines and deals back from Redis")
+            for command, params in market_queries(first, int(time.time())):
+                body = json.dumps(params).encode()
+                comparison.compare(command, params,
+                                   mask_first_buckets(command, params,
+                                                      original.call(command, body), first),
+                                   mask_first_buckets(command, params,
+                                                      mine.call(command, body), first))
+        original.stop(signal.SIGQUIT)
+        return comparison.summary()
+    finally:
+        if original is not None:
+            original.stop(signal.SIGKILL)
+        for daemon in reversed(daemons):
+            daemon.stop()
+        for process in (redis, broker):
+            if process is not None:
+                process.stop()
+        for name in (log_db, history_db):
+            testing.drop_database(name)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+MARKETS_COMPARED = ["BTCBCH", "LTCBCH"]
+
+
+def market_queries(first, now):
+    span = now - first
+    start = first - first % 60 + 60         # the minute after the first deals
+    for market in MARKETS_COMPARED + ["NOPE"]:
+        yield 304, [market]
+        yield 305, [market]
+        for params in ([10000, 0], [5, 10], [0, 0], [10, "1"], [100, 20]):
+            yield 303, [market] + params
+        for period in (1, 10, 30, 59, span // 2, span + 100, 0, "1"):
+            yield 301, [market, period]
+        for interval in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 3600, 86400, 604800, 2592000,
+                         7, 0):
+            yield 302, [market, first, now + 100, interval]
+            yield 302, [market, start + 7, now - 3, interval]
+        yield 302, [market, first, first - 1, 60]
+        yield 302, [market, 0, now, 60]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\nUsage:")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     modules = parser.add_subparsers(dest="module", required=True)
     engine = modules.add_parser("matchengine", help="compare two matchengines")
     history = modules.add_parser("readhistory", help="compare two readhistory daemons")
-    for sub in (engine, history):
+    prices = modules.add_parser("marketprice", help="compare two marketprice daemons")
+    for sub in (engine, history, prices):
         sub.add_argument("--original", required=True, metavar="PATH",
                          help="the original's executable (matchengine.exe, readhistory.exe)")
         sub.add_argument("--seed", type=int, default=1, help="the random stream's seed")
         sub.add_argument("--steps", type=int, default=2000,
-                         help="requests (matchengine: between restarts)")
+                         help="requests (matchengine: between restarts; marketprice: orders "
+                              "to our matchengine, over a minute or two)")
     engine.add_argument("--restarts", type=int, default=0, metavar="N",
                         help="stop and start both daemons N times, comparing their history "
                              "tables and state")
@@ -758,7 +956,9 @@ def main():
     if not os.access(args.original, os.X_OK):
         parser.error("--original: %s is not an executable" % args.original)
     args.original = os.path.abspath(args.original)
-    sys.exit(run_matchengine(args) if args.module == "matchengine" else run_readhistory(args))
+    run = {"matchengine": run_matchengine, "readhistory": run_readhistory,
+           "marketprice": run_marketprice}[args.module]
+    sys.exit(run(args))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """The comparison tool's own parts: its request stream and how it compares answers."""
 
+import json
+
 from twisted.trial.unittest import SynchronousTestCase
 
-from tools.against_original import REALS, SOURCE, Comparison, Requests, far_number
+from tools.against_original import (REALS, SOURCE, Comparison, Requests, far_number,
+                                    mask_first_buckets)
 
 MARKETS = ["BTCBCH", "LTCBCH"]
 
@@ -123,3 +126,26 @@ class MessageTests(SynchronousTestCase):
     def test_source_taken_out(self):
         self.assertEqual(SOURCE.sub(b"", b'{"id": 1, "source": "a\\"b", "type": 1}'),
                          b'{"id": 1, "type": 1}')
+
+
+class FirstBucketTests(SynchronousTestCase):
+
+    def mask(self, command, params, result, first=1000):
+        body = json.dumps({"error": None, "result": result, "id": 0}).encode()
+        return json.loads(mask_first_buckets(command, params, body, first))["result"]
+
+    def test_kline_rows(self):
+        """Only the open and low of the row whose bucket holds the first deals are masked."""
+        rows = [[900, "0", "5", "6", "0", "1", "5", "M"], [960, "5", "7", "7", "5", "1", "7", "M"],
+                [1020, "7", "8", "8", "7", "1", "8", "M"]]
+        masked = self.mask(302, ["M", 900, 1100, 60], rows)     # 960 holds 1000
+        self.assertEqual(masked[1], [960, "masked", "7", "7", "masked", "1", "7", "M"])
+        self.assertEqual([masked[0], masked[2]], [rows[0], rows[2]])
+
+    def test_status(self):
+        status = {"period": 10, "open": "0", "low": "0", "high": "9"}
+        self.assertEqual(self.mask(301, ["M", 10], dict(status), first=0), status)
+        self.assertEqual(self.mask(301, ["M", 10 ** 10], dict(status))["open"], "masked")
+        self.assertEqual(self.mask(305, ["M"], dict(status))["low"], "masked")
+        self.assertEqual(self.mask(301, ["M", "1"], None), None)
+        self.assertIsNone(mask_first_buckets(301, ["M", 10], None, 0))
