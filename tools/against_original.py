@@ -10,16 +10,22 @@ their history tables are compared row by row, then every user's balances and ord
 books, depth and summaries.  With `--bad-input` a third of the requests are spoiled (a
 parameter missing, added, or of another type or value).
 
-`readhistory`: both serve the same history database, filled first by our matchengine from the
-same kind of stream; a seeded stream of every query, valid and spoiled, goes to both, and the
-replies are compared byte for byte.
+`readhistory`: both serve the same history database, filled first by our matchengine from
+the same kind of stream; a seeded stream of every query, valid and spoiled, goes to both, and
+the replies are compared byte for byte.
 
-`marketprice`: both read the deals topic of one broker, fed by our matchengine with a seeded
-minute or two of orders, and keep their k-lines in one private Redis (behind a sentinel of its
-own); every query, valid and spoiled, goes to both, before and after both restart from what
-they flushed.  The original opens a market's first buckets at 0 and never reads a topic's
-first message (docs/marketprice.md): a first deal on a market left out goes before all, and
-the open and low of the buckets holding each market's first deal are not compared.
+`marketprice`: both read the deals topic of one broker, fed by our matchengine with a
+seeded minute or two of orders, and keep their k-lines in one private Redis (behind a
+sentinel of its own); every query, valid and spoiled, goes to both, before and after both
+restart from what they flushed.  The original opens a market's first buckets at 0 and
+never reads a topic's first message (docs/marketprice.md): a first deal on a market left
+out goes before all, and the open and low of the buckets holding each market's first deal
+are not compared.
+
+`accesshttp`: both gateways stand in front of our matchengine, readhistory and marketprice;
+a seeded stream of HTTP requests goes to both: read-only calls and writes the engine refuses
+(so that each changes nothing twice), a quarter with their JSON-RPC envelope spoiled, some
+bodies not JSON, some not POSTed; status, Content-Type and body are compared.
 
 With `--kafka`, both matchengines get a broker of their own and their messages are compared
 in order, times aside.
@@ -30,16 +36,17 @@ digits, a `business` past 30 characters, a side past 32 bits, and with restarts 
 `balance.update` change with more places than `prec_show`; with `--slice`, orders restored
 from a slice are compared without their `source`, which the original's slice does not keep.
 
-The original's executables are built from its sources (README, "Against the original").  Only one
-of its matchengines runs on a machine at a time (it checks for its own name).  Needs
-`python depends/services.py up`.  Prints every difference and a summary; exit status 1 when
-anything differed.
+The original's executables are built from its sources (README, "Against the original").
+Only one of each of its daemons runs on a machine at a time (each holds a lock file in
+/tmp).  Needs `python depends/services.py up`.  Prints every difference and a summary; exit
+status 1 when anything differed.
 
 Usage: python tools/against_original.py matchengine --original PATH [--seed S] [--steps N]
            [--restarts N] [--slice] [--bad-input] [--precisions] [--kafka]
        python tools/against_original.py readhistory --original PATH [--seed S] [--steps N]
            [--fill N]
        python tools/against_original.py marketprice --original PATH [--seed S] [--steps N]
+       python tools/against_original.py accesshttp --original PATH [--seed S] [--steps N]
 """
 
 import argparse
@@ -61,7 +68,7 @@ sys.path.insert(0, ROOT)
 
 from utils import rpc, testing  # noqa: E402
 
-TIMES = re.compile(rb'"(ctime|mtime|ftime|time|update_time|create_time)": [0-9.e+-]+')
+TIMES = re.compile(rb'"(ctime|mtime|ftime|time|update_time|create_time)": ?[0-9.e+-]+')
 # a message's times are its only JSON reals (amounts and prices are strings)
 REALS = re.compile(rb'-?\d+\.\d+(e[+-]?\d+)?(?=[,\]}])')
 SOURCE = re.compile(rb'"source": "(?:[^"\\]|\\.)*", ')
@@ -287,7 +294,7 @@ def without_times(value, drop=()):
 class Daemon:
     """One side of the comparison: a daemon's processes and its RPC connection.  The
     original's daemonize themselves (a new session, a watchdog and its worker): they are told
-    by their config file's path in their command lines."""
+    by their working directory, each side's own."""
 
     def __init__(self, label, argv, workdir, port, env=None):
         self.label, self.argv, self.workdir, self.port = label, argv, workdir, port
@@ -322,21 +329,19 @@ class Daemon:
         return reply
 
     def pids(self):
-        """The processes running with this side's config file, or in our daemon's session."""
-        found = []
+        """The processes running in this side's directory (the original's rename themselves,
+        and run in a session of their own), or in our daemon's session."""
+        found, here = [], os.path.realpath(self.workdir)
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             try:
-                with open("/proc/%s/cmdline" % entry, "rb") as f:
-                    argv = f.read().split(b"\0")
+                cwd = os.readlink("/proc/%s/cwd" % entry)
                 with open("/proc/%s/stat" % entry) as f:
                     fields = f.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if fields[0] == "Z":
-                continue
-            if self.argv[-1].encode() in argv or int(fields[3]) == self.process.pid:
+            if fields[0] != "Z" and (cwd == here or int(fields[3]) == self.process.pid):
                 found.append(int(entry))
         return found
 
@@ -444,12 +449,13 @@ class Comparison:
 
     def summary(self):
         out = self.out
-        out("compared, by command: answered (result), error code, connection closed")
+        out("compared, by command: answered (result), error code or HTTP status, "
+            "connection closed")
         for command in sorted({command for command, _ in self.counts}):
             kinds = sorted(((code, n) for (c, code), n in self.counts.items() if c == command),
                            key=str)
-            out("  %d: %s" % (command, ", ".join(
-                "%d %s" % (n, "result" if code is None else "closed" if code == "closed"
+            out("  %s: %s" % (command, ", ".join(
+                "%d %s" % (n, "result" if code is None else code if isinstance(code, str)
                            else "error %s" % code) for code, n in kinds)))
         out("%d differences" % len(self.found))
         return 1 if self.found else 0
@@ -924,6 +930,143 @@ def market_queries(first, now):
         yield 302, [market, 0, now, 60]
 
 
+HTTP_READS = {
+    "asset.list": [[]], "asset.summary": [[], ["BTC"], ["NOPE"]],
+    "balance.query": [[1], [1, "BTC"], [0], ["x"]],
+    "balance.history": [[1, "", "", 0, 0, 0, 10], [1, "BTC", "deposit", 0, 0, 0, 100],
+                        [0, "", "", 0, 0, 0, 10]],
+    "order.book": [["BTCBCH", 1, 0, 10], ["BTCBCH", 2, 0, 100], ["BTCBCH", 3, 0, 10]],
+    "order.depth": [["BTCBCH", 10, "0"], ["BTCBCH", 10, "1"], ["NOPE", 10, "0"]],
+    "order.pending": [[1, "BTCBCH", 0, 10], [2, "BTCBCH", 0, 100]],
+    "order.pending_detail": [["BTCBCH", 1], ["BTCBCH", 3]],
+    "order.deals": [[1, 0, 10], [2, 0, 10]], "order.finished": [[1, "BTCBCH", 0, 0, 0, 10]],
+    "order.finished_detail": [[1], [2]], "market.last": [["BTCBCH"], ["NOPE"]],
+    "market.deals": [["BTCBCH", 10, 0]], "market.kline": [["BTCBCH", 1, 2000000000, 60]],
+    "market.status": [["BTCBCH", 86400]], "market.status_today": [["BTCBCH"]],
+    "market.user_deals": [[1, "BTCBCH", 0, 10]], "market.list": [[]],
+    "market.summary": [[], ["BTCBCH"]], "no.such_method": [[]],
+    # refused by the engine before anything changes: safe to send twice
+    "order.put_limit": [["x"]], "balance.update": [[1]]}
+
+
+def http_requests(seed, count):
+    """A seeded stream of (HTTP method, body): read-only calls and writes the engine refuses,
+    a quarter with their envelope spoiled, some bodies not JSON, some not POSTed."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        method = rng.choice(sorted(HTTP_READS))
+        envelope = {"id": rng.choice([1, 7, 0, -1, 2 ** 40]), "method": method,
+                    "params": rng.choice(HTTP_READS[method])}
+        x = rng.random()
+        if x < 0.05:
+            envelope["id"] = rng.choice(["1", 1.5, None, True])
+        elif x < 0.1:
+            envelope.pop(rng.choice(["id", "method", "params"]))
+        elif x < 0.15:
+            envelope["params"] = rng.choice([{}, "x", 1, None])
+        elif x < 0.18:
+            envelope["method"] = rng.choice([1, None, ["a"]])
+        elif x < 0.2:
+            envelope["extra"] = 1
+        body = json.dumps(envelope).encode()
+        y = rng.random()
+        if y < 0.03:
+            yield "POST", b"{not json"
+        elif y < 0.05:
+            yield "POST", b""
+        elif y < 0.07:
+            yield "GET", body
+        elif y < 0.08:
+            yield "POST", b"[1, 2]"
+        else:
+            yield "POST", body
+
+
+def http_call(port, verb, body):
+    """(status, Content-Type, body with times masked), or the error's name."""
+    import http.client
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(verb, "/", body=body)
+        response = connection.getresponse()
+        return (response.status, response.getheader("Content-Type"),
+                TIMES.sub(b"T", response.read()))
+    except (OSError, http.client.HTTPException) as e:
+        return (type(e).__name__, None, b"")
+    finally:
+        connection.close()
+
+
+def run_accesshttp(args):
+    log_db = testing.create_database("orig_ah_log", ("trade_log",))
+    history_db = testing.create_database("orig_ah_history", ("trade_history",), True)
+    workdir = tempfile.mkdtemp(prefix="against-original-")
+    daemons, redis, broker, original = [], None, None, None
+    try:
+        broker = testing.KafkaBroker().start()
+        redis = PrivateRedis(workdir)
+        gateway = None
+        for name, cfg, port in testing.exchange_configs(broker.address, log_db, history_db,
+                                                        dict(redis.sentinel, db=1)):
+            if name in ("accessws", "alertcenter"):
+                continue
+            directory = os.path.join(workdir, name)
+            os.makedirs(os.path.join(directory, "log"))
+            cfg.update(log={"path": os.path.join(directory, "log", name),
+                            "flag": "fatal,error,warn,info"})
+            path = os.path.join(directory, "config.json")
+            with open(path, "w") as f:
+                json.dump(cfg, f)
+            daemons.append(ours(name, path, directory, port))
+            daemons[-1].start()
+            if name == "accesshttp":
+                gateway = (cfg, port)
+        directory = os.path.join(workdir, "original")
+        os.makedirs(os.path.join(directory, "log"))
+        port = testing.free_port()
+        cfg = dict(gateway[0], debug=False, worker_num=1, timeout=1.0,
+                   process={"file_limit": 10000, "core_limit": 0},
+                   log={"path": os.path.join(directory, "log", "accesshttp"),
+                        "flag": "fatal,error,warn,info"},
+                   alert={"host": "accesshttp", "addr": "127.0.0.1:%d" % testing.free_port()},
+                   svr={"bind": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 102400},
+                   monitor={"bind": "tcp@127.0.0.1:%d" % testing.free_port(),
+                            "max_pkg_size": 1024})
+        path = os.path.join(directory, "config.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        original = Daemon("original", [args.original, path], directory, port)
+        original.start()
+        engine = daemons[0]
+        for params in ([1, "BTC", "deposit", 1, "100", {}],
+                       [2, "BCH", "deposit", 2, "100000", {}]):
+            engine.call(102, json.dumps(params).encode())
+        for params in ([1, "BTCBCH", 1, "1", "100", "0.001", "0.001", ""],
+                       [2, "BTCBCH", 2, "0.5", "100", "0.001", "0.001", ""],
+                       [2, "BTCBCH", 2, "0.5", "90", "0.001", "0.001", ""]):
+            engine.call(201, json.dumps(params).encode())
+        time.sleep(2)           # the deal read by marketprice, the history written
+        comparison = Comparison()
+        for verb, body in http_requests(args.seed, args.steps):
+            a, b = http_call(port, verb, body), http_call(gateway[1], verb, body)
+            key = (verb, "status %s" % a[0])
+            comparison.counts[key] = comparison.counts.get(key, 0) + 1
+            if a != b:
+                comparison.differ("answer", "%s %s" % (verb, body[:300]), repr(a), repr(b))
+        return comparison.summary()
+    finally:
+        if original is not None:
+            original.stop(signal.SIGKILL)
+        for daemon in reversed(daemons):
+            daemon.stop()
+        for process in (redis, broker):
+            if process is not None:
+                process.stop()
+        for name in (log_db, history_db):
+            testing.drop_database(name)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\nUsage:")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -931,7 +1074,8 @@ def main():
     engine = modules.add_parser("matchengine", help="compare two matchengines")
     history = modules.add_parser("readhistory", help="compare two readhistory daemons")
     prices = modules.add_parser("marketprice", help="compare two marketprice daemons")
-    for sub in (engine, history, prices):
+    gateway = modules.add_parser("accesshttp", help="compare two HTTP gateways")
+    for sub in (engine, history, prices, gateway):
         sub.add_argument("--original", required=True, metavar="PATH",
                          help="the original's executable (matchengine.exe, readhistory.exe)")
         sub.add_argument("--seed", type=int, default=1, help="the random stream's seed")
@@ -957,7 +1101,7 @@ def main():
         parser.error("--original: %s is not an executable" % args.original)
     args.original = os.path.abspath(args.original)
     run = {"matchengine": run_matchengine, "readhistory": run_readhistory,
-           "marketprice": run_marketprice}[args.module]
+           "marketprice": run_marketprice, "accesshttp": run_accesshttp}[args.module]
     sys.exit(run(args))
 
 
