@@ -27,6 +27,12 @@ a seeded stream of HTTP requests goes to both: read-only calls and writes the en
 (so that each changes nothing twice), a quarter with their JSON-RPC envelope spoiled, some
 bodies not JSON, some not POSTed; status, Content-Type and body are compared.
 
+`accessws`: both websocket servers stand in front of the same backends and read the same
+topics; a seeded stream of query frames (a tenth spoiled) goes to both, then each subscribes
+to every public channel and rounds of trades follow.  Pushes go out on timers, which can
+split the same changes over different pushes: what each client's pushes add up to (the depth
+with every update applied, every deal, the last push of each other kind) is compared.
+
 With `--kafka`, both matchengines get a broker of their own and their messages are compared
 in order, times aside.
 
@@ -47,6 +53,8 @@ Usage: python tools/against_original.py matchengine --original PATH [--seed S] [
            [--fill N]
        python tools/against_original.py marketprice --original PATH [--seed S] [--steps N]
        python tools/against_original.py accesshttp --original PATH [--seed S] [--steps N]
+       python tools/against_original.py accessws --original PATH [--seed S] [--steps N]
+           [--rounds N]
 """
 
 import argparse
@@ -1067,6 +1075,302 @@ def run_accesshttp(args):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+class WebSocket:
+    """A small blocking websocket client (RFC 6455, subprotocol "chat", text frames)."""
+
+    def __init__(self, port):
+        import base64
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buffer = b""
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(("GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                           "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                           "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
+                           % (port, key)).encode())
+        while b"\r\n\r\n" not in self.buffer:
+            self._read()
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        if b" 101 " not in head.split(b"\r\n")[0]:
+            raise SystemExit("against_original: no websocket on port %d: %r" % (port, head))
+
+    def _read(self):
+        data = self.sock.recv(1 << 16)
+        if not data:
+            raise ConnectionError("closed")
+        self.buffer += data
+
+    def send(self, text, opcode=1):
+        payload = text.encode() if isinstance(text, str) else text
+        mask = os.urandom(4)
+        size = len(payload)
+        head = bytes([0x80 | opcode])
+        if size < 126:
+            head += bytes([0x80 | size])
+        elif size < 1 << 16:
+            head += bytes([0x80 | 126]) + size.to_bytes(2, "big")
+        else:
+            head += bytes([0x80 | 127]) + size.to_bytes(8, "big")
+        self.sock.sendall(head + mask + bytes(b ^ mask[n % 4] for n, b in enumerate(payload)))
+
+    def pending(self):
+        """Whether a whole frame is buffered."""
+        return self._frame() is not None
+
+    def _frame(self):
+        if len(self.buffer) < 2:
+            return None
+        size, at = self.buffer[1] & 0x7F, 2
+        if size == 126:
+            size, at = int.from_bytes(self.buffer[2:4], "big"), 4
+        elif size == 127:
+            size, at = int.from_bytes(self.buffer[2:10], "big"), 10
+        if len(self.buffer) < at + size:
+            return None
+        return self.buffer[0] & 0x0F, at, size
+
+    def receive(self, timeout):
+        """The next text frame, "closed" once the server closed, None after `timeout`."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                frame = self._frame()
+                if frame is None:
+                    self._read()
+                    continue
+                opcode, at, size = frame
+                payload, self.buffer = self.buffer[at:at + size], self.buffer[at + size:]
+                if opcode == 8:
+                    return "closed"
+                if opcode == 9:
+                    self.send(payload, 10)
+                elif opcode in (1, 2):
+                    return payload.decode(errors="replace")
+        except socket.timeout:
+            return None
+        except OSError:
+            return "closed"
+
+    def close(self):
+        self.sock.close()
+
+
+WS_QUERIES = {
+    "server.ping": [[]], "server.time": [[]],
+    "kline.query": [["BTCBCH", 1, 2000000000, 60], ["BTCBCH", 1, 2000000000, 1],
+                    ["NOPE", 1, 2, 60], ["BTCBCH", 1, 2000000000, 7]],
+    "price.query": [["BTCBCH"], ["NOPE"], []],
+    "state.query": [["BTCBCH", 86400], ["BTCBCH", 0], ["BTCBCH"]],
+    "today.query": [["BTCBCH"], ["x"]],
+    "deals.query": [["BTCBCH", 10, 0], ["BTCBCH", 0, 0], ["BTCBCH", 10, "x"]],
+    "depth.query": [["BTCBCH", 10, "0"], ["BTCBCH", 7, "0"], ["BTCBCH", 10, "1"],
+                    ["BTCBCH", 10, "x"], ["BTCBCH", 101, "0"]],
+    "order.query": [["BTCBCH", 0, 10]], "asset.query": [[], ["BTC"]],
+    "order.history": [["BTCBCH", 0, 0, 0, 10, 0]], "asset.history": [["BCH", "", 0, 0, 0, 10]]}
+WS_SUBSCRIPTIONS = [("price.subscribe", ["BTCBCH"]), ("state.subscribe", ["BTCBCH"]),
+                    ("today.subscribe", ["BTCBCH"]), ("deals.subscribe", ["BTCBCH"]),
+                    ("depth.subscribe", ["BTCBCH", 10, "0"]), ("kline.subscribe", ["BTCBCH", 60])]
+WS_TIMES = [(re.compile(r'"(ctime|mtime|ftime|time)": ?[0-9.e+-]+'), r'"\1": 0'),
+            (re.compile(r'\[\d{10}, '), "[0, "), (re.compile(r'"result": \d{10}\b'), '"result": 0')]
+
+
+def ws_masked(text):
+    """A frame's text with its times (fields, k-line rows, server.time) set to 0."""
+    for pattern, replacement in WS_TIMES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def ws_frames(seed, count):
+    """A seeded stream of query frames, a tenth with their envelope spoiled."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        method = rng.choice(sorted(WS_QUERIES))
+        envelope = {"id": rng.choice([1, 7, 2 ** 40]), "method": method,
+                    "params": rng.choice(WS_QUERIES[method])}
+        x = rng.random()
+        if x < 0.04:
+            envelope["id"] = rng.choice(["1", 1.5, None])
+        elif x < 0.08:
+            envelope.pop(rng.choice(["id", "params"]))
+        elif x < 0.12:
+            envelope["params"] = rng.choice([{}, "x", 1])
+        yield method, json.dumps(envelope)
+
+
+def run_accessws(args):
+    log_db = testing.create_database("orig_ws_log", ("trade_log",))
+    history_db = testing.create_database("orig_ws_history", ("trade_history",), True)
+    workdir = tempfile.mkdtemp(prefix="against-original-")
+    rng = random.Random(args.seed)
+    daemons, redis, broker, original, sockets = [], None, None, None, []
+    try:
+        broker = testing.KafkaBroker().start()
+        redis = PrivateRedis(workdir)
+        front = None
+        for name, cfg, port in testing.exchange_configs(broker.address, log_db, history_db,
+                                                        dict(redis.sentinel, db=1)):
+            if name == "alertcenter":
+                continue
+            directory = os.path.join(workdir, name)
+            os.makedirs(os.path.join(directory, "log"))
+            cfg.update(log={"path": os.path.join(directory, "log", name),
+                            "flag": "fatal,error,warn,info"})
+            path = os.path.join(directory, "config.json")
+            with open(path, "w") as f:
+                json.dump(cfg, f)
+            daemons.append(ours(name, path, directory, port))
+            daemons[-1].start()
+            if name == "accessws":
+                front = (cfg, port)
+        directory = os.path.join(workdir, "original")
+        os.makedirs(os.path.join(directory, "log"))
+        port = testing.free_port()
+        cfg = dict(front[0], debug=False, worker_num=1,
+                   process={"file_limit": 10000, "core_limit": 0},
+                   log={"path": os.path.join(directory, "log", "accessws"),
+                        "flag": "fatal,error,warn,info"},
+                   alert={"host": "accessws", "addr": "127.0.0.1:%d" % testing.free_port()},
+                   svr={"bind": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 102400,
+                        "protocol": "chat"},
+                   monitor={"bind": "tcp@127.0.0.1:%d" % testing.free_port(),
+                            "max_pkg_size": 1024},
+                   deals={"brokers": broker.address, "topic": "deals", "partition": 0})
+        path = os.path.join(directory, "config.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        original = Daemon("original", [args.original, path], directory, port)
+        original.start()
+        engine = daemons[0]
+
+        def put(user, side, amount, price):
+            engine.call(201, json.dumps([user, "BTCBCH", side, amount, price, "0.001", "0.001",
+                                         ""]).encode())
+
+        for params in ([1, "BTC", "deposit", 1, "100", {}], [2, "BTC", "deposit", 2, "100", {}],
+                       [1, "BCH", "deposit", 3, "100000", {}],
+                       [2, "BCH", "deposit", 4, "100000", {}]):
+            engine.call(102, json.dumps(params).encode())
+        put(1, 1, "1", "100")
+        put(2, 2, "0.5", "100")
+        put(2, 2, "0.5", "90")
+        time.sleep(2)           # the deal read by marketprice and both gateways
+        comparison = Comparison()
+        ports = (port, front[1])
+        sockets[:] = [WebSocket(p) for p in ports]
+        for method, frame in ws_frames(args.seed, args.steps):
+            answers = []
+            for n, ws in enumerate(sockets):
+                try:
+                    ws.send(frame)
+                    answer = ws.receive(1.5)
+                except OSError:
+                    answer = "closed"
+                if answer == "closed":
+                    ws.close()
+                    sockets[n] = WebSocket(ports[n])
+                answers.append(answer)
+            masked = [ws_masked(a) if a else a for a in answers]
+            code = "closed" if answers[0] == "closed" else "no reply" if answers[0] is None \
+                else (json.loads(answers[0]).get("error") or {}).get("code")
+            comparison.counts[method, code] = comparison.counts.get((method, code), 0) + 1
+            if masked[0] != masked[1]:
+                comparison.differ("answer", frame, answers[0], answers[1])
+        # pushes: each subscription on a connection of each, then rounds of trades
+        for ws in sockets:
+            ws.close()
+        sockets[:] = [WebSocket(p) for p in ports]
+        views = [PushView(), PushView()]
+        for ws in sockets:
+            for n, (method, params) in enumerate(WS_SUBSCRIPTIONS):
+                ws.send(json.dumps({"id": 100 + n, "method": method, "params": params}))
+        for round_ in range(args.rounds + 1):
+            if round_:
+                for _ in range(rng.randrange(1, 6)):
+                    put(rng.choice([1, 2]), rng.choice([1, 2]), "0.%03d" % rng.randrange(1, 999),
+                        "%d.%02d" % (rng.randrange(95, 106), rng.randrange(100)))
+            for n, frames in enumerate(receive_both(sockets, 3.0)):
+                for frame in frames:
+                    views[n].push(ws_masked(frame))
+            a, b = (view.state() for view in views)
+            key = ("pushes", "round")
+            comparison.counts[key] = comparison.counts.get(key, 0) + 1
+            if a != b:
+                comparison.differ("pushes", "round %d" % round_, repr(a), repr(b))
+            else:
+                comparison.out("pushes, round %d: the same" % round_)
+        return comparison.summary()
+    finally:
+        for ws in sockets:
+            ws.close()
+        if original is not None:
+            original.stop(signal.SIGKILL)
+        for daemon in reversed(daemons):
+            daemon.stop()
+        for process in (redis, broker):
+            if process is not None:
+                process.stop()
+        for name in (log_db, history_db):
+            testing.drop_database(name)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class PushView:
+    """What a client knows from the pushes it was sent: the depth with each update applied,
+    every deal, and the last push of every other kind.  Pushes are sent on timers, so two
+    servers may split the same changes over different pushes; what they add up to is
+    compared."""
+
+    def __init__(self):
+        self.depth = {}
+        self.deals = []
+        self.last = {}
+        self.replies = []
+
+    def push(self, frame):
+        message = json.loads(frame)
+        method, params = message.get("method"), message.get("params")
+        if method is None:
+            self.replies.append(message)
+        elif method == "depth.update":
+            clean, changes = params[0], params[1]
+            if clean:
+                self.depth = {}
+            for side in ("asks", "bids"):
+                levels = self.depth.setdefault(side, {})
+                for price, amount in changes.get(side, []):
+                    if decimal.Decimal(amount) == 0:
+                        levels.pop(price, None)
+                    else:
+                        levels[price] = amount
+        elif method == "deals.update":
+            self.deals += params[1]
+        else:
+            self.last[method] = params
+
+    def state(self):
+        return {"depth": self.depth, "deals": sorted(self.deals, key=lambda d: d["id"]),
+                "last": self.last, "replies": self.replies}
+
+
+def receive_both(sockets, seconds):
+    """Every frame each socket receives in the same `seconds`."""
+    import select
+    frames = [[] for _ in sockets]
+    end = time.monotonic() + seconds
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return frames
+        waiting = [ws for ws in sockets if ws.pending()]
+        if not waiting:
+            ready, _, _ = select.select([ws.sock for ws in sockets], [], [], left)
+            waiting = [ws for ws in sockets if ws.sock in ready]
+        for ws in waiting:
+            frame = ws.receive(1.0)
+            if frame is not None:
+                frames[sockets.index(ws)].append(frame)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\nUsage:")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1075,7 +1379,10 @@ def main():
     history = modules.add_parser("readhistory", help="compare two readhistory daemons")
     prices = modules.add_parser("marketprice", help="compare two marketprice daemons")
     gateway = modules.add_parser("accesshttp", help="compare two HTTP gateways")
-    for sub in (engine, history, prices, gateway):
+    websocket = modules.add_parser("accessws", help="compare two websocket servers")
+    websocket.add_argument("--rounds", type=int, default=10,
+                           help="rounds of trades whose pushes are compared")
+    for sub in (engine, history, prices, gateway, websocket):
         sub.add_argument("--original", required=True, metavar="PATH",
                          help="the original's executable (matchengine.exe, readhistory.exe)")
         sub.add_argument("--seed", type=int, default=1, help="the random stream's seed")
@@ -1101,7 +1408,8 @@ def main():
         parser.error("--original: %s is not an executable" % args.original)
     args.original = os.path.abspath(args.original)
     run = {"matchengine": run_matchengine, "readhistory": run_readhistory,
-           "marketprice": run_marketprice, "accesshttp": run_accesshttp}[args.module]
+           "marketprice": run_marketprice, "accesshttp": run_accesshttp,
+           "accessws": run_accessws}[args.module]
     sys.exit(run(args))
 
 

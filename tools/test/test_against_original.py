@@ -4,8 +4,8 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tools.against_original import (REALS, SOURCE, Comparison, Requests, far_number,
-                                    mask_first_buckets)
+from tools.against_original import (REALS, SOURCE, Comparison, PushView, Requests,
+                                    far_number, mask_first_buckets, ws_masked)
 
 MARKETS = ["BTCBCH", "LTCBCH"]
 
@@ -149,3 +149,33 @@ class FirstBucketTests(SynchronousTestCase):
         self.assertEqual(self.mask(305, ["M"], dict(status))["low"], "masked")
         self.assertEqual(self.mask(301, ["M", "1"], None), None)
         self.assertIsNone(mask_first_buckets(301, ["M", 10], None, 0))
+
+
+class WebsocketTests(SynchronousTestCase):
+
+    def test_times_masked(self):
+        self.assertEqual(
+            ws_masked('{"result": 1795562197, "id": 2} [[1795561597, "1"]] {"time": 17.5}'),
+            '{"result": 0, "id": 2} [[0, "1"]] {"time": 0}')
+
+    def test_pushes_add_up(self):
+        """Depth changes split over two pushes add up to what one push carried."""
+        one, two = PushView(), PushView()
+        one.push('{"method": "depth.update", "params": [true, {"asks": [["5", "1"]]}, "M"]}')
+        one.push('{"method": "depth.update", "params": [false, {"asks": [["5", "0"], '
+                 '["6", "2"]], "bids": [["4", "1"]]}, "M"]}')
+        two.push('{"method": "depth.update", "params": [true, {"asks": [["5", "1"]]}, "M"]}')
+        two.push('{"method": "depth.update", "params": [false, {"asks": [["5", "0"]]}, "M"]}')
+        two.push('{"method": "depth.update", "params": [false, {"asks": [["6", "2"]], '
+                 '"bids": [["4", "1"]]}, "M"]}')
+        self.assertEqual(one.state(), two.state())
+        self.assertEqual(one.state()["depth"], {"asks": {"6": "2"}, "bids": {"4": "1"}})
+        two.push('{"method": "price.update", "params": ["M", "5"]}')
+        self.assertNotEqual(one.state(), two.state())
+
+    def test_deals_and_replies(self):
+        view = PushView()
+        view.push('{"method": "deals.update", "params": ["M", [{"id": 2}, {"id": 1}]]}')
+        view.push('{"error": null, "result": {"status": "success"}, "id": 100}')
+        self.assertEqual(view.state()["deals"], [{"id": 1}, {"id": 2}])
+        self.assertEqual(len(view.state()["replies"]), 1)
