@@ -807,48 +807,88 @@ def mask_first_buckets(command, params, body, first):
     return json.dumps(answer, indent=4).encode()
 
 
-def run_marketprice(args):
-    log_db = testing.create_database("orig_mp_log", ("trade_log",))
-    history_db = testing.create_database("orig_mp_history", ("trade_history",), True)
-    workdir = tempfile.mkdtemp(prefix="against-original-")
-    rng = random.Random(args.seed)
-    daemons, redis, broker, original = [], None, None, None
-    try:
-        broker = testing.KafkaBroker().start()
-        redis = PrivateRedis(workdir)
-        configs = testing.exchange_configs(broker.address, log_db, history_db,
-                                           dict(redis.sentinel, db=1))
-        ports = {}
-        for name, cfg, port in configs:
-            if name in ("matchengine", "accesshttp", "marketprice"):
-                directory = os.path.join(workdir, name)
-                os.makedirs(os.path.join(directory, "log"))
-                cfg.update(debug=True, log={"path": os.path.join(directory, "log", name),
-                                            "flag": "fatal,error,warn,info"})
-                path = os.path.join(directory, "config.json")
-                with open(path, "w") as f:
-                    json.dump(cfg, f)
-                daemons.append(ours(name, path, directory, port))
-                daemons[-1].start()
-                ports[name] = cfg
-        directory = os.path.join(workdir, "original")
+class Exchange:
+    """Our daemons `modules` of one exchange (`testing.exchange_configs`) on fresh databases,
+    a broker and a Redis of their own, beside which `start_original` starts the original's
+    daemon.  Used as a context manager: everything is stopped and dropped on leaving."""
+
+    def __init__(self, modules, **changes):
+        self.modules, self.changes = modules, changes
+        self.workdir = tempfile.mkdtemp(prefix="against-original-")
+        self.daemons, self.configs = {}, {}
+        self.databases, self.broker, self.redis, self.original = [], None, None, None
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def start(self):
+        self.databases = [testing.create_database("orig_log", ("trade_log",)),
+                          testing.create_database("orig_history", ("trade_history",), True)]
+        self.broker = testing.KafkaBroker().start()
+        self.redis = PrivateRedis(self.workdir)
+        for name, cfg, port in testing.exchange_configs(
+                self.broker.address, *self.databases, dict(self.redis.sentinel, db=1)):
+            if name not in self.modules:
+                continue
+            directory = os.path.join(self.workdir, name)
+            os.makedirs(os.path.join(directory, "log"))
+            cfg.update(self.changes.get(name, {}))
+            cfg["log"] = {"path": os.path.join(directory, "log", name),
+                          "flag": "fatal,error,warn,info"}
+            path = os.path.join(directory, "config.json")
+            with open(path, "w") as f:
+                json.dump(cfg, f)
+            self.daemons[name] = ours(name, path, directory, port)
+            self.daemons[name].start()
+            self.configs[name] = cfg
+
+    def start_original(self, executable, module, cfg):
+        """The original's `module` with `cfg` and the sections every daemon of it needs (its
+        process limits, log, alert, bind), listening on a port of its own."""
+        directory = os.path.join(self.workdir, "original")
         os.makedirs(os.path.join(directory, "log"))
         port = testing.free_port()
+        cfg = dict(cfg, process={"file_limit": 10000, "core_limit": 0},
+                   log={"path": os.path.join(directory, "log", module),
+                        "flag": "fatal,error,warn,info"},
+                   alert={"host": module, "addr": "127.0.0.1:%d" % testing.free_port()})
+        cfg["svr"] = dict(cfg.get("svr", {}), bind=["tcp@127.0.0.1:%d" % port])
         path = os.path.join(directory, "config.json")
         with open(path, "w") as f:
-            json.dump({"debug": True, "process": {"file_limit": 10000, "core_limit": 0},
-                       "log": {"path": os.path.join(directory, "log", "marketprice"),
-                               "flag": "fatal,error,warn,info"},
-                       "alert": {"host": "marketprice",
-                                 "addr": "127.0.0.1:%d" % testing.free_port()},
-                       "svr": {"bind": ["tcp@127.0.0.1:%d" % port], "buf_limit": 100,
-                               "max_pkg_size": 1000000, "heartbeat_check": False},
-                       "deals": {"brokers": broker.address, "topic": "deals", "partition": 0},
-                       "redis": redis.sentinel,
-                       "accesshttp": ports["marketprice"]["accesshttp"]}, f)
-        original = Daemon("original", [args.original, path], directory, port)
-        original.start()
-        engine, mine = daemons[0], daemons[2]
+            json.dump(cfg, f)
+        self.original = Daemon("original", [executable, path], directory, port)
+        self.original.start()
+        return self.original
+
+    def __exit__(self, *exc):
+        if self.original is not None:
+            self.original.stop(signal.SIGKILL)
+        for daemon in reversed(list(self.daemons.values())):
+            daemon.stop()
+        for process in (self.redis, self.broker):
+            if process is not None:
+                process.stop()
+        for name in self.databases:
+            testing.drop_database(name)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def run_marketprice(args):
+    rng = random.Random(args.seed)
+    with Exchange(("matchengine", "accesshttp", "marketprice"),
+                  marketprice={"debug": True}) as exchange:
+        original = exchange.start_original(args.original, "marketprice", {
+            "debug": True,
+            "svr": {"buf_limit": 100, "max_pkg_size": 1000000, "heartbeat_check": False},
+            "deals": {"brokers": exchange.broker.address, "topic": "deals", "partition": 0},
+            "redis": exchange.redis.sentinel,
+            "accesshttp": exchange.configs["marketprice"]["accesshttp"]})
+        engine, mine = exchange.daemons["matchengine"], exchange.daemons["marketprice"]
 
         def order(*params):
             reply = json.loads(engine.call(201 if len(params) == 8 else 202,
@@ -904,17 +944,6 @@ def run_marketprice(args):
                                                       mine.call(command, body), first))
         original.stop(signal.SIGQUIT)
         return comparison.summary()
-    finally:
-        if original is not None:
-            original.stop(signal.SIGKILL)
-        for daemon in reversed(daemons):
-            daemon.stop()
-        for process in (redis, broker):
-            if process is not None:
-                process.stop()
-        for name in (log_db, history_db):
-            testing.drop_database(name)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 MARKETS_COMPARED = ["BTCBCH", "LTCBCH"]
@@ -1006,46 +1035,12 @@ def http_call(port, verb, body):
 
 
 def run_accesshttp(args):
-    log_db = testing.create_database("orig_ah_log", ("trade_log",))
-    history_db = testing.create_database("orig_ah_history", ("trade_history",), True)
-    workdir = tempfile.mkdtemp(prefix="against-original-")
-    daemons, redis, broker, original = [], None, None, None
-    try:
-        broker = testing.KafkaBroker().start()
-        redis = PrivateRedis(workdir)
-        gateway = None
-        for name, cfg, port in testing.exchange_configs(broker.address, log_db, history_db,
-                                                        dict(redis.sentinel, db=1)):
-            if name in ("accessws", "alertcenter"):
-                continue
-            directory = os.path.join(workdir, name)
-            os.makedirs(os.path.join(directory, "log"))
-            cfg.update(log={"path": os.path.join(directory, "log", name),
-                            "flag": "fatal,error,warn,info"})
-            path = os.path.join(directory, "config.json")
-            with open(path, "w") as f:
-                json.dump(cfg, f)
-            daemons.append(ours(name, path, directory, port))
-            daemons[-1].start()
-            if name == "accesshttp":
-                gateway = (cfg, port)
-        directory = os.path.join(workdir, "original")
-        os.makedirs(os.path.join(directory, "log"))
-        port = testing.free_port()
-        cfg = dict(gateway[0], debug=False, worker_num=1, timeout=1.0,
-                   process={"file_limit": 10000, "core_limit": 0},
-                   log={"path": os.path.join(directory, "log", "accesshttp"),
-                        "flag": "fatal,error,warn,info"},
-                   alert={"host": "accesshttp", "addr": "127.0.0.1:%d" % testing.free_port()},
-                   svr={"bind": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 102400},
-                   monitor={"bind": "tcp@127.0.0.1:%d" % testing.free_port(),
-                            "max_pkg_size": 1024})
-        path = os.path.join(directory, "config.json")
-        with open(path, "w") as f:
-            json.dump(cfg, f)
-        original = Daemon("original", [args.original, path], directory, port)
-        original.start()
-        engine = daemons[0]
+    with Exchange(("matchengine", "readhistory", "marketprice", "accesshttp")) as exchange:
+        gateway = exchange.configs["accesshttp"]
+        original = exchange.start_original(args.original, "accesshttp", dict(
+            gateway, debug=False, worker_num=1, timeout=1.0, svr={"max_pkg_size": 102400},
+            monitor={"bind": "tcp@127.0.0.1:%d" % testing.free_port(), "max_pkg_size": 1024}))
+        engine = exchange.daemons["matchengine"]
         for params in ([1, "BTC", "deposit", 1, "100", {}],
                        [2, "BCH", "deposit", 2, "100000", {}]):
             engine.call(102, json.dumps(params).encode())
@@ -1055,24 +1050,14 @@ def run_accesshttp(args):
             engine.call(201, json.dumps(params).encode())
         time.sleep(2)           # the deal read by marketprice, the history written
         comparison = Comparison()
+        ports = original.port, exchange.daemons["accesshttp"].port
         for verb, body in http_requests(args.seed, args.steps):
-            a, b = http_call(port, verb, body), http_call(gateway[1], verb, body)
+            a, b = (http_call(port, verb, body) for port in ports)
             key = (verb, "status %s" % a[0])
             comparison.counts[key] = comparison.counts.get(key, 0) + 1
             if a != b:
                 comparison.differ("answer", "%s %s" % (verb, body[:300]), repr(a), repr(b))
         return comparison.summary()
-    finally:
-        if original is not None:
-            original.stop(signal.SIGKILL)
-        for daemon in reversed(daemons):
-            daemon.stop()
-        for process in (redis, broker):
-            if process is not None:
-                process.stop()
-        for name in (log_db, history_db):
-            testing.drop_database(name)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class WebSocket:
@@ -1170,7 +1155,8 @@ WS_SUBSCRIPTIONS = [("price.subscribe", ["BTCBCH"]), ("state.subscribe", ["BTCBC
                     ("today.subscribe", ["BTCBCH"]), ("deals.subscribe", ["BTCBCH"]),
                     ("depth.subscribe", ["BTCBCH", 10, "0"]), ("kline.subscribe", ["BTCBCH", 60])]
 WS_TIMES = [(re.compile(r'"(ctime|mtime|ftime|time)": ?[0-9.e+-]+'), r'"\1": 0'),
-            (re.compile(r'\[\d{10}, '), "[0, "), (re.compile(r'"result": \d{10}\b'), '"result": 0')]
+            (re.compile(r'\[\d{10}, '), "[0, "),
+            (re.compile(r'"result": \d{10}\b'), '"result": 0')]
 
 
 def ws_masked(text):
@@ -1198,49 +1184,16 @@ def ws_frames(seed, count):
 
 
 def run_accessws(args):
-    log_db = testing.create_database("orig_ws_log", ("trade_log",))
-    history_db = testing.create_database("orig_ws_history", ("trade_history",), True)
-    workdir = tempfile.mkdtemp(prefix="against-original-")
     rng = random.Random(args.seed)
-    daemons, redis, broker, original, sockets = [], None, None, None, []
-    try:
-        broker = testing.KafkaBroker().start()
-        redis = PrivateRedis(workdir)
-        front = None
-        for name, cfg, port in testing.exchange_configs(broker.address, log_db, history_db,
-                                                        dict(redis.sentinel, db=1)):
-            if name == "alertcenter":
-                continue
-            directory = os.path.join(workdir, name)
-            os.makedirs(os.path.join(directory, "log"))
-            cfg.update(log={"path": os.path.join(directory, "log", name),
-                            "flag": "fatal,error,warn,info"})
-            path = os.path.join(directory, "config.json")
-            with open(path, "w") as f:
-                json.dump(cfg, f)
-            daemons.append(ours(name, path, directory, port))
-            daemons[-1].start()
-            if name == "accessws":
-                front = (cfg, port)
-        directory = os.path.join(workdir, "original")
-        os.makedirs(os.path.join(directory, "log"))
-        port = testing.free_port()
-        cfg = dict(front[0], debug=False, worker_num=1,
-                   process={"file_limit": 10000, "core_limit": 0},
-                   log={"path": os.path.join(directory, "log", "accessws"),
-                        "flag": "fatal,error,warn,info"},
-                   alert={"host": "accessws", "addr": "127.0.0.1:%d" % testing.free_port()},
-                   svr={"bind": ["tcp@127.0.0.1:%d" % port], "max_pkg_size": 102400,
-                        "protocol": "chat"},
-                   monitor={"bind": "tcp@127.0.0.1:%d" % testing.free_port(),
-                            "max_pkg_size": 1024},
-                   deals={"brokers": broker.address, "topic": "deals", "partition": 0})
-        path = os.path.join(directory, "config.json")
-        with open(path, "w") as f:
-            json.dump(cfg, f)
-        original = Daemon("original", [args.original, path], directory, port)
-        original.start()
-        engine = daemons[0]
+    sockets = []
+    with Exchange(("matchengine", "readhistory", "accesshttp", "marketprice",
+                   "accessws")) as exchange:
+        front = exchange.configs["accessws"]
+        original = exchange.start_original(args.original, "accessws", dict(
+            front, debug=False, worker_num=1, svr={"max_pkg_size": 102400, "protocol": "chat"},
+            monitor={"bind": "tcp@127.0.0.1:%d" % testing.free_port(), "max_pkg_size": 1024},
+            deals={"brokers": exchange.broker.address, "topic": "deals", "partition": 0}))
+        engine = exchange.daemons["matchengine"]
 
         def put(user, side, amount, price):
             engine.call(201, json.dumps([user, "BTCBCH", side, amount, price, "0.001", "0.001",
@@ -1255,7 +1208,7 @@ def run_accessws(args):
         put(2, 2, "0.5", "90")
         time.sleep(2)           # the deal read by marketprice and both gateways
         comparison = Comparison()
-        ports = (port, front[1])
+        ports = original.port, exchange.daemons["accessws"].port
         sockets[:] = [WebSocket(p) for p in ports]
         for method, frame in ws_frames(args.seed, args.steps):
             answers = []
@@ -1298,20 +1251,9 @@ def run_accessws(args):
                 comparison.differ("pushes", "round %d" % round_, repr(a), repr(b))
             else:
                 comparison.out("pushes, round %d: the same" % round_)
-        return comparison.summary()
-    finally:
         for ws in sockets:
             ws.close()
-        if original is not None:
-            original.stop(signal.SIGKILL)
-        for daemon in reversed(daemons):
-            daemon.stop()
-        for process in (redis, broker):
-            if process is not None:
-                process.stop()
-        for name in (log_db, history_db):
-            testing.drop_database(name)
-        shutil.rmtree(workdir, ignore_errors=True)
+        return comparison.summary()
 
 
 class PushView:
