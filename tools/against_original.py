@@ -113,6 +113,19 @@ SPOILT = ["-1", "0", "1e5", "1E-3", " 1", "1 ", "0x10", "+1", "", "abc", "1.2.3"
           -(1 << 63), 1 << 31, 4294967295, 1e20, "NOPE", "btcbch", "BTC", "x" * 200]
 
 
+def spoil(rng, params, missing, added):
+    """`params` with one of them taken out (a draw below `missing`), one more added (below
+    `added`), or one replaced by a wrong type or value."""
+    x = rng.random()
+    if x < missing and params:
+        params.pop(rng.randrange(len(params)))
+    elif x < added:
+        params.append(rng.choice(SPOILT))
+    elif params:
+        params[rng.randrange(len(params))] = rng.choice(SPOILT)
+    return params
+
+
 class Requests:
     """A seeded stream of matchengine requests: (command, params)."""
 
@@ -194,14 +207,7 @@ class Requests:
             return params
         if rng.random() > 0.3:
             return params
-        x = rng.random()
-        if x < 0.15 and params:
-            params.pop(rng.randrange(len(params)))
-        elif x < 0.25:
-            params.append(rng.choice(SPOILT))
-        elif params:
-            params[rng.randrange(len(params))] = rng.choice(SPOILT)
-        return params
+        return spoil(rng, params, 0.15, 0.25)
 
     @staticmethod
     def departs(command, params):
@@ -698,13 +704,7 @@ class Queries:
         else:
             params = [user, market, offset, limit]
         if rng.random() < 0.2:
-            x = rng.random()
-            if x < 0.3 and params:
-                params.pop(rng.randrange(len(params)))
-            elif x < 0.5:
-                params.append(rng.choice(SPOILT))
-            elif params:
-                params[rng.randrange(len(params))] = rng.choice(SPOILT)
+            spoil(rng, params, 0.3, 0.5)
         return command, params
 
 
