@@ -58,6 +58,7 @@ Usage: python tools/against_original.py matchengine --original PATH [--seed S] [
 """
 
 import argparse
+import contextlib
 import decimal
 import json
 import os
@@ -129,10 +130,10 @@ def spoil(rng, params, missing, added):
 class Requests:
     """A seeded stream of matchengine requests: (command, params)."""
 
-    def __init__(self, seed, markets, spoil=False, restarts=False):
+    def __init__(self, seed, markets, bad_input=False, restarts=False):
         self.rng = random.Random(seed)
         self.markets = markets
-        self.spoil = spoil
+        self.bad_input = bad_input
         self.restarts = restarts
         self.open_orders = []           # (user, market, order id)
         self.business_id = 0
@@ -242,7 +243,7 @@ class Requests:
     def next(self):
         while True:
             command, params = self.plain()
-            if self.spoil and not self.pending:
+            if self.bad_input and not self.pending:
                 params = self.spoilt(command, list(params))
             if self.restarts:
                 params = self.restartable(command, params)
@@ -369,16 +370,15 @@ class Daemon:
             return
         targets = [self.process.pid] if self.label == "ours" else self.pids()
         for pid in targets:
-            try:
+            with contextlib.suppress(ProcessLookupError):      # it has just ended
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + 60
         while self.pids():
             self.process.poll()
             if time.monotonic() > deadline:
                 for pid in self.pids():
-                    os.kill(pid, signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
             time.sleep(0.1)
         self.process.wait()
         self.process = None

@@ -19,12 +19,12 @@ class RequestsTests(SynchronousTestCase):
 
     def test_seeded(self):
         """One seed gives one stream, which both daemons are sent."""
-        self.assertEqual(stream(5, 500, spoil=True), stream(5, 500, spoil=True))
+        self.assertEqual(stream(5, 500, bad_input=True), stream(5, 500, bad_input=True))
         self.assertNotEqual(stream(5, 500), stream(6, 500))
 
     def test_every_command(self):
         """Every command is sent, cancels and order details once orders rest."""
-        requests, commands = Requests(1, MARKETS, spoil=True), set()
+        requests, commands = Requests(1, MARKETS, bad_input=True), set()
         for n in range(3000):
             command, params = requests.next()
             commands.add(command)
