@@ -256,11 +256,15 @@ class Requests:
             self.open_orders.append((params[0], params[1], result["id"]))
 
 
+# a malformed number raises, whatever the thread's current context says
+STRICT = decimal.Context(traps=[decimal.InvalidOperation])
+
+
 def far_number(text):
     """True for a number the two read differently on purpose: not finite, an exponent past
     100 either way, or more than 34 digits; False otherwise (None: not a number at all)."""
     try:
-        value = decimal.Decimal(text)
+        value = decimal.Decimal(text, STRICT)
     except decimal.InvalidOperation:
         return None
     if not value.is_finite():

@@ -1,5 +1,6 @@
 """The comparison tool's own parts: its request stream and how it compares answers."""
 
+import decimal
 import json
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -52,6 +53,10 @@ class RequestsTests(SynchronousTestCase):
                 (205, ["BTCBCH", 2, 0, 10])]:
             self.assertFalse(departs(command, params), params)
         self.assertIsNone(far_number("1.2.3"))
+        # whatever context another caller left current (the engine's traps nothing)
+        with decimal.localcontext(decimal.Context(traps=[])):
+            self.assertIsNone(far_number("BTC"))
+            self.assertFalse(departs(102, [1, "BTC", "x", 1, "1", {}]))
 
     def test_restartable(self):
         """With restarts, a change keeps at most 4 places (the fewest prec_show)."""
