@@ -24,7 +24,6 @@ import resource
 import selectors
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -74,18 +73,6 @@ def call(sock, command, params):
     while not packets:
         packets = decoder.feed(sock.recv(1 << 16))
     return json.loads(packets[0].body)
-
-
-def connect(port, patience=60.0):
-    """A connection to the daemon, once it listens (it recovers first)."""
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            return socket.create_connection(("127.0.0.1", port), timeout=60)
-        except ConnectionRefusedError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 class Lane:
@@ -141,7 +128,7 @@ REPLY_SIZES = struct.Struct("<18xI8xIH")
 def drive(port, batch, clients, depth, on_start=lambda: None):
     """Deposits for 100 users, then `batch` over `clients` connections; the counts, the
     latencies and the time from the first order sent to the last reply."""
-    socks = [connect(port) for _ in range(clients)]
+    socks = [testing.connect(port) for _ in range(clients)]
     for user in range(1, 101):
         for asset, business_id, amount in (("BTC", user, "100000000"),
                                            ("BCH", 1000 + user, "100000000000")):

@@ -59,6 +59,19 @@ def answers(host, port, timeout=0.5):
         return False
 
 
+def connect(port, patience=60.0, timeout=60.0):
+    """A blocking connection to a daemon's loopback `port` once it listens (it may be
+    recovering first), refused after `patience` seconds; `timeout` is the socket's."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def require(name):
     """Return the service's settings, or skip/fail the test when it does not answer."""
     info = services()[name]
