@@ -290,17 +290,6 @@ def call(sock, command, body, sequence=[0]):
     return packets[0].body
 
 
-def connect(port, patience=60.0):
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            return socket.create_connection(("127.0.0.1", port), timeout=10)
-        except ConnectionRefusedError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 def without_times(value, drop=()):
     if isinstance(value, dict):
         return {k: without_times(v, drop) for k, v in value.items()
@@ -325,7 +314,7 @@ class Daemon:
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True)
         try:
-            self.sock = connect(self.port)
+            self.sock = testing.connect(self.port, timeout=10)
         except ConnectionRefusedError:
             raise SystemExit("against_original: the %s %s does not listen; the end of its "
                              "logs:\n%s" % (self.label, self.argv[-3 if self.label == "ours"
@@ -344,7 +333,7 @@ class Daemon:
         reply = call(self.sock, command, body)
         if reply is None:
             self.sock.close()
-            self.sock = connect(self.port)
+            self.sock = testing.connect(self.port, timeout=10)
         return reply
 
     def pids(self):
@@ -395,12 +384,17 @@ def ours(module, config_path, workdir, port):
     return Daemon("ours", argv, workdir, port, dict(os.environ, PYTHONPATH=ROOT))
 
 
+def original_sections(module):
+    """What every daemon of the original needs besides its own keys: process limits it can
+    set unprivileged, and an alert section (a UDP port that nothing reads)."""
+    return {"process": {"file_limit": 10000, "core_limit": 0},
+            "alert": {"host": module, "addr": "127.0.0.1:%d" % testing.free_port()}}
+
+
 def write_configs(module, base, workdir, common, original_changes, our_changes):
     """Each side's config file and port: [(label, path, port)]."""
     out = []
-    # the original needs an alert section: a UDP port that nothing reads
-    original_changes = dict(original_changes, alert={"host": module, "addr": "127.0.0.1:%d"
-                                                     % testing.free_port()})
+    original_changes = dict(original_changes, **original_sections(module))
     for label, changes in (("original", original_changes), ("ours", our_changes)):
         directory = os.path.join(workdir, label)
         os.makedirs(os.path.join(directory, "log"))
@@ -534,8 +528,7 @@ def run_matchengine(args):
             our_broker = testing.require("kafka")
         (odir, opath, oport), (udir, upath, uport) = write_configs(
             "matchengine", base, workdir, {"slice_interval": 3600, "slice_keeptime": 259200},
-            {"process": {"file_limit": 10000, "core_limit": 0},
-             "db_log": mysql_config(databases[0], True),
+            {"db_log": mysql_config(databases[0], True),
              "db_history": mysql_config(databases[1], True), "brokers": original_broker,
              "cli": "tcp@127.0.0.1:%d" % testing.free_port()},
             {"db_log": mysql_config(databases[2], False),
@@ -642,33 +635,6 @@ def state_queries(markets):
     yield 308, []
 
 
-def fill_history(seed, steps, database):
-    """Our matchengine's history of `steps` random requests, written into `database`."""
-    with open(os.path.join(ROOT, "matchengine", "conf", "config.json")) as f:
-        base = json.load(f)
-    log_db = testing.create_database("fill_log", ("trade_log",))
-    workdir = tempfile.mkdtemp(prefix="against-original-fill-")
-    try:
-        (_, _, _), (udir, upath, uport) = write_configs(
-            "matchengine", base, workdir, {}, {},
-            {"db_log": mysql_config(log_db, False),
-             "db_history": mysql_config(database, False),
-             "brokers": testing.require("kafka"), "cli": "tcp@127.0.0.1:%d" % testing.free_port()})
-        mine = ours("matchengine", upath, udir, uport)
-        requests = Requests(seed, ["BTCBCH", "LTCBCH"])
-        mine.start()
-        try:
-            for _ in range(steps):
-                command, params = requests.next()
-                reply = mine.call(command, json.dumps(params).encode())
-                requests.learn(command, params, json.loads(reply))
-        finally:
-            mine.stop()
-    finally:
-        testing.drop_database(log_db)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
 class Queries:
     """A seeded stream of readhistory queries over what a history database holds."""
 
@@ -713,15 +679,21 @@ class Queries:
 
 
 def run_readhistory(args):
-    database = testing.create_database("orig_readhistory", ("trade_history",), True)
-    workdir = tempfile.mkdtemp(prefix="against-original-")
-    try:
+    with Exchange(("matchengine", "readhistory"),
+                  readhistory={"debug": True, "worker_num": 2}) as exchange:
         print("filling the history: %d requests to our matchengine" % args.fill)
-        fill_history(args.seed, args.fill, database)
+        engine = exchange.daemons["matchengine"]
+        requests = Requests(args.seed, ["BTCBCH", "LTCBCH"])
+        for _ in range(args.fill):
+            command, params = requests.next()
+            reply = engine.call(command, json.dumps(params).encode())
+            requests.learn(command, params, json.loads(reply))
+        engine.stop()           # every history row written
+        history = exchange.databases[1]
         import pymysql
         info = testing.require("mysql")
         conn = pymysql.connect(host=info["host"], port=int(info["port"]), user=info["user"],
-                               password=info["password"], database=database)
+                               password=info["password"], database=history)
         order_ids, times = [], []
         with conn.cursor() as cursor:
             for shard in range(100):
@@ -730,32 +702,19 @@ def run_readhistory(args):
                     order_ids.append(order_id)
                     times.append(created)
         conn.close()
-        with open(os.path.join(ROOT, "readhistory", "conf", "config.json")) as f:
-            base = json.load(f)
-        (odir, opath, oport), (udir, upath, uport) = write_configs(
-            "readhistory", base, workdir, {"worker_num": 2},
-            {"process": {"file_limit": 10000, "core_limit": 0},
-             "db_history": mysql_config(database, True)},
-            {"db_history": mysql_config(database, False)})
-        original = Daemon("original", [args.original, opath], odir, oport)
-        mine = ours("readhistory", upath, udir, uport)
+        original = exchange.start_original(args.original, "readhistory", {
+            "debug": True, "worker_num": 2,
+            "svr": {"buf_limit": 100, "max_pkg_size": 1 << 20, "heartbeat_check": False},
+            "db_history": mysql_config(history, True)})
+        mine = exchange.daemons["readhistory"]
         comparison = Comparison()
         queries = Queries(args.seed, sorted(order_ids), sorted(times))
-        try:
-            original.start()
-            mine.start()
-            for _ in range(args.steps):
-                command, params = queries.next()
-                body = json.dumps(params).encode()
-                comparison.compare(command, params, original.call(command, body),
-                                   mine.call(command, body))
-        finally:
-            original.stop(signal.SIGKILL)
-            mine.stop()
+        for _ in range(args.steps):
+            command, params = queries.next()
+            body = json.dumps(params).encode()
+            comparison.compare(command, params, original.call(command, body),
+                               mine.call(command, body))
         return comparison.summary()
-    finally:
-        testing.drop_database(database)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class PrivateRedis:
@@ -857,10 +816,8 @@ class Exchange:
         directory = os.path.join(self.workdir, "original")
         os.makedirs(os.path.join(directory, "log"))
         port = testing.free_port()
-        cfg = dict(cfg, process={"file_limit": 10000, "core_limit": 0},
-                   log={"path": os.path.join(directory, "log", module),
-                        "flag": "fatal,error,warn,info"},
-                   alert={"host": module, "addr": "127.0.0.1:%d" % testing.free_port()})
+        cfg = dict(cfg, log={"path": os.path.join(directory, "log", module),
+                             "flag": "fatal,error,warn,info"}, **original_sections(module))
         cfg["svr"] = dict(cfg.get("svr", {}), bind=["tcp@127.0.0.1:%d" % port])
         path = os.path.join(directory, "config.json")
         with open(path, "w") as f:
@@ -941,6 +898,7 @@ def run_marketprice(args):
                 print("restarted: each loads its k-lines and deals back from Redis")
             for command, params in market_queries(first, int(time.time())):
                 body = json.dumps(params).encode()
+
                 comparison.compare(command, params,
                                    mask_first_buckets(command, params,
                                                       original.call(command, body), first),
