@@ -43,6 +43,7 @@ __all__ = ["AccessWS"]
 FAMILIES = ("kline", "depth", "price", "state", "today", "deals")
 MARKET_MAX = 16
 DEALS_KEPT = 100
+MAX_USER_ID = 2 ** 32 - 1      # user ids are 32-bit, as everywhere in the exchange
 FULL_DEPTH_EVERY = 60.0
 
 ERR_REQUIRE_AUTH = rpc.RPCError(6, "require authentication")
@@ -415,13 +416,17 @@ class AccessWS(service.Service):
             code = answer["code"]
         except (ValueError, TypeError, KeyError):
             self._invalid_answer(url, body)
+        if type(code) is not int:
+            # the original reads a code that is no integer as 0, a success
+            self._invalid_answer(url, body)
         if code != 0:
             if isinstance(answer.get("message"), str):
                 raise rpc.RPCError(11, answer["message"])
             self._invalid_answer(url, body)
         data = answer.get("data")
         user = data.get("user_id") if isinstance(data, dict) else None
-        if type(user) is not int or not user:
+        if type(user) is not int or not 0 < user <= MAX_USER_ID:
+            # the original cuts the id to 32 bits: -1 would log in user 4294967295
             self._invalid_answer(url, body)
         if session.data.get("auth") and session.data["user_id"] != user:
             self._leave_user(session)

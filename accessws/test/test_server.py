@@ -23,6 +23,13 @@ from utils.test.test_websocket import connect, request
 from utils.testing import until
 
 
+# answers refused although the original would log a user in with them
+ANSWERS = {"negative": {"code": 0, "data": {"user_id": -1}},
+           "wide": {"code": 0, "data": {"user_id": 2 ** 32 + 7}},
+           "text-code": {"code": "0", "data": {"user_id": 7}},
+           "true-code": {"code": True, "message": "expired", "data": {"user_id": 7}}}
+
+
 class Auth(resource.Resource):
     isLeaf = True
 
@@ -44,6 +51,8 @@ class Auth(resource.Resource):
             return b"<html>"
         if token == "good":
             return json.dumps({"code": 0, "message": None, "data": {"user_id": 7}}).encode()
+        if token in ANSWERS:
+            return json.dumps(ANSWERS[token]).encode()
         return json.dumps({"code": 3, "message": "invalid token", "data": None}).encode()
 
 
@@ -160,8 +169,8 @@ class ServiceTests(TestCase):
         # what fails at the auth service is critical, so that it alerts, as in the original
         critical = [e["log_format"].split(" {")[0] for e in events
                     if e["log_level"] == LogLevel.critical]
-        self.assertEqual(critical, ["accessws: invalid answer from", "accessws: invalid "
-                                    "answer from", "accessws: no answer from"])
+        self.assertEqual(critical, ["accessws: invalid answer from"] * 6
+                         + ["accessws: no answer from"])
         self.check_auth_replies(replies)
 
     def auth_session(self):
@@ -169,6 +178,8 @@ class ServiceTests(TestCase):
             ("order.query", ["BTCBCH", 0, 10]), ("asset.query", []),
             ("order.subscribe", ["BTCBCH"]), ("server.auth", ["bad", "web"]),
             ("server.auth", ["garbage", "web"]), ("server.auth", ["redirect", "web"]),
+            ("server.auth", ["negative", "web"]), ("server.auth", ["wide", "web"]),
+            ("server.auth", ["text-code", "web"]), ("server.auth", ["true-code", "web"]),
             ("server.auth", ["slow", "web"]),
             ("server.auth", ["good", "x" * 40]), ("server.auth", ["good", "web"]),
             ("order.query", ["BTCBCH", 0, 10]), ("order.query", ["BTCBCH", "0", 10]),
@@ -186,12 +197,15 @@ class ServiceTests(TestCase):
             # a redirect is not followed (the original's curl does not follow one): its
             # empty body is no answer, and the token goes nowhere else
             {"code": 2, "message": "internal error"},
+            # a user id past 32 bits or negative, a code that is not an integer: no login
+            {"code": 2, "message": "internal error"}, {"code": 2, "message": "internal error"},
+            {"code": 2, "message": "internal error"}, {"code": 2, "message": "internal error"},
             {"code": 5, "message": "service timeout"},
             {"code": 1, "message": "invalid argument"},
             None, None, {"code": 1, "message": "invalid argument"}, "TimeoutError", None, None])
-        self.assertEqual(replies[9]["result"], {"records": [7, "BTCBCH", 0, 10]})
+        self.assertEqual(replies[13]["result"], {"records": [7, "BTCBCH", 0, 10]})
         # offset and limit cut to 32 bits, as the original's C ints send them
-        self.assertEqual(replies[13]["result"], {"records": [7, "BTCBCH", 2, 1]})
+        self.assertEqual(replies[17]["result"], {"records": [7, "BTCBCH", 2, 1]})
 
     async def too_large_scenario(self):
         await self.start(max_request_size=200)
