@@ -33,15 +33,21 @@ KEY = "alert:message"
 
 
 def parse_line(line: bytes):
-    """The alert text of a line (newline included), or None when it is not an alert."""
+    """The alert of a line (newline included), as bytes: it goes to Redis byte for byte;
+    None when the line is not an alert."""
     if len(line) <= len(MAGIC) or not line.startswith(MAGIC):
         return None
-    text = line[len(MAGIC):]
-    if text.endswith(b"\n"):
-        text = text[:-1]
-    if text.endswith(b"\r"):
-        text = text[:-1]
-    return text.decode("utf-8", "replace")
+    alert = line[len(MAGIC):]
+    if alert.endswith(b"\n"):
+        alert = alert[:-1]
+    if alert.endswith(b"\r"):
+        alert = alert[:-1]
+    return alert
+
+
+def shown(alert: bytes) -> str:
+    """An alert as the log shows it: bytes that are not UTF-8 as escapes."""
+    return alert.decode("utf-8", "backslashreplace")
 
 
 class _LineProtocol(protocol.Protocol):
@@ -64,13 +70,13 @@ class _LineProtocol(protocol.Protocol):
             if end < 0:
                 return
             line, self.buffer = self.buffer[:end + 1], self.buffer[end + 1:]
-            text = parse_line(line)
-            if text is None:
+            alert = parse_line(line)
+            if alert is None:
                 self.center.log.warn("alertcenter: not an alert line; closing {peer}",
                                      peer=self.transport.getPeer())
                 self.transport.loseConnection()
                 return
-            self.center.received(text)
+            self.center.received(alert)
 
 
 class _Datagrams(protocol.DatagramProtocol):
@@ -79,12 +85,12 @@ class _Datagrams(protocol.DatagramProtocol):
 
     def datagramReceived(self, data, addr):
         line = data.split(b"\n", 1)[0] + b"\n"
-        text = parse_line(line)
-        if text is None:
+        alert = parse_line(line)
+        if alert is None:
             self.center.log.warn("alertcenter: dropping a datagram from {addr}: not an alert",
                                  addr=addr)
             return
-        self.center.received(text)
+        self.center.received(alert)
 
 
 class AlertCenter(service.Service):
@@ -161,16 +167,16 @@ class AlertCenter(service.Service):
             finally:
                 conn.disconnect()
         except Exception as e:
-            for text in self.queue:
+            for alert in self.queue:
                 self.log.error("alertcenter: stopping without pushing ({error}): {alert}",
-                               error=e, alert=text)
+                               error=e, alert=shown(alert))
 
-    def received(self, text):
-        self.log.info("{alert}", alert=text)
+    def received(self, alert: bytes):
+        self.log.info("{alert}", alert=shown(alert))
         if len(self.queue) == self.queue.maxlen:
             self.log.error("alertcenter: {count} alerts waiting for Redis; dropping the oldest",
                            count=len(self.queue))
-        self.queue.append(text)
+        self.queue.append(alert)
         if not self.pushing:
             defer.Deferred.fromCoroutine(self._push())
 
@@ -204,12 +210,12 @@ class AlertCenter(service.Service):
         that a full queue taking a new alert meanwhile drops the oldest waiting one, not it;
         when its push fails it goes back to the front (unless the queue has filled up)."""
         while self.queue:
-            text = self.queue.popleft()
+            alert = self.queue.popleft()
             try:
-                await conn.rpush(KEY, text)
+                await conn.rpush(KEY, alert)
             except Exception:
                 if len(self.queue) < self.queue.maxlen:
-                    self.queue.appendleft(text)
+                    self.queue.appendleft(alert)
                 else:
                     self.log.error("alertcenter: {count} alerts waiting for Redis; dropping "
                                    "the oldest", count=len(self.queue) + 1)

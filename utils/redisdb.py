@@ -306,6 +306,13 @@ def _flat(values):
     return values[0] if len(values) == 1 and isinstance(values[0], (list, tuple)) else values
 
 
+def _text(value):
+    """A value as the file keeps it: text (bytes that are not UTF-8 replaced)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
 def _span(lst, start, end):
     """Redis list indexes: inclusive, negative from the end."""
     n = len(lst)
@@ -441,13 +448,13 @@ class MemoryRedis:
     def lpush(self, key, *values):
         self._changed()
         lst = self.data.setdefault(key, [])
-        lst[:0] = [str(v) for v in reversed(_flat(values))]
+        lst[:0] = [_text(v) for v in reversed(_flat(values))]
         return defer.succeed(len(lst))
 
     def rpush(self, key, *values):
         self._changed()
         lst = self.data.setdefault(key, [])
-        lst.extend(str(v) for v in _flat(values))
+        lst.extend(_text(v) for v in _flat(values))
         return defer.succeed(len(lst))
 
     def lrange(self, key, start, end):

@@ -15,7 +15,8 @@ from utils.alert import AlertSender, MAGIC
 from utils.testing import until
 
 # a Redis database each test of its own: tests run in parallel (trial -j)
-REDIS_DBS = {"scenario": 5, "stop_scenario": 12, "long_scenario": 13, "away_scenario": 1}
+REDIS_DBS = {"scenario": 5, "stop_scenario": 12, "long_scenario": 13, "away_scenario": 1,
+             "bytes_scenario": 2}
 
 
 def closed(sock):
@@ -41,7 +42,8 @@ class ParseTests(SynchronousTestCase):
 
     def test_lines(self):
         """The magic is required and stripped, with the line end."""
-        self.assertEqual(parse_line(MAGIC + b"me: [fatal]x: boom\r\n"), "me: [fatal]x: boom")
+        self.assertEqual(parse_line(MAGIC + b"me: [fatal]x: boom\r\n"), b"me: [fatal]x: boom")
+        self.assertEqual(parse_line(MAGIC + b"me: \xff\x00\n"), b"me: \xff\x00")
         self.assertIsNone(parse_line(MAGIC[:-1] + b"\n"))     # 20 bytes: too short
         self.assertIsNone(parse_line(b"x" * 20 + b"me: boom\n"))
 
@@ -112,6 +114,25 @@ class CenterTests(TestCase):
             "matchengine: [fatal]while down 2"])
         self.flushLoggedErrors()
 
+    async def bytes_scenario(self):
+        db = REDIS_DBS["bytes_scenario"]
+        info, conn = await self.alert_list(db)
+        port, cfg = center_config("udp")
+        center = AlertCenter(cfg, redisdb.Plain(info["host"], info["port"], db=db),
+                             reactor=reactor)
+        await center.startService()
+        self.addCleanup(center.stopService)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(udp.close)
+        udp.sendto(MAGIC + b"host: \xff\xfe latin \xe9, nul \x00 kept\r\n", ("127.0.0.1", port))
+        await until(lambda: center.pushed == 1, 10, "the alert pushed")
+        self.assertEqual(await conn.lrange(KEY, 0, -1),
+                         [b"host: \xff\xfe latin \xe9, nul \x00 kept"])
+
+    def test_bytes_kept(self):
+        """An alert goes to Redis byte for byte: bytes that are not UTF-8, and a NUL."""
+        return defer.Deferred.fromCoroutine(self.bytes_scenario())
+
     def test_alerts_to_redis(self):
         """UDP and TCP alerts are pushed in order; bad lines close; a Redis outage waits."""
         return defer.Deferred.fromCoroutine(self.scenario())
@@ -123,7 +144,7 @@ class CenterTests(TestCase):
         store = redisdb.Plain(info["host"], info["port"], db=db, timeout=1)
         center = AlertCenter(cfg, store, reactor=reactor)
         await center.startService()
-        center.queue.extend(["host: held 1", "host: held 2"])     # not yet pushed
+        center.queue.extend([b"host: held 1", b"host: held 2"])   # not yet pushed
         await center.stopService()
         self.assertEqual(await conn.lrange(KEY, 0, -1), ["host: held 1", "host: held 2"])
 
@@ -345,12 +366,12 @@ class QueueTests(SynchronousTestCase):
 
         _, cfg = center_config("udp", port=1)
         center = AlertCenter(cfg, Store(), reactor=Clock(), queue_limit=3)
-        for text in ("a1", "a2", "a3", "a4", "a5"):
+        for text in (b"a1", b"a2", b"a3", b"a4", b"a5"):
             center.received(text)
         # a1 in flight; a2 dropped for a5 (the queue holds three waiting)
-        self.assertEqual([text for text, _ in pushes], ["a1"])
+        self.assertEqual([text for text, _ in pushes], [b"a1"])
         while len(pushes) < 5 and pushes[-1][1].called is False:
             pushes[-1][1].callback(1)
-        self.assertEqual([text for text, _ in pushes], ["a1", "a3", "a4", "a5"])
+        self.assertEqual([text for text, _ in pushes], [b"a1", b"a3", b"a4", b"a5"])
         self.assertEqual(center.pushed, 4)
         self.flushLoggedErrors()

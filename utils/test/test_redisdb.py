@@ -302,6 +302,10 @@ class MemoryRedisTests(SynchronousTestCase):
         self.assertEqual(self.result(r.lrange("l", 1, 2)), ["2", "1"])
         self.assertEqual(self.result(r.lrange("l", -2, -1)), ["0", "-1"])
         self.assertEqual(self.result(r.lrange("l", 3, 1)), [])
+        # bytes are kept as text (an alert's), what is not UTF-8 replaced
+        r.rpush("b", b"me: caf\xc3\xa9 \xff")
+        self.assertEqual(self.result(r.lrange("b", 0, -1)), ["me: caf\u00e9 \ufffd"])
+        r.delete("b")
         r.ltrim("l", 0, 2)
         self.assertEqual(self.result(r.lrange("l", 0, 9999)), ["3", "2", "1"])
         r.ltrim("l", -2, -1)
