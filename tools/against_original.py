@@ -28,10 +28,21 @@ a seeded stream of HTTP requests goes to both: read-only calls and writes the en
 bodies not JSON, some not POSTed; status, Content-Type and body are compared.
 
 `accessws`: both websocket servers stand in front of the same backends and read the same
-topics; a seeded stream of query frames (a tenth spoiled) goes to both, then each subscribes
-to every public channel and rounds of trades follow.  Pushes go out on timers, which can
-split the same changes over different pushes: what each client's pushes add up to (the depth
-with every update applied, every deal, the last push of each other kind) is compared.
+topics, each with an auth service of its own (`AuthService`); a seeded stream of query frames
+(a tenth spoiled) goes to both, then one of logins (every kind of answer of the auth service)
+and of a user's queries and subscriptions, and what each asked its auth service is compared.
+Then each subscribes to every public channel and rounds of trades follow.  Pushes go out on
+timers, which can split the same changes over different pushes: what each client's pushes add
+up to (the depth with every update applied, every deal, the last push of each other kind) is
+compared.  Last, clients of each log in and subscribe to their orders and assets, and rounds
+of trades and deposits follow: every `order.update`, and the number and last balance of the
+`asset.update` pushes of each asset, are compared.
+
+`alertcenter`: both keep their alerts in one private Redis (a database each); a seeded
+stream of alert lines goes to both, over UDP (a line a datagram, some with two, some not
+alerts) and over TCP (several lines a connection, cut at random places, some not alerts,
+too long, or without their newline), each followed by a line of the tool's whose arrival
+shows the alerts before it kept; what each step added to the two lists is compared.
 
 With `--kafka`, both matchengines get a broker of their own and their messages are compared
 in order, times aside.
@@ -40,7 +51,11 @@ Inputs where the two differ on purpose (docs/matchengine.md, "Differences from t
 are left out of the stream: non-finite numbers and exponents past 100, amounts past 34
 digits, a `business` past 30 characters, a side past 32 bits, and with restarts a
 `balance.update` change with more places than `prec_show`; with `--slice`, orders restored
-from a slice are compared without their `source`, which the original's slice does not keep.
+from a slice are compared without their `source`, which the original's slice does not keep;
+for accessws, user ids past 32 bits and codes that are not integers from the auth service
+(docs/websocket.md), and the original's `state.update` pushes to a connection that took a
+closed one's session slot; for alertcenter, NUL bytes and datagrams without a newline
+(docs/alertcenter.md).
 
 The original's executables are built from its sources (README, "Against the original").
 Only one of each of its daemons runs on a machine at a time (each holds a lock file in
@@ -55,6 +70,7 @@ Usage: python tools/against_original.py matchengine --original PATH [--seed S] [
        python tools/against_original.py accesshttp --original PATH [--seed S] [--steps N]
        python tools/against_original.py accessws --original PATH [--seed S] [--steps N]
            [--rounds N]
+       python tools/against_original.py alertcenter --original PATH [--seed S] [--steps N]
 """
 
 import argparse
@@ -463,7 +479,9 @@ class Comparison:
         out = self.out
         out("compared, by command: answered (result), error code or HTTP status, "
             "connection closed")
-        for command in sorted({command for command, _ in self.counts}):
+        # commands by number, then what has a name ("cli", "pushes")
+        for command in sorted({command for command, _ in self.counts},
+                              key=lambda c: (type(c) is str, str(c) if type(c) is str else c)):
             kinds = sorted(((code, n) for (c, code), n in self.counts.items() if c == command),
                            key=str)
             out("  %s: %s" % (command, ", ".join(
@@ -554,6 +572,7 @@ def run_matchengine(args):
                         requests.learn(command, params, json.loads(a))
                 if args.kafka:
                     time.sleep(2)       # the original sends its messages on a timer
+                compare_cli(comparison, (opath, upath))
                 if rounds == args.restarts:
                     break
                 if args.slice:
@@ -591,6 +610,58 @@ def run_matchengine(args):
         for name in databases:
             testing.drop_database(name)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+# lines to the CLI of each (none that changes anything); the numbers of ids are read as the
+# original reads them (strtoul)
+CLI_LINES = [b"status", b"balance list", b"balance list BTC", b"balance list NOPE",
+             b"balance get 1", b"balance get 2", b"balance get 99", b"balance get",
+             b"balance get x", b"balance get 1 2", b"balance get 0x2", b"balance get 010",
+             b"balance get -4294967295", b"balance get 4294967297", b"balance summary",
+             b"balance", b"balance nope", b"market summary", b"market", b"market nope",
+             b"help", b"nope", b"", b"   ", b'"balance" "get" 1', b"'balance' 'list' BTC",
+             b'"bal\\x61nce" summary', b'balance "get 1', b'"balance"get 1',
+             b"balance get '1'x", b"BALANCE summary", b"balance\tget\t2"]
+# the original writes these lines in the order of its hash tables
+CLI_UNORDERED = (b"help", b"balance list", b"'balance' 'list'")
+CLI_PENDING = re.compile(rb"^((?:operlog|history|message \w+) pending:?) \d+$", re.M)
+
+
+def cli_answer(port, line):
+    """What the CLI on `port` writes for `line` (within 0.3 s of its last byte)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(line + b"\n")
+        sock.settimeout(0.3)
+        answer = b""
+        while True:
+            try:
+                data = sock.recv(1 << 16)
+            except socket.timeout:
+                return answer
+            if not data:
+                return answer
+            answer += data
+
+
+def compare_cli(comparison, paths):
+    """Every line of CLI_LINES to the CLI of each (their configs at `paths`): the answers
+    compared as text, those in the order of the original's hash tables as sorted lines,
+    and of `status` what is pending not counted (the two write their logs differently)."""
+    ports = []
+    for path in paths:
+        with open(path) as f:
+            ports.append(int(json.load(f)["cli"].rsplit(":", 1)[1]))
+    for line in CLI_LINES:
+        a, b = (cli_answer(port, line) for port in ports)
+        if line.startswith(CLI_UNORDERED):
+            a, b = (sorted(text.splitlines()) for text in (a, b))
+        elif line == b"status":
+            a, b = (CLI_PENDING.sub(rb"\1 N", text) for text in (a, b))
+        key = ("cli", "%s %s" % (line.split(b" ")[0].decode(errors="replace") or "(empty)",
+                                 "answered" if a else "(nothing)"))
+        comparison.counts[key] = comparison.counts.get(key, 0) + 1
+        if a != b:
+            comparison.differ("cli", repr(line), repr(a), repr(b))
 
 
 def topic_messages(address, topic):
@@ -810,15 +881,17 @@ class Exchange:
             self.daemons[name].start()
             self.configs[name] = cfg
 
-    def start_original(self, executable, module, cfg):
+    def start_original(self, executable, module, cfg, udp=False):
         """The original's `module` with `cfg` and the sections every daemon of it needs (its
-        process limits, log, alert, bind), listening on a port of its own."""
+        process limits, log, alert, bind), listening on a port of its own (for datagrams too
+        with `udp`)."""
         directory = os.path.join(self.workdir, "original")
         os.makedirs(os.path.join(directory, "log"))
         port = testing.free_port()
         cfg = dict(cfg, log={"path": os.path.join(directory, "log", module),
                              "flag": "fatal,error,warn,info"}, **original_sections(module))
-        cfg["svr"] = dict(cfg.get("svr", {}), bind=["tcp@127.0.0.1:%d" % port])
+        binds = ["tcp@127.0.0.1:%d" % port] + (["udp@127.0.0.1:%d" % port] if udp else [])
+        cfg["svr"] = dict(cfg.get("svr", {}), bind=binds)
         path = os.path.join(directory, "config.json")
         with open(path, "w") as f:
             json.dump(cfg, f)
@@ -1030,6 +1103,111 @@ def run_accesshttp(args):
         return comparison.summary()
 
 
+ALERT_KEY = b"alert:message"
+ALERT_TEXTS = [b"matchengine: [fatal]me_server.c:120(svr_on_recv_pkg): service unavailable",
+               b'accessws: [fatal]aw_auth.c:80(on_result): invalid reply: {"code": 1}',
+               b"host: tab\there, quotes ' \" and %s %d %%", "host: caf\u00e9 \u4e2d".encode(),
+               b"", b"x", b"  spaces around  ", b"host: a\rb", b"host: " + b"y" * 300,
+               b"host: \xff\xfe latin \xe9"]     # no NUL: the original cuts an alert there
+
+
+def alert_items(seed, count):
+    """A seeded stream of (transport, chunks) for an alertcenter: lines over UDP, one a
+    datagram (some with two lines, some not alerts), and lines over TCP, several a
+    connection and split at random places (some with a line that is not an alert, too long,
+    or left without its newline)."""
+    from utils.alert import MAGIC
+    rng = random.Random(seed)
+
+    def line():
+        x = rng.random()
+        if x < 0.08:
+            return rng.choice([MAGIC[:10] + b"\n", b"x" * 30 + b"\n", b"\n",
+                               MAGIC[:19] + b"x" + b"host: y\n"])
+        return MAGIC + rng.choice(ALERT_TEXTS) + rng.choice([b"\n", b"\n", b"\r\n"])
+
+    for _ in range(count):
+        if rng.random() < 0.5:
+            datagram = line()
+            if rng.random() < 0.1:
+                datagram += line()
+            yield "udp", [datagram]
+            continue
+        data = b"".join(line() for _ in range(rng.randrange(1, 5)))
+        x = rng.random()
+        if x < 0.05:
+            data += MAGIC + b"host: " + b"z" * 10300 + b"\n" + line()
+        elif x < 0.1:
+            data += MAGIC + b"host: no newline"
+        cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randrange(3))))
+        yield "tcp", [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]
+
+
+def redis_list(port, db, key):
+    """Every element of the list `key` in database `db` of the Redis on `port`."""
+    def command(*words):
+        return b"*%d\r\n" % len(words) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(command(b"SELECT", b"%d" % db) + command(b"LRANGE", key, b"0", b"-1"))
+        reader = sock.makefile("rb")
+        reader.readline()                       # +OK
+        items = []
+        for _ in range(int(reader.readline()[1:])):
+            size = int(reader.readline()[1:])
+            items.append(reader.read(size + 2)[:-2])
+        return items
+
+
+def run_alertcenter(args):
+    from utils.alert import MAGIC
+    with Exchange(("alertcenter",)) as exchange:
+        ours_db = exchange.configs["alertcenter"]["redis"]["db"]
+        original_db = ours_db + 1
+        original = exchange.start_original(args.original, "alertcenter", {
+            "svr": {"max_pkg_size": 10240},
+            "redis": dict(exchange.redis.sentinel, db=original_db)}, udp=True)
+        sides = [(original.port, original_db),
+                 (exchange.daemons["alertcenter"].port, ours_db)]
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        comparison = Comparison()
+        seen = [0, 0]
+        for step, (transport, chunks) in enumerate(alert_items(args.seed, args.steps)):
+            news = []
+            for n, (port, db) in enumerate(sides):
+                if transport == "udp":
+                    udp.sendto(chunks[0], ("127.0.0.1", port))
+                else:
+                    with contextlib.suppress(OSError), \
+                            socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                        for chunk in chunks:
+                            sock.sendall(chunk)
+                            time.sleep(0.005)
+                time.sleep(0.05)
+                # then a line of our own: once it is in the list, so is what came before
+                marker = b"sync: %d" % step
+                udp.sendto(MAGIC + marker + b"\n", ("127.0.0.1", port))
+                items = []
+
+                def kept():
+                    items[:] = redis_list(exchange.redis.port, db, ALERT_KEY)
+                    return items[-1:] == [marker]
+
+                if not testing.wait_until(kept, 10):
+                    raise SystemExit("against_original: alertcenter on port %d did not "
+                                     "keep %r" % (port, marker))
+                news.append(items[seen[n]:])
+                seen[n] = len(items)
+            key = (transport, "%d alerts" % (len(news[0]) - 1))
+            comparison.counts[key] = comparison.counts.get(key, 0) + 1
+            if news[0] != news[1]:
+                comparison.differ("alerts", "%s %r" % (transport, b"".join(chunks)[:300]),
+                                  *where_apart(news[0], news[1]))
+        udp.close()
+        return comparison.summary()
+
+
 class WebSocket:
     """A small blocking websocket client (RFC 6455, subprotocol "chat", text frames)."""
 
@@ -1156,23 +1334,39 @@ def ws_frames(seed, count):
 def run_accessws(args):
     rng = random.Random(args.seed)
     sockets = []
-    with Exchange(("matchengine", "readhistory", "accesshttp", "marketprice",
-                   "accessws")) as exchange:
+    services = [AuthService(), AuthService()]      # the original's, ours
+    with contextlib.ExitStack() as stack:
+        for service in services:
+            stack.callback(service.close)
+        exchange = stack.enter_context(Exchange(
+            ("matchengine", "readhistory", "accesshttp", "marketprice", "accessws"),
+            accessws={"auth_url": services[1].url + "auth",
+                      "sign_url": services[1].url + "sign"}))
         front = exchange.configs["accessws"]
         original = exchange.start_original(args.original, "accessws", dict(
             front, debug=False, worker_num=1, svr={"max_pkg_size": 102400, "protocol": "chat"},
             monitor={"bind": "tcp@127.0.0.1:%d" % testing.free_port(), "max_pkg_size": 1024},
-            deals={"brokers": exchange.broker.address, "topic": "deals", "partition": 0}))
+            deals={"brokers": exchange.broker.address, "topic": "deals", "partition": 0},
+            auth_url=services[0].url + "auth", sign_url=services[0].url + "sign"))
         engine = exchange.daemons["matchengine"]
+        deposits = iter(range(100, 10 ** 9))
 
         def put(user, side, amount, price):
             engine.call(201, json.dumps([user, "BTCBCH", side, amount, price, "0.001", "0.001",
                                          ""]).encode())
 
-        for params in ([1, "BTC", "deposit", 1, "100", {}], [2, "BTC", "deposit", 2, "100", {}],
-                       [1, "BCH", "deposit", 3, "100000", {}],
-                       [2, "BCH", "deposit", 4, "100000", {}]):
-            engine.call(102, json.dumps(params).encode())
+        def deposit(user, asset, amount):
+            engine.call(102, json.dumps([user, asset, "deposit", next(deposits), amount,
+                                         {}]).encode())
+
+        def trades():
+            for _ in range(rng.randrange(1, 6)):
+                put(rng.choice([1, 2]), rng.choice([1, 2]), "0.%03d" % rng.randrange(1, 999),
+                    "%d.%02d" % (rng.randrange(95, 106), rng.randrange(100)))
+
+        for user, asset, amount in ((1, "BTC", "100"), (2, "BTC", "100"),
+                                    (1, "BCH", "100000"), (2, "BCH", "100000")):
+            deposit(user, asset, amount)
         put(1, 1, "1", "100")
         put(2, 2, "0.5", "100")
         put(2, 2, "0.5", "90")
@@ -1180,50 +1374,231 @@ def run_accessws(args):
         comparison = Comparison()
         ports = original.port, exchange.daemons["accessws"].port
         sockets[:] = [WebSocket(p) for p in ports]
-        for method, frame in ws_frames(args.seed, args.steps):
-            answers = []
-            for n, ws in enumerate(sockets):
-                try:
-                    ws.send(frame)
-                    answer = ws.receive(1.5)
-                except OSError:
-                    answer = "closed"
-                if answer == "closed":
-                    ws.close()
-                    sockets[n] = WebSocket(ports[n])
-                answers.append(answer)
-            masked = [ws_masked(a) if a else a for a in answers]
-            code = "closed" if answers[0] == "closed" else "no reply" if answers[0] is None \
-                else (json.loads(answers[0]).get("error") or {}).get("code")
-            comparison.counts[method, code] = comparison.counts.get((method, code), 0) + 1
-            if masked[0] != masked[1]:
-                comparison.differ("answer", frame, answers[0], answers[1])
-        # pushes: each subscription on a connection of each, then rounds of trades
+        print("queries")
+        compare_frames(comparison, sockets, ports, ws_frames(args.seed, args.steps), 1.5)
+        print("authentication and the queries of a user")
+        compare_frames(comparison, sockets, ports, ws_user_frames(args.seed, args.steps // 2),
+                       3.0)
+        if services[0].requests != services[1].requests:
+            comparison.differ("auth requests", "every request to auth_url and sign_url",
+                              repr(services[0].requests), repr(services[1].requests))
+        comparison.counts["auth requests", "compared"] = len(services[0].requests)
         for ws in sockets:
             ws.close()
+        # public pushes: each subscription on a connection of each, then rounds of trades
         sockets[:] = [WebSocket(p) for p in ports]
-        views = [PushView(), PushView()]
         for ws in sockets:
             for n, (method, params) in enumerate(WS_SUBSCRIPTIONS):
                 ws.send(json.dumps({"id": 100 + n, "method": method, "params": params}))
-        for round_ in range(args.rounds + 1):
-            if round_:
-                for _ in range(rng.randrange(1, 6)):
-                    put(rng.choice([1, 2]), rng.choice([1, 2]), "0.%03d" % rng.randrange(1, 999),
-                        "%d.%02d" % (rng.randrange(95, 106), rng.randrange(100)))
-            for n, frames in enumerate(receive_both(sockets, 3.0)):
-                for frame in frames:
-                    views[n].push(ws_masked(frame))
-            a, b = (view.state() for view in views)
-            key = ("pushes", "round")
-            comparison.counts[key] = comparison.counts.get(key, 0) + 1
-            if a != b:
-                comparison.differ("pushes", "round %d" % round_, repr(a), repr(b))
-            else:
-                comparison.out("pushes, round %d: the same" % round_)
+        compare_pushes(comparison, "pushes", sockets, PushView, args.rounds, trades)
+        for ws in sockets:
+            ws.close()
+        # a user's pushes: connections of each that log in and subscribe, then rounds of
+        # trades and deposits
+        sockets[:] = [WebSocket(p) for p in ports for _ in WS_USER_SESSIONS]
+        for n, ws in enumerate(sockets):
+            for method, params in WS_USER_SESSIONS[n % len(WS_USER_SESSIONS)]:
+                ws.send(json.dumps({"id": 1, "method": method, "params": params}))
+                reply = ws.receive(3.0)
+                if reply is None or '"error": null' not in reply:
+                    raise SystemExit("against_original: %s %s answered %s"
+                                     % (method, params, reply))
+
+        def trades_and_deposits():
+            trades()
+            for _ in range(rng.randrange(0, 3)):
+                deposit(rng.choice([1, 2]), rng.choice(["BTC", "BCH"]),
+                        "%d.%02d" % (rng.randrange(0, 10), rng.randrange(100)))
+
+        compare_pushes(comparison, "user pushes", sockets, UserPushView, args.rounds,
+                       trades_and_deposits)
         for ws in sockets:
             ws.close()
         return comparison.summary()
+
+
+def compare_frames(comparison, sockets, ports, frames, timeout):
+    """Each (method, frame) to both servers in turn (`sockets`, reconnected to `ports` when
+    closed), their answers compared with the times masked."""
+    for method, frame in frames:
+        answers = []
+        for n, ws in enumerate(sockets):
+            try:
+                ws.send(frame)
+                answer = ws.receive(timeout)
+            except OSError:
+                answer = "closed"
+            if answer == "closed":
+                ws.close()
+                sockets[n] = WebSocket(ports[n])
+            answers.append(answer)
+        masked = [ws_masked(a) if a else a for a in answers]
+        code = "closed" if answers[0] == "closed" else "no reply" if answers[0] is None \
+            else (json.loads(answers[0]).get("error") or {}).get("code")
+        comparison.counts[method, code] = comparison.counts.get((method, code), 0) + 1
+        if masked[0] != masked[1]:
+            comparison.differ("answer", frame, answers[0], answers[1])
+
+
+def compare_pushes(comparison, what, sockets, view, rounds, changes):
+    """Rounds of `changes()`, after each what every client of the original (the first half
+    of `sockets`) was pushed, as a `view` adds it up, against its twin of ours."""
+    views = [view() for _ in sockets]
+    half = len(sockets) // 2
+    received = [0, 0]
+    for round_ in range(rounds + 1):
+        if round_:
+            changes()
+        for n, frames in enumerate(receive_both(sockets, 3.0)):
+            received[n >= half] += len(frames)
+            for frame in frames:
+                views[n].push(ws_masked(frame))
+        states = [v.state() for v in views]
+        key = (what, "round")
+        comparison.counts[key] = comparison.counts.get(key, 0) + 1
+        same = True
+        for n in range(half):
+            if states[n] != states[half + n]:
+                same = False
+                a, b = where_apart(states[n], states[half + n])
+                comparison.differ(what, "round %d, client %d" % (round_, n), a, b)
+        if same:
+            comparison.out("%s, round %d: the same (frames so far: %d and %d)"
+                           % (what, round_, received[0], received[1]))
+
+
+def where_apart(a, b, path=""):
+    """The first place two JSON-like values differ, as (path: what a holds, path: what b
+    holds), shortened to what differs."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if a.get(key, "(none)") != b.get(key, "(none)"):
+                return where_apart(a.get(key, "(none)"), b.get(key, "(none)"),
+                                   "%s[%r]" % (path, key))
+    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        for n, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return where_apart(x, y, "%s[%d]" % (path, n))
+        if len(a) != len(b):
+            n = min(len(a), len(b))
+            return ("%s[%d:]: %r" % (path, n, a[n:]), "%s[%d:]: %r" % (path, n, b[n:]))
+    return "%s: %r" % (path, a), "%s: %r" % (path, b)
+
+
+class AuthService:
+    """The exchange's auth service, as accessws asks it: `<url>auth` and `<url>sign` answer by
+    the request's Authorization header (`AUTH_ANSWERS`; "slow" answers after the gateway
+    stopped waiting), and every request is kept (path, Authorization, Accept-Language,
+    Content-Type), so that what two gateways asked can be compared."""
+
+    def __init__(self):
+        import http.server
+        import threading
+        requests = self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                token = self.headers.get("Authorization", "")
+                requests.append((self.path, token, self.headers.get("Accept-Language"),
+                                 self.headers.get("Content-Type")))
+                if token == "slow":
+                    time.sleep(1.5)
+                status, body = AUTH_ANSWERS.get(token, AUTH_ANSWERS["refused"])
+                if not isinstance(body, bytes):
+                    body = json.dumps(body).encode()
+                with contextlib.suppress(OSError):     # "slow": the gateway has gone
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d/" % self.server.server_port
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _user(user_id):
+    return {"code": 0, "message": None, "data": {"user_id": user_id}}
+
+
+# what the auth service answers, by token; user ids past 32 bits, negative ones and codes
+# that are not integers are left out: the two differ on purpose (docs/websocket.md)
+AUTH_ANSWERS = {
+    "user-1": (200, _user(1)), "user-2": (200, _user(2)), "user-3": (200, _user(3)),
+    "user-1-500": (500, _user(1)),
+    "refused": (200, {"code": 1001, "message": "token expired", "data": None}),
+    "refused-500": (500, {"code": 500, "message": "server error"}),
+    "no-message": (200, {"code": 1001}), "number-message": (200, {"code": 7, "message": 7}),
+    "no-code": (200, {"message": None, "data": {"user_id": 1}}),
+    "no-data": (200, {"code": 0, "message": None}),
+    "data-list": (200, {"code": 0, "data": [1]}),
+    "no-user": (200, {"code": 0, "data": {}}),
+    "zero-user": (200, _user(0)), "text-user": (200, _user("1")),
+    "real-user": (200, _user(1.0)), "true-user": (200, _user(True)),
+    "not-json": (200, b"<html>down</html>"), "empty": (200, b""),
+    "array": (200, b"[0]"),
+}
+AUTH_TOKENS = sorted(AUTH_ANSWERS) + ["user-1", "user-2", "user-1", "user-2"]
+WS_USER_QUERIES = {
+    "order.query": [["BTCBCH", 0, 10], ["BTCBCH", 1, 1], ["NOPE", 0, 10], ["BTCBCH", "0", 10],
+                    ["BTCBCH", 0], ["BTCBCH", 0, 101], [1, 0, 10], ["BTCBCH", 0, 1.5]],
+    "asset.query": [[], ["BTC"], ["BTC", "BCH"], ["NOPE"], [1]],
+    "order.history": [["BTCBCH", 0, 0, 0, 10, 0], ["BTCBCH", 0, 0, 0, 10, 1],
+                      ["BTCBCH", 0, 0, 0, 10], ["NOPE", 0, 0, 0, 10, 0],
+                      ["BTCBCH", "x", 0, 0, 10, 0]],
+    "asset.history": [["BCH", "", 0, 0, 0, 10], ["BTC", "deposit", 0, 0, 0, 10],
+                      ["BCH", "", 0, 0, 0], ["", "", 0, 0, 0, 10]],
+    "order.subscribe": [["BTCBCH"], [], ["BTCBCH", "NOPE"], [1], ["x" * 16]],
+    "asset.subscribe": [["BTC"], [], ["BTC", "BCH"], [2], ["x" * 16]],
+    "order.unsubscribe": [[]], "asset.unsubscribe": [[], [1]]}
+# each user-push client's requests, in order: logged in as users 1 and 2, one whose
+# subscriptions as user 1 go when it logs in as user 2, one through server.sign
+WS_USER_SESSIONS = [
+    [("server.auth", ["user-1", "web"]), ("order.subscribe", ["BTCBCH"]),
+     ("asset.subscribe", ["BTC", "BCH"])],
+    [("server.auth", ["user-2", "app"]), ("order.subscribe", ["BTCBCH", "NOPE"]),
+     ("asset.subscribe", ["BCH"])],
+    [("server.auth", ["user-1", "web"]), ("order.subscribe", ["BTCBCH"]),
+     ("asset.subscribe", ["BTC"]), ("server.auth", ["user-2", "web"])],
+    [("server.sign", ["key-1", "user-1", 1700000000000]), ("order.subscribe", ["NOPE"]),
+     ("asset.subscribe", ["BCH", "LTC"])],
+]
+
+
+def ws_user_frames(seed, count):
+    """A seeded stream of logins (server.auth, server.sign: every kind of answer of the auth
+    service, a fifth with their parameters spoiled) and of the queries and subscriptions of
+    a user, before and after them."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        x = rng.random()
+        token = "slow" if rng.random() < 0.01 else rng.choice(AUTH_TOKENS)
+        if x < 0.25:
+            method = "server.auth"
+            params = [token, rng.choice(["web", "api", "s" * 31, ""])]
+            if rng.random() < 0.2:
+                params = rng.choice([[token], [token, "s" * 32], [1, "web"], [token, 2],
+                                     [token, "web", 3], []])
+        elif x < 0.35:
+            method = "server.sign"
+            params = [rng.choice(["key-1", "a b/\u00e9&=?", ""]), token,
+                      rng.choice([1, 1700000000000, 2 ** 40])]
+            if rng.random() < 0.2:
+                params = rng.choice([params[:2], params + [1], [1, token, 1],
+                                     [params[0], 1, 1], params[:2] + [0],
+                                     params[:2] + ["1"], params[:2] + [1.5]])
+        else:
+            method = rng.choice(sorted(WS_USER_QUERIES))
+            params = rng.choice(WS_USER_QUERIES[method])
+        yield method, json.dumps({"id": rng.choice([1, 7, 2 ** 40]), "method": method,
+                                  "params": params})
 
 
 class PushView:
@@ -1264,6 +1639,35 @@ class PushView:
                 "last": self.last, "replies": self.replies}
 
 
+class UserPushView:
+    """What a logged-in client knows from its pushes: every `order.update` in order, and for
+    each asset how many `asset.update` pushes came and the last balance they showed.  The
+    balance of such a push is asked of the engine when a message is read, which two servers
+    do at moments apart: of the balances, only the last of each asset is compared."""
+
+    def __init__(self):
+        self.orders = []
+        self.assets = {}
+        self.other = []
+
+    def push(self, frame):
+        message = json.loads(frame)
+        method, params = message.get("method"), message.get("params")
+        if method == "order.update":
+            self.orders.append(params)
+        elif method == "asset.update" and params and isinstance(params[0], dict):
+            for asset, balance in params[0].items():
+                count = self.assets.get(asset, (0, None))[0]
+                self.assets[asset] = (count + 1, balance)
+        elif method != "state.update":
+            # state.update is left out: the original's, to a connection given the session
+            # slot of a closed one that had subscribed (docs/websocket.md, Pushes)
+            self.other.append(message)
+
+    def state(self):
+        return {"orders": self.orders, "assets": self.assets, "other": self.other}
+
+
 def receive_both(sockets, seconds):
     """Every frame each socket receives in the same `seconds`."""
     import select
@@ -1292,9 +1696,10 @@ def main():
     prices = modules.add_parser("marketprice", help="compare two marketprice daemons")
     gateway = modules.add_parser("accesshttp", help="compare two HTTP gateways")
     websocket = modules.add_parser("accessws", help="compare two websocket servers")
+    alerts = modules.add_parser("alertcenter", help="compare two alertcenters")
     websocket.add_argument("--rounds", type=int, default=10,
                            help="rounds of trades whose pushes are compared")
-    for sub in (engine, history, prices, gateway, websocket):
+    for sub in (engine, history, prices, gateway, websocket, alerts):
         sub.add_argument("--original", required=True, metavar="PATH",
                          help="the original's executable (matchengine.exe, readhistory.exe)")
         sub.add_argument("--seed", type=int, default=1, help="the random stream's seed")
@@ -1321,7 +1726,7 @@ def main():
     args.original = os.path.abspath(args.original)
     run = {"matchengine": run_matchengine, "readhistory": run_readhistory,
            "marketprice": run_marketprice, "accesshttp": run_accesshttp,
-           "accessws": run_accessws}[args.module]
+           "accessws": run_accessws, "alertcenter": run_alertcenter}[args.module]
     sys.exit(run(args))
 
 

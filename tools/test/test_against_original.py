@@ -5,8 +5,10 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tools.against_original import (REALS, SOURCE, Comparison, PushView, Requests,
-                                    far_number, mask_first_buckets, ws_masked)
+from tools.against_original import (AUTH_ANSWERS, REALS, SOURCE, WS_USER_QUERIES, Comparison,
+                                    PushView, Requests, UserPushView, alert_items, far_number,
+                                    mask_first_buckets, where_apart, ws_masked, ws_user_frames)
+from utils.alert import MAGIC
 
 MARKETS = ["BTCBCH", "LTCBCH"]
 
@@ -109,6 +111,16 @@ class ComparisonTests(SynchronousTestCase):
         self.assertEqual(self.found, ["answer"])
         self.assertEqual(self.comparison.counts, {(201, "closed"): 2})
 
+    def test_summary_of_numbers_and_names(self):
+        """Commands by number first, then the named checks."""
+        lines = []
+        comparison = Comparison(out=lines.append)
+        comparison.counts = {("cli", "status"): 1, (201, None): 2, (101, 10): 1,
+                             ("pushes", "round"): 3}
+        self.assertEqual(comparison.summary(), 0)
+        self.assertEqual(lines[1:], ["  101: 1 error 10", "  201: 2 result", "  cli: 1 status",
+                                     "  pushes: 3 round", "0 differences"])
+
     def test_dropped_keys(self):
         """After a slice, "source" is left out, and so is the text's comparison."""
         self.comparison.drop = ("source",)
@@ -184,3 +196,65 @@ class WebsocketTests(SynchronousTestCase):
         view.push('{"error": null, "result": {"status": "success"}, "id": 100}')
         self.assertEqual(view.state()["deals"], [{"id": 1}, {"id": 2}])
         self.assertEqual(len(view.state()["replies"]), 1)
+
+    def test_user_pushes(self):
+        """Every order.update counts, in order; of the balances, how many pushes each asset
+        had and the last."""
+        one, two = UserPushView(), UserPushView()
+        for view, balances in ((one, ("1", "2")), (two, ("1.5", "2"))):
+            view.push('{"method": "order.update", "params": [1, {"id": 5}], "id": null}')
+            for available in balances:
+                view.push('{"method": "asset.update", "params": [{"BTC": {"available": "%s"}}]'
+                          ', "id": null}' % available)
+        one.push('{"method": "state.update", "params": ["M", {}], "id": null}')
+        self.assertEqual(one.state(), two.state())
+        self.assertEqual(one.state()["assets"], {"BTC": (2, {"available": "2"})})
+        two.push('{"method": "asset.update", "params": [{"BTC": {"available": "2"}}]}')
+        self.assertNotEqual(one.state(), two.state())
+        one.push('{"method": "order.update", "params": [3, {"id": 5}], "id": null}')
+        self.assertEqual(one.state()["orders"], [[1, {"id": 5}], [3, {"id": 5}]])
+
+    def test_user_frames(self):
+        """Seeded; every token of the auth service, both logins and every user method,
+        valid and spoiled, are sent."""
+        frames = list(ws_user_frames(3, 2000))
+        self.assertEqual(frames, list(ws_user_frames(3, 2000)))
+        requests = [json.loads(frame) for _, frame in frames]
+        methods = {r["method"] for r in requests}
+        self.assertEqual(methods, {"server.auth", "server.sign"} | set(WS_USER_QUERIES))
+        auth = [r["params"] for r in requests if r["method"] == "server.auth"]
+        tokens = {p[0] for p in auth if len(p) == 2 and type(p[1]) is str}
+        self.assertLessEqual(set(AUTH_ANSWERS) | {"slow"}, tokens)
+        self.assertTrue(any(len(p) != 2 for p in auth))
+        signs = [r["params"] for r in requests if r["method"] == "server.sign"]
+        self.assertTrue(any(len(p) == 3 and p[2] == 0 for p in signs))
+        self.assertIn("a b/\u00e9&=?", {p[0] for p in signs})
+
+
+class AlertTests(SynchronousTestCase):
+
+    def test_items(self):
+        """Seeded; datagrams of one line or two, TCP streams cut in pieces, with lines that
+        are not alerts, too long or without their newline."""
+        items = list(alert_items(4, 1000))
+        self.assertEqual(items, list(alert_items(4, 1000)))
+        datagrams = [chunks for transport, chunks in items if transport == "udp"]
+        streams = [b"".join(chunks) for transport, chunks in items if transport == "tcp"]
+        self.assertTrue(all(len(chunks) == 1 for chunks in datagrams))
+        self.assertTrue(any(d[0].count(b"\n") == 2 for d in datagrams))
+        self.assertTrue(any(not d[0].startswith(MAGIC) for d in datagrams))
+        self.assertTrue(any(len(chunks) == 3 for t, chunks in items if t == "tcp"))
+        self.assertTrue(any(len(s) > 10240 for s in streams))
+        self.assertTrue(any(not s.endswith(b"\n") for s in streams))
+        self.assertTrue(any(b"\r\n" in s for s in streams))
+        # no datagram without its newline: the original reads one as a line of no length
+        self.assertTrue(all(d[0].endswith(b"\n") for d in datagrams))
+
+
+class WhereApartTests(SynchronousTestCase):
+
+    def test_first_difference(self):
+        self.assertEqual(where_apart({"a": [1, {"x": 3}]}, {"a": [1, {"x": 4}]}),
+                         ("['a'][1]['x']: 3", "['a'][1]['x']: 4"))
+        self.assertEqual(where_apart([1, 2], [1, 2, 5]), ("[2:]: []", "[2:]: [5]"))
+        self.assertEqual(where_apart({"a": 1}, {}), ("['a']: 1", "['a']: '(none)'"))
