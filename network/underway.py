@@ -1,15 +1,17 @@
 # -*- test-case-name: network.test.test_underway -*-
-"""Counting the Deferreds under way, so that a stop can wait for the last of them.
+"""Counting what is under way, so that a stop can wait for the last of it.
 
     calls = UnderWay()
     calls.track(client.call_raw(...))           # counted until it fires
     ...
     await within(clock, calls.ended(), timeout)  # at a stop: the last of them, or a deadline
+
+`OpenSet` does the same for a server's open connections.
 """
 
 from twisted.internet import defer
 
-__all__ = ["UnderWay"]
+__all__ = ["UnderWay", "OpenSet"]
 
 
 class UnderWay:
@@ -40,3 +42,28 @@ class UnderWay:
             for d in waiting:
                 d.callback(None)
         return result
+
+
+class OpenSet(set):
+    """A server's open connections (added when made, discarded when lost), and for a stop a
+    Deferred that fires once the last has closed (`closed`).  The server calls `settle()`
+    when it is done with a connection it discarded, so that what waits goes on only after
+    that."""
+
+    def __init__(self):
+        super().__init__()
+        self._waiting = []
+
+    def closed(self):
+        """A Deferred that fires once no connection is open (at once when none is)."""
+        if not self:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def settle(self):
+        if not self and self._waiting:
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(None)

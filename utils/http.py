@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from network.output import close_now, pending_output, unsent_over, write_now
+from network.underway import OpenSet
 from utils.jsonfmt import dumps, loads
 
 __all__ = ["JSONRPCRequest", "HTTPServerFactory", "HTTPServerProtocol", "error_body",
@@ -159,9 +160,7 @@ class HTTPServerProtocol(protocol.Protocol):
             if call is not None and call.active():
                 call.cancel()
         self.idle_call = self.request_call = self.close_call = None
-        if not self.factory.connections and self.factory.drained is not None:
-            drained, self.factory.drained = self.factory.drained, None
-            drained.callback(None)
+        self.factory.connections.settle()
 
     def readConnectionLost(self):
         # a request cut short there is not answered
@@ -435,22 +434,17 @@ class HTTPServerFactory(protocol.Factory):
         self.max_pipeline = max_pipeline
         self.max_output = max_output
         self.clock = reactor
-        self.connections = set()
-        self.drained = None      # fired once `finish` saw the last connection close
+        self.connections = OpenSet()
         self.dates = _DateCache(reactor)
         self.requests = 0
 
     def finish(self):
         """Read no more requests on any connection and close each once the answers of
         what it sent are written; fires when every connection is closed."""
-        if not self.connections:
-            return defer.succeed(None)
-        if self.drained is None:
-            self.drained = defer.Deferred()
-        drained = self.drained
+        closed = self.connections.closed()
         for connection in list(self.connections):
             connection.finish()
-        return drained
+        return closed
 
     def abort(self):
         """Drop every connection at once, whatever it has not sent."""

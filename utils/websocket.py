@@ -72,7 +72,7 @@ from zope.interface import implementer
 from network.address import AddressError, listen, parse_address
 from network.output import flush, pending_output, unsent_over, write_now
 from network.timer import Timer
-from network.underway import UnderWay
+from network.underway import OpenSet, UnderWay
 from utils import rpc
 from utils.jsonfmt import RawJSON, dumps, loads
 from utils.rpc_server import NO_REPLY
@@ -482,10 +482,9 @@ class WSServerFactory(WebSocketServerFactory):
         self.name = name
         self.push_window = push_window
         self.sessions = set()
-        self._connections = set()
+        self._connections = OpenSet()
         self.under_way = UnderWay()   # requests whose answer is awaited
         self.finishing = False        # the server stops: no further request is run
-        self.drained = None           # fired once `finish` saw the last connection close
         self._held = {}          # protocol -> push frames waiting for the window to close
         self._held_call = None
         self._ids = itertools.count(1)
@@ -559,11 +558,9 @@ class WSServerFactory(WebSocketServerFactory):
         self.finishing = True
         if not self._connections:
             return defer.succeed(None)
-        if self.drained is None:
-            self.drained = defer.Deferred()
-        drained = self.drained
+        closed = self._connections.closed()
         self.under_way.ended().addCallback(lambda _: self._going_away())
-        return drained
+        return closed
 
     def _going_away(self):
         for conn in list(self._connections):
@@ -641,9 +638,7 @@ class WSServerFactory(WebSocketServerFactory):
                 except Exception:
                     log.failure("{name}: closing session of {peer} failed", name=self.name,
                                 peer=session.client_ip)
-        if not self._connections and self.drained is not None:
-            drained, self.drained = self.drained, None
-            drained.callback(None)
+        self._connections.settle()
 
 
 async def _listen_all(reactor, addresses, factory):

@@ -1,10 +1,10 @@
 # -*- test-case-name: network.test.test_underway -*-
-"""Deferreds under way, counted."""
+"""Deferreds under way, counted; open connections, waited for."""
 
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from network.underway import UnderWay
+from network.underway import OpenSet, UnderWay
 
 
 class UnderWayTests(SynchronousTestCase):
@@ -34,3 +34,23 @@ class UnderWayTests(SynchronousTestCase):
         calls.track(defer.succeed(1))
         self.assertEqual(calls.count, 0)
         self.successResultOf(calls.ended())
+
+
+class OpenSetTests(SynchronousTestCase):
+
+    def test_closed_after_the_last(self):
+        """`closed` fires once the last connection is gone and the server settled it; at
+        once when none is open."""
+        open_ = OpenSet()
+        self.successResultOf(open_.closed())
+        open_.update(["a", "b"])
+        first, second = open_.closed(), open_.closed()
+        open_.discard("a")
+        open_.settle()
+        self.assertNoResult(first)
+        open_.discard("b")
+        self.assertNoResult(first)          # not before the server is done with it
+        open_.settle()
+        self.successResultOf(first)
+        self.successResultOf(second)
+        open_.settle()                      # nothing waits: nothing happens
