@@ -1539,7 +1539,7 @@ class AuthService:
                     self.wfile.write(body)
 
             def log_message(self, *args):
-                pass
+                """Requests are kept in `requests`, not printed."""
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = "http://127.0.0.1:%d/" % self.server.server_port
