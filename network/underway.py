@@ -63,6 +63,7 @@ class OpenSet(set):
         return d
 
     def settle(self):
+        """Fire what waits in `closed` when no connection is left."""
         if not self and self._waiting:
             waiting, self._waiting = self._waiting, []
             for d in waiting:
