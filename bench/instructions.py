@@ -32,7 +32,7 @@ def inner(mode, count, measure):
     """The work callgrind counts: set up, then run the measured loop unless told not to."""
     eng = core.build(0)
     if mode == "server":
-        feed, _ = core.server_path(eng, count)
+        feed, _ = core.server_path(eng, core.orders(count))
         core.collector_as_daemon()
         if measure:
             feed()

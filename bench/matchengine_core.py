@@ -132,9 +132,10 @@ class _Connection:
         """Nothing was written."""
 
 
-def server_path(eng, count):
-    """(feed, replies): `feed()` sends `count` orders through the daemon's request path
-    (see the module's text) on the engine `eng`; `replies()` counts what was answered."""
+def server_path(eng, batch):
+    """(feed, replies): `feed()` sends the orders of `batch` through the daemon's request
+    path (see the module's text) on the engine `eng`; `replies()` counts what was
+    answered."""
     from twisted.internet import defer
     from twisted.internet.task import Clock
 
@@ -169,12 +170,13 @@ def server_path(eng, count):
     service.factory.handlers = {command: service._handler(command) for command in eng.handlers}
     service.operlog = OperationLog(db, clock, 0, clock_time=lambda: START,
                                    after_release=outbox.send_now, autocommit_db=db)
+    count = len(batch)
     service.clock_time = iter(START + 1.0 + n * 0.0001 for n in range(count + 1)).__next__
     connection = service.factory.buildProtocol(None)
     connection.transport = Transport()
     connection.connectionMade()
     packets = [rpc.encode(rpc.Packet(201, sequence=n, req_id=n, body=dumps(params).encode()))
-               for n, params in enumerate(orders(count))]
+               for n, params in enumerate(batch)]
     reads = [b"".join(packets[n:n + 100]) for n in range(0, count, 100)]
 
     def feed():
@@ -275,7 +277,7 @@ def main():
     first_id = eng.order_id
     batch = orders(args.orders)
     if args.server:
-        work, replies = server_path(eng, args.orders)
+        work, replies = server_path(eng, batch)
     else:
         work = functools.partial(run, eng, batch)
     collector_as_daemon()

@@ -118,13 +118,9 @@ class CenterTests(TestCase):
         db = REDIS_DBS["bytes_scenario"]
         info, conn = await self.alert_list(db)
         port, cfg = center_config("udp")
-        center = AlertCenter(cfg, redisdb.Plain(info["host"], info["port"], db=db),
-                             reactor=reactor)
-        await center.startService()
-        self.addCleanup(center.stopService)
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.addCleanup(udp.close)
-        udp.sendto(MAGIC + b"host: \xff\xfe latin \xe9, nul \x00 kept\r\n", ("127.0.0.1", port))
+        center = await self.started(cfg, redisdb.Plain(info["host"], info["port"], db=db))
+        self.udp().sendto(MAGIC + b"host: \xff\xfe latin \xe9, nul \x00 kept\r\n",
+                          ("127.0.0.1", port))
         await until(lambda: center.pushed == 1, 10, "the alert pushed")
         self.assertEqual(await conn.lrange(KEY, 0, -1),
                          [b"host: \xff\xfe latin \xe9, nul \x00 kept"])
