@@ -1211,83 +1211,23 @@ def run_alertcenter(args):
         return comparison.summary()
 
 
-class WebSocket:
-    """A small blocking websocket client (RFC 6455, subprotocol "chat", text frames)."""
+class WebSocket(testing.WSClient):
+    """`testing.WSClient` on a loopback port, subprotocol "chat", whose `receive` answers
+    "closed" once the server closed and None when nothing came in time."""
 
     def __init__(self, port):
-        import base64
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buffer = b""
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(("GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
-                           "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                           "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
-                           % (port, key)).encode())
-        while b"\r\n\r\n" not in self.buffer:
-            self._read()
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        if b" 101 " not in head.split(b"\r\n")[0]:
-            raise SystemExit("against_original: no websocket on port %d: %r" % (port, head))
-
-    def _read(self):
-        data = self.sock.recv(1 << 16)
-        if not data:
-            raise ConnectionError("closed")
-        self.buffer += data
-
-    def send(self, text, opcode=1):
-        payload = text.encode() if isinstance(text, str) else text
-        mask = os.urandom(4)
-        size = len(payload)
-        head = bytes([0x80 | opcode])
-        if size < 126:
-            head += bytes([0x80 | size])
-        elif size < 1 << 16:
-            head += bytes([0x80 | 126]) + size.to_bytes(2, "big")
-        else:
-            head += bytes([0x80 | 127]) + size.to_bytes(8, "big")
-        self.sock.sendall(head + mask + bytes(b ^ mask[n % 4] for n, b in enumerate(payload)))
-
-    def pending(self):
-        """Whether a whole frame is buffered."""
-        return self._frame() is not None
-
-    def _frame(self):
-        if len(self.buffer) < 2:
-            return None
-        size, at = self.buffer[1] & 0x7F, 2
-        if size == 126:
-            size, at = int.from_bytes(self.buffer[2:4], "big"), 4
-        elif size == 127:
-            size, at = int.from_bytes(self.buffer[2:10], "big"), 10
-        if len(self.buffer) < at + size:
-            return None
-        return self.buffer[0] & 0x0F, at, size
+        try:
+            super().__init__("127.0.0.1", port, protocol="chat", timeout=10)
+        except ConnectionError as e:
+            raise SystemExit("against_original: no websocket on port %d: %s" % (port, e))
 
     def receive(self, timeout):
-        """The next text frame, "closed" once the server closed, None after `timeout`."""
-        self.sock.settimeout(timeout)
         try:
-            while True:
-                frame = self._frame()
-                if frame is None:
-                    self._read()
-                    continue
-                opcode, at, size = frame
-                payload, self.buffer = self.buffer[at:at + size], self.buffer[at + size:]
-                if opcode == 8:
-                    return "closed"
-                if opcode == 9:
-                    self.send(payload, 10)
-                elif opcode in (1, 2):
-                    return payload.decode(errors="replace")
-        except socket.timeout:
+            return self.recv(timeout)
+        except TimeoutError:
             return None
         except OSError:
             return "closed"
-
-    def close(self):
-        self.sock.close()
 
 
 WS_QUERIES = {

@@ -553,36 +553,53 @@ class WSClient:
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
         self.sock.sendall(head + mask + masked)
 
-    def _read(self, n, deadline):
-        while len(self.buffer) < n:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError()
-            self.sock.settimeout(remaining)
-            try:
-                chunk = self.sock.recv(65536)
-            except socket.timeout:
-                raise TimeoutError() from None
-            if not chunk:
-                raise ConnectionError("closed")
-            self.buffer += chunk
-        data, self.buffer = self.buffer[:n], self.buffer[n:]
-        return data
+    def _frame_end(self):
+        """(start of the payload, end of the frame) of the whole frame at the start of the
+        buffer; None while part of it has not come."""
+        import struct
+        buffer = self.buffer
+        if len(buffer) < 2:
+            return None
+        n, at = buffer[1] & 0x7F, 2
+        if n == 126 and len(buffer) >= 4:
+            n, at = struct.unpack_from("!H", buffer, 2)[0], 4
+        elif n == 127 and len(buffer) >= 10:
+            n, at = struct.unpack_from("!Q", buffer, 2)[0], 10
+        elif n >= 126:
+            return None
+        return (at, at + n) if len(buffer) >= at + n else None
+
+    def pending(self):
+        """Whether a whole frame is buffered (which a select on `sock` does not show)."""
+        return self._frame_end() is not None
+
+    def _fill(self, deadline):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError()
+        self.sock.settimeout(remaining)
+        try:
+            chunk = self.sock.recv(65536)
+        except socket.timeout:
+            raise TimeoutError() from None
+        if not chunk:
+            raise ConnectionError("closed")
+        self.buffer += chunk
 
     def recv(self, timeout=5.0):
-        """The next text message (str); TimeoutError when none comes in time."""
+        """The next text message (str); TimeoutError when none comes in time (a frame come
+        in part stays buffered for the next call).  A ping is answered."""
         import struct
         deadline = time.monotonic() + timeout
         message = b""
         while True:
-            b1, b2 = self._read(2, deadline)
-            n = b2 & 0x7F
-            if n == 126:
-                n = struct.unpack("!H", self._read(2, deadline))[0]
-            elif n == 127:
-                n = struct.unpack("!Q", self._read(8, deadline))[0]
-            payload = self._read(n, deadline)
-            opcode = b1 & 0x0F
+            frame = self._frame_end()
+            if frame is None:
+                self._fill(deadline)
+                continue
+            at, end = frame
+            head, payload, self.buffer = self.buffer[0], self.buffer[at:end], self.buffer[end:]
+            opcode = head & 0x0F
             if opcode == 8:
                 # a close frame: its code kept, and answered as a client ends the close
                 self.close_code = struct.unpack("!H", payload[:2])[0] if payload else None
@@ -591,10 +608,12 @@ class WSClient:
                 except OSError:
                     pass    # the server has dropped the connection already
                 raise ConnectionError("closed by the server")
+            if opcode == 9:
+                self._send_frame(0xA, payload)
             if opcode in (9, 10):
                 continue
             message += payload
-            if b1 & 0x80:
+            if head & 0x80:
                 return message.decode()
 
     def close(self):

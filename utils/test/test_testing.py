@@ -1,4 +1,4 @@
-"""The test helpers' choice of ports."""
+"""The test helpers: their choice of ports, their websocket client."""
 
 import socket
 
@@ -30,3 +30,42 @@ class FreePortTests(SynchronousTestCase):
         self.assertEqual(testing.free_port(), given)
         # handed out once: the same candidates now leave nothing
         self.assertRaises(RuntimeError, testing.free_port)
+
+
+class WSClientTests(SynchronousTestCase):
+
+    def client(self):
+        """A WSClient over one end of a socket pair (no handshake), and the other end."""
+        ours, peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        client = testing.WSClient.__new__(testing.WSClient)
+        client.sock, client.buffer = ours, b""
+        return client, peer
+
+    def test_frame_in_parts(self):
+        """A frame come in part is kept through a timeout; `pending` says when one is
+        whole."""
+        client, peer = self.client()
+        frame = b"\x81\x7e\x00\xc8" + b"x" * 200       # 200 bytes: a 16-bit length
+        peer.sendall(frame[:3])
+        self.assertRaises(TimeoutError, client.recv, 0.05)
+        self.assertFalse(client.pending())
+        peer.sendall(frame[3:] + b"\x81\x02ok")
+        self.assertEqual(client.recv(1), "x" * 200)
+        self.assertTrue(client.pending())
+        self.assertEqual(client.recv(1), "ok")
+
+    def test_ping_answered(self):
+        client, peer = self.client()
+        peer.sendall(b"\x89\x02hi\x81\x01!")
+        self.assertEqual(client.recv(1), "!")
+        pong = peer.recv(100)
+        self.assertEqual(pong[0], 0x8A)
+        self.assertEqual(bytes(b ^ pong[2 + n % 4] for n, b in enumerate(pong[6:])), b"hi")
+
+    def test_close(self):
+        client, peer = self.client()
+        peer.sendall(b"\x88\x02\x03\xe8")
+        self.assertRaises(ConnectionError, client.recv, 1)
+        self.assertEqual(client.close_code, 1000)
