@@ -66,15 +66,6 @@ def request_packets(command, batch):
             for sequence, params in enumerate(batch)]
 
 
-def call(sock, command, params):
-    """One request on a blocking socket; the reply's JSON."""
-    sock.sendall(rpc.encode(rpc.Packet(command, body=json.dumps(params).encode())))
-    decoder, packets = rpc.StreamDecoder(1 << 20), []
-    while not packets:
-        packets = decoder.feed(sock.recv(1 << 16))
-    return json.loads(packets[0].body)
-
-
 class Lane:
     """One connection keeping `depth` requests in flight: a reply's arrival sends the next.
     Replies are read by their header and the start of their body (`{"error": null` is an
@@ -132,7 +123,9 @@ def drive(port, batch, clients, depth, on_start=lambda: None):
     for user in range(1, 101):
         for asset, business_id, amount in (("BTC", user, "100000000"),
                                            ("BCH", 1000 + user, "100000000000")):
-            reply = call(socks[0], 102, [user, asset, "deposit", business_id, amount, {}])
+            reply = json.loads(testing.rpc_call(
+                socks[0], 102, json.dumps([user, asset, "deposit", business_id, amount,
+                                           {}]).encode()))
             if reply["error"] is not None:
                 raise SystemExit("deposit refused: %r" % reply)
     stats = {"accepted": 0, "refused": 0, "latency": []}

@@ -93,7 +93,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from utils import rpc, testing  # noqa: E402
+from utils import testing  # noqa: E402
 
 TIMES = re.compile(rb'"(ctime|mtime|ftime|time|update_time|create_time)": ?[0-9.e+-]+')
 # a message's times are its only JSON reals (amounts and prices are strings)
@@ -291,23 +291,6 @@ def far_number(text):
     return abs(exponent) > 100 or len(digits) > 34
 
 
-def call(sock, command, body, sequence=[0]):
-    """The reply to one request: its body, or None when the connection closed (the answer to
-    a body that is not JSON) or nothing came within 10 seconds."""
-    sequence[0] += 1
-    sock.sendall(rpc.encode(rpc.Packet(command, rpc.REQUEST, sequence[0], 0, body)))
-    decoder, packets = rpc.StreamDecoder(1 << 24), []
-    while not packets:
-        try:
-            data = sock.recv(1 << 16)
-        except socket.timeout:
-            return None
-        if not data:
-            return None
-        packets = decoder.feed(data)
-    return packets[0].body
-
-
 def without_times(value, drop=()):
     if isinstance(value, dict):
         return {k: without_times(v, drop) for k, v in value.items()
@@ -348,7 +331,9 @@ class Daemon:
         return "\n".join(lines)
 
     def call(self, command, body):
-        reply = call(self.sock, command, body)
+        # None: the connection closed (the answer to a body that is not JSON) or nothing
+        # came within 10 seconds
+        reply = testing.rpc_call(self.sock, command, body)
         if reply is None:
             self.sock.close()
             self.sock = testing.connect(self.port, timeout=10)

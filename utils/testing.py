@@ -8,6 +8,7 @@ the test is skipped, or fails when VIABTC_REQUIRE_SERVICES=1 (as `make test` set
 a broken setup can never pass silently.
 """
 
+import itertools
 import json
 import os
 import random
@@ -71,6 +72,25 @@ def connect(port, patience=60.0, timeout=60.0):
                 raise
             time.sleep(0.1)
 
+
+def rpc_call(sock, command, body):
+    """One binary RPC request on a blocking socket (`connect`): the reply's body, or None
+    when the connection closed or nothing came within the socket's timeout."""
+    from utils import rpc
+    sock.sendall(rpc.encode(rpc.Packet(command, rpc.REQUEST, next(_sequences), 0, body)))
+    decoder, packets = rpc.StreamDecoder(1 << 24), []
+    while not packets:
+        try:
+            data = sock.recv(1 << 16)
+        except socket.timeout:
+            return None
+        if not data:
+            return None
+        packets = decoder.feed(data)
+    return packets[0].body
+
+
+_sequences = itertools.count(1)
 
 def require(name):
     """Return the service's settings, or skip/fail the test when it does not answer."""

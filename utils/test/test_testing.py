@@ -1,4 +1,4 @@
-"""The test helpers: their choice of ports, their websocket client."""
+"""The test helpers: the choice of ports, the RPC call, the websocket client."""
 
 import socket
 
@@ -69,3 +69,23 @@ class WSClientTests(SynchronousTestCase):
         peer.sendall(b"\x88\x02\x03\xe8")
         self.assertRaises(ConnectionError, client.recv, 1)
         self.assertEqual(client.close_code, 1000)
+
+
+class RPCCallTests(SynchronousTestCase):
+
+    def test_reply_or_none(self):
+        """The reply's body; None when nothing comes in time or the peer closes."""
+        from utils import rpc
+        ours, peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        ours.settimeout(0.05)
+        reply = rpc.encode(rpc.Packet(101, rpc.REPLY, 1, 0, b'{"result": 1}'))
+        self.assertIsNone(testing.rpc_call(ours, 101, b"[1]"))        # nothing came
+        peer.sendall(reply[:10])
+        peer.sendall(reply[10:])
+        self.assertEqual(testing.rpc_call(ours, 101, b"[2]"), b'{"result": 1}')
+        sent = rpc.StreamDecoder(1 << 20).feed(peer.recv(1 << 16))
+        self.assertEqual([(p.command, p.body) for p in sent], [(101, b"[1]"), (101, b"[2]")])
+        peer.shutdown(socket.SHUT_WR)                                   # the peer closes
+        self.assertIsNone(testing.rpc_call(ours, 101, b"[3]"))
