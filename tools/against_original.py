@@ -564,11 +564,7 @@ def run_matchengine(args):
                     break
                 if args.slice:
                     for path in (opath, upath):
-                        with open(path) as f:
-                            host, port = json.load(f)["cli"].split("@")[1].split(":")
-                        with socket.create_connection((host, int(port)), timeout=10) as cli:
-                            cli.sendall(b"makeslice\n")
-                            cli.recv(100)
+                        cli_answer(cli_port(path), b"makeslice", first=10)   # "OK"
                     time.sleep(3)           # both slices written
                     sliced = True
                     comparison.drop = ("source",)
@@ -614,11 +610,18 @@ CLI_UNORDERED = (b"help", b"balance list", b"'balance' 'list'")
 CLI_PENDING = re.compile(rb"^((?:operlog|history|message \w+) pending:?) \d+$", re.M)
 
 
-def cli_answer(port, line):
-    """What the CLI on `port` writes for `line` (within 0.3 s of its last byte)."""
+def cli_port(path):
+    """The loopback port of the CLI of the matchengine configured at `path`."""
+    with open(path) as f:
+        return int(json.load(f)["cli"].rsplit(":", 1)[1])
+
+
+def cli_answer(port, line, first=0.3):
+    """What the CLI on `port` writes for `line`: what comes within `first` seconds, then
+    until 0.3 s pass without a byte."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(line + b"\n")
-        sock.settimeout(0.3)
+        sock.settimeout(first)
         answer = b""
         while True:
             try:
@@ -628,16 +631,14 @@ def cli_answer(port, line):
             if not data:
                 return answer
             answer += data
+            sock.settimeout(0.3)
 
 
 def compare_cli(comparison, paths):
     """Every line of CLI_LINES to the CLI of each (their configs at `paths`): the answers
     compared as text, those in the order of the original's hash tables as sorted lines,
     and of `status` what is pending not counted (the two write their logs differently)."""
-    ports = []
-    for path in paths:
-        with open(path) as f:
-            ports.append(int(json.load(f)["cli"].rsplit(":", 1)[1]))
+    ports = [cli_port(path) for path in paths]
     for line in CLI_LINES:
         a, b = (cli_answer(port, line) for port in ports)
         if line.startswith(CLI_UNORDERED):
