@@ -215,8 +215,9 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
 
     mp = cfg["marketprice"]
 
-    def deals_consumer(offset, on_message):
+    def deals_consumer(offset, on_message, last_digest):
         return bus.consumer(mp.deals.topic, on_message, offset=offset, limit=mp.deals.limit,
+                            last_digest=last_digest,
                             name="marketprice deals")
     MarketPrice(mp, store, deals_consumer, market_list_from(mp.accesshttp, reactor),
                 reactor=reactor).setServiceParent(modules)

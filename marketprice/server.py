@@ -5,7 +5,10 @@ At start it connects to Redis (retrying every second while Redis cannot be reach
 database number the server refuses, `redis.db` past the databases it has, stops it as a config
 error), asks accesshttp for `market.list` (retrying until it answers), loads each market's
 k-lines, recent deals and last price from Redis, and consumes the `deals` topic from the
-offset after the one stored in `k:offset` (from the beginning when none is stored).
+offset after the one stored in `k:offset` (from the beginning when none is stored).  The
+deal at that offset is checked first against its digest, kept in `k:offset_digest`: another
+deal there, or none, means the topic was recreated meanwhile, and it is read again from its
+start.
 
 Every 10 s the changes go to Redis in one MULTI/EXEC transaction together with the offset of
 the last deal applied, so Redis always holds the state of exactly one offset: after a crash
@@ -43,6 +46,7 @@ from utils import decimals, rpc
 from utils.config import ConfigError
 from utils.daemon import give_up, mark_ready
 from utils.jsonfmt import RawJSON, dumps
+from utils.kafka_queue import record_digest
 from utils.redisdb import ConfigChecked, WatchError
 from utils.rpc_server import RPCServerFactory, listen_rpc
 
@@ -79,8 +83,10 @@ class MarketPrice(service.Service):
 
     def __init__(self, cfg, store, consumer_factory, market_list, reactor=None,
                  clock_time=time.time, listen=True):
-        """`store`: a utils.redisdb store; `consumer_factory(offset, on_message)`: a
-        consumer service; `market_list()`: a Deferred firing with the market names."""
+        """`store`: a utils.redisdb store; `consumer_factory(offset, on_message,
+        last_digest)`: a consumer service, reading from `offset` after the deal whose digest
+        is `last_digest` (or None); `market_list()`: a Deferred firing with the market
+        names."""
         if reactor is None:
             from twisted.internet import reactor
         self.cfg = cfg
@@ -95,6 +101,10 @@ class MarketPrice(service.Service):
         self.limits = (cfg["sec_max"], cfg["min_max"], cfg["hour_max"])
         self.markets = {}
         self.offset = None             # Kafka offset of the last deal applied
+        # and that deal's message (None before the first): its digest goes with the offset,
+        # for a restart to check that the deal is still there (read at start until then)
+        self.last_deal = None
+        self.offset_digest = None
         # the offset whose state Redis is known to hold: read at start, then that of each
         # flush written (None: none stored)
         self.flushed_offset = None
@@ -150,13 +160,15 @@ class MarketPrice(service.Service):
             for name in names:
                 self.markets[name] = await self._load_market(conn, name, now)
             stored = await conn.get("k:offset")
+            digest = await conn.get("k:offset_digest")
         finally:
             conn.disconnect()
         self.offset = self.flushed_offset = int(stored) if stored is not None else None
+        self.offset_digest = digest
         start = "earliest" if self.offset is None else self.offset + 1
         self.log.info("marketprice: {count} markets loaded; consuming deals from offset "
                       "{start}", count=len(self.markets), start=start)
-        self.consumer = self.consumer_factory(start, self.on_deal)
+        self.consumer = self.consumer_factory(start, self.on_deal, digest)
         self.consumer.startService()
         for seconds, function in ((self.cfg.get("flush_interval", 10.0), self.flush),
                                   (60.0, self.cache.clear),
@@ -272,7 +284,7 @@ class MarketPrice(service.Service):
                 self.log.warn("marketprice: deal {deal_id} of {market} at offset {offset} is "
                               "one of the recent deals applied already; skipped",
                               deal_id=deal_id, market=name, offset=offset)
-        self.offset = offset
+        self.offset, self.last_deal = offset, value
         self.handled += 1
 
     # -- flushing ----------------------------------------------------------------------
@@ -416,8 +428,15 @@ class MarketPrice(service.Service):
         offset = self.offset
         if whole:
             commands = itertools.chain.from_iterable(_whole_market(*h) for h in held)
-        last = ("delete", "k:offset") if offset is None else ("set", "k:offset", offset)
-        return itertools.chain(commands, [last]), offset
+        if self.last_deal is not None:
+            self.offset_digest, self.last_deal = record_digest(self.last_deal), None
+        if offset is None:
+            last = [("delete", ["k:offset", "k:offset_digest"])]
+        elif self.offset_digest is None:
+            last = [("set", "k:offset", offset), ("delete", "k:offset_digest")]
+        else:
+            last = [("set", "k:offset", offset), ("set", "k:offset_digest", self.offset_digest)]
+        return itertools.chain(commands, last), offset
 
     # -- retention ---------------------------------------------------------------------
 

@@ -45,9 +45,10 @@ def makeService(options, reactor=None):
     top = service_tree(cfg, options, reactor)
     deals = cfg.deals
 
-    def consumer(offset, on_message):
+    def consumer(offset, on_message, last_digest):
         return KafkaConsumerService(deals.brokers, deals.topic, on_message,
                                     partition=deals.partition, offset=offset,
+                                    last_digest=last_digest,
                                     limit=deals.limit, reactor=reactor,
                                     name="marketprice deals")
     MarketPrice(cfg, redisdb.from_config(cfg.redis), consumer,

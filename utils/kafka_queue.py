@@ -15,13 +15,17 @@ the messages, with their offsets, to `on_message(offset, value)` on the reactor 
 order; at most `limit` messages are handed over and not yet processed at any time.  A
 broker it cannot reach is logged once, as an error, and its return once; a topic recreated
 meanwhile (a broker keeping its topics in memory restarted) is found by the last record
-read, no longer at its offset, and read again from its start.
+read, no longer at its offset, and read again from its start.  A consumer resuming where
+an earlier run stopped can be given a digest of the last record that run handled
+(`record_digest`): the record is then checked first, and a topic recreated between the runs
+is read again from its start too.
 
 `InProcessBus` offers the same two interfaces without Kafka (the embedded mode).
 """
 
 import collections
 import contextlib
+import hashlib
 import json
 import os
 import threading
@@ -31,7 +35,8 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-__all__ = ["KafkaProducerService", "KafkaConsumerService", "QueueFull", "InProcessBus"]
+__all__ = ["KafkaProducerService", "KafkaConsumerService", "QueueFull", "InProcessBus",
+           "record_digest"]
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -76,6 +81,26 @@ def _reactor(reactor):
 
 def _bytes(value):
     return value.encode() if isinstance(value, str) else value
+
+
+def record_digest(value) -> str:
+    """The SHA-1 of a record's value, in hex: what a consumer resuming after it is given
+    (`last_digest`) to check that the record is still at its offset."""
+    return hashlib.sha1(_bytes(value)).hexdigest()
+
+
+class _Remembered(collections.namedtuple("_Remembered", "offset digest")):
+    """The last record an earlier run handled, known by its offset and digest."""
+
+    def found_in(self, record):
+        return record_digest(record.value) == self.digest
+
+
+def _same(found, last):
+    """Whether `found`, read at the offset of the last record handed over, is it."""
+    if isinstance(last, _Remembered):
+        return last.found_in(found)
+    return found.timestamp == last.timestamp and found.value == last.value
 
 
 class KafkaProducerService(service.Service):
@@ -308,7 +333,9 @@ class KafkaConsumerService(service.Service):
     """Reads one partition of a topic from an explicit offset.
 
     `offset`: an int (the next offset to read), "earliest", or "latest"/None (only new
-    messages).  `on_message(offset, value)` runs on the reactor thread.
+    messages).  `on_message(offset, value)` runs on the reactor thread.  `last_digest`, with
+    an int offset: the `record_digest` of the record before it, the last one an earlier run
+    handled, checked before anything is handed over, as after a pause.
 
     A broker that does not answer is logged once (error) and once again when it is back
     (info).  After a pause (no record for CHECK_AFTER seconds: a broker lost and back, or a
@@ -323,11 +350,12 @@ class KafkaConsumerService(service.Service):
     check_after = CHECK_AFTER
 
     def __init__(self, brokers, topic, on_message, partition=0, offset=None, reactor=None,
-                 limit=1000, name=None, **consumer_config):
+                 limit=1000, name=None, last_digest=None, **consumer_config):
         self.brokers = brokers
         self.topic = topic
         self.partition = partition
         self.offset = offset
+        self.last_digest = last_digest
         self.on_message = on_message
         self.reactor = _reactor(reactor)
         self.limit = max(1, limit)
@@ -427,19 +455,26 @@ class KafkaConsumerService(service.Service):
                 tp = self._tp = TopicPartition(self.topic, self.partition)
                 consumer.assign([tp])
                 self._check_partition(consumer)
-                self._skip_before = None
-                if isinstance(self.offset, int):
-                    consumer.seek(tp, self.offset)
-                elif self.offset == "earliest":
-                    consumer.seek_to_beginning(tp)
-                else:
-                    self._seek_latest(consumer, tp)
+                self._seek_start(consumer, tp)
                 self._reachable(True)
                 return consumer
             except Exception as e:
                 self._reachable(False, e)
                 self._stopping.wait(1.0)
         return None
+
+    def _seek_start(self, consumer, tp):
+        self._skip_before = None
+        if isinstance(self.offset, int) and self.offset > 0 and self.last_digest:
+            # the earlier run's last record comes first, to be checked
+            self._last = _Remembered(self.offset - 1, self.last_digest)
+            self._check(consumer)
+        elif isinstance(self.offset, int):
+            consumer.seek(tp, self.offset)
+        elif self.offset == "earliest":
+            consumer.seek_to_beginning(tp)
+        else:
+            self._seek_latest(consumer, tp)
 
     def _check_partition(self, consumer):
         """Say so when the topic exists without the partition asked for: the consumer
@@ -550,7 +585,7 @@ class KafkaConsumerService(service.Service):
             # before it now
             found = "offset %d is gone (the partition starts again at %d)" % (
                 last.offset, first.offset)
-        elif first.timestamp == last.timestamp and first.value == last.value:
+        elif _same(first, last):
             return batch[1:]
         else:
             found = "another record is at offset %d" % last.offset
@@ -713,8 +748,9 @@ class InProcessBus:
     def producer(self, name="bus producer"):
         return _BusProducer(self, name)
 
-    def consumer(self, topic, on_message, offset=None, limit=1000, name=None, partition=0):
-        return _BusConsumer(self, topic, on_message, offset, limit, name)
+    def consumer(self, topic, on_message, offset=None, limit=1000, name=None, partition=0,
+                 last_digest=None):
+        return _BusConsumer(self, topic, on_message, offset, limit, name, last_digest)
 
 
 class _BusProducer(service.Service):
@@ -744,11 +780,12 @@ class _BusProducer(service.Service):
 class _BusConsumer(service.Service):
     log = Logger()
 
-    def __init__(self, bus, topic, on_message, offset, limit, name):
+    def __init__(self, bus, topic, on_message, offset, limit, name, last_digest=None):
         self.bus = bus
         self.topic = topic
         self.on_message = on_message
         self.offset = offset
+        self.last_digest = last_digest
         self.limit = limit
         self.name = name or "bus consumer %s" % topic
         self.next_offset = None
@@ -758,14 +795,31 @@ class _BusConsumer(service.Service):
 
     def startService(self):
         service.Service.startService(self)
-        if isinstance(self.offset, int):
+        if isinstance(self.offset, int) and self._resumes():
             self.next_offset = self.offset
-        elif self.offset == "earliest":
+        elif isinstance(self.offset, int) or self.offset == "earliest":
             self.next_offset = self.bus._log(self.topic)[0]
         else:
             self.next_offset = self.bus.end_offset(self.topic)
         self.bus._consumers[self.topic].append(self)
         self._wake()
+
+    def _resumes(self):
+        """Whether the topic still holds the record before the offset asked for, as
+        `last_digest` knows it (or past retention); said as a warning when it does not."""
+        if not self.offset or not self.last_digest:
+            return True
+        before = self.offset - 1
+        found = self.bus.read(self.topic, before, 1)
+        if found and found[0][0] > before:
+            return True         # gone with retention, those after it kept
+        if found and record_digest(found[0][1]) == self.last_digest:
+            return True
+        self.log.warn("{name}: {topic} is not the one read before: {found}; it was "
+                      "recreated, reading it again from its start", name=self.name,
+                      topic=self.topic, found="another record is at offset %d" % before
+                      if found else "it ends at %d" % self.bus.end_offset(self.topic))
+        return False
 
     def stopService(self):
         service.Service.stopService(self)

@@ -445,6 +445,38 @@ def redis_command(db, *args):
         return line
 
 
+def redis_get(db, key):
+    """The value of `key` in database `db` of the test Redis (text), or None."""
+    info = require("redis")
+    with socket.create_connection((info["host"], int(info["port"])), 5) as s:
+        f = s.makefile("rwb")
+        f.write(b"*2\r\n$6\r\nSELECT\r\n$%d\r\n%d\r\n" % (len(str(db)), db))
+        key = key.encode()
+        f.write(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key))
+        f.flush()
+        f.readline()
+        size = int(f.readline()[1:])
+        return None if size < 0 else f.read(size + 2)[:-2].decode()
+
+
+def kafka_record(brokers, topic, offset):
+    """The value of the record at `offset` of partition 0 of `topic`."""
+    from kafka import KafkaConsumer, TopicPartition
+    consumer = KafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek(tp, offset)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for record in consumer.poll(timeout_ms=500).get(tp, []):
+                if record.offset == offset:
+                    return record.value
+        raise AssertionError("no record at offset %d of %s" % (offset, topic))
+    finally:
+        consumer.close()
+
+
 def clean_redis(test, db):
     """Empty Redis database `db` now and when `test` ends."""
     redis_command(db, "FLUSHDB")

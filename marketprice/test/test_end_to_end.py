@@ -12,6 +12,7 @@ from twisted.trial.unittest import TestCase
 
 from matchengine.test.test_engine import norm
 from utils import testing
+from utils.kafka_queue import record_digest
 
 EXPECTED = testing.reference("market-scenario.jsonl")
 RECORDED_NOW = 1795561983      # the recording's `now`, from its kline requests
@@ -124,3 +125,8 @@ class MarketScenarioTests(TestCase):
                 self.assertEqual(rows[0][1:], LTC_KLINE if params[0] == "LTCBCH" else KLINE)
             else:
                 self.assertEqual(norm(got), norm(expected), request)
+        # beside the offset of the last deal flushed, its digest, which the restarts checked
+        offset = int(testing.redis_get(REDIS_DB, "k:offset"))
+        self.assertEqual(testing.redis_get(REDIS_DB, "k:offset_digest"),
+                         record_digest(testing.kafka_record(broker, "deals", offset)))
+        self.assertEqual([line for line in mp.output() if "recreated" in line], [])

@@ -9,14 +9,14 @@ import uuid
 
 import txredisapi
 from twisted.internet import defer, reactor
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, capturedLogs, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from marketprice import config, server
 from marketprice.kline import GRANULARITIES
 from marketprice.server import MarketPrice
 from utils import redisdb, testing
-from utils.kafka_queue import InProcessBus
+from utils.kafka_queue import InProcessBus, record_digest
 from utils.testing import until
 
 T0 = 1795561980.5
@@ -25,6 +25,13 @@ T0 = 1795561980.5
 def deal(n, price, amount, market="BTCBCH"):
     return json.dumps([T0 + n, market, n, n + 100, 1, 2, price, amount, "0", "0", 2, n,
                        "BTC", "BCH"])
+
+
+def bus_consumer(bus):
+    """A consumer factory reading the deals of `bus`."""
+    def consumer(offset, on_message, last_digest):
+        return bus.consumer("deals", on_message, offset, last_digest=last_digest)
+    return consumer
 
 
 def service_config():
@@ -104,7 +111,7 @@ class OutageTests(TestCase):
         producer = bus.producer()
         name = "M" + uuid.uuid4().hex[:6]
         mp = MarketPrice(service_config(), store,
-                         lambda offset, on_message: bus.consumer("deals", on_message, offset),
+                         bus_consumer(bus),
                          lambda: defer.succeed([name]), reactor=reactor,
                          clock_time=lambda: T0 + 100, listen=False)
         await mp.startService()
@@ -172,7 +179,7 @@ class FlushTests(TestCase):
         self.producer = bus.producer()
         self.name = "M" + uuid.uuid4().hex[:6]
         mp = MarketPrice(service_config(), self.store,
-                         lambda offset, on_message: bus.consumer("deals", on_message, offset),
+                         bus_consumer(bus),
                          lambda: defer.succeed([self.name]), reactor=reactor,
                          clock_time=lambda: T0 + 100, listen=False)
         await mp.startService()
@@ -341,7 +348,7 @@ class RedisLostTests(TestCase):
             await left(self.conn, self.name)
         self.service = lambda: MarketPrice(
             service_config(), store,
-            lambda offset, on_message: bus.consumer("deals", on_message, offset),
+            bus_consumer(bus),
             lambda: defer.succeed([self.name]), reactor=reactor,
             clock_time=lambda: T0 + 100, listen=False)
         mp = self.service()
@@ -500,7 +507,7 @@ class RetentionTests(TestCase):
                                                                                 **kw))
         bus = InProcessBus(reactor=reactor)
         mp = MarketPrice(service_config(), store,
-                         lambda offset, on_message: bus.consumer("deals", on_message, offset),
+                         bus_consumer(bus),
                          lambda: defer.succeed([name]), reactor=reactor,
                          clock_time=lambda: now[0], listen=False)
         await mp.startService()
@@ -561,7 +568,7 @@ class StartTests(TestCase):
         bus = InProcessBus(reactor=reactor)
         name = "M" + uuid.uuid4().hex[:6]
         mp = MarketPrice(service_config(), store,
-                         lambda offset, on_message: bus.consumer("deals", on_message, offset),
+                         bus_consumer(bus),
                          lambda: defer.succeed([name]), reactor=reactor,
                          clock_time=lambda: T0 + 100, listen=False)
         started = mp.startService()
@@ -578,6 +585,60 @@ class StartTests(TestCase):
         """A Redis that cannot be reached at start is tried again every second, and the
         start goes on once it answers."""
         return defer.Deferred.fromCoroutine(self.away_scenario())
+
+
+class ResumeTests(TestCase):
+    """A restart resumes after the last deal flushed, checked by its digest."""
+
+    timeout = 60
+
+    async def run_once(self, bus, store):
+        """Start a marketprice on `bus` and `store`, let it apply what the bus holds, flush
+        and stop; returns the ids of the recent deals it holds."""
+        mp = MarketPrice(service_config(), store, bus_consumer(bus),
+                         lambda: defer.succeed([self.name]), reactor=reactor,
+                         clock_time=lambda: T0 + 100, listen=False)
+        await mp.startService()
+        end = bus.end_offset("deals") - 1
+        await until(lambda: mp.offset == end, what="deal at offset %d applied" % end)
+        await mp.flush()
+        await mp.stopService()
+        return [d["id"] for d in mp.rpc_deals([self.name, 100, 0], None)]
+
+    async def scenario(self):
+        proxy, store, conn = await redis_behind_proxy(self)
+        self.name = "M" + uuid.uuid4().hex[:6]
+        bus = InProcessBus(reactor=reactor)
+        for n in (1, 2, 3):
+            bus.append("deals", deal(n, "10", "1", self.name))
+        self.assertEqual(await self.run_once(bus, store), [3, 2, 1])
+        self.assertEqual(await conn.get("k:offset_digest"),
+                         record_digest(deal(3, "10", "1", self.name)))
+        # the same topic, a deal more: only that one is read
+        bus.append("deals", deal(4, "10", "1", self.name))
+        with capturedLogs() as events:
+            self.assertEqual(await self.run_once(bus, store), [4, 3, 2, 1])
+        self.assertEqual([e for e in events if e["log_level"] >= LogLevel.warn], [])
+        # the topic recreated meanwhile with other deals, more than were read: read from its
+        # start, where the stored offset would have skipped the first four
+        recreated = InProcessBus(reactor=reactor)
+        for n in range(11, 17):
+            recreated.append("deals", deal(n, "10", "1", self.name))
+        with capturedLogs() as events:
+            self.assertEqual(await self.run_once(recreated, store),
+                             [16, 15, 14, 13, 12, 11, 4, 3, 2, 1])
+        self.assertEqual(
+            [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn],
+            ["bus consumer deals: deals is not the one read before: another record is at "
+             "offset 3; it was recreated, reading it again from its start"])
+        self.assertEqual((await conn.get("k:offset"), await conn.get("k:offset_digest")),
+                         ("5", record_digest(deal(16, "10", "1", self.name))))
+
+    def test_restart_in_a_recreated_topic(self):
+        """marketprice keeps the digest of the last deal it flushed beside its offset; a
+        restart goes on after that deal when it is still there, and reads the topic again
+        from its start when another deal holds its offset."""
+        return defer.Deferred.fromCoroutine(self.scenario())
 
 
 class DaemonStartTests(SynchronousTestCase):

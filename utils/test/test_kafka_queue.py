@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from utils import testing
 from utils.kafka_queue import (CONSUMER_STOP_WAIT, InProcessBus, KafkaConsumerService,
-                               KafkaProducerService, QueueFull)
+                               KafkaProducerService, QueueFull, record_digest)
 from utils.kafka_wire import LeanProducer
 from utils.testing import until
 
@@ -185,6 +185,32 @@ class BrokerTests(TestCase):
         says so and reads it again from the start, where it waited without a word and then
         skipped what came before its old position."""
         return defer.Deferred.fromCoroutine(self.recreated_scenario())
+
+    async def resume_scenario(self):
+        topic = topic_name()
+        producer = LeanProducer(self.brokers)
+        self.addCleanup(producer.close)
+        producer.send([(topic, b"deal %d" % i) for i in range(6)])
+        intact, other = [], []
+        with capturedLogs() as events:
+            self.consumer(topic, intact, offset=4, last_digest=record_digest(b"deal 3"))
+            # an earlier run's last record, as a topic recreated since holds another there
+            self.consumer(topic, other, offset=4, last_digest=record_digest(b"gone 3"))
+            await until(lambda: len(intact) >= 2 and len(other) >= 6, seconds=30,
+                        what="the messages")
+            await deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual(intact, [(4, b"deal 4"), (5, b"deal 5")])
+        self.assertEqual(other, [(i, b"deal %d" % i) for i in range(6)])
+        warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("another record is at offset 3; the topic was recreated", warnings[0])
+
+    def test_resume_checks_the_last_record(self):
+        """A consumer resuming after a record an earlier run handled, known by its digest,
+        finds it and goes on after it; another record at its offset (the topic recreated
+        between the runs, holding more records than were read) is said as a warning and the
+        topic is read again from its start, where it skipped that many of its records."""
+        return defer.Deferred.fromCoroutine(self.resume_scenario())
 
     async def missing_partition_scenario(self):
         topic = topic_name()
@@ -502,7 +528,7 @@ class ConsumerLoopTests(SynchronousTestCase):
         self.partition = Partition(["a%d" % i for i in range(5)])
         self.got = []
 
-    def run_consumer(self, polls, offset=0):
+    def run_consumer(self, polls, offset=0, last_digest=None):
         """Run the loop over `polls` polls (the partition's script runs first); returns
         the log events of info level and above, as (level, text)."""
         partition = self.partition
@@ -510,7 +536,7 @@ class ConsumerLoopTests(SynchronousTestCase):
         service = KafkaConsumerService("127.0.0.1:9092", "deals",
                                        lambda offset, value: self.got.append((offset, value)),
                                        offset=offset, reactor=SameThread(partition),
-                                       name="deals consumer")
+                                       name="deals consumer", last_digest=last_digest)
         service._tp = "tp"
         service._skip_before = None
         service._clock = lambda: partition.now
@@ -518,7 +544,10 @@ class ConsumerLoopTests(SynchronousTestCase):
 
         def opened():
             service.reactor.callFromThread(service._broker_state, True)
-            partition.at = 0 if offset == "latest" else offset
+            if last_digest is not None:
+                service._seek_start(partition, "tp")
+            else:
+                partition.at = 0 if offset == "latest" else offset
             return partition
         service._open = opened
         partition.steps.append(lambda p: service._stopping.set())
@@ -649,6 +678,38 @@ class ConsumerLoopTests(SynchronousTestCase):
         self.assertEqual(self.partition.calls, [("close",)])
         self.assertEqual(self.partition.probes, 0)
 
+    def test_resume_after_the_last_record(self):
+        """A consumer resuming after an earlier run's last record, known by its digest,
+        reads it first to check it and hands over only what follows it."""
+        logged = self.run_consumer(10, offset=3, last_digest=record_digest(b"a2"))
+        self.assertEqual(self.got, [(3, b"a3"), (4, b"a4")])
+        self.assertEqual([level for level, text in logged], [LogLevel.info])
+        self.assertEqual(self.partition.calls, [("seek", 2), ("close",)])
+
+    def test_resume_in_a_recreated_topic(self):
+        """Another record where the earlier run's last one was (the topic recreated
+        between the runs) is said as a warning, and the topic read from its start."""
+        self.partition.records[:] = []
+        self.partition.fill(["n%d" % i for i in range(7)])
+        logged = self.run_consumer(10, offset=3, last_digest=record_digest(b"a2"))
+        self.assertEqual(self.got, [(i, b"n%d" % i) for i in range(7)])
+        self.assertEqual([text for level, text in logged if level == LogLevel.warn], [
+            "deals consumer: deals[0] is not the one read so far: another record is at offset "
+            "2; the topic was recreated (its broker restarted without its data), reading it "
+            "again from its start"])
+        self.assertEqual(self.partition.calls, [("seek", 2), ("seek_to_beginning",),
+                                                ("close",)])
+
+    def test_resume_waits_for_the_last_record(self):
+        """A recreated topic that ends right before the earlier run's last record is
+        found out when a record comes at its offset."""
+        self.partition.records[:] = []
+        self.partition.fill(["n0", "n1"])
+        self.script((5, lambda p: None), (5, lambda p: p.fill(["n2", "n3"], 2)))
+        logged = self.run_consumer(10, offset=3, last_digest=record_digest(b"a2"))
+        self.assertEqual(self.got, [(i, b"n%d" % i) for i in range(4)])
+        self.assertEqual(len([1 for level, text in logged if level == LogLevel.warn]), 1)
+
     def test_recreated_topic_for_new_messages(self):
         """A consumer of only new messages (accessws's) goes to the end of a recreated
         topic, as it does when its position is past the end."""
@@ -663,6 +724,30 @@ class BusTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.bus = InProcessBus(reactor=self.clock)
+
+    def test_resume_checks_the_last_record(self):
+        """A consumer given the digest of the record before its offset goes on after it
+        when the topic holds it (or lost it to retention), and reads the topic again from
+        its start, with a warning, when another record is there or the topic ends before."""
+        bus = InProcessBus(reactor=self.clock, retention=4)
+        producer = bus.producer()
+        for v in ("a", "b", "c", "d", "e"):
+            producer.send("t", v)
+        outcomes = []
+        with capturedLogs() as events:
+            for offset, last in ((3, b"c"), (3, b"x"), (1, b"a"), (9, b"i"), (3, None)):
+                got = []
+                bus.consumer("t", lambda o, v, got=got: got.append(o), offset=offset,
+                             last_digest=last and record_digest(last)).startService()
+                self.clock.advance(0)
+                outcomes.append(got)
+        self.assertEqual(outcomes, [[3, 4], [1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4],
+                                    [3, 4]])
+        self.assertEqual([formatEvent(e) for e in events if e["log_level"] == LogLevel.warn], [
+            "bus consumer t: t is not the one read before: another record is at offset 2; it "
+            "was recreated, reading it again from its start",
+            "bus consumer t: t is not the one read before: it ends at 5; it was recreated, "
+            "reading it again from its start"])
 
     def test_produce_consume(self):
         """Messages reach consumers on a later turn, in order, with offsets."""
