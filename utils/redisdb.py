@@ -15,9 +15,9 @@ For one long-lived connection instead: `connect(host, port)` (reconnects by itse
 the server turns read-only).
 
 A database number the server refuses (SELECT answered with an error: `db` past the number of
-databases it has) fails `connect()` of Plain and Sentinel with DatabaseRefused, where a server
-that cannot be reached fails with RedisUnavailable or a connection error: the first is a
-mistake of the config that no retry mends, the others may pass.
+databases it has) fails `connect()`, and that of Plain and Sentinel, with DatabaseRefused,
+where a server that cannot be reached fails with RedisUnavailable or a connection error: the
+first is a mistake of the config that no retry mends, the others may pass.
 
 Replies are text (`convertNumbers` off: a price stays "8000.00000000").
 """
@@ -104,6 +104,13 @@ async def _connect(host, port, db, reactor, timeout):
     except defer.TimeoutError:
         await conn.disconnect()
         raise RedisUnavailable("redis %s:%d did not answer within %g s" % (host, port, timeout))
+    except ValueError as e:
+        # txredisapi's own SELECT, answered with an error
+        await conn.disconnect()
+        _, about, reply = str(e).partition("dbid=%s: " % db)
+        if not (about and reply.startswith("ERR")):
+            raise
+        raise DatabaseRefused(db, "redis %s:%d" % (host, port), reply) from None
     return conn
 
 

@@ -68,6 +68,16 @@ class RealRedisTests(TestCase):
             await redisdb.connect("127.0.0.1", port, timeout=0.3)
         self.assertIn("127.0.0.1:%d" % port, str(e.exception))
 
+    @coroutine
+    async def test_connect_database_refused(self):
+        """A database number the server does not have is a DatabaseRefused naming it and
+        the server (it was a ValueError of txredisapi's)."""
+        info = testing.require("redis")
+        with self.assertRaises(redisdb.DatabaseRefused) as e:
+            await redisdb.connect(info["host"], info["port"], db=10000, timeout=2)
+        self.assertEqual(str(e.exception), "database 10000 refused by redis %s:%s: ERR DB "
+                         "index is out of range" % (info["host"], info["port"]))
+
     def test_plain(self):
         """Values come back as text: a price stays a string."""
         info = testing.require("redis")
