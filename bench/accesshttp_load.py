@@ -54,8 +54,11 @@ def start_daemons(workdir, workers=1):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--orders", type=int, default=20000, help="requests per level")
-    parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--method", default="order.put_limit")
+    parser.add_argument("--concurrency", default="1,4,16",
+                        help="HTTP connections of each level, comma-separated "
+                             "(default: %(default)s)")
+    parser.add_argument("--method", default="order.put_limit",
+                        help="the method sent (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=1,
                         help="accesshttp worker_num (above 1: a listener and its workers)")
     args = parser.parse_args()

@@ -308,9 +308,11 @@ def drive(ws_port, connections, seconds, sample, read_all):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--connections", type=int, default=2000)
+    parser.add_argument("--connections", type=int, default=2000,
+                        help="websocket connections subscribed (default: %(default)s)")
     parser.add_argument("--trades", type=float, default=1000.0, help="changes per second")
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="length of the run (default: %(default)s)")
     parser.add_argument("--interval", type=float, default=0.05, help="poll period, s")
     parser.add_argument("--sample", type=int, default=10,
                         help="time the pushes of every K-th connection")

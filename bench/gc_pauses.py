@@ -49,8 +49,10 @@ class Pauses:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--orders", type=int, default=1000000)
-    parser.add_argument("--users", type=int, default=500000)
+    parser.add_argument("--orders", type=int, default=1000000,
+                        help="resting orders built (default: %(default)s)")
+    parser.add_argument("--users", type=int, default=500000,
+                        help="users holding balances (default: %(default)s)")
     parser.add_argument("--threshold", type=int, default=server.GC_YOUNG_THRESHOLD,
                         help="the youngest generation's threshold (default: the daemon's)")
     args = parser.parse_args()

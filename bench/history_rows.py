@@ -73,7 +73,8 @@ def insert(rows, group, mariadb, by):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--orders", type=int, default=20000)
+    parser.add_argument("--orders", type=int, default=20000,
+                        help="orders whose history rows are written (default: %(default)s)")
     parser.add_argument("--groups", type=int, nargs="+", default=[3000, 20000, 200000],
                         help="rows written together (default: 3000 20000 200000)")
     parser.add_argument("--by", nargs="+", choices=("writer", "load", "insert"),

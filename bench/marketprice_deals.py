@@ -35,7 +35,8 @@ def messages(count, start):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--deals", type=int, default=200000)
+    parser.add_argument("--deals", type=int, default=200000,
+                        help="deals messages fed (default: %(default)s)")
     args = parser.parse_args()
     now = int(time.time())
     start = now - 86400

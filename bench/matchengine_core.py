@@ -262,7 +262,8 @@ def fork_pause(eng):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--orders", type=int, default=200000)
+    parser.add_argument("--orders", type=int, default=200000,
+                        help="orders put (default: %(default)s)")
     parser.add_argument("--resting", type=int, default=0,
                         help="orders resting away from the mid price before the run")
     parser.add_argument("--profile", action="store_true", help="print a cProfile summary")

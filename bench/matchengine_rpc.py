@@ -156,8 +156,10 @@ def drive(port, batch, clients, depth, on_start=lambda: None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--orders", type=int, default=100000)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--orders", type=int, default=100000,
+                        help="orders put in all (default: %(default)s)")
+    parser.add_argument("--clients", type=int, default=4,
+                        help="RPC connections sending them (default: %(default)s)")
     parser.add_argument("--depth", type=int, default=50, help="requests in flight per client")
     parser.add_argument("--async-log", action="store_true",
                         help="the original's mode: reply before the operation log commits")

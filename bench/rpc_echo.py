@@ -76,8 +76,10 @@ def drive(port, calls, concurrency, payload):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=100000)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--calls", type=int, default=100000,
+                        help="round trips in all (default: %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=16,
+                        help="calls in flight (default: %(default)s)")
     parser.add_argument("--payload", type=int, default=100, help="bytes of the echoed string")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

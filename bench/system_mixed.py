@@ -232,9 +232,11 @@ def drive(http_port, ws_port, seconds, concurrency, subscribers):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--seconds", type=float, default=30,
+                        help="length of the run (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=8, help="HTTP connections")
-    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--subscribers", type=int, default=1000,
+                        help="websocket connections subscribed (default: %(default)s)")
     parser.add_argument("--embedded", action="store_true",
                         help="run twistd -n exchange instead of the separate daemons")
     args = parser.parse_args()

@@ -300,7 +300,8 @@ def main(argv=None):
     sub.add_parser("status", help="say what answers")
     sub.add_parser("down", help="stop what this script started")
     broker = sub.add_parser("broker", help="run a Kafka broker in the foreground")
-    broker.add_argument("--port", type=int, default=KAFKA_PORT)
+    broker.add_argument("--port", type=int, default=KAFKA_PORT,
+                        help="port to listen on, on 127.0.0.1 (default: %(default)s)")
     broker.add_argument("--advertise-port", type=int, default=None,
                         help="port told to clients, when they reach the broker through a proxy")
     args = parser.parse_args(argv)
