@@ -1,4 +1,4 @@
-# -*- test-case-name: marketprice.test.test_server -*-
+# -*- test-case-name: marketprice.test.test_tap -*-
 """`twistd marketprice`: options and the service tree of the market data daemon."""
 
 import json
@@ -16,17 +16,26 @@ Options = daemon_options(
      "binary RPC protocol."))
 
 
-def market_list_from(url, reactor, timeout=1.0):
-    """A function asking accesshttp (`url`) for the market names, as the original does."""
+def market_list_from(url, reactor, timeout=1.0, pool=None):
+    """A function asking accesshttp (`url`) for the market names, as the original does
+    (`pool`: an HTTPConnectionPool, by default treq's)."""
     import treq
 
     async def ask():
         body = json.dumps({"method": "market.list", "params": [], "id": int(time.time())})
         response = await treq.post(url, body.encode(),
                                    headers={"Content-Type": ["application/json"]},
-                                   timeout=timeout, reactor=reactor)
-        reply = json.loads(await response.content())
-        if reply.get("error") is not None or not isinstance(reply.get("result"), list):
+                                   timeout=timeout, reactor=reactor, pool=pool)
+        content = await response.content()
+        if response.code != 200:
+            raise ValueError("HTTP status %d, %s" % (
+                response.code, "body %r" % content[:200] if content else "empty body"))
+        try:
+            reply = json.loads(content)
+        except ValueError:
+            raise ValueError("an answer that is not JSON: %r" % content[:200]) from None
+        if (not isinstance(reply, dict) or reply.get("error") is not None
+                or not isinstance(reply.get("result"), list)):
             raise ValueError("market.list answered %r" % (reply,))
         return [m["name"] for m in reply["result"]]
 
