@@ -25,7 +25,7 @@ import sqlite3
 from twisted.application import service
 from twisted.internet import defer
 
-from utils.daemon import OrderedMultiService, service_tree
+from utils.daemon import OrderedMultiService, gave_up, service_tree
 
 __all__ = ["PORTS", "build", "configs", "create_schema"]
 
@@ -126,23 +126,53 @@ class _Stores(service.Service):
 
 
 class _Modules(OrderedMultiService):
-    """The exchange's modules.  Starting one may take long (matchengine replays its operation
-    log before it listens, marketprice waits for the market list): `started()` tells when
-    each has finished starting, ready or given up."""
+    """The exchange's modules, started in stages: those of a stage once every module of the
+    stage before has finished starting, so that the gateways' first connections find the
+    backends listening.  Starting one may take long (matchengine replays its operation log
+    before it listens): `started()` tells when every stage has, each module ready or given
+    up."""
 
     def __init__(self):
         super().__init__()
-        self._starting = []
+        self.stages = []        # lists of modules; those added by setServiceParent: the first
+        self._started = None
+
+    def add(self, module, stage):
+        """Add `module` to stage `stage` (0 first)."""
+        while len(self.stages) <= stage:
+            self.stages.append([])
+        self.stages[stage].append(module)
+        module.setServiceParent(self)
 
     def startService(self):
         service.Service.startService(self)
-        self._starting = [child.startService() for child in self]
+        staged = {id(m) for stage in self.stages for m in stage}
+        first = [m for m in self if id(m) not in staged]
+        stages = [first + (self.stages[0] if self.stages else [])] + self.stages[1:]
+        self._started = defer.Deferred.fromCoroutine(self._start(stages))
+
+    async def _start(self, stages):
+        for stage in stages:
+            if not self.running or gave_up():
+                return          # stopping, or stopping soon: the rest is not started
+            starting = [m.startService() for m in stage]
+            await defer.DeferredList([d for d in starting if isinstance(d, defer.Deferred)])
+
+    async def _stop_children(self):
+        # a module of a stage that had not started yet has nothing to stop
+        for child in reversed(list(self)):
+            if child.running:
+                try:
+                    await defer.maybeDeferred(child.stopService)
+                except Exception:
+                    self.log.failure("stopping {service} failed", service=child)
 
     def started(self):
         """A Deferred firing once every module has finished starting: ready (its state
         loaded, its ports open) or given up (`utils.daemon.gave_up` says which)."""
-        return defer.DeferredList([d for d in self._starting
-                                   if isinstance(d, defer.Deferred)])
+        done = defer.Deferred()
+        self._started.addBoth(lambda result: done.callback(None) or result)
+        return done
 
 
 def build(data_dir, ports=None, reactor=None, stderr=False):
@@ -158,7 +188,6 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
     from alertcenter.server import AlertCenter
     from marketprice import config as marketprice_config
     from marketprice.server import MarketPrice
-    from marketprice.tap import market_list_from
     from matchengine import cli
     from matchengine import config as matchengine_config
     from matchengine.history import HistoryWriter
@@ -206,12 +235,12 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
     me = cfg["matchengine"]
     assets, markets = matchengine_config.build_tables(me)
     outbox = LocalOutbox(HistoryWriter(db_history, reactor, workers=1), bus.producer())
+    # the backends first, the gateways once they listen
     engine = MatchEngine(me, assets, markets, db_log, outbox, reactor=reactor)
-    engine.setServiceParent(modules)
-    cli.CLIService(engine, me.cli, reactor).setServiceParent(modules)
-
-    ReadHistory(cfg["readhistory"], db_history, reactor=reactor).setServiceParent(modules)
-    AccessHTTP(cfg["accesshttp"], reactor=reactor).setServiceParent(modules)
+    modules.add(engine, 0)
+    modules.add(cli.CLIService(engine, me.cli, reactor), 0)
+    modules.add(ReadHistory(cfg["readhistory"], db_history, reactor=reactor), 0)
+    modules.add(AlertCenter(cfg["alertcenter"], store, reactor=reactor), 0)
 
     mp = cfg["marketprice"]
 
@@ -219,16 +248,20 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
         return bus.consumer(mp.deals.topic, on_message, offset=offset, limit=mp.deals.limit,
                             last_digest=last_digest,
                             name="marketprice deals")
-    MarketPrice(mp, store, deals_consumer, market_list_from(mp.accesshttp, reactor),
-                reactor=reactor).setServiceParent(modules)
+
+    def market_list():
+        # what accesshttp's market.list would answer, its matchengine being this one: the
+        # daemon asks the gateway, which here starts after it
+        return defer.succeed(list(markets))
+    modules.add(MarketPrice(mp, store, deals_consumer, market_list, reactor=reactor), 0)
+
+    modules.add(AccessHTTP(cfg["accesshttp"], reactor=reactor), 1)
 
     def ws_consumer(section, on_message):
         return bus.consumer(section.topic, on_message, limit=section.limit,
                             name="accessws " + section.topic)
-    AccessWS(cfg["accessws"], reactor=reactor, http_get=http_get(reactor),
-             consumer_factory=ws_consumer).setServiceParent(modules)
-
-    AlertCenter(cfg["alertcenter"], store, reactor=reactor).setServiceParent(modules)
+    modules.add(AccessWS(cfg["accessws"], reactor=reactor, http_get=http_get(reactor),
+                         consumer_factory=ws_consumer), 1)
     top.ports = port
     top.modules = modules
     return top

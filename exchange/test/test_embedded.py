@@ -60,6 +60,24 @@ class ConfigTests(SynchronousTestCase):
             self.assertIn("%s_example" % table, names)
 
 
+class Module(service.Service):
+    """A module whose start returns `result`, telling `events` what it does."""
+
+    def __init__(self, result, label="module", events=None):
+        self.result, self.label, self.events = result, label, events
+
+    def startService(self):
+        service.Service.startService(self)
+        if self.events is not None:
+            self.events.append("start " + self.label)
+        return self.result
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self.events is not None:
+            self.events.append("stop " + self.label)
+
+
 class StartTests(SynchronousTestCase):
     """The banner waits for the modules to be ready, and is not shown when one gave up."""
 
@@ -71,14 +89,6 @@ class StartTests(SynchronousTestCase):
         has finished."""
         replay = defer.Deferred()
 
-        class Module(service.Service):
-            def __init__(self, result):
-                self.result = result
-
-            def startService(self):
-                service.Service.startService(self)
-                return self.result
-
         modules = embedded._Modules()
         for result in (replay, None, defer.succeed(None)):
             Module(result).setServiceParent(modules)
@@ -87,6 +97,53 @@ class StartTests(SynchronousTestCase):
         self.assertNoResult(started)
         replay.callback(None)
         self.successResultOf(started)
+
+    def test_stages(self):
+        """The modules of a stage start once every module of the stage before has finished
+        starting; a stop before then stops only those started."""
+        replay, listening = defer.Deferred(), defer.Deferred()
+        events = []
+        modules = embedded._Modules()
+        engine, other = Module(replay, "engine", events), Module(None, "other", events)
+        gateway, second = Module(None, "gateway", events), Module(None, "second", events)
+        modules.add(gateway, 1)
+        modules.add(engine, 0)
+        modules.add(other, 0)
+        modules.add(second, 2)
+        modules.startService()
+        started = modules.started()
+        self.assertEqual(events, ["start engine", "start other"])
+        replay.callback(None)
+        self.assertEqual(events[2:], ["start gateway", "start second"])
+        self.successResultOf(started)
+
+        events[:] = []
+        modules = embedded._Modules()
+        engine, gateway = Module(listening, "engine", events), Module(None, "gateway", events)
+        modules.add(engine, 0)
+        modules.add(gateway, 1)
+        modules.startService()
+        started = modules.started()
+        self.successResultOf(modules.stopService())
+        listening.callback(None)
+        self.successResultOf(started)
+        self.assertEqual(events, ["start engine", "stop engine"])
+        self.assertFalse(gateway.running)
+
+    def test_no_stage_after_a_give_up(self):
+        """Once a module has given up (the process is stopping), the next stages are not
+        started: a gateway would answer for a moment in front of nothing."""
+        replay = defer.Deferred()
+        events = []
+        modules = embedded._Modules()
+        modules.add(Module(replay, "engine", events), 0)
+        modules.add(Module(None, "gateway", events), 1)
+        modules.startService()
+        started = modules.started()
+        daemon._gave_up.append("matchengine could not start")
+        replay.callback(None)
+        self.successResultOf(started)
+        self.assertEqual(events, ["start engine"])
 
     def banner(self, ready):
         reactor = MemoryReactorClock()
@@ -201,6 +258,11 @@ class Exchange:
             text.append("(no log: %s)" % e)
         return "\n".join(text)
 
+    def logged(self, *words):
+        """The lines of the exchange's log that hold one of `words`."""
+        with open(os.path.join(self.data, "log", "exchange.log"), errors="replace") as f:
+            return [line.rstrip("\n") for line in f if any(w in line for w in words)]
+
     def stop(self, sig=signal.SIGINT):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -225,6 +287,8 @@ class EmbeddedTests(SynchronousTestCase):
         with open(os.path.join(data, "stdout")) as f:
             self.assertIn("HTTP JSON-RPC  http://127.0.0.1:%d/" % exchange.ports["accesshttp"],
                           f.read())
+        # the gateways start once the backends listen: no connection of theirs was refused
+        self.assertEqual(exchange.logged("cannot connect", "not connected", "market.list"), [])
         sell, buy, pushes = system.trade(http, exchange.ports["accessws"])
         self.assertEqual(buy["deal_stock"], "0.4")
         self.assertTrue(pushes, "no deals.update push")
