@@ -25,7 +25,7 @@ import sqlite3
 from twisted.application import service
 from twisted.internet import defer
 
-from utils.daemon import OrderedMultiService, gave_up, service_tree
+from utils.daemon import OrderedMultiService, gave_up, give_up, service_tree
 
 __all__ = ["PORTS", "build", "configs", "create_schema"]
 
@@ -130,12 +130,17 @@ class _Modules(OrderedMultiService):
     stage before has finished starting, so that the gateways' first connections find the
     backends listening.  Starting one may take long (matchengine replays its operation log
     before it listens): `started()` tells when every stage has, each module ready or given
-    up."""
+    up.  A module whose start raises gives up (`utils.daemon.give_up`: the process stops,
+    saying why), and no later stage starts."""
 
-    def __init__(self):
+    def __init__(self, reactor=None):
         super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
         self.stages = []        # lists of modules; those added by setServiceParent: the first
-        self._started = None
+        self._done = False
+        self._waiting = []      # Deferreds of started()
 
     def add(self, module, stage):
         """Add `module` to stage `stage` (0 first)."""
@@ -149,14 +154,27 @@ class _Modules(OrderedMultiService):
         staged = {id(m) for stage in self.stages for m in stage}
         first = [m for m in self if id(m) not in staged]
         stages = [first + (self.stages[0] if self.stages else [])] + self.stages[1:]
-        self._started = defer.Deferred.fromCoroutine(self._start(stages))
+        defer.Deferred.fromCoroutine(self._start(stages)).addBoth(self._finished)
 
     async def _start(self, stages):
         for stage in stages:
             if not self.running or gave_up():
                 return          # stopping, or stopping soon: the rest is not started
-            starting = [m.startService() for m in stage]
+            starting = []
+            for module in stage:
+                try:
+                    starting.append(module.startService())
+                except Exception:
+                    give_up(self.reactor, self.log, "%s could not start" % _named(module))
+                    return
             await defer.DeferredList([d for d in starting if isinstance(d, defer.Deferred)])
+
+    def _finished(self, result):
+        self._done = True
+        waiting, self._waiting = self._waiting, []
+        for done in waiting:
+            done.callback(None)
+        return result
 
     async def _stop_children(self):
         # a module of a stage that had not started yet has nothing to stop
@@ -170,9 +188,16 @@ class _Modules(OrderedMultiService):
     def started(self):
         """A Deferred firing once every module has finished starting: ready (its state
         loaded, its ports open) or given up (`utils.daemon.gave_up` says which)."""
+        if self._done:
+            return defer.succeed(None)
         done = defer.Deferred()
-        self._started.addBoth(lambda result: done.callback(None) or result)
+        self._waiting.append(done)
         return done
+
+
+def _named(module):
+    """A module's name for the log: its class's, lowercased (MatchEngine: matchengine)."""
+    return type(module).__name__.lower()
 
 
 def build(data_dir, ports=None, reactor=None, stderr=False):
@@ -229,7 +254,7 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
     store = MemoryRedis(os.path.join(data_dir, "redis.json"), reactor=reactor)
     # started first, stopped last
     _Stores(bus, store, [db_log, db_history]).setServiceParent(top)
-    modules = _Modules()
+    modules = _Modules(reactor)
     modules.setServiceParent(top)
 
     me = cfg["matchengine"]

@@ -130,6 +130,32 @@ class StartTests(SynchronousTestCase):
         self.assertEqual(events, ["start engine", "stop engine"])
         self.assertFalse(gateway.running)
 
+    def test_start_that_raises(self):
+        """A module whose start raises gives up (the failure logged as critical, the process
+        stopping, status 1): the rest is not started, and `started()`, asked before the
+        start or after, fires."""
+        class Broken(Module):
+            def startService(self):
+                service.Service.startService(self)
+                raise ValueError("orders.log: line 3 is not JSON")
+
+        events = []
+        reactor = MemoryReactorClock()
+        modules = embedded._Modules(reactor)
+        modules.add(Module(None, "engine", events), 0)
+        modules.add(Broken(None), 0)
+        modules.add(Module(None, "other", events), 0)
+        modules.add(Module(None, "gateway", events), 1)
+        before = modules.started()
+        modules.startService()
+        self.successResultOf(before)
+        self.successResultOf(modules.started())
+        self.assertEqual(events, ["start engine"])
+        self.assertEqual(daemon.gave_up(), ["broken could not start"])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        reactor.run()
+        self.assertFalse(reactor.running)
+
     def test_no_stage_after_a_give_up(self):
         """Once a module has given up (the process is stopping), the next stages are not
         started: a gateway would answer for a moment in front of nothing."""
