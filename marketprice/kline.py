@@ -377,7 +377,7 @@ def parse_deal(value):
     from utils.decimals import InvalidDecimal, parse
     try:
         data = json.loads(value)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, TypeError):     # TypeError: no value at all
         return None
     if not isinstance(data, list) or len(data) < 12:
         return None

@@ -271,7 +271,7 @@ class MarketPrice(service.Service):
         deal = parse_deal(value)
         if deal is None:
             self.log.error("marketprice: invalid deals message at offset {offset}: {value!r}",
-                           offset=offset, value=value[:200])
+                           offset=offset, value=value and value[:200])
         else:
             t, name, price, amount, side, deal_id = deal
             market = self.markets.get(name)
@@ -284,7 +284,8 @@ class MarketPrice(service.Service):
                 self.log.warn("marketprice: deal {deal_id} of {market} at offset {offset} is "
                               "one of the recent deals applied already; skipped",
                               deal_id=deal_id, market=name, offset=offset)
-        self.offset, self.last_deal = offset, value
+        # (a record without a value, refused above, is known by an empty one)
+        self.offset, self.last_deal = offset, value or b""
         self.handled += 1
 
     # -- flushing ----------------------------------------------------------------------

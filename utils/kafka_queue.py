@@ -85,8 +85,9 @@ def _bytes(value):
 
 def record_digest(value) -> str:
     """The SHA-1 of a record's value, in hex: what a consumer resuming after it is given
-    (`last_digest`) to check that the record is still at its offset."""
-    return hashlib.sha1(_bytes(value)).hexdigest()
+    (`last_digest`) to check that the record is still at its offset.  A record without a
+    value (None: a tombstone) has that of an empty one."""
+    return hashlib.sha1(_bytes(value) or b"").hexdigest()
 
 
 class _Remembered(collections.namedtuple("_Remembered", "offset digest")):
@@ -536,7 +537,8 @@ class KafkaConsumerService(service.Service):
         topic was recreated (a broker keeping it in memory restarted) or truncated.  Kafka
         answers such a fetch OFFSET_OUT_OF_RANGE, which kafka-python resets by itself; a
         broker that answers it with no error and its end would have the consumer wait
-        there without a word, then skip what comes before the old position."""
+        there without a word, then skip what comes before the old position.  A record to
+        check (`_check`) where the partition now ends is a recreated topic too."""
         tp = self._tp
         end = consumer.highwater(tp)
         if end is None:
@@ -547,7 +549,14 @@ class KafkaConsumerService(service.Service):
             position = consumer.position(tp, timeout_ms=200)
         except Exception:
             return
-        if position is None or position <= end:
+        if position is None:
+            return
+        if position <= end:
+            if self._checking and end <= self._last.offset:
+                # the record to check, read before (by this run or an earlier one), is not
+                # there and the partition ends right before it
+                self._recreated(consumer, "the partition ends at %d, before offset %d" % (
+                    end, self._last.offset))
             return
         where = self._read_again(consumer)
         self.reactor.callFromThread(
@@ -694,13 +703,18 @@ class InProcessBus:
         first, values = 0, []
         with contextlib.suppress(FileNotFoundError):     # a topic never written
             with open(self._file(topic), "rb") as f:
-                for line in f:
+                for number, line in enumerate(f, 1):
                     if not line.endswith(b"\n"):
                         break           # a write cut short by a crash
-                    if line.startswith(b"#first "):
-                        first = int(line[7:])
-                    else:
-                        values.append(json.loads(line).encode("utf-8", "surrogateescape"))
+                    try:
+                        if line.startswith(b"#first "):
+                            first = int(line[7:])
+                        else:
+                            values.append(json.loads(line).encode("utf-8", "surrogateescape"))
+                    except (ValueError, AttributeError):
+                        raise ValueError("%s, line %d: neither a message (a JSON string) nor "
+                                         "the #first header: %r" % (
+                                             self._file(topic), number, line[:100])) from None
         drop = max(0, len(values) - self.retention)
         entry[0] = first + drop
         entry[1].extend(values[drop:])

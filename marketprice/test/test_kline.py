@@ -198,7 +198,8 @@ class QueryTests(SynchronousTestCase):
 class ParseTests(SynchronousTestCase):
 
     def test_validation(self):
-        """Deals messages are checked as the original checks them."""
+        """Deals messages are checked as the original checks them (None: a record without
+        a value)."""
         good = ('[1795561714.3698959, "BTCBCH", 3, 5, 3, 1, "8000.00000000", "0.50000000", '
                 '"4.0", "0.001", 2, 2, "BTC", "BCH"]')
         self.assertEqual(parse_deal(good)[1:], ("BTCBCH", D("8000.00000000"),
@@ -209,5 +210,5 @@ class ParseTests(SynchronousTestCase):
                     '[1.5, "BTCBCH", 3, 5, 3, 1, "8000", "1", "0", "0", 2, 0]',
                     '[NaN, "BTCBCH", 3, 5, 3, 1, "8000", "1", "0", "0", 2, 2]',
                     '[Infinity, "BTCBCH", 3, 5, 3, 1, "8000", "1", "0", "0", 2, 2]',
-                    '[1.5, "BTCBCH"]', 'not json', '{}'):
+                    '[1.5, "BTCBCH"]', 'not json', '{}', None):
             self.assertIsNone(parse_deal(bad), bad)

@@ -310,6 +310,21 @@ class FlushTests(TestCase):
         self.assertEqual((offset, deals), ("0", [7, 1]))
         self.assertEqual(stored, bucket)
 
+    async def valueless_scenario(self):
+        mp = await self.started()
+        with capturedLogs() as events:
+            mp.on_deal(1, None)
+        self.assertEqual([formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn],
+                         ["marketprice: invalid deals message at offset 1: None"])
+        await mp.flush()
+        self.assertEqual((await self.conn.get("k:offset"),
+                          await self.conn.get("k:offset_digest")), ("1", record_digest(b"")))
+
+    def test_record_without_value(self):
+        """A deals record without a value (a tombstone) is refused as invalid, and its offset
+        flushed with the digest a consumer computes for it."""
+        return defer.Deferred.fromCoroutine(self.valueless_scenario())
+
     def test_deals_at_offsets_flushed_before(self):
         """Deals at offsets already flushed (the topic read again from its start after
         it was recreated) are written by the next flush, where it found the offset

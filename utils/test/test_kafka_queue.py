@@ -204,12 +204,22 @@ class BrokerTests(TestCase):
         warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
         self.assertEqual(len(warnings), 1)
         self.assertIn("another record is at offset 3; the topic was recreated", warnings[0])
+        # a topic ending right before the earlier run's last record: read from its start at
+        # once, not when a record comes to that offset
+        short = []
+        with capturedLogs() as events:
+            self.consumer(topic, short, offset=7, last_digest=record_digest(b"deal 6"))
+            await until(lambda: len(short) >= 6, seconds=30, what="the short topic read")
+        self.assertEqual(short, [(i, b"deal %d" % i) for i in range(6)])
+        self.assertTrue(any("the partition ends at 6, before offset 6" in formatEvent(e)
+                            for e in events if e["log_level"] == LogLevel.warn))
 
     def test_resume_checks_the_last_record(self):
         """A consumer resuming after a record an earlier run handled, known by its digest,
         finds it and goes on after it; another record at its offset (the topic recreated
-        between the runs, holding more records than were read) is said as a warning and the
-        topic is read again from its start, where it skipped that many of its records."""
+        between the runs, holding more records than were read), or none where the topic
+        ends, is said as a warning and the topic is read again from its start, where it
+        skipped that many of its records or waited for the next."""
         return defer.Deferred.fromCoroutine(self.resume_scenario())
 
     async def missing_partition_scenario(self):
@@ -700,15 +710,29 @@ class ConsumerLoopTests(SynchronousTestCase):
         self.assertEqual(self.partition.calls, [("seek", 2), ("seek_to_beginning",),
                                                 ("close",)])
 
-    def test_resume_waits_for_the_last_record(self):
-        """A recreated topic that ends right before the earlier run's last record is
-        found out when a record comes at its offset."""
+    def test_resume_after_a_record_without_value(self):
+        """An earlier run's last record without a value (a tombstone) is known by the digest
+        of an empty one."""
+        self.partition.records[2] = Record(2, 1002, None)
+        logged = self.run_consumer(10, offset=3, last_digest=record_digest(None))
+        self.assertEqual(self.got, [(3, b"a3"), (4, b"a4")])
+        self.assertEqual([level for level, text in logged], [LogLevel.info])
+
+    def test_resume_where_the_partition_ends(self):
+        """A recreated topic that ends right before the earlier run's last record (where
+        the consumer is not past its end) is found out at once, and read from its start."""
         self.partition.records[:] = []
         self.partition.fill(["n0", "n1"])
         self.script((5, lambda p: None), (5, lambda p: p.fill(["n2", "n3"], 2)))
         logged = self.run_consumer(10, offset=3, last_digest=record_digest(b"a2"))
         self.assertEqual(self.got, [(i, b"n%d" % i) for i in range(4)])
-        self.assertEqual(len([1 for level, text in logged if level == LogLevel.warn]), 1)
+        self.assertEqual([text for level, text in logged if level == LogLevel.warn], [
+            "deals consumer: deals[0] is not the one read so far: the partition ends at 2, "
+            "before offset 2; the topic was recreated (its broker restarted without its "
+            "data), reading it again from its start"])
+        # the records after a pause checked as ever: n1 first
+        self.assertEqual(self.partition.calls, [("seek", 2), ("seek_to_beginning",),
+                                                ("seek", 1), ("close",)])
 
     def test_recreated_topic_for_new_messages(self):
         """A consumer of only new messages (accessws's) goes to the end of a recreated
@@ -838,3 +862,17 @@ class BusTests(SynchronousTestCase):
         self.assertEqual(third.read("t", 0, 10)[0], (1, b"b\nc"))
         self.assertEqual(third.end_offset("t"), 5)
         third.close()
+
+    def test_spoiled_file(self):
+        """A topic's file with a line that is neither a message nor the header fails to load
+        with an error naming the file and the line."""
+        path = self.mktemp()
+        os.makedirs(path)
+        for spoiled, line in ((b'"a"\nnot json\n', 2), (b'"a"\n42\n', 2),
+                              (b'#first x\n"a"\n', 1)):
+            with open(os.path.join(path, "t.log"), "wb") as f:
+                f.write(spoiled)
+            bus = InProcessBus(reactor=self.clock, path=path)
+            error = self.assertRaises(ValueError, bus.end_offset, "t")
+            self.assertIn("t.log, line %d: neither a message (a JSON string) nor the #first "
+                          "header" % line, str(error))
