@@ -381,6 +381,7 @@ class KafkaConsumerService(service.Service):
         self._reported = None
         self._last = None
         self._checking = False
+        self._short_seen = 0
         self._clock = time.monotonic
 
     def startService(self):
@@ -554,9 +555,12 @@ class KafkaConsumerService(service.Service):
         if position <= end:
             if self._checking and end <= self._last.offset:
                 # the record to check, read before (by this run or an earlier one), is not
-                # there and the partition ends right before it
-                self._recreated(consumer, "the partition ends at %d, before offset %d" % (
-                    end, self._last.offset))
+                # there and the partition ends right before it; seen twice in a row, as a
+                # new leader's end can lag for a moment
+                self._short_seen += 1
+                if self._short_seen >= 2:
+                    self._recreated(consumer, "the partition ends at %d, before offset %d"
+                                    % (end, self._last.offset))
             return
         where = self._read_again(consumer)
         self.reactor.callFromThread(
@@ -579,6 +583,7 @@ class KafkaConsumerService(service.Service):
         """Have the next records start with the last one handed over, to check it."""
         consumer.seek(self._tp, self._last.offset)
         self._checking = True
+        self._short_seen = 0        # times the partition was seen to end before it
 
     def _checked(self, consumer, batch):
         """The records of `batch` after the last one handed over when they follow it; none
@@ -688,9 +693,11 @@ class InProcessBus:
     def _log(self, topic):
         entry = self.topics.get(topic)
         if entry is None:
-            entry = self.topics[topic] = [0, collections.deque()]
+            entry = [0, collections.deque()]
             if self.path is not None:
                 self._load(topic, entry)
+            # kept once loaded: a file that cannot be is reported to every caller
+            self.topics[topic] = entry
         return entry
 
     # with a path, each topic is also a file of lines: an optional `#first N` header, then
