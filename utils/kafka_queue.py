@@ -382,6 +382,7 @@ class KafkaConsumerService(service.Service):
         self._last = None
         self._checking = False
         self._short_seen = 0
+        self._past_seen = 0         # empty polls in a row past the end of the partition
         self._clock = time.monotonic
 
     def startService(self):
@@ -539,7 +540,9 @@ class KafkaConsumerService(service.Service):
         answers such a fetch OFFSET_OUT_OF_RANGE, which kafka-python resets by itself; a
         broker that answers it with no error and its end would have the consumer wait
         there without a word, then skip what comes before the old position.  A record to
-        check (`_check`) where the partition now ends is a recreated topic too."""
+        check (`_check`) where the partition now ends is a recreated topic too.  Either is
+        acted on when seen at two empty polls in a row: a new leader's end can lag for a
+        moment behind its predecessor's."""
         tp = self._tp
         end = consumer.highwater(tp)
         if end is None:
@@ -553,6 +556,7 @@ class KafkaConsumerService(service.Service):
         if position is None:
             return
         if position <= end:
+            self._past_seen = 0
             if self._checking and end <= self._last.offset:
                 # the record to check, read before (by this run or an earlier one), is not
                 # there and the partition ends right before it; seen twice in a row, as a
@@ -562,6 +566,11 @@ class KafkaConsumerService(service.Service):
                     self._recreated(consumer, "the partition ends at %d, before offset %d"
                                     % (end, self._last.offset))
             return
+        # past the end: seen twice in a row too
+        self._past_seen += 1
+        if self._past_seen < 2:
+            return
+        self._past_seen = 0
         where = self._read_again(consumer)
         self.reactor.callFromThread(
             self.log.error, "{name}: offset {position} is past the end of {topic} ({end}): "
@@ -637,6 +646,7 @@ class KafkaConsumerService(service.Service):
                     probed = self._clock()
                 continue
             self._reachable(True)
+            self._past_seen = 0
             if self._checking:
                 batch = self._checked(consumer, batch)
             elif self._last is not None and now - quiet_since >= self.check_after:

@@ -412,8 +412,9 @@ class OutageTests(TestCase):
 class PastEndTests(SynchronousTestCase):
 
     def test_where_a_consumer_reads_again(self):
-        """Past the end of its partition, a consumer of a stored offset reads it again from
-        the start; one of what is produced from now on (accessws's) from the end."""
+        """Past the end of its partition (seen at two empty polls in a row), a consumer of a
+        stored offset reads it again from the start; one of what is produced from now on
+        (accessws's) from the end."""
         class Consumer:
             def __init__(self):
                 self.seeks = []
@@ -440,8 +441,36 @@ class PastEndTests(SynchronousTestCase):
             service._tp = "tp"
             consumer = Consumer()
             with capturedLogs():
+                # at the second empty poll in a row that finds it past the end
+                service._past_end(consumer)
+                self.assertEqual(consumer.seeks, [])
                 service._past_end(consumer)
             self.assertEqual(consumer.seeks, [where])
+
+    def test_end_lagging_once(self):
+        """A position past the end seen once (a new leader's end lagging for a moment),
+        then within it, is not read again."""
+        ends = [5, 40, 5]
+
+        class Consumer:
+            def __init__(self):
+                self.seeks = []
+
+            def highwater(self, tp):
+                return ends.pop(0)
+
+            def position(self, tp, timeout_ms=None):
+                return 30
+
+            def seek_to_beginning(self, tp):
+                self.seeks.append("start")
+
+        service = KafkaConsumerService("127.0.0.1:1", "t", lambda o, v: None, offset=30)
+        service._tp = "tp"
+        consumer = Consumer()
+        for _ in range(3):
+            service._past_end(consumer)
+        self.assertEqual(consumer.seeks, [])
 
 
 class Record(collections.namedtuple("Record", "offset timestamp value")):
