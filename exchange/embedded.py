@@ -139,14 +139,18 @@ class _Modules(OrderedMultiService):
             from twisted.internet import reactor
         self.reactor = reactor
         self.stages = []        # lists of modules; those added by setServiceParent: the first
+        self.names = {}         # id(module) -> its name in the log, where not its class's
         self._done = False
         self._waiting = []      # Deferreds of started()
 
-    def add(self, module, stage):
-        """Add `module` to stage `stage` (0 first)."""
+    def add(self, module, stage, name=None):
+        """Add `module` to stage `stage` (0 first); `name` names it in the log (default: its
+        class's name, lowercased)."""
         while len(self.stages) <= stage:
             self.stages.append([])
         self.stages[stage].append(module)
+        if name is not None:
+            self.names[id(module)] = name
         module.setServiceParent(self)
 
     def startService(self):
@@ -165,7 +169,7 @@ class _Modules(OrderedMultiService):
                 try:
                     starting.append(module.startService())
                 except Exception:
-                    give_up(self.reactor, self.log, "%s could not start" % _named(module))
+                    give_up(self.reactor, self.log, "%s could not start" % self.name_of(module))
                     return
             await defer.DeferredList([d for d in starting if isinstance(d, defer.Deferred)])
 
@@ -185,6 +189,9 @@ class _Modules(OrderedMultiService):
                 except Exception:
                     self.log.failure("stopping {service} failed", service=child)
 
+    def name_of(self, module):
+        return self.names.get(id(module)) or type(module).__name__.lower()
+
     def started(self):
         """A Deferred firing once every module has finished starting: ready (its state
         loaded, its ports open) or given up (`utils.daemon.gave_up` says which)."""
@@ -193,11 +200,6 @@ class _Modules(OrderedMultiService):
         done = defer.Deferred()
         self._waiting.append(done)
         return done
-
-
-def _named(module):
-    """A module's name for the log: its class's, lowercased (MatchEngine: matchengine)."""
-    return type(module).__name__.lower()
 
 
 def build(data_dir, ports=None, reactor=None, stderr=False):
@@ -263,7 +265,7 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
     # the backends first, the gateways once they listen
     engine = MatchEngine(me, assets, markets, db_log, outbox, reactor=reactor)
     modules.add(engine, 0)
-    modules.add(cli.CLIService(engine, me.cli, reactor), 0)
+    modules.add(cli.CLIService(engine, me.cli, reactor), 0, name="matchengine cli")
     modules.add(ReadHistory(cfg["readhistory"], db_history, reactor=reactor), 0)
     modules.add(AlertCenter(cfg["alertcenter"], store, reactor=reactor), 0)
 

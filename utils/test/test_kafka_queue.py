@@ -759,7 +759,8 @@ class ConsumerLoopTests(SynchronousTestCase):
 
     def test_resume_where_the_partition_ends(self):
         """A recreated topic that ends right before the earlier run's last record (where
-        the consumer is not past its end) is found out at once, and read from its start."""
+        the consumer is not past its end) is found out at the second empty poll, and read
+        from its start, where it waited for a record at that offset."""
         self.partition.records[:] = []
         self.partition.fill(["n0", "n1"])
         self.script((5, lambda p: None), (5, lambda p: p.fill(["n2", "n3"], 2)))
