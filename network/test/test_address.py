@@ -3,6 +3,7 @@
 
 import os
 import select
+import shutil
 import socket
 import tempfile
 import time
@@ -116,7 +117,10 @@ class ListenTests(TestCase):
 
     def test_unix_stream(self):
         """A stream@ address listens on a UNIX socket, replacing a stale one."""
-        path = os.path.join(tempfile.mkdtemp(), "s.sock")
+        # a short path (a UNIX socket's is at most 107 bytes), removed afterwards
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = os.path.join(folder, "s.sock")
         d = listen(reactor, "stream@" + path, Factory.forProtocol(Protocol))
 
         def check(port):

@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import tempfile
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -951,7 +952,10 @@ class LoopbackTests(TestCase):
 
     def test_unix_socket(self):
         """A stream@ address serves the same protocol."""
-        path = os.path.join(tempfile.mkdtemp(), "ws.sock")
+        # a short path (a UNIX socket's is at most 107 bytes), removed afterwards
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = os.path.join(folder, "ws.sock")
 
         async def scenario():
             bind = await self.start("stream@" + path)
