@@ -180,15 +180,6 @@ class _Modules(OrderedMultiService):
             done.callback(None)
         return result
 
-    async def _stop_children(self):
-        # a module of a stage that had not started yet has nothing to stop
-        for child in reversed(list(self)):
-            if child.running:
-                try:
-                    await defer.maybeDeferred(child.stopService)
-                except Exception:
-                    self.log.failure("stopping {service} failed", service=child)
-
     def name_of(self, module):
         return self.names.get(id(module)) or type(module).__name__.lower()
 

@@ -138,7 +138,8 @@ class OrderedMultiService(service.MultiService):
     Twisted's MultiService asks every child to stop at once, so a service added early (the
     log, the stores of the embedded exchange) would be closed while a later one is still
     flushing into it.  Here each child's stop is waited for before the next one is asked;
-    a child whose stop fails is logged and the others still stop.
+    a child whose stop fails is logged and the others still stop; one that is not running
+    (never started, as a later stage of the embedded exchange's modules) is left as it is.
     """
 
     def stopService(self):
@@ -149,6 +150,8 @@ class OrderedMultiService(service.MultiService):
 
     async def _stop_children(self):
         for child in reversed(list(self)):
+            if not child.running:
+                continue
             try:
                 await defer.maybeDeferred(child.stopService)
             except Exception:

@@ -433,7 +433,8 @@ def mysql_section(database):
 
 
 def redis_command(db, *args):
-    """Run one command on the test Redis in database `db`; returns the reply's first line."""
+    """Run one command on the test Redis in database `db`; returns the reply's first line,
+    and for a bulk string the string's line after it."""
     info = require("redis")
     with socket.create_connection((info["host"], int(info["port"])), 5) as s:
         f = s.makefile("rwb")
@@ -442,21 +443,15 @@ def redis_command(db, *args):
                 b"$%d\r\n%s\r\n" % (len(a), a) for a in (str(x).encode() for x in command)))
             f.flush()
             line = f.readline()
+        if line.startswith(b"$") and int(line[1:]) >= 0:
+            line += f.read(int(line[1:]) + 2)
         return line
 
 
 def redis_get(db, key):
     """The value of `key` in database `db` of the test Redis (text), or None."""
-    info = require("redis")
-    with socket.create_connection((info["host"], int(info["port"])), 5) as s:
-        f = s.makefile("rwb")
-        f.write(b"*2\r\n$6\r\nSELECT\r\n$%d\r\n%d\r\n" % (len(str(db)), db))
-        key = key.encode()
-        f.write(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key))
-        f.flush()
-        f.readline()
-        size = int(f.readline()[1:])
-        return None if size < 0 else f.read(size + 2)[:-2].decode()
+    header, _, value = redis_command(db, "GET", key).partition(b"\r\n")
+    return None if header == b"$-1" else value[:-2].decode()
 
 
 def kafka_record(brokers, topic, offset):
