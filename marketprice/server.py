@@ -499,7 +499,7 @@ class MarketPrice(service.Service):
         if len(params) != 2:
             raise rpc.INVALID_ARGUMENT()
         market = self._market(params[0])
-        period = integer(params[1])
+        period = rpc.signed32(integer(params[1]))   # read into a C int, as the original
         if not 1 <= period <= self.limits[0]:
             raise rpc.INVALID_ARGUMENT()
         return self._cached(market, request,
@@ -511,7 +511,7 @@ class MarketPrice(service.Service):
         market = self._market(params[0])
         now = int(self.clock_time())
         start, end, interval = integer(params[1]), min(integer(params[2]), now), \
-            integer(params[3])
+            rpc.signed32(integer(params[3]))
         if start <= 0 or end <= 0 or start > end:
             raise rpc.INVALID_ARGUMENT()
         if not interval_ok(interval):
@@ -523,7 +523,7 @@ class MarketPrice(service.Service):
         if len(params) != 3:
             raise rpc.INVALID_ARGUMENT()
         market = self._market(params[0])
-        limit = integer(params[1])
+        limit = rpc.signed32(integer(params[1]))
         if not 1 <= limit <= DEALS_LIMIT or type(params[2]) is not int:
             raise rpc.INVALID_ARGUMENT()
         # unsigned, as the original reads it: -1 is above every id

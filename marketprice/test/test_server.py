@@ -5,6 +5,7 @@ a Redis away is waited for, and a database number it refuses stops the daemon.""
 
 import json
 import os
+import types
 import uuid
 
 import txredisapi
@@ -15,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from marketprice import config, server
 from marketprice.kline import GRANULARITIES
 from marketprice.server import MarketPrice
-from utils import redisdb, testing
+from utils import redisdb, rpc, testing
 from utils.kafka_queue import InProcessBus, record_digest
 from utils.testing import until
 
@@ -55,6 +56,11 @@ async def redis_behind_proxy(test):
     await conn.execute_command("FLUSHDB")
     test.addCleanup(conn.execute_command, "FLUSHDB")
     return proxy, store, conn
+
+
+def request(command, body):
+    """What a cached command reads of its request: the command and the packet's body."""
+    return types.SimpleNamespace(command=command, packet=types.SimpleNamespace(body=body))
 
 
 def lost_data_warnings(test):
@@ -339,6 +345,26 @@ class FlushTests(TestCase):
     def test_deals_after_an_unsigned_id(self):
         """market.deals reads last_id unsigned, as the original: -1 answers no deal."""
         return defer.Deferred.fromCoroutine(self.unsigned_scenario())
+
+    async def c_int_scenario(self):
+        mp = await self.started()
+        status = mp.rpc_status([self.name, (1 << 32) + 60], request(301, b"a"))
+        self.assertEqual(status.value()["period"], 60)
+        rows = mp.rpc_kline([self.name, int(T0) - 60, int(T0) + 60, (1 << 32) + 60],
+                            request(302, b"b")).value()
+        minute = int(T0) // 60 * 60
+        self.assertEqual([r[0] for r in rows], [minute, minute + 60])     # a row a minute
+        self.assertEqual([d["id"] for d in mp.rpc_deals([self.name, (1 << 32) + 10, 0],
+                                                        None)], [1])
+        for params in ([self.name, (1 << 32) - 1, 0], [self.name, 1 << 32, 0]):
+            self.assertRaises(rpc.RPCError, mp.rpc_deals, params, None)
+        self.assertRaises(rpc.RPCError, mp.rpc_status, [self.name, -(1 << 32) - 1],
+                          request(301, b"c"))
+
+    def test_counts_read_as_c_ints(self):
+        """market.status's period, market.kline's interval and market.deals's limit are
+        read into a C int, as the original: 2^32 + 60 is 60, 2^32 is 0 (refused)."""
+        return defer.Deferred.fromCoroutine(self.c_int_scenario())
 
     def test_flushes_one_at_a_time(self):
         """A flush asked for while another is written waits for it: two at once wrote the
