@@ -451,7 +451,7 @@ class AccessWS(service.Service):
         if len(params) != 2:
             raise rpc.INVALID_ARGUMENT()
         market = _market(params[0])
-        interval = _int(params[1])
+        interval = rpc.signed32(_int(params[1]))     # read into a C int, as the original
         if interval <= 0:
             raise rpc.INVALID_ARGUMENT()
         self._leave("kline", session)
@@ -462,7 +462,7 @@ class AccessWS(service.Service):
         if len(params) != 3:
             raise rpc.INVALID_ARGUMENT()
         market = _market(params[0])
-        limit = _int(params[1])
+        limit = rpc.signed32(_int(params[1]))
         interval = params[2]
         if limit <= 0 or type(interval) is not str or len(interval.encode()) >= MARKET_MAX:
             raise rpc.INVALID_ARGUMENT()

@@ -420,6 +420,43 @@ class ServiceTests(TestCase):
         elements before it for orders and assets, no depth for a limit not offered."""
         return defer.Deferred.fromCoroutine(self.bad_element_scenario())
 
+    async def c_int_scenario(self):
+        await self.start(depth_limit=[10, 5])
+        service = self.service
+
+        def keys():
+            return {family: set(service.subs[family]) for family in ("kline", "depth")}
+
+        def run():
+            client = testing.WSClient("127.0.0.1", self.ws_port)
+            errors, states = [], []
+            try:
+                for n, (method, params) in enumerate([
+                        ("kline.subscribe", ["BTCBCH", (1 << 32) + 60]),
+                        ("depth.subscribe", ["BTCBCH", (1 << 32) + 10, "0"]),
+                        ("kline.subscribe", ["BTCBCH", 1 << 32])], 1):
+                    client.send(json.dumps({"id": n, "method": method, "params": params}))
+                    while True:
+                        message = json.loads(client.recv(3))
+                        if message.get("id") == n:
+                            break
+                    errors.append(message["error"] and message["error"]["code"])
+                    states.append(threads.blockingCallFromThread(reactor, keys))
+            finally:
+                client.close()
+            return errors, states
+        errors, states = await threads.deferToThread(run)
+        self.assertEqual(errors, [None, None, 1])
+        kline, depth = {("BTCBCH", 60)}, {("BTCBCH", 10, "0")}
+        self.assertEqual(states, [{"kline": kline, "depth": set()},
+                                  {"kline": kline, "depth": depth},
+                                  {"kline": kline, "depth": depth}])
+
+    def test_counts_read_as_c_ints(self):
+        """kline.subscribe's interval and depth.subscribe's limit are read into a C int,
+        as the original: 2^32 + 60 is 60; 2^32 is 0, refused."""
+        return defer.Deferred.fromCoroutine(self.c_int_scenario())
+
     async def tls_scenario(self):
         cert, key = self_signed(self.mktemp())
         await self.start(tls={"cert": cert, "key": key})
