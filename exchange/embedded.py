@@ -20,7 +20,6 @@ A restart replays the operation log and resumes where it stopped.  Each module's
 import copy
 import json
 import os
-import sqlite3
 
 from twisted.application import service
 from twisted.internet import defer
@@ -90,7 +89,7 @@ def create_schema(path, scripts, shards=False):
     """Create the tables of the project's SQL `scripts` in the SQLite file `path`."""
     from utils import mysql
     dialect = mysql.SQLITE()
-    conn = sqlite3.connect(path)
+    conn = mysql.open_sqlite(path)
     try:
         cursor = conn.cursor()
         for script in scripts:

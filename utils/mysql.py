@@ -11,7 +11,12 @@ bound as their exact text, and callers turn what they read back into `Decimal` (
 both the `Decimal` PyMySQL returns and SQLite's text).  MySQL keeps a DECIMAL(p,s) column's
 value at s places, rounding half away from zero; in SQLite such a column is declared
 `DECIMAL_TEXT(p,s)` (text affinity) and `insert_rows` rounds its values the same way, so
-that both answer the same digits.
+that both answer the same digits (a zero is never negative).  MySQL's text columns compare
+as its `_ci` collations do, case, accents and trailing spaces aside; SQLite's are declared
+with the collation `mysql_ci`, which compares alike (`open_sqlite` registers it).  SQLite's
+integers are 64-bit signed: a larger integer parameter (an unsigned -1, as the original reads
+times and ids) is bound as a real, and a larger LIMIT offset cut to the largest, which
+compare and page as MySQL's unsigned ones.
 
 Lost connections (MySQL errors 2003, 2006, 2013) are retried on a fresh connection for
 interactions marked `retry=True`; use it for reads and for writes that are idempotent
@@ -32,12 +37,14 @@ import os
 import re
 import socket
 import sqlite3
+import unicodedata
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer
 from twisted.logger import Logger, LogLevel
 
 __all__ = ["Database", "Dialect", "MYSQL", "SQLITE", "connect_mysql", "connect_sqlite",
+           "open_sqlite",
            "from_config", "server_address", "split_statements", "CONNECTION_LOST",
            "load_local", "LOCAL_LOAD_REFUSED", "Aborted", "MySQLPool"]
 
@@ -58,6 +65,10 @@ class Dialect:
 
     def sql(self, statement: str) -> str:
         return statement
+
+    def bind(self, args):
+        """The parameters of a statement as this flavour takes them."""
+        return args
 
     def ddl(self, statement: str) -> list:
         """The statements that create, in this flavour, what `statement` creates in MySQL's."""
@@ -80,14 +91,19 @@ class _SQLite(Dialect):
 
     def sql(self, statement):
         statement = re.sub(r"\bINSERT\s+IGNORE\b", "INSERT OR IGNORE", statement, flags=re.I)
+        statement = _LIMIT.sub(_limit_cut, statement)
         return statement.replace("%s", "?")
+
+    def bind(self, args):
+        return [float(a) if type(a) is int and a > INT64_MAX else a for a in args]
 
     def _column(self, line):
         line = re.sub(r"\bDECIMAL\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)", r"DECIMAL_TEXT(\1,\2)",
                       line, flags=re.I)
         line = re.sub(r"\b(TINYINT|SMALLINT|MEDIUMINT|INT|BIGINT)\b(\s+UNSIGNED)?", "INTEGER",
                       line, flags=re.I)
-        line = re.sub(r"\bVARCHAR\s*\(\s*\d+\s*\)", "TEXT", line, flags=re.I)
+        line = re.sub(r"\bVARCHAR\s*\(\s*\d+\s*\)", "TEXT COLLATE %s" % COLLATION, line,
+                      flags=re.I)
         if re.search(r"\bAUTO_INCREMENT\b", line, re.I):
             name = line.split()[0]
             return "%s INTEGER PRIMARY KEY AUTOINCREMENT" % name
@@ -121,6 +137,34 @@ class _SQLite(Dialect):
                 columns.append(self._column(part))
         head = "CREATE TABLE %s`%s`" % ("IF NOT EXISTS " if if_not_exists else "", name)
         return ["%s (\n    %s\n)" % (head, ",\n    ".join(columns))] + indexes
+
+
+INT64_MAX = (1 << 63) - 1
+_LIMIT = re.compile(r"\b(LIMIT\s+)(\d{19,})")
+
+
+def _limit_cut(match):
+    return match.group(1) + str(min(int(match.group(2)), INT64_MAX))
+
+
+COLLATION = "mysql_ci"
+
+
+def _ci_key(text):
+    text = unicodedata.normalize("NFKD", text.rstrip(" "))
+    return "".join(c for c in text if not unicodedata.combining(c)).casefold()
+
+
+def _ci_compare(a, b):
+    a, b = _ci_key(a), _ci_key(b)
+    return (a > b) - (a < b)
+
+
+def open_sqlite(path, **kwargs):
+    """An SQLite connection that knows the collation `mysql_ci` of the tables made here."""
+    conn = sqlite3.connect(path, **kwargs)
+    conn.create_collation(COLLATION, _ci_compare)
+    return conn
 
 
 def _split_columns(body):
@@ -187,7 +231,7 @@ class Database:
 
     def query(self, sql, args=(), retry=True):
         """All rows of a SELECT (a Deferred firing with a list of tuples)."""
-        sql = self.dialect.sql(sql)
+        sql, args = self.dialect.sql(sql), self.dialect.bind(args)
 
         def run(cursor):
             cursor.execute(sql, args)
@@ -196,7 +240,7 @@ class Database:
 
     def execute(self, sql, args=(), retry=False):
         """Run one statement in its own transaction; fires with the affected row count."""
-        sql = self.dialect.sql(sql)
+        sql, args = self.dialect.sql(sql), self.dialect.bind(args)
 
         def run(cursor):
             cursor.execute(sql, args)
@@ -318,8 +362,8 @@ def _rounded(row, scales):
         value = row[position]
         if value is not None:
             exact = decimal.Decimal(value) if isinstance(value, str) else value
-            row[position] = format(exact.quantize(decimal.Decimal(1).scaleb(-places),
-                                                  context=_ROUNDING), "f")
+            kept = exact.quantize(decimal.Decimal(1).scaleb(-places), context=_ROUNDING)
+            row[position] = format(kept if kept else kept.copy_abs(), "f")
     return row
 
 
@@ -588,6 +632,7 @@ def connect_mysql(host, port, user, password, database, charset="utf8", min_conn
 def connect_sqlite(path, reactor=None):
     """An SQLite database used through the same interface, one connection (one writer)."""
     def opened(conn):
+        conn.create_collation(COLLATION, _ci_compare)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
 

@@ -212,6 +212,36 @@ class Scenarios:
                           ("10.49992309", None, "-0.0001"),
                           ("16000.00000000", "41.2771840000000000", "1.2344")])
 
+    async def compared(self):
+        db, name = await self.scratch_table(
+            "`id` BIGINT UNSIGNED NOT NULL PRIMARY KEY, `t` DOUBLE NOT NULL,"
+            " `name` VARCHAR(30) NOT NULL, `a` DECIMAL(30,8) NOT NULL,"
+            " INDEX `idx_name` (`name`)")
+        await db.insert_many(name, ["id", "t", "name", "a"],
+                             [(1, 1.5, "BTC", "-0.000000001"), (2, 2.5, "ETH", "-0"),
+                              (3, 3.5, "btc ", "1")])
+
+        async def ids(where, args=(), page=""):
+            rows = await db.query("SELECT `id` FROM `%s` WHERE %s ORDER BY `id`%s"
+                                  % (name, where, page), args)
+            return [r[0] for r in rows]
+        for text in ("BTC", "btc", "Btc  "):
+            self.assertEqual(await ids("`name` = %s", (text,)), [1, 3], text)
+        u64_max = (1 << 64) - 1
+        self.assertEqual(await ids("`t` >= %s", (u64_max,)), [])
+        self.assertEqual(await ids("`t` < %s", (u64_max,)), [1, 2, 3])
+        self.assertEqual(await ids("`id` = %s", (u64_max,)), [])
+        self.assertEqual(await ids("`id` > 0", page=" LIMIT %d, 2" % u64_max), [])
+        self.assertEqual(await ids("`id` > 0", page=" LIMIT 1, 1"), [2])
+        zeros = await db.query("SELECT `a` FROM `%s` WHERE `id` < 3 ORDER BY `id`" % name)
+        self.assertEqual([str(Decimal(z)) for z, in zeros], ["0E-8", "0E-8"])
+
+    def test_texts_compared_and_unsigned_parameters(self):
+        """Text columns compare case and trailing spaces aside; integer parameters past 64
+        bits signed (an unsigned -1) compare and page as MySQL's; a negative zero is kept
+        as a zero."""
+        return defer.Deferred.fromCoroutine(self.compared())
+
     def test_decimal_places(self):
         """A DECIMAL(p,s) column keeps s places, half away from zero, in both databases."""
         return defer.Deferred.fromCoroutine(self.places())
