@@ -77,10 +77,11 @@ class WriterOutbox:
         self.reactor = reactor
         # `lock`: a file the writer holds while it runs; a new writer waits for the one
         # its killed daemon left behind (see matchengine.writer.take_turn)
-        # `run`: this daemon run, for its writers (matchengine.writer)
+        # `run`: this daemon run, for its writers (matchengine.writer); `parent`: this
+        # process, which a writer finds gone once its turn comes if the daemon has ended
         self.settings = {"db_history": dict(db_history), "brokers": brokers,
                          "workers": workers, "lock": lock,
-                         "run": int.from_bytes(os.urandom(7), "big")}
+                         "run": int.from_bytes(os.urandom(7), "big"), "parent": os.getpid()}
         self.interval = interval
         self.restart_delay = restart_delay
         self.history, self.messages = [], []
@@ -238,6 +239,15 @@ class WriterOutbox:
                     "which the next start rebuilds from the operation log",
                     patience=patience, count=len(self.unacked), rows=self.pending_history,
                     messages=self.pending_messages)
+                with contextlib.suppress(OSError, error.ProcessExitedAlready):
+                    proto.transport.signalProcess("KILL")
+            elif not await within(self.reactor, ended, patience):
+                # everything confirmed, but its ending records a position (the messages
+                # lane's) in a history database that is away
+                self.log.critical(
+                    "stopping: the writer, everything written, has not ended after {patience} "
+                    "s (the history database away?); stopped: the next start may send again "
+                    "the messages since the last position recorded", patience=patience)
                 with contextlib.suppress(OSError, error.ProcessExitedAlready):
                     proto.transport.signalProcess("KILL")
             await ended

@@ -722,11 +722,20 @@ def run(stdin, stdout):
     settings = next(frames)
     if settings is None:
         return
+    take_turn(settings.get("lock")).wait()
+    # the daemon's batches wait in its pipe meanwhile
+    parent = settings.get("parent")
+    if parent is not None and os.getppid() != parent:
+        # a writer's turn comes once the writer before has exited: one whose daemon ended
+        # meanwhile may come after the writer of a later run, which has written (rebuilt
+        # from the log) everything this one was handed; it would write it again
+        say("the daemon ended before this writer's turn came; the writer of its next start "
+            "writes what it handed over", info=True)
+        return
     db = settings["db_history"]
     history = HistoryThreads(db, settings.get("workers", 4))
     messages = Messages(settings["brokers"]) if settings.get("brokers") else None
     acks = Acks(stdout, 2 if messages is not None else 1)
-    turn = take_turn(settings.get("lock"))
     # the daemon hands each commit's batch over at once; gathering them here for a while
     # keeps MySQL commits and Kafka flushes few, whatever the rate of commits
     window = settings.get("window", GROUP_WINDOW)
@@ -780,8 +789,6 @@ def run(stdin, stdout):
                                         args=(lanes[1],), name="messages"))
     for worker in workers:
         worker.start()
-    turn.wait()
-    # the daemon's batches wait in its pipe meanwhile
     utf8mb4_history(db)
     recovered = settings.get("recovered", 0)
     connection = Connection(db)

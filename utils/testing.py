@@ -153,6 +153,15 @@ def free_port():
                        % (low, high))
 
 
+def ended(pid):
+    """Whether process `pid` (not a child of this one) has ended: gone, or a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 async def until(predicate, seconds=30, what="condition"):
     """Wait, on the running global reactor, until `predicate()` holds (checked every 20 ms);
     AssertionError naming `what` after `seconds`."""

@@ -26,6 +26,7 @@ from matchengine.writer import (FRAME, INT_COLUMNS, TEXT_COLUMNS, TIME_COLUMNS, 
                                 take_turn)
 from utils import mysql, testing
 from utils.kafka_queue import KafkaConsumerService
+from network.timer import within
 from utils.testing import until
 
 
@@ -40,6 +41,39 @@ def run_writer(settings, batches):
         filter(None, [writer.__file__.rsplit(os.sep, 2)[0], os.environ.get("PYTHONPATH")])))
     return subprocess.run([sys.executable, "-m", "matchengine.writer"], input=frames,
                           capture_output=True, timeout=60, env=env)
+
+
+# a daemon that starts its writer (its settings naming it as `parent`), hands it
+# batches, prints the writer's pid and dies at once; argv: settings (JSON), batches
+# (repr), the file of the writer's stderr
+DAEMON_DYING = """
+import ast, json, marshal, os, subprocess, sys
+from utils.handoff import FRAME
+settings = dict(json.loads(sys.argv[1]), parent=os.getpid())
+with open(sys.argv[3], "w") as err:
+    child = subprocess.Popen([sys.executable, "-m", "matchengine.writer"],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+for item in [settings] + ast.literal_eval(sys.argv[2]):
+    body = marshal.dumps(item)
+    child.stdin.write(FRAME.pack(len(body)) + body)
+child.stdin.flush()
+print(child.pid, flush=True)
+os._exit(0)
+"""
+
+
+def lock_holder(test, path):
+    """A process holding the lock file `path` (a writer left by a killed daemon) until its
+    stdin is closed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+         path], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    test.addCleanup(holder.wait)
+    test.addCleanup(holder.stdin.close)
+    test.addCleanup(holder.stdout.close)
+    test.assertEqual(holder.stdout.readline(), b"held\n")
+    return holder
 
 
 def row(user, n):
@@ -169,6 +203,42 @@ class WriterTests(TestCase):
         marks = dict(await db.query("SELECT `name`, `oper_id` FROM `history_position`"))
         self.assertEqual(marks["run"], 7)
         return [json.loads(r[0])["n"] for r in rows]
+
+    async def late_turn_scenario(self):
+        # the writer of a later run (3) has rebuilt and written up to operation 150
+        db, db_settings = await self.positions_database(
+            {"history": 150, "messages": 150, "balance_history_7": 150, "run": 3})
+        await db.insert_many("balance_history_7", ["time", "user_id", "asset", "business",
+                                                   "change", "balance", "detail"],
+                             [row(7, n)[2] for n in range(101, 151)])
+        lock = os.path.abspath(self.mktemp())
+        holder = lock_holder(self, lock)
+        # the daemon of run 2 (recovered 100, handed over 101 to 120), which starts its
+        # writer, hands it its batches and dies while the writer waits for its turn
+        settings = {"db_history": db_settings, "brokers": None, "recovered": 100,
+                    "handed": 120, "run": 2, "lock": lock}
+        batches = [(n, n, [row(7, n)], []) for n in range(101, 121)]
+        said = os.path.abspath(self.mktemp())
+        daemon = subprocess.run(
+            [sys.executable, "-c", DAEMON_DYING, json.dumps(settings), repr(batches), said],
+            cwd=testing.ROOT, capture_output=True, text=True, timeout=60)
+        self.assertEqual(daemon.returncode, 0, daemon.stderr)
+        writer_pid = int(daemon.stdout)
+        holder.stdin.close()    # the writer before ends: this one's turn comes
+        await until(lambda: testing.ended(writer_pid), 30, what="the writer ended")
+        rows = await db.query("SELECT `detail` FROM `balance_history_7` ORDER BY `id`")
+        self.assertEqual([json.loads(r[0])["n"] for r in rows], list(range(101, 151)))
+        marks = dict(await db.query("SELECT `name`, `oper_id` FROM `history_position`"))
+        self.assertEqual(marks, {"history": 150, "messages": 150, "balance_history_7": 150,
+                                 "run": 3})
+        with open(said) as f:
+            self.assertIn("info: the daemon ended before this writer's turn came", f.read())
+
+    def test_a_writer_whose_daemon_ended_before_its_turn(self):
+        """A writer whose daemon was killed while it waited for the writer before it writes
+        nothing: its turn may come after the writer of a later run has written all it holds
+        (it lowered the positions to its own run's and wrote the rows again)."""
+        return defer.Deferred.fromCoroutine(self.late_turn_scenario())
 
     def test_positions_of_a_restarted_writer(self):
         """A writer started again while the daemon lives keeps the positions up to the
@@ -319,6 +389,42 @@ class WriterTests(TestCase):
         same once the writer has confirmed nothing for a while: the writer is stopped, its
         batches left to the next start's rebuild."""
         return defer.Deferred.fromCoroutine(self.stalled_stop())
+
+    async def unended_stop(self):
+        import pymysql
+        db, settings = await self.positions_database({})
+        broker = testing.KafkaBroker().start()
+        self.addCleanup(broker.stop)
+        outbox = WriterOutbox(reactor, settings, broker.address, interval=0.01)
+        outbox.start(0)
+        outbox.add([row(7, 1)], [(TOPIC_BALANCES, json.dumps([1]))], 1)
+        await outbox.flush()
+        await until(lambda: outbox.confirmed == 1, what="the first batch written")
+        # another session holds the messages lane's position: recording it waits
+        kw = testing.mysql_connect_kwargs("misc")
+        locker = pymysql.connect(host=kw["host"], port=int(kw["port"]), user=kw["user"],
+                                 password=kw["password"], database=settings["name"])
+        self.addCleanup(locker.close)
+        locker.cursor().execute("SELECT * FROM `history_position` WHERE `name` = 'messages' "
+                                "FOR UPDATE")
+        outbox.add([row(7, 2)], [(TOPIC_BALANCES, json.dumps([2]))], 2)
+        await outbox.flush()        # written and sent, the lane's position not recorded
+        with capturedLogs() as events:
+            stopped = defer.Deferred.fromCoroutine(outbox.stop(patience=0.5))
+            self.assertTrue(await within(reactor, stopped, 10))
+        locker.rollback()
+        self.assertIn("stopping: the writer, everything written, has not ended after 0.5 s "
+                      "(the history database away?); stopped: the next start may send again "
+                      "the messages since the last position recorded",
+                      [formatEvent(e) for e in events if e["log_level"] == LogLevel.critical])
+        rows = await db.query("SELECT `detail` FROM `balance_history_7` ORDER BY `id`")
+        self.assertEqual([json.loads(r[0])["n"] for r in rows], [1, 2])
+
+    def test_a_stop_while_the_writer_cannot_end(self):
+        """A writer that has written everything but cannot record its messages lane's
+        position as it ends (the history database away, or the row locked) is stopped
+        after a while: the daemon's stop does not wait for the database."""
+        return defer.Deferred.fromCoroutine(self.unended_stop())
 
     def test_a_failed_lane_ends_the_process(self):
         """A lane that fails ends the writer (the daemon starts it again and sends its
@@ -717,13 +823,7 @@ class LaneTests(SynchronousTestCase):
         """A writer's lanes start once the writer left by a killed daemon (here a process
         holding the lock file) has exited; without a lock file they start at once."""
         path = self.mktemp()
-        holder = subprocess.Popen(
-            [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a'); "
-             "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
-             path], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.addCleanup(holder.wait)
-        self.addCleanup(holder.stdout.close)
-        self.assertEqual(holder.stdout.readline(), b"held\n")
+        holder = lock_holder(self, path)
         said = io.StringIO()
         self.patch(sys, "stderr", said)
         self.patch(writer, "LOCK_PATIENCE", 0.2)
