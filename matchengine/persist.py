@@ -280,9 +280,11 @@ class LogReader:
             from twisted.internet import reactor
         self.reactor = reactor
         read_fd, write_fd = os.pipe()
+        parent = os.getpid()
         self.pid = os.fork()
         if self.pid == 0:
             try:
+                forked.die_with_parent(parent)
                 os.close(read_fd)
                 forked.release_inherited(keep=(write_fd,))
             except BaseException:
@@ -375,7 +377,7 @@ def _read_log(db, tables, after, page, send):
     """Send the log's pages, then the end mark; stops after a bad page.  Pages start small
     and grow by a quarter up to `page`: the replay starts without waiting for a whole page,
     and each page is read while the one before, a little smaller, is replayed."""
-    connection = db.pool.dbapi.connect(*db.pool.connargs, **db.pool.connkw)
+    connection = db.connect()
     cursor = connection.cursor()
     last, limit = after, min(FIRST_PAGE, page)
     for table in tables:
@@ -631,13 +633,17 @@ def _drop_unfinished(db, cursor, ts):
 
 
 def make_slice(eng, db, ts, oper_id, keeptime, reactor, poll=0.05):
-    """Fork a child that writes the slice of this instant; fires with True on success."""
+    """Fork a child that writes the slice of this instant; fires with True on success.
+    The child dies with the daemon: it would otherwise go on writing a slice whose tables
+    the restarted daemon drops as unfinished, and then commit its `slice_history` row."""
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         status = 1
         try:
+            forked.die_with_parent(parent)
             forked.release_inherited()
-            connection = db.pool.dbapi.connect(*db.pool.connargs, **db.pool.connkw)
+            connection = db.connect()
             write_slice(db, connection, eng, ts, oper_id, keeptime)
             connection.close()
             status = 0

@@ -49,6 +49,8 @@ GC_YOUNG_THRESHOLD = 20000
 # LOG_CHECKED_FROM can make an entry too long, and only such a write has its entry measured
 # before it is executed
 LOG_DETAIL_MAX = 65535
+# seconds a stop waits for a slice being written (its child dies with the daemon)
+SLICE_STOP_PATIENCE = 60
 LOG_CHECKED_FROM = LOG_DETAIL_MAX // 6
 
 # the modules of the matching path, compiled with Cython when installed (setup.py)
@@ -121,6 +123,15 @@ class MatchEngine(service.Service):
         # the loaded balances and orders live long and hold no cycles: the collector is off
         # while they are built, then they are frozen out of its reach.  A full collection
         # over 1M resting orders would otherwise hold the matching thread for about 0.6 s.
+        if self._slicing.locked:
+            # the slice child dies with this process: let it finish, for a while
+            self.log.info("matchengine: waiting for the slice under way")
+            try:
+                await self._slicing.acquire().addTimeout(SLICE_STOP_PATIENCE, self.reactor)
+                self._slicing.release()
+            except defer.TimeoutError:
+                self.log.critical("matchengine: the slice under way is not written after "
+                                  "{seconds} s; stopping without it", seconds=SLICE_STOP_PATIENCE)
         fence = getattr(self.db_log_commits, "fence", None)
         if fence is not None:
             # the log's lock (operlog.Fence) first: what a killed predecessor still had under
@@ -214,6 +225,15 @@ class MatchEngine(service.Service):
             await self.operlog.flush()
         for conn in connections:
             conn.transport.loseConnection()     # after the replies just released
+        if self._slicing.locked:
+            # the slice child dies with this process: let it finish, for a while
+            self.log.info("matchengine: waiting for the slice under way")
+            try:
+                await self._slicing.acquire().addTimeout(SLICE_STOP_PATIENCE, self.reactor)
+                self._slicing.release()
+            except defer.TimeoutError:
+                self.log.critical("matchengine: the slice under way is not written after "
+                                  "{seconds} s; stopping without it", seconds=SLICE_STOP_PATIENCE)
         fence = getattr(self.db_log_commits, "fence", None)
         if fence is not None:
             try:

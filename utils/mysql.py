@@ -223,6 +223,14 @@ class Database:
                     continue
                 raise
 
+    def connect(self):
+        """A connection of its own, outside the pool, opened as the pool opens its own (for
+        a forked child, which cannot use the pool's threads)."""
+        connection = self.pool.dbapi.connect(*self.pool.connargs, **self.pool.connkw)
+        if self.pool.openfun is not None:
+            self.pool.openfun(connection)
+        return connection
+
     def on_connection(self, work, *args):
         """Run `work(connection, *args)` in a pool thread, with no transaction opened or
         committed around it (what it writes is committed as its connection's autocommit

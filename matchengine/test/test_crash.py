@@ -4,10 +4,11 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -17,6 +18,13 @@ from utils.rpc_client import RPCClient
 from utils.testing import until
 
 RUN_TWISTD = "import sys; from twisted.scripts.twistd import run; run()"
+
+
+def cli_line(port, line):
+    """The answer of the CLI on `port` to `line` (its first read)."""
+    with socket.create_connection(("127.0.0.1", port), 10) as sock:
+        sock.sendall(line)
+        return sock.recv(4096)
 
 
 class Daemon:
@@ -213,6 +221,68 @@ class CrashTests(TestCase):
         self.assertEqual(after, before)
         self.assertEqual(after[1]["result"]["BCH"]["available"], "5")
         daemon.kill(signal.SIGTERM)
+
+    async def slice_scenario(self):
+        import pymysql
+        _, daemon, client, config = await self.started()
+        for n in range(1, 21):
+            reply = await client.call(102, [n, "BCH", "deposit", n, "1", {}], 10.0)
+            self.assertIsNone(reply["error"])
+        kw = testing.mysql_connect_kwargs("misc")
+        locker = pymysql.connect(host=kw["host"], port=int(kw["port"]), user=kw["user"],
+                                 password=kw["password"], database=config["db_log"]["name"],
+                                 autocommit=True)
+        self.addCleanup(locker.close)
+        cursor = locker.cursor()
+        cli_port = int(config["cli"].rsplit(":", 1)[1])
+
+        async def slice_waiting():
+            """A slice asked for, its child waiting for slice_history (locked)."""
+            cursor.execute("LOCK TABLES `slice_history` WRITE")
+            answer = await threads.deferToThread(cli_line, cli_port, b"makeslice\n")
+            self.assertEqual(answer, b"OK\n")
+
+            def waits():
+                cursor.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                               "WHERE `INFO` LIKE 'INSERT INTO `slice_history`%%'")
+                return cursor.fetchone()[0] == 1
+            await until(waits, 30, "the slice child waiting")
+
+        def slices():
+            cursor.execute("SELECT COUNT(*) FROM `slice_history`")
+            return cursor.fetchone()[0]
+
+        # SIGTERM: the daemon waits for the slice under way, which then ends written
+        await slice_waiting()
+        daemon.proc.send_signal(signal.SIGTERM)
+        log = os.path.join(daemon.workdir, "out.log")
+        await until(lambda: b"waiting for the slice under way" in open(log, "rb").read(), 30,
+                    "the stop waiting for the slice")
+        cursor.execute("UNLOCK TABLES")
+        await threads.deferToThread(daemon.proc.wait, 30)
+        self.assertEqual(slices(), 1)
+        # kill -9: the slice child dies with the daemon, and commits nothing later
+        daemon.start()
+        await deferLater(reactor, 0.5, lambda: None)
+        await until(lambda: client.connected, 60, "daemon back")
+        await slice_waiting()
+        daemon.kill()
+        cursor.execute("UNLOCK TABLES")
+        await deferLater(reactor, 1.0, lambda: None)
+        self.assertEqual(slices(), 1)
+        daemon.start()
+        await deferLater(reactor, 0.5, lambda: None)
+        await until(lambda: client.connected, 60, "daemon back again")
+        reply = await client.call(101, [20, "BCH"], 10.0)
+        self.assertEqual(reply["result"]["BCH"]["available"], "1")
+        daemon.kill(signal.SIGTERM)
+
+    def test_stop_and_kill_while_a_slice_is_written(self):
+        """SIGTERM while a slice is written waits for it; kill -9 takes the slice's child
+        with the daemon (an orphan went on writing, committed its slice_history row after
+        the restarted daemon had dropped its tables as unfinished, and the next start
+        failed)."""
+        return defer.Deferred.fromCoroutine(self.slice_scenario())
 
     def test_killed_daemons_statement_fenced(self):
         """A killed daemon's INSERT still under way in MariaDB ends before its successor

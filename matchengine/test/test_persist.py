@@ -158,7 +158,7 @@ class ReaderTests(TestCase):
         sliced = engine.Engine(*config.example_tables())
         for _, t, detail in rows[:20]:
             sliced.replay(*engine.load_detail(detail), t)
-        connection = db.pool.dbapi.connect(*db.pool.connargs, **db.pool.connkw)
+        connection = db.connect()
         try:
             persist.write_slice(db, connection, sliced, int(T1) + 100, 20, 86400 * 3)
         finally:
@@ -275,7 +275,7 @@ class ReaderTests(TestCase):
         """A slice that fails before its slice_history row has its tables dropped again
         (they were left, never loaded nor dropped)."""
         db = self.mariadb()
-        connection = db.pool.dbapi.connect(*db.pool.connargs, **db.pool.connkw)
+        connection = db.connect()
         self.addCleanup(connection.close)
         cursor = connection.cursor()
         cursor.execute("RENAME TABLE `slice_history` TO `slice_history_gone`")
@@ -291,7 +291,7 @@ class ReaderTests(TestCase):
         if db.dialect.name != "mysql":
             with open(os.path.join(testing.ROOT, "depends", "sql", "trade_log.sql")) as f:
                 await db.execute_script(f.read())
-        connection = db.pool.dbapi.connect(*db.pool.connargs, **db.pool.connkw)
+        connection = db.connect()
         self.addCleanup(connection.close)
         cursor = connection.cursor()
         for t in (1793000000, 1793000200):

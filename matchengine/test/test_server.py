@@ -475,6 +475,28 @@ class ServiceTests(TestCase):
         written.callback(True)
         await h.stop()
 
+    async def stop_during_a_slice(self):
+        from matchengine import cli, persist, server
+        h = Harness(self)
+        await h.start()
+        written = defer.Deferred()
+        self.patch(persist, "make_slice", lambda *args: written)
+        self.patch(server, "SLICE_STOP_PATIENCE", 0.3)
+        self.assertEqual(await cli.commands(h.service)["makeslice"]([]), "OK\n")
+        with capturedLogs() as events:
+            await h.service.stopService()       # the slice is never written
+        self.assertEqual([formatEvent(e) for e in events
+                          if e["log_level"] >= LogLevel.info and "slice" in formatEvent(e)],
+                         ["matchengine: waiting for the slice under way",
+                          "matchengine: the slice under way is not written after 0.3 s; "
+                          "stopping without it"])
+        written.callback(True)
+
+    def test_stop_waits_for_a_slice_for_a_while(self):
+        """A stop waits for the slice under way (its child dies with the daemon), but not
+        for ever."""
+        return defer.Deferred.fromCoroutine(self.stop_during_a_slice())
+
     def test_makeslice_answers_while_the_log_waits(self):
         """makeslice answers OK, as the original at once, although the operation log waits
         for its database before the slice can start; the slice follows once it is back."""

@@ -1,11 +1,14 @@
 """Reads done in a forked child, on the real reactor."""
 
 import os
+import signal
+import subprocess
+import sys
 
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from utils import forked
+from utils import forked, testing
 
 
 class InChildTests(TestCase):
@@ -56,3 +59,39 @@ class InChildTests(TestCase):
         daemon's pipes, sockets and MySQL sessions open after it stopped): each is
         /dev/null in the child, and the parent's close ends the connection."""
         return defer.Deferred.fromCoroutine(self.inherited())
+
+
+# a process that forks a child, waits until the child has called `die_with_parent` (the
+# child then sleeps for a minute, its output elsewhere), prints its pid and dies at once
+FORKS_AND_DIES = """
+import os, sys, time
+from utils import forked
+parent = os.getpid()
+ready_r, ready_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    forked.die_with_parent(parent)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.write(ready_w, b"x")
+    time.sleep(60)
+    os._exit(0)
+os.read(ready_r, 1)
+print(pid, flush=True)
+os._exit(0)
+"""
+
+
+class DieWithParentTests(TestCase):
+
+    def test_child_killed_with_its_parent(self):
+        """A forked child ends when its parent is killed, rather than go on beside the
+        daemon started after it."""
+        done = subprocess.run([sys.executable, "-c", FORKS_AND_DIES], cwd=testing.ROOT,
+                              capture_output=True, text=True, timeout=30)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        pid = int(done.stdout)
+        self.addCleanup(lambda: testing.ended(pid) or os.kill(pid, signal.SIGKILL))
+        return defer.Deferred.fromCoroutine(
+            testing.until(lambda: testing.ended(pid), 10, what="the child ended"))
