@@ -44,9 +44,9 @@ from twisted.internet import defer
 from twisted.logger import Logger, LogLevel
 
 __all__ = ["Database", "Dialect", "MYSQL", "SQLITE", "connect_mysql", "connect_sqlite",
-           "open_sqlite",
-           "from_config", "server_address", "split_statements", "CONNECTION_LOST",
-           "load_local", "LOCAL_LOAD_REFUSED", "Aborted", "MySQLPool"]
+           "open_sqlite", "from_config", "server_address", "split_statements",
+           "CONNECTION_LOST", "load_local", "LOCAL_LOAD_REFUSED", "Aborted", "MySQLPool",
+           "keep_alive"]
 
 log = Logger()
 
@@ -502,10 +502,32 @@ def lift_read_timeout(connection):
     `read_timeout`, none by default: a server that accepts and says nothing (stopped, or
     behind a proxy whose other side is gone) would hold the opening thread for ever.  So a
     connection is opened with `read_timeout` set to its connect timeout, then lifted here:
-    its statements keep no timeout."""
+    its statements keep no timeout.  Over TCP the kernel probes the idle connection instead
+    (`keep_alive`)."""
     connection._read_timeout = None
     if connection._sock is not None:
         connection._sock.settimeout(None)
+        keep_alive(connection._sock)
+
+
+# TCP keepalive of the MySQL connections: the first probe after 20 s of silence, then every
+# 5 s; 4 unanswered probes end the connection
+KEEPALIVE = (20, 5, 4)
+
+
+def keep_alive(sock, idle=KEEPALIVE[0], interval=KEEPALIVE[1], count=KEEPALIVE[2]):
+    """Have the kernel probe a TCP socket that has been silent for `idle` seconds.  A
+    statement waiting for its answer reads with no timeout: should the server's host vanish
+    (a crash, a network cut) after taking the statement, nothing else would ever end the
+    read, and a daemon would hang without a word.  A server that is merely slow (a lock
+    wait) answers the probes, and its statement goes on.  No-op on UNIX sockets."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval),
+                          ("TCP_KEEPCNT", count)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 class Aborted(Exception):
