@@ -12,13 +12,16 @@ as the brokers allow) and Produce v3, request header v1: versions that Kafka 1.0
 serve.  Every message goes to partition 0, as the original sends them.  A request that fails
 (connection lost, no leader, a leader change, a timeout, a broker that lost the topic) is
 reported and sent again after the metadata is read again, every `retry_delay` seconds, until
-it is acknowledged: delivery is at least once, in order per topic, a request resent after a
-timeout being the one way to a duplicate (the broker may have appended it).  A batch the
+it is acknowledged: delivery is at least once, in order per topic, a request resent after its
+answer was lost (a timeout, a connection lost once the request was sent) being the one way to
+a duplicate (the broker may have appended it).  A connection the broker closed while idle is
+replaced before a request goes out on it.  A batch the
 broker finds too large is sent again in halves, down to single messages; a message it
 refuses for good (too large, corrupt) is reported and dropped, as the original drops it.
 """
 
 import contextlib
+import select
 import socket
 import struct
 import time
@@ -156,6 +159,16 @@ class Connection:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.correlation = 0
+
+    def closed(self):
+        """Whether the broker has closed the connection (its end, or an error, waits to be
+        read): a request sent on it would be lost, or half sent."""
+        try:
+            if not select.select([self.sock], [], [], 0)[0]:
+                return False        # nothing to read: open
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def call(self, api_key, version, body):
         """Send a request, return its response body (after the correlation id)."""
@@ -345,18 +358,15 @@ class LeanProducer:
 
     def _produce(self, node, body):
         """A Produce request's response body.  A connection that served requests before may
-        have been closed by the broker while idle (`connections.max.idle.ms`): its failure
-        is tried once more on a new connection before it counts, but for a timeout (the
-        broker may hold the request, which is then reported and sent again later)."""
+        have been closed by the broker while idle (`connections.max.idle.ms`): found so, it
+        is replaced before the request goes out.  A request whose answer does not come
+        fails (reported, and sent again later: the broker may have appended it)."""
         conn = self._connection(node)
-        try:
-            return conn.call(API_PRODUCE, PRODUCE_VERSION, body)
-        except (OSError, KafkaWireError) as e:
-            if conn.correlation <= 1 or isinstance(e, TimeoutError):
-                raise
+        if conn.correlation and conn.closed():
             conn.close()
             del self.connections[node]
-        return self._connection(node).call(API_PRODUCE, PRODUCE_VERSION, body)
+            conn = self._connection(node)
+        return conn.call(API_PRODUCE, PRODUCE_VERSION, body)
 
     def _send_round(self, pending):
         """One Produce request per leader with each topic's next chunk; acknowledged chunks

@@ -3,6 +3,7 @@
 broker and consumed back in order, through a broker that goes away and comes back."""
 
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -12,8 +13,8 @@ from kafka.record.default_records import DefaultRecordBatch
 from twisted.trial.unittest import SynchronousTestCase
 
 from utils import testing
-from utils.kafka_wire import (MAX_BATCH_BYTES, LeanProducer, chunks, parse_address,
-                               record_batch)
+from utils.kafka_wire import (MAX_BATCH_BYTES, KafkaWireError, LeanProducer, chunks,
+                               parse_address, record_batch)
 
 
 def topic_name():
@@ -138,7 +139,6 @@ class BrokerTests(SynchronousTestCase):
         are sent again in halves, in order, down to single messages; a message too large by
         itself is reported and dropped, as the original drops it.  Requests ask for every
         in-sync replica's acknowledgement (acks=all)."""
-        import struct
         topic, said, limit = topic_name(), [], 4000
         producer = LeanProducer(self.brokers, retry_delay=0.01, say=said.append)
         self.addCleanup(producer.close)
@@ -184,6 +184,28 @@ class BrokerTests(SynchronousTestCase):
         producer.send([(topic, b"three")])
         self.assertEqual(said, ["kafka: send failed: timed out; retrying in 0.01 s"])
         self.assertEqual(consume(self.brokers, topic, 3), [b"one", b"two", b"three"])
+
+    def test_a_lost_answer_is_reported(self):
+        """A request whose answer is lost after it reached the broker (the connection
+        lost) is reported and sent again after the delay, as after a timeout: the broker
+        has appended it, and it arrives twice (at least once), never silently."""
+        topic, said = topic_name(), []
+        producer = LeanProducer(self.brokers, retry_delay=0.01, say=said.append)
+        self.addCleanup(producer.close)
+        producer.send([(topic, b"one")])
+        [conn] = producer.connections.values()
+        read = conn._read
+
+        def losing(size):
+            # the whole answer comes, and is lost with the connection
+            conn._read = read
+            read(struct.unpack(">i", read(size))[0])
+            raise KafkaWireError("connection closed by the broker")
+        conn._read = losing
+        producer.send([(topic, b"two")])
+        self.assertEqual(said, ["kafka: send failed: connection closed by the broker; "
+                                "retrying in 0.01 s"])
+        self.assertEqual(consume(self.brokers, topic, 3), [b"one", b"two", b"two"])
 
     def test_a_dead_bootstrap_address_is_passed_over(self):
         topic = topic_name()
