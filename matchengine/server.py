@@ -123,15 +123,6 @@ class MatchEngine(service.Service):
         # the loaded balances and orders live long and hold no cycles: the collector is off
         # while they are built, then they are frozen out of its reach.  A full collection
         # over 1M resting orders would otherwise hold the matching thread for about 0.6 s.
-        if self._slicing.locked:
-            # the slice child dies with this process: let it finish, for a while
-            self.log.info("matchengine: waiting for the slice under way")
-            try:
-                await self._slicing.acquire().addTimeout(SLICE_STOP_PATIENCE, self.reactor)
-                self._slicing.release()
-            except defer.TimeoutError:
-                self.log.critical("matchengine: the slice under way is not written after "
-                                  "{seconds} s; stopping without it", seconds=SLICE_STOP_PATIENCE)
         fence = getattr(self.db_log_commits, "fence", None)
         if fence is not None:
             # the log's lock (operlog.Fence) first: what a killed predecessor still had under
@@ -233,7 +224,8 @@ class MatchEngine(service.Service):
                 self._slicing.release()
             except defer.TimeoutError:
                 self.log.critical("matchengine: the slice under way is not written after "
-                                  "{seconds} s; stopping without it", seconds=SLICE_STOP_PATIENCE)
+                                  "{seconds} s; stopping without it",
+                                  seconds=SLICE_STOP_PATIENCE)
         fence = getattr(self.db_log_commits, "fence", None)
         if fence is not None:
             try:
