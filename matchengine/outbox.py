@@ -77,11 +77,12 @@ class WriterOutbox:
         self.reactor = reactor
         # `lock`: a file the writer holds while it runs; a new writer waits for the one
         # its killed daemon left behind (see matchengine.writer.take_turn)
-        # `run`: this daemon run, for its writers (matchengine.writer); `parent`: this
-        # process, which a writer finds gone once its turn comes if the daemon has ended
+        # `run`: this daemon run, for its writers (matchengine.writer); `parent` (set at
+        # each start): this process, which a writer finds gone, once its turn comes, if the
+        # daemon has ended
         self.settings = {"db_history": dict(db_history), "brokers": brokers,
                          "workers": workers, "lock": lock,
-                         "run": int.from_bytes(os.urandom(7), "big"), "parent": os.getpid()}
+                         "run": int.from_bytes(os.urandom(7), "big")}
         self.interval = interval
         self.restart_delay = restart_delay
         self.history, self.messages = [], []
@@ -110,6 +111,9 @@ class WriterOutbox:
         if recovered is not None:
             self.oper_id = recovered
             self.settings.update(recovered=recovered, rebuild=rebuild)
+        # the process that spawns it, which twistd's daemonizing forks made after this
+        # object was built
+        self.settings["parent"] = os.getpid()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
         self.reactor.spawnProcess(_WriterProtocol(self), sys.executable,
@@ -245,9 +249,10 @@ class WriterOutbox:
                 # everything confirmed, but its ending records a position (the messages
                 # lane's) in a history database that is away
                 self.log.critical(
-                    "stopping: the writer, everything written, has not ended after {patience} "
-                    "s (the history database away?); stopped: the next start may send again "
-                    "the messages since the last position recorded", patience=patience)
+                    "stopping: the writer has not ended {patience} s after its last batch was "
+                    "written (recording its position with the history database away, or "
+                    "still rebuilding?); stopped: the next start writes again what it had "
+                    "not recorded", patience=patience)
                 with contextlib.suppress(OSError, error.ProcessExitedAlready):
                     proto.transport.signalProcess("KILL")
             await ended

@@ -284,6 +284,46 @@ class CrashTests(TestCase):
         failed)."""
         return defer.Deferred.fromCoroutine(self.slice_scenario())
 
+    async def daemonized_scenario(self):
+        broker = testing.KafkaBroker().start()
+        self.addCleanup(broker.stop)
+        port = testing.free_port()
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(workdir, "log"))
+        path, pidfile = os.path.join(workdir, "config.json"), os.path.join(workdir, "me.pid")
+        with open(path, "w") as f:
+            json.dump(self.config(port, broker.address), f)
+        # twistd without -n: the process started forks the daemon and exits
+        started = await threads.deferToThread(
+            subprocess.run, [sys.executable, "-c", RUN_TWISTD, "--pidfile", pidfile,
+                             "--logfile", os.path.join(workdir, "twistd.log"), "matchengine",
+                             "--config", path],
+            cwd=workdir, env=dict(os.environ, PYTHONPATH=testing.ROOT), capture_output=True,
+            timeout=60)
+        self.assertEqual(started.returncode, 0, started.stderr)
+        await until(lambda: os.path.exists(pidfile), 30, "the pid file")
+        pid = int(open(pidfile).read())
+        self.addCleanup(lambda: testing.ended(pid) or os.kill(pid, signal.SIGKILL))
+        client = RPCClient(reactor, "matchengine", ["tcp@127.0.0.1:%d" % port], 1 << 20,
+                           reconnect_timeout=0.2)
+        client.start()
+        self.addCleanup(client.stop)
+        await until(lambda: client.connected, 60, "daemon up")
+        for n in range(1, 4):
+            reply = await client.call(102, [n, "BCH", "deposit", n, "1", {}], 10.0)
+            self.assertIsNone(reply["error"])
+        await self.history_is({1, 2, 3}, 3)
+        os.kill(pid, signal.SIGTERM)
+        await until(lambda: testing.ended(pid), 60, "the daemon stopped")
+        log = open(os.path.join(workdir, "log", "matchengine.log")).read()
+        self.assertNotIn("writer process ended", log)
+
+    def test_daemonized(self):
+        """Started as twistd starts it by default (daemonized: forked after the service was
+        made), the daemon's writer writes the history: it takes the daemon for its parent
+        (it took the process that had forked it for the daemon, ended, and never wrote)."""
+        return defer.Deferred.fromCoroutine(self.daemonized_scenario())
+
     def test_killed_daemons_statement_fenced(self):
         """A killed daemon's INSERT still under way in MariaDB ends before its successor
         reads the log (the log's named lock): the successor's acknowledged writes are

@@ -413,9 +413,10 @@ class WriterTests(TestCase):
             stopped = defer.Deferred.fromCoroutine(outbox.stop(patience=0.5))
             self.assertTrue(await within(reactor, stopped, 10))
         locker.rollback()
-        self.assertIn("stopping: the writer, everything written, has not ended after 0.5 s "
-                      "(the history database away?); stopped: the next start may send again "
-                      "the messages since the last position recorded",
+        self.assertIn("stopping: the writer has not ended 0.5 s after its last batch was "
+                      "written (recording its position with the history database away, or "
+                      "still rebuilding?); stopped: the next start writes again what it had "
+                      "not recorded",
                       [formatEvent(e) for e in events if e["log_level"] == LogLevel.critical])
         rows = await db.query("SELECT `detail` FROM `balance_history_7` ORDER BY `id`")
         self.assertEqual([json.loads(r[0])["n"] for r in rows], [1, 2])
