@@ -49,9 +49,11 @@ GC_YOUNG_THRESHOLD = 20000
 # LOG_CHECKED_FROM can make an entry too long, and only such a write has its entry measured
 # before it is executed
 LOG_DETAIL_MAX = 65535
-# seconds a stop waits for a slice being written (its child dies with the daemon)
-SLICE_STOP_PATIENCE = 60
 LOG_CHECKED_FROM = LOG_DETAIL_MAX // 6
+
+# seconds a stop waits for a slice being written (its child dies with the daemon): well
+# within the 60 s the watchdog gives a stopping daemon, the writer's stop still to come
+SLICE_STOP_PATIENCE = 30
 
 # the modules of the matching path, compiled with Cython when installed (setup.py)
 COMPILED_MODULES = ("matchengine.balance", "matchengine.book", "matchengine.effects",
