@@ -511,21 +511,26 @@ def lift_read_timeout(connection):
 
 
 # TCP keepalive of the MySQL connections: the first probe after 20 s of silence, then every
-# 5 s; 4 unanswered probes end the connection
+# 5 s; 4 unanswered probes end the connection.  Data sent and not acknowledged for as long
+# (40 s) ends it too.
 KEEPALIVE = (20, 5, 4)
 
 
 def keep_alive(sock, idle=KEEPALIVE[0], interval=KEEPALIVE[1], count=KEEPALIVE[2]):
-    """Have the kernel probe a TCP socket that has been silent for `idle` seconds.  A
+    """Have the kernel probe a TCP socket that has been silent for `idle` seconds, and give
+    it up when what it sent goes unacknowledged for as long as the probes take.  A
     statement waiting for its answer reads with no timeout: should the server's host vanish
     (a crash, a network cut) after taking the statement, nothing else would ever end the
-    read, and a daemon would hang without a word.  A server that is merely slow (a lock
-    wait) answers the probes, and its statement goes on.  No-op on UNIX sockets."""
+    read, and a daemon would hang without a word; while a statement is still being sent,
+    the kernel sends no probes, and would retransmit for a quarter of an hour.  A server
+    that is merely slow (a lock wait) answers the probes, and its statement goes on.  No-op
+    on UNIX sockets."""
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for option, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval),
-                          ("TCP_KEEPCNT", count)):
+                          ("TCP_KEEPCNT", count),
+                          ("TCP_USER_TIMEOUT", (idle + interval * count) * 1000)):
         if hasattr(socket, option):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 

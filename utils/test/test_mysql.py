@@ -295,8 +295,10 @@ class MySQLTests(Scenarios, TestCase):
                     sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
                     sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
                     sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
                     sock.gettimeout())
-        self.assertEqual(await db.interaction(options), (1,) + mysql.KEEPALIVE + (None,))
+        self.assertEqual(await db.interaction(options),
+                         (1,) + mysql.KEEPALIVE + (40000, None))
 
     def test_idle_connections_probed(self):
         """A pool's TCP connections have keepalive probes (their statements have no read
