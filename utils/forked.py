@@ -24,6 +24,10 @@ from twisted.internet import defer, task
 __all__ = ["in_child", "reap", "release_inherited", "die_with_parent", "ChildFailed"]
 
 PR_SET_PDEATHSIG = 1
+try:    # looked up once here: a child forked from a process with threads runs no loader
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):      # not Linux
+    _prctl = None
 
 
 class ChildFailed(Exception):
@@ -58,8 +62,10 @@ def die_with_parent(parent):
     dies, and end at once if it has already.  A child of a daemon killed by kill -9 would
     otherwise go on writing beside the daemon started after it (a slice it then takes for
     unfinished and drops).  On Linux; elsewhere the child lives on as before."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if _prctl is not None and _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        with contextlib.suppress(OSError):    # no stderr left to tell
+            os.write(2, ("prctl(PR_SET_PDEATHSIG) failed: %s\n"
+                         % os.strerror(ctypes.get_errno())).encode())
     if os.getppid() != parent:
         os._exit(1)
 
