@@ -370,6 +370,26 @@ class ServiceTests(TestCase):
         as the first subscription did, where polls had gone on from the last id seen."""
         return defer.Deferred.fromCoroutine(self.deals_again_scenario())
 
+    def each_with_state(self, calls, state):
+        """In one session, each of `calls` (method, params) sent and answered in turn: a
+        Deferred firing with (each answer's error code or None, `state()` after each)."""
+        def run():
+            client = testing.WSClient("127.0.0.1", self.ws_port)
+            errors, states = [], []
+            try:
+                for n, (method, params) in enumerate(calls, 1):
+                    client.send(json.dumps({"id": n, "method": method, "params": params}))
+                    while True:
+                        message = json.loads(client.recv(3))
+                        if message.get("id") == n:
+                            break
+                    errors.append(message["error"] and message["error"]["code"])
+                    states.append(threads.blockingCallFromThread(reactor, state))
+            finally:
+                client.close()
+            return errors, states
+        return threads.deferToThread(run)
+
     async def bad_element_scenario(self):
         await self.start(depth_limit=[10, 5])
         service = self.service
@@ -380,29 +400,13 @@ class ServiceTests(TestCase):
                     {key for key, sessions in service.subs["depth"].items()
                      if session in sessions})
 
-        def run():
-            client = testing.WSClient("127.0.0.1", self.ws_port)
-            states, errors = [], []
-            try:
-                for n, (method, params) in enumerate([
-                        ("server.auth", ["good", "web"]),
-                        ("order.subscribe", ["BTCBCH"]), ("order.subscribe", ["ETHBCH", 5]),
-                        ("asset.subscribe", ["BTC"]), ("asset.subscribe", ["BCH", None]),
-                        ("depth.subscribe", ["BTCBCH", 10, "0"]),
-                        ("depth.subscribe", ["BTCBCH", 7, "0"]),
-                        ("depth.subscribe", ["BTCBCH", 5, "0"]),
-                        ("depth.subscribe", ["BTCBCH", -1, "0"])], 1):
-                    client.send(json.dumps({"id": n, "method": method, "params": params}))
-                    while True:
-                        message = json.loads(client.recv(3))
-                        if message.get("id") == n:
-                            break
-                    errors.append(message["error"] and message["error"]["code"])
-                    states.append(threads.blockingCallFromThread(reactor, subscriptions))
-            finally:
-                client.close()
-            return errors, states
-        errors, states = await threads.deferToThread(run)
+        errors, states = await self.each_with_state([
+            ("server.auth", ["good", "web"]),
+            ("order.subscribe", ["BTCBCH"]), ("order.subscribe", ["ETHBCH", 5]),
+            ("asset.subscribe", ["BTC"]), ("asset.subscribe", ["BCH", None]),
+            ("depth.subscribe", ["BTCBCH", 10, "0"]), ("depth.subscribe", ["BTCBCH", 7, "0"]),
+            ("depth.subscribe", ["BTCBCH", 5, "0"]), ("depth.subscribe", ["BTCBCH", -1, "0"])],
+            subscriptions)
         self.assertEqual(errors, [None, None, 1, None, 1, None, 1, None, 1])
         depth10, depth5 = ("BTCBCH", 10, "0"), ("BTCBCH", 5, "0")
         self.assertEqual(states, [
@@ -427,25 +431,10 @@ class ServiceTests(TestCase):
         def keys():
             return {family: set(service.subs[family]) for family in ("kline", "depth")}
 
-        def run():
-            client = testing.WSClient("127.0.0.1", self.ws_port)
-            errors, states = [], []
-            try:
-                for n, (method, params) in enumerate([
-                        ("kline.subscribe", ["BTCBCH", (1 << 32) + 60]),
-                        ("depth.subscribe", ["BTCBCH", (1 << 32) + 10, "0"]),
-                        ("kline.subscribe", ["BTCBCH", 1 << 32])], 1):
-                    client.send(json.dumps({"id": n, "method": method, "params": params}))
-                    while True:
-                        message = json.loads(client.recv(3))
-                        if message.get("id") == n:
-                            break
-                    errors.append(message["error"] and message["error"]["code"])
-                    states.append(threads.blockingCallFromThread(reactor, keys))
-            finally:
-                client.close()
-            return errors, states
-        errors, states = await threads.deferToThread(run)
+        errors, states = await self.each_with_state([
+            ("kline.subscribe", ["BTCBCH", (1 << 32) + 60]),
+            ("depth.subscribe", ["BTCBCH", (1 << 32) + 10, "0"]),
+            ("kline.subscribe", ["BTCBCH", 1 << 32])], keys)
         self.assertEqual(errors, [None, None, 1])
         kline, depth = {("BTCBCH", 60)}, {("BTCBCH", 10, "0")}
         self.assertEqual(states, [{"kline": kline, "depth": set()},
