@@ -160,6 +160,11 @@ class HTTPServerProtocol(protocol.Protocol):
             if call is not None and call.active():
                 call.cancel()
         self.idle_call = self.request_call = self.close_call = None
+        # the parser refers back to this protocol: the pair, and the answers and transport
+        # buffers it holds (megabytes for a client that did not read), would otherwise wait
+        # for the cycle collector, which their bytes do not bring on
+        self.parser = None
+        self.slots = []
         self.factory.connections.settle()
 
     def readConnectionLost(self):
