@@ -185,6 +185,8 @@ class _CallableFactory(Factory):
 class _Notifying(Factory):
     """Wraps the protocol factory so the client hears when a connection is lost."""
 
+    noisy = False       # its start and stop at each try would fill the log while a peer is away
+
     def __init__(self, factory, client):
         self._factory = factory
         self._client = client

@@ -74,7 +74,9 @@ class AlertSender:
     def _write(self, data: bytes) -> None:
         try:
             if self._port is None:
-                self._port = self.reactor.listenUDP(0, DatagramProtocol())
+                protocol = DatagramProtocol()
+                protocol.noisy = False
+                self._port = self.reactor.listenUDP(0, protocol)
             self._port.write(data, self.addr)
         except Exception as e:
             if not self._failing:

@@ -6,6 +6,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -196,6 +197,23 @@ class LoopbackTests(TestCase):
     def test_reconnects(self):
         """The client reconnects once the server is back."""
         return Deferred.fromCoroutine(self._scenario())
+
+    async def _quiet_scenario(self):
+        client = ReconnectingClient(reactor, ["tcp@127.0.0.1:%d" % free_port()], Recorder,
+                                    reconnect_timeout=0.05, name="backend")
+        with capturedLogs() as events:
+            client.start()
+            await _until(lambda: sum(formatEvent(event).startswith("backend: cannot connect")
+                                     for event in events) >= 4)
+            await client.stop()
+        self.assertEqual([formatEvent(event) for event in events
+                          if "factory" in formatEvent(event)], [])
+        self.flushLoggedErrors()
+
+    def test_tries_logged_once_each(self):
+        """A peer away is one line a try: not two more of Twisted's, a factory started and
+        stopped (two thirds of a gateway's log while a backend was down)."""
+        return Deferred.fromCoroutine(self._quiet_scenario())
 
 
 async def _until(predicate, seconds=10):

@@ -4,7 +4,7 @@ import threading
 
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger, LogLevel, capturedLogs, formatEvent
 from twisted.python import threadable
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -184,8 +184,13 @@ class LoopbackTests(TestCase):
         sender = AlertSender(reactor, "matchengine",
                              "127.0.0.1:{}".format(port.getHost().port))
         self.addCleanup(sender.close)
-        AlertLogObserver(sender)({"log_level": LogLevel.critical, "log_format": "boom {x}",
-                                  "x": 1, "log_namespace": "me.server"})
+        self.patch(threadable, "isInIOThread", lambda: True)     # the socket opened now
+        with capturedLogs() as events:
+            AlertLogObserver(sender)({"log_level": LogLevel.critical,
+                                      "log_format": "boom {x}", "x": 1,
+                                      "log_namespace": "me.server"})
+        # its socket opened without Twisted's line about its protocol starting
+        self.assertEqual([formatEvent(e) for e in events if "protocol" in formatEvent(e)], [])
         receiver.received.addCallback(self.assertEqual,
                                       MAGIC + b"matchengine: [fatal]me.server: boom 1\n")
         return receiver.received
