@@ -163,8 +163,10 @@ class AccessHTTP(service.Service):
             self.log.info("accesshttp: {error}", error=failure.getErrorMessage())
             return 200, http.error_body(1, "invalid argument", request.id)
         if failure.check(RPCTimeout, ConnectionLost):
-            self.log.warn("accesshttp: {backend} did not answer {method} in time",
-                          backend=backend, method=method)
+            self.log.warn("accesshttp: {backend} did not answer {method} {why}",
+                          backend=backend, method=method,
+                          why="in time" if failure.check(RPCTimeout)
+                          else "(the connection was lost)")
             return 504, http.error_body(5, "service timeout", request.id)
         self.log.failure("accesshttp: {method} failed", failure, method=method)
         return 500, b""

@@ -11,6 +11,7 @@ import time
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from accesshttp import config, openrpc
@@ -96,15 +97,20 @@ class GatewayTests(SynchronousTestCase):
         self.assertEqual(len(METHODS), 23)
 
     def test_backend_errors(self):
-        """Not connected: 500 empty; timeout or lost connection: 504 error 5."""
+        """Not connected: 500 empty; timeout or lost connection: 504 error 5, the log
+        saying which."""
         me = self.gateway.backends["matchengine"]
         me.answer = lambda: defer.fail(NotConnected("down"))
         self.assertEqual(self.request(call(1, "balance.query", [1]))[0], [(500, b"")])
-        for error in (RPCTimeout("slow"), ConnectionLost("gone")):
+        for error, why in ((RPCTimeout("slow"), "in time"),
+                           (ConnectionLost("gone"), "(the connection was lost)")):
             me.answer = lambda error=error: defer.fail(error)
-            self.assertEqual(self.request(call(3, "balance.query", [1]))[0], [
-                (504, b'{"error": {"code": 5, "message": "service timeout"}, "result": null, '
-                      b'"id": 3}')])
+            with capturedLogs() as events:
+                self.assertEqual(self.request(call(3, "balance.query", [1]))[0], [
+                    (504, b'{"error": {"code": 5, "message": "service timeout"}, '
+                          b'"result": null, "id": 3}')])
+            self.assertIn("accesshttp: matchengine did not answer balance.query " + why,
+                          [formatEvent(e) for e in events])
 
     def test_slow_backend_does_not_block_others(self):
         """While one backend has not answered, another backend's answer goes out."""
