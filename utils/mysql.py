@@ -43,6 +43,8 @@ from twisted.enterprise import adbapi
 from twisted.internet import defer
 from twisted.logger import Logger, LogLevel
 
+from utils.config import INT64_MAX
+
 __all__ = ["Database", "Dialect", "MYSQL", "SQLITE", "connect_mysql", "connect_sqlite",
            "open_sqlite", "from_config", "server_address", "split_statements",
            "CONNECTION_LOST", "load_local", "LOCAL_LOAD_REFUSED", "Aborted", "MySQLPool",
@@ -139,7 +141,6 @@ class _SQLite(Dialect):
         return ["%s (\n    %s\n)" % (head, ",\n    ".join(columns))] + indexes
 
 
-INT64_MAX = (1 << 63) - 1
 _LIMIT = re.compile(r"\b(LIMIT\s+)(\d{19,})")
 
 
@@ -160,10 +161,14 @@ def _ci_compare(a, b):
     return (a > b) - (a < b)
 
 
+def _knows_collation(conn):
+    conn.create_collation(COLLATION, _ci_compare)
+
+
 def open_sqlite(path, **kwargs):
     """An SQLite connection that knows the collation `mysql_ci` of the tables made here."""
     conn = sqlite3.connect(path, **kwargs)
-    conn.create_collation(COLLATION, _ci_compare)
+    _knows_collation(conn)
     return conn
 
 
@@ -667,7 +672,7 @@ def connect_mysql(host, port, user, password, database, charset="utf8", min_conn
 def connect_sqlite(path, reactor=None):
     """An SQLite database used through the same interface, one connection (one writer)."""
     def opened(conn):
-        conn.create_collation(COLLATION, _ci_compare)
+        _knows_collation(conn)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
 

@@ -373,8 +373,7 @@ class WriterTests(TestCase):
         with capturedLogs() as events:
             await defer.Deferred.fromCoroutine(outbox.stop(patience=0.5))
         self.assertIsNone(outbox.process)
-        self.assertFalse(os.path.exists("/proc/%d" % pid) and
-                         open("/proc/%d/stat" % pid).read().split()[2] != "Z")
+        self.assertTrue(testing.ended(pid))
         self.assertIn("stopping: the writer confirmed nothing for 0.5 s; stopped with 1 "
                       "batches (1 history rows, 1 messages) not written, which the next "
                       "start rebuilds from the operation log",
