@@ -387,8 +387,10 @@ class AccessWS(service.Service):
                 or not _int(params[2]):
             raise rpc.INVALID_ARGUMENT()
         session.data["source"] = "api"
+        # the tonce as the original's unsigned 64-bit integer
         url = "%s?access_id=%s&tonce=%d" % (self.cfg["sign_url"],
-                                           urllib.parse.quote(params[0], safe=""), params[2])
+                                           urllib.parse.quote(params[0], safe=""),
+                                           params[2] % (1 << 64))
         return self._authenticate(session, url, params[1])
 
     async def _authenticate(self, session, url, authorization):
@@ -458,7 +460,12 @@ class AccessWS(service.Service):
         self._join("kline", session, (market, interval))
         return {"status": "success"}
 
-    def depth_subscribe(self, session, params):
+    # As in the original, a subscription's stored snapshot goes out right after the success
+    # reply, in the same pass: a change polled later is then always a change to that
+    # snapshot, and a deal polled meanwhile is not pushed twice.
+
+    @with_request
+    def depth_subscribe(self, session, params, request):
         if len(params) != 3:
             raise rpc.INVALID_ARGUMENT()
         market = _market(params[0])
@@ -478,21 +485,24 @@ class AccessWS(service.Service):
             raise rpc.INVALID_ARGUMENT()
         key = (market, limit, interval)
         self._join("depth", session, key)
+        request.reply_result({"status": "success"})
         book = self.stored["depth"].get(key)
         if book is not None:
-            self.reactor.callLater(0, self._push, session, "depth.update", [True, book, market])
-        return {"status": "success"}
+            self._push(session, "depth.update", [True, book, market])
+        return NO_REPLY
 
     def _markets_subscribe(self, family):
-        def subscribe(session, params):
+        @with_request
+        def subscribe(session, params, request):
             self._leave(family, session)
             markets = []
             for value in params:
                 market = _market(value)
                 self._join(family, session, market)
                 markets.append(market)
-            self.reactor.callLater(0, self._snapshot, family, session, markets)
-            return {"status": "success"}
+            request.reply_result({"status": "success"})
+            self._snapshot(family, session, markets)
+            return NO_REPLY
         return subscribe
 
     def _snapshot(self, family, session, markets):
@@ -683,8 +693,9 @@ class AccessWS(service.Service):
         except (ValueError, TypeError, KeyError):
             self.log.error("accessws: bad orders message at {offset}", offset=offset)
             return
-        if not event or type(user) is not int or not user or type(stock) is not str \
-                or type(money) is not str:
+        # an event that is no integer is 0 to the original, which drops the message
+        if type(event) is not int or not event or type(user) is not int or not user \
+                or type(stock) is not str or type(money) is not str:
             return
         self._refresh_asset(user, stock)
         self._refresh_asset(user, money)

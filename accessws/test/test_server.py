@@ -4,6 +4,7 @@ outcomes, refusals, malformed frames, and a thousand subscribers receiving pushe
 in memory too."""
 
 import json
+from decimal import Decimal
 import time
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -613,6 +614,98 @@ class StopTests(SynchronousTestCase):
         self.pump.flush()
         self.successResultOf(stopped)
         self.assertTrue(self.client.lost)
+
+
+class InMemoryTests(SynchronousTestCase):
+    """accessws with a client in memory, fake backends, auth service and clock."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.calls = []
+        self.urls = []
+        self.service = AccessWS(gateway_config(), reactor=self.clock, listen=False,
+                                http_get=self.http_get, clock_time=self.clock.seconds)
+        for key in list(self.service.clients):
+            self.service.clients[key] = FakeBackend(" ".join(key), self.calls)
+        factory = self.service.factory
+        factory.setProtocolOptions(openHandshakeTimeout=0)
+        factory.doStart()
+        self.addCleanup(factory.doStop)
+        self.server, self.client, self.pump = connect(factory, self.clock)
+
+    def http_get(self, url, headers, timeout):
+        self.urls.append(url)
+        return defer.succeed(json.dumps({"code": 0, "data": {"user_id": 7}}).encode())
+
+    def received(self):
+        self.pump.flush()
+        self.clock.advance(1)
+        self.pump.flush()
+        return [json.loads(m) for m in self.client.take()]
+
+    def poll_answer(self, family, key, result):
+        self.service._polled({"error": None, "result": result, "id": 1}, family, key)
+
+    def test_depth_snapshot_before_changes(self):
+        """A depth subscriber gets the stored book right after its success reply, before
+        any change polled later, so that the changes apply to that book (the snapshot
+        used to leave on the reactor's next pass, after a change polled meanwhile)."""
+        key = ("BTCBCH", 10, "0")
+        old = {"asks": [["8000", "1"]], "bids": []}
+        self.service.stored["depth"][key] = old
+        self.service.depth_full_at[key] = self.clock.seconds()
+        self.client.call(1, "depth.subscribe", list(key))
+        self.pump.flush()
+        self.poll_answer("depth", key, {"asks": [["8000", "2"]], "bids": []})
+        self.assertEqual(self.received(), [
+            {"error": None, "result": {"status": "success"}, "id": 1},
+            {"method": "depth.update", "params": [True, old, "BTCBCH"], "id": None},
+            {"method": "depth.update", "params": [False, {"asks": [["8000", "2"]]}, "BTCBCH"],
+             "id": None}])
+
+    def test_market_snapshots_once(self):
+        """A subscriber to deals or price gets what was stored when it subscribed, then
+        only what a later poll brings: a deal polled meanwhile is not pushed twice."""
+        deal = {"id": 1, "time": 1.5, "price": "50", "amount": "1", "type": "buy"}
+        later = dict(deal, id=2, price="51")
+        self.service.stored["deals"]["BTCBCH"] = [deal]
+        self.service.deals_last_id["BTCBCH"] = 1
+        self.service.stored["price"]["BTCBCH"] = Decimal("50")
+        self.client.call(1, "deals.subscribe", ["BTCBCH"])
+        self.client.call(2, "price.subscribe", ["BTCBCH"])
+        self.pump.flush()
+        self.poll_answer("deals", "BTCBCH", [later])
+        self.poll_answer("price", "BTCBCH", "51.00000000")
+        self.assertEqual(self.received(), [
+            {"error": None, "result": {"status": "success"}, "id": 1},
+            {"method": "deals.update", "params": ["BTCBCH", [deal]], "id": None},
+            {"error": None, "result": {"status": "success"}, "id": 2},
+            {"method": "price.update", "params": ["BTCBCH", "50"], "id": None},
+            {"method": "deals.update", "params": ["BTCBCH", [later]], "id": None},
+            {"method": "price.update", "params": ["BTCBCH", "51.00000000"], "id": None}])
+
+    def test_sign_tonce_unsigned(self):
+        """server.sign sends its tonce as the original's unsigned 64-bit integer."""
+        self.client.call(1, "server.sign", ["a b", "secret", -7])
+        self.client.call(2, "server.sign", ["a", "secret", 9223372036854775807])
+        self.assertEqual([m["result"] for m in self.received()], [{"status": "success"}] * 2)
+        self.assertEqual(self.urls, [
+            "http://127.0.0.1:1/auth?access_id=a%20b&tonce=18446744073709551609",
+            "http://127.0.0.1:1/auth?access_id=a&tonce=9223372036854775807"])
+
+    def test_order_event_integer(self):
+        """An orders message whose event is not an integer is dropped, as the original
+        reads such an event as 0."""
+        self.client.call(1, "server.auth", ["good", "web"])
+        self.client.call(2, "order.subscribe", ["BTCBCH"])
+        self.received()
+        order = {"id": 3, "user": 7, "market": "BTCBCH"}
+        for event in ("2", 1.5, True, None, 0, 2):
+            self.service.on_order(0, json.dumps({"event": event, "order": order,
+                                                 "stock": "BTC", "money": "BCH"}))
+        self.assertEqual(self.received(), [
+            {"method": "order.update", "params": [2, order], "id": None}])
 
 
 class TLSConfigTests(TestCase):
