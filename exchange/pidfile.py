@@ -12,7 +12,6 @@ the same folder is still refused by twistd.  The file must be the exchange's own
 Makefile's `$(DATA)/exchange.pid`), not one shared with other twistd applications.
 """
 
-import os
 import sys
 
 __all__ = ["drop_stale", "main"]
@@ -23,22 +22,10 @@ def drop_stale(path, out=None):
     none, another program, or this very process (a pid used again).  Returns whether it
     was removed; a note goes to `out` (default stderr).  A file without a pid in it is left
     for twistd to report."""
-    from utils.watchdog import is_daemon, read_pid
-    pid = read_pid(path)
-    if pid is None:
-        return False
-    if pid != os.getpid() and is_daemon(pid, "exchange", "worker"):
-        return False
+    from utils.watchdog import drop_stale_pidfile
     out = out or sys.stderr
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        return False
-    except OSError as e:
-        print("cannot remove the stale pid file %s: %s" % (path, e.strerror or e), file=out)
-        return False
-    print("removed the stale pid file %s (pid %d is no exchange)" % (path, pid), file=out)
-    return True
+    return drop_stale_pidfile(path, "exchange", "worker",
+                              out=lambda text: print(text, file=out))
 
 
 def main(argv=None, out=None):

@@ -278,8 +278,9 @@ class WorkerPool(service.Service):
         if waiting is not None:
             waiting.callback(None)
             return
-        log.error("{name} {index} ended: {reason}", name=self.name, index=index,
-                  reason=reason)
+        # fatal, so that it alerts, as the original's keepalive parent logs a dead worker
+        log.critical("{name} {index} ended: {reason}", name=self.name, index=index,
+                     reason=reason)
         if self.running:
             self._restarts[index] = self.reactor.callLater(RESTART_DELAY, self._spawn, index)
 

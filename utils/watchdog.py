@@ -24,6 +24,14 @@ The worker logs per its config's `log` block alone (twistd's own log file of the
 `start` first loads the config as the worker will, and refuses to start with the message
 that names the file and key when it cannot be used.
 
+A pid counts only when its process is this module's twistd watchdog or worker running in
+this deployment folder: after a crash or a reboot a pid file may name another program's
+process, or another deployment's.  Such a file is neither waited for nor signalled, and the
+watchdog removes a stale worker pid file before each start of its worker (twistd would take
+its process for a running worker and refuse to start, for ever).  When the module's config
+has an `alert` section, the watchdog's own fatal lines (a worker that died, and how) go to
+alertcenter as the daemon's do.
+
 The shell scripts call this module:
 
     python -m utils.watchdog start   DIR MODULE [CONFIG]
@@ -96,6 +104,9 @@ def make_monitor(options, reactor=None):
     from twisted.internet.error import ProcessDone
     from twisted.runner.procmon import ProcessMonitor
 
+    pid_file = options["worker-pidfile"]
+    home = os.getcwd()
+
     class Monitor(ProcessMonitor):
         """Says in its log (critical) how a worker ended when nobody stopped it, and stops
         with a worker that was asked to stop (exit status 0: SIGTERM or SIGQUIT sent to the
@@ -106,6 +117,12 @@ def make_monitor(options, reactor=None):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
             self._ending = {}       # name: the Deferreds that fire when that worker ends
+
+        def startProcess(self, name):
+            if pid_file and name not in self.protocols:
+                drop_stale_pidfile(pid_file, options["module"], "worker", home,
+                                   out=lambda text: self.log.warn("{text}", text=text))
+            super().startProcess(name)
 
         def stopService(self):
             """SIGTERM to every worker, SIGKILL to one still running `killTime` seconds
@@ -150,8 +167,31 @@ def make_monitor(options, reactor=None):
     env.pop(READY_FILE, None)
     if options["worker-readyfile"]:
         env[READY_FILE] = os.path.abspath(options["worker-readyfile"])
-    monitor.addProcess(options["module"], cmd, env=env, cwd=os.getcwd())
+    monitor.addProcess(options["module"], cmd, env=env, cwd=home)
     return monitor
+
+
+def alert_observer(options, reactor):
+    """The observer that sends the watchdog's fatal lines to alertcenter, made from the
+    `alert` section of the config in the worker's arguments (`--config PATH`); None when
+    there is none or it cannot be read (the worker reports a broken config itself)."""
+    from utils.alert import AlertLogObserver, AlertSender
+    args = options["args"]
+    path = None
+    for i, word in enumerate(args):
+        if word == "--config" and i + 1 < len(args):
+            path = args[i + 1]
+        elif word.startswith("--config="):
+            path = word[len("--config="):]
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            alert = json.load(f)["alert"]
+        sender = AlertSender(reactor, str(alert["host"]), alert["addr"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return AlertLogObserver(sender)
 
 
 class _Signals(Service):
@@ -176,6 +216,10 @@ class _Signals(Service):
 
 def makeService(options):
     from twisted.internet import reactor
+    from twisted.logger import globalLogPublisher
+    observer = alert_observer(options, reactor)
+    if observer is not None:
+        globalLogPublisher.addObserver(observer)
     top = MultiService()
     make_monitor(options, reactor).setServiceParent(top)
     _Signals(reactor).setServiceParent(top)
@@ -218,11 +262,13 @@ def _running(pid):
         return True
 
 
-def is_daemon(pid, module, role):
+def is_daemon(pid, module, role, home=None):
     """Whether `pid` runs as `module`'s `role` ("watchdog" or "worker"): a twistd process
     with the module's name among its arguments, and "watchdog" among them for the watchdog
-    alone.  A pid file that outlived its process (a crash, a reboot) may name another
-    program's process by now, which is neither waited for nor signalled."""
+    alone, working in the folder `home` when one is given (one deployment's pid file may
+    name another deployment's daemon by now).  A pid file that outlived its process (a
+    crash, a reboot) may name another program's process by now, which is neither waited for
+    nor signalled."""
     if not _running(pid):
         return False
     try:
@@ -232,7 +278,39 @@ def is_daemon(pid, module, role):
         return False
     if module not in words or not any("twistd" in word for word in words):
         return False
-    return ("watchdog" in words) == (role == "watchdog")
+    if ("watchdog" in words) != (role == "watchdog"):
+        return False
+    if home is not None:
+        try:
+            cwd = os.readlink("/proc/%d/cwd" % pid)
+        except PermissionError:
+            return True         # another user's: only its arguments can tell
+        except OSError:
+            return False
+        return os.path.realpath(cwd) == os.path.realpath(home)
+    return True
+
+
+def drop_stale_pidfile(path, module, role, home=None, out=None):
+    """Remove the pid file `path` unless it names a running `role` of `module` (in `home`)
+    other than this very process (a pid used again); whether it was removed.  A note goes
+    to `out` (default stderr); a file without a pid in it is left for twistd to report."""
+    pid = read_pid(path)
+    if pid is None:
+        return False
+    if pid != os.getpid() and is_daemon(pid, module, role, home):
+        return False
+    note = out or (lambda text: print(text, file=sys.stderr))
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        note("cannot remove the stale pid file %s: %s" % (path, e.strerror or e))
+        return False
+    note("removed the stale pid file %s (pid %d is no %s)" % (
+        path, pid, module if role == "worker" else module + " " + role))
+    return True
 
 
 def tcp_addresses(config_path):
@@ -293,11 +371,11 @@ def check(home, module, config=None):
         return False, "%s: down (no pid file %s)" % (module, p["pid"])
     if not _running(pid):
         return False, "%s: down (watchdog pid %d is not running)" % (module, pid)
-    if not is_daemon(pid, module, "watchdog"):
+    if not is_daemon(pid, module, "watchdog", home):
         return False, "%s: down (pid %d of %s is not its watchdog: a stale pid file)" % (
             module, pid, p["pid"])
     worker = read_pid(p["worker_pid"])
-    if not is_daemon(worker, module, "worker"):
+    if not is_daemon(worker, module, "worker", home):
         return False, "%s: down (watchdog pid %d runs, its worker does not: restarting)" % (
             module, pid)
     if read_pid(p["ready"]) != worker:
@@ -353,11 +431,11 @@ def start(home, module, config=None, python=None):
     return subprocess.call(cmd, cwd=home)
 
 
-def _orphan(path, module):
-    """The pid in the worker pid file at `path` when it names a running worker of `module`
-    (one whose watchdog was killed, say), else None."""
-    pid = read_pid(path)
-    return pid if is_daemon(pid, module, "worker") else None
+def _orphan(home, module):
+    """The pid in the worker pid file of `home` when it names a running worker of `module`
+    there (one whose watchdog was killed, say), else None."""
+    pid = read_pid(paths(home, module)["worker_pid"])
+    return pid if is_daemon(pid, module, "worker", home) else None
 
 
 def stop(home, module, wait=KILL_TIME + 10, out=print):
@@ -365,8 +443,8 @@ def stop(home, module, wait=KILL_TIME + 10, out=print):
     running by a killed watchdog gets the SIGTERM itself."""
     p = paths(home, module)
     pid = read_pid(p["pid"])
-    worker = _orphan(p["worker_pid"], module)
-    if not is_daemon(pid, module, "watchdog"):
+    worker = _orphan(home, module)
+    if not is_daemon(pid, module, "watchdog", home):
         pid = worker
         if pid is None:
             out("%s: not running" % module)
@@ -410,10 +488,10 @@ def main(argv=None):
     if command in ("start", "restart"):
         p = paths(home, module)
         pid = read_pid(p["pid"])
-        if is_daemon(pid, module, "watchdog"):
+        if is_daemon(pid, module, "watchdog", home):
             print("%s: already running (watchdog pid %d)" % (module, pid))
             return 1
-        orphan = _orphan(p["worker_pid"], module)
+        orphan = _orphan(home, module)
         if orphan is not None:
             print("%s: already running (worker pid %d, without its watchdog: stop it first)"
                   % (module, orphan))

@@ -11,6 +11,7 @@ import subprocess
 
 from twisted.internet import error, protocol
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -232,7 +233,12 @@ class WorkerPoolTests(SynchronousTestCase):
             self.say_ready(index)
         _, _, process = self.reactor.spawned[1]
         reader = self.pool.readers[1]
-        process.end()
+        with capturedLogs() as events:
+            process.end()
+        # fatal, so that it alerts, as the original's keepalive parent logs a dead worker
+        self.assertEqual([(e["log_level"], formatEvent(e)) for e in events],
+                         [(LogLevel.critical, "worker 1 ended: A process has ended with a "
+                           "probable error condition: process ended by signal 15.")])
         self.assertNotIn(reader, self.reactor.readers)
         self.assertEqual(self.pool.live, 2)
         self.assertEqual(len(self.reactor.spawned), 3)

@@ -153,10 +153,11 @@ class OptionsTests(SynchronousTestCase):
                              (False, "alertcenter: cannot read %s: %s" % (path, reason)))
         self.assertIsNone(keeper.poll())
 
-    def fake_process(self, home, pid_file, *words):
-        """A process whose arguments are `words`, its pid written to log/`pid_file`."""
+    def fake_process(self, home, pid_file, *words, cwd=None):
+        """A process whose arguments are `words`, working in `home` (or `cwd`), its pid
+        written to log/`pid_file`."""
         process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]
-                                   + list(words))
+                                   + list(words), cwd=cwd or home)
         self.addCleanup(process.wait)
         self.addCleanup(process.kill)
         with open(os.path.join(home, "log", pid_file), "w") as f:
@@ -180,6 +181,87 @@ class OptionsTests(SynchronousTestCase):
         worker = self.fake_process(home, "readhistory.worker.pid", "twistd", "matchengine")
         self.assertTrue(watchdog.stop(home, "readhistory", 1, out.append))
         self.assertIsNone(worker.poll())
+
+    def test_another_deployments_daemon(self):
+        """Pid files naming the watchdog and worker of the same module in another
+        deployment folder (pids used again): neither is this folder's, so check says
+        stale, stop signals neither, and start is not refused."""
+        home, other = self.mktemp(), os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(home, "log"))
+        os.makedirs(other)
+        others = [self.fake_process(home, "readhistory.pid", "twistd", "watchdog",
+                                    "readhistory", cwd=other),
+                  self.fake_process(home, "readhistory.worker.pid", "twistd", "readhistory",
+                                    cwd=other)]
+        out = []
+        self.assertTrue(watchdog.stop(home, "readhistory", 1, out.append))
+        self.assertEqual(out, ["readhistory: not running"])
+        self.assertEqual([p.poll() for p in others], [None, None])
+        ok, message = watchdog.check(home, "readhistory")
+        self.assertIn("a stale pid file", message)
+        self.assertIsNone(watchdog._orphan(home, "readhistory"))
+        self.assertEqual(watchdog._orphan(other, "readhistory"), None)  # no pid file there
+        self.assertTrue(watchdog.is_daemon(others[1].pid, "readhistory", "worker", other))
+        self.assertTrue(watchdog.is_daemon(others[1].pid, "readhistory", "worker"))
+
+    def test_stale_worker_pid_removed_before_each_start(self):
+        """Before it starts its worker the watchdog removes a worker pid file naming another
+        program's process (twistd would refuse to start the worker for ever, taking it for a
+        running one) and keeps one naming a running worker of this folder."""
+        from twisted.internet.testing import MemoryReactorClock
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(home, "log"))
+        pid_file = os.path.join(home, "log", "alertcenter.worker.pid")
+        options = watchdog.Options()
+        options.parseOptions(["--worker-pidfile", pid_file, "alertcenter"])
+
+        class Spawning(MemoryReactorClock):
+            def spawnProcess(self, protocol, *args, **kw):
+                spawned.append(os.path.exists(pid_file))
+        spawned = []
+        other = self.fake_process(home, "alertcenter.worker.pid", "sleep")
+        cwd = os.getcwd()
+        os.chdir(home)
+        self.addCleanup(os.chdir, cwd)
+        monitor = watchdog.make_monitor(options, Spawning())
+        monitor.startService()
+        self.assertEqual(spawned, [False])
+        self.assertIsNone(other.poll())
+        running = self.fake_process(home, "alertcenter.worker.pid", "twistd", "alertcenter")
+        monitor = watchdog.make_monitor(options, Spawning())
+        monitor.startService()
+        self.assertEqual(spawned, [False, True])
+        self.assertEqual(watchdog.read_pid(pid_file), running.pid)
+
+    def test_alerts_from_the_watchdog(self):
+        """With an `alert` section in the worker's config, the watchdog's fatal lines go to
+        alertcenter; without one, or with a config it cannot read, they go nowhere."""
+        from twisted.logger import Logger
+
+        from utils import alert
+        path = self.mktemp()
+        with open(path, "w") as f:
+            json.dump({"alert": {"host": "matchengine", "addr": "127.0.0.1:1"}}, f)
+        sent = []
+        self.patch(alert.AlertSender, "send", lambda sender, text: sent.append(
+            (sender.host, sender.addr, text)))
+        options = watchdog.Options()
+        options.parseOptions(["matchengine", "--config", path])
+        observer = watchdog.alert_observer(options, None)
+        Logger(namespace="watchdog", observer=observer).critical(
+            "{name}: the worker ended {how}; starting it again", name="matchengine",
+            how="by signal 9")
+        Logger(namespace="watchdog", observer=observer).error("not sent")
+        self.assertEqual(sent, [("matchengine", ("127.0.0.1", 1), "[fatal]watchdog: "
+                                 "matchengine: the worker ended by signal 9; starting it "
+                                 "again")])
+        with open(path, "w") as f:
+            json.dump({"svr": {}}, f)
+        for args in (["matchengine", "--config", path], ["matchengine"],
+                     ["matchengine", "--config=" + path + ".missing"]):
+            options = watchdog.Options()
+            options.parseOptions(args)
+            self.assertIsNone(watchdog.alert_observer(options, None))
 
     def test_start_refuses_a_broken_config(self):
         """start and restart load the config as the worker will: a config they cannot use
