@@ -34,10 +34,6 @@ KAFKA_PORT = 19092
 # Databases the tests may use: "<prefix><name>", created with the SQL in depends/sql/<name>.sql.
 TEST_DATABASES = ["trade_log", "trade_history", "misc"]
 TEST_DB_PREFIX = "viabtc_test_"
-# History tables are sharded by key mod 100 into copies of their *_example template.
-HISTORY_SHARDS = 100
-HISTORY_TABLES = ["balance_history", "order_history", "order_detail", "deal_history",
-                  "user_deal_history"]
 
 
 def say(msg):
@@ -156,25 +152,15 @@ def mysql_schemas_up():
         for name in TEST_DATABASES:
             db = TEST_DB_PREFIX + name
             cur.execute("CREATE DATABASE IF NOT EXISTS `%s` CHARACTER SET utf8mb4" % db)
-            path = os.path.join(SQL, name + ".sql")
-            if os.path.exists(path):
-                cur.execute("USE `%s`" % db)
-                for statement in split_sql(open(path).read()):
-                    cur.execute(statement)
-            if name == "trade_history":
-                create_history_shards(cur)
+            cur.execute("USE `%s`" % db)
+            # trade_history's tables, then their shards
+            for script in (name, name + "_shards"):
+                path = os.path.join(SQL, script + ".sql")
+                if os.path.exists(path):
+                    for statement in split_sql(open(path).read()):
+                        cur.execute(statement)
             say("database %s ready" % db)
     admin.close()
-
-
-def create_history_shards(cur):
-    cur.execute("SHOW TABLES")
-    have = {row[0] for row in cur.fetchall()}
-    for table in HISTORY_TABLES:
-        for shard in range(HISTORY_SHARDS):
-            name = "%s_%d" % (table, shard)
-            if name not in have:
-                cur.execute("CREATE TABLE `%s` LIKE `%s_example`" % (name, table))
 
 
 def split_sql(text):

@@ -31,7 +31,6 @@ __all__ = ["PORTS", "build", "configs", "create_schema"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HISTORY_TABLES = ("balance_history", "order_history", "order_detail", "deal_history",
                   "user_deal_history")
-HISTORY_SHARDS = 100
 
 # the shipped configs' ports
 PORTS = {"matchengine": 7316, "matchengine_cli": 7317, "readhistory": 7424,
@@ -85,7 +84,7 @@ def configs(ports=None, log_path="log/exchange"):
     return out
 
 
-def create_schema(path, scripts, shards=False):
+def create_schema(path, scripts):
     """Create the tables of the project's SQL `scripts` in the SQLite file `path`."""
     from utils import mysql
     dialect = mysql.SQLITE()
@@ -98,12 +97,6 @@ def create_schema(path, scripts, shards=False):
             for statement in mysql.split_statements(text):
                 for sql in dialect.ddl(statement):
                     cursor.execute(sql)
-        if shards:
-            for table in HISTORY_TABLES:
-                for shard in range(HISTORY_SHARDS):
-                    for sql in dialect.ddl("CREATE TABLE IF NOT EXISTS `%s_%d` LIKE `%s_example`"
-                                           % (table, shard, table)):
-                        cursor.execute(sql)
         conn.commit()
     finally:
         conn.close()
@@ -239,7 +232,7 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
     log_path = os.path.join(data_dir, "trade_log.db")
     history_path = os.path.join(data_dir, "trade_history.db")
     create_schema(log_path, ["trade_log"])
-    create_schema(history_path, ["trade_history"], shards=True)
+    create_schema(history_path, ["trade_history", "trade_history_shards"])
     db_log = mysql.connect_sqlite(log_path, reactor=reactor)
     db_history = mysql.connect_sqlite(history_path, reactor=reactor)
     bus = InProcessBus(reactor=reactor, path=os.path.join(data_dir, "bus"))

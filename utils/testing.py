@@ -318,7 +318,8 @@ class CuttableProxy:
 
 
 def create_database(label, scripts=("trade_log",), history_shards=False):
-    """A fresh test database with the project's schema scripts run in it; returns its name.
+    """A fresh test database with the project's schema scripts run in it (and
+    trade_history's shards when `history_shards`); returns its name.
 
     The caller drops it with `drop_database` (tests: `self.addCleanup(drop_database, name)`).
     """
@@ -333,19 +334,14 @@ def create_database(label, scripts=("trade_log",), history_shards=False):
         with conn.cursor() as cur:
             cur.execute("CREATE DATABASE `%s` CHARACTER SET utf8mb4" % name)
             cur.execute("USE `%s`" % name)
-            for script in scripts:
+            for script in tuple(scripts) + (("trade_history_shards",) if history_shards
+                                            else ()):
                 with open(os.path.join(ROOT, "depends", "sql", script + ".sql")) as f:
                     text = f.read()
                 lines = [line for line in text.splitlines() if not line.strip().startswith("--")]
                 for statement in "\n".join(lines).split(";"):
                     if statement.strip():
                         cur.execute(statement)
-            if history_shards:
-                for table in ("balance_history", "order_history", "order_detail",
-                              "deal_history", "user_deal_history"):
-                    for shard in range(100):
-                        cur.execute("CREATE TABLE `%s_%d` LIKE `%s_example`"
-                                    % (table, shard, table))
     finally:
         conn.close()
     return name

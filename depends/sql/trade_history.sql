@@ -1,6 +1,6 @@
 -- Database trade_history: balance, order and deal history, written by matchengine, read by
--- readhistory.  Each template is copied into 100 shards <name>_0 .. <name>_99 (see
--- depends/services.py, which creates them with CREATE TABLE ... LIKE).
+-- readhistory.  Each template is copied into 100 shards <name>_0 .. <name>_99 by
+-- trade_history_shards.sql, run after this file.
 
 -- balance.history filters on `business`: utf8mb4_unicode_520_ci tells characters of four
 -- bytes apart, where utf8mb4_general_ci weighs them all alike; case aside, as the original's

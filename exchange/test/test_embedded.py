@@ -49,15 +49,16 @@ class ConfigTests(SynchronousTestCase):
     def test_schema(self):
         """The history shards are made, and making the schema again changes nothing."""
         path = self.mktemp()
-        embedded.create_schema(path, ["trade_history"], shards=True)
-        embedded.create_schema(path, ["trade_history"], shards=True)
+        embedded.create_schema(path, ["trade_history", "trade_history_shards"])
+        embedded.create_schema(path, ["trade_history", "trade_history_shards"])
         conn = sqlite3.connect(path)
         names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master "
                                                 "WHERE type = 'table'")}
         conn.close()
         for table in embedded.HISTORY_TABLES:
-            self.assertIn("%s_99" % table, names)
             self.assertIn("%s_example" % table, names)
+            for shard in range(100):
+                self.assertIn("%s_%d" % (table, shard), names)
 
 
 class Module(service.Service):

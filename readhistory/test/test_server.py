@@ -309,7 +309,7 @@ class SQLiteTests(TestCase):
 
     async def scenario(self):
         path = self.mktemp()
-        embedded.create_schema(path, ["trade_history"], shards=True)
+        embedded.create_schema(path, ["trade_history", "trade_history_shards"])
         db = mysql.connect_sqlite(path)
         await db.insert_many("balance_history_41", ["time", "user_id", "asset", "business",
                                                     "change", "balance", "detail"],
