@@ -11,6 +11,7 @@ to the handler registered for the method:
     `method` not a string, `params` not an array
     unknown method                                         404, error 4 "method not found"
     body over `max_body` bytes                             413, empty body, close
+    request line and headers over MAX_HEAD_SIZE bytes      400, empty body, close
     =====================================================  ==============================
 
 A handler returns (or fires a Deferred with) `(status, body_bytes)`.  Connections are
@@ -78,6 +79,12 @@ class JSONRPCRequest:
 
 # the headers that say where a body ends
 _FRAMING = frozenset((b"content-length", b"transfer-encoding"))
+
+# The bound of a request's line and headers, as the original's parser's (80 kB); a chunked
+# body's chunk lines and trailers may take that much again and 8 bytes for each of its own.
+# httptools gathers a header until it ends, so the bytes of a request read past this are
+# refused, not parsed.  (A read that begins a request is not counted: one read more.)
+MAX_HEAD_SIZE = 80 * 1024
 
 
 class _BadRequest(Exception):
@@ -189,6 +196,11 @@ class HTTPServerProtocol(protocol.Protocol):
 
     def _feed(self, data):
         """Parse `data`; what follows a request with upgrade headers, to parse again."""
+        if self.in_message:
+            self.message_bytes += len(data)
+            if self.message_bytes - 9 * self.body_size > MAX_HEAD_SIZE:
+                self._reject(400, "request headers over %d bytes" % MAX_HEAD_SIZE)
+                return None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -307,6 +319,8 @@ class HTTPServerProtocol(protocol.Protocol):
     # -- httptools callbacks -----------------------------------------------------------
 
     def _reset_message(self):
+        self.in_message = False
+        self.message_bytes = 0    # bytes read since the request began (after its first read)
         self.body_parts = []
         self.body_size = 0
         self.too_large = False
@@ -318,6 +332,7 @@ class HTTPServerProtocol(protocol.Protocol):
 
     def on_message_begin(self):
         self._reset_message()
+        self.in_message = True
         if self.request_call is None or not self.request_call.active():
             self.request_call = self.factory.clock.callLater(self.factory.request_timeout,
                                                              self._too_slow)
@@ -333,6 +348,7 @@ class HTTPServerProtocol(protocol.Protocol):
         self.body_parts.append(body)
 
     def on_message_complete(self):
+        self.in_message = False
         if self.request_call is not None and self.request_call.active():
             self.request_call.cancel()
         self.request_call = None

@@ -107,6 +107,35 @@ class ServerTests(SynchronousTestCase):
         self.proto.dataReceived(chunked)
         self.assertEqual([s for s, _ in self.answers()], [200, 200])
 
+    def test_head_size_bounded(self):
+        """A request whose line and headers (or a chunked body's trailers) grow past
+        MAX_HEAD_SIZE bytes is answered 400 and closed as soon as a read takes it there,
+        as the original refuses headers over 80 kB: the parser would gather them without
+        bound until `request_timeout`.  Up to the bound, and a body of many small chunks,
+        are served."""
+        pad = b"X-Pad: " + b"a" * (http.MAX_HEAD_SIZE - 200) + b"\r\n"
+        self.proto.dataReceived(call(1, "echo", [1]).replace(b"\r\n", b"\r\n" + pad, 1))
+        self.assertEqual([s for s, _ in self.answers()], [200])
+        head = b"POST / HTTP/1.1\r\nX-Pad: "
+        for start in (head, b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            b"1\r\n{\r\n0\r\nX-Trailer: "):
+            self.setUp()
+            self.proto.dataReceived(start)
+            sent = 0
+            while not self.transport.disconnecting and sent < 10 * http.MAX_HEAD_SIZE:
+                self.proto.dataReceived(b"a" * 4096)
+                sent += 4096
+            self.assertEqual([s for s, _ in self.answers()], [400])
+            self.assertTrue(self.transport.disconnecting)
+            self.assertLess(sent, http.MAX_HEAD_SIZE + 8192)
+        self.setUp()
+        body = json.dumps({"id": 2, "method": "echo", "params": ["x" * 300]}).encode()
+        self.proto.dataReceived(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for byte in body:
+            self.proto.dataReceived(b"1;ext=value\r\n%c\r\n" % byte)
+        self.proto.dataReceived(b"0\r\n\r\n")
+        self.assertEqual([s for s, _ in self.answers()], [200])
+
     def test_unknown_method(self):
         """An unknown method gets 404 with error 4 and the connection stays open."""
         self.proto.dataReceived(call(3, "nope"))
