@@ -17,6 +17,13 @@ image of memory, frozen at that instant; it writes `slice_order_<t>`, `slice_bal
 and the `slice_history` row on a connection of its own, then exits, while the parent goes on
 serving.  Old slices past `keeptime` are dropped afterwards, never the last one, with the
 tables of older slices whose child was killed before their `slice_history` row.
+
+On SQLite (the embedded exchange) the child does not open the daemon's database: the SQLite
+library keeps the locks of each open file in the process, and the copy the child inherits
+would lock nothing, its writes then mixing with the daemon's.  It writes the rows into a
+file of its own (`<database>.slice-<t>`), in one transaction; once it has ended, the daemon
+copies them into its tables with its own connection, between two log writes (a million
+orders take about a second), and removes the file.
 """
 
 import collections
@@ -580,26 +587,75 @@ def write_slice(db, connection, eng, ts, oper_id, keeptime):
 
     The `slice_history` row goes last: a slice without one is never loaded.  A slice that
     fails has its tables dropped again, when the database still answers."""
-    cursor = connection.cursor()
     orders, balances = snapshot_rows(eng)
-    q = db.dialect.quote
-    tables = (("slice_order_%d" % ts, "slice_order_example", ORDER_COLUMNS, orders),
-              ("slice_balance_%d" % ts, "slice_balance_example", BALANCE_COLUMNS, balances))
+    rows = {"slice_order": orders, "slice_balance": balances}
+
+    def fill(cursor, table, kind, columns):
+        for chunk in _chunks(rows[kind]):
+            cursor.execute(db.insert_many_sql(table, columns, len(chunk)),
+                           [v for row in chunk for v in row])
+    _store_slice(db, connection, ts, oper_id, (eng.order_id, eng.deal_id), keeptime, fill)
+
+
+def stage_slice(path, eng):
+    """In the slice child, on SQLite: the rows of the slice into tables `slice_order` and
+    `slice_balance` of the new file `path`, all in one transaction (a child killed
+    meanwhile leaves no table)."""
+    for name in (path, path + "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(name)
+    import sqlite3
+    connection = sqlite3.connect(path, isolation_level=None)
     try:
-        for table, template, columns, rows in tables:
+        connection.execute("BEGIN")
+        for kind, columns, rows in zip(("slice_order", "slice_balance"),
+                                       (ORDER_COLUMNS, BALANCE_COLUMNS), snapshot_rows(eng)):
+            connection.execute("CREATE TABLE `%s` (%s)" % (
+                kind, ", ".join("`%s`" % column for column in columns)))
+            connection.executemany("INSERT INTO `%s` VALUES (%s)" % (
+                kind, ", ".join("?" * len(columns))), rows)
+        connection.execute("COMMIT")
+    finally:
+        connection.close()
+
+
+def copy_staged_slice(connection, db, staged, ts, oper_id, ends, keeptime):
+    """In the daemon, on SQLite: the slice whose rows its child staged in the file `staged`
+    (`stage_slice`), as `write_slice` writes one; `ends` are the order and deal ids of the
+    instant of the slice."""
+    cursor = connection.cursor()
+    cursor.execute("ATTACH DATABASE ? AS `staged`", (staged,))
+    try:
+        def fill(cursor, table, kind, columns):
+            names = ", ".join(db.dialect.quote(column) for column in columns)
+            cursor.execute("INSERT INTO %s (%s) SELECT %s FROM `staged`.`%s`" % (
+                db.dialect.quote(table), names, names, kind))
+        _store_slice(db, connection, ts, oper_id, ends, keeptime, fill)
+    finally:
+        connection.commit()
+        cursor.execute("DETACH DATABASE `staged`")
+
+
+def _store_slice(db, connection, ts, oper_id, ends, keeptime, fill):
+    """The slice's tables, their rows written by `fill(cursor, table, kind, columns)`, then
+    its `slice_history` row; then the slices past `keeptime` dropped."""
+    cursor = connection.cursor()
+    q = db.dialect.quote
+    tables = (("slice_order_%d" % ts, "slice_order", ORDER_COLUMNS),
+              ("slice_balance_%d" % ts, "slice_balance", BALANCE_COLUMNS))
+    try:
+        for table, kind, columns in tables:
             cursor.execute("DROP TABLE IF EXISTS %s" % q(table))
-            db.create_like(cursor, table, template)
-            for chunk in _chunks(rows):
-                cursor.execute(db.insert_many_sql(table, columns, len(chunk)),
-                               [v for row in chunk for v in row])
+            db.create_like(cursor, table, kind + "_example")
+            fill(cursor, table, kind, columns)
         cursor.execute(db.dialect.sql(
             "INSERT INTO `slice_history` (`time`, `end_oper_id`, `end_order_id`, "
-            "`end_deals_id`) VALUES (%s, %s, %s, %s)"), (ts, oper_id, eng.order_id, eng.deal_id))
+            "`end_deals_id`) VALUES (%s, %s, %s, %s)"), (ts, oper_id) + tuple(ends))
         connection.commit()
     except Exception:
         with contextlib.suppress(Exception):
             connection.rollback()
-            for table, _, _, _ in tables:
+            for table, _, _ in tables:
                 cursor.execute("DROP TABLE IF EXISTS %s" % q(table))
             connection.commit()
         raise
@@ -637,25 +693,46 @@ def make_slice(eng, db, ts, oper_id, keeptime, reactor, poll=0.05):
     The child dies with the daemon: it would otherwise go on writing a slice whose tables
     the restarted daemon drops as unfinished, and then commit its `slice_history` row."""
     parent = os.getpid()
+    staged = db.sqlite_path and "%s.slice-%d" % (db.sqlite_path, ts)
+    ends = (eng.order_id, eng.deal_id)
     pid = os.fork()
     if pid == 0:
         status = 1
         try:
             forked.die_with_parent(parent)
             forked.release_inherited()
-            connection = db.connect()
-            write_slice(db, connection, eng, ts, oper_id, keeptime)
-            connection.close()
+            if staged:
+                stage_slice(staged, eng)
+            else:
+                connection = db.connect()
+                write_slice(db, connection, eng, ts, oper_id, keeptime)
+                connection.close()
             status = 0
         except BaseException as e:
             with contextlib.suppress(OSError):    # no stderr left to tell
                 os.write(2, ("slice %d failed: %s: %s\n" % (ts, type(e).__name__, e)).encode())
         finally:
             os._exit(status)
-    return defer.Deferred.fromCoroutine(_wait_child(pid, reactor, poll))
+    waited = _wait_child(pid, reactor, poll)
+    if staged:
+        waited = _copy_staged(waited, db, staged, ts, oper_id, ends, keeptime)
+    return defer.Deferred.fromCoroutine(waited)
 
 
 async def _wait_child(pid, reactor, poll):
     status = await forked.reap(pid, reactor, poll)
     # reaped by someone else (None): the slice_history row tells
     return status is None or status == 0
+
+
+async def _copy_staged(waited, db, staged, ts, oper_id, ends, keeptime):
+    try:
+        if not await waited:
+            return False
+        # with no table staged (a child reaped by someone else that failed), this fails
+        await db.on_connection(copy_staged_slice, db, staged, ts, oper_id, ends, keeptime)
+        return True
+    finally:
+        for name in (staged, staged + "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(name)

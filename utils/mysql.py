@@ -212,6 +212,11 @@ class Database:
     def __repr__(self):
         return "<Database %s>" % self.description
 
+    @property
+    def sqlite_path(self):
+        """The file of an SQLite database; None for MySQL."""
+        return self.pool.connargs[0] if self.dialect.name == "sqlite" else None
+
     def interaction(self, work, *args, retry=False, **kwargs):
         """Run `work(cursor, *args, **kwargs)` in one transaction in a pool thread."""
         return defer.Deferred.fromCoroutine(self._interact(work, args, kwargs, retry))

@@ -271,6 +271,48 @@ class ReaderTests(TestCase):
                 self.assertEqual(f.read(), os.devnull)
         return defer.Deferred.fromCoroutine(run())
 
+    async def slices_beside_writes(self):
+        db = self.sqlite()
+        with open(os.path.join(testing.ROOT, "depends", "sql", "trade_log.sql")) as f:
+            await db.execute_script(f.read())
+        await db.execute("CREATE TABLE `beside` (`n` INTEGER NOT NULL)")
+        eng = self.live
+        eng.execute(102, [9, "BTC", "deposit", 1, "1000", {}], T2)
+        for i in range(20000):
+            eng.execute(201, [9, "BTCBCH", 1, "0.01", str(9000 + i % 500), "0.002", "0.001",
+                              ""], T2)
+        eng.effects.take()
+        written, done = [0], []
+
+        async def write():
+            while not done:
+                await db.execute("INSERT INTO `beside` VALUES (%s)", (written[0] + 1,))
+                written[0] += 1
+        writing = defer.Deferred.fromCoroutine(write())
+        for n in range(4):
+            self.assertTrue(await persist.make_slice(eng, db, 1793000000 + n, 1, 86400,
+                                                     reactor))
+        done.append(True)
+        await writing
+        self.assertEqual(await db.query("PRAGMA integrity_check"), [("ok",)])
+        self.assertEqual(await db.query("SELECT COUNT(*), MAX(`n`) FROM `beside`"),
+                         [(written[0], written[0])])
+        self.assertGreater(written[0], 4)
+        self.assertEqual(await db.query("SELECT `time` FROM `slice_history` ORDER BY `id`"),
+                         [(1793000000 + n,) for n in range(4)])
+        loaded = engine.Engine(*config.example_tables())
+        await persist.load_state(loaded, db, self.messages.append, reactor=reactor)
+        self.assertEqual(state(loaded)[:4], state(eng)[:4])     # balances, orders, ids
+        self.assertEqual([name for name in os.listdir(os.path.dirname(db.sqlite_path))
+                          if ".slice" in name], [])
+
+    def test_sqlite_slices_beside_writes(self):
+        """The embedded exchange's slices (SQLite) while the daemon writes its log: the
+        database stays whole, nothing written beside is lost, each slice loads.  The slice
+        child once wrote into the daemon's own database file through the SQLite state it
+        inherited, whose locks then went nowhere, and corrupted it."""
+        return defer.Deferred.fromCoroutine(self.slices_beside_writes())
+
     def test_failed_slice_leaves_no_tables(self):
         """A slice that fails before its slice_history row has its tables dropped again
         (they were left, never loaded nor dropped)."""
