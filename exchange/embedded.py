@@ -11,22 +11,25 @@ with these stand-ins under a data folder:
   files so that marketprice resumes at its offset;
 - `redis.json`: the in-memory store in place of Redis (marketprice's k-lines and status,
   alertcenter's list);
-- `log/`: the log of the process, per the C `log` block (`exchange.log` and its rotations).
+- `log/`: the log of the process, per the C `log` block (`exchange.log` and its rotations);
+- `lock`: locked (flock) while an exchange runs on the folder: a second one is refused.
 
 A restart replays the operation log and resumes where it stopped.  Each module's shipped
 `conf/config.json` gives everything else (assets, markets, intervals, ...).
 """
 
 import copy
+import fcntl
 import json
 import os
+import sqlite3
 
 from twisted.application import service
 from twisted.internet import defer
 
 from utils.daemon import OrderedMultiService, gave_up, give_up, service_tree
 
-__all__ = ["PORTS", "build", "configs", "create_schema"]
+__all__ = ["PORTS", "DataUnusable", "build", "configs", "create_schema", "lock_data"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HISTORY_TABLES = ("balance_history", "order_history", "order_detail", "deal_history",
@@ -106,8 +109,8 @@ class _Stores(service.Service):
     """Closes the stand-ins once every service added after it has stopped (the top service
     stops its children one after the other, last added first)."""
 
-    def __init__(self, bus, store, databases):
-        self.bus, self.store, self.databases = bus, store, databases
+    def __init__(self, bus, store, databases, lock):
+        self.bus, self.store, self.databases, self.lock = bus, store, databases, lock
 
     def stopService(self):
         service.Service.stopService(self)
@@ -115,6 +118,7 @@ class _Stores(service.Service):
         self.bus.close()
         for db in self.databases:
             db.close()
+        self.lock.close()       # the data folder is free for the next exchange
 
 
 class _Modules(OrderedMultiService):
@@ -185,6 +189,28 @@ class _Modules(OrderedMultiService):
         return done
 
 
+class DataUnusable(Exception):
+    """The data folder cannot be used; the message says why, naming it."""
+
+
+def lock_data(data_dir):
+    """The data folder made if missing and locked for this process: the open lock file,
+    to keep while the exchange runs (the lock goes with the process, kill -9 included).
+    DataUnusable when the folder cannot be made or written, or another exchange holds it:
+    two on one folder would both number operations from its last one."""
+    try:
+        os.makedirs(os.path.join(data_dir, "log"), exist_ok=True)
+        lock = open(os.path.join(data_dir, "lock"), "a")
+    except OSError as e:
+        raise DataUnusable("cannot use the data folder %s: %s" % (data_dir, e.strerror or e))
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise DataUnusable("the data folder %s is in use by another exchange" % data_dir)
+    return lock
+
+
 def build(data_dir, ports=None, reactor=None, stderr=False):
     """The service tree of the embedded exchange keeping its state in `data_dir`.
 
@@ -212,7 +238,7 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
     if reactor is None:
         from twisted.internet import reactor
     data_dir = os.path.abspath(data_dir)
-    os.makedirs(os.path.join(data_dir, "log"), exist_ok=True)
+    lock = lock_data(data_dir)
     data = configs(ports, os.path.join(data_dir, "log", "exchange"))
     port = dict(PORTS, **(ports or {}))
     data["matchengine"]["alert"] = {"host": "exchange",
@@ -231,14 +257,18 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
 
     log_path = os.path.join(data_dir, "trade_log.db")
     history_path = os.path.join(data_dir, "trade_history.db")
-    create_schema(log_path, ["trade_log"])
-    create_schema(history_path, ["trade_history", "trade_history_shards"])
+    try:
+        create_schema(log_path, ["trade_log"])
+        create_schema(history_path, ["trade_history", "trade_history_shards"])
+    except (sqlite3.Error, OSError) as e:
+        lock.close()
+        raise DataUnusable("cannot make the databases in %s: %s" % (data_dir, e)) from None
     db_log = mysql.connect_sqlite(log_path, reactor=reactor)
     db_history = mysql.connect_sqlite(history_path, reactor=reactor)
     bus = InProcessBus(reactor=reactor, path=os.path.join(data_dir, "bus"))
     store = MemoryRedis(os.path.join(data_dir, "redis.json"), reactor=reactor)
     # started first, stopped last
-    _Stores(bus, store, [db_log, db_history]).setServiceParent(top)
+    _Stores(bus, store, [db_log, db_history], lock).setServiceParent(top)
     modules = _Modules(reactor)
     modules.setServiceParent(top)
 

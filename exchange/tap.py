@@ -71,6 +71,10 @@ class _Banner(service.Service):
 
 def makeService(options):
     exit_status_on_failure()
-    top = embedded.build(options["data"], options["ports"], stderr=options["verbose"])
+    try:
+        top = embedded.build(options["data"], options["ports"], stderr=options["verbose"])
+    except embedded.DataUnusable as e:
+        print("exchange: not started: %s" % e, file=sys.stderr)
+        raise SystemExit(1) from None
     _Banner(top.ports, options["data"], top.modules.started).setServiceParent(top)
     return top

@@ -46,6 +46,37 @@ class ConfigTests(SynchronousTestCase):
                                       ["--port", bad])
             self.assertIn("NAME=PORT", str(error))
 
+    def test_data_folder_locked(self):
+        """One exchange at a time on a data folder: a second is refused, naming the folder
+        (both would number operations from its last one), until the first lets go of it.
+        A folder that cannot be made is refused in one line too, as a database that cannot
+        be made there."""
+        data = os.path.abspath(self.mktemp())
+        lock = embedded.lock_data(data)
+        error = self.assertRaises(embedded.DataUnusable, embedded.lock_data, data)
+        self.assertEqual(str(error), "the data folder %s is in use by another exchange" % data)
+        lock.close()
+        embedded.lock_data(data).close()
+        with open(os.path.join(data, "file"), "w"):
+            pass
+        error = self.assertRaises(embedded.DataUnusable, embedded.lock_data,
+                                  os.path.join(data, "file", "data"))
+        self.assertEqual(str(error), "cannot use the data folder %s: Not a directory"
+                         % os.path.join(data, "file", "data"))
+        os.makedirs(os.path.join(data, "broken"))
+        with open(os.path.join(data, "broken", "trade_log.db"), "w") as f:
+            f.write("not a database, but long enough to be read as one" * 100)
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        options = tap.Options()
+        options.parseOptions(["--data", os.path.join(data, "broken")])
+        exit = self.assertRaises(SystemExit, tap.makeService, options)
+        self.assertEqual(exit.code, 1)
+        self.assertEqual(err.getvalue(), "exchange: not started: cannot make the databases in "
+                         "%s: file is not a database\n" % os.path.join(data, "broken"))
+        # refused, it let go of the folder
+        embedded.lock_data(os.path.join(data, "broken")).close()
+
     def test_schema(self):
         """The history shards are made, and making the schema again changes nothing."""
         path = self.mktemp()
