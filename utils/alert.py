@@ -6,7 +6,8 @@ Datagram: the 20-character magic `373d26968a5a2b698045`, the host label, `": "`,
 or retried; a send error is logged once (until a send succeeds again) and never raised.
 
 `AlertLogObserver` is a twisted.logger observer that sends every fatal (critical) event as
-`[fatal]<source>: <text>`, the way the original alerted on each FATAL log line.
+`[fatal]<source>: <text>`, the way the original alerted on each FATAL log line (but
+Twisted's own note that a log observer failed).
 """
 
 from typing import Any, Callable, Dict, Optional, Tuple, Union
@@ -94,6 +95,11 @@ class AlertSender:
         return None
 
 
+# where twisted.logger says that an observer failed (a log file on a full disk): no alert, as
+# alertcenter in the same process (embedded) logs each alert it takes, failing again
+_OBSERVER_FAILED = "twisted.logger._observer"
+
+
 @implementer(ILogObserver)
 class AlertLogObserver:
     """Forwards fatal events to an AlertSender as `[fatal]<source>: <text>`.
@@ -107,7 +113,7 @@ class AlertLogObserver:
         self.enabled = enabled
 
     def __call__(self, event: Dict[str, Any]) -> None:
-        if event_level(event) != "fatal":
+        if event_level(event) != "fatal" or event.get("log_namespace") == _OBSERVER_FAILED:
             return
         if self.enabled is not None and not self.enabled("fatal"):
             return

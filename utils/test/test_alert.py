@@ -152,6 +152,21 @@ class ObserverTests(SynchronousTestCase):
                                                              LogLevel.critical)
         self.assertEqual(sender.sent, ["[fatal]me.db: insert failed: db gone"])
 
+    def test_log_observer_failures_not_alerted(self):
+        """Twisted's note that a log observer failed (a log file on a full disk) is no
+        alert: with alertcenter in the same process (the embedded exchange), whose receipt
+        of each alert is a log line, each alert failed the observer again, without end."""
+        from twisted.logger import LogPublisher
+        sender = _Sender()
+        publisher = LogPublisher()
+
+        def full_disk(event):
+            raise OSError(28, "No space left on device")
+        publisher.addObserver(full_disk)
+        publisher.addObserver(AlertLogObserver(sender))
+        Logger(namespace="me.server", observer=publisher).critical("service unavailable")
+        self.assertEqual(sender.sent, ["[fatal]me.server: service unavailable"])
+
     def test_enabled_predicate(self):
         """Nothing is sent while the predicate says fatal is disabled."""
         sender = _Sender()
