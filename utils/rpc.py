@@ -194,23 +194,37 @@ class StreamDecoder:
 
     `feed(data)` returns the complete packets received so far and keeps the rest.  A packet
     larger than `max_pkg_size` (header included) raises PacketTooLarge as soon as its
-    header is known, like the original's fixed read buffer.
+    header is known, like the original's fixed read buffer.  The reads of a packet whose
+    header is known are kept apart until it is whole, then joined once: joined at each read,
+    a large packet coming in small reads cost the square of its size.
     """
 
-    __slots__ = ("max_pkg_size", "_buffer")
+    __slots__ = ("max_pkg_size", "_buffer", "_parts", "_held", "_needed")
 
     def __init__(self, max_pkg_size: int):
         self.max_pkg_size = max_pkg_size
         self._buffer = b""
+        self._parts = []        # the reads of an unfinished packet of `_needed` bytes
+        self._held = 0          # their bytes
+        self._needed = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) + self._held
 
     def feed(self, data: bytes) -> list:
         """The packets completed by `data`.  A ProtocolError carries in `packets` those
         that came before the bad one, which the original handles before it closes."""
-        buf = self._buffer + data if self._buffer else data
+        if self._parts:
+            self._parts.append(data)
+            self._held += len(data)
+            if self._held < self._needed:
+                return []
+            buf = b"".join(self._parts)
+            self._parts = []
+            self._held = 0
+        else:
+            buf = self._buffer + data if self._buffer else data
         packets = []
         pos = 0
         end = len(buf)
@@ -221,7 +235,12 @@ class StreamDecoder:
                     raise PacketTooLarge("packet of %d bytes exceeds the limit of %d"
                                          % (total, self.max_pkg_size))
                 if end - pos < total:
-                    break
+                    # the rest of this one comes in later reads
+                    self._parts = [buf[pos:]]
+                    self._held = end - pos
+                    self._needed = total
+                    self._buffer = b""
+                    return packets
                 packets.append(_checked(buf, pos, total))
                 pos += total
         except ProtocolError as e:
@@ -229,12 +248,6 @@ class StreamDecoder:
             e.packets = packets
             raise
         self._buffer = buf[pos:] if pos < end else b""
-        if len(self._buffer) > self.max_pkg_size:
-            self._buffer = b""
-            error = PacketTooLarge("%d bytes buffered without a complete packet"
-                                   % (end - pos))
-            error.packets = packets
-            raise error
         return packets
 
 

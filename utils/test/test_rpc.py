@@ -75,6 +75,26 @@ class DecoderTests(SynchronousTestCase):
                              [(1, b"[1]", b""), (2, b"[2]", b"xy")])
             self.assertEqual(decoder.buffered, 0)
 
+    def test_large_packet_in_small_pieces(self):
+        """A packet near the limit that comes in small reads is gathered in time linear in
+        its size: the reads of a packet whose header is known are kept apart until it is
+        whole (joining them at each read cost the square of its size: 4 MB in 64-byte reads
+        kept a core busy for about ten seconds, a hostile client's cheap way to slow a daemon)."""
+        import time
+        data = self.packet(b"[" + b"1," * (1 << 21) + b"1]", sequence=1) + self.packet()
+        decoder = rpc.StreamDecoder(len(data))
+        packets = []
+        started = time.process_time()
+        for start in range(0, len(data), 64):
+            packets += decoder.feed(data[start:start + 64])
+            if start == 64 * 1000:
+                self.assertEqual(decoder.buffered, 64 * 1001)
+        took = time.process_time() - started
+        self.assertEqual([(p.sequence, len(p.body)) for p in packets],
+                         [(1, 2 * (1 << 21) + 3), (0, 3)])
+        self.assertEqual(decoder.buffered, 0)
+        self.assertLess(took, 2.0)
+
     def test_bad_magic(self):
         """A wrong magic is a protocol error."""
         data = b"XXXX" + self.packet()[4:]
