@@ -70,12 +70,14 @@ class ReadHistory(service.Service):
         def handle(params, request):
             # `workers` queries run, one on each connection; the rest wait their turn
             if self.in_flight - self.workers >= 10 * self.workers:
+                self.log.error("readhistory: {waiting} queries waiting; service unavailable",
+                               waiting=self.in_flight - self.workers)
                 raise rpc.SERVICE_UNAVAILABLE()
             sql, args, result = query(params)
             self.in_flight += 1
             d = self.db.query(sql, args)
             d.addBoth(self._done)
-            d.addCallbacks(result, self._query_failed, errbackArgs=(sql,))
+            d.addCallbacks(result, self._query_failed, errbackArgs=(sql, args))
             return d
         return handle
 
@@ -83,11 +85,12 @@ class ReadHistory(service.Service):
         self.in_flight -= 1
         return outcome
 
-    def _query_failed(self, failure, sql):
+    def _query_failed(self, failure, sql, args):
         if self.db.aborted:
             # the stop's own abort of the pool, not the query's failure
-            self.log.info("readhistory: stopping, query abandoned: {sql}", sql=sql)
+            self.log.info("readhistory: stopping, query abandoned: {sql} {args}", sql=sql,
+                          args=list(args))
             raise rpc.INTERNAL_ERROR()
-        self.log.critical("readhistory: query failed ({error}): {sql}",
-                          error=failure.getErrorMessage(), sql=sql)
+        self.log.critical("readhistory: query failed ({error}): {sql} {args}",
+                          error=failure.getErrorMessage(), sql=sql, args=list(args))
         raise rpc.INTERNAL_ERROR()

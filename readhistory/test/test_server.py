@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pymysql
 from twisted.internet import defer, reactor
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from exchange import embedded
@@ -188,9 +189,13 @@ class IntegrationTests(TestCase):
         self.addCleanup(locker.close)
         locker.select_db(history_db)
         locker.cursor().execute("LOCK TABLES `balance_history_1` WRITE")
-        calls = [client.call(103, [1, "", "", 0, 0, 0, 10], 30.0) for _ in range(30)]
-        await until(lambda: rh.in_flight == 22, what="queries waiting")
-        await until(lambda: sum(c.called for c in calls) == 8, what="refusals")
+        with capturedLogs() as events:
+            calls = [client.call(103, [1, "", "", 0, 0, 0, 10], 30.0) for _ in range(30)]
+            await until(lambda: rh.in_flight == 22, what="queries waiting")
+            await until(lambda: sum(c.called for c in calls) == 8, what="refusals")
+        # each refusal logged, as the original logs it
+        self.assertEqual([formatEvent(e) for e in events if e["log_level"] == LogLevel.error],
+                         ["readhistory: 20 queries waiting; service unavailable"] * 8)
         refused = [c.result for c in calls if c.called]
         self.assertEqual([r["error"] for r in refused],
                          [{"code": 3, "message": "service unavailable"}] * 8)
@@ -230,6 +235,13 @@ class IntegrationTests(TestCase):
         got = await client.call(103, [1, "BCH", "gift\U0001f381", 0, 0, 0, 10], 10.0)
         # as the original's utf8_general_ci: whatever the case
         self.assertEqual(sorted(r["change"] for r in got["result"]["records"]), ["1", "7"])
+        # user 2's shard is missing: error 2, and the alert shows the query with its values
+        with capturedLogs() as events:
+            got = await client.call(103, [2, "BCH", "", 0, 0, 0, 10], 10.0)
+        self.assertEqual(got["error"], {"code": 2, "message": "internal error"})
+        [text] = [formatEvent(e) for e in events if e["log_level"] == LogLevel.critical]
+        self.assertIn("balance_history_2", text)
+        self.assertTrue(text.endswith(" = %s ORDER BY `id` DESC LIMIT 10 [2, 'BCH']"), text)
 
     def test_businesses_of_four_bytes(self):
         """balance.history's business filter tells characters of four bytes apart (a
