@@ -13,7 +13,7 @@ SCHEMA = cfg.DAEMON.extend({
     "min_max": cfg.Int(525600, min=60, max=5256000),
     "hour_max": cfg.Int(87600, min=24, max=876000),
     "cache_timeout": cfg.Real(0.45),
-    "accesshttp": cfg.Str(non_empty=True),
+    "accesshttp": cfg.HttpUrl(),
     # beyond the original: seconds between Redis flushes (the original's is fixed at 10)
     "flush_interval": cfg.Real(10.0, above=0),
 })

@@ -37,7 +37,7 @@ import time
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from network.address import buffer_sizes
 from marketprice.kline import (DEALS_MAX, GRANULARITIES, MONTH, WEEK, KLine, Market,
@@ -184,12 +184,18 @@ class MarketPrice(service.Service):
         mark_ready()
 
     async def _market_names(self):
+        """The market list from accesshttp, asked again every second until it comes; the
+        first failure is fatal (an alert: the original exits there), the next ones
+        errors."""
+        failures = 0
         while True:
             try:
                 return await self.market_list()
             except Exception as e:
-                self.log.error("marketprice: market.list from accesshttp failed ({error}); "
-                               "retrying in 1 s", error=e)
+                failures += 1
+                self.log.emit(LogLevel.critical if failures == 1 else LogLevel.error,
+                              "marketprice: market.list from accesshttp failed ({error}); "
+                              "retrying in 1 s", error=e)
                 await self._sleep(1.0)
 
     async def _connect_retrying(self):

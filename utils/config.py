@@ -45,7 +45,7 @@ from utils import decimals
 
 __all__ = [
     "ConfigError", "ConfigSection", "HostPort", "REQUIRED",
-    "Field", "Str", "Brokers", "Int", "UInt", "Real", "Bool", "Address", "AddressList",
+    "Field", "Str", "Brokers", "HttpUrl", "Int", "UInt", "Real", "Bool", "Address", "AddressList",
     "InetAddress", "HostPortField", "DecimalStr", "List", "Section", "load", "load_data",
     "PROCESS", "LOG", "ALERT", "DAEMON", "RPC_SERVER", "PLAIN_SERVER", "MONITOR", "HTTP_SERVER",
     "WEBSOCKET_SERVER", "RPC_CLIENT", "MYSQL", "KAFKA_CONSUMER", "REDIS_SENTINEL", "CLI",
@@ -244,6 +244,28 @@ class Brokers(Str):
         return value
 
 
+class HttpUrl(Str):
+    """An `http://` or `https://` URL naming a host (a daemon would otherwise start and
+    fail at each request, for ever)."""
+
+    expected = "a URL string"
+
+    def __init__(self, default: Any = REQUIRED) -> None:
+        super().__init__(default, non_empty=True)
+
+    def check(self, value: Any, path: str, warn: Callable[[str], None]) -> Any:
+        import urllib.parse
+        value = super().check(value, path, warn)
+        try:
+            parts = urllib.parse.urlsplit(value)
+            host = parts.hostname
+        except ValueError:
+            host = None
+        if host is None or parts.scheme.lower() not in ("http", "https"):
+            raise _Invalid(path, "{!r} is not an http:// or https:// URL".format(value))
+        return value
+
+
 class MySQLCharset(Str):
     """A character set MySQL clients know by that name ("utf8" meaning utf8mb4, see
     `utils.mysql.client_charset`): a name unknown here fails every connection later."""
@@ -350,7 +372,8 @@ class Address(Field):
         try:
             address = _parse_address(value)
         except ValueError as e:
-            raise _Invalid(path, "invalid address {!r}: {}".format(value, e)) from None
+            # network.address's message names the address
+            raise _Invalid(path, str(e)) from None
         if self.kinds is not None and address.kind not in self.kinds:
             raise _Invalid(path, "address {!r} must be of type {}".format(
                 value, " or ".join(self.kinds)))

@@ -701,3 +701,24 @@ class DaemonStartTests(SynchronousTestCase):
         self.assertIn("marketprice could not start: redis.db: database 10000 refused by "
                       "redis master %r at %s:%d: ERR DB index is out of range"
                       % (sentinel["name"], redis["host"], int(redis["port"])), mp.output())
+
+    def test_market_list_refused(self):
+        """A market list that accesshttp does not give is asked for again every second; the
+        first failure is fatal, so that it alerts (the original exits there), the next ones
+        errors."""
+        from twisted.internet.task import Clock
+        from twisted.logger import LogLevel, capturedLogs
+        answers = [defer.fail(RuntimeError("connection refused")) for _ in range(3)]
+        answers.append(defer.succeed(["BTCBCH"]))
+        clock = Clock()
+        mp = MarketPrice(service_config(), None, None, lambda: answers.pop(0), reactor=clock,
+                         listen=False)
+        with capturedLogs() as events:
+            names = defer.Deferred.fromCoroutine(mp._market_names())
+            clock.advance(1)
+            clock.advance(1)
+            self.assertNoResult(names)
+            clock.advance(1)
+        self.assertEqual(self.successResultOf(names), ["BTCBCH"])
+        self.assertEqual([e["log_level"] for e in events],
+                         [LogLevel.critical, LogLevel.error, LogLevel.error])

@@ -11,8 +11,8 @@ from utils import config, testing
 from utils.config import (
     ALERT, CLI, HTTP_SERVER, KAFKA_CONSUMER, LOG, MONITOR, MYSQL, PLAIN_SERVER, PROCESS,
     REDIS_SENTINEL, RPC_CLIENT, RPC_SERVER, WEBSOCKET_SERVER, Address, Bool, Brokers,
-    ConfigError, ConfigSection, DecimalStr, HostPort, Int, List, Real, Section, Str, UInt, load,
-    load_data)
+    ConfigError, ConfigSection, DecimalStr, HostPort, HttpUrl, Int, List, Real, Section, Str,
+    UInt, load, load_data)
 
 ACCESSHTTP_CONFIG = {
     "debug": True,
@@ -126,6 +126,17 @@ class FieldTypeTests(SynchronousTestCase):
         self.check_error(schema, {"brokers": ["k1:9092"]},
                          "brokers: expected a string of Kafka broker addresses, got array")
 
+    def test_http_url(self):
+        """URLs of http or https with a host; anything else names the key."""
+        schema = Section({"url": HttpUrl()})
+        for value in ("http://127.0.0.1:8080", "https://auth.example.com/user/auth?x=1",
+                      "HTTP://[::1]:80/"):
+            self.assertEqual(load_data({"url": value}, schema).url, value)
+        for value in ("127.0.0.1:8080", "not a url", "ftp://host/", "http://", "http://[::1"):
+            self.check_error(schema, {"url": value},
+                             "url: %r is not an http:// or https:// URL" % value)
+        self.check_error(schema, {"url": ""}, "url: must not be empty")
+
     def test_decimal_string(self):
         """Decimal strings become Decimal values; numbers and junk are refused."""
         schema = Section({"min_amount": DecimalStr("0.01"), "merge": List(DecimalStr())})
@@ -229,6 +240,11 @@ class AddressTests(SynchronousTestCase):
         self.assertEqual(load_data({"cli": "tcp@127.0.0.1:7317"}, schema).cli,
                          "tcp@127.0.0.1:7317")
         self.check_error(schema, {"cli": "tcp@x"}, "cli: invalid address 'tcp@x'")
+        # said once
+        with self.assertRaises(ConfigError) as caught:
+            load_data({"cli": "tcp@x"}, schema, "conf/config.json")
+        self.assertEqual(str(caught.exception),
+                         "conf/config.json: cli: invalid address 'tcp@x': expected host:port")
         self.check_error(schema, {"cli": 7317}, "cli: expected an address string, got integer")
 
     def test_address_kinds(self):
