@@ -350,7 +350,11 @@ def _probe(module):
         # refused (400) by the gateway itself: no backend is asked
         return b"POST / HTTP/1.1\r\nHost: check\r\nContent-Length: 2\r\n\r\n{}"
     if module == "accessws":
-        return b"GET / HTTP/1.1\r\nHost: check\r\n\r\n"
+        # a websocket handshake, answered 101 (a plain GET was refused with a warning in
+        # the log at each check)
+        return (b"GET / HTTP/1.1\r\nHost: check\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n")
     return None
 
 

@@ -547,6 +547,10 @@ class DeploymentTests(TestCase):
         self.wait_up(home, module)
         self.assertNotEqual(watchdog.read_pid(paths["pid"]), keeper)
 
+        # the checks leave no warning in the daemon's log (a gateway that refused them did)
+        self.assertEqual([line for line in self.module_log(home, module).splitlines()
+                          if "[warn]" in line and "dropping connection" in line], [])
+
         # stopped: check_alive says so
         self.assertTrue(watchdog.stop(home, module, out=lambda text: None))
         status, out = self.run_script(home, "shell/check_alive.sh")
