@@ -8,7 +8,9 @@ with these stand-ins under a data folder:
 - `trade_log.db` and `trade_history.db`: SQLite through the same adbapi layer as MySQL, with
   the project's schema (history in its 100 shards per table);
 - `bus/`: the in-process bus in place of Kafka (topics `deals`, `orders`, `balances`), kept in
-  files so that marketprice resumes at its offset;
+  files so that marketprice resumes at its offset; each topic keeps its latest 1,000,000
+  messages, in memory too (about 400 bytes each: some 0.4 GB for a full topic), its file
+  compacted to them at start;
 - `redis.json`: the in-memory store in place of Redis (marketprice's k-lines and status,
   alertcenter's list);
 - `log/`: the log of the process, per the C `log` block (`exchange.log` and its rotations);

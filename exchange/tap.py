@@ -76,5 +76,9 @@ def makeService(options):
     except embedded.DataUnusable as e:
         print("exchange: not started: %s" % e, file=sys.stderr)
         raise SystemExit(1) from None
+    # a large state takes a while to load: where to follow it, before the banner
+    print("viabtc exchange (embedded): loading its state from %s; progress in %s"
+          % (options["data"], os.path.join(options["data"], "log", "exchange.log")),
+          file=sys.__stdout__, flush=True)
     _Banner(top.ports, options["data"], top.modules.started).setServiceParent(top)
     return top

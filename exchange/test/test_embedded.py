@@ -344,8 +344,11 @@ class EmbeddedTests(SynchronousTestCase):
         since = int(time.time())
         http = exchange.start()
         with open(os.path.join(data, "stdout")) as f:
-            self.assertIn("HTTP JSON-RPC  http://127.0.0.1:%d/" % exchange.ports["accesshttp"],
-                          f.read())
+            out = f.read()
+        self.assertIn("HTTP JSON-RPC  http://127.0.0.1:%d/" % exchange.ports["accesshttp"], out)
+        # said before the state is loaded, which takes long with a large one
+        self.assertIn("viabtc exchange (embedded): loading its state from %s; progress in %s"
+                      % (data, os.path.join(data, "log", "exchange.log")), out)
         # the gateways start once the backends listen: no connection of theirs was refused
         self.assertEqual(exchange.logged("cannot connect", "not connected", "market.list"), [])
         sell, buy, pushes = system.trade(http, exchange.ports["accessws"])
