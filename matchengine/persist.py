@@ -601,10 +601,12 @@ def stage_slice(path, eng):
     """In the slice child, on SQLite: the rows of the slice into tables `slice_order` and
     `slice_balance` of the new file `path`, all in one transaction (a child killed
     meanwhile leaves no table)."""
-    for name in (path, path + "-journal"):
+    import glob
+    import sqlite3
+    # this one's, and those of slices whose daemon was killed before it copied them
+    for name in glob.glob(glob.escape(path.rsplit(".slice-", 1)[0]) + ".slice-*"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(name)
-    import sqlite3
     connection = sqlite3.connect(path, isolation_level=None)
     try:
         connection.execute("BEGIN")
