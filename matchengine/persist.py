@@ -629,8 +629,10 @@ def copy_staged_slice(connection, db, staged, ts, oper_id, ends, keeptime):
     cursor.execute("ATTACH DATABASE ? AS `staged`", (staged,))
     try:
         def fill(cursor, table, kind, columns):
+            # in the order of the first column (an order's id): its index is then written
+            # in order, two to three times as fast as in the book's order
             names = ", ".join(db.dialect.quote(column) for column in columns)
-            cursor.execute("INSERT INTO %s (%s) SELECT %s FROM `staged`.`%s`" % (
+            cursor.execute("INSERT INTO %s (%s) SELECT %s FROM `staged`.`%s` ORDER BY 1" % (
                 db.dialect.quote(table), names, names, kind))
         _store_slice(db, connection, ts, oper_id, ends, keeptime, fill)
     finally:
