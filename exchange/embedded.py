@@ -207,9 +207,12 @@ def lock_data(data_dir):
         raise DataUnusable("cannot use the data folder %s: %s" % (data_dir, e.strerror or e))
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         lock.close()
         raise DataUnusable("the data folder %s is in use by another exchange" % data_dir)
+    except OSError as e:
+        lock.close()
+        raise DataUnusable("cannot lock the data folder %s: %s" % (data_dir, e.strerror or e))
     return lock
 
 
@@ -241,6 +244,15 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
         from twisted.internet import reactor
     data_dir = os.path.abspath(data_dir)
     lock = lock_data(data_dir)
+    # before the log is set up: a folder refused leaves nothing behind
+    log_path = os.path.join(data_dir, "trade_log.db")
+    history_path = os.path.join(data_dir, "trade_history.db")
+    try:
+        create_schema(log_path, ["trade_log"])
+        create_schema(history_path, ["trade_history", "trade_history_shards"])
+    except (sqlite3.Error, OSError) as e:
+        lock.close()
+        raise DataUnusable("cannot make the databases in %s: %s" % (data_dir, e)) from None
     data = configs(ports, os.path.join(data_dir, "log", "exchange"))
     port = dict(PORTS, **(ports or {}))
     data["matchengine"]["alert"] = {"host": "exchange",
@@ -257,14 +269,6 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
     # one log for the process, its FATAL lines to the embedded alertcenter
     top = service_tree(cfg["matchengine"], {"stderr": stderr}, reactor)
 
-    log_path = os.path.join(data_dir, "trade_log.db")
-    history_path = os.path.join(data_dir, "trade_history.db")
-    try:
-        create_schema(log_path, ["trade_log"])
-        create_schema(history_path, ["trade_history", "trade_history_shards"])
-    except (sqlite3.Error, OSError) as e:
-        lock.close()
-        raise DataUnusable("cannot make the databases in %s: %s" % (data_dir, e)) from None
     db_log = mysql.connect_sqlite(log_path, reactor=reactor)
     db_history = mysql.connect_sqlite(history_path, reactor=reactor)
     bus = InProcessBus(reactor=reactor, path=os.path.join(data_dir, "bus"))

@@ -405,7 +405,12 @@ class MatchEngine(service.Service):
             return False
         if started is not None:
             started.callback(ts)
-        ok = await written
+        try:
+            ok = await written
+        except Exception:
+            # the embedded exchange's copy of the staged rows (a full disk, say)
+            self.log.failure("slice {ts} failed", ts=ts, level=LogLevel.critical)
+            return False
         if ok:
             self.log.info("slice {ts} written", ts=ts)
         else:

@@ -259,6 +259,7 @@ class HttpUrl(Str):
         try:
             parts = urllib.parse.urlsplit(value)
             host = parts.hostname
+            parts.port          # a port that is no number raises
         except ValueError:
             host = None
         if host is None or parts.scheme.lower() not in ("http", "https"):

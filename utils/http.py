@@ -82,8 +82,9 @@ _FRAMING = frozenset((b"content-length", b"transfer-encoding"))
 
 # The bound of a request's line and headers, as the original's parser's (80 kB); a chunked
 # body's chunk lines and trailers may take that much again and 8 bytes for each of its own.
-# httptools gathers a header until it ends, so the bytes of a request read past this are
-# refused, not parsed.  (A read that begins a request is not counted: one read more.)
+# httptools gathers a header until it ends: a request whose bytes read, less its body's, pass
+# this once a read is parsed is refused (what it holds then: the bound and a read at most;
+# the read that begins a request is not counted).
 MAX_HEAD_SIZE = 80 * 1024
 
 
@@ -198,9 +199,6 @@ class HTTPServerProtocol(protocol.Protocol):
         """Parse `data`; what follows a request with upgrade headers, to parse again."""
         if self.in_message:
             self.message_bytes += len(data)
-            if self.message_bytes - 9 * self.body_size > MAX_HEAD_SIZE:
-                self._reject(400, "request headers over %d bytes" % MAX_HEAD_SIZE)
-                return None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -219,6 +217,10 @@ class HTTPServerProtocol(protocol.Protocol):
                 self._reject(413, "body over %d bytes" % self.factory.max_body)
             elif not self.closing:
                 self._reject(400, "malformed HTTP: %s" % e)
+            return None
+        if self.in_message and self.message_bytes - 9 * self.body_size > MAX_HEAD_SIZE \
+                and not self.closing:
+            self._reject(400, "request headers over %d bytes" % MAX_HEAD_SIZE)
         return None
 
     def _touch(self):

@@ -457,6 +457,15 @@ class ServiceTests(TestCase):
             written.callback(False)
         self.assertIn("slice %d failed" % forked[0],
                       [formatEvent(e) for e in events if e["log_level"] == LogLevel.critical])
+        # a slice whose writing raises (the embedded exchange's copy, on a full disk) is
+        # said to have failed, as critical, too
+        written = defer.Deferred()
+        with capturedLogs() as events:
+            self.assertEqual(await cli.commands(h.service)["makeslice"]([]), "OK\n")
+            written.errback(OSError(28, "database or disk is full"))
+        self.assertIn("slice %d failed" % forked[1],
+                      [formatEvent(e) for e in events if e["log_level"] == LogLevel.critical])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         await h.stop()
 
     async def makeslice_while_the_log_waits(self):

@@ -132,7 +132,8 @@ class FieldTypeTests(SynchronousTestCase):
         for value in ("http://127.0.0.1:8080", "https://auth.example.com/user/auth?x=1",
                       "HTTP://[::1]:80/"):
             self.assertEqual(load_data({"url": value}, schema).url, value)
-        for value in ("127.0.0.1:8080", "not a url", "ftp://host/", "http://", "http://[::1"):
+        for value in ("127.0.0.1:8080", "not a url", "ftp://host/", "http://", "http://[::1",
+                      "http://h:abc/", "http://h:70000/"):
             self.check_error(schema, {"url": value},
                              "url: %r is not an http:// or https:// URL" % value)
         self.check_error(schema, {"url": ""}, "url: must not be empty")
