@@ -59,7 +59,7 @@ from twisted.application.service import MultiService, Service
 from twisted.python import usage
 
 from network.address import parse_address
-from utils.config import json_type
+from utils.config import ALERT, ConfigError, json_type, load_data
 from utils.daemon import READY_FILE, TWISTD, stop_reactor
 
 __all__ = ["Options", "make_monitor", "paths", "read_pid", "start", "stop", "check", "main"]
@@ -187,11 +187,10 @@ def alert_observer(options, reactor):
         return None
     try:
         with open(path, "rb") as f:
-            alert = json.load(f)["alert"]
-        sender = AlertSender(reactor, str(alert["host"]), alert["addr"])
-    except (OSError, ValueError, TypeError, KeyError):
+            alert = load_data(json.load(f)["alert"], ALERT, path)
+    except (OSError, ValueError, TypeError, KeyError, ConfigError):
         return None
-    return AlertLogObserver(sender)
+    return AlertLogObserver(AlertSender(reactor, alert.host, alert.addr))
 
 
 class _Signals(Service):
