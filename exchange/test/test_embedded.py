@@ -57,8 +57,8 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(str(error), "the data folder %s is in use by another exchange" % data)
         lock.close()
         embedded.lock_data(data).close()
-        with open(os.path.join(data, "file"), "w"):
-            pass
+        with open(os.path.join(data, "file"), "w") as f:
+            f.write("a file where a folder is asked for")
         error = self.assertRaises(embedded.DataUnusable, embedded.lock_data,
                                   os.path.join(data, "file", "data"))
         self.assertEqual(str(error), "cannot use the data folder %s: Not a directory"
