@@ -22,8 +22,8 @@ On SQLite (the embedded exchange) the child does not open the daemon's database:
 library keeps the locks of each open file in the process, and the copy the child inherits
 would lock nothing, its writes then mixing with the daemon's.  It writes the rows into a
 file of its own (`<database>.slice-<t>`), in one transaction; once it has ended, the daemon
-copies them into its tables with its own connection, between two log writes (a million
-orders take about a second), and removes the file.
+copies them into its tables with its own connection, COPY_ROWS a transaction between the
+log's writes (a million orders take about a second in all), and removes the file.
 """
 
 import collections
@@ -204,6 +204,8 @@ async def load_state(eng, db, progress=None, reactor=None, rebuild=None):
     With `rebuild` (a `Rebuild`), load the newest slice taken before the operations to
     rebuild instead, and replay up to `rebuild.upto`, handing over their effects."""
     say = progress or (lambda message: log.info("{message}", message=message))
+    if db.sqlite_path:
+        remove_staged(db.sqlite_path)
     await exact_slice_templates(db, say)
     await slice_source_column(db, say)
     await utf8mb4_log_tables(db, say)
@@ -599,70 +601,130 @@ def write_slice(db, connection, eng, ts, oper_id, keeptime):
 
 def stage_slice(path, eng):
     """In the slice child, on SQLite: the rows of the slice into tables `slice_order` and
-    `slice_balance` of the new file `path`, all in one transaction (a child killed
-    meanwhile leaves no table)."""
-    import glob
+    `slice_balance` of the new file `path`, in the order of their first column (an order's
+    id, a balance's user), which their rowids follow from 1; all in one transaction (a
+    child killed meanwhile leaves no table)."""
     import sqlite3
-    # this one's, and those of slices whose daemon was killed before it copied them
-    for name in glob.glob(glob.escape(path.rsplit(".slice-", 1)[0]) + ".slice-*"):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(name)
+    remove_staged(path.rsplit(".slice-", 1)[0])
     connection = sqlite3.connect(path, isolation_level=None)
     try:
         connection.execute("BEGIN")
         for kind, columns, rows in zip(("slice_order", "slice_balance"),
                                        (ORDER_COLUMNS, BALANCE_COLUMNS), snapshot_rows(eng)):
-            connection.execute("CREATE TABLE `%s` (%s)" % (
-                kind, ", ".join("`%s`" % column for column in columns)))
-            connection.executemany("INSERT INTO `%s` VALUES (%s)" % (
-                kind, ", ".join("?" * len(columns))), rows)
+            names = ", ".join("`%s`" % column for column in columns)
+            connection.execute("CREATE TABLE `unsorted` (%s)" % names)
+            connection.executemany("INSERT INTO `unsorted` VALUES (%s)" % (
+                ", ".join("?" * len(columns))), rows)
+            connection.execute("CREATE TABLE `%s` AS SELECT %s FROM `unsorted` ORDER BY 1"
+                               % (kind, names))
+            connection.execute("DROP TABLE `unsorted`")
         connection.execute("COMMIT")
     finally:
         connection.close()
 
 
-def copy_staged_slice(connection, db, staged, ts, oper_id, ends, keeptime):
-    """In the daemon, on SQLite: the slice whose rows its child staged in the file `staged`
-    (`stage_slice`), as `write_slice` writes one; `ends` are the order and deal ids of the
-    instant of the slice."""
+def remove_staged(path):
+    """Remove the staging files of the SQLite database `path`: a slice's once copied, and
+    those a daemon killed before it copied them left (the daemon's start removes them)."""
+    import glob
+    for name in glob.glob(glob.escape(path) + ".slice-*"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(name)
+
+
+# the staged rows are copied this many at a time, each part its own transaction: the
+# operation log's writes, on the same connection, wait for one part only (about 50 ms)
+COPY_ROWS = 20000
+
+
+def staged_tables(connection, db, staged, ts):
+    """The first step of the copy of a staged slice (`stage_slice`) into the daemon's
+    database: its empty tables, and how many rows of each are staged."""
+    cursor = connection.cursor()
+    counts = []
+    cursor.execute("ATTACH DATABASE ? AS `staged`", (staged,))
+    try:
+        for table, kind, _ in _slice_tables(ts):
+            cursor.execute("DROP TABLE IF EXISTS %s" % db.dialect.quote(table))
+            db.create_like(cursor, table, kind + "_example")
+            cursor.execute("SELECT COUNT(*) FROM `staged`.`%s`" % kind)
+            counts.append(cursor.fetchone()[0])
+        connection.commit()
+    finally:
+        cursor.execute("DETACH DATABASE `staged`")
+    return counts
+
+
+def copy_staged_rows(connection, db, staged, ts, part, start):
+    """The staged rows `start` + 1 to `start` + COPY_ROWS of the slice's table `part` (0:
+    orders, 1: balances), in a transaction of their own."""
+    table, kind, columns = _slice_tables(ts)[part]
+    names = ", ".join(db.dialect.quote(column) for column in columns)
     cursor = connection.cursor()
     cursor.execute("ATTACH DATABASE ? AS `staged`", (staged,))
     try:
-        def fill(cursor, table, kind, columns):
-            # in the order of the first column (an order's id): its index is then written
-            # in order, two to three times as fast as in the book's order
-            names = ", ".join(db.dialect.quote(column) for column in columns)
-            cursor.execute("INSERT INTO %s (%s) SELECT %s FROM `staged`.`%s` ORDER BY 1" % (
-                db.dialect.quote(table), names, names, kind))
-        _store_slice(db, connection, ts, oper_id, ends, keeptime, fill)
-    finally:
+        cursor.execute("INSERT INTO %s (%s) SELECT %s FROM `staged`.`%s` WHERE `rowid` > ? "
+                       "AND `rowid` <= ?" % (db.dialect.quote(table), names, names, kind),
+                       (start, start + COPY_ROWS))
         connection.commit()
+    finally:
         cursor.execute("DETACH DATABASE `staged`")
+
+
+def staged_history(connection, db, ts, oper_id, ends):
+    """The last step of the copy: the slice's `slice_history` row (`ends`: the order and
+    deal ids of the slice's instant)."""
+    _history_row(db, connection.cursor(), ts, oper_id, ends)
+    connection.commit()
+
+
+def retire_slices(connection, db, ts, keeptime):
+    """After a slice at `ts`: the slices past `keeptime` dropped (`_retire`)."""
+    _retire(db, connection, connection.cursor(), ts, keeptime)
+
+
+def drop_slice_tables(connection, db, ts):
+    """A slice that failed: its tables, as far as they were written, dropped."""
+    cursor = connection.cursor()
+    for table, _, _ in _slice_tables(ts):
+        cursor.execute("DROP TABLE IF EXISTS %s" % db.dialect.quote(table))
+    connection.commit()
+
+
+def _slice_tables(ts):
+    return (("slice_order_%d" % ts, "slice_order", ORDER_COLUMNS),
+            ("slice_balance_%d" % ts, "slice_balance", BALANCE_COLUMNS))
+
+
+def _history_row(db, cursor, ts, oper_id, ends):
+    cursor.execute(db.dialect.sql(
+        "INSERT INTO `slice_history` (`time`, `end_oper_id`, `end_order_id`, "
+        "`end_deals_id`) VALUES (%s, %s, %s, %s)"), (ts, oper_id) + tuple(ends))
 
 
 def _store_slice(db, connection, ts, oper_id, ends, keeptime, fill):
     """The slice's tables, their rows written by `fill(cursor, table, kind, columns)`, then
     its `slice_history` row; then the slices past `keeptime` dropped."""
     cursor = connection.cursor()
-    q = db.dialect.quote
-    tables = (("slice_order_%d" % ts, "slice_order", ORDER_COLUMNS),
-              ("slice_balance_%d" % ts, "slice_balance", BALANCE_COLUMNS))
     try:
-        for table, kind, columns in tables:
-            cursor.execute("DROP TABLE IF EXISTS %s" % q(table))
+        for table, kind, columns in _slice_tables(ts):
+            cursor.execute("DROP TABLE IF EXISTS %s" % db.dialect.quote(table))
             db.create_like(cursor, table, kind + "_example")
             fill(cursor, table, kind, columns)
-        cursor.execute(db.dialect.sql(
-            "INSERT INTO `slice_history` (`time`, `end_oper_id`, `end_order_id`, "
-            "`end_deals_id`) VALUES (%s, %s, %s, %s)"), (ts, oper_id) + tuple(ends))
+        _history_row(db, cursor, ts, oper_id, ends)
         connection.commit()
     except Exception:
         with contextlib.suppress(Exception):
             connection.rollback()
-            for table, _, _ in tables:
-                cursor.execute("DROP TABLE IF EXISTS %s" % q(table))
-            connection.commit()
+            drop_slice_tables(connection, db, ts)
         raise
+    _retire(db, connection, cursor, ts, keeptime)
+
+
+def _retire(db, connection, cursor, ts, keeptime):
+    """The slices older than `keeptime` dropped, while a newer one is kept, and the tables of
+    unfinished older ones."""
+    q = db.dialect.quote
     cursor.execute(db.dialect.sql("SELECT COUNT(*) FROM `slice_history` WHERE `time` >= %s"),
                    (ts - keeptime,))
     if cursor.fetchone()[0]:
@@ -733,10 +795,21 @@ async def _copy_staged(waited, db, staged, ts, oper_id, ends, keeptime):
     try:
         if not await waited:
             return False
-        # with no table staged (a child reaped by someone else that failed), this fails
-        await db.on_connection(copy_staged_slice, db, staged, ts, oper_id, ends, keeptime)
+        try:
+            # with no table staged (a child reaped by someone else that failed), this fails
+            counts = await db.on_connection(staged_tables, db, staged, ts)
+            for part, count in enumerate(counts):
+                for start in range(0, count, COPY_ROWS):
+                    await db.on_connection(copy_staged_rows, db, staged, ts, part, start)
+            await db.on_connection(staged_history, db, ts, oper_id, ends)
+        except Exception:
+            with contextlib.suppress(Exception):
+                await db.on_connection(drop_slice_tables, db, ts)
+            raise
+        await db.on_connection(retire_slices, db, ts, keeptime)
         return True
     finally:
         for name in (staged, staged + "-journal"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(name)
+

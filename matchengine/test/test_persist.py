@@ -292,6 +292,7 @@ class ReaderTests(TestCase):
         for left in (".slice-1793000000", ".slice-1", ".slice-1-journal"):
             with open(db.sqlite_path + left, "w") as f:
                 f.write("partial")
+        self.patch(persist, "COPY_ROWS", 1000)     # the orders copied in 21 parts
         writing = defer.Deferred.fromCoroutine(write())
         for n in range(4):
             self.assertTrue(await persist.make_slice(eng, db, 1793000000 + n, 1, 86400,
@@ -304,6 +305,9 @@ class ReaderTests(TestCase):
         self.assertGreater(written[0], 4)
         self.assertEqual(await db.query("SELECT `time` FROM `slice_history` ORDER BY `id`"),
                          [(1793000000 + n,) for n in range(4)])
+        # a staging file of a daemon killed before it copied it: gone at the next start
+        with open(db.sqlite_path + ".slice-1793000009", "w") as f:
+            f.write("partial")
         loaded = engine.Engine(*config.example_tables())
         await persist.load_state(loaded, db, self.messages.append, reactor=reactor)
         self.assertEqual(state(loaded)[:4], state(eng)[:4])     # balances, orders, ids
