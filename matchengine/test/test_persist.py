@@ -314,6 +314,30 @@ class ReaderTests(TestCase):
         self.assertEqual([name for name in os.listdir(os.path.dirname(db.sqlite_path))
                           if ".slice" in name], [])
 
+    async def staged_copy_failing(self):
+        db = self.sqlite()
+        with open(os.path.join(testing.ROOT, "depends", "sql", "trade_log.sql")) as f:
+            await db.execute_script(f.read())
+        staged = db.sqlite_path + ".slice-1793000000"
+        import sqlite3
+        conn = sqlite3.connect(staged)
+        conn.execute("CREATE TABLE `slice_order` (`id`)")   # and no slice_balance
+        conn.execute("INSERT INTO `slice_order` VALUES (1)")
+        conn.commit()
+        conn.close()
+        with self.assertRaises(sqlite3.OperationalError):
+            await persist._copy_staged(defer.succeed(True), db, staged, 1793000000, 1, (1, 1),
+                                       86400)
+        self.assertEqual(await db.query("SELECT name FROM sqlite_master WHERE name LIKE "
+                                        "'slice_%_1793000000'"), [])
+        self.assertEqual(await db.query("SELECT COUNT(*) FROM `slice_history`"), [(0,)])
+        self.assertFalse(os.path.exists(staged))
+
+    def test_sqlite_staged_copy_failing(self):
+        """A staged slice that cannot be copied (its child failed after all) raises, and
+        leaves no table, no slice_history row and no staging file."""
+        return defer.Deferred.fromCoroutine(self.staged_copy_failing())
+
     def test_sqlite_slices_beside_writes(self):
         """The embedded exchange's slices (SQLite) while the daemon writes its log: the
         database stays whole, nothing written beside is lost, each slice loads.  The slice
