@@ -68,6 +68,8 @@ class ConfigTests(SynchronousTestCase):
             f.write("not a database, but long enough to be read as one" * 100)
         err = io.StringIO()
         self.patch(sys, "stderr", err)
+        # as under twistd, but for the exit status it sets for this whole process
+        self.patch(tap, "exit_status_on_failure", lambda: None)
         options = tap.Options()
         options.parseOptions(["--data", os.path.join(data, "broken")])
         exit = self.assertRaises(SystemExit, tap.makeService, options)
