@@ -195,6 +195,25 @@ def children(pid):
     return out
 
 
+def popen_done(args, **kwargs):
+    """`subprocess.Popen(args, **kwargs)`, returned once its command line shows in /proc:
+    Popen returns when the exec has begun, and on a busy machine the process's arguments
+    were read empty a moment after."""
+    process = subprocess.Popen(args, **kwargs)
+
+    def shown():
+        try:
+            with open("/proc/%d/cmdline" % process.pid, "rb") as f:
+                return f.read().split(b"\0")[:-1] == [os.fsencode(a) for a in args]
+        except OSError:
+            return process.poll() is not None
+    if not wait_until(shown, 10, 0.001):
+        process.kill()
+        process.wait()
+        raise RuntimeError("%r: no command line in /proc after 10 s" % (args,))
+    return process
+
+
 def wait_until(predicate, seconds, interval=0.05):
     """Poll a condition of a real outside process (integration tests only)."""
     deadline = time.monotonic() + seconds

@@ -10,13 +10,14 @@ import sys
 from twisted.trial.unittest import SynchronousTestCase
 
 from exchange import pidfile
+from utils import testing
 
 
 class DropStaleTests(SynchronousTestCase):
 
     def process(self, *args):
         """The pid of a live process run with `args`, killed when the test ends."""
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        proc = testing.popen_done(list(args), stdin=subprocess.DEVNULL)
 
         def end():
             proc.kill()

@@ -156,8 +156,8 @@ class OptionsTests(SynchronousTestCase):
     def fake_process(self, home, pid_file, *words, cwd=None):
         """A process whose arguments are `words`, working in `home` (or `cwd`), its pid
         written to log/`pid_file`."""
-        process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]
-                                   + list(words), cwd=cwd or home)
+        process = testing.popen_done([sys.executable, "-c", "import time; time.sleep(60)"]
+                                     + list(words), cwd=cwd or home)
         self.addCleanup(process.wait)
         self.addCleanup(process.kill)
         with open(os.path.join(home, "log", pid_file), "w") as f:
