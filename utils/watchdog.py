@@ -346,8 +346,11 @@ def _probe(module):
         from utils import rpc
         return rpc.encode(rpc.heartbeat_request(3))
     if module == "accesshttp":
-        # refused (400) by the gateway itself: no backend is asked
-        return b"POST / HTTP/1.1\r\nHost: check\r\nContent-Length: 2\r\n\r\n{}"
+        # a method no backend has, answered (404, error 4) by the gateway itself, which
+        # logs nothing for it (an envelope it refused was a line in its log at each check)
+        body = b'{"id": 0, "method": "check_alive", "params": []}'
+        return b"POST / HTTP/1.1\r\nHost: check\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(body), body)
     if module == "accessws":
         # a websocket handshake, answered 101 (a plain GET was refused with a warning in
         # the log at each check)

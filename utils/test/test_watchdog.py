@@ -549,7 +549,8 @@ class DeploymentTests(TestCase):
 
         # the checks leave no warning in the daemon's log (a gateway that refused them did)
         self.assertEqual([line for line in self.module_log(home, module).splitlines()
-                          if "[warn]" in line and "dropping connection" in line], [])
+                          if "[warn]" in line and "dropping connection" in line
+                          or "400 to" in line], [])
 
         # stopped: check_alive says so
         self.assertTrue(watchdog.stop(home, module, out=lambda text: None))
