@@ -253,6 +253,13 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
     except (sqlite3.Error, OSError) as e:
         lock.close()
         raise DataUnusable("cannot make the databases in %s: %s" % (data_dir, e)) from None
+    try:
+        bus = InProcessBus(reactor=reactor, path=os.path.join(data_dir, "bus"))
+        store = MemoryRedis(os.path.join(data_dir, "redis.json"), reactor=reactor)
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        lock.close()
+        raise DataUnusable("cannot read the bus and store kept in %s: %s" % (data_dir, e)) \
+            from None
     data = configs(ports, os.path.join(data_dir, "log", "exchange"))
     port = dict(PORTS, **(ports or {}))
     data["matchengine"]["alert"] = {"host": "exchange",
@@ -271,8 +278,6 @@ def build(data_dir, ports=None, reactor=None, stderr=False):
 
     db_log = mysql.connect_sqlite(log_path, reactor=reactor)
     db_history = mysql.connect_sqlite(history_path, reactor=reactor)
-    bus = InProcessBus(reactor=reactor, path=os.path.join(data_dir, "bus"))
-    store = MemoryRedis(os.path.join(data_dir, "redis.json"), reactor=reactor)
     # started first, stopped last
     _Stores(bus, store, [db_log, db_history], lock).setServiceParent(top)
     modules = _Modules(reactor)

@@ -78,6 +78,19 @@ class ConfigTests(SynchronousTestCase):
                          "%s: file is not a database\n" % os.path.join(data, "broken"))
         # refused, it let go of the folder
         embedded.lock_data(os.path.join(data, "broken")).close()
+        # a store that is not the JSON it writes
+        os.makedirs(os.path.join(data, "store"))
+        with open(os.path.join(data, "store", "redis.json"), "w") as f:
+            f.write('{"k:BTCBCH": ')
+        err.truncate(0)
+        err.seek(0)
+        options = tap.Options()
+        options.parseOptions(["--data", os.path.join(data, "store")])
+        self.assertEqual(self.assertRaises(SystemExit, tap.makeService, options).code, 1)
+        self.assertTrue(err.getvalue().startswith(
+            "exchange: not started: cannot read the bus and store kept in %s: "
+            % os.path.join(data, "store")), err.getvalue())
+        embedded.lock_data(os.path.join(data, "store")).close()
 
     def test_schema(self):
         """The history shards are made, and making the schema again changes nothing."""
