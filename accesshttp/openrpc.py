@@ -280,7 +280,10 @@ def markdown(examples=None):
            "accesshttp answers `POST` requests whose body is a JSON-RPC call:", "",
            "```json", '{"id": 1, "method": "balance.query", "params": [1, "BTC"]}', "```", "",
            "and " + REQUESTS, "", COMMON, "",
-           "`rpc.discover` answers this API as an OpenRPC document.", ""]
+           "`rpc.discover` answers this API as an OpenRPC document.", "",
+           "The examples are the original's recorded answers, shown with their keys sorted; "
+           "an answer comes with `error`, `result` and `id` in that order, and the keys of "
+           "a result in the order the server writes them (docs/rpc.md, Bodies).", ""]
     for name, (summary, params, result, errors) in CATALOGUE.items():
         out += ["## `%s`" % name, "", summary, ""]
         if params:
