@@ -169,18 +169,22 @@ class OptionsTests(SynchronousTestCase):
         reboot) are stale: stop signals none of them, check says so, start goes on."""
         home = self.mktemp()
         os.makedirs(os.path.join(home, "log"))
-        others = [self.fake_process(home, name, "sleep")
-                  for name in ("readhistory.pid", "readhistory.worker.pid")]
+        self.stale_everywhere(home, [self.fake_process(home, name, "sleep")
+                                     for name in ("readhistory.pid", "readhistory.worker.pid")])
+        # a worker of another daemon is not this one's either
+        worker = self.fake_process(home, "readhistory.worker.pid", "twistd", "matchengine")
+        self.assertTrue(watchdog.stop(home, "readhistory", 1, lambda text: None))
+        self.assertIsNone(worker.poll())
+
+    def stale_everywhere(self, home, others):
+        """`others` (processes the pid files of readhistory in `home` name) are not its
+        daemons: stop signals none of them, check calls the pid file stale."""
         out = []
         self.assertTrue(watchdog.stop(home, "readhistory", 1, out.append))
         self.assertEqual(out, ["readhistory: not running"])
-        self.assertEqual([other.poll() for other in others], [None, None])
+        self.assertEqual([other.poll() for other in others], [None] * len(others))
         ok, message = watchdog.check(home, "readhistory")
         self.assertIn("a stale pid file", message)
-        # a worker of another daemon is not this one's either
-        worker = self.fake_process(home, "readhistory.worker.pid", "twistd", "matchengine")
-        self.assertTrue(watchdog.stop(home, "readhistory", 1, out.append))
-        self.assertIsNone(worker.poll())
 
     def test_another_deployments_daemon(self):
         """Pid files naming the watchdog and worker of the same module in another
@@ -193,14 +197,9 @@ class OptionsTests(SynchronousTestCase):
                                     "readhistory", cwd=other),
                   self.fake_process(home, "readhistory.worker.pid", "twistd", "readhistory",
                                     cwd=other)]
-        out = []
-        self.assertTrue(watchdog.stop(home, "readhistory", 1, out.append))
-        self.assertEqual(out, ["readhistory: not running"])
-        self.assertEqual([p.poll() for p in others], [None, None])
-        ok, message = watchdog.check(home, "readhistory")
-        self.assertIn("a stale pid file", message)
+        self.stale_everywhere(home, others)
         self.assertIsNone(watchdog._orphan(home, "readhistory"))
-        self.assertEqual(watchdog._orphan(other, "readhistory"), None)  # no pid file there
+        self.assertIsNone(watchdog._orphan(other, "readhistory"))     # no pid file there
         self.assertTrue(watchdog.is_daemon(others[1].pid, "readhistory", "worker", other))
         self.assertTrue(watchdog.is_daemon(others[1].pid, "readhistory", "worker"))
 
