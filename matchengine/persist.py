@@ -170,10 +170,12 @@ class Recovered(collections.namedtuple(
     slice was saved at (0 without one)."""
 
 
-class Rebuild(collections.namedtuple("Rebuild", "after upto emit warn")):
+class Rebuild(collections.namedtuple("Rebuild", "after upto emit warn advanced",
+                                     defaults=(None,))):
     """What `load_state` rebuilds: the history rows and messages of the operations with ids
     after `after` up to `upto`, each handed to `emit(oper_id, history, messages)`; the
-    replay stops after `upto`.  `warn(text)` is told of operations that cannot be."""
+    replay stops after `upto`.  `warn(text)` is told of operations that cannot be;
+    `advanced()`, when given, after each page of the slice or the log is loaded."""
 
 
 async def _slice_row(db, rebuild):
@@ -204,6 +206,7 @@ async def load_state(eng, db, progress=None, reactor=None, rebuild=None):
     With `rebuild` (a `Rebuild`), load the newest slice taken before the operations to
     rebuild instead, and replay up to `rebuild.upto`, handing over their effects."""
     say = progress or (lambda message: log.info("{message}", message=message))
+    advanced = rebuild.advanced if rebuild and rebuild.advanced else None
     if db.sqlite_path:
         remove_staged(db.sqlite_path)
     await exact_slice_templates(db, say)
@@ -214,8 +217,8 @@ async def load_state(eng, db, progress=None, reactor=None, rebuild=None):
     every = await operlog_tables(db)
     if rows:
         slice_time, last_id, eng.order_id, eng.deal_id = (int(v) for v in rows[0])
-        count = await _load_orders(eng, db, "slice_order_%d" % slice_time)
-        balances = await _load_balances(eng, db, "slice_balance_%d" % slice_time)
+        count = await _load_orders(eng, db, "slice_order_%d" % slice_time, advanced)
+        balances = await _load_balances(eng, db, "slice_balance_%d" % slice_time, advanced)
         say("loaded slice %d: %d open orders, %d balances, operations up to %d"
             % (slice_time, count, balances, last_id))
         keys = await _load_dedup(eng, db, every, slice_time, last_id)
@@ -258,6 +261,8 @@ async def load_state(eng, db, progress=None, reactor=None, rebuild=None):
             replayed += len(rows)
             if end:
                 break
+            if advanced:
+                advanced()
             now = time.monotonic()
             if now - reported >= PROGRESS_EVERY:
                 reported = now
@@ -502,7 +507,7 @@ async def tables_after(db, tables, after):
     return tables[kept:]
 
 
-async def _load_orders(eng, db, table):
+async def _load_orders(eng, db, table, advanced=None):
     last, count = 0, 0
     columns = ", ".join("`%s`" % c for c in ORDER_COLUMNS)
     if db.dialect.name == "mysql" and not await _has_column(db, table, "source"):
@@ -535,9 +540,11 @@ async def _load_orders(eng, db, table):
             count += 1
         if len(page) < PAGE:
             return count
+        if advanced:
+            advanced()
 
 
-async def _load_balances(eng, db, table):
+async def _load_balances(eng, db, table, advanced=None):
     last, count = 0, 0
     while True:
         page = await _fetch(db, "SELECT `id`, `user_id`, `asset`, `t`, `balance` FROM `%s` "
@@ -551,6 +558,8 @@ async def _load_balances(eng, db, table):
                 count += 1
         if len(page) < PAGE:
             return count
+        if advanced:
+            advanced()
 
 
 # -- making slices ---------------------------------------------------------------------

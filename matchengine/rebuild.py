@@ -14,22 +14,26 @@ It loads the newest slice taken at or before `after`, replays the log up to `upt
 operations after `after` with their effects built as the write made them, keeps of those the
 rows and messages the positions say are not written, and writes them on stdout, framed as the
 daemon frames its batches, `(0, oper_id, history, messages)`, `oper_id` the last operation of
-the batch, each batch ending with a whole operation; the last batch ends at `upto`.
+the batch, each batch ending with a whole operation; the last batch ends at `upto`.  While it
+loads and replays what comes before its first batch it writes `(PROGRESS,)` frames, a few a
+second at most, so that the writer knows it is not stuck.
 """
 
 import json
 import sys
+import time
 
 from twisted.internet import defer, task
 
 from matchengine import config, persist
 from matchengine.engine import Engine
-from matchengine.writer import Positions, say
+from matchengine.writer import PROGRESS, Positions, say
 from utils import handoff, mysql
 
 __all__ = ["Output"]
 
 BATCH_OPERATIONS = 1000     # operations a batch, at most
+PROGRESS_EVERY = 0.25       # seconds between progress frames, at least
 
 
 class Output:
@@ -41,6 +45,7 @@ class Output:
         self.history, self.messages = [], []
         self.oper_id = None
         self.operations = 0
+        self.reported = time.monotonic()
 
     def emit(self, oper_id, history, messages):
         self.history.extend(self.positions.rows(oper_id, history))
@@ -49,6 +54,13 @@ class Output:
         self.operations += 1
         if self.operations >= BATCH_OPERATIONS:
             self.flush()
+
+    def advanced(self):
+        """A page of the slice or the log is loaded: say so, now and then."""
+        now = time.monotonic()
+        if now - self.reported >= PROGRESS_EVERY:
+            self.reported = now
+            self.write(handoff.dumps_framed((PROGRESS,)))
 
     def flush(self, upto=None):
         """Write what is gathered; with `upto`, a batch ending there even if empty."""
@@ -69,7 +81,7 @@ async def rebuild(reactor, settings, write):
         recovered = await persist.load_state(
             engine, db, lambda message: say("rebuild: " + message, info=True), reactor,
             persist.Rebuild(settings["after"], settings["upto"], output.emit,
-                            lambda message: say("rebuild: " + message)))
+                            lambda message: say("rebuild: " + message), output.advanced))
     finally:
         db.close()
     if recovered.last_id < settings["upto"]:

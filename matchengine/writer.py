@@ -638,6 +638,7 @@ class Recorder:
 
 
 REBUILD_PATIENCE = 300.0    # seconds a rebuild is tried again before it is given up
+PROGRESS = "progress"       # a rebuild's frame: a page of its slice or log is loaded
 REBUILD_QUEUE = 100         # rebuilt batches waiting in a lane, at most
 
 
@@ -656,13 +657,13 @@ def _stop_child(child):
 def rebuilt(settings, after, positions, patience=REBUILD_PATIENCE):
     """Yield the batches of `matchengine.rebuild` for the operations after `after` up to
     `settings["upto"]` (those `positions` say are not written), from a process of its own:
-    run again from where it stopped, and stopped when it makes no progress for `patience`
-    seconds, until it ends well, or given up (critical on the log) once `patience` seconds
-    passed without progress."""
+    run again from where it stopped, and stopped when it makes no progress (no batch, no page
+    of its slice or log loaded) for `patience` seconds, until it ends well, or given up
+    (critical on the log) once `patience` seconds passed without progress."""
     upto = settings["upto"]
     say("rebuilding the history and messages of operations %d to %d, committed but never "
         "handed over" % (after + 1, upto), info=True)
-    progress = [time.monotonic()]      # the last batch's time, or the first attempt's
+    progress = [time.monotonic()]      # the last progress's time, or the first attempt's
     while after < upto:
         # a session of its own, so that it and its log reader end together; its stderr
         # relayed, so that this process's end is seen at once by the daemon
@@ -687,8 +688,10 @@ def rebuilt(settings, after, positions, patience=REBUILD_PATIENCE):
             for batch in read_batches(child.stdout.fileno(), pause=0):
                 if batch is None:
                     break
-                after = batch[1]
                 progress[0] = time.monotonic()
+                if batch[0] == PROGRESS:
+                    continue
+                after = batch[1]
                 yield batch
         except BrokenPipeError:
             pass        # the child ended before reading its settings: its status tells

@@ -18,7 +18,7 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from matchengine import writer
+from matchengine import config, writer
 from matchengine.effects import BALANCE, HISTORY_COLUMNS, ORDER, TOPIC_BALANCES, USER_DEAL
 from matchengine.outbox import WriterOutbox, _WriterProtocol
 from matchengine.writer import (FRAME, INT_COLUMNS, TEXT_COLUMNS, TIME_COLUMNS, Acks,
@@ -275,6 +275,50 @@ class WriterTests(TestCase):
                       done.stderr)
         rows = await db.query("SELECT `detail` FROM `balance_history_7` ORDER BY `id`")
         self.assertEqual([json.loads(r[0])["n"] for r in rows], [11, 12])
+
+    async def long_replay_scenario(self, operations):
+        db, db_settings = await self.positions_database({"history": operations - 10})
+        log_db = testing.create_database("logpos", ("trade_log",))
+        self.addCleanup(testing.drop_database, log_db)
+        log = mysql.connect_mysql(db_settings["host"], db_settings["port"],
+                                  db_settings["user"], db_settings["pass"], log_db, "utf8mb4")
+        self.addCleanup(log.close)
+        # deposits of user 7, numbered in their details; no slice: the rebuild replays the
+        # whole log before it reaches the last ten, whose rows and messages are missing
+        await log.execute("CREATE TABLE `operlog_20261207` LIKE `operlog_example`")
+        await log.execute("CREATE TABLE `digits` (`d` INT)")
+        await log.execute("INSERT INTO `digits` VALUES (0), (1), (2), (3), (4), (5), (6), "
+                          "(7), (8), (9)")
+        await log.execute(
+            "INSERT INTO `operlog_20261207` (`id`, `time`, `detail`) SELECT `n`, "
+            "1700000000 + `n` / 1000, CONCAT('{\"method\": \"update_balance\", "
+            "\"params\": [7, \"BCH\", \"deposit\", ', `n`, ', \"1\", {\"n\": ', `n`, "
+            "'}]}') FROM (SELECT 1 + a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d "
+            "+ 100000 * g.d AS `n` FROM `digits` a, `digits` b, `digits` c, `digits` e, "
+            "`digits` f, `digits` g) s WHERE `n` <= %s", (operations,))
+        with open(os.path.join(os.path.dirname(writer.__file__), "conf", "config.json")) as f:
+            tables = config.tables_data(*config.build_tables(config.load_data(json.load(f))))
+        started = time.monotonic()
+        done = await threads.deferToThread(
+            run_writer, {"db_history": db_settings, "brokers": None, "recovered": operations,
+                         "rebuild": dict(tables, db_log=dict(db_settings, name=log_db)),
+                         "rebuild_patience": 2.0},
+            [(n, n, [row(7, n)], []) for n in (operations + 1, operations + 2)])
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertNotIn(b"not rebuilt", done.stderr)
+        rows = await db.query("SELECT `detail` FROM `balance_history_7` ORDER BY `id`")
+        self.assertEqual([json.loads(r[0])["n"] for r in rows],
+                         list(range(operations - 9, operations + 3)))
+        return time.monotonic() - started
+
+    def test_a_long_replay_is_progress(self):
+        """A rebuild replaying the log for longer than its patience before its first batch
+        is making progress: it goes on, and the operations' rows are rebuilt."""
+        async def check():
+            took = await self.long_replay_scenario(600000)
+            # the replay alone outlasted the patience: the case this test is for
+            self.assertGreater(took, 2.0)
+        return defer.Deferred.fromCoroutine(check())
 
     def test_a_rebuild_short_of_its_end_fails(self):
         """A rebuild whose log ends before the operation asked for has failed (it is not
