@@ -92,6 +92,10 @@ def _decimal_texts(value, prec):
         return cached
     try:
         parsed = decimals.parse(value, prec)
+        if not prec and parsed != parsed.to_integral_value(decimal.ROUND_DOWN):
+            # a precision of 0 is whole units (the original kept the fraction, which a
+            # balance of zero places then cut off: funds lost); a whole value keeps its form
+            parsed = decimals.quantize(parsed, 0)
     except decimals.InvalidDecimal:
         raise INVALID_ARGUMENT() from None
     cached = (parsed, to_raw(parsed), parsed > ZERO)

@@ -108,6 +108,32 @@ class UnitTests(SynchronousTestCase):
         r = call(eng, 201, [2, "AB", 2, "1e+1", "2", "0", "0", ""], self.now)["result"]
         self.assertEqual((r["amount"], r["deal_stock"], r["deal_money"]), ("1e+1", "10", "20"))
 
+    def test_whole_units_at_precision_zero(self):
+        """At a zero precision an amount or a price with a fraction is cut to whole units,
+        as any precision cuts to its places: kept whole, as the original keeps it, it froze
+        and moved more than a balance of zero places holds, and funds were lost."""
+        assets = {"Z": config.Asset("Z", 0, 0), "USD": config.Asset("USD", 10, 2)}
+        eng = engine.Engine(assets, {"ZUSD": config.Market("ZUSD", "Z", 0, "USD", 0, 4,
+                                                           Decimal(1))})
+
+        def held(user, asset):
+            entry = call(eng, 101, [user, asset], self.now)["result"][asset]
+            return Decimal(entry["available"]) + Decimal(entry["freeze"])
+        call(eng, 102, [1, "Z", "deposit", 1, "10.7", {}], self.now)
+        self.assertEqual(held(1, "Z"), 10)
+        r = call(eng, 201, [1, "ZUSD", 1, "1.5", "3.9", "0", "0", ""], self.now)["result"]
+        self.assertEqual((r["amount"], r["price"]), ("1", "3"))
+        self.assertEqual(call(eng, 101, [1, "Z"], self.now)["result"]["Z"],
+                         {"available": "9", "freeze": "1"})
+        call(eng, 102, [2, "USD", "deposit", 2, "100", {}], self.now)
+        r = call(eng, 201, [2, "ZUSD", 2, "2.5", "3", "0", "0", ""], self.now)["result"]
+        self.assertEqual((r["amount"], r["deal_stock"], r["deal_money"]), ("2", "1", "3"))
+        self.assertEqual((held(1, "Z") + held(2, "Z"), held(1, "USD") + held(2, "USD")),
+                         (10, 100))
+        r = call(eng, 201, [1, "ZUSD", 1, "0.9", "5", "0", "0", ""], self.now)
+        self.assertEqual(r["error"], {"code": 1, "message": "invalid argument"})
+        self.assertEqual(held(1, "Z"), 9)
+
     def test_market_buy_walks_the_asks_once(self):
         """A market buy leaves a maker it fills in part for the next ask, as the original,
         which walks the asks once: a deal's digits cut to the context's 34 (a balance a fill
