@@ -40,6 +40,7 @@ SCHEMA = cfg.DAEMON.extend({
     # beyond the original: replies to writes wait for their operation-log commit
     "durable": cfg.Bool(True),
     "commit_window": cfg.Real(0.0, max=1.0),
+    "commit_stall": cfg.Real(0.5, max=60.0, above=0.0),
     "queue_limits": cfg.Section({
         "operlog": cfg.Int(100000, min=1),
         "history": cfg.Int(1000000, min=1),

@@ -19,6 +19,12 @@ Each batch is a `Batch`: callers append functions to `batch.then(...)`, run in o
 the batch is committed.  The matchengine replies to a write, sends its messages and queues
 its history rows only then: an acknowledged operation is on disk.  In the original's
 asynchronous mode (`durable` off) the callbacks run at once and the log follows behind.
+
+A commit not done `stall` seconds after it was first sent (MySQL away, or holding it behind
+a lock: a backup's `LOCK TABLES`, an ALTER) makes the log `stalled`, with a critical line
+then and every `STALL_REPEAT` seconds, and a warning once it is done; the matchengine refuses
+requests meanwhile, rather than apply writes whose replies would wait past the gateways'
+timeouts (durable mode only).
 """
 
 import hashlib
@@ -178,10 +184,11 @@ class Batch:
 
 class OperationLog:
     log = Logger()
+    STALL_REPEAT = 10.0     # seconds between the critical lines of a stalled commit
 
     def __init__(self, db, reactor, last_id=0, window=0.0, durable=True, retry_delay=1.0,
                  clock_time=time.time, after_release=None, autocommit_db=None,
-                 newest_table=None):
+                 newest_table=None, stall=0.5):
         self.db = db
         # MySQL connections to `db`'s database in autocommit mode (`autocommit_connection`):
         # a batch of one statement then needs one round trip, where a transaction took two
@@ -202,6 +209,10 @@ class OperationLog:
         self.newest_table = newest_table or ""
         self._flush_call = None
         self._flushed = []          # Deferreds of `flush`, fired once nothing is pending
+        self.stall = stall
+        self.stalled = False        # the commit in flight has waited `stall` seconds
+        self._sent_at = None        # when the batch in flight was first sent
+        self._stall_call = None
 
     # -- appending ---------------------------------------------------------------------
 
@@ -242,7 +253,24 @@ class OperationLog:
             return
         batch, self.current = self.current, Batch()
         self.in_flight = batch
+        if self.durable:
+            self._sent_at = self.reactor.seconds()
+            self._stall_call = self.reactor.callLater(self.stall, self._stalled)
         self._commit(batch)
+
+    def _stalled(self):
+        self._stall_call = self.reactor.callLater(self.STALL_REPEAT, self._stalled)
+        waited = self.reactor.seconds() - self._sent_at
+        if not self.stalled:
+            self.stalled = True
+            self.log.critical("operation log: a commit of {count} entries has waited "
+                              "{waited:.1f} s (MySQL does not answer, or a lock holds the "
+                              "log's table); requests are refused with service unavailable "
+                              "until it is done", count=len(self.in_flight.rows),
+                              waited=waited)
+        else:
+            self.log.critical("operation log: the commit has waited {waited:.0f} s; "
+                              "requests are still refused", waited=waited)
 
     def _commit(self, batch):
         table = max(table_name(self.clock_time()), self.newest_table)
@@ -284,6 +312,13 @@ class OperationLog:
     def _committed(self, _, batch, table):
         self.table = self.newest_table = table
         self.in_flight = None
+        if self._stall_call is not None:
+            self._stall_call.cancel()
+            self._stall_call = None
+        if self.stalled:
+            self.stalled = False
+            self.log.warn("operation log: the commit is done after {waited:.1f} s; requests "
+                          "are served again", waited=self.reactor.seconds() - self._sent_at)
         self.pending_rows -= len(batch.rows)
         self.committed_id = batch.rows[-1][0]
         batch._release()

@@ -7,7 +7,8 @@ holds it is committed (durable mode), and every later reply waits behind it, so 
 leave in the order the requests came and nothing is acknowledged that a crash could undo.
 
 Writes are refused with "service unavailable" while the operation log, the history writer or
-the message queue hold more than their `queue_limits`.
+the message queue hold more than their `queue_limits`, and every request while an
+operation-log commit has waited `commit_stall` seconds.
 """
 
 import gc
@@ -146,7 +147,8 @@ class MatchEngine(service.Service):
                                     clock_time=self.clock_time,
                                     after_release=self.outbox.send_now,
                                     autocommit_db=self.db_log_commits,
-                                    newest_table=recovered.newest_table)
+                                    newest_table=recovered.newest_table,
+                                    stall=self.cfg.get("commit_stall", 0.5))
         self.outbox.start(recovered.last_id, self._rebuild_settings())
         if self.listen_enabled:
             self.ports = await listen_rpc(self.reactor, self.cfg["svr"]["bind"], self.factory,
@@ -250,6 +252,11 @@ class MatchEngine(service.Service):
 
         def handle(params, request):
             engine.use_context()
+            if self.operlog.stalled:
+                # a write would be applied, its reply held past the gateways' timeouts: its
+                # outcome unknown to its client; a read would wait behind it
+                self._send(request, None, rpc.SERVICE_UNAVAILABLE())
+                return NO_REPLY
             if write:
                 if self._busy():
                     # the refusal tells nothing of uncommitted state: it need not wait for

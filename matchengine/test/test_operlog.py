@@ -10,6 +10,7 @@ import pymysql
 from pymysql.converters import escape_item
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -169,6 +170,48 @@ class GroupingTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(self.db.tables[-1], "operlog_20991231")
 
+    def test_a_commit_that_waits_stalls_the_log(self):
+        """A commit not done `stall` seconds after it was first sent, retries included,
+        makes the log stalled: said at once and every STALL_REPEAT seconds, and once it is
+        done."""
+        self.append()
+        self.clock.advance(0)
+        with capturedLogs() as events:
+            self.clock.advance(0.2)
+            self.db.finish(error=RuntimeError("gone away"))
+            self.clock.advance(0.29)
+            self.assertFalse(self.log.stalled)
+            self.clock.advance(0.01)
+            self.assertTrue(self.log.stalled)
+            self.clock.advance(OperationLog.STALL_REPEAT)
+            self.assertEqual(self.replies, [])
+            self.db.finish()
+        self.assertFalse(self.log.stalled)
+        self.assertEqual(self.replies, [1])
+        self.assertEqual([(e["log_level"], formatEvent(e)) for e in events], [
+            (LogLevel.critical, "operation log: writing 1 entries failed (gone away); "
+                                "retrying in 1.0 s"),
+            (LogLevel.critical, "operation log: a commit of 1 entries has waited 0.5 s (MySQL "
+                                "does not answer, or a lock holds the log's table); requests "
+                                "are refused with service unavailable until it is done"),
+            (LogLevel.critical, "operation log: the commit has waited 10 s; requests are "
+                                "still refused"),
+            (LogLevel.warn, "operation log: the commit is done after 10.5 s; requests are "
+                            "served again")])
+        # the next commit has its own `stall` seconds
+        self.append()
+        self.clock.advance(0.4)
+        self.db.finish()
+        self.assertFalse(self.log.stalled)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_asynchronous_mode_never_stalls(self):
+        """With `durable` off nothing waits for a commit: the log is never stalled."""
+        self.log.durable = False
+        self.append()
+        self.clock.advance(5)
+        self.assertFalse(self.log.stalled)
+
     def test_asynchronous_mode_releases_at_once(self):
         """With `durable` off, replies go out before the commit, as in the original."""
         self.log.durable = False
@@ -217,6 +260,7 @@ class LoopTests(TestCase):
         reactor.callFromThread(commit_ends)
         await task.deferLater(reactor, 0.05, lambda: None)
         self.assertEqual([ids for ids, _ in db.commits], [[2, 3]])
+        db.finish()         # no commit left in flight, nor its stall's timer
 
     def test_requests_read_meanwhile_join_the_next_batch(self):
         """The batch that follows a commit takes the requests that came while the loop

@@ -174,6 +174,38 @@ class OutageTests(TestCase):
         a while; the messages it could not send arrive after the next start."""
         return defer.Deferred.fromCoroutine(self.stop_during_kafka_outage())
 
+    async def stalled_log(self):
+        import pymysql
+        h = Harness(self)
+        await h.start()
+        self.assertEqual((await h.call(*DEPOSITS[1]))["result"], {"status": "success"})
+        # a backup's lock on the log's table: the commit waits, failing nothing
+        locker = pymysql.connect(**dict(testing.mysql_connect_kwargs(), database=h.log_db))
+        self.addCleanup(locker.close)
+        locker.cursor().execute("LOCK TABLES `%s` WRITE" % h.service.operlog.table)
+        held = h.client.call(102, [2, "BCH", "deposit", 3, "5", {}], 30.0)
+        await until(lambda: h.service.operlog.stalled, what="the log stalled")
+        # what comes meanwhile is refused at once, not applied to wait past the gateways'
+        # timeouts, reads too
+        started = reactor.seconds()
+        refused = [await h.call(102, [2, "BCH", "deposit", 4, "7", {}]),
+                   await h.call(101, [2, "BCH"])]
+        self.assertLess(reactor.seconds() - started, 1.0)
+        self.assertEqual([reply["error"] for reply in refused],
+                         [{"code": 3, "message": "service unavailable"}] * 2)
+        locker.cursor().execute("UNLOCK TABLES")
+        self.assertEqual((await held)["result"], {"status": "success"})
+        self.assertFalse(h.service.operlog.stalled)
+        reply = await h.call(101, [2, "BCH"])
+        self.assertEqual(reply["result"]["BCH"]["available"], "100005")
+        await h.stop()
+        self.flushLoggedErrors()
+
+    def test_a_stalled_log_refuses_requests(self):
+        """While an operation-log commit waits (a lock on its table), requests are refused
+        with service unavailable, writes unapplied; once it is done they are served."""
+        return defer.Deferred.fromCoroutine(self.stalled_log())
+
     def test_mysql_then_kafka_outage(self):
         """Writes wait through a MySQL outage (one past the queue limit is refused at once),
         then commit in order; through a broker outage they are answered and their messages

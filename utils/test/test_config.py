@@ -476,6 +476,8 @@ class ValueBoundTests(SynchronousTestCase):
         data, loader = loaders["matchengine"]
         self.refused(loader, dict(data, commit_window=1e30), "commit_window",
                      "1e+30 is greater than 1.0")
+        self.refused(loader, dict(data, commit_stall=0), "commit_stall",
+                     "0.0 must be greater than 0.0")
         self.refused(loader, dict(data, db_history=dict(data["db_history"], charset="foo")),
                      "db_history.charset", "unknown character set 'foo'")
         for charset in ("utf8", "utf8mb4", "latin1"):
