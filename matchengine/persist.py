@@ -507,8 +507,46 @@ async def tables_after(db, tables, after):
     return tables[kept:]
 
 
+class _Shared:
+    """One object for each value a load's rows repeat, as live orders share theirs
+    through the engine's parse cache: a million orders repeat few prices, fee rates and
+    sources, and each new Decimal or string costs about a hundred bytes."""
+
+    MAX = 100000            # values kept; past it, forgotten (the load's memory bound)
+
+    def __init__(self):
+        self._values = {}
+
+    def _remember(self, key, value):
+        if len(self._values) >= self.MAX:
+            self._values.clear()
+        self._values[key] = value
+        return value
+
+    def parsed(self, value, prec):
+        """(Decimal, raw text) of a price, amount or fee rate cut to `prec` places."""
+        key = (str(value), prec)
+        found = self._values.get(key)
+        if found is None:
+            parsed = decimals.parse(key[0], prec)
+            found = self._remember(key, (parsed, to_raw(parsed)))
+        return found
+
+    def decimal(self, value):
+        """The exact Decimal of a saved text."""
+        key = (str(value), "exact")
+        found = self._values.get(key)
+        return self._remember(key, Decimal(key[0])) if found is None else found
+
+    def text(self, value):
+        key = (value, "text")
+        found = self._values.get(key)
+        return self._remember(key, value) if found is None else found
+
+
 async def _load_orders(eng, db, table, advanced=None):
     last, count = 0, 0
+    shared = _Shared()
     columns = ", ".join("`%s`" % c for c in ORDER_COLUMNS)
     if db.dialect.name == "mysql" and not await _has_column(db, table, "source"):
         # a slice the original wrote: its orders' sources were not kept
@@ -525,17 +563,18 @@ async def _load_orders(eng, db, table, advanced=None):
             if market is None:
                 continue
             desc = market.desc
-            order = Order(last, int(kind), int(side), float(ctime), int(user_id), market_name,
-                          source, decimals.parse(str(price), desc.money_prec),
-                          decimals.parse(str(amount), desc.stock_prec),
-                          decimals.parse(str(taker_fee), desc.fee_prec),
-                          decimals.parse(str(maker_fee), desc.fee_prec))
+            price, price_raw = shared.parsed(price, desc.money_prec)
+            amount, amount_raw = shared.parsed(amount, desc.stock_prec)
+            order = Order(last, int(kind), int(side), float(ctime), int(user_id), market.name,
+                          shared.text(source), price, amount,
+                          shared.parsed(taker_fee, desc.fee_prec)[0],
+                          shared.parsed(maker_fee, desc.fee_prec)[0], price_raw, amount_raw)
             order.update_time = float(mtime)
-            order.left = decimals.parse(str(left), desc.stock_prec)
-            order.freeze = Decimal(str(freeze))
-            order.deal_stock = Decimal(str(deal_stock))
-            order.deal_money = Decimal(str(deal_money))
-            order.deal_fee = Decimal(str(deal_fee))
+            order.left = shared.parsed(left, desc.stock_prec)[0]
+            order.freeze = shared.decimal(freeze)
+            order.deal_stock = shared.decimal(deal_stock)
+            order.deal_money = shared.decimal(deal_money)
+            order.deal_fee = shared.decimal(deal_fee)
             market.insert(order)
             count += 1
         if len(page) < PAGE:
