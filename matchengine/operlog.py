@@ -29,6 +29,7 @@ timeouts (durable mode only).
 
 import hashlib
 import math
+import threading
 import time
 
 from twisted.internet import defer
@@ -38,7 +39,7 @@ from utils.jsonfmt import real_text
 from utils.mysql import insert_texts, needs_escape
 
 __all__ = ["OperationLog", "Batch", "stamp", "table_name", "log_values",
-           "autocommit_connection", "Fence"]
+           "autocommit_connection", "Fence", "Abandoned"]
 
 log = Logger()
 
@@ -109,16 +110,19 @@ class Fence:
     matchengine writing the same database) this one waits, with a critical line every
     `PATIENCE` seconds.  When this process's own previous connection still holds it (a
     connection lost on the network, whose session the server has not ended yet), that
-    session is killed first.  At a clean stop the lock is released (`release`).
+    session is killed first.  At a clean stop the lock is released (`release`); a stop
+    while waiting gives the wait up (`abandon`).
     """
 
     PATIENCE = 5
+    STEP = 1                # seconds of each wait, between looks at `abandon`
 
     def __init__(self, database):
         name = "viabtc.operlog." + database
         self.name = name if len(name) <= 64 else name[:40] + hashlib.sha1(
             name.encode()).hexdigest()[:24]
         self.session = None      # the connection id that holds the lock, once it does
+        self._abandoned = threading.Event()
 
     def __call__(self, connection):
         cursor = connection.cursor()
@@ -135,19 +139,29 @@ class Fence:
                 except Exception as e:
                     log.warn("operation log: could not end session {id}: {error}",
                              id=holder, error=e)
-            waited = 0
+            step = min(self.STEP, self.PATIENCE)
+            waited, told = 0, 0
             while True:
-                cursor.execute("SELECT GET_LOCK(%s, %s)", (self.name, self.PATIENCE))
+                if self._abandoned.is_set():
+                    raise Abandoned("the wait for the lock %s was given up" % self.name)
+                cursor.execute("SELECT GET_LOCK(%s, %s)", (self.name, step))
                 if cursor.fetchone()[0] == 1:
                     break
-                waited += self.PATIENCE
-                log.critical("operation log: waited {seconds} s for the lock {lock}: the "
-                             "session of a matchengine killed a moment ago has not ended, or "
-                             "another matchengine writes this database", seconds=waited,
-                             lock=self.name)
+                waited += step
+                if waited - told >= self.PATIENCE:
+                    told = waited
+                    log.critical("operation log: waited {seconds} s for the lock {lock}: "
+                                 "the session of a matchengine killed a moment ago has not "
+                                 "ended, or another matchengine writes this database",
+                                 seconds=waited, lock=self.name)
             self.session = me
         finally:
             cursor.close()
+
+    def abandon(self):
+        """Give up a wait for the lock, now or to come (a stop before the daemon was
+        ready): the waiting connection raises `Abandoned` within `STEP` seconds."""
+        self._abandoned.set()
 
     def release(self, connection):
         """Let the lock go (a clean stop: nothing more will be written)."""
@@ -156,6 +170,10 @@ class Fence:
             cursor.execute("SELECT RELEASE_LOCK(%s)", (self.name,))
         finally:
             cursor.close()
+
+
+class Abandoned(Exception):
+    """A wait for the operation log's lock was given up (`Fence.abandon`)."""
 
 
 class Batch:

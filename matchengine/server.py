@@ -25,7 +25,7 @@ from network.address import buffer_sizes
 from matchengine import config, persist
 from matchengine import engine as engine_module
 from matchengine.effects import TOPIC_BALANCES, TOPIC_DEALS, TOPIC_ORDERS
-from matchengine.operlog import OperationLog, stamp
+from matchengine.operlog import Abandoned, OperationLog, stamp
 from utils import forked, rpc
 from utils.daemon import give_up, mark_ready
 from utils.jsonfmt import dumps
@@ -130,7 +130,10 @@ class MatchEngine(service.Service):
         if fence is not None:
             # the log's lock (operlog.Fence) first: what a killed predecessor still had under
             # way is then committed or gone before the log is read
-            await self.db_log_commits.on_connection(fence)
+            try:
+                await self.db_log_commits.on_connection(fence)
+            except Abandoned:
+                return          # stopped while waiting (`_stop` says so)
         gc.disable()
         try:
             recovered = await persist.load_state(self.engine, self.db_log,
@@ -208,6 +211,9 @@ class MatchEngine(service.Service):
         """Stop intake, flush the operation log (which releases the replies of what it
         commits), close the connections once those replies are written, then flush history
         and messages."""
+        fence = getattr(self.db_log_commits, "fence", None)
+        if fence is not None and not self.is_ready:
+            fence.abandon()     # nothing accepted yet: no wait for the log's lock
         for port in self.ports:
             await port.stopListening()
         connections = list(self.factory.connections)
@@ -230,15 +236,16 @@ class MatchEngine(service.Service):
                 self.log.critical("matchengine: the slice under way is not written after "
                                   "{seconds} s; stopping without it",
                                   seconds=SLICE_STOP_PATIENCE)
-        fence = getattr(self.db_log_commits, "fence", None)
-        if fence is not None:
+        if fence is not None and fence.session is not None:
             try:
                 await self.db_log_commits.on_connection(fence.release)
             except Exception as e:
                 self.log.warn("operation log: releasing its lock failed ({error})", error=e)
         await self.outbox.stop()
-        self.log.info("matchengine stopped: operation id {oper}",
-                      oper=self.operlog.last_id if self.operlog else 0)
+        if self.operlog is None:
+            self.log.info("matchengine stopped before it was ready")
+        else:
+            self.log.info("matchengine stopped: operation id {oper}", oper=self.operlog.last_id)
 
     # -- requests ----------------------------------------------------------------------
 

@@ -222,6 +222,44 @@ class CrashTests(TestCase):
         self.assertEqual(after[1]["result"]["BCH"]["available"], "5")
         daemon.kill(signal.SIGTERM)
 
+    async def stop_while_fenced_scenario(self):
+        import pymysql
+        import time
+        _, daemon, client, config = await self.started()
+        self.assertIsNone((await client.call(102, [1, "BCH", "deposit", 1, "7", {}],
+                                             10.0))["error"])
+        daemon.kill(signal.SIGTERM)
+        # another matchengine's session holds the log's lock
+        kw = testing.mysql_connect_kwargs("misc")
+        locker = pymysql.connect(host=kw["host"], port=int(kw["port"]), user=kw["user"],
+                                 password=kw["password"], autocommit=True)
+        self.addCleanup(lambda: locker.open and locker.close())
+        cursor = locker.cursor()
+        cursor.execute("SELECT GET_LOCK(%s, 0)", ("viabtc.operlog." + config["db_log"]["name"],))
+        self.assertEqual(cursor.fetchone()[0], 1)
+        out = os.path.join(daemon.workdir, "out.log")
+        daemon.start()
+        await until(lambda: "waited 5 s for the lock" in open(out).read(), 30, "waiting")
+        asked = time.monotonic()
+        await threads.deferToThread(daemon.kill, signal.SIGTERM)
+        self.assertLess(time.monotonic() - asked, 10)
+        text = open(out).read()
+        self.assertIn("matchengine stopped before it was ready", text)
+        self.assertNotIn("could not start", text)
+        # the lock free again: the log is read, and nothing is lost
+        locker.close()
+        daemon.start()
+        await until(lambda: client.connected, 60, "daemon back")
+        reply = await client.call(101, [1, "BCH"], 10.0)
+        self.assertEqual(reply["result"]["BCH"]["available"], "7")
+        daemon.kill(signal.SIGTERM)
+
+    def test_stop_while_waiting_for_the_log(self):
+        """SIGTERM while the daemon waits for the operation log's lock (another
+        matchengine's session holds it) stops the daemon within a second or two, as
+        stopped before it was ready, where it went on waiting until killed."""
+        return defer.Deferred.fromCoroutine(self.stop_while_fenced_scenario())
+
     async def slice_scenario(self):
         import pymysql
         _, daemon, client, config = await self.started()

@@ -14,8 +14,8 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from matchengine.operlog import (CHUNK, Fence, OperationLog, autocommit_connection, log_values,
-                                 stamp, table_name)
+from matchengine.operlog import (CHUNK, Abandoned, Fence, OperationLog, autocommit_connection,
+                                 log_values, stamp, table_name)
 from utils import mysql, testing
 from utils.jsonfmt import real_text
 
@@ -479,3 +479,28 @@ class FenceTests(SynchronousTestCase):
         cursor = self.connect().cursor()
         cursor.execute("SELECT IS_FREE_LOCK(%s)", (second.name,))
         self.assertEqual(cursor.fetchone()[0], 1)
+
+    def test_abandoned_wait(self):
+        """A wait given up (a stop before the daemon was ready) raises within a step,
+        and the lock is not taken."""
+        import threading
+        name = "fence_test_%d" % random.randrange(1 << 30)
+        holder, waiter = Fence(name), Fence(name)
+        holder(self.connect())
+        outcome = []
+
+        def wait():
+            try:
+                waiter(self.connect())
+                outcome.append("taken")
+            except Abandoned as e:
+                outcome.append(str(e))
+        waiting = threading.Thread(target=wait)
+        waiting.start()
+        waiting.join(1.5)
+        self.assertTrue(waiting.is_alive())
+        waiter.abandon()
+        waiting.join(3)
+        self.assertFalse(waiting.is_alive())
+        self.assertEqual(outcome, ["the wait for the lock %s was given up" % waiter.name])
+        self.assertIsNone(waiter.session)
