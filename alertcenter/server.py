@@ -26,6 +26,7 @@ from utils.alert import MAGIC
 from utils.config import ConfigError
 from utils.daemon import give_up, mark_ready
 from utils.redisdb import ConfigChecked
+from utils.outage import Outage
 
 __all__ = ["AlertCenter", "KEY", "parse_line"]
 
@@ -109,6 +110,10 @@ class AlertCenter(service.Service):
         self.pushing = False
         self.ports = []
         self.redis = ConfigChecked(self.store)
+        # Redis away told in few lines (`utils.outage`), never as an alert: this is the
+        # daemon alerts go through
+        self.outage = Outage("alertcenter", lambda level, text: self.log.emit(
+            level, "{text}", text=text), alert_after=None, clock=self.reactor.seconds)
 
     def startService(self):
         service.Service.startService(self)
@@ -190,15 +195,15 @@ class AlertCenter(service.Service):
                     give_up(self.reactor, self.log, "alertcenter cannot push alerts")
                     return
                 except Exception as e:
-                    self.log.error("alertcenter: {store} unavailable ({error}); {count} alerts "
-                                   "wait", store=self.store.describe(), error=e,
-                                   count=len(self.queue))
+                    self.outage.failed("%s unavailable (%s); %d alerts wait"
+                                       % (self.store.describe(), e, len(self.queue)))
                     await self._sleep(self.retry_delay)
                     continue
                 try:
                     await self._push_waiting(conn)
+                    self.outage.succeeded()
                 except Exception as e:
-                    self.log.error("alertcenter: RPUSH failed ({error}); retrying", error=e)
+                    self.outage.failed("RPUSH failed (%s); retrying" % (e,))
                     await self._sleep(self.retry_delay)
                 finally:
                     conn.disconnect()

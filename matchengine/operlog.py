@@ -37,6 +37,7 @@ from twisted.logger import Logger
 
 from utils.jsonfmt import real_text
 from utils.mysql import insert_texts, needs_escape
+from utils.outage import Outage
 
 __all__ = ["OperationLog", "Batch", "stamp", "table_name", "log_values",
            "autocommit_connection", "Fence", "Abandoned"]
@@ -231,6 +232,10 @@ class OperationLog:
         self.stalled = False        # the commit in flight has waited `stall` seconds
         self._sent_at = None        # when the batch in flight was first sent
         self._stall_call = None
+        # failed commits told as an outage (`utils.outage`), not a line for each retry
+        self.outage = Outage("operation log",
+                             lambda level, text: self.log.emit(level, "{text}", text=text),
+                             clock=reactor.seconds)
 
     # -- appending ---------------------------------------------------------------------
 
@@ -330,6 +335,7 @@ class OperationLog:
     def _committed(self, _, batch, table):
         self.table = self.newest_table = table
         self.in_flight = None
+        self.outage.succeeded()
         if self._stall_call is not None:
             self._stall_call.cancel()
             self._stall_call = None
@@ -358,9 +364,8 @@ class OperationLog:
                 d.callback(None)
 
     def _failed(self, failure, batch):
-        self.log.critical("operation log: writing {count} entries failed ({error}); "
-                          "retrying in {delay} s", count=len(batch.rows),
-                          error=failure.getErrorMessage(), delay=self.retry_delay)
+        self.outage.failed("writing %d entries failed (%s); retrying in %s s"
+                           % (len(batch.rows), failure.getErrorMessage(), self.retry_delay))
         self.table = None
         self.reactor.callLater(self.retry_delay, self._commit, batch)
 

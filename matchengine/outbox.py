@@ -22,7 +22,7 @@ import sys
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
-from matchengine.writer import INFO
+from matchengine.writer import PREFIXES
 from network.output import write_now
 from network.timer import within
 from utils import handoff
@@ -60,9 +60,13 @@ class _WriterProtocol(protocol.ProcessProtocol):
         *lines, self.errors = self.errors.split(b"\n")
         for line in lines:
             text = line.decode("utf-8", "replace")
-            if text.startswith(INFO):
-                self.outbox.log.info("writer: {line}", line=text[len(INFO):])
-            elif text:
+            if not text:
+                continue
+            for level, prefix in PREFIXES.items():
+                if text.startswith(prefix):
+                    self.outbox.log.emit(level, "writer: {line}", line=text[len(prefix):])
+                    break
+            else:
                 self.outbox.log.critical("writer: {line}", line=text)
 
     def processEnded(self, reason):

@@ -37,10 +37,13 @@ import threading
 import time
 import traceback
 
+from twisted.logger import LogLevel
+
 from matchengine.effects import HISTORY_COLUMNS
 from matchengine.rowtext import fields_text, values_text
 from utils.handoff import FRAME
 from utils.kafka_wire import LeanProducer
+from utils.outage import Outage
 from utils.mysql import (LOCAL_LOAD_REFUSED, SESSION_SETUP, client_charset, insert_texts,
                          lift_read_timeout, load_local, server_address)
 
@@ -176,14 +179,25 @@ class Positions:
 
 
 INFO = "info: "     # stderr lines with this prefix are news, the others trouble
+# the prefix of a line at each level (`tell`); a line without one is critical
+PREFIXES = {LogLevel.info: INFO, LogLevel.warn: "warn: ", LogLevel.error: "error: "}
 
 
 def say(text, info=False):
     """A line for the daemon's log: critical, or info with `info`.  The daemon may be gone
     (its writer goes on with what it was handed): a line it can no longer read is dropped."""
+    tell(LogLevel.info if info else LogLevel.critical, text)
+
+
+def tell(level, text):
+    """`say` at a `twisted.logger.LogLevel`."""
     with contextlib.suppress(OSError, ValueError):
-        sys.stderr.write((INFO if info else "") + text.rstrip("\n") + "\n")
+        sys.stderr.write(PREFIXES.get(level, "") + text.rstrip("\n") + "\n")
         sys.stderr.flush()
+
+
+# the history database's outage, told once for the writer's connections (`utils.outage`)
+HISTORY_OUTAGE = Outage("history", tell)
 
 
 # seconds the opening of a connection may take (`utils.mysql.lift_read_timeout`)
@@ -259,11 +273,12 @@ class Connection:
     shard has `LOAD_ROWS` rows or more, by INSERTs otherwise (MySQL 8's `local_infile` is
     off by default)."""
 
-    def __init__(self, db):
+    def __init__(self, db, outage=None):
         self.db = db
         self.conn = None
         self.loads = None   # whether the server takes LOAD DATA LOCAL, once connected
         self.load_rows = LOAD_ROWS
+        self.outage = outage or HISTORY_OUTAGE
 
     def _connect(self):
         while True:
@@ -278,7 +293,7 @@ class Connection:
                             "in by INSERT", info=True)
                 return conn
             except Exception as e:
-                say("history: cannot connect to MySQL: %s; retrying in 1 s" % e)
+                self.outage.failed("cannot connect to MySQL: %s; retrying in 1 s" % e)
                 time.sleep(1)
 
     def _prepared(self, item):
@@ -306,6 +321,7 @@ class Connection:
                         cursor.execute(applied)
                         if cursor.fetchall():
                             self.conn.rollback()    # nothing to do: the read ends
+                            self.outage.succeeded()
                             return ()
                     for sql in work:
                         if isinstance(sql, str):
@@ -317,6 +333,7 @@ class Connection:
                                 cursor.execute(text)
                     rows = cursor.fetchall() if work and isinstance(work[-1], str) else ()
                 self.conn.commit()
+                self.outage.succeeded()
                 return rows
             except Exception as e:
                 again = True
@@ -327,7 +344,7 @@ class Connection:
                     say("history: the server refuses LOAD DATA LOCAL (%s): history rows go "
                         "in by INSERT" % (e,), info=True)
                 else:
-                    say("history: %s failed: %s; retrying in 1 s" % (what, e))
+                    self.outage.failed("%s failed: %s; retrying in 1 s" % (what, e))
                 # the connection may be lost already: it is replaced either way
                 with contextlib.suppress(Exception):
                     self.conn.rollback()
@@ -392,7 +409,7 @@ class Messages:
     brokers are away (`utils.kafka_wire`)."""
 
     def __init__(self, brokers):
-        self.producer = LeanProducer(brokers, say=say)
+        self.producer = LeanProducer(brokers, say=say, outage=Outage("kafka", tell))
 
     def send(self, messages):
         if messages:

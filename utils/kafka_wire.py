@@ -11,8 +11,9 @@ Wire protocol: ApiVersions v0 (to check the broker), Metadata v4 (leaders, creat
 as the brokers allow) and Produce v3, request header v1: versions that Kafka 1.0 to 4.x
 serve.  Every message goes to partition 0, as the original sends them.  A request that fails
 (connection lost, no leader, a leader change, a timeout, a broker that lost the topic) is
-reported and sent again after the metadata is read again, every `retry_delay` seconds, until
-it is acknowledged: delivery is at least once, in order per topic, a request resent after its
+reported (`utils.outage`: the first failure, then now and then while it lasts, and its end)
+and sent again after the metadata is read again, every `retry_delay` seconds, until it is
+acknowledged: delivery is at least once, in order per topic, a request resent after its
 answer was lost (a timeout, a connection lost once the request was sent) being the one way to
 a duplicate (the broker may have appended it).  A connection the broker closed while idle is
 replaced before a request goes out on it.  A batch the
@@ -27,6 +28,8 @@ import struct
 import time
 
 from crc32c import crc32c
+
+from utils.outage import Outage
 
 API_PRODUCE, API_METADATA, API_VERSIONS = 0, 3, 18
 # a Produce is acknowledged once every in-sync replica has its batch (acks=all): with a
@@ -222,13 +225,15 @@ class LeanProducer:
     retrying failed requests in place."""
 
     def __init__(self, brokers, timeout=10.0, retry_delay=1.0, say=None, sleep=time.sleep,
-                 clock=time.time):
+                 clock=time.time, outage=None):
         self.bootstrap = [parse_address(b) for b in brokers.split(",") if b.strip()]
         if not self.bootstrap:
             raise ValueError("no Kafka broker address in %r" % brokers)
         self.timeout = timeout
         self.retry_delay = retry_delay
         self.say = say or (lambda text: None)
+        # failed requests, told as an outage (`utils.outage`): not a line for each retry
+        self.outage = outage or Outage("kafka", lambda level, text: self.say(text))
         self.sleep = sleep
         self.clock = clock
         self.nodes = {}         # node id -> (host, port)
@@ -353,8 +358,9 @@ class LeanProducer:
                 # ValueError: a broker's advertised host name that cannot be encoded)
                 self._drop_connections()
                 self.leaders.clear()
-                self.say("kafka: send failed: %s; retrying in %g s" % (e, self.retry_delay))
+                self.outage.failed("send failed: %s; retrying in %g s" % (e, self.retry_delay))
                 self.sleep(self.retry_delay)
+        self.outage.succeeded()
 
     def _produce(self, node, body):
         """A Produce request's response body.  A connection that served requests before may

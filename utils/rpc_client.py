@@ -152,8 +152,10 @@ class RPCClient:
             return
         entry = self._states.pop(packet.sequence)
         if entry is None:
-            self.log.warn("{name}: reply to unknown or expired request {sequence}",
-                          name=self.name, sequence=packet.sequence)
+            # most often a reply that came after its call timed out, which the caller has
+            # told of already: ignored, as the original ignores it
+            self.log.debug("{name}: reply to unknown or expired request {sequence}",
+                           name=self.name, sequence=packet.sequence)
             return
         entry[0].callback(packet.body)
 

@@ -5,6 +5,8 @@ import os
 import socket
 
 from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -101,13 +103,22 @@ class CenterTests(TestCase):
         s.setblocking(False)
         await until(lambda: closed(s), 5, "bad line closes")
         s.close()
-        # Redis away: alerts wait, then arrive in order
-        await proxy.down()
-        sender.send("[fatal]while down 1")
-        sender.send("[fatal]while down 2")
-        await until(lambda: len(center.queue) == 2, 10, "alerts waiting")
-        proxy.up()
-        await until(lambda: center.pushed == 5, 10, "waiting alerts pushed")
+        # Redis away: alerts wait, then arrive in order; the outage told in two lines, not
+        # one for each retry (every 0.1 s)
+        with capturedLogs() as events:
+            await proxy.down()
+            sender.send("[fatal]while down 1")
+            sender.send("[fatal]while down 2")
+            await until(lambda: len(center.queue) == 2, 10, "alerts waiting")
+            await deferLater(reactor, 0.5, lambda: None)
+            proxy.up()
+            await until(lambda: center.pushed == 5, 10, "waiting alerts pushed")
+        told = [(e["log_level"], formatEvent(e)) for e in events
+                if e.get("log_namespace", "").startswith("alertcenter.server")
+                and "[fatal]" not in formatEvent(e)]
+        self.assertEqual([level for level, _ in told], [LogLevel.error, LogLevel.warn], told)
+        self.assertRegex(told[1][1], r"^alertcenter: working again after [0-9.]+ s, "
+                                     r"[0-9]+ failed attempts$")
         self.assertEqual(await conn.lrange(KEY, 0, -1), [
             "matchengine: [fatal]me_server: service unavailable", "readhistory: a",
             "readhistory: b", "matchengine: [fatal]while down 1",

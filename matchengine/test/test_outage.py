@@ -6,6 +6,7 @@ import json
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from matchengine import config, engine
@@ -74,6 +75,9 @@ class OutageTests(TestCase):
             reply = await h.call(command, params)
             self.assertEqual(reply["result"], {"status": "success"})
 
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         # MySQL goes away: writes wait for their commit, and so does a read behind them
         await h.mysql.down()
         writes = [h.client.call(command, params, 30.0) for command, params in DURING_MYSQL]
@@ -120,6 +124,13 @@ class OutageTests(TestCase):
         await until(lambda: len(got) >= len(expected), what="every order message")
         await deferLater(reactor, 0.5, lambda: None)
         self.assertEqual([(m["event"], m["order"]["id"]) for m in got], expected)
+        # each outage told when it began and when it ended, not at each retry
+        told = [(e["log_level"], formatEvent(e)) for e in events]
+        for prefix in ("operation log: w", "writer: kafka: "):
+            lines = [(level, text) for level, text in told if text.startswith(prefix)]
+            self.assertEqual([level for level, _ in lines], [LogLevel.error, LogLevel.warn],
+                             lines)
+            self.assertIn("working again after", lines[1][1])
 
         # and the log alone rebuilds what was acknowledged
         before = h.state()

@@ -26,6 +26,7 @@ from matchengine.writer import (FRAME, INT_COLUMNS, TEXT_COLUMNS, TIME_COLUMNS, 
                                 take_turn)
 from utils import mysql, testing
 from utils.kafka_queue import KafkaConsumerService
+from utils.outage import Outage
 from network.timer import within
 from utils.testing import until
 
@@ -596,13 +597,17 @@ class InsertStatementTests(TestCase):
         connect = writer.Connection._connect
         self.patch(writer.Connection, "_connect", lambda conn: LostAnswer(connect(conn)))
         self.patch(sys, "stderr", io.StringIO())
+        self.patch(writer, "HISTORY_OUTAGE", Outage("history", writer.tell))
         rows = [(BALANCE, 1, (1700000000.0 + n, 1, "BCH", "deposit", "1", "%d" % (n + 1),
                               '{"n": %d}' % n)) for n in range(5)]
         db = await self.written(rows, 1, oper_id=9)
         got = await db.query("SELECT `detail` FROM `balance_history_1` ORDER BY `id`")
         self.assertEqual([json.loads(d)["n"] for d, in got], list(range(5)))
         self.assertEqual(failures, [])
-        self.assertIn("history: insert failed: (2013", sys.stderr.getvalue())
+        # the failure told, and its end (the commit found applied)
+        told = sys.stderr.getvalue().splitlines()
+        self.assertTrue(told[0].startswith("error: history: insert failed: (2013"), told)
+        self.assertRegex(told[-1], "^warn: history: working again after ")
 
     def test_a_commit_lost_with_its_answer(self):
         """A transaction whose COMMIT went through but whose answer was lost is not run
@@ -909,13 +914,16 @@ class LaneTests(SynchronousTestCase):
         self.assertEqual(child.wait(20), writer.LANE_FAILED)
 
     def test_writer_lines_logged_by_level(self):
-        """The writer's stderr reaches the daemon's log: news at info, the rest critical,
-        whole lines only."""
+        """The writer's stderr reaches the daemon's log at the level its prefix says
+        (none: critical), whole lines only."""
         outbox = WriterOutbox(None, {}, None)
         proto = _WriterProtocol(outbox)
         with capturedLogs() as events:
-            proto.errReceived(b"info: waiting for the previous writer to finish (x)\nhist")
-            proto.errReceived(b"ory: insert failed: gone; retrying in 1 s\n")
+            proto.errReceived(b"info: waiting for the previous writer to finish (x)\nerror: hist")
+            proto.errReceived(b"ory: insert failed: gone; retrying in 1 s\n\nhistory: fail")
+            proto.errReceived(b"ing for 10 s\nwarn: history: working again\n")
         self.assertEqual([(e["log_level"], formatEvent(e)) for e in events], [
             (LogLevel.info, "writer: waiting for the previous writer to finish (x)"),
-            (LogLevel.critical, "writer: history: insert failed: gone; retrying in 1 s")])
+            (LogLevel.error, "writer: history: insert failed: gone; retrying in 1 s"),
+            (LogLevel.critical, "writer: history: failing for 10 s"),
+            (LogLevel.warn, "writer: history: working again")])

@@ -1,0 +1,76 @@
+"""An outage told in a few log lines rather than one for each retry.
+
+Work that retries against a service that is away (a Kafka broker, a MySQL or Redis server)
+fails again every second or so.  A critical line for each attempt is an alert mail a second
+(alertcenter mails every fatal line), and a line of any level for each one buries the rest of
+the log; with nothing said when the work goes through again, the reader cannot tell when the
+outage ended.
+"""
+
+import threading
+import time
+
+from twisted.logger import LogLevel
+
+__all__ = ["Outage"]
+
+
+class Outage:
+    """The failures of one kind of work, told as the outage goes.
+
+    - the first failure: an error line, `name: problem`;
+    - once it has failed for `alert_after` seconds: a critical line, which is an alert (None:
+      none, for the alert centre itself); a blip that a retry or two cures raises none;
+    - while it lasts: an error line every `repeat` seconds, with how long and how many
+      attempts;
+    - the first success after it: a warning saying how long it failed.
+
+    `say(level, text)` writes a line, `level` a `twisted.logger.LogLevel`.  Threads may share
+    one (a writer's history threads): the lines are told under a lock, and `succeeded`, called
+    after each piece of work, costs one attribute read while nothing fails."""
+
+    def __init__(self, name, say, alert_after=10.0, repeat=60.0, clock=time.monotonic):
+        self.name = name
+        self.say = say
+        self.alert_after = alert_after
+        self.repeat = repeat
+        self.clock = clock
+        self.since = None       # when the outage began; None: no outage
+        self.attempts = 0       # failed attempts in it
+        self._told = 0.0        # when its last line was said
+        self._alerted = False
+        self._lock = threading.Lock()
+
+    def failed(self, problem):
+        """An attempt failed with `problem`, a text ("insert failed: ...; retrying in 1 s")."""
+        with self._lock:
+            now = self.clock()
+            if self.since is None:
+                self.since, self._told, self.attempts = now, now, 1
+                self._alerted = self.alert_after is None
+                self.say(LogLevel.error, "%s: %s" % (self.name, problem))
+                return
+            self.attempts += 1
+            lasted = now - self.since
+            if not self._alerted and lasted >= self.alert_after:
+                self._alerted = True
+                level = LogLevel.critical
+            elif now - self._told >= self.repeat:
+                level = LogLevel.error
+            else:
+                return
+            self._told = now
+            self.say(level, "%s: failing for %d s, %d attempts: %s"
+                     % (self.name, lasted, self.attempts, problem))
+
+    def succeeded(self):
+        """The work went through: the end of the outage, if there was one."""
+        if self.since is None:
+            return
+        with self._lock:
+            if self.since is None:
+                return
+            lasted, attempts = self.clock() - self.since, self.attempts
+            self.since = None
+            self.say(LogLevel.warn, "%s: working again after %.1f s, %d failed attempts"
+                     % (self.name, lasted, attempts))

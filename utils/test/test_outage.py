@@ -1,0 +1,62 @@
+# -*- test-case-name: utils.test.test_outage -*-
+"""The lines an outage is told in."""
+
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel
+from twisted.trial.unittest import SynchronousTestCase
+
+from utils.outage import Outage
+
+
+class OutageTests(SynchronousTestCase):
+
+    def setUp(self):
+        self.clock = Clock()
+        self.lines = []
+
+    def outage(self, **kwargs):
+        return Outage("kafka", lambda level, text: self.lines.append((level, text)),
+                      clock=self.clock.seconds, **kwargs)
+
+    def fail_for(self, outage, seconds):
+        """An attempt a second for `seconds` seconds."""
+        for _ in range(seconds):
+            outage.failed("send failed: timed out; retrying in 1 s")
+            self.clock.advance(1)
+
+    def test_told_in_few_lines(self):
+        """Two minutes of failures a second: an error line, a critical one after 10 s, an
+        error line a minute, and a warning when the work goes through again."""
+        outage = self.outage()
+        outage.succeeded()
+        self.assertEqual(self.lines, [])
+        self.fail_for(outage, 125)
+        outage.succeeded()
+        self.assertEqual(self.lines, [
+            (LogLevel.error, "kafka: send failed: timed out; retrying in 1 s"),
+            (LogLevel.critical, "kafka: failing for 10 s, 11 attempts: send failed: timed "
+                                "out; retrying in 1 s"),
+            (LogLevel.error, "kafka: failing for 70 s, 71 attempts: send failed: timed out; "
+                             "retrying in 1 s"),
+            (LogLevel.warn, "kafka: working again after 125.0 s, 125 failed attempts")])
+
+    def test_a_blip_raises_no_alert(self):
+        """A failure or two that a retry cures: an error and a warning, no critical line;
+        the next outage is told from its start again."""
+        outage = self.outage()
+        self.fail_for(outage, 2)
+        outage.succeeded()
+        outage.succeeded()
+        self.fail_for(outage, 1)
+        self.assertEqual([level for level, _ in self.lines],
+                         [LogLevel.error, LogLevel.warn, LogLevel.error])
+        self.assertEqual(self.lines[1][1], "kafka: working again after 2.0 s, 2 failed attempts")
+
+    def test_no_alert(self):
+        """Without `alert_after` (the alert centre's own outages) no line is critical."""
+        outage = self.outage(alert_after=None, repeat=30)
+        self.fail_for(outage, 65)
+        self.assertEqual([(level, text.split(",")[0]) for level, text in self.lines],
+                         [(LogLevel.error, "kafka: send failed: timed out; retrying in 1 s"),
+                          (LogLevel.error, "kafka: failing for 30 s"),
+                          (LogLevel.error, "kafka: failing for 60 s")])
