@@ -47,6 +47,7 @@ from utils.config import ConfigError
 from utils.daemon import give_up, mark_ready
 from utils.jsonfmt import RawJSON, dumps
 from utils.kafka_queue import record_digest
+from utils.outage import Outage
 from utils.redisdb import ConfigChecked, WatchError
 from utils.rpc_server import RPCServerFactory, listen_rpc
 
@@ -97,6 +98,9 @@ class MarketPrice(service.Service):
         self.reactor = reactor
         self.clock_time = clock_time
         self.listen_enabled = listen
+        # Redis away, at start or at the flushes, told in few lines (`utils.outage`)
+        self.redis_outage = Outage("marketprice", lambda level, text: self.log.emit(
+            level, "{text}", text=text), clock=reactor.seconds)
         self.tz = timezone_offset()
         self.limits = (cfg["sec_max"], cfg["min_max"], cfg["hour_max"])
         self.markets = {}
@@ -205,13 +209,16 @@ class MarketPrice(service.Service):
         otherwise wait for ever."""
         while True:
             try:
-                return await self.redis.connect()
+                conn = await self.redis.connect()
             except ConfigError:
                 raise
             except Exception as e:
-                self.log.error("marketprice: {store} unavailable ({error}); retrying in 1 s",
-                               store=self.store.describe(), error=e)
+                self.redis_outage.failed("%s unavailable (%s); retrying in 1 s"
+                                         % (self.store.describe(), e))
                 await self._sleep(1.0)
+            else:
+                self.redis_outage.succeeded()
+                return conn
 
     def _sleep(self, seconds):
         d = defer.Deferred()
@@ -332,9 +339,8 @@ class MarketPrice(service.Service):
             conn = await self.store.connect()
         except Exception as e:
             if changed:
-                self.log.critical("marketprice: flush failed, {store} unavailable ({error}); "
-                                  "kept for the next flush", store=self.store.describe(),
-                                  error=e)
+                self.redis_outage.failed("flush failed, %s unavailable (%s); kept for the "
+                                         "next flush" % (self.store.describe(), e))
             return
         try:
             await self._flush_on(conn, changed)
@@ -349,11 +355,12 @@ class MarketPrice(service.Service):
             stored = await watched.get("k:offset")
         except Exception as e:
             if changed:
-                self.log.critical("marketprice: flush failed, k:offset not read ({error}); "
-                                  "kept for the next flush", error=e)
+                self.redis_outage.failed("flush failed, k:offset not read (%s); kept for the "
+                                         "next flush" % (e,))
             return
         self._check_stored(stored)
         if not (changed or self.redis_lost):
+            self.redis_outage.succeeded()
             return
         whole = self.redis_lost
         taken = []
@@ -378,9 +385,9 @@ class MarketPrice(service.Service):
             if sent:
                 # EXEC went out: applied or not, the offset in Redis tells at the next flush
                 self.unsure = offset
-            self.log.critical("marketprice: flush failed ({error}); kept for the next flush",
-                              error=e)
+            self.redis_outage.failed("flush failed (%s); kept for the next flush" % (e,))
             return
+        self.redis_outage.succeeded()
         self.flushed_offset, self.flushed_handled = offset, handled
         self.redis_lost = False
         self.last_flush = self.clock_time()

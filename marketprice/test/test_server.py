@@ -131,13 +131,20 @@ class OutageTests(TestCase):
         producer.send("deals", deal(2, "12", "2", name))
         producer.send("deals", deal(3, "11", "1", name))
         await until(lambda: mp.offset == 2, what="deals applied during the outage")
-        await mp.flush()
-        self.flushLoggedErrors()
-        self.assertEqual(await conn.get("k:offset"), "0")
-        self.assertEqual(mp.markets[name].status(3600, int(T0 + 100))["volume"], "4")
-        # back: the next flush writes everything, in one go
-        proxy.up()
-        await mp.flush()
+        with capturedLogs() as events:
+            await mp.flush()
+            self.flushLoggedErrors()
+            self.assertEqual(await conn.get("k:offset"), "0")
+            self.assertEqual(mp.markets[name].status(3600, int(T0 + 100))["volume"], "4")
+            # back: the next flush writes everything, in one go
+            proxy.up()
+            await mp.flush()
+        # the outage told as an error, not an alert at each flush, and its end
+        told = [(e["log_level"], formatEvent(e)) for e in events
+                if formatEvent(e).startswith("marketprice: ")]
+        self.assertEqual([level for level, _ in told], [LogLevel.error, LogLevel.warn], told)
+        self.assertIn("marketprice: flush failed", told[0][1])
+        self.assertIn("marketprice: working again after", told[1][1])
         self.assertEqual(await conn.get("k:offset"), "2")
         self.assertEqual(await conn.get("k:%s:last" % name), "11")
         minute = json.loads((await conn.hgetall("k:%s:1m" % name))[str(int(T0) // 60 * 60)])
