@@ -14,11 +14,14 @@ waiting are dropped, as the original drops them when it exits.
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from network.address import buffer_sizes
 from readhistory.reader import QUERIES
 from utils import rpc
 from utils.daemon import give_up, mark_ready
+from utils.mysql import connection_lost
+from utils.outage import Outage
 from utils.rpc_server import RPCServerFactory, listen_rpc
 
 __all__ = ["ReadHistory"]
@@ -37,6 +40,10 @@ class ReadHistory(service.Service):
         self.workers = cfg.get("worker_num", 10)
         self.in_flight = 0
         self.ports = []
+        # MySQL away fails every query: told in few lines (`utils.outage`), not an alert a
+        # query; a query that fails otherwise (a table missing) is an alert of its own
+        self.outage = Outage("readhistory", lambda level, text: self.log.emit(
+            level, "{text}", text=text), clock=reactor.seconds)
         svr = cfg["svr"]
         self.factory = RPCServerFactory(
             {command: self._handler(query) for command, query in QUERIES.items()},
@@ -83,6 +90,8 @@ class ReadHistory(service.Service):
 
     def _done(self, outcome):
         self.in_flight -= 1
+        if not isinstance(outcome, Failure):
+            self.outage.succeeded()
         return outcome
 
     def _query_failed(self, failure, sql, args):
@@ -91,6 +100,10 @@ class ReadHistory(service.Service):
             self.log.info("readhistory: stopping, query abandoned: {sql} {args}", sql=sql,
                           args=list(args))
             raise rpc.INTERNAL_ERROR()
-        self.log.critical("readhistory: query failed ({error}): {sql} {args}",
-                          error=failure.getErrorMessage(), sql=sql, args=list(args))
+        if connection_lost(failure.value):
+            self.outage.failed("MySQL unavailable (%s); queries fail with internal error"
+                               % failure.getErrorMessage())
+        else:
+            self.log.critical("readhistory: query failed ({error}): {sql} {args}",
+                              error=failure.getErrorMessage(), sql=sql, args=list(args))
         raise rpc.INTERNAL_ERROR()

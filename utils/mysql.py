@@ -47,7 +47,7 @@ from utils.config import INT64_MAX
 
 __all__ = ["Database", "Dialect", "MYSQL", "SQLITE", "connect_mysql", "connect_sqlite",
            "open_sqlite", "from_config", "server_address", "split_statements",
-           "CONNECTION_LOST", "load_local", "LOCAL_LOAD_REFUSED", "Aborted", "MySQLPool",
+           "CONNECTION_LOST", "connection_lost", "load_local", "LOCAL_LOAD_REFUSED", "Aborted", "MySQLPool",
            "keep_alive"]
 
 log = Logger()
@@ -223,15 +223,19 @@ class Database:
 
     async def _interact(self, work, args, kwargs, retry):
         attempts = 2 if retry else 1
+        lost = None
         for attempt in range(attempts):
             try:
-                return await self.pool.runInteraction(work, *args, **kwargs)
+                result = await self.pool.runInteraction(work, *args, **kwargs)
             except Exception as e:
-                if attempt + 1 < attempts and _lost(e) and not self.aborted:
-                    self.log.warn("{db}: connection lost ({error}); retrying",
-                                  db=self.description, error=e)
+                if attempt + 1 < attempts and connection_lost(e) and not self.aborted:
+                    lost = e
                     continue
-                raise
+                raise       # the caller tells of it (MySQL away: once for the outage)
+            if lost is not None:
+                self.log.warn("{db}: connection lost ({error}); done again on a new one",
+                              db=self.description, error=lost)
+            return result
 
     def connect(self):
         """A connection of its own, outside the pool, opened as the pool opens its own (for
@@ -415,7 +419,9 @@ class _Literals:
         return "(" + ", ".join(map(self.value, row)) + ")"
 
 
-def _lost(error):
+def connection_lost(error):
+    """Whether `error` is MySQL away: a connection refused or lost (retried on a fresh
+    one), not an error of the statement."""
     import pymysql
     return (isinstance(error, pymysql.err.OperationalError) and error.args
             and error.args[0] in CONNECTION_LOST) or isinstance(

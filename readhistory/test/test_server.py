@@ -243,6 +243,39 @@ class IntegrationTests(TestCase):
         self.assertIn("balance_history_2", text)
         self.assertTrue(text.endswith(" = %s ORDER BY `id` DESC LIMIT 10 [2, 'BCH']"), text)
 
+    async def mysql_away(self):
+        history_db = self.balance_rows([("deposit", "1", "{}")])
+        info = testing.require("mysql")
+        proxy = testing.CuttableProxy(int(info["port"])).up()
+        self.addCleanup(proxy.down)
+        db = mysql.connect_mysql("127.0.0.1", proxy.port, info["user"], info["password"],
+                                 history_db, "utf8mb4", max_connections=2)
+        rh, client = await started(self, history_db, 2, db)
+        query = [1, "BCH", "", 0, 0, 0, 10]
+        self.assertEqual(len((await client.call(103, query, 10.0))["result"]["records"]), 1)
+        with capturedLogs() as events:
+            await proxy.down()
+            for _ in range(5):
+                got = await client.call(103, query, 10.0)
+                self.assertEqual(got["error"], {"code": 2, "message": "internal error"})
+            proxy.up()
+            got = await client.call(103, query, 10.0)
+        self.assertEqual(len(got["result"]["records"]), 1)
+        # five failed queries: one error line, no alert, and the end of the outage; the
+        # pool says once for each of its connections that it was lost
+        lines = [(e["log_level"], formatEvent(e)) for e in events
+                 if e["log_level"] >= LogLevel.warn]
+        told = [line for line in lines if line[1].startswith("readhistory: ")]
+        self.assertEqual([level for level, _ in told], [LogLevel.error, LogLevel.warn], told)
+        self.assertLessEqual(len(lines) - len(told), 2, lines)
+        self.assertTrue(told[0][1].startswith("readhistory: MySQL unavailable ("), told)
+        self.assertTrue(told[1][1].startswith("readhistory: working again after "), told)
+
+    def test_mysql_away(self):
+        """MySQL away fails each query with an internal error, told as one outage rather
+        than an alert a query; a query that fails otherwise still raises one (above)."""
+        return defer.Deferred.fromCoroutine(self.mysql_away())
+
     def test_businesses_of_four_bytes(self):
         """balance.history's business filter tells characters of four bytes apart (a
         collation weighing them all alike answered gift😀 for gift🎁), case aside."""
