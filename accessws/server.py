@@ -34,6 +34,7 @@ from utils import rpc
 from utils.daemon import give_up, mark_ready
 from utils.decimals import to_display
 from utils.jsonfmt import dumps
+from utils.outage import Outage
 from utils.rpc_client import (ConnectionLost, NotConnected, RequestTooLarge, RPCClient,
                               RPCTimeout)
 from utils.websocket import NO_REPLY, WSServerFactory, with_request
@@ -127,6 +128,11 @@ class AccessWS(service.Service):
         self.listen_enabled = listen
         self.clock_time = clock_time
         self.timeout = cfg["backend_timeout"]
+        # the auth service failing: every login fails, so the first failure is an alert,
+        # as in the original; the next are told as one outage (`utils.outage`), not an
+        # alert a login
+        self.auth_outage = Outage("accessws", lambda level, text: self.log.emit(
+            level, "{text}", text=text), alert_after=0, clock=self.reactor.seconds)
         self.cache_timeout = cfg["cache_timeout"]
         self.depth_limits = set(cfg["depth_limit"])
         self.depth_merges = [Decimal(m) for m in cfg["depth_merge"]]
@@ -402,13 +408,10 @@ class AccessWS(service.Service):
         try:
             body = await d
         except Exception as e:
-            # the service every login needs: critical, so that it alerts, as in the original
             if expired:
-                self.log.critical("accessws: no answer from {url} in {timeout} s", url=url,
-                                  timeout=self.timeout)
+                self.auth_outage.failed("no answer from %s in %s s" % (url, self.timeout))
                 raise rpc.SERVICE_TIMEOUT()
-            self.log.critical("accessws: auth request to {url} failed: {error}", url=url,
-                              error=e)
+            self.auth_outage.failed("auth request to %s failed: %s" % (url, e))
             raise rpc.INTERNAL_ERROR()
         finally:
             if timer.active():
@@ -423,6 +426,7 @@ class AccessWS(service.Service):
             self._invalid_answer(url, body)
         if code != 0:
             if isinstance(answer.get("message"), str):
+                self.auth_outage.succeeded()
                 raise rpc.RPCError(11, answer["message"])
             self._invalid_answer(url, body)
         data = answer.get("data")
@@ -430,6 +434,7 @@ class AccessWS(service.Service):
         if type(user) is not int or not 0 < user <= MAX_USER_ID:
             # the original cuts the id to 32 bits: -1 would log in user 4294967295
             self._invalid_answer(url, body)
+        self.auth_outage.succeeded()
         if session.data.get("auth") and session.data["user_id"] != user:
             self._leave_user(session)
         session.data["auth"] = True
@@ -437,8 +442,7 @@ class AccessWS(service.Service):
         return {"status": "success"}
 
     def _invalid_answer(self, url, body):
-        self.log.critical("accessws: invalid answer from {url}: {body!r}", url=url,
-                          body=body[:200])
+        self.auth_outage.failed("invalid answer from %s: %r" % (url, body[:200]))
         raise rpc.INTERNAL_ERROR()
 
     # -- subscriptions -----------------------------------------------------------------

@@ -18,7 +18,8 @@ __all__ = ["Outage"]
 class Outage:
     """The failures of one kind of work, told as the outage goes.
 
-    - the first failure: an error line, `name: problem`;
+    - the first failure: an error line, `name: problem` (critical with an `alert_after` of
+      0: a service whose every failure is felt at once);
     - once it has failed for `alert_after` seconds: a critical line, which is an alert (None:
       none, for the alert centre itself); a blip that a retry or two cures raises none;
     - while it lasts: an error line every `repeat` seconds, with how long and how many
@@ -47,8 +48,10 @@ class Outage:
             now = self.clock()
             if self.since is None:
                 self.since, self._told, self.attempts = now, now, 1
-                self._alerted = self.alert_after is None
-                self.say(LogLevel.error, "%s: %s" % (self.name, problem))
+                at_once = self.alert_after is not None and self.alert_after <= 0
+                self._alerted = at_once or self.alert_after is None
+                self.say(LogLevel.critical if at_once else LogLevel.error,
+                         "%s: %s" % (self.name, problem))
                 return
             self.attempts += 1
             lasted = now - self.since

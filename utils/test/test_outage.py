@@ -60,3 +60,14 @@ class OutageTests(SynchronousTestCase):
                          [(LogLevel.error, "kafka: send failed: timed out; retrying in 1 s"),
                           (LogLevel.error, "kafka: failing for 30 s"),
                           (LogLevel.error, "kafka: failing for 60 s")])
+
+    def test_alert_at_once(self):
+        """With an `alert_after` of 0 the first failure is the alert; the next are told as
+        any outage's."""
+        outage = self.outage(alert_after=0)
+        self.fail_for(outage, 61)
+        outage.succeeded()
+        self.assertEqual([(level, text.split(",")[0]) for level, text in self.lines],
+                         [(LogLevel.critical, "kafka: send failed: timed out; retrying in 1 s"),
+                          (LogLevel.error, "kafka: failing for 60 s"),
+                          (LogLevel.warn, "kafka: working again after 61.0 s")])
