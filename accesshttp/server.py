@@ -34,6 +34,7 @@ from network.underway import UnderWay
 from utils import http
 from utils.daemon import give_up, mark_ready
 from utils.jsonfmt import dumps
+from utils.outage import Outage
 from utils.rpc_client import (ConnectionLost, NotConnected, RequestTooLarge, RPCClient,
                               RPCTimeout)
 
@@ -79,8 +80,13 @@ class AccessHTTP(service.Service):
         self.timeout = cfg["timeout"]
         self.listen_enabled = listen_enabled
         self.backends = {}
+        # a backend down or slow fails every call: told as an outage (`utils.outage`), not
+        # a line for each request
+        self.outages = {}
         for name in (MATCHENGINE, MARKETPRICE, READHISTORY):
             self.backends[name] = RPCClient.for_backend(reactor, cfg[name])
+            self.outages[name] = Outage("accesshttp: " + name, self._tell,
+                                        clock=reactor.seconds)
         handlers = {method: self._forwarder(method, backend, command)
                     for method, (backend, command) in METHODS.items()}
         self.discover_body = None
@@ -138,9 +144,17 @@ class AccessHTTP(service.Service):
 
     # -- forwarding --------------------------------------------------------------------
 
+    def _tell(self, level, text):
+        self.log.emit(level, "{text}", text=text)
+
     def _forwarder(self, method, backend, command):
         client = self.backends[backend]
+        outage = self.outages[backend]
         timeout = self.timeout
+
+        def answered(body):
+            outage.succeeded()
+            return 200, body
 
         def forward(request):
             body = dumps(request.params).encode()
@@ -150,23 +164,22 @@ class AccessHTTP(service.Service):
                 self.log.failure("accesshttp: {method} could not be sent", method=method)
                 return 500, b""
             self.calls.track(d)
-            d.addCallbacks(_ok, self._backend_failed, errbackArgs=(request, backend, method))
+            d.addCallbacks(answered, self._backend_failed,
+                           errbackArgs=(request, backend, method))
             return d
         return forward
 
     def _backend_failed(self, failure, request, backend, method):
         if failure.check(NotConnected):
-            self.log.warn("accesshttp: {backend} is not connected ({method})",
-                          backend=backend, method=method)
+            self.outages[backend].failed("not connected (%s)" % method)
             return 500, b""
         if failure.check(RequestTooLarge):
             self.log.info("accesshttp: {error}", error=failure.getErrorMessage())
             return 200, http.error_body(1, "invalid argument", request.id)
         if failure.check(RPCTimeout, ConnectionLost):
-            self.log.warn("accesshttp: {backend} did not answer {method} {why}",
-                          backend=backend, method=method,
-                          why="in time" if failure.check(RPCTimeout)
-                          else "(the connection was lost)")
+            self.outages[backend].failed("did not answer %s %s" % (
+                method, "in time" if failure.check(RPCTimeout) else
+                "(the connection was lost)"))
             return 504, http.error_body(5, "service timeout", request.id)
         self.log.failure("accesshttp: {method} failed", failure, method=method)
         return 500, b""
@@ -178,5 +191,3 @@ class AccessHTTP(service.Service):
             self.discover_body.encode(), request.id)
 
 
-def _ok(body):
-    return 200, body

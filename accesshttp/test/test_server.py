@@ -11,7 +11,7 @@ import time
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from accesshttp import config, openrpc
@@ -98,19 +98,36 @@ class GatewayTests(SynchronousTestCase):
 
     def test_backend_errors(self):
         """Not connected: 500 empty; timeout or lost connection: 504 error 5, the log
-        saying which."""
-        me = self.gateway.backends["matchengine"]
+        saying which, once for an outage however many calls fail, and when a call is
+        answered again."""
+        me, mp = self.gateway.backends["matchengine"], self.gateway.backends["marketprice"]
+        answers = me.answer, mp.answer
         me.answer = lambda: defer.fail(NotConnected("down"))
-        self.assertEqual(self.request(call(1, "balance.query", [1]))[0], [(500, b"")])
+        with capturedLogs() as events:
+            self.assertEqual(self.request(call(1, "balance.query", [1]))[0], [(500, b"")])
+            me.answer = answers[0]
+            self.request(call(2, "balance.query", [1]))
+        self.assertEqual([formatEvent(e).split(" after")[0] for e in events], [
+            "accesshttp: matchengine: not connected (balance.query)",
+            "accesshttp: matchengine: working again"])
         for error, why in ((RPCTimeout("slow"), "in time"),
                            (ConnectionLost("gone"), "(the connection was lost)")):
-            me.answer = lambda error=error: defer.fail(error)
+            me.answer = mp.answer = lambda error=error: defer.fail(error)
             with capturedLogs() as events:
-                self.assertEqual(self.request(call(3, "balance.query", [1]))[0], [
-                    (504, b'{"error": {"code": 5, "message": "service timeout"}, '
-                          b'"result": null, "id": 3}')])
-            self.assertIn("accesshttp: matchengine did not answer balance.query " + why,
-                          [formatEvent(e) for e in events])
+                for _ in range(3):
+                    self.assertEqual(self.request(call(3, "balance.query", [1]))[0], [
+                        (504, b'{"error": {"code": 5, "message": "service timeout"}, '
+                              b'"result": null, "id": 3}')])
+                self.request(call(4, "market.last", ["BTCBCH"]))
+                me.answer, mp.answer = answers
+                self.assertEqual(self.request(call(5, "balance.query", [1]))[0][0][0], 200)
+            self.assertEqual([(e["log_level"], formatEvent(e).split(" after")[0])
+                              for e in events], [
+                (LogLevel.error, "accesshttp: matchengine: did not answer balance.query "
+                                 + why),
+                (LogLevel.error, "accesshttp: marketprice: did not answer market.last " + why),
+                (LogLevel.warn, "accesshttp: matchengine: working again")])
+            self.request(call(6, "market.last", ["BTCBCH"]))
 
     def test_slow_backend_does_not_block_others(self):
         """While one backend has not answered, another backend's answer goes out."""
