@@ -293,7 +293,7 @@ class Connection:
                             "in by INSERT", info=True)
                 return conn
             except Exception as e:
-                self.outage.failed("cannot connect to MySQL: %s; retrying in 1 s" % e)
+                self.outage.failed("cannot connect to MySQL: %s; retrying in 1 s" % e, self)
                 time.sleep(1)
 
     def _prepared(self, item):
@@ -321,7 +321,7 @@ class Connection:
                         cursor.execute(applied)
                         if cursor.fetchall():
                             self.conn.rollback()    # nothing to do: the read ends
-                            self.outage.succeeded()
+                            self.outage.succeeded(self)
                             return ()
                     for sql in work:
                         if isinstance(sql, str):
@@ -333,7 +333,7 @@ class Connection:
                                 cursor.execute(text)
                     rows = cursor.fetchall() if work and isinstance(work[-1], str) else ()
                 self.conn.commit()
-                self.outage.succeeded()
+                self.outage.succeeded(self)
                 return rows
             except Exception as e:
                 again = True
@@ -344,7 +344,7 @@ class Connection:
                     say("history: the server refuses LOAD DATA LOCAL (%s): history rows go "
                         "in by INSERT" % (e,), info=True)
                 else:
-                    self.outage.failed("%s failed: %s; retrying in 1 s" % (what, e))
+                    self.outage.failed("%s failed: %s; retrying in 1 s" % (what, e), self)
                 # the connection may be lost already: it is replaced either way
                 with contextlib.suppress(Exception):
                     self.conn.rollback()

@@ -27,8 +27,11 @@ class Outage:
     - the first success after it: a warning saying how long it failed.
 
     `say(level, text)` writes a line, `level` a `twisted.logger.LogLevel`.  Threads may share
-    one (a writer's history threads): the lines are told under a lock, and `succeeded`, called
-    after each piece of work, costs one attribute read while nothing fails."""
+    one (a writer's history connections): the lines are told under a lock, and `succeeded`,
+    called after each piece of work, costs one attribute read while nothing fails.  Sharers
+    name themselves (`who`): the outage ends once each that failed has succeeded again, so
+    that one whose work keeps failing (a statement MySQL refuses) is not hidden by the
+    others' successes."""
 
     def __init__(self, name, say, alert_after=10.0, repeat=60.0, clock=time.monotonic):
         self.name = name
@@ -40,12 +43,15 @@ class Outage:
         self.attempts = 0       # failed attempts in it
         self._told = 0.0        # when its last line was said
         self._alerted = False
+        self._failing = set()   # the sharers whose last attempt failed
         self._lock = threading.Lock()
 
-    def failed(self, problem):
-        """An attempt failed with `problem`, a text ("insert failed: ...; retrying in 1 s")."""
+    def failed(self, problem, who=None):
+        """An attempt of `who` failed with `problem`, a text ("insert failed: ...; retrying
+        in 1 s")."""
         with self._lock:
             now = self.clock()
+            self._failing.add(who)
             if self.since is None:
                 self.since, self._told, self.attempts = now, now, 1
                 at_once = self.alert_after is not None and self.alert_after <= 0
@@ -66,12 +72,16 @@ class Outage:
             self.say(level, "%s: failing for %d s, %d attempts: %s"
                      % (self.name, lasted, self.attempts, problem))
 
-    def succeeded(self):
-        """The work went through: the end of the outage, if there was one."""
+    def succeeded(self, who=None):
+        """The work of `who` went through: the end of the outage, if there was one and no
+        other sharer's work still fails."""
         if self.since is None:
             return
         with self._lock:
-            if self.since is None:
+            if who not in self._failing:
+                return
+            self._failing.discard(who)
+            if self._failing:
                 return
             lasted, attempts = self.clock() - self.since, self.attempts
             self.since = None

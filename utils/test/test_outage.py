@@ -71,3 +71,20 @@ class OutageTests(SynchronousTestCase):
                          [(LogLevel.critical, "kafka: send failed: timed out; retrying in 1 s"),
                           (LogLevel.error, "kafka: failing for 60 s"),
                           (LogLevel.warn, "kafka: working again after 61.0 s")])
+
+    def test_sharers(self):
+        """Shared by several workers, an outage ends once each that failed has succeeded:
+        one whose work keeps failing is not hidden by the others' successes, and raises the
+        alert."""
+        outage = self.outage()
+        for _ in range(12):
+            outage.failed("insert failed: (1366, ...); retrying in 1 s", who="a")
+            outage.succeeded(who="b")           # never failed: ends nothing
+            self.clock.advance(1)
+        outage.failed("insert failed: (2013, ...); retrying in 1 s", who="b")
+        outage.succeeded(who="b")
+        self.assertEqual([level for level, _ in self.lines],
+                         [LogLevel.error, LogLevel.critical])
+        outage.succeeded(who="a")
+        self.assertEqual(self.lines[-1], (LogLevel.warn, "kafka: working again after 12.0 s, "
+                                                         "13 failed attempts"))
