@@ -131,8 +131,13 @@ class AccessWS(service.Service):
         # the auth service failing: every login fails, so the first failure is an alert,
         # as in the original; the next are told as one outage (`utils.outage`), not an
         # alert a login
-        self.auth_outage = Outage("accessws", lambda level, text: self.log.emit(
-            level, "{text}", text=text), alert_after=0, clock=self.reactor.seconds)
+        self.auth_outage = Outage("accessws", self._tell, alert_after=0,
+                                  clock=self.reactor.seconds)
+        # a backend slow to answer the polls and queries of pushes: told as an outage of
+        # that backend, not a line for each poll
+        self.backend_outages = {name: Outage("accessws: " + name, self._tell,
+                                             clock=self.reactor.seconds)
+                                for name in ("matchengine", "marketprice")}
         self.cache_timeout = cfg["cache_timeout"]
         self.depth_limits = set(cfg["depth_limit"])
         self.depth_merges = [Decimal(m) for m in cfg["depth_merge"]]
@@ -563,8 +568,7 @@ class AccessWS(service.Service):
         for key in [k for k, sessions in subs.items() if not sessions]:
             del subs[key]
             self._forget(family, key)
-        backend = "matchengine" if family == "depth" else "marketprice"
-        client = self._backend(backend, "poll")
+        client = self._backend(self._poll_backend(family), "poll")
         if not client.connected:
             return
         now = int(self.clock_time())
@@ -593,8 +597,15 @@ class AccessWS(service.Service):
 
     def _poll_failed(self, failure, family, key):
         self._poll_done(family, key)
-        self.log.warn("accessws: polling {family} {key} failed: {error}", family=family,
-                      key=key, error=failure.getErrorMessage())
+        self.backend_outages[self._poll_backend(family)].failed(
+            "polling %s %s failed: %s" % (family, key, failure.getErrorMessage()))
+
+    @staticmethod
+    def _poll_backend(family):
+        return "matchengine" if family == "depth" else "marketprice"
+
+    def _tell(self, level, text):
+        self.log.emit(level, "{text}", text=text)
 
     def _poll_done(self, family, key):
         self.in_flight.discard((family, key))
@@ -604,6 +615,7 @@ class AccessWS(service.Service):
             self.factory.send_held()
 
     def _polled(self, reply, family, key):
+        self.backend_outages[self._poll_backend(family)].succeeded()
         try:
             self._handle_poll(reply, family, key)
         finally:
@@ -725,14 +737,16 @@ class AccessWS(service.Service):
         if not client.connected:
             return
         d = client.call(101, [user, asset], self.timeout)
+        outage = self.backend_outages["matchengine"]
 
         def answered(reply):
+            outage.succeeded()
             result = reply.get("result")
             if result is None:
                 return
             for session in list(self.users.get(user, ())):
                 if asset in session.data["assets"]:
                     self._push(session, "asset.update", [result])
-        d.addCallbacks(answered, lambda f: self.log.warn(
-            "accessws: asset query failed: {error}", error=f.getErrorMessage()))
+        d.addCallbacks(answered, lambda f: outage.failed(
+            "asset query failed: %s" % f.getErrorMessage()))
 

@@ -326,6 +326,44 @@ class ServiceTests(TestCase):
         self.assertEqual(methods, {"depth.update", "deals.update"})
         self.assertLess(delay, 0.7)
 
+    async def slow_backend_scenario(self):
+        real = Backend.handlers
+
+        def handlers(backend):
+            table = real(backend)
+            # no answer while the deals are None: each poll times out (0.5 s)
+            table[303] = lambda params, request: defer.Deferred() if backend.deals is None \
+                else [d for d in backend.deals if d["id"] > params[2]]
+            return table
+        self.patch(Backend, "handlers", handlers)
+        await self.start()
+        deals, self.backend.deals = self.backend.deals, None
+
+        def run():
+            client = testing.WSClient("127.0.0.1", self.ws_port)
+            try:
+                client.send(json.dumps({"id": 1, "method": "deals.subscribe",
+                                        "params": ["BTCBCH"]}))
+                json.loads(client.recv(2))
+                time.sleep(2.5)
+                threads.blockingCallFromThread(reactor, setattr, self.backend, "deals", deals)
+                time.sleep(1.0)
+            finally:
+                client.close()
+        with capturedLogs() as events:
+            await threads.deferToThread(run)
+        told = [(e["log_level"], formatEvent(e)) for e in events
+                if formatEvent(e).startswith("accessws: marketprice: ")]
+        # four polls or more timed out: one line, and the end of it
+        self.assertEqual([level for level, _ in told], [LogLevel.error, LogLevel.warn], told)
+        self.assertIn("polling deals BTCBCH failed", told[0][1])
+        self.assertRegex(told[1][1], "working again after [0-9.]+ s, [4-9] failed attempts")
+
+    def test_slow_backend_told_once(self):
+        """Polls a backend does not answer in time are told as one outage of that backend
+        (an error, then a warning when it answers again), not a line for each poll."""
+        return defer.Deferred.fromCoroutine(self.slow_backend_scenario())
+
     def change(self):
         self.backend.book = {"asks": [["8000", "0.5"]], "bids": []}
         self.backend.deals = [{"id": 1, "time": 1.5, "price": "8000", "amount": "0.5",
