@@ -215,7 +215,11 @@ REQUESTS = (
     "a body not in UTF-8 or with a byte order mark, nesting more than 100 deep) get an empty "
     "HTTP 400 and the connection is closed; an unknown method gets HTTP 404 with error 4 "
     "`method not found`; a backend that is not connected, HTTP 500 with an empty body; one "
-    "that does not answer within `timeout`, HTTP 504 with error 5 `service timeout`. "
+    "that does not answer within `timeout`, HTTP 504 with error 5 `service timeout`; a "
+    "reply that comes after its call's timeout is dropped, as the original drops it. A "
+    "backend's failures are told on the log as an outage of that backend, not a line for each "
+    "request: an error at the first, a fatal line, which alerts, once calls have failed for "
+    "10 s, an error a minute while it lasts, and a warning when a call is answered again. "
     "Connections are kept alive; pipelined requests are answered in order.")
 
 # what holds for every method

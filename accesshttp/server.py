@@ -153,7 +153,7 @@ class AccessHTTP(service.Service):
         timeout = self.timeout
 
         def answered(body):
-            outage.succeeded()
+            outage.succeeded(method)
             return 200, body
 
         def forward(request):
@@ -171,7 +171,7 @@ class AccessHTTP(service.Service):
 
     def _backend_failed(self, failure, request, backend, method):
         if failure.check(NotConnected):
-            self.outages[backend].failed("not connected (%s)" % method)
+            self.outages[backend].failed("not connected (%s)" % method, method)
             return 500, b""
         if failure.check(RequestTooLarge):
             self.log.info("accesshttp: {error}", error=failure.getErrorMessage())
@@ -179,7 +179,7 @@ class AccessHTTP(service.Service):
         if failure.check(RPCTimeout, ConnectionLost):
             self.outages[backend].failed("did not answer %s %s" % (
                 method, "in time" if failure.check(RPCTimeout) else
-                "(the connection was lost)"))
+                "(the connection was lost)"), method)
             return 504, http.error_body(5, "service timeout", request.id)
         self.log.failure("accesshttp: {method} failed", failure, method=method)
         return 500, b""

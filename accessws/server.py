@@ -598,7 +598,8 @@ class AccessWS(service.Service):
     def _poll_failed(self, failure, family, key):
         self._poll_done(family, key)
         self.backend_outages[self._poll_backend(family)].failed(
-            "polling %s %s failed: %s" % (family, key, failure.getErrorMessage()))
+            "polling %s %s failed: %s" % (family, key, failure.getErrorMessage()),
+            (family, key))
 
     @staticmethod
     def _poll_backend(family):
@@ -615,7 +616,7 @@ class AccessWS(service.Service):
             self.factory.send_held()
 
     def _polled(self, reply, family, key):
-        self.backend_outages[self._poll_backend(family)].succeeded()
+        self.backend_outages[self._poll_backend(family)].succeeded((family, key))
         try:
             self._handle_poll(reply, family, key)
         finally:
@@ -740,7 +741,7 @@ class AccessWS(service.Service):
         outage = self.backend_outages["matchengine"]
 
         def answered(reply):
-            outage.succeeded()
+            outage.succeeded("asset.query")
             result = reply.get("result")
             if result is None:
                 return
@@ -748,5 +749,5 @@ class AccessWS(service.Service):
                 if asset in session.data["assets"]:
                     self._push(session, "asset.update", [result])
         d.addCallbacks(answered, lambda f: outage.failed(
-            "asset query failed: %s" % f.getErrorMessage()))
+            "asset query failed: %s" % f.getErrorMessage(), "asset.query"))
 

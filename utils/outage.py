@@ -29,9 +29,10 @@ class Outage:
     `say(level, text)` writes a line, `level` a `twisted.logger.LogLevel`.  Threads may share
     one (a writer's history connections): the lines are told under a lock, and `succeeded`,
     called after each piece of work, costs one attribute read while nothing fails.  Sharers
-    name themselves (`who`): the outage ends once each that failed has succeeded again, so
-    that one whose work keeps failing (a statement MySQL refuses) is not hidden by the
-    others' successes."""
+    name themselves (`who`): the outage ends once each that failed has succeeded again, or
+    has not failed for `repeat` seconds (it stopped trying: a gateway's method no client
+    calls any more), so that one whose work keeps failing (a statement MySQL refuses) is not
+    hidden by the others' successes."""
 
     def __init__(self, name, say, alert_after=10.0, repeat=60.0, clock=time.monotonic):
         self.name = name
@@ -43,7 +44,7 @@ class Outage:
         self.attempts = 0       # failed attempts in it
         self._told = 0.0        # when its last line was said
         self._alerted = False
-        self._failing = set()   # the sharers whose last attempt failed
+        self._failing = {}      # the sharers whose last attempt failed: when it did
         self._lock = threading.Lock()
 
     def failed(self, problem, who=None):
@@ -51,7 +52,12 @@ class Outage:
         in 1 s")."""
         with self._lock:
             now = self.clock()
-            self._failing.add(who)
+            if self.since is not None and now - max(self._failing.values()) >= self.repeat:
+                # nothing failed or went through for a while: what failed stopped trying,
+                # and this failure begins an outage of its own
+                self.since = None
+                self._failing.clear()
+            self._failing[who] = now
             if self.since is None:
                 self.since, self._told, self.attempts = now, now, 1
                 at_once = self.alert_after is not None and self.alert_after <= 0
@@ -78,12 +84,16 @@ class Outage:
         if self.since is None:
             return
         with self._lock:
-            if who not in self._failing:
+            if self.since is None:
                 return
-            self._failing.discard(who)
+            now = self.clock()
+            self._failing.pop(who, None)
+            for sharer, last in list(self._failing.items()):
+                if now - last >= self.repeat:
+                    del self._failing[sharer]
             if self._failing:
                 return
-            lasted, attempts = self.clock() - self.since, self.attempts
+            lasted, attempts = now - self.since, self.attempts
             self.since = None
             self.say(LogLevel.warn, "%s: working again after %.1f s, %d failed attempts"
                      % (self.name, lasted, attempts))

@@ -88,3 +88,23 @@ class OutageTests(SynchronousTestCase):
         outage.succeeded(who="a")
         self.assertEqual(self.lines[-1], (LogLevel.warn, "kafka: working again after 12.0 s, "
                                                          "13 failed attempts"))
+
+    def test_a_sharer_that_stops_trying(self):
+        """A sharer that failed and has not failed again for `repeat` seconds no longer holds
+        the outage: the next success ends it.  Failures after a quiet spell as long begin an
+        outage of their own."""
+        outage = self.outage()
+        outage.failed("did not answer balance.query in time", who="balance.query")
+        self.clock.advance(30)
+        outage.succeeded(who="asset.list")
+        self.assertEqual(len(self.lines), 1)
+        self.clock.advance(30)
+        outage.succeeded(who="asset.list")
+        self.assertEqual(self.lines[-1], (LogLevel.warn, "kafka: working again after 60.0 s, "
+                                                         "1 failed attempts"))
+        outage.failed("did not answer order.book in time", who="order.book")
+        self.clock.advance(3600)
+        outage.failed("did not answer order.book in time", who="order.book")
+        self.assertEqual([level for level, _ in self.lines],
+                         [LogLevel.error, LogLevel.warn, LogLevel.error, LogLevel.error])
+        self.assertEqual(self.lines[-1][1], "kafka: did not answer order.book in time")
