@@ -28,6 +28,7 @@ log's writes (a million orders take about a second in all), and removes the file
 
 import collections
 import contextlib
+import heapq
 import json
 import marshal
 import os
@@ -606,19 +607,24 @@ async def _load_balances(eng, db, table, advanced=None):
 def snapshot_rows(eng):
     """The rows of a slice, built lazily (the forked child iterates them)."""
     def orders():
-        for market in eng.markets.values():
-            for side in (1, 2):
-                for o in market.iter_side(side):
-                    yield (o.id, o.type, o.side, o.create_time, o.update_time, o.user_id,
-                           o.market, to_raw(o.price), to_raw(o.amount), to_raw(o.taker_fee),
-                           to_raw(o.maker_fee), to_raw(o.left), to_raw(o.freeze),
-                           to_raw(o.deal_stock), to_raw(o.deal_money), to_raw(o.deal_fee),
-                           o.source or "")
+        # by id, the slice table's primary key: InnoDB appends them, where the book's
+        # order put each in a page of its own (a million orders took 20 s of MariaDB's
+        # time, 4 s by id); each market holds its orders by id in the order they came
+        for o in heapq.merge(*(m.orders.values() for m in eng.markets.values()),
+                             key=_order_id):
+            yield (o.id, o.type, o.side, o.create_time, o.update_time, o.user_id, o.market,
+                   to_raw(o.price), to_raw(o.amount), to_raw(o.taker_fee), to_raw(o.maker_fee),
+                   to_raw(o.left), to_raw(o.freeze), to_raw(o.deal_stock),
+                   to_raw(o.deal_money), to_raw(o.deal_fee), o.source or "")
 
     def balances():
         for user_id, asset, kind, value in eng.balances.iter_entries():
             yield (user_id, asset, kind, to_raw(value))
     return orders(), balances()
+
+
+def _order_id(order):
+    return order.id
 
 
 def _chunks(rows, size=1000):
@@ -641,9 +647,10 @@ def write_slice(db, connection, eng, ts, oper_id, keeptime):
     rows = {"slice_order": orders, "slice_balance": balances}
 
     def fill(cursor, table, kind, columns):
+        # VALUES texts made here (`insert_rows`): PyMySQL's escaping of each of a million
+        # orders' 17 values took about two thirds of the slice's time
         for chunk in _chunks(rows[kind]):
-            cursor.execute(db.insert_many_sql(table, columns, len(chunk)),
-                           [v for row in chunk for v in row])
+            db.insert_rows(cursor, table, columns, chunk)
     _store_slice(db, connection, ts, oper_id, (eng.order_id, eng.deal_id), keeptime, fill)
 
 

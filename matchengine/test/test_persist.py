@@ -251,6 +251,24 @@ class ReaderTests(TestCase):
         self.assertEqual(await chosen(500, 1500), [])
         self.assertEqual(len(warned), 2)
 
+    def test_slice_rows_by_id(self):
+        """A slice's orders come by id across markets and sides, whatever their prices:
+        InnoDB appends them to the table's primary key, where in the books' order each
+        went to a page of its own (a million orders took 28 s to write, 11 s by id)."""
+        live = engine.Engine(*config.example_tables())
+        for user in (1, 2):
+            for asset in ("BTC", "BCH", "LTC"):
+                live.execute(102, [user, asset, "deposit", user, "100000", {}], T1)
+        for n in range(30):
+            market = ("BTCBCH", "LTCBCH")[n % 2]
+            side = 1 + n // 2 % 2
+            price = str(9000 + n * 7 % 13) if side == 1 else str(8000 - n * 5 % 11)
+            live.execute(201, [1 + n % 2, market, side, "0.5", price, "0.002", "0.001", ""],
+                         T1 + n)
+        orders, _ = persist.snapshot_rows(live)
+        ids = [row[0] for row in orders]
+        self.assertEqual(ids, list(range(1, 31)))
+
     def test_slice_for_a_rebuild(self):
         """A rebuild loads the newest slice at or before its first operation, else none
         when the log starts at the first operation, else the oldest; recovery the newest."""
