@@ -47,8 +47,8 @@ from utils.config import INT64_MAX
 
 __all__ = ["Database", "Dialect", "MYSQL", "SQLITE", "connect_mysql", "connect_sqlite",
            "open_sqlite", "from_config", "server_address", "split_statements",
-           "CONNECTION_LOST", "connection_lost", "load_local", "LOCAL_LOAD_REFUSED", "Aborted", "MySQLPool",
-           "keep_alive"]
+           "CONNECTION_LOST", "connection_lost", "load_local", "LOCAL_LOAD_REFUSED", "Aborted",
+           "MySQLPool", "keep_alive"]
 
 log = Logger()
 
