@@ -45,6 +45,7 @@ from matchengine.market import Order
 from matchengine.operlog import table_name
 from utils import decimals, forked
 from utils.decimals import to_raw
+from utils.mysql import needs_escape
 
 log = Logger()
 
@@ -623,6 +624,31 @@ def snapshot_rows(eng):
     return orders(), balances()
 
 
+# a slice_order row's value list: the raw texts of its decimals (digits, a point, an
+# exponent) need no escaping
+_ORDER_VALUES = ("(%d, %d, %d, %s, %s, %d, %s, '%s', '%s', '%s', '%s', '%s', '%s', '%s', "
+                 "'%s', '%s', %s)")
+
+
+def order_row_text(connection):
+    """A function making the value list of a `snapshot_rows` order, as PyMySQL would bind
+    it on `connection`, in one formatting rather than a call for each of its 17 values."""
+    escape = connection.escape
+
+    def text(value):
+        return escape(value) if needs_escape(value) else "'" + value + "'"
+
+    def real(value):
+        written = repr(value)       # as PyMySQL writes a float
+        return written if "e" in written else written + "e0"
+
+    def row(r):
+        return _ORDER_VALUES % (r[0], r[1], r[2], real(r[3]), real(r[4]), r[5], text(r[6]),
+                                r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15],
+                                text(r[16]))
+    return row
+
+
 def _order_id(order):
     return order.id
 
@@ -649,8 +675,9 @@ def write_slice(db, connection, eng, ts, oper_id, keeptime):
     def fill(cursor, table, kind, columns):
         # VALUES texts made here (`insert_rows`): PyMySQL's escaping of each of a million
         # orders' 17 values took about two thirds of the slice's time
+        row_text = order_row_text if kind == "slice_order" else None
         for chunk in _chunks(rows[kind]):
-            db.insert_rows(cursor, table, columns, chunk)
+            db.insert_rows(cursor, table, columns, chunk, row_text=row_text)
     _store_slice(db, connection, ts, oper_id, (eng.order_id, eng.deal_id), keeptime, fill)
 
 

@@ -48,7 +48,7 @@ from utils.config import INT64_MAX
 __all__ = ["Database", "Dialect", "MYSQL", "SQLITE", "connect_mysql", "connect_sqlite",
            "open_sqlite", "from_config", "server_address", "split_statements",
            "CONNECTION_LOST", "connection_lost", "load_local", "LOCAL_LOAD_REFUSED", "Aborted",
-           "MySQLPool", "keep_alive"]
+           "MySQLPool", "keep_alive", "literal_row", "needs_escape"]
 
 log = Logger()
 
@@ -276,13 +276,16 @@ class Database:
             ", ".join(self.dialect.quote(c) for c in columns))
         return self.dialect.sql(head + ", ".join([marks] * count))
 
-    def insert_rows(self, cursor, table, columns, rows, chunk=1000, ignore=False):
+    def insert_rows(self, cursor, table, columns, rows, chunk=1000, ignore=False,
+                    row_text=None):
         """Multi-row INSERTs of at most `chunk` rows and, on MySQL, `STATEMENT_MAX`
-        characters each (`values_texts`), inside the caller's transaction."""
+        characters each (`values_texts`), inside the caller's transaction.  On MySQL,
+        `row_text(connection)` may give a function making a row's value list, for rows
+        whose types the caller knows (the general one looks at each value)."""
         rows = list(rows)
         if self.dialect.name == "mysql":
             head = self.insert_many_sql(table, columns, 0, ignore)
-            literal = _Literals(cursor.connection).row
+            literal = (row_text or literal_row)(cursor.connection)
 
             for sql in insert_texts(head, rows, lambda part: ", ".join(map(literal, part)),
                                     chunk):
@@ -417,6 +420,12 @@ class _Literals:
 
     def row(self, row):
         return "(" + ", ".join(map(self.value, row)) + ")"
+
+
+def literal_row(connection):
+    """A function making a row's value list, `(1, 'a', ...)`, as PyMySQL would bind it on
+    `connection`."""
+    return _Literals(connection).row
 
 
 def connection_lost(error):

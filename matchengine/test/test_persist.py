@@ -269,6 +269,22 @@ class ReaderTests(TestCase):
         ids = [row[0] for row in orders]
         self.assertEqual(ids, list(range(1, 31)))
 
+    def test_slice_order_values(self):
+        """The value list made for a slice's order is what PyMySQL would bind, whatever its
+        source holds (quotes, backslashes, a NUL, four-byte characters)."""
+        import pymysql
+        connection = pymysql.connect(**dict(testing.mysql_connect_kwargs("misc"),
+                                            charset="utf8mb4"))
+        self.addCleanup(connection.close)
+        general, made = mysql.literal_row(connection), persist.order_row_text(connection)
+        for source in ("", "web", "it's", "back\\slash", "nul\x00", "\U0001f381 gift",
+                       "new\nline"):
+            row = (12, 1, 2, 1793000000.125, 1793000001.0, 7, "BTCBCH", "8000", "1e-8",
+                   "0.002", "0.001", "0.5", "4000.00000000", "0e-8", "0", "1.5e+3", source)
+            self.assertEqual(made(row), general(row))
+        self.assertEqual(made(row)[:60], "(12, 1, 2, 1793000000.125e0, 1793000001.0e0, 7, "
+                                         "'BTCBCH', '8")
+
     def test_slice_for_a_rebuild(self):
         """A rebuild loads the newest slice at or before its first operation, else none
         when the log starts at the first operation, else the oldest; recovery the newest."""
