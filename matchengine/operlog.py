@@ -203,7 +203,7 @@ class Batch:
 
 class OperationLog:
     log = Logger()
-    STALL_REPEAT = 10.0     # seconds between the critical lines of a stalled commit
+    STALL_REPEAT = 60.0     # seconds between the lines of a stalled commit after its first
 
     def __init__(self, db, reactor, last_id=0, window=0.0, durable=True, retry_delay=1.0,
                  clock_time=time.time, after_release=None, autocommit_db=None,
@@ -292,8 +292,9 @@ class OperationLog:
                               "until it is done", count=len(self.in_flight.rows),
                               waited=waited)
         else:
-            self.log.critical("operation log: the commit has waited {waited:.0f} s; "
-                              "requests are still refused", waited=waited)
+            # the first line was the alert: these tell the stall goes on, not an alert each
+            self.log.error("operation log: the commit has waited {waited:.0f} s; requests "
+                           "are still refused", waited=waited)
 
     def _commit(self, batch):
         table = max(table_name(self.clock_time()), self.newest_table)

@@ -194,10 +194,10 @@ class GroupingTests(SynchronousTestCase):
             (LogLevel.critical, "operation log: a commit of 1 entries has waited 0.5 s (MySQL "
                                 "does not answer, or a lock holds the log's table); requests "
                                 "are refused with service unavailable until it is done"),
-            (LogLevel.critical, "operation log: the commit has waited 10 s; requests are "
-                                "still refused"),
-            (LogLevel.warn, "operation log: working again after 10.3 s, 1 failed attempts"),
-            (LogLevel.warn, "operation log: the commit is done after 10.5 s; requests are "
+            (LogLevel.error, "operation log: the commit has waited 60 s; requests are "
+                             "still refused"),
+            (LogLevel.warn, "operation log: working again after 60.3 s, 1 failed attempts"),
+            (LogLevel.warn, "operation log: the commit is done after 60.5 s; requests are "
                             "served again")])
         # the next commit has its own `stall` seconds
         self.append()
