@@ -259,6 +259,10 @@ def utf8mb4_history(db):
         conn.close()
 
 
+# seconds a connection may have been left unused before it is checked (a ping) ahead of its
+# next statements: one the server dropped meanwhile is replaced without a failure told
+IDLE_CHECK = 1.0
+
 # rows of a table shard from which a LOAD DATA takes less CPU than INSERTs, the server's
 # and the writer's together (bench/history_rows.py): the server parses no SQL values, a
 # quarter less of its CPU a row, but a LOAD costs two more round trips than an INSERT
@@ -279,6 +283,7 @@ class Connection:
         self.loads = None   # whether the server takes LOAD DATA LOCAL, once connected
         self.load_rows = LOAD_ROWS
         self.outage = outage or HISTORY_OUTAGE
+        self.used = 0.0     # when it last committed
 
     def _connect(self):
         while True:
@@ -311,6 +316,15 @@ class Connection:
         tried again (a connection lost with the answer to its COMMIT may have committed).
         Rows that cannot be written as SQL raise, as they would again."""
         again = False
+        if self.conn is not None and time.monotonic() - self.used > IDLE_CHECK:
+            try:
+                self.conn.ping(reconnect=False)
+            except Exception:
+                # dropped while it was idle (an outage over, MySQL restarted): replaced,
+                # with nothing to tell
+                with contextlib.suppress(Exception):
+                    self.conn.close()
+                self.conn = None
         while True:
             if self.conn is None:
                 self.conn = self._connect()
@@ -333,6 +347,7 @@ class Connection:
                                 cursor.execute(text)
                     rows = cursor.fetchall() if work and isinstance(work[-1], str) else ()
                 self.conn.commit()
+                self.used = time.monotonic()
                 self.outage.succeeded(self)
                 return rows
             except Exception as e:

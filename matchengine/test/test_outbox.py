@@ -561,6 +561,46 @@ class InsertStatementTests(TestCase):
         got = await db.query("SELECT `detail` FROM `balance_history_1` ORDER BY `id`")
         self.assertEqual([json.loads(d)["n"] for d, in got], list(range(60)))
 
+    def test_an_idle_connection_dropped_meanwhile(self):
+        """A connection the server dropped while it was idle (MySQL restarted, an outage
+        over) is replaced before its next statements, with no failure told and no second's
+        wait; one dropped in use is an outage, told."""
+        import pymysql
+        history_db = testing.create_database("idle", ("trade_history",), True)
+        self.addCleanup(testing.drop_database, history_db)
+        info = testing.require("mysql")
+        connection = writer.Connection({"host": info["host"], "port": int(info["port"]),
+                                        "user": info["user"], "pass": info["password"],
+                                        "name": history_db},
+                                       Outage("history", writer.tell))
+        self.addCleanup(lambda: connection.conn and connection.conn.close())
+        self.patch(sys, "stderr", io.StringIO())
+        killer = pymysql.connect(**testing.mysql_connect_kwargs("misc"))
+        self.addCleanup(killer.close)
+
+        def dropped():
+            with killer.cursor() as cursor:
+                cursor.execute("KILL %d" % connection.conn.thread_id())
+        insert = "INSERT INTO `balance_history_1` (`time`, `user_id`, `asset`, `business`, " \
+                 "`change`, `balance`, `detail`) VALUES (1, 1, 'BCH', 'x', '1', '1', '{}')"
+        connection.run([insert])
+        dropped()
+        self.patch(writer, "IDLE_CHECK", 0.0)
+        started = time.monotonic()
+        connection.run([insert])
+        self.assertLess(time.monotonic() - started, 0.9)
+        self.assertEqual(sys.stderr.getvalue(), "")
+        # in use: a statement that finds it gone is a failure, retried in a second
+        self.patch(writer, "IDLE_CHECK", 3600.0)
+        dropped()
+        connection.run([insert])
+        told = sys.stderr.getvalue().splitlines()
+        self.assertTrue(told[0].startswith("error: history: insert failed: ("), told)
+        self.assertTrue(told[1].startswith("warn: history: working again after "), told)
+        with killer.cursor() as cursor:
+            cursor.execute("SELECT COUNT(*) FROM `%s`.`balance_history_1`" % history_db)
+            self.assertEqual(cursor.fetchone()[0], 3)
+
     async def ambiguous(self, late=0.0):
         import pymysql
 
