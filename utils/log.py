@@ -118,12 +118,22 @@ def vip(logger: Any, fmt: str, **kwargs: Any) -> None:
     _emit(logger, "info", VIP, fmt, kwargs)
 
 
+# Twisted's ClientService (under txredisapi's connections) says each failed attempt to
+# connect at info level, a line a second while Redis is away: its callers tell the outage
+# (utils.outage), and these lines are debug
+_RETRY_NOTE = ("twisted.application._client_service.ClientService", "Scheduling retry ")
+
+
 def event_level(event: Dict[str, Any]) -> str:
     """The original's level word of an event (`fatal` ... `user2`, or `vip`)."""
     clevel = event.get("log_clevel")
     if clevel is not None:
         return clevel
-    return LOG_LEVELS.get(event.get("log_level"), "info")
+    level = LOG_LEVELS.get(event.get("log_level"), "info")
+    if level == "info" and event.get("log_namespace") == _RETRY_NOTE[0] and str(
+            event.get("log_format", "")).startswith(_RETRY_NOTE[1]):
+        return "debug"
+    return level
 
 
 def event_source(event: Dict[str, Any]) -> str:

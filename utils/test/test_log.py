@@ -75,6 +75,18 @@ class LevelTests(SynchronousTestCase):
         self.assertEqual(events[5]["n"], 1)
         self.assertEqual(events[6]["log_level"], LogLevel.debug)
 
+    def test_connect_retries_are_debug(self):
+        """Twisted's ClientService saying each attempt to connect again (a line a second
+        while Redis is away, under txredisapi) is debug; its other lines keep their level."""
+        from twisted.application.internet import ClientService
+        events = []
+        logger = Logger(namespace=ClientService._log.namespace, observer=events.append)
+        logger.info("Scheduling retry {attempt} to connect {endpoint} in {delay} seconds.",
+                    attempt=1, endpoint="e", delay=1.0)
+        logger.info("other news")
+        Logger(namespace="x", observer=events.append).info("Scheduling retry of my own")
+        self.assertEqual([event_level(e) for e in events], ["debug", "info", "info"])
+
 
 class ObserverTestMixin:
 
