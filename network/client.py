@@ -11,13 +11,14 @@ next one made at once, as the original restarts it.
 
 `state` is one of "stopped", "connecting", "connected", "waiting" (pausing before the next
 attempt).  `on_connect(protocol)` and `on_disconnect(protocol, reason)` run on the reactor
-thread.
+thread.  Failed attempts and lost connections are warnings, or, given an `outage`
+(`utils.outage.Outage`), told through it: its owner says when the backend answers again.
 """
 
 from twisted.internet import defer
 from twisted.internet.error import TimeoutError
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from network.address import client_endpoint, parse_address, set_buffers
 from network.output import close_now
@@ -29,7 +30,8 @@ class ReconnectingClient:
     log = Logger()
 
     def __init__(self, reactor, addresses, protocol_factory, reconnect_timeout=1.0,
-                 on_connect=None, on_disconnect=None, name="", read_mem=0, write_mem=0):
+                 on_connect=None, on_disconnect=None, name="", read_mem=0, write_mem=0,
+                 outage=None):
         if isinstance(addresses, (str, bytes)):
             addresses = [addresses]
         self.addresses = [str(parse_address(a)) for a in addresses]
@@ -42,6 +44,7 @@ class ReconnectingClient:
         self._on_disconnect = on_disconnect
         self.buffers = {"read_mem": read_mem, "write_mem": write_mem}
         self.name = name or self.addresses[0]
+        self.outage = outage
         self.state = "stopped"
         self.protocol = None
         self._index = 0          # next address to try
@@ -118,7 +121,11 @@ class ReconnectingClient:
         if no_delay is not None:
             no_delay(True)      # as `network.address.set_no_delay`
         self.state = "connected"
-        self.log.info("{name}: connected to {address}", name=self.name,
+        # each new connection during an outage (a backend frozen: its heartbeats stop, the
+        # connection is made again) is news only at debug level
+        quiet = self.outage is not None and self.outage.since is not None
+        self.log.emit(LogLevel.debug if quiet else LogLevel.info,
+                      "{name}: connected to {address}", name=self.name,
                       address=self.current_address)
         if self._on_connect is not None:
             try:
@@ -130,8 +137,7 @@ class ReconnectingClient:
         if self._attempt is None and self.state == "stopped":
             return None  # cancelled by stop()
         self._attempt = None
-        self.log.warn("{name}: cannot connect to {address}: {error}", name=self.name,
-                      address=address, error=reason.getErrorMessage())
+        self._trouble("cannot connect to %s: %s" % (address, reason.getErrorMessage()))
         if reason.check(TimeoutError):
             self._at_once = True
         self._schedule()
@@ -149,9 +155,15 @@ class ReconnectingClient:
             return
         self.protocol = None
         self._disconnected(protocol, reason)
-        self.log.warn("{name}: connection to {address} lost: {error}", name=self.name,
-                      address=self.current_address, error=reason.getErrorMessage())
+        self._trouble("connection to %s lost: %s" % (self.current_address,
+                                                     reason.getErrorMessage()))
         self._schedule()
+
+    def _trouble(self, problem):
+        if self.outage is not None:
+            self.outage.failed(problem)
+        else:
+            self.log.warn("{name}: {problem}", name=self.name, problem=problem)
 
     def _disconnected(self, protocol, reason):
         if self._on_disconnect is not None:

@@ -32,6 +32,7 @@ from network.output import close_now, unsent_over, write_now
 from network.state import StateTable
 from network.timer import Timer
 from utils import rpc
+from utils.outage import Outage
 
 __all__ = ["RPCClient", "NotConnected", "RPCTimeout", "ConnectionLost", "RequestTooLarge"]
 
@@ -86,9 +87,14 @@ class RPCClient:
         if not heartbeat_timeout or heartbeat_timeout <= 0:
             heartbeat_timeout = 3.0
         self.heartbeat_timeout = min(max(heartbeat_timeout, 2.0), 600.0)
+        # the backend away (refused, lost, its heartbeats stopped) told as an outage
+        # (`utils.outage`): not a line for each attempt to connect again, every second; it
+        # ends when the backend answers
+        self.outage = Outage(name, self._tell, clock=reactor.seconds)
         self._client = ReconnectingClient(reactor, addresses, lambda: _ClientProtocol(self),
                                           reconnect_timeout, self._on_connect,
-                                          self._on_disconnect, name, read_mem, write_mem)
+                                          self._on_disconnect, name, read_mem, write_mem,
+                                          self.outage)
         self._states = StateTable(reactor, self._on_timeout)
         self._heartbeat = Timer(reactor, 1.0, self._send_heartbeat, repeat=True,
                                 name=name + " heartbeat")
@@ -146,7 +152,11 @@ class RPCClient:
 
     # -- internals ------------------------------------------------------------------
 
+    def _tell(self, level, text):
+        self.log.emit(level, "{text}", text=text)
+
     def _packet_received(self, protocol, packet):
+        self.outage.succeeded()
         if packet.command == rpc.HEARTBEAT:
             self._last_heartbeat = self.reactor.seconds()
             return
@@ -164,9 +174,8 @@ class RPCClient:
         if protocol is None or not self._client.connected:
             return
         if self.reactor.seconds() - self._last_heartbeat > self.heartbeat_timeout:
-            self.log.error("{name}: no heartbeat from {address} for {timeout} s; reconnecting",
-                           name=self.name, address=self._client.current_address,
-                           timeout=self.heartbeat_timeout)
+            self.outage.failed("no heartbeat from %s for %s s; reconnecting"
+                               % (self._client.current_address, self.heartbeat_timeout))
             self._client.reconnect()
             return
         self._send(protocol, self._heartbeat_packet)

@@ -2,7 +2,7 @@
 """The RPC client, on a memory reactor."""
 
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from utils import rpc
@@ -109,6 +109,34 @@ class ClientTests(SynchronousTestCase):
         self.assertFalse(self.client.connected)
         self.assertEqual(self.reactor.tcpClients[-1][1], 7317)
         self.flushLoggedErrors()
+
+    def test_backend_away_told_as_an_outage(self):
+        """A backend whose heartbeats stop, then that refuses connections for a while, is
+        told as one outage: an error, an alert once it has lasted 10 s, and a warning once
+        it answers again; not a line for each attempt to connect again."""
+        from twisted.internet.error import ConnectionRefusedError
+        from twisted.python.failure import Failure
+        with capturedLogs() as events:
+            for _ in range(4):
+                self.reactor.advance(1.0)       # no heartbeat replies: dropped
+            self.assertTrue(self.transport.disconnecting)
+            self.proto.connectionLost(Failure(ConnectionRefusedError()))
+            for _ in range(12):
+                self.reactor.tcpClients[-1][2].clientConnectionFailed(
+                    self.reactor.connectors[-1], Failure(ConnectionRefusedError()))
+                self.reactor.advance(1.0)
+            self.proto, self.transport = self.connect()
+            self.reactor.advance(1.0)
+            for packet in self.sent():
+                self.answer(packet, b"")
+        told = [(e["log_level"], formatEvent(e)) for e in events
+                if e["log_level"] >= LogLevel.info]
+        self.assertEqual([level for level, _ in told],
+                         [LogLevel.error, LogLevel.critical, LogLevel.warn], told)
+        self.assertTrue(told[0][1].startswith("matchengine: no heartbeat from "
+                                              "tcp@127.0.0.1:7316 for 3.0 s"), told)
+        self.assertIn("failing for 1", told[1][1])
+        self.assertTrue(told[2][1].startswith("matchengine: working again after "), told)
 
     def test_bad_reply_reconnects(self):
         """Garbage from the backend closes the connection."""
