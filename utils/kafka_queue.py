@@ -35,6 +35,8 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from utils.outage import Outage
+
 __all__ = ["KafkaProducerService", "KafkaConsumerService", "QueueFull", "InProcessBus",
            "record_digest"]
 
@@ -372,7 +374,10 @@ class KafkaConsumerService(service.Service):
         self.received = 0
         self.last_offset = None
         self.broker_up = None
-        self._lost_at = None
+        # the broker away told as an outage (`utils.outage`): an error, an alert once it
+        # has lasted 10 s, an error a minute, a warning when reading goes on
+        self.outage = Outage(self.name, lambda level, text: self.log.emit(
+            level, "{text}", text=text), clock=lambda: self.reactor.seconds())
         # with offset "latest": the first offset read, once the broker has told it
         self.start_offset = None
         # of the reading thread: the broker's state it last reported, the last record it
@@ -409,30 +414,23 @@ class KafkaConsumerService(service.Service):
             stopped.callback(None)
 
     def _broker_state(self, up, error=None):
-        if up == self.broker_up:
-            return
         before, self.broker_up = self.broker_up, up
-        if up and before is None:
+        if not up:
+            self.outage.failed("broker %s unavailable: %s; reading %s[%d] waits for it"
+                               % (self.brokers, error, self.topic, self.partition))
+            return
+        if before is None:
             self.log.info("{name}: reading {topic}[{partition}] from {brokers}",
                           name=self.name, topic=self.topic, partition=self.partition,
                           brokers=self.brokers)
-        elif up:
-            self.log.info("{name}: broker {brokers} answers again after {seconds:.0f} s; "
-                          "reading {topic}[{partition}] goes on", name=self.name,
-                          brokers=self.brokers, seconds=self.reactor.seconds() - self._lost_at,
-                          topic=self.topic, partition=self.partition)
-        else:
-            self._lost_at = self.reactor.seconds()
-            self.log.error("{name}: broker {brokers} unavailable: {error}; reading "
-                           "{topic}[{partition}] waits for it", name=self.name,
-                           brokers=self.brokers, error=error, topic=self.topic,
-                           partition=self.partition)
+        self.outage.succeeded()
 
     def _reachable(self, up, error=None):
-        """Tell the reactor, from the reading thread, that the broker answers (or not);
-        only a change is sent, and nothing once the service stops (a thread still blocked in
-        a request then tells nothing when it returns)."""
-        if up != self._reported and not self._stopping.is_set():
+        """Tell the reactor, from the reading thread, that the broker answers (only when it
+        did not before) or not (each failed attempt, for the outage to count); nothing once
+        the service stops (a thread still blocked in a request then tells nothing when it
+        returns)."""
+        if (not up or up != self._reported) and not self._stopping.is_set():
             self._reported = up
             self.reactor.callFromThread(self._broker_state, up, error)
 

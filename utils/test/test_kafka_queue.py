@@ -320,7 +320,7 @@ class OutageTests(TestCase):
                         seconds=20, what="the broker found unreachable")
             await deferLater(reactor, 5.0, lambda: None)
             await back()
-            await until(lambda: self.logged(events, LogLevel.info, "answers again"),
+            await until(lambda: self.logged(events, LogLevel.warn, "working again"),
                         seconds=30, what="the broker found back")
             await threads.deferToThread(self.produce, broker.address,
                                         [b"b%d" % i for i in range(3)])
@@ -339,7 +339,8 @@ class OutageTests(TestCase):
         self.assertTrue(errors[0].startswith(
             "test consumer: broker %s unavailable: no answer in 2 s" % broker.address),
             errors[0])
-        self.assertEqual(len(self.logged(events, LogLevel.info, "answers again")), 1)
+        self.assertEqual(len(self.logged(events, LogLevel.warn, "test consumer: working "
+                                                                "again after ")), 1)
         self.assertEqual(self.logged(events, LogLevel.warn, "recreated"), [])
 
     async def cut_scenario(self):
@@ -355,9 +356,9 @@ class OutageTests(TestCase):
         self.assert_told(events, broker)
 
     def test_cut_broker_told(self):
-        """A broker cut off (connections dropped, then refused) is logged once as an error
-        naming it, where nothing was said however long it lasted, and its return once
-        (info); it kept the topic, which is not read again."""
+        """A broker cut off (connections dropped, then refused) is told as an outage, an
+        error naming it, where nothing was said however long it lasted, and its return (a
+        warning); it kept the topic, which is not read again."""
         return defer.Deferred.fromCoroutine(self.cut_scenario())
 
     async def paused_scenario(self):
@@ -610,18 +611,20 @@ class ConsumerLoopTests(SynchronousTestCase):
         partition.down = False
 
     def test_unreachable_broker_logged_once(self):
-        """A broker that stops answering is logged once as an error, naming it, however
-        long it lasts (where nothing was said), and once again when it answers (info)."""
+        """A broker that stops answering is told as an outage (where nothing was said): an
+        error naming it, an alert once it has lasted 10 s, and a warning when it answers."""
         self.script((10, lambda p: None), (150, self.down), (10, self.up))
         logged = self.run_consumer(170)
         self.assertEqual([level for level, text in logged],
-                         [LogLevel.info, LogLevel.error, LogLevel.info])
+                         [LogLevel.info, LogLevel.error, LogLevel.critical, LogLevel.warn])
         self.assertEqual(logged[1][1],
                          "deals consumer: broker 127.0.0.1:9092 unavailable: no answer in 2 s "
                          "to a request for the end of deals[0] (KafkaTimeoutError); reading "
                          "deals[0] waits for it")
-        self.assertRegex(logged[2][1], r"^deals consumer: broker 127.0.0.1:9092 answers "
-                                       r"again after \d+ s; reading deals\[0\] goes on$")
+        self.assertRegex(logged[2][1], r"^deals consumer: failing for 1\d s, \d+ attempts: "
+                                       r"broker 127.0.0.1:9092 unavailable: ")
+        self.assertRegex(logged[3][1], r"^deals consumer: working again after [0-9.]+ s, "
+                                       r"\d+ failed attempts$")
         self.assertEqual(self.got, [(i, b"a%d" % i) for i in range(5)])
 
     def test_quiet_topic_probed(self):
@@ -641,7 +644,8 @@ class ConsumerLoopTests(SynchronousTestCase):
         logged = self.run_consumer(40)
         self.assertEqual(self.got, [(i, b"a%d" % i) for i in range(5)]
                          + [(i, b"n%d" % i) for i in range(8)])
-        warnings = [text for level, text in logged if level == LogLevel.warn]
+        warnings = [text for level, text in logged if level == LogLevel.warn
+                    and "working again" not in text]
         self.assertEqual(warnings, [
             "deals consumer: deals[0] is not the one read so far: another record is at offset "
             "4; the topic was recreated (its broker restarted without its data), reading it "
@@ -659,7 +663,7 @@ class ConsumerLoopTests(SynchronousTestCase):
         self.assertEqual(self.got, [(i, b"a%d" % i) for i in range(5)]
                          + [(5 + i, b"b%d" % i) for i in range(3)])
         self.assertEqual([level for level, text in logged],
-                         [LogLevel.info, LogLevel.error, LogLevel.info])
+                         [LogLevel.info, LogLevel.error, LogLevel.warn])
         self.assertEqual(self.partition.calls, [("seek", 4), ("close",)])
 
     def test_position_reset_before_the_last_record(self):
