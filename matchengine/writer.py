@@ -43,9 +43,9 @@ from matchengine.effects import HISTORY_COLUMNS
 from matchengine.rowtext import fields_text, values_text
 from utils.handoff import FRAME
 from utils.kafka_wire import LeanProducer
-from utils.outage import Outage
 from utils.mysql import (LOCAL_LOAD_REFUSED, SESSION_SETUP, client_charset, insert_texts,
                          lift_read_timeout, load_local, server_address)
+from utils.outage import Outage
 
 # how each history column is written into SQL: times to the microsecond, ids as integers,
 # free text escaped; the remaining columns are decimals in their raw form (digits, a point,
@@ -335,6 +335,7 @@ class Connection:
                         cursor.execute(applied)
                         if cursor.fetchall():
                             self.conn.rollback()    # nothing to do: the read ends
+                            self.used = time.monotonic()
                             self.outage.succeeded(self)
                             return ()
                     for sql in work:
