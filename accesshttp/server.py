@@ -171,7 +171,9 @@ class AccessHTTP(service.Service):
 
     def _backend_failed(self, failure, request, backend, method):
         if failure.check(NotConnected):
-            self.outages[backend].failed("not connected (%s)" % method, method)
+            # its client tells the backend's outage
+            self.log.debug("accesshttp: {backend} not connected ({method})",
+                           backend=backend, method=method)
             return 500, b""
         if failure.check(RequestTooLarge):
             self.log.info("accesshttp: {error}", error=failure.getErrorMessage())

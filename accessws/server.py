@@ -144,9 +144,11 @@ class AccessWS(service.Service):
         self.clients = {}
         for name in ("matchengine", "marketprice", "readhistory"):
             c = cfg[name]
+            # the two connections to a backend tell its outage as one
+            outage = Outage(c["name"], self._tell, clock=self.reactor.seconds)
             for role in ("query", "poll"):
                 self.clients[name, role] = RPCClient.for_backend(
-                    reactor, c, "%s %s" % (c["name"], role))
+                    reactor, c, "%s %s" % (c["name"], role), outage)
         self.cache = {}
         self.subs = {family: {} for family in FAMILIES}      # key -> set of sessions
         self.stored = {family: {} for family in FAMILIES}    # key -> last value seen

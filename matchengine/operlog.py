@@ -232,10 +232,11 @@ class OperationLog:
         self.stalled = False        # the commit in flight has waited `stall` seconds
         self._sent_at = None        # when the batch in flight was first sent
         self._stall_call = None
-        # failed commits told as an outage (`utils.outage`), not a line for each retry
+        # failed commits told as an outage (`utils.outage`), not a line for each retry;
+        # when durable, the stall that follows is the alert
         self.outage = Outage("operation log",
                              lambda level, text: self.log.emit(level, "{text}", text=text),
-                             clock=reactor.seconds)
+                             alert_after=10.0 if not durable else None, clock=reactor.seconds)
 
     # -- appending ---------------------------------------------------------------------
 

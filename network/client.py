@@ -12,7 +12,8 @@ next one made at once, as the original restarts it.
 `state` is one of "stopped", "connecting", "connected", "waiting" (pausing before the next
 attempt).  `on_connect(protocol)` and `on_disconnect(protocol, reason)` run on the reactor
 thread.  Failed attempts and lost connections are warnings, or, given an `outage`
-(`utils.outage.Outage`), told through it: its owner says when the backend answers again.
+(`utils.outage.Outage`), told through it as this client's (`who`): its owner says when the
+backend answers again.
 """
 
 from twisted.internet import defer
@@ -161,7 +162,7 @@ class ReconnectingClient:
 
     def _trouble(self, problem):
         if self.outage is not None:
-            self.outage.failed(problem)
+            self.outage.failed(problem, self)
         else:
             self.log.warn("{name}: {problem}", name=self.name, problem=problem)
 

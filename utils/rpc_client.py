@@ -78,7 +78,7 @@ class RPCClient:
 
     def __init__(self, reactor, name, addresses, max_pkg_size, heartbeat_timeout=3.0,
                  reconnect_timeout=1.0, read_mem=0, write_mem=0, max_request_size=0,
-                 buf_limit=0):
+                 buf_limit=0, outage=None):
         self.reactor = reactor
         self.name = name
         self.max_pkg_size = max_pkg_size
@@ -89,8 +89,8 @@ class RPCClient:
         self.heartbeat_timeout = min(max(heartbeat_timeout, 2.0), 600.0)
         # the backend away (refused, lost, its heartbeats stopped) told as an outage
         # (`utils.outage`): not a line for each attempt to connect again, every second; it
-        # ends when the backend answers
-        self.outage = Outage(name, self._tell, clock=reactor.seconds)
+        # ends when the backend answers.  Clients of one backend may share it (`outage`).
+        self.outage = outage or Outage(name, self._tell, clock=reactor.seconds)
         self._client = ReconnectingClient(reactor, addresses, lambda: _ClientProtocol(self),
                                           reconnect_timeout, self._on_connect,
                                           self._on_disconnect, name, read_mem, write_mem,
@@ -102,13 +102,13 @@ class RPCClient:
         self._heartbeat_packet = rpc.encode(rpc.heartbeat_request(self.heartbeat_timeout))
 
     @classmethod
-    def for_backend(cls, reactor, section, name=None):
+    def for_backend(cls, reactor, section, name=None, outage=None):
         """The client of the backend a gateway's config section describes (`name` in the
         log, by default the section's)."""
         return cls(reactor, name or section["name"], list(section["addr"]),
                    section["max_pkg_size"], section["heartbeat_timeout"],
                    section["reconnect_timeout"], max_request_size=section["max_request_size"],
-                   buf_limit=section["buf_limit"], **buffer_sizes(section))
+                   buf_limit=section["buf_limit"], outage=outage, **buffer_sizes(section))
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -156,7 +156,7 @@ class RPCClient:
         self.log.emit(level, "{text}", text=text)
 
     def _packet_received(self, protocol, packet):
-        self.outage.succeeded()
+        self.outage.succeeded(self._client)
         if packet.command == rpc.HEARTBEAT:
             self._last_heartbeat = self.reactor.seconds()
             return
@@ -175,7 +175,8 @@ class RPCClient:
             return
         if self.reactor.seconds() - self._last_heartbeat > self.heartbeat_timeout:
             self.outage.failed("no heartbeat from %s for %s s; reconnecting"
-                               % (self._client.current_address, self.heartbeat_timeout))
+                               % (self._client.current_address, self.heartbeat_timeout),
+                               self._client)
             self._client.reconnect()
             return
         self._send(protocol, self._heartbeat_packet)

@@ -138,6 +138,42 @@ class ClientTests(SynchronousTestCase):
         self.assertIn("failing for 1", told[1][1])
         self.assertTrue(told[2][1].startswith("matchengine: working again after "), told)
 
+    def test_clients_sharing_an_outage(self):
+        """Two clients of one backend sharing an outage tell it once, and it ends once both
+        have their backend's answer."""
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+        from utils.outage import Outage
+        lines = []
+        outage = Outage("marketprice", lambda level, text: lines.append((level, text)),
+                        clock=self.reactor.seconds)
+        clients = [RPCClient(self.reactor, "marketprice " + role, "tcp@127.0.0.1:7424", 10000,
+                             outage=outage) for role in ("query", "poll")]
+        protocols = []
+        for client in clients:
+            client.start()
+            protocols.append(self.connect())
+        for proto, _ in protocols:
+            proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual([level for level, _ in lines], [LogLevel.error])
+        self.reactor.advance(1.0)
+        replies = []
+        for factory in [c[2] for c in self.reactor.tcpClients[-2:]]:
+            proto = factory.buildProtocol(None)
+            transport = StringTransport()
+            proto.makeConnection(transport)
+            replies.append((proto, transport))
+        for n, (proto, transport) in enumerate(replies):
+            self.reactor.advance(1.0)
+            for packet in rpc.StreamDecoder(10 ** 6).feed(transport.value()):
+                proto.dataReceived(rpc.encode(packet.reply(b"")))
+            transport.clear()
+            self.assertEqual(len(lines), 1 + n)
+        self.assertEqual(lines[-1][0], LogLevel.warn)
+        self.assertTrue(lines[-1][1].startswith("marketprice: working again after "))
+        for client in clients:
+            client.stop()
+
     def test_bad_reply_reconnects(self):
         """Garbage from the backend closes the connection."""
         self.proto.dataReceived(b"x" * 40)
