@@ -34,7 +34,7 @@ from network.underway import UnderWay
 from utils import http
 from utils.daemon import give_up, mark_ready
 from utils.jsonfmt import dumps
-from utils.outage import Outage
+from utils.outage import Outage, on_log
 from utils.rpc_client import (ConnectionLost, NotConnected, RequestTooLarge, RPCClient,
                               RPCTimeout)
 
@@ -85,7 +85,7 @@ class AccessHTTP(service.Service):
         self.outages = {}
         for name in (MATCHENGINE, MARKETPRICE, READHISTORY):
             self.backends[name] = RPCClient.for_backend(reactor, cfg[name])
-            self.outages[name] = Outage("accesshttp: " + name, self._tell,
+            self.outages[name] = Outage("accesshttp: " + name, on_log(self.log),
                                         clock=reactor.seconds)
         handlers = {method: self._forwarder(method, backend, command)
                     for method, (backend, command) in METHODS.items()}
@@ -143,9 +143,6 @@ class AccessHTTP(service.Service):
             self.factory.abort()
 
     # -- forwarding --------------------------------------------------------------------
-
-    def _tell(self, level, text):
-        self.log.emit(level, "{text}", text=text)
 
     def _forwarder(self, method, backend, command):
         client = self.backends[backend]

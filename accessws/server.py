@@ -34,7 +34,7 @@ from utils import rpc
 from utils.daemon import give_up, mark_ready
 from utils.decimals import to_display
 from utils.jsonfmt import dumps
-from utils.outage import Outage
+from utils.outage import Outage, on_log
 from utils.rpc_client import (ConnectionLost, NotConnected, RequestTooLarge, RPCClient,
                               RPCTimeout)
 from utils.websocket import NO_REPLY, WSServerFactory, with_request
@@ -131,11 +131,11 @@ class AccessWS(service.Service):
         # the auth service failing: every login fails, so the first failure is an alert,
         # as in the original; the next are told as one outage (`utils.outage`), not an
         # alert a login
-        self.auth_outage = Outage("accessws", self._tell, alert_after=0,
+        self.auth_outage = Outage("accessws", on_log(self.log), alert_after=0,
                                   clock=self.reactor.seconds)
         # a backend slow to answer the polls and queries of pushes: told as an outage of
         # that backend, not a line for each poll
-        self.backend_outages = {name: Outage("accessws: " + name, self._tell,
+        self.backend_outages = {name: Outage("accessws: " + name, on_log(self.log),
                                              clock=self.reactor.seconds)
                                 for name in ("matchengine", "marketprice")}
         self.cache_timeout = cfg["cache_timeout"]
@@ -145,7 +145,7 @@ class AccessWS(service.Service):
         for name in ("matchengine", "marketprice", "readhistory"):
             c = cfg[name]
             # the two connections to a backend tell its outage as one
-            outage = Outage(c["name"], self._tell, clock=self.reactor.seconds)
+            outage = Outage(c["name"], on_log(self.log), clock=self.reactor.seconds)
             for role in ("query", "poll"):
                 self.clients[name, role] = RPCClient.for_backend(
                     reactor, c, "%s %s" % (c["name"], role), outage)
@@ -606,9 +606,6 @@ class AccessWS(service.Service):
     @staticmethod
     def _poll_backend(family):
         return "matchengine" if family == "depth" else "marketprice"
-
-    def _tell(self, level, text):
-        self.log.emit(level, "{text}", text=text)
 
     def _poll_done(self, family, key):
         self.in_flight.discard((family, key))

@@ -26,7 +26,7 @@ from utils.alert import MAGIC
 from utils.config import ConfigError
 from utils.daemon import give_up, mark_ready
 from utils.redisdb import ConfigChecked
-from utils.outage import Outage
+from utils.outage import Outage, on_log
 
 __all__ = ["AlertCenter", "KEY", "parse_line"]
 
@@ -112,8 +112,8 @@ class AlertCenter(service.Service):
         self.redis = ConfigChecked(self.store)
         # Redis away told in few lines (`utils.outage`), never as an alert: this is the
         # daemon alerts go through
-        self.outage = Outage("alertcenter", lambda level, text: self.log.emit(
-            level, "{text}", text=text), alert_after=None, clock=self.reactor.seconds)
+        self.outage = Outage("alertcenter", on_log(self.log), alert_after=None,
+                             clock=self.reactor.seconds)
 
     def startService(self):
         service.Service.startService(self)

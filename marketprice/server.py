@@ -47,7 +47,7 @@ from utils.config import ConfigError
 from utils.daemon import give_up, mark_ready
 from utils.jsonfmt import RawJSON, dumps
 from utils.kafka_queue import record_digest
-from utils.outage import Outage
+from utils.outage import Outage, on_log
 from utils.redisdb import ConfigChecked, WatchError
 from utils.rpc_server import RPCServerFactory, listen_rpc
 
@@ -99,8 +99,7 @@ class MarketPrice(service.Service):
         self.clock_time = clock_time
         self.listen_enabled = listen
         # Redis away, at start or at the flushes, told in few lines (`utils.outage`)
-        self.redis_outage = Outage("marketprice", lambda level, text: self.log.emit(
-            level, "{text}", text=text), clock=reactor.seconds)
+        self.redis_outage = Outage("marketprice", on_log(self.log), clock=reactor.seconds)
         self.tz = timezone_offset()
         self.limits = (cfg["sec_max"], cfg["min_max"], cfg["hour_max"])
         self.markets = {}

@@ -22,9 +22,9 @@ asynchronous mode (`durable` off) the callbacks run at once and the log follows 
 
 A commit not done `stall` seconds after it was first sent (MySQL away, or holding it behind
 a lock: a backup's `LOCK TABLES`, an ALTER) makes the log `stalled`, with a critical line
-then and every `STALL_REPEAT` seconds, and a warning once it is done; the matchengine refuses
-requests meanwhile, rather than apply writes whose replies would wait past the gateways'
-timeouts (durable mode only).
+then, an error every `STALL_REPEAT` seconds, and a warning once it is done; the matchengine
+refuses requests meanwhile, rather than apply writes whose replies would wait past the
+gateways' timeouts (durable mode only).
 """
 
 import hashlib
@@ -37,7 +37,7 @@ from twisted.logger import Logger
 
 from utils.jsonfmt import real_text
 from utils.mysql import insert_texts, needs_escape
-from utils.outage import Outage
+from utils.outage import Outage, on_log
 
 __all__ = ["OperationLog", "Batch", "stamp", "table_name", "log_values",
            "autocommit_connection", "Fence", "Abandoned"]
@@ -234,8 +234,7 @@ class OperationLog:
         self._stall_call = None
         # failed commits told as an outage (`utils.outage`), not a line for each retry;
         # when durable, the stall that follows is the alert
-        self.outage = Outage("operation log",
-                             lambda level, text: self.log.emit(level, "{text}", text=text),
+        self.outage = Outage("operation log", on_log(self.log),
                              alert_after=10.0 if not durable else None, clock=reactor.seconds)
 
     # -- appending ---------------------------------------------------------------------

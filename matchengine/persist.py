@@ -45,7 +45,7 @@ from matchengine.market import Order
 from matchengine.operlog import table_name
 from utils import decimals, forked
 from utils.decimals import to_raw
-from utils.mysql import needs_escape
+from utils.mysql import literal_value
 
 log = Logger()
 
@@ -633,19 +633,12 @@ _ORDER_VALUES = ("(%d, %d, %d, %s, %s, %d, %s, '%s', '%s', '%s', '%s', '%s', '%s
 def order_row_text(connection):
     """A function making the value list of a `snapshot_rows` order, as PyMySQL would bind
     it on `connection`, in one formatting rather than a call for each of its 17 values."""
-    escape = connection.escape
-
-    def text(value):
-        return escape(value) if needs_escape(value) else "'" + value + "'"
-
-    def real(value):
-        written = repr(value)       # as PyMySQL writes a float
-        return written if "e" in written else written + "e0"
+    value = literal_value(connection)      # its times and texts
 
     def row(r):
-        return _ORDER_VALUES % (r[0], r[1], r[2], real(r[3]), real(r[4]), r[5], text(r[6]),
-                                r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15],
-                                text(r[16]))
+        return _ORDER_VALUES % (r[0], r[1], r[2], value(r[3]), value(r[4]), r[5],
+                                value(r[6]), r[7], r[8], r[9], r[10], r[11], r[12], r[13],
+                                r[14], r[15], value(r[16]))
     return row
 
 

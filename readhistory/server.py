@@ -21,7 +21,7 @@ from readhistory.reader import QUERIES
 from utils import rpc
 from utils.daemon import give_up, mark_ready
 from utils.mysql import connection_lost
-from utils.outage import Outage
+from utils.outage import Outage, on_log
 from utils.rpc_server import RPCServerFactory, listen_rpc
 
 __all__ = ["ReadHistory"]
@@ -42,8 +42,7 @@ class ReadHistory(service.Service):
         self.ports = []
         # MySQL away fails every query: told in few lines (`utils.outage`), not an alert a
         # query; a query that fails otherwise (a table missing) is an alert of its own
-        self.outage = Outage("readhistory", lambda level, text: self.log.emit(
-            level, "{text}", text=text), clock=reactor.seconds)
+        self.outage = Outage("readhistory", on_log(self.log), clock=reactor.seconds)
         svr = cfg["svr"]
         self.factory = RPCServerFactory(
             {command: self._handler(query) for command, query in QUERIES.items()},

@@ -35,7 +35,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from utils.outage import Outage
+from utils.outage import Outage, on_log
 
 __all__ = ["KafkaProducerService", "KafkaConsumerService", "QueueFull", "InProcessBus",
            "record_digest"]
@@ -376,8 +376,8 @@ class KafkaConsumerService(service.Service):
         self.broker_up = None
         # the broker away told as an outage (`utils.outage`): an error, an alert once it
         # has lasted 10 s, an error a minute, a warning when reading goes on
-        self.outage = Outage(self.name, lambda level, text: self.log.emit(
-            level, "{text}", text=text), clock=lambda: self.reactor.seconds())
+        self.outage = Outage(self.name, on_log(self.log),
+                             clock=lambda: self.reactor.seconds())
         # with offset "latest": the first offset read, once the broker has told it
         self.start_offset = None
         # of the reading thread: the broker's state it last reported, the last record it

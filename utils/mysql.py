@@ -48,7 +48,7 @@ from utils.config import INT64_MAX
 __all__ = ["Database", "Dialect", "MYSQL", "SQLITE", "connect_mysql", "connect_sqlite",
            "open_sqlite", "from_config", "server_address", "split_statements",
            "CONNECTION_LOST", "connection_lost", "load_local", "LOCAL_LOAD_REFUSED", "Aborted",
-           "MySQLPool", "keep_alive", "literal_row", "needs_escape"]
+           "MySQLPool", "keep_alive", "literal_row", "literal_value", "needs_escape"]
 
 log = Logger()
 
@@ -416,6 +416,12 @@ class _Literals:
             return "'" + value + "'"
         if cls is int:
             return "%d" % value
+        if cls is float:
+            written = repr(value)
+            if "e" in written:
+                return written
+            if written[-1] != "n" and written[-1] != "f":   # nan, inf: PyMySQL refuses them
+                return written + "e0"
         return self.escape(value)
 
     def row(self, row):
@@ -426,6 +432,11 @@ def literal_row(connection):
     """A function making a row's value list, `(1, 'a', ...)`, as PyMySQL would bind it on
     `connection`."""
     return _Literals(connection).row
+
+
+def literal_value(connection):
+    """A function making one value's literal, as PyMySQL would bind it on `connection`."""
+    return _Literals(connection).value
 
 
 def connection_lost(error):

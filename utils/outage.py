@@ -12,7 +12,12 @@ import time
 
 from twisted.logger import LogLevel
 
-__all__ = ["Outage"]
+__all__ = ["Outage", "on_log"]
+
+
+def on_log(logger):
+    """A `say` for an `Outage` that writes its lines on `logger` (a `twisted.logger.Logger`)."""
+    return lambda level, text: logger.emit(level, "{text}", text=text)
 
 
 class Outage:

@@ -32,7 +32,7 @@ from network.output import close_now, unsent_over, write_now
 from network.state import StateTable
 from network.timer import Timer
 from utils import rpc
-from utils.outage import Outage
+from utils.outage import Outage, on_log
 
 __all__ = ["RPCClient", "NotConnected", "RPCTimeout", "ConnectionLost", "RequestTooLarge"]
 
@@ -90,7 +90,7 @@ class RPCClient:
         # the backend away (refused, lost, its heartbeats stopped) told as an outage
         # (`utils.outage`): not a line for each attempt to connect again, every second; it
         # ends when the backend answers.  Clients of one backend may share it (`outage`).
-        self.outage = outage or Outage(name, self._tell, clock=reactor.seconds)
+        self.outage = outage or Outage(name, on_log(self.log), clock=reactor.seconds)
         self._client = ReconnectingClient(reactor, addresses, lambda: _ClientProtocol(self),
                                           reconnect_timeout, self._on_connect,
                                           self._on_disconnect, name, read_mem, write_mem,
@@ -151,9 +151,6 @@ class RPCClient:
         return self.call_raw(command, body, timeout, req_id).addCallback(json.loads)
 
     # -- internals ------------------------------------------------------------------
-
-    def _tell(self, level, text):
-        self.log.emit(level, "{text}", text=text)
 
     def _packet_received(self, protocol, packet):
         self.outage.succeeded(self._client)
