@@ -218,8 +218,9 @@ REQUESTS = (
     "that does not answer within `timeout`, HTTP 504 with error 5 `service timeout`; a "
     "reply that comes after its call's timeout is dropped, as the original drops it. A "
     "backend's failures are told on the log as an outage of that backend, not a line for each "
-    "request: an error at the first, a fatal line, which alerts, once calls have failed for "
-    "10 s, an error a minute while it lasts, and a warning when a call is answered again. "
+    "request, and one with its connection's failures: an error at the first, a fatal line, "
+    "which alerts, once it has lasted 10 s, an error a minute while it lasts, and a warning "
+    "when the backend answers again. "
     "Connections are kept alive; pipelined requests are answered in order.")
 
 # what holds for every method

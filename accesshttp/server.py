@@ -81,12 +81,14 @@ class AccessHTTP(service.Service):
         self.listen_enabled = listen_enabled
         self.backends = {}
         # a backend down or slow fails every call: told as an outage (`utils.outage`), not
-        # a line for each request
+        # a line for each request; its client's connection and the calls it does not
+        # answer share it, so that it is one alert however it fails
         self.outages = {}
         for name in (MATCHENGINE, MARKETPRICE, READHISTORY):
-            self.backends[name] = RPCClient.for_backend(reactor, cfg[name])
             self.outages[name] = Outage("accesshttp: " + name, on_log(self.log),
                                         clock=reactor.seconds)
+            self.backends[name] = RPCClient.for_backend(reactor, cfg[name],
+                                                        outage=self.outages[name])
         handlers = {method: self._forwarder(method, backend, command)
                     for method, (backend, command) in METHODS.items()}
         self.discover_body = None

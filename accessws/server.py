@@ -133,22 +133,21 @@ class AccessWS(service.Service):
         # alert a login
         self.auth_outage = Outage("accessws", on_log(self.log), alert_after=0,
                                   clock=self.reactor.seconds)
-        # a backend slow to answer the polls and queries of pushes: told as an outage of
-        # that backend, not a line for each poll
+        # a backend away or slow to answer the polls and queries of pushes: told as one
+        # outage of that backend, not a line for each poll; its two connections and the
+        # calls it does not answer share it, so that it is one alert however it fails
         self.backend_outages = {name: Outage("accessws: " + name, on_log(self.log),
                                              clock=self.reactor.seconds)
-                                for name in ("matchengine", "marketprice")}
+                                for name in ("matchengine", "marketprice", "readhistory")}
         self.cache_timeout = cfg["cache_timeout"]
         self.depth_limits = set(cfg["depth_limit"])
         self.depth_merges = [Decimal(m) for m in cfg["depth_merge"]]
         self.clients = {}
         for name in ("matchengine", "marketprice", "readhistory"):
             c = cfg[name]
-            # the two connections to a backend tell its outage as one
-            outage = Outage(c["name"], on_log(self.log), clock=self.reactor.seconds)
             for role in ("query", "poll"):
                 self.clients[name, role] = RPCClient.for_backend(
-                    reactor, c, "%s %s" % (c["name"], role), outage)
+                    reactor, c, "%s %s" % (c["name"], role), self.backend_outages[name])
         self.cache = {}
         self.subs = {family: {} for family in FAMILIES}      # key -> set of sessions
         self.stored = {family: {} for family in FAMILIES}    # key -> last value seen

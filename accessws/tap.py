@@ -42,13 +42,21 @@ def http_get(reactor):
 
 def kafka_consumers(reactor):
     from utils.kafka_queue import KafkaConsumerService
+    from utils.outage import Outage, on_log
+    # the consumers of one broker list tell its outage once, not once for each topic
+    outages = {}
 
     def make(section, on_message):
+        brokers = section.brokers
+        outage = outages.get(brokers)
+        if outage is None:
+            outage = outages[brokers] = Outage("accessws kafka", on_log(
+                KafkaConsumerService.log), clock=reactor.seconds)
         # only what is produced from now on, as the original
-        return KafkaConsumerService(section.brokers, section.topic, on_message,
+        return KafkaConsumerService(brokers, section.topic, on_message,
                                     partition=section.partition, offset="latest",
                                     limit=section.limit, reactor=reactor,
-                                    name="accessws " + section.topic)
+                                    name="accessws " + section.topic, outage=outage)
     return make
 
 

@@ -353,7 +353,7 @@ class KafkaConsumerService(service.Service):
     check_after = CHECK_AFTER
 
     def __init__(self, brokers, topic, on_message, partition=0, offset=None, reactor=None,
-                 limit=1000, name=None, last_digest=None, **consumer_config):
+                 limit=1000, name=None, last_digest=None, outage=None, **consumer_config):
         self.brokers = brokers
         self.topic = topic
         self.partition = partition
@@ -375,9 +375,10 @@ class KafkaConsumerService(service.Service):
         self.last_offset = None
         self.broker_up = None
         # the broker away told as an outage (`utils.outage`): an error, an alert once it
-        # has lasted 10 s, an error a minute, a warning when reading goes on
-        self.outage = Outage(self.name, on_log(self.log),
-                             clock=lambda: self.reactor.seconds())
+        # has lasted 10 s, an error a minute, a warning when reading goes on.  A daemon's
+        # consumers of one broker may share it (`outage`), to tell its outage once.
+        self.outage = outage or Outage(self.name, on_log(self.log),
+                                       clock=lambda: self.reactor.seconds())
         # with offset "latest": the first offset read, once the broker has told it
         self.start_offset = None
         # of the reading thread: the broker's state it last reported, the last record it
@@ -417,13 +418,13 @@ class KafkaConsumerService(service.Service):
         before, self.broker_up = self.broker_up, up
         if not up:
             self.outage.failed("broker %s unavailable: %s; reading %s[%d] waits for it"
-                               % (self.brokers, error, self.topic, self.partition))
+                               % (self.brokers, error, self.topic, self.partition), self)
             return
         if before is None:
             self.log.info("{name}: reading {topic}[{partition}] from {brokers}",
                           name=self.name, topic=self.topic, partition=self.partition,
                           brokers=self.brokers)
-        self.outage.succeeded()
+        self.outage.succeeded(self)
 
     def _reachable(self, up, error=None):
         """Tell the reactor, from the reading thread, that the broker answers (only when it

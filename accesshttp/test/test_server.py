@@ -10,13 +10,15 @@ import time
 
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import Clock, deferLater
-from twisted.internet.testing import StringTransport
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from accesshttp import config, openrpc
 from accesshttp.server import METHODS, AccessHTTP
-from utils import testing
+from utils import rpc, testing
 from utils.rpc_client import ConnectionLost, NotConnected, RPCTimeout
 from utils.rpc_server import RPCServerFactory, listen_rpc
 from utils.test.test_http import call, post, responses
@@ -248,6 +250,64 @@ class GatewayTests(SynchronousTestCase):
         names = {m["name"] for m in doc["methods"]}
         self.assertEqual(names, set(METHODS) | {"rpc.discover"})
         self.assertEqual(doc["openrpc"], "1.2.6")
+
+
+class FrozenBackendTests(SynchronousTestCase):
+    """A backend that stops answering anything, its heartbeats included, with the real
+    clients on a memory reactor."""
+
+    def test_one_alert(self):
+        """Its client's heartbeats and the calls it leaves unanswered are one outage: one
+        alert however long it lasts and however it fails, and one line when it answers
+        again."""
+        mem = MemoryReactorClock()
+        gateway = AccessHTTP(gateway_config(), reactor=mem, listen_enabled=False)
+        gateway.startService()
+        attempts = []
+
+        def connect():
+            # the matchengine client's newest attempt to connect, made to succeed
+            factory = [c for c in mem.tcpClients if c[2] not in attempts][0][2]
+            attempts.append(factory)
+            proto = factory.buildProtocol(None)
+            proto.makeConnection(StringTransport())
+            return proto
+        # the other backends' first attempts stay under way, those of matchengine's later
+        attempts.extend(c[2] for c in mem.tcpClients[1:])
+        proto = connect()
+        with capturedLogs() as events:
+            for second in range(30):
+                if proto is not None and proto.transport.disconnecting:
+                    proto.connectionLost(Failure(ConnectionDone()))
+                    proto = None
+                if proto is None and len(mem.tcpClients) > len(attempts):
+                    proto = connect()
+                self.request(gateway, call(second, "balance.query", [1]))
+                mem.advance(1.0)
+            self.assertGreater(len(attempts), 5)
+            if proto is not None:
+                proto.connectionLost(Failure(ConnectionDone()))
+                mem.advance(1.0)
+            # the backend answers again: its heartbeats, then a call
+            proto = connect()
+            mem.advance(1.0)
+            for packet in rpc.StreamDecoder(10**6).feed(proto.transport.value()):
+                proto.dataReceived(rpc.encode(packet.reply(b"")))
+            self.request(gateway, call(99, "balance.query", [1]))
+            packet = rpc.StreamDecoder(10**6).feed(proto.transport.value())[-1]
+            proto.dataReceived(rpc.encode(packet.reply(b'{"error": null, "result": 1}')))
+        told = [(e["log_level"], formatEvent(e)) for e in events
+                if e["log_level"] > LogLevel.info]
+        self.assertEqual([level for level, _ in told],
+                         [LogLevel.error, LogLevel.critical, LogLevel.warn], told)
+        self.assertTrue(all(text.startswith("accesshttp: matchengine: ")
+                            for _, text in told), told)
+        self.assertIn("working again", told[-1][1])
+
+    def request(self, gateway, data):
+        proto = gateway.factory.buildProtocol(None)
+        proto.makeConnection(StringTransport())
+        proto.dataReceived(data)
 
 
 class StopOverSocketsTests(TestCase):

@@ -10,8 +10,11 @@ import time
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, reactor, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 
@@ -749,6 +752,71 @@ class InMemoryTests(SynchronousTestCase):
                                                  "stock": "BTC", "money": "BCH"}))
         self.assertEqual(self.received(), [
             {"method": "order.update", "params": [2, order], "id": None}])
+
+
+class FrozenBackendTests(SynchronousTestCase):
+    """Backends that stop answering anything, their heartbeats included, with the real
+    clients on a memory reactor."""
+
+    def test_one_alert_a_backend(self):
+        """A backend's two connections and the polls it leaves unanswered are one outage:
+        one alert for each backend however it fails, and none after it."""
+        mem = MemoryReactorClock()
+        service = AccessWS(gateway_config(), reactor=mem, listen=False,
+                           clock_time=mem.seconds)
+        # a subscriber of prices: marketprice is polled every 0.5 s
+        service.subs["price"]["BTCBCH"] = {object()}
+        service.startService()
+        self.addCleanup(service.stopService)
+        connections, attempts = [], []
+        with capturedLogs() as events:
+            for _ in range(30):
+                for proto in connections:
+                    if proto.transport.disconnecting and proto.transport.connected:
+                        proto.transport.connected = False
+                        proto.connectionLost(Failure(ConnectionDone()))
+                # each attempt to connect goes through, to a backend that answers nothing
+                for _, _, factory, _, _ in mem.tcpClients[len(attempts):]:
+                    attempts.append(factory)
+                    connections.append(factory.buildProtocol(None))
+                    connections[-1].makeConnection(StringTransport())
+                mem.advance(1.0)
+        told = [(e["log_level"], formatEvent(e)) for e in events
+                if e["log_level"] > LogLevel.info]
+        alerts = sorted(text.split(":")[1] for level, text in told
+                        if level == LogLevel.critical)
+        self.assertEqual(alerts, [" marketprice", " matchengine", " readhistory"], told)
+        self.assertGreater(len(attempts), 6 * 2)
+        first = [text for _, text in told if text.startswith("accessws: marketprice: ")][0]
+        self.assertIn("polling price BTCBCH failed", first)
+
+
+class KafkaOutageTests(SynchronousTestCase):
+    """The daemon's consumers of the orders and balances topics, on a clock."""
+
+    def test_one_alert_a_broker(self):
+        """A broker away is one outage for both consumers: one error, one alert, and the
+        end told once both read again."""
+        from accessws.tap import kafka_consumers
+        clock = Clock()
+        cfg = gateway_config()
+        make = kafka_consumers(clock)
+        consumers = [make(cfg[section], lambda offset, value: None)
+                     for section in ("orders", "balances")]
+        with capturedLogs() as events:
+            for _ in range(30):
+                for consumer in consumers:
+                    consumer._broker_state(False, "refused")
+                clock.advance(1.0)
+            for consumer in consumers:
+                consumer._broker_state(True)
+        told = [(e["log_level"], formatEvent(e)) for e in events
+                if e["log_level"] > LogLevel.info]
+        self.assertEqual([level for level, _ in told],
+                         [LogLevel.error, LogLevel.critical, LogLevel.warn], told)
+        self.assertTrue(told[0][1].startswith(
+            "accessws kafka: broker 127.0.0.1:1 unavailable: refused; reading orders[0]"))
+        self.assertRegex(told[2][1], "^accessws kafka: working again after 30.0 s, 60 ")
 
 
 class TLSConfigTests(TestCase):
