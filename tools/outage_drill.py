@@ -17,8 +17,9 @@ seconds with `--settle` seconds after it:
 
 Each daemon's log over each scenario is read: its fatal lines (each an alert), its errors,
 and its end lines ("working again", "the commit is done").  A table of them is printed.
-What is expected: at most one alert from a daemon for one outage, none for the blip, and an
-end line from each daemon that raised an alert.  The exit status is 1 when that does not hold.
+What is expected: at most one alert from a daemon for one outage (the matchengine's two
+databases are cut together: one each), none for the blip, and an end line from each daemon
+that raised an alert.  The exit status is 1 when that does not hold.
 
 Needs `depends/services.py up`; each scenario takes its `--outage` plus `--settle` seconds,
 about a minute with the defaults.
@@ -46,6 +47,10 @@ DAEMONS = ("matchengine", "readhistory", "accesshttp", "marketprice", "accessws"
            "alertcenter")
 LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\] \[\d+\] \[(\w+)\](.*)$")
 ENDS = ("working again after", "the commit is done")
+# the alerts a daemon may raise for one scenario, where more than one: the drill cuts the
+# matchengine's two databases (db_log, db_history) together, and each tells its outage once
+# (the log's stall, the history's writes)
+ALLOWED = {("mysql", "matchengine"): 2}
 
 
 def read_log(path):
@@ -61,6 +66,13 @@ def read_log(path):
     except FileNotFoundError:
         pass
     return lines
+
+
+def daemon_logs(workdir, name):
+    """A daemon's log files: `<name>.log`, or one a day (alertcenter: `<name>.<date>.log`)."""
+    folder = os.path.join(workdir, "log")
+    return [os.path.join(folder, f) for f in sorted(os.listdir(folder))
+            if f == name + ".log" or re.fullmatch(re.escape(name) + r"\.\d{8}\.log", f)]
 
 
 def judge(lines, start, end):
@@ -81,7 +93,7 @@ def verdict(scenario, results):
     for daemon, r in results.items():
         if scenario == "blip" and r["alerts"]:
             faults.append("%s: an alert for a blip" % daemon)
-        elif len(r["alerts"]) > 1:
+        elif len(r["alerts"]) > ALLOWED.get((scenario, daemon), 1):
             faults.append("%s: %d alerts for one outage" % (daemon, len(r["alerts"])))
         if not r["ended"]:
             faults.append("%s: no end line after its alert" % daemon)
@@ -237,7 +249,8 @@ def main(argv=None):
             spans.append((scenario, start, time.time()))
         load.stop()
 
-        logs = {name: read_log(os.path.join(workdir, "log", name + ".log"))
+        logs = {name: sorted(line for path in daemon_logs(workdir, name)
+                             for line in read_log(path))
                 for name in DAEMONS}
         faults = []
         width = max(len(s) for s in SCENARIOS)

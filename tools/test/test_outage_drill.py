@@ -1,10 +1,11 @@
 """The outage drill's reading of the daemons' logs and its verdict."""
 
 import datetime
+import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tools.outage_drill import judge, read_log, verdict
+from tools.outage_drill import daemon_logs, judge, read_log, verdict
 
 
 def at(text):
@@ -58,5 +59,22 @@ class DrillTests(SynchronousTestCase):
         self.assertEqual(verdict("mysql", {"accesshttp": both}),
                          ["accesshttp: 2 alerts for one outage",
                           "accesshttp: no end line after its alert"])
+        # the matchengine's log and history: two databases, one alert each
+        self.assertEqual(verdict("mysql", {"matchengine": both}),
+                         ["matchengine: no end line after its alert"])
+        self.assertEqual(verdict("kafka", {"matchengine": both})[0],
+                         "matchengine: 2 alerts for one outage")
         quiet = judge(self.lines, at("2026-12-08 02:55:00.0"), at("2026-12-08 02:56:10.0"))
         self.assertEqual(quiet, {"alerts": [], "errors": [], "ended": True})
+
+    def test_daemon_logs(self):
+        """A daemon's log, or its logs of each day; not another daemon's, nor its lock."""
+        workdir = self.mktemp()
+        os.makedirs(os.path.join(workdir, "log"))
+        for name in ("alertcenter.20261208.log", "alertcenter.20261209.log", "accessws.log",
+                     "matchengine.log", "matchengine.writer.lock", "accesshttp.log"):
+            open(os.path.join(workdir, "log", name), "w").close()
+        self.assertEqual([os.path.basename(p) for p in daemon_logs(workdir, "alertcenter")],
+                         ["alertcenter.20261208.log", "alertcenter.20261209.log"])
+        self.assertEqual([os.path.basename(p) for p in daemon_logs(workdir, "matchengine")],
+                         ["matchengine.log"])
