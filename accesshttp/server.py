@@ -34,7 +34,7 @@ from network.underway import UnderWay
 from utils import http
 from utils.daemon import give_up, mark_ready
 from utils.jsonfmt import dumps
-from utils.outage import Outage, on_log
+from utils.outage import ALERT_AFTER, Outage, on_log
 from utils.rpc_client import (ConnectionLost, NotConnected, RequestTooLarge, RPCClient,
                               RPCTimeout)
 
@@ -72,7 +72,9 @@ METHODS = {
 class AccessHTTP(service.Service):
     log = Logger()
 
-    def __init__(self, cfg, reactor=None, listen_enabled=True):
+    def __init__(self, cfg, reactor=None, listen_enabled=True, alerts=True):
+        """`alerts`: whether a backend's outage raises an alert here (false in a worker
+        other than worker 0: the gateway raises one, not one a worker)."""
         if reactor is None:
             from twisted.internet import reactor
         self.cfg = cfg
@@ -86,6 +88,7 @@ class AccessHTTP(service.Service):
         self.outages = {}
         for name in (MATCHENGINE, MARKETPRICE, READHISTORY):
             self.outages[name] = Outage("accesshttp: " + name, on_log(self.log),
+                                        alert_after=ALERT_AFTER if alerts else None,
                                         clock=reactor.seconds)
             self.backends[name] = RPCClient.for_backend(reactor, cfg[name],
                                                         outage=self.outages[name])

@@ -21,5 +21,6 @@ Options = daemon_options(
 def makeService(options, reactor=None):
     from accesshttp.server import AccessHTTP
     reactor = plugin_reactor(reactor)
-    return gateway_tree(options, reactor, "accesshttp", lambda listen: (
-        AccessHTTP(options["loaded"], reactor=reactor, listen_enabled=listen), None))
+    return gateway_tree(options, reactor, "accesshttp", lambda listen, alerts: (
+        AccessHTTP(options["loaded"], reactor=reactor, listen_enabled=listen,
+                   alerts=alerts), None))

@@ -34,7 +34,7 @@ from utils import rpc
 from utils.daemon import give_up, mark_ready
 from utils.decimals import to_display
 from utils.jsonfmt import dumps
-from utils.outage import Outage, on_log
+from utils.outage import ALERT_AFTER, Outage, on_log
 from utils.rpc_client import (ConnectionLost, NotConnected, RequestTooLarge, RPCClient,
                               RPCTimeout)
 from utils.websocket import NO_REPLY, WSServerFactory, with_request
@@ -115,10 +115,12 @@ class AccessWS(service.Service):
     log = Logger()
 
     def __init__(self, cfg, reactor=None, http_get=None, consumer_factory=None, listen=True,
-                 clock_time=time.time):
+                 clock_time=time.time, alerts=True):
         """`http_get(url, headers, timeout)` fires with the body of a GET (auth and sign);
         `consumer_factory(section, on_message)` makes a Kafka consumer reading from the
-        end of the partition."""
+        end of the partition.  `alerts`: whether a backend's outage raises an alert here
+        (false in a worker other than worker 0: the gateway raises one, not one a worker;
+        a failed login's alert comes from the worker that served it)."""
         if reactor is None:
             from twisted.internet import reactor
         self.cfg = cfg
@@ -137,6 +139,7 @@ class AccessWS(service.Service):
         # outage of that backend, not a line for each poll; its two connections and the
         # calls it does not answer share it, so that it is one alert however it fails
         self.backend_outages = {name: Outage("accessws: " + name, on_log(self.log),
+                                             alert_after=ALERT_AFTER if alerts else None,
                                              clock=self.reactor.seconds)
                                 for name in ("matchengine", "marketprice", "readhistory")}
         self.cache_timeout = cfg["cache_timeout"]

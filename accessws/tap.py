@@ -40,9 +40,9 @@ def http_get(reactor):
     return start
 
 
-def kafka_consumers(reactor):
+def kafka_consumers(reactor, alerts=True):
     from utils.kafka_queue import KafkaConsumerService
-    from utils.outage import Outage, on_log
+    from utils.outage import ALERT_AFTER, Outage, on_log
     # the consumers of one broker list tell its outage once, not once for each topic
     outages = {}
 
@@ -50,8 +50,9 @@ def kafka_consumers(reactor):
         brokers = section.brokers
         outage = outages.get(brokers)
         if outage is None:
-            outage = outages[brokers] = Outage("accessws kafka", on_log(
-                KafkaConsumerService.log), clock=reactor.seconds)
+            outage = outages[brokers] = Outage(
+                "accessws kafka", on_log(KafkaConsumerService.log),
+                alert_after=ALERT_AFTER if alerts else None, clock=reactor.seconds)
         # only what is produced from now on, as the original
         return KafkaConsumerService(brokers, section.topic, on_message,
                                     partition=section.partition, offset="latest",
@@ -65,8 +66,9 @@ def makeService(options, reactor=None):
     reactor = plugin_reactor(reactor)
     cfg = options["loaded"]
 
-    def build(listen):
+    def build(listen, alerts):
         ws = AccessWS(cfg, reactor=reactor, http_get=http_get(reactor),
-                      consumer_factory=kafka_consumers(reactor), listen=listen)
+                      consumer_factory=kafka_consumers(reactor, alerts), listen=listen,
+                      alerts=alerts)
         return ws, tls_factory(cfg, ws.factory)
     return gateway_tree(options, reactor, "accessws", build)

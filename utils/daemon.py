@@ -366,15 +366,18 @@ def listener_tree(cfg, options, reactor, module):
 def gateway_tree(options, reactor, module, build):
     """The service tree of the gateway `module` (accesshttp, accessws) run with `options`:
     its listener when `worker_num` > 1, one of its workers under `--worker N`, else the one
-    process.  `build(listen)` makes the gateway's service, binding `svr` itself when
+    process.  `build(listen, alerts)` makes the gateway's service, binding `svr` itself when
     `listen`, and returns it with the factory a worker's TCP connections go to when TLS is
-    on (else None); a worker adopts connections into the service's `factory`.
+    on (else None); a worker adopts connections into the service's `factory`.  `alerts` is
+    false in a worker other than worker 0: the outages of what every worker connects to (the
+    backends, the Kafka broker) raise one alert for the gateway, worker 0's, not one a
+    worker.
     """
     cfg = options["loaded"]
     worker = options["worker"]
     if worker is None and cfg["worker_num"] > 1:
         return listener_tree(cfg, options, reactor, module)
-    daemon, tls_factory = build(worker is None)
+    daemon, tls_factory = build(worker is None, not worker)
     if worker is not None:
         return worker_tree(cfg, options, reactor, daemon, daemon.factory, tls_factory)
     top = service_tree(cfg, options, reactor)

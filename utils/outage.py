@@ -12,7 +12,10 @@ import time
 
 from twisted.logger import LogLevel
 
-__all__ = ["Outage", "on_log"]
+__all__ = ["ALERT_AFTER", "Outage", "on_log"]
+
+# how long an outage lasts before its alert, by default: a blip a retry cures raises none
+ALERT_AFTER = 10.0
 
 
 def on_log(logger):
@@ -26,7 +29,8 @@ class Outage:
     - the first failure: an error line, `name: problem` (critical with an `alert_after` of
       0: a service whose every failure is felt at once);
     - once it has failed for `alert_after` seconds: a critical line, which is an alert (None:
-      none, for the alert centre itself); a blip that a retry or two cures raises none;
+      none: the alert centre itself, a gateway's workers but worker 0); a blip that a retry
+      or two cures raises none;
     - while it lasts: an error line every `repeat` seconds, with how long and how many
       attempts;
     - the first success after it: a warning saying how long it failed.
@@ -39,7 +43,7 @@ class Outage:
     calls any more), so that one whose work keeps failing (a statement MySQL refuses) is not
     hidden by the others' successes."""
 
-    def __init__(self, name, say, alert_after=10.0, repeat=60.0, clock=time.monotonic):
+    def __init__(self, name, say, alert_after=ALERT_AFTER, repeat=60.0, clock=time.monotonic):
         self.name = name
         self.say = say
         self.alert_after = alert_after

@@ -260,8 +260,27 @@ class FrozenBackendTests(SynchronousTestCase):
         """Its client's heartbeats and the calls it leaves unanswered are one outage: one
         alert however long it lasts and however it fails, and one line when it answers
         again."""
+        told = self.frozen(alerts=True)
+        self.assertEqual([level for level, _ in told],
+                         [LogLevel.error, LogLevel.critical, LogLevel.warn], told)
+        self.assertTrue(all(text.startswith("accesshttp: matchengine: ")
+                            for _, text in told), told)
+        self.assertIn("working again", told[-1][1])
+
+    def test_no_alert_from_a_worker_but_worker_0(self):
+        """A worker other than worker 0 tells the outage without its alert: the gateway
+        raises one, worker 0's."""
+        told = self.frozen(alerts=False)
+        self.assertEqual([level for level, _ in told],
+                         [LogLevel.error, LogLevel.error, LogLevel.warn], told)
+        self.assertRegex(told[1][1], "^accesshttp: matchengine: failing for 60 s")
+
+    def frozen(self, alerts):
+        """The log lines, info excluded, of a gateway whose matchengine answers nothing for
+        70 s, then answers again."""
         mem = MemoryReactorClock()
-        gateway = AccessHTTP(gateway_config(), reactor=mem, listen_enabled=False)
+        gateway = AccessHTTP(gateway_config(), reactor=mem, listen_enabled=False,
+                             alerts=alerts)
         gateway.startService()
         attempts = []
 
@@ -276,7 +295,7 @@ class FrozenBackendTests(SynchronousTestCase):
         attempts.extend(c[2] for c in mem.tcpClients[1:])
         proto = connect()
         with capturedLogs() as events:
-            for second in range(30):
+            for second in range(70):
                 if proto is not None and proto.transport.disconnecting:
                     proto.connectionLost(Failure(ConnectionDone()))
                     proto = None
@@ -296,13 +315,8 @@ class FrozenBackendTests(SynchronousTestCase):
             self.request(gateway, call(99, "balance.query", [1]))
             packet = rpc.StreamDecoder(10**6).feed(proto.transport.value())[-1]
             proto.dataReceived(rpc.encode(packet.reply(b'{"error": null, "result": 1}')))
-        told = [(e["log_level"], formatEvent(e)) for e in events
+        return [(e["log_level"], formatEvent(e)) for e in events
                 if e["log_level"] > LogLevel.info]
-        self.assertEqual([level for level, _ in told],
-                         [LogLevel.error, LogLevel.critical, LogLevel.warn], told)
-        self.assertTrue(all(text.startswith("accesshttp: matchengine: ")
-                            for _, text in told), told)
-        self.assertIn("working again", told[-1][1])
 
     def request(self, gateway, data):
         proto = gateway.factory.buildProtocol(None)

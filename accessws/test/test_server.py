@@ -761,9 +761,26 @@ class FrozenBackendTests(SynchronousTestCase):
     def test_one_alert_a_backend(self):
         """A backend's two connections and the polls it leaves unanswered are one outage:
         one alert for each backend however it fails, and none after it."""
+        told, attempts = self.frozen(alerts=True)
+        alerts = sorted(text.split(":")[1] for level, text in told
+                        if level == LogLevel.critical)
+        self.assertEqual(alerts, [" marketprice", " matchengine", " readhistory"], told)
+        self.assertGreater(len(attempts), 6 * 2)
+        first = [text for _, text in told if text.startswith("accessws: marketprice: ")][0]
+        self.assertIn("polling price BTCBCH failed", first)
+
+    def test_no_alert_from_a_worker_but_worker_0(self):
+        """A worker other than worker 0 tells the same outages without their alerts."""
+        told, _ = self.frozen(alerts=False)
+        self.assertEqual([text for level, text in told if level == LogLevel.critical], [])
+        self.assertEqual(len([text for level, text in told if level == LogLevel.error]), 3)
+
+    def frozen(self, alerts):
+        """The log lines, info excluded, of 30 s of backends that answer nothing, and the
+        attempts to connect to them."""
         mem = MemoryReactorClock()
         service = AccessWS(gateway_config(), reactor=mem, listen=False,
-                           clock_time=mem.seconds)
+                           clock_time=mem.seconds, alerts=alerts)
         # a subscriber of prices: marketprice is polled every 0.5 s
         service.subs["price"]["BTCBCH"] = {object()}
         service.startService()
@@ -781,14 +798,8 @@ class FrozenBackendTests(SynchronousTestCase):
                     connections.append(factory.buildProtocol(None))
                     connections[-1].makeConnection(StringTransport())
                 mem.advance(1.0)
-        told = [(e["log_level"], formatEvent(e)) for e in events
-                if e["log_level"] > LogLevel.info]
-        alerts = sorted(text.split(":")[1] for level, text in told
-                        if level == LogLevel.critical)
-        self.assertEqual(alerts, [" marketprice", " matchengine", " readhistory"], told)
-        self.assertGreater(len(attempts), 6 * 2)
-        first = [text for _, text in told if text.startswith("accessws: marketprice: ")][0]
-        self.assertIn("polling price BTCBCH failed", first)
+        return [(e["log_level"], formatEvent(e)) for e in events
+                if e["log_level"] > LogLevel.info], attempts
 
 
 class KafkaOutageTests(SynchronousTestCase):
@@ -797,10 +808,23 @@ class KafkaOutageTests(SynchronousTestCase):
     def test_one_alert_a_broker(self):
         """A broker away is one outage for both consumers: one error, one alert, and the
         end told once both read again."""
+        told = self.broker_away(alerts=True)
+        self.assertEqual([level for level, _ in told],
+                         [LogLevel.error, LogLevel.critical, LogLevel.warn], told)
+        self.assertTrue(told[0][1].startswith(
+            "accessws kafka: broker 127.0.0.1:1 unavailable: refused; reading orders[0]"))
+        self.assertRegex(told[2][1], "^accessws kafka: working again after 30.0 s, 60 ")
+
+    def test_no_alert_from_a_worker_but_worker_0(self):
+        """In a worker other than worker 0, the same outage is told without its alert."""
+        told = self.broker_away(alerts=False)
+        self.assertEqual([level for level, _ in told], [LogLevel.error, LogLevel.warn], told)
+
+    def broker_away(self, alerts):
         from accessws.tap import kafka_consumers
         clock = Clock()
         cfg = gateway_config()
-        make = kafka_consumers(clock)
+        make = kafka_consumers(clock, alerts)
         consumers = [make(cfg[section], lambda offset, value: None)
                      for section in ("orders", "balances")]
         with capturedLogs() as events:
@@ -810,13 +834,8 @@ class KafkaOutageTests(SynchronousTestCase):
                 clock.advance(1.0)
             for consumer in consumers:
                 consumer._broker_state(True)
-        told = [(e["log_level"], formatEvent(e)) for e in events
+        return [(e["log_level"], formatEvent(e)) for e in events
                 if e["log_level"] > LogLevel.info]
-        self.assertEqual([level for level, _ in told],
-                         [LogLevel.error, LogLevel.critical, LogLevel.warn], told)
-        self.assertTrue(told[0][1].startswith(
-            "accessws kafka: broker 127.0.0.1:1 unavailable: refused; reading orders[0]"))
-        self.assertRegex(told[2][1], "^accessws kafka: working again after 30.0 s, 60 ")
 
 
 class TLSConfigTests(TestCase):

@@ -262,12 +262,13 @@ class WorkerTreeTests(SynchronousTestCase):
 
     def test_only_worker_zero_rotates(self):
         """Worker 0 rotates the log as configured, the others never; each adopts into its
-        gateway's factory, started after the gateway."""
+        gateway's factory, started after the gateway.  Worker 0 alone raises the alerts of
+        the backends' outages."""
         import socket
 
         from accesshttp.server import AccessHTTP
         from network import handoff
-        sizes = []
+        sizes, alert_after = [], []
         for index in (0, 1):
             tap, options = self.options("--worker", str(index))
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -281,8 +282,10 @@ class WorkerTreeTests(SynchronousTestCase):
             self.assertIs(adopter.factory, gateway.factory)
             adopter.socket.close()
             sizes.append(top.log_setup.file_observer.max_size)
+            alert_after.append({o.alert_after for o in gateway.outages.values()})
         self.assertEqual(sizes[1], 0)
         self.assertGreater(sizes[0], 0)
+        self.assertEqual(alert_after, [{10.0}, {None}])
 
 
 class LimitTests(SynchronousTestCase):
