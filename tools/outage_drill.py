@@ -15,6 +15,8 @@ seconds with `--settle` seconds after it:
 - `mysql`: every connection to MySQL cut, new ones refused;
 - `blip`: the matchengine frozen for `--blip` seconds only.
 
+With `--workers N` the gateways run N worker processes each, which share one log.
+
 Each daemon's log over each scenario is read: its fatal lines (each an alert), its errors,
 and its end lines ("working again", "the commit is done").  A table of them is printed.
 What is expected: at most one alert from a daemon for one outage (the matchengine's two
@@ -176,6 +178,8 @@ def main(argv=None):
                         help="seconds the blip lasts (default: 5)")
     parser.add_argument("--settle", type=float, default=20.0,
                         help="seconds after each outage, before the next (default: 20)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes of each gateway (worker_num; default: 1)")
     parser.add_argument("--redis-db", type=int, default=13,
                         help="the test Redis database the drill empties and uses (default: 13)")
     parser.add_argument("--keep", action="store_true",
@@ -207,6 +211,8 @@ def main(argv=None):
             for key in ("db_log", "db_history"):
                 if key in config:
                     config[key]["port"] = proxy.port
+            if name in ("accesshttp", "accessws"):
+                config["worker_num"] = args.workers
             daemon = testing.DaemonProcess(name, config, workdir).start()
             cleanups.append(daemon.stop)
             daemon.wait_port(port)
