@@ -29,8 +29,8 @@ class Outage:
     - the first failure: an error line, `name: problem` (critical with an `alert_after` of
       0: a service whose every failure is felt at once);
     - once it has failed for `alert_after` seconds: a critical line, which is an alert (None:
-      none: the alert centre itself, a gateway's workers but worker 0); a blip that a retry
-      or two cures raises none;
+      none: the alert centre itself, and a gateway's workers other than worker 0); a blip
+      that a retry or two cures raises none;
     - while it lasts: an error line every `repeat` seconds, with how long and how many
       attempts;
     - the first success after it: a warning saying how long it failed.
