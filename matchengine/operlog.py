@@ -11,9 +11,11 @@ clock or the time zone make that date an earlier one: the tables' names sort as 
 which recovery relies on.  Given connections in autocommit mode
 (`autocommit_db`), a batch of one statement is sent alone, committed with it in one round
 trip, and a larger one inside START TRANSACTION and COMMIT.  One batch is in flight at a
-time, so batches commit in order.  A batch that fails is retried every second, forever, with
-a critical log line each time (the engine refuses writes with "service unavailable" while
-too much waits).
+time, so batches commit in order.  A batch that fails is retried every second, forever; the
+failures are told as one outage (`utils.outage`): an error at the first, then, in the
+asynchronous mode, a critical line once they have lasted 10 s (in the durable mode the
+stall below is the alert), an error a minute, and a warning when a commit goes through (the
+engine refuses writes with "service unavailable" while too much waits).
 
 Each batch is a `Batch`: callers append functions to `batch.then(...)`, run in order once
 the batch is committed.  The matchengine replies to a write, sends its messages and queues
