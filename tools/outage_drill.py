@@ -66,7 +66,7 @@ def read_log(path):
                     when = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f")
                     lines.append((when.timestamp(), m.group(2), m.group(3)))
     except FileNotFoundError:
-        pass
+        return []       # a daemon that never wrote its log
     return lines
 
 
@@ -158,7 +158,7 @@ class Load:
                     try:
                         client.recv(1)
                     except TimeoutError:
-                        pass
+                        continue     # no push this second: the loop checks the stop
             except Exception:
                 self.stopping.wait(1)
 
