@@ -39,7 +39,7 @@ from twisted.logger import Logger
 
 from utils.jsonfmt import real_text
 from utils.mysql import insert_texts, needs_escape
-from utils.outage import Outage, on_log
+from utils.outage import ALERT_AFTER, Outage, on_log
 
 __all__ = ["OperationLog", "Batch", "stamp", "table_name", "log_values",
            "autocommit_connection", "Fence", "Abandoned"]
@@ -237,7 +237,8 @@ class OperationLog:
         # failed commits told as an outage (`utils.outage`), not a line for each retry;
         # when durable, the stall that follows is the alert
         self.outage = Outage("operation log", on_log(self.log),
-                             alert_after=10.0 if not durable else None, clock=reactor.seconds)
+                             alert_after=None if durable else ALERT_AFTER,
+                             clock=reactor.seconds)
 
     # -- appending ---------------------------------------------------------------------
 

@@ -301,6 +301,11 @@ class Connection:
                 self.outage.failed("cannot connect to MySQL: %s; retrying in 1 s" % e, self)
                 time.sleep(1)
 
+    def _went_through(self):
+        # its last use (`IDLE_CHECK`), and the end of its part of an outage
+        self.used = time.monotonic()
+        self.outage.succeeded(self)
+
     def _prepared(self, item):
         """A text as it is; `ShardRows` as `(statement, data)` of a LOAD DATA LOCAL, or as
         INSERT texts."""
@@ -335,8 +340,7 @@ class Connection:
                         cursor.execute(applied)
                         if cursor.fetchall():
                             self.conn.rollback()    # nothing to do: the read ends
-                            self.used = time.monotonic()
-                            self.outage.succeeded(self)
+                            self._went_through()
                             return ()
                     for sql in work:
                         if isinstance(sql, str):
@@ -348,8 +352,7 @@ class Connection:
                                 cursor.execute(text)
                     rows = cursor.fetchall() if work and isinstance(work[-1], str) else ()
                 self.conn.commit()
-                self.used = time.monotonic()
-                self.outage.succeeded(self)
+                self._went_through()
                 return rows
             except Exception as e:
                 again = True
